@@ -14,7 +14,9 @@ def init_variables(model: EfficientNet, rng: jax.Array | int = 0, image_size: in
         rng = jax.random.PRNGKey(rng)
     size = image_size or model.variant.resolution
     dummy = jnp.zeros((1, size, size, 3), jnp.float32)
-    return dict(jax.jit(lambda r: model.init(r, dummy, train=False))(rng))
+    variables = jax.jit(lambda r: model.init(r, dummy, train=False))(rng)
+    # The zero "perturbations" that Grad-CAM differentiates against are not state.
+    return {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
 
 
 def create_model(name: str, num_classes: int = 1000, pretrained: str | None = None, rng: jax.Array | int = 0,
