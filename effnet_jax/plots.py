@@ -1,0 +1,88 @@
+"""Evaluation figures written as PNG files: confusion matrix and ROC curve.
+
+Uses matplotlib's object API on the Agg canvas (never pyplot's global state), so
+plotting works headless, in threads and under pytest without touching the
+caller's backend.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from effnet_jax.metrics import roc_points
+
+
+def _save(fig: Figure, path: str | os.PathLike) -> str:
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    FigureCanvasAgg(fig)
+    fig.savefig(path, format="png", dpi=fig.dpi, bbox_inches="tight")
+    return path
+
+
+def plot_confusion_matrix(cm: Sequence[Sequence[int]], path: str | os.PathLike,
+                          class_names: Sequence[str] = ("NORMAL", "PNEUMONIA"), title: str = "") -> str:
+    """Draws a 2x2 confusion matrix (rows: true label, columns: prediction) with counts and row percentages."""
+    cm = np.asarray(cm, dtype=np.int64)
+    if cm.shape != (len(class_names), len(class_names)):
+        raise ValueError(f"plot_confusion_matrix: matrix of shape {cm.shape} does not match "
+                         f"{len(class_names)} class names {list(class_names)}.")
+    row_sums = cm.sum(axis=1, keepdims=True)
+    # A row with no examples has no rate; show 0% rather than dividing by zero.
+    rates = np.divide(cm, row_sums, out=np.zeros(cm.shape), where=row_sums > 0)
+    fig = Figure(figsize=(4.2, 3.8), dpi=100)
+    ax = fig.add_subplot()
+    image = ax.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            colour = "white" if rates[i, j] > 0.5 else "black"
+            ax.text(j, i, f"{cm[i, j]}\n{100 * rates[i, j]:.1f}%", ha="center", va="center", color=colour)
+    ticks = np.arange(len(class_names))
+    ax.set_xticks(ticks, labels=list(class_names))
+    ax.set_yticks(ticks, labels=list(class_names), rotation=90, va="center")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title or "Confusion matrix")
+    return _save(fig, path)
+
+
+def plot_roc_curve(labels, probs, path: str | os.PathLike, thresholds: dict[str, float] | None = None,
+                   title: str = "") -> str:
+    """Draws the ROC curve with its AUC and marks each named operating threshold on it.
+
+    ``thresholds`` maps a legend name (``"0.5"``, ``"Youden (validation)"``) to a
+    probability threshold; each is marked at the (FPR, TPR) it gives on these data.
+    With a single class in ``labels`` there is no curve: the figure says so.
+    """
+    labels = np.asarray(labels).reshape(-1)
+    probs = np.asarray(probs, dtype=np.float64).reshape(-1)
+    fig = Figure(figsize=(4.6, 4.2), dpi=100)
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=1, label="chance")
+    fpr, tpr, _ = roc_points(labels, probs)
+    if fpr.size:
+        from sklearn.metrics import auc as area
+
+        ax.plot(fpr, tpr, color="tab:blue", linewidth=2, label=f"ROC (AUC = {area(fpr, tpr):.4f})")
+        positives, negatives = labels == 1, labels == 0
+        markers = iter(["o", "s", "^", "D", "v"])
+        for name, t in (thresholds or {}).items():
+            point_tpr = float(np.mean(probs[positives] >= t))
+            point_fpr = float(np.mean(probs[negatives] >= t))
+            ax.plot(point_fpr, point_tpr, marker=next(markers, "o"), markersize=8, linestyle="none",
+                    label=f"{name}: t={t:.3f} (TPR {point_tpr:.3f}, FPR {point_fpr:.3f})")
+    else:
+        ax.text(0.5, 0.5, "ROC undefined:\nonly one class in the labels", ha="center", va="center")
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_xlabel("false positive rate (1 - specificity)")
+    ax.set_ylabel("true positive rate (sensitivity)")
+    ax.set_title(title or "ROC curve")
+    ax.legend(loc="lower right", fontsize=7)
+    return _save(fig, path)
