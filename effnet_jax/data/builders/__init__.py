@@ -1,0 +1,1 @@
+"""TFDS builders (array_record output; TensorFlow not needed: images go in as encoded bytes)."""

@@ -1,0 +1,201 @@
+"""The Kermany "chest_xray" layout: find it in a folder or zip, list its images, parse names.
+
+    <root>/{train,val,test}/{NORMAL,PNEUMONIA}/<file>
+
+NORMAL files are named like IM-0115-0001.jpeg or NORMAL2-IM-1427-0001.jpeg (patient
+IM-0115, NORMAL2-IM-1427); PNEUMONIA files like person1000_bacteria_2931.jpeg
+(patient person1000, pathogen bacteria).
+"""
+
+import dataclasses
+import re
+import zipfile
+from pathlib import Path
+
+SPLITS = ('train', 'val', 'test')
+CLASSES = ('NORMAL', 'PNEUMONIA')
+PATHOGENS = ('none', 'bacteria', 'virus', 'unknown')
+# Files and folders that operating systems and archivers add; not data, never an error.
+_OS_FILES = {'.DS_Store', 'Thumbs.db', 'desktop.ini'}
+_OS_DIRS = {'__MACOSX'}
+
+_NORMAL_RE = re.compile(r'^(?P<patient>(?:[A-Za-z0-9]+-)?IM-\d+)-\d+', re.IGNORECASE)
+_PNEUMONIA_RE = re.compile(r'^(?P<patient>person\d+)_(?P<pathogen>bacteria|virus)', re.IGNORECASE)
+
+
+def parse_name(file_name: str, label: str) -> tuple[str, str]:
+  """Return (patient id, pathogen) from a file name; unknown patterns: one patient per file."""
+  stem = file_name.rsplit('.', 1)[0]
+  if label == 'NORMAL':
+    m = _NORMAL_RE.match(stem)
+    return (m.group('patient') if m else stem), 'none'
+  m = _PNEUMONIA_RE.match(stem)
+  if m:
+    return m.group('patient'), m.group('pathogen').lower()
+  low = stem.lower()
+  pathogen = 'bacteria' if 'bacteria' in low else 'virus' if 'virus' in low else 'unknown'
+  return stem, pathogen
+
+
+def _is_os_junk(name: str) -> bool:
+  return name in _OS_FILES or name.startswith('._')
+
+
+class LayoutError(ValueError):
+  """The folder or zip does not have the expected structure (always fatal)."""
+
+
+@dataclasses.dataclass
+class Layout:
+  """Images found per split, plus what did not belong (reported, never silently dropped)."""
+  source: str  # the folder or zip that was read, and the root inside it
+  files: dict[str, list[tuple[str, str]]]  # split -> [(class name, path relative to source)]
+  problems: list[str]  # stray folders/files: '<path>: <why>'
+  ignored: list[str]  # OS metadata and duplicate nested copies: '<path>: <why>'
+  zip_path: str | None = None  # set when reading from a zip
+
+  _zip: zipfile.ZipFile | None = dataclasses.field(default=None, repr=False)
+
+  def read(self, rel: str) -> bytes:
+    """Bytes of the file at `rel` (relative to `source`)."""
+    if self.zip_path is None:
+      return (Path(self.source) / rel).read_bytes()
+    if self._zip is None:
+      self._zip = zipfile.ZipFile(self.zip_path)  # kept open: one seek per member
+    return self._zip.read(rel)
+
+  def close(self):
+    if self._zip is not None:
+      self._zip.close()
+      self._zip = None
+
+
+class _Tree:
+  """A read-only directory view over a real folder or the names inside a zip."""
+
+  def __init__(self, dirs: dict[str, set[str]], files: dict[str, set[str]]):
+    self.dirs, self.files = dirs, files
+
+  @classmethod
+  def from_folder(cls, root: Path) -> '_Tree':
+    dirs, files = {}, {}
+    for p in [root, *root.rglob('*')]:
+      rel = '' if p == root else p.relative_to(root).as_posix()
+      if p.is_dir():
+        dirs.setdefault(rel, set())
+        files.setdefault(rel, set())
+      if p != root:
+        parent = rel.rsplit('/', 1)[0] if '/' in rel else ''
+        (dirs if p.is_dir() else files).setdefault(parent, set()).add(p.name)
+    return cls(dirs, files)
+
+  @classmethod
+  def from_zip(cls, names: list[str]) -> '_Tree':
+    dirs, files = {'': set()}, {'': set()}
+    for name in names:
+      parts = [p for p in name.split('/') if p]
+      for i in range(len(parts)):
+        parent, child = '/'.join(parts[:i]), parts[i]
+        is_dir = i < len(parts) - 1 or name.endswith('/')
+        dirs.setdefault(parent, set())
+        files.setdefault(parent, set())
+        (dirs if is_dir else files)[parent].add(child)
+    return cls(dirs, files)
+
+
+def _join(a: str, b: str) -> str:
+  return f'{a}/{b}' if a else b
+
+
+def _find_root(tree: _Tree) -> str | None:
+  """The shallowest folder holding a train/ folder (Kaggle's zip nests a second copy)."""
+  roots = [d for d in tree.dirs if 'train' in tree.dirs[d]
+           and not any(part in _OS_DIRS for part in d.split('/'))]
+  return min(roots, key=lambda d: (d.count('/') + bool(d), d)) if roots else None
+
+
+def scan(path) -> Layout:
+  """Read the layout under `path` (a folder, a zip, or a folder holding one zip)."""
+  path = Path(path).expanduser()
+  if not path.exists():
+    raise LayoutError(f'data.manual_dir={str(path)!r} does not exist; expected the chest_xray '
+                      'folder ({train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg) or its zip')
+  zip_path = None
+  if path.is_file():
+    if not zipfile.is_zipfile(path):
+      raise LayoutError(f'{path}: not a folder or a zip file')
+    zip_path = path
+  else:
+    tree = _Tree.from_folder(path)
+    if _find_root(tree) is None:
+      zips = sorted(path.glob('*.zip'))
+      if len(zips) == 1:
+        zip_path = zips[0]
+      else:
+        found = 'zips ' + ', '.join(z.name for z in zips) if zips else 'no train/ folder'
+        raise LayoutError(f'{path}: found {found}; expected a train/ folder with NORMAL/ and '
+                          'PNEUMONIA/ inside (the chest_xray layout) or exactly one zip of it')
+  if zip_path is not None:
+    with zipfile.ZipFile(zip_path) as zf:
+      tree = _Tree.from_zip(zf.namelist())
+  root = _find_root(tree)
+  where = str(zip_path or path)
+  if root is None:
+    raise LayoutError(f'{where}: no train/ folder found; expected '
+                      '{train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg')
+  return _walk(tree, root, where, str(zip_path) if zip_path else None, str(path))
+
+
+def _walk(tree: _Tree, root: str, where: str, zip_path, folder) -> Layout:
+  shown = lambda rel: f'{where}:{rel}' if zip_path else str(Path(folder) / rel)
+  files, problems, ignored = {}, [], []
+  for name in sorted(tree.files.get(root, ())):
+    rel = _join(root, name)
+    (ignored if _is_os_junk(name) else problems).append(
+        f'{shown(rel)}: ' + ('OS metadata file' if _is_os_junk(name) else
+                             'stray file beside the split folders'))
+  for name in sorted(tree.dirs.get(root, ())):
+    rel = _join(root, name)
+    if name in SPLITS:
+      files[name] = _walk_split(tree, rel, shown, problems, ignored)
+    elif name in _OS_DIRS:
+      ignored.append(f'{shown(rel)}: archiver metadata folder')
+    elif 'train' in tree.dirs.get(rel, ()):
+      ignored.append(f'{shown(rel)}: nested copy of the layout (the Kaggle zip has one)')
+    else:
+      problems.append(f'{shown(rel)}: stray folder (expected only train/, val/, test/)')
+  if 'train' not in files:
+    raise LayoutError(f'{shown(_join(root, "train"))}: missing train split folder')
+  source = f'{zip_path}' if zip_path else folder
+  return Layout(source=source, files=files, problems=problems, ignored=ignored,
+                zip_path=zip_path)
+
+
+def _walk_split(tree, split_rel, shown, problems, ignored) -> list[tuple[str, str]]:
+  entries = []
+  for name in sorted(tree.files.get(split_rel, ())):
+    rel = _join(split_rel, name)
+    if _is_os_junk(name):
+      ignored.append(f'{shown(rel)}: OS metadata file')
+    else:
+      problems.append(f'{shown(rel)}: stray file outside NORMAL/ and PNEUMONIA/')
+  for name in sorted(tree.dirs.get(split_rel, ())):
+    if name not in CLASSES and name not in _OS_DIRS:
+      problems.append(f'{shown(_join(split_rel, name))}: stray folder (expected NORMAL/, '
+                      'PNEUMONIA/)')
+  for cls in CLASSES:
+    cls_rel = _join(split_rel, cls)
+    if cls_rel not in tree.dirs:
+      raise LayoutError(f'{shown(cls_rel)}: missing class folder (every split needs NORMAL/ '
+                        'and PNEUMONIA/)')
+    for sub in sorted(tree.dirs[cls_rel]):
+      problems.append(f'{shown(_join(cls_rel, sub))}: stray folder inside a class folder')
+    for name in sorted(tree.files[cls_rel]):
+      rel = _join(cls_rel, name)
+      if _is_os_junk(name):
+        ignored.append(f'{shown(rel)}: OS metadata file')
+      else:
+        entries.append((cls, rel))
+  if not entries:
+    raise LayoutError(f'{shown(split_rel)}: empty split (no files in NORMAL/ or PNEUMONIA/)')
+  return entries

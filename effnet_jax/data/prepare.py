@@ -1,0 +1,103 @@
+"""Prepare TFDS data sets once (array_record) and read back their per-record metadata.
+
+    python -m effnet_jax.data.prepare --name=chest_xray --manual_dir=../shared/data/chest_xray \
+        [--data_dir=~/tensorflow_datasets] [--max_size=512] [--on_bad_image=error|skip]
+"""
+
+import dataclasses
+import os
+
+import numpy as np
+
+from effnet_jax.data import splits as splits_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class BuilderFactory:
+  """Everything needed to (re)create a builder; picklable, so grain workers can use it."""
+  name: str
+  data_dir: str | None = None
+  manual_dir: str | None = None
+  max_size: int = 512
+  on_bad_image: str = 'error'
+  mnist_size: int = 224
+
+  def __call__(self):
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    data_dir = os.path.expanduser(self.data_dir) if self.data_dir else None
+    raw = os.path.expanduser(self.manual_dir) if self.manual_dir else None
+    if self.name == 'chest_xray':
+      from effnet_jax.data.builders import chest_xray  # pylint: disable=g-import-not-at-top
+      cls = chest_xray.ChestXray
+      config = chest_xray.ChestXrayConfig(max_size=self.max_size, on_bad_image=self.on_bad_image)
+    elif self.name == 'pneumonia_mnist':
+      from effnet_jax.data.builders import pneumonia_mnist  # pylint: disable=g-import-not-at-top
+      cls = pneumonia_mnist.PneumoniaMnist
+      config = pneumonia_mnist.config_for(self.mnist_size)
+    else:
+      raise ValueError(f'data.name={self.name!r}: no TFDS builder (expected chest_xray or '
+                       'pneumonia_mnist)')
+    # TFDS refuses a custom config object named like a registered one: pass the name.
+    registered = {c.name for c in cls.BUILDER_CONFIGS}
+    return cls(raw_path=raw, data_dir=data_dir, file_format='array_record',
+               config=config.name if config.name in registered else config)
+
+
+def ensure_prepared(factory: BuilderFactory, allow_prepare: bool = True):
+  """Return the builder, preparing its data first when it is not there yet."""
+  builder = factory()
+  if builder.is_prepared():
+    return builder
+  if not allow_prepare:
+    raise FileNotFoundError(
+        f'{factory.name} ({builder.builder_config.name}) is not prepared under '
+        f'{builder.data_dir}; set data.prepare=True or run python -m effnet_jax.data.prepare')
+  if factory.name == 'chest_xray' and factory.manual_dir is None:
+    raise ValueError(f'{factory.name} is not prepared under {builder.data_dir} and '
+                     'data.manual_dir is None; set it to the chest_xray folder or its zip')
+  builder.download_and_prepare()
+  return builder
+
+
+def read_part_metadata(builder) -> dict[str, splits_lib.PartMeta]:
+  """Labels, patient ids and file names of every prepared split, in record order."""
+  from tensorflow_datasets.core import decode  # pylint: disable=g-import-not-at-top
+  text = lambda v: v.decode('utf-8') if isinstance(v, bytes) else str(v)
+  metas = {}
+  for split in builder.info.splits:
+    source = builder.as_data_source(split, decoders={'image': decode.SkipDecoding()})
+    records = source.__getitems__(list(range(len(source)))) if len(source) else []
+    labels = np.array([r['label'] for r in records], np.int32)
+    has = lambda key: bool(records) and key in records[0]
+    metas[split] = splits_lib.PartMeta(
+        labels=labels,
+        patient_ids=[text(r['patient_id']) for r in records] if has('patient_id') else None,
+        file_names=[text(r['file_name']) for r in records] if has('file_name') else None)
+  return metas
+
+
+def main(argv):
+  del argv
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  f = flags.FLAGS
+  factory = BuilderFactory(name=f.name, data_dir=f.data_dir, manual_dir=f.manual_dir,
+                           max_size=f.max_size, on_bad_image=f.on_bad_image,
+                           mnist_size=f.mnist_size)
+  builder = ensure_prepared(factory)
+  print(f'prepared {factory.name}/{builder.builder_config.name} in {builder.data_path}')
+  for split, info in builder.info.splits.items():
+    print(f'  {split}: {info.num_examples} examples')
+  skipped = builder.info.metadata.get('skipped', []) if builder.info.metadata else []
+  if skipped:
+    print(f'  skipped {len(skipped)} bad input(s):\n    ' + '\n    '.join(skipped))
+
+
+if __name__ == '__main__':
+  from absl import app, flags  # pylint: disable=g-import-not-at-top,g-multiple-import
+  flags.DEFINE_enum('name', 'chest_xray', ['chest_xray', 'pneumonia_mnist'], 'data set')
+  flags.DEFINE_string('data_dir', None, 'TFDS data dir (default ~/tensorflow_datasets)')
+  flags.DEFINE_string('manual_dir', None, 'raw folder or zip (chest_xray), npz folder (mnist)')
+  flags.DEFINE_integer('max_size', 512, 'chest_xray: shorter side at most this')
+  flags.DEFINE_enum('on_bad_image', 'error', ['error', 'skip'], 'bad input policy')
+  flags.DEFINE_integer('mnist_size', 224, 'pneumonia_mnist size: 28, 64, 128 or 224')
+  app.run(main)
