@@ -1,0 +1,111 @@
+"""Grad-CAM (Selvaraju et al., 2017) heatmaps for EfficientNet, and overlay PNGs.
+
+The model adds a zero "perturbation" to its last convolutional feature map A
+(``self.perturb('head_features', ...)``), so the gradient of a logit with respect
+to that perturbation is d logit / dA. Each channel's weight is that gradient
+averaged over space; the map is relu(sum_c weight_c * A_c), upsampled to the
+input size.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+PERTURBATION = "head_features"
+
+
+def default_class_index(num_classes: int) -> int:
+    """The logit that speaks for PNEUMONIA: the only one of a sigmoid head, class 1 of a softmax head."""
+    if num_classes == 1:
+        return 0
+    if num_classes == 2:
+        return 1
+    raise ValueError(f"Grad-CAM needs an explicit class_index for a model with {num_classes} classes.")
+
+
+def make_gradcam(model, class_index: int | None = None) -> Callable[[dict, jax.Array], dict[str, jax.Array]]:
+    """Returns a jitted ``fn(variables, images) -> {'cam', 'heatmap', 'logits'}``.
+
+    ``cam`` is the raw map at the head's resolution ``(B, h, w)``; ``heatmap`` is
+    it bilinearly upsampled to the input size ``(B, H, W)`` and scaled to [0, 1]
+    per image (all zeros when nothing supports the class); ``logits`` are the
+    model's outputs on ``images``. ``class_index`` defaults to the PNEUMONIA logit.
+    """
+    index = default_class_index(model.num_classes) if class_index is None else class_index
+
+    def fn(variables, images):
+        variables = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
+        head = model.apply(variables, images, train=False, features_only=True)["head"]
+
+        def target_logit(perturbation):
+            logits = model.apply({**variables, "perturbations": {PERTURBATION: perturbation}}, images, train=False)
+            # Summing over the batch keeps examples independent: each logit only depends on its own map.
+            return logits[:, index].sum(), logits
+
+        grads, logits = jax.grad(target_logit, has_aux=True)(jnp.zeros_like(head))
+        head, grads = head.astype(jnp.float32), grads.astype(jnp.float32)
+        weights = grads.mean(axis=(1, 2))
+        cam = jax.nn.relu(jnp.einsum("bhwc,bc->bhw", head, weights))
+        b, h, w = images.shape[:3]
+        up = jax.nn.relu(jax.image.resize(cam, (b, h, w), method="bilinear"))
+        peak = up.max(axis=(1, 2), keepdims=True)
+        heatmap = jnp.where(peak > 0, up / jnp.where(peak > 0, peak, 1.0), 0.0)
+        return {"cam": cam, "heatmap": heatmap, "logits": logits}
+
+    return jax.jit(fn)
+
+
+def gradcam(model, variables: dict, images, class_index: int | None = None) -> np.ndarray:
+    """Grad-CAM heatmaps in [0, 1] at the input size, ``(B, H, W)`` (compiles once per call)."""
+    return np.asarray(make_gradcam(model, class_index)(variables, jnp.asarray(images))["heatmap"])
+
+
+def _to_gray(image) -> np.ndarray:
+    """A float image in [0, 1], ``(H, W)``, from a PIL image or an array (uint8 or float, gray or RGB)."""
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+    array = np.asarray(image)
+    if array.ndim == 3:
+        array = array.mean(axis=-1)
+    if array.ndim != 2:
+        raise ValueError(f"overlay: expected an (H, W) or (H, W, C) image, got shape {np.asarray(image).shape}.")
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / 255.0
+    array = array.astype(np.float32)
+    lo, hi = float(array.min()), float(array.max())
+    # Normalised model inputs have arbitrary range; stretch them for display.
+    return (array - lo) / (hi - lo) if hi > lo else np.zeros_like(array)
+
+
+def overlay(image, heatmap, alpha: float = 0.45, colormap: str = "jet") -> np.ndarray:
+    """Blends a colour-mapped heatmap onto the grayscale image; uint8 RGB at the image's size.
+
+    The heatmap is resized to the image, so it can be drawn on the original file
+    rather than on the downscaled model input.
+    """
+    from matplotlib import colormaps
+
+    gray = _to_gray(image)
+    heat = np.asarray(heatmap, dtype=np.float32)
+    if heat.shape != gray.shape:
+        heat = np.asarray(Image.fromarray(heat, mode="F").resize((gray.shape[1], gray.shape[0]), Image.BILINEAR))
+    heat = np.clip(heat, 0.0, 1.0)
+    colour = colormaps[colormap](heat)[..., :3]
+    # Weight the colour by the heat so that cold regions show the X-ray itself.
+    a = alpha * heat[..., None]
+    blended = (1.0 - a) * gray[..., None] + a * colour
+    return np.round(np.clip(blended, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def save_overlay(image, heatmap, path: str | os.PathLike, alpha: float = 0.45, colormap: str = "jet") -> str:
+    """Writes ``overlay(image, heatmap)`` as a PNG; returns the path."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    Image.fromarray(overlay(image, heatmap, alpha, colormap), mode="RGB").save(path, format="PNG")
+    return path
