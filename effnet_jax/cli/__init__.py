@@ -1,0 +1,1 @@
+"""Command-line entry points; each only parses flags and calls the library."""

@@ -1,0 +1,61 @@
+"""effnet-predict: score X-ray image files with a trained run.
+
+    effnet-predict --workdir=DIR [--checkpoint=best|latest|STEP] [--gradcam=OUT_DIR] IMAGE...
+
+Prints one JSON line per image: {"file", "prob_pneumonia", "label", "threshold"}
+(plus "gradcam": the overlay PNG), or {"file", "error"} for a file it cannot read.
+The label uses the validation Youden threshold stored by effnet-eval for the same
+checkpoint, else 0.5, unless --threshold is given. Exit status 1 if any image failed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from absl import app, flags, logging
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Training run directory (holds checkpoints/).")
+flags.DEFINE_string("checkpoint", "best", "'best' (by the run's best_metric), 'latest' or a step number.")
+flags.DEFINE_string("gradcam", None, "Directory to write a Grad-CAM overlay PNG per image.")
+flags.DEFINE_string("threshold", "auto", "Decision threshold in [0, 1], or 'auto' (stored validation Youden, else 0.5).")
+flags.DEFINE_integer("batch_size", 8, "Images per forward pass.")
+
+
+def main(argv):
+    if not FLAGS["verbosity"].present:
+        # orbax logs every restore at INFO and read-only opens at WARNING; keep the output to what this command reports.
+        logging.set_verbosity(logging.ERROR)
+    paths = argv[1:]
+    if not FLAGS.workdir:
+        raise app.UsageError("--workdir is required: the training run directory to predict with.")
+    if not paths:
+        raise app.UsageError("give at least one IMAGE path after the flags.")
+    from effnet_jax.prediction import Predictor
+
+    try:
+        predictor = Predictor(FLAGS.workdir, FLAGS.checkpoint, FLAGS.threshold, FLAGS.batch_size)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"effnet-predict: error: {e}", file=sys.stderr)
+        return 1
+    print(f"effnet-predict: step {predictor.step}, threshold {predictor.threshold:.4f} "
+          f"({predictor.threshold_source})", file=sys.stderr)
+    failed = 0
+    for record in predictor.predict(paths, FLAGS.gradcam):
+        if "error" in record:
+            failed += 1
+            print(f"effnet-predict: cannot read {record['error']}", file=sys.stderr)
+        print(json.dumps(record), flush=True)
+    if FLAGS.gradcam:
+        print(f"effnet-predict: wrote Grad-CAM overlays to {FLAGS.gradcam}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def run():
+    """Console-script entry point."""
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

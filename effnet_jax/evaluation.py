@@ -1,0 +1,217 @@
+"""Evaluate a checkpoint on a split: metrics at 0.5 and at the validation Youden threshold, plots, JSON.
+
+    restore_for_inference (any device count) -> predict_split (jitted, optional TTA)
+      -> compute_metrics at both thresholds -> WORKDIR/eval/<split>_<step>/{metrics.json, *.png, predictions.csv}
+
+The operating threshold is chosen on the validation split, never on the split
+being reported, so the test numbers at that threshold are honest.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import sys
+import time
+import warnings
+from typing import Any
+
+import jax
+import numpy as np
+
+from effnet_jax import metrics as metrics_lib
+from effnet_jax import plots
+from effnet_jax import tta as tta_lib
+
+EVAL_DIR = "eval"
+VALIDATION = "validation"
+
+
+@dataclasses.dataclass
+class SplitPredictions:
+    """Per-example results of one pass over a split (padding rows removed), in split order."""
+
+    labels: np.ndarray  # int64 (N,)
+    probs: np.ndarray  # float64 (N,), probability of PNEUMONIA
+    index: np.ndarray  # int64 (N,), position in the split
+    seconds: float = 0.0
+
+
+def input_spec(config, model) -> tuple[int, tuple, tuple]:
+    """``(image_size, mean, std)`` the run was trained with: the config's size, the variant's normalisation."""
+    size = config.get("image_size") or model.variant.resolution
+    return int(size), tuple(model.variant.mean), tuple(model.variant.std)
+
+
+def make_predict_fn(model, tta: tta_lib.TTAConfig | str | None = None):
+    """A jitted ``fn(variables, images) -> (B,)`` probability of PNEUMONIA, averaged over TTA views."""
+    config = tta_lib.parse_tta(tta)
+
+    @jax.jit
+    def predict(variables, images):
+        return tta_lib.predict_probs(lambda x: model.apply(variables, x, train=False), images, config)
+
+    return predict
+
+
+def predict_split(model, variables, data_config, split: str, *, image_size: int, mean, std, batch_size: int,
+                  tta: tta_lib.TTAConfig | str | None = None, progress: bool = True) -> SplitPredictions:
+    """Runs the model over one deterministic pass of ``split``; returns labels and probabilities."""
+    from effnet_jax.data import create_split, split_info
+
+    total = split_info(data_config, split)["num_examples"]
+    if total == 0:
+        raise ValueError(f"split {split!r} of data set {data_config.name!r} has no examples.")
+    predict = make_predict_fn(model, tta)
+    # Single-host evaluation reads the whole split, whatever jax.process_count() says.
+    dataset = create_split(data_config, split, training=False, batch_size=batch_size, image_size=image_size,
+                           mean=mean, std=std, seed=0, shard_index=0, shard_count=1)
+    labels, probs, index = [], [], []
+    bar = _progress(total, f"eval {split}", progress)
+    start = time.perf_counter()
+    iterator = iter(dataset)
+    try:
+        for batch in iterator:
+            p = np.asarray(predict(variables, batch["image"]), dtype=np.float64)
+            keep = np.asarray(batch["mask"], bool)
+            labels.append(np.asarray(batch["label"])[keep])
+            probs.append(p[keep])
+            index.append(np.asarray(batch["index"])[keep])
+            bar.update(int(keep.sum()))
+    finally:
+        bar.close()
+        close = getattr(iterator, "close", None)
+        if close:
+            close()
+    out = SplitPredictions(np.concatenate(labels).astype(np.int64), np.concatenate(probs),
+                           np.concatenate(index).astype(np.int64), time.perf_counter() - start)
+    if out.labels.size != total:
+        raise RuntimeError(f"split {split!r}: expected {total} examples, the pipeline gave {out.labels.size}.")
+    order = np.argsort(out.index, kind="stable")
+    return SplitPredictions(out.labels[order], out.probs[order], out.index[order], out.seconds)
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+
+
+def output_dir(workdir: str, split: str, step: int, tta: tta_lib.TTAConfig) -> str:
+    """``WORKDIR/eval/<split>_<step>``, with a ``_tta-<spec>`` suffix when TTA changed the predictions."""
+    name = f"{split}_{step}"
+    if tta.num_views > 1:
+        name += f"_tta-{tta.spec()}"
+    return os.path.join(os.path.abspath(workdir), EVAL_DIR, name)
+
+
+def evaluate_checkpoint(workdir: str, split: str = "test", checkpoint: str | int = "best",
+                        tta: tta_lib.TTAConfig | str | None = None, batch_size: int | None = None,
+                        use_ema: bool = True, progress: bool = True, out_dir: str | None = None) -> dict[str, Any]:
+    """Evaluates a run's checkpoint on ``split``; writes metrics.json, plots and predictions; returns the report.
+
+    Metrics are reported at 0.5 and at the threshold maximising Youden's J on the
+    validation split (on ``split`` itself when that is the validation split, and
+    the report says so). Restores onto the first local device, whatever the run
+    was trained on.
+    """
+    from effnet_jax.checkpoint import restore_for_inference
+    from effnet_jax.data import split_info
+
+    tta_config = tta_lib.parse_tta(tta)
+    config, model, variables = restore_for_inference(workdir, checkpoint, use_ema=use_ema)
+    step = int(config.restored_step)
+    image_size, mean, std = input_spec(config, model)
+    batch_size = int(batch_size or config.get("eval_batch_size") or config.get("batch_size") or 32)
+    run = dict(image_size=image_size, mean=mean, std=std, batch_size=batch_size, tta=tta_config, progress=progress)
+    info = split_info(config.data, split)
+
+    result = predict_split(model, variables, config.data, split, **run)
+    if split == VALIDATION:
+        val, threshold_source = result, "youden_on_validation (the split being reported)"
+    else:
+        val, threshold_source = predict_split(model, variables, config.data, VALIDATION, **run), "youden_on_validation"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        threshold = metrics_lib.youden_threshold(val.labels, val.probs)
+        at_half = metrics_lib.compute_metrics(result.labels, result.probs, 0.5)
+        at_youden = metrics_lib.compute_metrics(result.labels, result.probs, threshold)
+    notes = sorted({str(w.message) for w in caught})
+    for note in notes:
+        print(f"warning: {note}", file=sys.stderr)
+
+    out_dir = out_dir or output_dir(workdir, split, step, tta_config)
+    os.makedirs(out_dir, exist_ok=True)
+    class_names = info.get("class_names") or ["NORMAL", "PNEUMONIA"]
+    synthetic = bool(info.get("synthetic"))
+    tag = f"{split} @ step {step}" + (" (synthetic data)" if synthetic else "")
+    files = {
+        "metrics": os.path.join(out_dir, "metrics.json"),
+        "confusion_matrix_0.5": plots.plot_confusion_matrix(
+            at_half["confusion_matrix"], os.path.join(out_dir, "confusion_matrix_0.5.png"), class_names,
+            f"{tag}, t=0.5"),
+        "confusion_matrix_youden": plots.plot_confusion_matrix(
+            at_youden["confusion_matrix"], os.path.join(out_dir, "confusion_matrix_youden.png"), class_names,
+            f"{tag}, t={threshold:.3f} (val. Youden)"),
+        "roc": plots.plot_roc_curve(result.labels, result.probs, os.path.join(out_dir, "roc.png"),
+                                    {"t=0.5": 0.5, "validation Youden": threshold}, f"ROC, {tag}"),
+        "predictions": _write_predictions(os.path.join(out_dir, "predictions.csv"), result, info.get("file_names")),
+    }
+    report = {
+        "workdir": os.path.abspath(workdir),
+        "checkpoint": checkpoint if isinstance(checkpoint, str) else int(checkpoint),
+        "step": step,
+        "split": split,
+        "data": config.data.get("name"),
+        "synthetic": synthetic,
+        "num_examples": int(result.labels.size),
+        "class_counts": info.get("class_counts"),
+        "class_names": class_names,
+        "model": config.model.name,
+        "image_size": image_size,
+        "tta": tta_config.spec(),
+        "ema": use_ema and config.get("ema_decay", 0) > 0,
+        "validation_threshold": threshold,
+        "threshold_source": threshold_source,
+        "metrics": {"threshold_0.5": at_half, "threshold_validation_youden": at_youden},
+        "seconds": round(result.seconds + (0.0 if val is result else val.seconds), 3),
+        "warnings": notes,
+        "files": {k: os.path.basename(v) for k, v in files.items()},
+    }
+    with open(files["metrics"], "w") as f:
+        json.dump(metrics_lib.json_safe(report), f, indent=2, allow_nan=False)
+        f.write("\n")
+    report["out_dir"] = out_dir
+    report["table"] = metrics_lib.format_table({"t=0.5": at_half, "val. Youden": at_youden})
+    return report
+
+
+def _write_predictions(path: str, result: SplitPredictions, file_names) -> str:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["index", "file", "label", "prob_pneumonia"])
+        for i, label, p in zip(result.index.tolist(), result.labels.tolist(), result.probs.tolist()):
+            name = file_names[i] if file_names is not None else ""
+            writer.writerow([i, name, label, f"{p:.6f}"])
+    return path
+
+
+def find_validation_threshold(workdir: str, step: int) -> tuple[float, str] | None:
+    """The validation Youden threshold an earlier ``effnet-eval`` (without TTA) stored for ``step``, and its file."""
+    root = os.path.join(os.path.abspath(workdir), EVAL_DIR)
+    if not os.path.isdir(root):
+        return None
+    for name in sorted(os.listdir(root)):
+        path = os.path.join(root, name, "metrics.json")
+        if "_tta-" in name or not os.path.isfile(path):
+            continue
+        try:
+            with open(path) as f:
+                report = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if report.get("step") == step and report.get("validation_threshold") is not None:
+            return float(report["validation_threshold"]), path
+    return None

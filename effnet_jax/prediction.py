@@ -1,0 +1,152 @@
+"""Predict pneumonia on image files with a trained run, optionally writing Grad-CAM overlays.
+
+Images go through the same steps as the evaluation pipeline (storage
+normalisation, grayscale decode, centre crop and resize, mean/std), taken from
+``effnet_jax.data``, so a file scores the same here as it would in the test split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from effnet_jax import tta as tta_lib
+from effnet_jax.evaluation import find_validation_threshold, input_spec, make_predict_fn
+
+CLASS_NAMES = ("NORMAL", "PNEUMONIA")
+
+
+class ImageReadError(ValueError):
+    """An input file that could not be read as an image; the message names the file."""
+
+
+@dataclasses.dataclass
+class Preprocessor:
+    """File -> (normalised model input ``(S, S, 3)`` float32, grayscale PIL image for display)."""
+
+    image_size: int
+    mean: tuple
+    std: tuple
+    center_crop: float = 1.0
+    max_size: int = 512  # the data set's storage size: decode as the pipeline's stored copy would be
+
+    def __call__(self, path: str):
+        from effnet_jax.data import imaging, transforms
+
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise ImageReadError(f"{path}: cannot read file ({type(e).__name__}: {e.strerror or e})") from e
+        try:
+            stored, _ = imaging.load_for_storage(data, path, self.max_size)
+        except imaging.BadImageError as e:
+            raise ImageReadError(str(e)) from e
+        gray = transforms.decode_gray(stored, math.ceil(self.image_size / self.center_crop))
+        image = transforms.Normalizer(self.mean, self.std)(
+            transforms.center_resize(gray, self.image_size, self.center_crop))
+        return image, transforms.decode_gray(stored)
+
+
+def resolve_threshold(workdir: str, step: int, threshold: float | str | None) -> tuple[float, str]:
+    """The decision threshold and where it came from: explicit, the stored validation Youden one, or 0.5."""
+    if threshold not in (None, "", "auto"):
+        try:
+            value = float(threshold)
+        except ValueError:
+            raise ValueError(f"--threshold={threshold!r}: expected a probability in [0, 1] or 'auto'.") from None
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"--threshold={threshold!r}: expected a probability in [0, 1] or 'auto'.")
+        return value, "flag"
+    found = find_validation_threshold(workdir, step)
+    if found is not None:
+        return found[0], f"validation Youden ({found[1]})"
+    return 0.5, "default 0.5 (run effnet-eval first to store the validation threshold)"
+
+
+def _overlay_names(paths: Sequence[str]) -> list[str]:
+    """One PNG name per input; inputs that share a file name get their position appended."""
+    stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+    seen: dict[str, int] = {}
+    for s in stems:
+        seen[s] = seen.get(s, 0) + 1
+    return [f"{s}_{i}.gradcam.png" if seen[s] > 1 else f"{s}.gradcam.png" for i, s in enumerate(stems)]
+
+
+class Predictor:
+    """A restored run ready to score images: ``predict(paths)`` yields one dict per path, in order."""
+
+    def __init__(self, workdir: str, checkpoint: str | int = "best", threshold: float | str | None = None,
+                 batch_size: int = 8, use_ema: bool = True):
+        from effnet_jax.checkpoint import restore_for_inference
+
+        self.config, self.model, self.variables = restore_for_inference(workdir, checkpoint, use_ema=use_ema)
+        self.step = int(self.config.restored_step)
+        size, mean, std = input_spec(self.config, self.model)
+        data = self.config.data
+        self.preprocess = Preprocessor(size, mean, std, float(data.get("center_crop", 1.0) or 1.0),
+                                       int(data.get("max_size", 512) or 512))
+        self.threshold, self.threshold_source = resolve_threshold(workdir, self.step, threshold)
+        self.batch_size = max(1, int(batch_size))
+        self._predict = None
+        self._gradcam = None
+
+    def _scores(self, images: np.ndarray, with_gradcam: bool):
+        # Pad every batch to batch_size so that one compiled program serves all of them.
+        n = images.shape[0]
+        padded = np.zeros((self.batch_size,) + images.shape[1:], np.float32)
+        padded[:n] = images
+        if with_gradcam:
+            if self._gradcam is None:
+                from effnet_jax.gradcam import make_gradcam
+
+                self._gradcam = make_gradcam(self.model)
+            out = self._gradcam(self.variables, padded)
+            probs = tta_lib.positive_probs(out["logits"])
+            return np.asarray(probs, np.float64)[:n], np.asarray(out["heatmap"])[:n]
+        if self._predict is None:
+            self._predict = make_predict_fn(self.model)
+        return np.asarray(self._predict(self.variables, padded), np.float64)[:n], None
+
+    def predict(self, paths: Sequence[str], gradcam_dir: str | None = None) -> Iterator[dict]:
+        """Yields ``{'file', 'prob_pneumonia', 'label', 'threshold'[, 'gradcam']}`` or ``{'file', 'error'}`` per path."""
+        names = _overlay_names(paths) if gradcam_dir else None
+        if gradcam_dir:
+            os.makedirs(gradcam_dir, exist_ok=True)
+        for start in range(0, len(paths), self.batch_size):
+            chunk = list(range(start, min(start + self.batch_size, len(paths))))
+            loaded, errors = {}, {}
+            for i in chunk:
+                try:
+                    loaded[i] = self.preprocess(paths[i])
+                except ImageReadError as e:
+                    errors[i] = str(e)
+            probs, heatmaps = [], None
+            if loaded:
+                probs, heatmaps = self._scores(np.stack([loaded[i][0] for i in loaded]), gradcam_dir is not None)
+            scored = {i: k for k, i in enumerate(loaded)}
+            for i in chunk:
+                if i in errors:
+                    yield {"file": paths[i], "error": errors[i]}
+                    continue
+                p = float(probs[scored[i]])
+                record = {"file": paths[i], "prob_pneumonia": p,
+                          "label": CLASS_NAMES[int(p >= self.threshold)], "threshold": self.threshold}
+                if gradcam_dir:
+                    from effnet_jax.gradcam import save_overlay
+
+                    record["gradcam"] = save_overlay(loaded[i][1], heatmaps[scored[i]],
+                                                     os.path.join(gradcam_dir, names[i]))
+                yield record
+
+
+def predict_images(workdir: str, paths: Sequence[str], checkpoint: str | int = "best",
+                   gradcam_dir: str | None = None, threshold: float | str | None = None,
+                   batch_size: int = 8) -> list[dict]:
+    """Scores image files with a run's checkpoint; one dict per path (an ``error`` key for unreadable files)."""
+    return list(Predictor(workdir, checkpoint, threshold, batch_size).predict(list(paths), gradcam_dir))
+
