@@ -1,0 +1,208 @@
+"""Orbax checkpoints of a training run, and restoring one for inference.
+
+Layout, under ``WORKDIR/checkpoints/<step>/`` (one orbax ``Composite``)::
+
+    state/      the TrainState (step, params, batch_stats, opt_state, ema_*, rng)
+    data_iter/  the grain training iterator's state (JSON), so resuming replays no batch
+    config/     the run's config (JSON), with image_size resolved
+    metrics/    validation metrics, present on steps that were evaluated
+
+Saves are asynchronous and atomic: orbax writes into a temporary directory and
+renames it when complete, so a run killed at any moment (mid-save too) leaves the
+previous checkpoints intact. The last ``keep`` checkpoints are kept, plus the
+best one by ``best_metric``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
+
+CHECKPOINT_DIR = "checkpoints"
+ITEMS = ("state", "data_iter", "config")
+
+
+def checkpoint_dir(workdir: str) -> str:
+    """Where a run's checkpoints live."""
+    return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+
+
+def _handlers():
+    return {"state": ocp.StandardCheckpointHandler(), "data_iter": ocp.JsonCheckpointHandler(),
+            "config": ocp.JsonCheckpointHandler()}
+
+
+class Checkpointer:
+    """A run's CheckpointManager: async saves, keep-last-K plus best, automatic resume."""
+
+    def __init__(self, workdir: str, keep: int = 3, best_metric: str | None = "auc", best_mode: str = "max",
+                 async_save: bool = True, read_only: bool = False):
+        if best_mode not in ("max", "min"):
+            raise ValueError(f"config.best_mode={best_mode!r}: expected 'max' or 'min'")
+        self.directory = checkpoint_dir(workdir)
+        self.best_metric = best_metric
+        policies = [checkpoint_managers.LatestN(max(1, keep))]
+        best_fn = None
+        if best_metric:
+            sign = 1.0 if best_mode == "max" else -1.0
+
+            def best_fn(metrics, _name=best_metric, _sign=sign):
+                if _name not in metrics:
+                    raise KeyError(f"config.best_metric={_name!r} is not a validation metric; "
+                                   f"have {sorted(metrics)}")
+                return _sign * float(metrics[_name])
+
+            # BestN sorts ascending and keeps the tail, so the signed metric is "higher is better".
+            policies.append(checkpoint_managers.BestN(get_metric_fn=best_fn, n=1,
+                                                      keep_checkpoints_without_metrics=False))
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
+            best_fn=best_fn, best_mode="max",
+            enable_async_checkpointing=async_save, create=not read_only, read_only=read_only,
+            # Temporary directories left by a killed save are removed on the next start.
+            cleanup_tmp_directories=not read_only,
+        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS,
+                                             item_handlers=_handlers())
+
+    # -- queries -------------------------------------------------------------------------------
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def best_step(self) -> int | None:
+        """The best evaluated step, or the latest when none carries metrics."""
+        return self.manager.best_step() if self.best_metric else self.latest_step()
+
+    # -- save / restore ----------------------------------------------------------------------
+    def save(self, step: int, state, data_state: Any, config: ml_collections.ConfigDict,
+             metrics: dict | None = None) -> bool:
+        """Starts an async save of ``state`` (host or replicated arrays) at ``step``."""
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data_iter=ocp.args.JsonSave(encode_data_state(data_state)),
+            config=ocp.args.JsonSave(json.loads(config.to_json_best_effort())),
+        )
+        scalars = None if metrics is None else {k: float(v) for k, v in metrics.items()
+                                                if isinstance(v, (int, float))}
+        return self.manager.save(int(step), args=args, metrics=scalars, force=True)
+
+    def restore(self, step: int, abstract_state):
+        """``(state, data_state, config)`` at ``step``; arrays land with ``abstract_state``'s shardings."""
+        out = self.manager.restore(int(step), args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state),
+            data_iter=ocp.args.JsonRestore(),
+            config=ocp.args.JsonRestore(),
+        ))
+        return out["state"], decode_data_state(out["data_iter"]), ml_collections.ConfigDict(out["config"])
+
+    def restore_config(self, step: int) -> ml_collections.ConfigDict:
+        out = self.manager.restore(int(step), args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+        return ml_collections.ConfigDict(out["config"])
+
+    def restore_state_as_saved(self, step: int, device=None):
+        """The saved state as a nested dict, every array on ``device`` (default: the first device).
+
+        Built from the checkpoint's own metadata, so it needs neither the optimizer
+        nor the number of devices the run was trained on.
+        """
+        device = device or jax.local_devices()[0]
+        sharding = jax.sharding.SingleDeviceSharding(device)
+        meta = self.manager.item_metadata(int(step))["state"]
+        meta = getattr(meta, "tree", meta)
+        abstract = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sharding), meta,
+            is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
+        out = self.manager.restore(int(step), args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+        return out["state"]
+
+    def metrics(self, step: int) -> dict | None:
+        """The validation metrics stored with ``step`` (None if it was not evaluated)."""
+        for info in self.manager._checkpoints:  # orbax keeps no public per-step lookup
+            if info.step == step:
+                return info.metrics
+        return None
+
+    def wait(self):
+        """Blocks until pending async saves are committed."""
+        self.manager.wait_until_finished()
+
+    def close(self):
+        self.manager.close()
+
+
+def encode_data_state(state: Any):
+    """A grain iterator state as JSON (DataLoader iterators give bytes, datasets give dicts)."""
+    if isinstance(state, bytes):
+        return {"bytes": state.decode("utf-8")}
+    return {"value": state}
+
+
+def decode_data_state(blob: dict):
+    if "bytes" in blob:
+        return blob["bytes"].encode("utf-8")
+    return blob["value"]
+
+
+def resolve_step(ckpt: Checkpointer, checkpoint: str | int, workdir: str) -> int:
+    """'best', 'latest' or a step number -> an existing step; a clear error otherwise."""
+    steps = ckpt.all_steps()
+    if not steps:
+        raise FileNotFoundError(
+            f"no checkpoints in workdir {workdir!r} (looked in {ckpt.directory}); train first with "
+            f"`effnet-train --config=... --workdir={workdir}`")
+    if checkpoint == "latest":
+        return ckpt.latest_step()
+    if checkpoint == "best":
+        return ckpt.best_step()
+    try:
+        step = int(checkpoint)
+    except (TypeError, ValueError):
+        raise ValueError(f"checkpoint={checkpoint!r}: expected 'best', 'latest' or a step number") from None
+    if step not in steps:
+        raise FileNotFoundError(f"no checkpoint at step {step} in {ckpt.directory}; available: {steps}")
+    return step
+
+
+def restore_for_inference(workdir: str, checkpoint: str | int = "best", use_ema: bool = True):
+    """Returns ``(config, model, variables)`` of a run's checkpoint, on the first local device.
+
+    ``checkpoint``: 'best' (by the run's ``best_metric``; the latest if none was
+    evaluated), 'latest' or a step number. ``variables`` are the EMA weights when
+    the run kept them and ``use_ema``. Works on any number of devices, whatever the
+    run was trained on. ``config.image_size`` is resolved; ``model.variant.mean/std``
+    give the normalisation; ``config.restored_step`` says which step was loaded.
+    """
+    from effnet_jax.train import state as state_lib
+
+    if not os.path.isdir(checkpoint_dir(workdir)):
+        raise FileNotFoundError(
+            f"no checkpoints in workdir {workdir!r}: {checkpoint_dir(workdir)} does not exist; train first with "
+            f"`effnet-train --config=... --workdir={workdir}`")
+    ckpt = Checkpointer(workdir, best_metric=None, async_save=False, read_only=True)
+    try:
+        config = ckpt.restore_config(resolve_step(ckpt, "latest", workdir))
+    finally:
+        ckpt.close()
+    # Reopen with the run's own best metric so 'best' means what the run meant.
+    ckpt = Checkpointer(workdir, best_metric=config.get("best_metric"), best_mode=config.get("best_mode", "max"),
+                        async_save=False, read_only=True)
+    try:
+        step = resolve_step(ckpt, checkpoint, workdir)
+        config = ckpt.restore_config(step)
+        saved = ckpt.restore_state_as_saved(step)
+    finally:
+        ckpt.close()
+    model, _ = state_lib.create_model(config, pretrained=False)
+    variables = state_lib.inference_variables(saved, use_ema=use_ema)
+    with config.unlocked():
+        config.restored_step = step
+    return config, model, variables

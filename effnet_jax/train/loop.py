@@ -1,0 +1,294 @@
+"""``train_and_evaluate``: the training loop, top to bottom in banner-marked sections."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+import effnet_jax
+from effnet_jax import checkpoint as checkpoint_lib
+from effnet_jax.data import pipeline
+from effnet_jax.train import freeze as freeze_lib
+from effnet_jax.train import losses, optimizer as optimizer_lib, state as state_lib, steps
+from effnet_jax.train.parallel import Parallel
+from effnet_jax.train.writer import MetricWriter
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; the run stopped without saving."""
+
+
+def _compute_metrics(labels, probs):
+    from effnet_jax.metrics import compute_metrics
+
+    return compute_metrics(labels, probs)
+
+
+def evaluate(par: Parallel, eval_step, variables, config, split: str = "validation") -> dict:
+    """Loss and classification metrics of ``variables`` on one full pass over ``split``."""
+    per_process = par.check_batch_size(config.eval_batch_size, "config.eval_batch_size")
+    ds = pipeline.create_split(
+        config.data, split, training=False, batch_size=per_process, image_size=config.image_size,
+        mean=config.model_mean, std=config.model_std, seed=config.seed)
+    probs, labels, batch_losses = [], [], []
+    for batch in ds:
+        out = par.fetch(eval_step(variables, par.put_batch({k: batch[k] for k in ("image", "label")})))
+        # Masks and labels are gathered the same way as the outputs, so rows line up.
+        host = par.fetch(par.put_batch({"mask": batch["mask"], "label": batch["label"]})) \
+            if jax.process_count() > 1 else {"mask": batch["mask"], "label": batch["label"]}
+        keep = np.asarray(host["mask"], bool)
+        probs.append(np.asarray(out["prob"])[keep])
+        batch_losses.append(np.asarray(out["loss"])[keep])
+        labels.append(np.asarray(host["label"])[keep])
+    labels, probs = np.concatenate(labels), np.concatenate(probs)
+    metrics = {"loss": float(np.mean(np.concatenate(batch_losses)))}
+    metrics.update(_compute_metrics(labels, probs))
+    return metrics
+
+
+def _resolve(config: ml_collections.ConfigDict, train_info: dict) -> tuple[ml_collections.ConfigDict, int, int]:
+    """A copy of ``config`` with derived values filled in, plus (total steps, steps per epoch)."""
+    config = ml_collections.ConfigDict(config.to_dict())  # unlocked copy; the caller's stays as it was
+    variant = effnet_jax.get_variant(config.model.name)
+    config.image_size = state_lib.image_size(config)
+    config.model_mean = tuple(variant.mean)
+    config.model_std = tuple(variant.std)
+    steps_per_epoch = max(1, math.ceil(train_info["num_examples"] / config.batch_size))
+    if config.num_train_steps > 0:
+        total = int(config.num_train_steps)
+    else:
+        total = max(1, int(math.ceil(config.num_epochs * steps_per_epoch)))
+    return config, total, steps_per_epoch
+
+
+def _class_weights(config, train_info):
+    spec = config.class_weights
+    if spec in (None, "", "none", "balanced"):
+        return losses.class_weights(ml_collections.ConfigDict({"class_weights": spec}), train_info["class_counts"])
+    try:
+        values = [float(v) for v in str(spec).split(",")]
+    except ValueError:
+        values = None
+    if not values or len(values) != 2:
+        raise ValueError(f"config.class_weights={spec!r}: expected 'none', 'balanced' or 'W0,W1'")
+    return np.asarray(values, np.float32)
+
+
+class _EarlyStopping:
+    """Counts evaluations without improvement of one metric."""
+
+    def __init__(self, cfg):
+        self.metric = cfg.metric
+        self.sign = 1.0 if cfg.mode == "max" else -1.0
+        if cfg.mode not in ("max", "min"):
+            raise ValueError(f"config.early_stopping.mode={cfg.mode!r}: expected 'max' or 'min'")
+        self.patience, self.min_delta = cfg.patience, cfg.min_delta
+        self.best, self.bad = -math.inf, 0
+
+    def update(self, metrics: dict) -> bool:
+        """Records an evaluation; True when training should stop."""
+        if not self.metric:
+            return False
+        if self.metric not in metrics:
+            raise KeyError(f"config.early_stopping.metric={self.metric!r} is not a validation metric; "
+                           f"have {sorted(metrics)}")
+        value = self.sign * float(metrics[self.metric])
+        if value > self.best + self.min_delta:
+            self.best, self.bad = value, 0
+        else:
+            self.bad += 1
+        return self.bad >= self.patience
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainState:
+    """Trains per ``config`` in ``workdir``, resuming from its latest checkpoint; returns the final state."""
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+
+    # ----------------------------------------------------------------------------------------------
+    # Input: split sizes first, they fix the number of steps.
+    # ----------------------------------------------------------------------------------------------
+    train_info = pipeline.split_info(config.data, "train")
+    config, total_steps, steps_per_epoch = _resolve(config, train_info)
+    data_tag = "synthetic" if train_info["synthetic"] else config.data.name
+    logging.info("data: %s, train split %d examples %s, %d steps (%.2f epochs of %d steps)", data_tag,
+                 train_info["num_examples"], dict(zip(train_info["class_names"], train_info["class_counts"])),
+                 total_steps, total_steps / steps_per_epoch, steps_per_epoch)
+
+    # ----------------------------------------------------------------------------------------------
+    # Mesh: every device; the batch is split over them, the state replicated.
+    # ----------------------------------------------------------------------------------------------
+    par = Parallel(config.parallelism)
+    per_process_batch = par.check_batch_size(config.batch_size, "config.batch_size")
+    logging.info("devices: %d x %s, parallelism=%s", par.num_devices, jax.devices()[0].platform, par.mode)
+
+    # ----------------------------------------------------------------------------------------------
+    # Model and optimizer, with freezing.
+    # ----------------------------------------------------------------------------------------------
+    _, variables = state_lib.create_model(config)
+    if config.model.zero_head:
+        variables = state_lib.zero_head(variables)
+    frozen = freeze_lib.frozen_mask(variables["params"], freeze_lib.freeze_patterns(config, variables["params"]))
+    n_frozen, n_total = freeze_lib.count(frozen)
+    frozen_norms = freeze_lib.frozen_norms(frozen)
+    model = effnet_jax.build_model(config.model.name, num_classes=state_lib.num_classes(config),
+                                   **state_lib.model_kwargs(config, frozen_norms, par.bn_axis_name))
+    logging.info("model: %s at %d px, %d of %d parameter tensors frozen (%d BatchNorms keep running stats)",
+                 config.model.name, config.image_size, n_frozen, n_total, len(frozen_norms))
+    tx, schedule = optimizer_lib.create_optimizer(config, frozen, total_steps, steps_per_epoch)
+    weights = _class_weights(config, train_info)
+    if weights is not None:
+        logging.info("class weights: %s", weights.tolist())
+    state = state_lib.create_train_state(variables, tx, config)
+    del variables
+
+    # ----------------------------------------------------------------------------------------------
+    # Checkpoint: resume from the workdir when it has one.
+    # ----------------------------------------------------------------------------------------------
+    ckpt = checkpoint_lib.Checkpointer(workdir, keep=config.keep_checkpoints, best_metric=config.best_metric or None,
+                                       best_mode=config.best_mode, async_save=config.async_checkpointing)
+    train_ds = pipeline.create_split(
+        config.data, "train", training=True, batch_size=per_process_batch, image_size=config.image_size,
+        mean=config.model_mean, std=config.model_std, seed=config.seed)
+    train_iter = iter(train_ds)
+    abstract = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, par.state_sharding(state))
+    start = ckpt.latest_step()
+    if start is not None:
+        state, data_state, saved_config = ckpt.restore(start, abstract)
+        train_iter.set_state(data_state)
+        _log_config_changes(saved_config, config)
+        logging.info("resumed from %s/%d", ckpt.directory, start)
+    else:
+        start = 0
+        if jax.process_index() == 0:
+            with open(os.path.join(workdir, "config.json"), "w") as f:
+                f.write(config.to_json_best_effort(indent=2))
+    state = par.put_state(state)
+
+    # ----------------------------------------------------------------------------------------------
+    # Update and eval steps, compiled for the devices.
+    # ----------------------------------------------------------------------------------------------
+    train_step = par.compile_train_step(functools.partial(
+        steps.train_step, model=model, tx=tx, frozen=frozen, class_weights=weights,
+        label_smoothing=config.label_smoothing, ema_decay=config.ema_decay), abstract)
+    eval_step = par.compile_eval_step(functools.partial(steps.eval_step, model=model))
+
+    # ----------------------------------------------------------------------------------------------
+    # Loop.
+    # ----------------------------------------------------------------------------------------------
+    writer = MetricWriter(workdir, extra={"data": data_tag})
+    stopper = _EarlyStopping(config.early_stopping)
+    stop_at = total_steps if config.stop_after_steps < 0 else min(total_steps, config.stop_after_steps)
+    bar = _progress(config, start, total_steps, data_tag)
+    pending, last_log = [], (start, time.time())
+    last_saved = start if start else None
+    step = start
+
+    def save(metrics=None):
+        nonlocal last_saved
+        ckpt.save(step, par.get_state(state), train_iter.get_state(), config, metrics)
+        last_saved = step
+
+    def flush_train_metrics():
+        # Fetching the metrics syncs with the devices; doing it only here keeps them busy.
+        nonlocal pending, last_log
+        if not pending:
+            return
+        values = [par.first_metrics(m) for m in pending]
+        for i, v in enumerate(values):
+            if not math.isfinite(v["loss"]):
+                bad = step - len(values) + i + 1
+                where = (f"the last good checkpoint is step {last_saved} in {ckpt.directory}" if last_saved
+                         else "no checkpoint was saved")
+                raise NonFiniteLossError(
+                    f"training loss is {v['loss']} at step {bad}; stopped without saving ({where}). "
+                    f"Try a lower config.optimizer.learning_rate or config.optimizer.grad_clip_norm.")
+        mean = {k: float(np.mean([v[k] for v in values])) for k in values[0]}
+        seconds = time.time() - last_log[1]
+        mean["images_per_sec"] = (step - last_log[0]) * config.batch_size / max(seconds, 1e-9)
+        mean["learning_rate"] = optimizer_lib.learning_rate(schedule, step - 1, config.optimizer.grad_accum_steps)
+        mean["epoch"] = step / steps_per_epoch
+        writer.write(step, "train", mean)
+        if bar is not None:
+            bar.set_postfix(loss=f"{mean['loss']:.4f}", img_s=f"{mean['images_per_sec']:.1f}", refresh=False)
+        pending, last_log = [], (step, time.time())
+
+    stopped_early = False
+    try:
+        while step < stop_at:
+            batch = next(train_iter)
+            state, metrics = train_step(state, par.put_batch({"image": batch["image"], "label": batch["label"]}))
+            step += 1
+            pending.append(metrics)
+            if bar is not None:
+                bar.update(1)
+            is_last = step == total_steps
+            if step % config.log_every_steps == 0 or is_last or step == stop_at:
+                flush_train_metrics()
+            eval_now = is_last or (config.eval_every_steps > 0 and step % config.eval_every_steps == 0)
+            eval_metrics = None
+            if eval_now:
+                flush_train_metrics()  # never evaluate or save a state whose loss was not checked
+                variables = state_lib.inference_variables(state, use_ema=config.ema_decay > 0)
+                eval_metrics = evaluate(par, eval_step, variables, config)
+                writer.write(step, "validation", eval_metrics)
+                logging.info("step %d validation (%s): %s", step, data_tag, _short(eval_metrics))
+                stopped_early = stopper.update(eval_metrics)
+            if eval_now or step % config.checkpoint_every_steps == 0 or step == stop_at or stopped_early:
+                flush_train_metrics()
+                save(eval_metrics)
+            if stopped_early:
+                logging.info("early stopping at step %d: %s did not improve for %d evaluations",
+                             step, config.early_stopping.metric, config.early_stopping.patience)
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+        ckpt.wait()
+        ckpt.close()
+        writer.close()
+        if hasattr(train_iter, "close"):
+            train_iter.close()
+    logging.info("done at step %d; checkpoints in %s, metrics in %s", step, ckpt.directory, writer.path)
+    return par.get_state(state)
+
+
+def _short(metrics: dict) -> str:
+    keys = ("loss", "accuracy", "auc", "precision", "recall", "specificity", "f1")
+    return ", ".join(f"{k}={metrics[k]:.4f}" for k in keys if k in metrics)
+
+
+def _log_config_changes(saved: ml_collections.ConfigDict, current: ml_collections.ConfigDict):
+    """Warns about keys whose value differs from the checkpointed run's (resuming is allowed)."""
+    a = _flat(json.loads(saved.to_json_best_effort()))
+    b = _flat(json.loads(current.to_json_best_effort()))
+    changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    if changed:
+        logging.warning("resuming with a config that differs from the checkpoint's in: %s", ", ".join(changed))
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _progress(config, start: int, total: int, data_tag: str):
+    if not config.progress_bar or jax.process_index() != 0:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=start, desc=f"train [{data_tag}]", unit="step", dynamic_ncols=True)

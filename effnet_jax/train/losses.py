@@ -1,0 +1,65 @@
+"""Classification losses on logits: softmax cross-entropy or sigmoid BCE, smoothing, class weights."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+
+def class_weights(config: ml_collections.ConfigDict, class_counts: Sequence[int] | None) -> np.ndarray | None:
+    """Per-class loss weights from ``config.class_weights`` (None, 'balanced' or a list).
+
+    'balanced' is scikit-learn's n_samples / (n_classes * count_c), so the weighted
+    classes contribute equally to the loss.
+    """
+    spec = config.get("class_weights")
+    if spec is None or spec == "none":
+        return None
+    if spec == "balanced":
+        if not class_counts or min(class_counts) <= 0:
+            raise ValueError(f"config.class_weights='balanced' needs class counts, got {class_counts}")
+        counts = np.asarray(class_counts, np.float64)
+        return (counts.sum() / (len(counts) * counts)).astype(np.float32)
+    weights = np.asarray(spec, np.float32)
+    if weights.shape != (2,):
+        raise ValueError(f"config.class_weights={spec!r}: expected None, 'balanced' or [w_normal, w_pneumonia]")
+    return weights
+
+
+def per_example_loss(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+    """Loss of each example; a (B, 1) logit means sigmoid BCE, (B, C) softmax cross-entropy."""
+    logits = logits.astype(jnp.float32)
+    if logits.shape[-1] == 1:
+        targets = labels.astype(jnp.float32)
+        # Symmetric smoothing towards 0.5, the binary analogue of smoothing towards uniform.
+        targets = targets * (1.0 - label_smoothing) + 0.5 * label_smoothing
+        return optax.sigmoid_binary_cross_entropy(logits[:, 0], targets)
+    onehot = jax.nn.one_hot(labels, logits.shape[-1])
+    if label_smoothing:
+        onehot = optax.smooth_labels(onehot, label_smoothing)
+    return optax.softmax_cross_entropy(logits, onehot)
+
+
+def weighted_mean_loss(logits, labels, weights=None, label_smoothing: float = 0.0) -> jax.Array:
+    """Mean over the batch of weight[label] * loss (Keras ``class_weight`` semantics).
+
+    Dividing by the batch size, not the weight sum, keeps the loss of a global batch
+    equal to the mean of its shards' losses, so jit and pmap agree.
+    """
+    losses = per_example_loss(logits, labels, label_smoothing)
+    if weights is not None:
+        losses = losses * jnp.asarray(weights)[labels]
+    return jnp.mean(losses)
+
+
+def positive_probability(logits: jax.Array) -> jax.Array:
+    """Probability of class 1 (pneumonia) from either head."""
+    logits = logits.astype(jnp.float32)
+    if logits.shape[-1] == 1:
+        return jax.nn.sigmoid(logits[:, 0])
+    return jax.nn.softmax(logits, axis=-1)[:, 1]

@@ -1,0 +1,78 @@
+"""The optax transformation a config describes: optimizer, schedule, clipping, accumulation, freezing."""
+
+from __future__ import annotations
+
+import jax
+import ml_collections
+import optax
+
+
+def create_schedule(config: ml_collections.ConfigDict, total_steps: int, steps_per_epoch: int):
+    """Learning rate per optimizer step: linear warmup, then cosine, step or constant."""
+    s = config.schedule
+    peak = config.optimizer.learning_rate
+    warmup = int(round(s.warmup_epochs * steps_per_epoch))
+    warmup = min(warmup, max(total_steps - 1, 0))
+    if s.name == "cosine":
+        return optax.warmup_cosine_decay_schedule(
+            0.0, peak, warmup, max(total_steps, warmup + 1), end_value=peak * s.min_lr_ratio)
+    if s.name == "step":
+        # TF EfficientNet style: multiply by decay_rate every decay_epochs, staircase.
+        decay = optax.exponential_decay(
+            peak, max(1, int(round(s.decay_epochs * steps_per_epoch))), s.decay_rate, staircase=True)
+    elif s.name == "constant":
+        decay = optax.constant_schedule(peak)
+    else:
+        raise ValueError(f"config.schedule.name={s.name!r}: expected 'cosine', 'step' or 'constant'")
+    if warmup == 0:
+        return decay
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
+
+
+def _decay_mask(params):
+    # Kernels only: BatchNorm scales/biases and dense/conv biases are 1-D.
+    return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def _base_optimizer(o: ml_collections.ConfigDict, schedule) -> optax.GradientTransformation:
+    if o.name == "adamw":
+        return optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, mask=_decay_mask)
+    if o.name == "adam":
+        return optax.adam(schedule, b1=o.b1, b2=o.b2, eps=o.eps)
+    # SGD and RMSprop take L2-style decay on the gradient, as in their TF/timm recipes.
+    decay = optax.add_decayed_weights(o.weight_decay, mask=_decay_mask) if o.weight_decay else optax.identity()
+    if o.name == "sgd":
+        return optax.chain(decay, optax.sgd(schedule, momentum=o.momentum or None, nesterov=o.nesterov))
+    if o.name == "rmsprop":
+        # TF's RMSprop: mean square starts at 1, epsilon inside the square root.
+        return optax.chain(decay, optax.rmsprop(
+            schedule, decay=o.rmsprop_decay, eps=o.eps, initial_scale=1.0, eps_in_sqrt=True,
+            momentum=o.momentum or None))
+    raise ValueError(f"config.optimizer.name={o.name!r}: expected 'adamw', 'adam', 'sgd' or 'rmsprop'")
+
+
+def create_optimizer(config: ml_collections.ConfigDict, frozen, total_steps: int, steps_per_epoch: int):
+    """Returns ``(tx, schedule)``; ``frozen`` is the bool pytree from ``freeze.frozen_mask``.
+
+    ``total_steps`` counts train steps (micro-batches); with gradient accumulation
+    the optimizer (and its schedule) steps once every ``grad_accum_steps``.
+    """
+    o = config.optimizer
+    accum = max(1, int(o.grad_accum_steps))
+    schedule = create_schedule(config, max(1, total_steps // accum), max(1, steps_per_epoch // accum))
+    train = _base_optimizer(o, schedule)
+    if o.grad_clip_norm:
+        # Clip inside the trainable branch: frozen gradients do not count toward the norm.
+        train = optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), train)
+    if accum > 1:
+        train = optax.MultiSteps(train, every_k_schedule=accum)
+    # multi_transform hands each branch only its own leaves, so frozen parameters
+    # carry no optimizer state at all (set_to_zero has none).
+    labels = jax.tree.map(lambda f: "frozen" if f else "train", frozen)
+    tx = optax.multi_transform({"train": train, "frozen": optax.set_to_zero()}, labels)
+    return tx, schedule
+
+
+def learning_rate(schedule, step: int, grad_accum_steps: int) -> float:
+    """The learning rate in effect at train step ``step``, for logging."""
+    return float(schedule(step // max(1, int(grad_accum_steps))))

@@ -1,0 +1,108 @@
+"""The train state (a plain pytree) and building the model a config describes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import struct
+
+import effnet_jax
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@struct.dataclass
+class TrainState:
+    """Everything a step changes. Model and optimizer live outside so the state checkpoints as data.
+
+    ``ema_params`` / ``ema_batch_stats`` are None when ``config.ema_decay == 0``.
+    ``rng`` is the run's base key; each step folds in its step number, so the
+    dropout masks of step N do not depend on how many times the run was resumed.
+    """
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    ema_params: Any
+    ema_batch_stats: Any
+    rng: jax.Array
+
+
+def image_size(config: ml_collections.ConfigDict) -> int:
+    """The training/eval image size: ``config.image_size`` or the variant's native resolution."""
+    if config.get("image_size"):
+        return int(config.image_size)
+    return effnet_jax.get_variant(config.model.name).resolution
+
+
+def num_classes(config: ml_collections.ConfigDict) -> int:
+    """Output units: 2 for a softmax head, 1 for a sigmoid head (``config.loss``)."""
+    return 1 if config.loss == "sigmoid_bce" else 2
+
+
+def model_kwargs(config: ml_collections.ConfigDict, frozen_norms=(), bn_axis_name=None) -> dict:
+    """The keyword arguments of ``create_model`` that a config sets."""
+    if config.dtype not in DTYPES:
+        raise ValueError(f"config.dtype={config.dtype!r}: expected one of {sorted(DTYPES)}")
+    return dict(
+        drop_rate=config.model.drop_rate,
+        drop_path_rate=config.model.drop_path_rate,
+        frozen_norms=tuple(frozen_norms),
+        bn_axis_name=bn_axis_name,
+        depthwise_impl=config.model.get("depthwise_impl", "auto"),
+        dtype=DTYPES[config.dtype],
+    )
+
+
+def create_model(config: ml_collections.ConfigDict, frozen_norms=(), bn_axis_name=None, pretrained=True):
+    """Returns ``(model, variables)`` for ``config.model`` (pretrained weights if configured)."""
+    return effnet_jax.create_model(
+        config.model.name,
+        num_classes=num_classes(config),
+        pretrained=config.model.pretrained if pretrained else None,
+        rng=config.seed,
+        **model_kwargs(config, frozen_norms, bn_axis_name),
+    )
+
+
+def zero_head(variables: dict) -> dict:
+    """Variables with the classifier's kernel and bias set to zero.
+
+    A fresh 2-way head initialised like timm's 1000-way one gives logits in the
+    tens at step 0; starting from zero logits (loss ln 2) lets fine-tuning begin
+    from the pretrained features instead of first undoing a random head.
+    """
+    params = dict(variables["params"])
+    if "classifier" in params:
+        params["classifier"] = jax.tree.map(jnp.zeros_like, params["classifier"])
+    return {**variables, "params": params}
+
+
+def create_train_state(variables: dict, tx, config: ml_collections.ConfigDict) -> TrainState:
+    """A step-0 state from model variables and an optax transformation."""
+    params = variables["params"]
+    batch_stats = variables.get("batch_stats", {})
+    use_ema = config.ema_decay > 0
+    # Copies, not aliases: the EMA buffers are donated separately from the params.
+    copy = lambda t: jax.tree.map(jnp.array, t)  # noqa: E731
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=batch_stats,
+        opt_state=tx.init(params),
+        ema_params=copy(params) if use_ema else None,
+        ema_batch_stats=copy(batch_stats) if use_ema else None,
+        rng=jax.random.PRNGKey(config.seed + 1),
+    )
+
+
+def inference_variables(state_like, use_ema: bool = True) -> dict:
+    """``{'params', 'batch_stats'}`` to evaluate with: the EMA copy when there is one."""
+    get = state_like.get if isinstance(state_like, dict) else lambda k: getattr(state_like, k)
+    if use_ema and get("ema_params") is not None:
+        return {"params": get("ema_params"), "batch_stats": get("ema_batch_stats")}
+    return {"params": get("params"), "batch_stats": get("batch_stats")}

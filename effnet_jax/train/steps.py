@@ -1,0 +1,86 @@
+"""One pure train step and one pure eval step; parallel.py compiles them with jit or pmap."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from effnet_jax.train import losses
+from effnet_jax.train.state import TrainState
+
+
+def _keep_frozen(frozen, old, new):
+    # Frozen leaves are taken from `old` untouched: p + 0.0 would turn a -0.0 into
+    # +0.0, and an EMA of a constant is not bitwise the constant.
+    return jax.tree.map(lambda f, o, n: o if f else n, frozen, old, new)
+
+
+def ema_decay_at(decay: float, step):
+    """EMA decay ramped up over the first steps, so early averages are not dominated by init."""
+    step = step.astype(jnp.float32)
+    return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
+def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTransformation, frozen: Any,
+               class_weights=None, label_smoothing: float = 0.0, ema_decay: float = 0.0,
+               axis_name: str | None = None) -> tuple[TrainState, dict]:
+    """One optimizer update on a batch; returns the new state and scalar metrics.
+
+    Under pmap (``axis_name`` set) gradients and metrics are averaged across
+    devices and ``model`` must carry the same ``bn_axis_name``; under jit the batch
+    is one global array and XLA inserts the same reductions.
+    """
+    rng = jax.random.fold_in(state.rng, state.step)
+    if axis_name is not None:
+        rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+
+    def loss_fn(params):
+        variables = {"params": params, "batch_stats": state.batch_stats}
+        logits, new_vars = model.apply(variables, batch["image"], train=True, mutable=["batch_stats"],
+                                       rngs={"dropout": rng})
+        loss = losses.weighted_mean_loss(logits, batch["label"], class_weights, label_smoothing)
+        return loss, (logits, new_vars["batch_stats"])
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    if axis_name is not None:
+        grads = jax.lax.pmean(grads, axis_name)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = _keep_frozen(frozen, state.params, optax.apply_updates(state.params, updates))
+
+    ema_params, ema_batch_stats = state.ema_params, state.ema_batch_stats
+    if ema_params is not None:
+        d = ema_decay_at(ema_decay, state.step)
+        ema_params = _keep_frozen(frozen, ema_params, optax.incremental_update(params, ema_params, 1.0 - d))
+        # Frozen norms never update their statistics, so their EMA equals them already.
+        ema_batch_stats = jax.tree.map(lambda e, b: jnp.where(e == b, e, d * e + (1.0 - d) * b),
+                                       ema_batch_stats, batch_stats)
+
+    trainable_grads = jax.tree.map(lambda f, g: jnp.zeros_like(g) if f else g, frozen, grads)
+    metrics = {
+        "loss": loss,
+        "accuracy": jnp.mean(_predict(logits) == batch["label"]),
+        "grad_norm": optax.global_norm(trainable_grads),
+    }
+    if axis_name is not None:
+        metrics = jax.lax.pmean(metrics, axis_name)
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
+                              ema_params=ema_params, ema_batch_stats=ema_batch_stats)
+    return new_state, metrics
+
+
+def _predict(logits):
+    if logits.shape[-1] == 1:
+        return (logits[:, 0] > 0).astype(jnp.int32)
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+
+def eval_step(variables: dict, batch: dict, *, model) -> dict:
+    """Per-example probability of pneumonia and unweighted loss (padding included; the mask drops it later)."""
+    logits = model.apply(variables, batch["image"], train=False)
+    return {
+        "prob": losses.positive_probability(logits),
+        "loss": losses.per_example_loss(logits, batch["label"]),
+    }
