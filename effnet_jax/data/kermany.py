@@ -149,6 +149,14 @@ def scan(path) -> Layout:
 def _walk(tree: _Tree, root: str, where: str, zip_path, folder) -> Layout:
   shown = lambda rel: f'{where}:{rel}' if zip_path else str(Path(folder) / rel)
   files, problems, ignored = {}, [], []
+  # Whatever lies beside the path down to the root (a README, __MACOSX, other data
+  # sets) is not read; list it so nothing disappears silently.
+  parts = root.split('/') if root else []
+  for depth in range(len(parts)):
+    here = '/'.join(parts[:depth])
+    for name in sorted(tree.dirs.get(here, set()) | tree.files.get(here, set())):
+      if name != parts[depth]:
+        ignored.append(f'{shown(_join(here, name))}: outside the data folder {shown(root)}')
   for name in sorted(tree.files.get(root, ())):
     rel = _join(root, name)
     (ignored if _is_os_junk(name) else problems).append(

@@ -3,6 +3,8 @@
 import hashlib
 import io
 from pathlib import Path
+import urllib.error
+import urllib.request
 
 import numpy as np
 from PIL import Image
@@ -25,6 +27,38 @@ def file_name(size: int) -> str:
 
 def url(size: int) -> str:
   return f'{RECORD}/files/{file_name(size)}?download=1'
+
+
+def _download(size: int, folder: Path, timeout_s: float = 60.0) -> Path:
+  """Fetch the npz for `size` into `folder` (once), verifying its MD5; clear error offline.
+
+  One attempt with a timeout instead of TFDS's download manager, whose retries with
+  back-off take minutes to tell an offline user that there is no network.
+  """
+  target = folder / file_name(size)
+  if target.is_file() and _md5(target) == MD5[size]:
+    return target
+  folder.mkdir(parents=True, exist_ok=True)
+  partial = target.with_suffix('.partial')
+  h = hashlib.md5()
+  try:
+    with urllib.request.urlopen(url(size), timeout=timeout_s) as response, \
+        open(partial, 'wb') as out:
+      for chunk in iter(lambda: response.read(1 << 20), b''):
+        h.update(chunk)
+        out.write(chunk)
+  except (OSError, urllib.error.URLError) as e:  # URLError, timeouts, refused connections
+    partial.unlink(missing_ok=True)
+    raise RuntimeError(
+        f'PneumoniaMNIST: could not download {url(size)} ({type(e).__name__}: {e}). '
+        f'Offline? Download {file_name(size)} from {RECORD} and set data.manual_dir to '
+        'the folder holding it.') from e
+  if h.hexdigest() != MD5[size]:
+    partial.unlink(missing_ok=True)
+    raise RuntimeError(f'{url(size)}: downloaded MD5 {h.hexdigest()} does not match the '
+                       f'expected {MD5[size]} for {file_name(size)}')
+  partial.rename(target)
+  return target
 
 
 class PneumoniaMnistConfig(tfds.core.BuilderConfig):
@@ -95,17 +129,7 @@ class PneumoniaMnist(base.Builder):
     size = self.builder_config.size
     path = self._find_local()
     if path is None:
-      try:
-        path = Path(dl_manager.download(url(size)))
-      except Exception as e:  # network errors come in many types (requests, urllib, OSError)
-        raise RuntimeError(
-            f'PneumoniaMNIST: could not download {url(size)} ({type(e).__name__}: {e}). '
-            f'Offline? Download {file_name(size)} from {RECORD} and set data.manual_dir to '
-            'the folder holding it.') from e
-      digest = _md5(path)
-      if digest != MD5[size]:
-        raise RuntimeError(f'{path}: MD5 {digest} does not match the expected {MD5[size]} '
-                           f'for {file_name(size)}; delete it and download again')
+      path = _download(size, Path(dl_manager.download_dir))
     arrays = self._load(path, size)
     self.info.metadata.update({'source': str(path), 'size': size})
     return {split: self._generate_examples(*arrays[split], split) for split in SPLITS}

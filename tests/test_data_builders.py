@@ -1,0 +1,197 @@
+"""TFDS builders on small trees the tests write: counts, features, conversions, bad input."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import data_fixtures as fx
+from effnet_jax.data import imaging
+from effnet_jax.data import kermany
+from effnet_jax.data import prepare
+from effnet_jax.data.builders import pneumonia_mnist
+
+
+def _prepare(raw, data_dir, **kw):
+  factory = prepare.BuilderFactory(name='chest_xray', manual_dir=str(raw),
+                                   data_dir=str(data_dir), **kw)
+  return prepare.ensure_prepared(factory)
+
+
+def _records(builder, split):
+  import io
+  from tensorflow_datasets.core import decode
+  source = builder.as_data_source(split, decoders={'image': decode.SkipDecoding()})
+  out = []
+  for r in source:
+    out.append({**r, 'image': np.asarray(Image.open(io.BytesIO(r['image']))),
+                'file_name': r['file_name'].decode(), 'patient_id': r['patient_id'].decode()})
+  return out
+
+
+@pytest.fixture(scope='module')
+def good(tmp_path_factory):
+  root = fx.write_tree(tmp_path_factory.mktemp('raw') / 'chest_xray', fx.GOOD_TREE)
+  builder = _prepare(root, tmp_path_factory.mktemp('tfds'), max_size=36)
+  return root, builder
+
+
+def test_prepares_every_split_with_exact_class_counts(good):
+  _, builder = good
+  metas = prepare.read_part_metadata(builder)
+  assert sorted(metas) == ['test', 'train', 'val']
+  for split, counts in fx.GOOD_COUNTS.items():
+    assert np.bincount(metas[split].labels, minlength=2).tolist() == counts
+
+
+def test_features_parse_patient_pathogen_and_file_name(good):
+  _, builder = good
+  recs = {r['file_name']: r for r in _records(builder, 'train')}
+  assert len(recs) == 11
+  assert recs['NORMAL2-IM-0003-0001.jpeg']['patient_id'] == 'NORMAL2-IM-0003'
+  assert recs['IM-0001-0002.jpeg']['patient_id'] == 'IM-0001'
+  assert recs['person2_virus_3.jpeg']['patient_id'] == 'person2'
+  pathogen = builder.info.features['pathogen'].names
+  assert pathogen[recs['person2_virus_3.jpeg']['pathogen']] == 'virus'
+  assert pathogen[recs['person1_bacteria_2.jpeg']['pathogen']] == 'bacteria'
+  assert pathogen[recs['IM-0001-0001.jpeg']['pathogen']] == 'none'
+  label = builder.info.features['label'].names
+  assert label[recs['person4_virus_5.png']['label']] == 'PNEUMONIA'
+
+
+def test_images_are_grayscale_with_shorter_side_capped_and_aspect_kept(good):
+  _, builder = good
+  recs = {r['file_name']: r['image'] for r in _records(builder, 'train')}
+  for name, image in recs.items():
+    assert image.ndim == 2 and image.dtype == np.uint8, name
+  assert recs['IM-0002-0001.jpeg'].shape == (36, 48)  # 64x48 -> shorter side 36, aspect 4:3
+  assert recs['IM-0001-0001.jpeg'].shape == (32, 40)  # already small: kept as is
+
+
+def test_16bit_image_is_stretched_to_the_full_8bit_range(good):
+  _, builder = good
+  image = {r['file_name']: r['image'] for r in _records(builder, 'train')}['IM-0004-0001.png']
+  assert image.min() <= 3 and image.max() >= 252  # JPEG storage wobbles the extremes slightly
+
+
+@pytest.mark.parametrize('mode', ['RGBA', 'CMYK', 'P', 'I;16', 'RGB', '1', 'LA'])
+def test_odd_modes_convert_to_8bit_gray(mode):
+  gray = fx.xray(0)
+  if mode == 'I;16':
+    im = Image.fromarray((np.asarray(gray).astype(np.uint16) * 257))
+  else:
+    im = gray.convert(mode)
+  out = imaging.to_gray(im)
+  assert out.mode == 'L' and out.size == gray.size
+  if mode in ('RGBA', 'RGB', 'I;16', 'LA', 'P'):
+    assert np.abs(np.asarray(out, int) - np.asarray(gray, int)).max() <= 1
+
+
+def test_zip_gives_the_same_records_as_the_folder(good, tmp_path):
+  root, builder = good
+  zipped = fx.zip_tree(root, tmp_path / 'chest-xray-pneumonia.zip', extra={
+      '__MACOSX/chest_xray/._IM-0001-0001.jpeg': b'junk',
+      'chest_xray/train/NORMAL/.DS_Store': b'junk',
+      'chest_xray/chest_xray/train/NORMAL/IM-0001-0001.jpeg': fx.jpeg(1)})  # Kaggle's copy
+  from_zip = _prepare(zipped, tmp_path / 'tfds', max_size=36)
+  for split in ('train', 'val', 'test'):
+    a, b = _records(builder, split), _records(from_zip, split)
+    assert [r['file_name'] for r in a] == [r['file_name'] for r in b]
+    for x, y in zip(a, b):
+      np.testing.assert_array_equal(x['image'], y['image'])
+  ignored = from_zip.info.metadata['ignored']
+  assert any('__MACOSX' in p for p in ignored) and any('.DS_Store' in p for p in ignored)
+  assert any('nested copy' in p for p in ignored)
+
+
+BAD_FILES = {
+    'corrupt': ('train/NORMAL/IM-0009-0001.jpeg', b'\xff\xd8\xff\xe0 not really a jpeg'),
+    'truncated': ('train/PNEUMONIA/person9_virus_9.jpeg', fx.jpeg(30, size=(64, 64))[:300]),
+    'not_image': ('train/PNEUMONIA/notes.txt', b'radiologist notes'),
+    'stray_folder': ('train/PNEUMONIA/extra/', None),
+    'stray_class': ('train/COVID/', None),
+}
+
+
+@pytest.mark.parametrize('kind', sorted(BAD_FILES))
+def test_bad_input_stops_preparation_naming_the_path(kind, tmp_path):
+  rel, content = BAD_FILES[kind]
+  root = fx.write_tree(tmp_path / 'raw', {**fx.GOOD_TREE, rel: content})
+  with pytest.raises(imaging.BadImageError, match='on_bad_image') as err:
+    _prepare(root, tmp_path / 'tfds')
+  assert str(root / rel.rstrip('/')) in str(err.value)
+
+
+def test_skip_policy_skips_bad_input_and_lists_it_in_dataset_info(tmp_path):
+  bad = {rel: content for rel, content in BAD_FILES.values()}
+  root = fx.write_tree(tmp_path / 'raw', {**fx.GOOD_TREE, **bad})
+  _prepare(root, tmp_path / 'tfds', on_bad_image='skip')
+  # A fresh builder reads the info back from disk: the list survives preparation.
+  builder = _prepare(root, tmp_path / 'tfds', on_bad_image='skip')
+  assert builder.builder_config.name == 'max512_skipbad'
+  skipped = builder.info.metadata['skipped']
+  assert builder.info.metadata['num_skipped'] == len(bad) == len(skipped)
+  for rel in bad:
+    assert sum(str(root / rel.rstrip('/')) in s for s in skipped) == 1, rel
+  metas = prepare.read_part_metadata(builder)
+  assert np.bincount(metas['train'].labels).tolist() == fx.GOOD_COUNTS['train']
+
+
+def test_missing_class_folder_is_an_error_naming_it(tmp_path):
+  tree = {k: v for k, v in fx.GOOD_TREE.items() if not k.startswith('val/PNEUMONIA')}
+  root = fx.write_tree(tmp_path / 'raw', tree)
+  with pytest.raises(kermany.LayoutError, match=str(root / 'val' / 'PNEUMONIA')):
+    _prepare(root, tmp_path / 'tfds')
+
+
+def test_empty_split_is_an_error_naming_it(tmp_path):
+  tree = {k: v for k, v in fx.GOOD_TREE.items() if not k.startswith('test/')}
+  root = fx.write_tree(tmp_path / 'raw', {**tree, 'test/NORMAL/': None, 'test/PNEUMONIA/': None})
+  with pytest.raises(kermany.LayoutError, match='empty split'):
+    _prepare(root, tmp_path / 'tfds')
+
+
+def test_missing_raw_folder_names_the_config_key(tmp_path):
+  with pytest.raises(kermany.LayoutError, match='data.manual_dir'):
+    _prepare(tmp_path / 'nowhere', tmp_path / 'tfds')
+
+
+# ---------------------------------------------------------------- PneumoniaMNIST
+
+def _mnist(raw, data_dir, size=28):
+  return prepare.ensure_prepared(prepare.BuilderFactory(
+      name='pneumonia_mnist', manual_dir=str(raw), data_dir=str(data_dir), mnist_size=size))
+
+
+def test_pneumonia_mnist_from_a_local_npz_keeps_pixels_labels_and_order(tmp_path):
+  arrays = fx.write_mnist_npz(tmp_path / 'raw' / 'pneumoniamnist_64.npz', size=64)
+  builder = _mnist(tmp_path / 'raw', tmp_path / 'tfds', size=64)
+  metas = prepare.read_part_metadata(builder)
+  for split in ('train', 'val', 'test'):
+    np.testing.assert_array_equal(metas[split].labels, arrays[f'{split}_labels'][:, 0])
+    images = np.stack([r['image'] for r in _records_mnist(builder, split)])
+    np.testing.assert_array_equal(images, arrays[f'{split}_images'])  # PNG: lossless
+
+
+def _records_mnist(builder, split):
+  import io
+  from tensorflow_datasets.core import decode
+  source = builder.as_data_source(split, decoders={'image': decode.SkipDecoding()})
+  return [{'image': np.asarray(Image.open(io.BytesIO(r['image'])))} for r in source]
+
+
+def test_pneumonia_mnist_offline_fails_with_a_clear_message(tmp_path, monkeypatch):
+  # Port 9 on localhost refuses at once: the same path as having no network.
+  monkeypatch.setattr(pneumonia_mnist, 'RECORD', 'http://127.0.0.1:9/records/10519652')
+  with pytest.raises(RuntimeError, match='Offline.*pneumoniamnist_128.npz'):
+    _mnist(tmp_path / 'empty', tmp_path / 'tfds', size=128)
+
+
+def test_pneumonia_mnist_npz_of_the_wrong_size_names_file_and_key(tmp_path):
+  fx.write_mnist_npz(tmp_path / 'raw' / 'pneumoniamnist.npz', size=32)
+  with pytest.raises(ValueError, match=r'pneumoniamnist.npz.*train_images.*mnist_size=28'):
+    _mnist(tmp_path / 'raw', tmp_path / 'tfds', size=28)
+
+
+def test_pneumonia_mnist_rejects_unknown_sizes():
+  with pytest.raises(ValueError, match='data.mnist_size=100'):
+    pneumonia_mnist.config_for(100)
