@@ -2,21 +2,43 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+
 import jax
 import jax.numpy as jnp
 
 from effnet_jax.models.efficientnet import EfficientNet, build_model
 
+log = logging.getLogger(__name__)
 
-def init_variables(model: EfficientNet, rng: jax.Array | int = 0, image_size: int | None = None) -> dict:
-    """Initialises ``params`` and ``batch_stats`` (on a one-image batch, jitted)."""
+
+def init_variables(model: EfficientNet, rng: jax.Array | int = 0, image_size: int = 64) -> dict:
+    """Initialises ``params`` and ``batch_stats`` (shapes do not depend on the image size)."""
     if isinstance(rng, int):
         rng = jax.random.PRNGKey(rng)
-    size = image_size or model.variant.resolution
-    dummy = jnp.zeros((1, size, size, 3), jnp.float32)
+    dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
     variables = jax.jit(lambda r: model.init(r, dummy, train=False))(rng)
     # The zero "perturbations" that Grad-CAM differentiates against are not state.
     return {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
+
+
+def load_pretrained(model: EfficientNet, variables: dict, pretrained: str):
+    """Merges pretrained weights into ``variables``; returns ``(model, variables, report)``.
+
+    The returned model carries the input mean/std the weights expect (Keras files
+    normalise differently from the variant's default).
+    """
+    from effnet_jax.weights import merge_weights, resolve_source
+
+    weights = resolve_source(pretrained, model.variant)
+    variables, report = merge_weights(variables, weights)
+    if weights.mean is not None:
+        variant = dataclasses.replace(model.variant, mean=tuple(weights.mean), std=tuple(weights.std))
+        model = model.clone(variant=variant)
+    log.info("Loaded %d arrays from %s (%s); re-initialised: %s", len(report.loaded), report.source,
+             report.source_format, ", ".join(report.reinitialised) or "none")
+    return model, variables, report
 
 
 def create_model(name: str, num_classes: int = 1000, pretrained: str | None = None, rng: jax.Array | int = 0,
@@ -25,12 +47,12 @@ def create_model(name: str, num_classes: int = 1000, pretrained: str | None = No
 
     ``pretrained`` is None (random init), a local weight file (``.safetensors``,
     ``.pth``/``.bin``, Keras ``.h5``), a directory written by ``effnet-convert``, or a
-    Hugging Face hub name such as ``timm/efficientnet_b0.ra_in1k``.
+    Hugging Face hub name such as ``timm/efficientnet_b0.ra_in1k``. A classifier
+    that does not fit ``num_classes`` is re-initialised (and logged); every other
+    array must load.
     """
     model = build_model(name, num_classes=num_classes, **model_kwargs)
-    variables = init_variables(model, rng, image_size=64)
+    variables = init_variables(model, rng)
     if pretrained is not None:
-        from effnet_jax.weights import load_pretrained
-
-        variables = load_pretrained(model, variables, pretrained)
+        model, variables, _ = load_pretrained(model, variables, str(pretrained))
     return model, variables

@@ -1,0 +1,180 @@
+"""Loads pretrained weights into initialised variables, checking every key and shape."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+from flax import traverse_util
+
+from effnet_jax.models.variants import VariantConfig, get_variant
+from effnet_jax.weights import name_maps
+from effnet_jax.weights.readers import WeightFileError, read_weights
+
+log = logging.getLogger(__name__)
+
+HEAD_PREFIX = ("params", "classifier")
+METADATA_FILE = "effnet_metadata.json"
+VARIABLES_DIR = "variables"
+
+
+@dataclasses.dataclass
+class ConvertedWeights:
+    """A source's weights in flax layout, plus what the summary reports."""
+
+    tensors: dict[tuple[str, ...], np.ndarray]
+    source: str
+    source_format: str
+    mean: tuple[float, ...] | None = None  # input normalisation the weights expect, when not the variant's
+    std: tuple[float, ...] | None = None
+
+
+@dataclasses.dataclass
+class LoadReport:
+    """What ``merge_weights`` did: the keys it loaded and the keys it left at their initial value."""
+
+    loaded: list[str]
+    reinitialised: list[str]
+    source: str
+    source_format: str
+
+
+def _path(key: tuple[str, ...]) -> str:
+    return "/".join(key)
+
+
+def convert_file(path: str | Path, variant: VariantConfig) -> ConvertedWeights:
+    """Reads a weight file of any supported format and maps it to flax names and layouts."""
+    tensors, fmt = read_weights(path)
+    mean = std = None
+    if fmt == "keras_h5":
+        flax_tensors = name_maps.from_keras(tensors, variant)
+        normalisation = name_maps.keras_input_normalisation(tensors)
+        if normalisation:
+            mean, std = normalisation
+        fmt = "keras_h5"
+    elif fmt == "pytorch" and name_maps.is_efficientnet_pytorch(tensors):
+        flax_tensors, fmt = name_maps.from_pytorch(tensors, variant), "efficientnet_pytorch"
+    else:
+        flax_tensors = name_maps.from_timm(tensors, variant)
+        fmt = f"timm_{fmt}"
+    return ConvertedWeights(flax_tensors, str(path), fmt, mean, std)
+
+
+def merge_weights(variables: dict, weights: ConvertedWeights) -> tuple[dict, LoadReport]:
+    """Returns ``variables`` with every key taken from ``weights``.
+
+    Every key of the model must come from the file, except the classifier, which
+    is re-initialised (and reported) when the file has none or its class count
+    differs. A key the model lacks, a missing key or a shape mismatch is an error
+    naming the first offending key.
+    """
+    target = traverse_util.flatten_dict(variables)
+    unknown = [k for k in weights.tensors if k not in target]
+    if unknown:
+        first = unknown[0]
+        shown = first[1] if first[0] == "unknown" else _path(first)
+        raise WeightFileError(
+            f"{weights.source}: key {shown!r} has no counterpart in the model ({len(unknown)} such keys). "
+            "Is this file for another architecture or variant?")
+    merged, loaded, reinitialised = {}, [], []
+    for key, init_value in target.items():
+        is_head = key[: len(HEAD_PREFIX)] == HEAD_PREFIX
+        if key not in weights.tensors:
+            if is_head:
+                merged[key] = init_value
+                reinitialised.append(_path(key))
+                continue
+            raise WeightFileError(
+                f"{weights.source}: the model's key {_path(key)!r} (shape {tuple(init_value.shape)}) is missing "
+                "from the file. Is this file for another variant?")
+        value = weights.tensors[key]
+        if tuple(value.shape) != tuple(init_value.shape):
+            if is_head:
+                merged[key] = init_value
+                reinitialised.append(_path(key))
+                continue
+            raise WeightFileError(
+                f"{weights.source}: shape mismatch at {_path(key)!r}: file has {tuple(value.shape)}, model expects "
+                f"{tuple(init_value.shape)}. Is this file for another variant?")
+        merged[key] = np.asarray(value, dtype=np.asarray(init_value).dtype)
+        loaded.append(_path(key))
+    for key in reinitialised:
+        log.info("Re-initialised %s (the file's classifier does not fit num_classes).", key)
+    report = LoadReport(loaded, reinitialised, weights.source, weights.source_format)
+    return traverse_util.unflatten_dict(merged), report
+
+
+# --- Converted checkpoint directories ----------------------------------------------------------
+
+def save_converted(directory: str | Path, variant: VariantConfig, num_classes: int, variables: dict,
+                   report: LoadReport, mean, std) -> Path:
+    """Writes variables as an orbax checkpoint plus a JSON metadata file."""
+    import orbax.checkpoint as ocp
+
+    directory = Path(directory).absolute()
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / VARIABLES_DIR
+    if target.exists():
+        raise FileExistsError(f"{target} already exists; choose another --output or remove it.")
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(target, variables)
+    metadata = {
+        "variant": variant.name,
+        "num_classes": num_classes,
+        "source": report.source,
+        "source_format": report.source_format,
+        "mean": list(mean),
+        "std": list(std),
+        "num_params": int(sum(np.size(x) for x in traverse_util.flatten_dict(variables["params"]).values())),
+        "reinitialised": report.reinitialised,
+    }
+    (directory / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
+    return directory
+
+
+def is_converted_dir(path: Path) -> bool:
+    return path.is_dir() and (path / METADATA_FILE).exists()
+
+
+def read_converted(directory: str | Path, variant: VariantConfig) -> ConvertedWeights:
+    """Reads an ``effnet-convert`` output directory back into flax-keyed arrays."""
+    import orbax.checkpoint as ocp
+
+    directory = Path(directory).absolute()
+    metadata_path = directory / METADATA_FILE
+    if not metadata_path.exists():
+        raise WeightFileError(f"{directory} is not an effnet-convert output directory (no {METADATA_FILE}).")
+    metadata = json.loads(metadata_path.read_text())
+    if get_variant(metadata["variant"]).name != variant.name:
+        raise WeightFileError(
+            f"{directory} holds weights for {metadata['variant']!r}, but the model is {variant.name!r}.")
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            restored = checkpointer.restore(directory / VARIABLES_DIR)
+    except Exception as e:  # orbax raises several types for damaged or partial checkpoints
+        raise WeightFileError(f"Cannot restore converted weights from {directory / VARIABLES_DIR}: {e}") from e
+    tensors = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(restored).items()}
+    return ConvertedWeights(tensors, str(directory), f"converted ({metadata['source_format']})",
+                            tuple(metadata["mean"]), tuple(metadata["std"]))
+
+
+def resolve_source(pretrained: str | Path, variant: VariantConfig) -> ConvertedWeights:
+    """Reads weights from a local file, a converted directory, or a hub name."""
+    path = Path(pretrained).expanduser()
+    if is_converted_dir(path):
+        return read_converted(path, variant)
+    if path.is_dir():
+        raise WeightFileError(f"{path} is a directory but not an effnet-convert output (no {METADATA_FILE}).")
+    if path.exists():
+        return convert_file(path, variant)
+    from effnet_jax.weights.hub import is_hub_name, download
+
+    if is_hub_name(str(pretrained)):
+        return convert_file(download(str(pretrained)), variant)
+    raise WeightFileError(
+        f"Pretrained weights {str(pretrained)!r} not found: not a local file, not a converted directory, "
+        "and not a hub name like 'timm/efficientnet_b0.ra_in1k'.")
