@@ -31,7 +31,9 @@ def _records(builder, split):
 @pytest.fixture(scope='module')
 def good(tmp_path_factory):
   root = fx.write_tree(tmp_path_factory.mktemp('raw') / 'chest_xray', fx.GOOD_TREE)
-  builder = _prepare(root, tmp_path_factory.mktemp('tfds'), max_size=36)
+  data_dir = tmp_path_factory.mktemp('tfds')
+  builder = _prepare(root, data_dir, max_size=36)
+  builder.data_root = data_dir  # for tests that go through the config
   return root, builder
 
 
@@ -195,3 +197,25 @@ def test_pneumonia_mnist_npz_of_the_wrong_size_names_file_and_key(tmp_path):
 def test_pneumonia_mnist_rejects_unknown_sizes():
   with pytest.raises(ValueError, match='data.mnist_size=100'):
     pneumonia_mnist.config_for(100)
+
+
+def test_pipeline_reads_prepared_fixture_images_in_split_order(good):
+  from effnet_jax.data import config as config_lib
+  from effnet_jax.data import pipeline
+  root, builder = good
+  cfg = config_lib.default_data_config()
+  cfg.name, cfg.manual_dir, cfg.data_dir, cfg.max_size = ('chest_xray', str(root),
+                                                          str(builder.data_root), 36)
+  info = pipeline.split_info(cfg, 'test')
+  assert info['file_names'] == ['IM-0200-0001.jpeg', 'IM-0201-0001.jpeg',
+                                'person200_bacteria_1.jpeg']
+  assert info['class_counts'] == [2, 1] and not info['synthetic']
+  batches = list(pipeline.create_split(cfg, 'test', training=False, batch_size=2, image_size=32,
+                                       mean=(0.0,) * 3, std=(1.0,) * 3, seed=0,
+                                       shard_index=0, shard_count=1))
+  assert [b['label'].tolist() for b in batches] == [[0, 0], [1, 0]]
+  assert [b['mask'].tolist() for b in batches] == [[True, True], [True, False]]
+  # mean 0, std 1: pixels come out in [0, 1], replicated over the 3 channels.
+  image = batches[0]['image'][0]
+  assert 0.0 <= image.min() and image.max() <= 1.0
+  np.testing.assert_array_equal(image[..., 0], image[..., 2])

@@ -36,12 +36,11 @@ class _LoadExample:
     self.seed, self.shard_index = int(seed), int(shard_index)
     self.augment = augment
     self.center_crop = float(center_crop)
+    # Validate the config here, where the caller sees it, not in a worker process.
     if training:
-      transforms.draw_params(augment, np.random.default_rng(0))  # validate the config early
-    else:
-      transforms.center_resize  # noqa: B018 (validated on first use)
-      if not 0.0 < self.center_crop <= 1.0:
-        raise ValueError(f'data.center_crop={center_crop}: expected a fraction in (0, 1]')
+      transforms.draw_params(augment, np.random.default_rng(0))
+    elif not 0.0 < self.center_crop <= 1.0:
+      raise ValueError(f'data.center_crop={center_crop}: expected a fraction in (0, 1]')
 
   def __call__(self, element):
     example, epoch, pos = element
