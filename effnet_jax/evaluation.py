@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -46,8 +47,16 @@ def input_spec(config, model) -> tuple[int, tuple, tuple]:
 
 
 def make_predict_fn(model, tta: tta_lib.TTAConfig | str | None = None):
-    """A jitted ``fn(variables, images) -> (B,)`` probability of PNEUMONIA, averaged over TTA views."""
-    config = tta_lib.parse_tta(tta)
+    """A jitted ``fn(variables, images) -> (B,)`` probability of PNEUMONIA, averaged over TTA views.
+
+    Cached per (model, TTA setting): the validation and test passes, and repeated
+    calls in one process, share one compiled program.
+    """
+    return _cached_predict_fn(model, tta_lib.parse_tta(tta))
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_predict_fn(model, config: tta_lib.TTAConfig):
 
     @jax.jit
     def predict(variables, images):

@@ -16,16 +16,27 @@ import sys
 from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Training run directory (holds checkpoints/).")
-flags.DEFINE_string("checkpoint", "best", "'best' (by the run's best_metric), 'latest' or a step number.")
-flags.DEFINE_string("gradcam", None, "Directory to write a Grad-CAM overlay PNG per image.")
-flags.DEFINE_string("threshold", "auto", "Decision threshold in [0, 1], or 'auto' (stored validation Youden, else 0.5).")
-flags.DEFINE_integer("batch_size", 8, "Images per forward pass.")
+
+
+def define_flags():
+    """Defines this command's flags (once). Called by ``run``, not at import, so that importing
+    several CLI modules in one process (a test session) cannot collide on --workdir."""
+    _define(flags.DEFINE_string, "workdir", None, "Training run directory (holds checkpoints/).")
+    _define(flags.DEFINE_string, "checkpoint", "best", "'best' (by the run's best_metric), 'latest' or a step number.")
+    _define(flags.DEFINE_string, "gradcam", None, "Directory to write a Grad-CAM overlay PNG per image.")
+    _define(flags.DEFINE_string, "threshold", "auto", "Decision threshold in [0, 1], or 'auto' (stored validation Youden, else 0.5).")
+    _define(flags.DEFINE_integer, "batch_size", 8, "Images per forward pass.")
+
+
+def _define(define, name, *args):
+    # Another command's module (effnet-train) may already own --workdir in this process: share it.
+    if name not in FLAGS:
+        define(name, *args)
 
 
 def main(argv):
     if not FLAGS["verbosity"].present:
-        # orbax logs every restore at INFO and read-only opens at WARNING; keep the output to what this command reports.
+        # orbax logs each restore at INFO and read-only opens at WARNING: noise for this command.
         logging.set_verbosity(logging.ERROR)
     paths = argv[1:]
     if not FLAGS.workdir:
@@ -54,6 +65,7 @@ def main(argv):
 
 def run():
     """Console-script entry point."""
+    define_flags()
     app.run(main)
 
 

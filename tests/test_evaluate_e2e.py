@@ -1,0 +1,111 @@
+"""End to end: train the debug config for two steps, then effnet-eval and effnet-predict (with Grad-CAM)."""
+
+import json
+import os
+import runpy
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from effnet_jax import metrics as metrics_lib
+
+pytestmark = pytest.mark.slow  # trains for real: about 2 CPU-minutes
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    from effnet_jax.train import train_and_evaluate
+
+    config = runpy.run_path(os.path.join(REPO, "configs", "debug.py"))["get_config"]()
+    # Smaller than debug.py itself: only the plumbing is under test here, not learning.
+    config.image_size = 32
+    config.data.synthetic_examples = 64
+    config.batch_size = 8
+    config.eval_batch_size = 16
+    config.num_train_steps = 2
+    config.eval_every_steps = 2
+    config.checkpoint_every_steps = 2
+    path = str(tmp_path_factory.mktemp("run"))
+    train_and_evaluate(config, path)
+    return path
+
+
+def cli(module, *args):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def evaluated(workdir):
+    proc = cli("effnet_jax.evaluate", f"--workdir={workdir}", "--checkpoint=latest", "--split=test")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out_dir = os.path.join(workdir, "eval", "test_2")
+    with open(os.path.join(out_dir, "metrics.json")) as f:
+        return proc, out_dir, json.load(f)
+
+
+def test_eval_cli_reports_both_thresholds_and_where_it_wrote(evaluated):
+    proc, out_dir, report = evaluated
+    assert f"Wrote {out_dir}/" in proc.stdout
+    assert "t=0.5" in proc.stdout and "val. Youden" in proc.stdout and "synthetic" in proc.stdout
+    assert report["step"] == 2 and report["split"] == "test" and report["synthetic"] is True
+    assert report["num_examples"] == 16 and sum(report["class_counts"]) == 16
+    for name in ("confusion_matrix_0.5.png", "confusion_matrix_youden.png", "roc.png"):
+        with Image.open(os.path.join(out_dir, name)) as im:
+            assert im.format == "PNG"
+    with open(os.path.join(out_dir, "predictions.csv")) as f:
+        assert len(f.read().strip().splitlines()) == 1 + 16
+
+
+def test_eval_metrics_match_a_fresh_pass_over_the_splits(workdir, evaluated):
+    from effnet_jax.checkpoint import restore_for_inference
+    from effnet_jax.evaluation import input_spec, predict_split
+
+    _, _, report = evaluated
+    config, model, variables = restore_for_inference(workdir, "latest")
+    size, mean, std = input_spec(config, model)
+    run = dict(image_size=size, mean=mean, std=std, batch_size=16, progress=False)
+    test = predict_split(model, variables, config.data, "test", **run)
+    val = predict_split(model, variables, config.data, "validation", **run)
+    threshold = metrics_lib.youden_threshold(val.labels, val.probs)
+    assert report["validation_threshold"] == pytest.approx(threshold, abs=1e-7)
+    for key, t in (("threshold_0.5", 0.5), ("threshold_validation_youden", threshold)):
+        expected = metrics_lib.json_safe(metrics_lib.compute_metrics(test.labels, test.probs, t))
+        got = report["metrics"][key]
+        assert got["confusion_matrix"] == expected["confusion_matrix"]
+        for name in metrics_lib.METRIC_NAMES:
+            assert got[name] == pytest.approx(expected[name], abs=1e-6, nan_ok=True)
+
+
+def test_predict_cli_scores_images_reports_bad_ones_and_writes_gradcam(workdir, evaluated, tmp_path):
+    _, _, report = evaluated
+    rng = np.random.default_rng(0)
+    good = tmp_path / "xray.png"
+    Image.fromarray(rng.integers(0, 256, (48, 40), dtype=np.uint8)).save(good)
+    rgb = tmp_path / "photo.jpg"
+    Image.fromarray(rng.integers(0, 256, (30, 30, 3), dtype=np.uint8)).save(rgb)
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    cams = tmp_path / "cams"
+    proc = cli("effnet_jax.predict", f"--workdir={workdir}", "--checkpoint=latest", f"--gradcam={cams}", "--batch_size=2",
+               str(good), str(corrupt), str(rgb))
+    assert proc.returncode == 1, proc.stderr[-3000:]  # one input failed
+    assert f"cannot read {corrupt}" in proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.strip().splitlines()]
+    assert [r["file"] for r in lines] == [str(good), str(corrupt), str(rgb)]
+    assert "error" in lines[1] and str(corrupt) in lines[1]["error"]
+    for record in (lines[0], lines[2]):
+        assert 0.0 <= record["prob_pneumonia"] <= 1.0
+        # effnet-eval stored the validation threshold for this step; predict uses it.
+        assert record["threshold"] == pytest.approx(report["validation_threshold"])
+        assert record["label"] == ("PNEUMONIA" if record["prob_pneumonia"] >= record["threshold"] else "NORMAL")
+        assert os.path.dirname(record["gradcam"]) == str(cams)
+    with Image.open(lines[0]["gradcam"]) as im:
+        assert im.format == "PNG" and im.size == (40, 48)
+    assert sorted(os.listdir(cams)) == ["photo.gradcam.png", "xray.gradcam.png"]

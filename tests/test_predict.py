@@ -1,0 +1,73 @@
+"""effnet-predict's input handling: preprocessing, unreadable files, thresholds, missing checkpoints."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from effnet_jax.prediction import ImageReadError, Predictor, Preprocessor, _overlay_names, resolve_threshold
+
+MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+
+def write(path, array, **kw):
+    Image.fromarray(array).save(path, **kw)
+    return str(path)
+
+
+def test_gray_and_rgb_copies_of_an_image_give_the_same_input(tmp_path):
+    gray = (np.arange(40 * 60) % 251).astype(np.uint8).reshape(40, 60)
+    pre = Preprocessor(image_size=16, mean=MEAN, std=STD)
+    a, shown = pre(write(tmp_path / "g.png", gray))
+    b, _ = pre(write(tmp_path / "c.png", np.repeat(gray[..., None], 3, axis=2)))
+    assert a.shape == (16, 16, 3) and a.dtype == np.float32
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a[..., 0], a[..., 2])  # grayscale replicated into 3 channels
+    assert shown.mode == "L" and shown.size == (60, 40)  # the overlay is drawn on the full image
+
+
+def test_normalisation_uses_mean_and_std(tmp_path):
+    flat = np.full((20, 20), 255, np.uint8)
+    image, _ = Preprocessor(image_size=8, mean=MEAN, std=STD)(write(tmp_path / "w.png", flat))
+    np.testing.assert_allclose(image, (1.0 - 0.5) / 0.25, rtol=1e-6)
+
+
+def test_unreadable_files_raise_naming_the_file(tmp_path):
+    pre = Preprocessor(image_size=8, mean=MEAN, std=STD)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8 definitely not a jpeg")
+    with pytest.raises(ImageReadError, match="bad.jpg"):
+        pre(str(bad))
+    with pytest.raises(ImageReadError, match="missing.png: cannot read file"):
+        pre(str(tmp_path / "missing.png"))
+
+
+def test_threshold_precedence(tmp_path):
+    workdir = tmp_path / "run"
+    assert resolve_threshold(str(workdir), 7, "0.3") == (0.3, "flag")
+    value, source = resolve_threshold(str(workdir), 7, "auto")
+    assert value == 0.5 and source.startswith("default 0.5")
+    out = workdir / "eval" / "test_7"
+    out.mkdir(parents=True)
+    (out / "metrics.json").write_text(json.dumps({"step": 7, "validation_threshold": 0.42}))
+    (workdir / "eval" / "test_7_tta-flip").mkdir()
+    (workdir / "eval" / "test_7_tta-flip" / "metrics.json").write_text(
+        json.dumps({"step": 7, "validation_threshold": 0.9}))
+    value, source = resolve_threshold(str(workdir), 7, None)
+    assert value == 0.42 and "validation Youden" in source
+    assert resolve_threshold(str(workdir), 8, None)[0] == 0.5  # stored for another step only
+    with pytest.raises(ValueError, match="--threshold"):
+        resolve_threshold(str(workdir), 7, "1.5")
+
+
+def test_overlay_names_stay_distinct():
+    assert _overlay_names(["a/x.png", "b/x.jpeg", "c/y.png"]) == ["x_0.gradcam.png", "x_1.gradcam.png",
+                                                                  "y.gradcam.png"]
+
+
+def test_workdir_without_checkpoints_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoints in workdir"):
+        Predictor(str(tmp_path))
+    assert not os.path.exists(tmp_path / "checkpoints")
