@@ -96,3 +96,8 @@ def test_bad_protocol_and_fraction_name_the_config_key():
     splits.select(_metas(), 'train', protocol='random', val_fraction=0.1)
   with pytest.raises(ValueError, match='data.val_fraction'):
     splits.select(_metas(), 'train', protocol='patient', val_fraction=1.5)
+
+
+def test_pooled_file_names_say_which_official_split_they_came_from():
+  sel = splits.select(_metas(), 'test', protocol='pooled', val_fraction=0.1, seed=0)
+  assert {name.split('/')[0] for name in sel.file_names} == {'train', 'val', 'test'}

@@ -42,6 +42,8 @@ def default_data_config() -> ml_collections.ConfigDict:
   # 'patient': validation carved from official train by patient, official test stays test.
   # 'pooled': every image pooled, then stratified 60/20/20 train/validation/test (the paper's
   #           protocol); grouping for pooled is `pooled_group`.
+  # pneumonia_mnist has no patient ids: 'patient' uses its shipped train/val/test as they are.
+  # synthetic ignores every split key (its three splits are generated separately).
   c.split_protocol = 'patient'
   c.val_fraction = 0.1  # fraction of train's patients (stratified by label) that go to validation
   c.pooled_fractions = (0.6, 0.2, 0.2)  # train/validation/test fractions for split_protocol='pooled'

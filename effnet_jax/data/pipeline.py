@@ -123,7 +123,12 @@ def create_split(data_config, split: str, *, training: bool, batch_size: int, im
 
 
 def split_info(data_config, split: str) -> dict:
-  """Size, class counts and file names of a logical split (all shards together)."""
+  """Size, class counts and file names of a logical split (all shards together).
+
+  file_names follow the split's order (the eval batches' 'index'); under the pooled
+  protocol they are '<official split>/<file name>', since names can repeat across
+  official splits. None for the synthetic source.
+  """
   sel = sources.selection(data_config, split)
   counts = np.bincount(sel.labels, minlength=len(CLASS_NAMES))
   return {'num_examples': int(len(sel)), 'class_counts': [int(c) for c in counts],

@@ -68,7 +68,12 @@ def _concat(metas: dict[str, PartMeta], parts: tuple[str, ...]):
   labels = np.concatenate([metas[p].labels for p in parts]).astype(np.int32)
   def join(attr):
     values = [getattr(metas[p], attr) for p in parts]
-    return None if any(v is None for v in values) else [x for v in values for x in v]
+    if any(v is None for v in values):
+      return None
+    if attr == 'file_names' and len(parts) > 1:
+      # Pooled: the same file name can occur in two official splits; say which one.
+      return [f'{p}/{x}' for p, v in zip(parts, values) for x in v]
+    return [x for v in values for x in v]
   return part, record, labels, join('file_names'), join('patient_ids')
 
 
