@@ -71,3 +71,27 @@ def test_workdir_without_checkpoints_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoints in workdir"):
         Predictor(str(tmp_path))
     assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_preprocessing_equals_the_eval_pipeline_on_the_stored_copy(tmp_path):
+    """Train/serve skew check: a file scores through the same pixels as its copy in a prepared split."""
+    import ml_collections
+
+    from effnet_jax.data import imaging, pipeline
+
+    rng = np.random.default_rng(0)
+    path = write(tmp_path / "x.png", rng.integers(0, 256, (90, 70), dtype=np.uint8))
+    with open(path, "rb") as f:
+        stored, _ = imaging.load_for_storage(f.read(), path, 64)
+
+    class OneImage:
+        def read_image(self, part, record):
+            return stored
+
+    load = pipeline._LoadExample(
+        OneImage(), np.array([0]), np.array([0]), np.array([1]), np.array([0]), training=False, image_size=24,
+        mean=MEAN, std=STD, seed=0, shard_index=0, augment=ml_collections.ConfigDict({"enabled": False}),
+        center_crop=0.9)
+    expected = load((0, 0, 0))["image"]
+    got, _ = Preprocessor(image_size=24, mean=MEAN, std=STD, center_crop=0.9, max_size=64)(path)
+    np.testing.assert_array_equal(got, expected)
