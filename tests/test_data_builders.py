@@ -219,3 +219,15 @@ def test_pipeline_reads_prepared_fixture_images_in_split_order(good):
   image = batches[0]['image'][0]
   assert 0.0 <= image.min() and image.max() <= 1.0
   np.testing.assert_array_equal(image[..., 0], image[..., 2])
+
+
+def test_error_policy_lists_every_bad_image_of_a_split_at_once(tmp_path):
+  bad = {'train/NORMAL/IM-0009-0001.jpeg': BAD_FILES['corrupt'][1],
+         'train/PNEUMONIA/person9_virus_9.jpeg': BAD_FILES['truncated'][1],
+         'train/PNEUMONIA/notes.txt': BAD_FILES['not_image'][1]}
+  root = fx.write_tree(tmp_path / 'raw', {**fx.GOOD_TREE, **bad})
+  with pytest.raises(imaging.BadImageError, match='^3 bad input') as err:
+    _prepare(root, tmp_path / 'tfds')
+  for rel in bad:
+    assert str(root / rel) in str(err.value)
+  assert 'not an image' in str(err.value) and 'truncated' in str(err.value)

@@ -62,8 +62,9 @@ def load_for_storage(data: bytes, path: str, max_size: int) -> tuple[bytes, tupl
       fmt = im.format
       im.load()  # full decode: truncated or corrupt data fails here, not later in training
   except Exception as e:  # Pillow raises many types (OSError, SyntaxError, ValueError...)
-    kind = 'not an image' if isinstance(e, Image.UnidentifiedImageError) else 'corrupt image'
-    raise BadImageError(f'{path}: {kind} ({type(e).__name__}: {e})') from e
+    if isinstance(e, Image.UnidentifiedImageError):
+      raise BadImageError(f'{path}: not an image (Pillow recognises no image format in it)') from e
+    raise BadImageError(f'{path}: corrupt or truncated image ({type(e).__name__}: {e})') from e
   if im.width < 1 or im.height < 1:
     raise BadImageError(f'{path}: empty image ({im.width}x{im.height})')
   if getattr(im, 'n_frames', 1) > 1:

@@ -90,19 +90,21 @@ class ChestXray(base.Builder):
     meta['num_skipped'] = len(meta['skipped'])
 
   def _generate_examples(self, layout, split):
-    written = 0
+    written, bad = 0, []
     for cls, rel in layout.files[split]:
       shown = f'{layout.source}:{rel}' if layout.zip_path else f'{layout.source}/{rel}'
       try:
         data, _ = imaging.load_for_storage(layout.read(rel), shown, self.builder_config.max_size)
       except imaging.BadImageError as e:
-        self._report([str(e)], self.info.metadata)
+        bad.append(str(e))  # keep going: one run reports every bad file of the split
         continue
       file_name = rel.rsplit('/', 1)[-1]
       patient, pathogen = kermany.parse_name(file_name, cls)
       written += 1
       yield rel, {'image': data, 'label': cls, 'pathogen': pathogen,
                   'patient_id': patient, 'file_name': file_name}
+    # With on_bad_image='error' this raises, and TFDS discards the partial output.
+    self._report(bad, self.info.metadata)
     if not written:
       raise imaging.BadImageError(f'{layout.source}: split {split!r} has no usable image left '
                                   'after skipping bad files')
