@@ -49,9 +49,10 @@ def stage_costs(cfg, size: int, n: int = 200) -> dict[str, float]:
   out = {}
 
   def timed(name, fn):
-    start = time.perf_counter()
+    # CPU time of this thread: what the stage costs, whatever else shares the machine.
+    start = time.thread_time()
     result = [fn(i) for i in idx]
-    out[name] = (time.perf_counter() - start) / len(idx) * 1e3
+    out[name] = (time.thread_time() - start) / len(idx) * 1e3
     return result
 
   raws = timed('read record', lambda i: reader.read_image(int(sel.part[i]), int(sel.record[i])))
@@ -124,12 +125,12 @@ def main():
   sources.catalog(cfg)
   print(f'data ready in {time.perf_counter() - start:.1f} s ({args.data_dir})')
   print(f'machine: {machine()}')
-  print(f'per-image stage cost at {args.image_size} px, one thread (ms):')
+  print(f'per-image stage cost at {args.image_size} px, CPU ms of one thread:')
   costs = stage_costs(cfg, args.image_size)
   for name, ms in costs.items():
     print(f'  {name:<24} {ms:6.2f}')
   total = sum(costs.values())
-  print(f'  {"total":<24} {total:6.2f}  -> {1e3 / total:.0f} img/s per core')
+  print(f'  {"total":<24} {total:6.2f}  -> {1e3 / total:.0f} img/s per core, before batching')
   # img/s is wall-clock and drops when other jobs share the cores; img/CPU-s divides by
   # the CPU time the loading processes actually got, so it is what one worker
   # sustains given a whole core.

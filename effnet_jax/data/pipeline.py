@@ -43,22 +43,42 @@ class _LoadExample:
       raise ValueError(f'data.center_crop={center_crop}: expected a fraction in (0, 1]')
 
   def __call__(self, element):
+    # Examples leave here as uint8 grey + a 256x3 lookup table; _assemble expands them
+    # straight into the float batch (one write per pixel, no per-image float array).
     example, epoch, pos = element
     if example < 0:  # eval padding row: no read, all zeros, masked out
-      return {'image': np.zeros((self.size, self.size, 3), np.float32),
+      return {'gray': np.zeros((self.size, self.size), np.uint8), 'table': _ZERO_TABLE,
               'label': np.int32(0), 'mask': np.bool_(False), 'index': np.int64(-1)}
     raw = self.reader.read_image(int(self.parts[example]), int(self.records[example]))
+    label = np.int32(self.labels[example])
     if self.training:
       rng = np.random.default_rng([self.seed, self.shard_index, epoch, pos])
       params = transforms.draw_params(self.augment, rng)
       im = transforms.decode_gray(raw, math.ceil(self.size / math.sqrt(params.area)))
       gray = transforms.warp(im, params, self.size)
-      image = self.normalize(gray, params.brightness, params.contrast)
-      return {'image': image, 'label': np.int32(self.labels[example]), 'mask': np.bool_(True)}
+      table = self.normalize.table(gray, params.brightness, params.contrast)
+      return {'gray': gray, 'table': table, 'label': label, 'mask': np.bool_(True)}
     im = transforms.decode_gray(raw, math.ceil(self.size / self.center_crop))
-    image = self.normalize(transforms.center_resize(im, self.size, self.center_crop))
-    return {'image': image, 'label': np.int32(self.labels[example]), 'mask': np.bool_(True),
-            'index': np.int64(self.global_index[example])}
+    gray = transforms.center_resize(im, self.size, self.center_crop)
+    return {'gray': gray, 'table': self.normalize.table(gray), 'label': label,
+            'mask': np.bool_(True), 'index': np.int64(self.global_index[example])}
+
+
+_ZERO_TABLE = np.zeros((256, 3), np.float32)
+
+
+def _assemble(examples) -> dict:
+  """Stack examples into a batch, expanding grey + table into the float32 RGB images."""
+  h, w = examples[0]['gray'].shape
+  image = np.empty((len(examples), h, w, 3), np.float32)
+  for i, ex in enumerate(examples):
+    np.take(ex['table'], ex['gray'], axis=0, out=image[i])
+  batch = {'image': image,
+           'label': np.array([ex['label'] for ex in examples], np.int32),
+           'mask': np.array([ex['mask'] for ex in examples], np.bool_)}
+  if 'index' in examples[0]:
+    batch['index'] = np.array([ex['index'] for ex in examples], np.int64)
+  return batch
 
 
 def _detach(batch: dict) -> dict:
@@ -106,7 +126,8 @@ def create_split(data_config, split: str, *, training: bool, batch_size: int, im
     order = sampling.EvalOrder(len(mine), math.ceil(per_shard / batch_size) * batch_size)
   # Batch on the MapDataset so a batch's examples do not depend on the worker count:
   # num_workers=0, 1 or 8 give identical batches for the same seed.
-  ds = grain.MapDataset.source(order).map(load).batch(batch_size, drop_remainder=training)
+  ds = grain.MapDataset.source(order).map(load).batch(batch_size, drop_remainder=training,
+                                                      batch_fn=_assemble)
   num_workers = int(data_config.get('num_workers', 0))
   buffer = int(data_config.get('prefetch_buffer', 2))
   if num_workers > 0:

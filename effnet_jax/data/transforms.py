@@ -130,10 +130,14 @@ class Normalizer:
   def _table(self, levels: np.ndarray) -> np.ndarray:
     return (levels[:, None] * self.scale + self.offset).astype(np.float32)
 
+  def table(self, gray: np.ndarray, brightness: float = 0.0, contrast: float = 1.0):
+    """The (256, 3) float32 table mapping grey levels of `gray` to normalised RGB values."""
+    if contrast == 1.0 and brightness == 0.0:
+      return self._identity
+    m = float(gray.mean())
+    return self._table(np.clip((self._levels - m) * contrast + m + 255.0 * brightness,
+                               0.0, 255.0))
+
   def __call__(self, gray: np.ndarray, brightness: float = 0.0, contrast: float = 1.0):
-    table = self._identity
-    if contrast != 1.0 or brightness != 0.0:
-      m = float(gray.mean())
-      table = self._table(np.clip((self._levels - m) * contrast + m + 255.0 * brightness,
-                                  0.0, 255.0))
-    return np.take(table, gray, axis=0)
+    """(H, W) uint8 -> (H, W, 3) float32, normalised."""
+    return np.take(self.table(gray, brightness, contrast), gray, axis=0)
