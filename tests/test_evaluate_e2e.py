@@ -109,3 +109,16 @@ def test_predict_cli_scores_images_reports_bad_ones_and_writes_gradcam(workdir, 
     with Image.open(lines[0]["gradcam"]) as im:
         assert im.format == "PNG" and im.size == (40, 48)
     assert sorted(os.listdir(cams)) == ["photo.gradcam.png", "xray.gradcam.png"]
+
+
+def test_tta_evaluation_of_the_validation_split_goes_to_its_own_directory(workdir, evaluated):
+    from effnet_jax.evaluation import evaluate_checkpoint, find_validation_threshold
+
+    report = evaluate_checkpoint(workdir, split="validation", checkpoint="latest", tta="flip", progress=False)
+    assert report["out_dir"] == os.path.join(workdir, "eval", "validation_2_tta-flip")
+    assert report["tta"] == "flip" and "split being reported" in report["threshold_source"]
+    assert os.path.isfile(os.path.join(report["out_dir"], "metrics.json"))
+    # predict (no TTA) keeps using the threshold stored by the plain evaluation.
+    _, out_dir, plain = evaluated
+    assert find_validation_threshold(workdir, 2) == (plain["validation_threshold"],
+                                                     os.path.join(out_dir, "metrics.json"))
