@@ -31,6 +31,7 @@ def decode_gray(image, min_side: int = 0) -> Image.Image:
     im.draft('L', (min_side, min_side))
   if im.mode != 'L':
     im = im.convert('L')
+  im.load()  # decode now (Pillow is lazy), so errors and costs show up here
   if min_side:
     # Box-average by an integer factor while both sides stay >= min_side: cheap
     # anti-aliasing before the bilinear warp (which does not low-pass on its own).
