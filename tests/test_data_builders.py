@@ -231,3 +231,20 @@ def test_error_policy_lists_every_bad_image_of_a_split_at_once(tmp_path):
   for rel in bad:
     assert str(root / rel) in str(err.value)
   assert 'not an image' in str(err.value) and 'truncated' in str(err.value)
+
+
+def test_pneumonia_mnist_through_the_pipeline_uses_its_own_splits_and_pixels(tmp_path):
+  from effnet_jax.data import config as config_lib
+  from effnet_jax.data import pipeline
+  arrays = fx.write_mnist_npz(tmp_path / 'raw' / 'pneumoniamnist.npz', size=28)
+  cfg = config_lib.default_data_config()
+  cfg.name, cfg.mnist_size = 'pneumonia_mnist', 28
+  cfg.manual_dir, cfg.data_dir = str(tmp_path / 'raw'), str(tmp_path / 'tfds')
+  info = pipeline.split_info(cfg, 'validation')
+  assert info['num_examples'] == 4 and info['class_counts'] == [2, 2]
+  assert info['file_names'] == ['val_00000', 'val_00001', 'val_00002', 'val_00003']
+  batch = next(iter(pipeline.create_split(cfg, 'validation', training=False, batch_size=4,
+                                          image_size=28, mean=(0.0,) * 3, std=(1.0,) * 3,
+                                          seed=0, shard_index=0, shard_count=1)))
+  np.testing.assert_allclose(batch['image'][..., 1], arrays['val_images'] / 255.0, atol=1e-6)
+  np.testing.assert_array_equal(batch['label'], arrays['val_labels'][:, 0])

@@ -207,3 +207,22 @@ def test_make_global_batch_builds_sharded_jax_arrays():
   out = pipeline.make_global_batch(batch, NamedSharding(mesh, PartitionSpec('data')))
   assert isinstance(out['image'], jax.Array) and out['image'].shape == (4, 32, 32, 3)
   np.testing.assert_array_equal(np.asarray(out['index']), batch['index'])
+
+
+def test_eval_with_worker_processes_is_the_same_single_pass():
+  reference = list(_eval(_cfg(), batch_size=6, shard_index=0, shard_count=1))
+  it = iter(_eval(_cfg(num_workers=2), batch_size=6, shard_index=0, shard_count=1))
+  try:
+    _assert_same(reference, list(it))
+  finally:
+    it.close()
+
+
+@pytest.mark.parametrize('split', ['train', 'validation', 'test'])
+def test_eval_images_are_the_images_of_the_requested_split(split):
+  from effnet_jax.data import synthetic
+  batch = next(iter(_eval(_cfg(), split=split, batch_size=4, image_size=synthetic.SIZE,
+                          shard_index=0, shard_count=1)))
+  expected = np.stack([synthetic.image(split, i) for i in range(4)]) / 255.0
+  pixels = batch['image'][..., 0] * STD[0] + MEAN[0]
+  np.testing.assert_allclose(pixels, expected, atol=1e-5)

@@ -115,8 +115,11 @@ def create_split(data_config, split: str, *, training: bool, batch_size: int, im
   sel = sources.selection(data_config, split)
   _, reader = sources.catalog(data_config)
   mine = np.arange(shard_index, len(sel), shard_count)
+  # sel.part indexes sel.parts (the parts this split draws from); the reader numbers
+  # all prepared parts, so translate.
+  reader_part = np.array([reader.parts.index(p) for p in sel.parts], np.int32)[sel.part]
   load = _LoadExample(
-      reader, sel.part[mine], sel.record[mine], sel.labels[mine], mine, training=training,
+      reader, reader_part[mine], sel.record[mine], sel.labels[mine], mine, training=training,
       image_size=image_size, mean=mean, std=std, seed=seed, shard_index=shard_index,
       augment=data_config.augment, center_crop=data_config.get('center_crop', 1.0))
   if training:
