@@ -248,3 +248,15 @@ def test_pneumonia_mnist_through_the_pipeline_uses_its_own_splits_and_pixels(tmp
                                           seed=0, shard_index=0, shard_count=1)))
   np.testing.assert_allclose(batch['image'][..., 1], arrays['val_images'] / 255.0, atol=1e-6)
   np.testing.assert_array_equal(batch['label'], arrays['val_labels'][:, 0])
+
+
+def test_layout_is_found_beside_another_data_set_with_a_train_folder(tmp_path):
+  # Mendeley's full archive: CellData/{OCT,chest_xray}/{train,test}/...; OCT has NORMAL too.
+  fx.write_tree(tmp_path / 'CellData' / 'OCT', {'train/NORMAL/NORMAL-1-1.jpeg': fx.jpeg(0),
+                                                'train/CNV/CNV-1-1.jpeg': fx.jpeg(1)})
+  fx.write_tree(tmp_path / 'CellData' / 'chest_xray', fx.GOOD_TREE)
+  layout = kermany.scan(tmp_path)
+  assert {split: len(files) for split, files in layout.files.items()} == {
+      'train': 11, 'val': 2, 'test': 3}
+  assert any('OCT: outside the data folder' in p for p in layout.ignored)
+  assert layout.problems == []

@@ -226,3 +226,31 @@ def test_eval_images_are_the_images_of_the_requested_split(split):
   expected = np.stack([synthetic.image(split, i) for i in range(4)]) / 255.0
   pixels = batch['image'][..., 0] * STD[0] + MEAN[0]
   np.testing.assert_allclose(pixels, expected, atol=1e-5)
+
+
+_TWO_DEVICE_SCRIPT = '''
+import numpy as np, jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from effnet_jax.data import config, pipeline
+cfg = config.default_data_config()
+cfg.synthetic_examples = 64
+mesh = Mesh(np.array(jax.devices()), ('data',))
+batch = next(iter(pipeline.create_split(cfg, 'validation', training=False, batch_size=8,
+                                        image_size=16, mean=(0.5,) * 3, std=(0.5,) * 3, seed=0)))
+out = pipeline.make_global_batch(batch, NamedSharding(mesh, PartitionSpec('data')))
+shards = sorted((s.index[0].start, s.data.shape[0]) for s in out['image'].addressable_shards)
+assert len(jax.devices()) == 2 and shards == [(0, 4), (4, 4)], shards
+np.testing.assert_array_equal(np.asarray(out['label']), batch['label'])
+print('ok')
+'''
+
+
+def test_make_global_batch_splits_the_batch_over_two_devices():
+  import os
+  import subprocess
+  import sys
+  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2',
+         'JAX_PLATFORMS': 'cpu'}
+  result = subprocess.run([sys.executable, '-c', _TWO_DEVICE_SCRIPT], env=env,
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0 and result.stdout.strip().endswith('ok'), result.stderr[-2000:]

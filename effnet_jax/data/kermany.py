@@ -108,10 +108,15 @@ def _join(a: str, b: str) -> str:
 
 
 def _find_root(tree: _Tree) -> str | None:
-  """The shallowest folder holding a train/ folder (Kaggle's zip nests a second copy)."""
+  """The folder holding train/{NORMAL,PNEUMONIA}: most class folders first, then shallowest.
+
+  Kaggle's zip nests a second copy of the layout (the shallower one wins); Mendeley's
+  full archive has an OCT data set beside it whose train/ also has a NORMAL/ folder.
+  """
   roots = [d for d in tree.dirs if 'train' in tree.dirs[d]
            and not any(part in _OS_DIRS for part in d.split('/'))]
-  return min(roots, key=lambda d: (d.count('/') + bool(d), d)) if roots else None
+  classes = lambda d: len(set(CLASSES) & tree.dirs.get(_join(d, 'train'), set()))
+  return min(roots, key=lambda d: (-classes(d), d.count('/') + bool(d), d)) if roots else None
 
 
 def scan(path) -> Layout:
