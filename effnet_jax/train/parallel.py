@@ -57,7 +57,11 @@ class Parallel:
         """A host or restored state, ready for the compiled train step."""
         if self.mode == "jit":
             return jax.device_put(state, self.replicated)
-        return jax.device_put_replicated(state, self.local_devices)
+        # One copy per local device, stacked on a leading axis that pmap maps over.
+        n = len(self.local_devices)
+        stacked = NamedSharding(Mesh(np.array(self.local_devices), (PMAP_AXIS,)), P(PMAP_AXIS))
+        return jax.tree.map(lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (n,) + np.shape(x)), stacked),
+                            state)
 
     def get_state(self, state):
         """The state in the unreplicated layout that is checkpointed."""

@@ -62,7 +62,7 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
     metrics = {
         "loss": loss,
         "accuracy": jnp.mean(_predict(logits) == batch["label"]),
-        "grad_norm": optax.global_norm(trainable_grads),
+        "grad_norm": optax.tree.norm(trainable_grads),
     }
     if axis_name is not None:
         metrics = jax.lax.pmean(metrics, axis_name)

@@ -1,0 +1,121 @@
+"""The train step on 8 fake CPU devices: jit over a mesh equals pmap, and frozen means frozen."""
+
+import functools
+
+import jax
+import numpy as np
+import pytest
+from flax import traverse_util
+
+import effnet_jax
+from effnet_jax.train import freeze, optimizer, state as state_lib, steps
+from effnet_jax.train.parallel import Parallel
+from effnet_jax.train.testing import tiny_config
+
+STEPS = 3
+pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs XLA_FLAGS=--xla_force_host_platform_device_count=8")
+
+
+def _config():
+    # SGD, not Adam: Adam divides by sqrt(v), which blows float noise in near-zero
+    # gradients up to the size of the learning rate and would hide real differences.
+    return tiny_config(**{
+        "optimizer.name": "sgd", "optimizer.learning_rate": 0.02, "optimizer.weight_decay": 1e-4,
+        "schedule.name": "constant", "schedule.warmup_epochs": 0.0, "model.drop_rate": 0.0,
+        "freeze_until": "blocks_2", "ema_decay": 0.5,
+    })
+
+
+def _batches():
+    rs = np.random.RandomState(0)
+    return [{"image": rs.randn(16, 32, 32, 3).astype(np.float32), "label": rs.randint(0, 2, 16).astype(np.int32)}
+            for _ in range(STEPS)]
+
+
+def _run(mode: str):
+    config = _config()
+    par = Parallel(mode)
+    # A zero head (as train_and_evaluate starts) keeps the loss near ln 2; a random 2-way head
+    # gives gradient norms in the thousands, where float noise grows chaotically step over step.
+    _, variables = state_lib.create_model(config)
+    variables = state_lib.zero_head(variables)
+    frozen = freeze.frozen_mask(variables["params"], freeze.freeze_patterns(config, variables["params"]))
+    model = effnet_jax.build_model(config.model.name, num_classes=2,
+                                   **state_lib.model_kwargs(config, freeze.frozen_norms(frozen), par.bn_axis_name))
+    tx, _ = optimizer.create_optimizer(config, frozen, total_steps=10, steps_per_epoch=5)
+    state0 = state_lib.create_train_state(variables, tx, config)
+    host0 = jax.device_get(state0)
+    step = par.compile_train_step(functools.partial(steps.train_step, model=model, tx=tx, frozen=frozen,
+                                                    ema_decay=config.ema_decay), state0)
+    state = par.put_state(state0)
+    for batch in _batches():
+        state, metrics = step(state, par.put_batch(batch))
+    return host0, jax.device_get(par.get_state(state)), frozen, par.first_metrics(metrics)
+
+
+@pytest.fixture(scope="module")
+def runs():
+    return {"jit": _run("jit"), "pmap": _run("pmap")}
+
+
+def _flat(tree):
+    return traverse_util.flatten_dict(tree, sep="/")
+
+
+def test_jit_mesh_and_pmap_give_the_same_params_after_3_steps(runs):
+    _, jit_state, _, jit_metrics = runs["jit"]
+    _, pmap_state, _, pmap_metrics = runs["pmap"]
+    assert int(jit_state.step) == int(pmap_state.step) == STEPS
+    for name in ("params", "batch_stats"):
+        a, b = _flat(getattr(jit_state, name)), _flat(getattr(pmap_state, name))
+        assert a.keys() == b.keys()
+        for path in a:
+            np.testing.assert_allclose(a[path], b[path], atol=1e-5, rtol=0, err_msg=f"{name}/{path}")
+    assert jit_metrics["loss"] == pytest.approx(pmap_metrics["loss"], abs=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["jit", "pmap"])
+def test_frozen_params_and_batch_stats_are_bitwise_unchanged_and_the_rest_changed(runs, mode):
+    before, after, frozen, _ = runs[mode]
+    mask = _flat(frozen)
+    assert any(mask.values()) and not all(mask.values())
+    for path, is_frozen in mask.items():
+        same = np.array_equal(_flat(before.params)[path], _flat(after.params)[path])
+        assert same == is_frozen, f"params/{path}: frozen={is_frozen} but unchanged={same}"
+        ema_same = np.array_equal(_flat(before.ema_params)[path], _flat(after.ema_params)[path])
+        assert ema_same == is_frozen, f"ema_params/{path}"
+    frozen_modules = {p.rsplit("/", 1)[0] for p, f in mask.items() if f}
+    stats_before, stats_after = _flat(before.batch_stats), _flat(after.batch_stats)
+    for path in stats_before:
+        module = path.rsplit("/", 1)[0]
+        same = np.array_equal(stats_before[path], stats_after[path])
+        assert same == (module in frozen_modules), f"batch_stats/{path}"
+
+
+def test_frozen_params_carry_no_optimizer_state(runs):
+    _, after, frozen, _ = runs["jit"]
+    trainable = {p for p, f in _flat(frozen).items() if not f}
+    # SGD with momentum keeps exactly one trace per trainable parameter, nothing else param-shaped.
+    param_shapes = {p: v.shape for p, v in _flat(after.params).items()}
+    traced = []
+    for keypath, leaf in jax.tree_util.tree_leaves_with_path(after.opt_state):
+        # The parameter path is the run of dict keys after the optimizer's own structure.
+        names = []
+        for k in reversed(keypath):
+            if not isinstance(k, jax.tree_util.DictKey):
+                break
+            names.insert(0, k.key)
+        path = "/".join(names)
+        if path in param_shapes:
+            assert leaf.shape == param_shapes[path]
+            traced.append(path)
+        else:
+            assert np.ndim(leaf) == 0, f"unexpected optimizer state {keypath}"
+    assert sorted(traced) == sorted(trainable)
+
+
+def test_a_freeze_pattern_matching_nothing_is_an_error_naming_its_key():
+    params = {"conv_stem": {"kernel": np.zeros((3, 3, 3, 8))}, "classifier": {"kernel": np.zeros((8, 2))}}
+    config = tiny_config(freeze=("^conv_stem/", "^blocks_9_"))
+    with pytest.raises(ValueError, match=r"config\.freeze\[1\]='\^blocks_9_' matches no parameter"):
+        freeze.frozen_mask(params, freeze.freeze_patterns(config, params))
