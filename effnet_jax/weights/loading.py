@@ -80,26 +80,25 @@ def merge_weights(variables: dict, weights: ConvertedWeights) -> tuple[dict, Loa
         raise WeightFileError(
             f"{weights.source}: key {shown!r} has no counterpart in the model ({len(unknown)} such keys). "
             "Is this file for another architecture or variant?")
+    # Check in the file's own order, so "first offending key" means first in the file.
+    for key, value in weights.tensors.items():
+        expected = tuple(target[key].shape)
+        if tuple(value.shape) != expected and key[: len(HEAD_PREFIX)] != HEAD_PREFIX:
+            raise WeightFileError(
+                f"{weights.source}: shape mismatch at {_path(key)!r}: file has {tuple(value.shape)}, model expects "
+                f"{expected}. Is this file for another variant?")
     merged, loaded, reinitialised = {}, [], []
     for key, init_value in target.items():
         is_head = key[: len(HEAD_PREFIX)] == HEAD_PREFIX
-        if key not in weights.tensors:
-            if is_head:
-                merged[key] = init_value
-                reinitialised.append(_path(key))
-                continue
+        value = weights.tensors.get(key)
+        if value is None and not is_head:
             raise WeightFileError(
                 f"{weights.source}: the model's key {_path(key)!r} (shape {tuple(init_value.shape)}) is missing "
                 "from the file. Is this file for another variant?")
-        value = weights.tensors[key]
-        if tuple(value.shape) != tuple(init_value.shape):
-            if is_head:
-                merged[key] = init_value
-                reinitialised.append(_path(key))
-                continue
-            raise WeightFileError(
-                f"{weights.source}: shape mismatch at {_path(key)!r}: file has {tuple(value.shape)}, model expects "
-                f"{tuple(init_value.shape)}. Is this file for another variant?")
+        if value is None or tuple(value.shape) != tuple(init_value.shape):
+            merged[key] = init_value
+            reinitialised.append(_path(key))
+            continue
         merged[key] = np.asarray(value, dtype=np.asarray(init_value).dtype)
         loaded.append(_path(key))
     for key in reinitialised:

@@ -1,0 +1,138 @@
+"""The flax EfficientNet family: structure, options and the two depthwise formulations."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import effnet_jax
+from effnet_jax.models import build_model, get_variant, list_variants
+from effnet_jax.models.layers import conv_padding, depthwise_conv, spatial_padding
+from effnet_jax.models.variants import make_divisible, parse_block_string
+
+
+def _param_count(model) -> int:
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
+    return sum(x.size for x in jax.tree_util.tree_leaves(shapes["params"]))
+
+
+@pytest.mark.parametrize("name", list_variants())
+def test_parameter_count_equals_timm(name):
+    import timm
+
+    reference = timm.create_model(name, pretrained=False)
+    assert _param_count(build_model(name)) == sum(p.numel() for p in reference.parameters())
+
+
+def test_family_has_every_variant_with_its_settings():
+    names = set(list_variants())
+    for i in range(8):
+        assert {f"efficientnet_b{i}", f"tf_efficientnet_b{i}"} <= names
+    for i in range(5):
+        assert {f"efficientnet_lite{i}", f"tf_efficientnet_lite{i}"} <= names
+    assert get_variant("tf_efficientnet_b7").resolution == 600
+    assert get_variant("tf_efficientnet_b2").padding == "same"
+    assert get_variant("efficientnet_b2").bn_eps == 1e-5
+    assert get_variant("tf_efficientnet_lite0").mean == (0.5, 0.5, 0.5)
+    assert get_variant("timm/efficientnet_b0.ra_in1k").name == "efficientnet_b0"
+
+
+def test_unknown_variant_lists_the_known_ones():
+    with pytest.raises(ValueError, match="efficientnet_b9.*Known: .*efficientnet_b0"):
+        get_variant("efficientnet_b9")
+
+
+def test_block_strings_parse_and_reject_garbage():
+    assert parse_block_string("ir_r2_k3_s2_e6_c24_se0.25") == {
+        "type": "ir", "r": 2, "k": 3, "s": 2, "e": 6.0, "c": 24, "se": 0.25}
+    with pytest.raises(ValueError, match="unknown block type 'xx'"):
+        parse_block_string("xx_r1_k3_s1_e1_c16")
+    with pytest.raises(ValueError, match=r"missing fields \['c'\]"):
+        parse_block_string("ir_r1_k3_s1_e6")
+
+
+def test_channel_rounding_follows_the_reference_rule():
+    assert make_divisible(32 * 1.1) == 32
+    assert make_divisible(1280 * 1.1) == 1408
+    assert make_divisible(24 * 1.4) == 32  # 33.6 -> 32 (within 10%)
+    assert make_divisible(10) == 16  # 8 would lose over 10%
+
+
+def test_same_padding_is_tensorflows_rule():
+    assert conv_padding(64, 3, 2, "same") == (0, 1)
+    assert conv_padding(65, 3, 2, "same") == (1, 1)
+    assert conv_padding(64, 5, 1, "same") == (2, 2)
+    assert conv_padding(64, 3, 2, "symmetric") == (1, 1)
+
+
+@pytest.mark.parametrize("kernel,stride,mode", [(3, 1, "same"), (5, 2, "same"), (3, 2, "symmetric"), (5, 1, "symmetric")])
+def test_depthwise_formulations_agree_forward_and_backward(kernel, stride, mode):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((2, 15, 17, 8)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((kernel, kernel, 1, 8)), jnp.float32)
+    pad = spatial_padding(x.shape, kernel, stride, mode)
+
+    def loss(impl):
+        return lambda x, w: jnp.sum(jnp.sin(depthwise_conv(x, w, stride, pad, impl)))
+
+    np.testing.assert_allclose(depthwise_conv(x, w, stride, pad, "shifts"),
+                               depthwise_conv(x, w, stride, pad, "native"), rtol=1e-5, atol=1e-5)
+    for a, b in zip(jax.grad(loss("shifts"), (0, 1))(x, w), jax.grad(loss("native"), (0, 1))(x, w)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return effnet_jax.create_model("efficientnet_lite0", num_classes=2)
+
+
+def test_features_expose_every_stage_and_pooled(lite0):
+    model, variables = lite0
+    features = model.apply(variables, jnp.zeros((1, 64, 64, 3)), features_only=True)
+    assert features["stem"].shape == (1, 32, 32, 32)
+    assert [features[f"stage_{i}"].shape[-1] for i in range(7)] == [16, 24, 40, 80, 112, 192, 320]
+    assert features["stage_6"].shape[1:3] == (2, 2)
+    assert features["head"].shape == (1, 2, 2, 1280)
+    assert features["pooled"].shape == (1, 1280)
+
+
+def test_head_sizes():
+    x = jnp.zeros((2, 32, 32, 3))
+    for classes, shape in [(1, (2, 1)), (2, (2, 2)), (0, (2, 1280))]:
+        model, variables = effnet_jax.create_model("efficientnet_lite0", num_classes=classes)
+        assert model.apply(variables, x).shape == shape
+
+
+def test_bf16_compute_keeps_float32_parameters_and_statistics(lite0):
+    model, variables = lite0
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 64, 64, 3)), jnp.float32)
+    bf16 = model.clone(dtype=jnp.bfloat16)
+    logits, state = bf16.apply(variables, x, train=True, mutable=["batch_stats"],
+                               rngs={"dropout": jax.random.PRNGKey(0)})
+    assert logits.dtype == jnp.float32
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(state))
+    reference = model.apply(variables, x)
+    np.testing.assert_allclose(bf16.apply(variables, x), reference, atol=0.05 * float(jnp.abs(reference).max()) + 0.05)
+
+
+def test_frozen_norms_use_and_keep_running_statistics(lite0):
+    model, variables = lite0
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 64, 64, 3)), jnp.float32)
+    frozen = model.clone(frozen_norms=(r"^bn1$", r"^blocks_[0-2]_"))
+    _, state = frozen.apply(variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.PRNGKey(0)})
+    before, after = variables["batch_stats"], state["batch_stats"]
+    for name in ["bn1", "blocks_0_0", "blocks_2_1"]:
+        jax.tree_util.tree_map(np.testing.assert_array_equal, before[name], after[name])
+    assert not np.array_equal(before["blocks_3_0"]["bn1"]["mean"], after["blocks_3_0"]["bn1"]["mean"])
+    assert not np.array_equal(before["bn2"]["var"], after["bn2"]["var"])
+
+
+def test_stochastic_depth_and_dropout_only_in_training(lite0):
+    model, variables = lite0
+    model = model.clone(drop_path_rate=0.5, drop_rate=0.5)
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((2, 32, 32, 3)), jnp.float32)
+    np.testing.assert_array_equal(model.apply(variables, x), model.apply(variables, x))
+    train = lambda seed: model.apply(variables, x, train=True, mutable=["batch_stats"],
+                                     rngs={"dropout": jax.random.PRNGKey(seed)})[0]
+    np.testing.assert_array_equal(train(0), train(0))
+    assert not np.allclose(train(0), train(1))
