@@ -1,7 +1,7 @@
-"""Every configuration key of effnet-train, with its default and meaning.
+"""effnet-train --config=configs/default.py --workdir=/tmp/effnet_default
 
-Command: effnet-train --config=configs/default.py --workdir=/tmp/effnet_default
-Reached: not yet measured (a reference, not a recipe; the other configs start from it).
+Every configuration key of effnet-train, with its default and meaning; the other
+configs start from it. Reached: not yet measured (a reference, not a recipe).
 
 Override any key on the command line: --config.optimizer.learning_rate=3e-4.
 """
@@ -32,6 +32,10 @@ def get_config() -> ml_collections.ConfigDict:
 
     # -- data ----------------------------------------------------------------------------------
     c.data = default_data_config()  # see effnet_jax/data/config.py for its keys
+    # With data.name='auto': the Kermany chest_xray builder when data.manual_dir is given,
+    # otherwise this data set ('pneumonia_mnist', downloaded on first use, or 'synthetic').
+    c.data.name = "auto"
+    c.data_fallback = "pneumonia_mnist"
     c.batch_size = 32  # global training batch, split over all devices (must divide evenly)
     c.eval_batch_size = 64  # global eval batch (must divide evenly over devices)
 
@@ -75,6 +79,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     # -- devices -------------------------------------------------------------------------------
     c.parallelism = "jit"  # 'jit' (jax.jit over a 'data' mesh) or 'pmap'
+    c.num_devices = 0  # use the first this many devices (0 = all; single-process debugging)
 
     # -- loop, evaluation, checkpoints ---------------------------------------------------------
     c.seed = 0  # model init, dropout and data order

@@ -54,6 +54,19 @@ def evaluate(par: Parallel, eval_step, variables, config, split: str = "validati
     return metrics
 
 
+def resolve_data(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy of ``config`` whose ``data.name='auto'`` became a concrete data set.
+
+    'auto' is the Kermany chest_xray builder when ``data.manual_dir`` is given, and
+    ``config.data_fallback`` (PneumoniaMNIST, or synthetic for debug) otherwise.
+    """
+    config = ml_collections.ConfigDict(config.to_dict())
+    if config.data.name == "auto":
+        config.data.name = "chest_xray" if config.data.manual_dir else config.data_fallback
+        logging.info("data.name='auto' -> %r (data.manual_dir=%r)", config.data.name, config.data.manual_dir)
+    return config
+
+
 def _resolve(config: ml_collections.ConfigDict, train_info: dict) -> tuple[ml_collections.ConfigDict, int, int]:
     """A copy of ``config`` with derived values filled in, plus (total steps, steps per epoch)."""
     config = ml_collections.ConfigDict(config.to_dict())  # unlocked copy; the caller's stays as it was
@@ -116,6 +129,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     # ----------------------------------------------------------------------------------------------
     # Input: split sizes first, they fix the number of steps.
     # ----------------------------------------------------------------------------------------------
+    config = resolve_data(config)
     train_info = pipeline.split_info(config.data, "train")
     config, total_steps, steps_per_epoch = _resolve(config, train_info)
     data_tag = "synthetic" if train_info["synthetic"] else config.data.name
@@ -126,7 +140,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     # ----------------------------------------------------------------------------------------------
     # Mesh: every device; the batch is split over them, the state replicated.
     # ----------------------------------------------------------------------------------------------
-    par = Parallel(config.parallelism)
+    devices = jax.devices()
+    if config.num_devices > 0:
+        if config.num_devices > len(devices):
+            raise ValueError(f"config.num_devices={config.num_devices} but only {len(devices)} devices exist")
+        devices = devices[:config.num_devices]
+    par = Parallel(config.parallelism, devices)
     per_process_batch = par.check_batch_size(config.batch_size, "config.batch_size")
     logging.info("devices: %d x %s, parallelism=%s", par.num_devices, jax.devices()[0].platform, par.mode)
 

