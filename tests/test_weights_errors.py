@@ -159,7 +159,7 @@ def test_hub_name_without_network_fails_without_retrying(monkeypatch):
 
 
 def test_converted_dir_refuses_another_variant(lite0_pth, tmp_path):
-    from effnet_jax.convert import convert
+    from effnet_jax.weights.export import convert_to_checkpoint as convert
 
     convert("efficientnet_lite0", str(lite0_pth), str(tmp_path / "out"))
     with pytest.raises(WeightFileError, match="holds weights for 'efficientnet_lite0'.*'efficientnet_lite1'"):

@@ -1,0 +1,53 @@
+"""effnet-convert: converts a weight file (timm, efficientnet_pytorch, Keras) into an orbax checkpoint.
+
+    effnet-convert --variant tf_efficientnet_lite0 --input efficientnet-lite0.pth --output weights/lite0
+    python -m effnet_jax.convert --variant efficientnet_b0 --input timm/efficientnet_b0.ra_in1k --output DIR
+
+The output directory loads with ``effnet_jax.create_model(variant, pretrained=DIR)``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("variant", None, "Variant name, e.g. efficientnet_b0, tf_efficientnet_b3, tf_efficientnet_lite0.")
+flags.DEFINE_string("input", None, "Weight file (.safetensors, .pth/.bin, Keras .h5) or hub name (timm/...).")
+flags.DEFINE_string("output", None, "Directory to write the converted checkpoint to.")
+flags.DEFINE_integer("num_classes", None, "Classes of the saved head; default: the file's own head.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    from absl import logging
+
+    from effnet_jax.weights import WeightFileError
+    from effnet_jax.weights.export import convert_to_checkpoint
+
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
+
+    try:
+        summary = convert_to_checkpoint(FLAGS.variant, FLAGS.input, FLAGS.output, FLAGS.num_classes)
+    except (WeightFileError, FileExistsError, ValueError) as e:
+        print(f"effnet-convert: error: {e}", file=sys.stderr)
+        return 1
+    width = max(len(k) for k in summary)
+    for key, value in summary.items():
+        if isinstance(value, list) and key == "reinitialised":
+            value = ", ".join(value) or "none"
+        print(f"{key:<{width}}  {value}")
+    print(f"Wrote {summary['output']}; load it with create_model({summary['variant']!r}, pretrained=...)")
+    return 0
+
+
+def run():
+    """Console-script entry point."""
+    flags.mark_flags_as_required(["variant", "input", "output"])
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
