@@ -53,6 +53,10 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.split_seed = 0  # seed of the split rules (independent of the training seed)
   c.max_size = 512  # chest_xray: images stored so that the shorter side is at most this (aspect kept)
   c.on_bad_image = 'error'  # 'error' (stop, naming the file) or 'skip' (count and list in metadata)
+  # chest_xray: an exclusion list (JSON or CSV of file + reason, written by `effnet-data clean`);
+  # the builder leaves those files out and records counts before/after in the dataset info.
+  # Its content names the prepared config (max512_excl<hash>), so a new list prepares anew.
+  c.exclude_list = ml_collections.config_dict.placeholder(str)
   c.mnist_size = 224  # pneumonia_mnist image size: 28, 64, 128 or 224
   # Class balancing of the training stream: 'none', 'oversample' (minority drawn again until
   # classes are equal, fresh draw each epoch) or 'undersample' (majority subsampled each epoch).

@@ -1,7 +1,8 @@
 """Prepare TFDS data sets once (array_record) and read back their per-record metadata.
 
     python -m effnet_jax.data.prepare --name=chest_xray --manual_dir=../shared/data/chest_xray \
-        [--data_dir=~/tensorflow_datasets] [--max_size=512] [--on_bad_image=error|skip]
+        [--data_dir=~/tensorflow_datasets] [--max_size=512] [--on_bad_image=error|skip] \
+        [--exclude_list=/tmp/data_clean/exclusions.json]
 """
 
 import dataclasses
@@ -21,6 +22,7 @@ class BuilderFactory:
   max_size: int = 512
   on_bad_image: str = 'error'
   mnist_size: int = 224
+  exclude_list: str | None = None  # chest_xray: exclusion list file (effnet-data clean)
 
   def __call__(self):
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
@@ -29,8 +31,13 @@ class BuilderFactory:
     if self.name == 'chest_xray':
       from effnet_jax.data.builders import chest_xray  # pylint: disable=g-import-not-at-top
       cls = chest_xray.ChestXray
-      config = chest_xray.ChestXrayConfig(max_size=self.max_size, on_bad_image=self.on_bad_image)
+      exclude = os.path.expanduser(self.exclude_list) if self.exclude_list else None
+      config = chest_xray.ChestXrayConfig(max_size=self.max_size, on_bad_image=self.on_bad_image,
+                                          exclude_list=exclude)
     elif self.name == 'pneumonia_mnist':
+      if self.exclude_list:
+        raise ValueError(f'data.exclude_list={self.exclude_list!r}: only chest_xray honours an '
+                         'exclusion list (PneumoniaMNIST files have no names to list)')
       from effnet_jax.data.builders import pneumonia_mnist  # pylint: disable=g-import-not-at-top
       cls = pneumonia_mnist.PneumoniaMnist
       config = pneumonia_mnist.config_for(self.mnist_size)
@@ -82,12 +89,15 @@ def main(argv):
   f = flags.FLAGS
   factory = BuilderFactory(name=f.name, data_dir=f.data_dir, manual_dir=f.manual_dir,
                            max_size=f.max_size, on_bad_image=f.on_bad_image,
-                           mnist_size=f.mnist_size)
+                           mnist_size=f.mnist_size, exclude_list=f.exclude_list)
   builder = ensure_prepared(factory)
   print(f'prepared {factory.name}/{builder.builder_config.name} in {builder.data_path}')
   for split, info in builder.info.splits.items():
     print(f'  {split}: {info.num_examples} examples')
   skipped = builder.info.metadata.get('skipped', []) if builder.info.metadata else []
+  meta = builder.info.metadata or {}
+  if meta.get('num_excluded'):
+    print(f'  excluded {meta["num_excluded"]} file(s) listed in {meta["exclude_list"]}')
   if skipped:
     print(f'  skipped {len(skipped)} bad input(s):\n    ' + '\n    '.join(skipped))
 
@@ -100,4 +110,5 @@ if __name__ == '__main__':
   flags.DEFINE_integer('max_size', 512, 'chest_xray: shorter side at most this')
   flags.DEFINE_enum('on_bad_image', 'error', ['error', 'skip'], 'bad input policy')
   flags.DEFINE_integer('mnist_size', 224, 'pneumonia_mnist size: 28, 64, 128 or 224')
+  flags.DEFINE_string('exclude_list', None, 'chest_xray: exclusion list (effnet-data clean)')
   app.run(main)

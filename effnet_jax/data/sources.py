@@ -53,7 +53,7 @@ class TfdsReader:
 def _config_key(cfg) -> tuple:
   return (cfg.name, cfg.get('data_dir'), cfg.get('manual_dir'), cfg.get('max_size'),
           cfg.get('on_bad_image'), cfg.get('mnist_size'), cfg.get('synthetic_examples'),
-          cfg.get('prepare', True))
+          cfg.get('prepare', True), cfg.get('exclude_list'))
 
 
 @functools.lru_cache(maxsize=8)
@@ -67,7 +67,8 @@ def _catalog(key: tuple):
     raise ValueError(f'data.name={name!r}: expected one of {DATASETS}')
   from effnet_jax.data import prepare  # pylint: disable=g-import-not-at-top
   factory = prepare.BuilderFactory(name=name, data_dir=key[1], manual_dir=key[2],
-                                   max_size=key[3], on_bad_image=key[4], mnist_size=key[5])
+                                   max_size=key[3], on_bad_image=key[4], mnist_size=key[5],
+                                   exclude_list=key[8])
   builder = prepare.ensure_prepared(factory, allow_prepare=key[7])
   metas = prepare.read_part_metadata(builder)
   return metas, TfdsReader(factory, tuple(metas))

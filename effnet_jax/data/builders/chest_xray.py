@@ -1,10 +1,12 @@
 """TFDS builder for the Kermany chest X-ray images (the "chest_xray" folder or its zip)."""
 
+from absl import logging
 import tensorflow_datasets as tfds
 
 from effnet_jax.data import imaging
 from effnet_jax.data.builders import base
 from effnet_jax.data import kermany
+from effnet_jax.data.eda import exclusions
 
 ON_BAD_IMAGE = ('error', 'skip')
 
@@ -21,18 +23,26 @@ a folder above it, or its zip (Kaggle chest-xray-pneumonia.zip, Mendeley ChestXR
 
 
 class ChestXrayConfig(tfds.core.BuilderConfig):
-  """Storage size and bad-image policy (both change what is written, so both name the config)."""
+  """Storage size, bad-image policy and exclusion list (all change what is written, so all
+  name the config: a list with other files gives another prepared data set)."""
 
-  def __init__(self, *, max_size: int = 512, on_bad_image: str = 'error', **kwargs):
+  def __init__(self, *, max_size: int = 512, on_bad_image: str = 'error',
+               exclude_list: str | None = None, **kwargs):
     if on_bad_image not in ON_BAD_IMAGE:
       raise ValueError(f'data.on_bad_image={on_bad_image!r}: expected one of {ON_BAD_IMAGE}')
     if int(max_size) < 8:
       raise ValueError(f'data.max_size={max_size}: expected an image side >= 8 pixels')
-    name = f'max{int(max_size)}' + ('_skipbad' if on_bad_image == 'skip' else '')
+    # {file key 'split/CLASS/name': reason}, read now so its content (not its path) names
+    # the config: editing the list and preparing again never reuses stale records.
+    excluded = exclusions.read(exclude_list) if exclude_list else {}
+    name = (f'max{int(max_size)}' + ('_skipbad' if on_bad_image == 'skip' else '')
+            + (f'_excl{exclusions.fingerprint(excluded)}' if excluded else ''))
     super().__init__(name=name, description=f'shorter side <= {max_size}, bad images: '
-                     f'{on_bad_image}', **kwargs)
+                     f'{on_bad_image}, excluded files: {len(excluded)}', **kwargs)
     self.max_size = int(max_size)
     self.on_bad_image = on_bad_image
+    self.exclude_list = str(exclude_list) if exclude_list else None
+    self.excluded = excluded
 
 
 class ChestXray(base.Builder):
@@ -73,9 +83,32 @@ class ChestXray(base.Builder):
     meta.update({'source': layout.source, 'max_size': self.builder_config.max_size,
                  'on_bad_image': self.builder_config.on_bad_image,
                  'ignored': list(layout.ignored), 'skipped': [], 'num_skipped': 0})
+    meta.update(self._exclusion_metadata(layout))
     self._report(layout.problems, meta)
     self._layout = layout
     return {split: self._generate_examples(layout, split) for split in layout.files}
+
+  def _exclusion_metadata(self, layout) -> dict:
+    """Counts before exclusion, what the list removes, and list entries matching no file."""
+    excluded = self.builder_config.excluded
+    before, present = {}, set()
+    for split, entries in layout.files.items():
+      per = before.setdefault(split, {c: 0 for c in kermany.CLASSES})
+      for cls, rel in entries:
+        per[cls] += 1
+        present.add(exclusions.file_key(rel))
+    missing = sorted(set(excluded) - present)
+    if missing:
+      # A list written for another copy of the data: say so, but the files it does
+      # name are still left out.
+      logging.warning('%s: %d exclusion-list entries match no file here, e.g. %s',
+                      self.builder_config.exclude_list, len(missing), missing[:3])
+    return {'exclude_list': self.builder_config.exclude_list,
+            'excluded': sorted(f'{k}: {r}' for k, r in excluded.items() if k in present),
+            'num_excluded': len(set(excluded) & present),
+            'exclusions_not_found': missing,
+            'counts_before_exclusion': before,
+            'counts': {}}  # per split after exclusion and skipping, filled as splits are written
 
   def _report(self, problems, meta):
     """Raise on bad input (on_bad_image='error') or record it as skipped."""
@@ -91,7 +124,11 @@ class ChestXray(base.Builder):
 
   def _generate_examples(self, layout, split):
     written, bad = 0, []
+    kept = {c: 0 for c in kermany.CLASSES}
+    excluded = self.builder_config.excluded
     for cls, rel in layout.files[split]:
+      if exclusions.file_key(rel) in excluded:
+        continue  # before decoding: an excluded unreadable file is not a bad-image error
       shown = f'{layout.source}:{rel}' if layout.zip_path else f'{layout.source}/{rel}'
       try:
         data, _ = imaging.load_for_storage(layout.read(rel), shown, self.builder_config.max_size)
@@ -101,10 +138,12 @@ class ChestXray(base.Builder):
       file_name = rel.rsplit('/', 1)[-1]
       patient, pathogen = kermany.parse_name(file_name, cls)
       written += 1
+      kept[cls] += 1
       yield rel, {'image': data, 'label': cls, 'pathogen': pathogen,
                   'patient_id': patient, 'file_name': file_name}
     # With on_bad_image='error' this raises, and TFDS discards the partial output.
     self._report(bad, self.info.metadata)
+    self.info.metadata['counts'] = {**self.info.metadata['counts'], split: kept}
     if not written:
       raise imaging.BadImageError(f'{layout.source}: split {split!r} has no usable image left '
-                                  'after skipping bad files')
+                                  'after skipping bad and excluded files')
