@@ -219,3 +219,15 @@ def test_fail_on_leakage_sets_the_exit_status(planted, tmp_path):
   root, _, _ = planted
   argv = ['clean', '--data-dir', str(root), '--out', str(tmp_path), '--no-progress']
   assert cli.main(argv + ['--fail-on-leakage']) == cli.LEAKAGE_EXIT
+
+
+def test_the_data_config_key_reaches_the_builder(planted, cleaned, tmp_path):
+  from effnet_jax.data import config as config_lib  # pylint: disable=g-import-not-at-top
+  from effnet_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  root, _, _ = planted
+  out, _, _ = cleaned
+  cfg = config_lib.default_data_config()
+  cfg.name, cfg.manual_dir, cfg.data_dir = 'chest_xray', str(root), str(tmp_path)
+  cfg.exclude_list = str(out / 'exclusions.json')
+  sizes = {s: pipeline.split_info(cfg, s)['num_examples'] for s in ('train', 'validation', 'test')}
+  assert sizes['train'] + sizes['validation'] == 5 and sizes['test'] == 3

@@ -111,10 +111,19 @@ def clean(args) -> dict:
 def main(argv=None) -> int:
   """Parse `argv` (default sys.argv[1:]) and run the subcommand; returns the exit status."""
   args = parser().parse_args(argv)
-  if args.command == 'report':
-    report(args)
-    return 0
-  found = clean(args)
+  if not Path(args.data_dir).expanduser().exists():
+    print(f'effnet-data: --data-dir {args.data_dir}: does not exist; expected the chest_xray '
+          'folder ({train,val,test}/{NORMAL,PNEUMONIA}), a parent of it, its zip, or a TFDS '
+          'data dir holding it prepared', file=sys.stderr)
+    return 2
+  try:
+    if args.command == 'report':
+      report(args)
+      return 0
+    found = clean(args)
+  except (ValueError, FileNotFoundError) as e:  # LayoutError, bad lists: the message names the file
+    print(f'effnet-data: {e}', file=sys.stderr)
+    return 2
   leaked = found['leakage']['images'] or found['leakage']['patients']
   return LEAKAGE_EXIT if args.fail_on_leakage and leaked else 0
 
