@@ -41,9 +41,9 @@ class Thresholds:
   # Gray levels (0..255). The least varied real Kermany image has std ~20; a blank or a
   # washed-out frame has < 1, so 4 leaves a wide margin on both sides.
   min_std: float = 4.0
-  min_side: int = 64  # px; originals are >= ~130 px, the shared copies 224 px
+  min_side: int = 64  # px; a chest film has hundreds of px per side (the shared copies: 224)
   max_side: int = 10_000  # px; beyond this decoding costs GBs and it is not a chest film
-  max_aspect: float = 3.0  # originals range ~1.0-2.6 (landscape), posters and strips go beyond
+  max_aspect: float = 3.0  # a chest film is within ~1:2; beyond 1:3 it is a strip, crop or scan error
   patient_leakage: str = 'exclude'
 
   def __post_init__(self):

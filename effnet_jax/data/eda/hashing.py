@@ -8,9 +8,10 @@ Perceptual: a DCT pHash with 256 bits: shrink to 64x64, take the 16x16 lowest DC
 frequencies, one bit per coefficient above their median. The classic 64-bit pHash
 (8x8 of 32x32) is too coarse for chest X-rays, which all share one layout: on the
 shared Kermany images it put 9 pairs of *different* children within 2 bits and 174
-within 4. With 256 bits, distinct images of that set are >= 36 bits apart, while a
-copy re-encoded at JPEG quality 60, brightened by 12 levels, resized 224 -> 180 px
-or given 15 % more contrast stays within 12 bits; NEAR_THRESHOLD sits in that gap.
+within 4. With 256 bits, the 5,232 shared images (all distinct apart from 28 pairs
+of identical pixels) are >= 36 bits apart, while copies of 40 of them re-encoded at
+JPEG quality 60, brightened by 12 levels, resized 224 -> 180 px or given 15 % more
+contrast stayed within 12 bits; NEAR_THRESHOLD sits in that gap.
 """
 
 import hashlib

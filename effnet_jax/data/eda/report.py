@@ -6,6 +6,8 @@ from sklearn.utils.class_weight import compute_class_weight
 from effnet_jax.data import kermany
 from effnet_jax.data.eda import cleaning
 
+BLACK_LEVEL = 5  # gray levels 0..5 count as black border in 'black_fraction'
+
 
 def _stats(values) -> dict | None:
   """min / 5th percentile / median / mean / 95th percentile / max of `values` (None if empty)."""
@@ -18,10 +20,13 @@ def _stats(values) -> dict | None:
 
 
 def _tally(values) -> dict:
+  """{str(value): count}, numbers in numeric order (JSON keys are strings: '10' after '9')."""
   out = {}
   for v in values:
     out[str(v)] = out.get(str(v), 0) + 1
-  return dict(sorted(out.items()))
+  numeric = lambda k: k.lstrip('-').isdigit()
+  return dict(sorted(out.items(), key=lambda kv: (not numeric(kv[0]),
+                                                  int(kv[0]) if numeric(kv[0]) else 0, kv[0])))
 
 
 def class_weights(per_label: dict[str, int]) -> dict[str, float] | None:
@@ -73,6 +78,11 @@ def _properties(inventory) -> dict:
                         'std_intensity': _stats(img.std for img in imgs),
                         'width': _stats(img.width for img in imgs),
                         'height': _stats(img.height for img in imgs)}
+    hist = inventory.histograms.get(label)
+    # Near-black pixels are film border and collimation, not lung: a class that has
+    # more of them offers the model a shortcut that has nothing to do with pneumonia.
+    per_class[label]['black_fraction'] = (None if hist is None else
+                                          round(float(hist[:BLACK_LEVEL + 1].sum()), 6))
   return {
       # Prepared data keeps only what was stored (gray, shorter side <= max_size).
       'size_kind': 'original' if inventory.kind == 'raw' else 'stored',
@@ -154,6 +164,10 @@ def summary(report: dict) -> str:
                  f'height {p["height"]["min"]:.0f}-{p["height"]["max"]:.0f} px '
                  f'({p["distinct_sizes"]:,} distinct); aspect w/h median '
                  f'{p["aspect_w_over_h"]["median"]:.2f}; modes {p["modes"]}; bits {p["bit_depths"]}')
+  black = {c: v['black_fraction'] for c, v in p['per_class'].items() if v['black_fraction'] is not None}
+  if black:
+    lines.append(f'  near-black pixels (gray <= {BLACK_LEVEL}, borders): '
+                 + ', '.join(f'{c} {f:.1%}' for c, f in black.items()))
   prep = report['prepared']
   if prep:
     lines.append(f'  prepared: {prep["num_excluded"]} excluded by its list, {prep["num_skipped"]} '
