@@ -164,3 +164,18 @@ def test_shared_data_has_24_groups_of_exact_duplicates_and_no_leakage(shared):
   assert cl['counts_after'] == {'train': {'NORMAL': 1340, 'PNEUMONIA': 3850},
                                 'val': {'NORMAL': 8, 'PNEUMONIA': 8}}
   assert cl['leakage'] == {'images': [], 'patients': []}
+
+
+def test_black_border_fraction_per_class(tmp_path):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  bordered = np.full((40, 40), 128, np.uint8)
+  bordered[:, :10] = 0  # a quarter of the film is black border
+  plain = np.full((40, 40), 128, np.uint8)
+  png = lambda a, seed: fx.encode(Image.fromarray((a + (a > 0) * seed).astype(np.uint8)), 'PNG')
+  root = fx.write_tree(tmp_path / 'raw', {
+      'train/NORMAL/IM-0001-0001.png': png(bordered, 1),
+      'train/NORMAL/IM-0002-0001.png': png(bordered, 2),
+      'train/PNEUMONIA/person1_virus_1.png': png(plain, 3)})
+  per_class = _report(root, tmp_path / 'out')['image_properties']['per_class']
+  assert per_class['NORMAL']['black_fraction'] == 0.25
+  assert per_class['PNEUMONIA']['black_fraction'] == 0.0

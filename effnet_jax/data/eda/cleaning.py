@@ -23,8 +23,6 @@ duplicates of each other). Each group keeps one image: the one in the most held-
 
 import dataclasses
 
-import numpy as np
-
 from effnet_jax.data.eda import hashing
 
 REASONS = ('unreadable', 'blank', 'near_constant', 'too_small', 'too_large', 'extreme_aspect',
