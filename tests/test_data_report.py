@@ -150,6 +150,8 @@ def test_shared_data_report_has_the_known_counts(shared):
   assert [s['train']['classes'][c]['images'] for c in ('NORMAL', 'PNEUMONIA')] == [1341, 3875]
   assert [s['val']['classes'][c]['images'] for c in ('NORMAL', 'PNEUMONIA')] == [8, 8]
   assert s['train']['classes']['PNEUMONIA']['pathogens'] == {'bacteria': 2530, 'virus': 1345}
+  assert s['train']['classes']['PNEUMONIA']['patients'] == 1635
+  assert s['train']['classes']['PNEUMONIA']['patients_with_both_pathogens'] == 808
   assert s['train']['class_weights'] == {'NORMAL': round(5216 / 2682, 6),
                                          'PNEUMONIA': round(5216 / 7750, 6)}
   assert shared['image_properties']['modes'] == {'RGB': 5232}  # the shared copies are RGB JPEGs
@@ -179,3 +181,14 @@ def test_black_border_fraction_per_class(tmp_path):
   per_class = _report(root, tmp_path / 'out')['image_properties']['per_class']
   assert per_class['NORMAL']['black_fraction'] == 0.25
   assert per_class['PNEUMONIA']['black_fraction'] == 0.0
+
+
+def test_patients_with_bacteria_and_virus_files_are_counted(tmp_path):
+  root = fx.write_tree(tmp_path / 'raw', {
+      'train/NORMAL/IM-0001-0001.jpeg': cf.jpeg(cf.smooth(1)),
+      'train/PNEUMONIA/person1_bacteria_1.jpeg': cf.jpeg(cf.smooth(2)),
+      'train/PNEUMONIA/person1_virus_2.jpeg': cf.jpeg(cf.smooth(3)),
+      'train/PNEUMONIA/person2_virus_3.jpeg': cf.jpeg(cf.smooth(4))})
+  pneumonia = _report(root, tmp_path / 'out')['splits']['train']['classes']['PNEUMONIA']
+  assert pneumonia['patients_with_both_pathogens'] == 1
+  assert (pneumonia['patients'], pneumonia['pathogens']) == (2, {'bacteria': 1, 'virus': 2})

@@ -63,6 +63,15 @@ def _split_section(images) -> dict:
           'images_per_patient_histogram': _tally(per_patient) if per_patient else {},
           'pathogens': _tally(img.pathogen for img in imgs),
       }
+    # Pathogen is a per-file label; one patient id with both bacteria and virus files is
+    # either a child with both, or a person number reused across the two series (the
+    # split rules then keep two children together: safe for leakage, coarser groups).
+    pathogens_of = {}
+    for img in mine:
+      if img.pathogen in ('bacteria', 'virus'):
+        pathogens_of.setdefault(img.patient, set()).add(img.pathogen)
+    per_class['PNEUMONIA']['patients_with_both_pathogens'] = sum(
+        len(p) == 2 for p in pathogens_of.values())
     counts = {c: per_class[c]['images'] for c in kermany.CLASSES}
     out[split] = {'classes': per_class, 'images': len(mine),
                   'imbalance': _imbalance(counts), 'class_weights': class_weights(counts)}
@@ -157,7 +166,9 @@ def summary(report: dict) -> str:
         f'  PNEUMONIA {c["PNEUMONIA"]["images"]:,} ({c["PNEUMONIA"]["patients"]:,} patients; '
         + ', '.join(f'{k} {v:,}' for k, v in pathogens.items()) + ')'
         + (f'  imbalance {s["imbalance"]["ratio"]:.2f}:1' if s['imbalance'] else '')
-        + (f'  weights N {weights["NORMAL"]:.3f} / P {weights["PNEUMONIA"]:.3f}' if weights else ''))
+        + (f'  weights N {weights["NORMAL"]:.3f} / P {weights["PNEUMONIA"]:.3f}' if weights else '')
+        + (f'  [{c["PNEUMONIA"]["patients_with_both_pathogens"]:,} patient ids have bacteria and '
+           'virus files]' if c['PNEUMONIA']['patients_with_both_pathogens'] else ''))
   p = report['image_properties']
   if p['width']:
     lines.append(f'  {p["size_kind"]} sizes: width {p["width"]["min"]:.0f}-{p["width"]["max"]:.0f}, '
