@@ -17,7 +17,10 @@ from effnet_jax.train.writer import read_metrics
 
 def _config(**overrides):
     base = {"num_train_steps": 6, "eval_every_steps": 3, "checkpoint_every_steps": 3, "log_every_steps": 1,
-            "keep_checkpoints": 2}
+            "keep_checkpoints": 2,
+            # One device: eight fake ones share two cores and mostly wait on each other here;
+            # the eight-device step is covered by test_train_steps.py.
+            "num_devices": 1}
     base.update(overrides)
     return tiny_config(**base)
 
@@ -51,7 +54,7 @@ def test_debug_config_trains_end_to_end_and_restores_for_inference(runs):
     assert [r["step"] for r in val] == [3, 6]
     for key in ("loss", "accuracy", "auc", "precision", "recall", "specificity", "f1", "confusion_matrix"):
         assert key in val[-1]
-    assert val[-1]["n"] == pipeline.split_info(_config().data, "validation")["num_examples"]
+    assert val[-1]["n"] == pipeline.split_info(loop.resolve_data(_config()).data, "validation")["num_examples"]
     assert os.listdir(os.path.join(workdir, "tensorboard"))
 
     config, model, variables = checkpoint_lib.restore_for_inference(workdir, "latest")

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import logging as std_logging
 import sys
 
 from absl import app, flags, logging
@@ -24,28 +25,39 @@ def main(argv):
     # Import after flag parsing: JAX reads XLA_FLAGS and platform flags when first imported.
     from effnet_jax.train.loop import NonFiniteLossError, train_and_evaluate
 
-    logging.info("config:\n%s", _CONFIG.value)
+    _show_our_logs()
     try:
         train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except NonFiniteLossError as e:
-        logging.error("%s", e)
         print(f"effnet-train: {e}", file=sys.stderr)
         sys.exit(2)
     print(f"effnet-train: outputs in {_WORKDIR.value} (checkpoints/, metrics.jsonl, tensorboard/)")
 
 
-class _QuietLibraries:
-    """Drops orbax's per-save INFO chatter so the progress bar and our own lines stay readable."""
-
-    def filter(self, record) -> bool:
-        return record.levelno >= logging.WARNING or "orbax" not in record.pathname
+def _show_our_logs():
+    # Orbax logs every save at INFO through absl; keep absl at WARNING and give our
+    # own logger (effnet_jax.*) a plain stderr handler at INFO.
+    logging.set_verbosity(logging.WARNING)
+    ours = std_logging.getLogger("effnet_jax")
+    handler = std_logging.StreamHandler(sys.stderr)
+    handler.setFormatter(std_logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
+    ours.addHandler(handler)
+    ours.setLevel(std_logging.INFO)
+    ours.propagate = False
 
 
 def run():
     """Console-script entry point (``effnet-train``)."""
-    logging.set_verbosity(logging.INFO)
-    logging.get_absl_handler().addFilter(_QuietLibraries())
-    app.run(main)
+    try:
+        # Parsed here first so a bad --config.key is one line naming it, not a traceback.
+        argv = flags.FLAGS(sys.argv)
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+        message = " ".join(str(e).replace("\\n", "\n").replace("\\", "").replace("'", "").split()).strip('"')
+        if isinstance(e, (AttributeError, KeyError)):
+            message = f"unknown config key {message} (configs/default.py lists every key)"
+        print(f"effnet-train: bad flag: {message}", file=sys.stderr)
+        sys.exit(2)
+    app.run(main, argv=argv, flags_parser=lambda _: argv)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import math
 import os
 import time
@@ -11,7 +12,6 @@ import time
 import jax
 import ml_collections
 import numpy as np
-from absl import logging
 
 import effnet_jax
 from effnet_jax import checkpoint as checkpoint_lib
@@ -20,6 +20,10 @@ from effnet_jax.train import freeze as freeze_lib
 from effnet_jax.train import losses, optimizer as optimizer_lib, state as state_lib, steps
 from effnet_jax.train.parallel import Parallel
 from effnet_jax.train.writer import MetricWriter
+
+
+# Our own logger: the CLI shows it at INFO while libraries (orbax) stay at WARNING.
+log = logging.getLogger("effnet_jax.train")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -63,7 +67,7 @@ def resolve_data(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     config = ml_collections.ConfigDict(config.to_dict())
     if config.data.name == "auto":
         config.data.name = "chest_xray" if config.data.manual_dir else config.data_fallback
-        logging.info("data.name='auto' -> %r (data.manual_dir=%r)", config.data.name, config.data.manual_dir)
+        log.info("data.name='auto' -> %r (data.manual_dir=%r)", config.data.name, config.data.manual_dir)
     return config
 
 
@@ -133,7 +137,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     train_info = pipeline.split_info(config.data, "train")
     config, total_steps, steps_per_epoch = _resolve(config, train_info)
     data_tag = "synthetic" if train_info["synthetic"] else config.data.name
-    logging.info("data: %s, train split %d examples %s, %d steps (%.2f epochs of %d steps)", data_tag,
+    log.info("data: %s, train split %d examples %s, %d steps (%.2f epochs of %d steps)", data_tag,
                  train_info["num_examples"], dict(zip(train_info["class_names"], train_info["class_counts"])),
                  total_steps, total_steps / steps_per_epoch, steps_per_epoch)
 
@@ -147,7 +151,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
         devices = devices[:config.num_devices]
     par = Parallel(config.parallelism, devices)
     per_process_batch = par.check_batch_size(config.batch_size, "config.batch_size")
-    logging.info("devices: %d x %s, parallelism=%s", par.num_devices, jax.devices()[0].platform, par.mode)
+    log.info("devices: %d x %s, parallelism=%s", par.num_devices, jax.devices()[0].platform, par.mode)
 
     # ----------------------------------------------------------------------------------------------
     # Model and optimizer, with freezing.
@@ -160,12 +164,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     frozen_norms = freeze_lib.frozen_norms(frozen)
     model = effnet_jax.build_model(config.model.name, num_classes=state_lib.num_classes(config),
                                    **state_lib.model_kwargs(config, frozen_norms, par.bn_axis_name))
-    logging.info("model: %s at %d px, %d of %d parameter tensors frozen (%d BatchNorms keep running stats)",
+    log.info("model: %s at %d px, %d of %d parameter tensors frozen (%d BatchNorms keep running stats)",
                  config.model.name, config.image_size, n_frozen, n_total, len(frozen_norms))
     tx, schedule = optimizer_lib.create_optimizer(config, frozen, total_steps, steps_per_epoch)
     weights = _class_weights(config, train_info)
     if weights is not None:
-        logging.info("class weights: %s", weights.tolist())
+        log.info("class weights: %s", weights.tolist())
     state = state_lib.create_train_state(variables, tx, config)
     del variables
 
@@ -185,12 +189,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
         state, data_state, saved_config = ckpt.restore(start, abstract)
         train_iter.set_state(data_state)
         _log_config_changes(saved_config, config)
-        logging.info("resumed from %s/%d", ckpt.directory, start)
+        log.info("resumed from %s/%d", ckpt.directory, start)
     else:
         start = 0
         if jax.process_index() == 0:
             with open(os.path.join(workdir, "config.json"), "w") as f:
                 f.write(config.to_json_best_effort(indent=2))
+            log.info("config (resolved): %s", os.path.join(workdir, "config.json"))
     state = par.put_state(state)
 
     # ----------------------------------------------------------------------------------------------
@@ -260,13 +265,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
                 variables = state_lib.inference_variables(state, use_ema=config.ema_decay > 0)
                 eval_metrics = evaluate(par, eval_step, variables, config)
                 writer.write(step, "validation", eval_metrics)
-                logging.info("step %d validation (%s): %s", step, data_tag, _short(eval_metrics))
+                log.info("step %d validation (%s): %s", step, data_tag, _short(eval_metrics))
                 stopped_early = stopper.update(eval_metrics)
             if eval_now or step % config.checkpoint_every_steps == 0 or step == stop_at or stopped_early:
                 flush_train_metrics()
                 save(eval_metrics)
             if stopped_early:
-                logging.info("early stopping at step %d: %s did not improve for %d evaluations",
+                log.info("early stopping at step %d: %s did not improve for %d evaluations",
                              step, config.early_stopping.metric, config.early_stopping.patience)
                 break
     finally:
@@ -277,7 +282,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
         writer.close()
         if hasattr(train_iter, "close"):
             train_iter.close()
-    logging.info("done at step %d; checkpoints in %s, metrics in %s", step, ckpt.directory, writer.path)
+    log.info("done at step %d; checkpoints in %s, metrics in %s", step, ckpt.directory, writer.path)
     return par.get_state(state)
 
 
@@ -292,7 +297,7 @@ def _log_config_changes(saved: ml_collections.ConfigDict, current: ml_collection
     b = _flat(json.loads(current.to_json_best_effort()))
     changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     if changed:
-        logging.warning("resuming with a config that differs from the checkpoint's in: %s", ", ".join(changed))
+        log.warning("resuming with a config that differs from the checkpoint's in: %s", ", ".join(changed))
 
 
 def _flat(d, prefix=""):
