@@ -80,7 +80,8 @@ class Checkpointer:
 
     def best_step(self) -> int | None:
         """The best evaluated step, or the latest when none carries metrics."""
-        return self.manager.best_step() if self.best_metric else self.latest_step()
+        best = self.manager.best_step() if self.best_metric else None
+        return self.latest_step() if best is None else best
 
     # -- save / restore ----------------------------------------------------------------------
     def save(self, step: int, state, data_state: Any, config: ml_collections.ConfigDict,

@@ -74,3 +74,24 @@ def test_best_is_kept_beside_the_last_k_and_found_by_its_metric(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no checkpoint at step 3 .* available: \[2, 4, 5\]"):
         checkpoint_lib.resolve_step(ckpt, 3, str(tmp_path))
     ckpt.close()
+
+
+def test_a_state_saved_from_8_devices_restores_onto_1(tmp_path):
+    import jax
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    if jax.device_count() < 8:
+        pytest.skip("needs XLA_FLAGS=--xla_force_host_platform_device_count=8")
+    mesh = Mesh(np.array(jax.devices()[:8]), ("data",))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    state = {"params": {"w": jax.device_put(np.arange(12, dtype=np.float32).reshape(3, 4), replicated)},
+             "step": jax.device_put(np.int32(7), replicated)}
+    ckpt = checkpoint_lib.Checkpointer(str(tmp_path), best_metric=None)
+    ckpt.save(7, state, {"next_index": 7}, tiny_config())
+    ckpt.wait()
+    restored = ckpt.restore_state_as_saved(7)
+    ckpt.close()
+    w = restored["params"]["w"]
+    assert w.sharding.device_set == {jax.local_devices()[0]}
+    np.testing.assert_array_equal(w, np.arange(12, dtype=np.float32).reshape(3, 4))
+    assert int(restored["step"]) == 7

@@ -121,3 +121,17 @@ def test_nan_loss_stops_the_run_and_leaves_the_last_good_checkpoint(runs, monkey
     assert config.restored_step == 3
     np.testing.assert_array_equal(variables["params"]["classifier"]["kernel"],
                                   runs["first"].ema_params["classifier"]["kernel"])
+
+
+def test_early_stopping_ends_the_run_after_patience_evaluations_without_improvement(runs):
+    # min_delta=1.0: no AUC can improve by a whole unit, so the second evaluation stops the run.
+    config = _config(**{"eval_every_steps": 2, "early_stopping.metric": "auc", "early_stopping.mode": "max",
+                        "early_stopping.patience": 1, "early_stopping.min_delta": 1.0})
+    workdir = str(runs["root"] / "early_stop")
+    with persistent_compilation_cache(runs["root"] / "jax_cache"):
+        state = loop.train_and_evaluate(config, workdir)
+    assert int(state.step) == 4
+    assert [r["step"] for r in read_metrics(workdir, "validation")] == [2, 4]
+    ckpt = checkpoint_lib.Checkpointer(workdir, read_only=True)
+    assert ckpt.latest_step() == 4
+    ckpt.close()

@@ -44,6 +44,12 @@ def _show_our_logs():
     ours.addHandler(handler)
     ours.setLevel(std_logging.INFO)
     ours.propagate = False
+    logging.get_absl_logger().addFilter(_drop_untracked_save_warning)
+
+
+def _drop_untracked_save_warning(record) -> bool:
+    # Orbax warns on every save between evaluations (they carry no metrics by design).
+    return "Requested `tracked_metric`" not in str(record.msg)
 
 
 def run():

@@ -19,6 +19,7 @@ from effnet_jax.data import pipeline
 from effnet_jax.train import freeze as freeze_lib
 from effnet_jax.train import losses, optimizer as optimizer_lib, state as state_lib, steps
 from effnet_jax.train.parallel import Parallel
+from effnet_jax.train import writer as writer_lib
 from effnet_jax.train.writer import MetricWriter
 
 
@@ -117,7 +118,9 @@ class _EarlyStopping:
         if self.metric not in metrics:
             raise KeyError(f"config.early_stopping.metric={self.metric!r} is not a validation metric; "
                            f"have {sorted(metrics)}")
-        value = self.sign * float(metrics[self.metric])
+        raw = metrics[self.metric]
+        # Undefined values (NaN; None once read back from JSON) never count as improvements.
+        value = -math.inf if raw is None or not math.isfinite(float(raw)) else self.sign * float(raw)
         if value > self.best + self.min_delta:
             self.best, self.bad = value, 0
         else:
@@ -209,8 +212,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     # ----------------------------------------------------------------------------------------------
     # Loop.
     # ----------------------------------------------------------------------------------------------
+    writer_lib.truncate_after(workdir, start)
     writer = MetricWriter(workdir, extra={"data": data_tag})
     stopper = _EarlyStopping(config.early_stopping)
+    for record in writer_lib.read_metrics(workdir, "validation"):
+        stopper.update(record)  # a resumed run keeps counting patience where it stopped
     stop_at = total_steps if config.stop_after_steps < 0 else min(total_steps, config.stop_after_steps)
     bar = _progress(config, start, total_steps, data_tag)
     pending, last_log = [], (start, time.time())

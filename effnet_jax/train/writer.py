@@ -48,6 +48,19 @@ def _json_value(v):
     return v
 
 
+def truncate_after(workdir: str, step: int):
+    """Drops records after ``step``: a resumed run redoes those steps and writes them again."""
+    if jax.process_index() != 0:
+        return
+    records = read_metrics(workdir)
+    kept = [r for r in records if r["step"] <= step]
+    if len(kept) != len(records):
+        path = os.path.join(workdir, "metrics.jsonl")
+        with open(path + ".tmp", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in kept)
+        os.replace(path + ".tmp", path)
+
+
 def read_metrics(workdir: str, split: str | None = None) -> list[dict]:
     """The records of ``metrics.jsonl`` (optionally one split's), in order."""
     path = os.path.join(workdir, "metrics.jsonl")
