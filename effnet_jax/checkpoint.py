@@ -22,15 +22,21 @@ from typing import Any
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from etils import epath
 from orbax.checkpoint import checkpoint_managers
 
 CHECKPOINT_DIR = "checkpoints"
 ITEMS = ("state", "data_iter", "config")
 
 
+def absolute(workdir: str) -> str:
+    """An absolute local path, or a remote one (``gs://...``) unchanged."""
+    return workdir if "://" in str(workdir) else os.path.abspath(workdir)
+
+
 def checkpoint_dir(workdir: str) -> str:
     """Where a run's checkpoints live."""
-    return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+    return str(epath.Path(absolute(workdir)) / CHECKPOINT_DIR)
 
 
 def _handlers():
@@ -184,7 +190,7 @@ def restore_for_inference(workdir: str, checkpoint: str | int = "best", use_ema:
     """
     from effnet_jax.train import state as state_lib
 
-    if not os.path.isdir(checkpoint_dir(workdir)):
+    if not epath.Path(checkpoint_dir(workdir)).is_dir():
         raise FileNotFoundError(
             f"no checkpoints in workdir {workdir!r}: {checkpoint_dir(workdir)} does not exist; train first with "
             f"`effnet-train --config=... --workdir={workdir}`")

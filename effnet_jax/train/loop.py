@@ -6,12 +6,12 @@ import functools
 import json
 import logging
 import math
-import os
 import time
 
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 
 import effnet_jax
 from effnet_jax import checkpoint as checkpoint_lib
@@ -130,8 +130,8 @@ class _EarlyStopping:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainState:
     """Trains per ``config`` in ``workdir``, resuming from its latest checkpoint; returns the final state."""
-    workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
+    workdir = checkpoint_lib.absolute(workdir)
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
 
     # ----------------------------------------------------------------------------------------------
     # Input: split sizes first, they fix the number of steps.
@@ -196,9 +196,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     else:
         start = 0
         if jax.process_index() == 0:
-            with open(os.path.join(workdir, "config.json"), "w") as f:
-                f.write(config.to_json_best_effort(indent=2))
-            log.info("config (resolved): %s", os.path.join(workdir, "config.json"))
+            (epath.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
+            log.info("config (resolved): %s/config.json", workdir)
     state = par.put_state(state)
 
     # ----------------------------------------------------------------------------------------------

@@ -1,4 +1,8 @@
-"""Metrics out: JSON lines and TensorBoard event files in the workdir (process 0 only)."""
+"""Metrics out: JSON lines and TensorBoard event files in the workdir (process 0 only).
+
+Works on local and remote (``gs://``) workdirs: locally ``metrics.jsonl`` is appended
+to; remotely it is rewritten whole on each record (object stores cannot append).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import os
 import time
 
 import jax
+from etils import epath
 
 
 class MetricWriter:
@@ -16,12 +21,14 @@ class MetricWriter:
     def __init__(self, workdir: str, extra: dict | None = None):
         self.active = jax.process_index() == 0
         self.extra = dict(extra or {})
-        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.path = str(epath.Path(workdir) / "metrics.jsonl")
+        remote = "://" in self.path
+        self._records = read_metrics(workdir) if self.active and remote else []
         self._tb = None
         if self.active:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            self._tb = SummaryWriter(str(epath.Path(workdir) / "tensorboard"))
 
     def write(self, step: int, split: str, metrics: dict):
         """One record; non-scalar values (confusion matrices) go to JSON only."""
@@ -32,8 +39,12 @@ class MetricWriter:
             record[k] = _json_value(v)
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
                 self._tb.add_scalar(f"{split}/{k}", v, int(step))
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if "://" in self.path:
+            self._records.append(record)
+            _write_all(self.path, self._records)
+        else:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
 
     def close(self):
         if self._tb is not None:
@@ -48,6 +59,17 @@ def _json_value(v):
     return v
 
 
+def _write_all(path: str, records: list[dict]):
+    # Write-then-rename locally, so a kill mid-write never leaves half a file.
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    if "://" in path:
+        epath.Path(path).write_text(text)
+        return
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
 def truncate_after(workdir: str, step: int):
     """Drops records after ``step``: a resumed run redoes those steps and writes them again."""
     if jax.process_index() != 0:
@@ -55,17 +77,13 @@ def truncate_after(workdir: str, step: int):
     records = read_metrics(workdir)
     kept = [r for r in records if r["step"] <= step]
     if len(kept) != len(records):
-        path = os.path.join(workdir, "metrics.jsonl")
-        with open(path + ".tmp", "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in kept)
-        os.replace(path + ".tmp", path)
+        _write_all(str(epath.Path(workdir) / "metrics.jsonl"), kept)
 
 
 def read_metrics(workdir: str, split: str | None = None) -> list[dict]:
     """The records of ``metrics.jsonl`` (optionally one split's), in order."""
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
+    path = epath.Path(workdir) / "metrics.jsonl"
+    if not path.exists():
         return []
-    with open(path) as f:
-        records = [json.loads(line) for line in f if line.strip()]
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return [r for r in records if split is None or r["split"] == split]
