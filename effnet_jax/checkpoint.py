@@ -131,13 +131,6 @@ class Checkpointer:
         out = self.manager.restore(int(step), args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
         return out["state"]
 
-    def metrics(self, step: int) -> dict | None:
-        """The validation metrics stored with ``step`` (None if it was not evaluated)."""
-        for info in self.manager._checkpoints:  # orbax keeps no public per-step lookup
-            if info.step == step:
-                return info.metrics
-        return None
-
     def wait(self):
         """Blocks until pending async saves are committed."""
         self.manager.wait_until_finished()

@@ -85,9 +85,12 @@ def test_gradient_accumulation_updates_once_per_k_batches_with_the_mean_gradient
     assert all(np.allclose(np.asarray(u), -2.0) for u in jax.tree.leaves(u2))
 
 
-def test_balanced_class_weights_follow_sklearn():
-    config = tiny_config(class_weights="balanced")
-    np.testing.assert_allclose(losses.class_weights(config, [100, 300]), [400 / 200, 400 / 600], rtol=1e-6)
+def test_class_weights_balanced_follow_sklearn_and_explicit_ones_parse():
+    np.testing.assert_allclose(losses.class_weights("balanced", [100, 300]), [400 / 200, 400 / 600], rtol=1e-6)
+    np.testing.assert_array_equal(losses.class_weights("1,2.5", [100, 300]), [1.0, 2.5])
+    assert losses.class_weights("none", [100, 300]) is None
+    with pytest.raises(ValueError, match=r"config\.class_weights='1,2,3'"):
+        losses.class_weights("1,2,3", [100, 300])
 
 
 def test_sigmoid_and_softmax_heads_give_the_same_loss_for_equivalent_logits():

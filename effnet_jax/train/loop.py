@@ -87,19 +87,6 @@ def _resolve(config: ml_collections.ConfigDict, train_info: dict) -> tuple[ml_co
     return config, total, steps_per_epoch
 
 
-def _class_weights(config, train_info):
-    spec = config.class_weights
-    if spec in (None, "", "none", "balanced"):
-        return losses.class_weights(ml_collections.ConfigDict({"class_weights": spec}), train_info["class_counts"])
-    try:
-        values = [float(v) for v in str(spec).split(",")]
-    except ValueError:
-        values = None
-    if not values or len(values) != 2:
-        raise ValueError(f"config.class_weights={spec!r}: expected 'none', 'balanced' or 'W0,W1'")
-    return np.asarray(values, np.float32)
-
-
 class _EarlyStopping:
     """Counts evaluations without improvement of one metric."""
 
@@ -141,8 +128,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     config, total_steps, steps_per_epoch = _resolve(config, train_info)
     data_tag = "synthetic" if train_info["synthetic"] else config.data.name
     log.info("data: %s, train split %d examples %s, %d steps (%.2f epochs of %d steps)", data_tag,
-                 train_info["num_examples"], dict(zip(train_info["class_names"], train_info["class_counts"])),
-                 total_steps, total_steps / steps_per_epoch, steps_per_epoch)
+             train_info["num_examples"], dict(zip(train_info["class_names"], train_info["class_counts"])),
+             total_steps, total_steps / steps_per_epoch, steps_per_epoch)
 
     # ----------------------------------------------------------------------------------------------
     # Mesh: every device; the batch is split over them, the state replicated.
@@ -168,11 +155,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     model = effnet_jax.build_model(config.model.name, num_classes=state_lib.num_classes(config),
                                    **state_lib.model_kwargs(config, frozen_norms, par.bn_axis_name))
     log.info("model: %s at %d px, %d of %d parameter tensors frozen (%d BatchNorms keep running stats)",
-                 config.model.name, config.image_size, n_frozen, n_total, len(frozen_norms))
+             config.model.name, config.image_size, n_frozen, n_total, len(frozen_norms))
     tx, schedule = optimizer_lib.create_optimizer(config, frozen, total_steps, steps_per_epoch)
-    weights = _class_weights(config, train_info)
+    weights = losses.class_weights(config.class_weights, train_info["class_counts"])
     if weights is not None:
         log.info("class weights: %s", weights.tolist())
+        if config.data.balance != "none":
+            log.warning("class weights with data.balance=%r correct the imbalance twice", config.data.balance)
     state = state_lib.create_train_state(variables, tx, config)
     del variables
 
@@ -277,7 +266,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
                 save(eval_metrics)
             if stopped_early:
                 log.info("early stopping at step %d: %s did not improve for %d evaluations",
-                             step, config.early_stopping.metric, config.early_stopping.patience)
+                         step, config.early_stopping.metric, config.early_stopping.patience)
                 break
     finally:
         if bar is not None:
