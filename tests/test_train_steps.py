@@ -32,13 +32,9 @@ def _batches():
             for _ in range(STEPS)]
 
 
-def _run(mode: str):
+def _run(mode: str, variables):
     config = _config()
     par = Parallel(mode)
-    # A zero head (as train_and_evaluate starts) keeps the loss near ln 2; a random 2-way head
-    # gives gradient norms in the thousands, where float noise grows chaotically step over step.
-    _, variables = state_lib.create_model(config)
-    variables = state_lib.zero_head(variables)
     frozen = freeze.frozen_mask(variables["params"], freeze.freeze_patterns(config, variables["params"]))
     model = effnet_jax.build_model(config.model.name, num_classes=2,
                                    **state_lib.model_kwargs(config, freeze.frozen_norms(frozen), par.bn_axis_name))
@@ -55,7 +51,11 @@ def _run(mode: str):
 
 @pytest.fixture(scope="module")
 def runs():
-    return {"jit": _run("jit"), "pmap": _run("pmap")}
+    # A zero head (as train_and_evaluate starts) keeps the loss near ln 2; a random 2-way head
+    # gives gradient norms in the thousands, where float noise grows chaotically step over step.
+    _, variables = state_lib.create_model(_config())
+    variables = jax.device_get(state_lib.zero_head(variables))
+    return {"jit": _run("jit", variables), "pmap": _run("pmap", variables)}
 
 
 def _flat(tree):
