@@ -18,7 +18,10 @@ def init_variables(model: EfficientNet, rng: jax.Array | int = 0, image_size: in
     if isinstance(rng, int):
         rng = jax.random.PRNGKey(rng)
     dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-    variables = jax.jit(lambda r: model.init(r, dummy, train=False))(rng)
+    # The depthwise formulation changes only the arithmetic, not the variables; the native
+    # one compiles several times faster on CPU.
+    init_model = model.clone(depthwise_impl="native")
+    variables = jax.jit(lambda r: init_model.init(r, dummy, train=False))(rng)
     # The zero "perturbations" that Grad-CAM differentiates against are not state.
     return {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
 

@@ -88,7 +88,7 @@ def lite0():
 
 def test_features_expose_every_stage_and_pooled(lite0):
     model, variables = lite0
-    features = model.apply(variables, jnp.zeros((1, 64, 64, 3)), features_only=True)
+    features = jax.eval_shape(lambda: model.apply(variables, jnp.zeros((1, 64, 64, 3)), features_only=True))
     assert features["stem"].shape == (1, 32, 32, 32)
     assert [features[f"stage_{i}"].shape[-1] for i in range(7)] == [16, 24, 40, 80, 112, 192, 320]
     assert features["stage_6"].shape[1:3] == (2, 2)
@@ -99,27 +99,28 @@ def test_features_expose_every_stage_and_pooled(lite0):
 def test_head_sizes():
     x = jnp.zeros((2, 32, 32, 3))
     for classes, shape in [(1, (2, 1)), (2, (2, 2)), (0, (2, 1280))]:
-        model, variables = effnet_jax.create_model("efficientnet_lite0", num_classes=classes)
-        assert model.apply(variables, x).shape == shape
+        model = build_model("efficientnet_lite0", num_classes=classes)
+        assert jax.eval_shape(lambda: model.init_with_output(jax.random.PRNGKey(0), x)[0]).shape == shape
 
 
 def test_bf16_compute_keeps_float32_parameters_and_statistics(lite0):
     model, variables = lite0
     x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 64, 64, 3)), jnp.float32)
     bf16 = model.clone(dtype=jnp.bfloat16)
-    logits, state = bf16.apply(variables, x, train=True, mutable=["batch_stats"],
-                               rngs={"dropout": jax.random.PRNGKey(0)})
+    logits, state = jax.jit(lambda v, x: bf16.apply(v, x, train=True, mutable=["batch_stats"],
+                                                     rngs={"dropout": jax.random.PRNGKey(0)}))(variables, x)
     assert logits.dtype == jnp.float32
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(state))
-    reference = model.apply(variables, x)
-    np.testing.assert_allclose(bf16.apply(variables, x), reference, atol=0.05 * float(jnp.abs(reference).max()) + 0.05)
+    reference = jax.jit(model.apply)(variables, x)
+    np.testing.assert_allclose(jax.jit(bf16.apply)(variables, x), reference, atol=0.05 * float(jnp.abs(reference).max()) + 0.05)
 
 
 def test_frozen_norms_use_and_keep_running_statistics(lite0):
     model, variables = lite0
     x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 64, 64, 3)), jnp.float32)
     frozen = model.clone(frozen_norms=(r"^bn1$", r"^blocks_[0-2]_"))
-    _, state = frozen.apply(variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.PRNGKey(0)})
+    _, state = jax.jit(lambda v, x: frozen.apply(v, x, train=True, mutable=["batch_stats"],
+                                                 rngs={"dropout": jax.random.PRNGKey(0)}))(variables, x)
     before, after = variables["batch_stats"], state["batch_stats"]
     for name in ["bn1", "blocks_0_0", "blocks_2_1"]:
         jax.tree_util.tree_map(np.testing.assert_array_equal, before[name], after[name])
@@ -128,11 +129,11 @@ def test_frozen_norms_use_and_keep_running_statistics(lite0):
 
 
 def test_stochastic_depth_and_dropout_only_in_training(lite0):
-    model, variables = lite0
-    model = model.clone(drop_path_rate=0.5, drop_rate=0.5)
+    base, variables = lite0
+    model = base.clone(drop_path_rate=0.5, drop_rate=0.5)
     x = jnp.asarray(np.random.default_rng(1).standard_normal((2, 32, 32, 3)), jnp.float32)
-    np.testing.assert_array_equal(model.apply(variables, x), model.apply(variables, x))
-    train = lambda seed: model.apply(variables, x, train=True, mutable=["batch_stats"],
-                                     rngs={"dropout": jax.random.PRNGKey(seed)})[0]
+    np.testing.assert_array_equal(jax.jit(model.apply)(variables, x), jax.jit(base.apply)(variables, x))
+    train = jax.jit(lambda seed: model.apply(variables, x, train=True, mutable=["batch_stats"],
+                                             rngs={"dropout": jax.random.PRNGKey(seed)})[0])
     np.testing.assert_array_equal(train(0), train(0))
     assert not np.allclose(train(0), train(1))
