@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
+
+from effnet_jax.cli.common import define_once, quiet_unless_verbose
 
 FLAGS = flags.FLAGS
 
@@ -18,25 +20,18 @@ FLAGS = flags.FLAGS
 def define_flags():
     """Defines this command's flags (once). Called by ``run``, not at import, so that importing
     several CLI modules in one process (a test session) cannot collide on --workdir."""
-    _define(flags.DEFINE_string, "workdir", None, "Training run directory (holds checkpoints/).")
-    _define(flags.DEFINE_string, "split", "test", "Split to evaluate: train, validation or test.")
-    _define(flags.DEFINE_string, "checkpoint", "best", "'best' (by the run's best_metric), 'latest' or a step number.")
-    _define(flags.DEFINE_string, "tta", "none", "Test-time augmentation: none, flip, crops[@FRACTION] or e.g. flip+crops.")
-    _define(flags.DEFINE_integer, "batch_size", None, "Evaluation batch size (default: the run's eval_batch_size).")
-    _define(flags.DEFINE_bool, "ema", True, "Evaluate the EMA weights when the run kept them.")
-    _define(flags.DEFINE_string, "out_dir", None, "Where to write outputs (default: WORKDIR/eval/<split>_<step>).")
+    define_once(flags.DEFINE_string, "workdir", None, "Training run directory (holds checkpoints/).")
+    define_once(flags.DEFINE_string, "split", "test", "Split to evaluate: train, validation or test.")
+    define_once(flags.DEFINE_string, "checkpoint", "best", "'best' (by the run's best_metric), 'latest' or a step number.")
+    define_once(flags.DEFINE_string, "tta", "none", "Test-time augmentation: none, flip, crops[@FRACTION] or e.g. flip+crops.")
+    define_once(flags.DEFINE_integer, "batch_size", None, "Evaluation batch size (default: the run's eval_batch_size).")
+    define_once(flags.DEFINE_bool, "ema", True, "Evaluate the EMA weights when the run kept them.")
+    define_once(flags.DEFINE_string, "out_dir", None, "Where to write outputs (default: WORKDIR/eval/<split>_<step>).")
 
-
-def _define(define, name, *args):
-    # Another command's module (effnet-train) may already own --workdir in this process: share it.
-    if name not in FLAGS:
-        define(name, *args)
 
 
 def main(argv):
-    if not FLAGS["verbosity"].present:
-        # orbax logs each restore at INFO and read-only opens at WARNING: noise for this command.
-        logging.set_verbosity(logging.ERROR)
+    quiet_unless_verbose()
     if len(argv) > 1:
         raise app.UsageError(f"effnet-eval takes no positional arguments, got {argv[1:]}.")
     if not FLAGS.workdir:

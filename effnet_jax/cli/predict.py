@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
+
+from effnet_jax.cli.common import define_once, quiet_unless_verbose
 
 FLAGS = flags.FLAGS
 
@@ -21,23 +23,16 @@ FLAGS = flags.FLAGS
 def define_flags():
     """Defines this command's flags (once). Called by ``run``, not at import, so that importing
     several CLI modules in one process (a test session) cannot collide on --workdir."""
-    _define(flags.DEFINE_string, "workdir", None, "Training run directory (holds checkpoints/).")
-    _define(flags.DEFINE_string, "checkpoint", "best", "'best' (by the run's best_metric), 'latest' or a step number.")
-    _define(flags.DEFINE_string, "gradcam", None, "Directory to write a Grad-CAM overlay PNG per image.")
-    _define(flags.DEFINE_string, "threshold", "auto", "Decision threshold in [0, 1], or 'auto' (stored validation Youden, else 0.5).")
-    _define(flags.DEFINE_integer, "batch_size", 8, "Images per forward pass.")
+    define_once(flags.DEFINE_string, "workdir", None, "Training run directory (holds checkpoints/).")
+    define_once(flags.DEFINE_string, "checkpoint", "best", "'best' (by the run's best_metric), 'latest' or a step number.")
+    define_once(flags.DEFINE_string, "gradcam", None, "Directory to write a Grad-CAM overlay PNG per image.")
+    define_once(flags.DEFINE_string, "threshold", "auto", "Decision threshold in [0, 1], or 'auto' (stored validation Youden, else 0.5).")
+    define_once(flags.DEFINE_integer, "batch_size", 8, "Images per forward pass.")
 
-
-def _define(define, name, *args):
-    # Another command's module (effnet-train) may already own --workdir in this process: share it.
-    if name not in FLAGS:
-        define(name, *args)
 
 
 def main(argv):
-    if not FLAGS["verbosity"].present:
-        # orbax logs each restore at INFO and read-only opens at WARNING: noise for this command.
-        logging.set_verbosity(logging.ERROR)
+    quiet_unless_verbose()
     paths = argv[1:]
     if not FLAGS.workdir:
         raise app.UsageError("--workdir is required: the training run directory to predict with.")

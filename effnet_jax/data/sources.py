@@ -6,7 +6,6 @@ opens its TFDS data sources lazily in whichever process uses it.
 
 import functools
 
-import numpy as np
 
 from effnet_jax.data import splits as splits_lib
 from effnet_jax.data import synthetic

@@ -33,7 +33,7 @@ def download(name: str) -> str:
     """Returns a local path to the weights of hub repo ``name`` (cached by huggingface_hub)."""
     repo_id = name.split(":", 1)[-1]
     how_to = ("Download the weights elsewhere and pass the local file instead, e.g. "
-              f"pretrained='/path/to/model.safetensors' or effnet-convert --input FILE.")
+              "pretrained='/path/to/model.safetensors' or effnet-convert --input FILE.")
     try:
         from huggingface_hub import hf_hub_download
     except ImportError as e:
