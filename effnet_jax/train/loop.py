@@ -17,7 +17,7 @@ import effnet_jax
 from effnet_jax import checkpoint as checkpoint_lib
 from effnet_jax.data import pipeline
 from effnet_jax.train import freeze as freeze_lib
-from effnet_jax.train import losses, optimizer as optimizer_lib, state as state_lib, steps
+from effnet_jax.train import distributed, losses, optimizer as optimizer_lib, state as state_lib, steps
 from effnet_jax.train.parallel import Parallel
 from effnet_jax.train import writer as writer_lib
 from effnet_jax.train.writer import MetricWriter
@@ -205,6 +205,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     stopper = _EarlyStopping(config.early_stopping)
     for record in writer_lib.read_metrics(workdir, "validation"):
         stopper.update(record)  # a resumed run keeps counting patience where it stopped
+    # Process 0 truncated the file and may be alone in seeing it (local disks): its count decides
+    # for all, or the processes would stop at different steps and hang.
+    best, bad = distributed.broadcast_floats([stopper.best, stopper.bad])
+    stopper.best, stopper.bad = best, int(bad)
     stop_at = total_steps if config.stop_after_steps < 0 else min(total_steps, config.stop_after_steps)
     bar = _progress(config, start, total_steps, data_tag)
     pending, last_log = [], (start, time.time())
@@ -213,7 +217,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
 
     def save(metrics=None):
         nonlocal last_saved
-        ckpt.save(step, par.get_state(state), train_iter.get_state(), config, metrics)
+        data_state = train_iter.get_state()
+        # Orbax writes JSON items from process 0 only; every process resumes from that state.
+        distributed.check_same_everywhere(json.dumps(checkpoint_lib.encode_data_state(data_state), sort_keys=True),
+                                          f"the training data iterator state at step {step}")
+        ckpt.save(step, par.get_state(state), data_state, config, metrics)
         last_saved = step
 
     def flush_train_metrics():

@@ -81,7 +81,9 @@ class Parallel:
     def fetch(self, tree):
         """Per-example device outputs back to host numpy arrays, flattened over devices."""
         if self.mode == "pmap":
-            return jax.tree.map(lambda x: np.asarray(x).reshape((-1,) + x.shape[2:]), tree)
+            local = jax.tree.map(lambda x: np.asarray(x).reshape((-1,) + x.shape[2:]), tree)
+            # pmap outputs hold this process's rows only; metrics need every process's.
+            return multihost_utils.process_allgather(local, tiled=True) if jax.process_count() > 1 else local
         if jax.process_count() > 1:
             return multihost_utils.process_allgather(tree, tiled=True)
         return jax.tree.map(np.asarray, tree)
