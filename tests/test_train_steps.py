@@ -3,6 +3,7 @@
 import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import traverse_util
@@ -119,3 +120,22 @@ def test_a_freeze_pattern_matching_nothing_is_an_error_naming_its_key():
     config = tiny_config(freeze=("^conv_stem/", "^blocks_9_"))
     with pytest.raises(ValueError, match=r"config\.freeze\[1\]='\^blocks_9_' matches no parameter"):
         freeze.frozen_mask(params, freeze.freeze_patterns(config, params))
+
+
+def test_bfloat16_compute_keeps_params_batch_stats_and_optimizer_state_in_float32():
+    config = _config()
+    config.dtype = "bfloat16"
+    config.freeze_until = ""
+    par = Parallel("jit", jax.devices()[:1])
+    _, variables = state_lib.create_model(config)
+    frozen = jax.tree.map(lambda _: False, variables["params"])
+    model = effnet_jax.build_model(config.model.name, num_classes=2, **state_lib.model_kwargs(config))
+    tx, _ = optimizer.create_optimizer(config, frozen, total_steps=10, steps_per_epoch=5)
+    state = state_lib.create_train_state(state_lib.zero_head(variables), tx, config)
+    step = par.compile_train_step(functools.partial(steps.train_step, model=model, tx=tx, frozen=frozen,
+                                                    ema_decay=config.ema_decay), state)
+    state, metrics = step(par.put_state(state), par.put_batch(_batches()[0]))
+    assert np.isfinite(par.first_metrics(metrics)["loss"])
+    floats = [x for x in jax.tree.leaves((state.params, state.batch_stats, state.opt_state, state.ema_params))
+              if jnp.issubdtype(x.dtype, jnp.floating)]
+    assert floats and all(x.dtype == jnp.float32 for x in floats)
