@@ -205,6 +205,11 @@ while true; do
     break
   fi
   after="$(vm_state)"
+  if [[ "$after" == "READY" && -n "$capacity" && $dry_run -eq 0 ]]; then
+    # A spot VM being reclaimed can drop the ssh session a little before its state changes.
+    sleep "$poll_s"
+    after="$(vm_state)"
+  fi
   if [[ "$after" == "READY" ]]; then
     # The VM is fine, so the trainer itself failed: restarting would fail the same way.
     die "effnet-train exited with status $rc on a READY VM; not restarting (see the log above)"

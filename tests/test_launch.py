@@ -127,3 +127,55 @@ def test_on_leaves_detection_to_jax():
 def test_errors_name_the_flag_or_variable(args, env, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(")):
         distributed.resolve(*args, env=env)
+
+
+# -- tpu_vm.sh's preemption loop, against a fake gcloud ---------------------------------------------
+
+FAKE_GCLOUD = r"""#!/usr/bin/env bash
+# Records each call; keeps the VM's state in $FAKE/state; training runs per $FAKE/train_results.
+echo "$*" >> "$FAKE/calls"
+case "$*" in
+  *"tpu-vm describe"*) state="$(cat "$FAKE/state")"; [[ "$state" == NOT_FOUND ]] && exit 1; echo "$state" ;;
+  *"tpu-vm create"*) echo READY > "$FAKE/state" ;;
+  *"tpu-vm delete"*) echo NOT_FOUND > "$FAKE/state" ;;
+  *"effnet_jax.cli.train"*)
+    n=$(( $(cat "$FAKE/trains" 2>/dev/null || echo 0) + 1 )); echo "$n" > "$FAKE/trains"
+    result="$(sed -n "${n}p" "$FAKE/train_results")"
+    case "$result" in
+      preempted) echo PREEMPTED > "$FAKE/state"; exit 255 ;;
+      crash) exit 1 ;;
+    esac ;;
+esac
+exit 0
+"""
+
+
+def _fake_tpu_run(tmp_path, train_results):
+    fake = tmp_path / "fake"
+    (fake / "bin").mkdir(parents=True)
+    gcloud = fake / "bin" / "gcloud"
+    gcloud.write_text(FAKE_GCLOUD)
+    gcloud.chmod(0o755)
+    (fake / "state").write_text("NOT_FOUND\n")
+    (fake / "train_results").write_text("\n".join(train_results) + "\n")
+    env = dict(os.environ, FAKE=str(fake), PATH=f"{fake / 'bin'}:{os.environ['PATH']}", TMPDIR=str(tmp_path))
+    proc = _script("tpu_vm.sh", "--name=vm", "--zone=z", "--accelerator-type=v4-16", "--workdir=gs://b/r", "--spot",
+                   "--poll-seconds=0", env=env)
+    calls = [" ".join(c.split()[2:4]) for c in (fake / "calls").read_text().splitlines()]
+    return proc, calls
+
+
+def test_a_preempted_spot_vm_is_recreated_reinstalled_and_training_resumes(tmp_path):
+    proc, calls = _fake_tpu_run(tmp_path, ["preempted", "ok"])
+    assert proc.returncode == 0, proc.stderr
+    setup = ["tpu-vm create", "tpu-vm scp", "tpu-vm ssh"]  # create, copy the code, install
+    assert calls == (["tpu-vm describe", *setup, "tpu-vm ssh",                      # train: preempted
+                      "tpu-vm describe", "tpu-vm describe", "tpu-vm delete", *setup, "tpu-vm ssh"])  # resumed
+    assert "restart 1 of 20 resumes from gs://b/r" in proc.stderr
+
+
+def test_a_trainer_failure_on_a_ready_vm_is_not_retried(tmp_path):
+    proc, calls = _fake_tpu_run(tmp_path, ["crash", "ok"])
+    assert proc.returncode == 2
+    assert "not restarting" in proc.stderr
+    assert calls.count("tpu-vm create") == 1 and "tpu-vm delete" not in calls
