@@ -179,3 +179,14 @@ def test_a_trainer_failure_on_a_ready_vm_is_not_retried(tmp_path):
     assert proc.returncode == 2
     assert "not restarting" in proc.stderr
     assert calls.count("tpu-vm create") == 1 and "tpu-vm delete" not in calls
+
+
+def test_distributed_on_outside_a_cluster_says_which_flags_to_give():
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    for k in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+        env.pop(k, None)
+    proc = subprocess.run([sys.executable, "-m", "effnet_jax.cli.train", "--config=configs/debug.py",
+                           "--workdir=/tmp/unused", "--distributed=on"], cwd=REPO, capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "give --coordinator_address, --num_processes and --process_id" in proc.stderr

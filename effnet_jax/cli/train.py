@@ -38,10 +38,11 @@ def main(argv):
     try:
         settings = distributed.resolve(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value,
                                        _PROCESS_ID.value)
+        started = distributed.initialize(settings)
     except ValueError as e:
         print(f"effnet-train: bad flag: {e}", file=sys.stderr)
         sys.exit(2)
-    if distributed.initialize(settings) and not distributed.is_main_process():
+    if started and not distributed.is_main_process():
         _only_warnings_here()
     try:
         train_and_evaluate(_CONFIG.value, _WORKDIR.value)

@@ -102,8 +102,14 @@ def initialize(settings: Settings | None) -> bool:
     # Harmless on GPU/TPU (it only concerns the CPU client); an explicit env choice wins.
     if not os.environ.get(ENV_CPU_COLLECTIVES):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=settings.coordinator_address,
-                               num_processes=settings.num_processes, process_id=settings.process_id)
+    try:
+        jax.distributed.initialize(coordinator_address=settings.coordinator_address,
+                                   num_processes=settings.num_processes, process_id=settings.process_id)
+    except ValueError as e:
+        # JAX found no cluster to detect (not a TPU pod slice, SLURM, ...): say what to give instead.
+        raise ValueError(f"jax.distributed could not start ({e}); outside a TPU VM or a detected cluster "
+                         f"give --coordinator_address, --num_processes and --process_id (or "
+                         f"{ENV_COORDINATOR}, {ENV_NUM_PROCESSES}, {ENV_PROCESS_ID})") from None
     log.info("jax.distributed: process %d of %d, %d local of %d devices (coordinator %s)",
              jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count(),
              settings.coordinator_address or "auto-detected")
