@@ -49,10 +49,15 @@ class Conv(nn.Module):
     def __call__(self, x):
         kernel = self.param(
             "kernel", conv_kernel_init, (self.kernel_size, self.kernel_size, x.shape[-1], self.features), jnp.float32)
-        pad = spatial_padding(x.shape, self.kernel_size, self.stride, self.padding)
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-        y = jax.lax.conv_general_dilated(
-            x, kernel, (self.stride, self.stride), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        if self.kernel_size == 1 and self.stride == 1:
+            # A pointwise convolution is a matmul over channels; XLA's CPU convolution runs it
+            # about 5x slower forward and backward than its dot (16x56x56x144 -> 24 measured).
+            y = jnp.einsum("nhwc,cd->nhwd", x, kernel[0, 0])
+        else:
+            pad = spatial_padding(x.shape, self.kernel_size, self.stride, self.padding)
+            y = jax.lax.conv_general_dilated(
+                x, kernel, (self.stride, self.stride), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"))
         if self.use_bias:
             bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
             y = y + bias.astype(self.dtype)
