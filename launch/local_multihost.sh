@@ -55,6 +55,9 @@ echo "local_multihost: ${processes} processes x ${devices} CPU devices, coordina
 pids=()
 stop_all() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  # jax.distributed catches SIGTERM (it treats it as a preemption notice) and keeps running.
+  sleep 3
+  for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
 }
 trap 'stop_all; exit 143' TERM INT
 

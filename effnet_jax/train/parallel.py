@@ -24,6 +24,10 @@ class Parallel:
     def __init__(self, mode: str = "jit", devices=None):
         if mode not in ("jit", "pmap"):
             raise ValueError(f"config.parallelism={mode!r}: expected 'jit' or 'pmap'")
+        if mode == "pmap" and jax.process_count() > 1:
+            # Its per-process state copies cannot be checkpointed collectively (a save hangs).
+            raise ValueError("config.parallelism='pmap' runs in one process only; multi-process runs "
+                             "(jax.distributed) need config.parallelism='jit'")
         self.mode = mode
         self.devices = list(devices or jax.devices())
         self.local_devices = [d for d in self.devices if d.process_index == jax.process_index()]
@@ -81,9 +85,7 @@ class Parallel:
     def fetch(self, tree):
         """Per-example device outputs back to host numpy arrays, flattened over devices."""
         if self.mode == "pmap":
-            local = jax.tree.map(lambda x: np.asarray(x).reshape((-1,) + x.shape[2:]), tree)
-            # pmap outputs hold this process's rows only; metrics need every process's.
-            return multihost_utils.process_allgather(local, tiled=True) if jax.process_count() > 1 else local
+            return jax.tree.map(lambda x: np.asarray(x).reshape((-1,) + x.shape[2:]), tree)
         if jax.process_count() > 1:
             return multihost_utils.process_allgather(tree, tiled=True)
         return jax.tree.map(np.asarray, tree)
