@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import jax
-
 from effnet_jax.factory import init_variables
 from effnet_jax.models import build_model, get_variant
 from effnet_jax.weights.loading import merge_weights, resolve_source, save_converted
+
 
 def convert_to_checkpoint(variant_name: str, source: str, output: str, num_classes: int | None = None) -> dict:
     """Converts ``source`` for ``variant_name`` into ``output``; returns the summary printed by the CLI."""
@@ -19,10 +18,9 @@ def convert_to_checkpoint(variant_name: str, source: str, output: str, num_class
     variables, report = merge_weights(init_variables(model), weights)
     mean = weights.mean or variant.mean
     std = weights.std or variant.std
-    save_converted(output, variant, num_classes, variables, report, mean, std)
-    num_params = sum(x.size for x in jax.tree_util.tree_leaves(variables["params"]))
+    metadata = save_converted(output, variant, num_classes, variables, report, mean, std)
     return {
         "variant": variant.name, "source": source, "source_format": report.source_format,
-        "num_params": int(num_params), "num_classes": num_classes, "arrays_loaded": len(report.loaded),
+        "num_params": metadata["num_params"], "num_classes": num_classes, "arrays_loaded": len(report.loaded),
         "reinitialised": report.reinitialised, "input_mean": list(mean), "input_std": list(std), "output": output,
     }

@@ -55,7 +55,6 @@ def convert_file(path: str | Path, variant: VariantConfig) -> ConvertedWeights:
         normalisation = name_maps.keras_input_normalisation(tensors)
         if normalisation:
             mean, std = normalisation
-        fmt = "keras_h5"
     elif fmt == "pytorch" and name_maps.is_efficientnet_pytorch(tensors):
         flax_tensors, fmt = name_maps.from_pytorch(tensors, variant), "efficientnet_pytorch"
     else:
@@ -110,8 +109,8 @@ def merge_weights(variables: dict, weights: ConvertedWeights) -> tuple[dict, Loa
 # --- Converted checkpoint directories ----------------------------------------------------------
 
 def save_converted(directory: str | Path, variant: VariantConfig, num_classes: int, variables: dict,
-                   report: LoadReport, mean, std) -> Path:
-    """Writes variables as an orbax checkpoint plus a JSON metadata file."""
+                   report: LoadReport, mean, std) -> dict:
+    """Writes variables as an orbax checkpoint plus a JSON metadata file; returns the metadata."""
     import orbax.checkpoint as ocp
 
     directory = Path(directory).absolute()
@@ -132,7 +131,7 @@ def save_converted(directory: str | Path, variant: VariantConfig, num_classes: i
         "reinitialised": report.reinitialised,
     }
     (directory / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
-    return directory
+    return metadata
 
 
 def is_converted_dir(path: Path) -> bool:
