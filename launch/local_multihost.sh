@@ -77,19 +77,12 @@ done
 status=0
 running=("${pids[@]}")
 while [[ ${#running[@]} -gt 0 ]]; do
-  done_pid=""
   set +e
   wait -n -p done_pid "${running[@]}"
   rc=$?
   set -e
   left=()
-  if [[ -z "$done_pid" ]]; then
-    # Already reaped (e.g. by stop_all): keep only the processes still alive; keep the first status.
-    rc=0
-    for pid in "${running[@]}"; do kill -0 "$pid" 2>/dev/null && left+=("$pid"); done
-  else
-    for pid in "${running[@]}"; do [[ "$pid" != "$done_pid" ]] && left+=("$pid"); done
-  fi
+  for pid in "${running[@]}"; do [[ "$pid" != "$done_pid" ]] && left+=("$pid"); done
   running=("${left[@]}")
   if [[ $rc -ne 0 && $status -eq 0 ]]; then
     status=$rc
