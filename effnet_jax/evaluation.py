@@ -166,6 +166,8 @@ def evaluate_checkpoint(workdir: str, split: str = "test", checkpoint: str | int
             f"{tag}, t={threshold:.3f} (val. Youden)"),
         "roc": plots.plot_roc_curve(result.labels, result.probs, os.path.join(out_dir, "roc.png"),
                                     {"t=0.5": 0.5, "validation Youden": threshold}, f"ROC, {tag}"),
+        "reliability": plots.plot_reliability(result.labels, result.probs, os.path.join(out_dir, "reliability.png"),
+                                              title=f"Reliability, {tag}"),
         "predictions": _write_predictions(os.path.join(out_dir, "predictions.csv"), result, info.get("file_names")),
     }
     report = {

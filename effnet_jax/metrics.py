@@ -15,7 +15,7 @@ import numpy as np
 from scipy.special import expit
 from sklearn import metrics as skm
 
-METRIC_NAMES = ("accuracy", "auc", "precision", "recall", "specificity", "f1")
+METRIC_NAMES = ("accuracy", "auc", "precision", "recall", "specificity", "f1", "brier", "ece")
 
 
 def probs_from_logits(logits) -> np.ndarray:
@@ -83,8 +83,23 @@ def compute_metrics(labels, probs, threshold: float = 0.5) -> dict[str, Any]:
         "recall": float(skm.recall_score(labels, preds, labels=[0, 1], zero_division=nan)),
         "specificity": float(skm.recall_score(labels, preds, labels=[0, 1], pos_label=0, zero_division=nan)),
         "f1": float(skm.f1_score(labels, preds, labels=[0, 1], zero_division=nan)),
+        # Calibration: a threshold moved for a new population only means something if the
+        # probabilities do; over-confident fine-tunes show here before they show in accuracy.
+        "brier": float(skm.brier_score_loss(labels, probs, pos_label=1)) if n else math.nan,
+        "ece": expected_calibration_error(labels, probs) if n else math.nan,
         "confusion_matrix": [[int(tn), int(fp)], [int(fn), int(tp)]],
     }
+
+
+def expected_calibration_error(labels, probs, num_bins: int = 15) -> float:
+    """Mean |observed positive rate - mean predicted probability| over equal-width bins,
+    weighted by the fraction of examples in each bin (Guo et al. 2017, on P(positive))."""
+    labels, probs = _check_inputs(labels, probs)
+    if labels.size == 0:
+        return math.nan
+    bins = np.minimum((probs * num_bins).astype(np.int64), num_bins - 1)
+    gap = np.abs(np.bincount(bins, labels, num_bins) - np.bincount(bins, probs, num_bins))
+    return float(gap.sum() / labels.size)
 
 
 def youden_threshold(labels, probs) -> float:

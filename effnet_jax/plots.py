@@ -1,4 +1,4 @@
-"""Evaluation figures written as PNG files: confusion matrix and ROC curve.
+"""Evaluation figures written as PNG files: confusion matrix, ROC curve, reliability diagram.
 
 Uses matplotlib's object API on the Agg canvas (never pyplot's global state), so
 plotting works headless, in threads and under pytest without touching the
@@ -85,4 +85,32 @@ def plot_roc_curve(labels, probs, path: str | os.PathLike, thresholds: dict[str,
     ax.set_ylabel("true positive rate (sensitivity)")
     ax.set_title(title or "ROC curve")
     ax.legend(loc="lower right", fontsize=7)
+    return _save(fig, path)
+
+
+def plot_reliability(labels, probs, path: str | os.PathLike, num_bins: int = 10, title: str = "") -> str:
+    """Reliability diagram: observed PNEUMONIA rate against mean predicted probability per bin,
+    with the histogram of predictions below (where most of them sit, and how confident)."""
+    from sklearn.calibration import calibration_curve
+
+    from effnet_jax.metrics import expected_calibration_error
+
+    labels = np.asarray(labels).reshape(-1)
+    probs = np.asarray(probs, dtype=np.float64).reshape(-1)
+    fig = Figure(figsize=(4.6, 5.2), dpi=100)
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    top.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=1, label="perfectly calibrated")
+    if labels.size:
+        observed, predicted = calibration_curve(labels, probs, n_bins=num_bins, strategy="uniform")
+        ece = expected_calibration_error(labels, probs)
+        top.plot(predicted, observed, marker="o", color="tab:blue", label=f"model (ECE {ece:.3f})")
+        bottom.hist(probs, bins=num_bins, range=(0, 1), color="tab:blue", alpha=0.7)
+    top.set_ylabel("observed fraction PNEUMONIA")
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1)
+    top.legend(loc="upper left", fontsize=8)
+    top.set_title(title or "Reliability")
+    bottom.set_xlabel("predicted P(PNEUMONIA)")
+    bottom.set_ylabel("images")
+    bottom.set_yscale("log")
     return _save(fig, path)

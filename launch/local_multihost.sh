@@ -74,21 +74,27 @@ for ((i = 0; i < processes; i++)); do
 done
 
 # The first failure stops the rest: a lone survivor would wait at a collective forever.
+# Poll rather than 'wait -n': when processes end together bash may have dropped them from
+# its job table already ('wait -n' then says "no such job"), while 'wait PID' still returns
+# the status bash saved when it reaped PID.
 status=0
 running=("${pids[@]}")
 while [[ ${#running[@]} -gt 0 ]]; do
-  set +e
-  wait -n -p done_pid "${running[@]}"
-  rc=$?
-  set -e
   left=()
-  for pid in "${running[@]}"; do [[ "$pid" != "$done_pid" ]] && left+=("$pid"); done
-  running=("${left[@]}")
-  if [[ $rc -ne 0 && $status -eq 0 ]]; then
-    status=$rc
-    echo "local_multihost: a process exited with status $rc; stopping the others (logs in ${logdir})" >&2
-    stop_all
-  fi
+  for pid in "${running[@]}"; do
+    if kill -0 "$pid" 2>/dev/null; then left+=("$pid"); continue; fi
+    set +e
+    wait "$pid"
+    rc=$?
+    set -e
+    if [[ $rc -ne 0 && $status -eq 0 ]]; then
+      status=$rc
+      echo "local_multihost: a process exited with status $rc; stopping the others (logs in ${logdir})" >&2
+      stop_all
+    fi
+  done
+  running=("${left[@]+"${left[@]}"}")
+  if [[ ${#running[@]} -gt 0 ]]; then sleep 1; fi
 done
 for ((i = 1; i < processes; i++)); do
   if [[ $status -ne 0 ]]; then

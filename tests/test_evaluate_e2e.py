@@ -56,7 +56,7 @@ def test_eval_cli_reports_both_thresholds_and_where_it_wrote(evaluated):
     assert "t=0.5" in proc.stdout and "val. Youden" in proc.stdout and "synthetic" in proc.stdout
     assert report["step"] == 2 and report["split"] == "test" and report["synthetic"] is True
     assert report["num_examples"] == 16 and sum(report["class_counts"]) == 16
-    for name in ("confusion_matrix_0.5.png", "confusion_matrix_youden.png", "roc.png"):
+    for name in ("confusion_matrix_0.5.png", "confusion_matrix_youden.png", "roc.png", "reliability.png"):
         with Image.open(os.path.join(out_dir, name)) as im:
             assert im.format == "PNG"
     with open(os.path.join(out_dir, "predictions.csv")) as f:

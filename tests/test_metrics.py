@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from effnet_jax.metrics import compute_metrics, format_table, json_safe, probs_from_logits, youden_threshold
+from effnet_jax.metrics import compute_metrics, expected_calibration_error, format_table, json_safe, probs_from_logits, youden_threshold
 
 # Negatives score 0.1, 0.2, 0.52, 0.58; positives 0.3, 0.6, 0.8, 0.9.
 LABELS = [0, 0, 0, 0, 1, 1, 1, 1]
@@ -25,6 +25,20 @@ def test_metrics_at_half_match_hand_counts():
     assert m["f1"] == pytest.approx(2 * 3 / (2 * 3 + 2 + 1))
     # 14 of the 16 (positive, negative) pairs are ranked correctly.
     assert m["auc"] == pytest.approx(14 / 16)
+
+
+def test_calibration_metrics_by_hand():
+    m = compute_metrics(LABELS, PROBS)
+    squared = [0.01, 0.04, 0.52**2, 0.58**2, 0.7**2, 0.4**2, 0.2**2, 0.1**2]
+    assert m["brier"] == pytest.approx(sum(squared) / 8)
+    # Five bins of width 0.2: [0.1]->|0-0.1|, [0.2,0.3]->|1-0.5|, [0.52,0.58]->|0-1.1|,
+    # [0.6]->|1-0.6|, [0.8,0.9]->|2-1.7|; summed over the 8 examples.
+    assert expected_calibration_error(LABELS, PROBS, num_bins=5) == pytest.approx((0.1 + 0.5 + 1.1 + 0.4 + 0.3) / 8)
+    # Outcomes drawn with the stated probabilities: ECE shrinks toward 0 with n.
+    rng = np.random.default_rng(0)
+    p = rng.uniform(size=200_000)
+    assert expected_calibration_error(rng.uniform(size=p.size) < p, p) < 0.01
+    assert expected_calibration_error(rng.uniform(size=p.size) < p, np.sqrt(p)) > 0.1
 
 
 def test_prediction_is_positive_at_exactly_the_threshold():

@@ -2,7 +2,7 @@
 
 from PIL import Image
 
-from effnet_jax.plots import plot_confusion_matrix, plot_roc_curve
+from effnet_jax.plots import plot_confusion_matrix, plot_reliability, plot_roc_curve
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -34,3 +34,10 @@ def test_roc_png_with_marked_thresholds(tmp_path):
 
 def test_roc_png_single_class(tmp_path):
     _assert_png(plot_roc_curve([1, 1, 1], [0.2, 0.5, 0.9], tmp_path / "roc.png"))
+
+
+def test_reliability_png(tmp_path):
+    labels = [0, 0, 0, 0, 1, 1, 1, 1]
+    probs = [0.1, 0.2, 0.52, 0.58, 0.3, 0.6, 0.8, 0.9]
+    _assert_png(plot_reliability(labels, probs, tmp_path / "reliability.png"))
+    _assert_png(plot_reliability([], [], tmp_path / "empty.png"))

