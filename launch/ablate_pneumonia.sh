@@ -33,9 +33,14 @@ ablations=(
   "no_balance|--config.data.balance=none"
   "freeze_none|--config.freeze_until="
   "freeze_to_blocks_5|--config.freeze_until=blocks_5"
+  "no_ema|--config.ema_decay=0"
+  "no_label_smoothing|--config.label_smoothing=0"
   "no_ema_no_ls|--config.ema_decay=0 --config.label_smoothing=0"
+  "light_aug|--config.data.augment.rotation=5 --config.data.augment.scale_min=0.9 --config.data.augment.translate=0.02 --config.data.augment.brightness=0.05 --config.data.augment.contrast=0.05"
   "strong_aug|--config.data.augment.rotation=15 --config.data.augment.scale_min=0.6 --config.data.augment.translate=0.1 --config.data.augment.brightness=0.2 --config.data.augment.contrast=0.2"
   "no_aug|--config.data.augment.enabled=false"
+  "lite1|--config.model.name=tf_efficientnet_lite1 --config.model.pretrained=pypi:efficientnet-lite1"
+  "lite2|--config.model.name=tf_efficientnet_lite2 --config.model.pretrained=pypi:efficientnet-lite2"
 )
 
 names=()

@@ -47,6 +47,16 @@ def test_test_split_is_absent_here_and_says_so(cfg):
     pipeline.split_info(cfg, 'test')
 
 
+def test_official_val_is_the_16_images_of_val_and_pooled_runs_refuse_it(cfg):
+  info = pipeline.split_info(cfg, 'official_val')
+  assert info['num_examples'] == 16 and info['class_counts'] == [8, 8]
+  assert sorted(info['file_names'])[0] == 'NORMAL2-IM-1427-0001.jpeg'
+  pooled = cfg.copy_and_resolve_references()
+  pooled.split_protocol = 'pooled'
+  with pytest.raises(ValueError, match='pooled into train/validation/test'):
+    pipeline.split_info(pooled, 'official_val')
+
+
 def test_pooled_protocol_splits_all_5232_images_60_20_20(cfg):
   pooled = cfg.copy_and_resolve_references()
   pooled.split_protocol = 'pooled'

@@ -101,3 +101,16 @@ def test_bad_protocol_and_fraction_name_the_config_key():
 def test_pooled_file_names_say_which_official_split_they_came_from():
   sel = splits.select(_metas(), 'test', protocol='pooled', val_fraction=0.1, seed=0)
   assert {name.split('/')[0] for name in sel.file_names} == {'train', 'val', 'test'}
+
+
+def test_official_val_is_the_val_part_as_is_under_the_patient_protocol_only():
+  metas = _metas()
+  sel = splits.select(metas, 'official_val', protocol='patient', val_fraction=0.1)
+  assert sel.parts == ('val',) and len(sel) == len(metas['val'].labels)
+  np.testing.assert_array_equal(sel.labels, metas['val'].labels)
+  with pytest.raises(ValueError, match='pooled into'):
+    splits.select(metas, 'official_val', protocol='pooled', val_fraction=0.1)
+  with pytest.raises(ValueError, match="use split='validation'"):
+    splits.select(metas, 'official_val', protocol='patient', val_fraction=0.1, carve_validation=False)
+  with pytest.raises(ValueError, match='only the parts'):
+    splits.select({'train': metas['train']}, 'official_val', protocol='patient', val_fraction=0.1)

@@ -98,6 +98,24 @@ def test_local_multihost_fails_when_its_processes_fail():
     assert "unknown config key" in proc.stdout + proc.stderr
 
 
+
+def test_ablation_script_runs_each_recipe_from_the_lite0_config_and_skips_finished_runs(tmp_path):
+    finished = tmp_path / "no_aug"
+    finished.mkdir()
+    (finished / "metrics.jsonl").write_text('{"step": 441, "split": "run", "wall_seconds": 1.0}\n')
+    proc = _script("ablate_pneumonia.sh", f"--root={tmp_path}", "--image_size=96", "--only=base,strong_aug,no_aug",
+                   "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    commands = [shlex.split(line[2:]) for line in proc.stderr.splitlines() if line.startswith("+ ")]
+    assert [c[c.index("-m") + 1] for c in commands] == ["effnet_jax.cli.train"] * 2
+    assert [c[3:6] for c in commands] == [
+        ["--config=configs/pneumonia_lite0.py", f"--workdir={tmp_path}/base", "--config.image_size=96"],
+        ["--config=configs/pneumonia_lite0.py", f"--workdir={tmp_path}/strong_aug", "--config.image_size=96"]]
+    assert "--config.data.augment.rotation=15" in commands[1]
+    assert f"{tmp_path}/no_aug has finished; skipping" in proc.stderr
+    bad = _script("ablate_pneumonia.sh", "--only=no_such_recipe", "--dry-run")
+    assert bad.returncode == 2 and "names no ablation" in bad.stderr
+
 # -- effnet_jax.train.distributed.resolve ----------------------------------------------------------
 
 def test_single_process_unless_a_coordinator_is_named():

@@ -21,7 +21,7 @@ def define_flags():
     """Defines this command's flags (once). Called by ``run``, not at import, so that importing
     several CLI modules in one process (a test session) cannot collide on --workdir."""
     define_once(flags.DEFINE_string, "workdir", None, "Training run directory (holds checkpoints/).")
-    define_once(flags.DEFINE_string, "split", "test", "Split to evaluate: train, validation or test.")
+    define_once(flags.DEFINE_string, "split", "test", "Split to evaluate: train, validation, test, or official_val (the data set's own val/ folder, patient protocol).")
     define_once(flags.DEFINE_string, "checkpoint", "best", "'best' (by the run's best_metric), 'latest' or a step number.")
     define_once(flags.DEFINE_string, "tta", "none", "Test-time augmentation: none, flip, crops[@FRACTION] or e.g. flip+crops.")
     define_once(flags.DEFINE_integer, "batch_size", None, "Evaluation batch size (default: the run's eval_batch_size).")

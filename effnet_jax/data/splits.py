@@ -10,6 +10,9 @@ import dataclasses
 import numpy as np
 
 SPLITS = ('train', 'validation', 'test')
+# The data set's own small validation part, untouched by the patient protocol: a few images
+# from outside train/ that no split carved from train/ can stand in for (Kermany: 8 + 8).
+OFFICIAL_VAL = 'official_val'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,8 +100,10 @@ def select(metas: dict[str, PartMeta], split: str, *, protocol: str, val_fractio
     carve_validation: False when the data set ships its own validation part (named
       'validation' or 'val' in `metas`) and it should be used as is (PneumoniaMNIST).
   """
+  if split == OFFICIAL_VAL:
+    return _official_val(metas, protocol, carve_validation)
   if split not in SPLITS:
-    raise ValueError(f'split={split!r}: expected one of {SPLITS}')
+    raise ValueError(f'split={split!r}: expected one of {SPLITS + (OFFICIAL_VAL,)}')
   if protocol == 'pooled':
     parts = tuple(metas)
     everything = _concat(metas, parts)
@@ -137,3 +142,17 @@ def select(metas: dict[str, PartMeta], split: str, *, protocol: str, val_fractio
   groups = everything[4] if everything[4] is not None else np.arange(len(everything[2]))
   bucket = stratified_group_split(everything[2], groups, (1 - val_fraction, val_fraction), seed)
   return _select(everything, metas, parts, bucket == (1 if split == 'validation' else 0))
+
+
+def _official_val(metas, protocol: str, carve_validation: bool) -> Selection:
+  name = 'validation' if 'validation' in metas else 'val'
+  if protocol != 'patient':
+    raise ValueError(f"split {OFFICIAL_VAL}: under data.split_protocol={protocol!r} the official "
+                     "validation images are pooled into train/validation/test")
+  if not carve_validation:
+    raise ValueError(f"split {OFFICIAL_VAL}: this data set's official validation part is its "
+                     "validation split already; use split='validation'")
+  if name not in metas:
+    raise ValueError(f'split {OFFICIAL_VAL}: the prepared data has only the parts {sorted(metas)}')
+  everything = _concat(metas, (name,))
+  return _select(everything, metas, (name,), np.ones(len(everything[2]), bool))
