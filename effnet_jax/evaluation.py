@@ -1,10 +1,11 @@
-"""Evaluate a checkpoint on a split: metrics at 0.5 and at the validation Youden threshold, plots, JSON.
+"""Evaluate a checkpoint on a split: metrics at three thresholds, plots, JSON.
 
     restore_for_inference (any device count) -> predict_split (jitted, optional TTA)
-      -> compute_metrics at both thresholds -> WORKDIR/eval/<split>_<step>/{metrics.json, *.png, predictions.csv}
+      -> compute_metrics at 0.5, the training prior and the validation Youden threshold
+      -> WORKDIR/eval/<split>_<step>/{metrics.json, *.png, predictions.csv}
 
-The operating threshold is chosen on the validation split, never on the split
-being reported, so the test numbers at that threshold are honest.
+No threshold is chosen on the split being reported (except when that split is the
+validation split itself, which the report says), so test numbers are honest.
 """
 
 from __future__ import annotations
@@ -121,7 +122,8 @@ def evaluate_checkpoint(workdir: str, split: str = "test", checkpoint: str | int
                         use_ema: bool = True, progress: bool = True, out_dir: str | None = None) -> dict[str, Any]:
     """Evaluates a run's checkpoint on ``split``; writes metrics.json, plots and predictions; returns the report.
 
-    Metrics are reported at 0.5 and at the threshold maximising Youden's J on the
+    Metrics are reported at 0.5, at the training-prior threshold
+    (``training_prior_threshold``) and at the threshold maximising Youden's J on the
     validation split (on ``split`` itself when that is the validation split, and
     the report says so). Restores onto the first local device, whatever the run
     was trained on.
@@ -145,7 +147,9 @@ def evaluate_checkpoint(workdir: str, split: str = "test", checkpoint: str | int
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         threshold = metrics_lib.youden_threshold(val.labels, val.probs)
+        prior = training_prior_threshold(config)
         at_half = metrics_lib.compute_metrics(result.labels, result.probs, 0.5)
+        at_prior = metrics_lib.compute_metrics(result.labels, result.probs, prior)
         at_youden = metrics_lib.compute_metrics(result.labels, result.probs, threshold)
     notes = sorted({str(w.message) for w in caught})
     for note in notes:
@@ -165,7 +169,8 @@ def evaluate_checkpoint(workdir: str, split: str = "test", checkpoint: str | int
             at_youden["confusion_matrix"], os.path.join(out_dir, "confusion_matrix_youden.png"), class_names,
             f"{tag}, t={threshold:.3f} (val. Youden)"),
         "roc": plots.plot_roc_curve(result.labels, result.probs, os.path.join(out_dir, "roc.png"),
-                                    {"t=0.5": 0.5, "validation Youden": threshold}, f"ROC, {tag}"),
+                                    {"t=0.5": 0.5, "training prior": prior, "validation Youden": threshold},
+                                    f"ROC, {tag}"),
         "reliability": plots.plot_reliability(result.labels, result.probs, os.path.join(out_dir, "reliability.png"),
                                               title=f"Reliability, {tag}"),
         "predictions": _write_predictions(os.path.join(out_dir, "predictions.csv"), result, info.get("file_names")),
@@ -186,7 +191,9 @@ def evaluate_checkpoint(workdir: str, split: str = "test", checkpoint: str | int
         "ema": use_ema and config.get("ema_decay", 0) > 0,
         "validation_threshold": threshold,
         "threshold_source": threshold_source,
-        "metrics": {"threshold_0.5": at_half, "threshold_validation_youden": at_youden},
+        "training_prior_threshold": prior,
+        "metrics": {"threshold_0.5": at_half, "threshold_training_prior": at_prior,
+                    "threshold_validation_youden": at_youden},
         "seconds": round(result.seconds + (0.0 if val is result else val.seconds), 3),
         "warnings": notes,
         "files": {k: os.path.basename(v) for k, v in files.items()},
@@ -195,7 +202,7 @@ def evaluate_checkpoint(workdir: str, split: str = "test", checkpoint: str | int
         json.dump(metrics_lib.json_safe(report), f, indent=2, allow_nan=False)
         f.write("\n")
     report["out_dir"] = out_dir
-    report["table"] = metrics_lib.format_table({"t=0.5": at_half, "val. Youden": at_youden})
+    report["table"] = metrics_lib.format_table({"t=0.5": at_half, "train prior": at_prior, "val. Youden": at_youden})
     return report
 
 
@@ -207,6 +214,29 @@ def _write_predictions(path: str, result: SplitPredictions, file_names) -> str:
             name = file_names[i] if file_names is not None else ""
             writer.writerow([i, name, label, f"{p:.6f}"])
     return path
+
+
+def training_prior_threshold(config) -> float:
+    """The PNEUMONIA share of what the model was trained on, counting class weights and balancing.
+
+    A classifier fitted to a class prior pi outputs posteriors for that prior; the threshold
+    that weighs a missed PNEUMONIA and a missed NORMAL equally (best balanced accuracy, at
+    any deployment prior) is pi itself: 0.5 after oversampling, undersampling or
+    'balanced' class weights, about 0.74 for plain training on Kermany's 1:3 train split.
+    Unlike the validation Youden threshold it is not fitted to the validation images, so
+    it does not tighten around in-distribution NORMALs (see README, Results).
+    """
+    from effnet_jax.data import split_info
+    from effnet_jax.train.losses import class_weights
+
+    if config.data.get("balance", "none") != "none":
+        return 0.5
+    # Runs record their training split's class counts; older ones are counted again.
+    counts = config.get("train_class_counts") or split_info(config.data, "train")["class_counts"]
+    counts = np.asarray(counts, np.float64)
+    weights = class_weights(config.get("class_weights", "none"), counts.tolist())
+    mass = counts * (np.ones_like(counts) if weights is None else np.asarray(weights, np.float64))
+    return float(mass[1] / mass.sum())
 
 
 def find_validation_threshold(workdir: str, step: int) -> tuple[float, str] | None:

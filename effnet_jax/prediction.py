@@ -52,20 +52,32 @@ class Preprocessor:
         return image, transforms.decode_gray(stored)
 
 
-def resolve_threshold(workdir: str, step: int, threshold: float | str | None) -> tuple[float, str]:
-    """The decision threshold and where it came from: explicit, the stored validation Youden one, or 0.5."""
-    if threshold not in (None, "", "auto"):
-        try:
-            value = float(threshold)
-        except ValueError:
-            raise ValueError(f"--threshold={threshold!r}: expected a probability in [0, 1] or 'auto'.") from None
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"--threshold={threshold!r}: expected a probability in [0, 1] or 'auto'.")
-        return value, "flag"
-    found = find_validation_threshold(workdir, step)
-    if found is not None:
+def resolve_threshold(workdir: str, step: int, threshold: float | str | None, config=None) -> tuple[float, str]:
+    """The decision threshold and where it came from.
+
+    A number is used as given; 'auto' (the default) is the training-prior threshold of
+    the run (0.5 for balanced training; ``evaluation.training_prior_threshold``);
+    'youden' is the validation Youden threshold that ``effnet-eval`` stored for ``step``.
+    """
+    if threshold in (None, "", "auto"):
+        if config is None:
+            return 0.5, "default 0.5 (no run config to derive the training prior from)"
+        from effnet_jax.evaluation import training_prior_threshold
+
+        return training_prior_threshold(config), "training prior"
+    if threshold == "youden":
+        found = find_validation_threshold(workdir, step)
+        if found is None:
+            raise ValueError(f"--threshold=youden: no validation threshold stored for step {step} in "
+                             f"{workdir}/eval; run effnet-eval --workdir={workdir} first")
         return found[0], f"validation Youden ({found[1]})"
-    return 0.5, "default 0.5 (run effnet-eval first to store the validation threshold)"
+    try:
+        value = float(threshold)
+    except ValueError:
+        raise ValueError(f"--threshold={threshold!r}: expected a probability in [0, 1], 'auto' or 'youden'.") from None
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"--threshold={threshold!r}: expected a probability in [0, 1], 'auto' or 'youden'.")
+    return value, "flag"
 
 
 def _overlay_names(paths: Sequence[str]) -> list[str]:
@@ -90,7 +102,7 @@ class Predictor:
         data = self.config.data
         self.preprocess = Preprocessor(size, mean, std, float(data.get("center_crop", 1.0) or 1.0),
                                        int(data.get("max_size", 512) or 512))
-        self.threshold, self.threshold_source = resolve_threshold(workdir, self.step, threshold)
+        self.threshold, self.threshold_source = resolve_threshold(workdir, self.step, threshold, self.config)
         self.batch_size = max(1, int(batch_size))
         self._predict = None
         self._gradcam = None

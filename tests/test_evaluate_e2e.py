@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from effnet_jax import metrics as metrics_lib
+from effnet_jax.data import pipeline
 
 pytestmark = pytest.mark.slow  # trains for real: about 2 CPU-minutes
 
@@ -75,7 +76,11 @@ def test_eval_metrics_match_a_fresh_pass_over_the_splits(workdir, evaluated):
     val = predict_split(model, variables, config.data, "validation", **run)
     threshold = metrics_lib.youden_threshold(val.labels, val.probs)
     assert report["validation_threshold"] == pytest.approx(threshold, abs=1e-7)
-    for key, t in (("threshold_0.5", 0.5), ("threshold_validation_youden", threshold)):
+    # The debug config trains on synthetic data without balancing: the prior is train's PNEUMONIA share.
+    counts = pipeline.split_info(config.data, "train")["class_counts"]
+    assert report["training_prior_threshold"] == pytest.approx(counts[1] / sum(counts))
+    for key, t in (("threshold_0.5", 0.5), ("threshold_training_prior", report["training_prior_threshold"]),
+                   ("threshold_validation_youden", threshold)):
         expected = metrics_lib.json_safe(metrics_lib.compute_metrics(test.labels, test.probs, t))
         got = report["metrics"][key]
         assert got["confusion_matrix"] == expected["confusion_matrix"]
@@ -102,8 +107,8 @@ def test_predict_cli_scores_images_reports_bad_ones_and_writes_gradcam(workdir, 
     assert "error" in lines[1] and str(corrupt) in lines[1]["error"]
     for record in (lines[0], lines[2]):
         assert 0.0 <= record["prob_pneumonia"] <= 1.0
-        # effnet-eval stored the validation threshold for this step; predict uses it.
-        assert record["threshold"] == pytest.approx(report["validation_threshold"])
+        # The default is the run's training prior, which effnet-eval reported as well.
+        assert record["threshold"] == pytest.approx(report["training_prior_threshold"])
         assert record["label"] == ("PNEUMONIA" if record["prob_pneumonia"] >= record["threshold"] else "NORMAL")
         assert os.path.dirname(record["gradcam"]) == str(cams)
     with Image.open(lines[0]["gradcam"]) as im:

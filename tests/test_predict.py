@@ -3,6 +3,7 @@
 import json
 import os
 
+import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
@@ -49,17 +50,38 @@ def test_threshold_precedence(tmp_path):
     assert resolve_threshold(str(workdir), 7, "0.3") == (0.3, "flag")
     value, source = resolve_threshold(str(workdir), 7, "auto")
     assert value == 0.5 and source.startswith("default 0.5")
+    # 'auto' with the run's config: its training prior (0.5 after balancing).
+    config = ml_collections.ConfigDict({"data": {"balance": "oversample"}, "class_weights": "none",
+                                        "train_class_counts": (100, 300)})
+    assert resolve_threshold(str(workdir), 7, None, config) == (0.5, "training prior")
+    config.data.balance = "none"
+    assert resolve_threshold(str(workdir), 7, "auto", config) == (0.75, "training prior")
+    with pytest.raises(ValueError, match="--threshold=youden: no validation threshold stored for step 7"):
+        resolve_threshold(str(workdir), 7, "youden")
     out = workdir / "eval" / "test_7"
     out.mkdir(parents=True)
     (out / "metrics.json").write_text(json.dumps({"step": 7, "validation_threshold": 0.42}))
     (workdir / "eval" / "test_7_tta-flip").mkdir()
     (workdir / "eval" / "test_7_tta-flip" / "metrics.json").write_text(
         json.dumps({"step": 7, "validation_threshold": 0.9}))
-    value, source = resolve_threshold(str(workdir), 7, None)
+    value, source = resolve_threshold(str(workdir), 7, "youden")
     assert value == 0.42 and "validation Youden" in source
-    assert resolve_threshold(str(workdir), 8, None)[0] == 0.5  # stored for another step only
+    with pytest.raises(ValueError, match="step 8"):
+        resolve_threshold(str(workdir), 8, "youden")  # stored for another step only
     with pytest.raises(ValueError, match="--threshold"):
         resolve_threshold(str(workdir), 7, "1.5")
+
+
+def test_training_prior_counts_class_weights():
+    from effnet_jax.evaluation import training_prior_threshold
+
+    config = ml_collections.ConfigDict({"data": {"balance": "none"}, "class_weights": "balanced",
+                                        "train_class_counts": (100, 300)})
+    assert training_prior_threshold(config) == pytest.approx(0.5)
+    config.class_weights = "3,1"  # NORMAL x3: 300 vs 300
+    assert training_prior_threshold(config) == pytest.approx(0.5)
+    config.class_weights = "1,2"
+    assert training_prior_threshold(config) == pytest.approx(600 / 700)
 
 
 def test_overlay_names_stay_distinct():

@@ -4,8 +4,9 @@
 
 Prints one JSON line per image: {"file", "prob_pneumonia", "label", "threshold"}
 (plus "gradcam": the overlay PNG), or {"file", "error"} for a file it cannot read.
-The label uses the validation Youden threshold stored by effnet-eval for the same
-checkpoint, else 0.5, unless --threshold is given. Exit status 1 if any image failed.
+The label uses the run's training-prior threshold (0.5 after balanced training), or
+--threshold=youden (the validation Youden threshold effnet-eval stored for the same
+checkpoint), or --threshold=P. Exit status 1 if any image failed.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def define_flags():
     define_once(flags.DEFINE_string, "workdir", None, "Training run directory (holds checkpoints/).")
     define_once(flags.DEFINE_string, "checkpoint", "best", "'best' (by the run's best_metric), 'latest' or a step number.")
     define_once(flags.DEFINE_string, "gradcam", None, "Directory to write a Grad-CAM overlay PNG per image.")
-    define_once(flags.DEFINE_string, "threshold", "auto", "Decision threshold in [0, 1], or 'auto' (stored validation Youden, else 0.5).")
+    define_once(flags.DEFINE_string, "threshold", "auto", "Decision threshold in [0, 1], 'auto' (the run's training prior: 0.5 after balanced training) or 'youden' (stored by effnet-eval).")
     define_once(flags.DEFINE_integer, "batch_size", 8, "Images per forward pass.")
 
 

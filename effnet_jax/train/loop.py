@@ -80,6 +80,8 @@ def _resolve(config: ml_collections.ConfigDict, train_info: dict) -> tuple[ml_co
     config.image_size = state_lib.image_size(config)
     config.model_mean = tuple(variant.mean)
     config.model_std = tuple(variant.std)
+    # Stored with every checkpoint: evaluation derives the training-prior threshold from it.
+    config.train_class_counts = tuple(int(n) for n in train_info["class_counts"])
     steps_per_epoch = max(1, math.ceil(train_info["num_examples"] / config.batch_size))
     if config.num_train_steps > 0:
         total = int(config.num_train_steps)
