@@ -5,7 +5,7 @@
 #   launch/ablate_pneumonia.sh [--root=/tmp/ablate] [--image_size=128] [--only=NAME[,NAME]] [--dry-run]
 #
 # Every run is `effnet-train --config=configs/pneumonia_lite0.py --workdir=ROOT/NAME
-# --config.image_size=SIZE OVERRIDES...`; rerunning skips finished runs (their
+# --config.image_size=SIZE BASE OVERRIDES...`; rerunning skips finished runs (their
 # metrics.jsonl has a "run" record) and resumes interrupted ones from their last
 # checkpoint. The table is `effnet-results ROOT/NAME ...`.
 # At 128 px each run takes about 5 minutes on a 2-core CPU.
@@ -26,7 +26,12 @@ while [[ $# -gt 0 ]]; do
   shift
 done
 
-# name | overrides on top of configs/pneumonia_lite0.py (the shipped recipe is "base").
+# The study's starting recipe, pinned so that later changes to configs/pneumonia_lite0.py
+# (which took the winners: freezing to blocks_5, light augmentation) do not move it.
+base_overrides="--config.freeze_until=blocks_3 --config.data.augment.rotation=10 --config.data.augment.scale_min=0.7
+  --config.data.augment.translate=0.05 --config.data.augment.brightness=0.1 --config.data.augment.contrast=0.1"
+
+# name | overrides on top of the base (later flags win over earlier ones).
 ablations=(
   "base|"
   "class_weights|--config.data.balance=none --config.class_weights=balanced"
@@ -50,7 +55,7 @@ for entry in "${ablations[@]}"; do
   names+=("$name")
   # shellcheck disable=SC2206  # the overrides are flags split on spaces, none holds one
   cmd=("$python" -m effnet_jax.cli.train --config=configs/pneumonia_lite0.py --workdir="$root/$name"
-       --config.image_size="$image_size" --config.progress_bar=false $overrides)
+       --config.image_size="$image_size" --config.progress_bar=false $base_overrides $overrides)
   if grep -qs '"split": "run"' "$root/$name/metrics.jsonl"; then
     echo "ablate_pneumonia.sh: $root/$name has finished; skipping" >&2
     continue
