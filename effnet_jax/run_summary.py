@@ -97,8 +97,11 @@ def evaluation_rows(workdir: str) -> list[RunRow]:
     for path in sorted(glob.glob(os.path.join(workdir, "eval", "*", "metrics.json"))):
         with open(path) as f:
             report = json.load(f)
-        for key, label in (("threshold_0.5", "t=0.5"), ("threshold_validation_youden", "t=val. Youden")):
-            m = report["metrics"][key]
+        for key, label in (("threshold_0.5", "t=0.5"), ("threshold_training_prior", "t=train prior"),
+                           ("threshold_validation_youden", "t=val. Youden")):
+            m = report["metrics"].get(key)
+            if m is None:
+                continue  # reports written before the training-prior threshold existed
             extra = [f"eval {report['split']}", label]
             if report.get("tta") not in (None, "none"):
                 extra.append(f"tta={report['tta']}")

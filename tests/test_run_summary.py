@@ -36,6 +36,7 @@ def workdir(tmp_path):
     (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     report = {"split": "test", "step": 100, "model": "tf_efficientnet_lite0", "image_size": 128, "tta": "flip",
               "seconds": 12.5, "metrics": {"threshold_0.5": _metrics(0.98, 0.93),
+                                           "threshold_training_prior": _metrics(0.98, 0.92, threshold=0.74),
                                            "threshold_validation_youden": _metrics(0.98, 0.94, threshold=0.7)}}
     (d / "eval" / "test_100_tta-flip").mkdir(parents=True)
     (d / "eval" / "test_100_tta-flip" / "metrics.json").write_text(json.dumps(report))
@@ -53,15 +54,16 @@ def test_training_row_is_the_last_validation_with_wall_time_summed_over_invocati
 def test_evaluation_rows_one_per_threshold(workdir):
     rows = run_summary.evaluation_rows(workdir)
     assert [r.name for r in rows] == ["lite0_128 (eval test, t=0.5, tta=flip)",
+                                      "lite0_128 (eval test, t=train prior, tta=flip)",
                                       "lite0_128 (eval test, t=val. Youden, tta=flip)"]
-    assert [r.threshold for r in rows] == [0.5, 0.7] and [r.metrics["f1"] for r in rows] == [0.93, 0.94]
+    assert [r.threshold for r in rows] == [0.5, 0.74, 0.7] and [r.metrics["f1"] for r in rows] == [0.93, 0.92, 0.94]
 
 
 def test_cli_prints_markdown_and_json(workdir):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     out = subprocess.run([sys.executable, "-m", "effnet_jax.results", workdir, "--eval"], capture_output=True,
                          text=True, check=True, env=env).stdout.splitlines()
-    assert len(out) == 2 + 3
+    assert len(out) == 2 + 4
     assert out[2].startswith("| lite0_128 | tf_efficientnet_lite0, 128 | 3 ep,") and "| 0.990 | " in out[2]
     assert out[2].endswith("| 3.0 min | m2 |")
     rows = json.loads(subprocess.run([sys.executable, "-m", "effnet_jax.results", workdir, "--format=json"],
