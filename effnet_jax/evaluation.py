@@ -233,9 +233,8 @@ def training_prior_threshold(config) -> float:
         return 0.5
     # Runs record their training split's class counts; older ones are counted again.
     counts = config.get("train_class_counts") or split_info(config.data, "train")["class_counts"]
-    counts = np.asarray(counts, np.float64)
-    weights = class_weights(config.get("class_weights", "none"), counts.tolist())
-    mass = counts * (np.ones_like(counts) if weights is None else np.asarray(weights, np.float64))
+    weights = class_weights(config.get("class_weights", "none"), list(counts))
+    mass = np.asarray(counts, np.float64) * (1.0 if weights is None else np.asarray(weights, np.float64))
     return float(mass[1] / mass.sum())
 
 
