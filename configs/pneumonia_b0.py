@@ -5,41 +5,27 @@ The full recipe for one GPU: EfficientNet-B0 at 224 from timm's ImageNet weights
 smoothing, stochastic depth, EMA, bf16 compute. Data: the Kermany chest_xray
 builder when --config.data.manual_dir is given, otherwise PneumoniaMNIST at 224 px
 (downloaded on first use).
-Reached: not yet measured.
+Results: not yet measured (no README row).
 """
 
-import pathlib
-import runpy
-
-default = runpy.run_path(str(pathlib.Path(__file__).with_name("default.py")))
+from configs import default
 
 
 def get_config():
     """B0 at 224, nothing frozen, 20 epochs, batch 64, balanced sampling."""
-    c = default["get_config"]()
-    c.model.name = "efficientnet_b0"
+    c = default.get_config()
     c.model.pretrained = "timm/efficientnet_b0.ra_in1k"
-    c.model.drop_path_rate = 0.2
     c.image_size = 224
     c.dtype = "bfloat16"
-    c.data.name = "auto"
-    c.data_fallback = "pneumonia_mnist"
-    c.data.mnist_size = 224
     c.data.balance = "oversample"
     c.data.num_workers = 8
     c.batch_size = 64
     c.eval_batch_size = 128
     c.num_epochs = 20.0
-    c.optimizer.name = "adamw"
     c.optimizer.learning_rate = 5e-4
     c.optimizer.weight_decay = 5e-2
     c.optimizer.grad_clip_norm = 1.0
-    c.schedule.name = "cosine"
-    c.schedule.warmup_epochs = 1.0
     c.label_smoothing = 0.1
     c.ema_decay = 0.999
     c.log_every_steps = 20
-    c.eval_every_steps = 200
-    c.checkpoint_every_steps = 200
-    c.best_metric = "auc"
     return c

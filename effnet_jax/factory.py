@@ -6,24 +6,13 @@ import dataclasses
 import logging
 
 import jax
-import jax.numpy as jnp
 
-from effnet_jax.models.efficientnet import EfficientNet, build_model
+from effnet_jax.models.efficientnet import EfficientNet, build_model, init_variables
+from effnet_jax.weights import merge_weights, resolve_source
 
 log = logging.getLogger(__name__)
 
-
-def init_variables(model: EfficientNet, rng: jax.Array | int = 0, image_size: int = 64) -> dict:
-    """Initialises ``params`` and ``batch_stats`` (shapes do not depend on the image size)."""
-    if isinstance(rng, int):
-        rng = jax.random.PRNGKey(rng)
-    dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-    # The depthwise formulation changes only the arithmetic, not the variables; the native
-    # one compiles several times faster on CPU.
-    init_model = model.clone(depthwise_impl="native")
-    variables = jax.jit(lambda r: init_model.init(r, dummy, train=False))(rng)
-    # The zero "perturbations" that Grad-CAM differentiates against are not state.
-    return {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
+__all__ = ["create_model", "init_variables", "load_pretrained"]
 
 
 def load_pretrained(model: EfficientNet, variables: dict, pretrained: str):
@@ -32,8 +21,6 @@ def load_pretrained(model: EfficientNet, variables: dict, pretrained: str):
     The returned model carries the input mean/std the weights expect (Keras files
     normalise differently from the variant's default).
     """
-    from effnet_jax.weights import merge_weights, resolve_source
-
     weights = resolve_source(pretrained, model.variant)
     variables, report = merge_weights(variables, weights)
     if weights.mean is not None:

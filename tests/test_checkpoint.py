@@ -8,16 +8,17 @@ import textwrap
 import numpy as np
 import pytest
 
-from effnet_jax import checkpoint as checkpoint_lib
-from effnet_jax.train.testing import tiny_config
+from effnet_jax.train import checkpointing as checkpoint_lib
+from effnet_jax.inference.restore import restore_for_inference
+from helpers import tiny_config
 
 # The child saves step 1 and waits for it, then starts an async save of step 2 large
 # enough to still be writing, and SIGKILLs itself once orbax's temporary directory exists.
 _CHILD = textwrap.dedent("""
     import os, signal, sys, time
     import numpy as np
-    from effnet_jax import checkpoint as checkpoint_lib
-    from effnet_jax.train.testing import tiny_config
+    from effnet_jax.train import checkpointing as checkpoint_lib
+    from helpers import tiny_config
     workdir, config = sys.argv[1], tiny_config()
     ckpt = checkpoint_lib.Checkpointer(workdir, keep=3, best_metric=None)
     small = {"w": np.arange(1000, dtype=np.float32)}
@@ -34,7 +35,8 @@ _CHILD = textwrap.dedent("""
 def test_a_process_killed_mid_save_leaves_the_last_good_checkpoint_restorable(tmp_path):
     workdir = str(tmp_path / "run")
     proc = subprocess.run([sys.executable, "-c", _CHILD, workdir], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+                          env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.pathsep.join(
+                              [os.path.dirname(os.path.abspath(__file__)), os.environ.get("PYTHONPATH", "")])})
     assert proc.returncode == -9, proc.stderr[-2000:]
     tmp_dirs = proc.stdout.strip().split("tmp:")[-1]
     assert tmp_dirs, "the kill came before the save of step 2 started; the test proved nothing"
@@ -55,10 +57,10 @@ def test_a_process_killed_mid_save_leaves_the_last_good_checkpoint_restorable(tm
 
 def test_restore_for_inference_without_checkpoints_names_the_workdir(tmp_path):
     with pytest.raises(FileNotFoundError, match=f"no checkpoints in workdir '{tmp_path}'"):
-        checkpoint_lib.restore_for_inference(str(tmp_path))
+        restore_for_inference(str(tmp_path))
     os.makedirs(tmp_path / "checkpoints")
     with pytest.raises(FileNotFoundError, match=f"no checkpoints in workdir '{tmp_path}'"):
-        checkpoint_lib.restore_for_inference(str(tmp_path))
+        restore_for_inference(str(tmp_path))
 
 
 def test_best_is_kept_beside_the_last_k_and_found_by_its_metric(tmp_path):

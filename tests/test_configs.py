@@ -16,7 +16,7 @@ from flax import traverse_util
 import effnet_jax
 from effnet_jax.train import freeze
 from effnet_jax.train.loop import resolve_data
-from effnet_jax.train.testing import REPO, load_config
+from helpers import REPO, load_config
 
 NAMES = sorted(p.stem for p in (REPO / "configs").glob("*.py"))
 
@@ -74,7 +74,7 @@ def test_auto_data_is_chest_xray_with_a_manual_dir_and_the_fallback_without():
 
 def test_an_unknown_config_key_on_the_command_line_names_itself(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "effnet_jax.train", f"--config={REPO / 'configs' / 'debug.py'}",
+        [sys.executable, "-m", "effnet_jax.cli.train", f"--config={REPO / 'configs' / 'debug.py'}",
          f"--workdir={tmp_path}", "--config.optimizer.learning_rat=0.1"],
         capture_output=True, text=True, timeout=300, cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert proc.returncode != 0

@@ -200,10 +200,10 @@ def test_pneumonia_mnist_rejects_unknown_sizes():
 
 
 def test_pipeline_reads_prepared_fixture_images_in_split_order(good):
-  from effnet_jax.data import config as config_lib
+  from effnet_jax.train.config import default_data_config
   from effnet_jax.data import pipeline
   root, builder = good
-  cfg = config_lib.default_data_config()
+  cfg = default_data_config()
   cfg.name, cfg.manual_dir, cfg.data_dir, cfg.max_size = ('chest_xray', str(root),
                                                           str(builder.data_root), 36)
   info = pipeline.split_info(cfg, 'test')
@@ -234,10 +234,10 @@ def test_error_policy_lists_every_bad_image_of_a_split_at_once(tmp_path):
 
 
 def test_pneumonia_mnist_through_the_pipeline_uses_its_own_splits_and_pixels(tmp_path):
-  from effnet_jax.data import config as config_lib
+  from effnet_jax.train.config import default_data_config
   from effnet_jax.data import pipeline
   arrays = fx.write_mnist_npz(tmp_path / 'raw' / 'pneumoniamnist.npz', size=28)
-  cfg = config_lib.default_data_config()
+  cfg = default_data_config()
   cfg.name, cfg.mnist_size = 'pneumonia_mnist', 28
   cfg.manual_dir, cfg.data_dir = str(tmp_path / 'raw'), str(tmp_path / 'tfds')
   info = pipeline.split_info(cfg, 'validation')

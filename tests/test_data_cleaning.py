@@ -12,7 +12,7 @@ from effnet_jax.cli import data as cli
 from effnet_jax.data import imaging
 from effnet_jax.data import prepare
 from effnet_jax.data.eda import cleaning
-from effnet_jax.data.eda import exclusions
+from effnet_jax.data import exclusions
 from effnet_jax.data.eda import hashing
 from effnet_jax.data.eda import scan
 
@@ -113,9 +113,9 @@ def test_a_tree_without_problems_has_no_findings(tmp_path):
 
 
 def test_bad_threshold_flags_name_themselves():
-  with pytest.raises(ValueError, match='--patient-leakage'):
+  with pytest.raises(ValueError, match='--patient_leakage'):
     cleaning.Thresholds(patient_leakage='ignore')
-  with pytest.raises(ValueError, match='--near-bits'):
+  with pytest.raises(ValueError, match='--near_bits'):
     cleaning.Thresholds(near_bits=200)
 
 
@@ -151,7 +151,7 @@ def cleaned(planted, tmp_path_factory):
   """`effnet-data clean` on the planted tree, then preparing with its list."""
   root, _, _ = planted
   out = tmp_path_factory.mktemp('clean')
-  assert cli.main(['clean', '--data-dir', str(root), '--out', str(out), '--no-progress']) == 0
+  assert cli.main(['clean', '--data_dir', str(root), '--out', str(out), '--no_progress']) == 0
   data_dir = tmp_path_factory.mktemp('tfds')
   factory = prepare.BuilderFactory(name='chest_xray', manual_dir=str(root), data_dir=str(data_dir),
                                    exclude_list=str(out / 'exclusions.json'))
@@ -217,16 +217,16 @@ def test_list_entries_that_match_no_file_are_recorded(planted, tmp_path):
 
 def test_fail_on_leakage_sets_the_exit_status(planted, tmp_path):
   root, _, _ = planted
-  argv = ['clean', '--data-dir', str(root), '--out', str(tmp_path), '--no-progress']
-  assert cli.main(argv + ['--fail-on-leakage']) == cli.LEAKAGE_EXIT
+  argv = ['clean', '--data_dir', str(root), '--out', str(tmp_path), '--no_progress']
+  assert cli.main(argv + ['--fail_on_leakage']) == cli.LEAKAGE_EXIT
 
 
 def test_the_data_config_key_reaches_the_builder(planted, cleaned, tmp_path):
-  from effnet_jax.data import config as config_lib  # pylint: disable=g-import-not-at-top
+  from effnet_jax.train.config import default_data_config  # pylint: disable=g-import-not-at-top
   from effnet_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   root, _, _ = planted
   out, _, _ = cleaned
-  cfg = config_lib.default_data_config()
+  cfg = default_data_config()
   cfg.name, cfg.manual_dir, cfg.data_dir = 'chest_xray', str(root), str(tmp_path)
   cfg.exclude_list = str(out / 'exclusions.json')
   sizes = {s: pipeline.split_info(cfg, s)['num_examples'] for s in ('train', 'validation', 'test')}

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from effnet_jax.data import config as config_lib
+from effnet_jax.train.config import default_data_config
 from effnet_jax.data import pipeline
 from effnet_jax.data import sampling
 
@@ -11,7 +11,7 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def _cfg(**overrides):
-  cfg = config_lib.default_data_config()
+  cfg = default_data_config()
   cfg.name = 'synthetic'
   cfg.synthetic_examples = 64
   for k, v in overrides.items():
@@ -231,8 +231,9 @@ def test_eval_images_are_the_images_of_the_requested_split(split):
 _TWO_DEVICE_SCRIPT = '''
 import numpy as np, jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from effnet_jax.data import config, pipeline
-cfg = config.default_data_config()
+from effnet_jax.data import pipeline
+from effnet_jax.train.config import default_data_config
+cfg = default_data_config()
 cfg.synthetic_examples = 64
 mesh = Mesh(np.array(jax.devices()), ('data',))
 batch = next(iter(pipeline.create_split(cfg, 'validation', training=False, batch_size=8,

@@ -9,13 +9,13 @@ import cleaning_fixtures as cf
 import data_fixtures as fx
 from effnet_jax.cli import data as cli
 from effnet_jax.data import prepare
-from effnet_jax.data.eda import exclusions
+from effnet_jax.data import exclusions
 
 FIGURES = ['class_balance.png', 'sizes.png', 'intensity.png', 'samples.png']
 
 
 def _report(data_dir, out, *extra):
-  assert cli.main(['report', '--data-dir', str(data_dir), '--out', str(out), '--no-progress',
+  assert cli.main(['report', '--data_dir', str(data_dir), '--out', str(out), '--no_progress',
                    '--samples', '2', *extra]) == 0
   return json.loads((out / 'report.json').read_text())
 
@@ -103,7 +103,7 @@ def test_report_with_a_given_list_counts_what_remains(raw, tmp_path):
   listed = exclusions.write(tmp_path / 'list.csv', [
       {'file': 'train/NORMAL/IM-0005-0001.jpeg', 'reason': 'unreadable'},
       {'file': 'train/NORMAL/nothere.jpeg', 'reason': 'by hand'}])
-  r = _report(raw, tmp_path / 'out', '--exclude-list', str(listed))
+  r = _report(raw, tmp_path / 'out', '--exclude_list', str(listed))
   ex = r['exclusion_list']
   assert ex['num_entries'] == 2 and ex['not_found'] == ['train/NORMAL/nothere.jpeg']
   assert ex['counts_after']['train'] == {'NORMAL': 7, 'PNEUMONIA': 7}
@@ -125,13 +125,13 @@ def test_report_on_a_prepared_data_set_uses_its_recorded_counts(raw, tmp_path):
 
 
 def test_a_missing_data_dir_names_the_flag(tmp_path, capsys):
-  assert cli.main(['report', '--data-dir', str(tmp_path / 'nowhere'), '--out', str(tmp_path)]) == 2
-  assert f'--data-dir {tmp_path / "nowhere"}: does not exist' in capsys.readouterr().err
+  assert cli.main(['report', '--data_dir', str(tmp_path / 'nowhere'), '--out', str(tmp_path)]) == 2
+  assert f'--data_dir {tmp_path / "nowhere"}: does not exist' in capsys.readouterr().err
 
 
 def test_a_folder_without_the_layout_is_an_error_naming_it(tmp_path, capsys):
   (tmp_path / 'photos').mkdir()
-  assert cli.main(['clean', '--data-dir', str(tmp_path / 'photos'), '--out', str(tmp_path)]) == 2
+  assert cli.main(['clean', '--data_dir', str(tmp_path / 'photos'), '--out', str(tmp_path)]) == 2
   assert f'{tmp_path / "photos"}: found no train/ folder' in capsys.readouterr().err
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import data_fixtures as fx
-from effnet_jax.data import config as config_lib
+from effnet_jax.train.config import default_data_config
 from effnet_jax.data import pipeline
 from effnet_jax.data import sources
 
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.skipif(not fx.SHARED_CHEST_XRAY.is_dir(),
 
 @pytest.fixture(scope='module')
 def cfg(tmp_path_factory):
-  c = config_lib.default_data_config()
+  c = default_data_config()
   c.name = 'chest_xray'
   c.manual_dir = str(fx.SHARED_CHEST_XRAY)
   c.data_dir = str(tmp_path_factory.mktemp('tfds'))

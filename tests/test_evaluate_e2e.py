@@ -2,7 +2,6 @@
 
 import json
 import os
-import runpy
 import subprocess
 import sys
 
@@ -10,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from effnet_jax import metrics as metrics_lib
+from effnet_jax.reporting import metrics as metrics_lib
 from effnet_jax.data import pipeline
+from helpers import load_config
 
 pytestmark = pytest.mark.slow  # trains for real: about 2 CPU-minutes
 
@@ -22,7 +22,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def workdir(tmp_path_factory):
     from effnet_jax.train import train_and_evaluate
 
-    config = runpy.run_path(os.path.join(REPO, "configs", "debug.py"))["get_config"]()
+    config = load_config("debug")
     # Smaller than debug.py itself: only the plumbing is under test here, not learning.
     config.image_size = 32
     config.data.synthetic_examples = 64
@@ -44,7 +44,7 @@ def cli(module, *args):
 
 @pytest.fixture(scope="module")
 def evaluated(workdir):
-    proc = cli("effnet_jax.evaluate", f"--workdir={workdir}", "--checkpoint=latest", "--split=test")
+    proc = cli("effnet_jax.cli.evaluate", f"--workdir={workdir}", "--checkpoint=latest", "--split=test")
     assert proc.returncode == 0, proc.stderr[-3000:]
     out_dir = os.path.join(workdir, "eval", "test_2")
     with open(os.path.join(out_dir, "metrics.json")) as f:
@@ -65,12 +65,13 @@ def test_eval_cli_reports_both_thresholds_and_where_it_wrote(evaluated):
 
 
 def test_eval_metrics_match_a_fresh_pass_over_the_splits(workdir, evaluated):
-    from effnet_jax.checkpoint import restore_for_inference
-    from effnet_jax.evaluation import input_spec, predict_split
+    from effnet_jax.inference.restore import restore_for_inference
+    from effnet_jax.inference.evaluation import input_spec, predict_split
 
     _, _, report = evaluated
-    config, model, variables = restore_for_inference(workdir, "latest")
-    size, mean, std = input_spec(config, model)
+    restored = restore_for_inference(workdir, "latest")
+    config, model, variables = restored.config, restored.model, restored.variables
+    size, mean, std = input_spec(restored)
     run = dict(image_size=size, mean=mean, std=std, batch_size=16, progress=False)
     test = predict_split(model, variables, config.data, "test", **run)
     val = predict_split(model, variables, config.data, "validation", **run)
@@ -98,7 +99,7 @@ def test_predict_cli_scores_images_reports_bad_ones_and_writes_gradcam(workdir, 
     corrupt = tmp_path / "corrupt.jpg"
     corrupt.write_bytes(b"\xff\xd8\xff\xe0 truncated")
     cams = tmp_path / "cams"
-    proc = cli("effnet_jax.predict", f"--workdir={workdir}", "--checkpoint=latest", f"--gradcam={cams}", "--batch_size=2",
+    proc = cli("effnet_jax.cli.predict", f"--workdir={workdir}", "--checkpoint=latest", f"--gradcam={cams}", "--batch_size=2",
                str(good), str(corrupt), str(rgb))
     assert proc.returncode == 1, proc.stderr[-3000:]  # one input failed
     assert f"cannot read {corrupt}" in proc.stderr
@@ -117,7 +118,8 @@ def test_predict_cli_scores_images_reports_bad_ones_and_writes_gradcam(workdir, 
 
 
 def test_tta_evaluation_of_the_validation_split_goes_to_its_own_directory(workdir, evaluated):
-    from effnet_jax.evaluation import evaluate_checkpoint, find_validation_threshold
+    from effnet_jax.inference.evaluation import evaluate_checkpoint
+    from effnet_jax.inference.thresholds import find_validation_threshold
 
     report = evaluate_checkpoint(workdir, split="validation", checkpoint="latest", tta="flip", progress=False)
     assert report["out_dir"] == os.path.join(workdir, "eval", "validation_2_tta-flip")

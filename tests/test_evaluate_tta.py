@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from effnet_jax.tta import TTAConfig, parse_tta, predict_probs, tta_views
+from effnet_jax.inference.tta import TTAConfig, parse_tta, predict_probs, tta_views
 
 
 def left_half_logit(images):

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from effnet_jax import init_variables
-from effnet_jax.gradcam import gradcam, make_gradcam, overlay, save_overlay
+from effnet_jax.inference.gradcam import gradcam, make_gradcam, overlay, save_overlay
 from effnet_jax.models import EfficientNet, get_variant
 
 SIZE = 32

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import runpy
 import signal
 import subprocess
 import sys
@@ -19,6 +18,8 @@ import jax
 import numpy as np
 import portpicker
 import pytest
+
+from helpers import load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_S = 540  # a hang (a process stuck at a collective) fails the test, not CI
@@ -136,7 +137,7 @@ def _reference_run(tmp_path_factory):
         return _TwoShards([real(data_config, split, batch_size=batch_size // 2, shard_index=i, shard_count=2,
                                 **kwargs) for i in range(2)])
 
-    config = runpy.run_path(os.path.join(REPO, "configs", "debug.py"))["get_config"]()
+    config = load_config("debug")
     for key, value in OVERRIDES.items():
         *parents, leaf = key.split(".")
         node = config
@@ -154,7 +155,7 @@ def _reference_run(tmp_path_factory):
 
 
 def _saved_state(workdir, step):
-    from effnet_jax import checkpoint as checkpoint_lib
+    from effnet_jax.train import checkpointing as checkpoint_lib
 
     ckpt = checkpoint_lib.Checkpointer(workdir, best_metric=None, async_save=False, read_only=True)
     try:

@@ -2,7 +2,7 @@
 
 from PIL import Image
 
-from effnet_jax.plots import plot_confusion_matrix, plot_reliability, plot_roc_curve
+from effnet_jax.reporting.plots import plot_confusion_matrix, plot_reliability, plot_roc_curve
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

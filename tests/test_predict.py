@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from effnet_jax.prediction import ImageReadError, Predictor, Preprocessor, _overlay_names, resolve_threshold
+from effnet_jax.inference.prediction import ImageReadError, Predictor, Preprocessor, _overlay_names
+from effnet_jax.inference.thresholds import resolve_threshold
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
@@ -73,7 +74,7 @@ def test_threshold_precedence(tmp_path):
 
 
 def test_training_prior_counts_class_weights():
-    from effnet_jax.evaluation import training_prior_threshold
+    from effnet_jax.inference.thresholds import training_prior_threshold
 
     config = ml_collections.ConfigDict({"data": {"balance": "none"}, "class_weights": "balanced",
                                         "train_class_counts": (100, 300)})

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from effnet_jax import run_summary
+from effnet_jax.reporting import run_summary
 
 CONFIG = {"model": {"name": "tf_efficientnet_lite0"}, "image_size": 128, "num_epochs": 3.0, "num_train_steps": -1,
           "freeze_until": "blocks_3", "freeze": [], "class_weights": "none", "label_smoothing": 0.05,
@@ -61,16 +61,16 @@ def test_evaluation_rows_one_per_threshold(workdir):
 
 def test_cli_prints_markdown_and_json(workdir):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-m", "effnet_jax.results", workdir, "--eval"], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "effnet_jax.cli.results", workdir, "--eval"], capture_output=True,
                          text=True, check=True, env=env).stdout.splitlines()
     assert len(out) == 2 + 4
     assert out[2].startswith("| lite0_128 | tf_efficientnet_lite0, 128 | 3 ep,") and "| 0.990 | " in out[2]
     assert out[2].endswith("| 3.0 min | m2 |")
-    rows = json.loads(subprocess.run([sys.executable, "-m", "effnet_jax.results", workdir, "--format=json"],
+    rows = json.loads(subprocess.run([sys.executable, "-m", "effnet_jax.cli.results", workdir, "--format=json"],
                                      capture_output=True, text=True, check=True, env=env).stdout)
     assert [r["step"] for r in rows] == [100]
 
 
 def test_cli_names_a_directory_that_is_not_a_run(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "effnet_jax.results", str(tmp_path)], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "effnet_jax.cli.results", str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode == 1 and f"{tmp_path}: no config.json" in proc.stderr

@@ -8,11 +8,12 @@ import jax
 import numpy as np
 import pytest
 
-from effnet_jax import checkpoint as checkpoint_lib
+from effnet_jax.inference.restore import restore_for_inference
+from effnet_jax.train import checkpointing as checkpoint_lib
 from effnet_jax.data import pipeline
 from effnet_jax.train import loop
-from effnet_jax.train.testing import persistent_compilation_cache, tiny_config
-from effnet_jax.train.writer import read_metrics
+from helpers import persistent_compilation_cache, tiny_config
+from effnet_jax.reporting.metrics_log import read_metrics
 
 
 def _config(**overrides):
@@ -57,8 +58,9 @@ def test_debug_config_trains_end_to_end_and_restores_for_inference(runs):
     assert val[-1]["n"] == pipeline.split_info(loop.resolve_data(_config()).data, "validation")["num_examples"]
     assert os.listdir(os.path.join(workdir, "tensorboard"))
 
-    config, model, variables = checkpoint_lib.restore_for_inference(workdir, "latest")
-    assert config.restored_step == 6 and config.image_size == 32
+    restored = restore_for_inference(workdir, "latest")
+    model, variables = restored.model, restored.variables
+    assert restored.step == 6 and restored.run.image_size == 32
     np.testing.assert_array_equal(variables["params"]["classifier"]["kernel"],
                                   runs["straight"].ema_params["classifier"]["kernel"])
     logits = model.apply(variables, np.zeros((2, 32, 32, 3), np.float32), train=False)
@@ -122,8 +124,9 @@ def test_nan_loss_stops_the_run_and_leaves_the_last_good_checkpoint(runs, monkey
     ckpt = checkpoint_lib.Checkpointer(workdir, read_only=True)
     assert ckpt.all_steps() == [3]
     ckpt.close()
-    config, _, variables = checkpoint_lib.restore_for_inference(workdir, "latest")
-    assert config.restored_step == 3
+    restored = restore_for_inference(workdir, "latest")
+    variables = restored.variables
+    assert restored.step == 3
     np.testing.assert_array_equal(variables["params"]["classifier"]["kernel"],
                                   runs["first"].ema_params["classifier"]["kernel"])
 
@@ -143,7 +146,7 @@ def test_early_stopping_ends_the_run_after_patience_evaluations_without_improvem
 
 
 def test_results_row_reports_the_last_validation_and_the_wall_time_of_every_invocation(runs):
-    from effnet_jax import run_summary
+    from effnet_jax.reporting import run_summary
 
     workdir = str(runs["root"] / "resumed")
     row = run_summary.training_row(workdir)

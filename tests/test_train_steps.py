@@ -11,7 +11,7 @@ from flax import traverse_util
 import effnet_jax
 from effnet_jax.train import freeze, optimizer, state as state_lib, steps
 from effnet_jax.train.parallel import Parallel
-from effnet_jax.train.testing import tiny_config
+from helpers import tiny_config
 
 STEPS = 3
 pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs XLA_FLAGS=--xla_force_host_platform_device_count=8")

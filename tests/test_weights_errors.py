@@ -169,7 +169,7 @@ def test_converted_dir_refuses_another_variant(lite0_pth, tmp_path):
 def test_convert_cli_writes_a_loadable_checkpoint_and_a_summary(lite0_pth, lite0_state, tmp_path):
     out = tmp_path / "converted"
     result = subprocess.run(
-        [sys.executable, "-m", "effnet_jax.convert", "--variant", "efficientnet_lite0", "--input", str(lite0_pth),
+        [sys.executable, "-m", "effnet_jax.cli.convert", "--variant", "efficientnet_lite0", "--input", str(lite0_pth),
          "--output", str(out), "--num_classes", "2"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     # ImageNet's 1000-class head (1,281,000 parameters) replaced by a 2-class one (2,562).
@@ -179,6 +179,6 @@ def test_convert_cli_writes_a_loadable_checkpoint_and_a_summary(lite0_pth, lite0
     np.testing.assert_array_equal(variables["params"]["blocks_6_0"]["conv_pwl"]["kernel"],
                                   lite0_state["blocks.6.0.conv_pwl.weight"].numpy().transpose(2, 3, 1, 0))
     again = subprocess.run(
-        [sys.executable, "-m", "effnet_jax.convert", "--variant", "efficientnet_lite0", "--input", str(lite0_pth),
+        [sys.executable, "-m", "effnet_jax.cli.convert", "--variant", "efficientnet_lite0", "--input", str(lite0_pth),
          "--output", str(out)], capture_output=True, text=True, timeout=600)
     assert again.returncode == 1 and "already exists" in again.stderr

@@ -1,7 +1,7 @@
 """effnet-convert: converts a weight file (timm, efficientnet_pytorch, Keras) into an orbax checkpoint.
 
     effnet-convert --variant tf_efficientnet_lite0 --input efficientnet-lite0.pth --output weights/lite0
-    python -m effnet_jax.convert --variant efficientnet_b0 --input timm/efficientnet_b0.ra_in1k --output DIR
+    python -m effnet_jax.cli.convert --variant efficientnet_b0 --input timm/efficientnet_b0.ra_in1k --output DIR
 
 The output directory loads with ``effnet_jax.create_model(variant, pretrained=DIR)``.
 """

@@ -1,59 +1,67 @@
-"""effnet-data: look at a chest X-ray set before training, and write what to leave out.
+"""effnet-data: look at a chest X-ray set before training, write what to leave out, prepare it.
 
-    effnet-data report --data-dir ../shared/data/chest_xray [--out /tmp/data_report]
-    effnet-data clean  --data-dir ../shared/data/chest_xray [--out /tmp/data_clean]
+    effnet-data report  --data_dir=../shared/data/chest_xray [--out=/tmp/data_report]
+    effnet-data clean   --data_dir=../shared/data/chest_xray [--out=/tmp/data_clean]
+    effnet-data prepare --name=chest_xray --manual_dir=../shared/data/chest_xray \
+        [--data_dir=~/tensorflow_datasets] [--max_size=512] [--on_bad_image=error|skip] \
+        [--exclude_list=/tmp/data_clean/exclusions.json]
 
---data-dir is the raw chest_xray folder (or a parent, or its zip), or a TFDS data dir
-holding a prepared chest_xray set. `report` writes report.json and PNG figures; `clean`
-writes exclusions.json/.csv (file + reason) and cleaning.json. Nothing in --data-dir is
-touched: prepare with data.exclude_list=<out>/exclusions.json to leave the files out.
+report/clean: --data_dir is the raw chest_xray folder (or a parent, or its zip), or a TFDS
+data dir holding a prepared chest_xray set. `report` writes report.json and PNG figures;
+`clean` writes exclusions.json/.csv (file + reason) and cleaning.json. Nothing in
+--data_dir is touched: prepare with data.exclude_list=<out>/exclusions.json to leave the
+files out. prepare: builds the TFDS data set once (array_record) from --manual_dir into
+the TFDS data dir --data_dir (default ~/tensorflow_datasets).
 """
 
-import argparse
 import json
 from pathlib import Path
 import sys
 
+from absl import app, flags
+
+from effnet_jax.data import exclusions
+from effnet_jax.data import prepare as prepare_lib
 from effnet_jax.data.eda import cleaning
-from effnet_jax.data.eda import exclusions
+from effnet_jax.data.eda import figures
 from effnet_jax.data.eda import hashing
+from effnet_jax.data.eda import report as report_lib
 from effnet_jax.data.eda import scan
 
-LEAKAGE_EXIT = 3  # `clean --fail-on-leakage` exits with this when train/val overlaps test
+COMMANDS = ('report', 'clean', 'prepare')
+DEFAULT_OUT = {'report': 'data_report', 'clean': 'data_clean'}
+LEAKAGE_EXIT = 3  # `clean --fail_on_leakage` exits with this when train/val overlaps test
 
 
-def _add_common(p: argparse.ArgumentParser, default_out: str) -> None:
-  p.add_argument('--data-dir', required=True,
-                 help='raw chest_xray folder / parent / zip, or a TFDS dir with it prepared')
-  p.add_argument('--out', default=default_out, help=f'output folder (default ./{default_out})')
-  p.add_argument('--no-progress', action='store_true', help='no progress bar')
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+  """Defines effnet-data's flags on ``fv`` (once)."""
+  def define(kind, name, *args, **kwargs):
+    if name not in fv:
+      kind(name, *args, flag_values=fv, **kwargs)
   t = cleaning.Thresholds()
-  p.add_argument('--near-bits', type=int, default=t.near_bits,
-                 help=f'near duplicate: pHash bits apart, of {hashing.PHASH_BITS} (default '
-                      f'{t.near_bits})')
-  p.add_argument('--min-std', type=float, default=t.min_std,
-                 help=f'near-constant below this grayscale std (default {t.min_std})')
-  p.add_argument('--min-side', type=int, default=t.min_side, help='too small below (px)')
-  p.add_argument('--max-side', type=int, default=t.max_side, help='too large above (px)')
-  p.add_argument('--max-aspect', type=float, default=t.max_aspect,
-                 help='extreme aspect above this longer/shorter side ratio')
-  p.add_argument('--patient-leakage', choices=cleaning.PATIENT_LEAKAGE, default=t.patient_leakage,
-                 help='exclude train/val images of patients also in test, or only report them')
-
-
-def parser() -> argparse.ArgumentParser:
-  """The effnet-data argument parser (subcommands report and clean)."""
-  p = argparse.ArgumentParser(prog='effnet-data', description=__doc__.split('\n\n')[0])
-  sub = p.add_subparsers(dest='command', required=True)
-  r = sub.add_parser('report', help='counts, patients, image properties, figures, findings')
-  _add_common(r, 'data_report')
-  r.add_argument('--exclude-list', help='also count what remains after this exclusion list')
-  r.add_argument('--samples', type=int, default=8, help='sample images per class in the grid')
-  c = sub.add_parser('clean', help='find duplicates, leakage and bad images; write exclusions')
-  _add_common(c, 'data_clean')
-  c.add_argument('--fail-on-leakage', action='store_true',
-                 help=f'exit with status {LEAKAGE_EXIT} when train/val overlaps test')
-  return p
+  define(flags.DEFINE_string, 'data_dir', None,
+         'report/clean: raw chest_xray folder / parent / zip, or a TFDS dir with it prepared; '
+         'prepare: the TFDS data dir to write (default ~/tensorflow_datasets)')
+  define(flags.DEFINE_string, 'out', None, 'report/clean: output folder (default ./data_report, ./data_clean)')
+  define(flags.DEFINE_bool, 'no_progress', False, 'report/clean: no progress bar')
+  define(flags.DEFINE_integer, 'near_bits', t.near_bits,
+         f'near duplicate: pHash bits apart, of {hashing.PHASH_BITS}')
+  define(flags.DEFINE_float, 'min_std', t.min_std, 'near-constant below this grayscale std')
+  define(flags.DEFINE_integer, 'min_side', t.min_side, 'too small below (px)')
+  define(flags.DEFINE_integer, 'max_side', t.max_side, 'too large above (px)')
+  define(flags.DEFINE_float, 'max_aspect', t.max_aspect, 'extreme aspect above this longer/shorter side ratio')
+  define(flags.DEFINE_enum, 'patient_leakage', t.patient_leakage, list(cleaning.PATIENT_LEAKAGE),
+         'exclude train/val images of patients also in test, or only report them')
+  define(flags.DEFINE_string, 'exclude_list', None,
+         'report: also count what remains after this exclusion list; prepare: leave its files out (chest_xray)')
+  define(flags.DEFINE_integer, 'samples', 8, 'report: sample images per class in the grid')
+  define(flags.DEFINE_bool, 'fail_on_leakage', False,
+         f'clean: exit with status {LEAKAGE_EXIT} when train/val overlaps test')
+  define(flags.DEFINE_enum, 'name', 'chest_xray', ['chest_xray', 'pneumonia_mnist'], 'prepare: data set')
+  define(flags.DEFINE_string, 'manual_dir', None, 'prepare: raw folder or zip (chest_xray), npz folder (mnist)')
+  define(flags.DEFINE_integer, 'max_size', 512, 'prepare: chest_xray images stored with the shorter side at most this')
+  define(flags.DEFINE_enum, 'on_bad_image', 'error', ['error', 'skip'], 'prepare: bad input policy')
+  define(flags.DEFINE_integer, 'mnist_size', 224, 'prepare: pneumonia_mnist size: 28, 64, 128 or 224')
 
 
 def _thresholds(args) -> cleaning.Thresholds:
@@ -64,13 +72,11 @@ def _thresholds(args) -> cleaning.Thresholds:
 
 def report(args) -> dict:
   """Run `effnet-data report`; returns the report dict (also written as report.json)."""
-  from effnet_jax.data.eda import figures  # pylint: disable=g-import-not-at-top
-  from effnet_jax.data.eda import report as report_lib  # pylint: disable=g-import-not-at-top
   th = _thresholds(args)  # validate flags before a long scan
   listed = exclusions.read(args.exclude_list) if args.exclude_list else None
   inv = scan.scan_any(args.data_dir, samples_per_class=args.samples, progress=not args.no_progress)
   rep = report_lib.build(inv, cleaning.find(inv, th), listed)
-  out = Path(args.out)
+  out = Path(args.out or DEFAULT_OUT['report'])
   out.mkdir(parents=True, exist_ok=True)
   rep['figures'] = figures.draw_all(inv, rep, out)
   (out / 'report.json').write_text(json.dumps(rep, indent=1) + '\n')
@@ -87,7 +93,7 @@ def clean(args) -> dict:
     print(f'effnet-data clean: {inv.source} is a prepared data set; the list is written, but '
           'prepare again from the raw folder with data.exclude_list to apply it', file=sys.stderr)
   found = cleaning.find(inv, th)
-  out = Path(args.out)
+  out = Path(args.out or DEFAULT_OUT['clean'])
   out.mkdir(parents=True, exist_ok=True)
   meta = {'source': inv.source, 'created_by': 'effnet-data clean', 'thresholds': found['thresholds'],
           'counts_before': found['counts_before'], 'counts_after': found['counts_after']}
@@ -108,16 +114,42 @@ def clean(args) -> dict:
   return found
 
 
-def main(argv=None) -> int:
-  """Parse `argv` (default sys.argv[1:]) and run the subcommand; returns the exit status."""
-  args = parser().parse_args(argv)
-  if not Path(args.data_dir).expanduser().exists():
-    print(f'effnet-data: --data-dir {args.data_dir}: does not exist; expected the chest_xray '
-          'folder ({train,val,test}/{NORMAL,PNEUMONIA}), a parent of it, its zip, or a TFDS '
-          'data dir holding it prepared', file=sys.stderr)
+def prepare(args) -> None:
+  """Run `effnet-data prepare`: build the TFDS data set once and print its splits."""
+  factory = prepare_lib.BuilderFactory(name=args.name, data_dir=args.data_dir, manual_dir=args.manual_dir,
+                                       max_size=args.max_size, on_bad_image=args.on_bad_image,
+                                       mnist_size=args.mnist_size, exclude_list=args.exclude_list)
+  builder = prepare_lib.ensure_prepared(factory)
+  print(f'prepared {factory.name}/{builder.builder_config.name} in {builder.data_path}')
+  for split, info in builder.info.splits.items():
+    print(f'  {split}: {info.num_examples} examples')
+  meta = builder.info.metadata or {}
+  skipped = meta.get('skipped', [])
+  if meta.get('num_excluded'):
+    print(f'  excluded {meta["num_excluded"]} file(s) listed in {meta["exclude_list"]}')
+  if skipped:
+    print(f'  skipped {len(skipped)} bad input(s):\n    ' + '\n    '.join(skipped))
+
+
+def _run(args, positional) -> int:
+  """Runs the subcommand ``positional[0]`` with parsed flags ``args``; returns the exit status."""
+  if len(positional) != 1 or positional[0] not in COMMANDS:
+    print(f'effnet-data: expected one command of {", ".join(COMMANDS)}, got {positional}', file=sys.stderr)
     return 2
+  command = positional[0]
   try:
-    if args.command == 'report':
+    if command == 'prepare':
+      prepare(args)
+      return 0
+    if not args.data_dir:
+      print(f'effnet-data {command}: --data_dir is required', file=sys.stderr)
+      return 2
+    if not Path(args.data_dir).expanduser().exists():
+      print(f'effnet-data: --data_dir {args.data_dir}: does not exist; expected the chest_xray '
+            'folder ({train,val,test}/{NORMAL,PNEUMONIA}), a parent of it, its zip, or a TFDS '
+            'data dir holding it prepared', file=sys.stderr)
+      return 2
+    if command == 'report':
       report(args)
       return 0
     found = clean(args)
@@ -128,9 +160,22 @@ def main(argv=None) -> int:
   return LEAKAGE_EXIT if args.fail_on_leakage and leaked else 0
 
 
+def main(argv) -> int:
+  """Parses ``argv`` (command and flags, without the program name) into fresh flags; returns the exit status."""
+  fv = flags.FlagValues()
+  define_flags(fv)
+  try:
+    positional = fv(['effnet-data', *argv])[1:]
+  except flags.Error as e:
+    print(f'effnet-data: bad flag: {e}', file=sys.stderr)
+    return 2
+  return _run(fv, positional)
+
+
 def run() -> None:
   """Console-script entry point (effnet-data)."""
-  sys.exit(main())
+  define_flags()
+  app.run(lambda argv: sys.exit(_run(flags.FLAGS, argv[1:])))
 
 
 if __name__ == '__main__':

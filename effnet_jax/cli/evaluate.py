@@ -38,8 +38,8 @@ def main(argv):
         raise app.UsageError("--workdir is required: the training run directory to evaluate.")
     import jax
 
-    from effnet_jax import tta as tta_lib
-    from effnet_jax.evaluation import evaluate_checkpoint
+    from effnet_jax.inference import tta as tta_lib
+    from effnet_jax.inference.evaluation import evaluate_checkpoint
 
     try:
         tta = tta_lib.parse_tta(FLAGS.tta)

@@ -39,7 +39,7 @@ def main(argv):
         raise app.UsageError("--workdir is required: the training run directory to predict with.")
     if not paths:
         raise app.UsageError("give at least one IMAGE path after the flags.")
-    from effnet_jax.prediction import Predictor
+    from effnet_jax.inference.prediction import Predictor
 
     try:
         predictor = Predictor(FLAGS.workdir, FLAGS.checkpoint, FLAGS.threshold, FLAGS.batch_size)

@@ -28,7 +28,7 @@ def main(argv):
     workdirs = argv[1:]
     if not workdirs:
         raise app.UsageError("effnet-results needs at least one training run directory.")
-    from effnet_jax import run_summary
+    from effnet_jax.reporting import run_summary
 
     rows = []
     try:

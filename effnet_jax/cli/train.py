@@ -11,6 +11,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from effnet_jax.cli.common import make_config_package_importable
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training config file (configs/*.py); override keys with --config.key=value.",
     lock_config=True)
@@ -84,6 +86,7 @@ def _drop_untracked_save_warning(record) -> bool:
 
 def run():
     """Console-script entry point (``effnet-train``)."""
+    make_config_package_importable(sys.argv)
     try:
         # Parsed here first so a bad --config.key is one line naming it, not a traceback.
         argv = flags.FLAGS(sys.argv)

@@ -12,8 +12,9 @@ import re
 import zipfile
 from pathlib import Path
 
+from effnet_jax.labels import CLASS_NAMES
+
 SPLITS = ('train', 'val', 'test')
-CLASSES = ('NORMAL', 'PNEUMONIA')
 PATHOGENS = ('none', 'bacteria', 'virus', 'unknown')
 # Files and folders that operating systems and archivers add; not data, never an error.
 _OS_FILES = {'.DS_Store', 'Thumbs.db', 'desktop.ini'}
@@ -115,7 +116,7 @@ def _find_root(tree: _Tree) -> str | None:
   """
   roots = [d for d in tree.dirs if 'train' in tree.dirs[d]
            and not any(part in _OS_DIRS for part in d.split('/'))]
-  classes = lambda d: len(set(CLASSES) & tree.dirs.get(_join(d, 'train'), set()))
+  classes = lambda d: len(set(CLASS_NAMES) & tree.dirs.get(_join(d, 'train'), set()))
   return min(roots, key=lambda d: (-classes(d), d.count('/') + bool(d), d)) if roots else None
 
 
@@ -193,10 +194,10 @@ def _walk_split(tree, split_rel, shown, problems, ignored) -> list[tuple[str, st
     else:
       problems.append(f'{shown(rel)}: stray file outside NORMAL/ and PNEUMONIA/')
   for name in sorted(tree.dirs.get(split_rel, ())):
-    if name not in CLASSES and name not in _OS_DIRS:
+    if name not in CLASS_NAMES and name not in _OS_DIRS:
       problems.append(f'{shown(_join(split_rel, name))}: stray folder (expected NORMAL/, '
                       'PNEUMONIA/)')
-  for cls in CLASSES:
+  for cls in CLASS_NAMES:
     cls_rel = _join(split_rel, cls)
     if cls_rel not in tree.dirs:
       raise LayoutError(f'{shown(cls_rel)}: missing class folder (every split needs NORMAL/ '

@@ -18,8 +18,7 @@ from effnet_jax.data import flags as flags_lib
 from effnet_jax.data import sampling
 from effnet_jax.data import sources
 from effnet_jax.data import transforms
-
-CLASS_NAMES = ('NORMAL', 'PNEUMONIA')
+from effnet_jax.labels import CLASS_NAMES
 
 
 class _LoadExample:

@@ -1,8 +1,6 @@
 """Prepare TFDS data sets once (array_record) and read back their per-record metadata.
 
-    python -m effnet_jax.data.prepare --name=chest_xray --manual_dir=../shared/data/chest_xray \
-        [--data_dir=~/tensorflow_datasets] [--max_size=512] [--on_bad_image=error|skip] \
-        [--exclude_list=/tmp/data_clean/exclusions.json]
+From the command line: ``effnet-data prepare`` (``python -m effnet_jax.cli.data prepare``).
 """
 
 import dataclasses
@@ -58,7 +56,7 @@ def ensure_prepared(factory: BuilderFactory, allow_prepare: bool = True):
   if not allow_prepare:
     raise FileNotFoundError(
         f'{factory.name} ({builder.builder_config.name}) is not prepared under '
-        f'{builder.data_dir}; set data.prepare=True or run python -m effnet_jax.data.prepare')
+        f'{builder.data_dir}; set data.prepare=True or run python -m effnet_jax.cli.data prepare')
   if factory.name == 'chest_xray' and factory.manual_dir is None:
     raise ValueError(f'{factory.name} is not prepared under {builder.data_dir} and '
                      'data.manual_dir is None; set it to the chest_xray folder or its zip')
@@ -81,34 +79,3 @@ def read_part_metadata(builder) -> dict[str, splits_lib.PartMeta]:
         patient_ids=[text(r['patient_id']) for r in records] if has('patient_id') else None,
         file_names=[text(r['file_name']) for r in records] if has('file_name') else None)
   return metas
-
-
-def main(argv):
-  del argv
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  f = flags.FLAGS
-  factory = BuilderFactory(name=f.name, data_dir=f.data_dir, manual_dir=f.manual_dir,
-                           max_size=f.max_size, on_bad_image=f.on_bad_image,
-                           mnist_size=f.mnist_size, exclude_list=f.exclude_list)
-  builder = ensure_prepared(factory)
-  print(f'prepared {factory.name}/{builder.builder_config.name} in {builder.data_path}')
-  for split, info in builder.info.splits.items():
-    print(f'  {split}: {info.num_examples} examples')
-  skipped = builder.info.metadata.get('skipped', []) if builder.info.metadata else []
-  meta = builder.info.metadata or {}
-  if meta.get('num_excluded'):
-    print(f'  excluded {meta["num_excluded"]} file(s) listed in {meta["exclude_list"]}')
-  if skipped:
-    print(f'  skipped {len(skipped)} bad input(s):\n    ' + '\n    '.join(skipped))
-
-
-if __name__ == '__main__':
-  from absl import app, flags  # pylint: disable=g-import-not-at-top,g-multiple-import
-  flags.DEFINE_enum('name', 'chest_xray', ['chest_xray', 'pneumonia_mnist'], 'data set')
-  flags.DEFINE_string('data_dir', None, 'TFDS data dir (default ~/tensorflow_datasets)')
-  flags.DEFINE_string('manual_dir', None, 'raw folder or zip (chest_xray), npz folder (mnist)')
-  flags.DEFINE_integer('max_size', 512, 'chest_xray: shorter side at most this')
-  flags.DEFINE_enum('on_bad_image', 'error', ['error', 'skip'], 'bad input policy')
-  flags.DEFINE_integer('mnist_size', 224, 'pneumonia_mnist size: 28, 64, 128 or 224')
-  flags.DEFINE_string('exclude_list', None, 'chest_xray: exclusion list (effnet-data clean)')
-  app.run(main)

@@ -8,7 +8,6 @@ model can learn the difference in a few hundred steps.
 
 import numpy as np
 
-NAME = 'synthetic'
 SIZE = 64  # stored side length; the pipeline resizes to the model's resolution
 SPLIT_IDS = {'train': 0, 'validation': 1, 'test': 2}
 

@@ -98,10 +98,6 @@ class VariantConfig:
     stem_channels: int = 32
     head_channels: int = 1280
 
-    @property
-    def input_size(self) -> int:
-        return self.resolution
-
     def scaled_stem(self) -> int:
         return self.stem_channels if self.fix_stem_head else make_divisible(self.stem_channels * self.width)
 

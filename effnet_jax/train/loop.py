@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -14,11 +15,14 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-import effnet_jax
-from effnet_jax import checkpoint as checkpoint_lib
 from effnet_jax.data import pipeline
+from effnet_jax.models import build_model
+from effnet_jax.reporting.metrics_log import read_metrics
+from effnet_jax.train import checkpointing as checkpoint_lib
 from effnet_jax.train import freeze as freeze_lib
 from effnet_jax.train import distributed, losses, optimizer as optimizer_lib, state as state_lib, steps
+from effnet_jax.train import run_record
+from effnet_jax.train.evaluate import evaluate
 from effnet_jax.train.parallel import Parallel
 from effnet_jax.train import writer as writer_lib
 from effnet_jax.train.writer import MetricWriter
@@ -30,34 +34,6 @@ log = logging.getLogger("effnet_jax.train")
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite; the run stopped without saving."""
-
-
-def _compute_metrics(labels, probs):
-    from effnet_jax.metrics import compute_metrics
-
-    return compute_metrics(labels, probs)
-
-
-def evaluate(par: Parallel, eval_step, variables, config, split: str = "validation") -> dict:
-    """Loss and classification metrics of ``variables`` on one full pass over ``split``."""
-    per_process = par.check_batch_size(config.eval_batch_size, "config.eval_batch_size")
-    ds = pipeline.create_split(
-        config.data, split, training=False, batch_size=per_process, image_size=config.image_size,
-        mean=config.model_mean, std=config.model_std, seed=config.seed)
-    probs, labels, batch_losses = [], [], []
-    for batch in ds:
-        out = par.fetch(eval_step(variables, par.put_batch({k: batch[k] for k in ("image", "label")})))
-        # Masks and labels are gathered the same way as the outputs, so rows line up.
-        host = par.fetch(par.put_batch({"mask": batch["mask"], "label": batch["label"]})) \
-            if jax.process_count() > 1 else {"mask": batch["mask"], "label": batch["label"]}
-        keep = np.asarray(host["mask"], bool)
-        probs.append(np.asarray(out["prob"])[keep])
-        batch_losses.append(np.asarray(out["loss"])[keep])
-        labels.append(np.asarray(host["label"])[keep])
-    labels, probs = np.concatenate(labels), np.concatenate(probs)
-    metrics = {"loss": float(np.mean(np.concatenate(batch_losses)))}
-    metrics.update(_compute_metrics(labels, probs))
-    return metrics
 
 
 def resolve_data(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -73,21 +49,14 @@ def resolve_data(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     return config
 
 
-def _resolve(config: ml_collections.ConfigDict, train_info: dict) -> tuple[ml_collections.ConfigDict, int, int]:
-    """A copy of ``config`` with derived values filled in, plus (total steps, steps per epoch)."""
-    config = ml_collections.ConfigDict(config.to_dict())  # unlocked copy; the caller's stays as it was
-    variant = effnet_jax.get_variant(config.model.name)
-    config.image_size = state_lib.image_size(config)
-    config.model_mean = tuple(variant.mean)
-    config.model_std = tuple(variant.std)
-    # Stored with every checkpoint: evaluation derives the training-prior threshold from it.
-    config.train_class_counts = tuple(int(n) for n in train_info["class_counts"])
+def _num_steps(config: ml_collections.ConfigDict, train_info: dict) -> tuple[int, int]:
+    """(total steps, steps per epoch)."""
     steps_per_epoch = max(1, math.ceil(train_info["num_examples"] / config.batch_size))
     if config.num_train_steps > 0:
         total = int(config.num_train_steps)
     else:
         total = max(1, int(math.ceil(config.num_epochs * steps_per_epoch)))
-    return config, total, steps_per_epoch
+    return total, steps_per_epoch
 
 
 class _EarlyStopping:
@@ -129,7 +98,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     # ----------------------------------------------------------------------------------------------
     config = resolve_data(config)
     train_info = pipeline.split_info(config.data, "train")
-    config, total_steps, steps_per_epoch = _resolve(config, train_info)
+    total_steps, steps_per_epoch = _num_steps(config, train_info)
+    image_size = state_lib.image_size(config)
     data_tag = "synthetic" if train_info["synthetic"] else config.data.name
     log.info("data: %s, train split %d examples %s, %d steps (%.2f epochs of %d steps)", data_tag,
              train_info["num_examples"], dict(zip(train_info["class_names"], train_info["class_counts"])),
@@ -150,16 +120,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     # ----------------------------------------------------------------------------------------------
     # Model and optimizer, with freezing.
     # ----------------------------------------------------------------------------------------------
-    _, variables = state_lib.create_model(config)
+    # The loaded weights decide the input normalisation (a Keras .h5 file carries its own).
+    loaded, variables = state_lib.model_from_config(config)
+    run = run_record.RunRecord(image_size=image_size, mean=tuple(loaded.variant.mean), std=tuple(loaded.variant.std),
+                               train_class_counts=tuple(int(n) for n in train_info["class_counts"]))
+    del loaded
     if config.model.zero_head:
         variables = state_lib.zero_head(variables)
     frozen = freeze_lib.frozen_mask(variables["params"], freeze_lib.freeze_patterns(config, variables["params"]))
     n_frozen, n_total = freeze_lib.count(frozen)
     frozen_norms = freeze_lib.frozen_norms(frozen)
-    model = effnet_jax.build_model(config.model.name, num_classes=state_lib.num_classes(config),
-                                   **state_lib.model_kwargs(config, frozen_norms, par.bn_axis_name))
+    model = build_model(config.model.name, num_classes=state_lib.num_classes(config),
+                        **state_lib.model_kwargs(config, frozen_norms, par.bn_axis_name))
+    model = model.clone(variant=dataclasses.replace(model.variant, mean=run.mean, std=run.std))
     log.info("model: %s at %d px, %d of %d parameter tensors frozen (%d BatchNorms keep running stats)",
-             config.model.name, config.image_size, n_frozen, n_total, len(frozen_norms))
+             config.model.name, run.image_size, n_frozen, n_total, len(frozen_norms))
     tx, schedule = optimizer_lib.create_optimizer(config, frozen, total_steps, steps_per_epoch)
     weights = losses.class_weights(config.class_weights, train_info["class_counts"])
     if weights is not None:
@@ -175,8 +150,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     ckpt = checkpoint_lib.Checkpointer(workdir, keep=config.keep_checkpoints, best_metric=config.best_metric or None,
                                        best_mode=config.best_mode, async_save=config.async_checkpointing)
     train_ds = pipeline.create_split(
-        config.data, "train", training=True, batch_size=per_process_batch, image_size=config.image_size,
-        mean=config.model_mean, std=config.model_std, seed=config.seed)
+        config.data, "train", training=True, batch_size=per_process_batch, image_size=run.image_size,
+        mean=run.mean, std=run.std, seed=config.seed)
     train_iter = iter(train_ds)
     abstract = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, par.state_sharding(state))
@@ -190,7 +165,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
         start = 0
         if jax.process_index() == 0:
             (epath.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
-            log.info("config (resolved): %s/config.json", workdir)
+            run_record.write(workdir, run)
+            log.info("config: %s/config.json; derived (image size, normalisation, class counts): %s/%s",
+                     workdir, workdir, run_record.RUN_FILE)
     state = par.put_state(state)
 
     # ----------------------------------------------------------------------------------------------
@@ -207,7 +184,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     writer_lib.truncate_after(workdir, start)
     writer = MetricWriter(workdir, extra={"data": data_tag})
     stopper = _EarlyStopping(config.early_stopping)
-    for record in writer_lib.read_metrics(workdir, "validation"):
+    for record in read_metrics(workdir, "validation"):
         stopper.update(record)  # a resumed run keeps counting patience where it stopped
     # Process 0 truncated the file and may be alone in seeing it (local disks): its count decides
     # for all, or the processes would stop at different steps and hang.
@@ -225,7 +202,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
         # Orbax writes JSON items from process 0 only; every process resumes from that state.
         distributed.check_same_everywhere(json.dumps(checkpoint_lib.encode_data_state(data_state), sort_keys=True),
                                           f"the training data iterator state at step {step}")
-        ckpt.save(step, par.get_state(state), data_state, config, metrics)
+        ckpt.save(step, par.get_state(state), data_state, config, metrics, run=run)
         last_saved = step
 
     def flush_train_metrics():
@@ -269,7 +246,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
             if eval_now:
                 flush_train_metrics()  # never evaluate or save a state whose loss was not checked
                 variables = state_lib.inference_variables(state, use_ema=config.ema_decay > 0)
-                eval_metrics = evaluate(par, eval_step, variables, config)
+                eval_metrics = evaluate(par, eval_step, variables, config, run.image_size, run.mean, run.std)
                 writer.write(step, "validation", eval_metrics)
                 log.info("step %d validation (%s): %s", step, data_tag, _short(eval_metrics))
                 stopped_early = stopper.update(eval_metrics)

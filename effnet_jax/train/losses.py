@@ -56,11 +56,3 @@ def weighted_mean_loss(logits, labels, weights=None, label_smoothing: float = 0.
     if weights is not None:
         losses = losses * jnp.asarray(weights)[labels]
     return jnp.mean(losses)
-
-
-def positive_probability(logits: jax.Array) -> jax.Array:
-    """Probability of class 1 (pneumonia) from either head."""
-    logits = logits.astype(jnp.float32)
-    if logits.shape[-1] == 1:
-        return jax.nn.sigmoid(logits[:, 0])
-    return jax.nn.softmax(logits, axis=-1)[:, 1]

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import ml_collections
 from flax import struct
 
-import effnet_jax
+from effnet_jax.factory import create_model
+from effnet_jax.models import get_variant
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -36,7 +37,7 @@ def image_size(config: ml_collections.ConfigDict) -> int:
     """The training/eval image size: ``config.image_size`` or the variant's native resolution."""
     if config.get("image_size"):
         return int(config.image_size)
-    return effnet_jax.get_variant(config.model.name).resolution
+    return get_variant(config.model.name).resolution
 
 
 def num_classes(config: ml_collections.ConfigDict) -> int:
@@ -45,7 +46,7 @@ def num_classes(config: ml_collections.ConfigDict) -> int:
 
 
 def model_kwargs(config: ml_collections.ConfigDict, frozen_norms=(), bn_axis_name=None) -> dict:
-    """The keyword arguments of ``create_model`` that a config sets."""
+    """The keyword arguments of ``factory.create_model`` that a config sets."""
     if config.dtype not in DTYPES:
         raise ValueError(f"config.dtype={config.dtype!r}: expected one of {sorted(DTYPES)}")
     return dict(
@@ -58,12 +59,13 @@ def model_kwargs(config: ml_collections.ConfigDict, frozen_norms=(), bn_axis_nam
     )
 
 
-def create_model(config: ml_collections.ConfigDict, frozen_norms=(), bn_axis_name=None, pretrained=True):
-    """Returns ``(model, variables)`` for ``config.model`` (pretrained weights if configured)."""
-    return effnet_jax.create_model(
+def model_from_config(config: ml_collections.ConfigDict, frozen_norms=(), bn_axis_name=None, load_weights=True):
+    """``factory.create_model`` for ``config.model``: ``(model, variables)``, with ``config.model.pretrained``
+    loaded unless ``load_weights`` is False. The model carries the weights' input mean/std."""
+    return create_model(
         config.model.name,
         num_classes=num_classes(config),
-        pretrained=config.model.pretrained if pretrained else None,
+        pretrained=config.model.pretrained if load_weights else None,
         rng=config.seed,
         **model_kwargs(config, frozen_norms, bn_axis_name),
     )

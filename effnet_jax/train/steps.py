@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from effnet_jax.labels import positive_probability
 from effnet_jax.train import losses
 from effnet_jax.train.state import TrainState
 
@@ -81,6 +82,6 @@ def eval_step(variables: dict, batch: dict, *, model) -> dict:
     """Per-example probability of pneumonia and unweighted loss (padding included; the mask drops it later)."""
     logits = model.apply(variables, batch["image"], train=False)
     return {
-        "prob": losses.positive_probability(logits),
+        "prob": positive_probability(logits),
         "loss": losses.per_example_loss(logits, batch["label"]),
     }

@@ -14,6 +14,8 @@ import time
 import jax
 from etils import epath
 
+from effnet_jax.reporting.metrics_log import METRICS_FILE, read_metrics
+
 
 class MetricWriter:
     """Appends ``{"step", "split", ...}`` lines to ``metrics.jsonl`` and mirrors scalars to TensorBoard."""
@@ -21,7 +23,7 @@ class MetricWriter:
     def __init__(self, workdir: str, extra: dict | None = None):
         self.active = jax.process_index() == 0
         self.extra = dict(extra or {})
-        self.path = str(epath.Path(workdir) / "metrics.jsonl")
+        self.path = str(epath.Path(workdir) / METRICS_FILE)
         remote = "://" in self.path
         self._records = read_metrics(workdir) if self.active and remote else []
         self._tb = None
@@ -77,13 +79,4 @@ def truncate_after(workdir: str, step: int):
     records = read_metrics(workdir)
     kept = [r for r in records if r["step"] <= step]
     if len(kept) != len(records):
-        _write_all(str(epath.Path(workdir) / "metrics.jsonl"), kept)
-
-
-def read_metrics(workdir: str, split: str | None = None) -> list[dict]:
-    """The records of ``metrics.jsonl`` (optionally one split's), in order."""
-    path = epath.Path(workdir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in records if split is None or r["split"] == split]
+        _write_all(str(epath.Path(workdir) / METRICS_FILE), kept)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from effnet_jax.factory import init_variables
-from effnet_jax.models import build_model, get_variant
+from effnet_jax.models import build_model, get_variant, init_variables
 from effnet_jax.weights.loading import merge_weights, resolve_source, save_converted
 
 

@@ -5,8 +5,9 @@ import tensorflow_datasets as tfds
 
 from effnet_jax.data import imaging
 from effnet_jax.data.builders import base
+from effnet_jax.data import exclusions
 from effnet_jax.data import kermany
-from effnet_jax.data.eda import exclusions
+from effnet_jax.labels import CLASS_NAMES
 
 ON_BAD_IMAGE = ('error', 'skip')
 
@@ -63,7 +64,7 @@ class ChestXray(base.Builder):
         description=_DESCRIPTION,
         features=tfds.features.FeaturesDict({
             'image': tfds.features.Image(shape=(None, None, 1), encoding_format='jpeg'),
-            'label': tfds.features.ClassLabel(names=list(kermany.CLASSES)),
+            'label': tfds.features.ClassLabel(names=list(CLASS_NAMES)),
             'pathogen': tfds.features.ClassLabel(names=list(kermany.PATHOGENS)),
             'patient_id': tfds.features.Text(),
             'file_name': tfds.features.Text(),
@@ -93,7 +94,7 @@ class ChestXray(base.Builder):
     excluded = self.builder_config.excluded
     before, present = {}, set()
     for split, entries in layout.files.items():
-      per = before.setdefault(split, {c: 0 for c in kermany.CLASSES})
+      per = before.setdefault(split, {c: 0 for c in CLASS_NAMES})
       for cls, rel in entries:
         per[cls] += 1
         present.add(exclusions.file_key(rel))
@@ -124,7 +125,7 @@ class ChestXray(base.Builder):
 
   def _generate_examples(self, layout, split):
     written, bad = 0, []
-    kept = {c: 0 for c in kermany.CLASSES}
+    kept = {c: 0 for c in CLASS_NAMES}
     excluded = self.builder_config.excluded
     for cls, rel in layout.files[split]:
       if exclusions.file_key(rel) in excluded:

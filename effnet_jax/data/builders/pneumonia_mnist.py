@@ -11,6 +11,7 @@ from PIL import Image
 import tensorflow_datasets as tfds
 
 from effnet_jax.data.builders import base
+from effnet_jax.labels import CLASS_NAMES
 
 SIZES = (28, 64, 128, 224)
 RECORD = 'https://zenodo.org/records/10519652'
@@ -105,7 +106,7 @@ class PneumoniaMnist(base.Builder):
                     'centre-cropped and resized by the MedMNIST authors.',
         features=tfds.features.FeaturesDict({
             'image': tfds.features.Image(shape=(size, size, 1), encoding_format='png'),
-            'label': tfds.features.ClassLabel(names=['NORMAL', 'PNEUMONIA']),
+            'label': tfds.features.ClassLabel(names=list(CLASS_NAMES)),
             'file_name': tfds.features.Text(),
         }),
         supervised_keys=('image', 'label'),

@@ -3,7 +3,7 @@
     scan.py        one pass over every image (raw folder/zip or prepared TFDS data)
     hashing.py     exact pixel hash and perceptual hash
     cleaning.py    findings (duplicates, leakage, bad images) -> what to exclude and why
-    exclusions.py  the exclusion list file the builders honour
+    (the exclusion list file the builders honour is effnet_jax/data/exclusions.py)
     report.py      every number, as report.json and a console summary
     figures.py     PNG figures (matplotlib, Agg)
 """

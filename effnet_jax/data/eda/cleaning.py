@@ -46,10 +46,10 @@ class Thresholds:
 
   def __post_init__(self):
     if self.patient_leakage not in PATIENT_LEAKAGE:
-      raise ValueError(f'--patient-leakage={self.patient_leakage!r}: expected one of '
+      raise ValueError(f'--patient_leakage={self.patient_leakage!r}: expected one of '
                        f'{PATIENT_LEAKAGE}')
     if not 0 <= self.near_bits < hashing.PHASH_BITS // 2:
-      raise ValueError(f'--near-bits={self.near_bits}: expected 0..{hashing.PHASH_BITS // 2 - 1}')
+      raise ValueError(f'--near_bits={self.near_bits}: expected 0..{hashing.PHASH_BITS // 2 - 1}')
 
 
 def _quality_reason(img, th: Thresholds) -> tuple[str, str] | None:
@@ -211,6 +211,6 @@ def leakage_banner(findings: dict) -> str | None:
   for item in leak['patients'][:10]:
     lines.append(f'!!   patient {item["patient"]}: {len(item["files"])} train/val image(s)')
   action = ('excluded from train/val' if findings['thresholds']['patient_leakage'] == 'exclude'
-            else 'duplicates excluded; patients only reported (--patient-leakage=report)')
+            else 'duplicates excluded; patients only reported (--patient_leakage=report)')
   lines += [f'!!   -> {action}; test is kept as shipped', '!' * 72]
   return '\n'.join(lines)

@@ -8,7 +8,7 @@ matplotlib.use('Agg')  # headless: CI machines and TPU hosts have no display
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from effnet_jax.data import kermany  # pylint: disable=g-import-not-at-top,wrong-import-position
+from effnet_jax.labels import CLASS_NAMES  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _COLOURS = {'NORMAL': '#1f77b4', 'PNEUMONIA': '#d62728'}
 
@@ -19,7 +19,7 @@ def class_balance(report: dict, path: Path) -> Path:
   splits = list(report['splits'])
   fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(splits), 3.6))
   x = np.arange(len(splits))
-  for k, label in enumerate(kermany.CLASSES):
+  for k, label in enumerate(CLASS_NAMES):
     n = [report['splits'][s]['classes'][label]['images'] for s in splits]
     kept = [after.get(s, {}).get(label, 0) for s in splits]
     bars = ax.bar(x + (k - 0.5) * 0.38, n, 0.36, color=_COLOURS[label], alpha=0.35)
@@ -36,7 +36,7 @@ def sizes(inventory, report: dict, path: Path) -> Path:
   """Width vs height scatter per class, and the aspect-ratio histogram."""
   fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4))
   ok = [img for img in inventory.images if img.error is None]
-  for label in kermany.CLASSES:
+  for label in CLASS_NAMES:
     w = [img.width for img in ok if img.label == label]
     h = [img.height for img in ok if img.label == label]
     ax.scatter(w, h, s=4, alpha=0.4, color=_COLOURS[label], label=f'{label} ({len(w):,})')
@@ -62,7 +62,7 @@ def intensity(inventory, path: Path) -> Path:
 
 def samples(inventory, path: Path) -> Path:
   """A grid of sample thumbnails: one row per class, file names as titles."""
-  rows = [(label, inventory.samples.get(label, [])) for label in kermany.CLASSES]
+  rows = [(label, inventory.samples.get(label, [])) for label in CLASS_NAMES]
   cols = max([len(s) for _, s in rows] + [1])
   fig, axes = plt.subplots(len(rows), cols, figsize=(1.7 * cols, 2.0 * len(rows)), squeeze=False)
   for r, (label, thumbs) in enumerate(rows):

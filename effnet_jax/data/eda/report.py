@@ -5,6 +5,7 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from effnet_jax.data import kermany
 from effnet_jax.data.eda import cleaning
+from effnet_jax.labels import CLASS_NAMES
 
 BLACK_LEVEL = 5  # gray levels 0..5 count as black border in 'black_fraction'
 
@@ -31,15 +32,15 @@ def _tally(values) -> dict:
 
 def class_weights(per_label: dict[str, int]) -> dict[str, float] | None:
   """sklearn's 'balanced' weights (n / (classes * n_class)) for these counts; None if a class is empty."""
-  if any(per_label.get(c, 0) == 0 for c in kermany.CLASSES):
+  if any(per_label.get(c, 0) == 0 for c in CLASS_NAMES):
     return None
-  y = np.concatenate([np.full(per_label[c], c) for c in kermany.CLASSES])
-  w = compute_class_weight('balanced', classes=np.array(kermany.CLASSES), y=y)
-  return {c: round(float(x), 6) for c, x in zip(kermany.CLASSES, w)}
+  y = np.concatenate([np.full(per_label[c], c) for c in CLASS_NAMES])
+  w = compute_class_weight('balanced', classes=np.array(CLASS_NAMES), y=y)
+  return {c: round(float(x), 6) for c, x in zip(CLASS_NAMES, w)}
 
 
 def _imbalance(per_label: dict[str, int]) -> dict | None:
-  n = {c: per_label.get(c, 0) for c in kermany.CLASSES}
+  n = {c: per_label.get(c, 0) for c in CLASS_NAMES}
   if min(n.values()) == 0:
     return None
   major = max(n, key=n.get)
@@ -53,7 +54,7 @@ def _split_section(images) -> dict:
                       if s in kermany.SPLITS else 9):
     mine = [img for img in images if img.split == split]
     per_class = {}
-    for label in kermany.CLASSES:
+    for label in CLASS_NAMES:
       imgs = [img for img in mine if img.label == label]
       per_patient = _tally(img.patient for img in imgs).values()
       per_class[label] = {
@@ -72,7 +73,7 @@ def _split_section(images) -> dict:
         pathogens_of.setdefault(img.patient, set()).add(img.pathogen)
     per_class['PNEUMONIA']['patients_with_both_pathogens'] = sum(
         len(p) == 2 for p in pathogens_of.values())
-    counts = {c: per_class[c]['images'] for c in kermany.CLASSES}
+    counts = {c: per_class[c]['images'] for c in CLASS_NAMES}
     out[split] = {'classes': per_class, 'images': len(mine),
                   'imbalance': _imbalance(counts), 'class_weights': class_weights(counts)}
   return out
@@ -81,7 +82,7 @@ def _split_section(images) -> dict:
 def _properties(inventory) -> dict:
   ok = [img for img in inventory.images if img.error is None]
   per_class = {}
-  for label in kermany.CLASSES:
+  for label in CLASS_NAMES:
     imgs = [img for img in ok if img.label == label]
     per_class[label] = {'mean_intensity': _stats(img.mean for img in imgs),
                         'std_intensity': _stats(img.std for img in imgs),

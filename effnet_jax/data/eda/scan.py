@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from effnet_jax.data import imaging
 from effnet_jax.data import kermany
-from effnet_jax.data.eda import exclusions
+from effnet_jax.data import exclusions
 from effnet_jax.data.eda import hashing
 
 THUMB = 160  # sample-grid thumbnails: longer side in pixels
@@ -165,7 +165,7 @@ def find_prepared(path) -> Path | None:
            .get('name') == 'chest_xray']
   if len(found) > 1:
     listing = '\n  '.join(str(p) for p in found)
-    raise ValueError(f'--data-dir {path}: holds {len(found)} prepared chest_xray data sets; '
+    raise ValueError(f'--data_dir {path}: holds {len(found)} prepared chest_xray data sets; '
                      f'point it at one of:\n  {listing}')
   return found[0] if found else None
 

@@ -16,9 +16,8 @@ import math
 import os
 from typing import Any
 
-from effnet_jax.train.writer import read_metrics
-
-METRICS = ("accuracy", "auc", "precision", "recall", "specificity", "f1", "brier", "ece")
+from effnet_jax.labels import METRIC_NAMES as METRICS
+from effnet_jax.reporting.metrics_log import read_metrics
 
 
 @dataclasses.dataclass
@@ -41,6 +40,15 @@ def _read_config(workdir: str) -> dict:
         raise FileNotFoundError(f"{workdir}: no config.json; is this an effnet-train workdir?")
     with open(path) as f:
         return json.load(f)
+
+
+def _image_size(workdir: str, config: dict) -> int | None:
+    """The run's image size: its run record (run.json), or the config for runs written before run records."""
+    path = os.path.join(workdir, "run.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f).get("image_size")
+    return config.get("image_size")
 
 
 def describe_recipe(config: dict) -> str:
@@ -84,7 +92,7 @@ def training_row(workdir: str) -> RunRow:
     runs = read_metrics(workdir, "run")
     wall = sum(r["wall_seconds"] for r in runs) if runs else None
     return RunRow(name=os.path.basename(os.path.normpath(workdir)), variant=config["model"]["name"],
-                  image_size=config.get("image_size"), recipe=describe_recipe(config), split="validation",
+                  image_size=_image_size(workdir, config), recipe=describe_recipe(config), split="validation",
                   step=int(last["step"]), threshold=float(last.get("threshold", 0.5)),
                   metrics={k: last.get(k) for k in METRICS}, wall_seconds=wall,
                   machine=runs[-1].get("machine", "") if runs else "")

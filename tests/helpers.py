@@ -1,19 +1,23 @@
-"""Helpers for the training tests: a tiny config and a compilation cache shared by a test session."""
+"""Test helpers: the repo's configs, a tiny training config, a compilation cache shared by a test."""
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import pathlib
-import runpy
+import sys
 
 import jax
+from jax.experimental.compilation_cache import compilation_cache
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
+REPO = pathlib.Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # configs/ is a package at the repo root
 
 
-def load_config(name: str):
-    """``configs/<name>.py``'s ``get_config()`` (configs are files, not a package)."""
-    return runpy.run_path(str(REPO / "configs" / f"{name}.py"))["get_config"]()
+def load_config(name: str, *args):
+    """``configs/<name>.py``'s ``get_config(*args)``."""
+    return importlib.import_module(f"configs.{name}").get_config(*args)
 
 
 def tiny_config(**overrides):
@@ -47,7 +51,7 @@ def persistent_compilation_cache(directory: str):
     jax.config.update("jax_compilation_cache_dir", str(directory))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    reset = _reset_cache()
+    _reset_cache()
     try:
         yield
     finally:
@@ -58,9 +62,4 @@ def persistent_compilation_cache(directory: str):
 
 def _reset_cache():
     # The cache directory is read once per process; resetting makes jax read it again.
-    try:
-        from jax._src import compilation_cache
-    except ImportError:  # pragma: no cover - a JAX without it just compiles again
-        return False
     compilation_cache.reset_cache()
-    return True

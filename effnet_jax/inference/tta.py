@@ -17,6 +17,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from effnet_jax.labels import positive_probability
+
 
 @dataclasses.dataclass(frozen=True)
 class TTAConfig:
@@ -87,15 +89,6 @@ def tta_views(images: jax.Array, config: TTAConfig) -> jax.Array:
     return jnp.stack(views)
 
 
-def positive_probs(logits: jax.Array) -> jax.Array:
-    """Probability of class 1 from a sigmoid head ``(B, 1)`` or a softmax head ``(B, 2)``."""
-    if logits.ndim == 2 and logits.shape[-1] == 1:
-        return jax.nn.sigmoid(logits[:, 0])
-    if logits.ndim == 2 and logits.shape[-1] == 2:
-        return jax.nn.softmax(logits, axis=-1)[:, 1]
-    raise ValueError(f"positive_probs: expected logits of shape (B, 1) or (B, 2), got {logits.shape}.")
-
-
 def predict_probs(logits_fn: Callable[[jax.Array], jax.Array], images: jax.Array,
                   config: TTAConfig | str | None = None) -> jax.Array:
     """Mean positive-class probability over the TTA views of each image; ``(B,)``.
@@ -106,5 +99,5 @@ def predict_probs(logits_fn: Callable[[jax.Array], jax.Array], images: jax.Array
     config = parse_tta(config)
     views = tta_views(images, config)
     v, b = views.shape[:2]
-    probs = positive_probs(logits_fn(views.reshape((v * b,) + views.shape[2:])))
+    probs = positive_probability(logits_fn(views.reshape((v * b,) + views.shape[2:])))
     return probs.reshape(v, b).mean(axis=0)

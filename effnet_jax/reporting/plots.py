@@ -14,7 +14,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from effnet_jax.metrics import roc_points
+from effnet_jax.labels import CLASS_NAMES
+from effnet_jax.reporting.metrics import expected_calibration_error, roc_points
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> str:
@@ -26,7 +27,7 @@ def _save(fig: Figure, path: str | os.PathLike) -> str:
 
 
 def plot_confusion_matrix(cm: Sequence[Sequence[int]], path: str | os.PathLike,
-                          class_names: Sequence[str] = ("NORMAL", "PNEUMONIA"), title: str = "") -> str:
+                          class_names: Sequence[str] = CLASS_NAMES, title: str = "") -> str:
     """Draws a 2x2 confusion matrix (rows: true label, columns: prediction) with counts and row percentages."""
     cm = np.asarray(cm, dtype=np.int64)
     if cm.shape != (len(class_names), len(class_names)):
@@ -92,8 +93,6 @@ def plot_reliability(labels, probs, path: str | os.PathLike, num_bins: int = 10,
     """Reliability diagram: observed PNEUMONIA rate against mean predicted probability per bin,
     with the histogram of predictions below (where most of them sit, and how confident)."""
     from sklearn.calibration import calibration_curve
-
-    from effnet_jax.metrics import expected_calibration_error
 
     labels = np.asarray(labels).reshape(-1)
     probs = np.asarray(probs, dtype=np.float64).reshape(-1)

@@ -12,30 +12,9 @@ import warnings
 from typing import Any
 
 import numpy as np
-from scipy.special import expit
 from sklearn import metrics as skm
 
-METRIC_NAMES = ("accuracy", "auc", "precision", "recall", "specificity", "f1", "brier", "ece")
-
-
-def probs_from_logits(logits) -> np.ndarray:
-    """Probability of the positive class from ``(B,)``, ``(B, 1)`` or ``(B, 2)`` logits.
-
-    One logit is a sigmoid head; two logits are a softmax head whose class 1 is
-    positive. Computed in float64 so that confident logits do not round to 0 or 1
-    early and ties in the ROC stay as rare as the model makes them.
-    """
-    logits = np.asarray(logits, dtype=np.float64)
-    if logits.ndim == 1 or (logits.ndim == 2 and logits.shape[1] == 1):
-        return expit(logits.reshape(-1))  # overflow-free sigmoid
-    if logits.ndim == 2 and logits.shape[1] == 2:
-        # softmax[:, 1] == sigmoid(z1 - z0), stable for large logits.
-        return probs_from_logits(logits[:, 1] - logits[:, 0])
-    raise ValueError(
-        f"probs_from_logits: expected logits of shape (B,), (B, 1) or (B, 2), got {logits.shape}; "
-        "a binary head has one sigmoid logit or two softmax logits."
-    )
-
+from effnet_jax.labels import METRIC_NAMES
 
 def _check_inputs(labels, probs) -> tuple[np.ndarray, np.ndarray]:
     labels = np.asarray(labels).reshape(-1)

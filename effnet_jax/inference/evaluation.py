@@ -23,11 +23,15 @@ from typing import Any
 import jax
 import numpy as np
 
-from effnet_jax import metrics as metrics_lib
-from effnet_jax import plots
-from effnet_jax import tta as tta_lib
+from effnet_jax.data import create_split, split_info
+from effnet_jax.inference import tta as tta_lib
+from effnet_jax.inference.restore import restore_for_inference
+from effnet_jax.inference.thresholds import EVAL_DIR, training_prior_threshold
+from effnet_jax.labels import CLASS_NAMES
+from effnet_jax.reporting import metrics as metrics_lib
+from effnet_jax.reporting import plots
+from effnet_jax.train.evaluate import run_pass
 
-EVAL_DIR = "eval"
 VALIDATION = "validation"
 
 
@@ -41,10 +45,10 @@ class SplitPredictions:
     seconds: float = 0.0
 
 
-def input_spec(config, model) -> tuple[int, tuple, tuple]:
-    """``(image_size, mean, std)`` the run was trained with: the config's size, the variant's normalisation."""
-    size = config.get("image_size") or model.variant.resolution
-    return int(size), tuple(model.variant.mean), tuple(model.variant.std)
+def input_spec(restored) -> tuple[int, tuple, tuple]:
+    """``(image_size, mean, std)`` the run was trained with, from its run record."""
+    run = restored.run
+    return int(run.image_size), tuple(run.mean), tuple(run.std)
 
 
 def make_predict_fn(model, tta: tta_lib.TTAConfig | str | None = None):
@@ -69,8 +73,6 @@ def _cached_predict_fn(model, config: tta_lib.TTAConfig):
 def predict_split(model, variables, data_config, split: str, *, image_size: int, mean, std, batch_size: int,
                   tta: tta_lib.TTAConfig | str | None = None, progress: bool = True) -> SplitPredictions:
     """Runs the model over one deterministic pass of ``split``; returns labels and probabilities."""
-    from effnet_jax.data import create_split, split_info
-
     total = split_info(data_config, split)["num_examples"]
     if total == 0:
         raise ValueError(f"split {split!r} of data set {data_config.name!r} has no examples.")
@@ -78,25 +80,23 @@ def predict_split(model, variables, data_config, split: str, *, image_size: int,
     # Single-host evaluation reads the whole split, whatever jax.process_count() says.
     dataset = create_split(data_config, split, training=False, batch_size=batch_size, image_size=image_size,
                            mean=mean, std=std, seed=0, shard_index=0, shard_count=1)
-    labels, probs, index = [], [], []
     bar = _progress(total, f"eval {split}", progress)
     start = time.perf_counter()
     iterator = iter(dataset)
+
+    def step(batch):
+        return {"prob": np.asarray(predict(variables, batch["image"]), dtype=np.float64),
+                "label": batch["label"], "index": batch["index"], "mask": batch["mask"]}
+
     try:
-        for batch in iterator:
-            p = np.asarray(predict(variables, batch["image"]), dtype=np.float64)
-            keep = np.asarray(batch["mask"], bool)
-            labels.append(np.asarray(batch["label"])[keep])
-            probs.append(p[keep])
-            index.append(np.asarray(batch["index"])[keep])
-            bar.update(int(keep.sum()))
+        rows = run_pass(iterator, step, bar.update)
     finally:
         bar.close()
         close = getattr(iterator, "close", None)
         if close:
             close()
-    out = SplitPredictions(np.concatenate(labels).astype(np.int64), np.concatenate(probs),
-                           np.concatenate(index).astype(np.int64), time.perf_counter() - start)
+    out = SplitPredictions(rows["label"].astype(np.int64), rows["prob"], rows["index"].astype(np.int64),
+                           time.perf_counter() - start)
     if out.labels.size != total:
         raise RuntimeError(f"split {split!r}: expected {total} examples, the pipeline gave {out.labels.size}.")
     order = np.argsort(out.index, kind="stable")
@@ -128,13 +128,10 @@ def evaluate_checkpoint(workdir: str, split: str = "test", checkpoint: str | int
     the report says so). Restores onto the first local device, whatever the run
     was trained on.
     """
-    from effnet_jax.checkpoint import restore_for_inference
-    from effnet_jax.data import split_info
-
     tta_config = tta_lib.parse_tta(tta)
-    config, model, variables = restore_for_inference(workdir, checkpoint, use_ema=use_ema)
-    step = int(config.restored_step)
-    image_size, mean, std = input_spec(config, model)
+    restored = restore_for_inference(workdir, checkpoint, use_ema=use_ema)
+    config, model, variables, step = restored.config, restored.model, restored.variables, restored.step
+    image_size, mean, std = input_spec(restored)
     batch_size = int(batch_size or config.get("eval_batch_size") or config.get("batch_size") or 32)
     run = dict(image_size=image_size, mean=mean, std=std, batch_size=batch_size, tta=tta_config, progress=progress)
     info = split_info(config.data, split)
@@ -147,7 +144,7 @@ def evaluate_checkpoint(workdir: str, split: str = "test", checkpoint: str | int
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         threshold = metrics_lib.youden_threshold(val.labels, val.probs)
-        prior = training_prior_threshold(config)
+        prior = training_prior_threshold(config, restored.run.train_class_counts)
         at_half = metrics_lib.compute_metrics(result.labels, result.probs, 0.5)
         at_prior = metrics_lib.compute_metrics(result.labels, result.probs, prior)
         at_youden = metrics_lib.compute_metrics(result.labels, result.probs, threshold)
@@ -157,7 +154,7 @@ def evaluate_checkpoint(workdir: str, split: str = "test", checkpoint: str | int
 
     out_dir = out_dir or output_dir(workdir, split, step, tta_config)
     os.makedirs(out_dir, exist_ok=True)
-    class_names = info.get("class_names") or ["NORMAL", "PNEUMONIA"]
+    class_names = info.get("class_names") or list(CLASS_NAMES)
     synthetic = bool(info.get("synthetic"))
     tag = f"{split} @ step {step}" + (" (synthetic data)" if synthetic else "")
     files = {
@@ -214,44 +211,3 @@ def _write_predictions(path: str, result: SplitPredictions, file_names) -> str:
             name = file_names[i] if file_names is not None else ""
             writer.writerow([i, name, label, f"{p:.6f}"])
     return path
-
-
-def training_prior_threshold(config) -> float:
-    """The PNEUMONIA share of what the model was trained on, counting class weights and balancing.
-
-    A classifier fitted to a class prior pi outputs posteriors for that prior; the threshold
-    that weighs a missed PNEUMONIA and a missed NORMAL equally (best balanced accuracy, at
-    any deployment prior) is pi itself: 0.5 after oversampling, undersampling or
-    'balanced' class weights, about 0.74 for plain training on Kermany's 1:3 train split.
-    Unlike the validation Youden threshold it is not fitted to the validation images, so
-    it does not tighten around in-distribution NORMALs (see README, Results).
-    """
-    from effnet_jax.data import split_info
-    from effnet_jax.train.losses import class_weights
-
-    if config.data.get("balance", "none") != "none":
-        return 0.5
-    # Runs record their training split's class counts; older ones are counted again.
-    counts = config.get("train_class_counts") or split_info(config.data, "train")["class_counts"]
-    weights = class_weights(config.get("class_weights", "none"), list(counts))
-    mass = np.asarray(counts, np.float64) * (1.0 if weights is None else np.asarray(weights, np.float64))
-    return float(mass[1] / mass.sum())
-
-
-def find_validation_threshold(workdir: str, step: int) -> tuple[float, str] | None:
-    """The validation Youden threshold an earlier ``effnet-eval`` (without TTA) stored for ``step``, and its file."""
-    root = os.path.join(os.path.abspath(workdir), EVAL_DIR)
-    if not os.path.isdir(root):
-        return None
-    for name in sorted(os.listdir(root)):
-        path = os.path.join(root, name, "metrics.json")
-        if "_tta-" in name or not os.path.isfile(path):
-            continue
-        try:
-            with open(path) as f:
-                report = json.load(f)
-        except (OSError, ValueError):
-            continue
-        if report.get("step") == step and report.get("validation_threshold") is not None:
-            return float(report["validation_threshold"]), path
-    return None

@@ -1,10 +1,11 @@
-"""Orbax checkpoints of a training run, and restoring one for inference.
+"""Orbax checkpoints of a training run: save, resume, and read back a step for inference.
 
 Layout, under ``WORKDIR/checkpoints/<step>/`` (one orbax ``Composite``)::
 
     state/      the TrainState (step, params, batch_stats, opt_state, ema_*, rng)
     data_iter/  the grain training iterator's state (JSON), so resuming replays no batch
-    config/     the run's config (JSON), with image_size resolved
+    config/     the run's config (JSON), as given (data.name 'auto' resolved)
+    run/        the run record (JSON): image size, the weights' input mean/std, train class counts
     metrics/    validation metrics, present on steps that were evaluated
 
 Saves are asynchronous and atomic: orbax writes into a temporary directory and
@@ -25,8 +26,10 @@ import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint import checkpoint_managers
 
+from effnet_jax.train.run_record import RunRecord
+
 CHECKPOINT_DIR = "checkpoints"
-ITEMS = ("state", "data_iter", "config")
+ITEMS = ("state", "data_iter", "config", "run")
 
 
 def absolute(workdir: str) -> str:
@@ -41,7 +44,7 @@ def checkpoint_dir(workdir: str) -> str:
 
 def _handlers():
     return {"state": ocp.StandardCheckpointHandler(), "data_iter": ocp.JsonCheckpointHandler(),
-            "config": ocp.JsonCheckpointHandler()}
+            "config": ocp.JsonCheckpointHandler(), "run": ocp.JsonCheckpointHandler()}
 
 
 class Checkpointer:
@@ -91,13 +94,16 @@ class Checkpointer:
 
     # -- save / restore ----------------------------------------------------------------------
     def save(self, step: int, state, data_state: Any, config: ml_collections.ConfigDict,
-             metrics: dict | None = None) -> bool:
-        """Starts an async save of ``state`` (host or replicated arrays) at ``step``."""
-        args = ocp.args.Composite(
+             metrics: dict | None = None, run: RunRecord | None = None) -> bool:
+        """Starts an async save of ``state`` (host or replicated arrays) at ``step``, with the run record if given."""
+        items = dict(
             state=ocp.args.StandardSave(state),
             data_iter=ocp.args.JsonSave(encode_data_state(data_state)),
             config=ocp.args.JsonSave(json.loads(config.to_json_best_effort())),
         )
+        if run is not None:
+            items["run"] = ocp.args.JsonSave(run.to_json())
+        args = ocp.args.Composite(**items)
         scalars = None if metrics is None else {k: float(v) for k, v in metrics.items()
                                                 if isinstance(v, (int, float))}
         return self.manager.save(int(step), args=args, metrics=scalars, force=True)
@@ -114,6 +120,13 @@ class Checkpointer:
     def restore_config(self, step: int) -> ml_collections.ConfigDict:
         out = self.manager.restore(int(step), args=ocp.args.Composite(config=ocp.args.JsonRestore()))
         return ml_collections.ConfigDict(out["config"])
+
+    def restore_run(self, step: int) -> RunRecord | None:
+        """The run record saved at ``step``; None for checkpoints written before run records existed."""
+        if not (epath.Path(self.directory) / str(int(step)) / "run").exists():
+            return None
+        out = self.manager.restore(int(step), args=ocp.args.Composite(run=ocp.args.JsonRestore()))
+        return RunRecord.from_json(out["run"])
 
     def restore_state_as_saved(self, step: int, device=None):
         """The saved state as a nested dict, every array on ``device`` (default: the first device).
@@ -170,39 +183,3 @@ def resolve_step(ckpt: Checkpointer, checkpoint: str | int, workdir: str) -> int
     if step not in steps:
         raise FileNotFoundError(f"no checkpoint at step {step} in {ckpt.directory}; available: {steps}")
     return step
-
-
-def restore_for_inference(workdir: str, checkpoint: str | int = "best", use_ema: bool = True):
-    """Returns ``(config, model, variables)`` of a run's checkpoint, on the first local device.
-
-    ``checkpoint``: 'best' (by the run's ``best_metric``; the latest if none was
-    evaluated), 'latest' or a step number. ``variables`` are the EMA weights when
-    the run kept them and ``use_ema``. Works on any number of devices, whatever the
-    run was trained on. ``config.image_size`` is resolved; ``model.variant.mean/std``
-    give the normalisation; ``config.restored_step`` says which step was loaded.
-    """
-    from effnet_jax.train import state as state_lib
-
-    if not epath.Path(checkpoint_dir(workdir)).is_dir():
-        raise FileNotFoundError(
-            f"no checkpoints in workdir {workdir!r}: {checkpoint_dir(workdir)} does not exist; train first with "
-            f"`effnet-train --config=... --workdir={workdir}`")
-    ckpt = Checkpointer(workdir, best_metric=None, async_save=False, read_only=True)
-    try:
-        config = ckpt.restore_config(resolve_step(ckpt, "latest", workdir))
-    finally:
-        ckpt.close()
-    # Reopen with the run's own best metric so 'best' means what the run meant.
-    ckpt = Checkpointer(workdir, best_metric=config.get("best_metric"), best_mode=config.get("best_mode", "max"),
-                        async_save=False, read_only=True)
-    try:
-        step = resolve_step(ckpt, checkpoint, workdir)
-        config = ckpt.restore_config(step)
-        saved = ckpt.restore_state_as_saved(step)
-    finally:
-        ckpt.close()
-    model, _ = state_lib.create_model(config, pretrained=False)
-    variables = state_lib.inference_variables(saved, use_ema=use_ema)
-    with config.unlocked():
-        config.restored_step = step
-    return config, model, variables

@@ -14,10 +14,12 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from effnet_jax import tta as tta_lib
-from effnet_jax.evaluation import find_validation_threshold, input_spec, make_predict_fn
-
-CLASS_NAMES = ("NORMAL", "PNEUMONIA")
+from effnet_jax.data import imaging, transforms
+from effnet_jax.inference.evaluation import input_spec, make_predict_fn
+from effnet_jax.inference.gradcam import make_gradcam, save_overlay
+from effnet_jax.inference.restore import restore_for_inference
+from effnet_jax.inference.thresholds import resolve_threshold
+from effnet_jax.labels import CLASS_NAMES, positive_probability
 
 
 class ImageReadError(ValueError):
@@ -35,8 +37,6 @@ class Preprocessor:
     max_size: int = 512  # the data set's storage size: decode as the pipeline's stored copy would be
 
     def __call__(self, path: str):
-        from effnet_jax.data import imaging, transforms
-
         try:
             with open(path, "rb") as f:
                 data = f.read()
@@ -50,34 +50,6 @@ class Preprocessor:
         image = transforms.Normalizer(self.mean, self.std)(
             transforms.center_resize(gray, self.image_size, self.center_crop))
         return image, transforms.decode_gray(stored)
-
-
-def resolve_threshold(workdir: str, step: int, threshold: float | str | None, config=None) -> tuple[float, str]:
-    """The decision threshold and where it came from.
-
-    A number is used as given; 'auto' (the default) is the training-prior threshold of
-    the run (0.5 for balanced training; ``evaluation.training_prior_threshold``);
-    'youden' is the validation Youden threshold that ``effnet-eval`` stored for ``step``.
-    """
-    if threshold in (None, "", "auto"):
-        if config is None:
-            return 0.5, "default 0.5 (no run config to derive the training prior from)"
-        from effnet_jax.evaluation import training_prior_threshold
-
-        return training_prior_threshold(config), "training prior"
-    if threshold == "youden":
-        found = find_validation_threshold(workdir, step)
-        if found is None:
-            raise ValueError(f"--threshold=youden: no validation threshold stored for step {step} in "
-                             f"{workdir}/eval; run effnet-eval --workdir={workdir} first")
-        return found[0], f"validation Youden ({found[1]})"
-    try:
-        value = float(threshold)
-    except ValueError:
-        raise ValueError(f"--threshold={threshold!r}: expected a probability in [0, 1], 'auto' or 'youden'.") from None
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"--threshold={threshold!r}: expected a probability in [0, 1], 'auto' or 'youden'.")
-    return value, "flag"
 
 
 def _overlay_names(paths: Sequence[str]) -> list[str]:
@@ -94,15 +66,15 @@ class Predictor:
 
     def __init__(self, workdir: str, checkpoint: str | int = "best", threshold: float | str | None = None,
                  batch_size: int = 8, use_ema: bool = True):
-        from effnet_jax.checkpoint import restore_for_inference
-
-        self.config, self.model, self.variables = restore_for_inference(workdir, checkpoint, use_ema=use_ema)
-        self.step = int(self.config.restored_step)
-        size, mean, std = input_spec(self.config, self.model)
+        restored = restore_for_inference(workdir, checkpoint, use_ema=use_ema)
+        self.config, self.model, self.variables, self.step = (restored.config, restored.model, restored.variables,
+                                                              restored.step)
+        size, mean, std = input_spec(restored)
         data = self.config.data
         self.preprocess = Preprocessor(size, mean, std, float(data.get("center_crop", 1.0) or 1.0),
                                        int(data.get("max_size", 512) or 512))
-        self.threshold, self.threshold_source = resolve_threshold(workdir, self.step, threshold, self.config)
+        self.threshold, self.threshold_source = resolve_threshold(workdir, self.step, threshold, self.config,
+                                                                  restored.run.train_class_counts)
         self.batch_size = max(1, int(batch_size))
         self._predict = None
         self._gradcam = None
@@ -114,11 +86,9 @@ class Predictor:
         padded[:n] = images
         if with_gradcam:
             if self._gradcam is None:
-                from effnet_jax.gradcam import make_gradcam
-
                 self._gradcam = make_gradcam(self.model)
             out = self._gradcam(self.variables, padded)
-            probs = tta_lib.positive_probs(out["logits"])
+            probs = positive_probability(out["logits"])
             return np.asarray(probs, np.float64)[:n], np.asarray(out["heatmap"])[:n]
         if self._predict is None:
             self._predict = make_predict_fn(self.model)
@@ -149,16 +119,6 @@ class Predictor:
                 record = {"file": paths[i], "prob_pneumonia": p,
                           "label": CLASS_NAMES[int(p >= self.threshold)], "threshold": self.threshold}
                 if gradcam_dir:
-                    from effnet_jax.gradcam import save_overlay
-
                     record["gradcam"] = save_overlay(loaded[i][1], heatmaps[scored[i]],
                                                      os.path.join(gradcam_dir, names[i]))
                 yield record
-
-
-def predict_images(workdir: str, paths: Sequence[str], checkpoint: str | int = "best",
-                   gradcam_dir: str | None = None, threshold: float | str | None = None,
-                   batch_size: int = 8) -> list[dict]:
-    """Scores image files with a run's checkpoint; one dict per path (an ``error`` key for unreadable files)."""
-    return list(Predictor(workdir, checkpoint, threshold, batch_size).predict(list(paths), gradcam_dir))
-

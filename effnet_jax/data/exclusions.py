@@ -49,7 +49,7 @@ def read(path) -> dict[str, str]:
   path = Path(path).expanduser()
   if not path.is_file():
     raise FileNotFoundError(f'data.exclude_list={str(path)!r}: no such file (write one with '
-                            '`effnet-data clean --data-dir RAW --out DIR`)')
+                            '`effnet-data clean --data_dir=RAW --out=DIR`)')
   text = path.read_text()
   if path.suffix.lower() == '.csv':
     rows = list(csv.DictReader(io.StringIO(text)))

@@ -1,5 +1,0 @@
-"""python -m effnet_jax.data: the same as effnet-data (report, clean)."""
-
-from effnet_jax.cli import data
-
-data.run()

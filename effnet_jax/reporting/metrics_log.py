@@ -1,0 +1,22 @@
+"""Reading a run's ``metrics.jsonl``: one JSON record per line, ``{"step", "split", ...}``.
+
+The training loop writes it (``effnet_jax.train.writer``); results tables and a
+resumed run read it back.
+"""
+
+from __future__ import annotations
+
+import json
+
+from etils import epath
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def read_metrics(workdir: str, split: str | None = None) -> list[dict]:
+    """The records of ``metrics.jsonl`` (optionally one split's), in order."""
+    path = epath.Path(workdir) / METRICS_FILE
+    if not path.exists():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in records if split is None or r["split"] == split]

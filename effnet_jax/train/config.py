@@ -1,0 +1,165 @@
+"""The config schema of effnet-train: every key, its default and its meaning, in one place.
+
+``configs/default.py`` is this ``get_config``; experiment configs import it and set only
+what they change (``--config.key=value`` overrides any key on the command line). What
+a run derives from its config (image size, input normalisation, class counts) is not
+written back here: see ``effnet_jax.train.run_record``.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    """Every key with its default; experiment configs (configs/*.py) call this and change what they need."""
+    c = ml_collections.ConfigDict()
+
+    # -- model ---------------------------------------------------------------------------------
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "efficientnet_b0"  # a variant of effnet_jax.list_variants() (timm names)
+    # Pretrained weights: None (random init), a .safetensors/.pth/.h5 file, an effnet-convert
+    # output directory, or a hub name such as 'timm/efficientnet_b0.ra_in1k'.
+    c.model.pretrained = ml_collections.config_dict.placeholder(str)
+    c.model.drop_rate = ml_collections.config_dict.placeholder(float)  # head dropout; None = variant's
+    c.model.drop_path_rate = 0.2  # stochastic depth, ramped linearly over the blocks
+    # Depthwise convolution: 'auto' (shifted slices on CPU, native elsewhere), 'native' or
+    # 'shifts'. 'native' compiles much faster on CPU; 'shifts' runs faster there.
+    c.model.depthwise_impl = "auto"
+    c.model.zero_head = True  # start the classifier at zero (loss ln 2), as big_vision fine-tunes
+    c.image_size = ml_collections.config_dict.placeholder(int)  # None = the variant's resolution
+    c.dtype = "float32"  # compute dtype: 'float32' or 'bfloat16' (params and BN stats stay float32)
+
+    # -- data ----------------------------------------------------------------------------------
+    c.data = default_data_config()  # below: every key the input pipeline reads
+    # With data.name='auto': the Kermany chest_xray builder when data.manual_dir is given,
+    # otherwise this data set ('pneumonia_mnist', downloaded on first use, or 'synthetic').
+    c.data.name = "auto"
+    c.data_fallback = "pneumonia_mnist"
+    c.batch_size = 32  # global training batch, split over all devices (must divide evenly)
+    c.eval_batch_size = 64  # global eval batch (must divide evenly over devices)
+
+    # -- loss ----------------------------------------------------------------------------------
+    c.loss = "softmax_ce"  # 'softmax_ce' (2 logits) or 'sigmoid_bce' (1 logit)
+    c.label_smoothing = 0.0
+    # 'none', 'balanced' (n / (2 * count_c) from the training split's class counts) or 'W0,W1'.
+    c.class_weights = "none"
+
+    # -- optimization --------------------------------------------------------------------------
+    c.num_epochs = 10.0  # length of training in epochs of the training split...
+    c.num_train_steps = -1  # ...unless this is > 0 (then it wins)
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.name = "adamw"  # 'adamw', 'adam', 'sgd' (momentum/nesterov) or 'rmsprop' (TF-style)
+    c.optimizer.learning_rate = 1e-3  # peak learning rate (absolute; not scaled by batch size)
+    c.optimizer.b1 = 0.9  # adam(w)
+    c.optimizer.b2 = 0.999  # adam(w)
+    c.optimizer.eps = 1e-8  # adam(w) and rmsprop (TF EfficientNet used 1e-3 for rmsprop)
+    c.optimizer.weight_decay = 1e-5  # never applied to BatchNorm parameters or biases
+    c.optimizer.momentum = 0.9  # sgd and rmsprop
+    c.optimizer.nesterov = True  # sgd
+    c.optimizer.rmsprop_decay = 0.9  # rmsprop's moving-average decay of squared gradients
+    c.optimizer.grad_clip_norm = 0.0  # clip the global gradient norm to this; 0 = off
+    c.optimizer.grad_accum_steps = 1  # accumulate this many batches per update (optax.MultiSteps)
+    c.schedule = ml_collections.ConfigDict()
+    c.schedule.name = "cosine"  # 'cosine', 'step' or 'constant', each after a linear warmup
+    c.schedule.warmup_epochs = 1.0
+    c.schedule.min_lr_ratio = 0.01  # cosine: final learning rate as a fraction of the peak
+    c.schedule.decay_epochs = 2.4  # step: decay every this many epochs...
+    c.schedule.decay_rate = 0.97  # ...by this factor (the TF EfficientNet recipe)
+    c.ema_decay = 0.0  # EMA of params and BN statistics (evaluated instead of the raw weights); 0 = off
+
+    # -- freezing ------------------------------------------------------------------------------
+    # Regexes over '/'-joined parameter paths (e.g. '^blocks_[0-2]_', 'bn\\d/'); every match is
+    # frozen: no updates, no optimizer state, and its BatchNorm keeps its running statistics.
+    # A pattern matching nothing is an error.
+    c.freeze = ()
+    # Convenience: freeze everything before this module: 'blocks_S', 'blocks_S_I', 'conv_head'
+    # (stem and all blocks) or 'classifier' (all but the classifier). '' = off.
+    c.freeze_until = ""
+
+    # -- devices -------------------------------------------------------------------------------
+    c.parallelism = "jit"  # 'jit' (jax.jit over a 'data' mesh) or 'pmap'
+    c.num_devices = 0  # use the first this many devices (0 = all; single-process debugging)
+
+    # -- loop, evaluation, checkpoints ---------------------------------------------------------
+    c.seed = 0  # model init, dropout and data order
+    c.log_every_steps = 10  # train metrics (JSON lines + TensorBoard) every this many steps
+    c.eval_every_steps = 200  # validation every this many steps (and at the end); 0 = only at the end
+    c.checkpoint_every_steps = 200  # save every this many steps (and at the end and after each eval)
+    c.keep_checkpoints = 3  # keep the last this many checkpoints, plus the best
+    c.best_metric = "auc"  # validation metric that picks the best checkpoint ('' = none)
+    c.best_mode = "max"  # 'max' or 'min' for best_metric
+    c.early_stopping = ml_collections.ConfigDict()
+    c.early_stopping.metric = ""  # validation metric to watch ('' = no early stopping), e.g. 'loss'
+    c.early_stopping.mode = "min"  # 'min' or 'max'
+    c.early_stopping.patience = 5  # evaluations without improvement before stopping
+    c.early_stopping.min_delta = 0.0  # smallest change that counts as an improvement
+    c.stop_after_steps = -1  # end this run early at this step (schedule unchanged); resume later; -1 = off
+    c.async_checkpointing = True
+    c.progress_bar = True  # tqdm bar on stderr (step, loss, img/s, ETA)
+    return c
+
+
+def default_augment_config() -> ml_collections.ConfigDict:
+    """Training augmentations; each one has its own switch so a config can ablate it."""
+    c = ml_collections.ConfigDict()
+    c.enabled = True  # master switch: False gives training batches with no augmentation at all
+    c.rotation_enabled = True
+    c.rotation = 10.0  # degrees; the angle is drawn uniformly from [-rotation, +rotation]
+    c.hflip_enabled = True
+    c.hflip = 0.5  # probability of a horizontal flip (X-rays are not symmetric, keep it modest)
+    c.scale_enabled = True
+    # Random-resized-crop zoom: the crop covers a fraction of the image"s AREA drawn from
+    # [scale_min, scale_max] (square crop, relative to the shorter side).
+    c.scale_min = 0.7
+    c.scale_max = 1.0
+    c.translate_enabled = True
+    c.translate = 0.05  # max shift, as a fraction of the output size, drawn per axis
+    c.brightness_enabled = True
+    c.brightness = 0.1  # additive shift drawn from [-brightness, +brightness], in units of full scale
+    c.contrast_enabled = True
+    c.contrast = 0.1  # contrast factor drawn from [1 - contrast, 1 + contrast], about the image mean
+    return c
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+    """The ``data`` section: every key the input pipeline reads, with its meaning."""
+    c = ml_collections.ConfigDict()
+    # Which data set: "chest_xray" (Kermany folder or zip), "pneumonia_mnist" (MedMNIST+ npz)
+    # or "synthetic" (tiny in-memory fake X-rays, no files needed; for debug runs and tests).
+    c.name = "synthetic"
+    # Raw data: for chest_xray the folder holding {train,val,test}/{NORMAL,PNEUMONIA} (or a
+    # parent of it, or a .zip of it); for pneumonia_mnist a folder holding the npz. None = not
+    # given (pneumonia_mnist then downloads from Zenodo; chest_xray must already be prepared).
+    c.manual_dir = ml_collections.config_dict.placeholder(str)
+    # TFDS data dir where prepared array_record files live; None = TFDS default (~/tensorflow_datasets).
+    c.data_dir = ml_collections.config_dict.placeholder(str)
+    # Prepare the TFDS data set when it is missing (False: fail with a message saying how).
+    c.prepare = True
+    # "patient": validation carved from official train by patient, official test stays test.
+    # "pooled": every image pooled, then stratified 60/20/20 train/validation/test (the paper"s
+    #           protocol); grouping for pooled is `pooled_group`.
+    # pneumonia_mnist has no patient ids: "patient" uses its shipped train/val/test as they are.
+    # synthetic ignores every split key (its three splits are generated separately).
+    c.split_protocol = "patient"
+    c.val_fraction = 0.1  # fraction of train"s patients (stratified by label) that go to validation
+    c.pooled_fractions = (0.6, 0.2, 0.2)  # train/validation/test fractions for split_protocol="pooled"
+    # "image": pooled splits at image level (as the paper; a patient may span splits);
+    # "patient": pooled splits keep every patient"s images together.
+    c.pooled_group = "image"
+    c.split_seed = 0  # seed of the split rules (independent of the training seed)
+    c.max_size = 512  # chest_xray: images stored so that the shorter side is at most this (aspect kept)
+    c.on_bad_image = "error"  # "error" (stop, naming the file) or "skip" (count and list in metadata)
+    # chest_xray: an exclusion list (JSON or CSV of file + reason, written by `effnet-data clean`);
+    # the builder leaves those files out and records counts before/after in the dataset info.
+    # Its content names the prepared config (max512_excl<hash>), so a new list prepares anew.
+    c.exclude_list = ml_collections.config_dict.placeholder(str)
+    c.mnist_size = 224  # pneumonia_mnist image size: 28, 64, 128 or 224
+    # Class balancing of the training stream: "none", "oversample" (minority drawn again until
+    # classes are equal, fresh draw each epoch) or "undersample" (majority subsampled each epoch).
+    c.balance = "none"
+    c.augment = default_augment_config()
+    # Evaluation: centre crop of this fraction of the shorter side, then resize (1.0 = whole image).
+    c.center_crop = 1.0
+    c.num_workers = 0  # grain worker processes (0 = load in the calling process)
+    c.prefetch_buffer = 2  # batches buffered per worker (num_workers > 0)
+    c.synthetic_examples = 256  # synthetic: training examples (validation and test get a quarter each)
+    return c
