@@ -23,7 +23,7 @@ class BuilderFactory:
   exclude_list: str | None = None  # chest_xray: exclusion list file (effnet-data clean)
 
   def __call__(self):
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    import tensorflow_datasets as tfds  # noqa: F401  # pylint: disable=g-import-not-at-top  (fail early without TFDS)
     data_dir = os.path.expanduser(self.data_dir) if self.data_dir else None
     raw = os.path.expanduser(self.manual_dir) if self.manual_dir else None
     if self.name == 'chest_xray':
