@@ -22,6 +22,10 @@ def default_augment_config() -> ml_collections.ConfigDict:
   c.brightness = 0.1  # additive shift drawn from [-brightness, +brightness], in units of full scale
   c.contrast_enabled = True
   c.contrast = 0.1  # contrast factor drawn from [1 - contrast, 1 + contrast], about the image mean
+  c.gamma_enabled = True
+  # Exposure curve: grey levels g -> 255 * (g / 255) ** exp(u), u drawn from [-gamma, +gamma];
+  # 0 = off (the default, so recipes written before it keep their draws).
+  c.gamma = 0.0
   return c
 
 
