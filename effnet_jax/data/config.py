@@ -55,6 +55,10 @@ def default_data_config() -> ml_collections.ConfigDict:
   # 'patient': pooled splits keep every patient's images together.
   c.pooled_group = 'image'
   c.split_seed = 0  # seed of the split rules (independent of the training seed)
+  # External validation: labelled folders from outside the training data, each holding
+  # NORMAL/ and PNEUMONIA/. Evaluated beside validation as the splits 'external',
+  # 'external_1', ...; never trained on (an overlap with the training data is refused).
+  c.external = ()
   c.max_size = 512  # chest_xray: images stored so that the shorter side is at most this (aspect kept)
   c.on_bad_image = 'error'  # 'error' (stop, naming the file) or 'skip' (count and list in metadata)
   # chest_xray: an exclusion list (JSON or CSV of file + reason, written by `effnet-data clean`);

@@ -99,7 +99,7 @@ def _shard(shard_index, shard_count):
 def create_split(data_config, split: str, *, training: bool, batch_size: int, image_size: int,
                  mean, std, seed: int, shard_index: int | None = None,
                  shard_count: int | None = None) -> grain.IterDataset:
-  """Build the grain dataset of batches for `split` ('train' | 'validation' | 'test').
+  """Build the grain dataset of batches for `split` ('train' | 'validation' | 'test' | 'external...').
 
   training=True: infinite stream, reshuffled every epoch, balanced per data.balance,
   augmented per data.augment, incomplete batches dropped. training=False: exactly one
@@ -113,7 +113,7 @@ def create_split(data_config, split: str, *, training: bool, batch_size: int, im
     raise ValueError(f'batch_size={batch_size}: expected >= 1')
   shard_index, shard_count = _shard(shard_index, shard_count)
   sel = sources.selection(data_config, split)
-  _, reader = sources.catalog(data_config)
+  reader = sources.reader(data_config, split)
   mine = np.arange(shard_index, len(sel), shard_count)
   # sel.part indexes sel.parts (the parts this split draws from); the reader numbers
   # all prepared parts, so translate.
