@@ -8,6 +8,7 @@ IM-0115, NORMAL2-IM-1427); PNEUMONIA files like person1000_bacteria_2931.jpeg
 """
 
 import dataclasses
+import hashlib
 import re
 import stat
 import zipfile
@@ -82,6 +83,27 @@ class Layout:
       link = ' (a link that loops or leads nowhere)' if Path(self.source, rel).is_symlink() else ''
       raise imaging.BadImageError(f'{shown}: cannot read{link}: '
                                   f'{getattr(e, "strerror", None) or e}') from e
+
+  def fingerprint(self) -> str:
+    """A hash of every listed file's split/CLASS/name and size, recorded with the prepared data:
+    files added, removed or resized (or a folder holding other files) change it."""
+    sizes = {}
+    if self.zip_path is not None:
+      with zipfile.ZipFile(self.zip_path) as zf:
+        sizes = {i.filename: i.file_size for i in zf.infolist()}
+    h = hashlib.sha256()
+    for split in sorted(self.files):
+      for _, rel in self.files[split]:
+        if self.zip_path is None:
+          try:
+            size = (Path(self.source) / rel).stat().st_size
+          except OSError:
+            size = -1  # a broken link: still a listed file
+        else:
+          size = sizes.get(rel, -1)
+        # split/CLASS/name only: the same files reached through a parent folder or a zip agree.
+        h.update(f'{"/".join(rel.split("/")[-3:])}\0{size}\n'.encode())
+    return h.hexdigest()[:16]
 
   def close(self):
     if self._zip is not None:
