@@ -354,3 +354,28 @@ def test_fifo_among_predict_inputs_is_skipped_with_a_message(tmp_path):
             pass
     assert done, "reading a FIFO hung"
     assert isinstance(result, ImageReadError) and "scan.jpeg: not a regular file" in str(result)
+
+
+# --- output paths are checked before the work ------------------------------------------------------
+
+@pytest.mark.parametrize("module,args,flag", [
+    # Each would fail later for another reason (no weights file, no checkpoints): the output
+    # error coming first shows the check runs before any work.
+    ("effnet_jax.convert", ["--variant=efficientnet_lite0", "--input=/nonexistent/w.pth", "--output={bad}"], "--output"),
+    ("effnet_jax.evaluate", ["--workdir={empty}", "--out_dir={bad}"], "--out_dir"),
+    ("effnet_jax.predict", ["--workdir={empty}", "--gradcam={bad}", "{empty}/x.jpeg"], "--gradcam"),
+])
+def test_unwritable_output_path_fails_before_any_work(module, args, flag, tmp_path):
+    import subprocess
+    import sys
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    empty = tmp_path / "run"
+    empty.mkdir()
+    args = [a.format(bad=blocker / "out", empty=empty) for a in args]
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=repo, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": repo})
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert f"error: {flag}={blocker / 'out'}: cannot write there (Not a directory)" in proc.stderr
