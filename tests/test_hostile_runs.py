@@ -287,3 +287,19 @@ def test_a_missing_class_folder_is_one_line_with_exit_status_3(command, tmp_path
     assert proc.stderr.strip().splitlines()[-1].endswith(f"{raw}/val/PNEUMONIA: missing class folder (every split "
                                                          "needs NORMAL/ and PNEUMONIA/)")
     json.dumps(proc.stderr)  # plain text
+
+
+def test_a_bad_config_value_is_one_line_with_the_usage_status():
+    status, message = common.one_line(ValueError("data.on_bad_image='maybe': expected one of ('error', 'skip')"))
+    assert (status, message) == (common.EXIT_USAGE, "data.on_bad_image='maybe': expected one of ('error', 'skip')")
+
+
+def test_an_old_run_whose_raw_folder_is_gone_still_reads_its_prepared_copy(tmp_path):
+    import shutil
+
+    raw = fx.write_tree(tmp_path / "chest_xray", fx.GOOD_TREE)
+    factory = prepare.BuilderFactory(name="chest_xray", manual_dir=str(raw), data_dir=str(tmp_path / "tfds"),
+                                     max_size=36)
+    prepare.ensure_prepared(factory)
+    shutil.rmtree(raw)
+    assert prepare.ensure_prepared(factory).is_prepared()

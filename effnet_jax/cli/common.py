@@ -32,6 +32,7 @@ _WRITE_ERRNOS = ("ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "EFBIG")
 def one_line(error: BaseException) -> tuple[int, str] | None:
     """``(exit status, message)`` for an error with a known cause; None for anything else."""
     import errno
+    import re
 
     from effnet_jax.checkpoint import CheckpointMismatchError
     from effnet_jax.data.imaging import BadImageError
@@ -56,6 +57,8 @@ def one_line(error: BaseException) -> tuple[int, str] | None:
         return EXIT_INPUT, " ".join(str(error).split("\n  ")[:2]) + _more(error)
     if isinstance(error, FileNotFoundError) and error.errno is None:
         return EXIT_INPUT, str(error)  # ours: a message naming the missing file or config key
+    if isinstance(error, ValueError) and re.match(r"(config|data|model)\.\w+", str(error)):
+        return EXIT_USAGE, str(error).splitlines()[0]  # ours: 'config.key=value: expected ...'
     return None
 
 

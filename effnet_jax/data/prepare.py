@@ -87,7 +87,14 @@ def _check_source(factory: BuilderFactory, builder):
     logging.getLogger('effnet_jax.data').warning('%s was prepared before sources were fingerprinted: cannot check that it '
                     'matches data.manual_dir=%r', builder.data_path, factory.manual_dir)
     return
-  layout = kermany.scan(os.path.expanduser(factory.manual_dir))
+  raw = os.path.expanduser(factory.manual_dir)
+  if not os.path.exists(raw):
+    # Evaluating an old run whose raw folder is gone: the prepared copy is all there is.
+    logging.getLogger('effnet_jax.data').warning(
+        'data.manual_dir=%r no longer exists: using %s as prepared', factory.manual_dir,
+        builder.data_path)
+    return
+  layout = kermany.scan(raw)
   layout.close()
   now = layout.fingerprint()
   if now != recorded:
