@@ -8,11 +8,12 @@ predictions.csv) and prints a table at the 0.5 and validation-Youden thresholds.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from absl import app, flags
 
-from effnet_jax.cli.common import define_once, quiet_unless_verbose
+from effnet_jax.cli.common import check_output_dir, define_once, quiet_unless_verbose
 
 FLAGS = flags.FLAGS
 
@@ -45,6 +46,13 @@ def main(argv):
         tta = tta_lib.parse_tta(FLAGS.tta)
     except ValueError as e:
         raise app.UsageError(str(e)) from None
+    # The default out_dir is WORKDIR/eval/<split>_<step>: its parent is what can be checked now.
+    problem = check_output_dir(FLAGS.out_dir, "--out_dir") if FLAGS.out_dir else None
+    if problem is None and not FLAGS.out_dir and os.path.isdir(FLAGS.workdir):
+        problem = check_output_dir(os.path.join(FLAGS.workdir, "eval"), "--workdir (its eval/ folder)")
+    if problem:
+        print(f"effnet-eval: error: {problem}", file=sys.stderr)
+        return 1
     device = jax.local_devices()[0]
     print(f"Evaluating {FLAGS.workdir} (checkpoint={FLAGS.checkpoint}, split={FLAGS.split}, tta={tta.spec()}) "
           f"on {device.platform}:{device.id}", flush=True)

@@ -16,7 +16,7 @@ import sys
 
 from absl import app, flags
 
-from effnet_jax.cli.common import define_once, quiet_unless_verbose
+from effnet_jax.cli.common import check_output_dir, define_once, quiet_unless_verbose
 
 FLAGS = flags.FLAGS
 
@@ -39,6 +39,10 @@ def main(argv):
         raise app.UsageError("--workdir is required: the training run directory to predict with.")
     if not paths:
         raise app.UsageError("give at least one IMAGE path after the flags.")
+    problem = check_output_dir(FLAGS.gradcam, "--gradcam") if FLAGS.gradcam else None
+    if problem:
+        print(f"effnet-predict: error: {problem}", file=sys.stderr)
+        return 1
     from effnet_jax.prediction import Predictor
 
     try:

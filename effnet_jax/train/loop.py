@@ -19,6 +19,7 @@ from effnet_jax import checkpoint as checkpoint_lib
 from effnet_jax.data import pipeline
 from effnet_jax.train import freeze as freeze_lib
 from effnet_jax.train import distributed, losses, optimizer as optimizer_lib, state as state_lib, steps
+from effnet_jax.train import preemption, workdir_lock
 from effnet_jax.train.parallel import Parallel
 from effnet_jax.train import writer as writer_lib
 from effnet_jax.train.writer import MetricWriter
@@ -30,6 +31,10 @@ log = logging.getLogger("effnet_jax.train")
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite; the run stopped without saving."""
+
+
+class TrainingDataError(ValueError):
+    """The training data cannot give a meaningful run (a class with no examples, a batch larger than the split)."""
 
 
 def _compute_metrics(labels, probs):
@@ -82,6 +87,10 @@ def _resolve(config: ml_collections.ConfigDict, train_info: dict) -> tuple[ml_co
     config.model_std = tuple(variant.std)
     # Stored with every checkpoint: evaluation derives the training-prior threshold from it.
     config.train_class_counts = tuple(int(n) for n in train_info["class_counts"])
+    if config.batch_size > train_info["num_examples"]:
+        raise TrainingDataError(
+            f"config.batch_size={config.batch_size} is larger than the training split ({train_info['num_examples']} "
+            f"examples of {_data_source(config)}): every step would repeat images; lower config.batch_size")
     steps_per_epoch = max(1, math.ceil(train_info["num_examples"] / config.batch_size))
     if config.num_train_steps > 0:
         total = int(config.num_train_steps)
@@ -118,18 +127,55 @@ class _EarlyStopping:
         return self.bad >= self.patience
 
 
+def _data_source(config) -> str:
+    where = f", data.manual_dir={config.data.manual_dir!r}" if config.data.get("manual_dir") else ""
+    return f"data.name={config.data.name!r}{where}"
+
+
+def _check_classes(config, split: str, info: dict):
+    """A training split without one class trains a one-class model that scores perfectly: refuse it.
+
+    A validation or test split without one gives undefined AUC and recall: warn.
+    """
+    empty = [name for name, n in zip(info["class_names"], info["class_counts"]) if n == 0]
+    if not empty:
+        return
+    folder = (f" (the {'/'.join(empty)} folder(s) under {config.data.manual_dir}/train/)"
+              if config.data.get("manual_dir") and config.data.get("split_protocol", "patient") == "patient" else "")
+    message = (f"the {split} split has no {' or '.join(empty)} examples{folder}: class counts "
+               f"{dict(zip(info['class_names'], info['class_counts']))} from {_data_source(config)}")
+    if split == "train":
+        raise TrainingDataError(message + "; every class needs training images")
+    log.warning("%s; its AUC, recall and specificity are undefined", message)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainState:
-    """Trains per ``config`` in ``workdir``, resuming from its latest checkpoint; returns the final state."""
+    """Trains per ``config`` in ``workdir``, resuming from its latest checkpoint; returns the final state.
+
+    Holds ``WORKDIR/.lock`` throughout (a second trainer fails at once, naming this one);
+    raises ``preemption.Preempted`` after saving when SIGTERM stopped the run.
+    """
     started = time.time()
     workdir = checkpoint_lib.absolute(workdir)
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    lock = workdir_lock.lock_workdir(workdir, jax.process_index() == 0)
+    try:
+        return _train_and_evaluate(config, workdir, started)
+    finally:
+        if lock is not None:
+            lock.release()
 
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, started: float) -> state_lib.TrainState:
+    """The run itself, in a workdir already locked."""
     # ----------------------------------------------------------------------------------------------
     # Input: split sizes first, they fix the number of steps.
     # ----------------------------------------------------------------------------------------------
     config = resolve_data(config)
     train_info = pipeline.split_info(config.data, "train")
+    _check_classes(config, "train", train_info)
     config, total_steps, steps_per_epoch = _resolve(config, train_info)
+    _check_classes(config, "validation", pipeline.split_info(config.data, "validation"))
     data_tag = "synthetic" if train_info["synthetic"] else config.data.name
     log.info("data: %s, train split %d examples %s, %d steps (%.2f epochs of %d steps)", data_tag,
              train_info["num_examples"], dict(zip(train_info["class_names"], train_info["class_counts"])),
@@ -182,7 +228,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, par.state_sharding(state))
     start = ckpt.latest_step()
     if start is not None:
-        state, data_state, saved_config = ckpt.restore(start, abstract)
+        state, data_state, saved_config = checkpoint_lib.restore_to_resume(ckpt, start, abstract, config)
         train_iter.set_state(data_state)
         _log_config_changes(saved_config, config)
         log.info("resumed from %s/%d", ckpt.directory, start)
@@ -252,7 +298,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
             bar.set_postfix(loss=f"{mean['loss']:.4f}", img_s=f"{mean['images_per_sec']:.1f}", refresh=False)
         pending, last_log = [], (step, time.time())
 
-    stopped_early = False
+    stopped_early = preempted = False
+    stop_signal = preemption.StopSignal()
     try:
         while step < stop_at:
             batch = next(train_iter)
@@ -280,11 +327,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
                 log.info("early stopping at step %d: %s did not improve for %d evaluations",
                          step, config.early_stopping.metric, config.early_stopping.patience)
                 break
+            # After the step's own save (if any): every process asks at every step, so all agree.
+            if step < stop_at and stop_signal.should_stop(step, sync=step % config.log_every_steps == 0):
+                flush_train_metrics()
+                if last_saved != step:
+                    save()
+                preempted = True
+                break
         # Wall time of this invocation, data preparation and compilation included (a resumed
         # run writes one record per invocation): what the README's results table reports.
         writer.write(step, "run", {"wall_seconds": time.time() - started, "resumed_from_step": start,
-                                   "stopped_early": stopped_early, "machine": _machine(par)})
+                                   "stopped_early": stopped_early, "machine": _machine(par),
+                                   **({"preempted": True} if preempted else {})})
     finally:
+        stop_signal.close()
         if bar is not None:
             bar.close()
         ckpt.wait()
@@ -292,6 +348,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
         writer.close()
         if hasattr(train_iter, "close"):
             train_iter.close()
+    if preempted:
+        raise preemption.Preempted(f"stopped by SIGTERM after step {step}, saved in {ckpt.directory}/{step}; "
+                                   "run the same command to resume")
     log.info("done at step %d; checkpoints in %s, metrics in %s", step, ckpt.directory, writer.path)
     return par.get_state(state)
 
