@@ -1,44 +1,83 @@
-import json, glob, numpy as np, collections
+"""The README's ablation table from a sweep's saved probabilities (benchmarks/external_sweep.py).
+
+    python benchmarks/summarise_sweep.py [--probs=benchmarks/results/external_sweep_h200_probs.npz]
+
+Per recipe, over its runs (seeds, and repeats of a seed: GPU training is not bitwise
+deterministic): external AUC mean and sd; accuracy and specificity at 0.5; at the
+operating rule (the highest threshold keeping sensitivity >= 0.95 on the external set,
+fitted on the same images, so optimistic); and the honest version of that rule, fitted
+on a random half of the external set and scored on the other half (200 splits). Then
+seed ensembles (mean probability) of the leading recipes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+
+import numpy as np
 from sklearn.metrics import roc_auc_score
-idx = json.load(open('sweep/eval_index.json'))
-y = np.array(idx['external']['labels']); yv = np.array(idx['validation']['labels'])
-runs = collections.defaultdict(list)
-for d in ('sweep', 'sweep2'):
-    for line in open(f'{d}/results.jsonl'):
-        r = json.loads(line); p = dict(np.load(f"{d}/probs_{r['recipe']}_s{r['seed']}.npz"))
-        runs[r['recipe']].append((d, r, p))
-def thr(yy, pp, s=0.95):
-    pos = np.sort(pp[yy == 1]); return pos[int(np.floor((1 - s) * len(pos)))]
-def at(yy, pp, t):
-    pr = pp >= t; return np.mean(pr == yy), np.mean(pr[yy == 1]), np.mean(~pr[yy == 0])
-rng = np.random.default_rng(0)
-def cv(yy, pp, reps=200):
-    # threshold fitted on a random half (stratified), scored on the other half
-    accs, specs, senss = [], [], []
-    for _ in range(reps):
-        m = np.zeros(len(yy), bool)
+
+from effnet_jax.metrics import sensitivity_threshold
+
+
+def rates(labels, probs, t):
+    pred = probs >= t
+    return np.mean(pred == labels), np.mean(pred[labels == 1]), np.mean(~pred[labels == 0])
+
+
+def held_out_rule(labels, probs, rng, splits=200):
+    """Accuracy, sensitivity, specificity of the sensitivity-0.95 rule fitted on one half, scored on the other."""
+    out = []
+    for _ in range(splits):
+        fit = np.zeros(len(labels), bool)
         for c in (0, 1):
-            ii = np.flatnonzero(yy == c); m[rng.choice(ii, len(ii)//2, replace=False)] = True
-        t = thr(yy[m], pp[m]); a, se, sp = at(yy[~m], pp[~m], t); accs.append(a); senss.append(se); specs.append(sp)
-    return np.mean(accs), np.mean(senss), np.mean(specs)
-print(f"{'recipe':18s} n  extAUC(mean±sd)   acc@.5  spec@.5  | thr-on-ext acc/spec | CV-thr acc/sens/spec | valAUC")
-rows = []
-for name, rs in runs.items():
-    aucs = [roc_auc_score(y, p['external']) for _, _, p in rs]
-    a5 = [at(y, p['external'], 0.5) for _, _, p in rs]
-    ts = [at(y, p['external'], thr(y, p['external'])) for _, _, p in rs]
-    cvs = [cv(y, p['external']) for _, _, p in rs]
-    vauc = [roc_auc_score(yv, p['validation']) for _, _, p in rs]
-    rows.append((np.mean(aucs), name, len(rs), np.std(aucs), np.mean([a[0] for a in a5]), np.mean([a[2] for a in a5]),
-      np.mean([t[0] for t in ts]), np.mean([t[2] for t in ts]), *np.mean(cvs, axis=0), np.mean(vauc)))
-for r in sorted(rows, reverse=True):
-    print(f"{r[1]:18s} {r[2]}  {r[0]:.4f}±{r[3]:.4f}  {r[4]:.3f}  {r[5]:.3f}  | {r[6]:.3f} {r[7]:.3f} | {r[8]:.3f} {r[9]:.3f} {r[10]:.3f} | {r[11]:.4f}")
-# ensembles
-for name in ('geo_photo', 'geo_photo_ema', 'geo', 'geo_photo_e4', 'geo_photo_erase'):
-    ps = [p['external'] for _, _, p in runs[name]]
-    for flip in ('', '_flip'):
-        pe = np.mean([p['external' + flip] for _, _, p in runs[name]], axis=0)
-        print(name + flip, 'ensemble of', len(ps), 'AUC', round(roc_auc_score(y, pe), 4), 'at .5', np.round(at(y, pe, .5), 3), 'thr', round(float(thr(y, pe)),3), np.round(at(y, pe, thr(y, pe)), 3), 'cv', np.round(cv(y, pe), 3))
-# thresholds per run for geo_photo
-for name in ('geo_photo', 'geo_photo_ema'):
-    print(name, 'sens95 thresholds per run', [round(float(thr(y, p['external'])), 3) for _, _, p in runs[name]], 'flip AUC', [round(roc_auc_score(y, p['external_flip']),4) for _,_,p in runs[name]])
+            members = np.flatnonzero(labels == c)
+            fit[rng.choice(members, len(members) // 2, replace=False)] = True
+        t = sensitivity_threshold(labels[fit], probs[fit], 0.95)
+        out.append(rates(labels[~fit], probs[~fit], t))
+    return np.mean(out, axis=0)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--probs", default="benchmarks/results/external_sweep_h200_probs.npz")
+    parser.add_argument("--ensembles", default="geo_photo,geo_photo_ema,geo")
+    args = parser.parse_args()
+    archive = np.load(args.probs)
+    y_ext, y_val = archive["labels/external"].astype(int), archive["labels/validation"].astype(int)
+    runs = collections.defaultdict(list)
+    for key in archive.files:
+        if key.startswith("probs/") and key.endswith("/external"):
+            _, recipe, seed, call, _ = key.split("/")
+            prefix = key[: -len("external")]
+            runs[recipe].append({s: archive[prefix + s] for s in ("external", "external_flip", "validation")})
+    rng = np.random.default_rng(0)
+    rows = []
+    for recipe, rs in runs.items():
+        auc = [roc_auc_score(y_ext, r["external"]) for r in rs]
+        half = np.mean([rates(y_ext, r["external"], 0.5) for r in rs], axis=0)
+        fitted = np.mean([rates(y_ext, r["external"], sensitivity_threshold(y_ext, r["external"])) for r in rs], axis=0)
+        held = np.mean([held_out_rule(y_ext, r["external"], rng) for r in rs], axis=0)
+        val = np.mean([roc_auc_score(y_val, r["validation"]) for r in rs])
+        rows.append((np.mean(auc), recipe, len(rs), np.std(auc), half, fitted, held, val))
+    print("| recipe | runs | external AUC | acc / spec at 0.5 | acc / spec at the sens-0.95 rule (fitted on it) "
+          "| acc / sens / spec, rule fitted on the other half | validation AUC |")
+    print("|---|---|---|---|---|---|---|")
+    for auc, recipe, n, sd, half, fitted, held, val in sorted(rows, key=lambda r: -r[0]):
+        print(f"| `{recipe}` | {n} | {auc:.3f} ± {sd:.3f} | {half[0]:.3f} / {half[2]:.3f} | {fitted[0]:.3f} / "
+              f"{fitted[2]:.3f} | {held[0]:.3f} / {held[1]:.3f} / {held[2]:.3f} | {val:.4f} |")
+    print()
+    for recipe in args.ensembles.split(","):
+        for view in ("external", "external_flip"):
+            p = np.mean([r[view] for r in runs[recipe]], axis=0)
+            t = sensitivity_threshold(y_ext, p)
+            acc, sens, spec = rates(y_ext, p, t)
+            held = held_out_rule(y_ext, p, rng)
+            print(f"ensemble of {len(runs[recipe])} x {recipe}{' + flip TTA' if view.endswith('flip') else ''}: "
+                  f"AUC {roc_auc_score(y_ext, p):.4f}; rule t={t:.3f}: acc {acc:.3f} sens {sens:.3f} spec {spec:.3f}; "
+                  f"held-out rule: acc {held[0]:.3f} sens {held[1]:.3f} spec {held[2]:.3f}")
+
+
+if __name__ == "__main__":
+    main()
