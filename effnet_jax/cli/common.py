@@ -41,3 +41,87 @@ def make_config_package_importable(argv) -> None:
         root = os.path.dirname(folder)
         if root not in sys.path:
             sys.path.insert(0, root)
+
+
+# Exit statuses of effnet-train and data preparation (README "Untrusted inputs"). An error
+# a user can act on is one line naming the file, key or cause; anything else is a bug and
+# keeps its traceback. EFFNET_TRACEBACK=1 shows the traceback of every error.
+EXIT_USAGE = 2  # a bad flag or config key; a non-finite training loss
+EXIT_INPUT = 3  # the data (layout, bad image, empty class, stale prepared copy) or a weight file
+EXIT_WORKDIR = 4  # the workdir is held by another trainer, or its checkpoint does not fit the config
+EXIT_DISK = 5  # writing failed: disk full, quota, read-only or permission denied
+EXIT_PREEMPTED = 143  # stopped by SIGTERM after saving (128 + SIGTERM, as if killed by it)
+
+_WRITE_ERRNOS = ("ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "EFBIG")
+
+
+def one_line(error: BaseException) -> tuple[int, str] | None:
+    """``(exit status, message)`` for an error with a known cause; None for anything else."""
+    import errno
+    import re
+
+    from effnet_jax.train.checkpointing import CheckpointMismatchError
+    from effnet_jax.data.external import ExternalDataError
+    from effnet_jax.data.imaging import BadImageError
+    from effnet_jax.data.kermany import LayoutError
+    from effnet_jax.data.prepare import StalePreparedDataError
+    from effnet_jax.train.loop import TrainingDataError
+    from effnet_jax.train.workdir_lock import WorkdirLockedError
+    from effnet_jax.weights.readers import WeightFileError
+
+    # Background writers (orbax, grain) wrap the OSError: look down the chain for the cause.
+    chain, seen = [], error
+    while seen is not None and len(chain) < 20:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    for e in chain:
+        if isinstance(e, OSError) and e.errno in {getattr(errno, n, None) for n in _WRITE_ERRNOS} - {None}:
+            where = f" {e.filename}" if e.filename else ""
+            return EXIT_DISK, f"cannot write{where}: {e.strerror or e} (errno {errno.errorcode.get(e.errno)})"
+    if isinstance(error, (WorkdirLockedError, CheckpointMismatchError)):
+        return EXIT_WORKDIR, str(error)
+    if isinstance(error, (LayoutError, BadImageError, TrainingDataError, StalePreparedDataError, WeightFileError,
+                          ExternalDataError)):
+        return EXIT_INPUT, " ".join(str(error).split("\n  ")[:2]) + _more(error)
+    if isinstance(error, FileNotFoundError) and error.errno is None:
+        return EXIT_INPUT, str(error)  # ours: a message naming the missing file or config key
+    if isinstance(error, ValueError) and re.match(r"(config|data|model)\.\w+", str(error)):
+        return EXIT_USAGE, str(error).splitlines()[0]  # ours: 'config.key=value: expected ...'
+    return None
+
+
+def _more(error) -> str:
+    # Bad-image errors list every file, one per line: show the first and count the rest.
+    lines = str(error).split("\n  ")
+    return f" (+{len(lines) - 2} more; all listed with EFFNET_TRACEBACK=1)" if len(lines) > 2 else ""
+
+
+def exit_in_one_line(prog: str, error: BaseException):
+    """Prints ``prog: message`` and exits with its status when ``error`` has a known cause; else re-raises."""
+    import os
+    import sys
+
+    known = one_line(error)
+    if known is None or os.environ.get("EFFNET_TRACEBACK"):
+        raise error
+    status, message = known
+    print(f"{prog}: {message}", file=sys.stderr)
+    sys.exit(status)
+
+
+def check_output_dir(path: str, flag: str) -> str | None:
+    """None when ``path`` is (or can be made) a writable folder, else an error naming ``flag``.
+
+    Checked before restoring a checkpoint or reading weights, so a bad output path costs
+    a second, not the half minute of work before the first write.
+    """
+    import os
+    import tempfile
+
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        return f"{flag}={path}: cannot write there ({e.strerror or e})"
+    return None

@@ -8,6 +8,7 @@ The output directory loads with ``effnet_jax.create_model(variant, pretrained=DI
 
 from __future__ import annotations
 
+import os
 import sys
 
 from absl import app, flags
@@ -28,6 +29,17 @@ def main(argv):
     from effnet_jax.weights.export import convert_to_checkpoint
 
     logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
+
+    from effnet_jax.cli.common import check_output_dir
+    from effnet_jax.weights.loading import VARIABLES_DIR
+
+    # Before reading the weights (tens of seconds for a hub download or a large file).
+    problem = check_output_dir(FLAGS.output, "--output")
+    if problem is None and os.path.exists(os.path.join(FLAGS.output, VARIABLES_DIR)):
+        problem = f"{os.path.join(FLAGS.output, VARIABLES_DIR)} already exists; choose another --output or remove it."
+    if problem:
+        print(f"effnet-convert: error: {problem}", file=sys.stderr)
+        return 1
 
     try:
         summary = convert_to_checkpoint(FLAGS.variant, FLAGS.input, FLAGS.output, FLAGS.num_classes)

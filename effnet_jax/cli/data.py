@@ -16,11 +16,13 @@ the TFDS data dir --data_dir (default ~/tensorflow_datasets).
 
 import json
 from pathlib import Path
+import os
 import sys
 
 from absl import app, flags
 
 from effnet_jax.data import exclusions
+from effnet_jax.cli import common
 from effnet_jax.data import prepare as prepare_lib
 from effnet_jax.data.eda import cleaning
 from effnet_jax.data.eda import figures
@@ -139,7 +141,14 @@ def _run(args, positional) -> int:
   command = positional[0]
   try:
     if command == 'prepare':
-      prepare(args)
+      try:
+        prepare(args)
+      except Exception as e:  # pylint: disable=broad-except
+        known = common.one_line(e)
+        if known is None or os.environ.get('EFFNET_TRACEBACK'):
+          raise
+        print(f'effnet-data prepare: {known[1]}', file=sys.stderr)
+        return known[0]
       return 0
     if not args.data_dir:
       print(f'effnet-data {command}: --data_dir is required', file=sys.stderr)

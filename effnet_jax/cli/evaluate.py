@@ -3,16 +3,18 @@
     effnet-eval --workdir=DIR [--split=test] [--checkpoint=best|latest|STEP] [--tta=none|flip|crops|flip+crops]
 
 Writes WORKDIR/eval/<split>_<step>/ (metrics.json, confusion matrices, ROC curve,
-predictions.csv) and prints a table at the 0.5 and validation-Youden thresholds.
+predictions.csv) and prints a table at the operating threshold (README, Thresholds), 0.5,
+the training prior and the validation-Youden threshold.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 from absl import app, flags
 
-from effnet_jax.cli.common import define_once, quiet_unless_verbose
+from effnet_jax.cli.common import check_output_dir, define_once, quiet_unless_verbose
 
 FLAGS = flags.FLAGS
 
@@ -21,7 +23,7 @@ def define_flags():
     """Defines this command's flags (once). Called by ``run``, not at import, so that importing
     several CLI modules in one process (a test session) cannot collide on --workdir."""
     define_once(flags.DEFINE_string, "workdir", None, "Training run directory (holds checkpoints/).")
-    define_once(flags.DEFINE_string, "split", "test", "Split to evaluate: train, validation, test, or official_val (the data set's own val/ folder, patient protocol).")
+    define_once(flags.DEFINE_string, "split", "test", "Split to evaluate: train, validation, test, official_val (the data set's own val/ folder), external (config.data.external; external_1, ... for more) or folder:PATH (any folder holding NORMAL/ and PNEUMONIA/).")
     define_once(flags.DEFINE_string, "checkpoint", "best", "'best' (by the run's best_metric), 'latest' or a step number.")
     define_once(flags.DEFINE_string, "tta", "none", "Test-time augmentation: none, flip, crops[@FRACTION] or e.g. flip+crops.")
     define_once(flags.DEFINE_integer, "batch_size", None, "Evaluation batch size (default: the run's eval_batch_size).")
@@ -45,6 +47,13 @@ def main(argv):
         tta = tta_lib.parse_tta(FLAGS.tta)
     except ValueError as e:
         raise app.UsageError(str(e)) from None
+    # The default out_dir is WORKDIR/eval/<split>_<step>: its parent is what can be checked now.
+    problem = check_output_dir(FLAGS.out_dir, "--out_dir") if FLAGS.out_dir else None
+    if problem is None and not FLAGS.out_dir and os.path.isdir(FLAGS.workdir):
+        problem = check_output_dir(os.path.join(FLAGS.workdir, "eval"), "--workdir (its eval/ folder)")
+    if problem:
+        print(f"effnet-eval: error: {problem}", file=sys.stderr)
+        return 1
     device = jax.local_devices()[0]
     print(f"Evaluating {FLAGS.workdir} (checkpoint={FLAGS.checkpoint}, split={FLAGS.split}, tta={tta.spec()}) "
           f"on {device.platform}:{device.id}", flush=True)
@@ -57,6 +66,7 @@ def main(argv):
     synthetic = " [synthetic data]" if report["synthetic"] else ""
     print(f"\n{report['split']} split, step {report['step']}, {report['num_examples']} images, "
           f"class counts {report['class_counts']}{synthetic}")
+    print(f"operating threshold {report['operating_threshold']:.4f}: {report['operating_threshold_rule']}")
     print(f"threshold chosen by {report['threshold_source']}: {report['validation_threshold']:.4f}\n")
     print(report["table"])
     print(f"\nWrote {report['out_dir']}/ ({', '.join(sorted(report['files'].values()))})")

@@ -4,9 +4,10 @@
 
 Prints one JSON line per image: {"file", "prob_pneumonia", "label", "threshold"}
 (plus "gradcam": the overlay PNG), or {"file", "error"} for a file it cannot read.
-The label uses the run's training-prior threshold (0.5 after balanced training), or
---threshold=youden (the validation Youden threshold effnet-eval stored for the same
-checkpoint), or --threshold=P. Exit status 1 if any image failed.
+The label uses the run's operating threshold (config.operating_threshold: with external
+data, the highest threshold that kept sensitivity >= 0.95 on it; else the training prior),
+or --threshold=prior, --threshold=youden (the validation Youden threshold effnet-eval
+stored for the same checkpoint), or --threshold=P. Exit status 1 if any image failed.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import sys
 
 from absl import app, flags
 
-from effnet_jax.cli.common import define_once, quiet_unless_verbose
+from effnet_jax.cli.common import check_output_dir, define_once, quiet_unless_verbose
 
 FLAGS = flags.FLAGS
 
@@ -27,7 +28,7 @@ def define_flags():
     define_once(flags.DEFINE_string, "workdir", None, "Training run directory (holds checkpoints/).")
     define_once(flags.DEFINE_string, "checkpoint", "best", "'best' (by the run's best_metric), 'latest' or a step number.")
     define_once(flags.DEFINE_string, "gradcam", None, "Directory to write a Grad-CAM overlay PNG per image.")
-    define_once(flags.DEFINE_string, "threshold", "auto", "Decision threshold in [0, 1], 'auto' (the run's training prior: 0.5 after balanced training) or 'youden' (stored by effnet-eval).")
+    define_once(flags.DEFINE_string, "threshold", "auto", "Decision threshold in [0, 1], 'auto' (the run's operating threshold, README Thresholds), 'prior' (training prior) or 'youden' (stored by effnet-eval).")
     define_once(flags.DEFINE_integer, "batch_size", 8, "Images per forward pass.")
 
 
@@ -39,6 +40,10 @@ def main(argv):
         raise app.UsageError("--workdir is required: the training run directory to predict with.")
     if not paths:
         raise app.UsageError("give at least one IMAGE path after the flags.")
+    problem = check_output_dir(FLAGS.gradcam, "--gradcam") if FLAGS.gradcam else None
+    if problem:
+        print(f"effnet-predict: error: {problem}", file=sys.stderr)
+        return 1
     from effnet_jax.inference.prediction import Predictor
 
     try:

@@ -1,6 +1,12 @@
 """effnet-train: train (or resume) a run described by a config file.
 
     effnet-train --config=configs/debug.py --workdir=/tmp/effnet_debug [--config.key=value ...]
+
+Exit status: 0 done; 2 bad flag or config key, or a non-finite loss; 3 bad input (data
+layout, bad image, empty class, stale prepared data, weight file); 4 workdir held by
+another trainer or its checkpoint does not fit the config; 5 cannot write (disk full,
+read-only, permission); 143 stopped by SIGTERM after saving (rerun to resume). These
+print one line; set EFFNET_TRACEBACK=1 to see the traceback.
 """
 
 from __future__ import annotations
@@ -34,7 +40,9 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     # Import after flag parsing: JAX reads XLA_FLAGS and platform flags when first imported.
     from effnet_jax.train import distributed
+    from effnet_jax.cli import common
     from effnet_jax.train.loop import NonFiniteLossError, train_and_evaluate
+    from effnet_jax.train.preemption import Preempted
 
     _show_our_logs()
     try:
@@ -51,6 +59,11 @@ def main(argv):
     except NonFiniteLossError as e:
         print(f"effnet-train: {e}", file=sys.stderr)
         sys.exit(2)
+    except Preempted as e:
+        print(f"effnet-train: {e}", file=sys.stderr)
+        sys.exit(common.EXIT_PREEMPTED)
+    except Exception as e:  # one line for known causes; a bug keeps its traceback
+        common.exit_in_one_line("effnet-train", e)
     if distributed.is_main_process():
         print(f"effnet-train: outputs in {_WORKDIR.value} (checkpoints/, metrics.jsonl, tensorboard/)")
 

@@ -8,13 +8,21 @@ IM-0115, NORMAL2-IM-1427); PNEUMONIA files like person1000_bacteria_2931.jpeg
 """
 
 import dataclasses
+import hashlib
 import re
+import stat
 import zipfile
 from pathlib import Path
 
+from effnet_jax.data import imaging
 from effnet_jax.labels import CLASS_NAMES
 
 SPLITS = ('train', 'val', 'test')
+# Untrusted folders and zips (README "Untrusted inputs"): a file or zip member larger than
+# this, or a zip member inflating more than MAX_ZIP_RATIO times (beyond 1 MiB), is a bad
+# image, refused from its size before any byte is read. Chest films are a few MB.
+MAX_FILE_BYTES = 128 << 20
+MAX_ZIP_RATIO = 100
 PATHOGENS = ('none', 'bacteria', 'virus', 'unknown')
 # Files and folders that operating systems and archivers add; not data, never an error.
 _OS_FILES = {'.DS_Store', 'Thumbs.db', 'desktop.ini'}
@@ -58,17 +66,74 @@ class Layout:
   _zip: zipfile.ZipFile | None = dataclasses.field(default=None, repr=False)
 
   def read(self, rel: str) -> bytes:
-    """Bytes of the file at `rel` (relative to `source`)."""
-    if self.zip_path is None:
-      return (Path(self.source) / rel).read_bytes()
-    if self._zip is None:
-      self._zip = zipfile.ZipFile(self.zip_path)  # kept open: one seek per member
-    return self._zip.read(rel)
+    """Bytes of the file at `rel` (relative to `source`); BadImageError when it cannot be used.
+
+    Links that loop or lead nowhere, non-regular files (FIFOs would block) and files or
+    zip members beyond MAX_FILE_BYTES / MAX_ZIP_RATIO are bad images, so the data's
+    on_bad_image policy decides, as for any other unusable file.
+    """
+    shown = f'{self.source}:{rel}' if self.zip_path else f'{self.source}/{rel}'
+    try:
+      if self.zip_path is None:
+        return _read_file(Path(self.source) / rel, shown)
+      if self._zip is None:
+        self._zip = zipfile.ZipFile(self.zip_path)  # kept open: one seek per member
+      return _read_member(self._zip, rel, shown)
+    except (OSError, zipfile.BadZipFile, EOFError) as e:
+      link = ' (a link that loops or leads nowhere)' if Path(self.source, rel).is_symlink() else ''
+      raise imaging.BadImageError(f'{shown}: cannot read{link}: '
+                                  f'{getattr(e, "strerror", None) or e}') from e
+
+  def fingerprint(self) -> str:
+    """A hash of every listed file's split/CLASS/name and size, recorded with the prepared data:
+    files added, removed or resized (or a folder holding other files) change it."""
+    sizes = {}
+    if self.zip_path is not None:
+      with zipfile.ZipFile(self.zip_path) as zf:
+        sizes = {i.filename: i.file_size for i in zf.infolist()}
+    h = hashlib.sha256()
+    for split in sorted(self.files):
+      for _, rel in self.files[split]:
+        if self.zip_path is None:
+          try:
+            size = (Path(self.source) / rel).stat().st_size
+          except OSError:
+            size = -1  # a broken link: still a listed file
+        else:
+          size = sizes.get(rel, -1)
+        # split/CLASS/name only: the same files reached through a parent folder or a zip agree.
+        h.update(f'{"/".join(rel.split("/")[-3:])}\0{size}\n'.encode())
+    return h.hexdigest()[:16]
 
   def close(self):
     if self._zip is not None:
       self._zip.close()
       self._zip = None
+
+
+def _read_file(path: Path, shown: str) -> bytes:
+  st = path.stat()  # follows links: a loop or a dangling link fails here
+  if not stat.S_ISREG(st.st_mode):
+    raise imaging.BadImageError(f'{shown}: not a regular file')
+  if st.st_size > MAX_FILE_BYTES:
+    raise imaging.BadImageError(f'{shown}: {st.st_size:,} bytes, beyond the {MAX_FILE_BYTES:,}-byte '
+                                'limit for one image')
+  with open(path, 'rb') as f:
+    return f.read(MAX_FILE_BYTES + 1)
+
+
+def _read_member(zf: zipfile.ZipFile, rel: str, shown: str) -> bytes:
+  info = zf.getinfo(rel)
+  if info.file_size > MAX_FILE_BYTES:
+    raise imaging.BadImageError(f'{shown}: declares {info.file_size:,} bytes, beyond the '
+                                f'{MAX_FILE_BYTES:,}-byte limit for one image (zip bomb?)')
+  if info.file_size > 1 << 20 and info.file_size > MAX_ZIP_RATIO * max(info.compress_size, 1):
+    raise imaging.BadImageError(f'{shown}: inflates {info.compress_size:,} to {info.file_size:,} '
+                                f'bytes, beyond the {MAX_ZIP_RATIO}x limit (zip bomb?)')
+  # Asking for the declared size, not more: zipfile inflates up to what read() asks for
+  # before cutting at the declared size, so a stream that lies about it stays bounded.
+  with zf.open(info) as f:
+    return f.read(info.file_size)
 
 
 class _Tree:

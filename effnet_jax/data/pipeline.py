@@ -55,7 +55,7 @@ class _LoadExample:
       params = transforms.draw_params(self.augment, rng)
       im = transforms.decode_gray(raw, math.ceil(self.size / math.sqrt(params.area)))
       gray = transforms.warp(im, params, self.size)
-      table = self.normalize.table(gray, params.brightness, params.contrast)
+      table = self.normalize.table(gray, params.brightness, params.contrast, params.gamma)
       return {'gray': gray, 'table': table, 'label': label, 'mask': np.bool_(True)}
     im = transforms.decode_gray(raw, math.ceil(self.size / self.center_crop))
     gray = transforms.center_resize(im, self.size, self.center_crop)
@@ -98,7 +98,7 @@ def _shard(shard_index, shard_count):
 def create_split(data_config, split: str, *, training: bool, batch_size: int, image_size: int,
                  mean, std, seed: int, shard_index: int | None = None,
                  shard_count: int | None = None) -> grain.IterDataset:
-  """Build the grain dataset of batches for `split` ('train' | 'validation' | 'test').
+  """Build the grain dataset of batches for `split` ('train' | 'validation' | 'test' | 'external...').
 
   training=True: infinite stream, reshuffled every epoch, balanced per data.balance,
   augmented per data.augment, incomplete batches dropped. training=False: exactly one
@@ -112,7 +112,7 @@ def create_split(data_config, split: str, *, training: bool, batch_size: int, im
     raise ValueError(f'batch_size={batch_size}: expected >= 1')
   shard_index, shard_count = _shard(shard_index, shard_count)
   sel = sources.selection(data_config, split)
-  _, reader = sources.catalog(data_config)
+  reader = sources.reader(data_config, split)
   mine = np.arange(shard_index, len(sel), shard_count)
   # sel.part indexes sel.parts (the parts this split draws from); the reader numbers
   # all prepared parts, so translate.

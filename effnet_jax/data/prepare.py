@@ -4,6 +4,7 @@ From the command line: ``effnet-data prepare`` (``python -m effnet_jax.cli.data 
 """
 
 import dataclasses
+import logging
 import os
 
 import numpy as np
@@ -48,10 +49,20 @@ class BuilderFactory:
                config=config.name if config.name in registered else config)
 
 
+class StalePreparedDataError(ValueError):
+  """The prepared data set was prepared from other files than data.manual_dir now holds."""
+
+
 def ensure_prepared(factory: BuilderFactory, allow_prepare: bool = True):
-  """Return the builder, preparing its data first when it is not there yet."""
+  """Return the builder, preparing its data first when it is not there yet.
+
+  A chest_xray set prepared from files other than those data.manual_dir lists now
+  (another folder, or files added, removed or resized) is refused, not silently reused
+  nor deleted: another run may be reading it.
+  """
   builder = factory()
   if builder.is_prepared():
+    _check_source(factory, builder)
     return builder
   if not allow_prepare:
     raise FileNotFoundError(
@@ -62,6 +73,35 @@ def ensure_prepared(factory: BuilderFactory, allow_prepare: bool = True):
                      'data.manual_dir is None; set it to the chest_xray folder or its zip')
   builder.download_and_prepare()
   return builder
+
+
+def _check_source(factory: BuilderFactory, builder):
+  if factory.name != 'chest_xray' or not factory.manual_dir:
+    return
+  from effnet_jax.data import kermany  # pylint: disable=g-import-not-at-top
+  meta = builder.info.metadata or {}
+  recorded = meta.get('source_fingerprint')
+  if recorded is None:
+    logging.getLogger('effnet_jax.data').warning('%s was prepared before sources were fingerprinted: cannot check that it '
+                    'matches data.manual_dir=%r', builder.data_path, factory.manual_dir)
+    return
+  raw = os.path.expanduser(factory.manual_dir)
+  if not os.path.exists(raw):
+    # Evaluating an old run whose raw folder is gone: the prepared copy is all there is.
+    logging.getLogger('effnet_jax.data').warning(
+        'data.manual_dir=%r no longer exists: using %s as prepared', factory.manual_dir,
+        builder.data_path)
+    return
+  layout = kermany.scan(raw)
+  layout.close()
+  now = layout.fingerprint()
+  if now != recorded:
+    raise StalePreparedDataError(
+        f'{builder.data_path} was prepared from {meta.get("source")} ({meta.get("source_num_files")} '
+        f'files, fingerprint {recorded}) but data.manual_dir={factory.manual_dir!r} now lists '
+        f'{sum(len(v) for v in layout.files.values())} files (fingerprint {now}); refusing to reuse '
+        f'stale records: delete {builder.data_path} to prepare again from data.manual_dir, or set '
+        'data.data_dir to another directory')
 
 
 def read_part_metadata(builder) -> dict[str, splits_lib.PartMeta]:

@@ -7,6 +7,7 @@ opens its TFDS data sources lazily in whichever process uses it.
 import functools
 
 
+from effnet_jax.data import external
 from effnet_jax.data import splits as splits_lib
 from effnet_jax.data import synthetic
 
@@ -78,8 +79,17 @@ def catalog(cfg) -> tuple[dict[str, splits_lib.PartMeta], object]:
   return _catalog(_config_key(cfg))
 
 
+def reader(cfg, split: str):
+  """The reader of `split`'s images: the prepared data set's, or an external folder's."""
+  if external.is_external(split):
+    return external.reader(cfg, split)
+  return catalog(cfg)[1]
+
+
 def selection(cfg, split: str) -> splits_lib.Selection:
-  """The records of logical `split` ('train' | 'validation' | 'test') under cfg's protocol."""
+  """The records of logical `split` ('train' | 'validation' | 'test' | 'external...') under cfg's protocol."""
+  if external.is_external(split):
+    return external.selection(cfg, split)
   metas, _ = catalog(cfg)
   if cfg.name == 'synthetic':
     # Synthetic splits are generated separately, so they are used as they are.

@@ -51,6 +51,7 @@ class AugmentParams:
   shift: tuple[float, float] = (0.0, 0.0)  # translation, fractions of the output size
   brightness: float = 0.0  # additive, in units of full scale
   contrast: float = 1.0  # multiplicative, about the image mean
+  gamma: float = 1.0  # grey level g -> 255 * (g / 255) ** gamma, before contrast and brightness
 
 
 def draw_params(aug, rng: np.random.Generator) -> AugmentParams:
@@ -59,7 +60,8 @@ def draw_params(aug, rng: np.random.Generator) -> AugmentParams:
     return AugmentParams()
   # Draw every value unconditionally so switching one augmentation off does not
   # change the values the others get for the same (seed, epoch, index).
-  u = rng.uniform(size=9).tolist()  # python floats: keep later arithmetic in float32
+  # The tenth draw (gamma) comes last, so the first nine are those of runs made before it.
+  u = rng.uniform(size=10).tolist()  # python floats: keep later arithmetic in float32
   area, center, angle, flip, shift = 1.0, (0.5, 0.5), 0.0, False, (0.0, 0.0)
   if aug.scale_enabled:
     if not 0.0 < aug.scale_min <= aug.scale_max <= 1.0:
@@ -76,7 +78,9 @@ def draw_params(aug, rng: np.random.Generator) -> AugmentParams:
     shift = (aug.translate * (2 * u[5] - 1), aug.translate * (2 * u[6] - 1))
   brightness = aug.brightness * (2 * u[7] - 1) if aug.brightness_enabled else 0.0
   contrast = 1.0 + aug.contrast * (2 * u[8] - 1) if aug.contrast_enabled else 1.0
-  return AugmentParams(area, center, angle, flip, shift, brightness, contrast)
+  # Log-uniform gamma: exposure curves of other scanners bend both ways alike.
+  gamma = math.exp(aug.gamma * (2 * u[9] - 1)) if aug.get('gamma_enabled', False) else 1.0
+  return AugmentParams(area, center, angle, flip, shift, brightness, contrast, gamma)
 
 
 def warp(im: Image.Image, params: AugmentParams, size: int) -> np.ndarray:
@@ -131,14 +135,21 @@ class Normalizer:
   def _table(self, levels: np.ndarray) -> np.ndarray:
     return (levels[:, None] * self.scale + self.offset).astype(np.float32)
 
-  def table(self, gray: np.ndarray, brightness: float = 0.0, contrast: float = 1.0):
+  def table(self, gray: np.ndarray, brightness: float = 0.0, contrast: float = 1.0,
+            gamma: float = 1.0):
     """The (256, 3) float32 table mapping grey levels of `gray` to normalised RGB values."""
-    if contrast == 1.0 and brightness == 0.0:
+    if contrast == 1.0 and brightness == 0.0 and gamma == 1.0:
       return self._identity
-    m = float(gray.mean())
-    return self._table(np.clip((self._levels - m) * contrast + m + 255.0 * brightness,
-                               0.0, 255.0))
+    levels = self._levels
+    if gamma == 1.0:
+      m = float(gray.mean())
+    else:
+      levels = (255.0 * (levels / 255.0) ** gamma).astype(np.float32)
+      # The mean of the gamma-corrected image, from the histogram (no H x W float pass).
+      m = float(np.bincount(gray.ravel(), minlength=256) @ levels / gray.size)
+    return self._table(np.clip((levels - m) * contrast + m + 255.0 * brightness, 0.0, 255.0))
 
-  def __call__(self, gray: np.ndarray, brightness: float = 0.0, contrast: float = 1.0):
+  def __call__(self, gray: np.ndarray, brightness: float = 0.0, contrast: float = 1.0,
+               gamma: float = 1.0):
     """(H, W) uint8 -> (H, W, 3) float32, normalised."""
-    return np.take(self.table(gray, brightness, contrast), gray, axis=0)
+    return np.take(self.table(gray, brightness, contrast, gamma), gray, axis=0)

@@ -26,7 +26,7 @@ import numpy as np
 from effnet_jax.data import create_split, split_info
 from effnet_jax.inference import tta as tta_lib
 from effnet_jax.inference.restore import restore_for_inference
-from effnet_jax.inference.thresholds import EVAL_DIR, training_prior_threshold
+from effnet_jax.inference.thresholds import EVAL_DIR, operating_threshold, training_prior_threshold
 from effnet_jax.labels import CLASS_NAMES
 from effnet_jax.reporting import metrics as metrics_lib
 from effnet_jax.reporting import plots
@@ -148,6 +148,8 @@ def evaluate_checkpoint(workdir: str, split: str = "test", checkpoint: str | int
         at_half = metrics_lib.compute_metrics(result.labels, result.probs, 0.5)
         at_prior = metrics_lib.compute_metrics(result.labels, result.probs, prior)
         at_youden = metrics_lib.compute_metrics(result.labels, result.probs, threshold)
+        operating, operating_rule = operating_threshold(workdir, step, config, restored.run.train_class_counts)
+        at_operating = metrics_lib.compute_metrics(result.labels, result.probs, operating)
     notes = sorted({str(w.message) for w in caught})
     for note in notes:
         print(f"warning: {note}", file=sys.stderr)
@@ -166,7 +168,7 @@ def evaluate_checkpoint(workdir: str, split: str = "test", checkpoint: str | int
             at_youden["confusion_matrix"], os.path.join(out_dir, "confusion_matrix_youden.png"), class_names,
             f"{tag}, t={threshold:.3f} (val. Youden)"),
         "roc": plots.plot_roc_curve(result.labels, result.probs, os.path.join(out_dir, "roc.png"),
-                                    {"t=0.5": 0.5, "training prior": prior, "validation Youden": threshold},
+                                    {"operating": operating, "t=0.5": 0.5, "training prior": prior, "validation Youden": threshold},
                                     f"ROC, {tag}"),
         "reliability": plots.plot_reliability(result.labels, result.probs, os.path.join(out_dir, "reliability.png"),
                                               title=f"Reliability, {tag}"),
@@ -189,7 +191,9 @@ def evaluate_checkpoint(workdir: str, split: str = "test", checkpoint: str | int
         "validation_threshold": threshold,
         "threshold_source": threshold_source,
         "training_prior_threshold": prior,
-        "metrics": {"threshold_0.5": at_half, "threshold_training_prior": at_prior,
+        "operating_threshold": operating,
+        "operating_threshold_rule": operating_rule,
+        "metrics": {"operating": at_operating, "threshold_0.5": at_half, "threshold_training_prior": at_prior,
                     "threshold_validation_youden": at_youden},
         "seconds": round(result.seconds + (0.0 if val is result else val.seconds), 3),
         "warnings": notes,
@@ -199,7 +203,8 @@ def evaluate_checkpoint(workdir: str, split: str = "test", checkpoint: str | int
         json.dump(metrics_lib.json_safe(report), f, indent=2, allow_nan=False)
         f.write("\n")
     report["out_dir"] = out_dir
-    report["table"] = metrics_lib.format_table({"t=0.5": at_half, "train prior": at_prior, "val. Youden": at_youden})
+    report["table"] = metrics_lib.format_table(
+        {"operating": at_operating, "t=0.5": at_half, "train prior": at_prior, "val. Youden": at_youden})
     return report
 
 

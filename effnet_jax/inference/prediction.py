@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import stat
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -38,6 +39,9 @@ class Preprocessor:
 
     def __call__(self, path: str):
         try:
+            # A FIFO or device would block open() or read() forever: only regular files are read.
+            if not stat.S_ISREG(os.stat(path).st_mode):
+                raise ImageReadError(f"{path}: not a regular file (a FIFO, device or folder); skipped")
             with open(path, "rb") as f:
                 data = f.read()
         except OSError as e:

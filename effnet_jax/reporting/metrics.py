@@ -98,6 +98,25 @@ def youden_threshold(labels, probs) -> float:
     return float(thresholds[1:][int(np.argmax(j))])
 
 
+def sensitivity_threshold(labels, probs, min_sensitivity: float = 0.95) -> float:
+    """The highest threshold whose sensitivity is still >= ``min_sensitivity``.
+
+    The most specific operating point that misses at most ``1 - min_sensitivity`` of the
+    PNEUMONIA cases: the screening rule (README, Thresholds). With no positive labels
+    there is nothing to keep sensitive: 0.5 is returned with a warning.
+    """
+    labels, probs = _check_inputs(labels, probs)
+    if not 0.0 < min_sensitivity <= 1.0:
+        raise ValueError(f"min_sensitivity={min_sensitivity}: expected a fraction in (0, 1]")
+    positives = np.sort(probs[labels == 1])
+    if positives.size == 0:
+        warnings.warn("sensitivity_threshold: no positive labels; using 0.5.", stacklevel=2)
+        return 0.5
+    # Keeping the k lowest-scored positives below the threshold misses k of them.
+    missed = int(math.floor((1.0 - min_sensitivity) * positives.size + 1e-9))
+    return float(positives[missed])
+
+
 def roc_points(labels, probs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(fpr, tpr, thresholds)`` of the ROC curve, or empty arrays when it is undefined."""
     labels, probs = _check_inputs(labels, probs)

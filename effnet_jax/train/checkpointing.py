@@ -152,6 +152,43 @@ class Checkpointer:
         self.manager.close()
 
 
+class CheckpointMismatchError(ValueError):
+    """A workdir's checkpoint does not fit the config asked to resume it."""
+
+
+# Keys that fix the train state's tree: a change makes the checkpoint unrestorable.
+_STRUCTURE_KEYS = ("model.name", "loss", "optimizer.name")
+
+
+def restore_to_resume(ckpt: Checkpointer, step: int, abstract_state, config: ml_collections.ConfigDict):
+    """``Checkpointer.restore`` for resuming, with a one-line error when the config no longer fits it."""
+    saved = ckpt.restore_config(step)
+    for key in _STRUCTURE_KEYS:
+        was, now = _get(saved, key), _get(config, key)
+        if was is not None and now is not None and was != now:
+            raise CheckpointMismatchError(
+                f"{ckpt.directory}/{step} was saved with {key}={was!r} but the config asks for {now!r}: resume "
+                f"with --config.{key}={was!r}, or start the new run in another --workdir")
+    try:
+        return ckpt.restore(step, abstract_state)
+    except (ValueError, KeyError, TypeError) as e:
+        # Orbax's own message lists the whole tree (tens of KB); its first line says enough.
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise CheckpointMismatchError(
+            f"{ckpt.directory}/{step} does not fit the current config's train state ({first}); was the model, "
+            "optimizer or EMA changed since it was saved? Resume with the run's config.json or use another "
+            "--workdir") from e
+
+
+def _get(config, dotted: str):
+    node = config
+    for part in dotted.split("."):
+        if not hasattr(node, "get"):
+            return None
+        node = node.get(part)
+    return node
+
+
 def encode_data_state(state: Any):
     """A grain iterator state as JSON (DataLoader iterators give bytes, datasets give dicts)."""
     if isinstance(state, bytes):

@@ -85,8 +85,19 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval_every_steps = 200  # validation every this many steps (and at the end); 0 = only at the end
     c.checkpoint_every_steps = 200  # save every this many steps (and at the end and after each eval)
     c.keep_checkpoints = 3  # keep the last this many checkpoints, plus the best
-    c.best_metric = "auc"  # validation metric that picks the best checkpoint ('' = none)
+    # The split whose metrics pick the best checkpoint and drive early stopping: "validation"
+    # or an external split ("external", "external_1", ... from data.external). Choosing on
+    # data from outside train/ is what generalises (README, Results).
+    c.select_split = "validation"
+    c.best_metric = "auc"  # metric of select_split that picks the best checkpoint ('' = none)
     c.best_mode = "max"  # 'max' or 'min' for best_metric
+    # Operating threshold of effnet-eval and effnet-predict (README, Thresholds):
+    #   "auto": "external_sensitivity" when data.external is set, else "training_prior";
+    #   "external_sensitivity": the highest threshold keeping sensitivity >= operating_sensitivity
+    #       on the first external split, at the evaluated checkpoint;
+    #   "training_prior": the PNEUMONIA share the model was trained on (0.5 after balancing).
+    c.operating_threshold = "auto"
+    c.operating_sensitivity = 0.95
     c.early_stopping = ml_collections.ConfigDict()
     c.early_stopping.metric = ""  # validation metric to watch ('' = no early stopping), e.g. 'loss'
     c.early_stopping.mode = "min"  # 'min' or 'max'
@@ -107,7 +118,7 @@ def default_augment_config() -> ml_collections.ConfigDict:
     c.hflip_enabled = True
     c.hflip = 0.5  # probability of a horizontal flip (X-rays are not symmetric, keep it modest)
     c.scale_enabled = True
-    # Random-resized-crop zoom: the crop covers a fraction of the image"s AREA drawn from
+    # Random-resized-crop zoom: the crop covers a fraction of the image's AREA drawn from
     # [scale_min, scale_max] (square crop, relative to the shorter side).
     c.scale_min = 0.7
     c.scale_max = 1.0
@@ -117,6 +128,10 @@ def default_augment_config() -> ml_collections.ConfigDict:
     c.brightness = 0.1  # additive shift drawn from [-brightness, +brightness], in units of full scale
     c.contrast_enabled = True
     c.contrast = 0.1  # contrast factor drawn from [1 - contrast, 1 + contrast], about the image mean
+    c.gamma_enabled = True
+    # Exposure curve: grey levels g -> 255 * (g / 255) ** exp(u), u drawn from [-gamma, +gamma];
+    # 0 = off (the default, so recipes written before it keep their draws).
+    c.gamma = 0.0
     return c
 
 
@@ -135,17 +150,21 @@ def default_data_config() -> ml_collections.ConfigDict:
     # Prepare the TFDS data set when it is missing (False: fail with a message saying how).
     c.prepare = True
     # "patient": validation carved from official train by patient, official test stays test.
-    # "pooled": every image pooled, then stratified 60/20/20 train/validation/test (the paper"s
+    # "pooled": every image pooled, then stratified 60/20/20 train/validation/test (the paper's
     #           protocol); grouping for pooled is `pooled_group`.
     # pneumonia_mnist has no patient ids: "patient" uses its shipped train/val/test as they are.
     # synthetic ignores every split key (its three splits are generated separately).
     c.split_protocol = "patient"
-    c.val_fraction = 0.1  # fraction of train"s patients (stratified by label) that go to validation
+    c.val_fraction = 0.1  # fraction of train's patients (stratified by label) that go to validation
     c.pooled_fractions = (0.6, 0.2, 0.2)  # train/validation/test fractions for split_protocol="pooled"
     # "image": pooled splits at image level (as the paper; a patient may span splits);
-    # "patient": pooled splits keep every patient"s images together.
+    # "patient": pooled splits keep every patient's images together.
     c.pooled_group = "image"
     c.split_seed = 0  # seed of the split rules (independent of the training seed)
+    # External validation: labelled folders from outside the training data, each holding
+    # NORMAL/ and PNEUMONIA/. Evaluated beside validation as the splits 'external',
+    # 'external_1', ...; never trained on (an overlap with the training data is refused).
+    c.external = ()
     c.max_size = 512  # chest_xray: images stored so that the shorter side is at most this (aspect kept)
     c.on_bad_image = "error"  # "error" (stop, naming the file) or "skip" (count and list in metadata)
     # chest_xray: an exclusion list (JSON or CSV of file + reason, written by `effnet-data clean`);

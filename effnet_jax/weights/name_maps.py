@@ -46,6 +46,9 @@ def from_timm(tensors: dict[str, np.ndarray], variant: VariantConfig) -> dict[Ke
     out = {}
     for name, value in tensors.items():
         parts = name.split(".")
+        if len(parts) < 2:  # no module path ("weight"): nothing of ours; the loader names it
+            out[("unknown", name)] = value
+            continue
         if parts[0] == "blocks" and len(parts) > 3:
             parts = [f"blocks_{parts[1]}_{parts[2]}"] + parts[3:]
         mapped = _torch_leaf(parts[:-1], parts[-1], value)

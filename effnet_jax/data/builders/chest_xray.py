@@ -81,7 +81,10 @@ class ChestXray(base.Builder):
     raw = self._raw_path if self._raw_path is not None else dl_manager.manual_dir
     layout = kermany.scan(raw)
     meta = self.info.metadata
-    meta.update({'source': layout.source, 'max_size': self.builder_config.max_size,
+    # The fingerprint lets a later run tell that data.manual_dir now holds other files.
+    meta.update({'source': layout.source, 'source_fingerprint': layout.fingerprint(),
+                 'source_num_files': sum(len(v) for v in layout.files.values()),
+                 'max_size': self.builder_config.max_size,
                  'on_bad_image': self.builder_config.on_bad_image,
                  'ignored': list(layout.ignored), 'skipped': [], 'num_skipped': 0})
     meta.update(self._exclusion_metadata(layout))

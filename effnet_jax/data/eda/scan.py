@@ -141,12 +141,17 @@ def scan_raw(path, *, samples_per_class: int = 8, seed: int = 0,
                                 disable=not progress, dynamic_ncols=True):
       name = rel.rsplit('/', 1)[-1]
       patient, pathogen = kermany.parse_name(name, cls)
-      data = layout.read(rel)
       info = ImageInfo(key=exclusions.file_key(rel), split=split, label=cls, patient=patient,
-                       pathogen=pathogen, file_bytes=len(data))
+                       pathogen=pathogen, file_bytes=0)
+      images.append(info)
+      try:  # a link loop, dangling link or oversized member is an unreadable image, not a crash
+        data = layout.read(rel)
+      except imaging.BadImageError as e:
+        info.error = str(e)
+        continue
+      info.file_bytes = len(data)
       shown = f'{layout.source}:{rel}' if layout.zip_path else f'{layout.source}/{rel}'
       acc.add(info, data, shown)
-      images.append(info)
   finally:
     layout.close()
   return Inventory(source=layout.source, kind='raw', images=images, problems=layout.problems,

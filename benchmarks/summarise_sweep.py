@@ -1,0 +1,83 @@
+"""The README's ablation table from a sweep's saved probabilities (benchmarks/external_sweep.py).
+
+    python benchmarks/summarise_sweep.py [--probs=benchmarks/results/external_sweep_h200_probs.npz]
+
+Per recipe, over its runs (seeds, and repeats of a seed: GPU training is not bitwise
+deterministic): external AUC mean and sd; accuracy and specificity at 0.5; at the
+operating rule (the highest threshold keeping sensitivity >= 0.95 on the external set,
+fitted on the same images, so optimistic); and the honest version of that rule, fitted
+on a random half of the external set and scored on the other half (200 splits). Then
+seed ensembles (mean probability) of the leading recipes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from effnet_jax.reporting.metrics import sensitivity_threshold
+
+
+def rates(labels, probs, t):
+    pred = probs >= t
+    return np.mean(pred == labels), np.mean(pred[labels == 1]), np.mean(~pred[labels == 0])
+
+
+def held_out_rule(labels, probs, rng, splits=200):
+    """Accuracy, sensitivity, specificity of the sensitivity-0.95 rule fitted on one half, scored on the other."""
+    out = []
+    for _ in range(splits):
+        fit = np.zeros(len(labels), bool)
+        for c in (0, 1):
+            members = np.flatnonzero(labels == c)
+            fit[rng.choice(members, len(members) // 2, replace=False)] = True
+        t = sensitivity_threshold(labels[fit], probs[fit], 0.95)
+        out.append(rates(labels[~fit], probs[~fit], t))
+    return np.mean(out, axis=0)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--probs", default="benchmarks/results/external_sweep_h200_probs.npz")
+    parser.add_argument("--ensembles", default="geo_photo,geo_photo_ema,geo")
+    args = parser.parse_args()
+    archive = np.load(args.probs)
+    y_ext, y_val = archive["labels/external"].astype(int), archive["labels/validation"].astype(int)
+    runs = collections.defaultdict(list)
+    for key in archive.files:
+        if key.startswith("probs/") and key.endswith("/external"):
+            _, recipe, seed, call, _ = key.split("/")
+            prefix = key[: -len("external")]
+            runs[recipe].append({s: archive[prefix + s] for s in ("external", "external_flip", "validation")})
+    rng = np.random.default_rng(0)
+    rows = []
+    for recipe, rs in runs.items():
+        auc = [roc_auc_score(y_ext, r["external"]) for r in rs]
+        half = np.mean([rates(y_ext, r["external"], 0.5) for r in rs], axis=0)
+        fitted = np.mean([rates(y_ext, r["external"], sensitivity_threshold(y_ext, r["external"])) for r in rs], axis=0)
+        held = np.mean([held_out_rule(y_ext, r["external"], rng) for r in rs], axis=0)
+        val = np.mean([roc_auc_score(y_val, r["validation"]) for r in rs])
+        rows.append((np.mean(auc), recipe, len(rs), np.std(auc), half, fitted, held, val))
+    print("| recipe | runs | external AUC | acc / spec at 0.5 | acc / spec at the sens-0.95 rule (fitted on it) "
+          "| acc / sens / spec, rule fitted on the other half | validation AUC |")
+    print("|---|---|---|---|---|---|---|")
+    for auc, recipe, n, sd, half, fitted, held, val in sorted(rows, key=lambda r: -r[0]):
+        print(f"| `{recipe}` | {n} | {auc:.3f} ± {sd:.3f} | {half[0]:.3f} / {half[2]:.3f} | {fitted[0]:.3f} / "
+              f"{fitted[2]:.3f} | {held[0]:.3f} / {held[1]:.3f} / {held[2]:.3f} | {val:.4f} |")
+    print()
+    for recipe in args.ensembles.split(","):
+        for view in ("external", "external_flip"):
+            p = np.mean([r[view] for r in runs[recipe]], axis=0)
+            t = sensitivity_threshold(y_ext, p)
+            acc, sens, spec = rates(y_ext, p, t)
+            held = held_out_rule(y_ext, p, rng)
+            print(f"ensemble of {len(runs[recipe])} x {recipe}{' + flip TTA' if view.endswith('flip') else ''}: "
+                  f"AUC {roc_auc_score(y_ext, p):.4f}; rule t={t:.3f}: acc {acc:.3f} sens {sens:.3f} spec {spec:.3f}; "
+                  f"held-out rule: acc {held[0]:.3f} sens {held[1]:.3f} spec {held[2]:.3f}")
+
+
+if __name__ == "__main__":
+    main()
