@@ -49,8 +49,13 @@ def jax_runners(variant: str, batch: int, size: int, depthwise: str):
     @jax.jit
     def train_step(params, batch_stats, opt_state, images, labels, rng):
         def loss_fn(p):
-            logits, state = model.apply({"params": p, "batch_stats": batch_stats}, images, train=True,
-                                        mutable=["batch_stats"], rngs={"dropout": rng})
+            logits, state = model.apply(
+                {"params": p, "batch_stats": batch_stats},
+                images,
+                train=True,
+                mutable=["batch_stats"],
+                rngs={"dropout": rng},
+            )
             return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), state
 
         (loss, state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -116,10 +121,14 @@ def main():
     import jax
     import torch
 
-    print(f"machine: {cpu_name()}, {os.cpu_count()} cores; jax {jax.__version__} ({jax.default_backend()}), "
-          f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
+    print(
+        f"machine: {cpu_name()}, {os.cpu_count()} cores; jax {jax.__version__} ({jax.default_backend()}), "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    )
     print(f"{args.variant} at {args.size} px, median of {args.repeats} x {args.steps} steps\n")
-    header = f"{'batch':>5} {'mode':>5} {'effnet_jax impl':>16} {'effnet_jax img/s':>17} {'timm img/s':>11} {'ratio':>6}"
+    header = (
+        f"{'batch':>5} {'mode':>5} {'effnet_jax impl':>16} {'effnet_jax img/s':>17} {'timm img/s':>11} {'ratio':>6}"
+    )
     print(header)
     print("-" * len(header))
     for batch in [int(b) for b in args.batch.split(",")]:
@@ -135,8 +144,10 @@ def main():
                     t_times.append(time_it(t_fn, args.steps))
                 j_rate = batch * args.steps / statistics.median(j_times)
                 t_rate = batch * args.steps / statistics.median(t_times)
-                print(f"{batch:>5} {mode:>5} {impl:>16} {j_rate:>17.1f} {t_rate:>11.1f} {j_rate / t_rate:>6.2f}",
-                      flush=True)
+                print(
+                    f"{batch:>5} {mode:>5} {impl:>16} {j_rate:>17.1f} {t_rate:>11.1f} {j_rate / t_rate:>6.2f}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -37,9 +37,9 @@ from flax import traverse_util
 from PIL import Image, ImageOps
 from sklearn.metrics import roc_auc_score
 
+from effnet_jax.labels import positive_probability
 from effnet_jax.models import build_model
 from effnet_jax.train.freeze import frozen_mask, frozen_norms, until_pattern
-from effnet_jax.labels import positive_probability
 
 EVAL_SPLITS = ("validation", "official_val", "external")
 
@@ -75,45 +75,62 @@ class Recipe:
 
 GEO = dict(rotation=10.0, scale_min=0.7, translate=0.05)
 PHOTO = dict(brightness=0.2, contrast=0.2, gamma=0.3)
-SHIPPED = dict(freeze_until="blocks_5", balance="oversample", hflip=0.0, lr=1e-3, epochs=3.0,
-               label_smoothing=0.05, ema=0.99)
+SHIPPED = dict(
+    freeze_until="blocks_5", balance="oversample", hflip=0.0, lr=1e-3, epochs=3.0, label_smoothing=0.05, ema=0.99
+)
 
-RECIPES = [Recipe(n, **kw) for n, kw in [
-    ("plain", {}),
-    ("shipped_lite0", SHIPPED),
-    ("freeze_blocks_3", dict(freeze_until="blocks_3")),
-    ("freeze_blocks_5", dict(freeze_until="blocks_5")),
-    ("geo", GEO),
-    ("photo", PHOTO),
-    ("geo_photo", {**GEO, **PHOTO}),
-    ("per_image_std", dict(per_image_std=True)),
-    ("border_crop", dict(preprocess="border")),
-    ("equalize", dict(preprocess="equalize")),
-    ("clahe", dict(preprocess="clahe")),
-    ("erase", dict(erase=0.5)),
-    ("mixup", dict(mixup=0.2)),
-    ("lr_2e-4", dict(lr=2e-4)),
-    ("lr_1e-3", dict(lr=1e-3)),
-    ("epochs_1", dict(epochs=1.0)),
-    ("epochs_4", dict(epochs=4.0)),
-    ("oversample", dict(balance="oversample")),
-    ("no_balance", dict(balance="none")),
-    ("ema", dict(ema=0.99)),
-    ("label_smoothing", dict(label_smoothing=0.1)),
-    ("no_flip", dict(hflip=0.0)),
-    ("lite2", dict(variant=2)),
-    ("geo_photo_std", dict(**GEO, **PHOTO, per_image_std=True)),
-    ("geo_photo_eq", dict(**GEO, **PHOTO, preprocess="equalize")),
-    ("geo_photo_ema", dict(**GEO, **PHOTO, ema=0.99)),
-    ("geo_photo_e4", dict(**GEO, **PHOTO, epochs=4.0)),
-    ("geo_photo_erase", dict(**GEO, **PHOTO, erase=0.5)),
-    ("geo_photo_freeze3", dict(**GEO, **PHOTO, freeze_until="blocks_3")),
-    ("strong", dict(rotation=15.0, scale_min=0.5, translate=0.1, brightness=0.3, contrast=0.3, gamma=0.5,
-                    erase=0.5, mixup=0.2, epochs=4.0)),
-]]
+RECIPES = [
+    Recipe(n, **kw)
+    for n, kw in [
+        ("plain", {}),
+        ("shipped_lite0", SHIPPED),
+        ("freeze_blocks_3", dict(freeze_until="blocks_3")),
+        ("freeze_blocks_5", dict(freeze_until="blocks_5")),
+        ("geo", GEO),
+        ("photo", PHOTO),
+        ("geo_photo", {**GEO, **PHOTO}),
+        ("per_image_std", dict(per_image_std=True)),
+        ("border_crop", dict(preprocess="border")),
+        ("equalize", dict(preprocess="equalize")),
+        ("clahe", dict(preprocess="clahe")),
+        ("erase", dict(erase=0.5)),
+        ("mixup", dict(mixup=0.2)),
+        ("lr_2e-4", dict(lr=2e-4)),
+        ("lr_1e-3", dict(lr=1e-3)),
+        ("epochs_1", dict(epochs=1.0)),
+        ("epochs_4", dict(epochs=4.0)),
+        ("oversample", dict(balance="oversample")),
+        ("no_balance", dict(balance="none")),
+        ("ema", dict(ema=0.99)),
+        ("label_smoothing", dict(label_smoothing=0.1)),
+        ("no_flip", dict(hflip=0.0)),
+        ("lite2", dict(variant=2)),
+        ("geo_photo_std", dict(**GEO, **PHOTO, per_image_std=True)),
+        ("geo_photo_eq", dict(**GEO, **PHOTO, preprocess="equalize")),
+        ("geo_photo_ema", dict(**GEO, **PHOTO, ema=0.99)),
+        ("geo_photo_e4", dict(**GEO, **PHOTO, epochs=4.0)),
+        ("geo_photo_erase", dict(**GEO, **PHOTO, erase=0.5)),
+        ("geo_photo_freeze3", dict(**GEO, **PHOTO, freeze_until="blocks_3")),
+        (
+            "strong",
+            dict(
+                rotation=15.0,
+                scale_min=0.5,
+                translate=0.1,
+                brightness=0.3,
+                contrast=0.3,
+                gamma=0.5,
+                erase=0.5,
+                mixup=0.2,
+                epochs=4.0,
+            ),
+        ),
+    ]
+]
 
 
 # --- data ---------------------------------------------------------------------------------
+
 
 def _decode(data: bytes, size: int) -> np.ndarray:
     im = Image.open(io.BytesIO(data))
@@ -130,7 +147,7 @@ def crop_border(img: np.ndarray, level: int = 20) -> np.ndarray:
     cols = np.flatnonzero(img.mean(axis=0) > level)
     if len(rows) < size // 2 or len(cols) < size // 2:
         return img
-    crop = img[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    crop = img[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     return np.asarray(Image.fromarray(crop).resize((size, size), Image.BILINEAR))
 
 
@@ -140,6 +157,7 @@ def preprocess(images: np.ndarray, how: str) -> np.ndarray:
     if how == "border":
         fn = crop_border
     elif how == "equalize":
+
         def fn(im):
             return np.asarray(ImageOps.equalize(Image.fromarray(im)))
     elif how == "clahe":
@@ -157,8 +175,7 @@ def load_pack(pack: pathlib.Path, size: int):
     index = json.loads((pack / "index.json").read_text())
     blob = (pack / "images.bin").read_bytes()
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
-        images = np.stack(list(pool.map(
-            lambda e: _decode(blob[e["offset"]:e["offset"] + e["size"]], size), index)))
+        images = np.stack(list(pool.map(lambda e: _decode(blob[e["offset"] : e["offset"] + e["size"]], size), index)))
     labels = np.asarray([e["label"] for e in index], np.int32)
     splits = np.asarray([e["split"] for e in index])
     names = [e["name"] for e in index]
@@ -166,6 +183,7 @@ def load_pack(pack: pathlib.Path, size: int):
 
 
 # --- augmentation on the accelerator ------------------------------------------------------
+
 
 def augment(key, images, a):
     """images (B, H, W) float in [0, 1] -> augmented; `a` holds traced strengths."""
@@ -198,8 +216,9 @@ def augment(key, images, a):
     eh, ew = jnp.sqrt(area * ratio), jnp.sqrt(area / ratio)
     c = jax.random.uniform(ks[9], (b, 3))
     cy, cx = c[:, 0] * h, c[:, 1] * w
-    inside = ((jnp.abs(yy[None] + (h - 1) / 2 - cy[:, None, None]) < eh[:, None, None] / 2)
-              & (jnp.abs(xx[None] + (w - 1) / 2 - cx[:, None, None]) < ew[:, None, None] / 2))
+    inside = (jnp.abs(yy[None] + (h - 1) / 2 - cy[:, None, None]) < eh[:, None, None] / 2) & (
+        jnp.abs(xx[None] + (w - 1) / 2 - cx[:, None, None]) < ew[:, None, None] / 2
+    )
     erase = (c[:, 2] < a["erase"])[:, None, None] & inside
     noise = jax.random.uniform(jax.random.fold_in(key, 99), images.shape)
     return jnp.where(erase, noise, images)
@@ -218,6 +237,7 @@ def normalise(images, per_image_std, mean: float, std: float):
 
 # --- training -----------------------------------------------------------------------------
 
+
 def load_variables(pack: pathlib.Path, variant: int) -> dict:
     flat = dict(np.load(pack / f"lite{variant}.npz"))
     return traverse_util.unflatten_dict({k: jnp.asarray(v, jnp.float32) for k, v in flat.items()}, sep="/")
@@ -232,9 +252,11 @@ class Trainer:
         mask = frozen_mask(params, patterns)
         self.trainable = jax.tree.map(lambda m: 0.0 if m else 1.0, mask)
         self.decay = traverse_util.unflatten_dict(
-            {k: float(v.ndim > 1) for k, v in traverse_util.flatten_dict(params, sep="/").items()}, sep="/")
-        self.model = build_model(f"tf_efficientnet_lite{variant}", num_classes=2, drop_path_rate=0.1,
-                                 frozen_norms=frozen_norms(mask))
+            {k: float(v.ndim > 1) for k, v in traverse_util.flatten_dict(params, sep="/").items()}, sep="/"
+        )
+        self.model = build_model(
+            f"tf_efficientnet_lite{variant}", num_classes=2, drop_path_rate=0.1, frozen_norms=frozen_norms(mask)
+        )
         self.mean, self.std = self.model.variant.mean[0], self.model.variant.std[0]
         self.size = size
         self.train_step = jax.jit(self._train_step, donate_argnums=(0,))
@@ -247,8 +269,9 @@ class Trainer:
         onehot = jax.nn.one_hot(labels, 2)
         onehot = onehot * (1 - hp["label_smoothing"]) + hp["label_smoothing"] / 2
         weights = hp["class_weights"][labels]
-        lam = jnp.where(hp["mixup"] > 0, jax.random.beta(k_mix, jnp.maximum(hp["mixup"], 1e-3),
-                                                         jnp.maximum(hp["mixup"], 1e-3)), 1.0)
+        lam = jnp.where(
+            hp["mixup"] > 0, jax.random.beta(k_mix, jnp.maximum(hp["mixup"], 1e-3), jnp.maximum(hp["mixup"], 1e-3)), 1.0
+        )
         lam = jnp.maximum(lam, 1 - lam)
         perm = jnp.roll(jnp.arange(x.shape[0]), 1)
         x = lam * x + (1 - lam) * x[perm]
@@ -256,16 +279,22 @@ class Trainer:
         weights = lam * weights + (1 - lam) * weights[perm]
 
         def loss_fn(params):
-            logits, updates = self.model.apply({"params": params, "batch_stats": state["batch_stats"]}, x,
-                                               train=True, mutable=["batch_stats"], rngs={"dropout": k_drop})
+            logits, updates = self.model.apply(
+                {"params": params, "batch_stats": state["batch_stats"]},
+                x,
+                train=True,
+                mutable=["batch_stats"],
+                rngs={"dropout": k_drop},
+            )
             loss = -jnp.sum(onehot * jax.nn.log_softmax(logits.astype(jnp.float32)), axis=-1)
             return jnp.mean(loss * weights), updates["batch_stats"]
 
         (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
         grads = jax.tree.map(lambda g, t: g * t, grads, self.trainable)
         norm = jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(grads)))
-        grads = jax.tree.map(lambda g: g * jnp.where(hp["clip"] > 0, jnp.minimum(1.0, hp["clip"] / (norm + 1e-9)),
-                                                     1.0), grads)
+        grads = jax.tree.map(
+            lambda g: g * jnp.where(hp["clip"] > 0, jnp.minimum(1.0, hp["clip"] / (norm + 1e-9)), 1.0), grads
+        )
         step = state["step"] + 1
         b1, b2, eps = 0.9, 0.999, 1e-8
         mu = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, state["mu"], grads)
@@ -274,7 +303,7 @@ class Trainer:
         progress = jnp.clip((step - warm) / jnp.maximum(hp["total_steps"] - warm, 1), 0.0, 1.0)
         cosine = 0.01 + 0.99 * 0.5 * (1 + jnp.cos(math.pi * progress))
         lr = hp["lr"] * jnp.where(step <= warm, step / jnp.maximum(warm, 1), cosine)
-        c1, c2 = 1 - b1 ** step, 1 - b2 ** step
+        c1, c2 = 1 - b1**step, 1 - b2**step
 
         def update(p, m, v, t, d):
             u = (m / c1) / (jnp.sqrt(v / c2) + eps) + hp["weight_decay"] * d * p
@@ -282,8 +311,9 @@ class Trainer:
 
         params = jax.tree.map(update, state["params"], mu, nu, self.trainable, self.decay)
         ema_d = hp["ema"]
-        ema = jax.tree.map(lambda e, p: ema_d * e + (1 - ema_d) * p, state["ema"],
-                           {"params": params, "batch_stats": batch_stats})
+        ema = jax.tree.map(
+            lambda e, p: ema_d * e + (1 - ema_d) * p, state["ema"], {"params": params, "batch_stats": batch_stats}
+        )
         return dict(params=params, batch_stats=batch_stats, mu=mu, nu=nu, ema=ema, step=step), loss
 
     def _predict(self, variables, images_u8, per_image_std, flip):
@@ -314,8 +344,9 @@ def scores(labels, probs, t):
     pred = probs >= t
     sens = float(np.mean(pred[labels == 1]))
     spec = float(np.mean(~pred[labels == 0]))
-    return dict(t=round(float(t), 4), acc=round(float(np.mean(pred == labels)), 4), sens=round(sens, 4),
-                spec=round(spec, 4))
+    return dict(
+        t=round(float(t), 4), acc=round(float(np.mean(pred == labels)), 4), sens=round(sens, 4), spec=round(spec, 4)
+    )
 
 
 def run_recipe(r: Recipe, seed: int, trainer: Trainer, data: dict, init: dict):
@@ -326,16 +357,36 @@ def run_recipe(r: Recipe, seed: int, trainer: Trainer, data: dict, init: dict):
     prior = 0.5 if r.balance in ("class_weights", "oversample") else counts[1] / counts.sum()
     per_epoch = (2 * counts.max() if r.balance == "oversample" else counts.sum()) // r.batch
     total = int(round(r.epochs * per_epoch))
-    hp = dict(rotation=r.rotation, scale_min=r.scale_min, translate=r.translate, hflip=r.hflip,
-              brightness=r.brightness, contrast=r.contrast, gamma=r.gamma, erase=r.erase, mixup=r.mixup,
-              per_image_std=r.per_image_std, label_smoothing=r.label_smoothing, clip=r.clip, lr=r.lr,
-              weight_decay=r.weight_decay, ema=r.ema, warmup_steps=float(round(r.warmup_epochs * per_epoch)),
-              total_steps=float(total))
+    hp = dict(
+        rotation=r.rotation,
+        scale_min=r.scale_min,
+        translate=r.translate,
+        hflip=r.hflip,
+        brightness=r.brightness,
+        contrast=r.contrast,
+        gamma=r.gamma,
+        erase=r.erase,
+        mixup=r.mixup,
+        per_image_std=r.per_image_std,
+        label_smoothing=r.label_smoothing,
+        clip=r.clip,
+        lr=r.lr,
+        weight_decay=r.weight_decay,
+        ema=r.ema,
+        warmup_steps=float(round(r.warmup_epochs * per_epoch)),
+        total_steps=float(total),
+    )
     hp = {k: jnp.asarray(v, jnp.float32) for k, v in hp.items()}
     hp["class_weights"] = jnp.asarray(cw, jnp.float32)
     zeros = jax.tree.map(jnp.zeros_like, init["params"])
-    state = dict(params=init["params"], batch_stats=init["batch_stats"], mu=zeros,
-                 nu=jax.tree.map(jnp.zeros_like, zeros), ema=jax.tree.map(jnp.copy, init), step=jnp.int32(0))
+    state = dict(
+        params=init["params"],
+        batch_stats=init["batch_stats"],
+        mu=zeros,
+        nu=jax.tree.map(jnp.zeros_like, zeros),
+        ema=jax.tree.map(jnp.copy, init),
+        step=jnp.int32(0),
+    )
     # The classifier starts at zero (loss ln 2), as effnet-train does.
     state["params"] = {**state["params"], "classifier": jax.tree.map(jnp.zeros_like, state["params"]["classifier"])}
     state["ema"] = {"params": state["params"], "batch_stats": state["batch_stats"]}
@@ -350,23 +401,34 @@ def run_recipe(r: Recipe, seed: int, trainer: Trainer, data: dict, init: dict):
         for i in range(0, len(order) - r.batch + 1, r.batch):
             if step >= total:
                 break
-            idx = train_idx[order[i:i + r.batch]]
-            state, loss = trainer.train_step(state, images, jnp.asarray(idx), jnp.asarray(data["labels"][idx]),
-                                             jax.random.fold_in(key, step), hp)
+            idx = train_idx[order[i : i + r.batch]]
+            state, loss = trainer.train_step(
+                state, images, jnp.asarray(idx), jnp.asarray(data["labels"][idx]), jax.random.fold_in(key, step), hp
+            )
             step += 1
             if step % 50 == 0:
                 losses.append(float(loss))
     jax.block_until_ready(state)
     train_s = time.perf_counter() - t0
     variables = state["ema"] if r.ema > 0 else {"params": state["params"], "batch_stats": state["batch_stats"]}
-    out, probs_out = dict(recipe=r.name, seed=seed, steps=total, train_s=round(train_s, 1), losses=losses,
-                          prior=float(prior), config=dataclasses.asdict(r)), {}
+    out, probs_out = (
+        dict(
+            recipe=r.name,
+            seed=seed,
+            steps=total,
+            train_s=round(train_s, 1),
+            losses=losses,
+            prior=float(prior),
+            config=dataclasses.asdict(r),
+        ),
+        {},
+    )
     for flip_tta in (False, True):
         for split in EVAL_SPLITS:
             idx = data["split_idx"][split]
             probs = []
             for i in range(0, len(idx), 128):
-                chunk = jnp.asarray(images[idx[i:i + 128]])
+                chunk = jnp.asarray(images[idx[i : i + 128]])
                 p = trainer.predict(variables, chunk, r.per_image_std, False)
                 if flip_tta:
                     p = (p + trainer.predict(variables, chunk, r.per_image_std, True)) / 2
@@ -375,8 +437,11 @@ def run_recipe(r: Recipe, seed: int, trainer: Trainer, data: dict, init: dict):
             y = data["labels"][idx]
             tag = split + ("_flip" if flip_tta else "")
             probs_out[tag] = probs
-            res = dict(auc=round(float(roc_auc_score(y, probs)), 4), at_05=scores(y, probs, 0.5),
-                       at_prior=scores(y, probs, prior))
+            res = dict(
+                auc=round(float(roc_auc_score(y, probs)), 4),
+                at_05=scores(y, probs, 0.5),
+                at_prior=scores(y, probs, prior),
+            )
             if split == "external":
                 res["at_sens95"] = scores(y, probs, threshold_for_sensitivity(y, probs))
             out[tag] = res
@@ -400,12 +465,21 @@ def main():
     if args.max_steps:
         recipes = [dataclasses.replace(r, epochs=args.max_steps / 140) for r in recipes]
     images, labels, splits, names = load_pack(pack, args.size)
-    data = dict(labels=labels, train_idx=np.flatnonzero(splits == "train"),
-                split_idx={s: np.flatnonzero(splits == s) for s in EVAL_SPLITS})
+    data = dict(
+        labels=labels,
+        train_idx=np.flatnonzero(splits == "train"),
+        split_idx={s: np.flatnonzero(splits == s) for s in EVAL_SPLITS},
+    )
     assert not set(data["train_idx"]) & set(data["split_idx"]["external"])
     data["images"] = {how: jnp.asarray(preprocess(images, how)) for how in sorted({r.preprocess for r in recipes})}
-    (out / "eval_index.json").write_text(json.dumps(
-        {s: {"names": [names[i] for i in idx], "labels": labels[idx].tolist()} for s, idx in data["split_idx"].items()}))
+    (out / "eval_index.json").write_text(
+        json.dumps(
+            {
+                s: {"names": [names[i] for i in idx], "labels": labels[idx].tolist()}
+                for s, idx in data["split_idx"].items()
+            }
+        )
+    )
     print(f"data ready in {time.perf_counter() - t_start:.0f}s on {jax.devices()[0].device_kind}", flush=True)
     trainers, inits = {}, {}
     for seed in [int(s) for s in args.seeds.split(",")]:
@@ -425,10 +499,13 @@ def main():
                 f.write(json.dumps(result) + "\n")
             np.savez(out / f"probs_{r.name}_s{seed}.npz", **probs)
             e = result["external"]
-            print(f"{r.name:18s} s{seed} ext AUC {e['auc']:.4f} acc@.5 {e['at_05']['acc']:.3f} "
-                  f"spec@.5 {e['at_05']['spec']:.3f} @sens95: acc {e['at_sens95']['acc']:.3f} "
-                  f"spec {e['at_sens95']['spec']:.3f} | val AUC {result['validation']['auc']:.4f} "
-                  f"| {result['wall_s']}s", flush=True)
+            print(
+                f"{r.name:18s} s{seed} ext AUC {e['auc']:.4f} acc@.5 {e['at_05']['acc']:.3f} "
+                f"spec@.5 {e['at_05']['spec']:.3f} @sens95: acc {e['at_sens95']['acc']:.3f} "
+                f"spec {e['at_sens95']['spec']:.3f} | val AUC {result['validation']['auc']:.4f} "
+                f"| {result['wall_s']}s",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

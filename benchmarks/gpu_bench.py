@@ -28,8 +28,8 @@ def jax_runners(variant: str, batch: int, size: int):
     import jax.numpy as jnp
     import optax
 
-    from effnet_jax.models import build_model
     from effnet_jax.factory import init_variables
+    from effnet_jax.models import build_model
 
     model = build_model(variant, num_classes=1000, dtype=jnp.bfloat16, depthwise_impl="native")
     variables = init_variables(model, 0)
@@ -46,8 +46,13 @@ def jax_runners(variant: str, batch: int, size: int):
     @jax.jit
     def train_step(state, images, labels, rng):
         def loss_fn(p):
-            logits, new = model.apply({"params": p, "batch_stats": state["bs"]}, images, train=True,
-                                      mutable=["batch_stats"], rngs={"dropout": rng})
+            logits, new = model.apply(
+                {"params": p, "batch_stats": state["bs"]},
+                images,
+                train=True,
+                mutable=["batch_stats"],
+                rngs={"dropout": rng},
+            )
             return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), new
 
         (loss, new), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
@@ -129,8 +134,11 @@ def main():
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     card = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
-    print(f"card: {card}; jax {jax.__version__} ({jax.devices()[0].device_kind}), torch {torch.__version__}, "
-          f"timm {__import__('timm').__version__}", flush=True)
+    print(
+        f"card: {card}; jax {jax.__version__} ({jax.devices()[0].device_kind}), torch {torch.__version__}, "
+        f"timm {__import__('timm').__version__}",
+        flush=True,
+    )
     rows = []
     for variant in args.variants.split(","):
         for batch in [int(b) for b in args.batch.split(",")]:
@@ -144,15 +152,24 @@ def main():
                     t_times.append(timed(t_fn, args.steps))
                 j_rate = batch * args.steps / statistics.median(j_times)
                 t_rate = batch * args.steps / statistics.median(t_times)
-                row = dict(card=card, variant=variant, batch=batch, mode=mode, effnet_jax=round(j_rate, 1),
-                           timm=round(t_rate, 1), ratio=round(j_rate / t_rate, 3),
-                           jax_first_step_s=round(compile_s, 1))
+                row = dict(
+                    card=card,
+                    variant=variant,
+                    batch=batch,
+                    mode=mode,
+                    effnet_jax=round(j_rate, 1),
+                    timm=round(t_rate, 1),
+                    ratio=round(j_rate / t_rate, 3),
+                    jax_first_step_s=round(compile_s, 1),
+                )
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    print(f"\n| card | variant | batch | mode | effnet_jax img/s | timm img/s | ratio |\n|---|---|---|---|---|---|---|")
+    print("\n| card | variant | batch | mode | effnet_jax img/s | timm img/s | ratio |\n|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['card']} | {r['variant']} | {r['batch']} | {r['mode']} | {r['effnet_jax']:.0f} | "
-              f"{r['timm']:.0f} | {r['ratio']:.2f} |")
+        print(
+            f"| {r['card']} | {r['variant']} | {r['batch']} | {r['mode']} | {r['effnet_jax']:.0f} | "
+            f"{r['timm']:.0f} | {r['ratio']:.2f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -61,12 +61,16 @@ def main():
         held = np.mean([held_out_rule(y_ext, r["external"], rng) for r in rs], axis=0)
         val = np.mean([roc_auc_score(y_val, r["validation"]) for r in rs])
         rows.append((np.mean(auc), recipe, len(rs), np.std(auc), half, fitted, held, val))
-    print("| recipe | runs | external AUC | acc / spec at 0.5 | acc / spec at the sens-0.95 rule (fitted on it) "
-          "| acc / sens / spec, rule fitted on the other half | validation AUC |")
+    print(
+        "| recipe | runs | external AUC | acc / spec at 0.5 | acc / spec at the sens-0.95 rule (fitted on it) "
+        "| acc / sens / spec, rule fitted on the other half | validation AUC |"
+    )
     print("|---|---|---|---|---|---|---|")
     for auc, recipe, n, sd, half, fitted, held, val in sorted(rows, key=lambda r: -r[0]):
-        print(f"| `{recipe}` | {n} | {auc:.3f} ± {sd:.3f} | {half[0]:.3f} / {half[2]:.3f} | {fitted[0]:.3f} / "
-              f"{fitted[2]:.3f} | {held[0]:.3f} / {held[1]:.3f} / {held[2]:.3f} | {val:.4f} |")
+        print(
+            f"| `{recipe}` | {n} | {auc:.3f} ± {sd:.3f} | {half[0]:.3f} / {half[2]:.3f} | {fitted[0]:.3f} / "
+            f"{fitted[2]:.3f} | {held[0]:.3f} / {held[1]:.3f} / {held[2]:.3f} | {val:.4f} |"
+        )
     print()
     for recipe in args.ensembles.split(","):
         for view in ("external", "external_flip"):
@@ -74,9 +78,11 @@ def main():
             t = sensitivity_threshold(y_ext, p)
             acc, sens, spec = rates(y_ext, p, t)
             held = held_out_rule(y_ext, p, rng)
-            print(f"ensemble of {len(runs[recipe])} x {recipe}{' + flip TTA' if view.endswith('flip') else ''}: "
-                  f"AUC {roc_auc_score(y_ext, p):.4f}; rule t={t:.3f}: acc {acc:.3f} sens {sens:.3f} spec {spec:.3f}; "
-                  f"held-out rule: acc {held[0]:.3f} sens {held[1]:.3f} spec {held[2]:.3f}")
+            print(
+                f"ensemble of {len(runs[recipe])} x {recipe}{' + flip TTA' if view.endswith('flip') else ''}: "
+                f"AUC {roc_auc_score(y_ext, p):.4f}; rule t={t:.3f}: acc {acc:.3f} sens {sens:.3f} spec {spec:.3f}; "
+                f"held-out rule: acc {held[0]:.3f} sens {held[1]:.3f} spec {held[2]:.3f}"
+            )
 
 
 if __name__ == "__main__":

@@ -26,13 +26,19 @@ def load_pretrained(model: EfficientNet, variables: dict, pretrained: str):
     if weights.mean is not None:
         variant = dataclasses.replace(model.variant, mean=tuple(weights.mean), std=tuple(weights.std))
         model = model.clone(variant=variant)
-    log.info("Loaded %d arrays from %s (%s); re-initialised: %s", len(report.loaded), report.source,
-             report.source_format, ", ".join(report.reinitialised) or "none")
+    log.info(
+        "Loaded %d arrays from %s (%s); re-initialised: %s",
+        len(report.loaded),
+        report.source,
+        report.source_format,
+        ", ".join(report.reinitialised) or "none",
+    )
     return model, variables, report
 
 
-def create_model(name: str, num_classes: int = 1000, pretrained: str | None = None, rng: jax.Array | int = 0,
-                 **model_kwargs) -> tuple[EfficientNet, dict]:
+def create_model(
+    name: str, num_classes: int = 1000, pretrained: str | None = None, rng: jax.Array | int = 0, **model_kwargs
+) -> tuple[EfficientNet, dict]:
     """Returns ``(model, variables)`` for a variant, optionally with pretrained weights.
 
     ``pretrained`` is None (random init), a local weight file (``.safetensors``,

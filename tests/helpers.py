@@ -45,8 +45,11 @@ def persistent_compilation_cache(directory: str):
     Runs of ``train_and_evaluate`` in one test build equal programs from fresh
     closures; on a 2-core CPU the cache turns minutes of recompiling into seconds.
     """
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-             "jax_persistent_cache_min_entry_size_bytes")
+    names = (
+        "jax_compilation_cache_dir",
+        "jax_persistent_cache_min_compile_time_secs",
+        "jax_persistent_cache_min_entry_size_bytes",
+    )
     old = {n: getattr(jax.config, n) for n in names}
     jax.config.update("jax_compilation_cache_dir", str(directory))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)

@@ -7,10 +7,10 @@ import textwrap
 
 import numpy as np
 import pytest
-
-from effnet_jax.train import checkpointing as checkpoint_lib
-from effnet_jax.inference.restore import restore_for_inference
 from helpers import tiny_config
+
+from effnet_jax.inference.restore import restore_for_inference
+from effnet_jax.train import checkpointing as checkpoint_lib
 
 # The child saves step 1 and waits for it, then starts an async save of step 2 large
 # enough to still be writing, and SIGKILLs itself once orbax's temporary directory exists.
@@ -34,9 +34,19 @@ _CHILD = textwrap.dedent("""
 
 def test_a_process_killed_mid_save_leaves_the_last_good_checkpoint_restorable(tmp_path):
     workdir = str(tmp_path / "run")
-    proc = subprocess.run([sys.executable, "-c", _CHILD, workdir], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.pathsep.join(
-                              [os.path.dirname(os.path.abspath(__file__)), os.environ.get("PYTHONPATH", "")])})
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD, workdir],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={
+            **os.environ,
+            "JAX_PLATFORMS": "cpu",
+            "PYTHONPATH": os.pathsep.join(
+                [os.path.dirname(os.path.abspath(__file__)), os.environ.get("PYTHONPATH", "")]
+            ),
+        },
+    )
     assert proc.returncode == -9, proc.stderr[-2000:]
     tmp_dirs = proc.stdout.strip().split("tmp:")[-1]
     assert tmp_dirs, "the kill came before the save of step 2 started; the test proved nothing"
@@ -45,8 +55,9 @@ def test_a_process_killed_mid_save_leaves_the_last_good_checkpoint_restorable(tm
         assert ckpt.all_steps() == [1]
         import jax
 
-        abstract = {"w": jax.ShapeDtypeStruct((1000,), np.float32,
-                                              sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]))}
+        abstract = {
+            "w": jax.ShapeDtypeStruct((1000,), np.float32, sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+        }
         state, data_state, config = ckpt.restore(1, abstract)
         np.testing.assert_array_equal(state["w"], np.arange(1000, dtype=np.float32))
         assert data_state == {"next_index": 1}
@@ -67,8 +78,13 @@ def test_best_is_kept_beside_the_last_k_and_found_by_its_metric(tmp_path):
     config = tiny_config()
     ckpt = checkpoint_lib.Checkpointer(str(tmp_path), keep=2, best_metric="auc", best_mode="max")
     for step, auc in [(1, 0.6), (2, 0.9), (3, None), (4, 0.7), (5, 0.8)]:
-        ckpt.save(step, {"w": np.full(3, step, np.float32)}, {"next_index": step}, config,
-                  None if auc is None else {"auc": auc, "loss": 1.0 - auc})
+        ckpt.save(
+            step,
+            {"w": np.full(3, step, np.float32)},
+            {"next_index": step},
+            config,
+            None if auc is None else {"auc": auc, "loss": 1.0 - auc},
+        )
     ckpt.wait()
     assert ckpt.all_steps() == [2, 4, 5]
     assert ckpt.best_step() == 2
@@ -86,8 +102,10 @@ def test_a_state_saved_from_8_devices_restores_onto_1(tmp_path):
         pytest.skip("needs XLA_FLAGS=--xla_force_host_platform_device_count=8")
     mesh = Mesh(np.array(jax.devices()[:8]), ("data",))
     replicated = NamedSharding(mesh, PartitionSpec())
-    state = {"params": {"w": jax.device_put(np.arange(12, dtype=np.float32).reshape(3, 4), replicated)},
-             "step": jax.device_put(np.int32(7), replicated)}
+    state = {
+        "params": {"w": jax.device_put(np.arange(12, dtype=np.float32).reshape(3, 4), replicated)},
+        "step": jax.device_put(np.int32(7), replicated),
+    }
     ckpt = checkpoint_lib.Checkpointer(str(tmp_path), best_metric=None)
     ckpt.save(7, state, {"next_index": 7}, tiny_config())
     ckpt.wait()

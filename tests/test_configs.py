@@ -2,10 +2,10 @@
 and its freezing resolves."""
 
 import ast
-import re
 import importlib
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -13,11 +13,11 @@ import jax
 import jax.numpy as jnp
 import pytest
 from flax import traverse_util
+from helpers import REPO, load_config
 
 import effnet_jax
 from effnet_jax.train import freeze
 from effnet_jax.train.loop import resolve_data
-from helpers import REPO, load_config
 
 NAMES = sorted(p.stem for p in (REPO / "configs").glob("*.py") if p.stem != "__init__")
 
@@ -78,8 +78,11 @@ def test_config_imports_its_parent_and_sets_only_what_it_changes(name):
         current = parent
         for key in keys:
             current = current[key]
-        same = tuple(current) == tuple(value) if isinstance(value, (tuple, list)) else (
-            type(current) is type(value) and current == value)
+        same = (
+            tuple(current) == tuple(value)
+            if isinstance(value, (tuple, list))
+            else (type(current) is type(value) and current == value)
+        )
         assert not same, f"configs/{name}.py:{node.lineno} sets {'.'.join(keys)} to its parent's value {value!r}"
 
 
@@ -89,11 +92,15 @@ def test_a_config_loaded_by_path_imports_its_own_siblings(tmp_path):
     project = tmp_path / "project" / "configs"
     project.mkdir(parents=True)
     (project / "__init__.py").write_text("")
-    (project / "base.py").write_text("from configs import default\n\n\ndef get_config():\n"
-                                     "    c = default.get_config()\n    c.num_epochs = 7.0\n    return c\n")
+    (project / "base.py").write_text(
+        "from configs import default\n\n\ndef get_config():\n"
+        "    c = default.get_config()\n    c.num_epochs = 7.0\n    return c\n"
+    )
     (project / "default.py").write_text("from effnet_jax.train.config import get_config\n")
-    (project / "child.py").write_text("from configs import base\n\n\ndef get_config(arg='b0'):\n"
-                                      "    c = base.get_config()\n    c.model.name = 'efficientnet_' + arg\n    return c\n")
+    (project / "child.py").write_text(
+        "from configs import base\n\n\ndef get_config(arg='b0'):\n"
+        "    c = base.get_config()\n    c.model.name = 'efficientnet_' + arg\n    return c\n"
+    )
     script = (
         "import sys\n"
         "from absl import flags\n"
@@ -102,12 +109,18 @@ def test_a_config_loaded_by_path_imports_its_own_siblings(tmp_path):
         "make_config_package_importable(sys.argv)\n"
         "config_flags.DEFINE_config_file('config')\n"
         "flags.FLAGS(sys.argv)\n"
-        "print(flags.FLAGS.config.model.name, flags.FLAGS.config.num_epochs)\n")
+        "print(flags.FLAGS.config.model.name, flags.FLAGS.config.num_epochs)\n"
+    )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    proc = subprocess.run([sys.executable, "-c", script, f"--config={project / 'child.py'}:b2"],
-                          capture_output=True, text=True, timeout=300, cwd=elsewhere,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.run(
+        [sys.executable, "-c", script, f"--config={project / 'child.py'}:b2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=elsewhere,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["efficientnet_b2", "7.0"]
 
@@ -134,9 +147,20 @@ def test_auto_data_is_chest_xray_with_a_manual_dir_and_the_fallback_without():
 
 def test_an_unknown_config_key_on_the_command_line_names_itself(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "effnet_jax.cli.train", f"--config={REPO / 'configs' / 'debug.py'}",
-         f"--workdir={tmp_path}", "--config.optimizer.learning_rat=0.1"],
-        capture_output=True, text=True, timeout=300, cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+        [
+            sys.executable,
+            "-m",
+            "effnet_jax.cli.train",
+            f"--config={REPO / 'configs' / 'debug.py'}",
+            f"--workdir={tmp_path}",
+            "--config.optimizer.learning_rat=0.1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
     assert proc.returncode != 0
     assert "learning_rat" in proc.stderr
     assert not (pathlib.Path(tmp_path) / "checkpoints").exists()

@@ -3,232 +3,247 @@
 import numpy as np
 import pytest
 
+from effnet_jax.data import pipeline, sampling
 from effnet_jax.train.config import default_data_config
-from effnet_jax.data import pipeline
-from effnet_jax.data import sampling
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def _cfg(**overrides):
-  cfg = default_data_config()
-  cfg.name = 'synthetic'
-  cfg.synthetic_examples = 64
-  for k, v in overrides.items():
-    setattr(cfg, k, v)
-  return cfg
+    cfg = default_data_config()
+    cfg.name = "synthetic"
+    cfg.synthetic_examples = 64
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    return cfg
 
 
 def _train(cfg, seed=0, batch_size=8, image_size=32, **kw):
-  return pipeline.create_split(cfg, 'train', training=True, batch_size=batch_size,
-                               image_size=image_size, mean=MEAN, std=STD, seed=seed,
-                               shard_index=kw.pop('shard_index', 0),
-                               shard_count=kw.pop('shard_count', 1))
+    return pipeline.create_split(
+        cfg,
+        "train",
+        training=True,
+        batch_size=batch_size,
+        image_size=image_size,
+        mean=MEAN,
+        std=STD,
+        seed=seed,
+        shard_index=kw.pop("shard_index", 0),
+        shard_count=kw.pop("shard_count", 1),
+    )
 
 
-def _eval(cfg, split='validation', batch_size=6, image_size=32, **kw):
-  return pipeline.create_split(cfg, split, training=False, batch_size=batch_size,
-                               image_size=image_size, mean=MEAN, std=STD, seed=0, **kw)
+def _eval(cfg, split="validation", batch_size=6, image_size=32, **kw):
+    return pipeline.create_split(
+        cfg, split, training=False, batch_size=batch_size, image_size=image_size, mean=MEAN, std=STD, seed=0, **kw
+    )
 
 
 def _take(it, n):
-  return [next(it) for _ in range(n)]
+    return [next(it) for _ in range(n)]
 
 
 def _assert_same(batches_a, batches_b):
-  assert len(batches_a) == len(batches_b)
-  for a, b in zip(batches_a, batches_b):
-    assert a.keys() == b.keys()
-    for k in a:
-      np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert len(batches_a) == len(batches_b)
+    for a, b in zip(batches_a, batches_b):
+        assert a.keys() == b.keys()
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
 def test_train_batch_has_contract_keys_shapes_and_dtypes():
-  it = iter(_train(_cfg(), batch_size=4, image_size=40))
-  batch = next(it)
-  assert set(batch) == {'image', 'label', 'mask'}
-  assert batch['image'].shape == (4, 40, 40, 3) and batch['image'].dtype == np.float32
-  assert batch['label'].shape == (4,) and batch['label'].dtype == np.int32
-  assert batch['mask'].dtype == np.bool_ and batch['mask'].all()
-  # Grayscale replicated to 3 channels, then normalised per channel: undo it and compare.
-  pixels = batch['image'] * np.array(STD, np.float32) + np.array(MEAN, np.float32)
-  np.testing.assert_allclose(pixels[..., 0], pixels[..., 1], atol=1e-5)
-  np.testing.assert_allclose(pixels[..., 0], pixels[..., 2], atol=1e-5)
+    it = iter(_train(_cfg(), batch_size=4, image_size=40))
+    batch = next(it)
+    assert set(batch) == {"image", "label", "mask"}
+    assert batch["image"].shape == (4, 40, 40, 3) and batch["image"].dtype == np.float32
+    assert batch["label"].shape == (4,) and batch["label"].dtype == np.int32
+    assert batch["mask"].dtype == np.bool_ and batch["mask"].all()
+    # Grayscale replicated to 3 channels, then normalised per channel: undo it and compare.
+    pixels = batch["image"] * np.array(STD, np.float32) + np.array(MEAN, np.float32)
+    np.testing.assert_allclose(pixels[..., 0], pixels[..., 1], atol=1e-5)
+    np.testing.assert_allclose(pixels[..., 0], pixels[..., 2], atol=1e-5)
 
 
 def test_split_info_of_synthetic():
-  info = pipeline.split_info(_cfg(), 'train')
-  assert info == {'num_examples': 64, 'class_counts': [16, 48],
-                  'class_names': ['NORMAL', 'PNEUMONIA'], 'synthetic': True, 'file_names': None}
-  assert pipeline.split_info(_cfg(), 'validation')['num_examples'] == 16
-  assert pipeline.split_info(_cfg(), 'test')['num_examples'] == 16
+    info = pipeline.split_info(_cfg(), "train")
+    assert info == {
+        "num_examples": 64,
+        "class_counts": [16, 48],
+        "class_names": ["NORMAL", "PNEUMONIA"],
+        "synthetic": True,
+        "file_names": None,
+    }
+    assert pipeline.split_info(_cfg(), "validation")["num_examples"] == 16
+    assert pipeline.split_info(_cfg(), "test")["num_examples"] == 16
 
 
 def test_same_seed_gives_same_batches_and_other_seed_differs():
-  a = _take(iter(_train(_cfg(), seed=3)), 12)  # 12 batches of 8 = 1.5 epochs of 64
-  b = _take(iter(_train(_cfg(), seed=3)), 12)
-  c = _take(iter(_train(_cfg(), seed=4)), 12)
-  _assert_same(a, b)
-  assert not np.array_equal(a[0]['image'], c[0]['image'])
+    a = _take(iter(_train(_cfg(), seed=3)), 12)  # 12 batches of 8 = 1.5 epochs of 64
+    b = _take(iter(_train(_cfg(), seed=3)), 12)
+    c = _take(iter(_train(_cfg(), seed=4)), 12)
+    _assert_same(a, b)
+    assert not np.array_equal(a[0]["image"], c[0]["image"])
 
 
 def test_each_epoch_visits_every_example_once_in_a_new_order():
-  order = sampling.TrainOrder(np.array([0, 1] * 10), 'none', seed=0)
-  e0, e1 = order.epoch_order(0), order.epoch_order(1)
-  assert sorted(e0) == list(range(20)) and sorted(e1) == list(range(20))
-  assert not np.array_equal(e0, e1)
-  assert [order[i][0] for i in range(20, 40)] == list(e1)
+    order = sampling.TrainOrder(np.array([0, 1] * 10), "none", seed=0)
+    e0, e1 = order.epoch_order(0), order.epoch_order(1)
+    assert sorted(e0) == list(range(20)) and sorted(e1) == list(range(20))
+    assert not np.array_equal(e0, e1)
+    assert [order[i][0] for i in range(20, 40)] == list(e1)
 
 
 def test_resume_from_state_gives_the_uninterrupted_batches():
-  ds = _train(_cfg(), seed=1)
-  uninterrupted = _take(iter(ds), 10)
-  it = iter(ds)
-  _take(it, 6)
-  state = it.get_state()
-  resumed = iter(_train(_cfg(), seed=1))  # a fresh pipeline, as after a restart
-  resumed.set_state(state)
-  _assert_same(uninterrupted[6:], _take(resumed, 4))
+    ds = _train(_cfg(), seed=1)
+    uninterrupted = _take(iter(ds), 10)
+    it = iter(ds)
+    _take(it, 6)
+    state = it.get_state()
+    resumed = iter(_train(_cfg(), seed=1))  # a fresh pipeline, as after a restart
+    resumed.set_state(state)
+    _assert_same(uninterrupted[6:], _take(resumed, 4))
 
 
 def test_augmentation_switches_change_training_images():
-  cfg_off = _cfg()
-  cfg_off.augment.enabled = False
-  plain = next(iter(_train(cfg_off)))
-  augmented = next(iter(_train(_cfg())))
-  np.testing.assert_array_equal(plain['label'], augmented['label'])
-  assert not np.allclose(plain['image'], augmented['image'])
+    cfg_off = _cfg()
+    cfg_off.augment.enabled = False
+    plain = next(iter(_train(cfg_off)))
+    augmented = next(iter(_train(_cfg())))
+    np.testing.assert_array_equal(plain["label"], augmented["label"])
+    assert not np.allclose(plain["image"], augmented["image"])
 
 
 def test_disabled_augmentation_equals_eval_view_of_the_same_example():
-  cfg = _cfg()
-  cfg.augment.enabled = False
-  order = sampling.TrainOrder(pipeline.sources.selection(cfg, 'train').labels, 'none', seed=0)
-  first = order.epoch_order(0)[0]
-  train_img = next(iter(_train(cfg, batch_size=1, image_size=64)))['image'][0]
-  eval_batches = list(_eval(cfg, split='train', batch_size=64, image_size=64,
-                            shard_index=0, shard_count=1))
-  eval_img = eval_batches[0]['image'][first]
-  # Identity warp vs. resize of a 64-px image to 64 px: the same pixels.
-  np.testing.assert_allclose(train_img, eval_img, atol=1e-5)
+    cfg = _cfg()
+    cfg.augment.enabled = False
+    order = sampling.TrainOrder(pipeline.sources.selection(cfg, "train").labels, "none", seed=0)
+    first = order.epoch_order(0)[0]
+    train_img = next(iter(_train(cfg, batch_size=1, image_size=64)))["image"][0]
+    eval_batches = list(_eval(cfg, split="train", batch_size=64, image_size=64, shard_index=0, shard_count=1))
+    eval_img = eval_batches[0]["image"][first]
+    # Identity warp vs. resize of a 64-px image to 64 px: the same pixels.
+    np.testing.assert_allclose(train_img, eval_img, atol=1e-5)
 
 
 def test_eval_is_one_padded_deterministic_pass():
-  batches = list(_eval(_cfg(), batch_size=6, shard_index=0, shard_count=1))
-  assert len(batches) == 3  # 16 examples -> 6 + 6 + 4 real, padded to 6
-  mask = np.concatenate([b['mask'] for b in batches])
-  index = np.concatenate([b['index'] for b in batches])
-  assert mask.tolist() == [True] * 16 + [False] * 2
-  assert index.tolist() == list(range(16)) + [-1, -1]
-  assert batches[-1]['index'].dtype == np.int64
-  np.testing.assert_array_equal(batches[-1]['image'][4:], 0.0)
-  _assert_same(batches, list(_eval(_cfg(), batch_size=6, shard_index=0, shard_count=1)))
+    batches = list(_eval(_cfg(), batch_size=6, shard_index=0, shard_count=1))
+    assert len(batches) == 3  # 16 examples -> 6 + 6 + 4 real, padded to 6
+    mask = np.concatenate([b["mask"] for b in batches])
+    index = np.concatenate([b["index"] for b in batches])
+    assert mask.tolist() == [True] * 16 + [False] * 2
+    assert index.tolist() == list(range(16)) + [-1, -1]
+    assert batches[-1]["index"].dtype == np.int64
+    np.testing.assert_array_equal(batches[-1]["image"][4:], 0.0)
+    _assert_same(batches, list(_eval(_cfg(), batch_size=6, shard_index=0, shard_count=1)))
 
 
 def test_eval_shards_are_disjoint_cover_the_split_and_have_equal_length():
-  shards = [list(_eval(_cfg(), batch_size=4, shard_index=i, shard_count=3)) for i in range(3)]
-  assert len({len(s) for s in shards}) == 1
-  seen = [int(i) for s in shards for b in s for i, m in zip(b['index'], b['mask']) if m]
-  assert sorted(seen) == list(range(16))
+    shards = [list(_eval(_cfg(), batch_size=4, shard_index=i, shard_count=3)) for i in range(3)]
+    assert len({len(s) for s in shards}) == 1
+    seen = [int(i) for s in shards for b in s for i, m in zip(b["index"], b["mask"]) if m]
+    assert sorted(seen) == list(range(16))
 
 
 def test_train_shards_read_disjoint_examples():
-  sel = pipeline.sources.selection(_cfg(), 'train')
-  seen = []
-  for shard in range(2):
-    order = sampling.TrainOrder(sel.labels[shard::2], 'none', seed=0, shard_index=shard)
-    seen.append(set(np.arange(shard, 64, 2)[order.epoch_order(0)]))
-  assert not seen[0] & seen[1] and len(seen[0] | seen[1]) == 64
+    sel = pipeline.sources.selection(_cfg(), "train")
+    seen = []
+    for shard in range(2):
+        order = sampling.TrainOrder(sel.labels[shard::2], "none", seed=0, shard_index=shard)
+        seen.append(set(np.arange(shard, 64, 2)[order.epoch_order(0)]))
+    assert not seen[0] & seen[1] and len(seen[0] | seen[1]) == 64
 
 
-@pytest.mark.parametrize('balance,epoch_len', [('oversample', 96), ('undersample', 32)])
+@pytest.mark.parametrize("balance,epoch_len", [("oversample", 96), ("undersample", 32)])
 def test_balance_equalises_classes_every_epoch(balance, epoch_len):
-  labels = pipeline.sources.selection(_cfg(), 'train').labels  # 16 NORMAL, 48 PNEUMONIA
-  order = sampling.TrainOrder(labels, balance, seed=0)
-  assert order.epoch_len == epoch_len
-  for epoch in range(3):
-    picked = labels[order.epoch_order(epoch)]
-    assert np.bincount(picked).tolist() == [epoch_len // 2, epoch_len // 2]
-  if balance == 'oversample':
-    counts = np.bincount(order.epoch_order(0), minlength=64)
-    assert counts[labels == 0].tolist() == [3] * 16  # each NORMAL exactly 3 times
-    assert counts[labels == 1].tolist() == [1] * 48
+    labels = pipeline.sources.selection(_cfg(), "train").labels  # 16 NORMAL, 48 PNEUMONIA
+    order = sampling.TrainOrder(labels, balance, seed=0)
+    assert order.epoch_len == epoch_len
+    for epoch in range(3):
+        picked = labels[order.epoch_order(epoch)]
+        assert np.bincount(picked).tolist() == [epoch_len // 2, epoch_len // 2]
+    if balance == "oversample":
+        counts = np.bincount(order.epoch_order(0), minlength=64)
+        assert counts[labels == 0].tolist() == [3] * 16  # each NORMAL exactly 3 times
+        assert counts[labels == 1].tolist() == [1] * 48
 
 
 def test_balanced_training_batches_carry_balanced_labels():
-  it = iter(_train(_cfg(balance='undersample'), batch_size=8))
-  labels = np.concatenate([b['label'] for b in _take(it, 4)])  # exactly one epoch of 32
-  assert np.bincount(labels).tolist() == [16, 16]
+    it = iter(_train(_cfg(balance="undersample"), batch_size=8))
+    labels = np.concatenate([b["label"] for b in _take(it, 4)])  # exactly one epoch of 32
+    assert np.bincount(labels).tolist() == [16, 16]
 
 
 def test_bad_config_values_name_the_key():
-  with pytest.raises(ValueError, match='data.balance'):
-    _train(_cfg(balance='smote'))
-  cfg = _cfg()
-  cfg.augment.scale_min = 0.0
-  with pytest.raises(ValueError, match='data.augment.scale_min'):
-    _train(cfg)
-  with pytest.raises(ValueError, match='split='):
-    _eval(_cfg(), split='dev', shard_index=0, shard_count=1)
+    with pytest.raises(ValueError, match="data.balance"):
+        _train(_cfg(balance="smote"))
+    cfg = _cfg()
+    cfg.augment.scale_min = 0.0
+    with pytest.raises(ValueError, match="data.augment.scale_min"):
+        _train(cfg)
+    with pytest.raises(ValueError, match="split="):
+        _eval(_cfg(), split="dev", shard_index=0, shard_count=1)
 
 
 def test_worker_processes_give_the_in_process_batches_and_resume():
-  reference = _take(iter(_train(_cfg(), seed=2)), 5)
-  ds = _train(_cfg(num_workers=2), seed=2)
-  it = iter(ds)
-  try:
-    first = _take(it, 3)
-    state = it.get_state()
-  finally:
-    it.close()
-  _assert_same(reference[:3], first)
-  resumed = iter(ds)
-  try:
-    resumed.set_state(state)
-    _assert_same(reference[3:], _take(resumed, 2))
-  finally:
-    resumed.close()
+    reference = _take(iter(_train(_cfg(), seed=2)), 5)
+    ds = _train(_cfg(num_workers=2), seed=2)
+    it = iter(ds)
+    try:
+        first = _take(it, 3)
+        state = it.get_state()
+    finally:
+        it.close()
+    _assert_same(reference[:3], first)
+    resumed = iter(ds)
+    try:
+        resumed.set_state(state)
+        _assert_same(reference[3:], _take(resumed, 2))
+    finally:
+        resumed.close()
 
 
 def test_synthetic_classes_are_learnable_by_nearest_centroid():
-  train = list(_eval(_cfg(), split='train', batch_size=64, shard_index=0, shard_count=1))[0]
-  val = list(_eval(_cfg(), split='validation', batch_size=16, shard_index=0, shard_count=1))[0]
-  flat = lambda b: b['image'][..., 0].reshape(len(b['label']), -1)
-  centroids = np.stack([flat(train)[train['label'] == c].mean(0) for c in (0, 1)])
-  dist = ((flat(val)[:, None] - centroids[None]) ** 2).sum(-1)
-  assert (dist.argmin(1) == val['label']).mean() >= 0.9
+    train = list(_eval(_cfg(), split="train", batch_size=64, shard_index=0, shard_count=1))[0]
+    val = list(_eval(_cfg(), split="validation", batch_size=16, shard_index=0, shard_count=1))[0]
+    flat = lambda b: b["image"][..., 0].reshape(len(b["label"]), -1)
+    centroids = np.stack([flat(train)[train["label"] == c].mean(0) for c in (0, 1)])
+    dist = ((flat(val)[:, None] - centroids[None]) ** 2).sum(-1)
+    assert (dist.argmin(1) == val["label"]).mean() >= 0.9
 
 
 def test_make_global_batch_builds_sharded_jax_arrays():
-  import jax
-  from jax.sharding import Mesh, NamedSharding, PartitionSpec
-  mesh = Mesh(np.array(jax.devices()[:1]), ('data',))
-  batch = next(iter(_eval(_cfg(), batch_size=4, shard_index=0, shard_count=1)))
-  out = pipeline.make_global_batch(batch, NamedSharding(mesh, PartitionSpec('data')))
-  assert isinstance(out['image'], jax.Array) and out['image'].shape == (4, 32, 32, 3)
-  np.testing.assert_array_equal(np.asarray(out['index']), batch['index'])
+    import jax
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
+    batch = next(iter(_eval(_cfg(), batch_size=4, shard_index=0, shard_count=1)))
+    out = pipeline.make_global_batch(batch, NamedSharding(mesh, PartitionSpec("data")))
+    assert isinstance(out["image"], jax.Array) and out["image"].shape == (4, 32, 32, 3)
+    np.testing.assert_array_equal(np.asarray(out["index"]), batch["index"])
 
 
 def test_eval_with_worker_processes_is_the_same_single_pass():
-  reference = list(_eval(_cfg(), batch_size=6, shard_index=0, shard_count=1))
-  it = iter(_eval(_cfg(num_workers=2), batch_size=6, shard_index=0, shard_count=1))
-  try:
-    _assert_same(reference, list(it))
-  finally:
-    it.close()
+    reference = list(_eval(_cfg(), batch_size=6, shard_index=0, shard_count=1))
+    it = iter(_eval(_cfg(num_workers=2), batch_size=6, shard_index=0, shard_count=1))
+    try:
+        _assert_same(reference, list(it))
+    finally:
+        it.close()
 
 
-@pytest.mark.parametrize('split', ['train', 'validation', 'test'])
+@pytest.mark.parametrize("split", ["train", "validation", "test"])
 def test_eval_images_are_the_images_of_the_requested_split(split):
-  from effnet_jax.data import synthetic
-  batch = next(iter(_eval(_cfg(), split=split, batch_size=4, image_size=synthetic.SIZE,
-                          shard_index=0, shard_count=1)))
-  expected = np.stack([synthetic.image(split, i) for i in range(4)]) / 255.0
-  pixels = batch['image'][..., 0] * STD[0] + MEAN[0]
-  np.testing.assert_allclose(pixels, expected, atol=1e-5)
+    from effnet_jax.data import synthetic
+
+    batch = next(
+        iter(_eval(_cfg(), split=split, batch_size=4, image_size=synthetic.SIZE, shard_index=0, shard_count=1))
+    )
+    expected = np.stack([synthetic.image(split, i) for i in range(4)]) / 255.0
+    pixels = batch["image"][..., 0] * STD[0] + MEAN[0]
+    np.testing.assert_allclose(pixels, expected, atol=1e-5)
 
 
-_TWO_DEVICE_SCRIPT = '''
+_TWO_DEVICE_SCRIPT = """
 import numpy as np, jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from effnet_jax.data import pipeline
@@ -243,15 +258,16 @@ shards = sorted((s.index[0].start, s.data.shape[0]) for s in out['image'].addres
 assert len(jax.devices()) == 2 and shards == [(0, 4), (4, 4)], shards
 np.testing.assert_array_equal(np.asarray(out['label']), batch['label'])
 print('ok')
-'''
+"""
 
 
 def test_make_global_batch_splits_the_batch_over_two_devices():
-  import os
-  import subprocess
-  import sys
-  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2',
-         'JAX_PLATFORMS': 'cpu'}
-  result = subprocess.run([sys.executable, '-c', _TWO_DEVICE_SCRIPT], env=env,
-                          capture_output=True, text=True, timeout=120)
-  assert result.returncode == 0 and result.stdout.strip().endswith('ok'), result.stderr[-2000:]
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run(
+        [sys.executable, "-c", _TWO_DEVICE_SCRIPT], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]

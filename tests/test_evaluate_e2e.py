@@ -7,11 +7,11 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import load_config
 from PIL import Image
 
-from effnet_jax.reporting import metrics as metrics_lib
 from effnet_jax.data import pipeline
-from helpers import load_config
+from effnet_jax.reporting import metrics as metrics_lib
 
 pytestmark = pytest.mark.slow  # trains for real: about 2 CPU-minutes
 
@@ -38,8 +38,9 @@ def workdir(tmp_path_factory):
 
 def cli(module, *args):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +66,8 @@ def test_eval_cli_reports_both_thresholds_and_where_it_wrote(evaluated):
 
 
 def test_eval_metrics_match_a_fresh_pass_over_the_splits(workdir, evaluated):
-    from effnet_jax.inference.restore import restore_for_inference
     from effnet_jax.inference.evaluation import input_spec, predict_split
+    from effnet_jax.inference.restore import restore_for_inference
 
     _, _, report = evaluated
     restored = restore_for_inference(workdir, "latest")
@@ -80,8 +81,11 @@ def test_eval_metrics_match_a_fresh_pass_over_the_splits(workdir, evaluated):
     # The debug config trains on synthetic data without balancing: the prior is train's PNEUMONIA share.
     counts = pipeline.split_info(config.data, "train")["class_counts"]
     assert report["training_prior_threshold"] == pytest.approx(counts[1] / sum(counts))
-    for key, t in (("threshold_0.5", 0.5), ("threshold_training_prior", report["training_prior_threshold"]),
-                   ("threshold_validation_youden", threshold)):
+    for key, t in (
+        ("threshold_0.5", 0.5),
+        ("threshold_training_prior", report["training_prior_threshold"]),
+        ("threshold_validation_youden", threshold),
+    ):
         expected = metrics_lib.json_safe(metrics_lib.compute_metrics(test.labels, test.probs, t))
         got = report["metrics"][key]
         assert got["confusion_matrix"] == expected["confusion_matrix"]
@@ -99,8 +103,16 @@ def test_predict_cli_scores_images_reports_bad_ones_and_writes_gradcam(workdir, 
     corrupt = tmp_path / "corrupt.jpg"
     corrupt.write_bytes(b"\xff\xd8\xff\xe0 truncated")
     cams = tmp_path / "cams"
-    proc = cli("effnet_jax.cli.predict", f"--workdir={workdir}", "--checkpoint=latest", f"--gradcam={cams}", "--batch_size=2",
-               str(good), str(corrupt), str(rgb))
+    proc = cli(
+        "effnet_jax.cli.predict",
+        f"--workdir={workdir}",
+        "--checkpoint=latest",
+        f"--gradcam={cams}",
+        "--batch_size=2",
+        str(good),
+        str(corrupt),
+        str(rgb),
+    )
     assert proc.returncode == 1, proc.stderr[-3000:]  # one input failed
     assert f"cannot read {corrupt}" in proc.stderr
     lines = [json.loads(line) for line in proc.stdout.strip().splitlines()]
@@ -127,5 +139,7 @@ def test_tta_evaluation_of_the_validation_split_goes_to_its_own_directory(workdi
     assert os.path.isfile(os.path.join(report["out_dir"], "metrics.json"))
     # predict (no TTA) keeps using the threshold stored by the plain evaluation.
     _, out_dir, plain = evaluated
-    assert find_validation_threshold(workdir, 2) == (plain["validation_threshold"],
-                                                     os.path.join(out_dir, "metrics.json"))
+    assert find_validation_threshold(workdir, 2) == (
+        plain["validation_threshold"],
+        os.path.join(out_dir, "metrics.json"),
+    )

@@ -36,8 +36,10 @@ def test_flip_averages_the_two_views_exactly():
 def test_flip_on_a_mirror_symmetric_input_changes_nothing():
     half = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 4, 3))
     symmetric = jnp.concatenate([half, half[:, :, ::-1]], axis=2)
-    np.testing.assert_array_equal(np.asarray(predict_probs(left_half_logit, symmetric, "flip")),
-                                  np.asarray(predict_probs(left_half_logit, symmetric, "none")))
+    np.testing.assert_array_equal(
+        np.asarray(predict_probs(left_half_logit, symmetric, "flip")),
+        np.asarray(predict_probs(left_half_logit, symmetric, "none")),
+    )
 
 
 def test_views_are_image_corners_centre_and_mirrors():
@@ -56,5 +58,8 @@ def test_softmax_head_probabilities():
         return jnp.concatenate([jnp.zeros_like(z), z], axis=1)
 
     x = jax.random.normal(jax.random.PRNGKey(2), (4, 8, 8, 3))
-    np.testing.assert_allclose(np.asarray(predict_probs(two_logits, x, "crops")),
-                               np.asarray(predict_probs(left_half_logit, x, "crops")), rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(predict_probs(two_logits, x, "crops")),
+        np.asarray(predict_probs(left_half_logit, x, "crops")),
+        rtol=1e-6,
+    )

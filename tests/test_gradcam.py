@@ -17,8 +17,7 @@ TINY_BLOCKS = ("ds_r1_k3_s1_e1_c8_se0.25", "ir_r1_k3_s2_e2_c16_se0.25", "ir_r2_k
 
 def tiny_model(num_classes):
     """A narrow three-stage EfficientNet so that the test compiles in seconds."""
-    variant = dataclasses.replace(get_variant("efficientnet_b0"), blocks=TINY_BLOCKS, stem_channels=8,
-                                  head_channels=32)
+    variant = dataclasses.replace(get_variant("efficientnet_b0"), blocks=TINY_BLOCKS, stem_channels=8, head_channels=32)
     model = EfficientNet(variant, num_classes=num_classes)
     variables = init_variables(model, 0, image_size=SIZE)
     # A unit-variance random classifier so that positive and negative weights both occur.
@@ -84,7 +83,7 @@ def test_explicit_class_index_of_softmax_head(softmax_model):
 def test_overlay_png_matches_original_image_size(tmp_path):
     original = Image.fromarray((np.arange(50 * 70) % 256).astype(np.uint8).reshape(50, 70), mode="L")
     heat = np.zeros((SIZE, SIZE), np.float32)
-    heat[:, SIZE // 2:] = 1.0
+    heat[:, SIZE // 2 :] = 1.0
     path = save_overlay(original, heat, tmp_path / "o" / "x.png")
     with Image.open(path) as im:
         assert im.format == "PNG" and im.mode == "RGB" and im.size == (70, 50)

@@ -13,18 +13,18 @@ import tracemalloc
 import zipfile
 import zlib
 
+import data_fixtures as fx
 import numpy as np
 import pytest
 
-import data_fixtures as fx
-from effnet_jax.data import imaging
-from effnet_jax.data import kermany
+from effnet_jax.data import imaging, kermany
 from effnet_jax.weights import WeightFileError, read_weights
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
 
 # --- weight files ---------------------------------------------------------------------------------
+
 
 class _System:
     """Unpickles as os.system(command): a file that would create `sentinel` if code ran."""
@@ -132,15 +132,18 @@ def test_a_wellformed_crafted_file_reads_back_exactly(legacy, tmp_path):
 
 
 @pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
-@pytest.mark.parametrize("offset,size,stride,why", [
-    (0, (4096,), (1,), "beyond its storage of 4 elements"),  # the probe's heap read
-    (0, (4, 4), (100000, 1), "beyond its storage"),  # a stride that would segfault
-    (-2, (2,), (1,), "negative offset"),  # would take the tail (and before it)
-    (0, (2,), (-1,), "negative offset, size or stride"),
-    (4, (), (), "beyond its storage"),  # a scalar one past the end
-    (0, (1000, 1000), (0, 0), "more elements than its storage"),  # a broadcast memory bomb
-    (0, (2, 2), (1,), "different lengths"),
-])
+@pytest.mark.parametrize(
+    "offset,size,stride,why",
+    [
+        (0, (4096,), (1,), "beyond its storage of 4 elements"),  # the probe's heap read
+        (0, (4, 4), (100000, 1), "beyond its storage"),  # a stride that would segfault
+        (-2, (2,), (1,), "negative offset"),  # would take the tail (and before it)
+        (0, (2,), (-1,), "negative offset, size or stride"),
+        (4, (), (), "beyond its storage"),  # a scalar one past the end
+        (0, (1000, 1000), (0, 0), "more elements than its storage"),  # a broadcast memory bomb
+        (0, (2, 2), (1,), "different lengths"),
+    ],
+)
 def test_out_of_bounds_tensors_are_refused(legacy, offset, size, stride, why, tmp_path):
     state = {"conv.weight": _Tensor(_StorageRef("0", 4), offset, size, stride)}
     path = _write_pth(tmp_path / "oob.pth", state, {"0": np.ones(4, np.float32).tobytes()}, legacy)
@@ -159,8 +162,12 @@ def test_storage_bytes_that_disagree_with_the_declared_count_are_refused(legacy,
 def test_state_dict_key_without_dots_is_a_weight_file_error(tmp_path):
     import effnet_jax
 
-    path = _write_pth(tmp_path / "flat.pth", {"weight": _Tensor(_StorageRef("0", 4), 0, (4,), (1,))},
-                      {"0": np.ones(4, np.float32).tobytes()}, legacy=False)
+    path = _write_pth(
+        tmp_path / "flat.pth",
+        {"weight": _Tensor(_StorageRef("0", 4), 0, (4,), (1,))},
+        {"0": np.ones(4, np.float32).tobytes()},
+        legacy=False,
+    )
     with pytest.raises(WeightFileError, match="flat.pth: key 'weight' has no counterpart"):
         effnet_jax.create_model("efficientnet_lite0", pretrained=str(path))
 
@@ -201,14 +208,49 @@ def _raw_zip(path, members):
     for name, method, payload, crc, size in members:
         offset = local.tell()
         encoded = name.encode()
-        local.write(struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, method, 0, 0x21, crc, len(payload), size,
-                                len(encoded), 0) + encoded + payload)
-        central.write(struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0, method, 0, 0x21, crc, len(payload),
-                                  size, len(encoded), 0, 0, 0, 0, 0, offset) + encoded)
+        local.write(
+            struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, method, 0, 0x21, crc, len(payload), size, len(encoded), 0)
+            + encoded
+            + payload
+        )
+        central.write(
+            struct.pack(
+                "<4s6H3L5H2L",
+                b"PK\x01\x02",
+                20,
+                20,
+                0,
+                method,
+                0,
+                0x21,
+                crc,
+                len(payload),
+                size,
+                len(encoded),
+                0,
+                0,
+                0,
+                0,
+                0,
+                offset,
+            )
+            + encoded
+        )
     with open(path, "wb") as f:
         f.write(local.getvalue() + central.getvalue())
-        f.write(struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, len(members), len(members), len(central.getvalue()),
-                            len(local.getvalue()), 0))
+        f.write(
+            struct.pack(
+                "<4s4H2LH",
+                b"PK\x05\x06",
+                0,
+                0,
+                len(members),
+                len(members),
+                len(central.getvalue()),
+                len(local.getvalue()),
+                0,
+            )
+        )
     return path
 
 
@@ -256,8 +298,9 @@ def test_zip_member_lying_about_its_size_cannot_inflate_past_it(tmp_path):
     # Declares 1 KiB, but its stream inflates to 48 MiB: reading stops at what was declared.
     payload, _ = _zeros_deflate(48 << 20)
     name = "chest_xray/train/NORMAL/IM-0901-0001.jpeg"
-    path = _raw_zip(tmp_path / "liar.zip", _good_members() + [(name, zipfile.ZIP_DEFLATED, payload,
-                                                                 zlib.crc32(bytes(1024)), 1024)])
+    path = _raw_zip(
+        tmp_path / "liar.zip", _good_members() + [(name, zipfile.ZIP_DEFLATED, payload, zlib.crc32(bytes(1024)), 1024)]
+    )
     layout = kermany.scan(path)
     tracemalloc.start()
     try:
@@ -272,8 +315,9 @@ def test_zip_member_lying_about_its_size_cannot_inflate_past_it(tmp_path):
 def _prepare(raw, data_dir, **kw):
     from effnet_jax.data import prepare
 
-    return prepare.ensure_prepared(prepare.BuilderFactory(name="chest_xray", manual_dir=str(raw),
-                                                          data_dir=str(data_dir), max_size=36, **kw))
+    return prepare.ensure_prepared(
+        prepare.BuilderFactory(name="chest_xray", manual_dir=str(raw), data_dir=str(data_dir), max_size=36, **kw)
+    )
 
 
 def test_preparing_from_a_zip_bomb_names_the_member_or_skips_it(bomb_zip, tmp_path):
@@ -285,6 +329,7 @@ def test_preparing_from_a_zip_bomb_names_the_member_or_skips_it(bomb_zip, tmp_pa
 
 
 # --- links and FIFOs -------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def linked_tree(tmp_path):
@@ -358,13 +403,21 @@ def test_fifo_among_predict_inputs_is_skipped_with_a_message(tmp_path):
 
 # --- output paths are checked before the work ------------------------------------------------------
 
-@pytest.mark.parametrize("module,args,flag", [
-    # Each would fail later for another reason (no weights file, no checkpoints): the output
-    # error coming first shows the check runs before any work.
-    ("effnet_jax.cli.convert", ["--variant=efficientnet_lite0", "--input=/nonexistent/w.pth", "--output={bad}"], "--output"),
-    ("effnet_jax.cli.evaluate", ["--workdir={empty}", "--out_dir={bad}"], "--out_dir"),
-    ("effnet_jax.cli.predict", ["--workdir={empty}", "--gradcam={bad}", "{empty}/x.jpeg"], "--gradcam"),
-])
+
+@pytest.mark.parametrize(
+    "module,args,flag",
+    [
+        # Each would fail later for another reason (no weights file, no checkpoints): the output
+        # error coming first shows the check runs before any work.
+        (
+            "effnet_jax.cli.convert",
+            ["--variant=efficientnet_lite0", "--input=/nonexistent/w.pth", "--output={bad}"],
+            "--output",
+        ),
+        ("effnet_jax.cli.evaluate", ["--workdir={empty}", "--out_dir={bad}"], "--out_dir"),
+        ("effnet_jax.cli.predict", ["--workdir={empty}", "--gradcam={bad}", "{empty}/x.jpeg"], "--gradcam"),
+    ],
+)
 def test_unwritable_output_path_fails_before_any_work(module, args, flag, tmp_path):
     import subprocess
     import sys
@@ -375,7 +428,13 @@ def test_unwritable_output_path_fails_before_any_work(module, args, flag, tmp_pa
     empty.mkdir()
     args = [a.format(bad=blocker / "out", empty=empty) for a in args]
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=repo, capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": repo})
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": repo},
+    )
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert f"error: {flag}={blocker / 'out'}: cannot write there (Not a directory)" in proc.stderr

@@ -10,16 +10,16 @@ import sys
 import textwrap
 import time
 
+import data_fixtures as fx
 import jax
 import numpy as np
 import pytest
+from helpers import persistent_compilation_cache, tiny_config
 
-import data_fixtures as fx
-from effnet_jax.train import checkpointing as checkpoint_lib
 from effnet_jax.cli import common
 from effnet_jax.data import pipeline, prepare
+from effnet_jax.train import checkpointing as checkpoint_lib
 from effnet_jax.train import loop, preemption
-from helpers import persistent_compilation_cache, tiny_config
 from effnet_jax.train.workdir_lock import WorkdirLock, WorkdirLockedError
 from effnet_jax.train.writer import read_metrics
 
@@ -28,8 +28,13 @@ ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}
 
 
 def _config(**overrides):
-    base = {"num_train_steps": 6, "eval_every_steps": 3, "checkpoint_every_steps": 3, "log_every_steps": 1,
-            "num_devices": 1}
+    base = {
+        "num_train_steps": 6,
+        "eval_every_steps": 3,
+        "checkpoint_every_steps": 3,
+        "log_every_steps": 1,
+        "num_devices": 1,
+    }
     base.update(overrides)
     return tiny_config(**base)
 
@@ -50,8 +55,7 @@ def held_workdir(tmp_path):
     """A workdir whose lock another live process holds: (workdir, that process)."""
     workdir = tmp_path / "run"
     workdir.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(workdir)], stdout=subprocess.PIPE, text=True,
-                              env=ENV)
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(workdir)], stdout=subprocess.PIPE, text=True, env=ENV)
     assert holder.stdout.readline().strip() == "held"
     yield workdir, holder
     holder.kill()
@@ -69,8 +73,14 @@ def test_a_second_trainer_fails_at_once_naming_the_holder(held_workdir):
 
 def test_effnet_train_on_a_held_workdir_is_one_line_with_exit_status_4(held_workdir):
     workdir, holder = held_workdir
-    proc = subprocess.run([sys.executable, "-m", "effnet_jax.cli.train", "--config=configs/debug.py",
-                           f"--workdir={workdir}"], cwd=REPO, capture_output=True, text=True, timeout=300, env=ENV)
+    proc = subprocess.run(
+        [sys.executable, "-m", "effnet_jax.cli.train", "--config=configs/debug.py", f"--workdir={workdir}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ENV,
+    )
     assert proc.returncode == common.EXIT_WORKDIR, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith(f"effnet-train: workdir {workdir} is in use")
@@ -97,6 +107,7 @@ def test_only_process_zero_takes_the_lock(tmp_path):
 
 
 # --- SIGTERM, resume ------------------------------------------------------------------------------
+
 
 class _TermAt:
     """Wraps the training iterator; sends this process SIGTERM when the batch of step `at` is taken."""
@@ -132,9 +143,15 @@ def runs(tmp_path_factory):
     with persistent_compilation_cache(root / "jax_cache"):
         straight = jax.device_get(loop.train_and_evaluate(_config(), str(root / "straight")))
         mp = pytest.MonkeyPatch()
-        mp.setattr(pipeline, "create_split", lambda cfg, split, *, training, **kw: (
-            _TermAt(iter(real(cfg, split, training=training, **kw)), at=2) if training
-            else real(cfg, split, training=training, **kw)))
+        mp.setattr(
+            pipeline,
+            "create_split",
+            lambda cfg, split, *, training, **kw: (
+                _TermAt(iter(real(cfg, split, training=training, **kw)), at=2)
+                if training
+                else real(cfg, split, training=training, **kw)
+            ),
+        )
         # Stands in for the default (which would kill pytest) should the trainer not handle SIGTERM.
         previous = signal.signal(signal.SIGTERM, _unhandled_sigterm)
         try:
@@ -148,8 +165,14 @@ def runs(tmp_path_factory):
         saved = steps_after_term.all_steps()
         steps_after_term.close()
         resumed = jax.device_get(loop.train_and_evaluate(_config(), str(root / "preempted")))
-    return {"root": root, "straight": straight, "resumed": resumed, "stopped": stopped.value, "saved": saved,
-            "handler_after": handler_after}
+    return {
+        "root": root,
+        "straight": straight,
+        "resumed": resumed,
+        "stopped": stopped.value,
+        "saved": saved,
+        "handler_after": handler_after,
+    }
 
 
 def _unhandled_sigterm(signum, frame):
@@ -170,12 +193,16 @@ def test_resume_after_sigterm_is_bitwise_equal_to_a_straight_run(runs):
     assert [p for p, _ in leaves_a] == [p for p, _ in leaves_b]
     for (path, a), (_, b) in zip(leaves_a, leaves_b):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=jax.tree_util.keystr(path))
-    losses = [[(r["step"], r["loss"]) for r in read_metrics(str(runs["root"] / name), "train")]
-              for name in ("straight", "preempted")]
+    losses = [
+        [(r["step"], r["loss"]) for r in read_metrics(str(runs["root"] / name), "train")]
+        for name in ("straight", "preempted")
+    ]
     assert losses[0] == losses[1]  # nothing lost, nothing recorded twice
     records = read_metrics(str(runs["root"] / "preempted"), "run")
-    assert [(r["step"], r["resumed_from_step"], r.get("preempted", False)) for r in records] == [(2, 0, True),
-                                                                                                  (6, 2, False)]
+    assert [(r["step"], r["resumed_from_step"], r.get("preempted", False)) for r in records] == [
+        (2, 0, True),
+        (6, 2, False),
+    ]
 
 
 def test_resuming_with_another_model_name_is_one_clear_error(runs, tmp_path):
@@ -183,14 +210,17 @@ def test_resuming_with_another_model_name_is_one_clear_error(runs, tmp_path):
 
     workdir = tmp_path / "copy"
     shutil.copytree(runs["root"] / "preempted", workdir)
-    with pytest.raises(checkpoint_lib.CheckpointMismatchError,
-                       match=r"saved with model.name='efficientnet_lite0' but the config asks for 'efficientnet_b0'"):
+    with pytest.raises(
+        checkpoint_lib.CheckpointMismatchError,
+        match=r"saved with model.name='efficientnet_lite0' but the config asks for 'efficientnet_b0'",
+    ):
         loop.train_and_evaluate(_config(**{"model.name": "efficientnet_b0"}), str(workdir))
     status, message = common.one_line(checkpoint_lib.CheckpointMismatchError("x"))
     assert status == common.EXIT_WORKDIR
 
 
 # --- the training data ----------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def empty_normal(tmp_path_factory):
@@ -201,13 +231,23 @@ def empty_normal(tmp_path_factory):
 
 
 def _xray_config(raw, data_dir, **overrides):
-    return _config(**{"data.name": "chest_xray", "data.manual_dir": str(raw), "data.data_dir": str(data_dir),
-                      "data.max_size": 36, **overrides})
+    return _config(
+        **{
+            "data.name": "chest_xray",
+            "data.manual_dir": str(raw),
+            "data.data_dir": str(data_dir),
+            "data.max_size": 36,
+            **overrides,
+        }
+    )
 
 
 def test_a_training_split_with_an_empty_class_is_refused_naming_the_folder(empty_normal, tmp_path):
-    with pytest.raises(loop.TrainingDataError, match=r"the train split has no NORMAL examples \(the NORMAL folder\(s\) "
-                                                     rf"under {empty_normal}/train/\)"):
+    with pytest.raises(
+        loop.TrainingDataError,
+        match=r"the train split has no NORMAL examples \(the NORMAL folder\(s\) "
+        rf"under {empty_normal}/train/\)",
+    ):
         loop.train_and_evaluate(_xray_config(empty_normal, tmp_path / "tfds"), str(tmp_path / "run"))
     assert not (tmp_path / "run" / "checkpoints").exists()
 
@@ -221,29 +261,40 @@ def test_a_validation_split_with_an_empty_class_is_a_warning(caplog):
 
 def test_a_batch_larger_than_the_training_split_is_refused(tmp_path):
     raw = fx.write_tree(tmp_path / "chest_xray", fx.GOOD_TREE)  # 11 training images, some carved to validation
-    with pytest.raises(loop.TrainingDataError, match=r"config.batch_size=16 is larger than the training split \(\d+ "
-                                                     r"examples of data.name='chest_xray'"):
+    with pytest.raises(
+        loop.TrainingDataError,
+        match=r"config.batch_size=16 is larger than the training split \(\d+ "
+        r"examples of data.name='chest_xray'",
+    ):
         loop.train_and_evaluate(_xray_config(raw, tmp_path / "tfds", batch_size=16), str(tmp_path / "run"))
 
 
 def test_prepared_data_from_other_files_is_refused_not_reused(tmp_path):
     raw = fx.write_tree(tmp_path / "chest_xray", fx.GOOD_TREE)
-    factory = prepare.BuilderFactory(name="chest_xray", manual_dir=str(raw), data_dir=str(tmp_path / "tfds"),
-                                     max_size=36)
+    factory = prepare.BuilderFactory(
+        name="chest_xray", manual_dir=str(raw), data_dir=str(tmp_path / "tfds"), max_size=36
+    )
     prepare.ensure_prepared(factory)
     assert prepare.ensure_prepared(factory).is_prepared()  # the same files: reused
     # The same files reached through their parent folder are the same data.
-    prepare.ensure_prepared(prepare.BuilderFactory(name="chest_xray", manual_dir=str(tmp_path),
-                                                   data_dir=str(tmp_path / "tfds"), max_size=36))
+    prepare.ensure_prepared(
+        prepare.BuilderFactory(
+            name="chest_xray", manual_dir=str(tmp_path), data_dir=str(tmp_path / "tfds"), max_size=36
+        )
+    )
     other = fx.write_tree(tmp_path / "cleaned", {k: v for k, v in fx.GOOD_TREE.items() if "IM-0001-0002" not in k})
-    stale = prepare.BuilderFactory(name="chest_xray", manual_dir=str(other), data_dir=str(tmp_path / "tfds"),
-                                   max_size=36)
-    with pytest.raises(prepare.StalePreparedDataError,
-                       match=rf"was prepared from {raw} \(16 files.*manual_dir='{other}' now lists 15 files.*delete"):
+    stale = prepare.BuilderFactory(
+        name="chest_xray", manual_dir=str(other), data_dir=str(tmp_path / "tfds"), max_size=36
+    )
+    with pytest.raises(
+        prepare.StalePreparedDataError,
+        match=rf"was prepared from {raw} \(16 files.*manual_dir='{other}' now lists 15 files.*delete",
+    ):
         prepare.ensure_prepared(stale)
 
 
 # --- one line per known cause ---------------------------------------------------------------------
+
 
 def test_a_full_disk_is_one_line_naming_the_file_even_when_wrapped():
     try:
@@ -271,11 +322,14 @@ def test_many_bad_images_are_one_line_that_counts_the_rest():
     assert message.startswith("3 bad input file(s): /d/a.jpeg: x (+2 more")
 
 
-@pytest.mark.parametrize("command", [["effnet_jax.cli.train", "--config=configs/debug.py"],
-                                     ["effnet_jax.cli.data", "prepare", "--name=chest_xray"]])
+@pytest.mark.parametrize(
+    "command",
+    [["effnet_jax.cli.train", "--config=configs/debug.py"], ["effnet_jax.cli.data", "prepare", "--name=chest_xray"]],
+)
 def test_a_missing_class_folder_is_one_line_with_exit_status_3(command, tmp_path):
-    raw = fx.write_tree(tmp_path / "chest_xray", {k: v for k, v in fx.GOOD_TREE.items()
-                                                  if not k.startswith("val/PNEUMONIA")})
+    raw = fx.write_tree(
+        tmp_path / "chest_xray", {k: v for k, v in fx.GOOD_TREE.items() if not k.startswith("val/PNEUMONIA")}
+    )
     flag = "--config.data.manual_dir" if "train" in command[0] else "--manual_dir"
     data_dir = "--config.data.data_dir" if "train" in command[0] else "--data_dir"
     args = [sys.executable, "-m", *command, f"{flag}={raw}", f"{data_dir}={tmp_path / 'tfds'}"]
@@ -284,8 +338,11 @@ def test_a_missing_class_folder_is_one_line_with_exit_status_3(command, tmp_path
     proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300, env=ENV)
     assert proc.returncode == common.EXIT_INPUT, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1].endswith(f"{raw}/val/PNEUMONIA: missing class folder (every split "
-                                                         "needs NORMAL/ and PNEUMONIA/)")
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .endswith(f"{raw}/val/PNEUMONIA: missing class folder (every split needs NORMAL/ and PNEUMONIA/)")
+    )
     json.dumps(proc.stderr)  # plain text
 
 
@@ -298,8 +355,9 @@ def test_an_old_run_whose_raw_folder_is_gone_still_reads_its_prepared_copy(tmp_p
     import shutil
 
     raw = fx.write_tree(tmp_path / "chest_xray", fx.GOOD_TREE)
-    factory = prepare.BuilderFactory(name="chest_xray", manual_dir=str(raw), data_dir=str(tmp_path / "tfds"),
-                                     max_size=36)
+    factory = prepare.BuilderFactory(
+        name="chest_xray", manual_dir=str(raw), data_dir=str(tmp_path / "tfds"), max_size=36
+    )
     prepare.ensure_prepared(factory)
     shutil.rmtree(raw)
     assert prepare.ensure_prepared(factory).is_prepared()

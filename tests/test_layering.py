@@ -103,7 +103,7 @@ def test_no_import_cycle():
         stack.append(n)
         for t in sorted(edges[n]):
             if state.get(t) == "open":
-                cycle = stack[stack.index(t):] + [t]
+                cycle = stack[stack.index(t) :] + [t]
                 raise AssertionError("import cycle: " + " -> ".join(cycle))
             if t not in state:
                 visit(t)
@@ -127,10 +127,19 @@ def test_the_checker_sees_function_level_and_relative_imports(tmp_path):
 def test_no_private_jax_imports():
     root = PACKAGE.parent
     offenders = []
-    for path in sorted(list(PACKAGE.rglob("*.py")) + list((root / "tests").glob("*.py"))
-                       + list((root / "benchmarks").glob("*.py")) + list((root / "configs").glob("*.py"))):
+    for path in sorted(
+        list(PACKAGE.rglob("*.py"))
+        + list((root / "tests").glob("*.py"))
+        + list((root / "benchmarks").glob("*.py"))
+        + list((root / "configs").glob("*.py"))
+    ):
         for node in ast.walk(ast.parse(path.read_text())):
-            mods = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            mods = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             offenders += [f"{path.relative_to(root)}: {m}" for m in mods if m.startswith("jax._src")]
     assert not offenders

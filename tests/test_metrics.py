@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 
 from effnet_jax.labels import probs_from_logits
-from effnet_jax.reporting.metrics import compute_metrics, expected_calibration_error, format_table, json_safe, youden_threshold
+from effnet_jax.reporting.metrics import (
+    compute_metrics,
+    expected_calibration_error,
+    format_table,
+    json_safe,
+    youden_threshold,
+)
 
 # Negatives score 0.1, 0.2, 0.52, 0.58; positives 0.3, 0.6, 0.8, 0.9.
 LABELS = [0, 0, 0, 0, 1, 1, 1, 1]

@@ -44,7 +44,14 @@ def test_unknown_variant_lists_the_known_ones():
 
 def test_block_strings_parse_and_reject_garbage():
     assert parse_block_string("ir_r2_k3_s2_e6_c24_se0.25") == {
-        "type": "ir", "r": 2, "k": 3, "s": 2, "e": 6.0, "c": 24, "se": 0.25}
+        "type": "ir",
+        "r": 2,
+        "k": 3,
+        "s": 2,
+        "e": 6.0,
+        "c": 24,
+        "se": 0.25,
+    }
     with pytest.raises(ValueError, match="unknown block type 'xx'"):
         parse_block_string("xx_r1_k3_s1_e1_c16")
     with pytest.raises(ValueError, match=r"missing fields \['c'\]"):
@@ -65,7 +72,9 @@ def test_same_padding_is_tensorflows_rule():
     assert conv_padding(64, 3, 2, "symmetric") == (1, 1)
 
 
-@pytest.mark.parametrize("kernel,stride,mode", [(3, 1, "same"), (5, 2, "same"), (3, 2, "symmetric"), (5, 1, "symmetric")])
+@pytest.mark.parametrize(
+    "kernel,stride,mode", [(3, 1, "same"), (5, 2, "same"), (3, 2, "symmetric"), (5, 1, "symmetric")]
+)
 def test_depthwise_formulations_agree_forward_and_backward(kernel, stride, mode):
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((2, 15, 17, 8)), jnp.float32)
@@ -75,8 +84,9 @@ def test_depthwise_formulations_agree_forward_and_backward(kernel, stride, mode)
     def loss(impl):
         return lambda x, w: jnp.sum(jnp.sin(depthwise_conv(x, w, stride, pad, impl)))
 
-    np.testing.assert_allclose(depthwise_conv(x, w, stride, pad, "shifts"),
-                               depthwise_conv(x, w, stride, pad, "native"), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        depthwise_conv(x, w, stride, pad, "shifts"), depthwise_conv(x, w, stride, pad, "native"), rtol=1e-5, atol=1e-5
+    )
     for a, b in zip(jax.grad(loss("shifts"), (0, 1))(x, w), jax.grad(loss("native"), (0, 1))(x, w)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
@@ -107,20 +117,24 @@ def test_bf16_compute_keeps_float32_parameters_and_statistics(lite0):
     model, variables = lite0
     x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 64, 64, 3)), jnp.float32)
     bf16 = model.clone(dtype=jnp.bfloat16)
-    logits, state = jax.jit(lambda v, x: bf16.apply(v, x, train=True, mutable=["batch_stats"],
-                                                     rngs={"dropout": jax.random.PRNGKey(0)}))(variables, x)
+    logits, state = jax.jit(
+        lambda v, x: bf16.apply(v, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.PRNGKey(0)})
+    )(variables, x)
     assert logits.dtype == jnp.float32
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(state))
     reference = jax.jit(model.apply)(variables, x)
-    np.testing.assert_allclose(jax.jit(bf16.apply)(variables, x), reference, atol=0.05 * float(jnp.abs(reference).max()) + 0.05)
+    np.testing.assert_allclose(
+        jax.jit(bf16.apply)(variables, x), reference, atol=0.05 * float(jnp.abs(reference).max()) + 0.05
+    )
 
 
 def test_frozen_norms_use_and_keep_running_statistics(lite0):
     model, variables = lite0
     x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 64, 64, 3)), jnp.float32)
     frozen = model.clone(frozen_norms=(r"^bn1$", r"^blocks_[0-2]_"))
-    _, state = jax.jit(lambda v, x: frozen.apply(v, x, train=True, mutable=["batch_stats"],
-                                                 rngs={"dropout": jax.random.PRNGKey(0)}))(variables, x)
+    _, state = jax.jit(
+        lambda v, x: frozen.apply(v, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.PRNGKey(0)})
+    )(variables, x)
     before, after = variables["batch_stats"], state["batch_stats"]
     for name in ["bn1", "blocks_0_0", "blocks_2_1"]:
         jax.tree_util.tree_map(np.testing.assert_array_equal, before[name], after[name])
@@ -133,7 +147,10 @@ def test_stochastic_depth_and_dropout_only_in_training(lite0):
     model = base.clone(drop_path_rate=0.5, drop_rate=0.5)
     x = jnp.asarray(np.random.default_rng(1).standard_normal((2, 32, 32, 3)), jnp.float32)
     np.testing.assert_array_equal(jax.jit(model.apply)(variables, x), jax.jit(base.apply)(variables, x))
-    train = jax.jit(lambda seed: model.apply(variables, x, train=True, mutable=["batch_stats"],
-                                             rngs={"dropout": jax.random.PRNGKey(seed)})[0])
+    train = jax.jit(
+        lambda seed: model.apply(
+            variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.PRNGKey(seed)}
+        )[0]
+    )
     np.testing.assert_array_equal(train(0), train(0))
     assert not np.allclose(train(0), train(1))

@@ -18,7 +18,6 @@ import jax
 import numpy as np
 import portpicker
 import pytest
-
 from helpers import load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,8 +25,14 @@ TIMEOUT_S = 540  # a hang (a process stuck at a collective) fails the test, not 
 
 # The debug config, cut to the plumbing: two steps, one evaluation, one checkpoint.
 OVERRIDES = {
-    "image_size": 32, "data.synthetic_examples": 48, "batch_size": 16, "eval_batch_size": 16,
-    "num_train_steps": 2, "eval_every_steps": 2, "checkpoint_every_steps": 2, "progress_bar": False,
+    "image_size": 32,
+    "data.synthetic_examples": 48,
+    "batch_size": 16,
+    "eval_batch_size": 16,
+    "num_train_steps": 2,
+    "eval_every_steps": 2,
+    "checkpoint_every_steps": 2,
+    "progress_bar": False,
 }
 
 
@@ -37,8 +42,9 @@ def _run(cmd, **kwargs):
 
 
 def _start(cmd, **kwargs):
-    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, **kwargs)
+    return subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **kwargs
+    )
 
 
 def _finish(proc, cmd):
@@ -82,9 +88,17 @@ def _multihost_command(tmp_path_factory):
     workdir, logdir = root / "run", root / "logs"
     env = dict(os.environ, PYTHON=sys.executable)
     env.pop("XLA_FLAGS", None)  # the script gives each process its own 4 devices
-    cmd = ["bash", "launch/local_multihost.sh", "--processes=2", "--devices=4",
-           f"--port={portpicker.pick_unused_port()}", f"--logdir={logdir}", "--",
-           "--config=configs/debug.py", f"--workdir={workdir}"]
+    cmd = [
+        "bash",
+        "launch/local_multihost.sh",
+        "--processes=2",
+        "--devices=4",
+        f"--port={portpicker.pick_unused_port()}",
+        f"--logdir={logdir}",
+        "--",
+        "--config=configs/debug.py",
+        f"--workdir={workdir}",
+    ]
     cmd += [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
     return cmd, env, (str(workdir), str(logdir))
 
@@ -134,8 +148,12 @@ def _reference_run(tmp_path_factory):
     real = pipeline.create_split
 
     def two_shards(data_config, split, *, batch_size, **kwargs):
-        return _TwoShards([real(data_config, split, batch_size=batch_size // 2, shard_index=i, shard_count=2,
-                                **kwargs) for i in range(2)])
+        return _TwoShards(
+            [
+                real(data_config, split, batch_size=batch_size // 2, shard_index=i, shard_count=2, **kwargs)
+                for i in range(2)
+            ]
+        )
 
     config = load_config("debug")
     for key, value in OVERRIDES.items():
@@ -215,8 +233,17 @@ def test_effnet_eval_restores_the_multihost_checkpoint_in_one_process(multihost)
     workdir = multihost[0]
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)
-    proc = _run([sys.executable, "-m", "effnet_jax.cli.evaluate", f"--workdir={workdir}", "--checkpoint=latest",
-                 "--split=test"], env=env)
+    proc = _run(
+        [
+            sys.executable,
+            "-m",
+            "effnet_jax.cli.evaluate",
+            f"--workdir={workdir}",
+            "--checkpoint=latest",
+            "--split=test",
+        ],
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-6000:]
     with open(os.path.join(workdir, "eval", "test_2", "metrics.json")) as f:
         report = json.load(f)

@@ -7,9 +7,9 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 import jax
 import numpy as np
 import pytest
+from reference_models import relative_error
 
 import effnet_jax
-from reference_models import relative_error
 
 
 @pytest.fixture(scope="module")

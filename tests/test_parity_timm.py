@@ -4,9 +4,9 @@ import jax
 import numpy as np
 import pytest
 import torch
+from reference_models import random_images, relative_error, timm_reference
 
 import effnet_jax
-from reference_models import random_images, relative_error, timm_reference
 
 # PyTorch-trained (symmetric padding), TF-ported (SAME padding), Lite (no SE, ReLU6), and a deep variant.
 VARIANTS = ["efficientnet_b0", "tf_efficientnet_b0", "efficientnet_lite0", "tf_efficientnet_b3"]

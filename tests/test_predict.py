@@ -52,8 +52,9 @@ def test_threshold_precedence(tmp_path):
     value, source = resolve_threshold(str(workdir), 7, "auto")
     assert value == 0.5 and source.startswith("default 0.5")
     # 'auto' with the run's config: its training prior (0.5 after balancing).
-    config = ml_collections.ConfigDict({"data": {"balance": "oversample"}, "class_weights": "none",
-                                        "train_class_counts": (100, 300)})
+    config = ml_collections.ConfigDict(
+        {"data": {"balance": "oversample"}, "class_weights": "none", "train_class_counts": (100, 300)}
+    )
     assert resolve_threshold(str(workdir), 7, None, config) == (0.5, "training prior")
     config.data.balance = "none"
     assert resolve_threshold(str(workdir), 7, "auto", config) == (0.75, "training prior")
@@ -64,7 +65,8 @@ def test_threshold_precedence(tmp_path):
     (out / "metrics.json").write_text(json.dumps({"step": 7, "validation_threshold": 0.42}))
     (workdir / "eval" / "test_7_tta-flip").mkdir()
     (workdir / "eval" / "test_7_tta-flip" / "metrics.json").write_text(
-        json.dumps({"step": 7, "validation_threshold": 0.9}))
+        json.dumps({"step": 7, "validation_threshold": 0.9})
+    )
     value, source = resolve_threshold(str(workdir), 7, "youden")
     assert value == 0.42 and "validation Youden" in source
     with pytest.raises(ValueError, match="step 8"):
@@ -76,8 +78,9 @@ def test_threshold_precedence(tmp_path):
 def test_training_prior_counts_class_weights():
     from effnet_jax.inference.thresholds import training_prior_threshold
 
-    config = ml_collections.ConfigDict({"data": {"balance": "none"}, "class_weights": "balanced",
-                                        "train_class_counts": (100, 300)})
+    config = ml_collections.ConfigDict(
+        {"data": {"balance": "none"}, "class_weights": "balanced", "train_class_counts": (100, 300)}
+    )
     assert training_prior_threshold(config) == pytest.approx(0.5)
     config.class_weights = "3,1"  # NORMAL x3: 300 vs 300
     assert training_prior_threshold(config) == pytest.approx(0.5)
@@ -86,8 +89,7 @@ def test_training_prior_counts_class_weights():
 
 
 def test_overlay_names_stay_distinct():
-    assert _overlay_names(["a/x.png", "b/x.jpeg", "c/y.png"]) == ["x_0.gradcam.png", "x_1.gradcam.png",
-                                                                  "y.gradcam.png"]
+    assert _overlay_names(["a/x.png", "b/x.jpeg", "c/y.png"]) == ["x_0.gradcam.png", "x_1.gradcam.png", "y.gradcam.png"]
 
 
 def test_workdir_without_checkpoints_is_a_clear_error(tmp_path):
@@ -112,9 +114,20 @@ def test_preprocessing_equals_the_eval_pipeline_on_the_stored_copy(tmp_path):
             return stored
 
     load = pipeline._LoadExample(
-        OneImage(), np.array([0]), np.array([0]), np.array([1]), np.array([0]), training=False, image_size=24,
-        mean=MEAN, std=STD, seed=0, shard_index=0, augment=ml_collections.ConfigDict({"enabled": False}),
-        center_crop=0.9)
+        OneImage(),
+        np.array([0]),
+        np.array([0]),
+        np.array([1]),
+        np.array([0]),
+        training=False,
+        image_size=24,
+        mean=MEAN,
+        std=STD,
+        seed=0,
+        shard_index=0,
+        augment=ml_collections.ConfigDict({"enabled": False}),
+        center_crop=0.9,
+    )
     example = load((0, 0, 0))
     # The pipeline may hand out finished images or (grey, lookup table) pairs that batching expands.
     expected = example["image"] if "image" in example else pipeline._assemble([example])["image"][0]

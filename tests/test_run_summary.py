@@ -9,16 +9,37 @@ import pytest
 
 from effnet_jax.reporting import run_summary
 
-CONFIG = {"model": {"name": "tf_efficientnet_lite0"}, "image_size": 128, "num_epochs": 3.0, "num_train_steps": -1,
-          "freeze_until": "blocks_3", "freeze": [], "class_weights": "none", "label_smoothing": 0.05,
-          "ema_decay": 0.99, "optimizer": {"learning_rate": 0.001},
-          "data": {"balance": "oversample", "split_protocol": "patient",
-                   "augment": {"enabled": True, "rotation": 10.0, "scale_min": 0.7}}}
+CONFIG = {
+    "model": {"name": "tf_efficientnet_lite0"},
+    "image_size": 128,
+    "num_epochs": 3.0,
+    "num_train_steps": -1,
+    "freeze_until": "blocks_3",
+    "freeze": [],
+    "class_weights": "none",
+    "label_smoothing": 0.05,
+    "ema_decay": 0.99,
+    "optimizer": {"learning_rate": 0.001},
+    "data": {
+        "balance": "oversample",
+        "split_protocol": "patient",
+        "augment": {"enabled": True, "rotation": 10.0, "scale_min": 0.7},
+    },
+}
 
 
 def _metrics(auc, f1, threshold=0.5):
-    return {"threshold": threshold, "accuracy": 0.9, "auc": auc, "precision": 0.8, "recall": 0.7,
-            "specificity": 0.95, "f1": f1, "brier": 0.05, "ece": 0.02}
+    return {
+        "threshold": threshold,
+        "accuracy": 0.9,
+        "auc": auc,
+        "precision": 0.8,
+        "recall": 0.7,
+        "specificity": 0.95,
+        "f1": f1,
+        "brier": 0.05,
+        "ece": 0.02,
+    }
 
 
 @pytest.fixture
@@ -34,10 +55,19 @@ def workdir(tmp_path):
         {"step": 100, "split": "run", "wall_seconds": 80.0, "machine": "m2"},
     ]
     (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    report = {"split": "test", "step": 100, "model": "tf_efficientnet_lite0", "image_size": 128, "tta": "flip",
-              "seconds": 12.5, "metrics": {"threshold_0.5": _metrics(0.98, 0.93),
-                                           "threshold_training_prior": _metrics(0.98, 0.92, threshold=0.74),
-                                           "threshold_validation_youden": _metrics(0.98, 0.94, threshold=0.7)}}
+    report = {
+        "split": "test",
+        "step": 100,
+        "model": "tf_efficientnet_lite0",
+        "image_size": 128,
+        "tta": "flip",
+        "seconds": 12.5,
+        "metrics": {
+            "threshold_0.5": _metrics(0.98, 0.93),
+            "threshold_training_prior": _metrics(0.98, 0.92, threshold=0.74),
+            "threshold_validation_youden": _metrics(0.98, 0.94, threshold=0.7),
+        },
+    }
     (d / "eval" / "test_100_tta-flip").mkdir(parents=True)
     (d / "eval" / "test_100_tta-flip" / "metrics.json").write_text(json.dumps(report))
     return str(d)
@@ -47,30 +77,45 @@ def test_training_row_is_the_last_validation_with_wall_time_summed_over_invocati
     row = run_summary.training_row(workdir)
     assert (row.name, row.step, row.metrics["auc"], row.metrics["f1"]) == ("lite0_128", 100, 0.99, 0.95)
     assert row.wall_seconds == 180.0 and row.machine == "m2"
-    assert row.recipe == ("3 ep, frozen<blocks_3, balance=oversample, ls=0.05, ema=0.99, rot=10 scale>=0.7, "
-                          "lr=0.001")
+    assert row.recipe == ("3 ep, frozen<blocks_3, balance=oversample, ls=0.05, ema=0.99, rot=10 scale>=0.7, lr=0.001")
 
 
 def test_evaluation_rows_one_per_threshold(workdir):
     rows = run_summary.evaluation_rows(workdir)
-    assert [r.name for r in rows] == ["lite0_128 (eval test, t=0.5, tta=flip)",
-                                      "lite0_128 (eval test, t=train prior, tta=flip)",
-                                      "lite0_128 (eval test, t=val. Youden, tta=flip)"]
+    assert [r.name for r in rows] == [
+        "lite0_128 (eval test, t=0.5, tta=flip)",
+        "lite0_128 (eval test, t=train prior, tta=flip)",
+        "lite0_128 (eval test, t=val. Youden, tta=flip)",
+    ]
     assert [r.threshold for r in rows] == [0.5, 0.74, 0.7] and [r.metrics["f1"] for r in rows] == [0.93, 0.92, 0.94]
 
 
 def test_cli_prints_markdown_and_json(workdir):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-m", "effnet_jax.cli.results", workdir, "--eval"], capture_output=True,
-                         text=True, check=True, env=env).stdout.splitlines()
+    out = subprocess.run(
+        [sys.executable, "-m", "effnet_jax.cli.results", workdir, "--eval"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    ).stdout.splitlines()
     assert len(out) == 2 + 4
     assert out[2].startswith("| lite0_128 | tf_efficientnet_lite0, 128 | 3 ep,") and "| 0.990 | " in out[2]
     assert out[2].endswith("| 3.0 min | m2 |")
-    rows = json.loads(subprocess.run([sys.executable, "-m", "effnet_jax.cli.results", workdir, "--format=json"],
-                                     capture_output=True, text=True, check=True, env=env).stdout)
+    rows = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "effnet_jax.cli.results", workdir, "--format=json"],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=env,
+        ).stdout
+    )
     assert [r["step"] for r in rows] == [100]
 
 
 def test_cli_names_a_directory_that_is_not_a_run(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "effnet_jax.cli.results", str(tmp_path)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "effnet_jax.cli.results", str(tmp_path)], capture_output=True, text=True
+    )
     assert proc.returncode == 1 and f"{tmp_path}: no config.json" in proc.stderr

@@ -8,12 +8,12 @@ import json
 
 import numpy as np
 import pytest
+from helpers import tiny_config
 
 import effnet_jax
 from effnet_jax.data import pipeline
 from effnet_jax.inference.restore import restore_for_inference
 from effnet_jax.train import checkpointing, loop
-from helpers import tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +47,18 @@ def test_fine_tuning_from_keras_uses_the_files_normalisation(keras_h5, tmp_path,
         return real(data_config, split, **kwargs)
 
     monkeypatch.setattr(pipeline, "create_split", recording)
-    config = tiny_config(**{"model.name": "tf_efficientnet_b0", "model.pretrained": keras_h5,
-                            "num_train_steps": 2, "eval_every_steps": 2, "checkpoint_every_steps": 2,
-                            "log_every_steps": 1, "num_devices": 1, "ema_decay": 0.0})
+    config = tiny_config(
+        **{
+            "model.name": "tf_efficientnet_b0",
+            "model.pretrained": keras_h5,
+            "num_train_steps": 2,
+            "eval_every_steps": 2,
+            "checkpoint_every_steps": 2,
+            "log_every_steps": 1,
+            "num_devices": 1,
+            "ema_decay": 0.0,
+        }
+    )
     workdir = str(tmp_path / "run")
     loop.train_and_evaluate(config, workdir)
 

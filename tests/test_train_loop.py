@@ -7,21 +7,26 @@ import shutil
 import jax
 import numpy as np
 import pytest
-
-from effnet_jax.inference.restore import restore_for_inference
-from effnet_jax.train import checkpointing as checkpoint_lib
-from effnet_jax.data import pipeline
-from effnet_jax.train import loop
 from helpers import persistent_compilation_cache, tiny_config
+
+from effnet_jax.data import pipeline
+from effnet_jax.inference.restore import restore_for_inference
 from effnet_jax.reporting.metrics_log import read_metrics
+from effnet_jax.train import checkpointing as checkpoint_lib
+from effnet_jax.train import loop
 
 
 def _config(**overrides):
-    base = {"num_train_steps": 6, "eval_every_steps": 3, "checkpoint_every_steps": 3, "log_every_steps": 1,
-            "keep_checkpoints": 2,
-            # One device: eight fake ones share two cores and mostly wait on each other here;
-            # the eight-device step is covered by test_train_steps.py.
-            "num_devices": 1}
+    base = {
+        "num_train_steps": 6,
+        "eval_every_steps": 3,
+        "checkpoint_every_steps": 3,
+        "log_every_steps": 1,
+        "keep_checkpoints": 2,
+        # One device: eight fake ones share two cores and mostly wait on each other here;
+        # the eight-device step is covered by test_train_steps.py.
+        "num_devices": 1,
+    }
     base.update(overrides)
     return tiny_config(**base)
 
@@ -35,8 +40,12 @@ def runs(tmp_path_factory):
         first = loop.train_and_evaluate(_config(stop_after_steps=3), str(root / "resumed"))
         shutil.copytree(root / "resumed", root / "at_step_3")
         resumed = loop.train_and_evaluate(_config(), str(root / "resumed"))
-        yield {"root": root, "straight": jax.device_get(straight), "first": jax.device_get(first),
-               "resumed": jax.device_get(resumed)}
+        yield {
+            "root": root,
+            "straight": jax.device_get(straight),
+            "first": jax.device_get(first),
+            "resumed": jax.device_get(resumed),
+        }
 
 
 def _saved_data_state(workdir, step):
@@ -61,8 +70,9 @@ def test_debug_config_trains_end_to_end_and_restores_for_inference(runs):
     restored = restore_for_inference(workdir, "latest")
     model, variables = restored.model, restored.variables
     assert restored.step == 6 and restored.run.image_size == 32
-    np.testing.assert_array_equal(variables["params"]["classifier"]["kernel"],
-                                  runs["straight"].ema_params["classifier"]["kernel"])
+    np.testing.assert_array_equal(
+        variables["params"]["classifier"]["kernel"], runs["straight"].ema_params["classifier"]["kernel"]
+    )
     logits = model.apply(variables, np.zeros((2, 32, 32, 3), np.float32), train=False)
     assert logits.shape == (2, 2)
 
@@ -77,8 +87,7 @@ def test_six_steps_straight_equal_three_steps_stop_and_three_resumed_bitwise(run
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=jax.tree_util.keystr(path))
     # Same data order: the resumed run continued the grain iterator where the first stopped.
     for step in (3, 6):
-        assert (_saved_data_state(runs["root"] / "straight", step)
-                == _saved_data_state(runs["root"] / "resumed", step))
+        assert _saved_data_state(runs["root"] / "straight", step) == _saved_data_state(runs["root"] / "resumed", step)
     losses = [[r["loss"] for r in read_metrics(str(runs["root"] / name), "train")] for name in ("straight", "resumed")]
     assert losses[0] == losses[1]
     # One wall-time record per invocation: the resumed run was started twice.
@@ -127,14 +136,22 @@ def test_nan_loss_stops_the_run_and_leaves_the_last_good_checkpoint(runs, monkey
     restored = restore_for_inference(workdir, "latest")
     variables = restored.variables
     assert restored.step == 3
-    np.testing.assert_array_equal(variables["params"]["classifier"]["kernel"],
-                                  runs["first"].ema_params["classifier"]["kernel"])
+    np.testing.assert_array_equal(
+        variables["params"]["classifier"]["kernel"], runs["first"].ema_params["classifier"]["kernel"]
+    )
 
 
 def test_early_stopping_ends_the_run_after_patience_evaluations_without_improvement(runs):
     # min_delta=1.0: no AUC can improve by a whole unit, so the second evaluation stops the run.
-    config = _config(**{"eval_every_steps": 2, "early_stopping.metric": "auc", "early_stopping.mode": "max",
-                        "early_stopping.patience": 1, "early_stopping.min_delta": 1.0})
+    config = _config(
+        **{
+            "eval_every_steps": 2,
+            "early_stopping.metric": "auc",
+            "early_stopping.mode": "max",
+            "early_stopping.patience": 1,
+            "early_stopping.min_delta": 1.0,
+        }
+    )
     workdir = str(runs["root"] / "early_stop")
     with persistent_compilation_cache(runs["root"] / "jax_cache"):
         state = loop.train_and_evaluate(config, workdir)

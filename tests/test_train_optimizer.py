@@ -4,16 +4,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import tiny_config
 
 from effnet_jax.labels import positive_probability
 from effnet_jax.train import freeze, losses, optimizer
-from helpers import tiny_config
 
 PARAMS = {
     "conv_stem": {"kernel": jnp.ones((3, 3, 3, 4))},
     "bn1": {"scale": jnp.ones((4,)), "bias": jnp.ones((4,))},
-    "blocks_0_0": {"conv_dw": {"kernel": jnp.ones((3, 3, 1, 4))}, "bn1": {"scale": jnp.ones((4,)), "bias": jnp.ones((4,))}},
-    "blocks_1_0": {"conv_pw": {"kernel": jnp.ones((1, 1, 4, 8))}, "bn1": {"scale": jnp.ones((8,)), "bias": jnp.ones((8,))}},
+    "blocks_0_0": {
+        "conv_dw": {"kernel": jnp.ones((3, 3, 1, 4))},
+        "bn1": {"scale": jnp.ones((4,)), "bias": jnp.ones((4,))},
+    },
+    "blocks_1_0": {
+        "conv_pw": {"kernel": jnp.ones((1, 1, 4, 8))},
+        "bn1": {"scale": jnp.ones((8,)), "bias": jnp.ones((8,))},
+    },
     "conv_head": {"kernel": jnp.ones((1, 1, 8, 16))},
     "bn2": {"scale": jnp.ones((16,)), "bias": jnp.ones((16,))},
     "classifier": {"kernel": jnp.ones((16, 2)), "bias": jnp.ones((2,))},
@@ -25,8 +31,14 @@ def _nothing_frozen():
 
 
 def test_cosine_schedule_warms_up_linearly_then_decays_to_min_lr_ratio():
-    config = tiny_config(**{"optimizer.learning_rate": 1.0, "schedule.name": "cosine",
-                            "schedule.warmup_epochs": 1.0, "schedule.min_lr_ratio": 0.1})
+    config = tiny_config(
+        **{
+            "optimizer.learning_rate": 1.0,
+            "schedule.name": "cosine",
+            "schedule.warmup_epochs": 1.0,
+            "schedule.min_lr_ratio": 0.1,
+        }
+    )
     schedule = optimizer.create_schedule(config, total_steps=100, steps_per_epoch=10)
     assert float(schedule(0)) == 0.0
     assert float(schedule(5)) == pytest.approx(0.5)
@@ -35,8 +47,15 @@ def test_cosine_schedule_warms_up_linearly_then_decays_to_min_lr_ratio():
 
 
 def test_step_schedule_decays_by_rate_every_decay_epochs_after_warmup():
-    config = tiny_config(**{"optimizer.learning_rate": 1.0, "schedule.name": "step", "schedule.warmup_epochs": 1.0,
-                            "schedule.decay_epochs": 2.0, "schedule.decay_rate": 0.5})
+    config = tiny_config(
+        **{
+            "optimizer.learning_rate": 1.0,
+            "schedule.name": "step",
+            "schedule.warmup_epochs": 1.0,
+            "schedule.decay_epochs": 2.0,
+            "schedule.decay_rate": 0.5,
+        }
+    )
     schedule = optimizer.create_schedule(config, total_steps=100, steps_per_epoch=10)
     assert [float(schedule(s)) for s in (10, 29, 30, 50)] == pytest.approx([1.0, 1.0, 0.5, 0.25])
 
@@ -50,8 +69,15 @@ def test_an_unknown_schedule_or_optimizer_names_its_key():
 
 @pytest.mark.parametrize("name", ["adamw", "sgd", "rmsprop"])
 def test_weight_decay_never_touches_batchnorm_or_biases(name):
-    config = tiny_config(**{"optimizer.name": name, "optimizer.learning_rate": 1.0, "optimizer.weight_decay": 0.1,
-                            "schedule.name": "constant", "schedule.warmup_epochs": 0.0})
+    config = tiny_config(
+        **{
+            "optimizer.name": name,
+            "optimizer.learning_rate": 1.0,
+            "optimizer.weight_decay": 0.1,
+            "schedule.name": "constant",
+            "schedule.warmup_epochs": 0.0,
+        }
+    )
     tx, _ = optimizer.create_optimizer(config, _nothing_frozen(), total_steps=10, steps_per_epoch=5)
     zeros = jax.tree.map(jnp.zeros_like, PARAMS)
     updates, _ = tx.update(zeros, tx.init(PARAMS), PARAMS)
@@ -66,16 +92,31 @@ def test_freeze_until_freezes_everything_before_the_boundary():
     config = tiny_config(freeze_until="blocks_1")
     mask = freeze.flat_paths(freeze.frozen_mask(PARAMS, freeze.freeze_patterns(config, PARAMS)))
     assert sorted(p for p, f in mask.items() if f) == [
-        "blocks_0_0/bn1/bias", "blocks_0_0/bn1/scale", "blocks_0_0/conv_dw/kernel",
-        "bn1/bias", "bn1/scale", "conv_stem/kernel"]
+        "blocks_0_0/bn1/bias",
+        "blocks_0_0/bn1/scale",
+        "blocks_0_0/conv_dw/kernel",
+        "bn1/bias",
+        "bn1/scale",
+        "conv_stem/kernel",
+    ]
     assert freeze.frozen_norms(freeze.frozen_mask(PARAMS, freeze.freeze_patterns(config, PARAMS))) == (
-        "^blocks_0_0/bn1$", "^bn1$")
+        "^blocks_0_0/bn1$",
+        "^bn1$",
+    )
 
 
 def test_gradient_accumulation_updates_once_per_k_batches_with_the_mean_gradient():
-    config = tiny_config(**{"optimizer.name": "sgd", "optimizer.momentum": 0.0, "optimizer.weight_decay": 0.0,
-                            "optimizer.learning_rate": 1.0, "optimizer.grad_accum_steps": 2,
-                            "schedule.name": "constant", "schedule.warmup_epochs": 0.0})
+    config = tiny_config(
+        **{
+            "optimizer.name": "sgd",
+            "optimizer.momentum": 0.0,
+            "optimizer.weight_decay": 0.0,
+            "optimizer.learning_rate": 1.0,
+            "optimizer.grad_accum_steps": 2,
+            "schedule.name": "constant",
+            "schedule.warmup_epochs": 0.0,
+        }
+    )
     tx, _ = optimizer.create_optimizer(config, _nothing_frozen(), total_steps=10, steps_per_epoch=5)
     state = tx.init(PARAMS)
     g1 = jax.tree.map(jnp.ones_like, PARAMS)
@@ -100,8 +141,9 @@ def test_sigmoid_and_softmax_heads_give_the_same_loss_for_equivalent_logits():
     sigmoid = losses.per_example_loss(z[:, None], labels)
     softmax = losses.per_example_loss(jnp.stack([jnp.zeros(3), z], axis=1), labels)
     np.testing.assert_allclose(sigmoid, softmax, rtol=1e-5)
-    np.testing.assert_allclose(positive_probability(z[:, None]),
-                               positive_probability(jnp.stack([jnp.zeros(3), z], axis=1)), rtol=1e-6)
+    np.testing.assert_allclose(
+        positive_probability(z[:, None]), positive_probability(jnp.stack([jnp.zeros(3), z], axis=1)), rtol=1e-6
+    )
 
 
 def test_label_smoothing_moves_targets_towards_uniform():
@@ -109,8 +151,9 @@ def test_label_smoothing_moves_targets_towards_uniform():
     # At uniform logits the loss is ln 2 whatever the smoothing.
     assert float(losses.per_example_loss(logits, jnp.array([1]), 0.2)[0]) == pytest.approx(np.log(2), rel=1e-6)
     confident = jnp.array([[-10.0, 10.0]])
-    assert float(losses.per_example_loss(confident, jnp.array([1]), 0.2)[0]) > \
-        float(losses.per_example_loss(confident, jnp.array([1]), 0.0)[0])
+    assert float(losses.per_example_loss(confident, jnp.array([1]), 0.2)[0]) > float(
+        losses.per_example_loss(confident, jnp.array([1]), 0.0)[0]
+    )
 
 
 def test_class_weights_scale_each_example_by_its_class_weight():

@@ -7,43 +7,59 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import traverse_util
-
-import effnet_jax
-from effnet_jax.train import freeze, optimizer, state as state_lib, steps
-from effnet_jax.train.parallel import Parallel
 from helpers import tiny_config
 
+import effnet_jax
+from effnet_jax.train import freeze, optimizer, steps
+from effnet_jax.train import state as state_lib
+from effnet_jax.train.parallel import Parallel
+
 STEPS = 3
-pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs XLA_FLAGS=--xla_force_host_platform_device_count=8")
+pytestmark = pytest.mark.skipif(
+    jax.device_count() < 8, reason="needs XLA_FLAGS=--xla_force_host_platform_device_count=8"
+)
 
 
 def _config():
     # SGD, not Adam: Adam divides by sqrt(v), which blows float noise in near-zero
     # gradients up to the size of the learning rate and would hide real differences.
-    return tiny_config(**{
-        "optimizer.name": "sgd", "optimizer.learning_rate": 0.02, "optimizer.weight_decay": 1e-4,
-        "schedule.name": "constant", "schedule.warmup_epochs": 0.0, "model.drop_rate": 0.0,
-        "freeze_until": "blocks_2", "ema_decay": 0.5,
-    })
+    return tiny_config(
+        **{
+            "optimizer.name": "sgd",
+            "optimizer.learning_rate": 0.02,
+            "optimizer.weight_decay": 1e-4,
+            "schedule.name": "constant",
+            "schedule.warmup_epochs": 0.0,
+            "model.drop_rate": 0.0,
+            "freeze_until": "blocks_2",
+            "ema_decay": 0.5,
+        }
+    )
 
 
 def _batches():
     rs = np.random.RandomState(0)
-    return [{"image": rs.randn(16, 32, 32, 3).astype(np.float32), "label": rs.randint(0, 2, 16).astype(np.int32)}
-            for _ in range(STEPS)]
+    return [
+        {"image": rs.randn(16, 32, 32, 3).astype(np.float32), "label": rs.randint(0, 2, 16).astype(np.int32)}
+        for _ in range(STEPS)
+    ]
 
 
 def _run(mode: str, variables):
     config = _config()
     par = Parallel(mode)
     frozen = freeze.frozen_mask(variables["params"], freeze.freeze_patterns(config, variables["params"]))
-    model = effnet_jax.build_model(config.model.name, num_classes=2,
-                                   **state_lib.model_kwargs(config, freeze.frozen_norms(frozen), par.bn_axis_name))
+    model = effnet_jax.build_model(
+        config.model.name,
+        num_classes=2,
+        **state_lib.model_kwargs(config, freeze.frozen_norms(frozen), par.bn_axis_name),
+    )
     tx, _ = optimizer.create_optimizer(config, frozen, total_steps=10, steps_per_epoch=5)
     state0 = state_lib.create_train_state(variables, tx, config)
     host0 = jax.device_get(state0)
-    step = par.compile_train_step(functools.partial(steps.train_step, model=model, tx=tx, frozen=frozen,
-                                                    ema_decay=config.ema_decay), state0)
+    step = par.compile_train_step(
+        functools.partial(steps.train_step, model=model, tx=tx, frozen=frozen, ema_decay=config.ema_decay), state0
+    )
     state = par.put_state(state0)
     for batch in _batches():
         state, metrics = step(state, par.put_batch(batch))
@@ -132,10 +148,14 @@ def test_bfloat16_compute_keeps_params_batch_stats_and_optimizer_state_in_float3
     model = effnet_jax.build_model(config.model.name, num_classes=2, **state_lib.model_kwargs(config))
     tx, _ = optimizer.create_optimizer(config, frozen, total_steps=10, steps_per_epoch=5)
     state = state_lib.create_train_state(state_lib.zero_head(variables), tx, config)
-    step = par.compile_train_step(functools.partial(steps.train_step, model=model, tx=tx, frozen=frozen,
-                                                    ema_decay=config.ema_decay), state)
+    step = par.compile_train_step(
+        functools.partial(steps.train_step, model=model, tx=tx, frozen=frozen, ema_decay=config.ema_decay), state
+    )
     state, metrics = step(par.put_state(state), par.put_batch(_batches()[0]))
     assert np.isfinite(par.first_metrics(metrics)["loss"])
-    floats = [x for x in jax.tree.leaves((state.params, state.batch_stats, state.opt_state, state.ema_params))
-              if jnp.issubdtype(x.dtype, jnp.floating)]
+    floats = [
+        x
+        for x in jax.tree.leaves((state.params, state.batch_stats, state.opt_state, state.ema_params))
+        if jnp.issubdtype(x.dtype, jnp.floating)
+    ]
     assert floats and all(x.dtype == jnp.float32 for x in floats)

@@ -88,8 +88,11 @@ def test_pickled_code_is_refused(tmp_path):
 
 def test_variant_mismatch_names_first_key_and_both_shapes(lite0_pth):
     # Lite3 widens the stages: the first block whose output differs is named with both shapes.
-    with pytest.raises(WeightFileError, match=r"lite0.pth: shape mismatch at 'params/blocks_0_0/conv_pw/kernel': "
-                                              r"file has \(1, 1, 32, 16\), model expects \(1, 1, 32, 24\)"):
+    with pytest.raises(
+        WeightFileError,
+        match=r"lite0.pth: shape mismatch at 'params/blocks_0_0/conv_pw/kernel': "
+        r"file has \(1, 1, 32, 16\), model expects \(1, 1, 32, 24\)",
+    ):
         effnet_jax.create_model("efficientnet_lite3", pretrained=str(lite0_pth))
 
 
@@ -111,8 +114,9 @@ def test_head_is_reinitialised_and_logged_when_classes_differ(lite0_pth, lite0_s
         model, variables = effnet_jax.create_model("efficientnet_lite0", num_classes=2, pretrained=str(lite0_pth))
     assert "params/classifier/kernel" in caplog.text and "params/classifier/bias" in caplog.text
     assert variables["params"]["classifier"]["kernel"].shape == (1280, 2)
-    np.testing.assert_array_equal(variables["params"]["conv_head"]["kernel"],
-                                  lite0_state["conv_head.weight"].numpy().transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(
+        variables["params"]["conv_head"]["kernel"], lite0_state["conv_head.weight"].numpy().transpose(2, 3, 1, 0)
+    )
 
 
 def test_keras3_native_weights_file_is_explained(tmp_path):
@@ -169,16 +173,46 @@ def test_converted_dir_refuses_another_variant(lite0_pth, tmp_path):
 def test_convert_cli_writes_a_loadable_checkpoint_and_a_summary(lite0_pth, lite0_state, tmp_path):
     out = tmp_path / "converted"
     result = subprocess.run(
-        [sys.executable, "-m", "effnet_jax.cli.convert", "--variant", "efficientnet_lite0", "--input", str(lite0_pth),
-         "--output", str(out), "--num_classes", "2"], capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "effnet_jax.cli.convert",
+            "--variant",
+            "efficientnet_lite0",
+            "--input",
+            str(lite0_pth),
+            "--output",
+            str(out),
+            "--num_classes",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     # ImageNet's 1000-class head (1,281,000 parameters) replaced by a 2-class one (2,562).
     assert "num_params     3373570" in result.stdout
     assert "params/classifier/kernel" in result.stdout and "timm_pytorch" in result.stdout
     model, variables = effnet_jax.create_model("efficientnet_lite0", num_classes=2, pretrained=str(out))
-    np.testing.assert_array_equal(variables["params"]["blocks_6_0"]["conv_pwl"]["kernel"],
-                                  lite0_state["blocks.6.0.conv_pwl.weight"].numpy().transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(
+        variables["params"]["blocks_6_0"]["conv_pwl"]["kernel"],
+        lite0_state["blocks.6.0.conv_pwl.weight"].numpy().transpose(2, 3, 1, 0),
+    )
     again = subprocess.run(
-        [sys.executable, "-m", "effnet_jax.cli.convert", "--variant", "efficientnet_lite0", "--input", str(lite0_pth),
-         "--output", str(out)], capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "effnet_jax.cli.convert",
+            "--variant",
+            "efficientnet_lite0",
+            "--input",
+            str(lite0_pth),
+            "--output",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert again.returncode == 1 and "already exists" in again.stderr

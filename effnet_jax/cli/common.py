@@ -60,11 +60,11 @@ def one_line(error: BaseException) -> tuple[int, str] | None:
     import errno
     import re
 
-    from effnet_jax.train.checkpointing import CheckpointMismatchError
     from effnet_jax.data.external import ExternalDataError
     from effnet_jax.data.imaging import BadImageError
     from effnet_jax.data.kermany import LayoutError
     from effnet_jax.data.prepare import StalePreparedDataError
+    from effnet_jax.train.checkpointing import CheckpointMismatchError
     from effnet_jax.train.loop import TrainingDataError
     from effnet_jax.train.workdir_lock import WorkdirLockedError
     from effnet_jax.weights.readers import WeightFileError
@@ -80,8 +80,10 @@ def one_line(error: BaseException) -> tuple[int, str] | None:
             return EXIT_DISK, f"cannot write{where}: {e.strerror or e} (errno {errno.errorcode.get(e.errno)})"
     if isinstance(error, (WorkdirLockedError, CheckpointMismatchError)):
         return EXIT_WORKDIR, str(error)
-    if isinstance(error, (LayoutError, BadImageError, TrainingDataError, StalePreparedDataError, WeightFileError,
-                          ExternalDataError)):
+    if isinstance(
+        error,
+        (LayoutError, BadImageError, TrainingDataError, StalePreparedDataError, WeightFileError, ExternalDataError),
+    ):
         return EXIT_INPUT, " ".join(str(error).split("\n  ")[:2]) + _more(error)
     if isinstance(error, FileNotFoundError) and error.errno is None:
         return EXIT_INPUT, str(error)  # ours: a message naming the missing file or config key

@@ -15,177 +15,220 @@ the TFDS data dir --data_dir (default ~/tensorflow_datasets).
 """
 
 import json
-from pathlib import Path
 import os
 import sys
+from pathlib import Path
 
 from absl import app, flags
 
-from effnet_jax.data import exclusions
 from effnet_jax.cli import common
+from effnet_jax.data import exclusions
 from effnet_jax.data import prepare as prepare_lib
-from effnet_jax.data.eda import cleaning
-from effnet_jax.data.eda import figures
-from effnet_jax.data.eda import hashing
+from effnet_jax.data.eda import cleaning, figures, hashing, scan
 from effnet_jax.data.eda import report as report_lib
-from effnet_jax.data.eda import scan
 
-COMMANDS = ('report', 'clean', 'prepare')
-DEFAULT_OUT = {'report': 'data_report', 'clean': 'data_clean'}
+COMMANDS = ("report", "clean", "prepare")
+DEFAULT_OUT = {"report": "data_report", "clean": "data_clean"}
 LEAKAGE_EXIT = 3  # `clean --fail_on_leakage` exits with this when train/val overlaps test
 
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
-  """Defines effnet-data's flags on ``fv`` (once)."""
-  def define(kind, name, *args, **kwargs):
-    if name not in fv:
-      kind(name, *args, flag_values=fv, **kwargs)
-  t = cleaning.Thresholds()
-  define(flags.DEFINE_string, 'data_dir', None,
-         'report/clean: raw chest_xray folder / parent / zip, or a TFDS dir with it prepared; '
-         'prepare: the TFDS data dir to write (default ~/tensorflow_datasets)')
-  define(flags.DEFINE_string, 'out', None, 'report/clean: output folder (default ./data_report, ./data_clean)')
-  define(flags.DEFINE_bool, 'no_progress', False, 'report/clean: no progress bar')
-  define(flags.DEFINE_integer, 'near_bits', t.near_bits,
-         f'near duplicate: pHash bits apart, of {hashing.PHASH_BITS}')
-  define(flags.DEFINE_float, 'min_std', t.min_std, 'near-constant below this grayscale std')
-  define(flags.DEFINE_integer, 'min_side', t.min_side, 'too small below (px)')
-  define(flags.DEFINE_integer, 'max_side', t.max_side, 'too large above (px)')
-  define(flags.DEFINE_float, 'max_aspect', t.max_aspect, 'extreme aspect above this longer/shorter side ratio')
-  define(flags.DEFINE_enum, 'patient_leakage', t.patient_leakage, list(cleaning.PATIENT_LEAKAGE),
-         'exclude train/val images of patients also in test, or only report them')
-  define(flags.DEFINE_string, 'exclude_list', None,
-         'report: also count what remains after this exclusion list; prepare: leave its files out (chest_xray)')
-  define(flags.DEFINE_integer, 'samples', 8, 'report: sample images per class in the grid')
-  define(flags.DEFINE_bool, 'fail_on_leakage', False,
-         f'clean: exit with status {LEAKAGE_EXIT} when train/val overlaps test')
-  define(flags.DEFINE_enum, 'name', 'chest_xray', ['chest_xray', 'pneumonia_mnist'], 'prepare: data set')
-  define(flags.DEFINE_string, 'manual_dir', None, 'prepare: raw folder or zip (chest_xray), npz folder (mnist)')
-  define(flags.DEFINE_integer, 'max_size', 512, 'prepare: chest_xray images stored with the shorter side at most this')
-  define(flags.DEFINE_enum, 'on_bad_image', 'error', ['error', 'skip'], 'prepare: bad input policy')
-  define(flags.DEFINE_integer, 'mnist_size', 224, 'prepare: pneumonia_mnist size: 28, 64, 128 or 224')
+    """Defines effnet-data's flags on ``fv`` (once)."""
+
+    def define(kind, name, *args, **kwargs):
+        if name not in fv:
+            kind(name, *args, flag_values=fv, **kwargs)
+
+    t = cleaning.Thresholds()
+    define(
+        flags.DEFINE_string,
+        "data_dir",
+        None,
+        "report/clean: raw chest_xray folder / parent / zip, or a TFDS dir with it prepared; "
+        "prepare: the TFDS data dir to write (default ~/tensorflow_datasets)",
+    )
+    define(flags.DEFINE_string, "out", None, "report/clean: output folder (default ./data_report, ./data_clean)")
+    define(flags.DEFINE_bool, "no_progress", False, "report/clean: no progress bar")
+    define(flags.DEFINE_integer, "near_bits", t.near_bits, f"near duplicate: pHash bits apart, of {hashing.PHASH_BITS}")
+    define(flags.DEFINE_float, "min_std", t.min_std, "near-constant below this grayscale std")
+    define(flags.DEFINE_integer, "min_side", t.min_side, "too small below (px)")
+    define(flags.DEFINE_integer, "max_side", t.max_side, "too large above (px)")
+    define(flags.DEFINE_float, "max_aspect", t.max_aspect, "extreme aspect above this longer/shorter side ratio")
+    define(
+        flags.DEFINE_enum,
+        "patient_leakage",
+        t.patient_leakage,
+        list(cleaning.PATIENT_LEAKAGE),
+        "exclude train/val images of patients also in test, or only report them",
+    )
+    define(
+        flags.DEFINE_string,
+        "exclude_list",
+        None,
+        "report: also count what remains after this exclusion list; prepare: leave its files out (chest_xray)",
+    )
+    define(flags.DEFINE_integer, "samples", 8, "report: sample images per class in the grid")
+    define(
+        flags.DEFINE_bool,
+        "fail_on_leakage",
+        False,
+        f"clean: exit with status {LEAKAGE_EXIT} when train/val overlaps test",
+    )
+    define(flags.DEFINE_enum, "name", "chest_xray", ["chest_xray", "pneumonia_mnist"], "prepare: data set")
+    define(flags.DEFINE_string, "manual_dir", None, "prepare: raw folder or zip (chest_xray), npz folder (mnist)")
+    define(
+        flags.DEFINE_integer, "max_size", 512, "prepare: chest_xray images stored with the shorter side at most this"
+    )
+    define(flags.DEFINE_enum, "on_bad_image", "error", ["error", "skip"], "prepare: bad input policy")
+    define(flags.DEFINE_integer, "mnist_size", 224, "prepare: pneumonia_mnist size: 28, 64, 128 or 224")
 
 
 def _thresholds(args) -> cleaning.Thresholds:
-  return cleaning.Thresholds(near_bits=args.near_bits, min_std=args.min_std,
-                             min_side=args.min_side, max_side=args.max_side,
-                             max_aspect=args.max_aspect, patient_leakage=args.patient_leakage)
+    return cleaning.Thresholds(
+        near_bits=args.near_bits,
+        min_std=args.min_std,
+        min_side=args.min_side,
+        max_side=args.max_side,
+        max_aspect=args.max_aspect,
+        patient_leakage=args.patient_leakage,
+    )
 
 
 def report(args) -> dict:
-  """Run `effnet-data report`; returns the report dict (also written as report.json)."""
-  th = _thresholds(args)  # validate flags before a long scan
-  listed = exclusions.read(args.exclude_list) if args.exclude_list else None
-  inv = scan.scan_any(args.data_dir, samples_per_class=args.samples, progress=not args.no_progress)
-  rep = report_lib.build(inv, cleaning.find(inv, th), listed)
-  out = Path(args.out or DEFAULT_OUT['report'])
-  out.mkdir(parents=True, exist_ok=True)
-  rep['figures'] = figures.draw_all(inv, rep, out)
-  (out / 'report.json').write_text(json.dumps(rep, indent=1) + '\n')
-  print(report_lib.summary(rep))
-  print(f'effnet-data report: wrote {out}/report.json and {", ".join(rep["figures"])}')
-  return rep
+    """Run `effnet-data report`; returns the report dict (also written as report.json)."""
+    th = _thresholds(args)  # validate flags before a long scan
+    listed = exclusions.read(args.exclude_list) if args.exclude_list else None
+    inv = scan.scan_any(args.data_dir, samples_per_class=args.samples, progress=not args.no_progress)
+    rep = report_lib.build(inv, cleaning.find(inv, th), listed)
+    out = Path(args.out or DEFAULT_OUT["report"])
+    out.mkdir(parents=True, exist_ok=True)
+    rep["figures"] = figures.draw_all(inv, rep, out)
+    (out / "report.json").write_text(json.dumps(rep, indent=1) + "\n")
+    print(report_lib.summary(rep))
+    print(f"effnet-data report: wrote {out}/report.json and {', '.join(rep['figures'])}")
+    return rep
 
 
 def clean(args) -> dict:
-  """Run `effnet-data clean`; returns the findings (also written as cleaning.json)."""
-  th = _thresholds(args)
-  inv = scan.scan_any(args.data_dir, progress=not args.no_progress)
-  if inv.kind != 'raw':
-    print(f'effnet-data clean: {inv.source} is a prepared data set; the list is written, but '
-          'prepare again from the raw folder with data.exclude_list to apply it', file=sys.stderr)
-  found = cleaning.find(inv, th)
-  out = Path(args.out or DEFAULT_OUT['clean'])
-  out.mkdir(parents=True, exist_ok=True)
-  meta = {'source': inv.source, 'created_by': 'effnet-data clean', 'thresholds': found['thresholds'],
-          'counts_before': found['counts_before'], 'counts_after': found['counts_after']}
-  json_path = exclusions.write(out / 'exclusions.json', found['excluded'], **meta)
-  exclusions.write(out / 'exclusions.csv', found['excluded'])
-  (out / 'cleaning.json').write_text(json.dumps({'source': inv.source, **found}, indent=1) + '\n')
-  before = sum(sum(v.values()) for v in found['counts_before'].values())
-  print(f'{inv.source}: {before:,} images, {found["num_excluded"]} to exclude'
-        + ''.join(f'\n  {r}: {n}' for r, n in found['by_reason'].items()))
-  for split in found['counts_before']:
-    b, a = found['counts_before'][split], found['counts_after'].get(split, {})
-    print(f'  {split}: ' + ', '.join(f'{c} {b[c]:,} -> {a.get(c, 0):,}' for c in b))
-  banner = cleaning.leakage_banner(found)
-  if banner:
-    print(banner, file=sys.stderr)
-  print(f'effnet-data clean: wrote {json_path}, {out}/exclusions.csv and {out}/cleaning.json\n'
-        f'  apply it when preparing: data.exclude_list={json_path.resolve()}')
-  return found
+    """Run `effnet-data clean`; returns the findings (also written as cleaning.json)."""
+    th = _thresholds(args)
+    inv = scan.scan_any(args.data_dir, progress=not args.no_progress)
+    if inv.kind != "raw":
+        print(
+            f"effnet-data clean: {inv.source} is a prepared data set; the list is written, but "
+            "prepare again from the raw folder with data.exclude_list to apply it",
+            file=sys.stderr,
+        )
+    found = cleaning.find(inv, th)
+    out = Path(args.out or DEFAULT_OUT["clean"])
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "source": inv.source,
+        "created_by": "effnet-data clean",
+        "thresholds": found["thresholds"],
+        "counts_before": found["counts_before"],
+        "counts_after": found["counts_after"],
+    }
+    json_path = exclusions.write(out / "exclusions.json", found["excluded"], **meta)
+    exclusions.write(out / "exclusions.csv", found["excluded"])
+    (out / "cleaning.json").write_text(json.dumps({"source": inv.source, **found}, indent=1) + "\n")
+    before = sum(sum(v.values()) for v in found["counts_before"].values())
+    print(
+        f"{inv.source}: {before:,} images, {found['num_excluded']} to exclude"
+        + "".join(f"\n  {r}: {n}" for r, n in found["by_reason"].items())
+    )
+    for split in found["counts_before"]:
+        b, a = found["counts_before"][split], found["counts_after"].get(split, {})
+        print(f"  {split}: " + ", ".join(f"{c} {b[c]:,} -> {a.get(c, 0):,}" for c in b))
+    banner = cleaning.leakage_banner(found)
+    if banner:
+        print(banner, file=sys.stderr)
+    print(
+        f"effnet-data clean: wrote {json_path}, {out}/exclusions.csv and {out}/cleaning.json\n"
+        f"  apply it when preparing: data.exclude_list={json_path.resolve()}"
+    )
+    return found
 
 
 def prepare(args) -> None:
-  """Run `effnet-data prepare`: build the TFDS data set once and print its splits."""
-  factory = prepare_lib.BuilderFactory(name=args.name, data_dir=args.data_dir, manual_dir=args.manual_dir,
-                                       max_size=args.max_size, on_bad_image=args.on_bad_image,
-                                       mnist_size=args.mnist_size, exclude_list=args.exclude_list)
-  builder = prepare_lib.ensure_prepared(factory)
-  print(f'prepared {factory.name}/{builder.builder_config.name} in {builder.data_path}')
-  for split, info in builder.info.splits.items():
-    print(f'  {split}: {info.num_examples} examples')
-  meta = builder.info.metadata or {}
-  skipped = meta.get('skipped', [])
-  if meta.get('num_excluded'):
-    print(f'  excluded {meta["num_excluded"]} file(s) listed in {meta["exclude_list"]}')
-  if skipped:
-    print(f'  skipped {len(skipped)} bad input(s):\n    ' + '\n    '.join(skipped))
+    """Run `effnet-data prepare`: build the TFDS data set once and print its splits."""
+    factory = prepare_lib.BuilderFactory(
+        name=args.name,
+        data_dir=args.data_dir,
+        manual_dir=args.manual_dir,
+        max_size=args.max_size,
+        on_bad_image=args.on_bad_image,
+        mnist_size=args.mnist_size,
+        exclude_list=args.exclude_list,
+    )
+    builder = prepare_lib.ensure_prepared(factory)
+    print(f"prepared {factory.name}/{builder.builder_config.name} in {builder.data_path}")
+    for split, info in builder.info.splits.items():
+        print(f"  {split}: {info.num_examples} examples")
+    meta = builder.info.metadata or {}
+    skipped = meta.get("skipped", [])
+    if meta.get("num_excluded"):
+        print(f"  excluded {meta['num_excluded']} file(s) listed in {meta['exclude_list']}")
+    if skipped:
+        print(f"  skipped {len(skipped)} bad input(s):\n    " + "\n    ".join(skipped))
 
 
 def _run(args, positional) -> int:
-  """Runs the subcommand ``positional[0]`` with parsed flags ``args``; returns the exit status."""
-  if len(positional) != 1 or positional[0] not in COMMANDS:
-    print(f'effnet-data: expected one command of {", ".join(COMMANDS)}, got {positional}', file=sys.stderr)
-    return 2
-  command = positional[0]
-  try:
-    if command == 'prepare':
-      try:
-        prepare(args)
-      except Exception as e:  # pylint: disable=broad-except
-        known = common.one_line(e)
-        if known is None or os.environ.get('EFFNET_TRACEBACK'):
-          raise
-        print(f'effnet-data prepare: {known[1]}', file=sys.stderr)
-        return known[0]
-      return 0
-    if not args.data_dir:
-      print(f'effnet-data {command}: --data_dir is required', file=sys.stderr)
-      return 2
-    if not Path(args.data_dir).expanduser().exists():
-      print(f'effnet-data: --data_dir {args.data_dir}: does not exist; expected the chest_xray '
-            'folder ({train,val,test}/{NORMAL,PNEUMONIA}), a parent of it, its zip, or a TFDS '
-            'data dir holding it prepared', file=sys.stderr)
-      return 2
-    if command == 'report':
-      report(args)
-      return 0
-    found = clean(args)
-  except (ValueError, FileNotFoundError) as e:  # LayoutError, bad lists: the message names the file
-    print(f'effnet-data: {e}', file=sys.stderr)
-    return 2
-  leaked = found['leakage']['images'] or found['leakage']['patients']
-  return LEAKAGE_EXIT if args.fail_on_leakage and leaked else 0
+    """Runs the subcommand ``positional[0]`` with parsed flags ``args``; returns the exit status."""
+    if len(positional) != 1 or positional[0] not in COMMANDS:
+        print(f"effnet-data: expected one command of {', '.join(COMMANDS)}, got {positional}", file=sys.stderr)
+        return 2
+    command = positional[0]
+    try:
+        if command == "prepare":
+            try:
+                prepare(args)
+            except Exception as e:  # pylint: disable=broad-except
+                known = common.one_line(e)
+                if known is None or os.environ.get("EFFNET_TRACEBACK"):
+                    raise
+                print(f"effnet-data prepare: {known[1]}", file=sys.stderr)
+                return known[0]
+            return 0
+        if not args.data_dir:
+            print(f"effnet-data {command}: --data_dir is required", file=sys.stderr)
+            return 2
+        if not Path(args.data_dir).expanduser().exists():
+            print(
+                f"effnet-data: --data_dir {args.data_dir}: does not exist; expected the chest_xray "
+                "folder ({train,val,test}/{NORMAL,PNEUMONIA}), a parent of it, its zip, or a TFDS "
+                "data dir holding it prepared",
+                file=sys.stderr,
+            )
+            return 2
+        if command == "report":
+            report(args)
+            return 0
+        found = clean(args)
+    except (ValueError, FileNotFoundError) as e:  # LayoutError, bad lists: the message names the file
+        print(f"effnet-data: {e}", file=sys.stderr)
+        return 2
+    leaked = found["leakage"]["images"] or found["leakage"]["patients"]
+    return LEAKAGE_EXIT if args.fail_on_leakage and leaked else 0
 
 
 def main(argv) -> int:
-  """Parses ``argv`` (command and flags, without the program name) into fresh flags; returns the exit status."""
-  fv = flags.FlagValues()
-  define_flags(fv)
-  try:
-    positional = fv(['effnet-data', *argv])[1:]
-  except flags.Error as e:
-    print(f'effnet-data: bad flag: {e}', file=sys.stderr)
-    return 2
-  return _run(fv, positional)
+    """Parses ``argv`` (command and flags, without the program name) into fresh flags; returns the exit status."""
+    fv = flags.FlagValues()
+    define_flags(fv)
+    try:
+        positional = fv(["effnet-data", *argv])[1:]
+    except flags.Error as e:
+        print(f"effnet-data: bad flag: {e}", file=sys.stderr)
+        return 2
+    return _run(fv, positional)
 
 
 def run() -> None:
-  """Console-script entry point (effnet-data)."""
-  define_flags()
-  app.run(lambda argv: sys.exit(_run(flags.FLAGS, argv[1:])))
+    """Console-script entry point (effnet-data)."""
+    define_flags()
+    app.run(lambda argv: sys.exit(_run(flags.FLAGS, argv[1:])))
 
 
-if __name__ == '__main__':
-  run()
+if __name__ == "__main__":
+    run()

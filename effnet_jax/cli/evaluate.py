@@ -23,13 +23,21 @@ def define_flags():
     """Defines this command's flags (once). Called by ``run``, not at import, so that importing
     several CLI modules in one process (a test session) cannot collide on --workdir."""
     define_once(flags.DEFINE_string, "workdir", None, "Training run directory (holds checkpoints/).")
-    define_once(flags.DEFINE_string, "split", "test", "Split to evaluate: train, validation, test, official_val (the data set's own val/ folder), external (config.data.external; external_1, ... for more) or folder:PATH (any folder holding NORMAL/ and PNEUMONIA/).")
-    define_once(flags.DEFINE_string, "checkpoint", "best", "'best' (by the run's best_metric), 'latest' or a step number.")
-    define_once(flags.DEFINE_string, "tta", "none", "Test-time augmentation: none, flip, crops[@FRACTION] or e.g. flip+crops.")
+    define_once(
+        flags.DEFINE_string,
+        "split",
+        "test",
+        "Split to evaluate: train, validation, test, official_val (the data set's own val/ folder), external (config.data.external; external_1, ... for more) or folder:PATH (any folder holding NORMAL/ and PNEUMONIA/).",
+    )
+    define_once(
+        flags.DEFINE_string, "checkpoint", "best", "'best' (by the run's best_metric), 'latest' or a step number."
+    )
+    define_once(
+        flags.DEFINE_string, "tta", "none", "Test-time augmentation: none, flip, crops[@FRACTION] or e.g. flip+crops."
+    )
     define_once(flags.DEFINE_integer, "batch_size", None, "Evaluation batch size (default: the run's eval_batch_size).")
     define_once(flags.DEFINE_bool, "ema", True, "Evaluate the EMA weights when the run kept them.")
     define_once(flags.DEFINE_string, "out_dir", None, "Where to write outputs (default: WORKDIR/eval/<split>_<step>).")
-
 
 
 def main(argv):
@@ -55,17 +63,29 @@ def main(argv):
         print(f"effnet-eval: error: {problem}", file=sys.stderr)
         return 1
     device = jax.local_devices()[0]
-    print(f"Evaluating {FLAGS.workdir} (checkpoint={FLAGS.checkpoint}, split={FLAGS.split}, tta={tta.spec()}) "
-          f"on {device.platform}:{device.id}", flush=True)
+    print(
+        f"Evaluating {FLAGS.workdir} (checkpoint={FLAGS.checkpoint}, split={FLAGS.split}, tta={tta.spec()}) "
+        f"on {device.platform}:{device.id}",
+        flush=True,
+    )
     try:
-        report = evaluate_checkpoint(FLAGS.workdir, split=FLAGS.split, checkpoint=FLAGS.checkpoint, tta=tta,
-                                     batch_size=FLAGS.batch_size, use_ema=FLAGS.ema, out_dir=FLAGS.out_dir)
+        report = evaluate_checkpoint(
+            FLAGS.workdir,
+            split=FLAGS.split,
+            checkpoint=FLAGS.checkpoint,
+            tta=tta,
+            batch_size=FLAGS.batch_size,
+            use_ema=FLAGS.ema,
+            out_dir=FLAGS.out_dir,
+        )
     except (FileNotFoundError, ValueError) as e:
         print(f"effnet-eval: error: {e}", file=sys.stderr)
         return 1
     synthetic = " [synthetic data]" if report["synthetic"] else ""
-    print(f"\n{report['split']} split, step {report['step']}, {report['num_examples']} images, "
-          f"class counts {report['class_counts']}{synthetic}")
+    print(
+        f"\n{report['split']} split, step {report['step']}, {report['num_examples']} images, "
+        f"class counts {report['class_counts']}{synthetic}"
+    )
     print(f"operating threshold {report['operating_threshold']:.4f}: {report['operating_threshold_rule']}")
     print(f"threshold chosen by {report['threshold_source']}: {report['validation_threshold']:.4f}\n")
     print(report["table"])

@@ -26,11 +26,17 @@ def define_flags():
     """Defines this command's flags (once). Called by ``run``, not at import, so that importing
     several CLI modules in one process (a test session) cannot collide on --workdir."""
     define_once(flags.DEFINE_string, "workdir", None, "Training run directory (holds checkpoints/).")
-    define_once(flags.DEFINE_string, "checkpoint", "best", "'best' (by the run's best_metric), 'latest' or a step number.")
+    define_once(
+        flags.DEFINE_string, "checkpoint", "best", "'best' (by the run's best_metric), 'latest' or a step number."
+    )
     define_once(flags.DEFINE_string, "gradcam", None, "Directory to write a Grad-CAM overlay PNG per image.")
-    define_once(flags.DEFINE_string, "threshold", "auto", "Decision threshold in [0, 1], 'auto' (the run's operating threshold, README Thresholds), 'prior' (training prior) or 'youden' (stored by effnet-eval).")
+    define_once(
+        flags.DEFINE_string,
+        "threshold",
+        "auto",
+        "Decision threshold in [0, 1], 'auto' (the run's operating threshold, README Thresholds), 'prior' (training prior) or 'youden' (stored by effnet-eval).",
+    )
     define_once(flags.DEFINE_integer, "batch_size", 8, "Images per forward pass.")
-
 
 
 def main(argv):
@@ -51,8 +57,10 @@ def main(argv):
     except (FileNotFoundError, ValueError) as e:
         print(f"effnet-predict: error: {e}", file=sys.stderr)
         return 1
-    print(f"effnet-predict: step {predictor.step}, threshold {predictor.threshold:.4f} "
-          f"({predictor.threshold_source})", file=sys.stderr)
+    print(
+        f"effnet-predict: step {predictor.step}, threshold {predictor.threshold:.4f} ({predictor.threshold_source})",
+        file=sys.stderr,
+    )
     failed = 0
     for record in predictor.predict(paths, FLAGS.gradcam):
         if "error" in record:

@@ -20,7 +20,9 @@ FLAGS = flags.FLAGS
 
 
 def define_flags():
-    define_once(flags.DEFINE_bool, "eval", False, "Add a row per threshold of each effnet-eval report in WORKDIR/eval/.")
+    define_once(
+        flags.DEFINE_bool, "eval", False, "Add a row per threshold of each effnet-eval report in WORKDIR/eval/."
+    )
     define_once(flags.DEFINE_enum, "format", "markdown", ["markdown", "json"], "Output format.")
 
 

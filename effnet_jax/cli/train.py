@@ -20,16 +20,20 @@ from ml_collections import config_flags
 from effnet_jax.cli.common import make_config_package_importable
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Training config file (configs/*.py); override keys with --config.key=value.",
-    lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics.jsonl, tensorboard/. "
-                               "An existing run there is resumed.")
+    "config", None, "Training config file (configs/*.py); override keys with --config.key=value.", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Run directory: checkpoints, metrics.jsonl, tensorboard/. An existing run there is resumed."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 # Multi-process runs (launch/): every process gets the same flags but its own --process_id.
 _DISTRIBUTED = flags.DEFINE_enum(
-    "distributed", "auto", ["auto", "on", "off"],
+    "distributed",
+    "auto",
+    ["auto", "on", "off"],
     "jax.distributed: 'auto' starts it when a coordinator is given (flag or JAX_COORDINATOR_ADDRESS); "
-    "'on' always (a TPU pod slice detects the rest); 'off' never.")
+    "'on' always (a TPU pod slice detects the rest); 'off' never.",
+)
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (or JAX_COORDINATOR_ADDRESS).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (or JAX_NUM_PROCESSES).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0-based (or JAX_PROCESS_ID).")
@@ -39,15 +43,14 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     # Import after flag parsing: JAX reads XLA_FLAGS and platform flags when first imported.
-    from effnet_jax.train import distributed
     from effnet_jax.cli import common
+    from effnet_jax.train import distributed
     from effnet_jax.train.loop import NonFiniteLossError, train_and_evaluate
     from effnet_jax.train.preemption import Preempted
 
     _show_our_logs()
     try:
-        settings = distributed.resolve(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value,
-                                       _PROCESS_ID.value)
+        settings = distributed.resolve(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
         started = distributed.initialize(settings)
     except ValueError as e:
         print(f"effnet-train: bad flag: {e}", file=sys.stderr)
@@ -75,8 +78,9 @@ def _only_warnings_here():
     ours = std_logging.getLogger("effnet_jax")
     ours.setLevel(std_logging.WARNING)
     for handler in ours.handlers:
-        handler.setFormatter(std_logging.Formatter(
-            f"%(asctime)s [process {jax.process_index()}] %(name)s: %(message)s", "%H:%M:%S"))
+        handler.setFormatter(
+            std_logging.Formatter(f"%(asctime)s [process {jax.process_index()}] %(name)s: %(message)s", "%H:%M:%S")
+        )
 
 
 def _show_our_logs():

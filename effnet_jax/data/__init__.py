@@ -3,4 +3,4 @@
 
 from effnet_jax.data.pipeline import create_split, make_global_batch, split_info
 
-__all__ = ['create_split', 'make_global_batch', 'split_info']
+__all__ = ["create_split", "make_global_batch", "split_info"]

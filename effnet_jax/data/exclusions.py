@@ -16,63 +16,69 @@ import io
 import json
 from pathlib import Path
 
-FORMAT = 'effnet_jax.exclusions/1'
+FORMAT = "effnet_jax.exclusions/1"
 
 
 def file_key(rel: str) -> str:
-  """Key of a layout path: its last three parts, 'split/CLASS/file name'."""
-  parts = rel.replace('\\', '/').split('/')
-  if len(parts) < 3:
-    raise ValueError(f'{rel!r}: expected a path ending in split/CLASS/file name')
-  return '/'.join(parts[-3:])
+    """Key of a layout path: its last three parts, 'split/CLASS/file name'."""
+    parts = rel.replace("\\", "/").split("/")
+    if len(parts) < 3:
+        raise ValueError(f"{rel!r}: expected a path ending in split/CLASS/file name")
+    return "/".join(parts[-3:])
 
 
 def write(path, entries: list[dict], **extra) -> Path:
-  """Write entries ({'file', 'reason', 'detail'}) as JSON or CSV, chosen by the suffix."""
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  rows = sorted(({'file': e['file'], 'reason': e['reason'], 'detail': e.get('detail', '')}
-                 for e in entries), key=lambda e: e['file'])
-  if path.suffix.lower() == '.csv':
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=['file', 'reason', 'detail'], lineterminator='\n')
-    writer.writeheader()
-    writer.writerows(rows)
-    path.write_text(buf.getvalue())
-  else:
-    path.write_text(json.dumps({'format': FORMAT, **extra, 'excluded': rows}, indent=1) + '\n')
-  return path
+    """Write entries ({'file', 'reason', 'detail'}) as JSON or CSV, chosen by the suffix."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = sorted(
+        ({"file": e["file"], "reason": e["reason"], "detail": e.get("detail", "")} for e in entries),
+        key=lambda e: e["file"],
+    )
+    if path.suffix.lower() == ".csv":
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=["file", "reason", "detail"], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        path.write_text(buf.getvalue())
+    else:
+        path.write_text(json.dumps({"format": FORMAT, **extra, "excluded": rows}, indent=1) + "\n")
+    return path
 
 
 def read(path) -> dict[str, str]:
-  """{file key: reason} from a JSON or CSV exclusion list; errors name the file and entry."""
-  path = Path(path).expanduser()
-  if not path.is_file():
-    raise FileNotFoundError(f'data.exclude_list={str(path)!r}: no such file (write one with '
-                            '`effnet-data clean --data_dir=RAW --out=DIR`)')
-  text = path.read_text()
-  if path.suffix.lower() == '.csv':
-    rows = list(csv.DictReader(io.StringIO(text)))
-    if rows and not {'file', 'reason'} <= set(rows[0]):
-      raise ValueError(f'{path}: CSV header {list(rows[0])}; expected file,reason[,detail]')
-  else:
-    try:
-      doc = json.loads(text)
-    except json.JSONDecodeError as e:
-      raise ValueError(f'{path}: not valid JSON ({e}); expected an exclusion list') from e
-    if not isinstance(doc, dict) or doc.get('format') != FORMAT:
-      raise ValueError(f'{path}: "format" is {doc.get("format") if isinstance(doc, dict) else None!r}; '
-                       f'expected {FORMAT!r} (written by effnet-data clean)')
-    rows = doc.get('excluded', [])
-  out = {}
-  for i, row in enumerate(rows):
-    if not isinstance(row, dict) or not row.get('file') or not row.get('reason'):
-      raise ValueError(f'{path}: entry {i} is {row!r}; expected a file and a reason')
-    out[file_key(row['file'])] = row['reason']
-  return out
+    """{file key: reason} from a JSON or CSV exclusion list; errors name the file and entry."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"data.exclude_list={str(path)!r}: no such file (write one with "
+            "`effnet-data clean --data_dir=RAW --out=DIR`)"
+        )
+    text = path.read_text()
+    if path.suffix.lower() == ".csv":
+        rows = list(csv.DictReader(io.StringIO(text)))
+        if rows and not {"file", "reason"} <= set(rows[0]):
+            raise ValueError(f"{path}: CSV header {list(rows[0])}; expected file,reason[,detail]")
+    else:
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e}); expected an exclusion list") from e
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            raise ValueError(
+                f'{path}: "format" is {doc.get("format") if isinstance(doc, dict) else None!r}; '
+                f"expected {FORMAT!r} (written by effnet-data clean)"
+            )
+        rows = doc.get("excluded", [])
+    out = {}
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict) or not row.get("file") or not row.get("reason"):
+            raise ValueError(f"{path}: entry {i} is {row!r}; expected a file and a reason")
+        out[file_key(row["file"])] = row["reason"]
+    return out
 
 
 def fingerprint(excluded: dict[str, str]) -> str:
-  """Short hash of the excluded keys: prepared data sets built from different lists differ."""
-  h = hashlib.sha256('\n'.join(sorted(excluded)).encode())
-  return h.hexdigest()[:8]
+    """Short hash of the excluded keys: prepared data sets built from different lists differ."""
+    h = hashlib.sha256("\n".join(sorted(excluded)).encode())
+    return h.hexdigest()[:8]

@@ -23,163 +23,179 @@ from effnet_jax.labels import CLASS_NAMES as CLASSES
 
 log = logging.getLogger(__name__)
 
-PREFIX = 'external'
-FOLDER_PREFIX = 'folder:'
+PREFIX = "external"
+FOLDER_PREFIX = "folder:"
 # Larger files are not images of this kind; refusing them bounds what one read can take.
 MAX_FILE_BYTES = 64 << 20
-_IMAGE_SUFFIXES = ('.jpeg', '.jpg', '.png', '.bmp', '.tif', '.tiff', '.webp')
+_IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 class ExternalDataError(ValueError):
-  """An external folder that cannot be used (layout, overlap with training data, bad files)."""
+    """An external folder that cannot be used (layout, overlap with training data, bad files)."""
 
 
 def split_names(data_config) -> list[str]:
-  """The split names of `data.external`: 'external', 'external_1', ..."""
-  paths = data_config.get('external') or ()
-  return [PREFIX if i == 0 else f'{PREFIX}_{i}' for i in range(len(paths))]
+    """The split names of `data.external`: 'external', 'external_1', ..."""
+    paths = data_config.get("external") or ()
+    return [PREFIX if i == 0 else f"{PREFIX}_{i}" for i in range(len(paths))]
 
 
 def is_external(split: str) -> bool:
-  return split == PREFIX or split.startswith(PREFIX + '_') or split.startswith(FOLDER_PREFIX)
+    return split == PREFIX or split.startswith(PREFIX + "_") or split.startswith(FOLDER_PREFIX)
 
 
 def folder_of(data_config, split: str) -> Path:
-  """The folder behind an external split name."""
-  if split.startswith(FOLDER_PREFIX):
-    return Path(split[len(FOLDER_PREFIX):]).expanduser()
-  paths = tuple(data_config.get('external') or ())
-  index = 0 if split == PREFIX else _index(split)
-  if index is None or index >= len(paths):
-    raise ExternalDataError(
-        f'split {split!r}: data.external has {len(paths)} folder(s) '
-        f'({", ".join(split_names(data_config)) or "none"}); set --config.data.external=PATH '
-        "or evaluate any labelled folder as --split=folder:PATH")
-  return Path(paths[index]).expanduser()
+    """The folder behind an external split name."""
+    if split.startswith(FOLDER_PREFIX):
+        return Path(split[len(FOLDER_PREFIX) :]).expanduser()
+    paths = tuple(data_config.get("external") or ())
+    index = 0 if split == PREFIX else _index(split)
+    if index is None or index >= len(paths):
+        raise ExternalDataError(
+            f"split {split!r}: data.external has {len(paths)} folder(s) "
+            f"({', '.join(split_names(data_config)) or 'none'}); set --config.data.external=PATH "
+            "or evaluate any labelled folder as --split=folder:PATH"
+        )
+    return Path(paths[index]).expanduser()
 
 
 def _index(split: str):
-  tail = split[len(PREFIX) + 1:]
-  return int(tail) if tail.isdigit() else None
+    tail = split[len(PREFIX) + 1 :]
+    return int(tail) if tail.isdigit() else None
 
 
 @functools.lru_cache(maxsize=16)
 def _scan(folder: str, on_bad_image: str) -> tuple[splits_lib.PartMeta, tuple[str, ...]]:
-  root = Path(folder)
-  if not root.is_dir():
-    raise ExternalDataError(f'{root}: external folder does not exist (expected {root}/NORMAL/ and '
-                            f'{root}/PNEUMONIA/ with images)')
-  missing = [c for c in CLASSES if not (root / c).is_dir()]
-  if missing:
-    found = sorted(p.name for p in root.iterdir() if p.is_dir())
-    raise ExternalDataError(f'{root}: missing {", ".join(c + "/" for c in missing)}; an external folder '
-                            f'holds NORMAL/ and PNEUMONIA/ (found folders: {found or "none"})')
-  names, labels, paths, skipped = [], [], [], []
-  for label, cls in enumerate(CLASSES):
-    for entry in sorted(os.scandir(root / cls), key=lambda e: e.name):
-      if entry.name.startswith('.') or not entry.name.lower().endswith(_IMAGE_SUFFIXES):
-        continue
-      problem = _file_problem(Path(entry.path))
-      if problem:
-        if on_bad_image != 'skip':
-          raise ExternalDataError(f'{entry.path}: {problem} (data.on_bad_image=skip leaves it out)')
-        skipped.append(f'{entry.path}: {problem}')
-        continue
-      names.append(f'{cls}/{entry.name}')
-      labels.append(label)
-      paths.append(entry.path)
-  for line in skipped:
-    log.warning('external folder %s: skipped %s', root, line)
-  counts = np.bincount(np.asarray(labels, np.int64), minlength=len(CLASSES))
-  if counts.sum() == 0:
-    raise ExternalDataError(f'{root}: no images in NORMAL/ or PNEUMONIA/')
-  for cls, n in zip(CLASSES, counts):
-    if n == 0:
-      log.warning('external folder %s: %s/ has no images; AUC, sensitivity or specificity is undefined',
-                  root, cls)
-  meta = splits_lib.PartMeta(np.asarray(labels, np.int32), None, names)
-  return meta, tuple(paths)
+    root = Path(folder)
+    if not root.is_dir():
+        raise ExternalDataError(
+            f"{root}: external folder does not exist (expected {root}/NORMAL/ and {root}/PNEUMONIA/ with images)"
+        )
+    missing = [c for c in CLASSES if not (root / c).is_dir()]
+    if missing:
+        found = sorted(p.name for p in root.iterdir() if p.is_dir())
+        raise ExternalDataError(
+            f"{root}: missing {', '.join(c + '/' for c in missing)}; an external folder "
+            f"holds NORMAL/ and PNEUMONIA/ (found folders: {found or 'none'})"
+        )
+    names, labels, paths, skipped = [], [], [], []
+    for label, cls in enumerate(CLASSES):
+        for entry in sorted(os.scandir(root / cls), key=lambda e: e.name):
+            if entry.name.startswith(".") or not entry.name.lower().endswith(_IMAGE_SUFFIXES):
+                continue
+            problem = _file_problem(Path(entry.path))
+            if problem:
+                if on_bad_image != "skip":
+                    raise ExternalDataError(f"{entry.path}: {problem} (data.on_bad_image=skip leaves it out)")
+                skipped.append(f"{entry.path}: {problem}")
+                continue
+            names.append(f"{cls}/{entry.name}")
+            labels.append(label)
+            paths.append(entry.path)
+    for line in skipped:
+        log.warning("external folder %s: skipped %s", root, line)
+    counts = np.bincount(np.asarray(labels, np.int64), minlength=len(CLASSES))
+    if counts.sum() == 0:
+        raise ExternalDataError(f"{root}: no images in NORMAL/ or PNEUMONIA/")
+    for cls, n in zip(CLASSES, counts):
+        if n == 0:
+            log.warning(
+                "external folder %s: %s/ has no images; AUC, sensitivity or specificity is undefined", root, cls
+            )
+    meta = splits_lib.PartMeta(np.asarray(labels, np.int32), None, names)
+    return meta, tuple(paths)
 
 
 def _file_problem(path: Path) -> str | None:
-  """Why `path` cannot be read as an image file, or None."""
-  try:
-    st = path.stat()  # follows links: a loop or a dangling link raises here
-  except OSError as e:
-    return f'unreadable ({e.strerror or e})'
-  if not path.is_file():
-    return 'not a regular file'
-  if st.st_size > MAX_FILE_BYTES:
-    return f'{st.st_size} bytes, over the {MAX_FILE_BYTES} byte limit for one image'
-  if st.st_size == 0:
-    return 'empty file'
-  return None
+    """Why `path` cannot be read as an image file, or None."""
+    try:
+        st = path.stat()  # follows links: a loop or a dangling link raises here
+    except OSError as e:
+        return f"unreadable ({e.strerror or e})"
+    if not path.is_file():
+        return "not a regular file"
+    if st.st_size > MAX_FILE_BYTES:
+        return f"{st.st_size} bytes, over the {MAX_FILE_BYTES} byte limit for one image"
+    if st.st_size == 0:
+        return "empty file"
+    return None
 
 
 def scan(data_config, split: str) -> tuple[splits_lib.PartMeta, tuple[str, ...]]:
-  """Labels and file names (class/file) of an external split, and the files' paths."""
-  folder = folder_of(data_config, split).resolve()
-  return _scan(str(folder), data_config.get('on_bad_image', 'error'))
+    """Labels and file names (class/file) of an external split, and the files' paths."""
+    folder = folder_of(data_config, split).resolve()
+    return _scan(str(folder), data_config.get("on_bad_image", "error"))
 
 
 def selection(data_config, split: str) -> splits_lib.Selection:
-  meta, _ = scan(data_config, split)
-  n = len(meta.labels)
-  return splits_lib.Selection(np.zeros(n, np.int32), np.arange(n, dtype=np.int64), meta.labels,
-                              (split,), list(meta.file_names), None)
+    meta, _ = scan(data_config, split)
+    n = len(meta.labels)
+    return splits_lib.Selection(
+        np.zeros(n, np.int32), np.arange(n, dtype=np.int64), meta.labels, (split,), list(meta.file_names), None
+    )
 
 
 class FolderReader:
-  """Reads the image bytes of one external folder (picklable for grain workers)."""
+    """Reads the image bytes of one external folder (picklable for grain workers)."""
 
-  def __init__(self, paths: tuple[str, ...], split: str):
-    self.paths = paths
-    self.parts = (split,)
+    def __init__(self, paths: tuple[str, ...], split: str):
+        self.paths = paths
+        self.parts = (split,)
 
-  def read_image(self, part: int, index: int) -> bytes:
-    path = self.paths[int(index)]
-    with open(path, 'rb') as f:
-      data = f.read(MAX_FILE_BYTES + 1)  # bounded even if the file grew after the scan
-    if len(data) > MAX_FILE_BYTES:
-      raise ExternalDataError(f'{path}: over the {MAX_FILE_BYTES} byte limit for one image')
-    return data
+    def read_image(self, part: int, index: int) -> bytes:
+        path = self.paths[int(index)]
+        with open(path, "rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)  # bounded even if the file grew after the scan
+        if len(data) > MAX_FILE_BYTES:
+            raise ExternalDataError(f"{path}: over the {MAX_FILE_BYTES} byte limit for one image")
+        return data
 
 
 def reader(data_config, split: str) -> FolderReader:
-  return FolderReader(scan(data_config, split)[1], split)
+    return FolderReader(scan(data_config, split)[1], split)
 
 
 def _digest(data: bytes) -> str:
-  return hashlib.blake2b(data, digest_size=16).hexdigest()
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 def check_disjoint(data_config, train_reader, train_selection) -> None:
-  """Refuses external folders that could leak into training; call before training starts.
+    """Refuses external folders that could leak into training; call before training starts.
 
-  An external folder may not contain, or lie inside, `data.manual_dir`, and none of its
-  images may equal (byte for byte) an image of the training split.
-  """
-  splits = split_names(data_config)
-  if not splits:
-    return
-  manual = data_config.get('manual_dir')
-  manual = Path(manual).expanduser().resolve() if manual else None
-  train_digests = None
-  for split in splits:
-    folder = folder_of(data_config, split).resolve()
-    key = f'data.external[{splits.index(split)}]={str(folder)!r}'
-    if manual is not None and (folder == manual or manual in folder.parents or folder in manual.parents):
-      raise ExternalDataError(f'{key} overlaps data.manual_dir={str(manual)!r}: external data must '
-                              'come from outside the training data')
-    _, paths = scan(data_config, split)
-    if train_digests is None:
-      train_digests = {
-          _digest(bytes(train_reader.read_image(train_reader.parts.index(train_selection.parts[p]), int(r)))): name
-          for p, r, name in zip(train_selection.part, train_selection.record,
-                                train_selection.file_names or [''] * len(train_selection))}
-    for path in paths:
-      with open(path, 'rb') as f:
-        twin = train_digests.get(_digest(f.read(MAX_FILE_BYTES + 1)))
-      if twin is not None:
-        raise ExternalDataError(f'{key}: {path} is byte-identical to the training image {twin or "(unnamed)"}; '
-                                'an external set must not share images with the training split')
+    An external folder may not contain, or lie inside, `data.manual_dir`, and none of its
+    images may equal (byte for byte) an image of the training split.
+    """
+    splits = split_names(data_config)
+    if not splits:
+        return
+    manual = data_config.get("manual_dir")
+    manual = Path(manual).expanduser().resolve() if manual else None
+    train_digests = None
+    for split in splits:
+        folder = folder_of(data_config, split).resolve()
+        key = f"data.external[{splits.index(split)}]={str(folder)!r}"
+        if manual is not None and (folder == manual or manual in folder.parents or folder in manual.parents):
+            raise ExternalDataError(
+                f"{key} overlaps data.manual_dir={str(manual)!r}: external data must "
+                "come from outside the training data"
+            )
+        _, paths = scan(data_config, split)
+        if train_digests is None:
+            train_digests = {
+                _digest(
+                    bytes(train_reader.read_image(train_reader.parts.index(train_selection.parts[p]), int(r)))
+                ): name
+                for p, r, name in zip(
+                    train_selection.part,
+                    train_selection.record,
+                    train_selection.file_names or [""] * len(train_selection),
+                )
+            }
+        for path in paths:
+            with open(path, "rb") as f:
+                twin = train_digests.get(_digest(f.read(MAX_FILE_BYTES + 1)))
+            if twin is not None:
+                raise ExternalDataError(
+                    f"{key}: {path} is byte-identical to the training image {twin or '(unnamed)'}; "
+                    "an external set must not share images with the training split"
+                )

@@ -14,68 +14,68 @@ JPEG_QUALITY = 95  # high: decoding cost is the same, and the originals are alre
 
 
 class BadImageError(ValueError):
-  """A file that cannot be used as an image; the message starts with its path."""
+    """A file that cannot be used as an image; the message starts with its path."""
 
 
 def to_gray(im: Image.Image) -> Image.Image:
-  """Convert any Pillow mode to 8-bit grayscale ('L')."""
-  if im.mode == 'L':
-    return im
-  if im.mode in ('I;16', 'I;16B', 'I;16L', 'I;16N', 'I', 'F'):
-    # High bit depth: stretch the image's own range to 0..255. A fixed shift would
-    # leave 10/12-bit X-rays (stored in 16-bit containers) nearly black.
-    arr = np.asarray(im, dtype=np.float64)
-    lo, hi = float(arr.min()), float(arr.max())
-    scaled = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
-    return Image.fromarray(np.round(scaled).astype(np.uint8), mode='L')
-  if im.mode in ('RGBA', 'LA', 'PA') or (im.mode == 'P' and 'transparency' in im.info):
-    # Transparent pixels carry no X-ray signal: composite onto black (film background).
-    rgba = im.convert('RGBA')
-    background = Image.new('RGBA', rgba.size, (0, 0, 0, 255))
-    return Image.alpha_composite(background, rgba).convert('L')
-  if im.mode in ('CMYK', 'P', '1', 'YCbCr', 'LAB', 'HSV', 'RGB', 'RGBX', 'La'):
-    return im.convert('RGB').convert('L') if im.mode not in ('RGB', '1') else im.convert('L')
-  raise BadImageError(f'unsupported image mode {im.mode!r}')
+    """Convert any Pillow mode to 8-bit grayscale ('L')."""
+    if im.mode == "L":
+        return im
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        # High bit depth: stretch the image's own range to 0..255. A fixed shift would
+        # leave 10/12-bit X-rays (stored in 16-bit containers) nearly black.
+        arr = np.asarray(im, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        scaled = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+        return Image.fromarray(np.round(scaled).astype(np.uint8), mode="L")
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        # Transparent pixels carry no X-ray signal: composite onto black (film background).
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(background, rgba).convert("L")
+    if im.mode in ("CMYK", "P", "1", "YCbCr", "LAB", "HSV", "RGB", "RGBX", "La"):
+        return im.convert("RGB").convert("L") if im.mode not in ("RGB", "1") else im.convert("L")
+    raise BadImageError(f"unsupported image mode {im.mode!r}")
 
 
 def resize_shorter(im: Image.Image, max_size: int) -> Image.Image:
-  """Downscale so the shorter side is at most max_size, keeping the aspect ratio."""
-  w, h = im.size
-  short = min(w, h)
-  if short <= max_size:
-    return im
-  scale = max_size / short
-  size = (max(1, round(w * scale)), max(1, round(h * scale)))
-  return im.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    """Downscale so the shorter side is at most max_size, keeping the aspect ratio."""
+    w, h = im.size
+    short = min(w, h)
+    if short <= max_size:
+        return im
+    scale = max_size / short
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return im.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
 
 
 def load_for_storage(data: bytes, path: str, max_size: int) -> tuple[bytes, tuple[int, int]]:
-  """Decode `data` (the bytes of file `path`), normalise it, and re-encode it for storage.
+    """Decode `data` (the bytes of file `path`), normalise it, and re-encode it for storage.
 
-  Returns (encoded JPEG bytes, (height, width)). Raises BadImageError naming `path`.
-  """
-  try:
-    with warnings.catch_warnings():
-      # Pillow warns (not raises) on some damaged files; treat those as bad too.
-      warnings.simplefilter('error', Image.DecompressionBombWarning)
-      im = Image.open(io.BytesIO(data))
-      fmt = im.format
-      im.load()  # full decode: truncated or corrupt data fails here, not later in training
-  except Exception as e:  # Pillow raises many types (OSError, SyntaxError, ValueError...)
-    if isinstance(e, Image.UnidentifiedImageError):
-      raise BadImageError(f'{path}: not an image (Pillow recognises no image format in it)') from e
-    raise BadImageError(f'{path}: corrupt or truncated image ({type(e).__name__}: {e})') from e
-  if im.width < 1 or im.height < 1:
-    raise BadImageError(f'{path}: empty image ({im.width}x{im.height})')
-  if getattr(im, 'n_frames', 1) > 1:
-    im.seek(0)  # multi-frame TIFF/GIF: the first frame is the radiograph
-  try:
-    gray = to_gray(im)
-  except BadImageError as e:
-    raise BadImageError(f'{path}: {e}') from e
-  resized = resize_shorter(gray, max_size)
-  if fmt == 'JPEG' and im.mode == 'L' and resized is gray:
-    return data, (gray.height, gray.width)  # already what we store: no re-compression
-  out = io.BytesIO()
-  resized.save(out, format='JPEG', quality=JPEG_QUALITY)
-  return out.getvalue(), (resized.height, resized.width)
+    Returns (encoded JPEG bytes, (height, width)). Raises BadImageError naming `path`.
+    """
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns (not raises) on some damaged files; treat those as bad too.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+            fmt = im.format
+            im.load()  # full decode: truncated or corrupt data fails here, not later in training
+    except Exception as e:  # Pillow raises many types (OSError, SyntaxError, ValueError...)
+        if isinstance(e, Image.UnidentifiedImageError):
+            raise BadImageError(f"{path}: not an image (Pillow recognises no image format in it)") from e
+        raise BadImageError(f"{path}: corrupt or truncated image ({type(e).__name__}: {e})") from e
+    if im.width < 1 or im.height < 1:
+        raise BadImageError(f"{path}: empty image ({im.width}x{im.height})")
+    if getattr(im, "n_frames", 1) > 1:
+        im.seek(0)  # multi-frame TIFF/GIF: the first frame is the radiograph
+    try:
+        gray = to_gray(im)
+    except BadImageError as e:
+        raise BadImageError(f"{path}: {e}") from e
+    resized = resize_shorter(gray, max_size)
+    if fmt == "JPEG" and im.mode == "L" and resized is gray:
+        return data, (gray.height, gray.width)  # already what we store: no re-compression
+    out = io.BytesIO()
+    resized.save(out, format="JPEG", quality=JPEG_QUALITY)
+    return out.getvalue(), (resized.height, resized.width)

@@ -17,264 +17,268 @@ from pathlib import Path
 from effnet_jax.data import imaging
 from effnet_jax.labels import CLASS_NAMES
 
-SPLITS = ('train', 'val', 'test')
+SPLITS = ("train", "val", "test")
 # Untrusted folders and zips (README "Untrusted inputs"): a file or zip member larger than
 # this, or a zip member inflating more than MAX_ZIP_RATIO times (beyond 1 MiB), is a bad
 # image, refused from its size before any byte is read. Chest films are a few MB.
 MAX_FILE_BYTES = 128 << 20
 MAX_ZIP_RATIO = 100
-PATHOGENS = ('none', 'bacteria', 'virus', 'unknown')
+PATHOGENS = ("none", "bacteria", "virus", "unknown")
 # Files and folders that operating systems and archivers add; not data, never an error.
-_OS_FILES = {'.DS_Store', 'Thumbs.db', 'desktop.ini'}
-_OS_DIRS = {'__MACOSX'}
+_OS_FILES = {".DS_Store", "Thumbs.db", "desktop.ini"}
+_OS_DIRS = {"__MACOSX"}
 
-_NORMAL_RE = re.compile(r'^(?P<patient>(?:[A-Za-z0-9]+-)?IM-\d+)-\d+', re.IGNORECASE)
-_PNEUMONIA_RE = re.compile(r'^(?P<patient>person\d+)_(?P<pathogen>bacteria|virus)', re.IGNORECASE)
+_NORMAL_RE = re.compile(r"^(?P<patient>(?:[A-Za-z0-9]+-)?IM-\d+)-\d+", re.IGNORECASE)
+_PNEUMONIA_RE = re.compile(r"^(?P<patient>person\d+)_(?P<pathogen>bacteria|virus)", re.IGNORECASE)
 
 
 def parse_name(file_name: str, label: str) -> tuple[str, str]:
-  """Return (patient id, pathogen) from a file name; unknown patterns: one patient per file."""
-  stem = file_name.rsplit('.', 1)[0]
-  if label == 'NORMAL':
-    m = _NORMAL_RE.match(stem)
-    return (m.group('patient') if m else stem), 'none'
-  m = _PNEUMONIA_RE.match(stem)
-  if m:
-    return m.group('patient'), m.group('pathogen').lower()
-  low = stem.lower()
-  pathogen = 'bacteria' if 'bacteria' in low else 'virus' if 'virus' in low else 'unknown'
-  return stem, pathogen
+    """Return (patient id, pathogen) from a file name; unknown patterns: one patient per file."""
+    stem = file_name.rsplit(".", 1)[0]
+    if label == "NORMAL":
+        m = _NORMAL_RE.match(stem)
+        return (m.group("patient") if m else stem), "none"
+    m = _PNEUMONIA_RE.match(stem)
+    if m:
+        return m.group("patient"), m.group("pathogen").lower()
+    low = stem.lower()
+    pathogen = "bacteria" if "bacteria" in low else "virus" if "virus" in low else "unknown"
+    return stem, pathogen
 
 
 def _is_os_junk(name: str) -> bool:
-  return name in _OS_FILES or name.startswith('._')
+    return name in _OS_FILES or name.startswith("._")
 
 
 class LayoutError(ValueError):
-  """The folder or zip does not have the expected structure (always fatal)."""
+    """The folder or zip does not have the expected structure (always fatal)."""
 
 
 @dataclasses.dataclass
 class Layout:
-  """Images found per split, plus what did not belong (reported, never silently dropped)."""
-  source: str  # the folder or zip that was read, and the root inside it
-  files: dict[str, list[tuple[str, str]]]  # split -> [(class name, path relative to source)]
-  problems: list[str]  # stray folders/files: '<path>: <why>'
-  ignored: list[str]  # OS metadata and duplicate nested copies: '<path>: <why>'
-  zip_path: str | None = None  # set when reading from a zip
+    """Images found per split, plus what did not belong (reported, never silently dropped)."""
 
-  _zip: zipfile.ZipFile | None = dataclasses.field(default=None, repr=False)
+    source: str  # the folder or zip that was read, and the root inside it
+    files: dict[str, list[tuple[str, str]]]  # split -> [(class name, path relative to source)]
+    problems: list[str]  # stray folders/files: '<path>: <why>'
+    ignored: list[str]  # OS metadata and duplicate nested copies: '<path>: <why>'
+    zip_path: str | None = None  # set when reading from a zip
 
-  def read(self, rel: str) -> bytes:
-    """Bytes of the file at `rel` (relative to `source`); BadImageError when it cannot be used.
+    _zip: zipfile.ZipFile | None = dataclasses.field(default=None, repr=False)
 
-    Links that loop or lead nowhere, non-regular files (FIFOs would block) and files or
-    zip members beyond MAX_FILE_BYTES / MAX_ZIP_RATIO are bad images, so the data's
-    on_bad_image policy decides, as for any other unusable file.
-    """
-    shown = f'{self.source}:{rel}' if self.zip_path else f'{self.source}/{rel}'
-    try:
-      if self.zip_path is None:
-        return _read_file(Path(self.source) / rel, shown)
-      if self._zip is None:
-        self._zip = zipfile.ZipFile(self.zip_path)  # kept open: one seek per member
-      return _read_member(self._zip, rel, shown)
-    except (OSError, zipfile.BadZipFile, EOFError) as e:
-      link = ' (a link that loops or leads nowhere)' if Path(self.source, rel).is_symlink() else ''
-      raise imaging.BadImageError(f'{shown}: cannot read{link}: '
-                                  f'{getattr(e, "strerror", None) or e}') from e
+    def read(self, rel: str) -> bytes:
+        """Bytes of the file at `rel` (relative to `source`); BadImageError when it cannot be used.
 
-  def fingerprint(self) -> str:
-    """A hash of every listed file's split/CLASS/name and size, recorded with the prepared data:
-    files added, removed or resized (or a folder holding other files) change it."""
-    sizes = {}
-    if self.zip_path is not None:
-      with zipfile.ZipFile(self.zip_path) as zf:
-        sizes = {i.filename: i.file_size for i in zf.infolist()}
-    h = hashlib.sha256()
-    for split in sorted(self.files):
-      for _, rel in self.files[split]:
-        if self.zip_path is None:
-          try:
-            size = (Path(self.source) / rel).stat().st_size
-          except OSError:
-            size = -1  # a broken link: still a listed file
-        else:
-          size = sizes.get(rel, -1)
-        # split/CLASS/name only: the same files reached through a parent folder or a zip agree.
-        h.update(f'{"/".join(rel.split("/")[-3:])}\0{size}\n'.encode())
-    return h.hexdigest()[:16]
+        Links that loop or lead nowhere, non-regular files (FIFOs would block) and files or
+        zip members beyond MAX_FILE_BYTES / MAX_ZIP_RATIO are bad images, so the data's
+        on_bad_image policy decides, as for any other unusable file.
+        """
+        shown = f"{self.source}:{rel}" if self.zip_path else f"{self.source}/{rel}"
+        try:
+            if self.zip_path is None:
+                return _read_file(Path(self.source) / rel, shown)
+            if self._zip is None:
+                self._zip = zipfile.ZipFile(self.zip_path)  # kept open: one seek per member
+            return _read_member(self._zip, rel, shown)
+        except (OSError, zipfile.BadZipFile, EOFError) as e:
+            link = " (a link that loops or leads nowhere)" if Path(self.source, rel).is_symlink() else ""
+            raise imaging.BadImageError(f"{shown}: cannot read{link}: {getattr(e, 'strerror', None) or e}") from e
 
-  def close(self):
-    if self._zip is not None:
-      self._zip.close()
-      self._zip = None
+    def fingerprint(self) -> str:
+        """A hash of every listed file's split/CLASS/name and size, recorded with the prepared data:
+        files added, removed or resized (or a folder holding other files) change it."""
+        sizes = {}
+        if self.zip_path is not None:
+            with zipfile.ZipFile(self.zip_path) as zf:
+                sizes = {i.filename: i.file_size for i in zf.infolist()}
+        h = hashlib.sha256()
+        for split in sorted(self.files):
+            for _, rel in self.files[split]:
+                if self.zip_path is None:
+                    try:
+                        size = (Path(self.source) / rel).stat().st_size
+                    except OSError:
+                        size = -1  # a broken link: still a listed file
+                else:
+                    size = sizes.get(rel, -1)
+                # split/CLASS/name only: the same files reached through a parent folder or a zip agree.
+                h.update(f"{'/'.join(rel.split('/')[-3:])}\0{size}\n".encode())
+        return h.hexdigest()[:16]
+
+    def close(self):
+        if self._zip is not None:
+            self._zip.close()
+            self._zip = None
 
 
 def _read_file(path: Path, shown: str) -> bytes:
-  st = path.stat()  # follows links: a loop or a dangling link fails here
-  if not stat.S_ISREG(st.st_mode):
-    raise imaging.BadImageError(f'{shown}: not a regular file')
-  if st.st_size > MAX_FILE_BYTES:
-    raise imaging.BadImageError(f'{shown}: {st.st_size:,} bytes, beyond the {MAX_FILE_BYTES:,}-byte '
-                                'limit for one image')
-  with open(path, 'rb') as f:
-    return f.read(MAX_FILE_BYTES + 1)
+    st = path.stat()  # follows links: a loop or a dangling link fails here
+    if not stat.S_ISREG(st.st_mode):
+        raise imaging.BadImageError(f"{shown}: not a regular file")
+    if st.st_size > MAX_FILE_BYTES:
+        raise imaging.BadImageError(
+            f"{shown}: {st.st_size:,} bytes, beyond the {MAX_FILE_BYTES:,}-byte limit for one image"
+        )
+    with open(path, "rb") as f:
+        return f.read(MAX_FILE_BYTES + 1)
 
 
 def _read_member(zf: zipfile.ZipFile, rel: str, shown: str) -> bytes:
-  info = zf.getinfo(rel)
-  if info.file_size > MAX_FILE_BYTES:
-    raise imaging.BadImageError(f'{shown}: declares {info.file_size:,} bytes, beyond the '
-                                f'{MAX_FILE_BYTES:,}-byte limit for one image (zip bomb?)')
-  if info.file_size > 1 << 20 and info.file_size > MAX_ZIP_RATIO * max(info.compress_size, 1):
-    raise imaging.BadImageError(f'{shown}: inflates {info.compress_size:,} to {info.file_size:,} '
-                                f'bytes, beyond the {MAX_ZIP_RATIO}x limit (zip bomb?)')
-  # Asking for the declared size, not more: zipfile inflates up to what read() asks for
-  # before cutting at the declared size, so a stream that lies about it stays bounded.
-  with zf.open(info) as f:
-    return f.read(info.file_size)
+    info = zf.getinfo(rel)
+    if info.file_size > MAX_FILE_BYTES:
+        raise imaging.BadImageError(
+            f"{shown}: declares {info.file_size:,} bytes, beyond the "
+            f"{MAX_FILE_BYTES:,}-byte limit for one image (zip bomb?)"
+        )
+    if info.file_size > 1 << 20 and info.file_size > MAX_ZIP_RATIO * max(info.compress_size, 1):
+        raise imaging.BadImageError(
+            f"{shown}: inflates {info.compress_size:,} to {info.file_size:,} "
+            f"bytes, beyond the {MAX_ZIP_RATIO}x limit (zip bomb?)"
+        )
+    # Asking for the declared size, not more: zipfile inflates up to what read() asks for
+    # before cutting at the declared size, so a stream that lies about it stays bounded.
+    with zf.open(info) as f:
+        return f.read(info.file_size)
 
 
 class _Tree:
-  """A read-only directory view over a real folder or the names inside a zip."""
+    """A read-only directory view over a real folder or the names inside a zip."""
 
-  def __init__(self, dirs: dict[str, set[str]], files: dict[str, set[str]]):
-    self.dirs, self.files = dirs, files
+    def __init__(self, dirs: dict[str, set[str]], files: dict[str, set[str]]):
+        self.dirs, self.files = dirs, files
 
-  @classmethod
-  def from_folder(cls, root: Path) -> '_Tree':
-    dirs, files = {}, {}
-    for p in [root, *root.rglob('*')]:
-      rel = '' if p == root else p.relative_to(root).as_posix()
-      if p.is_dir():
-        dirs.setdefault(rel, set())
-        files.setdefault(rel, set())
-      if p != root:
-        parent = rel.rsplit('/', 1)[0] if '/' in rel else ''
-        (dirs if p.is_dir() else files).setdefault(parent, set()).add(p.name)
-    return cls(dirs, files)
+    @classmethod
+    def from_folder(cls, root: Path) -> "_Tree":
+        dirs, files = {}, {}
+        for p in [root, *root.rglob("*")]:
+            rel = "" if p == root else p.relative_to(root).as_posix()
+            if p.is_dir():
+                dirs.setdefault(rel, set())
+                files.setdefault(rel, set())
+            if p != root:
+                parent = rel.rsplit("/", 1)[0] if "/" in rel else ""
+                (dirs if p.is_dir() else files).setdefault(parent, set()).add(p.name)
+        return cls(dirs, files)
 
-  @classmethod
-  def from_zip(cls, names: list[str]) -> '_Tree':
-    dirs, files = {'': set()}, {'': set()}
-    for name in names:
-      parts = [p for p in name.split('/') if p]
-      for i in range(len(parts)):
-        parent, child = '/'.join(parts[:i]), parts[i]
-        is_dir = i < len(parts) - 1 or name.endswith('/')
-        dirs.setdefault(parent, set())
-        files.setdefault(parent, set())
-        (dirs if is_dir else files)[parent].add(child)
-    return cls(dirs, files)
+    @classmethod
+    def from_zip(cls, names: list[str]) -> "_Tree":
+        dirs, files = {"": set()}, {"": set()}
+        for name in names:
+            parts = [p for p in name.split("/") if p]
+            for i in range(len(parts)):
+                parent, child = "/".join(parts[:i]), parts[i]
+                is_dir = i < len(parts) - 1 or name.endswith("/")
+                dirs.setdefault(parent, set())
+                files.setdefault(parent, set())
+                (dirs if is_dir else files)[parent].add(child)
+        return cls(dirs, files)
 
 
 def _join(a: str, b: str) -> str:
-  return f'{a}/{b}' if a else b
+    return f"{a}/{b}" if a else b
 
 
 def _find_root(tree: _Tree) -> str | None:
-  """The folder holding train/{NORMAL,PNEUMONIA}: most class folders first, then shallowest.
+    """The folder holding train/{NORMAL,PNEUMONIA}: most class folders first, then shallowest.
 
-  Kaggle's zip nests a second copy of the layout (the shallower one wins); Mendeley's
-  full archive has an OCT data set beside it whose train/ also has a NORMAL/ folder.
-  """
-  roots = [d for d in tree.dirs if 'train' in tree.dirs[d]
-           and not any(part in _OS_DIRS for part in d.split('/'))]
-  classes = lambda d: len(set(CLASS_NAMES) & tree.dirs.get(_join(d, 'train'), set()))
-  return min(roots, key=lambda d: (-classes(d), d.count('/') + bool(d), d)) if roots else None
+    Kaggle's zip nests a second copy of the layout (the shallower one wins); Mendeley's
+    full archive has an OCT data set beside it whose train/ also has a NORMAL/ folder.
+    """
+    roots = [d for d in tree.dirs if "train" in tree.dirs[d] and not any(part in _OS_DIRS for part in d.split("/"))]
+    classes = lambda d: len(set(CLASS_NAMES) & tree.dirs.get(_join(d, "train"), set()))
+    return min(roots, key=lambda d: (-classes(d), d.count("/") + bool(d), d)) if roots else None
 
 
 def scan(path) -> Layout:
-  """Read the layout under `path` (a folder, a zip, or a folder holding one zip)."""
-  path = Path(path).expanduser()
-  if not path.exists():
-    raise LayoutError(f'data.manual_dir={str(path)!r} does not exist; expected the chest_xray '
-                      'folder ({train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg) or its zip')
-  zip_path = None
-  if path.is_file():
-    if not zipfile.is_zipfile(path):
-      raise LayoutError(f'{path}: not a folder or a zip file')
-    zip_path = path
-  else:
-    tree = _Tree.from_folder(path)
-    if _find_root(tree) is None:
-      zips = sorted(path.glob('*.zip'))
-      if len(zips) == 1:
-        zip_path = zips[0]
-      else:
-        found = 'zips ' + ', '.join(z.name for z in zips) if zips else 'no train/ folder'
-        raise LayoutError(f'{path}: found {found}; expected a train/ folder with NORMAL/ and '
-                          'PNEUMONIA/ inside (the chest_xray layout) or exactly one zip of it')
-  if zip_path is not None:
-    with zipfile.ZipFile(zip_path) as zf:
-      tree = _Tree.from_zip(zf.namelist())
-  root = _find_root(tree)
-  where = str(zip_path or path)
-  if root is None:
-    raise LayoutError(f'{where}: no train/ folder found; expected '
-                      '{train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg')
-  return _walk(tree, root, where, str(zip_path) if zip_path else None, str(path))
+    """Read the layout under `path` (a folder, a zip, or a folder holding one zip)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise LayoutError(
+            f"data.manual_dir={str(path)!r} does not exist; expected the chest_xray "
+            "folder ({train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg) or its zip"
+        )
+    zip_path = None
+    if path.is_file():
+        if not zipfile.is_zipfile(path):
+            raise LayoutError(f"{path}: not a folder or a zip file")
+        zip_path = path
+    else:
+        tree = _Tree.from_folder(path)
+        if _find_root(tree) is None:
+            zips = sorted(path.glob("*.zip"))
+            if len(zips) == 1:
+                zip_path = zips[0]
+            else:
+                found = "zips " + ", ".join(z.name for z in zips) if zips else "no train/ folder"
+                raise LayoutError(
+                    f"{path}: found {found}; expected a train/ folder with NORMAL/ and "
+                    "PNEUMONIA/ inside (the chest_xray layout) or exactly one zip of it"
+                )
+    if zip_path is not None:
+        with zipfile.ZipFile(zip_path) as zf:
+            tree = _Tree.from_zip(zf.namelist())
+    root = _find_root(tree)
+    where = str(zip_path or path)
+    if root is None:
+        raise LayoutError(f"{where}: no train/ folder found; expected {{train,val,test}}/{{NORMAL,PNEUMONIA}}/*.jpeg")
+    return _walk(tree, root, where, str(zip_path) if zip_path else None, str(path))
 
 
 def _walk(tree: _Tree, root: str, where: str, zip_path, folder) -> Layout:
-  shown = lambda rel: f'{where}:{rel}' if zip_path else str(Path(folder) / rel)
-  files, problems, ignored = {}, [], []
-  # Whatever lies beside the path down to the root (a README, __MACOSX, other data
-  # sets) is not read; list it so nothing disappears silently.
-  parts = root.split('/') if root else []
-  for depth in range(len(parts)):
-    here = '/'.join(parts[:depth])
-    for name in sorted(tree.dirs.get(here, set()) | tree.files.get(here, set())):
-      if name != parts[depth]:
-        ignored.append(f'{shown(_join(here, name))}: outside the data folder {shown(root)}')
-  for name in sorted(tree.files.get(root, ())):
-    rel = _join(root, name)
-    (ignored if _is_os_junk(name) else problems).append(
-        f'{shown(rel)}: ' + ('OS metadata file' if _is_os_junk(name) else
-                             'stray file beside the split folders'))
-  for name in sorted(tree.dirs.get(root, ())):
-    rel = _join(root, name)
-    if name in SPLITS:
-      files[name] = _walk_split(tree, rel, shown, problems, ignored)
-    elif name in _OS_DIRS:
-      ignored.append(f'{shown(rel)}: archiver metadata folder')
-    elif 'train' in tree.dirs.get(rel, ()):
-      ignored.append(f'{shown(rel)}: nested copy of the layout (the Kaggle zip has one)')
-    else:
-      problems.append(f'{shown(rel)}: stray folder (expected only train/, val/, test/)')
-  if 'train' not in files:
-    raise LayoutError(f'{shown(_join(root, "train"))}: missing train split folder')
-  source = f'{zip_path}' if zip_path else folder
-  return Layout(source=source, files=files, problems=problems, ignored=ignored,
-                zip_path=zip_path)
+    shown = lambda rel: f"{where}:{rel}" if zip_path else str(Path(folder) / rel)
+    files, problems, ignored = {}, [], []
+    # Whatever lies beside the path down to the root (a README, __MACOSX, other data
+    # sets) is not read; list it so nothing disappears silently.
+    parts = root.split("/") if root else []
+    for depth in range(len(parts)):
+        here = "/".join(parts[:depth])
+        for name in sorted(tree.dirs.get(here, set()) | tree.files.get(here, set())):
+            if name != parts[depth]:
+                ignored.append(f"{shown(_join(here, name))}: outside the data folder {shown(root)}")
+    for name in sorted(tree.files.get(root, ())):
+        rel = _join(root, name)
+        (ignored if _is_os_junk(name) else problems).append(
+            f"{shown(rel)}: " + ("OS metadata file" if _is_os_junk(name) else "stray file beside the split folders")
+        )
+    for name in sorted(tree.dirs.get(root, ())):
+        rel = _join(root, name)
+        if name in SPLITS:
+            files[name] = _walk_split(tree, rel, shown, problems, ignored)
+        elif name in _OS_DIRS:
+            ignored.append(f"{shown(rel)}: archiver metadata folder")
+        elif "train" in tree.dirs.get(rel, ()):
+            ignored.append(f"{shown(rel)}: nested copy of the layout (the Kaggle zip has one)")
+        else:
+            problems.append(f"{shown(rel)}: stray folder (expected only train/, val/, test/)")
+    if "train" not in files:
+        raise LayoutError(f"{shown(_join(root, 'train'))}: missing train split folder")
+    source = f"{zip_path}" if zip_path else folder
+    return Layout(source=source, files=files, problems=problems, ignored=ignored, zip_path=zip_path)
 
 
 def _walk_split(tree, split_rel, shown, problems, ignored) -> list[tuple[str, str]]:
-  entries = []
-  for name in sorted(tree.files.get(split_rel, ())):
-    rel = _join(split_rel, name)
-    if _is_os_junk(name):
-      ignored.append(f'{shown(rel)}: OS metadata file')
-    else:
-      problems.append(f'{shown(rel)}: stray file outside NORMAL/ and PNEUMONIA/')
-  for name in sorted(tree.dirs.get(split_rel, ())):
-    if name not in CLASS_NAMES and name not in _OS_DIRS:
-      problems.append(f'{shown(_join(split_rel, name))}: stray folder (expected NORMAL/, '
-                      'PNEUMONIA/)')
-  for cls in CLASS_NAMES:
-    cls_rel = _join(split_rel, cls)
-    if cls_rel not in tree.dirs:
-      raise LayoutError(f'{shown(cls_rel)}: missing class folder (every split needs NORMAL/ '
-                        'and PNEUMONIA/)')
-    for sub in sorted(tree.dirs[cls_rel]):
-      problems.append(f'{shown(_join(cls_rel, sub))}: stray folder inside a class folder')
-    for name in sorted(tree.files[cls_rel]):
-      rel = _join(cls_rel, name)
-      if _is_os_junk(name):
-        ignored.append(f'{shown(rel)}: OS metadata file')
-      else:
-        entries.append((cls, rel))
-  if not entries:
-    raise LayoutError(f'{shown(split_rel)}: empty split (no files in NORMAL/ or PNEUMONIA/)')
-  return entries
+    entries = []
+    for name in sorted(tree.files.get(split_rel, ())):
+        rel = _join(split_rel, name)
+        if _is_os_junk(name):
+            ignored.append(f"{shown(rel)}: OS metadata file")
+        else:
+            problems.append(f"{shown(rel)}: stray file outside NORMAL/ and PNEUMONIA/")
+    for name in sorted(tree.dirs.get(split_rel, ())):
+        if name not in CLASS_NAMES and name not in _OS_DIRS:
+            problems.append(f"{shown(_join(split_rel, name))}: stray folder (expected NORMAL/, PNEUMONIA/)")
+    for cls in CLASS_NAMES:
+        cls_rel = _join(split_rel, cls)
+        if cls_rel not in tree.dirs:
+            raise LayoutError(f"{shown(cls_rel)}: missing class folder (every split needs NORMAL/ and PNEUMONIA/)")
+        for sub in sorted(tree.dirs[cls_rel]):
+            problems.append(f"{shown(_join(cls_rel, sub))}: stray folder inside a class folder")
+        for name in sorted(tree.files[cls_rel]):
+            rel = _join(cls_rel, name)
+            if _is_os_junk(name):
+                ignored.append(f"{shown(rel)}: OS metadata file")
+            else:
+                entries.append((cls, rel))
+    if not entries:
+        raise LayoutError(f"{shown(split_rel)}: empty split (no files in NORMAL/ or PNEUMONIA/)")
+    return entries

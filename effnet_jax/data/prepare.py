@@ -14,108 +14,128 @@ from effnet_jax.data import splits as splits_lib
 
 @dataclasses.dataclass(frozen=True)
 class BuilderFactory:
-  """Everything needed to (re)create a builder; picklable, so grain workers can use it."""
-  name: str
-  data_dir: str | None = None
-  manual_dir: str | None = None
-  max_size: int = 512
-  on_bad_image: str = 'error'
-  mnist_size: int = 224
-  exclude_list: str | None = None  # chest_xray: exclusion list file (effnet-data clean)
+    """Everything needed to (re)create a builder; picklable, so grain workers can use it."""
 
-  def __call__(self):
-    import tensorflow_datasets as tfds  # noqa: F401  # pylint: disable=g-import-not-at-top  (fail early without TFDS)
-    data_dir = os.path.expanduser(self.data_dir) if self.data_dir else None
-    raw = os.path.expanduser(self.manual_dir) if self.manual_dir else None
-    if self.name == 'chest_xray':
-      from effnet_jax.data.builders import chest_xray  # pylint: disable=g-import-not-at-top
-      cls = chest_xray.ChestXray
-      exclude = os.path.expanduser(self.exclude_list) if self.exclude_list else None
-      config = chest_xray.ChestXrayConfig(max_size=self.max_size, on_bad_image=self.on_bad_image,
-                                          exclude_list=exclude)
-    elif self.name == 'pneumonia_mnist':
-      if self.exclude_list:
-        raise ValueError(f'data.exclude_list={self.exclude_list!r}: only chest_xray honours an '
-                         'exclusion list (PneumoniaMNIST files have no names to list)')
-      from effnet_jax.data.builders import pneumonia_mnist  # pylint: disable=g-import-not-at-top
-      cls = pneumonia_mnist.PneumoniaMnist
-      config = pneumonia_mnist.config_for(self.mnist_size)
-    else:
-      raise ValueError(f'data.name={self.name!r}: no TFDS builder (expected chest_xray or '
-                       'pneumonia_mnist)')
-    # TFDS refuses a custom config object named like a registered one: pass the name.
-    registered = {c.name for c in cls.BUILDER_CONFIGS}
-    return cls(raw_path=raw, data_dir=data_dir, file_format='array_record',
-               config=config.name if config.name in registered else config)
+    name: str
+    data_dir: str | None = None
+    manual_dir: str | None = None
+    max_size: int = 512
+    on_bad_image: str = "error"
+    mnist_size: int = 224
+    exclude_list: str | None = None  # chest_xray: exclusion list file (effnet-data clean)
+
+    def __call__(self):
+        import tensorflow_datasets as tfds  # noqa: F401  # pylint: disable=g-import-not-at-top  (fail early without TFDS)
+
+        data_dir = os.path.expanduser(self.data_dir) if self.data_dir else None
+        raw = os.path.expanduser(self.manual_dir) if self.manual_dir else None
+        if self.name == "chest_xray":
+            from effnet_jax.data.builders import chest_xray  # pylint: disable=g-import-not-at-top
+
+            cls = chest_xray.ChestXray
+            exclude = os.path.expanduser(self.exclude_list) if self.exclude_list else None
+            config = chest_xray.ChestXrayConfig(
+                max_size=self.max_size, on_bad_image=self.on_bad_image, exclude_list=exclude
+            )
+        elif self.name == "pneumonia_mnist":
+            if self.exclude_list:
+                raise ValueError(
+                    f"data.exclude_list={self.exclude_list!r}: only chest_xray honours an "
+                    "exclusion list (PneumoniaMNIST files have no names to list)"
+                )
+            from effnet_jax.data.builders import pneumonia_mnist  # pylint: disable=g-import-not-at-top
+
+            cls = pneumonia_mnist.PneumoniaMnist
+            config = pneumonia_mnist.config_for(self.mnist_size)
+        else:
+            raise ValueError(f"data.name={self.name!r}: no TFDS builder (expected chest_xray or pneumonia_mnist)")
+        # TFDS refuses a custom config object named like a registered one: pass the name.
+        registered = {c.name for c in cls.BUILDER_CONFIGS}
+        return cls(
+            raw_path=raw,
+            data_dir=data_dir,
+            file_format="array_record",
+            config=config.name if config.name in registered else config,
+        )
 
 
 class StalePreparedDataError(ValueError):
-  """The prepared data set was prepared from other files than data.manual_dir now holds."""
+    """The prepared data set was prepared from other files than data.manual_dir now holds."""
 
 
 def ensure_prepared(factory: BuilderFactory, allow_prepare: bool = True):
-  """Return the builder, preparing its data first when it is not there yet.
+    """Return the builder, preparing its data first when it is not there yet.
 
-  A chest_xray set prepared from files other than those data.manual_dir lists now
-  (another folder, or files added, removed or resized) is refused, not silently reused
-  nor deleted: another run may be reading it.
-  """
-  builder = factory()
-  if builder.is_prepared():
-    _check_source(factory, builder)
+    A chest_xray set prepared from files other than those data.manual_dir lists now
+    (another folder, or files added, removed or resized) is refused, not silently reused
+    nor deleted: another run may be reading it.
+    """
+    builder = factory()
+    if builder.is_prepared():
+        _check_source(factory, builder)
+        return builder
+    if not allow_prepare:
+        raise FileNotFoundError(
+            f"{factory.name} ({builder.builder_config.name}) is not prepared under "
+            f"{builder.data_dir}; set data.prepare=True or run python -m effnet_jax.cli.data prepare"
+        )
+    if factory.name == "chest_xray" and factory.manual_dir is None:
+        raise ValueError(
+            f"{factory.name} is not prepared under {builder.data_dir} and "
+            "data.manual_dir is None; set it to the chest_xray folder or its zip"
+        )
+    builder.download_and_prepare()
     return builder
-  if not allow_prepare:
-    raise FileNotFoundError(
-        f'{factory.name} ({builder.builder_config.name}) is not prepared under '
-        f'{builder.data_dir}; set data.prepare=True or run python -m effnet_jax.cli.data prepare')
-  if factory.name == 'chest_xray' and factory.manual_dir is None:
-    raise ValueError(f'{factory.name} is not prepared under {builder.data_dir} and '
-                     'data.manual_dir is None; set it to the chest_xray folder or its zip')
-  builder.download_and_prepare()
-  return builder
 
 
 def _check_source(factory: BuilderFactory, builder):
-  if factory.name != 'chest_xray' or not factory.manual_dir:
-    return
-  from effnet_jax.data import kermany  # pylint: disable=g-import-not-at-top
-  meta = builder.info.metadata or {}
-  recorded = meta.get('source_fingerprint')
-  if recorded is None:
-    logging.getLogger('effnet_jax.data').warning('%s was prepared before sources were fingerprinted: cannot check that it '
-                    'matches data.manual_dir=%r', builder.data_path, factory.manual_dir)
-    return
-  raw = os.path.expanduser(factory.manual_dir)
-  if not os.path.exists(raw):
-    # Evaluating an old run whose raw folder is gone: the prepared copy is all there is.
-    logging.getLogger('effnet_jax.data').warning(
-        'data.manual_dir=%r no longer exists: using %s as prepared', factory.manual_dir,
-        builder.data_path)
-    return
-  layout = kermany.scan(raw)
-  layout.close()
-  now = layout.fingerprint()
-  if now != recorded:
-    raise StalePreparedDataError(
-        f'{builder.data_path} was prepared from {meta.get("source")} ({meta.get("source_num_files")} '
-        f'files, fingerprint {recorded}) but data.manual_dir={factory.manual_dir!r} now lists '
-        f'{sum(len(v) for v in layout.files.values())} files (fingerprint {now}); refusing to reuse '
-        f'stale records: delete {builder.data_path} to prepare again from data.manual_dir, or set '
-        'data.data_dir to another directory')
+    if factory.name != "chest_xray" or not factory.manual_dir:
+        return
+    from effnet_jax.data import kermany  # pylint: disable=g-import-not-at-top
+
+    meta = builder.info.metadata or {}
+    recorded = meta.get("source_fingerprint")
+    if recorded is None:
+        logging.getLogger("effnet_jax.data").warning(
+            "%s was prepared before sources were fingerprinted: cannot check that it matches data.manual_dir=%r",
+            builder.data_path,
+            factory.manual_dir,
+        )
+        return
+    raw = os.path.expanduser(factory.manual_dir)
+    if not os.path.exists(raw):
+        # Evaluating an old run whose raw folder is gone: the prepared copy is all there is.
+        logging.getLogger("effnet_jax.data").warning(
+            "data.manual_dir=%r no longer exists: using %s as prepared", factory.manual_dir, builder.data_path
+        )
+        return
+    layout = kermany.scan(raw)
+    layout.close()
+    now = layout.fingerprint()
+    if now != recorded:
+        raise StalePreparedDataError(
+            f"{builder.data_path} was prepared from {meta.get('source')} ({meta.get('source_num_files')} "
+            f"files, fingerprint {recorded}) but data.manual_dir={factory.manual_dir!r} now lists "
+            f"{sum(len(v) for v in layout.files.values())} files (fingerprint {now}); refusing to reuse "
+            f"stale records: delete {builder.data_path} to prepare again from data.manual_dir, or set "
+            "data.data_dir to another directory"
+        )
 
 
 def read_part_metadata(builder) -> dict[str, splits_lib.PartMeta]:
-  """Labels, patient ids and file names of every prepared split, in record order."""
-  from tensorflow_datasets.core import decode  # pylint: disable=g-import-not-at-top
-  text = lambda v: v.decode('utf-8') if isinstance(v, bytes) else str(v)
-  metas = {}
-  for split in builder.info.splits:
-    source = builder.as_data_source(split, decoders={'image': decode.SkipDecoding()})
-    records = source.__getitems__(list(range(len(source)))) if len(source) else []
-    labels = np.array([r['label'] for r in records], np.int32)
-    has = lambda key: bool(records) and key in records[0]
-    metas[split] = splits_lib.PartMeta(
-        labels=labels,
-        patient_ids=[text(r['patient_id']) for r in records] if has('patient_id') else None,
-        file_names=[text(r['file_name']) for r in records] if has('file_name') else None)
-  return metas
+    """Labels, patient ids and file names of every prepared split, in record order."""
+    from tensorflow_datasets.core import decode  # pylint: disable=g-import-not-at-top
+
+    text = lambda v: v.decode("utf-8") if isinstance(v, bytes) else str(v)
+    metas = {}
+    for split in builder.info.splits:
+        source = builder.as_data_source(split, decoders={"image": decode.SkipDecoding()})
+        records = source.__getitems__(list(range(len(source)))) if len(source) else []
+        labels = np.array([r["label"] for r in records], np.int32)
+        has = lambda key: bool(records) and key in records[0]
+        metas[split] = splits_lib.PartMeta(
+            labels=labels,
+            patient_ids=[text(r["patient_id"]) for r in records] if has("patient_id") else None,
+            file_names=[text(r["file_name"]) for r in records] if has("file_name") else None,
+        )
+    return metas

@@ -10,68 +10,73 @@ import sys
 
 import numpy as np
 
-BALANCE = ('none', 'oversample', 'undersample')
+BALANCE = ("none", "oversample", "undersample")
 
 
 class TrainOrder:
-  """Infinite sequence of (example, epoch, pos) for one shard, reshuffled every epoch."""
+    """Infinite sequence of (example, epoch, pos) for one shard, reshuffled every epoch."""
 
-  def __init__(self, labels: np.ndarray, balance: str, seed: int, shard_index: int = 0):
-    if balance not in BALANCE:
-      raise ValueError(f'data.balance={balance!r}: expected one of {BALANCE}')
-    labels = np.asarray(labels)
-    if len(labels) == 0:
-      raise ValueError('the training split (this shard) is empty: nothing to sample')
-    self._by_class = [np.flatnonzero(labels == c) for c in np.unique(labels)]
-    self._n = len(labels)
-    self.balance = balance if len(self._by_class) > 1 else 'none'
-    self.seed = int(seed)
-    self.shard_index = int(shard_index)
-    counts = [len(m) for m in self._by_class]
-    self.epoch_len = {'none': self._n, 'oversample': max(counts) * len(counts),
-                      'undersample': min(counts) * len(counts)}[self.balance]
-    self._cached = (None, None)
+    def __init__(self, labels: np.ndarray, balance: str, seed: int, shard_index: int = 0):
+        if balance not in BALANCE:
+            raise ValueError(f"data.balance={balance!r}: expected one of {BALANCE}")
+        labels = np.asarray(labels)
+        if len(labels) == 0:
+            raise ValueError("the training split (this shard) is empty: nothing to sample")
+        self._by_class = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+        self._n = len(labels)
+        self.balance = balance if len(self._by_class) > 1 else "none"
+        self.seed = int(seed)
+        self.shard_index = int(shard_index)
+        counts = [len(m) for m in self._by_class]
+        self.epoch_len = {
+            "none": self._n,
+            "oversample": max(counts) * len(counts),
+            "undersample": min(counts) * len(counts),
+        }[self.balance]
+        self._cached = (None, None)
 
-  def __len__(self):
-    return sys.maxsize  # infinite stream; grain's batch/iter only ever index into it
+    def __len__(self):
+        return sys.maxsize  # infinite stream; grain's batch/iter only ever index into it
 
-  def epoch_order(self, epoch: int) -> np.ndarray:
-    """Example indices (into the shard's labels) in the order epoch `epoch` visits them."""
-    if self._cached[0] == epoch:
-      return self._cached[1]
-    rng = np.random.default_rng([self.seed, self.shard_index, epoch, 0xE70C])
-    if self.balance == 'none':
-      members = np.arange(self._n)
-    elif self.balance == 'oversample':
-      target = max(len(m) for m in self._by_class)
-      # Whole copies of the minority, topped up by a without-replacement draw, so
-      # every minority example appears floor(target/n) or one more times per epoch.
-      members = np.concatenate([
-          np.concatenate([np.tile(m, target // len(m)),
-                          rng.choice(m, target % len(m), replace=False)])
-          for m in self._by_class])
-    else:
-      target = min(len(m) for m in self._by_class)
-      members = np.concatenate([rng.choice(m, target, replace=False) for m in self._by_class])
-    order = members[rng.permutation(len(members))]
-    self._cached = (epoch, order)
-    return order
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """Example indices (into the shard's labels) in the order epoch `epoch` visits them."""
+        if self._cached[0] == epoch:
+            return self._cached[1]
+        rng = np.random.default_rng([self.seed, self.shard_index, epoch, 0xE70C])
+        if self.balance == "none":
+            members = np.arange(self._n)
+        elif self.balance == "oversample":
+            target = max(len(m) for m in self._by_class)
+            # Whole copies of the minority, topped up by a without-replacement draw, so
+            # every minority example appears floor(target/n) or one more times per epoch.
+            members = np.concatenate(
+                [
+                    np.concatenate([np.tile(m, target // len(m)), rng.choice(m, target % len(m), replace=False)])
+                    for m in self._by_class
+                ]
+            )
+        else:
+            target = min(len(m) for m in self._by_class)
+            members = np.concatenate([rng.choice(m, target, replace=False) for m in self._by_class])
+        order = members[rng.permutation(len(members))]
+        self._cached = (epoch, order)
+        return order
 
-  def __getitem__(self, i: int):
-    epoch, pos = divmod(int(i), self.epoch_len)
-    return int(self.epoch_order(epoch)[pos]), epoch, pos
+    def __getitem__(self, i: int):
+        epoch, pos = divmod(int(i), self.epoch_len)
+        return int(self.epoch_order(epoch)[pos]), epoch, pos
 
 
 class EvalOrder:
-  """One pass over a shard's examples, padded with -1 to `padded_len`."""
+    """One pass over a shard's examples, padded with -1 to `padded_len`."""
 
-  def __init__(self, num_examples: int, padded_len: int):
-    self._n = int(num_examples)
-    self._len = int(padded_len)
+    def __init__(self, num_examples: int, padded_len: int):
+        self._n = int(num_examples)
+        self._len = int(padded_len)
 
-  def __len__(self):
-    return self._len
+    def __len__(self):
+        return self._len
 
-  def __getitem__(self, i: int):
-    i = int(i)
-    return (i if i < self._n else -1), 0, i
+    def __getitem__(self, i: int):
+        i = int(i)
+        return (i if i < self._n else -1), 0, i

@@ -6,98 +6,115 @@ opens its TFDS data sources lazily in whichever process uses it.
 
 import functools
 
-
-from effnet_jax.data import external
+from effnet_jax.data import external, synthetic
 from effnet_jax.data import splits as splits_lib
-from effnet_jax.data import synthetic
 
-DATASETS = ('chest_xray', 'pneumonia_mnist', 'synthetic')
+DATASETS = ("chest_xray", "pneumonia_mnist", "synthetic")
 
 
 class SyntheticReader:
-  """Reads synthetic examples: the image is computed from (part, index)."""
+    """Reads synthetic examples: the image is computed from (part, index)."""
 
-  def __init__(self, parts):
-    self.parts = tuple(parts)
+    def __init__(self, parts):
+        self.parts = tuple(parts)
 
-  def read_image(self, part: int, index: int):
-    return synthetic.image(self.parts[part], int(index))
+    def read_image(self, part: int, index: int):
+        return synthetic.image(self.parts[part], int(index))
 
 
 class TfdsReader:
-  """Reads encoded image bytes of prepared TFDS splits through `as_data_source`."""
+    """Reads encoded image bytes of prepared TFDS splits through `as_data_source`."""
 
-  def __init__(self, builder_factory, parts):
-    self._factory = builder_factory  # picklable callable returning the TFDS builder
-    self.parts = tuple(parts)
-    self._sources = None
+    def __init__(self, builder_factory, parts):
+        self._factory = builder_factory  # picklable callable returning the TFDS builder
+        self.parts = tuple(parts)
+        self._sources = None
 
-  def __getstate__(self):
-    # Open file handles do not travel to worker processes; each reopens its own.
-    return {'_factory': self._factory, 'parts': self.parts, '_sources': None}
+    def __getstate__(self):
+        # Open file handles do not travel to worker processes; each reopens its own.
+        return {"_factory": self._factory, "parts": self.parts, "_sources": None}
 
-  def _open(self):
-    from tensorflow_datasets.core import decode  # pylint: disable=g-import-not-at-top
-    builder = self._factory()
-    # SkipDecoding: keep the stored JPEG/PNG bytes; we decode with Pillow at the
-    # size we need (and TensorFlow is not needed to read them).
-    self._sources = [builder.as_data_source(p, decoders={'image': decode.SkipDecoding()})
-                     for p in self.parts]
+    def _open(self):
+        from tensorflow_datasets.core import decode  # pylint: disable=g-import-not-at-top
 
-  def read_image(self, part: int, index: int):
-    if self._sources is None:
-      self._open()
-    return self._sources[part][int(index)]['image']
+        builder = self._factory()
+        # SkipDecoding: keep the stored JPEG/PNG bytes; we decode with Pillow at the
+        # size we need (and TensorFlow is not needed to read them).
+        self._sources = [builder.as_data_source(p, decoders={"image": decode.SkipDecoding()}) for p in self.parts]
+
+    def read_image(self, part: int, index: int):
+        if self._sources is None:
+            self._open()
+        return self._sources[part][int(index)]["image"]
 
 
 def _config_key(cfg) -> tuple:
-  return (cfg.name, cfg.get('data_dir'), cfg.get('manual_dir'), cfg.get('max_size'),
-          cfg.get('on_bad_image'), cfg.get('mnist_size'), cfg.get('synthetic_examples'),
-          cfg.get('prepare', True), cfg.get('exclude_list'))
+    return (
+        cfg.name,
+        cfg.get("data_dir"),
+        cfg.get("manual_dir"),
+        cfg.get("max_size"),
+        cfg.get("on_bad_image"),
+        cfg.get("mnist_size"),
+        cfg.get("synthetic_examples"),
+        cfg.get("prepare", True),
+        cfg.get("exclude_list"),
+    )
 
 
 @functools.lru_cache(maxsize=8)
 def _catalog(key: tuple):
-  name = key[0]
-  if name == 'synthetic':
-    sizes = synthetic.split_sizes(int(key[6]))
-    metas = {p: splits_lib.PartMeta(synthetic.labels(n), None, None) for p, n in sizes.items()}
-    return metas, SyntheticReader(tuple(metas))
-  if name not in DATASETS:
-    raise ValueError(f'data.name={name!r}: expected one of {DATASETS}')
-  from effnet_jax.data import prepare  # pylint: disable=g-import-not-at-top
-  factory = prepare.BuilderFactory(name=name, data_dir=key[1], manual_dir=key[2],
-                                   max_size=key[3], on_bad_image=key[4], mnist_size=key[5],
-                                   exclude_list=key[8])
-  builder = prepare.ensure_prepared(factory, allow_prepare=key[7])
-  metas = prepare.read_part_metadata(builder)
-  return metas, TfdsReader(factory, tuple(metas))
+    name = key[0]
+    if name == "synthetic":
+        sizes = synthetic.split_sizes(int(key[6]))
+        metas = {p: splits_lib.PartMeta(synthetic.labels(n), None, None) for p, n in sizes.items()}
+        return metas, SyntheticReader(tuple(metas))
+    if name not in DATASETS:
+        raise ValueError(f"data.name={name!r}: expected one of {DATASETS}")
+    from effnet_jax.data import prepare  # pylint: disable=g-import-not-at-top
+
+    factory = prepare.BuilderFactory(
+        name=name,
+        data_dir=key[1],
+        manual_dir=key[2],
+        max_size=key[3],
+        on_bad_image=key[4],
+        mnist_size=key[5],
+        exclude_list=key[8],
+    )
+    builder = prepare.ensure_prepared(factory, allow_prepare=key[7])
+    metas = prepare.read_part_metadata(builder)
+    return metas, TfdsReader(factory, tuple(metas))
 
 
 def catalog(cfg) -> tuple[dict[str, splits_lib.PartMeta], object]:
-  """Metadata of every prepared split of `cfg.name`, and a reader for their images."""
-  return _catalog(_config_key(cfg))
+    """Metadata of every prepared split of `cfg.name`, and a reader for their images."""
+    return _catalog(_config_key(cfg))
 
 
 def reader(cfg, split: str):
-  """The reader of `split`'s images: the prepared data set's, or an external folder's."""
-  if external.is_external(split):
-    return external.reader(cfg, split)
-  return catalog(cfg)[1]
+    """The reader of `split`'s images: the prepared data set's, or an external folder's."""
+    if external.is_external(split):
+        return external.reader(cfg, split)
+    return catalog(cfg)[1]
 
 
 def selection(cfg, split: str) -> splits_lib.Selection:
-  """The records of logical `split` ('train' | 'validation' | 'test' | 'external...') under cfg's protocol."""
-  if external.is_external(split):
-    return external.selection(cfg, split)
-  metas, _ = catalog(cfg)
-  if cfg.name == 'synthetic':
-    # Synthetic splits are generated separately, so they are used as they are.
-    return splits_lib.select(metas, split, protocol='patient', val_fraction=0.5,
-                             carve_validation=False)
-  return splits_lib.select(
-      metas, split, protocol=cfg.split_protocol, val_fraction=cfg.val_fraction,
-      pooled_fractions=tuple(cfg.get('pooled_fractions', (0.6, 0.2, 0.2))),
-      pooled_group=cfg.get('pooled_group', 'image'), seed=cfg.split_seed,
-      # PneumoniaMNIST ships a validation part (and has no patient ids to carve by).
-      carve_validation=cfg.name != 'pneumonia_mnist')
+    """The records of logical `split` ('train' | 'validation' | 'test' | 'external...') under cfg's protocol."""
+    if external.is_external(split):
+        return external.selection(cfg, split)
+    metas, _ = catalog(cfg)
+    if cfg.name == "synthetic":
+        # Synthetic splits are generated separately, so they are used as they are.
+        return splits_lib.select(metas, split, protocol="patient", val_fraction=0.5, carve_validation=False)
+    return splits_lib.select(
+        metas,
+        split,
+        protocol=cfg.split_protocol,
+        val_fraction=cfg.val_fraction,
+        pooled_fractions=tuple(cfg.get("pooled_fractions", (0.6, 0.2, 0.2))),
+        pooled_group=cfg.get("pooled_group", "image"),
+        seed=cfg.split_seed,
+        # PneumoniaMNIST ships a validation part (and has no patient ids to carve by).
+        carve_validation=cfg.name != "pneumonia_mnist",
+    )

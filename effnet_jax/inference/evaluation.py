@@ -70,23 +70,48 @@ def _cached_predict_fn(model, config: tta_lib.TTAConfig):
     return predict
 
 
-def predict_split(model, variables, data_config, split: str, *, image_size: int, mean, std, batch_size: int,
-                  tta: tta_lib.TTAConfig | str | None = None, progress: bool = True) -> SplitPredictions:
+def predict_split(
+    model,
+    variables,
+    data_config,
+    split: str,
+    *,
+    image_size: int,
+    mean,
+    std,
+    batch_size: int,
+    tta: tta_lib.TTAConfig | str | None = None,
+    progress: bool = True,
+) -> SplitPredictions:
     """Runs the model over one deterministic pass of ``split``; returns labels and probabilities."""
     total = split_info(data_config, split)["num_examples"]
     if total == 0:
         raise ValueError(f"split {split!r} of data set {data_config.name!r} has no examples.")
     predict = make_predict_fn(model, tta)
     # Single-host evaluation reads the whole split, whatever jax.process_count() says.
-    dataset = create_split(data_config, split, training=False, batch_size=batch_size, image_size=image_size,
-                           mean=mean, std=std, seed=0, shard_index=0, shard_count=1)
+    dataset = create_split(
+        data_config,
+        split,
+        training=False,
+        batch_size=batch_size,
+        image_size=image_size,
+        mean=mean,
+        std=std,
+        seed=0,
+        shard_index=0,
+        shard_count=1,
+    )
     bar = _progress(total, f"eval {split}", progress)
     start = time.perf_counter()
     iterator = iter(dataset)
 
     def step(batch):
-        return {"prob": np.asarray(predict(variables, batch["image"]), dtype=np.float64),
-                "label": batch["label"], "index": batch["index"], "mask": batch["mask"]}
+        return {
+            "prob": np.asarray(predict(variables, batch["image"]), dtype=np.float64),
+            "label": batch["label"],
+            "index": batch["index"],
+            "mask": batch["mask"],
+        }
 
     try:
         rows = run_pass(iterator, step, bar.update)
@@ -95,8 +120,9 @@ def predict_split(model, variables, data_config, split: str, *, image_size: int,
         close = getattr(iterator, "close", None)
         if close:
             close()
-    out = SplitPredictions(rows["label"].astype(np.int64), rows["prob"], rows["index"].astype(np.int64),
-                           time.perf_counter() - start)
+    out = SplitPredictions(
+        rows["label"].astype(np.int64), rows["prob"], rows["index"].astype(np.int64), time.perf_counter() - start
+    )
     if out.labels.size != total:
         raise RuntimeError(f"split {split!r}: expected {total} examples, the pipeline gave {out.labels.size}.")
     order = np.argsort(out.index, kind="stable")
@@ -117,9 +143,16 @@ def output_dir(workdir: str, split: str, step: int, tta: tta_lib.TTAConfig) -> s
     return os.path.join(os.path.abspath(workdir), EVAL_DIR, name)
 
 
-def evaluate_checkpoint(workdir: str, split: str = "test", checkpoint: str | int = "best",
-                        tta: tta_lib.TTAConfig | str | None = None, batch_size: int | None = None,
-                        use_ema: bool = True, progress: bool = True, out_dir: str | None = None) -> dict[str, Any]:
+def evaluate_checkpoint(
+    workdir: str,
+    split: str = "test",
+    checkpoint: str | int = "best",
+    tta: tta_lib.TTAConfig | str | None = None,
+    batch_size: int | None = None,
+    use_ema: bool = True,
+    progress: bool = True,
+    out_dir: str | None = None,
+) -> dict[str, Any]:
     """Evaluates a run's checkpoint on ``split``; writes metrics.json, plots and predictions; returns the report.
 
     Metrics are reported at 0.5, at the training-prior threshold
@@ -162,16 +195,24 @@ def evaluate_checkpoint(workdir: str, split: str = "test", checkpoint: str | int
     files = {
         "metrics": os.path.join(out_dir, "metrics.json"),
         "confusion_matrix_0.5": plots.plot_confusion_matrix(
-            at_half["confusion_matrix"], os.path.join(out_dir, "confusion_matrix_0.5.png"), class_names,
-            f"{tag}, t=0.5"),
+            at_half["confusion_matrix"], os.path.join(out_dir, "confusion_matrix_0.5.png"), class_names, f"{tag}, t=0.5"
+        ),
         "confusion_matrix_youden": plots.plot_confusion_matrix(
-            at_youden["confusion_matrix"], os.path.join(out_dir, "confusion_matrix_youden.png"), class_names,
-            f"{tag}, t={threshold:.3f} (val. Youden)"),
-        "roc": plots.plot_roc_curve(result.labels, result.probs, os.path.join(out_dir, "roc.png"),
-                                    {"operating": operating, "t=0.5": 0.5, "training prior": prior, "validation Youden": threshold},
-                                    f"ROC, {tag}"),
-        "reliability": plots.plot_reliability(result.labels, result.probs, os.path.join(out_dir, "reliability.png"),
-                                              title=f"Reliability, {tag}"),
+            at_youden["confusion_matrix"],
+            os.path.join(out_dir, "confusion_matrix_youden.png"),
+            class_names,
+            f"{tag}, t={threshold:.3f} (val. Youden)",
+        ),
+        "roc": plots.plot_roc_curve(
+            result.labels,
+            result.probs,
+            os.path.join(out_dir, "roc.png"),
+            {"operating": operating, "t=0.5": 0.5, "training prior": prior, "validation Youden": threshold},
+            f"ROC, {tag}",
+        ),
+        "reliability": plots.plot_reliability(
+            result.labels, result.probs, os.path.join(out_dir, "reliability.png"), title=f"Reliability, {tag}"
+        ),
         "predictions": _write_predictions(os.path.join(out_dir, "predictions.csv"), result, info.get("file_names")),
     }
     report = {
@@ -193,8 +234,12 @@ def evaluate_checkpoint(workdir: str, split: str = "test", checkpoint: str | int
         "training_prior_threshold": prior,
         "operating_threshold": operating,
         "operating_threshold_rule": operating_rule,
-        "metrics": {"operating": at_operating, "threshold_0.5": at_half, "threshold_training_prior": at_prior,
-                    "threshold_validation_youden": at_youden},
+        "metrics": {
+            "operating": at_operating,
+            "threshold_0.5": at_half,
+            "threshold_training_prior": at_prior,
+            "threshold_validation_youden": at_youden,
+        },
         "seconds": round(result.seconds + (0.0 if val is result else val.seconds), 3),
         "warnings": notes,
         "files": {k: os.path.basename(v) for k, v in files.items()},
@@ -204,7 +249,8 @@ def evaluate_checkpoint(workdir: str, split: str = "test", checkpoint: str | int
         f.write("\n")
     report["out_dir"] = out_dir
     report["table"] = metrics_lib.format_table(
-        {"operating": at_operating, "t=0.5": at_half, "train prior": at_prior, "val. Youden": at_youden})
+        {"operating": at_operating, "t=0.5": at_half, "train prior": at_prior, "val. Youden": at_youden}
+    )
     return report
 
 

@@ -11,7 +11,7 @@ import dataclasses
 import math
 import os
 import stat
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -52,7 +52,8 @@ class Preprocessor:
             raise ImageReadError(str(e)) from e
         gray = transforms.decode_gray(stored, math.ceil(self.image_size / self.center_crop))
         image = transforms.Normalizer(self.mean, self.std)(
-            transforms.center_resize(gray, self.image_size, self.center_crop))
+            transforms.center_resize(gray, self.image_size, self.center_crop)
+        )
         return image, transforms.decode_gray(stored)
 
 
@@ -68,17 +69,29 @@ def _overlay_names(paths: Sequence[str]) -> list[str]:
 class Predictor:
     """A restored run ready to score images: ``predict(paths)`` yields one dict per path, in order."""
 
-    def __init__(self, workdir: str, checkpoint: str | int = "best", threshold: float | str | None = None,
-                 batch_size: int = 8, use_ema: bool = True):
+    def __init__(
+        self,
+        workdir: str,
+        checkpoint: str | int = "best",
+        threshold: float | str | None = None,
+        batch_size: int = 8,
+        use_ema: bool = True,
+    ):
         restored = restore_for_inference(workdir, checkpoint, use_ema=use_ema)
-        self.config, self.model, self.variables, self.step = (restored.config, restored.model, restored.variables,
-                                                              restored.step)
+        self.config, self.model, self.variables, self.step = (
+            restored.config,
+            restored.model,
+            restored.variables,
+            restored.step,
+        )
         size, mean, std = input_spec(restored)
         data = self.config.data
-        self.preprocess = Preprocessor(size, mean, std, float(data.get("center_crop", 1.0) or 1.0),
-                                       int(data.get("max_size", 512) or 512))
-        self.threshold, self.threshold_source = resolve_threshold(workdir, self.step, threshold, self.config,
-                                                                  restored.run.train_class_counts)
+        self.preprocess = Preprocessor(
+            size, mean, std, float(data.get("center_crop", 1.0) or 1.0), int(data.get("max_size", 512) or 512)
+        )
+        self.threshold, self.threshold_source = resolve_threshold(
+            workdir, self.step, threshold, self.config, restored.run.train_class_counts
+        )
         self.batch_size = max(1, int(batch_size))
         self._predict = None
         self._gradcam = None
@@ -120,9 +133,14 @@ class Predictor:
                     yield {"file": paths[i], "error": errors[i]}
                     continue
                 p = float(probs[scored[i]])
-                record = {"file": paths[i], "prob_pneumonia": p,
-                          "label": CLASS_NAMES[int(p >= self.threshold)], "threshold": self.threshold}
+                record = {
+                    "file": paths[i],
+                    "prob_pneumonia": p,
+                    "label": CLASS_NAMES[int(p >= self.threshold)],
+                    "threshold": self.threshold,
+                }
                 if gradcam_dir:
-                    record["gradcam"] = save_overlay(loaded[i][1], heatmaps[scored[i]],
-                                                     os.path.join(gradcam_dir, names[i]))
+                    record["gradcam"] = save_overlay(
+                        loaded[i][1], heatmaps[scored[i]], os.path.join(gradcam_dir, names[i])
+                    )
                 yield record

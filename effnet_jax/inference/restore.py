@@ -36,15 +36,21 @@ def restore_for_inference(workdir: str, checkpoint: str | int = "best", use_ema:
     if not epath.Path(checkpoint_dir(workdir)).is_dir():
         raise FileNotFoundError(
             f"no checkpoints in workdir {workdir!r}: {checkpoint_dir(workdir)} does not exist; train first with "
-            f"`effnet-train --config=... --workdir={workdir}`")
+            f"`effnet-train --config=... --workdir={workdir}`"
+        )
     ckpt = Checkpointer(workdir, best_metric=None, async_save=False, read_only=True)
     try:
         config = ckpt.restore_config(resolve_step(ckpt, "latest", workdir))
     finally:
         ckpt.close()
     # Reopen with the run's own best metric so 'best' means what the run meant.
-    ckpt = Checkpointer(workdir, best_metric=config.get("best_metric"), best_mode=config.get("best_mode", "max"),
-                        async_save=False, read_only=True)
+    ckpt = Checkpointer(
+        workdir,
+        best_metric=config.get("best_metric"),
+        best_mode=config.get("best_mode", "max"),
+        async_save=False,
+        read_only=True,
+    )
     try:
         step = resolve_step(ckpt, checkpoint, workdir)
         config = ckpt.restore_config(step)

@@ -37,7 +37,7 @@ def training_prior_threshold(config, train_class_counts=None) -> float:
 def operating_threshold(workdir: str, step: int, config, train_class_counts=None) -> tuple[float, str]:
     """The run's operating threshold at ``step`` (``config.operating_threshold``) and how it was chosen.
 
-    'external_sensitivity' is the highest threshold that kept sensitivity >= 
+    'external_sensitivity' is the highest threshold that kept sensitivity >=
     ``config.operating_sensitivity`` on the first external split when the trainer
     evaluated ``step`` (metrics.jsonl). Data from outside train/ is where a threshold
     fitted to validation fails (README, Thresholds). Without such a record (no external
@@ -51,13 +51,15 @@ def operating_threshold(workdir: str, step: int, config, train_class_counts=None
         for record in read_metrics(workdir, external.PREFIX):
             if record.get("step") == step and record.get("sensitivity_threshold") is not None:
                 return float(record["sensitivity_threshold"]), (
-                    f"external_sensitivity (sensitivity >= {sensitivity:g} on the external split at step {step})")
+                    f"external_sensitivity (sensitivity >= {sensitivity:g} on the external split at step {step})"
+                )
         prior = training_prior_threshold(config, train_class_counts)
         return prior, f"training_prior (no external evaluation stored for step {step})"
     if rule == "training_prior":
         return training_prior_threshold(config, train_class_counts), "training_prior"
-    raise ValueError(f"config.operating_threshold={rule!r}: expected 'auto', 'external_sensitivity' or "
-                     "'training_prior'")
+    raise ValueError(
+        f"config.operating_threshold={rule!r}: expected 'auto', 'external_sensitivity' or 'training_prior'"
+    )
 
 
 def find_validation_threshold(workdir: str, step: int) -> tuple[float, str] | None:
@@ -79,8 +81,9 @@ def find_validation_threshold(workdir: str, step: int) -> tuple[float, str] | No
     return None
 
 
-def resolve_threshold(workdir: str, step: int, threshold: float | str | None, config=None,
-                      train_class_counts=None) -> tuple[float, str]:
+def resolve_threshold(
+    workdir: str, step: int, threshold: float | str | None, config=None, train_class_counts=None
+) -> tuple[float, str]:
     """The decision threshold and where it came from.
 
     A number is used as given; 'auto' (the default) is the run's operating threshold
@@ -96,13 +99,17 @@ def resolve_threshold(workdir: str, step: int, threshold: float | str | None, co
     if threshold == "youden":
         found = find_validation_threshold(workdir, step)
         if found is None:
-            raise ValueError(f"--threshold=youden: no validation threshold stored for step {step} in "
-                             f"{workdir}/eval; run effnet-eval --workdir={workdir} first")
+            raise ValueError(
+                f"--threshold=youden: no validation threshold stored for step {step} in "
+                f"{workdir}/eval; run effnet-eval --workdir={workdir} first"
+            )
         return found[0], f"validation Youden ({found[1]})"
     try:
         value = float(threshold)
     except ValueError:
-        raise ValueError(f"--threshold={threshold!r}: expected a probability in [0, 1], 'auto', 'prior' or 'youden'.") from None
+        raise ValueError(
+            f"--threshold={threshold!r}: expected a probability in [0, 1], 'auto', 'prior' or 'youden'."
+        ) from None
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"--threshold={threshold!r}: expected a probability in [0, 1], 'auto', 'prior' or 'youden'.")
     return value, "flag"

@@ -12,7 +12,7 @@ A spec string names the setting on the command line: ``none``, ``flip``,
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -63,8 +63,10 @@ def parse_tta(spec: str | TTAConfig | None) -> TTAConfig:
                 except ValueError:
                     raise ValueError(f"--tta={spec!r}: crop fraction in {part!r} is not a number.") from None
         else:
-            raise ValueError(f"--tta={spec!r}: unknown part {part!r}; expected none, flip, crops or "
-                             "crops@FRACTION joined by '+', e.g. 'flip+crops@0.875'.")
+            raise ValueError(
+                f"--tta={spec!r}: unknown part {part!r}; expected none, flip, crops or "
+                "crops@FRACTION joined by '+', e.g. 'flip+crops@0.875'."
+            )
     return TTAConfig(flip=flip, crops=crops, crop_fraction=fraction)
 
 
@@ -74,7 +76,7 @@ def _five_crops(images: jax.Array, fraction: float) -> list[jax.Array]:
     offsets = [(0, 0), (0, w - cw), (h - ch, 0), (h - ch, w - cw), ((h - ch) // 2, (w - cw) // 2)]
     crops = []
     for top, left in offsets:
-        crop = images[:, top:top + ch, left:left + cw, :]
+        crop = images[:, top : top + ch, left : left + cw, :]
         crops.append(jax.image.resize(crop, (crop.shape[0], h, w, c), method="bilinear", antialias=True))
     return crops
 
@@ -89,8 +91,9 @@ def tta_views(images: jax.Array, config: TTAConfig) -> jax.Array:
     return jnp.stack(views)
 
 
-def predict_probs(logits_fn: Callable[[jax.Array], jax.Array], images: jax.Array,
-                  config: TTAConfig | str | None = None) -> jax.Array:
+def predict_probs(
+    logits_fn: Callable[[jax.Array], jax.Array], images: jax.Array, config: TTAConfig | str | None = None
+) -> jax.Array:
     """Mean positive-class probability over the TTA views of each image; ``(B,)``.
 
     Probabilities are averaged rather than logits so that one very confident view

@@ -22,14 +22,27 @@ Dtype = Any
 ACTIVATIONS = {"swish": nn.silu, "relu6": nn.relu6}
 
 
-def batch_norm(name: str, x, train: bool, epsilon: float, momentum: float,
-               frozen_patterns: tuple[str, ...], path: str, axis_name: str | None, dtype: Dtype):
+def batch_norm(
+    name: str,
+    x,
+    train: bool,
+    epsilon: float,
+    momentum: float,
+    frozen_patterns: tuple[str, ...],
+    path: str,
+    axis_name: str | None,
+    dtype: Dtype,
+):
     """BatchNorm with float32 statistics; a norm whose path matches a frozen pattern
     always uses (and never updates) its running statistics."""
     frozen = any(re.search(p, path) for p in frozen_patterns)
     return nn.BatchNorm(
-        momentum=momentum, epsilon=epsilon, axis_name=axis_name, dtype=dtype,
-        param_dtype=jnp.float32, name=name,
+        momentum=momentum,
+        epsilon=epsilon,
+        axis_name=axis_name,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        name=name,
     )(x, use_running_average=not train or frozen)
 
 
@@ -65,8 +78,17 @@ class Block(nn.Module):
     dtype: Dtype = jnp.float32
 
     def norm(self, name: str, x, train: bool):
-        return batch_norm(name, x, train, self.bn_eps, self.bn_momentum, self.frozen_norms,
-                          f"{self.name}/{name}", self.bn_axis_name, self.dtype)
+        return batch_norm(
+            name,
+            x,
+            train,
+            self.bn_eps,
+            self.bn_momentum,
+            self.frozen_norms,
+            f"{self.name}/{name}",
+            self.bn_axis_name,
+            self.dtype,
+        )
 
     @nn.compact
     def __call__(self, x, train: bool):
@@ -110,8 +132,9 @@ class EfficientNet(nn.Module):
 
     def norm(self, name: str, x, train: bool):
         v = self.variant
-        return batch_norm(name, x, train, v.bn_eps, v.bn_momentum, self.frozen_norms, name,
-                          self.bn_axis_name, self.dtype)
+        return batch_norm(
+            name, x, train, v.bn_eps, v.bn_momentum, self.frozen_norms, name, self.bn_axis_name, self.dtype
+        )
 
     @nn.compact
     def __call__(self, x, train: bool = False, features_only: bool = False):
@@ -129,10 +152,16 @@ class EfficientNet(nn.Module):
         for stage in stages:
             for b in stage:
                 x = Block(
-                    b, v.activation, v.padding, v.bn_eps, v.bn_momentum,
+                    b,
+                    v.activation,
+                    v.padding,
+                    v.bn_eps,
+                    v.bn_momentum,
                     drop_path_rate=self.drop_path_rate * index / total,
-                    frozen_norms=self.frozen_norms, bn_axis_name=self.bn_axis_name,
-                    depthwise_impl=self.depthwise_impl, dtype=self.dtype,
+                    frozen_norms=self.frozen_norms,
+                    bn_axis_name=self.bn_axis_name,
+                    depthwise_impl=self.depthwise_impl,
+                    dtype=self.dtype,
                     name=f"blocks_{b.stage}_{b.index}",
                 )(x, train)
                 index += 1
@@ -150,9 +179,13 @@ class EfficientNet(nn.Module):
             return pooled
         drop = v.dropout if self.drop_rate is None else self.drop_rate
         x = nn.Dropout(drop)(pooled.astype(self.dtype), deterministic=not train)
-        x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
-                     kernel_init=nn.initializers.variance_scaling(1.0 / 3, "fan_out", "uniform"),
-                     name="classifier")(x)
+        x = nn.Dense(
+            self.num_classes,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            kernel_init=nn.initializers.variance_scaling(1.0 / 3, "fan_out", "uniform"),
+            name="classifier",
+        )(x)
         return x.astype(jnp.float32)
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -48,7 +49,8 @@ class Conv(nn.Module):
     @nn.compact
     def __call__(self, x):
         kernel = self.param(
-            "kernel", conv_kernel_init, (self.kernel_size, self.kernel_size, x.shape[-1], self.features), jnp.float32)
+            "kernel", conv_kernel_init, (self.kernel_size, self.kernel_size, x.shape[-1], self.features), jnp.float32
+        )
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
         if self.kernel_size == 1 and self.stride == 1:
             # A pointwise convolution is a matmul over channels; XLA's CPU convolution runs it
@@ -57,7 +59,8 @@ class Conv(nn.Module):
         else:
             pad = spatial_padding(x.shape, self.kernel_size, self.stride, self.padding)
             y = jax.lax.conv_general_dilated(
-                x, kernel, (self.stride, self.stride), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+                x, kernel, (self.stride, self.stride), pad, dimension_numbers=("NHWC", "HWIO", "NHWC")
+            )
         if self.use_bias:
             bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
             y = y + bias.astype(self.dtype)
@@ -89,8 +92,13 @@ def depthwise_conv(x, kernel, stride: int, pad, impl: str):
     k = kernel.shape[0]
     if impl == "native":
         return jax.lax.conv_general_dilated(
-            x, kernel, (stride, stride), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            feature_group_count=x.shape[-1])
+            x,
+            kernel,
+            (stride, stride),
+            pad,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=x.shape[-1],
+        )
     x = jnp.pad(x, ((0, 0), pad[0], pad[1], (0, 0)))
     n, h, w, c = x.shape
     out_h = (h - k) // stride + 1
@@ -99,8 +107,11 @@ def depthwise_conv(x, kernel, stride: int, pad, impl: str):
     for i in range(k):
         for j in range(k):
             window = jax.lax.slice(
-                x, (0, i, j, 0), (n, i + stride * (out_h - 1) + 1, j + stride * (out_w - 1) + 1, c),
-                (1, stride, stride, 1))
+                x,
+                (0, i, j, 0),
+                (n, i + stride * (out_h - 1) + 1, j + stride * (out_w - 1) + 1, c),
+                (1, stride, stride, 1),
+            )
             term = window * kernel[i, j, 0]
             out = term if out is None else out + term
     return out

@@ -169,20 +169,45 @@ def _build_registry() -> dict[str, VariantConfig]:
     for key, (w, d, r, p) in EFFICIENTNET_SCALING.items():
         common = dict(width=w, depth=d, resolution=r, dropout=p, blocks=EFFICIENTNET_BLOCKS, activation="swish")
         registry[f"efficientnet_{key}"] = VariantConfig(
-            name=f"efficientnet_{key}", padding="symmetric", bn_eps=1e-5, bn_momentum=0.9,
-            mean=IMAGENET_MEAN, std=IMAGENET_STD, **common)
+            name=f"efficientnet_{key}",
+            padding="symmetric",
+            bn_eps=1e-5,
+            bn_momentum=0.9,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            **common,
+        )
         registry[f"tf_efficientnet_{key}"] = VariantConfig(
-            name=f"tf_efficientnet_{key}", padding="same", bn_eps=1e-3, bn_momentum=0.99,
-            mean=IMAGENET_MEAN, std=IMAGENET_STD, **common)
+            name=f"tf_efficientnet_{key}",
+            padding="same",
+            bn_eps=1e-3,
+            bn_momentum=0.99,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            **common,
+        )
     for key, (w, d, r, p) in LITE_SCALING.items():
-        common = dict(width=w, depth=d, resolution=r, dropout=p, blocks=LITE_BLOCKS, activation="relu6",
-                      fix_stem_head=True)
+        common = dict(
+            width=w, depth=d, resolution=r, dropout=p, blocks=LITE_BLOCKS, activation="relu6", fix_stem_head=True
+        )
         registry[f"efficientnet_{key}"] = VariantConfig(
-            name=f"efficientnet_{key}", padding="symmetric", bn_eps=1e-5, bn_momentum=0.9,
-            mean=IMAGENET_MEAN, std=IMAGENET_STD, **common)
+            name=f"efficientnet_{key}",
+            padding="symmetric",
+            bn_eps=1e-5,
+            bn_momentum=0.9,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            **common,
+        )
         registry[f"tf_efficientnet_{key}"] = VariantConfig(
-            name=f"tf_efficientnet_{key}", padding="same", bn_eps=1e-3, bn_momentum=0.99,
-            mean=INCEPTION_MEAN, std=INCEPTION_STD, **common)
+            name=f"tf_efficientnet_{key}",
+            padding="same",
+            bn_eps=1e-3,
+            bn_momentum=0.99,
+            mean=INCEPTION_MEAN,
+            std=INCEPTION_STD,
+            **common,
+        )
     return registry
 
 

@@ -16,6 +16,7 @@ from sklearn import metrics as skm
 
 from effnet_jax.labels import METRIC_NAMES
 
+
 def _check_inputs(labels, probs) -> tuple[np.ndarray, np.ndarray]:
     labels = np.asarray(labels).reshape(-1)
     probs = np.asarray(probs, dtype=np.float64).reshape(-1)

@@ -8,7 +8,7 @@ caller's backend.
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -26,13 +26,16 @@ def _save(fig: Figure, path: str | os.PathLike) -> str:
     return path
 
 
-def plot_confusion_matrix(cm: Sequence[Sequence[int]], path: str | os.PathLike,
-                          class_names: Sequence[str] = CLASS_NAMES, title: str = "") -> str:
+def plot_confusion_matrix(
+    cm: Sequence[Sequence[int]], path: str | os.PathLike, class_names: Sequence[str] = CLASS_NAMES, title: str = ""
+) -> str:
     """Draws a 2x2 confusion matrix (rows: true label, columns: prediction) with counts and row percentages."""
     cm = np.asarray(cm, dtype=np.int64)
     if cm.shape != (len(class_names), len(class_names)):
-        raise ValueError(f"plot_confusion_matrix: matrix of shape {cm.shape} does not match "
-                         f"{len(class_names)} class names {list(class_names)}.")
+        raise ValueError(
+            f"plot_confusion_matrix: matrix of shape {cm.shape} does not match "
+            f"{len(class_names)} class names {list(class_names)}."
+        )
     row_sums = cm.sum(axis=1, keepdims=True)
     # A row with no examples has no rate; show 0% rather than dividing by zero.
     rates = np.divide(cm, row_sums, out=np.zeros(cm.shape), where=row_sums > 0)
@@ -53,8 +56,9 @@ def plot_confusion_matrix(cm: Sequence[Sequence[int]], path: str | os.PathLike,
     return _save(fig, path)
 
 
-def plot_roc_curve(labels, probs, path: str | os.PathLike, thresholds: dict[str, float] | None = None,
-                   title: str = "") -> str:
+def plot_roc_curve(
+    labels, probs, path: str | os.PathLike, thresholds: dict[str, float] | None = None, title: str = ""
+) -> str:
     """Draws the ROC curve with its AUC and marks each named operating threshold on it.
 
     ``thresholds`` maps a legend name (``"0.5"``, ``"Youden (validation)"``) to a
@@ -76,8 +80,14 @@ def plot_roc_curve(labels, probs, path: str | os.PathLike, thresholds: dict[str,
         for name, t in (thresholds or {}).items():
             point_tpr = float(np.mean(probs[positives] >= t))
             point_fpr = float(np.mean(probs[negatives] >= t))
-            ax.plot(point_fpr, point_tpr, marker=next(markers, "o"), markersize=8, linestyle="none",
-                    label=f"{name}: t={t:.3f} (TPR {point_tpr:.3f}, FPR {point_fpr:.3f})")
+            ax.plot(
+                point_fpr,
+                point_tpr,
+                marker=next(markers, "o"),
+                markersize=8,
+                linestyle="none",
+                label=f"{name}: t={t:.3f} (TPR {point_tpr:.3f}, FPR {point_fpr:.3f})",
+            )
     else:
         ax.text(0.5, 0.5, "ROC undefined:\nonly one class in the labels", ha="center", va="center")
     ax.set_xlim(-0.01, 1.01)

@@ -91,11 +91,18 @@ def training_row(workdir: str) -> RunRow:
     last = val[-1]
     runs = read_metrics(workdir, "run")
     wall = sum(r["wall_seconds"] for r in runs) if runs else None
-    return RunRow(name=os.path.basename(os.path.normpath(workdir)), variant=config["model"]["name"],
-                  image_size=_image_size(workdir, config), recipe=describe_recipe(config), split="validation",
-                  step=int(last["step"]), threshold=float(last.get("threshold", 0.5)),
-                  metrics={k: last.get(k) for k in METRICS}, wall_seconds=wall,
-                  machine=runs[-1].get("machine", "") if runs else "")
+    return RunRow(
+        name=os.path.basename(os.path.normpath(workdir)),
+        variant=config["model"]["name"],
+        image_size=_image_size(workdir, config),
+        recipe=describe_recipe(config),
+        split="validation",
+        step=int(last["step"]),
+        threshold=float(last.get("threshold", 0.5)),
+        metrics={k: last.get(k) for k in METRICS},
+        wall_seconds=wall,
+        machine=runs[-1].get("machine", "") if runs else "",
+    )
 
 
 def evaluation_rows(workdir: str) -> list[RunRow]:
@@ -105,19 +112,31 @@ def evaluation_rows(workdir: str) -> list[RunRow]:
     for path in sorted(glob.glob(os.path.join(workdir, "eval", "*", "metrics.json"))):
         with open(path) as f:
             report = json.load(f)
-        for key, label in (("threshold_0.5", "t=0.5"), ("threshold_training_prior", "t=train prior"),
-                           ("threshold_validation_youden", "t=val. Youden")):
+        for key, label in (
+            ("threshold_0.5", "t=0.5"),
+            ("threshold_training_prior", "t=train prior"),
+            ("threshold_validation_youden", "t=val. Youden"),
+        ):
             m = report["metrics"].get(key)
             if m is None:
                 continue  # reports written before the training-prior threshold existed
             extra = [f"eval {report['split']}", label]
             if report.get("tta") not in (None, "none"):
                 extra.append(f"tta={report['tta']}")
-            rows.append(RunRow(
-                name=f"{os.path.basename(os.path.normpath(workdir))} ({', '.join(extra)})",
-                variant=report["model"], image_size=report.get("image_size"), recipe=describe_recipe(config),
-                split=report["split"], step=int(report["step"]), threshold=float(m["threshold"]),
-                metrics={k: m.get(k) for k in METRICS}, wall_seconds=report.get("seconds"), machine=""))
+            rows.append(
+                RunRow(
+                    name=f"{os.path.basename(os.path.normpath(workdir))} ({', '.join(extra)})",
+                    variant=report["model"],
+                    image_size=report.get("image_size"),
+                    recipe=describe_recipe(config),
+                    split=report["split"],
+                    step=int(report["step"]),
+                    threshold=float(m["threshold"]),
+                    metrics={k: m.get(k) for k in METRICS},
+                    wall_seconds=report.get("seconds"),
+                    machine="",
+                )
+            )
     return rows
 
 
@@ -137,7 +156,14 @@ def to_markdown(rows: list[RunRow]) -> str:
     headers = ["run", "variant, px", "recipe", "split, step, t", *METRICS, "wall", "machine"]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for r in rows:
-        cells = [r.name, f"{r.variant}, {r.image_size}", r.recipe, f"{r.split}, {r.step}, {r.threshold:.3f}",
-                 *(_fmt(r.metrics.get(k)) for k in METRICS), _fmt_wall(r.wall_seconds), r.machine]
+        cells = [
+            r.name,
+            f"{r.variant}, {r.image_size}",
+            r.recipe,
+            f"{r.split}, {r.step}, {r.threshold:.3f}",
+            *(_fmt(r.metrics.get(k)) for k in METRICS),
+            _fmt_wall(r.wall_seconds),
+            r.machine,
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -43,15 +43,26 @@ def checkpoint_dir(workdir: str) -> str:
 
 
 def _handlers():
-    return {"state": ocp.StandardCheckpointHandler(), "data_iter": ocp.JsonCheckpointHandler(),
-            "config": ocp.JsonCheckpointHandler(), "run": ocp.JsonCheckpointHandler()}
+    return {
+        "state": ocp.StandardCheckpointHandler(),
+        "data_iter": ocp.JsonCheckpointHandler(),
+        "config": ocp.JsonCheckpointHandler(),
+        "run": ocp.JsonCheckpointHandler(),
+    }
 
 
 class Checkpointer:
     """A run's CheckpointManager: async saves, keep-last-K plus best, automatic resume."""
 
-    def __init__(self, workdir: str, keep: int = 3, best_metric: str | None = "auc", best_mode: str = "max",
-                 async_save: bool = True, read_only: bool = False):
+    def __init__(
+        self,
+        workdir: str,
+        keep: int = 3,
+        best_metric: str | None = "auc",
+        best_mode: str = "max",
+        async_save: bool = True,
+        read_only: bool = False,
+    ):
         if best_mode not in ("max", "min"):
             raise ValueError(f"config.best_mode={best_mode!r}: expected 'max' or 'min'")
         self.directory = checkpoint_dir(workdir)
@@ -63,22 +74,26 @@ class Checkpointer:
 
             def best_fn(metrics, _name=best_metric, _sign=sign):
                 if _name not in metrics:
-                    raise KeyError(f"config.best_metric={_name!r} is not a validation metric; "
-                                   f"have {sorted(metrics)}")
+                    raise KeyError(f"config.best_metric={_name!r} is not a validation metric; have {sorted(metrics)}")
                 return _sign * float(metrics[_name])
 
             # BestN sorts ascending and keeps the tail, so the signed metric is "higher is better".
-            policies.append(checkpoint_managers.BestN(get_metric_fn=best_fn, n=1,
-                                                      keep_checkpoints_without_metrics=False))
+            policies.append(
+                checkpoint_managers.BestN(get_metric_fn=best_fn, n=1, keep_checkpoints_without_metrics=False)
+            )
         options = ocp.CheckpointManagerOptions(
             preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
-            best_fn=best_fn, best_mode="max",
-            enable_async_checkpointing=async_save, create=not read_only, read_only=read_only,
+            best_fn=best_fn,
+            best_mode="max",
+            enable_async_checkpointing=async_save,
+            create=not read_only,
+            read_only=read_only,
             # Temporary directories left by a killed save are removed on the next start.
             cleanup_tmp_directories=not read_only,
         )
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS,
-                                             item_handlers=_handlers())
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=options, item_names=ITEMS, item_handlers=_handlers()
+        )
 
     # -- queries -------------------------------------------------------------------------------
     def all_steps(self) -> list[int]:
@@ -93,8 +108,15 @@ class Checkpointer:
         return self.latest_step() if best is None else best
 
     # -- save / restore ----------------------------------------------------------------------
-    def save(self, step: int, state, data_state: Any, config: ml_collections.ConfigDict,
-             metrics: dict | None = None, run: RunRecord | None = None) -> bool:
+    def save(
+        self,
+        step: int,
+        state,
+        data_state: Any,
+        config: ml_collections.ConfigDict,
+        metrics: dict | None = None,
+        run: RunRecord | None = None,
+    ) -> bool:
         """Starts an async save of ``state`` (host or replicated arrays) at ``step``, with the run record if given."""
         items = dict(
             state=ocp.args.StandardSave(state),
@@ -104,17 +126,19 @@ class Checkpointer:
         if run is not None:
             items["run"] = ocp.args.JsonSave(run.to_json())
         args = ocp.args.Composite(**items)
-        scalars = None if metrics is None else {k: float(v) for k, v in metrics.items()
-                                                if isinstance(v, (int, float))}
+        scalars = None if metrics is None else {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
         return self.manager.save(int(step), args=args, metrics=scalars, force=True)
 
     def restore(self, step: int, abstract_state):
         """``(state, data_state, config)`` at ``step``; arrays land with ``abstract_state``'s shardings."""
-        out = self.manager.restore(int(step), args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state),
-            data_iter=ocp.args.JsonRestore(),
-            config=ocp.args.JsonRestore(),
-        ))
+        out = self.manager.restore(
+            int(step),
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state),
+                data_iter=ocp.args.JsonRestore(),
+                config=ocp.args.JsonRestore(),
+            ),
+        )
         return out["state"], decode_data_state(out["data_iter"]), ml_collections.ConfigDict(out["config"])
 
     def restore_config(self, step: int) -> ml_collections.ConfigDict:
@@ -139,8 +163,10 @@ class Checkpointer:
         meta = self.manager.item_metadata(int(step))["state"]
         meta = getattr(meta, "tree", meta)
         abstract = jax.tree.map(
-            lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sharding), meta,
-            is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
+            lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sharding),
+            meta,
+            is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"),
+        )
         out = self.manager.restore(int(step), args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
         return out["state"]
 
@@ -168,7 +194,8 @@ def restore_to_resume(ckpt: Checkpointer, step: int, abstract_state, config: ml_
         if was is not None and now is not None and was != now:
             raise CheckpointMismatchError(
                 f"{ckpt.directory}/{step} was saved with {key}={was!r} but the config asks for {now!r}: resume "
-                f"with --config.{key}={was!r}, or start the new run in another --workdir")
+                f"with --config.{key}={was!r}, or start the new run in another --workdir"
+            )
     try:
         return ckpt.restore(step, abstract_state)
     except (ValueError, KeyError, TypeError) as e:
@@ -177,7 +204,8 @@ def restore_to_resume(ckpt: Checkpointer, step: int, abstract_state, config: ml_
         raise CheckpointMismatchError(
             f"{ckpt.directory}/{step} does not fit the current config's train state ({first}); was the model, "
             "optimizer or EMA changed since it was saved? Resume with the run's config.json or use another "
-            "--workdir") from e
+            "--workdir"
+        ) from e
 
 
 def _get(config, dotted: str):
@@ -208,7 +236,8 @@ def resolve_step(ckpt: Checkpointer, checkpoint: str | int, workdir: str) -> int
     if not steps:
         raise FileNotFoundError(
             f"no checkpoints in workdir {workdir!r} (looked in {ckpt.directory}); train first with "
-            f"`effnet-train --config=... --workdir={workdir}`")
+            f"`effnet-train --config=... --workdir={workdir}`"
+        )
     if checkpoint == "latest":
         return ckpt.latest_step()
     if checkpoint == "best":

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -40,8 +40,13 @@ class Settings:
     process_id: int | None = None
 
 
-def resolve(mode: str = "auto", coordinator_address: str | None = None, num_processes: int | None = None,
-            process_id: int | None = None, env: Mapping[str, str] | None = None) -> Settings | None:
+def resolve(
+    mode: str = "auto",
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Settings | None:
     """The settings for this process, or ``None`` for a plain single-process run.
 
     ``mode``: 'auto' initialises only when a coordinator address is given; 'on'
@@ -57,22 +62,25 @@ def resolve(mode: str = "auto", coordinator_address: str | None = None, num_proc
     pid = _int(process_id, env.get(ENV_PROCESS_ID), "--process_id", ENV_PROCESS_ID)
     if mode == "auto" and address is None:
         if n is not None or pid is not None:
-            raise ValueError(f"--num_processes/--process_id (or {ENV_NUM_PROCESSES}/{ENV_PROCESS_ID}) were "
-                             f"given without a coordinator: set --coordinator_address or {ENV_COORDINATOR} "
-                             "(host:port of process 0), or --distributed=on to let JAX detect the cluster")
+            raise ValueError(
+                f"--num_processes/--process_id (or {ENV_NUM_PROCESSES}/{ENV_PROCESS_ID}) were "
+                f"given without a coordinator: set --coordinator_address or {ENV_COORDINATOR} "
+                "(host:port of process 0), or --distributed=on to let JAX detect the cluster"
+            )
         return None
     if address is not None:
         # Outside a detected cluster JAX cannot guess these; say which flag is missing.
         if n is None or pid is None:
-            raise ValueError(f"--coordinator_address={address!r} needs --num_processes and --process_id "
-                             f"(or {ENV_NUM_PROCESSES} and {ENV_PROCESS_ID})")
+            raise ValueError(
+                f"--coordinator_address={address!r} needs --num_processes and --process_id "
+                f"(or {ENV_NUM_PROCESSES} and {ENV_PROCESS_ID})"
+            )
         if ":" not in address:
             raise ValueError(f"--coordinator_address={address!r}: expected host:port (or set {ENV_COORDINATOR})")
     if n is not None and n < 1:
         raise ValueError(f"--num_processes={n}: expected >= 1 (or set {ENV_NUM_PROCESSES})")
     if n is not None and pid is not None and not 0 <= pid < n:
-        raise ValueError(f"--process_id={pid}: expected 0 <= process_id < num_processes={n} "
-                         f"(or set {ENV_PROCESS_ID})")
+        raise ValueError(f"--process_id={pid}: expected 0 <= process_id < num_processes={n} (or set {ENV_PROCESS_ID})")
     return Settings(address, n, pid)
 
 
@@ -103,16 +111,26 @@ def initialize(settings: Settings | None) -> bool:
     if not os.environ.get(ENV_CPU_COLLECTIVES):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     try:
-        jax.distributed.initialize(coordinator_address=settings.coordinator_address,
-                                   num_processes=settings.num_processes, process_id=settings.process_id)
+        jax.distributed.initialize(
+            coordinator_address=settings.coordinator_address,
+            num_processes=settings.num_processes,
+            process_id=settings.process_id,
+        )
     except ValueError as e:
         # JAX found no cluster to detect (not a TPU pod slice, SLURM, ...): say what to give instead.
-        raise ValueError(f"jax.distributed could not start ({e}); outside a TPU VM or a detected cluster "
-                         f"give --coordinator_address, --num_processes and --process_id (or "
-                         f"{ENV_COORDINATOR}, {ENV_NUM_PROCESSES}, {ENV_PROCESS_ID})") from None
-    log.info("jax.distributed: process %d of %d, %d local of %d devices (coordinator %s)",
-             jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count(),
-             settings.coordinator_address or "auto-detected")
+        raise ValueError(
+            f"jax.distributed could not start ({e}); outside a TPU VM or a detected cluster "
+            f"give --coordinator_address, --num_processes and --process_id (or "
+            f"{ENV_COORDINATOR}, {ENV_NUM_PROCESSES}, {ENV_PROCESS_ID})"
+        ) from None
+    log.info(
+        "jax.distributed: process %d of %d, %d local of %d devices (coordinator %s)",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+        settings.coordinator_address or "auto-detected",
+    )
     return True
 
 
@@ -155,5 +173,7 @@ def check_same_everywhere(value: str, what: str):
     every = np.asarray(multihost_utils.process_allgather(digest)).astype(np.uint32).reshape(-1, digest.size)
     odd = [i for i in range(len(every)) if not np.array_equal(every[i], every[0])]
     if odd:
-        raise RuntimeError(f"{what} differs between process 0 and process(es) {odd} (this is process "
-                           f"{jax.process_index()}: {value!r}); the processes fell out of step")
+        raise RuntimeError(
+            f"{what} differs between process 0 and process(es) {odd} (this is process "
+            f"{jax.process_index()}: {value!r}); the processes fell out of step"
+        )

@@ -50,7 +50,8 @@ def until_pattern(boundary: str, params) -> str:
         limit = (10_001, 0)
     else:
         raise ValueError(
-            f"config.freeze_until={boundary!r}: expected 'blocks_S', 'blocks_S_I', 'conv_head' or 'classifier'")
+            f"config.freeze_until={boundary!r}: expected 'blocks_S', 'blocks_S_I', 'conv_head' or 'classifier'"
+        )
     modules = sorted({p.split("/")[0] for p in flat_paths(params)})
     before = [m for m in modules if _position(m) < limit]
     if not before:
@@ -83,7 +84,8 @@ def frozen_mask(params, patterns: list[tuple[str, str]]):
         if not hits:
             raise ValueError(
                 f"{key}={pattern!r} matches no parameter; paths look like "
-                f"{', '.join(list(paths)[:3])}, ..., {list(paths)[-1]}")
+                f"{', '.join(list(paths)[:3])}, ..., {list(paths)[-1]}"
+            )
         for p in hits:
             frozen[p] = True
     return traverse_util.unflatten_dict(frozen, sep="/")

@@ -19,14 +19,14 @@ from effnet_jax.data import external, pipeline, sources
 from effnet_jax.models import build_model
 from effnet_jax.reporting.metrics_log import read_metrics
 from effnet_jax.train import checkpointing as checkpoint_lib
+from effnet_jax.train import distributed, losses, preemption, run_record, steps, workdir_lock
 from effnet_jax.train import freeze as freeze_lib
-from effnet_jax.train import distributed, losses, optimizer as optimizer_lib, state as state_lib, steps
-from effnet_jax.train import preemption, run_record, workdir_lock
+from effnet_jax.train import optimizer as optimizer_lib
+from effnet_jax.train import state as state_lib
+from effnet_jax.train import writer as writer_lib
 from effnet_jax.train.evaluate import evaluate
 from effnet_jax.train.parallel import Parallel
-from effnet_jax.train import writer as writer_lib
 from effnet_jax.train.writer import MetricWriter
-
 
 # Our own logger: the CLI shows it at INFO while libraries (orbax) stay at WARNING.
 log = logging.getLogger("effnet_jax.train")
@@ -63,7 +63,8 @@ def _num_steps(config: ml_collections.ConfigDict, train_info: dict) -> tuple[int
     if config.batch_size > train_info["num_examples"]:
         raise TrainingDataError(
             f"config.batch_size={config.batch_size} is larger than the training split ({train_info['num_examples']} "
-            f"examples of {_data_source(config)}): every step would repeat images; lower config.batch_size")
+            f"examples of {_data_source(config)}): every step would repeat images; lower config.batch_size"
+        )
     return total, steps_per_epoch
 
 
@@ -80,10 +81,15 @@ def _check_classes(config, split: str, info: dict):
     empty = [name for name, n in zip(info["class_names"], info["class_counts"]) if n == 0]
     if not empty:
         return
-    folder = (f" (the {'/'.join(empty)} folder(s) under {config.data.manual_dir}/train/)"
-              if config.data.get("manual_dir") and config.data.get("split_protocol", "patient") == "patient" else "")
-    message = (f"the {split} split has no {' or '.join(empty)} examples{folder}: class counts "
-               f"{dict(zip(info['class_names'], info['class_counts']))} from {_data_source(config)}")
+    folder = (
+        f" (the {'/'.join(empty)} folder(s) under {config.data.manual_dir}/train/)"
+        if config.data.get("manual_dir") and config.data.get("split_protocol", "patient") == "patient"
+        else ""
+    )
+    message = (
+        f"the {split} split has no {' or '.join(empty)} examples{folder}: class counts "
+        f"{dict(zip(info['class_names'], info['class_counts']))} from {_data_source(config)}"
+    )
     if split == "train":
         raise TrainingDataError(message + "; every class needs training images")
     log.warning("%s; its AUC, recall and specificity are undefined", message)
@@ -98,8 +104,10 @@ def _check_select_split(config) -> str:
     """The split whose metrics pick the best checkpoint and drive early stopping (``config.select_split``)."""
     split = config.get("select_split") or "validation"
     if split not in eval_splits(config):
-        raise ValueError(f"config.select_split={split!r}: expected one of {eval_splits(config)} "
-                         "(external splits come from config.data.external)")
+        raise ValueError(
+            f"config.select_split={split!r}: expected one of {eval_splits(config)} "
+            "(external splits come from config.data.external)"
+        )
     return split
 
 
@@ -119,8 +127,9 @@ class _EarlyStopping:
         if not self.metric:
             return False
         if self.metric not in metrics:
-            raise KeyError(f"config.early_stopping.metric={self.metric!r} is not a validation metric; "
-                           f"have {sorted(metrics)}")
+            raise KeyError(
+                f"config.early_stopping.metric={self.metric!r} is not a validation metric; have {sorted(metrics)}"
+            )
         raw = metrics[self.metric]
         # Undefined values (NaN; None once read back from JSON) never count as improvements.
         value = -math.inf if raw is None or not math.isfinite(float(raw)) else self.sign * float(raw)
@@ -166,13 +175,24 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, started
         external.check_disjoint(config.data, sources.reader(config.data, "train"), train_selection)
         for split in external.split_names(config.data):
             info = pipeline.split_info(config.data, split)
-            log.info("external split %s: %s, %d images %s", split, external.folder_of(config.data, split),
-                     info["num_examples"], dict(zip(info["class_names"], info["class_counts"])))
+            log.info(
+                "external split %s: %s, %d images %s",
+                split,
+                external.folder_of(config.data, split),
+                info["num_examples"],
+                dict(zip(info["class_names"], info["class_counts"])),
+            )
     image_size = state_lib.image_size(config)
     data_tag = "synthetic" if train_info["synthetic"] else config.data.name
-    log.info("data: %s, train split %d examples %s, %d steps (%.2f epochs of %d steps)", data_tag,
-             train_info["num_examples"], dict(zip(train_info["class_names"], train_info["class_counts"])),
-             total_steps, total_steps / steps_per_epoch, steps_per_epoch)
+    log.info(
+        "data: %s, train split %d examples %s, %d steps (%.2f epochs of %d steps)",
+        data_tag,
+        train_info["num_examples"],
+        dict(zip(train_info["class_names"], train_info["class_counts"])),
+        total_steps,
+        total_steps / steps_per_epoch,
+        steps_per_epoch,
+    )
 
     # ----------------------------------------------------------------------------------------------
     # Mesh: every device; the batch is split over them, the state replicated.
@@ -181,7 +201,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, started
     if config.num_devices > 0:
         if config.num_devices > len(devices):
             raise ValueError(f"config.num_devices={config.num_devices} but only {len(devices)} devices exist")
-        devices = devices[:config.num_devices]
+        devices = devices[: config.num_devices]
     par = Parallel(config.parallelism, devices)
     per_process_batch = par.check_batch_size(config.batch_size, "config.batch_size")
     log.info("devices: %d x %s, parallelism=%s", par.num_devices, jax.devices()[0].platform, par.mode)
@@ -191,19 +211,32 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, started
     # ----------------------------------------------------------------------------------------------
     # The loaded weights decide the input normalisation (a Keras .h5 file carries its own).
     loaded, variables = state_lib.model_from_config(config)
-    run = run_record.RunRecord(image_size=image_size, mean=tuple(loaded.variant.mean), std=tuple(loaded.variant.std),
-                               train_class_counts=tuple(int(n) for n in train_info["class_counts"]))
+    run = run_record.RunRecord(
+        image_size=image_size,
+        mean=tuple(loaded.variant.mean),
+        std=tuple(loaded.variant.std),
+        train_class_counts=tuple(int(n) for n in train_info["class_counts"]),
+    )
     del loaded
     if config.model.zero_head:
         variables = state_lib.zero_head(variables)
     frozen = freeze_lib.frozen_mask(variables["params"], freeze_lib.freeze_patterns(config, variables["params"]))
     n_frozen, n_total = freeze_lib.count(frozen)
     frozen_norms = freeze_lib.frozen_norms(frozen)
-    model = build_model(config.model.name, num_classes=state_lib.num_classes(config),
-                        **state_lib.model_kwargs(config, frozen_norms, par.bn_axis_name))
+    model = build_model(
+        config.model.name,
+        num_classes=state_lib.num_classes(config),
+        **state_lib.model_kwargs(config, frozen_norms, par.bn_axis_name),
+    )
     model = model.clone(variant=dataclasses.replace(model.variant, mean=run.mean, std=run.std))
-    log.info("model: %s at %d px, %d of %d parameter tensors frozen (%d BatchNorms keep running stats)",
-             config.model.name, run.image_size, n_frozen, n_total, len(frozen_norms))
+    log.info(
+        "model: %s at %d px, %d of %d parameter tensors frozen (%d BatchNorms keep running stats)",
+        config.model.name,
+        run.image_size,
+        n_frozen,
+        n_total,
+        len(frozen_norms),
+    )
     tx, schedule = optimizer_lib.create_optimizer(config, frozen, total_steps, steps_per_epoch)
     weights = losses.class_weights(config.class_weights, train_info["class_counts"])
     if weights is not None:
@@ -216,14 +249,27 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, started
     # ----------------------------------------------------------------------------------------------
     # Checkpoint: resume from the workdir when it has one.
     # ----------------------------------------------------------------------------------------------
-    ckpt = checkpoint_lib.Checkpointer(workdir, keep=config.keep_checkpoints, best_metric=config.best_metric or None,
-                                       best_mode=config.best_mode, async_save=config.async_checkpointing)
+    ckpt = checkpoint_lib.Checkpointer(
+        workdir,
+        keep=config.keep_checkpoints,
+        best_metric=config.best_metric or None,
+        best_mode=config.best_mode,
+        async_save=config.async_checkpointing,
+    )
     train_ds = pipeline.create_split(
-        config.data, "train", training=True, batch_size=per_process_batch, image_size=run.image_size,
-        mean=run.mean, std=run.std, seed=config.seed)
+        config.data,
+        "train",
+        training=True,
+        batch_size=per_process_batch,
+        image_size=run.image_size,
+        mean=run.mean,
+        std=run.std,
+        seed=config.seed,
+    )
     train_iter = iter(train_ds)
     abstract = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, par.state_sharding(state))
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, par.state_sharding(state)
+    )
     start = ckpt.latest_step()
     if start is not None:
         state, data_state, saved_config = checkpoint_lib.restore_to_resume(ckpt, start, abstract, config)
@@ -235,16 +281,29 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, started
         if jax.process_index() == 0:
             (epath.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
             run_record.write(workdir, run)
-            log.info("config: %s/config.json; derived (image size, normalisation, class counts): %s/%s",
-                     workdir, workdir, run_record.RUN_FILE)
+            log.info(
+                "config: %s/config.json; derived (image size, normalisation, class counts): %s/%s",
+                workdir,
+                workdir,
+                run_record.RUN_FILE,
+            )
     state = par.put_state(state)
 
     # ----------------------------------------------------------------------------------------------
     # Update and eval steps, compiled for the devices.
     # ----------------------------------------------------------------------------------------------
-    train_step = par.compile_train_step(functools.partial(
-        steps.train_step, model=model, tx=tx, frozen=frozen, class_weights=weights,
-        label_smoothing=config.label_smoothing, ema_decay=config.ema_decay), abstract)
+    train_step = par.compile_train_step(
+        functools.partial(
+            steps.train_step,
+            model=model,
+            tx=tx,
+            frozen=frozen,
+            class_weights=weights,
+            label_smoothing=config.label_smoothing,
+            ema_decay=config.ema_decay,
+        ),
+        abstract,
+    )
     eval_step = par.compile_eval_step(functools.partial(steps.eval_step, model=model))
 
     # ----------------------------------------------------------------------------------------------
@@ -269,8 +328,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, started
         nonlocal last_saved
         data_state = train_iter.get_state()
         # Orbax writes JSON items from process 0 only; every process resumes from that state.
-        distributed.check_same_everywhere(json.dumps(checkpoint_lib.encode_data_state(data_state), sort_keys=True),
-                                          f"the training data iterator state at step {step}")
+        distributed.check_same_everywhere(
+            json.dumps(checkpoint_lib.encode_data_state(data_state), sort_keys=True),
+            f"the training data iterator state at step {step}",
+        )
         ckpt.save(step, par.get_state(state), data_state, config, metrics, run=run)
         last_saved = step
 
@@ -283,11 +344,15 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, started
         for i, v in enumerate(values):
             if not math.isfinite(v["loss"]):
                 bad = step - len(values) + i + 1
-                where = (f"the last good checkpoint is step {last_saved} in {ckpt.directory}" if last_saved
-                         else "no checkpoint was saved")
+                where = (
+                    f"the last good checkpoint is step {last_saved} in {ckpt.directory}"
+                    if last_saved
+                    else "no checkpoint was saved"
+                )
                 raise NonFiniteLossError(
                     f"training loss is {v['loss']} at step {bad}; stopped without saving ({where}). "
-                    f"Try a lower config.optimizer.learning_rate or config.optimizer.grad_clip_norm.")
+                    f"Try a lower config.optimizer.learning_rate or config.optimizer.grad_clip_norm."
+                )
         mean = {k: float(np.mean([v[k] for v in values])) for k in values[0]}
         seconds = time.time() - last_log[1]
         mean["images_per_sec"] = (step - last_log[0]) * config.batch_size / max(seconds, 1e-9)
@@ -317,8 +382,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, started
                 flush_train_metrics()  # never evaluate or save a state whose loss was not checked
                 variables = state_lib.inference_variables(state, use_ema=config.ema_decay > 0)
                 for split in eval_splits(config):
-                    split_metrics = evaluate(par, eval_step, variables, config, run.image_size, run.mean, run.std,
-                                             split)
+                    split_metrics = evaluate(
+                        par, eval_step, variables, config, run.image_size, run.mean, run.std, split
+                    )
                     writer.write(step, split, split_metrics)
                     log.info("step %d %s (%s): %s", step, split, data_tag, _short(split_metrics))
                     if split == select_split:
@@ -328,8 +394,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, started
                 flush_train_metrics()
                 save(eval_metrics)
             if stopped_early:
-                log.info("early stopping at step %d: %s did not improve for %d evaluations",
-                         step, config.early_stopping.metric, config.early_stopping.patience)
+                log.info(
+                    "early stopping at step %d: %s did not improve for %d evaluations",
+                    step,
+                    config.early_stopping.metric,
+                    config.early_stopping.patience,
+                )
                 break
             # After the step's own save (if any): every process asks at every step, so all agree.
             if step < stop_at and stop_signal.should_stop(step, sync=step % config.log_every_steps == 0):
@@ -340,9 +410,17 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, started
                 break
         # Wall time of this invocation, data preparation and compilation included (a resumed
         # run writes one record per invocation): what the README's results table reports.
-        writer.write(step, "run", {"wall_seconds": time.time() - started, "resumed_from_step": start,
-                                   "stopped_early": stopped_early, "machine": _machine(par),
-                                   **({"preempted": True} if preempted else {})})
+        writer.write(
+            step,
+            "run",
+            {
+                "wall_seconds": time.time() - started,
+                "resumed_from_step": start,
+                "stopped_early": stopped_early,
+                "machine": _machine(par),
+                **({"preempted": True} if preempted else {}),
+            },
+        )
     finally:
         stop_signal.close()
         if bar is not None:
@@ -353,16 +431,19 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, started
         if hasattr(train_iter, "close"):
             train_iter.close()
     if preempted:
-        raise preemption.Preempted(f"stopped by SIGTERM after step {step}, saved in {ckpt.directory}/{step}; "
-                                   "run the same command to resume")
+        raise preemption.Preempted(
+            f"stopped by SIGTERM after step {step}, saved in {ckpt.directory}/{step}; run the same command to resume"
+        )
     log.info("done at step %d; checkpoints in %s, metrics in %s", step, ckpt.directory, writer.path)
     return par.get_state(state)
 
 
 def _machine(par: Parallel) -> str:
     """Where the run ran, for results tables: e.g. '1 x cpu (2 host cores)'."""
-    return (f"{jax.process_count()} process(es), {par.num_devices} x {jax.devices()[0].device_kind} "
-            f"({os.cpu_count()} host cores)")
+    return (
+        f"{jax.process_count()} process(es), {par.num_devices} x {jax.devices()[0].device_kind} "
+        f"({os.cpu_count()} host cores)"
+    )
 
 
 def _short(metrics: dict) -> str:

@@ -15,11 +15,13 @@ def create_schedule(config: ml_collections.ConfigDict, total_steps: int, steps_p
     warmup = min(warmup, max(total_steps - 1, 0))
     if s.name == "cosine":
         return optax.warmup_cosine_decay_schedule(
-            0.0, peak, warmup, max(total_steps, warmup + 1), end_value=peak * s.min_lr_ratio)
+            0.0, peak, warmup, max(total_steps, warmup + 1), end_value=peak * s.min_lr_ratio
+        )
     if s.name == "step":
         # TF EfficientNet style: multiply by decay_rate every decay_epochs, staircase.
         decay = optax.exponential_decay(
-            peak, max(1, int(round(s.decay_epochs * steps_per_epoch))), s.decay_rate, staircase=True)
+            peak, max(1, int(round(s.decay_epochs * steps_per_epoch))), s.decay_rate, staircase=True
+        )
     elif s.name == "constant":
         decay = optax.constant_schedule(peak)
     else:
@@ -45,9 +47,17 @@ def _base_optimizer(o: ml_collections.ConfigDict, schedule) -> optax.GradientTra
         return optax.chain(decay, optax.sgd(schedule, momentum=o.momentum or None, nesterov=o.nesterov))
     if o.name == "rmsprop":
         # TF's RMSprop: mean square starts at 1, epsilon inside the square root.
-        return optax.chain(decay, optax.rmsprop(
-            schedule, decay=o.rmsprop_decay, eps=o.eps, initial_scale=1.0, eps_in_sqrt=True,
-            momentum=o.momentum or None))
+        return optax.chain(
+            decay,
+            optax.rmsprop(
+                schedule,
+                decay=o.rmsprop_decay,
+                eps=o.eps,
+                initial_scale=1.0,
+                eps_in_sqrt=True,
+                momentum=o.momentum or None,
+            ),
+        )
     raise ValueError(f"config.optimizer.name={o.name!r}: expected 'adamw', 'adam', 'sgd' or 'rmsprop'")
 
 

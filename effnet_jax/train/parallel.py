@@ -12,7 +12,8 @@ import functools
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 DATA_AXIS = "data"
 PMAP_AXIS = "batch"
@@ -26,8 +27,10 @@ class Parallel:
             raise ValueError(f"config.parallelism={mode!r}: expected 'jit' or 'pmap'")
         if mode == "pmap" and jax.process_count() > 1:
             # Its per-process state copies cannot be checkpointed collectively (a save hangs).
-            raise ValueError("config.parallelism='pmap' runs in one process only; multi-process runs "
-                             "(jax.distributed) need config.parallelism='jit'")
+            raise ValueError(
+                "config.parallelism='pmap' runs in one process only; multi-process runs "
+                "(jax.distributed) need config.parallelism='jit'"
+            )
         self.mode = mode
         self.devices = list(devices or jax.devices())
         self.local_devices = [d for d in self.devices if d.process_index == jax.process_index()]
@@ -64,8 +67,9 @@ class Parallel:
         # One copy per local device, stacked on a leading axis that pmap maps over.
         n = len(self.local_devices)
         stacked = NamedSharding(Mesh(np.array(self.local_devices), (PMAP_AXIS,)), P(PMAP_AXIS))
-        return jax.tree.map(lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (n,) + np.shape(x)), stacked),
-                            state)
+        return jax.tree.map(
+            lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (n,) + np.shape(x)), stacked), state
+        )
 
     def get_state(self, state):
         """The state in the unreplicated layout that is checkpointed."""
@@ -77,8 +81,9 @@ class Parallel:
     def put_batch(self, batch: dict):
         """A host-local numpy batch onto the devices (jit: one global array sharded on 'data')."""
         if self.mode == "jit":
-            return {k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(v))
-                    for k, v in batch.items()}
+            return {
+                k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(v)) for k, v in batch.items()
+            }
         n = len(self.local_devices)
         return {k: np.asarray(v).reshape((n, -1) + np.shape(v)[1:]) for k, v in batch.items()}
 
@@ -94,11 +99,14 @@ class Parallel:
     def compile_train_step(self, step_fn, abstract_state):
         """``step_fn(state, batch, axis_name=...)`` compiled; the state argument is donated."""
         if self.mode == "pmap":
-            return jax.pmap(functools.partial(step_fn, axis_name=PMAP_AXIS), axis_name=PMAP_AXIS,
-                            donate_argnums=(0,))
+            return jax.pmap(functools.partial(step_fn, axis_name=PMAP_AXIS), axis_name=PMAP_AXIS, donate_argnums=(0,))
         state_sharding = self.state_sharding(abstract_state)
-        return jax.jit(step_fn, in_shardings=(state_sharding, self.batch_sharding),
-                       out_shardings=(state_sharding, self.replicated), donate_argnums=(0,))
+        return jax.jit(
+            step_fn,
+            in_shardings=(state_sharding, self.batch_sharding),
+            out_shardings=(state_sharding, self.replicated),
+            donate_argnums=(0,),
+        )
 
     def compile_eval_step(self, eval_fn):
         """``eval_fn(variables, batch)`` compiled; outputs stay sharded like the batch."""

@@ -24,23 +24,32 @@ class RunRecord:
     train_class_counts: tuple[int, ...]
 
     def to_json(self) -> dict:
-        return {"image_size": int(self.image_size), "mean": [float(v) for v in self.mean],
-                "std": [float(v) for v in self.std], "train_class_counts": [int(n) for n in self.train_class_counts]}
+        return {
+            "image_size": int(self.image_size),
+            "mean": [float(v) for v in self.mean],
+            "std": [float(v) for v in self.std],
+            "train_class_counts": [int(n) for n in self.train_class_counts],
+        }
 
     @classmethod
-    def from_json(cls, blob: dict) -> "RunRecord":
-        return cls(image_size=int(blob["image_size"]), mean=tuple(float(v) for v in blob["mean"]),
-                   std=tuple(float(v) for v in blob["std"]),
-                   train_class_counts=tuple(int(n) for n in blob["train_class_counts"]))
+    def from_json(cls, blob: dict) -> RunRecord:
+        return cls(
+            image_size=int(blob["image_size"]),
+            mean=tuple(float(v) for v in blob["mean"]),
+            std=tuple(float(v) for v in blob["std"]),
+            train_class_counts=tuple(int(n) for n in blob["train_class_counts"]),
+        )
 
     @classmethod
-    def from_legacy_config(cls, config, variant) -> "RunRecord":
+    def from_legacy_config(cls, config, variant) -> RunRecord:
         """The record of a run saved before run records existed: its config carried the derived values."""
         counts = config.get("train_class_counts")
-        return cls(image_size=int(config.get("image_size") or variant.resolution),
-                   mean=tuple(config.get("model_mean") or variant.mean),
-                   std=tuple(config.get("model_std") or variant.std),
-                   train_class_counts=tuple(int(n) for n in counts) if counts else ())
+        return cls(
+            image_size=int(config.get("image_size") or variant.resolution),
+            mean=tuple(config.get("model_mean") or variant.mean),
+            std=tuple(config.get("model_std") or variant.std),
+            train_class_counts=tuple(int(n) for n in counts) if counts else (),
+        )
 
 
 def write(workdir: str, record: RunRecord) -> str:

@@ -25,9 +25,18 @@ def ema_decay_at(decay: float, step):
     return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
 
 
-def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTransformation, frozen: Any,
-               class_weights=None, label_smoothing: float = 0.0, ema_decay: float = 0.0,
-               axis_name: str | None = None) -> tuple[TrainState, dict]:
+def train_step(
+    state: TrainState,
+    batch: dict,
+    *,
+    model,
+    tx: optax.GradientTransformation,
+    frozen: Any,
+    class_weights=None,
+    label_smoothing: float = 0.0,
+    ema_decay: float = 0.0,
+    axis_name: str | None = None,
+) -> tuple[TrainState, dict]:
     """One optimizer update on a batch; returns the new state and scalar metrics.
 
     Under pmap (``axis_name`` set) gradients and metrics are averaged across
@@ -40,8 +49,9 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
 
     def loss_fn(params):
         variables = {"params": params, "batch_stats": state.batch_stats}
-        logits, new_vars = model.apply(variables, batch["image"], train=True, mutable=["batch_stats"],
-                                       rngs={"dropout": rng})
+        logits, new_vars = model.apply(
+            variables, batch["image"], train=True, mutable=["batch_stats"], rngs={"dropout": rng}
+        )
         loss = losses.weighted_mean_loss(logits, batch["label"], class_weights, label_smoothing)
         return loss, (logits, new_vars["batch_stats"])
 
@@ -56,8 +66,9 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
         d = ema_decay_at(ema_decay, state.step)
         ema_params = _keep_frozen(frozen, ema_params, optax.incremental_update(params, ema_params, 1.0 - d))
         # Frozen norms never update their statistics, so their EMA equals them already.
-        ema_batch_stats = jax.tree.map(lambda e, b: jnp.where(e == b, e, d * e + (1.0 - d) * b),
-                                       ema_batch_stats, batch_stats)
+        ema_batch_stats = jax.tree.map(
+            lambda e, b: jnp.where(e == b, e, d * e + (1.0 - d) * b), ema_batch_stats, batch_stats
+        )
 
     trainable_grads = jax.tree.map(lambda f, g: jnp.zeros_like(g) if f else g, frozen, grads)
     metrics = {
@@ -67,8 +78,14 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
     }
     if axis_name is not None:
         metrics = jax.lax.pmean(metrics, axis_name)
-    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
-                              ema_params=ema_params, ema_batch_stats=ema_batch_stats)
+    new_state = state.replace(
+        step=state.step + 1,
+        params=params,
+        batch_stats=batch_stats,
+        opt_state=opt_state,
+        ema_params=ema_params,
+        ema_batch_stats=ema_batch_stats,
+    )
     return new_state, metrics
 
 

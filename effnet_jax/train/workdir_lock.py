@@ -32,16 +32,19 @@ class WorkdirLock:
         self.path = os.path.join(workdir, LOCK_FILE)
         self._fd: int | None = None
 
-    def acquire(self) -> "WorkdirLock":
+    def acquire(self) -> WorkdirLock:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "a process that has not written its PID yet"
+            holder = (
+                os.pread(fd, 200, 0).decode(errors="replace").strip() or "a process that has not written its PID yet"
+            )
             os.close(fd)
             raise WorkdirLockedError(
                 f"workdir {os.path.dirname(self.path)} is in use by another trainer ({holder}; lock {self.path}); "
-                "wait for it, stop it, or use another --workdir") from None
+                "wait for it, stop it, or use another --workdir"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         self._fd = fd

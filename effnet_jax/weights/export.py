@@ -19,7 +19,14 @@ def convert_to_checkpoint(variant_name: str, source: str, output: str, num_class
     std = weights.std or variant.std
     metadata = save_converted(output, variant, num_classes, variables, report, mean, std)
     return {
-        "variant": variant.name, "source": source, "source_format": report.source_format,
-        "num_params": metadata["num_params"], "num_classes": num_classes, "arrays_loaded": len(report.loaded),
-        "reinitialised": report.reinitialised, "input_mean": list(mean), "input_std": list(std), "output": output,
+        "variant": variant.name,
+        "source": source,
+        "source_format": report.source_format,
+        "num_params": metadata["num_params"],
+        "num_classes": num_classes,
+        "arrays_loaded": len(report.loaded),
+        "reinitialised": report.reinitialised,
+        "input_mean": list(mean),
+        "input_std": list(std),
+        "output": output,
     }

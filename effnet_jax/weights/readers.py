@@ -70,9 +70,15 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
 # --- PyTorch zip archives ---------------------------------------------------------------------
 
 _STORAGE_DTYPES = {
-    "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
-    "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16,
-    "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
+    "FloatStorage": np.float32,
+    "DoubleStorage": np.float64,
+    "HalfStorage": np.float16,
+    "LongStorage": np.int64,
+    "IntStorage": np.int32,
+    "ShortStorage": np.int16,
+    "CharStorage": np.int8,
+    "ByteStorage": np.uint8,
+    "BoolStorage": np.bool_,
 }
 
 
@@ -114,7 +120,8 @@ class _PendingTensor:
             return np.zeros(self.size, data.dtype)
         itemsize = data.dtype.itemsize
         view = np.lib.stride_tricks.as_strided(
-            data[self.offset:], shape=self.size, strides=tuple(s * itemsize for s in self.stride))
+            data[self.offset :], shape=self.size, strides=tuple(s * itemsize for s in self.stride)
+        )
         return np.ascontiguousarray(view)
 
     def _check_bounds(self, length: int):
@@ -138,8 +145,12 @@ class _PendingTensor:
 def _rebuild_tensor(storage, offset, size, stride, *unused):
     if not isinstance(storage, _Storage):
         raise pickle.UnpicklingError(f"tensor storage is a {type(storage).__name__}, not a storage reference")
-    if not (_is_int(offset) and isinstance(size, tuple) and isinstance(stride, tuple)
-            and all(_is_int(n) for n in size + stride)):
+    if not (
+        _is_int(offset)
+        and isinstance(size, tuple)
+        and isinstance(stride, tuple)
+        and all(_is_int(n) for n in size + stride)
+    ):
         raise pickle.UnpicklingError(f"tensor offset/size/stride are not integers: {offset!r}, {size!r}, {stride!r}")
     return _PendingTensor(storage, offset, size, stride)
 
@@ -176,8 +187,12 @@ class _TensorUnpickler(pickle.Unpickler):
         kind, storage_type, key, _location, numel, *view = pid
         if kind != "storage" or (view and view[0] is not None):
             raise pickle.UnpicklingError(f"{self.path}: unsupported persistent id {pid[:1]}")
-        if not isinstance(storage_type, _StorageType) or not isinstance(key, (str, int)) or not _is_int(numel) \
-                or numel < 0:
+        if (
+            not isinstance(storage_type, _StorageType)
+            or not isinstance(key, (str, int))
+            or not _is_int(numel)
+            or numel < 0
+        ):
             raise pickle.UnpicklingError(f"{self.path}: malformed storage reference (type, key, element count)")
         key = str(key)
         if key not in self.storages:
@@ -204,8 +219,10 @@ class _PlainUnpickler(pickle.Unpickler):
 def _header_field(f, path: Path, what: str, types: tuple):
     value = _PlainUnpickler(f, path).load()
     if not isinstance(value, types) or isinstance(value, bool):
-        raise WeightFileError(f"{path}: legacy header field {what} is a {type(value).__name__}, "
-                              f"expected {' or '.join(t.__name__ for t in types)}")
+        raise WeightFileError(
+            f"{path}: legacy header field {what} is a {type(value).__name__}, "
+            f"expected {' or '.join(t.__name__ for t in types)}"
+        )
     return value
 
 
@@ -234,8 +251,10 @@ def _load_zip(path: Path):
             expected = storage.numel * storage.dtype.itemsize
             # Checked before reading: a member larger than its tensors declare is a zip bomb or junk.
             if archive.getinfo(name).file_size != expected:
-                raise WeightFileError(f"{path}: storage {name} holds {archive.getinfo(name).file_size} bytes, its "
-                                      f"tensors declare {storage.numel} x {storage.dtype} = {expected} bytes")
+                raise WeightFileError(
+                    f"{path}: storage {name} holds {archive.getinfo(name).file_size} bytes, its "
+                    f"tensors declare {storage.numel} x {storage.dtype} = {expected} bytes"
+                )
             with archive.open(name) as member:
                 raw = member.read(expected)
             if len(raw) != expected:
@@ -270,8 +289,9 @@ def _load_legacy(path: Path):
             storage = unpickler.storages[str(key)]
             count = int(np.frombuffer(f.read(8), "<i8")[0])
             if count != storage.numel:
-                raise WeightFileError(f"{path}: storage {key} holds {count} elements, its tensors declare "
-                                      f"{storage.numel}")
+                raise WeightFileError(
+                    f"{path}: storage {key} holds {count} elements, its tensors declare {storage.numel}"
+                )
             raw = f.read(count * storage.dtype.itemsize)
             if len(raw) != count * storage.dtype.itemsize:
                 raise EOFError(f"storage {key} is cut short")
@@ -286,8 +306,16 @@ def read_pytorch(path: Path) -> dict[str, np.ndarray]:
         obj = _materialise(obj, path) if isinstance(obj, dict) else obj
     except WeightFileError:
         raise
-    except (zipfile.BadZipFile, pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError,
-            AttributeError, IndexError) as e:
+    except (
+        zipfile.BadZipFile,
+        pickle.UnpicklingError,
+        EOFError,
+        KeyError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+    ) as e:
         raise WeightFileError(f"Cannot read PyTorch file {path} (truncated or not a state dict): {e}") from e
     # Training checkpoints wrap the weights: {'state_dict': ...} or {'model': ...}.
     for key in ("state_dict", "model", "state_dict_ema"):
@@ -300,13 +328,14 @@ def read_pytorch(path: Path) -> dict[str, np.ndarray]:
     for k, v in obj.items():
         if not isinstance(k, str):
             raise WeightFileError(f"{path}: state-dict key {k!r} is a {type(k).__name__}, expected a string")
-        name = k[len("module."):] if k.startswith("module.") else k  # DataParallel prefix
+        name = k[len("module.") :] if k.startswith("module.") else k  # DataParallel prefix
         if isinstance(v, np.ndarray):
             tensors[name] = v
     return tensors
 
 
 # --- Keras HDF5 -------------------------------------------------------------------------------
+
 
 def read_keras_h5(path: Path) -> dict[str, np.ndarray]:
     """Reads a legacy-layout Keras ``.h5`` (weights-only or whole model) into ``layer/weight`` names."""
@@ -320,7 +349,8 @@ def read_keras_h5(path: Path) -> dict[str, np.ndarray]:
         if "layers" in f and "vars" in f and "layer_names" not in f.attrs:
             raise WeightFileError(
                 f"{path} is a Keras 3 '.weights.h5' file, whose layers are named by creation order, not by "
-                "name. Save with model.save('model.h5') (whole model) or use the Keras applications weight files.")
+                "name. Save with model.save('model.h5') (whole model) or use the Keras applications weight files."
+            )
         root = f["model_weights"] if "model_weights" in f else f
         if "layer_names" not in root.attrs:
             raise WeightFileError(f"{path} is HDF5 but not a Keras weight file (no 'layer_names' attribute).")

@@ -2,170 +2,186 @@
 
 import hashlib
 import io
-from pathlib import Path
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import numpy as np
-from PIL import Image
 import tensorflow_datasets as tfds
+from PIL import Image
 
 from effnet_jax.data.builders import base
 from effnet_jax.labels import CLASS_NAMES
 
 SIZES = (28, 64, 128, 224)
-RECORD = 'https://zenodo.org/records/10519652'
+RECORD = "https://zenodo.org/records/10519652"
 # MD5 of each file as the MedMNIST package records them (Zenodo record 10519652, v3.0).
-MD5 = {28: '28209eda62fecd6e6a2d98b1501bb15f', 64: '8f4eceb4ccffa70c672198ea285246c6',
-       128: '05b46931834c231683c68f40c47b2971', 224: 'd6a3c71de1b945ea11211b03746c1fe1'}
-SPLITS = ('train', 'val', 'test')
+MD5 = {
+    28: "28209eda62fecd6e6a2d98b1501bb15f",
+    64: "8f4eceb4ccffa70c672198ea285246c6",
+    128: "05b46931834c231683c68f40c47b2971",
+    224: "d6a3c71de1b945ea11211b03746c1fe1",
+}
+SPLITS = ("train", "val", "test")
 
 
 def file_name(size: int) -> str:
-  """The npz file name MedMNIST uses for `size` (28 px has no suffix)."""
-  return 'pneumoniamnist.npz' if size == 28 else f'pneumoniamnist_{size}.npz'
+    """The npz file name MedMNIST uses for `size` (28 px has no suffix)."""
+    return "pneumoniamnist.npz" if size == 28 else f"pneumoniamnist_{size}.npz"
 
 
 def url(size: int) -> str:
-  return f'{RECORD}/files/{file_name(size)}?download=1'
+    return f"{RECORD}/files/{file_name(size)}?download=1"
 
 
 def _download(size: int, folder: Path, timeout_s: float = 60.0) -> Path:
-  """Fetch the npz for `size` into `folder` (once), verifying its MD5; clear error offline.
+    """Fetch the npz for `size` into `folder` (once), verifying its MD5; clear error offline.
 
-  One attempt with a timeout instead of TFDS's download manager, whose retries with
-  back-off take minutes to tell an offline user that there is no network.
-  """
-  target = folder / file_name(size)
-  if target.is_file() and _md5(target) == MD5[size]:
+    One attempt with a timeout instead of TFDS's download manager, whose retries with
+    back-off take minutes to tell an offline user that there is no network.
+    """
+    target = folder / file_name(size)
+    if target.is_file() and _md5(target) == MD5[size]:
+        return target
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(".partial")
+    h = hashlib.md5()
+    try:
+        with urllib.request.urlopen(url(size), timeout=timeout_s) as response, open(partial, "wb") as out:
+            for chunk in iter(lambda: response.read(1 << 20), b""):
+                h.update(chunk)
+                out.write(chunk)
+    except (OSError, urllib.error.URLError) as e:  # URLError, timeouts, refused connections
+        partial.unlink(missing_ok=True)
+        raise RuntimeError(
+            f"PneumoniaMNIST: could not download {url(size)} ({type(e).__name__}: {e}). "
+            f"Offline? Download {file_name(size)} from {RECORD} and set data.manual_dir to "
+            "the folder holding it."
+        ) from e
+    if h.hexdigest() != MD5[size]:
+        partial.unlink(missing_ok=True)
+        raise RuntimeError(
+            f"{url(size)}: downloaded MD5 {h.hexdigest()} does not match the expected {MD5[size]} for {file_name(size)}"
+        )
+    partial.rename(target)
     return target
-  folder.mkdir(parents=True, exist_ok=True)
-  partial = target.with_suffix('.partial')
-  h = hashlib.md5()
-  try:
-    with urllib.request.urlopen(url(size), timeout=timeout_s) as response, \
-        open(partial, 'wb') as out:
-      for chunk in iter(lambda: response.read(1 << 20), b''):
-        h.update(chunk)
-        out.write(chunk)
-  except (OSError, urllib.error.URLError) as e:  # URLError, timeouts, refused connections
-    partial.unlink(missing_ok=True)
-    raise RuntimeError(
-        f'PneumoniaMNIST: could not download {url(size)} ({type(e).__name__}: {e}). '
-        f'Offline? Download {file_name(size)} from {RECORD} and set data.manual_dir to '
-        'the folder holding it.') from e
-  if h.hexdigest() != MD5[size]:
-    partial.unlink(missing_ok=True)
-    raise RuntimeError(f'{url(size)}: downloaded MD5 {h.hexdigest()} does not match the '
-                       f'expected {MD5[size]} for {file_name(size)}')
-  partial.rename(target)
-  return target
 
 
 class PneumoniaMnistConfig(tfds.core.BuilderConfig):
-  """One image size of PneumoniaMNIST."""
+    """One image size of PneumoniaMNIST."""
 
-  def __init__(self, size: int, **kwargs):
-    super().__init__(name=f'size{size}', description=f'{size}x{size} grayscale', **kwargs)
-    self.size = size
+    def __init__(self, size: int, **kwargs):
+        super().__init__(name=f"size{size}", description=f"{size}x{size} grayscale", **kwargs)
+        self.size = size
 
 
 def config_for(size: int) -> PneumoniaMnistConfig:
-  """The registered config for data.mnist_size, or a clear error."""
-  if size not in SIZES:
-    raise ValueError(f'data.mnist_size={size}: expected one of {SIZES}')
-  return next(c for c in PneumoniaMnist.BUILDER_CONFIGS if c.size == size)
+    """The registered config for data.mnist_size, or a clear error."""
+    if size not in SIZES:
+        raise ValueError(f"data.mnist_size={size}: expected one of {SIZES}")
+    return next(c for c in PneumoniaMnist.BUILDER_CONFIGS if c.size == size)
 
 
 def _md5(path) -> str:
-  h = hashlib.md5()
-  with open(path, 'rb') as f:
-    for chunk in iter(lambda: f.read(1 << 20), b''):
-      h.update(chunk)
-  return h.hexdigest()
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 class PneumoniaMnist(base.Builder):
-  """PneumoniaMNIST: image, label and file name (its index in the npz) per example."""
+    """PneumoniaMNIST: image, label and file name (its index in the npz) per example."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'First version (MedMNIST+ v3 files).'}
-  BUILDER_CONFIGS = [PneumoniaMnistConfig(s) for s in SIZES]
-  MANUAL_DOWNLOAD_INSTRUCTIONS = (
-      f'Optional: put {file_name(224)} (or the file for your size) from {RECORD} into '
-      'data.manual_dir to prepare offline.')
-
-  def __init__(self, *, raw_path=None, **kwargs):
-    self._raw_path = raw_path
-    super().__init__(**kwargs)
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    size = self.builder_config.size
-    return self.dataset_info_from_configs(
-        description='PneumoniaMNIST (MedMNIST+): pediatric chest X-rays, NORMAL vs PNEUMONIA, '
-                    'centre-cropped and resized by the MedMNIST authors.',
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(shape=(size, size, 1), encoding_format='png'),
-            'label': tfds.features.ClassLabel(names=list(CLASS_NAMES)),
-            'file_name': tfds.features.Text(),
-        }),
-        supervised_keys=('image', 'label'),
-        homepage=RECORD,
-        citation='Yang et al., MedMNIST v2, Scientific Data 10:41, 2023.',
-        metadata=tfds.core.MetadataDict(),
-        # Records in generation order (sorted paths / npz order), so record i is easy to trace.
-        disable_shuffling=True,
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "First version (MedMNIST+ v3 files)."}
+    BUILDER_CONFIGS = [PneumoniaMnistConfig(s) for s in SIZES]
+    MANUAL_DOWNLOAD_INSTRUCTIONS = (
+        f"Optional: put {file_name(224)} (or the file for your size) from {RECORD} into "
+        "data.manual_dir to prepare offline."
     )
 
-  def _find_local(self) -> Path | None:
-    if self._raw_path is None:
-      return None
-    raw = Path(self._raw_path)
-    if raw.is_file():
-      return raw
-    candidate = raw / file_name(self.builder_config.size)
-    return candidate if candidate.is_file() else None
+    def __init__(self, *, raw_path=None, **kwargs):
+        self._raw_path = raw_path
+        super().__init__(**kwargs)
 
-  def _split_generators(self, dl_manager):
-    size = self.builder_config.size
-    path = self._find_local()
-    if path is None:
-      path = _download(size, Path(dl_manager.download_dir))
-    arrays = self._load(path, size)
-    self.info.metadata.update({'source': str(path), 'size': size})
-    return {split: self._generate_examples(*arrays[split], split) for split in SPLITS}
+    def _info(self) -> tfds.core.DatasetInfo:
+        size = self.builder_config.size
+        return self.dataset_info_from_configs(
+            description="PneumoniaMNIST (MedMNIST+): pediatric chest X-rays, NORMAL vs PNEUMONIA, "
+            "centre-cropped and resized by the MedMNIST authors.",
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(shape=(size, size, 1), encoding_format="png"),
+                    "label": tfds.features.ClassLabel(names=list(CLASS_NAMES)),
+                    "file_name": tfds.features.Text(),
+                }
+            ),
+            supervised_keys=("image", "label"),
+            homepage=RECORD,
+            citation="Yang et al., MedMNIST v2, Scientific Data 10:41, 2023.",
+            metadata=tfds.core.MetadataDict(),
+            # Records in generation order (sorted paths / npz order), so record i is easy to trace.
+            disable_shuffling=True,
+        )
 
-  @staticmethod
-  def _load(path: Path, size: int):
-    try:
-      npz = np.load(path)
-    except Exception as e:
-      raise ValueError(f'{path}: not a readable npz ({type(e).__name__}: {e})') from e
-    out = {}
-    with npz:
-      for split in SPLITS:
-        missing = [k for k in (f'{split}_images', f'{split}_labels') if k not in npz.files]
-        if missing:
-          raise ValueError(f'{path}: missing arrays {missing}; expected train/val/test '
-                           '_images and _labels (MedMNIST layout)')
-        images, labels = npz[f'{split}_images'], npz[f'{split}_labels'].reshape(-1)
-        if images.ndim == 4 and images.shape[-1] == 1:
-          images = images[..., 0]
-        if images.shape[1:] != (size, size) or images.dtype != np.uint8:
-          raise ValueError(f'{path}: {split}_images is {images.dtype}{list(images.shape)}; '
-                           f'expected uint8 [N, {size}, {size}] for data.mnist_size={size}')
-        if len(images) != len(labels) or len(images) == 0:
-          raise ValueError(f'{path}: {split} has {len(images)} images and {len(labels)} labels; '
-                           'expected the same non-zero number')
-        if not np.isin(labels, (0, 1)).all():
-          raise ValueError(f'{path}: {split}_labels has values {np.unique(labels).tolist()}; '
-                           'expected 0 (normal) and 1 (pneumonia)')
-        out[split] = (images, labels.astype(np.int64))
-    return out
+    def _find_local(self) -> Path | None:
+        if self._raw_path is None:
+            return None
+        raw = Path(self._raw_path)
+        if raw.is_file():
+            return raw
+        candidate = raw / file_name(self.builder_config.size)
+        return candidate if candidate.is_file() else None
 
-  def _generate_examples(self, images, labels, split):
-    for i, (image, label) in enumerate(zip(images, labels)):
-      buf = io.BytesIO()
-      Image.fromarray(image, mode='L').save(buf, format='PNG')
-      name = f'{split}_{i:05d}'
-      yield name, {'image': buf.getvalue(), 'label': int(label), 'file_name': name}
+    def _split_generators(self, dl_manager):
+        size = self.builder_config.size
+        path = self._find_local()
+        if path is None:
+            path = _download(size, Path(dl_manager.download_dir))
+        arrays = self._load(path, size)
+        self.info.metadata.update({"source": str(path), "size": size})
+        return {split: self._generate_examples(*arrays[split], split) for split in SPLITS}
+
+    @staticmethod
+    def _load(path: Path, size: int):
+        try:
+            npz = np.load(path)
+        except Exception as e:
+            raise ValueError(f"{path}: not a readable npz ({type(e).__name__}: {e})") from e
+        out = {}
+        with npz:
+            for split in SPLITS:
+                missing = [k for k in (f"{split}_images", f"{split}_labels") if k not in npz.files]
+                if missing:
+                    raise ValueError(
+                        f"{path}: missing arrays {missing}; expected train/val/test "
+                        "_images and _labels (MedMNIST layout)"
+                    )
+                images, labels = npz[f"{split}_images"], npz[f"{split}_labels"].reshape(-1)
+                if images.ndim == 4 and images.shape[-1] == 1:
+                    images = images[..., 0]
+                if images.shape[1:] != (size, size) or images.dtype != np.uint8:
+                    raise ValueError(
+                        f"{path}: {split}_images is {images.dtype}{list(images.shape)}; "
+                        f"expected uint8 [N, {size}, {size}] for data.mnist_size={size}"
+                    )
+                if len(images) != len(labels) or len(images) == 0:
+                    raise ValueError(
+                        f"{path}: {split} has {len(images)} images and {len(labels)} labels; "
+                        "expected the same non-zero number"
+                    )
+                if not np.isin(labels, (0, 1)).all():
+                    raise ValueError(
+                        f"{path}: {split}_labels has values {np.unique(labels).tolist()}; "
+                        "expected 0 (normal) and 1 (pneumonia)"
+                    )
+                out[split] = (images, labels.astype(np.int64))
+        return out
+
+    def _generate_examples(self, images, labels, split):
+        for i, (image, label) in enumerate(zip(images, labels)):
+            buf = io.BytesIO()
+            Image.fromarray(image, mode="L").save(buf, format="PNG")
+            name = f"{split}_{i:05d}"
+            yield name, {"image": buf.getvalue(), "label": int(label), "file_name": name}

@@ -8,211 +8,251 @@ prepared records only what was stored (grayscale, shorter side <= max_size).
 import dataclasses
 import io
 import json
-from pathlib import Path
 import warnings
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from effnet_jax.data import imaging
-from effnet_jax.data import kermany
-from effnet_jax.data import exclusions
+from effnet_jax.data import exclusions, imaging, kermany
 from effnet_jax.data.eda import hashing
 
 THUMB = 160  # sample-grid thumbnails: longer side in pixels
 # Bits per channel of each Pillow mode (what the file stored, before our 8-bit conversion).
-_BIT_DEPTH = {'1': 1, 'L': 8, 'P': 8, 'RGB': 8, 'RGBA': 8, 'RGBX': 8, 'CMYK': 8, 'YCbCr': 8,
-              'LA': 8, 'La': 8, 'PA': 8, 'LAB': 8, 'HSV': 8, 'I;16': 16, 'I;16B': 16,
-              'I;16L': 16, 'I;16N': 16, 'I': 32, 'F': 32}
+_BIT_DEPTH = {
+    "1": 1,
+    "L": 8,
+    "P": 8,
+    "RGB": 8,
+    "RGBA": 8,
+    "RGBX": 8,
+    "CMYK": 8,
+    "YCbCr": 8,
+    "LA": 8,
+    "La": 8,
+    "PA": 8,
+    "LAB": 8,
+    "HSV": 8,
+    "I;16": 16,
+    "I;16B": 16,
+    "I;16L": 16,
+    "I;16N": 16,
+    "I": 32,
+    "F": 32,
+}
 
 
 @dataclasses.dataclass
 class ImageInfo:
-  """One file: where it sits, what it is, and (when readable) its pixel statistics."""
-  key: str  # 'split/CLASS/file name' (the exclusion list's key)
-  split: str
-  label: str
-  patient: str
-  pathogen: str
-  file_bytes: int
-  error: str | None = None  # why it could not be decoded (None: readable)
-  format: str | None = None
-  mode: str | None = None
-  bit_depth: int | None = None
-  width: int | None = None
-  height: int | None = None
-  mean: float | None = None  # of the 8-bit grayscale pixels
-  std: float | None = None
-  pixel_hash: str | None = None
-  phash: str | None = None
+    """One file: where it sits, what it is, and (when readable) its pixel statistics."""
+
+    key: str  # 'split/CLASS/file name' (the exclusion list's key)
+    split: str
+    label: str
+    patient: str
+    pathogen: str
+    file_bytes: int
+    error: str | None = None  # why it could not be decoded (None: readable)
+    format: str | None = None
+    mode: str | None = None
+    bit_depth: int | None = None
+    width: int | None = None
+    height: int | None = None
+    mean: float | None = None  # of the 8-bit grayscale pixels
+    std: float | None = None
+    pixel_hash: str | None = None
+    phash: str | None = None
 
 
 @dataclasses.dataclass
 class Inventory:
-  """Every image of a data set, plus what the layout scan found beside them."""
-  source: str
-  kind: str  # 'raw' or 'prepared'
-  images: list[ImageInfo]
-  problems: list[str]  # stray files/folders (raw)
-  ignored: list[str]  # OS metadata, nested copies (raw)
-  histograms: dict[str, np.ndarray]  # label -> mean normalised 256-bin grayscale histogram
-  samples: dict[str, list[tuple[str, np.ndarray]]]  # label -> [(key, thumbnail uint8)]
-  metadata: dict = dataclasses.field(default_factory=dict)  # prepared: the dataset's metadata
+    """Every image of a data set, plus what the layout scan found beside them."""
+
+    source: str
+    kind: str  # 'raw' or 'prepared'
+    images: list[ImageInfo]
+    problems: list[str]  # stray files/folders (raw)
+    ignored: list[str]  # OS metadata, nested copies (raw)
+    histograms: dict[str, np.ndarray]  # label -> mean normalised 256-bin grayscale histogram
+    samples: dict[str, list[tuple[str, np.ndarray]]]  # label -> [(key, thumbnail uint8)]
+    metadata: dict = dataclasses.field(default_factory=dict)  # prepared: the dataset's metadata
 
 
 def _decode(data: bytes, shown: str) -> tuple[Image.Image, Image.Image]:
-  """(opened image, its 8-bit grayscale); BadImageError naming `shown` when unusable."""
-  try:
-    with warnings.catch_warnings():
-      warnings.simplefilter('error', Image.DecompressionBombWarning)
-      im = Image.open(io.BytesIO(data))
-      im.load()  # the full decode: truncated data fails here
-  except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError... for bad files
-    if isinstance(e, Image.UnidentifiedImageError):
-      raise imaging.BadImageError(f'{shown}: not an image') from e
-    raise imaging.BadImageError(f'{shown}: corrupt or truncated ({type(e).__name__}: {e})') from e
-  if getattr(im, 'n_frames', 1) > 1:
-    im.seek(0)
-  try:
-    return im, imaging.to_gray(im)
-  except imaging.BadImageError as e:
-    raise imaging.BadImageError(f'{shown}: {e}') from e
+    """(opened image, its 8-bit grayscale); BadImageError naming `shown` when unusable."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+            im.load()  # the full decode: truncated data fails here
+    except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError... for bad files
+        if isinstance(e, Image.UnidentifiedImageError):
+            raise imaging.BadImageError(f"{shown}: not an image") from e
+        raise imaging.BadImageError(f"{shown}: corrupt or truncated ({type(e).__name__}: {e})") from e
+    if getattr(im, "n_frames", 1) > 1:
+        im.seek(0)
+    try:
+        return im, imaging.to_gray(im)
+    except imaging.BadImageError as e:
+        raise imaging.BadImageError(f"{shown}: {e}") from e
 
 
 class _Accumulator:
-  """Fills ImageInfo pixel fields and collects per-class histograms and sample thumbnails."""
+    """Fills ImageInfo pixel fields and collects per-class histograms and sample thumbnails."""
 
-  def __init__(self, sample_keys: set[str]):
-    self.sample_keys = sample_keys
-    self.hist_sum: dict[str, np.ndarray] = {}
-    self.hist_n: dict[str, int] = {}
-    self.samples: dict[str, list] = {}
+    def __init__(self, sample_keys: set[str]):
+        self.sample_keys = sample_keys
+        self.hist_sum: dict[str, np.ndarray] = {}
+        self.hist_n: dict[str, int] = {}
+        self.samples: dict[str, list] = {}
 
-  def add(self, info: ImageInfo, data: bytes, shown: str) -> None:
-    try:
-      im, gray = _decode(data, shown)
-    except imaging.BadImageError as e:
-      info.error = str(e)
-      return
-    info.format, info.mode = im.format, im.mode
-    info.bit_depth = _BIT_DEPTH.get(im.mode)
-    info.width, info.height = im.size
-    arr = np.asarray(gray)
-    info.mean, info.std = float(arr.mean()), float(arr.std())
-    info.pixel_hash, info.phash = hashing.pixel_hash(gray), hashing.phash(gray)
-    # Each image adds its normalised histogram, so a 2,000-px original weighs no more
-    # than a 400-px one in its class's curve.
-    hist = np.bincount(arr.ravel(), minlength=256) / arr.size
-    self.hist_sum[info.label] = self.hist_sum.get(info.label, 0) + hist
-    self.hist_n[info.label] = self.hist_n.get(info.label, 0) + 1
-    if info.key in self.sample_keys:
-      thumb = gray.copy()
-      thumb.thumbnail((THUMB, THUMB))
-      self.samples.setdefault(info.label, []).append((info.key, np.asarray(thumb)))
+    def add(self, info: ImageInfo, data: bytes, shown: str) -> None:
+        try:
+            im, gray = _decode(data, shown)
+        except imaging.BadImageError as e:
+            info.error = str(e)
+            return
+        info.format, info.mode = im.format, im.mode
+        info.bit_depth = _BIT_DEPTH.get(im.mode)
+        info.width, info.height = im.size
+        arr = np.asarray(gray)
+        info.mean, info.std = float(arr.mean()), float(arr.std())
+        info.pixel_hash, info.phash = hashing.pixel_hash(gray), hashing.phash(gray)
+        # Each image adds its normalised histogram, so a 2,000-px original weighs no more
+        # than a 400-px one in its class's curve.
+        hist = np.bincount(arr.ravel(), minlength=256) / arr.size
+        self.hist_sum[info.label] = self.hist_sum.get(info.label, 0) + hist
+        self.hist_n[info.label] = self.hist_n.get(info.label, 0) + 1
+        if info.key in self.sample_keys:
+            thumb = gray.copy()
+            thumb.thumbnail((THUMB, THUMB))
+            self.samples.setdefault(info.label, []).append((info.key, np.asarray(thumb)))
 
-  def histograms(self) -> dict[str, np.ndarray]:
-    return {k: v / self.hist_n[k] for k, v in sorted(self.hist_sum.items())}
+    def histograms(self) -> dict[str, np.ndarray]:
+        return {k: v / self.hist_n[k] for k, v in sorted(self.hist_sum.items())}
 
 
 def _pick_samples(keys_by_label: dict[str, list[str]], per_class: int, seed: int) -> set[str]:
-  """A seeded choice of `per_class` keys per label (the same grid on every run)."""
-  rng = np.random.default_rng(seed)
-  picked = set()
-  for label, keys in keys_by_label.items():
-    keys = sorted(keys)
-    for i in sorted(rng.choice(len(keys), min(per_class, len(keys)), replace=False)):
-      picked.add(keys[i])
-  return picked
+    """A seeded choice of `per_class` keys per label (the same grid on every run)."""
+    rng = np.random.default_rng(seed)
+    picked = set()
+    for label, keys in keys_by_label.items():
+        keys = sorted(keys)
+        for i in sorted(rng.choice(len(keys), min(per_class, len(keys)), replace=False)):
+            picked.add(keys[i])
+    return picked
 
 
-def scan_raw(path, *, samples_per_class: int = 8, seed: int = 0,
-             progress: bool = True) -> Inventory:
-  """Decode every file of the raw chest_xray layout at `path` (folder or zip)."""
-  layout = kermany.scan(path)
-  try:
-    entries = [(split, cls, rel) for split in layout.files for cls, rel in layout.files[split]]
-    by_label = {}
-    for _, cls, rel in entries:
-      by_label.setdefault(cls, []).append(exclusions.file_key(rel))
-    acc = _Accumulator(_pick_samples(by_label, samples_per_class, seed))
-    images = []
-    for split, cls, rel in tqdm(entries, desc=f'scan {layout.source}', unit='img',
-                                disable=not progress, dynamic_ncols=True):
-      name = rel.rsplit('/', 1)[-1]
-      patient, pathogen = kermany.parse_name(name, cls)
-      info = ImageInfo(key=exclusions.file_key(rel), split=split, label=cls, patient=patient,
-                       pathogen=pathogen, file_bytes=0)
-      images.append(info)
-      try:  # a link loop, dangling link or oversized member is an unreadable image, not a crash
-        data = layout.read(rel)
-      except imaging.BadImageError as e:
-        info.error = str(e)
-        continue
-      info.file_bytes = len(data)
-      shown = f'{layout.source}:{rel}' if layout.zip_path else f'{layout.source}/{rel}'
-      acc.add(info, data, shown)
-  finally:
-    layout.close()
-  return Inventory(source=layout.source, kind='raw', images=images, problems=layout.problems,
-                   ignored=layout.ignored, histograms=acc.histograms(), samples=acc.samples)
+def scan_raw(path, *, samples_per_class: int = 8, seed: int = 0, progress: bool = True) -> Inventory:
+    """Decode every file of the raw chest_xray layout at `path` (folder or zip)."""
+    layout = kermany.scan(path)
+    try:
+        entries = [(split, cls, rel) for split in layout.files for cls, rel in layout.files[split]]
+        by_label = {}
+        for _, cls, rel in entries:
+            by_label.setdefault(cls, []).append(exclusions.file_key(rel))
+        acc = _Accumulator(_pick_samples(by_label, samples_per_class, seed))
+        images = []
+        for split, cls, rel in tqdm(
+            entries, desc=f"scan {layout.source}", unit="img", disable=not progress, dynamic_ncols=True
+        ):
+            name = rel.rsplit("/", 1)[-1]
+            patient, pathogen = kermany.parse_name(name, cls)
+            info = ImageInfo(
+                key=exclusions.file_key(rel), split=split, label=cls, patient=patient, pathogen=pathogen, file_bytes=0
+            )
+            images.append(info)
+            try:  # a link loop, dangling link or oversized member is an unreadable image, not a crash
+                data = layout.read(rel)
+            except imaging.BadImageError as e:
+                info.error = str(e)
+                continue
+            info.file_bytes = len(data)
+            shown = f"{layout.source}:{rel}" if layout.zip_path else f"{layout.source}/{rel}"
+            acc.add(info, data, shown)
+    finally:
+        layout.close()
+    return Inventory(
+        source=layout.source,
+        kind="raw",
+        images=images,
+        problems=layout.problems,
+        ignored=layout.ignored,
+        histograms=acc.histograms(),
+        samples=acc.samples,
+    )
 
 
 def find_prepared(path) -> Path | None:
-  """The prepared chest_xray version folder at or under `path` (one with dataset_info.json)."""
-  path = Path(path).expanduser()
-  if (path / 'dataset_info.json').is_file():
-    return path
-  found = sorted({p.parent for pattern in ('*/dataset_info.json', '*/*/dataset_info.json',
-                                           'chest_xray/*/*/dataset_info.json')
-                  for p in path.glob(pattern)})
-  found = [p for p in found if json.loads((p / 'dataset_info.json').read_text())
-           .get('name') == 'chest_xray']
-  if len(found) > 1:
-    listing = '\n  '.join(str(p) for p in found)
-    raise ValueError(f'--data_dir {path}: holds {len(found)} prepared chest_xray data sets; '
-                     f'point it at one of:\n  {listing}')
-  return found[0] if found else None
+    """The prepared chest_xray version folder at or under `path` (one with dataset_info.json)."""
+    path = Path(path).expanduser()
+    if (path / "dataset_info.json").is_file():
+        return path
+    found = sorted(
+        {
+            p.parent
+            for pattern in ("*/dataset_info.json", "*/*/dataset_info.json", "chest_xray/*/*/dataset_info.json")
+            for p in path.glob(pattern)
+        }
+    )
+    found = [p for p in found if json.loads((p / "dataset_info.json").read_text()).get("name") == "chest_xray"]
+    if len(found) > 1:
+        listing = "\n  ".join(str(p) for p in found)
+        raise ValueError(
+            f"--data_dir {path}: holds {len(found)} prepared chest_xray data sets; point it at one of:\n  {listing}"
+        )
+    return found[0] if found else None
 
 
-def scan_prepared(version_dir, *, samples_per_class: int = 8, seed: int = 0,
-                  progress: bool = True) -> Inventory:
-  """Decode every stored record of a prepared chest_xray data set (TFDS version folder)."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from tensorflow_datasets.core import decode  # pylint: disable=g-import-not-at-top
-  builder = tfds.builder_from_directory(str(version_dir))
-  names = builder.info.features['label'].names
-  pathogens = builder.info.features['pathogen'].names
-  text = lambda v: v.decode('utf-8') if isinstance(v, bytes) else str(v)
-  records = {}
-  for split in builder.info.splits:
-    source = builder.as_data_source(split, decoders={'image': decode.SkipDecoding()})
-    records[split] = source.__getitems__(list(range(len(source)))) if len(source) else []
-  by_label = {}
-  for split, recs in records.items():
-    for r in recs:
-      by_label.setdefault(names[r['label']], []).append(f'{split}/{names[r["label"]]}/'
-                                                        f'{text(r["file_name"])}')
-  acc = _Accumulator(_pick_samples(by_label, samples_per_class, seed))
-  images = []
-  total = sum(len(v) for v in records.values())
-  with tqdm(total=total, desc=f'scan {version_dir}', unit='img', disable=not progress,
-            dynamic_ncols=True) as bar:
+def scan_prepared(version_dir, *, samples_per_class: int = 8, seed: int = 0, progress: bool = True) -> Inventory:
+    """Decode every stored record of a prepared chest_xray data set (TFDS version folder)."""
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    from tensorflow_datasets.core import decode  # pylint: disable=g-import-not-at-top
+
+    builder = tfds.builder_from_directory(str(version_dir))
+    names = builder.info.features["label"].names
+    pathogens = builder.info.features["pathogen"].names
+    text = lambda v: v.decode("utf-8") if isinstance(v, bytes) else str(v)
+    records = {}
+    for split in builder.info.splits:
+        source = builder.as_data_source(split, decoders={"image": decode.SkipDecoding()})
+        records[split] = source.__getitems__(list(range(len(source)))) if len(source) else []
+    by_label = {}
     for split, recs in records.items():
-      for r in recs:
-        label, name = names[r['label']], text(r['file_name'])
-        info = ImageInfo(key=f'{split}/{label}/{name}', split=split, label=label,
-                         patient=text(r['patient_id']), pathogen=pathogens[r['pathogen']],
-                         file_bytes=len(r['image']))
-        acc.add(info, r['image'], f'{version_dir}:{split}/{name}')
-        images.append(info)
-        bar.update()
-  return Inventory(source=str(version_dir), kind='prepared', images=images, problems=[],
-                   ignored=[], histograms=acc.histograms(), samples=acc.samples,
-                   metadata=dict(builder.info.metadata or {}))
+        for r in recs:
+            by_label.setdefault(names[r["label"]], []).append(f"{split}/{names[r['label']]}/{text(r['file_name'])}")
+    acc = _Accumulator(_pick_samples(by_label, samples_per_class, seed))
+    images = []
+    total = sum(len(v) for v in records.values())
+    with tqdm(total=total, desc=f"scan {version_dir}", unit="img", disable=not progress, dynamic_ncols=True) as bar:
+        for split, recs in records.items():
+            for r in recs:
+                label, name = names[r["label"]], text(r["file_name"])
+                info = ImageInfo(
+                    key=f"{split}/{label}/{name}",
+                    split=split,
+                    label=label,
+                    patient=text(r["patient_id"]),
+                    pathogen=pathogens[r["pathogen"]],
+                    file_bytes=len(r["image"]),
+                )
+                acc.add(info, r["image"], f"{version_dir}:{split}/{name}")
+                images.append(info)
+                bar.update()
+    return Inventory(
+        source=str(version_dir),
+        kind="prepared",
+        images=images,
+        problems=[],
+        ignored=[],
+        histograms=acc.histograms(),
+        samples=acc.samples,
+        metadata=dict(builder.info.metadata or {}),
+    )
 
 
 def scan_any(path, **kw) -> Inventory:
-  """Scan a prepared data set when `path` holds one, else the raw layout (folder or zip)."""
-  prepared = None if Path(path).expanduser().is_file() else find_prepared(path)
-  return scan_prepared(prepared, **kw) if prepared else scan_raw(path, **kw)
+    """Scan a prepared data set when `path` holds one, else the raw layout (folder or zip)."""
+    prepared = None if Path(path).expanduser().is_file() else find_prepared(path)
+    return scan_prepared(prepared, **kw) if prepared else scan_raw(path, **kw)
