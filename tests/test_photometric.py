@@ -1,6 +1,5 @@
 """Gamma augmentation: the lookup table equals the float arithmetic, and old recipes keep their draws."""
 
-
 import numpy as np
 import pytest
 
