@@ -97,4 +97,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.stop_after_steps = -1  # end this run early at this step (schedule unchanged); resume later; -1 = off
     c.async_checkpointing = True
     c.progress_bar = True  # tqdm bar on stderr (step, loss, img/s, ETA)
+    # JAX's persistent compilation cache: effnet-train (and effnet-eval / effnet-predict, which
+    # read it from the run's config.json) store compiled steps here, so a resume or another run
+    # with the same model, shapes and devices skips the compile. '' = off.
+    c.compilation_cache_dir = "~/.cache/effnet_jax/jax_cache"
     return c

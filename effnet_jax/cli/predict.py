@@ -16,7 +16,7 @@ import sys
 
 from absl import app, flags
 
-from effnet_jax.cli.common import define_once, quiet_unless_verbose
+from effnet_jax.cli.common import define_once, quiet_unless_verbose, run_compilation_cache_dir, setup_compilation_cache
 
 FLAGS = flags.FLAGS
 
@@ -39,6 +39,7 @@ def main(argv):
         raise app.UsageError("--workdir is required: the training run directory to predict with.")
     if not paths:
         raise app.UsageError("give at least one IMAGE path after the flags.")
+    setup_compilation_cache(run_compilation_cache_dir(FLAGS.workdir))
     from effnet_jax.prediction import Predictor
 
     try:
