@@ -25,6 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.drop_path_rate = 0.2  # stochastic depth, ramped linearly over the blocks
     # Depthwise convolution: 'auto' (shifted slices on CPU, native elsewhere), 'native' or
     # 'shifts'. 'native' compiles much faster on CPU; 'shifts' runs faster there.
+    # ('shifts_autodiff': the slices with JAX's own backward, for benchmarks.)
     c.model.depthwise_impl = "auto"
     c.model.zero_head = True  # start the classifier at zero (loss ln 2), as big_vision fine-tunes
     c.image_size = ml_collections.config_dict.placeholder(int)  # None = the variant's resolution
