@@ -100,11 +100,12 @@ def torch_runners(variant: str, batch: int, size: int):
     return run_eval, run_train
 
 
-def time_it(fn, steps: int) -> float:
-    start = time.perf_counter()
+def time_it(fn, steps: int) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) for ``steps`` calls."""
+    start, cpu = time.perf_counter(), time.process_time()
     for _ in range(steps):
         fn()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def main():
@@ -127,7 +128,8 @@ def main():
     )
     print(f"{args.variant} at {args.size} px, median of {args.repeats} x {args.steps} steps\n")
     header = (
-        f"{'batch':>5} {'mode':>5} {'effnet_jax impl':>16} {'effnet_jax img/s':>17} {'timm img/s':>11} {'ratio':>6}"
+        f"{'batch':>5} {'mode':>5} {'effnet_jax impl':>16} {'effnet_jax img/s':>17} {'timm img/s':>11} "
+        f"{'ratio':>6}   {'jax img/CPU-s':>13} {'timm img/CPU-s':>14} {'ratio':>6}"
     )
     print(header)
     print("-" * len(header))
@@ -142,10 +144,19 @@ def main():
                 for _ in range(args.repeats):  # alternate so background load hits both alike
                     j_times.append(time_it(j_fn, args.steps))
                     t_times.append(time_it(t_fn, args.steps))
-                j_rate = batch * args.steps / statistics.median(j_times)
-                t_rate = batch * args.steps / statistics.median(t_times)
+                n = batch * args.steps
+                j_rate, t_rate = (n / statistics.median(t[0] for t in ts) for ts in (j_times, t_times))
+                # Images per CPU-second the process actually got: steadier than wall time when other
+                # jobs share the cores (spin-waiting threads still count, so it is not a pure cost).
+                j_cpu, t_cpu = (n / statistics.median(t[1] for t in ts) for ts in (j_times, t_times))
                 print(
-                    f"{batch:>5} {mode:>5} {impl:>16} {j_rate:>17.1f} {t_rate:>11.1f} {j_rate / t_rate:>6.2f}",
+                    f"{batch:>5} {mode:>5} {impl:>16} {j_rate:>17.1f} {t_rate:>11.1f} {j_rate / t_rate:>6.2f}   "
+                    f"{j_cpu:>13.1f} {t_cpu:>14.1f} {j_cpu / t_cpu:>6.2f}",
+                    flush=True,
+                )
+                print(
+                    f"{'':>23} wall s per run: jax {', '.join(f'{t[0]:.2f}' for t in j_times)}; "
+                    f"timm {', '.join(f'{t[0]:.2f}' for t in t_times)}",
                     flush=True,
                 )
 

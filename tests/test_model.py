@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import effnet_jax
-from effnet_jax.models import build_model, get_variant, list_variants
+from effnet_jax.models import build_model, get_variant, layers, list_variants
 from effnet_jax.models.layers import conv_padding, depthwise_conv, spatial_padding
 from effnet_jax.models.variants import make_divisible, parse_block_string
 
@@ -72,23 +72,47 @@ def test_same_padding_is_tensorflows_rule():
     assert conv_padding(64, 3, 2, "symmetric") == (1, 1)
 
 
-@pytest.mark.parametrize(
-    "kernel,stride,mode", [(3, 1, "same"), (5, 2, "same"), (3, 2, "symmetric"), (5, 1, "symmetric")]
-)
+def _close(a, b, tol=1e-5):
+    """max |a - b| within ``tol`` of the reference's largest magnitude (float32 sums reorder)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    assert a.shape == b.shape
+    err = np.abs(a - b).max() / max(np.abs(b).max(), 1e-30)
+    assert err <= tol, f"relative error {err:.2e} > {tol:.0e}"
+
+
+@pytest.mark.parametrize("mode", ["same", "symmetric"])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("kernel", [3, 5])
 def test_depthwise_formulations_agree_forward_and_backward(kernel, stride, mode):
-    rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.standard_normal((2, 15, 17, 8)), jnp.float32)
+    # Odd and even sizes, so that SAME pads asymmetrically and strided windows end early.
+    rng = np.random.default_rng(kernel * 10 + stride)
+    x = jnp.asarray(rng.standard_normal((3, 15, 18, 8)), jnp.float32)
     w = jnp.asarray(rng.standard_normal((kernel, kernel, 1, 8)), jnp.float32)
     pad = spatial_padding(x.shape, kernel, stride, mode)
 
-    def loss(impl):
-        return lambda x, w: jnp.sum(jnp.sin(depthwise_conv(x, w, stride, pad, impl)))
+    def loss(conv):
+        return lambda x, w: jnp.sum(jnp.sin(conv(x, w)))
 
-    np.testing.assert_allclose(
-        depthwise_conv(x, w, stride, pad, "shifts"), depthwise_conv(x, w, stride, pad, "native"), rtol=1e-5, atol=1e-5
-    )
-    for a, b in zip(jax.grad(loss("shifts"), (0, 1))(x, w), jax.grad(loss("native"), (0, 1))(x, w)):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    native = lambda x, w: depthwise_conv(x, w, stride, pad, "native")  # noqa: E731
+    shifts = lambda x, w: depthwise_conv(x, w, stride, pad, "shifts")  # custom VJP  # noqa: E731
+    plain = lambda x, w: layers._shifts_forward(x, w, stride, tuple(pad))  # autodiff of the slices  # noqa: E731
+    _close(jax.jit(shifts)(x, w), native(x, w))
+    want = jax.grad(loss(native), (0, 1))(x, w)
+    for conv in (shifts, plain):
+        got = jax.jit(jax.grad(loss(conv), (0, 1)))(x, w)
+        _close(got[0], want[0])  # input gradient
+        _close(got[1], want[1])  # kernel gradient
+
+
+def test_depthwise_kernel_gradient_in_bfloat16_accumulates_in_float32():
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((4, 12, 12, 16)), jnp.bfloat16)
+    w = jnp.asarray(rng.standard_normal((3, 3, 1, 16)), jnp.bfloat16)
+    pad = spatial_padding(x.shape, 3, 1, "symmetric")
+    g = jax.grad(lambda w: jnp.sum(depthwise_conv(x, w, 1, pad, "shifts").astype(jnp.float32)))(w)
+    assert g.dtype == jnp.bfloat16
+    ref = jax.grad(lambda w: jnp.sum(depthwise_conv(x.astype(jnp.float32), w, 1, pad, "native")))(w.astype(jnp.float32))
+    _close(g.astype(jnp.float32), ref, tol=1e-2)
 
 
 @pytest.fixture(scope="module")

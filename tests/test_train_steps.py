@@ -159,3 +159,49 @@ def test_bfloat16_compute_keeps_params_batch_stats_and_optimizer_state_in_float3
         if jnp.issubdtype(x.dtype, jnp.floating)
     ]
     assert floats and all(x.dtype == jnp.float32 for x in floats)
+
+
+def _backward_modules(step_fn, state, batch):
+    """Top-level modules that have equations in the traced step's backward pass (transpose of the jvp)."""
+    import re
+
+    found = set()
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            stack = str(eqn.source_info.name_stack)
+            if "transpose" in stack:
+                m = re.search(r"(blocks_\d+_\d+|conv_stem|conv_head|classifier)", stack)
+                if m:
+                    found.add(m.group(1))
+            for value in eqn.params.values():
+                inner = getattr(value, "jaxpr", None)
+                if inner is not None:
+                    walk(getattr(inner, "jaxpr", inner))
+
+    walk(jax.make_jaxpr(step_fn)(state, batch).jaxpr)
+    return found
+
+
+def test_no_backward_pass_is_traced_through_frozen_modules():
+    config = _config()  # freeze_until='blocks_2'
+    model, variables = state_lib.create_model(config)
+    frozen = freeze.frozen_mask(variables["params"], freeze.freeze_patterns(config, variables["params"]))
+    model = effnet_jax.build_model(
+        config.model.name, num_classes=2, **state_lib.model_kwargs(config, freeze.frozen_norms(frozen))
+    )
+    tx, _ = optimizer.create_optimizer(config, frozen, total_steps=10, steps_per_epoch=5)
+    state = state_lib.create_train_state(variables, tx, config)
+    batch = _batches()[0]
+    traced = {
+        stop: _backward_modules(
+            functools.partial(steps.train_step, model=model, tx=tx, frozen=frozen, stop_frozen_gradients=stop),
+            state,
+            batch,
+        )
+        for stop in (True, False)
+    }
+    frozen_modules = {m for m in traced[False] if m == "conv_stem" or m.startswith(("blocks_0_", "blocks_1_"))}
+    assert frozen_modules, "the probe finds the frozen modules' backward pass when it is traced"
+    assert not traced[True] & frozen_modules
+    assert {m for m in traced[True] if m.startswith("blocks_2_")}, "the trainable blocks still get gradients"

@@ -14,7 +14,13 @@ import sys
 
 from absl import app, flags
 
-from effnet_jax.cli.common import check_output_dir, define_once, quiet_unless_verbose
+from effnet_jax.cli.common import (
+    check_output_dir,
+    define_once,
+    quiet_unless_verbose,
+    run_compilation_cache_dir,
+    setup_compilation_cache,
+)
 
 FLAGS = flags.FLAGS
 
@@ -46,6 +52,7 @@ def main(argv):
         raise app.UsageError(f"effnet-eval takes no positional arguments, got {argv[1:]}.")
     if not FLAGS.workdir:
         raise app.UsageError("--workdir is required: the training run directory to evaluate.")
+    setup_compilation_cache(run_compilation_cache_dir(FLAGS.workdir))
     import jax
 
     from effnet_jax.inference import tta as tta_lib

@@ -17,7 +17,13 @@ import sys
 
 from absl import app, flags
 
-from effnet_jax.cli.common import check_output_dir, define_once, quiet_unless_verbose
+from effnet_jax.cli.common import (
+    check_output_dir,
+    define_once,
+    quiet_unless_verbose,
+    run_compilation_cache_dir,
+    setup_compilation_cache,
+)
 
 FLAGS = flags.FLAGS
 
@@ -50,6 +56,7 @@ def main(argv):
     if problem:
         print(f"effnet-predict: error: {problem}", file=sys.stderr)
         return 1
+    setup_compilation_cache(run_compilation_cache_dir(FLAGS.workdir))
     from effnet_jax.inference.prediction import Predictor
 
     try:

@@ -49,6 +49,12 @@ def main(argv):
     from effnet_jax.train.preemption import Preempted
 
     _show_our_logs()
+    from effnet_jax.cli.common import setup_compilation_cache
+
+    cache = setup_compilation_cache(_CONFIG.value.get("compilation_cache_dir", None))
+    std_logging.getLogger("effnet_jax.train").info(
+        "compilation cache: %s", cache or "off (config.compilation_cache_dir='')"
+    )
     try:
         settings = distributed.resolve(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
         started = distributed.initialize(settings)

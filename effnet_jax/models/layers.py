@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import jax
@@ -82,14 +83,13 @@ def resolve_depthwise_impl(impl: str) -> str:
     """
     if impl == "auto":
         return "shifts" if jax.default_backend() == "cpu" else "native"
-    if impl not in ("native", "shifts"):
-        raise ValueError(f"depthwise_impl must be 'auto', 'native' or 'shifts', got {impl!r}.")
+    if impl not in ("native", "shifts", "shifts_autodiff"):
+        raise ValueError(f"depthwise_impl must be 'auto', 'native', 'shifts' or 'shifts_autodiff', got {impl!r}.")
     return impl
 
 
 def depthwise_conv(x, kernel, stride: int, pad, impl: str):
     """Depthwise 2-D convolution of NHWC ``x`` with a ``(k, k, 1, C)`` kernel."""
-    k = kernel.shape[0]
     if impl == "native":
         return jax.lax.conv_general_dilated(
             x,
@@ -99,22 +99,96 @@ def depthwise_conv(x, kernel, stride: int, pad, impl: str):
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
             feature_group_count=x.shape[-1],
         )
-    x = jnp.pad(x, ((0, 0), pad[0], pad[1], (0, 0)))
-    n, h, w, c = x.shape
-    out_h = (h - k) // stride + 1
-    out_w = (w - k) // stride + 1
-    out = None
-    for i in range(k):
-        for j in range(k):
-            window = jax.lax.slice(
+    pad = tuple(tuple(p) for p in pad)
+    if impl == "shifts_autodiff":  # the slices differentiated by JAX; kept for benchmarks and tests
+        return _shifts_forward(x, kernel, stride, pad)
+    return _depthwise_shifts(x, kernel, stride, pad)
+
+
+def _windows(x, k: int, stride: int, out_h: int, out_w: int, phases: bool = False):
+    """The k*k shifted (and strided) views of padded ``x`` that output pixels read, row-major over the kernel.
+
+    With ``phases`` a stride-s input is first split into its s*s phases (x[:, a::s, b::s]),
+    so that every window is a unit-stride slice of one phase.
+    """
+    n, _, _, c = x.shape
+    if stride == 1 or not phases:
+        return [
+            jax.lax.slice(
                 x,
                 (0, i, j, 0),
                 (n, i + stride * (out_h - 1) + 1, j + stride * (out_w - 1) + 1, c),
                 (1, stride, stride, 1),
             )
-            term = window * kernel[i, j, 0]
-            out = term if out is None else out + term
+            for i in range(k)
+            for j in range(k)
+        ]
+    split = {}
+    out = []
+    for i in range(k):
+        for j in range(k):
+            key = (i % stride, j % stride)
+            if key not in split:
+                split[key] = x[:, key[0] :: stride, key[1] :: stride, :]
+            out.append(
+                jax.lax.slice(
+                    split[key], (0, i // stride, j // stride, 0), (n, i // stride + out_h, j // stride + out_w, c)
+                )
+            )
     return out
+
+
+def _shifts_forward(x, kernel, stride: int, pad):
+    """Depthwise convolution as a sum of k*k shifted, per-channel-scaled slices."""
+    k = kernel.shape[0]
+    x = jnp.pad(x, ((0, 0), pad[0], pad[1], (0, 0)))
+    out_h = (x.shape[1] - k) // stride + 1
+    out_w = (x.shape[2] - k) // stride + 1
+    out = None
+    for t, window in enumerate(_windows(x, k, stride, out_h, out_w)):
+        term = window * kernel[t // k, t % k, 0]
+        out = term if out is None else out + term
+    return out
+
+
+def _shifts_kernel_grad(x, g, k: int, stride: int, pad):
+    """d(loss)/d(kernel) of the depthwise convolution, ``(k, k, 1, C)``, from input ``x`` and output gradient ``g``.
+
+    dK[i, j, c] = sum_{n,h,w} xpad[n, i + s*h, j + s*w, c] * g[n, h, w, c]. Written as k*k
+    separate sums (what autodiff of the slices gives), XLA's CPU backend copies every
+    window out and reduces each in its own pass over the activations. Here one variadic
+    reduce over the batch axis computes all k*k products from a single read of x and g
+    (XLA emits it as one loop fusion), leaving k*k (H, W, C) partial sums that a second,
+    much smaller reduction finishes.
+    """
+    xp = jnp.pad(x, ((0, 0), pad[0], pad[1], (0, 0))).astype(jnp.float32)
+    g = g.astype(jnp.float32)
+    products = tuple(w * g for w in _windows(xp, k, stride, g.shape[1], g.shape[2], phases=True))
+    zeros = tuple(jnp.zeros((), jnp.float32) for _ in products)
+    partial = jax.lax.reduce(products, zeros, lambda a, b: tuple(u + v for u, v in zip(a, b)), (0,))
+    return jnp.sum(jnp.stack(partial), axis=(1, 2)).reshape(k, k, 1, x.shape[-1])
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _depthwise_shifts(x, kernel, stride: int, pad):
+    return _shifts_forward(x, kernel, stride, pad)
+
+
+def _depthwise_shifts_fwd(x, kernel, stride, pad):
+    return _shifts_forward(x, kernel, stride, pad), (x, kernel)
+
+
+def _depthwise_shifts_bwd(stride, pad, residuals, g):
+    x, kernel = residuals
+    # The input gradient of the slices (pads of the scaled output gradient) already runs at
+    # memory speed: keep autodiff's; only the kernel gradient gets its own formulation.
+    _, input_vjp = jax.vjp(lambda x_: _shifts_forward(x_, kernel, stride, pad), x)
+    (dx,) = input_vjp(g)
+    dk = _shifts_kernel_grad(x, g, kernel.shape[0], stride, pad)
+    return dx, dk.astype(kernel.dtype)
+
+
+_depthwise_shifts.defvjp(_depthwise_shifts_fwd, _depthwise_shifts_bwd)
 
 
 class DepthwiseConv(nn.Module):

@@ -23,6 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.drop_path_rate = 0.2  # stochastic depth, ramped linearly over the blocks
     # Depthwise convolution: 'auto' (shifted slices on CPU, native elsewhere), 'native' or
     # 'shifts'. 'native' compiles much faster on CPU; 'shifts' runs faster there.
+    # ('shifts_autodiff': the slices with JAX's own backward, for benchmarks.)
     c.model.depthwise_impl = "auto"
     c.model.zero_head = True  # start the classifier at zero (loss ln 2), as big_vision fine-tunes
     c.image_size = ml_collections.config_dict.placeholder(int)  # None = the variant's resolution
@@ -106,6 +107,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.stop_after_steps = -1  # end this run early at this step (schedule unchanged); resume later; -1 = off
     c.async_checkpointing = True
     c.progress_bar = True  # tqdm bar on stderr (step, loss, img/s, ETA)
+    # JAX's persistent compilation cache: effnet-train (and effnet-eval / effnet-predict, which
+    # read it from the run's config.json) store compiled steps here, so a resume or another run
+    # with the same model, shapes and devices skips the compile. '' = off.
+    c.compilation_cache_dir = "~/.cache/effnet_jax/jax_cache"
     return c
 
 

@@ -36,8 +36,17 @@ def train_step(
     label_smoothing: float = 0.0,
     ema_decay: float = 0.0,
     axis_name: str | None = None,
+    stop_frozen_gradients: bool = True,
 ) -> tuple[TrainState, dict]:
     """One optimizer update on a batch; returns the new state and scalar metrics.
+
+    Frozen parameters enter the forward pass through ``stop_gradient`` (unless
+    ``stop_frozen_gradients=False``, kept for benchmarks): autodiff then builds no
+    backward pass below the first trainable layer at all. Without it, jit's dead-code
+    elimination already removed that backward pass before XLA saw it (the compiled step
+    of configs/pneumonia_lite0.py is the same HLO either way), but only because nothing
+    reads the frozen gradients; with it, that holds by construction and the traced step
+    is about 30% smaller (faster tracing on a cold start). Frozen gradients are zeros.
 
     Under pmap (``axis_name`` set) gradients and metrics are averaged across
     devices and ``model`` must carry the same ``bn_axis_name``; under jit the batch
@@ -48,6 +57,8 @@ def train_step(
         rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
 
     def loss_fn(params):
+        if stop_frozen_gradients:
+            params = jax.tree.map(lambda f, p: jax.lax.stop_gradient(p) if f else p, frozen, params)
         variables = {"params": params, "batch_stats": state.batch_stats}
         logits, new_vars = model.apply(
             variables, batch["image"], train=True, mutable=["batch_stats"], rngs={"dropout": rng}
@@ -57,7 +68,9 @@ def train_step(
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     if axis_name is not None:
-        grads = jax.lax.pmean(grads, axis_name)
+        grads = jax.tree.map(
+            lambda f, g: g if f and stop_frozen_gradients else jax.lax.pmean(g, axis_name), frozen, grads
+        )
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = _keep_frozen(frozen, state.params, optax.apply_updates(state.params, updates))
 
