@@ -56,7 +56,7 @@ def jax_runner(config, batch: int, stop_frozen: bool = True):
     from effnet_jax.train.parallel import Parallel
 
     par = Parallel("jit", jax.devices()[:1])
-    _, variables = state_lib.create_model(config, pretrained=False)
+    _, variables = state_lib.model_from_config(config, load_weights=False)
     frozen = freeze_lib.frozen_mask(variables["params"], freeze_lib.freeze_patterns(config, variables["params"]))
     model = effnet_jax.build_model(
         config.model.name,

@@ -28,8 +28,8 @@ def jax_runners(variant: str, batch: int, size: int):
     import jax.numpy as jnp
     import optax
 
-    from effnet_jax.factory import init_variables
     from effnet_jax.models import build_model
+    from effnet_jax.models.efficientnet import init_variables
 
     model = build_model(variant, num_classes=1000, dtype=jnp.bfloat16, depthwise_impl="native")
     variables = init_variables(model, 0)
