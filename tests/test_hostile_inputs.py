@@ -359,7 +359,7 @@ def test_data_clean_lists_links_as_unreadable_instead_of_crashing(linked_tree, t
     from effnet_jax.cli import data as data_cli
 
     out = tmp_path / "clean"
-    assert data_cli.main(["clean", "--data-dir", str(linked_tree), "--out", str(out), "--no-progress"]) == 0
+    assert data_cli.main(["clean", f"--data_dir={linked_tree}", f"--out={out}", "--no_progress"]) == 0
     excluded = json.loads((out / "cleaning.json").read_text())["excluded"]
     reasons = {e["file"]: e["reason"] for e in excluded}
     assert reasons["train/NORMAL/IM-0800-0001.jpeg"] == "unreadable"

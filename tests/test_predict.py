@@ -55,9 +55,9 @@ def test_threshold_precedence(tmp_path):
     config = ml_collections.ConfigDict(
         {"data": {"balance": "oversample"}, "class_weights": "none", "train_class_counts": (100, 300)}
     )
-    assert resolve_threshold(str(workdir), 7, None, config) == (0.5, "training prior")
+    assert resolve_threshold(str(workdir), 7, None, config) == (0.5, "training_prior")
     config.data.balance = "none"
-    assert resolve_threshold(str(workdir), 7, "auto", config) == (0.75, "training prior")
+    assert resolve_threshold(str(workdir), 7, "auto", config) == (0.75, "training_prior")
     with pytest.raises(ValueError, match="--threshold=youden: no validation threshold stored for step 7"):
         resolve_threshold(str(workdir), 7, "youden")
     out = workdir / "eval" / "test_7"
