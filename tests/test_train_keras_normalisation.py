@@ -21,6 +21,8 @@ def keras_h5(tmp_path_factory):
     """A Keras applications B0 (random weights) whose Normalization layer holds non-ImageNet statistics."""
     import keras
 
+    # A fresh session: layer names without the _<n> suffix of models built earlier in this process.
+    keras.backend.clear_session()
     keras.utils.set_random_seed(0)
     model = keras.applications.EfficientNetB0(weights=None, input_shape=(32, 32, 3))
     # By type: Keras names it normalization_<n> when another model was built in this process.

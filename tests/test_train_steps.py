@@ -70,7 +70,7 @@ def _run(mode: str, variables):
 def runs():
     # A zero head (as train_and_evaluate starts) keeps the loss near ln 2; a random 2-way head
     # gives gradient norms in the thousands, where float noise grows chaotically step over step.
-    _, variables = state_lib.create_model(_config())
+    _, variables = state_lib.model_from_config(_config())
     variables = jax.device_get(state_lib.zero_head(variables))
     return {"jit": _run("jit", variables), "pmap": _run("pmap", variables)}
 
@@ -143,7 +143,7 @@ def test_bfloat16_compute_keeps_params_batch_stats_and_optimizer_state_in_float3
     config.dtype = "bfloat16"
     config.freeze_until = ""
     par = Parallel("jit", jax.devices()[:1])
-    _, variables = state_lib.create_model(config)
+    _, variables = state_lib.model_from_config(config)
     frozen = jax.tree.map(lambda _: False, variables["params"])
     model = effnet_jax.build_model(config.model.name, num_classes=2, **state_lib.model_kwargs(config))
     tx, _ = optimizer.create_optimizer(config, frozen, total_steps=10, steps_per_epoch=5)
@@ -185,7 +185,7 @@ def _backward_modules(step_fn, state, batch):
 
 def test_no_backward_pass_is_traced_through_frozen_modules():
     config = _config()  # freeze_until='blocks_2'
-    model, variables = state_lib.create_model(config)
+    model, variables = state_lib.model_from_config(config)
     frozen = freeze.frozen_mask(variables["params"], freeze.freeze_patterns(config, variables["params"]))
     model = effnet_jax.build_model(
         config.model.name, num_classes=2, **state_lib.model_kwargs(config, freeze.frozen_norms(frozen))
