@@ -27,8 +27,6 @@ def get_config():
     c.image_size = 224
     c.data.name = "chest_xray"
     c.data.manual_dir = str(SHARED_DATA / "chest_xray")
-    c.data.split_protocol = "patient"
-    c.data.val_fraction = 0.1
     # External validation (never trained on): picks the best checkpoint and the operating
     # threshold (sensitivity >= 0.95 on it). A fresh clone has no ../shared: then validation
     # picks and the threshold is the training prior; the trainer says so.
@@ -36,36 +34,22 @@ def get_config():
     if external.is_dir():
         c.data.external = (str(external),)
         c.select_split = "external"
-    c.data.num_workers = 0  # 2 cores: decoding in-process threads keeps them for the model
-    # Class weights, not oversampling: each epoch sees every PNEUMONIA image once and the
-    # loss counts the classes equally (external AUC 0.952 vs 0.946 alike otherwise; README).
-    c.data.balance = "none"
+    # Class weights with natural batches (data.balance stays 'none'): oversampling did no
+    # better on external X-rays (README, the sweep); every layer trains (freeze_until stays
+    # ''): freezing did not help there either.
     c.class_weights = "balanced"
-    # Nothing frozen: freezing stages 0-4 (the old recipe) lost 0.03-0.06 external AUC.
-    c.freeze_until = ""
-    # Geometric + photometric augmentation: the largest gain on external X-rays (AUC
-    # 0.925 -> 0.978 over plain flips); each family alone gets about half of it.
-    c.data.augment.enabled = True
-    c.data.augment.hflip = 0.5
-    c.data.augment.rotation = 10.0
-    c.data.augment.scale_min = 0.7
-    c.data.augment.translate = 0.05
+    # Photometric augmentation on top of the default geometric set (flips, rotation 10,
+    # zoom 0.7-1, shift 5%): together the largest gain on external X-rays (AUC 0.925 ->
+    # 0.978 in the sweep).
     c.data.augment.brightness = 0.2
     c.data.augment.contrast = 0.2
     c.data.augment.gamma = 0.3
-    c.batch_size = 32
-    c.eval_batch_size = 64
     c.num_epochs = 2.0
-    c.optimizer.name = "adamw"
     c.optimizer.learning_rate = 5e-4
     c.optimizer.weight_decay = 1e-2
     c.optimizer.grad_clip_norm = 1.0
-    c.schedule.name = "cosine"
     c.schedule.warmup_epochs = 0.2
-    c.label_smoothing = 0.0
-    c.ema_decay = 0.0
-    c.log_every_steps = 10
-    c.eval_every_steps = 150  # about once an epoch (146 steps of 32)
+    c.eval_every_steps = 150  # about once an epoch (147 steps of 32)
     c.checkpoint_every_steps = 50
     c.keep_checkpoints = 2
     return c
