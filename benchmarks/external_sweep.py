@@ -1,5 +1,6 @@
 """Which fine-tuning recipe holds on X-rays from outside train/? A fast recipe sweep for a GPU.
 
+    python benchmarks/make_sweep_pack.py --out=PACK_DIR        # once, on a machine with ../shared/data
     python benchmarks/external_sweep.py --pack=PACK_DIR --out=OUT_DIR [--only=plain,shipped] [--seeds=0,1,2]
         [--deadline=400]
 
