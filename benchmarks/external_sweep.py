@@ -40,6 +40,7 @@ from sklearn.metrics import roc_auc_score
 
 from effnet_jax.labels import positive_probability
 from effnet_jax.models import build_model
+from effnet_jax.reporting.metrics import sensitivity_threshold
 from effnet_jax.train.freeze import frozen_mask, frozen_norms, until_pattern
 
 EVAL_SPLITS = ("validation", "official_val", "external")
@@ -334,13 +335,6 @@ def epoch_order(rng, labels, balance):
     return rng.permutation(len(labels))
 
 
-def threshold_for_sensitivity(labels, probs, min_sens=0.95):
-    """Highest threshold whose sensitivity is still >= min_sens (most specific such rule)."""
-    pos = np.sort(probs[labels == 1])
-    k = int(np.floor((1 - min_sens) * len(pos)))
-    return float(pos[k]) if len(pos) else 0.5
-
-
 def scores(labels, probs, t):
     pred = probs >= t
     sens = float(np.mean(pred[labels == 1]))
@@ -444,7 +438,7 @@ def run_recipe(r: Recipe, seed: int, trainer: Trainer, data: dict, init: dict):
                 at_prior=scores(y, probs, prior),
             )
             if split == "external":
-                res["at_sens95"] = scores(y, probs, threshold_for_sensitivity(y, probs))
+                res["at_sens95"] = scores(y, probs, sensitivity_threshold(y, probs))
             out[tag] = res
     return out, probs_out
 
