@@ -73,7 +73,7 @@ class _LoadExample:
             params = transforms.draw_params(self.augment, rng)
             im = transforms.decode_gray(raw, math.ceil(self.size / math.sqrt(params.area)))
             gray = transforms.warp(im, params, self.size)
-            table = self.normalize.table(gray, params.brightness, params.contrast, params.gamma)
+            table = self.normalize.table(gray, params.brightness, params.contrast, params.gamma, params.clip)
             return {"gray": gray, "table": table, "label": label, "mask": np.bool_(True)}
         im = transforms.decode_gray(raw, math.ceil(self.size / self.center_crop))
         gray = transforms.center_resize(im, self.size, self.center_crop)

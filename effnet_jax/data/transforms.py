@@ -53,6 +53,7 @@ class AugmentParams:
     brightness: float = 0.0  # additive, in units of full scale
     contrast: float = 1.0  # multiplicative, about the image mean
     gamma: float = 1.0  # grey level g -> 255 * (g / 255) ** gamma, before contrast and brightness
+    clip: bool = True  # clip grey levels to 0..255 after the photometric changes
 
 
 def draw_params(aug, rng: np.random.Generator) -> AugmentParams:
@@ -71,8 +72,12 @@ def draw_params(aug, rng: np.random.Generator) -> AugmentParams:
                 "expected 0 < scale_min <= scale_max <= 1"
             )
         area = aug.scale_min + (aug.scale_max - aug.scale_min) * u[0]
-        half = 0.5 * math.sqrt(area)  # the crop stays inside the frame
-        center = (half + (1 - 2 * half) * u[1], half + (1 - 2 * half) * u[2])
+        zoom_about = aug.get("zoom_about", "random")
+        if zoom_about == "random":
+            half = 0.5 * math.sqrt(area)  # the crop stays inside the frame
+            center = (half + (1 - 2 * half) * u[1], half + (1 - 2 * half) * u[2])
+        elif zoom_about != "center":
+            raise ValueError(f"data.augment.zoom_about={zoom_about!r}: expected 'random' or 'center'")
     if aug.rotation_enabled:
         angle = aug.rotation * (2 * u[3] - 1)
     if aug.hflip_enabled:
@@ -83,7 +88,8 @@ def draw_params(aug, rng: np.random.Generator) -> AugmentParams:
     contrast = 1.0 + aug.contrast * (2 * u[8] - 1) if aug.contrast_enabled else 1.0
     # Log-uniform gamma: exposure curves of other scanners bend both ways alike.
     gamma = math.exp(aug.gamma * (2 * u[9] - 1)) if aug.get("gamma_enabled", False) else 1.0
-    return AugmentParams(area, center, angle, flip, shift, brightness, contrast, gamma)
+    clip = bool(aug.get("clip_levels", True))
+    return AugmentParams(area, center, angle, flip, shift, brightness, contrast, gamma, clip)
 
 
 def warp(im: Image.Image, params: AugmentParams, size: int) -> np.ndarray:
@@ -137,8 +143,13 @@ class Normalizer:
     def _table(self, levels: np.ndarray) -> np.ndarray:
         return (levels[:, None] * self.scale + self.offset).astype(np.float32)
 
-    def table(self, gray: np.ndarray, brightness: float = 0.0, contrast: float = 1.0, gamma: float = 1.0):
-        """The (256, 3) float32 table mapping grey levels of `gray` to normalised RGB values."""
+    def table(
+        self, gray: np.ndarray, brightness: float = 0.0, contrast: float = 1.0, gamma: float = 1.0, clip: bool = True
+    ):
+        """The (256, 3) float32 table mapping grey levels of `gray` to normalised RGB values.
+
+        clip=False lets levels pushed past 0..255 by contrast/brightness keep their value.
+        """
         if contrast == 1.0 and brightness == 0.0 and gamma == 1.0:
             return self._identity
         levels = self._levels
@@ -148,7 +159,8 @@ class Normalizer:
             levels = (255.0 * (levels / 255.0) ** gamma).astype(np.float32)
             # The mean of the gamma-corrected image, from the histogram (no H x W float pass).
             m = float(np.bincount(gray.ravel(), minlength=256) @ levels / gray.size)
-        return self._table(np.clip((levels - m) * contrast + m + 255.0 * brightness, 0.0, 255.0))
+        levels = (levels - m) * contrast + m + 255.0 * brightness
+        return self._table(np.clip(levels, 0.0, 255.0) if clip else levels)
 
     def __call__(self, gray: np.ndarray, brightness: float = 0.0, contrast: float = 1.0, gamma: float = 1.0):
         """(H, W) uint8 -> (H, W, 3) float32, normalised."""

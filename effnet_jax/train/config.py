@@ -127,6 +127,10 @@ def default_augment_config() -> ml_collections.ConfigDict:
     # [scale_min, scale_max] (square crop, relative to the shorter side).
     c.scale_min = 0.7
     c.scale_max = 1.0
+    # Where the zoom crop sits: "random" (anywhere it fits inside the frame, Inception-style
+    # random-resized crop) or "center" (zoom about the frame centre, Keras-style; position
+    # then varies only by `translate`, which keeps the lungs in view).
+    c.zoom_about = "random"
     c.translate_enabled = True
     c.translate = 0.05  # max shift, as a fraction of the output size, drawn per axis
     c.brightness_enabled = True
@@ -137,6 +141,9 @@ def default_augment_config() -> ml_collections.ConfigDict:
     # Exposure curve: grey levels g -> 255 * (g / 255) ** exp(u), u drawn from [-gamma, +gamma];
     # 0 = off (the default, so recipes written before it keep their draws).
     c.gamma = 0.0
+    # Clip grey levels to 0..255 after gamma/contrast/brightness. False lets them run past
+    # the range (bright bone keeps its detail under +brightness), as the external sweep did.
+    c.clip_levels = True
     return c
 
 
