@@ -1,5 +1,6 @@
 """End to end: train the debug config for two steps, then effnet-eval and effnet-predict (with Grad-CAM)."""
 
+import csv
 import json
 import os
 import subprocess
@@ -143,3 +144,51 @@ def test_tta_evaluation_of_the_validation_split_goes_to_its_own_directory(workdi
         plain["validation_threshold"],
         os.path.join(out_dir, "metrics.json"),
     )
+
+
+def test_predict_cli_searches_folders_and_globs_writes_csv_and_warns_of_synthetic_data(workdir, evaluated, tmp_path):
+    _, _, report = evaluated
+    rng = np.random.default_rng(1)
+    scans, loose = tmp_path / "scans", tmp_path / "loose"
+    (scans / "ward_2").mkdir(parents=True)
+    loose.mkdir()
+    for path in (scans / "b.png", scans / "ward_2" / "a.png", loose / "c.jpeg", loose / "d.png"):
+        Image.fromarray(rng.integers(0, 256, (40, 36), dtype=np.uint8)).save(path)
+    (scans / "notes.txt").write_text("not an image, and not taken from a folder")
+    out = tmp_path / "preds.csv"
+    proc = cli(
+        "effnet_jax.cli.predict",
+        f"--workdir={workdir}",
+        "--checkpoint=latest",
+        f"--out={out}",
+        str(scans),
+        f"{loose}/*.jpeg",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"effnet-predict: warning: {workdir} was trained on synthetic data" in proc.stderr
+    assert proc.stdout.strip() == f"effnet-predict: wrote 3 row(s) (0 unreadable) to {out}"
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["file"] for r in rows] == [str(scans / "b.png"), str(scans / "ward_2" / "a.png"), str(loose / "c.jpeg")]
+    threshold = report["training_prior_threshold"]
+    for r in rows:
+        assert float(r["threshold"]) == pytest.approx(threshold) and r["error"] == "" and r["gradcam"] == ""
+        assert r["label"] == ("PNEUMONIA" if float(r["prob_pneumonia"]) >= float(r["threshold"]) else "NORMAL")
+
+
+def test_predictor_scores_paths_arrays_and_pil_images_alike(workdir, tmp_path):
+    from effnet_jax.inference.prediction import Predictor
+
+    rng = np.random.default_rng(2)
+    gray = rng.integers(0, 256, (44, 52), dtype=np.uint8)
+    path = tmp_path / "x.png"
+    Image.fromarray(gray).save(path)
+    predictor = Predictor(workdir, "latest", batch_size=8)
+    assert predictor.data == "synthetic" and predictor.synthetic
+    items = [str(path), gray, np.repeat(gray[..., None], 3, axis=2), Image.fromarray(gray), Image.open(path)]
+    records = list(predictor.predict(items))
+    assert [r["file"] for r in records] == [str(path), "<array 1>", "<array 2>", "<image 3>", "<image 4>"]
+    assert len({r["prob_pneumonia"] for r in records}) == 1  # identical, not merely close
+    assert len({r["label"] for r in records}) == 1
+    (bad,) = predictor.predict([np.zeros((3, 3), np.float64)])
+    assert bad == {"file": "<array 0>", "error": bad["error"]} and "expected a uint8 array" in bad["error"]

@@ -49,10 +49,10 @@ def workdir(tmp_path):
     (d / "config.json").write_text(json.dumps(CONFIG))
     records = [
         {"step": 10, "split": "train", "loss": 0.5},
-        {"step": 50, "split": "validation", **_metrics(0.97, 0.90)},
-        {"step": 50, "split": "run", "wall_seconds": 100.0, "machine": "m1"},
-        {"step": 100, "split": "validation", **_metrics(0.99, 0.95)},
-        {"step": 100, "split": "run", "wall_seconds": 80.0, "machine": "m2"},
+        {"step": 50, "split": "validation", "data": "chest_xray", **_metrics(0.97, 0.90)},
+        {"step": 50, "split": "run", "data": "chest_xray", "wall_seconds": 100.0, "machine": "m1"},
+        {"step": 100, "split": "validation", "data": "chest_xray", **_metrics(0.99, 0.95)},
+        {"step": 100, "split": "run", "data": "chest_xray", "wall_seconds": 80.0, "machine": "m2"},
     ]
     (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     report = {
@@ -100,7 +100,8 @@ def test_cli_prints_markdown_and_json(workdir):
         env=env,
     ).stdout.splitlines()
     assert len(out) == 2 + 4
-    assert out[2].startswith("| lite0_128 | tf_efficientnet_lite0, 128 | 3 ep,") and "| 0.990 | " in out[2]
+    assert out[0].startswith("| run | data | variant, px |")
+    assert out[2].startswith("| lite0_128 | chest_xray | tf_efficientnet_lite0, 128 | 3 ep,") and "| 0.990 | " in out[2]
     assert out[2].endswith("| 3.0 min | m2 |")
     rows = json.loads(
         subprocess.run(
@@ -111,7 +112,7 @@ def test_cli_prints_markdown_and_json(workdir):
             env=env,
         ).stdout
     )
-    assert [r["step"] for r in rows] == [100]
+    assert [(r["step"], r["data"]) for r in rows] == [(100, "chest_xray")]
 
 
 def test_cli_names_a_directory_that_is_not_a_run(tmp_path):
@@ -119,3 +120,20 @@ def test_cli_names_a_directory_that_is_not_a_run(tmp_path):
         [sys.executable, "-m", "effnet_jax.cli.results", str(tmp_path)], capture_output=True, text=True
     )
     assert proc.returncode == 1 and f"{tmp_path}: no config.json" in proc.stderr
+
+
+def test_data_column_names_synthetic_runs_and_falls_back_to_the_config(workdir, tmp_path):
+    """Which data set a run trained on: the loop's ``data`` field, or the config's for runs that predate it."""
+    assert run_summary.training_row(workdir).data == "chest_xray"
+    assert {r.data for r in run_summary.evaluation_rows(workdir)} == {"chest_xray"}
+    debug = tmp_path / "debug"
+    debug.mkdir()
+    (debug / "config.json").write_text(json.dumps({**CONFIG, "data": {**CONFIG["data"], "name": "chest_xray"}}))
+    # The config asked for chest_xray, but none was at hand and the loop fell back to synthetic.
+    record = {"step": 4, "split": "validation", "data": "synthetic", **_metrics(0.7, 0.6)}
+    (debug / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+    row = run_summary.training_row(str(debug))
+    assert row.data == "synthetic"
+    assert run_summary.to_markdown([row]).splitlines()[2].startswith("| debug | synthetic | tf_efficientnet_lite0")
+    (debug / "metrics.jsonl").write_text(json.dumps({k: v for k, v in record.items() if k != "data"}) + "\n")
+    assert run_summary.training_row(str(debug)).data == "chest_xray"

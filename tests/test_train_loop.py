@@ -172,5 +172,6 @@ def test_results_row_reports_the_last_validation_and_the_wall_time_of_every_invo
     assert row.metrics["auc"] == last_val["auc"] and row.metrics["f1"] == last_val["f1"]
     assert row.wall_seconds == pytest.approx(sum(r["wall_seconds"] for r in read_metrics(workdir, "run")))
     assert "1 x cpu" in row.machine
+    assert row.data == "synthetic"  # the loop records what it trained on; the debug config has no real data
     table = run_summary.to_markdown([row]).splitlines()
     assert len(table) == 3 and table[2].startswith("| resumed | ")

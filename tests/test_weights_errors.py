@@ -193,6 +193,10 @@ def test_convert_cli_writes_a_loadable_checkpoint_and_a_summary(lite0_pth, lite0
     assert result.returncode == 0, result.stderr
     # ImageNet's 1000-class head (1,281,000 parameters) replaced by a 2-class one (2,562).
     assert "num_params     3373570" in result.stdout
+    # The last line is a working call: the real output path, not a placeholder.
+    assert result.stdout.splitlines()[-1] == (
+        f"Wrote {out}; load it with effnet_jax.create_model('efficientnet_lite0', pretrained={str(out)!r})"
+    )
     assert "params/classifier/kernel" in result.stdout and "timm_pytorch" in result.stdout
     model, variables = effnet_jax.create_model("efficientnet_lite0", num_classes=2, pretrained=str(out))
     np.testing.assert_array_equal(

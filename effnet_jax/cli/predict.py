@@ -1,18 +1,28 @@
-"""effnet-predict: score X-ray image files with a trained run.
+"""effnet-predict: score chest X-ray images with a trained run.
 
-    effnet-predict --workdir=DIR [--checkpoint=best|latest|STEP] [--gradcam=OUT_DIR] IMAGE...
+    effnet-predict --workdir=DIR [--checkpoint=best|latest|STEP] [--out=preds.csv|preds.jsonl]
+        [--gradcam=OUT_DIR] [--threshold=auto|prior|youden|P] IMAGE_FOLDER_OR_GLOB...
 
-Prints one JSON line per image: {"file", "prob_pneumonia", "label", "threshold"}
-(plus "gradcam": the overlay PNG), or {"file", "error"} for a file it cannot read.
-The label uses the run's operating threshold (config.operating_threshold: with external
-data, the highest threshold that kept sensitivity >= 0.95 on it; else the training prior),
-or --threshold=prior, --threshold=youden (the validation Youden threshold effnet-eval
-stored for the same checkpoint), or --threshold=P. Exit status 1 if any image failed.
+Inputs are image files, folders (searched recursively for .jpeg/.jpg/.png/.bmp/.tif/.gif/
+.webp files) and glob patterns ('scans/**/*.png'; quote them). Without --out it prints one
+JSON line per image: {"file", "prob_pneumonia", "label", "threshold"} (plus "gradcam": the
+overlay PNG), or {"file", "error"} for a file it cannot read; --out writes those rows to a
+CSV or JSON-lines file instead (by its extension). The label uses the run's operating
+threshold (config.operating_threshold: with external data, the highest threshold that kept
+sensitivity >= 0.95 on it; else the training prior), or --threshold=prior,
+--threshold=youden (the validation Youden threshold effnet-eval stored for the same
+checkpoint), or --threshold=P. A run trained on synthetic data is named in a warning.
+
+Exit status: 0 every image scored; 1 an image could not be read (the others are scored),
+or the run could not be loaded, or an output could not be written; 2 bad usage (no
+inputs, a bad flag or --out name); 3 an input path or pattern names no file, or the
+folders hold no image (nothing is scored).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from absl import app, flags
@@ -20,6 +30,7 @@ from absl import app, flags
 from effnet_jax.cli.common import (
     check_output_dir,
     define_once,
+    exit_with_help_if_asked,
     quiet_unless_verbose,
     run_compilation_cache_dir,
     setup_compilation_cache,
@@ -28,59 +39,114 @@ from effnet_jax.cli.common import (
 FLAGS = flags.FLAGS
 
 
-def define_flags():
+def define_flags(fv: flags.FlagValues = FLAGS):
     """Defines this command's flags (once). Called by ``run``, not at import, so that importing
     several CLI modules in one process (a test session) cannot collide on --workdir."""
-    define_once(flags.DEFINE_string, "workdir", None, "Training run directory (holds checkpoints/).")
+    define_once(flags.DEFINE_string, "workdir", None, "Training run directory (holds checkpoints/).", flag_values=fv)
     define_once(
-        flags.DEFINE_string, "checkpoint", "best", "'best' (by the run's best_metric), 'latest' or a step number."
+        flags.DEFINE_string,
+        "checkpoint",
+        "best",
+        "'best' (by the run's best_metric), 'latest' or a step number.",
+        flag_values=fv,
     )
-    define_once(flags.DEFINE_string, "gradcam", None, "Directory to write a Grad-CAM overlay PNG per image.")
+    define_once(
+        flags.DEFINE_string, "gradcam", None, "Directory to write a Grad-CAM overlay PNG per image.", flag_values=fv
+    )
     define_once(
         flags.DEFINE_string,
         "threshold",
         "auto",
         "Decision threshold in [0, 1], 'auto' (the run's operating threshold, README Thresholds), 'prior' (training prior) or 'youden' (stored by effnet-eval).",
+        flag_values=fv,
     )
-    define_once(flags.DEFINE_integer, "batch_size", 8, "Images per forward pass.")
+    define_once(flags.DEFINE_integer, "batch_size", 8, "Images per forward pass.", flag_values=fv)
+    define_once(
+        flags.DEFINE_string,
+        "out",
+        None,
+        "Write the predictions to this .csv or .jsonl file (one row per image) instead of stdout.",
+        flag_values=fv,
+    )
+
+
+EXIT_FAILED = 1  # an image could not be read, the run could not be loaded, or an output not written
+EXIT_USAGE = 2
+EXIT_NO_INPUT = 3  # an input path or pattern names no file, or the folders hold no image
 
 
 def main(argv):
     quiet_unless_verbose()
-    paths = argv[1:]
+    from effnet_jax.inference.inputs import InputNotFoundError, expand_inputs
+    from effnet_jax.inference.prediction_output import PredictionWriter, output_format
+
     if not FLAGS.workdir:
-        raise app.UsageError("--workdir is required: the training run directory to predict with.")
+        return _fail("--workdir is required: the training run directory to predict with", EXIT_USAGE)
+    if len(argv) < 2:
+        return _fail("give at least one image, folder or glob pattern after the flags", EXIT_USAGE)
+    try:
+        if FLAGS.out:
+            output_format(FLAGS.out)
+    except ValueError as e:
+        return _fail(str(e), EXIT_USAGE)
+    for flag, path in (("--gradcam", FLAGS.gradcam), ("--out", FLAGS.out and (os.path.dirname(FLAGS.out) or "."))):
+        problem = check_output_dir(path, flag) if path else None
+        if problem:
+            return _fail(problem, EXIT_FAILED)
+    try:
+        paths = expand_inputs(argv[1:])
+    except InputNotFoundError as e:
+        return _fail(str(e), EXIT_NO_INPUT)
     if not paths:
-        raise app.UsageError("give at least one IMAGE path after the flags.")
-    problem = check_output_dir(FLAGS.gradcam, "--gradcam") if FLAGS.gradcam else None
-    if problem:
-        print(f"effnet-predict: error: {problem}", file=sys.stderr)
-        return 1
+        return _fail(f"no image files in {' '.join(argv[1:])}", EXIT_NO_INPUT)
     setup_compilation_cache(run_compilation_cache_dir(FLAGS.workdir))
     from effnet_jax.inference.prediction import Predictor
 
     try:
         predictor = Predictor(FLAGS.workdir, FLAGS.checkpoint, FLAGS.threshold, FLAGS.batch_size)
     except (FileNotFoundError, ValueError) as e:
-        print(f"effnet-predict: error: {e}", file=sys.stderr)
-        return 1
+        return _fail(str(e), EXIT_FAILED)
+    if predictor.synthetic:
+        print(
+            f"effnet-predict: warning: {FLAGS.workdir} was trained on synthetic data (a debug run); "
+            "its predictions mean nothing",
+            file=sys.stderr,
+        )
     print(
-        f"effnet-predict: step {predictor.step}, threshold {predictor.threshold:.4f} ({predictor.threshold_source})",
+        f"effnet-predict: {len(paths)} image(s), step {predictor.step}, threshold {predictor.threshold:.4f} "
+        f"({predictor.threshold_source})",
         file=sys.stderr,
     )
-    failed = 0
-    for record in predictor.predict(paths, FLAGS.gradcam):
-        if "error" in record:
-            failed += 1
-            print(f"effnet-predict: cannot read {record['error']}", file=sys.stderr)
-        print(json.dumps(record), flush=True)
+    failed = counted = 0
+    writer = PredictionWriter(FLAGS.out) if FLAGS.out else None
+    try:
+        for record in predictor.predict(paths, FLAGS.gradcam):
+            counted += 1
+            if "error" in record:
+                failed += 1
+                print(f"effnet-predict: cannot read {record['error']}", file=sys.stderr)
+            if writer:
+                writer.write(record)
+            else:
+                print(json.dumps(record), flush=True)
+    finally:
+        if writer:
+            writer.close()
+    if writer:
+        print(f"effnet-predict: wrote {counted} row(s) ({failed} unreadable) to {FLAGS.out}")
     if FLAGS.gradcam:
         print(f"effnet-predict: wrote Grad-CAM overlays to {FLAGS.gradcam}", file=sys.stderr)
-    return 1 if failed else 0
+    return EXIT_FAILED if failed else 0
+
+
+def _fail(message: str, status: int) -> int:
+    print(f"effnet-predict: error: {message}", file=sys.stderr)
+    return status
 
 
 def run():
     """Console-script entry point."""
+    exit_with_help_if_asked(sys.argv, __doc__, define_flags)
     define_flags()
     app.run(main)
 

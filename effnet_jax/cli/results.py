@@ -2,8 +2,9 @@
 
     effnet-results WORKDIR [WORKDIR ...] [--eval] [--format=markdown|json]
 
-One row per run: its last validation evaluation, recipe and summed wall time; with
---eval, also one row per threshold of every effnet-eval report in WORKDIR/eval/.
+One row per run: the data it trained on (synthetic for a debug run), its last validation
+evaluation, recipe and summed wall time; with --eval, also one row per threshold of every
+effnet-eval report in WORKDIR/eval/.
 """
 
 from __future__ import annotations
@@ -14,16 +15,20 @@ import sys
 
 from absl import app, flags
 
-from effnet_jax.cli.common import define_once
+from effnet_jax.cli.common import define_once, exit_with_help_if_asked
 
 FLAGS = flags.FLAGS
 
 
-def define_flags():
+def define_flags(fv: flags.FlagValues = FLAGS):
     define_once(
-        flags.DEFINE_bool, "eval", False, "Add a row per threshold of each effnet-eval report in WORKDIR/eval/."
+        flags.DEFINE_bool,
+        "eval",
+        False,
+        "Add a row per threshold of each effnet-eval report in WORKDIR/eval/.",
+        flag_values=fv,
     )
-    define_once(flags.DEFINE_enum, "format", "markdown", ["markdown", "json"], "Output format.")
+    define_once(flags.DEFINE_enum, "format", "markdown", ["markdown", "json"], "Output format.", flag_values=fv)
 
 
 def main(argv):
@@ -50,6 +55,7 @@ def main(argv):
 
 def run():
     """Console-script entry point."""
+    exit_with_help_if_asked(sys.argv, __doc__, define_flags)
     define_flags()
     app.run(main)
 

@@ -17,33 +17,47 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from effnet_jax.cli import common
 from effnet_jax.cli.common import make_config_package_importable
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Training config file (configs/*.py); override keys with --config.key=value.", lock_config=True
-)
-_WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Run directory: checkpoints, metrics.jsonl, tensorboard/. An existing run there is resumed."
-)
-flags.mark_flags_as_required(["config", "workdir"])
-# Multi-process runs (launch/): every process gets the same flags but its own --process_id.
-_DISTRIBUTED = flags.DEFINE_enum(
-    "distributed",
-    "auto",
-    ["auto", "on", "off"],
-    "jax.distributed: 'auto' starts it when a coordinator is given (flag or JAX_COORDINATOR_ADDRESS); "
-    "'on' always (a TPU pod slice detects the rest); 'off' never.",
-)
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (or JAX_COORDINATOR_ADDRESS).")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (or JAX_NUM_PROCESSES).")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0-based (or JAX_PROCESS_ID).")
+FLAGS = flags.FLAGS
+
+
+def define_flags(fv: flags.FlagValues = FLAGS) -> None:
+    """Defines effnet-train's flags on ``fv``."""
+    config_flags.DEFINE_config_file(
+        "config",
+        None,
+        "Training config file (configs/*.py); override any key with --config.KEY=VALUE (configs/default.py lists them).",
+        flag_values=fv,
+        lock_config=True,
+    )
+    flags.DEFINE_string(
+        "workdir",
+        None,
+        "Run directory: checkpoints, metrics.jsonl, tensorboard/. An existing run there is resumed.",
+        flag_values=fv,
+    )
+    # Multi-process runs (launch/): every process gets the same flags but its own --process_id.
+    flags.DEFINE_enum(
+        "distributed",
+        "auto",
+        ["auto", "on", "off"],
+        "jax.distributed: 'auto' starts it when a coordinator is given (flag or JAX_COORDINATOR_ADDRESS); "
+        "'on' always (a TPU pod slice detects the rest); 'off' never.",
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        "coordinator_address", None, "host:port of process 0 (or JAX_COORDINATOR_ADDRESS).", flag_values=fv
+    )
+    flags.DEFINE_integer("num_processes", None, "Number of processes (or JAX_NUM_PROCESSES).", flag_values=fv)
+    flags.DEFINE_integer("process_id", None, "This process's index, 0-based (or JAX_PROCESS_ID).", flag_values=fv)
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     # Import after flag parsing: JAX reads XLA_FLAGS and platform flags when first imported.
-    from effnet_jax.cli import common
     from effnet_jax.train import distributed
     from effnet_jax.train.loop import NonFiniteLossError, train_and_evaluate
     from effnet_jax.train.preemption import Preempted
@@ -51,12 +65,14 @@ def main(argv):
     _show_our_logs()
     from effnet_jax.cli.common import setup_compilation_cache
 
-    cache = setup_compilation_cache(_CONFIG.value.get("compilation_cache_dir", None))
+    cache = setup_compilation_cache(FLAGS.config.get("compilation_cache_dir", None))
     std_logging.getLogger("effnet_jax.train").info(
         "compilation cache: %s", cache or "off (config.compilation_cache_dir='')"
     )
     try:
-        settings = distributed.resolve(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+        settings = distributed.resolve(
+            FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
+        )
         started = distributed.initialize(settings)
     except ValueError as e:
         print(f"effnet-train: bad flag: {e}", file=sys.stderr)
@@ -64,7 +80,7 @@ def main(argv):
     if started and not distributed.is_main_process():
         _only_warnings_here()
     try:
-        train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except NonFiniteLossError as e:
         print(f"effnet-train: {e}", file=sys.stderr)
         sys.exit(2)
@@ -74,7 +90,7 @@ def main(argv):
     except Exception as e:  # one line for known causes; a bug keeps its traceback
         common.exit_in_one_line("effnet-train", e)
     if distributed.is_main_process():
-        print(f"effnet-train: outputs in {_WORKDIR.value} (checkpoints/, metrics.jsonl, tensorboard/)")
+        print(f"effnet-train: outputs in {FLAGS.workdir} (checkpoints/, metrics.jsonl, tensorboard/)")
 
 
 def _only_warnings_here():
@@ -109,6 +125,9 @@ def _drop_untracked_save_warning(record) -> bool:
 
 def run():
     """Console-script entry point (``effnet-train``)."""
+    common.exit_with_help_if_asked(sys.argv, __doc__, define_flags)
+    define_flags()
+    flags.mark_flags_as_required(["config", "workdir"])
     make_config_package_importable(sys.argv)
     try:
         # Parsed here first so a bad --config.key is one line naming it, not a traceback.

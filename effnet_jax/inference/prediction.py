@@ -1,19 +1,27 @@
-"""Predict pneumonia on image files with a trained run, optionally writing Grad-CAM overlays.
+"""Predict pneumonia on images with a trained run, optionally writing Grad-CAM overlays.
 
-Images go through the same steps as the evaluation pipeline (storage
+    predictor = Predictor("runs/pneumonia")
+    for record in predictor.predict(["xray.jpeg", uint8_array, pil_image]):
+        print(record["prob_pneumonia"], record["label"])
+
+Inputs are file paths, numpy ``uint8`` arrays (H x W grayscale or H x W x 3 RGB) or PIL
+images. Every input goes through the same steps as the evaluation pipeline (storage
 normalisation, grayscale decode, centre crop and resize, mean/std), taken from
-``effnet_jax.data``, so a file scores the same here as it would in the test split.
+``effnet_jax.data``, so an image scores the same here as it would in the test split, and
+an array or PIL image scores exactly as the same pixels saved as a PNG file.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 import os
 import stat
 from collections.abc import Iterator, Sequence
 
 import numpy as np
+from PIL import Image
 
 from effnet_jax.data import imaging, transforms
 from effnet_jax.inference.evaluation import input_spec, make_predict_fn
@@ -21,6 +29,9 @@ from effnet_jax.inference.gradcam import make_gradcam, save_overlay
 from effnet_jax.inference.restore import restore_for_inference
 from effnet_jax.inference.thresholds import resolve_threshold
 from effnet_jax.labels import CLASS_NAMES, positive_probability
+from effnet_jax.reporting.metrics_log import training_data
+
+ImageInput = str | os.PathLike | np.ndarray | Image.Image
 
 
 class ImageReadError(ValueError):
@@ -37,15 +48,14 @@ class Preprocessor:
     center_crop: float = 1.0
     max_size: int = 512  # the data set's storage size: decode as the pipeline's stored copy would be
 
-    def __call__(self, path: str):
-        try:
-            # A FIFO or device would block open() or read() forever: only regular files are read.
-            if not stat.S_ISREG(os.stat(path).st_mode):
-                raise ImageReadError(f"{path}: not a regular file (a FIFO, device or folder); skipped")
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError as e:
-            raise ImageReadError(f"{path}: cannot read file ({type(e).__name__}: {e.strerror or e})") from e
+    def __call__(self, item: ImageInput, name: str | None = None):
+        """``item``: a file path, a uint8 array (H x W or H x W x 3) or a PIL image; ``name`` labels errors."""
+        if isinstance(item, (str, os.PathLike)):
+            path = os.fspath(item)
+            data = _read_file(path)
+        else:
+            path = name or "<image>"
+            data = _png_bytes(item, path)
         try:
             stored, _ = imaging.load_for_storage(data, path, self.max_size)
         except imaging.BadImageError as e:
@@ -57,9 +67,50 @@ class Preprocessor:
         return image, transforms.decode_gray(stored)
 
 
+def _read_file(path: str) -> bytes:
+    try:
+        # A FIFO or device would block open() or read() forever: only regular files are read.
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise ImageReadError(f"{path}: not a regular file (a FIFO, device or folder); skipped")
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ImageReadError(f"{path}: cannot read file ({type(e).__name__}: {e.strerror or e})") from e
+
+
+def _png_bytes(item, name: str) -> bytes:
+    """An in-memory image as PNG bytes: lossless, so it then takes exactly a PNG file's path."""
+    if isinstance(item, np.ndarray):
+        rgb = item.ndim == 3 and item.shape[2] == 3
+        if item.dtype != np.uint8 or not (item.ndim == 2 or rgb) or 0 in item.shape:
+            raise ImageReadError(
+                f"{name}: expected a uint8 array of H x W or H x W x 3, got {item.dtype} of shape {item.shape}"
+            )
+        item = Image.fromarray(np.ascontiguousarray(item), "RGB" if rgb else "L")
+    elif not isinstance(item, Image.Image):
+        raise ImageReadError(f"{name}: expected a file path, a numpy array or a PIL image, got {type(item).__name__}")
+    out = io.BytesIO()
+    try:
+        item.save(out, format="PNG")
+    except (OSError, ValueError) as e:
+        raise ImageReadError(f"{name}: cannot encode PIL image of mode {item.mode} ({e})") from e
+    return out.getvalue()
+
+
+def _input_names(items: Sequence) -> list[str]:
+    """The ``file`` of each record: a path as given, else ``<array N>`` / ``<image N>`` by position."""
+    names = []
+    for i, item in enumerate(items):
+        if isinstance(item, (str, os.PathLike)):
+            names.append(os.fspath(item))
+        else:
+            names.append(f"<{'array' if isinstance(item, np.ndarray) else 'image'} {i}>")
+    return names
+
+
 def _overlay_names(paths: Sequence[str]) -> list[str]:
     """One PNG name per input; inputs that share a file name get their position appended."""
-    stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+    stems = [os.path.splitext(os.path.basename(p))[0].strip("<>").replace(" ", "_") for p in paths]
     seen: dict[str, int] = {}
     for s in stems:
         seen[s] = seen.get(s, 0) + 1
@@ -67,7 +118,11 @@ def _overlay_names(paths: Sequence[str]) -> list[str]:
 
 
 class Predictor:
-    """A restored run ready to score images: ``predict(paths)`` yields one dict per path, in order."""
+    """A restored run ready to score images: ``predict(items)`` yields one dict per input, in order.
+
+    ``data`` is the data set the run trained on ('synthetic' for a debug run, whose
+    predictions mean nothing).
+    """
 
     def __init__(
         self,
@@ -92,6 +147,7 @@ class Predictor:
         self.threshold, self.threshold_source = resolve_threshold(
             workdir, self.step, threshold, self.config, restored.run.train_class_counts
         )
+        self.data = training_data(workdir) or str(data.get("name", ""))
         self.batch_size = max(1, int(batch_size))
         self._predict = None
         self._gradcam = None
@@ -111,8 +167,19 @@ class Predictor:
             self._predict = make_predict_fn(self.model)
         return np.asarray(self._predict(self.variables, padded), np.float64)[:n], None
 
-    def predict(self, paths: Sequence[str], gradcam_dir: str | None = None) -> Iterator[dict]:
-        """Yields ``{'file', 'prob_pneumonia', 'label', 'threshold'[, 'gradcam']}`` or ``{'file', 'error'}`` per path."""
+    @property
+    def synthetic(self) -> bool:
+        return self.data == "synthetic"
+
+    def predict(self, items: Sequence[ImageInput], gradcam_dir: str | None = None) -> Iterator[dict]:
+        """Yields ``{'file', 'prob_pneumonia', 'label', 'threshold'[, 'gradcam']}`` or ``{'file', 'error'}`` per input.
+
+        ``items``: file paths, uint8 arrays (H x W or H x W x 3) or PIL images, mixed freely;
+        ``file`` is the path, or ``<array N>`` / ``<image N>`` for the N-th input held in memory.
+        """
+        if isinstance(items, (str, os.PathLike, np.ndarray, Image.Image)):
+            items = [items]  # one input, not a sequence of characters or rows
+        paths = _input_names(items)
         names = _overlay_names(paths) if gradcam_dir else None
         if gradcam_dir:
             os.makedirs(gradcam_dir, exist_ok=True)
@@ -121,7 +188,7 @@ class Predictor:
             loaded, errors = {}, {}
             for i in chunk:
                 try:
-                    loaded[i] = self.preprocess(paths[i])
+                    loaded[i] = self.preprocess(items[i], paths[i])
                 except ImageReadError as e:
                     errors[i] = str(e)
             probs, heatmaps = [], None

@@ -8,6 +8,7 @@ BN eps 1e-5); ``tf_*`` are ported from TensorFlow (``SAME`` padding, BN eps 1e-3
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import math
 import re
 
@@ -222,5 +223,7 @@ def get_variant(name: str) -> VariantConfig:
     return VARIANTS[base]
 
 
-def list_variants() -> list[str]:
-    return sorted(VARIANTS)
+def list_variants(pattern: str | None = None) -> list[str]:
+    """Variant names, sorted; ``pattern`` keeps those matching a shell-style filter (``'*lite*'``)."""
+    names = sorted(VARIANTS)
+    return names if pattern is None else fnmatch.filter(names, pattern)

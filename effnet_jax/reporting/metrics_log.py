@@ -1,7 +1,8 @@
 """Reading a run's ``metrics.jsonl``: one JSON record per line, ``{"step", "split", ...}``.
 
 The training loop writes it (``effnet_jax.train.writer``); results tables and a
-resumed run read it back.
+resumed run read it back. Every record carries ``data``: the data set the run trained
+on ('synthetic' when no real data was at hand).
 """
 
 from __future__ import annotations
@@ -20,3 +21,11 @@ def read_metrics(workdir: str, split: str | None = None) -> list[dict]:
         return []
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return [r for r in records if split is None or r["split"] == split]
+
+
+def training_data(workdir: str) -> str | None:
+    """The data set a run trained on, as its loop recorded it ('synthetic', 'chest_xray', ...); None if unrecorded."""
+    for record in reversed(read_metrics(workdir)):
+        if record.get("data"):
+            return str(record["data"])
+    return None

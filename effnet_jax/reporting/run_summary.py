@@ -2,6 +2,9 @@
 
     WORKDIR/config.json + metrics.jsonl (+ eval/*/metrics.json)  ->  RunRow  ->  markdown / JSON
 
+Every row says which data set the run trained on (``data``: 'synthetic' for a debug run,
+whose numbers show only that the machinery works).
+
 A training row reports the run's *last* validation evaluation (not its best, which
 was picked on the same split) and the wall time summed over every invocation of
 ``effnet-train`` that built the run (the ``run`` records the loop writes).
@@ -17,7 +20,7 @@ import os
 from typing import Any
 
 from effnet_jax.labels import METRIC_NAMES as METRICS
-from effnet_jax.reporting.metrics_log import read_metrics
+from effnet_jax.reporting.metrics_log import read_metrics, training_data
 
 
 @dataclasses.dataclass
@@ -32,6 +35,7 @@ class RunRow:
     metrics: dict[str, Any]
     wall_seconds: float | None
     machine: str
+    data: str = ""  # the data set the run trained on ('synthetic' for a debug run)
 
 
 def _read_config(workdir: str) -> dict:
@@ -49,6 +53,11 @@ def _image_size(workdir: str, config: dict) -> int | None:
         with open(path) as f:
             return json.load(f).get("image_size")
     return config.get("image_size")
+
+
+def _data(workdir: str, config: dict) -> str:
+    """What the run trained on: the loop's record in metrics.jsonl, else (older runs) its config's data set."""
+    return training_data(workdir) or str(config.get("data", {}).get("name", ""))
 
 
 def describe_recipe(config: dict) -> str:
@@ -102,12 +111,14 @@ def training_row(workdir: str) -> RunRow:
         metrics={k: last.get(k) for k in METRICS},
         wall_seconds=wall,
         machine=runs[-1].get("machine", "") if runs else "",
+        data=_data(workdir, config),
     )
 
 
 def evaluation_rows(workdir: str) -> list[RunRow]:
     """One row per threshold of every ``effnet-eval`` report under ``workdir/eval``."""
     config = _read_config(workdir)
+    data = _data(workdir, config)
     rows = []
     for path in sorted(glob.glob(os.path.join(workdir, "eval", "*", "metrics.json"))):
         with open(path) as f:
@@ -135,6 +146,7 @@ def evaluation_rows(workdir: str) -> list[RunRow]:
                     metrics={k: m.get(k) for k in METRICS},
                     wall_seconds=report.get("seconds"),
                     machine="",
+                    data=data,
                 )
             )
     return rows
@@ -153,11 +165,12 @@ def _fmt_wall(seconds) -> str:
 
 
 def to_markdown(rows: list[RunRow]) -> str:
-    headers = ["run", "variant, px", "recipe", "split, step, t", *METRICS, "wall", "machine"]
+    headers = ["run", "data", "variant, px", "recipe", "split, step, t", *METRICS, "wall", "machine"]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for r in rows:
         cells = [
             r.name,
+            r.data,
             f"{r.variant}, {r.image_size}",
             r.recipe,
             f"{r.split}, {r.step}, {r.threshold:.3f}",

