@@ -1,13 +1,16 @@
 """effnet-predict: score X-ray image files with a trained run.
 
     effnet-predict --workdir=DIR [--checkpoint=best|latest|STEP] [--gradcam=OUT_DIR] IMAGE...
+    effnet-predict --exported=DIR IMAGE...      (a model written by effnet-export, run with jax alone)
 
 Prints one JSON line per image: {"file", "prob_pneumonia", "label", "threshold"}
 (plus "gradcam": the overlay PNG), or {"file", "error"} for a file it cannot read.
 The label uses the run's operating threshold (config.operating_threshold: with external
 data, the highest threshold that kept sensitivity >= 0.95 on it; else the training prior),
 or --threshold=prior, --threshold=youden (the validation Youden threshold effnet-eval
-stored for the same checkpoint), or --threshold=P. Exit status 1 if any image failed.
+stored for the same checkpoint), or --threshold=P; with --exported, model.json's operating
+threshold or --threshold=P. IMAGE may be a DICOM file (with the ``dicom`` extra). Exit status
+1 if any image failed.
 """
 
 from __future__ import annotations
@@ -43,13 +46,57 @@ def define_flags():
         "Decision threshold in [0, 1], 'auto' (the run's operating threshold, README Thresholds), 'prior' (training prior) or 'youden' (stored by effnet-eval).",
     )
     define_once(flags.DEFINE_integer, "batch_size", 8, "Images per forward pass.")
+    define_once(
+        flags.DEFINE_string, "exported", None, "Directory written by effnet-export: predict with it instead of a run."
+    )
+
+
+def main_exported(paths) -> int:
+    """effnet-predict --exported=DIR: the exported model, its threshold unless --threshold=P."""
+    from effnet_jax import serving
+
+    threshold = None
+    if FLAGS.threshold not in ("auto", "", None):
+        try:
+            threshold = float(FLAGS.threshold)
+        except ValueError:
+            threshold = -1.0
+        if not 0.0 <= threshold <= 1.0:
+            print(
+                f"effnet-predict: error: --threshold={FLAGS.threshold!r}: with --exported, 'auto' or P in [0, 1]",
+                file=sys.stderr,
+            )
+            return 1
+    if FLAGS.gradcam:
+        print("effnet-predict: error: --gradcam needs the run (--workdir), not --exported", file=sys.stderr)
+        return 1
+    try:
+        model = serving.load(FLAGS.exported)
+    except serving.ExportedModelError as e:
+        print(f"effnet-predict: error: {e}", file=sys.stderr)
+        return 1
+    print(
+        f"effnet-predict: exported model {FLAGS.exported}, threshold {model.threshold if threshold is None else threshold:.4f}",
+        file=sys.stderr,
+    )
+    failed = 0
+    for record in model.predict_files(paths, threshold, FLAGS.batch_size):
+        if "error" in record:
+            failed += 1
+            print(f"effnet-predict: cannot read {record['error']}", file=sys.stderr)
+        print(json.dumps(record), flush=True)
+    return 1 if failed else 0
 
 
 def main(argv):
     quiet_unless_verbose()
     paths = argv[1:]
+    if FLAGS.exported:
+        if not paths:
+            raise app.UsageError("give at least one IMAGE path after the flags.")
+        return main_exported(paths)
     if not FLAGS.workdir:
-        raise app.UsageError("--workdir is required: the training run directory to predict with.")
+        raise app.UsageError("--workdir (the training run) or --exported (an effnet-export folder) is required.")
     if not paths:
         raise app.UsageError("give at least one IMAGE path after the flags.")
     problem = check_output_dir(FLAGS.gradcam, "--gradcam") if FLAGS.gradcam else None
