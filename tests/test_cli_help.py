@@ -16,10 +16,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPECTED = {
     "effnet-train": {"config", "workdir", "distributed"},
     "effnet-eval": {"workdir", "split", "checkpoint", "tta"},
-    "effnet-predict": {"workdir", "checkpoint", "threshold", "out", "gradcam"},
+    "effnet-predict": {"workdir", "checkpoint", "threshold", "out", "gradcam", "exported"},
     "effnet-convert": {"variant", "input", "output", "num_classes"},
     "effnet-data": {"data_dir", "out", "manual_dir", "exclude_list"},
     "effnet-results": {"eval", "format"},
+    "effnet-export": {"workdir", "checkpoint", "out", "threshold", "platforms"},
 }
 
 

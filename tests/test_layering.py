@@ -19,6 +19,7 @@ LAYERS = [
     ("effnet_jax.factory", "effnet_jax"),  # the package root re-exports factory and models
     ("effnet_jax.data",),
     ("effnet_jax.data.eda",),
+    ("effnet_jax.serving",),  # an exported model, run with jax + the image readers of data
     ("effnet_jax.reporting",),
     ("effnet_jax.train",),
     ("effnet_jax.inference",),

@@ -2,6 +2,8 @@
 
     effnet-predict --workdir=DIR [--checkpoint=best|latest|STEP] [--out=preds.csv|preds.jsonl]
         [--gradcam=OUT_DIR] [--threshold=auto|prior|youden|P] IMAGE_FOLDER_OR_GLOB...
+    effnet-predict --exported=DIR [--out=...] [--threshold=auto|P] IMAGE_FOLDER_OR_GLOB...
+        (a model written by effnet-export, run with jax alone)
 
 Inputs are image files, folders (searched recursively for .jpeg/.jpg/.png/.bmp/.tif/.gif/
 .webp files) and glob patterns ('scans/**/*.png'; quote them). Without --out it prints one
@@ -11,7 +13,9 @@ CSV or JSON-lines file instead (by its extension). The label uses the run's oper
 threshold (config.operating_threshold: with external data, the highest threshold that kept
 sensitivity >= 0.95 on it; else the training prior), or --threshold=prior,
 --threshold=youden (the validation Youden threshold effnet-eval stored for the same
-checkpoint), or --threshold=P. A run trained on synthetic data is named in a warning.
+checkpoint), or --threshold=P; with --exported, model.json's operating threshold or
+--threshold=P. A run trained on synthetic data is named in a warning. IMAGE may be a DICOM
+file (with the ``dicom`` extra).
 
 Exit status: 0 every image scored; 1 an image could not be read (the others are scored),
 or the run could not be loaded, or an output could not be written; 2 bad usage (no
@@ -68,6 +72,13 @@ def define_flags(fv: flags.FlagValues = FLAGS):
         "Write the predictions to this .csv or .jsonl file (one row per image) instead of stdout.",
         flag_values=fv,
     )
+    define_once(
+        flags.DEFINE_string,
+        "exported",
+        None,
+        "Directory written by effnet-export: predict with it (jax alone) instead of a run.",
+        flag_values=fv,
+    )
 
 
 EXIT_FAILED = 1  # an image could not be read, the run could not be loaded, or an output not written
@@ -78,10 +89,10 @@ EXIT_NO_INPUT = 3  # an input path or pattern names no file, or the folders hold
 def main(argv):
     quiet_unless_verbose()
     from effnet_jax.inference.inputs import InputNotFoundError, expand_inputs
-    from effnet_jax.inference.prediction_output import PredictionWriter, output_format
+    from effnet_jax.inference.prediction_output import output_format
 
-    if not FLAGS.workdir:
-        return _fail("--workdir is required: the training run directory to predict with", EXIT_USAGE)
+    if not FLAGS.workdir and not FLAGS.exported:
+        return _fail("--workdir (the training run) or --exported (an effnet-export folder) is required", EXIT_USAGE)
     if len(argv) < 2:
         return _fail("give at least one image, folder or glob pattern after the flags", EXIT_USAGE)
     try:
@@ -99,6 +110,8 @@ def main(argv):
         return _fail(str(e), EXIT_NO_INPUT)
     if not paths:
         return _fail(f"no image files in {' '.join(argv[1:])}", EXIT_NO_INPUT)
+    if FLAGS.exported:
+        return _main_exported(paths)
     setup_compilation_cache(run_compilation_cache_dir(FLAGS.workdir))
     from effnet_jax.inference.prediction import Predictor
 
@@ -117,10 +130,46 @@ def main(argv):
         f"({predictor.threshold_source})",
         file=sys.stderr,
     )
+    status = _emit(predictor.predict(paths, FLAGS.gradcam))
+    if FLAGS.gradcam:
+        print(f"effnet-predict: wrote Grad-CAM overlays to {FLAGS.gradcam}", file=sys.stderr)
+    return status
+
+
+def _main_exported(paths) -> int:
+    """--exported=DIR: the exported model, with its operating threshold unless --threshold=P."""
+    from effnet_jax import serving
+
+    threshold = None
+    if FLAGS.threshold not in ("auto", "", None):
+        try:
+            threshold = float(FLAGS.threshold)
+        except ValueError:
+            threshold = -1.0
+        if not 0.0 <= threshold <= 1.0:
+            return _fail(f"--threshold={FLAGS.threshold!r}: with --exported, 'auto' or P in [0, 1]", EXIT_USAGE)
+    if FLAGS.gradcam:
+        return _fail("--gradcam needs the run (--workdir), not --exported", EXIT_USAGE)
+    try:
+        model = serving.load(FLAGS.exported)
+    except serving.ExportedModelError as e:
+        return _fail(str(e), EXIT_FAILED)
+    print(
+        f"effnet-predict: {len(paths)} image(s), exported model {FLAGS.exported}, "
+        f"threshold {model.threshold if threshold is None else threshold:.4f}",
+        file=sys.stderr,
+    )
+    return _emit(model.predict_files(paths, threshold, FLAGS.batch_size))
+
+
+def _emit(records) -> int:
+    """Prints or writes (--out) each record; EXIT_FAILED if any image could not be read."""
+    from effnet_jax.inference.prediction_output import PredictionWriter
+
     failed = counted = 0
     writer = PredictionWriter(FLAGS.out) if FLAGS.out else None
     try:
-        for record in predictor.predict(paths, FLAGS.gradcam):
+        for record in records:
             counted += 1
             if "error" in record:
                 failed += 1
@@ -134,8 +183,6 @@ def main(argv):
             writer.close()
     if writer:
         print(f"effnet-predict: wrote {counted} row(s) ({failed} unreadable) to {FLAGS.out}")
-    if FLAGS.gradcam:
-        print(f"effnet-predict: wrote Grad-CAM overlays to {FLAGS.gradcam}", file=sys.stderr)
     return EXIT_FAILED if failed else 0
 
 

@@ -27,7 +27,7 @@ PREFIX = "external"
 FOLDER_PREFIX = "folder:"
 # Larger files are not images of this kind; refusing them bounds what one read can take.
 MAX_FILE_BYTES = 64 << 20
-_IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+_IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".dcm", ".dicom")
 
 
 class ExternalDataError(ValueError):

@@ -1,7 +1,9 @@
 """Turn one raw image file into stored bytes: grayscale uint8, shorter side <= max_size, JPEG.
 
 Odd inputs are converted where the meaning is clear (16-bit, RGBA, CMYK, palette,
-bilevel) and rejected with BadImageError, naming the file, where it is not.
+bilevel) and rejected with BadImageError, naming the file, where it is not. DICOM
+files are recognised by their magic bytes and read by ``dicom.read_gray`` (rescale,
+VOI windowing, MONOCHROME1 inverted).
 """
 
 import io
@@ -9,6 +11,8 @@ import warnings
 
 import numpy as np
 from PIL import Image
+
+from effnet_jax.data import dicom
 
 JPEG_QUALITY = 95  # high: decoding cost is the same, and the originals are already lossy
 
@@ -49,17 +53,21 @@ def resize_shorter(im: Image.Image, max_size: int) -> Image.Image:
     return im.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
 
 
-def load_for_storage(data: bytes, path: str, max_size: int) -> tuple[bytes, tuple[int, int]]:
-    """Decode `data` (the bytes of file `path`), normalise it, and re-encode it for storage.
+def decode_file(data: bytes, path: str) -> Image.Image:
+    """`data` (the bytes of file `path`, an image or DICOM file) as an 8-bit grayscale image.
 
-    Returns (encoded JPEG bytes, (height, width)). Raises BadImageError naming `path`.
+    Raises BadImageError naming `path`.
     """
+    if dicom.is_dicom(data):
+        try:
+            return Image.fromarray(dicom.read_gray(data, path), mode="L")
+        except dicom.DicomError as e:
+            raise BadImageError(str(e)) from e
     try:
         with warnings.catch_warnings():
             # Pillow warns (not raises) on some damaged files; treat those as bad too.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data))
-            fmt = im.format
             im.load()  # full decode: truncated or corrupt data fails here, not later in training
     except Exception as e:  # Pillow raises many types (OSError, SyntaxError, ValueError...)
         if isinstance(e, Image.UnidentifiedImageError):
@@ -70,12 +78,28 @@ def load_for_storage(data: bytes, path: str, max_size: int) -> tuple[bytes, tupl
     if getattr(im, "n_frames", 1) > 1:
         im.seek(0)  # multi-frame TIFF/GIF: the first frame is the radiograph
     try:
-        gray = to_gray(im)
+        return to_gray(im)
     except BadImageError as e:
         raise BadImageError(f"{path}: {e}") from e
+
+
+def load_for_storage(data: bytes, path: str, max_size: int) -> tuple[bytes, tuple[int, int]]:
+    """Decode `data` (the bytes of file `path`), normalise it, and re-encode it for storage.
+
+    Returns (encoded JPEG bytes, (height, width)). Raises BadImageError naming `path`.
+    """
+    return store_gray(decode_file(data, path), max_size, data)
+
+
+def store_gray(gray: Image.Image, max_size: int, original: bytes | None = None) -> tuple[bytes, tuple[int, int]]:
+    """The stored copy of an 8-bit grayscale image: (JPEG bytes, (height, width)), shorter side <= max_size.
+
+    `original` is the file `gray` was decoded from: an 8-bit grey JPEG that needs no
+    resize is kept as it is (to_gray returns the opened file itself, format kept).
+    """
     resized = resize_shorter(gray, max_size)
-    if fmt == "JPEG" and im.mode == "L" and resized is gray:
-        return data, (gray.height, gray.width)  # already what we store: no re-compression
+    if original is not None and gray.format == "JPEG" and resized is gray:
+        return original, (gray.height, gray.width)  # already what we store: no re-compression
     out = io.BytesIO()
     resized.save(out, format="JPEG", quality=JPEG_QUALITY)
     return out.getvalue(), (resized.height, resized.width)

@@ -7,7 +7,7 @@ import dataclasses
 import ml_collections
 from etils import epath
 
-from effnet_jax.models import EfficientNet, get_variant
+from effnet_jax.models import EfficientNet, build_model, get_variant
 from effnet_jax.train import state as state_lib
 from effnet_jax.train.checkpointing import Checkpointer, checkpoint_dir, resolve_step
 from effnet_jax.train.run_record import RunRecord
@@ -60,7 +60,8 @@ def restore_for_inference(workdir: str, checkpoint: str | int = "best", use_ema:
         ckpt.close()
     if run is None:
         run = RunRecord.from_legacy_config(config, get_variant(config.model.name))
-    model, _ = state_lib.model_from_config(config, load_weights=False)
+    # The module alone: the variables come from the checkpoint, so nothing is initialised (or compiled).
+    model = build_model(config.model.name, num_classes=state_lib.num_classes(config), **state_lib.model_kwargs(config))
     model = model.clone(variant=dataclasses.replace(model.variant, mean=tuple(run.mean), std=tuple(run.std)))
     variables = state_lib.inference_variables(saved, use_ema=use_ema)
     return Restored(config=config, run=run, model=model, variables=variables, step=step)

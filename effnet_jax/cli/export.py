@@ -1,0 +1,88 @@
+"""effnet-export: a trained run as one jax.export function plus model.json, served with jax alone.
+
+    effnet-export --workdir=RUN [--checkpoint=best|latest|STEP] --out=DIR [--platforms=cpu,cuda,tpu]
+
+Writes DIR/model.stablehlo (the function: preprocessing after the resize, the network and
+the softmax, with a symbolic batch), DIR/weights.npz and DIR/model.json (class names, input
+size, operating threshold and its rule, variant, weights source, training data, metrics,
+versions). Load it with ``effnet_jax.serving.load(DIR)`` or ``effnet-predict --exported=DIR``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+
+from effnet_jax.cli.common import check_output_dir, define_once, exit_with_help_if_asked, quiet_unless_verbose
+
+FLAGS = flags.FLAGS
+
+
+def define_flags(fv: flags.FlagValues = FLAGS):
+    """Defines this command's flags (once); see cli/predict.py for why not at import."""
+    define_once(flags.DEFINE_string, "workdir", None, "Training run directory (holds checkpoints/).", flag_values=fv)
+    define_once(
+        flags.DEFINE_string,
+        "checkpoint",
+        "best",
+        "'best' (by the run's best_metric), 'latest' or a step number.",
+        flag_values=fv,
+    )
+    define_once(
+        flags.DEFINE_string,
+        "out",
+        None,
+        "Directory to write model.json, model.stablehlo and weights.npz.",
+        flag_values=fv,
+    )
+    define_once(
+        flags.DEFINE_string,
+        "threshold",
+        "auto",
+        "Operating threshold recorded in model.json: 'auto' (the run's, README Thresholds), 'prior', 'youden' or P.",
+        flag_values=fv,
+    )
+    define_once(
+        flags.DEFINE_list,
+        "platforms",
+        ["cpu", "cuda", "tpu"],
+        "Platforms the function is lowered for (jax names).",
+        flag_values=fv,
+    )
+
+
+def main(argv):
+    quiet_unless_verbose()
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not FLAGS.workdir or not FLAGS.out:
+        raise app.UsageError("--workdir (the training run) and --out (a new folder) are required.")
+    problem = check_output_dir(FLAGS.out, "--out")
+    if problem:
+        print(f"effnet-export: error: {problem}", file=sys.stderr)
+        return 1
+    from effnet_jax.inference.export import export_run
+
+    try:
+        meta = export_run(FLAGS.workdir, FLAGS.out, FLAGS.checkpoint, FLAGS.threshold, FLAGS.platforms)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"effnet-export: error: {e}", file=sys.stderr)
+        return 1
+    print(
+        f"effnet-export: step {meta['model']['checkpoint_step']} of {FLAGS.workdir}, {meta['input']['image_size']} px, "
+        f"threshold {meta['threshold']['value']:.4f} ({meta['threshold']['rule']}), "
+        f"platforms {','.join(meta['platforms'])}; wrote {FLAGS.out}/model.json"
+    )
+    return 0
+
+
+def run():
+    """Console-script entry point."""
+    exit_with_help_if_asked(sys.argv, __doc__, define_flags)
+    define_flags()
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,211 @@
+"""Export a trained run for serving: one ``jax.export`` function plus model.json (``effnet-export``).
+
+The function takes ``(weights, images)``, images being ``(batch, S, S)`` uint8 grey levels
+with a symbolic batch, and returns P(PNEUMONIA) per image: grey -> 3 channels, the
+weights' normalisation, the network, the calibration temperature (if the run has one)
+and the softmax all happen inside it. The resize to S x S stays on the host
+(``effnet_jax.serving``), because an exported function has a fixed spatial shape and
+effnet-predict's resize is Pillow's. The depthwise convolution is chosen per platform
+inside the function (``lax.platform_dependent``): shifted slices on CPU, as effnet-predict
+computes them there, the native convolution elsewhere.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import io
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import export as jax_export
+from jax import lax
+
+import effnet_jax
+from effnet_jax.data import transforms
+from effnet_jax.inference.evaluation import input_spec
+from effnet_jax.inference.restore import restore_for_inference
+from effnet_jax.inference.thresholds import resolve_threshold
+from effnet_jax.labels import CLASS_NAMES, positive_probability
+from effnet_jax.reporting.metrics_log import read_metrics
+from effnet_jax.serving import bundle
+
+DEFAULT_PLATFORMS = ("cpu", "cuda", "tpu")
+CALIBRATION_FILE = "calibration.json"  # written by temperature scaling (reporting/calibration, h15b's module)
+
+
+def load_temperature(workdir: str) -> float | None:
+    """``temperature`` from ``WORKDIR/calibration.json``, or None when the run was not calibrated."""
+    path = os.path.join(workdir, CALIBRATION_FILE)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            value = json.load(f)["temperature"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: expected JSON with a 'temperature' ({type(e).__name__}: {e})") from e
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{path}: temperature={value!r}, expected a number > 0")
+    return float(value)
+
+
+def make_serving_fn(model, treedef, mean, std, temperature: float | None, platforms=DEFAULT_PLATFORMS):
+    """``fn(weight_leaves, images uint8 (B, S, S)) -> (B,)`` float32 P(PNEUMONIA), ready for jax.export.
+
+    A model whose depthwise convolution is 'auto' gets effnet-predict's choice per platform
+    (shifted slices on CPU, native elsewhere) through ``lax.platform_dependent``; a fixed
+    choice in the run's config is kept on every platform.
+    """
+    # The eval pipeline's own normalisation: a 256 x 3 table of grey level -> normalised RGB.
+    table = jnp.asarray(transforms.Normalizer(mean, std).table(np.zeros((1, 1), np.uint8)))
+
+    def probs(m, variables):
+        def run(x):
+            logits = m.apply(variables, x, train=False).astype(jnp.float32)
+            return positive_probability(logits if temperature is None else logits / temperature)
+
+        return run
+
+    def fn(leaves, images):
+        variables = jax.tree_util.tree_unflatten(treedef, leaves)
+        x = jnp.take(table, images.astype(jnp.int32), axis=0)  # (B, S, S, 3) float32
+        if model.depthwise_impl != "auto":
+            return probs(model, variables)(x)
+        on_cpu, elsewhere = model.clone(depthwise_impl="shifts"), model.clone(depthwise_impl="native")
+        if "cpu" not in platforms:
+            return probs(elsewhere, variables)(x)
+        if set(platforms) == {"cpu"}:
+            return probs(on_cpu, variables)(x)
+        return lax.platform_dependent(x, cpu=probs(on_cpu, variables), default=probs(elsewhere, variables))
+
+    return fn
+
+
+def _metrics_at(workdir: str, step: int) -> dict:
+    """The trainer's evaluation records at ``step`` (validation and external splits), numbers only."""
+    found = {}
+    for record in read_metrics(workdir):
+        if record.get("step") == step and record.get("split") not in (None, "train"):
+            found[record["split"]] = {
+                k: v for k, v in record.items() if k not in ("step", "split", "time") and not isinstance(v, dict)
+            }
+    return found
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _prepare_out_dir(out_dir: str):
+    """``out_dir`` made, or refused when it holds anything other than an earlier export."""
+    os.makedirs(out_dir, exist_ok=True)
+    ours = {bundle.MODEL_JSON, bundle.FUNCTION_FILE, bundle.WEIGHTS_FILE}
+    others = sorted(set(os.listdir(out_dir)) - ours)
+    if others:
+        raise ValueError(f"--out={out_dir}: not empty ({', '.join(others[:3])}...); give a new or empty folder")
+
+
+def export_run(
+    workdir: str,
+    out_dir: str,
+    checkpoint: str | int = "best",
+    threshold: float | str | None = None,
+    platforms=DEFAULT_PLATFORMS,
+    use_ema: bool = True,
+) -> dict:
+    """Exports ``checkpoint`` of the run in ``workdir`` into ``out_dir``; returns what model.json records."""
+    _prepare_out_dir(out_dir)
+    temperature = load_temperature(workdir)  # a bad calibration file fails before the restore
+    restored = restore_for_inference(workdir, checkpoint, use_ema=use_ema)
+    config, step = restored.config, restored.step
+    size, mean, std = input_spec(restored)
+    t_value, t_rule = resolve_threshold(workdir, step, threshold, config, restored.run.train_class_counts)
+
+    leaves, treedef = jax.tree_util.tree_flatten(restored.variables)
+    leaves = [np.asarray(x) for x in leaves]
+    fn = make_serving_fn(restored.model, treedef, mean, std, temperature, tuple(platforms))
+    (batch,) = jax_export.symbolic_shape("batch")
+    args = (
+        [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves],
+        jax.ShapeDtypeStruct((batch, size, size), jnp.uint8),
+    )
+    exported = jax_export.export(jax.jit(fn), platforms=tuple(platforms))(*args)
+    function = bytes(exported.serialize())
+    buffer = io.BytesIO()
+    np.savez(buffer, *leaves)  # arr_0.npy, arr_1.npy, ... in argument order; no pickles
+    weights = buffer.getvalue()
+
+    data = config.data
+    metrics = _metrics_at(workdir, step)
+    meta = {
+        "format": bundle.FORMAT,
+        "class_names": list(CLASS_NAMES),
+        "positive_class": CLASS_NAMES[1],
+        "output": f"P({CLASS_NAMES[1]}) per image, float32",
+        "input": {
+            "image_size": int(size),
+            "dtype": "uint8",
+            "center_crop": float(data.get("center_crop", 1.0) or 1.0),
+            "max_size": int(data.get("max_size", 512) or 512),
+            "accepts": "a list of uint8 images of any size, (H, W) grey or (H, W, 3) RGB; or image/DICOM files",
+        },
+        "preprocessing": {
+            "host": (
+                "numpy + Pillow, as effnet-predict: decode (DICOM: rescale, VOI window, MONOCHROME1 inverted), "
+                "grayscale, stored copy (shorter side <= max_size, LANCZOS, JPEG q95 unless already a grey "
+                "JPEG), reduced decode, centre crop center_crop, bilinear resize to image_size"
+            ),
+            "in_function": "grey -> 3 channels, (pixels / 255 - mean) / std, network, logits / temperature, softmax",
+            "mean": [float(v) for v in mean],
+            "std": [float(v) for v in std],
+        },
+        "threshold": {"value": float(t_value), "rule": t_rule},
+        "temperature": temperature,
+        "model": {
+            "variant": config.model.name,
+            "weights_source": config.model.get("pretrained"),
+            "checkpoint_step": int(step),
+            "checkpoint": str(checkpoint),
+            "ema": bool(use_ema and config.get("ema_decay", 0) > 0),
+            "workdir": os.path.abspath(workdir),
+        },
+        "training": {
+            "data": next((m.get("data") for m in metrics.values() if m.get("data")), data.get("name")),
+            "manual_dir": data.get("manual_dir"),
+            "split_protocol": data.get("split_protocol"),
+            "val_fraction": data.get("val_fraction"),
+            "split_seed": data.get("split_seed"),
+            "external": [str(p) for p in (data.get("external") or ())],
+            "train_class_counts": [int(n) for n in restored.run.train_class_counts],
+            "select_split": config.get("select_split"),
+        },
+        "metrics": metrics,
+        "platforms": list(exported.platforms),
+        "versions": {
+            "effnet_jax": effnet_jax.__version__,
+            "jax": jax.__version__,
+            "jaxlib": _version("jaxlib"),
+            "flax": _version("flax"),
+        },
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "files": {
+            "function": {"name": bundle.FUNCTION_FILE, "bytes": len(function), "sha256": bundle.sha256(function)},
+            "weights": {"name": bundle.WEIGHTS_FILE, "bytes": len(weights), "sha256": bundle.sha256(weights)},
+        },
+    }
+    # model.json last (and the old one gone first): a folder holding it holds the files it describes.
+    if os.path.exists(os.path.join(out_dir, bundle.MODEL_JSON)):
+        os.remove(os.path.join(out_dir, bundle.MODEL_JSON))
+    for name, blob in ((bundle.FUNCTION_FILE, function), (bundle.WEIGHTS_FILE, weights)):
+        with open(os.path.join(out_dir, name), "wb") as f:
+            f.write(blob)
+    with open(os.path.join(out_dir, bundle.MODEL_JSON), "w") as f:
+        json.dump(meta, f, indent=2)
+        f.write("\n")
+    return meta

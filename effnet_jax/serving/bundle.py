@@ -1,0 +1,124 @@
+"""The exported-model directory: its files, their size limits, and model.json checked key by key.
+
+``effnet-export`` writes, and ``serving.load`` reads, a directory holding
+
+    model.json       what the model is and how to feed it (validated here before anything else is read)
+    model.stablehlo  the function, serialized by ``jax.export`` (StableHLO bytes, symbolic batch)
+    weights.npz      its arrays, in the order of the function's arguments (plain .npy, no pickles)
+
+A directory may come from anyone: every file is size-checked before it is read and
+its SHA-256 checked against model.json, so a truncated or swapped file is a one-line
+error naming it rather than a crash deep in a deserializer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+
+FORMAT = "effnet_jax.exported/1"
+MODEL_JSON = "model.json"
+FUNCTION_FILE = "model.stablehlo"
+WEIGHTS_FILE = "weights.npz"
+
+MAX_JSON_BYTES = 1 << 20
+MAX_FUNCTION_BYTES = 256 << 20
+MAX_WEIGHTS_BYTES = 4 << 30  # EfficientNet-B7 in float32 is about 270 MB
+
+
+class ExportedModelError(ValueError):
+    """An exported-model directory that cannot be used; the message names the file at fault."""
+
+
+def read_limited(path: str, limit: int) -> bytes:
+    """The bytes of regular file ``path``, refused when larger than ``limit``."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise ExportedModelError(f"{path}: cannot read ({e.strerror or e})") from e
+    if not os.path.isfile(path):
+        raise ExportedModelError(f"{path}: not a regular file")
+    if st.st_size > limit:
+        raise ExportedModelError(f"{path}: {st.st_size} bytes, more than the {limit} an exported model may hold")
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ExportedModelError(f"{path}: grew past {limit} bytes while being read")
+    return data
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_checked(directory: str, meta: dict, role: str, limit: int) -> bytes:
+    """The file model.json lists under ``files[role]``, after its size and SHA-256 match the record."""
+    entry = meta["files"][role]
+    path = os.path.join(directory, entry["name"])
+    data = read_limited(path, limit)
+    if len(data) != entry["bytes"] or sha256(data) != entry["sha256"]:
+        raise ExportedModelError(
+            f"{path}: does not match {os.path.join(directory, MODEL_JSON)} ({len(data)} bytes, expected "
+            f"{entry['bytes']}; or a different SHA-256): truncated, corrupted or from another export"
+        )
+    return data
+
+
+# -- model.json ----------------------------------------------------------------------------------
+# (dotted key, accepted types, check or None). Keys not listed are informative and not read.
+_NUMBER = (int, float)
+_SCHEMA = [
+    ("format", str, None),
+    ("class_names", list, lambda v: len(v) == 2 and all(isinstance(c, str) and c for c in v)),
+    ("positive_class", str, None),
+    ("input.image_size", int, lambda v: 8 <= v <= 4096),
+    ("input.center_crop", _NUMBER, lambda v: 0 < v <= 1),
+    ("input.max_size", int, lambda v: 8 <= v <= 16384),
+    ("input.dtype", str, lambda v: v == "uint8"),
+    ("threshold.value", _NUMBER, lambda v: 0 <= v <= 1),
+    ("threshold.rule", str, None),
+    ("temperature", (type(None), int, float), lambda v: v is None or v > 0),
+    ("files.function.name", str, lambda v: v == FUNCTION_FILE),
+    ("files.weights.name", str, lambda v: v == WEIGHTS_FILE),
+    ("files.function.bytes", int, lambda v: 0 < v <= MAX_FUNCTION_BYTES),
+    ("files.weights.bytes", int, lambda v: 0 < v <= MAX_WEIGHTS_BYTES),
+    ("files.function.sha256", str, lambda v: re.fullmatch("[0-9a-f]{64}", v) is not None),
+    ("files.weights.sha256", str, lambda v: re.fullmatch("[0-9a-f]{64}", v) is not None),
+]
+
+
+def _lookup(meta: dict, dotted: str):
+    value = meta
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise KeyError(dotted)
+        value = value[part]
+    return value
+
+
+def read_model_json(directory: str) -> dict:
+    """``DIR/model.json``, parsed and checked against the schema above."""
+    path = os.path.join(directory, MODEL_JSON)
+    if not os.path.isdir(directory):
+        raise ExportedModelError(f"{directory}: not a directory (expected one written by effnet-export)")
+    if not os.path.exists(path):
+        raise ExportedModelError(f"{path}: missing; {directory} was not written by effnet-export")
+    try:
+        meta = json.loads(read_limited(path, MAX_JSON_BYTES).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ExportedModelError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise ExportedModelError(f"{path}: format {found!r}, expected {FORMAT!r} (written by effnet-export)")
+    for key, types, check in _SCHEMA:
+        try:
+            value = _lookup(meta, key)
+        except KeyError:
+            raise ExportedModelError(f"{path}: missing key {key!r}") from None
+        if isinstance(value, bool) or not isinstance(value, types) or (check is not None and not check(value)):
+            raise ExportedModelError(f"{path}: bad value for {key!r}: {value!r}")
+    if meta["positive_class"] != meta["class_names"][1]:
+        raise ExportedModelError(f"{path}: positive_class must be the second of class_names")
+    return meta

@@ -1,0 +1,219 @@
+"""Run an exported model with jax alone: ``model = load(DIR)``, then ``model(images)`` -> P(PNEUMONIA) per image.
+
+The work is split where the exported function's fixed input shape puts it:
+
+- on the host (numpy + Pillow, the same functions as effnet-predict and the eval pipeline):
+  decode (images, DICOM), grayscale, the stored copy (shorter side <= ``max_size``, JPEG),
+  then the centre crop and bilinear resize to ``image_size`` x ``image_size`` uint8;
+- inside the exported function: grey -> 3 channels, the weights' mean/std normalisation,
+  the network, the calibration temperature if any, and the softmax.
+
+No Flax, optax, orbax or model code is imported here (a test checks it).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import stat
+import zipfile
+from collections.abc import Iterator, Sequence
+
+import jax
+import numpy as np
+from jax import export as jax_export
+from PIL import Image
+
+from effnet_jax.data import imaging, transforms
+from effnet_jax.serving import bundle
+from effnet_jax.serving.bundle import ExportedModelError
+
+MAX_IMAGE_FILE_BYTES = 128 << 20  # as effnet-data refuses larger files
+
+
+class ImageInputError(ValueError):
+    """An image (array or file) the model cannot take; the message names it."""
+
+
+def read_image(path: str) -> bytes:
+    """The bytes of image or DICOM file ``path``, refusing non-regular and oversized files."""
+    try:
+        st = os.stat(path)
+        # A FIFO or device would block open() or read() forever: only regular files are read.
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageInputError(f"{path}: not a regular file (a FIFO, device or folder)")
+        if st.st_size > MAX_IMAGE_FILE_BYTES:
+            raise ImageInputError(f"{path}: {st.st_size} bytes, larger than the {MAX_IMAGE_FILE_BYTES} accepted")
+        with open(path, "rb") as f:
+            return f.read(MAX_IMAGE_FILE_BYTES + 1)
+    except OSError as e:
+        raise ImageInputError(f"{path}: cannot read file ({type(e).__name__}: {e.strerror or e})") from e
+
+
+def _gray_from_array(image, name: str) -> Image.Image:
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8:
+        raise ImageInputError(f"{name}: dtype {arr.dtype}, expected uint8 grey levels")
+    if arr.ndim == 2 and min(arr.shape) >= 1:
+        return Image.fromarray(np.ascontiguousarray(arr), mode="L")
+    if arr.ndim == 3 and arr.shape[2] == 3 and min(arr.shape[:2]) >= 1:
+        return imaging.to_gray(Image.fromarray(np.ascontiguousarray(arr), mode="RGB"))
+    raise ImageInputError(f"{name}: shape {arr.shape}, expected (H, W) grey or (H, W, 3) RGB")
+
+
+class ExportedModel:
+    """An exported model, ready to score images. ``threshold`` and ``class_names`` come from model.json."""
+
+    def __init__(self, directory: str, meta: dict, exported, weights: list):
+        self.directory = directory
+        self.info = meta  # the whole of model.json
+        self.class_names = tuple(meta["class_names"])
+        self.threshold = float(meta["threshold"]["value"])
+        self.image_size = int(meta["input"]["image_size"])
+        self.center_crop = float(meta["input"]["center_crop"])
+        self.max_size = int(meta["input"]["max_size"])
+        self._exported = exported
+        self._weights = [jax.device_put(w) for w in weights]
+        self._call = jax.jit(exported.call)
+
+    # -- host preprocessing -----------------------------------------------------------------------
+    def _from_stored(self, stored: bytes) -> np.ndarray:
+        # Exactly effnet-predict's steps after storage: reduced decode, centre crop, bilinear resize.
+        gray = transforms.decode_gray(stored, math.ceil(self.image_size / self.center_crop))
+        return transforms.center_resize(gray, self.image_size, self.center_crop)
+
+    def prepare_array(self, image, name: str = "image") -> np.ndarray:
+        """A uint8 ``(H, W)`` or ``(H, W, 3)`` image -> the function's ``(S, S)`` uint8 input.
+
+        The pixels go through the steps effnet-predict applies to a lossless file of them.
+        """
+        stored, _ = imaging.store_gray(_gray_from_array(image, name), self.max_size)
+        return self._from_stored(stored)
+
+    def prepare_file(self, path: str) -> np.ndarray:
+        """An image or DICOM file -> the function's ``(S, S)`` uint8 input, as effnet-predict reads it."""
+        data = read_image(path)
+        try:
+            stored, _ = imaging.load_for_storage(data, path, self.max_size)
+        except imaging.BadImageError as e:
+            raise ImageInputError(str(e)) from e
+        return self._from_stored(stored)
+
+    # -- scoring ------------------------------------------------------------------------------------
+    def run(self, inputs: np.ndarray) -> np.ndarray:
+        """P(positive class) for prepared inputs ``(B, S, S)`` uint8, as float32 ``(B,)``."""
+        inputs = np.asarray(inputs)
+        expected = (self.image_size, self.image_size)
+        if inputs.dtype != np.uint8 or inputs.ndim != 3 or inputs.shape[1:] != expected:
+            raise ImageInputError(
+                f"inputs: {inputs.dtype}{inputs.shape}, expected uint8 (B, {expected[0]}, {expected[1]})"
+            )
+        if inputs.shape[0] == 0:
+            return np.zeros((0,), np.float32)
+        return np.asarray(self._call(self._weights, inputs), np.float32)
+
+    def __call__(self, images: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
+        """P(positive class) for a list of uint8 images of any size, ``(H, W)`` grey or ``(H, W, 3)``."""
+        if isinstance(images, np.ndarray):
+            raise TypeError("pass a list of images (each (H, W) or (H, W, 3) uint8), not one array")
+        prepared = [self.prepare_array(image, f"images[{i}]") for i, image in enumerate(images)]
+        out = [self.run(np.stack(prepared[i : i + batch_size])) for i in range(0, len(prepared), batch_size)]
+        return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+    def predict_files(
+        self, paths: Sequence[str], threshold: float | None = None, batch_size: int = 8
+    ) -> Iterator[dict]:
+        """Yields effnet-predict's record per path: ``{'file', 'prob_pneumonia', 'label', 'threshold'}``
+        or ``{'file', 'error'}`` for a file it cannot read."""
+        threshold = self.threshold if threshold is None else float(threshold)
+        for start in range(0, len(paths), max(1, batch_size)):
+            chunk = paths[start : start + max(1, batch_size)]
+            loaded, errors = {}, {}
+            for i, path in enumerate(chunk):
+                try:
+                    loaded[i] = self.prepare_file(path)
+                except ImageInputError as e:
+                    errors[i] = str(e)
+            probs = self.run(np.stack(list(loaded.values()))) if loaded else []
+            scored = {i: k for k, i in enumerate(loaded)}
+            for i, path in enumerate(chunk):
+                if i in errors:
+                    yield {"file": path, "error": errors[i]}
+                    continue
+                p = float(probs[scored[i]])
+                yield {
+                    "file": path,
+                    "prob_pneumonia": p,
+                    "label": self.class_names[int(p >= threshold)],
+                    "threshold": threshold,
+                }
+
+
+# -- loading --------------------------------------------------------------------------------------
+def _read_weights(path: str, data: bytes, avals) -> list[np.ndarray]:
+    """The arrays of weights.npz, each checked against the function's argument before it is read."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        names = sorted(archive.namelist())
+    except zipfile.BadZipFile as e:
+        raise ExportedModelError(f"{path}: not an .npz archive ({e})") from e
+    expected = [f"arr_{i}.npy" for i in range(len(avals))]
+    if sorted(names) != sorted(expected):
+        raise ExportedModelError(f"{path}: holds {len(names)} arrays, the function takes {len(avals)}")
+    arrays = []
+    for name, aval in zip(expected, avals):
+        try:
+            with archive.open(name) as f:
+                version = np.lib.format.read_magic(f)
+                read_header = (
+                    np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                )
+                shape, fortran, dtype = read_header(f)
+                if tuple(shape) != tuple(aval.shape) or dtype != aval.dtype or dtype.hasobject:
+                    raise ExportedModelError(
+                        f"{path}: {name} is {dtype}{tuple(shape)}, the function expects {aval.dtype}{tuple(aval.shape)}"
+                    )
+                raw = f.read(dtype.itemsize * math.prod(shape) + 1)
+        except (ValueError, zipfile.BadZipFile, OSError, EOFError) as e:
+            if isinstance(e, ExportedModelError):
+                raise
+            raise ExportedModelError(f"{path}: unreadable array {name} ({type(e).__name__}: {e})") from e
+        if len(raw) != dtype.itemsize * math.prod(shape):
+            raise ExportedModelError(f"{path}: {name} holds {len(raw)} bytes, not {dtype.itemsize * math.prod(shape)}")
+        array = np.frombuffer(raw, dtype).reshape(shape, order="F" if fortran else "C")
+        arrays.append(array)
+    return arrays
+
+
+def load(directory: str) -> ExportedModel:
+    """The model ``effnet-export`` wrote to ``directory``; raises ExportedModelError naming the bad file."""
+    directory = os.fspath(directory)
+    meta = bundle.read_model_json(directory)
+    function_path = os.path.join(directory, bundle.FUNCTION_FILE)
+    blob = bundle.read_checked(directory, meta, "function", bundle.MAX_FUNCTION_BYTES)
+    try:
+        exported = jax_export.deserialize(bytearray(blob))
+    except Exception as e:  # the flatbuffer reader raises struct, index and value errors on bad bytes
+        raise ExportedModelError(f"{function_path}: not a serialized jax.export function ({type(e).__name__})") from e
+    size = int(meta["input"]["image_size"])
+    *weight_avals, image_aval = exported.in_avals
+    if (
+        image_aval.dtype != np.uint8
+        or len(image_aval.shape) != 3
+        or tuple(image_aval.shape[1:]) != (size, size)
+        or len(exported.out_avals) != 1
+        or len(exported.out_avals[0].shape) != 1
+    ):
+        raise ExportedModelError(
+            f"{function_path}: takes {exported.in_avals[-1]} and returns {exported.out_avals}; model.json "
+            f"says uint8 (batch, {size}, {size}) -> (batch,)"
+        )
+    platform = jax.default_backend()
+    if platform not in exported.platforms:
+        raise ExportedModelError(f"{function_path}: exported for {list(exported.platforms)}, this host runs {platform}")
+    weights_path = os.path.join(directory, bundle.WEIGHTS_FILE)
+    weights = _read_weights(
+        weights_path, bundle.read_checked(directory, meta, "weights", bundle.MAX_WEIGHTS_BYTES), weight_avals
+    )
+    return ExportedModel(directory, meta, exported, weights)
