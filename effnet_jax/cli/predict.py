@@ -3,7 +3,8 @@
     effnet-predict --workdir=DIR [--checkpoint=best|latest|STEP] [--gradcam=OUT_DIR] IMAGE...
 
 Prints one JSON line per image: {"file", "prob_pneumonia", "label", "threshold"}
-(plus "gradcam": the overlay PNG), or {"file", "error"} for a file it cannot read.
+(plus "gradcam": the overlay PNG at the image's size, and "gradcam_panel": X-ray | overlay |
+colour bar with the prediction in its title), or {"file", "error"} for a file it cannot read.
 The label uses the run's operating threshold (config.operating_threshold: with external
 data, the highest threshold that kept sensitivity >= 0.95 on it; else the training prior),
 or --threshold=prior, --threshold=youden (the validation Youden threshold effnet-eval
@@ -35,7 +36,12 @@ def define_flags():
     define_once(
         flags.DEFINE_string, "checkpoint", "best", "'best' (by the run's best_metric), 'latest' or a step number."
     )
-    define_once(flags.DEFINE_string, "gradcam", None, "Directory to write a Grad-CAM overlay PNG per image.")
+    define_once(
+        flags.DEFINE_string,
+        "gradcam",
+        None,
+        "Directory to write a Grad-CAM overlay PNG and a titled panel PNG per image.",
+    )
     define_once(
         flags.DEFINE_string,
         "threshold",
@@ -75,7 +81,7 @@ def main(argv):
             print(f"effnet-predict: cannot read {record['error']}", file=sys.stderr)
         print(json.dumps(record), flush=True)
     if FLAGS.gradcam:
-        print(f"effnet-predict: wrote Grad-CAM overlays to {FLAGS.gradcam}", file=sys.stderr)
+        print(f"effnet-predict: wrote Grad-CAM overlays and panels to {FLAGS.gradcam}", file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from effnet_jax.data import imaging, transforms
 from effnet_jax.inference.evaluation import input_spec, make_predict_fn
-from effnet_jax.inference.gradcam import make_gradcam, save_overlay
+from effnet_jax.inference.gradcam import make_gradcam, save_overlay, save_panel
 from effnet_jax.inference.restore import restore_for_inference
 from effnet_jax.inference.thresholds import resolve_threshold
 from effnet_jax.labels import CLASS_NAMES, positive_probability
@@ -112,7 +112,7 @@ class Predictor:
         return np.asarray(self._predict(self.variables, padded), np.float64)[:n], None
 
     def predict(self, paths: Sequence[str], gradcam_dir: str | None = None) -> Iterator[dict]:
-        """Yields ``{'file', 'prob_pneumonia', 'label', 'threshold'[, 'gradcam']}`` or ``{'file', 'error'}`` per path."""
+        """Yields ``{'file', 'prob_pneumonia', 'label', 'threshold'[, 'gradcam', 'gradcam_panel']}`` or ``{'file', 'error'}`` per path."""
         names = _overlay_names(paths) if gradcam_dir else None
         if gradcam_dir:
             os.makedirs(gradcam_dir, exist_ok=True)
@@ -140,7 +140,16 @@ class Predictor:
                     "threshold": self.threshold,
                 }
                 if gradcam_dir:
-                    record["gradcam"] = save_overlay(
-                        loaded[i][1], heatmaps[scored[i]], os.path.join(gradcam_dir, names[i])
+                    heatmap, original = heatmaps[scored[i]], loaded[i][1]
+                    record["gradcam"] = save_overlay(original, heatmap, os.path.join(gradcam_dir, names[i]))
+                    # For a reader: X-ray | overlay | colour bar, titled with this prediction.
+                    record["gradcam_panel"] = save_panel(
+                        original,
+                        heatmap,
+                        os.path.join(gradcam_dir, names[i].replace(".gradcam.png", ".gradcam_panel.png")),
+                        prob=p,
+                        label=record["label"],
+                        threshold=self.threshold,
+                        name=os.path.basename(paths[i]),
                     )
                 yield record
