@@ -25,7 +25,6 @@ def get_config():
     c.batch_size = 16
     c.eval_batch_size = 50
     c.num_train_steps = 36  # about 3 epochs of the sample's 200 training images
-    c.optimizer.learning_rate = 1e-3
     c.schedule.warmup_epochs = 0.5
     c.log_every_steps = 4
     c.eval_every_steps = 18
