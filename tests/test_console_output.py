@@ -1,17 +1,13 @@
-"""What effnet-train shows while it runs: log lines apart from the bar, one compile notice,
-img/s of training steps alone, a parameter summary, no TFDS size chatter."""
+"""Pieces of what effnet-train shows: img/s of training steps alone, progress lines off a terminal,
+parameter counts per stage, no TFDS size chatter (a whole run on a terminal: tests/test_first_run.py)."""
 
 import io
 import logging
-import re
-import sys
 
 import data_fixtures as fx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
-from helpers import tiny_config
 
 import effnet_jax
 from effnet_jax.data import prepare
@@ -69,82 +65,6 @@ def test_off_a_terminal_progress_is_whole_log_lines_and_no_bar(caplog):
         "train [sample]: step 3/10 (30%), loss 0.5000, 16.0 img/s, ETA 0:07",
         "train [sample]: step 3/10 (30%), loss 0.2500",
     ]
-
-
-def render(text: str) -> list[str]:
-    """The lines a terminal shows for ``text``: a carriage return moves back to the line's start."""
-    lines, line, col = [], [], 0
-    for ch in text:
-        if ch == "\n":
-            lines.append("".join(line).rstrip())
-            line, col = [], 0
-        elif ch == "\r":
-            col = 0
-        else:
-            if col < len(line):
-                line[col] = ch
-            else:
-                line.append(ch)
-            col += 1
-    if line:
-        lines.append("".join(line).rstrip())
-    return lines
-
-
-class FakeTerminal(io.StringIO):
-    def isatty(self):
-        return True
-
-
-@pytest.fixture(scope="module")
-def terminal_run(tmp_path_factory):
-    """Stderr of a 4-step run with its bar on a (fake) terminal and our logs on it, as effnet-train sets them."""
-    from effnet_jax.train import train_and_evaluate
-
-    terminal = FakeTerminal()
-    ours = logging.getLogger("effnet_jax")
-    handler = logging.StreamHandler(terminal)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
-    saved = sys.stderr, ours.level, ours.propagate
-    sys.stderr = terminal  # the bar writes here, and tqdm's redirect recognises the handler as a console
-    handler.stream = terminal
-    ours.addHandler(handler)
-    ours.setLevel(logging.INFO)
-    ours.propagate = False
-    try:
-        config = tiny_config(
-            progress_bar=True, num_train_steps=4, log_every_steps=1, eval_every_steps=2, checkpoint_every_steps=2
-        )
-        train_and_evaluate(config, str(tmp_path_factory.mktemp("terminal")))
-    finally:
-        ours.removeHandler(handler)
-        sys.stderr = saved[0]
-        ours.setLevel(saved[1])
-        ours.propagate = saved[2]
-    return terminal.getvalue()
-
-
-def test_no_log_line_shares_a_terminal_line_with_the_bar(terminal_run):
-    lines = render(terminal_run)
-    bars = [line for line in lines if "%|" in line]
-    logs = [line for line in lines if re.search(r"\d\d:\d\d:\d\d effnet_jax", line)]
-    assert bars and len(logs) >= 4
-    assert not [line for line in bars if "effnet_jax" in line]
-    assert all(re.match(r"\d\d:\d\d:\d\d effnet_jax", line) for line in logs)
-    assert any("step 2 validation (synthetic)" in line for line in logs)
-
-
-def test_the_compile_notice_comes_once_before_the_first_step(terminal_run):
-    lines = render(terminal_run)
-    notices = [i for i, line in enumerate(lines) if "compiling the train step" in line]
-    assert len(notices) == 1
-    assert not [line for line in lines[: notices[0]] if "%|" in line and " 1/4 " in line]
-
-
-def test_the_run_states_its_parameters_per_stage(terminal_run):
-    lines = render(terminal_run)
-    assert any(re.match(r"parameters: [\d,]+ total, [\d,]+ trainable, 0 frozen$", line) for line in lines)
-    assert any(re.match(r"  stage_6 +[\d,]+ trainable +0 frozen$", line) for line in lines)
 
 
 def _shapes(**modules):
