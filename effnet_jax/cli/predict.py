@@ -8,7 +8,8 @@
 Inputs are image files, folders (searched recursively for .jpeg/.jpg/.png/.bmp/.tif/.gif/
 .webp files) and glob patterns ('scans/**/*.png'; quote them). Without --out it prints one
 JSON line per image: {"file", "prob_pneumonia", "label", "threshold"} (plus "gradcam": the
-overlay PNG), or {"file", "error"} for a file it cannot read; --out writes those rows to a
+overlay PNG at the image's size, and "gradcam_panel": X-ray | overlay | colour bar with
+the prediction in its title), or {"file", "error"} for a file it cannot read; --out writes those rows to a
 CSV or JSON-lines file instead (by its extension). The label uses the run's operating
 threshold (config.operating_threshold: with external data, the highest threshold that kept
 sensitivity >= 0.95 on it; else the training prior), or --threshold=prior,
@@ -55,7 +56,11 @@ def define_flags(fv: flags.FlagValues = FLAGS):
         flag_values=fv,
     )
     define_once(
-        flags.DEFINE_string, "gradcam", None, "Directory to write a Grad-CAM overlay PNG per image.", flag_values=fv
+        flags.DEFINE_string,
+        "gradcam",
+        None,
+        "Directory to write a Grad-CAM overlay PNG and a titled panel PNG per image.",
+        flag_values=fv,
     )
     define_once(
         flags.DEFINE_string,
@@ -132,7 +137,7 @@ def main(argv):
     )
     status = _emit(predictor.predict(paths, FLAGS.gradcam))
     if FLAGS.gradcam:
-        print(f"effnet-predict: wrote Grad-CAM overlays to {FLAGS.gradcam}", file=sys.stderr)
+        print(f"effnet-predict: wrote Grad-CAM overlays and panels to {FLAGS.gradcam}", file=sys.stderr)
     return status
 
 

@@ -6,10 +6,10 @@ opens its TFDS data sources lazily in whichever process uses it.
 
 import functools
 
-from effnet_jax.data import external, synthetic
+from effnet_jax.data import bundled_sample, external, synthetic
 from effnet_jax.data import splits as splits_lib
 
-DATASETS = ("chest_xray", "pneumonia_mnist", "synthetic")
+DATASETS = ("chest_xray", "pneumonia_mnist", "synthetic", "sample")
 
 
 class SyntheticReader:
@@ -69,6 +69,8 @@ def _catalog(key: tuple):
         sizes = synthetic.split_sizes(int(key[6]))
         metas = {p: splits_lib.PartMeta(synthetic.labels(n), None, None) for p, n in sizes.items()}
         return metas, SyntheticReader(tuple(metas))
+    if name == "sample":
+        return bundled_sample.catalog()
     if name not in DATASETS:
         raise ValueError(f"data.name={name!r}: expected one of {DATASETS}")
     from effnet_jax.data import prepare  # pylint: disable=g-import-not-at-top
@@ -104,8 +106,9 @@ def selection(cfg, split: str) -> splits_lib.Selection:
     if external.is_external(split):
         return external.selection(cfg, split)
     metas, _ = catalog(cfg)
-    if cfg.name == "synthetic":
-        # Synthetic splits are generated separately, so they are used as they are.
+    if cfg.name in ("synthetic", "sample"):
+        # Synthetic splits are generated separately, and the bundled sample ships its two
+        # patient-disjoint parts: both are used as they are.
         return splits_lib.select(metas, split, protocol="patient", val_fraction=0.5, carve_validation=False)
     return splits_lib.select(
         metas,

@@ -1,10 +1,14 @@
-"""Grad-CAM (Selvaraju et al., 2017) heatmaps for EfficientNet, and overlay PNGs.
+"""Grad-CAM (Selvaraju et al., 2017) heatmaps for EfficientNet, overlay PNGs and panels for readers.
 
 The model adds a zero "perturbation" to its last convolutional feature map A
 (``self.perturb('head_features', ...)``), so the gradient of a logit with respect
 to that perturbation is d logit / dA. Each channel's weight is that gradient
 averaged over space; the map is relu(sum_c weight_c * A_c), upsampled to the
 input size.
+
+A panel (``save_panel``) shows the X-ray, the overlay and the colour scale side by side,
+titled with P(PNEUMONIA), the label and the threshold that gave it; a map that is all
+zero says so, rather than showing a plain X-ray that looks like a map of nothing.
 """
 
 from __future__ import annotations
@@ -108,4 +112,54 @@ def save_overlay(image, heatmap, path: str | os.PathLike, alpha: float = 0.45, c
     path = os.fspath(path)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     Image.fromarray(overlay(image, heatmap, alpha, colormap), mode="RGB").save(path, format="PNG")
+    return path
+
+
+EMPTY_MAP_NOTE = "empty map: no region raises\nP(PNEUMONIA) for this image"
+
+
+def panel_figure(image, heatmap, prob: float, label: str, threshold: float, name: str = "", colormap: str = "jet"):
+    """A matplotlib Figure: the X-ray | its Grad-CAM overlay | the colour bar, titled with the prediction."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+
+    gray = _to_gray(image)
+    heat = np.asarray(heatmap, dtype=np.float32)
+    fig = Figure(figsize=(8.0, 4.2), dpi=100)
+    grid = fig.add_gridspec(1, 3, width_ratios=[1, 1, 0.05], wspace=0.08)
+    original, blended, scale = (fig.add_subplot(grid[i]) for i in range(3))
+    original.imshow(gray, cmap="gray", vmin=0.0, vmax=1.0)
+    original.set_title("X-ray", fontsize=9)
+    blended.imshow(overlay(image, heat, colormap=colormap))
+    blended.set_title("Grad-CAM for PNEUMONIA", fontsize=9)
+    for ax in (original, blended):
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if not float(heat.max(initial=0.0)) > 0.0:
+        blended.text(
+            0.5,
+            0.5,
+            EMPTY_MAP_NOTE,
+            transform=blended.transAxes,
+            ha="center",
+            va="center",
+            fontsize=9,
+            bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "0.5"},
+        )
+    fig.colorbar(ScalarMappable(Normalize(0.0, 1.0), cmap=colormap), cax=scale, label="share of the map's peak")
+    head = f"{name}\n" if name else ""
+    fig.suptitle(f"{head}P(PNEUMONIA) = {prob:.3f} -> {label} (threshold {threshold:.3f})", fontsize=10)
+    return fig
+
+
+def save_panel(image, heatmap, path: str | os.PathLike, prob: float, label: str, threshold: float, name: str = ""):
+    """Writes ``panel_figure(...)`` as a PNG; returns the path."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig = panel_figure(image, heatmap, prob, label, threshold, name)
+    FigureCanvasAgg(fig)
+    fig.savefig(path, format="png", dpi=fig.dpi, bbox_inches="tight")
     return path

@@ -25,7 +25,7 @@ from PIL import Image
 
 from effnet_jax.data import imaging, transforms
 from effnet_jax.inference.evaluation import input_spec, make_predict_fn
-from effnet_jax.inference.gradcam import make_gradcam, save_overlay
+from effnet_jax.inference.gradcam import make_gradcam, save_overlay, save_panel
 from effnet_jax.inference.restore import restore_for_inference
 from effnet_jax.inference.thresholds import resolve_threshold
 from effnet_jax.labels import CLASS_NAMES, positive_probability
@@ -172,7 +172,7 @@ class Predictor:
         return self.data == "synthetic"
 
     def predict(self, items: Sequence[ImageInput], gradcam_dir: str | None = None) -> Iterator[dict]:
-        """Yields ``{'file', 'prob_pneumonia', 'label', 'threshold'[, 'gradcam']}`` or ``{'file', 'error'}`` per input.
+        """Yields ``{'file', 'prob_pneumonia', 'label', 'threshold'[, 'gradcam', 'gradcam_panel']}`` or ``{'file', 'error'}`` per input.
 
         ``items``: file paths, uint8 arrays (H x W or H x W x 3) or PIL images, mixed freely;
         ``file`` is the path, or ``<array N>`` / ``<image N>`` for the N-th input held in memory.
@@ -207,7 +207,16 @@ class Predictor:
                     "threshold": self.threshold,
                 }
                 if gradcam_dir:
-                    record["gradcam"] = save_overlay(
-                        loaded[i][1], heatmaps[scored[i]], os.path.join(gradcam_dir, names[i])
+                    heatmap, original = heatmaps[scored[i]], loaded[i][1]
+                    record["gradcam"] = save_overlay(original, heatmap, os.path.join(gradcam_dir, names[i]))
+                    # For a reader: X-ray | overlay | colour bar, titled with this prediction.
+                    record["gradcam_panel"] = save_panel(
+                        original,
+                        heatmap,
+                        os.path.join(gradcam_dir, names[i].replace(".gradcam.png", ".gradcam_panel.png")),
+                        prob=p,
+                        label=record["label"],
+                        threshold=self.threshold,
+                        name=os.path.basename(paths[i]),
                     )
                 yield record

@@ -56,15 +56,8 @@ def plot_confusion_matrix(
     return _save(fig, path)
 
 
-def plot_roc_curve(
-    labels, probs, path: str | os.PathLike, thresholds: dict[str, float] | None = None, title: str = ""
-) -> str:
-    """Draws the ROC curve with its AUC and marks each named operating threshold on it.
-
-    ``thresholds`` maps a legend name (``"0.5"``, ``"Youden (validation)"``) to a
-    probability threshold; each is marked at the (FPR, TPR) it gives on these data.
-    With a single class in ``labels`` there is no curve: the figure says so.
-    """
+def roc_figure(labels, probs, thresholds: dict[str, float] | None = None, title: str = "") -> Figure:
+    """The ROC curve with its AUC, each named operating threshold marked on it (see ``plot_roc_curve``)."""
     labels = np.asarray(labels).reshape(-1)
     probs = np.asarray(probs, dtype=np.float64).reshape(-1)
     fig = Figure(figsize=(4.6, 4.2), dpi=100)
@@ -77,7 +70,7 @@ def plot_roc_curve(
         ax.plot(fpr, tpr, color="tab:blue", linewidth=2, label=f"ROC (AUC = {area(fpr, tpr):.4f})")
         positives, negatives = labels == 1, labels == 0
         markers = iter(["o", "s", "^", "D", "v"])
-        for name, t in (thresholds or {}).items():
+        for names, t in _merge_equal_thresholds(thresholds or {}):
             point_tpr = float(np.mean(probs[positives] >= t))
             point_fpr = float(np.mean(probs[negatives] >= t))
             ax.plot(
@@ -86,7 +79,7 @@ def plot_roc_curve(
                 marker=next(markers, "o"),
                 markersize=8,
                 linestyle="none",
-                label=f"{name}: t={t:.3f} (TPR {point_tpr:.3f}, FPR {point_fpr:.3f})",
+                label=f"{' = '.join(names)}: t={t:.3f} (TPR {point_tpr:.3f}, FPR {point_fpr:.3f})",
             )
     else:
         ax.text(0.5, 0.5, "ROC undefined:\nonly one class in the labels", ha="center", va="center")
@@ -96,30 +89,60 @@ def plot_roc_curve(
     ax.set_ylabel("true positive rate (sensitivity)")
     ax.set_title(title or "ROC curve")
     ax.legend(loc="lower right", fontsize=7)
-    return _save(fig, path)
+    return fig
 
 
-def plot_reliability(labels, probs, path: str | os.PathLike, num_bins: int = 10, title: str = "") -> str:
-    """Reliability diagram: observed PNEUMONIA rate against mean predicted probability per bin,
-    with the histogram of predictions below (where most of them sit, and how confident)."""
+def _merge_equal_thresholds(thresholds: dict[str, float]) -> list[tuple[list[str], float]]:
+    """Names sharing one threshold (the operating rule is often the training prior) as one legend entry."""
+    merged: dict[float, list[str]] = {}
+    for name, t in thresholds.items():
+        merged.setdefault(round(float(t), 6), []).append(name)
+    return [(names, t) for t, names in merged.items()]
+
+
+def plot_roc_curve(
+    labels, probs, path: str | os.PathLike, thresholds: dict[str, float] | None = None, title: str = ""
+) -> str:
+    """Draws the ROC curve with its AUC and marks each named operating threshold on it.
+
+    ``thresholds`` maps a legend name (``"0.5"``, ``"Youden (validation)"``) to a
+    probability threshold; each is marked at the (FPR, TPR) it gives on these data, and
+    names with the same threshold share one mark and one legend entry. With a single
+    class in ``labels`` there is no curve: the figure says so.
+    """
+    return _save(roc_figure(labels, probs, thresholds, title), path)
+
+
+def reliability_figure(labels, probs, num_bins: int = 10, title: str = "") -> Figure:
+    """The reliability diagram (see ``plot_reliability``)."""
+    from matplotlib.ticker import MaxNLocator
     from sklearn.calibration import calibration_curve
 
     labels = np.asarray(labels).reshape(-1)
     probs = np.asarray(probs, dtype=np.float64).reshape(-1)
-    fig = Figure(figsize=(4.6, 5.2), dpi=100)
-    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    fig = Figure(figsize=(4.6, 5.4), dpi=100)
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1.3]})
     top.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=1, label="perfectly calibrated")
     if labels.size:
         observed, predicted = calibration_curve(labels, probs, n_bins=num_bins, strategy="uniform")
         ece = expected_calibration_error(labels, probs)
         top.plot(predicted, observed, marker="o", color="tab:blue", label=f"model (ECE {ece:.3f})")
-        bottom.hist(probs, bins=num_bins, range=(0, 1), color="tab:blue", alpha=0.7)
+        counts, edges, bars = bottom.hist(probs, bins=num_bins, range=(0, 1), color="tab:blue", alpha=0.7)
+        # Counts on a plain axis, each bar labelled: a log axis hid how few images sit mid-range.
+        bottom.bar_label(bars, labels=[str(int(c)) if c else "" for c in counts], fontsize=7, padding=1)
+        bottom.set_ylim(0, max(counts.max(), 1) * 1.3)
+    bottom.yaxis.set_major_locator(MaxNLocator(nbins=3, integer=True))
     top.set_ylabel("observed fraction PNEUMONIA")
     top.set_xlim(0, 1)
     top.set_ylim(0, 1)
     top.legend(loc="upper left", fontsize=8)
     top.set_title(title or "Reliability")
     bottom.set_xlabel("predicted P(PNEUMONIA)")
-    bottom.set_ylabel("images")
-    bottom.set_yscale("log")
-    return _save(fig, path)
+    bottom.set_ylabel("images per bin")
+    return fig
+
+
+def plot_reliability(labels, probs, path: str | os.PathLike, num_bins: int = 10, title: str = "") -> str:
+    """Reliability diagram: observed PNEUMONIA rate against mean predicted probability per bin,
+    with the count of predictions per bin below (where most of them sit, and how confident)."""
+    return _save(reliability_figure(labels, probs, num_bins, title), path)

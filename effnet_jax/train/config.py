@@ -32,7 +32,8 @@ def get_config() -> ml_collections.ConfigDict:
     # -- data ----------------------------------------------------------------------------------
     c.data = default_data_config()  # below: every key the input pipeline reads
     # With data.name='auto': the Kermany chest_xray builder when data.manual_dir is given,
-    # otherwise this data set ('pneumonia_mnist', downloaded on first use, or 'synthetic').
+    # otherwise this data set ('pneumonia_mnist', downloaded on first use; 'sample', the real
+    # X-rays bundled in the package; or 'synthetic').
     c.data.name = "auto"
     c.data_fallback = "pneumonia_mnist"
     c.batch_size = 32  # global training batch, split over all devices (must divide evenly)
@@ -151,7 +152,8 @@ def default_data_config() -> ml_collections.ConfigDict:
     """The ``data`` section: every key the input pipeline reads, with its meaning."""
     c = ml_collections.ConfigDict()
     # Which data set: "chest_xray" (Kermany folder or zip), "pneumonia_mnist" (MedMNIST+ npz)
-    # or "synthetic" (tiny in-memory fake X-rays, no files needed; for debug runs and tests).
+    # "synthetic" (tiny in-memory fake X-rays, no files needed; for unit tests) or "sample"
+    # (300 real X-rays bundled in the package, train and validation parts; the debug run's data).
     c.name = "synthetic"
     # Raw data: for chest_xray the folder holding {train,val,test}/{NORMAL,PNEUMONIA} (or a
     # parent of it, or a .zip of it); for pneumonia_mnist a folder holding the npz. None = not
@@ -165,7 +167,7 @@ def default_data_config() -> ml_collections.ConfigDict:
     # "pooled": every image pooled, then stratified 60/20/20 train/validation/test (the paper's
     #           protocol); grouping for pooled is `pooled_group`.
     # pneumonia_mnist has no patient ids: "patient" uses its shipped train/val/test as they are.
-    # synthetic ignores every split key (its three splits are generated separately).
+    # synthetic and sample ignore every split key (their splits come as they are).
     c.split_protocol = "patient"
     c.val_fraction = 0.1  # fraction of train's patients (stratified by label) that go to validation
     c.pooled_fractions = (0.6, 0.2, 0.2)  # train/validation/test fractions for split_protocol="pooled"

@@ -19,9 +19,10 @@ from effnet_jax.data import external, pipeline, sources
 from effnet_jax.models import build_model
 from effnet_jax.reporting.metrics_log import read_metrics
 from effnet_jax.train import checkpointing as checkpoint_lib
-from effnet_jax.train import distributed, losses, preemption, run_record, steps, workdir_lock
+from effnet_jax.train import distributed, losses, param_summary, preemption, run_record, steps, workdir_lock
 from effnet_jax.train import freeze as freeze_lib
 from effnet_jax.train import optimizer as optimizer_lib
+from effnet_jax.train import progress as progress_lib
 from effnet_jax.train import state as state_lib
 from effnet_jax.train import writer as writer_lib
 from effnet_jax.train.evaluate import evaluate
@@ -230,12 +231,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, started
     )
     model = model.clone(variant=dataclasses.replace(model.variant, mean=run.mean, std=run.std))
     log.info(
-        "model: %s at %d px, %d of %d parameter tensors frozen (%d BatchNorms keep running stats)",
+        "model: %s at %d px, %d of %d parameter tensors frozen (%d BatchNorms keep running stats)\n%s",
         config.model.name,
         run.image_size,
         n_frozen,
         n_total,
         len(frozen_norms),
+        param_summary.describe(param_summary.count_parameters(variables["params"], frozen)),
     )
     tx, schedule = optimizer_lib.create_optimizer(config, frozen, total_steps, steps_per_epoch)
     weights = losses.class_weights(config.class_weights, train_info["class_counts"])
@@ -320,7 +322,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, started
     stopper.best, stopper.bad = best, int(bad)
     stop_at = total_steps if config.stop_after_steps < 0 else min(total_steps, config.stop_after_steps)
     bar = _progress(config, start, total_steps, data_tag)
-    pending, last_log = [], (start, time.time())
+    # img/s counts training steps only: compiling, evaluating and saving are left out.
+    throughput = progress_lib.Throughput(config.batch_size)
+    pending = []
     last_saved = start if start else None
     step = start
 
@@ -337,7 +341,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, started
 
     def flush_train_metrics():
         # Fetching the metrics syncs with the devices; doing it only here keeps them busy.
-        nonlocal pending, last_log
+        nonlocal pending
         if not pending:
             return
         values = [par.first_metrics(m) for m in pending]
@@ -354,25 +358,38 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, started
                     f"Try a lower config.optimizer.learning_rate or config.optimizer.grad_clip_norm."
                 )
         mean = {k: float(np.mean([v[k] for v in values])) for k in values[0]}
-        seconds = time.time() - last_log[1]
-        mean["images_per_sec"] = (step - last_log[0]) * config.batch_size / max(seconds, 1e-9)
+        speed = throughput.reading()
+        if speed is not None:
+            mean["images_per_sec"] = speed[0]
         mean["learning_rate"] = optimizer_lib.learning_rate(schedule, step - 1, config.optimizer.grad_accum_steps)
         mean["epoch"] = step / steps_per_epoch
         writer.write(step, "train", mean)
         if bar is not None:
-            bar.set_postfix(loss=f"{mean['loss']:.4f}", img_s=f"{mean['images_per_sec']:.1f}", refresh=False)
-        pending, last_log = [], (step, time.time())
+            bar.report(mean["loss"], speed)
+        pending = []
 
     stopped_early = preempted = False
     stop_signal = preemption.StopSignal()
+    if step < stop_at:
+        log.info(
+            "compiling the train step (once per run; a minute or two on a CPU, seconds from the compilation cache)"
+        )
+    first_step = True
     try:
         while step < stop_at:
             batch = next(train_iter)
             state, metrics = train_step(state, par.put_batch({"image": batch["image"], "label": batch["label"]}))
             step += 1
             pending.append(metrics)
+            if first_step:
+                # The first step compiled: wait for it, so its time stays out of img/s.
+                jax.block_until_ready(metrics)
+                throughput.restart()
+                first_step = False
+            else:
+                throughput.step()
             if bar is not None:
-                bar.update(1)
+                bar.advance()
             is_last = step == total_steps
             if step % config.log_every_steps == 0 or is_last or step == stop_at:
                 flush_train_metrics()
@@ -393,6 +410,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, started
             if eval_now or step % config.checkpoint_every_steps == 0 or step == stop_at or stopped_early:
                 flush_train_metrics()
                 save(eval_metrics)
+                throughput.restart()
             if stopped_early:
                 log.info(
                     "early stopping at step %d: %s did not improve for %d evaluations",
@@ -470,9 +488,7 @@ def _flat(d, prefix=""):
     return out
 
 
-def _progress(config, start: int, total: int, data_tag: str):
+def _progress(config, start: int, total: int, data_tag: str) -> progress_lib.TrainProgress | None:
     if not config.progress_bar or jax.process_index() != 0:
         return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=start, desc=f"train [{data_tag}]", unit="step", dynamic_ncols=True)
+    return progress_lib.TrainProgress(total, start, f"train [{data_tag}]")

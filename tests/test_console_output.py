@@ -1,0 +1,115 @@
+"""Pieces of what effnet-train shows: img/s of training steps alone, progress lines off a terminal,
+parameter counts per stage, no TFDS size chatter (a whole run on a terminal: tests/test_first_run.py)."""
+
+import io
+import logging
+
+import data_fixtures as fx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import effnet_jax
+from effnet_jax.data import prepare
+from effnet_jax.train import freeze, param_summary
+from effnet_jax.train.progress import Throughput, TrainProgress
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_throughput_counts_only_the_steps_and_time_after_a_restart():
+    clock = FakeClock()
+    meter = Throughput(batch_size=16, clock=clock)
+    meter.step()
+    clock.now += 50.0  # the first step compiles...
+    meter.restart()  # ...and the loop restarts the meter after it
+    for _ in range(4):
+        clock.now += 0.5
+        meter.step()
+    assert meter.reading() == (4 * 16 / 2.0, 0.5)
+    clock.now += 1.0
+    meter.step()
+    clock.now += 30.0  # evaluation and a checkpoint...
+    meter.restart()  # ...left out too
+    clock.now += 2.0
+    meter.step()
+    meter.step()
+    assert meter.reading() == (2 * 16 / 2.0, 1.0)
+
+
+def test_throughput_without_timed_steps_reads_none():
+    clock = FakeClock()
+    meter = Throughput(batch_size=8, clock=clock)
+    clock.now += 5.0
+    assert meter.reading() is None
+
+
+def test_off_a_terminal_progress_is_whole_log_lines_and_no_bar(caplog):
+    stream = io.StringIO()
+    progress = TrainProgress(total=10, initial=0, desc="train [sample]", stream=stream)
+    assert not progress.interactive
+    for _ in range(3):
+        progress.advance()
+    with caplog.at_level(logging.INFO, logger="effnet_jax.train"):
+        progress.report(0.5, (16.0, 1.0))
+        progress.report(0.25, None)
+    progress.close()
+    assert stream.getvalue() == ""
+    assert caplog.messages == [
+        "train [sample]: step 3/10 (30%), loss 0.5000, 16.0 img/s, ETA 0:07",
+        "train [sample]: step 3/10 (30%), loss 0.2500",
+    ]
+
+
+def _shapes(**modules):
+    return {m: {k: jax.ShapeDtypeStruct(s, jnp.float32) for k, s in leaves.items()} for m, leaves in modules.items()}
+
+
+def test_parameter_counts_per_stage_are_exact_for_a_known_freeze_pattern():
+    params = _shapes(
+        conv_stem={"kernel": (3, 3, 3, 8)},  # 216
+        bn1={"scale": (8,), "bias": (8,)},  # 16
+        blocks_0_0={"conv_dw": (3, 3, 1, 8)},  # 72
+        blocks_1_0={"conv_pw": (1, 1, 8, 16)},  # 128
+        blocks_1_1={"conv_pw": (1, 1, 16, 16)},  # 256
+        conv_head={"kernel": (1, 1, 16, 32)},  # 512
+        bn2={"scale": (32,), "bias": (32,)},  # 64
+        classifier={"kernel": (32, 2), "bias": (2,)},  # 66
+    )
+    mask = freeze.frozen_mask(params, [("config.freeze_until", freeze.until_pattern("blocks_1_1", params))])
+    counts = param_summary.count_parameters(params, mask)
+    assert [(c.name, c.total, c.trainable, c.frozen) for c in counts] == [
+        ("stem", 232, 0, 232),
+        ("stage_0", 72, 0, 72),
+        ("stage_1", 384, 256, 128),
+        ("head", 576, 576, 0),
+        ("classifier", 66, 66, 0),
+        ("total", 1330, 898, 432),
+    ]
+    assert param_summary.describe(counts).splitlines()[0] == "parameters: 1,330 total, 898 trainable, 432 frozen"
+
+
+def test_lite0_with_its_first_three_stages_frozen_counts_every_parameter():
+    model = effnet_jax.build_model("efficientnet_lite0", num_classes=2)
+    params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))["params"]
+    mask = freeze.frozen_mask(params, [("config.freeze_until", freeze.until_pattern("blocks_3", params))])
+    counts = {c.name: c for c in param_summary.count_parameters(params, mask)}
+    assert counts["total"].total == 3_373_570 == sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+    assert counts["total"].frozen == 928 + 896 + 13_968 + 39_712
+    assert [counts[f"stage_{s}"].frozen for s in range(7)] == [896, 13_968, 39_712, 0, 0, 0, 0]
+
+
+def test_preparing_a_local_folder_prints_no_unknown_size_chatter(tmp_path, capsys, caplog):
+    raw = fx.write_tree(tmp_path / "chest_xray", fx.GOOD_TREE)
+    factory = prepare.BuilderFactory(name="chest_xray", data_dir=str(tmp_path / "tfds"), manual_dir=str(raw))
+    with caplog.at_level(logging.INFO, logger="effnet_jax.data"):
+        prepare.ensure_prepared(factory)
+    out = capsys.readouterr().out
+    assert "Unknown size" not in out and "Downloading and preparing" not in out
+    assert any(m.startswith("preparing chest_xray (max512) once into ") for m in caplog.messages)
