@@ -119,3 +119,20 @@ def test_cli_names_a_directory_that_is_not_a_run(tmp_path):
         [sys.executable, "-m", "effnet_jax.cli.results", str(tmp_path)], capture_output=True, text=True
     )
     assert proc.returncode == 1 and f"{tmp_path}: no config.json" in proc.stderr
+
+
+def test_evaluation_rows_show_the_operating_threshold_and_bootstrap_intervals(workdir):
+    path = os.path.join(workdir, "eval", "test_100_tta-flip", "metrics.json")
+    with open(path) as f:
+        report = json.load(f)
+    operating = _metrics(0.968, 0.93, threshold=0.99)
+    operating["ci95"] = {"auc": [0.951, 0.98], "accuracy": [0.9, 0.95], "resamples": 2000, "valid": {}}
+    report["metrics"] = {"operating": operating, **report["metrics"]}
+    with open(path, "w") as f:
+        json.dump(report, f)
+    rows = run_summary.evaluation_rows(workdir)
+    assert rows[0].name == "lite0_128 (eval test, t=operating, tta=flip)" and rows[0].threshold == 0.99
+    assert rows[0].intervals == {"auc": [0.951, 0.98], "accuracy": [0.9, 0.95]}
+    assert rows[1].intervals == {}  # reports without intervals show values alone
+    line = run_summary.to_markdown(rows).splitlines()[2]
+    assert "| 0.968 [0.951, 0.980] |" in line and "| 0.930 |" in line

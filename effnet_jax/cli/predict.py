@@ -2,12 +2,14 @@
 
     effnet-predict --workdir=DIR [--checkpoint=best|latest|STEP] [--gradcam=OUT_DIR] IMAGE...
 
-Prints one JSON line per image: {"file", "prob_pneumonia", "label", "threshold"}
+Prints one JSON line per image: {"file", "prob_pneumonia", "label", "threshold", "temperature"}
 (plus "gradcam": the overlay PNG), or {"file", "error"} for a file it cannot read.
 The label uses the run's operating threshold (config.operating_threshold: with external
 data, the highest threshold that kept sensitivity >= 0.95 on it; else the training prior),
 or --threshold=prior, --threshold=youden (the validation Youden threshold effnet-eval
-stored for the same checkpoint), or --threshold=P. Exit status 1 if any image failed.
+stored for the same checkpoint), or --threshold=P. A temperature fitted at the checkpoint
+(WORKDIR/calibration.json, README Calibration) calibrates prob_pneumonia; rule-derived
+thresholds are mapped with it, so labels do not change. Exit status 1 if any image failed.
 """
 
 from __future__ import annotations
@@ -65,7 +67,8 @@ def main(argv):
         print(f"effnet-predict: error: {e}", file=sys.stderr)
         return 1
     print(
-        f"effnet-predict: step {predictor.step}, threshold {predictor.threshold:.4f} ({predictor.threshold_source})",
+        f"effnet-predict: step {predictor.step}, threshold {predictor.threshold:.4f} ({predictor.threshold_source}), "
+        f"probabilities {predictor.calibration}",
         file=sys.stderr,
     )
     failed = 0

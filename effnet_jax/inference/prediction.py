@@ -2,7 +2,9 @@
 
 Images go through the same steps as the evaluation pipeline (storage
 normalisation, grayscale decode, centre crop and resize, mean/std), taken from
-``effnet_jax.data``, so a file scores the same here as it would in the test split.
+``effnet_jax.data``, so a file scores the same here as it would in the test split. A
+temperature fitted at the restored checkpoint (``WORKDIR/calibration.json``) is applied to
+every probability, and rule-derived thresholds go through the same map (labels unchanged).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from effnet_jax.inference.gradcam import make_gradcam, save_overlay
 from effnet_jax.inference.restore import restore_for_inference
 from effnet_jax.inference.thresholds import resolve_threshold
 from effnet_jax.labels import CLASS_NAMES, positive_probability
+from effnet_jax.reporting import calibration as calibration_lib
 
 
 class ImageReadError(ValueError):
@@ -89,9 +92,14 @@ class Predictor:
         self.preprocess = Preprocessor(
             size, mean, std, float(data.get("center_crop", 1.0) or 1.0), int(data.get("max_size", 512) or 512)
         )
+        self.temperature, self.calibration = calibration_lib.temperature_for_step(workdir, self.step)
         self.threshold, self.threshold_source = resolve_threshold(
             workdir, self.step, threshold, self.config, restored.run.train_class_counts
         )
+        if self.threshold_source != "flag":
+            # Derived on uncalibrated probabilities: mapped like them, so no label changes. A
+            # number given on the command line is meant for the probabilities printed.
+            self.threshold = calibration_lib.calibrate_threshold(self.threshold, self.temperature)
         self.batch_size = max(1, int(batch_size))
         self._predict = None
         self._gradcam = None
@@ -105,14 +113,18 @@ class Predictor:
             if self._gradcam is None:
                 self._gradcam = make_gradcam(self.model)
             out = self._gradcam(self.variables, padded)
-            probs = positive_probability(out["logits"])
-            return np.asarray(probs, np.float64)[:n], np.asarray(out["heatmap"])[:n]
+            probs = np.asarray(positive_probability(out["logits"]), np.float64)[:n]
+            return calibration_lib.calibrate_probs(probs, self.temperature), np.asarray(out["heatmap"])[:n]
         if self._predict is None:
             self._predict = make_predict_fn(self.model)
-        return np.asarray(self._predict(self.variables, padded), np.float64)[:n], None
+        probs = np.asarray(self._predict(self.variables, padded), np.float64)[:n]
+        return calibration_lib.calibrate_probs(probs, self.temperature), None
 
     def predict(self, paths: Sequence[str], gradcam_dir: str | None = None) -> Iterator[dict]:
-        """Yields ``{'file', 'prob_pneumonia', 'label', 'threshold'[, 'gradcam']}`` or ``{'file', 'error'}`` per path."""
+        """Yields ``{'file', 'prob_pneumonia', 'label', 'threshold', 'temperature'[, 'gradcam']}`` or ``{'file', 'error'}``.
+
+        ``prob_pneumonia`` is calibrated when ``temperature`` is not 1.
+        """
         names = _overlay_names(paths) if gradcam_dir else None
         if gradcam_dir:
             os.makedirs(gradcam_dir, exist_ok=True)
@@ -138,6 +150,7 @@ class Predictor:
                     "prob_pneumonia": p,
                     "label": CLASS_NAMES[int(p >= self.threshold)],
                     "threshold": self.threshold,
+                    "temperature": self.temperature,
                 }
                 if gradcam_dir:
                     record["gradcam"] = save_overlay(

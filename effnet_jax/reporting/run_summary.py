@@ -32,6 +32,8 @@ class RunRow:
     metrics: dict[str, Any]
     wall_seconds: float | None
     machine: str
+    # Bootstrap 95% intervals per metric ([low, high]) where effnet-eval computed them.
+    intervals: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def _read_config(workdir: str) -> dict:
@@ -106,20 +108,21 @@ def training_row(workdir: str) -> RunRow:
 
 
 def evaluation_rows(workdir: str) -> list[RunRow]:
-    """One row per threshold of every ``effnet-eval`` report under ``workdir/eval``."""
+    """One row per threshold of every ``effnet-eval`` report under ``workdir/eval``, with its intervals."""
     config = _read_config(workdir)
     rows = []
     for path in sorted(glob.glob(os.path.join(workdir, "eval", "*", "metrics.json"))):
         with open(path) as f:
             report = json.load(f)
         for key, label in (
+            ("operating", "t=operating"),
             ("threshold_0.5", "t=0.5"),
             ("threshold_training_prior", "t=train prior"),
             ("threshold_validation_youden", "t=val. Youden"),
         ):
             m = report["metrics"].get(key)
             if m is None:
-                continue  # reports written before the training-prior threshold existed
+                continue  # reports written before that threshold existed
             extra = [f"eval {report['split']}", label]
             if report.get("tta") not in (None, "none"):
                 extra.append(f"tta={report['tta']}")
@@ -135,6 +138,7 @@ def evaluation_rows(workdir: str) -> list[RunRow]:
                     metrics={k: m.get(k) for k in METRICS},
                     wall_seconds=report.get("seconds"),
                     machine="",
+                    intervals={k: v for k, v in (m.get("ci95") or {}).items() if k in METRICS and v is not None},
                 )
             )
     return rows
@@ -144,6 +148,14 @@ def _fmt(value, digits=3) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     return f"{value:.{digits}f}"
+
+
+def _fmt_ci(value, interval) -> str:
+    """``0.968 [0.951, 0.980]``: the value and its 95% interval, or the value alone."""
+    text = _fmt(value)
+    if text and interval:
+        text += f" [{interval[0]:.3f}, {interval[1]:.3f}]"
+    return text
 
 
 def _fmt_wall(seconds) -> str:
@@ -161,7 +173,7 @@ def to_markdown(rows: list[RunRow]) -> str:
             f"{r.variant}, {r.image_size}",
             r.recipe,
             f"{r.split}, {r.step}, {r.threshold:.3f}",
-            *(_fmt(r.metrics.get(k)) for k in METRICS),
+            *(_fmt_ci(r.metrics.get(k), r.intervals.get(k)) for k in METRICS),
             _fmt_wall(r.wall_seconds),
             r.machine,
         ]
