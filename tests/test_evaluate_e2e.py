@@ -74,12 +74,18 @@ def test_eval_cli_reports_both_thresholds_and_where_it_wrote(evaluated):
     assert "Not a medical device" in card and "| test | 2 | operating |" in card
 
 
-def test_eval_metrics_match_a_fresh_pass_over_the_splits(workdir, evaluated):
-    from effnet_jax.inference.evaluation import input_spec, predict_split
+@pytest.fixture(scope="module")
+def restored(workdir):
+    """The latest checkpoint restored once: a restore builds the model afresh, the slow part of these tests."""
     from effnet_jax.inference.restore import restore_for_inference
 
+    return restore_for_inference(workdir, "latest")
+
+
+def test_eval_metrics_match_a_fresh_pass_over_the_splits(workdir, evaluated, restored):
+    from effnet_jax.inference.evaluation import input_spec, predict_split
+
     _, _, report = evaluated
-    restored = restore_for_inference(workdir, "latest")
     config, model, variables = restored.config, restored.model, restored.variables
     size, mean, std = input_spec(restored)
     run = dict(image_size=size, mean=mean, std=std, batch_size=16, progress=False)
@@ -155,12 +161,20 @@ def test_tta_evaluation_of_the_validation_split_goes_to_its_own_directory(workdi
 
 
 def test_temperature_fitted_by_eval_is_applied_by_eval_and_predict_without_changing_labels(
-    workdir, evaluated, tmp_path
+    workdir, evaluated, restored, tmp_path, monkeypatch
 ):
+    from effnet_jax.inference import evaluation, prediction
     from effnet_jax.inference.evaluation import calibrate_checkpoint, evaluate_checkpoint
     from effnet_jax.inference.prediction import Predictor
     from effnet_jax.reporting import calibration as cal
 
+    def restore_once(path, checkpoint, use_ema=True):
+        # The checkpoint every call below asks for, restored once for the module.
+        assert (path, checkpoint, use_ema) == (workdir, "latest", True)
+        return restored
+
+    monkeypatch.setattr(evaluation, "restore_for_inference", restore_once)
+    monkeypatch.setattr(prediction, "restore_for_inference", restore_once)
     _, plain_dir, plain = evaluated
     try:
         report = evaluate_checkpoint(
