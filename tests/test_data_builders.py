@@ -222,6 +222,7 @@ def test_pipeline_reads_prepared_fixture_images_in_split_order(good):
     cfg.name, cfg.manual_dir, cfg.data_dir, cfg.max_size = ("chest_xray", str(root), str(builder.data_root), 36)
     info = pipeline.split_info(cfg, "test")
     assert info["file_names"] == ["IM-0200-0001.jpeg", "IM-0201-0001.jpeg", "person200_bacteria_1.jpeg"]
+    assert info["patient_ids"] == ["IM-0200", "IM-0201", "person200"]  # what bootstrap intervals resample by
     assert info["class_counts"] == [2, 1] and not info["synthetic"]
     batches = list(
         pipeline.create_split(

@@ -72,6 +72,7 @@ def test_split_info_of_synthetic():
         "class_names": ["NORMAL", "PNEUMONIA"],
         "synthetic": True,
         "file_names": None,
+        "patient_ids": None,
     }
     assert pipeline.split_info(_cfg(), "validation")["num_examples"] == 16
     assert pipeline.split_info(_cfg(), "test")["num_examples"] == 16

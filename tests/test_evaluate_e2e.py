@@ -64,14 +64,29 @@ def test_eval_cli_reports_both_thresholds_and_where_it_wrote(evaluated):
             assert im.format == "PNG"
     with open(os.path.join(out_dir, "predictions.csv")) as f:
         assert len(f.read().strip().splitlines()) == 1 + 16
+    # Bootstrap intervals (synthetic data has no patient ids: by image), in the JSON and the table.
+    ci = report["metrics"]["operating"]["ci95"]
+    assert ci["resamples"] == 2000 and ci["resampled_by"] == "image" and ci["groups"] == 16
+    assert "by image, 16 groups" in proc.stdout and "uncalibrated (no calibration.json)" in proc.stdout
+    assert report["temperature"] == 1.0
+    # effnet-eval refreshes the model card.
+    with open(os.path.join(os.path.dirname(os.path.dirname(out_dir)), "MODEL_CARD.md")) as f:
+        card = f.read()
+    assert "Not a medical device" in card and "| test | 2 | operating |" in card
 
 
-def test_eval_metrics_match_a_fresh_pass_over_the_splits(workdir, evaluated):
-    from effnet_jax.inference.evaluation import input_spec, predict_split
+@pytest.fixture(scope="module")
+def restored(workdir):
+    """The latest checkpoint restored once: a restore builds the model afresh, the slow part of these tests."""
     from effnet_jax.inference.restore import restore_for_inference
 
+    return restore_for_inference(workdir, "latest")
+
+
+def test_eval_metrics_match_a_fresh_pass_over_the_splits(workdir, evaluated, restored):
+    from effnet_jax.inference.evaluation import input_spec, predict_split
+
     _, _, report = evaluated
-    restored = restore_for_inference(workdir, "latest")
     config, model, variables = restored.config, restored.model, restored.variables
     size, mean, std = input_spec(restored)
     run = dict(image_size=size, mean=mean, std=std, batch_size=16, progress=False)
@@ -182,8 +197,11 @@ def test_predict_cli_searches_folders_and_globs_writes_csv_and_warns_of_syntheti
         assert r["label"] == ("PNEUMONIA" if float(r["prob_pneumonia"]) >= float(r["threshold"]) else "NORMAL")
 
 
-def test_predictor_scores_paths_arrays_and_pil_images_alike(workdir, tmp_path):
+def test_predictor_scores_paths_arrays_and_pil_images_alike(workdir, restored, tmp_path, monkeypatch):
+    from effnet_jax.inference import prediction
     from effnet_jax.inference.prediction import Predictor
+
+    monkeypatch.setattr(prediction, "restore_for_inference", lambda *args, **kwargs: restored)  # restored once
 
     rng = np.random.default_rng(2)
     gray = rng.integers(0, 256, (44, 52), dtype=np.uint8)
@@ -198,3 +216,74 @@ def test_predictor_scores_paths_arrays_and_pil_images_alike(workdir, tmp_path):
     assert len({r["label"] for r in records}) == 1
     (bad,) = predictor.predict([np.zeros((3, 3), np.float64)])
     assert bad == {"file": "<array 0>", "error": bad["error"]} and "expected a uint8 array" in bad["error"]
+
+
+def test_temperature_fitted_by_eval_is_applied_by_eval_and_predict_without_changing_labels(
+    workdir, evaluated, restored, tmp_path, monkeypatch
+):
+    from effnet_jax.inference import evaluation, prediction
+    from effnet_jax.inference.evaluation import calibrate_checkpoint, evaluate_checkpoint
+    from effnet_jax.inference.prediction import Predictor
+    from effnet_jax.reporting import calibration as cal
+
+    def restore_once(path, checkpoint, use_ema=True):
+        # The checkpoint every call below asks for, restored once for the module.
+        assert (path, checkpoint, use_ema) == (workdir, "latest", True)
+        return restored
+
+    monkeypatch.setattr(evaluation, "restore_for_inference", restore_once)
+    monkeypatch.setattr(prediction, "restore_for_inference", restore_once)
+    _, plain_dir, plain = evaluated
+    try:
+        report = evaluate_checkpoint(
+            workdir,
+            split="test",
+            checkpoint="latest",
+            calibrate="validation",
+            out_dir=str(tmp_path / "calibrated"),
+            progress=False,
+            bootstrap_resamples=200,
+        )
+        fitted = cal.read_calibration(workdir)
+        assert (fitted.fitted_on, fitted.step, fitted.n, fitted.tta) == ("validation", 2, 16, "none")
+        t = fitted.temperature
+        assert report["temperature"] == t != 1.0 and "fitted on validation" in report["calibration"]
+        # Probabilities: exactly the map of the uncalibrated ones, which are the plain run's.
+        with open(os.path.join(plain_dir, "predictions.csv")) as f:
+            plain_rows = [line.split(",") for line in f.read().strip().splitlines()[1:]]
+        with open(os.path.join(report["out_dir"], "predictions.csv")) as f:
+            rows = [line.split(",") for line in f.read().strip().splitlines()[1:]]
+        raw = np.array([float(r[3]) for r in plain_rows])
+        assert [r[4] for r in rows] == [r[3] for r in plain_rows]
+        # Thresholds mapped with T: every confusion matrix (so sensitivity, specificity) is unchanged.
+        for key, m in report["metrics"].items():
+            assert m["confusion_matrix"] == plain["metrics"][key]["confusion_matrix"], key
+            assert m["recall"] == pytest.approx(plain["metrics"][key]["recall"], nan_ok=True)
+        assert report["metrics"]["operating"]["threshold"] == cal.calibrate_threshold(plain["operating_threshold"], t)
+        assert report["operating_threshold"] == plain["operating_threshold"]  # recorded uncalibrated
+        assert report["uncalibrated"]["ece"] == pytest.approx(plain["metrics"]["threshold_0.5"]["ece"])
+        expected = metrics_lib.compute_metrics(
+            [int(r[2]) for r in plain_rows], cal.calibrate_probs(raw, t), 0.5
+        )  # from the 6-decimal CSV: equal to about 1e-6
+        assert report["metrics"]["threshold_0.5"]["brier"] == pytest.approx(expected["brier"], abs=1e-5)
+        assert report["metrics"]["operating"]["ci95"]["resamples"] == 200
+
+        # effnet-predict applies the same T to the same checkpoint, exactly, and maps its threshold.
+        image = tmp_path / "xray.png"
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 40), dtype=np.uint8)).save(image)
+        # Batches of 16, as eval's: the same compiled program serves both (no compile here).
+        predictor = Predictor(workdir, "latest", batch_size=16)
+        assert predictor.temperature == t and "fitted on validation" in predictor.calibration
+        assert predictor.threshold == cal.calibrate_threshold(plain["operating_threshold"], t)
+        (calibrated,) = predictor.predict([str(image)])
+        predictor.temperature = 1.0
+        (uncalibrated,) = predictor.predict([str(image)])
+        assert calibrated["temperature"] == t and uncalibrated["temperature"] == 1.0
+        assert calibrated["prob_pneumonia"] == cal.calibrate_probs([uncalibrated["prob_pneumonia"]], t)[0]
+        assert calibrated["prob_pneumonia"] != uncalibrated["prob_pneumonia"]
+        # effnet-train's config.calibrate path fits the same temperature on the same split.
+        assert calibrate_checkpoint(workdir, "validation", "latest", progress=False) == fitted
+    finally:
+        path = os.path.join(workdir, cal.CALIBRATION_FILE)
+        if os.path.exists(path):
+            os.remove(path)

@@ -142,3 +142,28 @@ def test_sensitivity_threshold_is_the_most_specific_rule_that_keeps_sensitivity(
     above = higher[higher > t]
     if above.size:  # the next candidate threshold up would lose sensitivity
         assert np.mean(probs[labels == 1] >= above[0]) < min_sens
+
+
+def test_external_split_has_patient_ids_from_kermany_names(tmp_path):
+    files = {
+        "NORMAL/IM-0001-0001.jpeg": jpeg(1),
+        "NORMAL/IM-0001-0002.jpeg": jpeg(2),
+        "NORMAL/NORMAL2-IM-0007-0001.jpeg": jpeg(3),
+        "PNEUMONIA/person3_bacteria_10.jpeg": jpeg(4),
+        "PNEUMONIA/person3_virus_11.jpeg": jpeg(5),
+        "PNEUMONIA/scan.jpeg": jpeg(6),
+        "NORMAL/scan.jpeg": jpeg(7),
+    }
+    c = _config(tmp_path, [write_tree(tmp_path / "ext", files)])
+    info = pipeline.split_info(c, "external")
+    ids = dict(zip(info["file_names"], info["patient_ids"]))
+    # Bootstrap intervals resample these whole; unknown names are a patient each, per class.
+    assert ids == {
+        "NORMAL/IM-0001-0001.jpeg": "NORMAL/IM-0001",
+        "NORMAL/IM-0001-0002.jpeg": "NORMAL/IM-0001",
+        "NORMAL/NORMAL2-IM-0007-0001.jpeg": "NORMAL/NORMAL2-IM-0007",
+        "NORMAL/scan.jpeg": "NORMAL/scan",
+        "PNEUMONIA/person3_bacteria_10.jpeg": "PNEUMONIA/person3",
+        "PNEUMONIA/person3_virus_11.jpeg": "PNEUMONIA/person3",
+        "PNEUMONIA/scan.jpeg": "PNEUMONIA/scan",
+    }

@@ -137,3 +137,20 @@ def test_data_column_names_synthetic_runs_and_falls_back_to_the_config(workdir, 
     assert run_summary.to_markdown([row]).splitlines()[2].startswith("| debug | synthetic | tf_efficientnet_lite0")
     (debug / "metrics.jsonl").write_text(json.dumps({k: v for k, v in record.items() if k != "data"}) + "\n")
     assert run_summary.training_row(str(debug)).data == "chest_xray"
+
+
+def test_evaluation_rows_show_the_operating_threshold_and_bootstrap_intervals(workdir):
+    path = os.path.join(workdir, "eval", "test_100_tta-flip", "metrics.json")
+    with open(path) as f:
+        report = json.load(f)
+    operating = _metrics(0.968, 0.93, threshold=0.99)
+    operating["ci95"] = {"auc": [0.951, 0.98], "accuracy": [0.9, 0.95], "resamples": 2000, "valid": {}}
+    report["metrics"] = {"operating": operating, **report["metrics"]}
+    with open(path, "w") as f:
+        json.dump(report, f)
+    rows = run_summary.evaluation_rows(workdir)
+    assert rows[0].name == "lite0_128 (eval test, t=operating, tta=flip)" and rows[0].threshold == 0.99
+    assert rows[0].intervals == {"auc": [0.951, 0.98], "accuracy": [0.9, 0.95]}
+    assert rows[1].intervals == {}  # reports without intervals show values alone
+    line = run_summary.to_markdown(rows).splitlines()[2]
+    assert "| 0.968 [0.951, 0.980] |" in line and "| 0.930 |" in line

@@ -214,3 +214,16 @@ def run_compilation_cache_dir(workdir: str) -> str:
     except (OSError, ValueError):
         value = DEFAULT_COMPILATION_CACHE_DIR
     return value if isinstance(value, str) else DEFAULT_COMPILATION_CACHE_DIR
+
+
+def write_card_or_warn(workdir: str, prog: str) -> str | None:
+    """Rewrites ``WORKDIR/MODEL_CARD.md``; a card that cannot be written is a warning, never a failed command."""
+    import sys
+
+    from effnet_jax.reporting.model_card import write_model_card
+
+    try:
+        return write_model_card(workdir)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        print(f"{prog}: warning: could not write the model card in {workdir}: {type(e).__name__}: {e}", file=sys.stderr)
+        return None

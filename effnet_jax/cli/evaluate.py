@@ -1,10 +1,13 @@
 """effnet-eval: evaluate a training run's checkpoint on a split.
 
     effnet-eval --workdir=DIR [--split=test] [--checkpoint=best|latest|STEP] [--tta=none|flip|crops|flip+crops]
+                [--calibrate=validation|external|SPLIT] [--bootstrap=2000]
 
 Writes WORKDIR/eval/<split>_<step>/ (metrics.json, confusion matrices, ROC curve,
 predictions.csv) and prints a table at the operating threshold (README, Thresholds), 0.5,
-the training prior and the validation-Youden threshold.
+the training prior and the validation-Youden threshold, with bootstrap 95% intervals.
+--calibrate fits a temperature on that split (WORKDIR/calibration.json); a calibration
+fitted at the evaluated checkpoint is applied either way. Refreshes WORKDIR/MODEL_CARD.md.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from effnet_jax.cli.common import (
     quiet_unless_verbose,
     run_compilation_cache_dir,
     setup_compilation_cache,
+    write_card_or_warn,
 )
 
 FLAGS = flags.FLAGS
@@ -66,6 +70,21 @@ def define_flags(fv: flags.FlagValues = FLAGS):
         "Where to write outputs (default: WORKDIR/eval/<split>_<step>).",
         flag_values=fv,
     )
+    define_once(
+        flags.DEFINE_string,
+        "calibrate",
+        None,
+        "Fit temperature scaling on this split (validation, external, ...) at the evaluated checkpoint and "
+        "store it as WORKDIR/calibration.json before evaluating (README, Calibration).",
+        flag_values=fv,
+    )
+    define_once(
+        flags.DEFINE_integer,
+        "bootstrap",
+        2000,
+        "Bootstrap resamples for the 95% intervals (by patient); 0 = none.",
+        flag_values=fv,
+    )
 
 
 def main(argv):
@@ -106,6 +125,8 @@ def main(argv):
             batch_size=FLAGS.batch_size,
             use_ema=FLAGS.ema,
             out_dir=FLAGS.out_dir,
+            calibrate=FLAGS.calibrate,
+            bootstrap_resamples=FLAGS.bootstrap,
         )
     except (FileNotFoundError, ValueError) as e:
         print(f"effnet-eval: error: {e}", file=sys.stderr)
@@ -116,9 +137,22 @@ def main(argv):
         f"class counts {report['class_counts']}{synthetic}"
     )
     print(f"operating threshold {report['operating_threshold']:.4f}: {report['operating_threshold_rule']}")
-    print(f"threshold chosen by {report['threshold_source']}: {report['validation_threshold']:.4f}\n")
+    print(f"threshold chosen by {report['threshold_source']}: {report['validation_threshold']:.4f}")
+    print(f"probabilities: {report['calibration']}")
+    if report["temperature"] != 1.0:
+        print(
+            f"  ECE on this split {report['uncalibrated']['ece']:.4f} -> {report['metrics']['threshold_0.5']['ece']:.4f}; "
+            "thresholds above are mapped through the same temperature (the table's), so no label changes"
+        )
+    ci = report["metrics"]["operating"].get("ci95")
+    if ci:
+        print(f"[95% bootstrap intervals: {ci['resamples']} resamples by {ci['resampled_by']}, {ci['groups']} groups]")
+    print()
     print(report["table"])
     print(f"\nWrote {report['out_dir']}/ ({', '.join(sorted(report['files'].values()))})")
+    card = write_card_or_warn(FLAGS.workdir, "effnet-eval")
+    if card:
+        print(f"Refreshed {card}")
     return 0
 
 

@@ -16,7 +16,9 @@ sensitivity >= 0.95 on it; else the training prior), or --threshold=prior,
 --threshold=youden (the validation Youden threshold effnet-eval stored for the same
 checkpoint), or --threshold=P; with --exported, model.json's operating threshold or
 --threshold=P. A run trained on synthetic data is named in a warning. IMAGE may be a DICOM
-file (with the ``dicom`` extra).
+file (with the ``dicom`` extra). A temperature fitted at the checkpoint
+(WORKDIR/calibration.json, README Calibration) calibrates prob_pneumonia (each row then
+carries "temperature"); rule-derived thresholds are mapped with it, so labels do not change.
 
 Exit status: 0 every image scored; 1 an image could not be read (the others are scored),
 or the run could not be loaded, or an output could not be written; 2 bad usage (no
@@ -132,7 +134,7 @@ def main(argv):
         )
     print(
         f"effnet-predict: {len(paths)} image(s), step {predictor.step}, threshold {predictor.threshold:.4f} "
-        f"({predictor.threshold_source})",
+        f"({predictor.threshold_source}), probabilities {predictor.calibration}",
         file=sys.stderr,
     )
     status = _emit(predictor.predict(paths, FLAGS.gradcam))

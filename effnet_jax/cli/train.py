@@ -90,7 +90,29 @@ def main(argv):
     except Exception as e:  # one line for known causes; a bug keeps its traceback
         common.exit_in_one_line("effnet-train", e)
     if distributed.is_main_process():
-        print(f"effnet-train: outputs in {FLAGS.workdir} (checkpoints/, metrics.jsonl, tensorboard/)")
+        _calibrate_and_describe(FLAGS.config, FLAGS.workdir)
+        print(f"effnet-train: outputs in {FLAGS.workdir} (checkpoints/, metrics.jsonl, tensorboard/, MODEL_CARD.md)")
+
+
+def _calibrate_and_describe(config, workdir: str):
+    # After training, on process 0 alone: temperature scaling when asked (config.calibrate),
+    # then the model card, which reads what the workdir now holds.
+    from effnet_jax.cli import common
+
+    if config.get("calibrate", False):
+        from effnet_jax.inference.evaluation import calibrate_checkpoint
+
+        split = config.get("select_split", "validation")
+        try:
+            c = calibrate_checkpoint(workdir, split, "best", progress=config.get("progress_bar", True))
+        except (OSError, ValueError) as e:
+            print(f"effnet-train: warning: no temperature fitted on {split}: {e}", file=sys.stderr)
+        else:
+            print(
+                f"effnet-train: temperature {c.temperature:.4f} fitted on {split} at step {c.step} "
+                f"(ECE {c.ece_before:.4f} -> {c.ece_after:.4f}): {workdir}/calibration.json"
+            )
+    common.write_card_or_warn(workdir, "effnet-train")
 
 
 def _only_warnings_here():

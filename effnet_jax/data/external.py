@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from effnet_jax.data import kermany
 from effnet_jax.data import splits as splits_lib
 from effnet_jax.labels import CLASS_NAMES as CLASSES
 
@@ -78,7 +79,7 @@ def _scan(folder: str, on_bad_image: str) -> tuple[splits_lib.PartMeta, tuple[st
             f"{root}: missing {', '.join(c + '/' for c in missing)}; an external folder "
             f"holds NORMAL/ and PNEUMONIA/ (found folders: {found or 'none'})"
         )
-    names, labels, paths, skipped = [], [], [], []
+    names, labels, paths, patients, skipped = [], [], [], [], []
     for label, cls in enumerate(CLASSES):
         for entry in sorted(os.scandir(root / cls), key=lambda e: e.name):
             if entry.name.startswith(".") or not entry.name.lower().endswith(_IMAGE_SUFFIXES):
@@ -90,6 +91,9 @@ def _scan(folder: str, on_bad_image: str) -> tuple[splits_lib.PartMeta, tuple[st
                 skipped.append(f"{entry.path}: {problem}")
                 continue
             names.append(f"{cls}/{entry.name}")
+            # Kermany-style names carry the patient (bootstrap intervals resample by it);
+            # any other name counts as a patient of its own.
+            patients.append(f"{cls}/{kermany.parse_name(entry.name, cls)[0]}")
             labels.append(label)
             paths.append(entry.path)
     for line in skipped:
@@ -102,7 +106,7 @@ def _scan(folder: str, on_bad_image: str) -> tuple[splits_lib.PartMeta, tuple[st
             log.warning(
                 "external folder %s: %s/ has no images; AUC, sensitivity or specificity is undefined", root, cls
             )
-    meta = splits_lib.PartMeta(np.asarray(labels, np.int32), None, names)
+    meta = splits_lib.PartMeta(np.asarray(labels, np.int32), patients, names)
     return meta, tuple(paths)
 
 
@@ -131,7 +135,12 @@ def selection(data_config, split: str) -> splits_lib.Selection:
     meta, _ = scan(data_config, split)
     n = len(meta.labels)
     return splits_lib.Selection(
-        np.zeros(n, np.int32), np.arange(n, dtype=np.int64), meta.labels, (split,), list(meta.file_names), None
+        np.zeros(n, np.int32),
+        np.arange(n, dtype=np.int64),
+        meta.labels,
+        (split,),
+        list(meta.file_names),
+        list(meta.patient_ids),
     )
 
 

@@ -196,7 +196,8 @@ def split_info(data_config, split: str) -> dict:
 
     file_names follow the split's order (the eval batches' 'index'); under the pooled
     protocol they are '<official split>/<file name>', since names can repeat across
-    official splits. None for the synthetic source.
+    official splits. None for the synthetic source. patient_ids likewise (None where the
+    data set has none: synthetic, PneumoniaMNIST).
     """
     sel = sources.selection(data_config, split)
     counts = np.bincount(sel.labels, minlength=len(CLASS_NAMES))
@@ -206,6 +207,7 @@ def split_info(data_config, split: str) -> dict:
         "class_names": list(CLASS_NAMES),
         "synthetic": data_config.name == "synthetic",
         "file_names": None if sel.file_names is None else list(sel.file_names),
+        "patient_ids": None if sel.patient_ids is None else list(sel.patient_ids),
     }
 
 

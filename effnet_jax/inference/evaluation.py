@@ -1,11 +1,18 @@
-"""Evaluate a checkpoint on a split: metrics at three thresholds, plots, JSON.
+"""Evaluate a checkpoint on a split: metrics at four thresholds with bootstrap intervals, plots, JSON.
 
     restore_for_inference (any device count) -> predict_split (jitted, optional TTA)
-      -> compute_metrics at 0.5, the training prior and the validation Youden threshold
+      -> temperature scaling (WORKDIR/calibration.json, fitted here with calibrate=SPLIT)
+      -> compute_metrics at the operating threshold, 0.5, the training prior and the
+         validation Youden threshold, each with bootstrap 95% intervals (by patient)
       -> WORKDIR/eval/<split>_<step>/{metrics.json, *.png, predictions.csv}
 
 No threshold is chosen on the split being reported (except when that split is the
 validation split itself, which the report says), so test numbers are honest.
+
+Thresholds are derived on the model's own (uncalibrated) probabilities and recorded so at
+the top of metrics.json (``operating_threshold``, ...); with a temperature they are carried
+through the same map as the probabilities, so every label is unchanged and each metrics
+entry's ``threshold`` is the one applied to the reported (calibrated) probabilities.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ from effnet_jax.inference import tta as tta_lib
 from effnet_jax.inference.restore import restore_for_inference
 from effnet_jax.inference.thresholds import EVAL_DIR, operating_threshold, training_prior_threshold
 from effnet_jax.labels import CLASS_NAMES
+from effnet_jax.reporting import calibration as calibration_lib
+from effnet_jax.reporting import intervals as intervals_lib
 from effnet_jax.reporting import metrics as metrics_lib
 from effnet_jax.reporting import plots
 from effnet_jax.train.evaluate import run_pass
@@ -152,14 +161,20 @@ def evaluate_checkpoint(
     use_ema: bool = True,
     progress: bool = True,
     out_dir: str | None = None,
+    calibrate: str | None = None,
+    bootstrap_resamples: int = intervals_lib.DEFAULT_RESAMPLES,
+    bootstrap_seed: int = 0,
 ) -> dict[str, Any]:
     """Evaluates a run's checkpoint on ``split``; writes metrics.json, plots and predictions; returns the report.
 
-    Metrics are reported at 0.5, at the training-prior threshold
-    (``training_prior_threshold``) and at the threshold maximising Youden's J on the
-    validation split (on ``split`` itself when that is the validation split, and
-    the report says so). Restores onto the first local device, whatever the run
-    was trained on.
+    Metrics are reported at the run's operating threshold, 0.5, the training-prior
+    threshold (``training_prior_threshold``) and the threshold maximising Youden's J on
+    the validation split (on ``split`` itself when that is the validation split, and the
+    report says so), each with bootstrap intervals (``bootstrap_resamples``; 0 = none),
+    resampling patients where the split has patient ids. ``calibrate``: a split to fit
+    the temperature on at this checkpoint (written to WORKDIR/calibration.json);
+    otherwise a calibration.json fitted at this checkpoint is applied. Restores onto the
+    first local device, whatever the run was trained on.
     """
     tta_config = tta_lib.parse_tta(tta)
     restored = restore_for_inference(workdir, checkpoint, use_ema=use_ema)
@@ -174,24 +189,59 @@ def evaluate_checkpoint(
         val, threshold_source = result, "youden_on_validation (the split being reported)"
     else:
         val, threshold_source = predict_split(model, variables, config.data, VALIDATION, **run), "youden_on_validation"
+    seconds = result.seconds + (0.0 if val is result else val.seconds)
+    if calibrate:
+        fit = {split: result, VALIDATION: val}.get(calibrate)
+        if fit is None:
+            fit = predict_split(model, variables, config.data, calibrate, **run)
+            seconds += fit.seconds
+        calibration_lib.write_calibration(
+            workdir, calibration_lib.fit_calibration(fit.labels, fit.probs, calibrate, step, tta_config.spec())
+        )
+    temperature, calibration_note = calibration_lib.temperature_for_step(workdir, step)
+    if calibrate == split:
+        calibration_note += " [fitted on the split being reported]"
+    probs = calibration_lib.calibrate_probs(result.probs, temperature)
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         threshold = metrics_lib.youden_threshold(val.labels, val.probs)
         prior = training_prior_threshold(config, restored.run.train_class_counts)
-        at_half = metrics_lib.compute_metrics(result.labels, result.probs, 0.5)
-        at_prior = metrics_lib.compute_metrics(result.labels, result.probs, prior)
-        at_youden = metrics_lib.compute_metrics(result.labels, result.probs, threshold)
         operating, operating_rule = operating_threshold(workdir, step, config, restored.run.train_class_counts)
-        at_operating = metrics_lib.compute_metrics(result.labels, result.probs, operating)
+        # Rule-derived thresholds go through the temperature's map too: the same images on each side.
+        mapped = {
+            name: calibration_lib.calibrate_threshold(t, temperature)
+            for name, t in (("operating", operating), ("0.5", 0.5), ("prior", prior), ("youden", threshold))
+        }
+        at_operating, at_half, at_prior, at_youden = (
+            metrics_lib.compute_metrics(result.labels, probs, t) for t in mapped.values()
+        )
+        uncalibrated = metrics_lib.compute_metrics(result.labels, result.probs, 0.5)
     notes = sorted({str(w.message) for w in caught})
     for note in notes:
         print(f"warning: {note}", file=sys.stderr)
+    columns = (at_operating, at_half, at_prior, at_youden)
+    if bootstrap_resamples > 0:
+        cis = intervals_lib.bootstrap_intervals(
+            result.labels,
+            probs,
+            [m["threshold"] for m in columns],
+            groups=info.get("patient_ids"),
+            num_resamples=bootstrap_resamples,
+            seed=bootstrap_seed,
+        )
+        for m, ci in zip(columns, cis):
+            m["ci95"] = ci
 
     out_dir = out_dir or output_dir(workdir, split, step, tta_config)
     os.makedirs(out_dir, exist_ok=True)
     class_names = info.get("class_names") or list(CLASS_NAMES)
     synthetic = bool(info.get("synthetic"))
-    tag = f"{split} @ step {step}" + (" (synthetic data)" if synthetic else "")
+    tag = (
+        f"{split} @ step {step}"
+        + (" (synthetic data)" if synthetic else "")
+        + (f", T={temperature:.2f}" if temperature != 1.0 else "")
+    )
     files = {
         "metrics": os.path.join(out_dir, "metrics.json"),
         "confusion_matrix_0.5": plots.plot_confusion_matrix(
@@ -201,19 +251,26 @@ def evaluate_checkpoint(
             at_youden["confusion_matrix"],
             os.path.join(out_dir, "confusion_matrix_youden.png"),
             class_names,
-            f"{tag}, t={threshold:.3f} (val. Youden)",
+            f"{tag}, t={mapped['youden']:.3f} (val. Youden)",
         ),
         "roc": plots.plot_roc_curve(
             result.labels,
-            result.probs,
+            probs,
             os.path.join(out_dir, "roc.png"),
-            {"operating": operating, "t=0.5": 0.5, "training prior": prior, "validation Youden": threshold},
+            {
+                "operating": mapped["operating"],
+                "t=0.5": 0.5,
+                "training prior": mapped["prior"],
+                "validation Youden": mapped["youden"],
+            },
             f"ROC, {tag}",
         ),
         "reliability": plots.plot_reliability(
-            result.labels, result.probs, os.path.join(out_dir, "reliability.png"), title=f"Reliability, {tag}"
+            result.labels, probs, os.path.join(out_dir, "reliability.png"), title=f"Reliability, {tag}"
         ),
-        "predictions": _write_predictions(os.path.join(out_dir, "predictions.csv"), result, info.get("file_names")),
+        "predictions": _write_predictions(
+            os.path.join(out_dir, "predictions.csv"), result, probs, info.get("file_names")
+        ),
     }
     report = {
         "workdir": os.path.abspath(workdir),
@@ -229,18 +286,22 @@ def evaluate_checkpoint(
         "image_size": image_size,
         "tta": tta_config.spec(),
         "ema": use_ema and config.get("ema_decay", 0) > 0,
+        # The next four are on the uncalibrated probabilities (each metrics entry holds the mapped one).
         "validation_threshold": threshold,
         "threshold_source": threshold_source,
         "training_prior_threshold": prior,
         "operating_threshold": operating,
         "operating_threshold_rule": operating_rule,
+        "temperature": temperature,
+        "calibration": calibration_note,
+        "uncalibrated": {"brier": uncalibrated["brier"], "ece": uncalibrated["ece"]},
         "metrics": {
             "operating": at_operating,
             "threshold_0.5": at_half,
             "threshold_training_prior": at_prior,
             "threshold_validation_youden": at_youden,
         },
-        "seconds": round(result.seconds + (0.0 if val is result else val.seconds), 3),
+        "seconds": round(seconds, 3),
         "warnings": notes,
         "files": {k: os.path.basename(v) for k, v in files.items()},
     }
@@ -254,11 +315,45 @@ def evaluate_checkpoint(
     return report
 
 
-def _write_predictions(path: str, result: SplitPredictions, file_names) -> str:
+def calibrate_checkpoint(
+    workdir: str,
+    split: str,
+    checkpoint: str | int = "best",
+    tta: tta_lib.TTAConfig | str | None = None,
+    batch_size: int | None = None,
+    use_ema: bool = True,
+    progress: bool = True,
+) -> calibration_lib.Calibration:
+    """Fits temperature scaling on ``split`` at ``checkpoint``; writes WORKDIR/calibration.json and returns it."""
+    tta_config = tta_lib.parse_tta(tta)
+    restored = restore_for_inference(workdir, checkpoint, use_ema=use_ema)
+    config = restored.config
+    image_size, mean, std = input_spec(restored)
+    batch_size = int(batch_size or config.get("eval_batch_size") or config.get("batch_size") or 32)
+    fit = predict_split(
+        restored.model,
+        restored.variables,
+        config.data,
+        split,
+        image_size=image_size,
+        mean=mean,
+        std=std,
+        batch_size=batch_size,
+        tta=tta_config,
+        progress=progress,
+    )
+    calibration = calibration_lib.fit_calibration(fit.labels, fit.probs, split, restored.step, tta_config.spec())
+    calibration_lib.write_calibration(workdir, calibration)
+    return calibration
+
+
+def _write_predictions(path: str, result: SplitPredictions, probs: np.ndarray, file_names) -> str:
+    # prob_pneumonia is what the report scored (calibrated when a temperature applies).
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["index", "file", "label", "prob_pneumonia"])
-        for i, label, p in zip(result.index.tolist(), result.labels.tolist(), result.probs.tolist()):
+        writer.writerow(["index", "file", "label", "prob_pneumonia", "prob_uncalibrated"])
+        rows = zip(result.index.tolist(), result.labels.tolist(), probs.tolist(), result.probs.tolist())
+        for i, label, p, raw in rows:
             name = file_names[i] if file_names is not None else ""
-            writer.writerow([i, name, label, f"{p:.6f}"])
+            writer.writerow([i, name, label, f"{p:.6f}", f"{raw:.6f}"])
     return path

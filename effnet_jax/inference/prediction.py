@@ -8,7 +8,9 @@ Inputs are file paths, numpy ``uint8`` arrays (H x W grayscale or H x W x 3 RGB)
 images. Every input goes through the same steps as the evaluation pipeline (storage
 normalisation, grayscale decode, centre crop and resize, mean/std), taken from
 ``effnet_jax.data``, so an image scores the same here as it would in the test split, and
-an array or PIL image scores exactly as the same pixels saved as a PNG file.
+an array or PIL image scores exactly as the same pixels saved as a PNG file. A
+temperature fitted at the restored checkpoint (``WORKDIR/calibration.json``) is applied to
+every probability, and rule-derived thresholds go through the same map (labels unchanged).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from effnet_jax.inference.gradcam import make_gradcam, save_overlay, save_panel
 from effnet_jax.inference.restore import restore_for_inference
 from effnet_jax.inference.thresholds import resolve_threshold
 from effnet_jax.labels import CLASS_NAMES, positive_probability
+from effnet_jax.reporting import calibration as calibration_lib
 from effnet_jax.reporting.metrics_log import training_data
 
 ImageInput = str | os.PathLike | np.ndarray | Image.Image
@@ -144,10 +147,15 @@ class Predictor:
         self.preprocess = Preprocessor(
             size, mean, std, float(data.get("center_crop", 1.0) or 1.0), int(data.get("max_size", 512) or 512)
         )
+        self.temperature, self.calibration = calibration_lib.temperature_for_step(workdir, self.step)
         self.threshold, self.threshold_source = resolve_threshold(
             workdir, self.step, threshold, self.config, restored.run.train_class_counts
         )
         self.data = training_data(workdir) or str(data.get("name", ""))
+        if self.threshold_source != "flag":
+            # Derived on uncalibrated probabilities: mapped like them, so no label changes. A
+            # number given on the command line is meant for the probabilities printed.
+            self.threshold = calibration_lib.calibrate_threshold(self.threshold, self.temperature)
         self.batch_size = max(1, int(batch_size))
         self._predict = None
         self._gradcam = None
@@ -161,21 +169,23 @@ class Predictor:
             if self._gradcam is None:
                 self._gradcam = make_gradcam(self.model)
             out = self._gradcam(self.variables, padded)
-            probs = positive_probability(out["logits"])
-            return np.asarray(probs, np.float64)[:n], np.asarray(out["heatmap"])[:n]
+            probs = np.asarray(positive_probability(out["logits"]), np.float64)[:n]
+            return calibration_lib.calibrate_probs(probs, self.temperature), np.asarray(out["heatmap"])[:n]
         if self._predict is None:
             self._predict = make_predict_fn(self.model)
-        return np.asarray(self._predict(self.variables, padded), np.float64)[:n], None
+        probs = np.asarray(self._predict(self.variables, padded), np.float64)[:n]
+        return calibration_lib.calibrate_probs(probs, self.temperature), None
 
     @property
     def synthetic(self) -> bool:
         return self.data == "synthetic"
 
     def predict(self, items: Sequence[ImageInput], gradcam_dir: str | None = None) -> Iterator[dict]:
-        """Yields ``{'file', 'prob_pneumonia', 'label', 'threshold'[, 'gradcam', 'gradcam_panel']}`` or ``{'file', 'error'}`` per input.
+        """Yields ``{'file', 'prob_pneumonia', 'label', 'threshold', 'temperature'[, 'gradcam', 'gradcam_panel']}`` or ``{'file', 'error'}`` per input.
 
         ``items``: file paths, uint8 arrays (H x W or H x W x 3) or PIL images, mixed freely;
-        ``file`` is the path, or ``<array N>`` / ``<image N>`` for the N-th input held in memory.
+        ``file`` is the path, or ``<array N>`` / ``<image N>`` for the N-th input held in memory;
+        ``prob_pneumonia`` is calibrated when ``temperature`` is not 1.
         """
         if isinstance(items, (str, os.PathLike, np.ndarray, Image.Image)):
             items = [items]  # one input, not a sequence of characters or rows
@@ -205,6 +215,7 @@ class Predictor:
                     "prob_pneumonia": p,
                     "label": CLASS_NAMES[int(p >= self.threshold)],
                     "threshold": self.threshold,
+                    "temperature": self.temperature,
                 }
                 if gradcam_dir:
                     heatmap, original = heatmaps[scored[i]], loaded[i][1]

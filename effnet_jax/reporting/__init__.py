@@ -1,4 +1,5 @@
-"""Numbers and pictures from predictions and run directories: metrics, plots, results tables.
+"""Numbers and pictures from predictions and run directories: metrics, bootstrap intervals,
+temperature scaling, plots, results tables, model cards.
 
 Plain numpy/matplotlib over labels, probabilities and files; nothing here trains or restores.
 """

@@ -142,11 +142,15 @@ def json_safe(value: Any) -> Any:
 
 
 def format_table(columns: dict[str, dict[str, Any]], names=METRIC_NAMES) -> str:
-    """A plain-text table: one row per metric, one column per named result (e.g. per threshold)."""
+    """A plain-text table: one row per metric, one column per named result (e.g. per threshold).
+
+    A result holding bootstrap intervals (``ci95``, from ``reporting.intervals``) shows
+    them beside its values: ``0.9680 [0.951, 0.980]``.
+    """
     headers = list(columns)
     rows = [("threshold", [f"{columns[h]['threshold']:.4f}" for h in headers])]
     for name in names:
-        rows.append((name, [_fmt(columns[h].get(name)) for h in headers]))
+        rows.append((name, [_fmt(columns[h].get(name)) + _fmt_ci(columns[h], name) for h in headers]))
     rows.append(("TN FP / FN TP", [_fmt_cm(columns[h]["confusion_matrix"]) for h in headers]))
     rows.append(("n", [str(columns[h]["n"]) for h in headers]))
     width0 = max(len(r[0]) for r in rows)
@@ -161,6 +165,11 @@ def _fmt(value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     return f"{value:.4f}"
+
+
+def _fmt_ci(column: dict, name: str) -> str:
+    interval = (column.get("ci95") or {}).get(name)
+    return "" if interval is None else f" [{interval[0]:.3f}, {interval[1]:.3f}]"
 
 
 def _fmt_cm(cm) -> str:

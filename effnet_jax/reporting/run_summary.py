@@ -36,6 +36,8 @@ class RunRow:
     wall_seconds: float | None
     machine: str
     data: str = ""  # the data set the run trained on ('synthetic' for a debug run)
+    # Bootstrap 95% intervals per metric ([low, high]) where effnet-eval computed them.
+    intervals: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def _read_config(workdir: str) -> dict:
@@ -116,7 +118,7 @@ def training_row(workdir: str) -> RunRow:
 
 
 def evaluation_rows(workdir: str) -> list[RunRow]:
-    """One row per threshold of every ``effnet-eval`` report under ``workdir/eval``."""
+    """One row per threshold of every ``effnet-eval`` report under ``workdir/eval``, with its intervals."""
     config = _read_config(workdir)
     data = _data(workdir, config)
     rows = []
@@ -124,13 +126,14 @@ def evaluation_rows(workdir: str) -> list[RunRow]:
         with open(path) as f:
             report = json.load(f)
         for key, label in (
+            ("operating", "t=operating"),
             ("threshold_0.5", "t=0.5"),
             ("threshold_training_prior", "t=train prior"),
             ("threshold_validation_youden", "t=val. Youden"),
         ):
             m = report["metrics"].get(key)
             if m is None:
-                continue  # reports written before the training-prior threshold existed
+                continue  # reports written before that threshold existed
             extra = [f"eval {report['split']}", label]
             if report.get("tta") not in (None, "none"):
                 extra.append(f"tta={report['tta']}")
@@ -147,6 +150,7 @@ def evaluation_rows(workdir: str) -> list[RunRow]:
                     wall_seconds=report.get("seconds"),
                     machine="",
                     data=data,
+                    intervals={k: v for k, v in (m.get("ci95") or {}).items() if k in METRICS and v is not None},
                 )
             )
     return rows
@@ -156,6 +160,14 @@ def _fmt(value, digits=3) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     return f"{value:.{digits}f}"
+
+
+def _fmt_ci(value, interval) -> str:
+    """``0.968 [0.951, 0.980]``: the value and its 95% interval, or the value alone."""
+    text = _fmt(value)
+    if text and interval:
+        text += f" [{interval[0]:.3f}, {interval[1]:.3f}]"
+    return text
 
 
 def _fmt_wall(seconds) -> str:
@@ -174,7 +186,7 @@ def to_markdown(rows: list[RunRow]) -> str:
             f"{r.variant}, {r.image_size}",
             r.recipe,
             f"{r.split}, {r.step}, {r.threshold:.3f}",
-            *(_fmt(r.metrics.get(k)) for k in METRICS),
+            *(_fmt_ci(r.metrics.get(k), r.intervals.get(k)) for k in METRICS),
             _fmt_wall(r.wall_seconds),
             r.machine,
         ]

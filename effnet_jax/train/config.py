@@ -100,6 +100,10 @@ def get_config() -> ml_collections.ConfigDict:
     #   "training_prior": the PNEUMONIA share the model was trained on (0.5 after balancing).
     c.operating_threshold = "auto"
     c.operating_sensitivity = 0.95
+    # Temperature scaling (README, Calibration): at the end of training, fit T on select_split
+    # at the best checkpoint and store it as WORKDIR/calibration.json, which effnet-eval,
+    # effnet-predict and effnet-export apply. Changes probabilities, never labels.
+    c.calibrate = False
     c.early_stopping = ml_collections.ConfigDict()
     c.early_stopping.metric = ""  # validation metric to watch ('' = no early stopping), e.g. 'loss'
     c.early_stopping.mode = "min"  # 'min' or 'max'

@@ -1,0 +1,160 @@
+"""Temperature scaling: one number T that makes P(PNEUMONIA) say what it means (Guo et al. 2017).
+
+    P_calibrated = sigmoid(logit(P) / T)        (= softmax(logits / T)[1] for a 2-logit head)
+
+T is fitted by minimising the negative log-likelihood over log T on a labelled split
+(validation, or better an external one), stored as ``WORKDIR/calibration.json`` and applied
+by effnet-eval, effnet-predict and effnet-export to the checkpoint it was fitted on.
+
+The map is strictly increasing, so it never changes which images a rule-derived threshold
+separates: a threshold chosen on uncalibrated probabilities (the operating threshold, the
+training prior, a Youden threshold) is carried through the same map, and every label,
+sensitivity and specificity stays as it was. Only the probabilities, their Brier score and
+ECE change. It works on the host in float64 from the model's probabilities, so an image
+scored exactly at a threshold maps exactly onto the mapped threshold. (Sharpening, T < 1,
+can push probabilities within 1e-16 of 1 onto 1.0 in float64: ties that move AUC a hair.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+
+import numpy as np
+from scipy import optimize
+from scipy.special import expit, logit
+
+from effnet_jax.reporting.metrics import _check_inputs, expected_calibration_error
+
+CALIBRATION_FILE = "calibration.json"
+# Probabilities come from float32 softmax: log-odds beyond about +-16.6 all read as 0 or 1.
+# Fitting clips to that range, so one saturated mistake cannot make the likelihood infinite.
+_FLOAT32_EPS = 2.0**-24
+_LOG_T_BOUNDS = (math.log(0.01), math.log(100.0))
+
+
+def calibrate_probs(probs, temperature: float) -> np.ndarray:
+    """``sigmoid(logit(p) / T)`` elementwise, in float64; T = 1 returns the input unchanged."""
+    probs = np.asarray(probs, dtype=np.float64)
+    temperature = float(temperature)
+    if not temperature > 0.0 or not math.isfinite(temperature):
+        raise ValueError(f"temperature={temperature}: expected a positive finite number")
+    if temperature == 1.0:
+        return probs
+    return expit(logit(probs) / temperature)
+
+
+def calibrate_threshold(threshold: float, temperature: float) -> float:
+    """A probability threshold carried through the same map as the probabilities (same labels)."""
+    return float(calibrate_probs(np.asarray([threshold], np.float64), temperature)[0])
+
+
+def _nll(labels: np.ndarray, margins: np.ndarray, log_t: float) -> float:
+    z = margins / math.exp(log_t)
+    # -[y log sigmoid(z) + (1 - y) log(1 - sigmoid(z))] = log(1 + e^z) - y z, stable for any z.
+    return float(np.mean(np.logaddexp(0.0, z) - labels * z))
+
+
+def fit_temperature(labels, probs) -> float:
+    """The T in [0.01, 100] minimising the negative log-likelihood of ``labels`` under ``calibrate_probs``.
+
+    T > 1 softens an over-confident model, T < 1 sharpens an under-confident one. Needs
+    both classes: with one class the likelihood keeps improving as T shrinks.
+    """
+    labels, probs = _check_inputs(labels, probs)
+    if not (labels.size and 0 < labels.sum() < labels.size):
+        raise ValueError(
+            f"fit_temperature: needs both classes, got {int(labels.sum())} PNEUMONIA of {labels.size} examples"
+        )
+    margins = logit(np.clip(probs, _FLOAT32_EPS, 1.0 - _FLOAT32_EPS))
+    # The NLL is convex in 1/T (a one-feature logistic regression), hence unimodal in log T.
+    result = optimize.minimize_scalar(
+        lambda log_t: _nll(labels, margins, log_t), bounds=_LOG_T_BOUNDS, method="bounded", options={"xatol": 1e-8}
+    )
+    return float(math.exp(result.x))
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    """What ``WORKDIR/calibration.json`` holds (effnet-export reads ``temperature`` from it)."""
+
+    temperature: float
+    fitted_on: str  # the split T was fitted on
+    step: int  # the checkpoint whose probabilities it was fitted to
+    ece_before: float  # on fitted_on, before and after
+    ece_after: float
+    n: int  # images it was fitted on
+    tta: str = "none"  # the test-time augmentation the fitted probabilities were averaged over
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def fit_calibration(labels, probs, fitted_on: str, step: int, tta: str = "none") -> Calibration:
+    """Fits T on one split's probabilities and measures ECE on it before and after."""
+    temperature = fit_temperature(labels, probs)
+    return Calibration(
+        temperature=temperature,
+        fitted_on=fitted_on,
+        step=int(step),
+        ece_before=expected_calibration_error(labels, probs),
+        ece_after=expected_calibration_error(labels, calibrate_probs(probs, temperature)),
+        n=int(np.asarray(labels).size),
+        tta=tta,
+    )
+
+
+def write_calibration(workdir: str, calibration: Calibration) -> str:
+    """Writes ``WORKDIR/calibration.json`` (replacing an earlier one); returns its path."""
+    path = os.path.join(workdir, CALIBRATION_FILE)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(calibration.to_json(), f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)  # a reader never sees half a file
+    return path
+
+
+def read_calibration(workdir: str) -> Calibration | None:
+    """``WORKDIR/calibration.json``, or None when the run has none; a malformed file is a ValueError naming it."""
+    path = os.path.join(workdir, CALIBRATION_FILE)
+    if not os.path.isfile(path):
+        return None
+    if os.path.getsize(path) > 1 << 20:
+        raise ValueError(f"{path}: over 1 MiB; not a calibration file")
+    try:
+        with open(path) as f:
+            blob = json.load(f)
+        calibration = Calibration(
+            temperature=float(blob["temperature"]),
+            fitted_on=str(blob["fitted_on"]),
+            step=int(blob["step"]),
+            ece_before=float(blob["ece_before"]),
+            ece_after=float(blob["ece_after"]),
+            n=int(blob["n"]),
+            tta=str(blob.get("tta", "none")),
+        )
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a valid calibration file ({type(e).__name__}: {e})") from None
+    if not (calibration.temperature > 0 and math.isfinite(calibration.temperature)):
+        raise ValueError(f"{path}: temperature={calibration.temperature}: expected a positive finite number")
+    return calibration
+
+
+def temperature_for_step(workdir: str, step: int) -> tuple[float, str]:
+    """The temperature to apply to checkpoint ``step`` of ``workdir``, and a line saying why.
+
+    T applies only to the checkpoint it was fitted on: another checkpoint's probabilities
+    are left as they are (T = 1), and the line says so.
+    """
+    calibration = read_calibration(workdir)
+    if calibration is None:
+        return 1.0, "uncalibrated (no calibration.json)"
+    if calibration.step != step:
+        return 1.0, f"uncalibrated (calibration.json was fitted at step {calibration.step}, not {step})"
+    return calibration.temperature, (
+        f"temperature {calibration.temperature:.4f} (calibration.json: fitted on {calibration.fitted_on}, "
+        f"{calibration.n} images, ECE {calibration.ece_before:.4f} -> {calibration.ece_after:.4f})"
+    )
