@@ -267,14 +267,23 @@ def test_a_calibrated_run_divides_the_logits_by_its_temperature(setup, model, tm
 
     workdir = tmp_path / "run"
     shutil.copytree(setup["workdir"], workdir)
-    (workdir / "calibration.json").write_text(json.dumps({"temperature": 2.0, "nll_before": 0.4}))
+    uncalibrated = export_run(str(workdir), str(tmp_path / "plain"), platforms=("cpu",))
+    step = uncalibrated["model"]["checkpoint_step"]
+    fitted = {"temperature": 2.0, "fitted_on": "validation", "step": step, "ece_before": 0.2, "ece_after": 0.1, "n": 16}
+    (workdir / "calibration.json").write_text(json.dumps({**fitted, "step": step + 1}))
+    meta = export_run(str(workdir), str(tmp_path / "other_step"), platforms=("cpu",))
+    assert meta["temperature"] is None and "fitted at step" in meta["calibration"]  # another checkpoint's T
+    (workdir / "calibration.json").write_text(json.dumps(fitted))
     meta = export_run(str(workdir), str(tmp_path / "out"), platforms=("cpu",))
     assert meta["temperature"] == 2.0 and meta["platforms"] == ["cpu"]
+    # The threshold goes through the same map as the probabilities: labels do not change.
+    t0 = uncalibrated["threshold"]["value"]
+    assert meta["threshold"]["value"] == pytest.approx(1 / (1 + np.exp(-np.log(t0 / (1 - t0)) / 2)))
     calibrated = serving.load(str(tmp_path / "out"))
     inputs = np.stack([model.prepare_file(setup["images"][0])])
     p = float(model.run(inputs)[0])
     expected = 1 / (1 + np.exp(-np.log(p / (1 - p)) / 2))  # softmax of z / 2 = sigmoid((z1 - z0) / 2)
     np.testing.assert_allclose(calibrated.run(inputs), [expected], rtol=0, atol=1e-6)
-    (workdir / "calibration.json").write_text(json.dumps({"temperature": -1}))
-    with pytest.raises(ValueError, match=r"calibration.json: temperature=-1, expected a number > 0"):
+    (workdir / "calibration.json").write_text(json.dumps({**fitted, "temperature": -1}))
+    with pytest.raises(ValueError, match=r"calibration.json: temperature=-1.0: expected a positive finite number"):
         export_run(str(workdir), str(tmp_path / "out"), platforms=("cpu",))

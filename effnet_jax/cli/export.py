@@ -14,7 +14,13 @@ import sys
 
 from absl import app, flags
 
-from effnet_jax.cli.common import check_output_dir, define_once, exit_with_help_if_asked, quiet_unless_verbose
+from effnet_jax.cli.common import (
+    check_output_dir,
+    define_once,
+    exit_with_help_if_asked,
+    quiet_unless_verbose,
+    write_card_or_warn,
+)
 
 FLAGS = flags.FLAGS
 
@@ -74,6 +80,7 @@ def main(argv):
         f"threshold {meta['threshold']['value']:.4f} ({meta['threshold']['rule']}), "
         f"platforms {','.join(meta['platforms'])}; wrote {FLAGS.out}/model.json"
     )
+    write_card_or_warn(FLAGS.workdir, "effnet-export")  # the card records the export
     return 0
 
 

@@ -30,26 +30,12 @@ from effnet_jax.inference.evaluation import input_spec
 from effnet_jax.inference.restore import restore_for_inference
 from effnet_jax.inference.thresholds import resolve_threshold
 from effnet_jax.labels import CLASS_NAMES, positive_probability
+from effnet_jax.reporting import calibration as calibration_lib
 from effnet_jax.reporting.metrics_log import read_metrics
 from effnet_jax.serving import bundle
 
 DEFAULT_PLATFORMS = ("cpu", "cuda", "tpu")
 CALIBRATION_FILE = "calibration.json"  # written by temperature scaling (reporting/calibration, h15b's module)
-
-
-def load_temperature(workdir: str) -> float | None:
-    """``temperature`` from ``WORKDIR/calibration.json``, or None when the run was not calibrated."""
-    path = os.path.join(workdir, CALIBRATION_FILE)
-    if not os.path.exists(path):
-        return None
-    try:
-        with open(path) as f:
-            value = json.load(f)["temperature"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{path}: expected JSON with a 'temperature' ({type(e).__name__}: {e})") from e
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{path}: temperature={value!r}, expected a number > 0")
-    return float(value)
 
 
 def make_serving_fn(model, treedef, mean, std, temperature: float | None, platforms=DEFAULT_PLATFORMS):
@@ -121,11 +107,17 @@ def export_run(
 ) -> dict:
     """Exports ``checkpoint`` of the run in ``workdir`` into ``out_dir``; returns what model.json records."""
     _prepare_out_dir(out_dir)
-    temperature = load_temperature(workdir)  # a bad calibration file fails before the restore
+    calibration_lib.read_calibration(workdir)  # a bad calibration file fails before the restore
     restored = restore_for_inference(workdir, checkpoint, use_ema=use_ema)
     config, step = restored.config, restored.step
     size, mean, std = input_spec(restored)
     t_value, t_rule = resolve_threshold(workdir, step, threshold, config, restored.run.train_class_counts)
+    # The temperature fitted at this checkpoint (effnet-eval --calibrate), as eval and predict
+    # apply it; a rule-derived threshold goes through the same map, so no label changes.
+    t, calibration = calibration_lib.temperature_for_step(workdir, step)
+    temperature = None if t == 1.0 else t
+    if temperature is not None and t_rule != "flag":
+        t_value = calibration_lib.calibrate_threshold(t_value, temperature)
 
     leaves, treedef = jax.tree_util.tree_flatten(restored.variables)
     leaves = [np.asarray(x) for x in leaves]
@@ -167,6 +159,7 @@ def export_run(
         },
         "threshold": {"value": float(t_value), "rule": t_rule},
         "temperature": temperature,
+        "calibration": calibration,
         "model": {
             "variant": config.model.name,
             "weights_source": config.model.get("pretrained"),
