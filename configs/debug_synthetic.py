@@ -17,7 +17,6 @@ def get_config():
     c.image_size = 64
     c.data_fallback = "synthetic"
     c.data.synthetic_examples = 128
-    c.eval_batch_size = 32
     c.num_train_steps = 40
     c.optimizer.learning_rate = 2e-3
     c.log_every_steps = 5
