@@ -52,6 +52,29 @@ def exit_with_help_if_asked(argv, doc: str, define_flags) -> None:
         sys.exit(0)
 
 
+def define_run_flags(fv: flags.FlagValues = FLAGS) -> None:
+    """--workdir and --checkpoint: which trained run and which of its checkpoints a command reads."""
+    define_once(flags.DEFINE_string, "workdir", None, "Training run directory (holds checkpoints/).", flag_values=fv)
+    define_once(
+        flags.DEFINE_string,
+        "checkpoint",
+        "best",
+        "'best' (by the run's best_metric), 'latest' or a step number.",
+        flag_values=fv,
+    )
+
+
+def run_command(doc: str, define_flags, main) -> None:
+    """A console script's entry point: --help from the command's own flags, else absl's app.run(main)."""
+    import sys
+
+    from absl import app
+
+    exit_with_help_if_asked(sys.argv, doc, define_flags)
+    define_flags()
+    app.run(main)
+
+
 def quiet_unless_verbose():
     """Drops to ERROR logging unless --verbosity was given: orbax logs every restore at INFO."""
     if not FLAGS["verbosity"].present:

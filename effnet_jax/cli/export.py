@@ -17,8 +17,9 @@ from absl import app, flags
 from effnet_jax.cli.common import (
     check_output_dir,
     define_once,
-    exit_with_help_if_asked,
+    define_run_flags,
     quiet_unless_verbose,
+    run_command,
     write_card_or_warn,
 )
 
@@ -27,14 +28,7 @@ FLAGS = flags.FLAGS
 
 def define_flags(fv: flags.FlagValues = FLAGS):
     """Defines this command's flags (once); see cli/predict.py for why not at import."""
-    define_once(flags.DEFINE_string, "workdir", None, "Training run directory (holds checkpoints/).", flag_values=fv)
-    define_once(
-        flags.DEFINE_string,
-        "checkpoint",
-        "best",
-        "'best' (by the run's best_metric), 'latest' or a step number.",
-        flag_values=fv,
-    )
+    define_run_flags(fv)
     define_once(
         flags.DEFINE_string,
         "out",
@@ -86,9 +80,7 @@ def main(argv):
 
 def run():
     """Console-script entry point."""
-    exit_with_help_if_asked(sys.argv, __doc__, define_flags)
-    define_flags()
-    app.run(main)
+    run_command(__doc__, define_flags, main)
 
 
 if __name__ == "__main__":

@@ -32,13 +32,14 @@ import json
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from effnet_jax.cli.common import (
     check_output_dir,
     define_once,
-    exit_with_help_if_asked,
+    define_run_flags,
     quiet_unless_verbose,
+    run_command,
     run_compilation_cache_dir,
     setup_compilation_cache,
 )
@@ -49,14 +50,7 @@ FLAGS = flags.FLAGS
 def define_flags(fv: flags.FlagValues = FLAGS):
     """Defines this command's flags (once). Called by ``run``, not at import, so that importing
     several CLI modules in one process (a test session) cannot collide on --workdir."""
-    define_once(flags.DEFINE_string, "workdir", None, "Training run directory (holds checkpoints/).", flag_values=fv)
-    define_once(
-        flags.DEFINE_string,
-        "checkpoint",
-        "best",
-        "'best' (by the run's best_metric), 'latest' or a step number.",
-        flag_values=fv,
-    )
+    define_run_flags(fv)
     define_once(
         flags.DEFINE_string,
         "gradcam",
@@ -200,9 +194,7 @@ def _fail(message: str, status: int) -> int:
 
 def run():
     """Console-script entry point."""
-    exit_with_help_if_asked(sys.argv, __doc__, define_flags)
-    define_flags()
-    app.run(main)
+    run_command(__doc__, define_flags, main)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import sys
 
 from absl import app, flags
 
-from effnet_jax.cli.common import define_once, exit_with_help_if_asked
+from effnet_jax.cli.common import define_once, run_command
 
 FLAGS = flags.FLAGS
 
@@ -55,9 +55,7 @@ def main(argv):
 
 def run():
     """Console-script entry point."""
-    exit_with_help_if_asked(sys.argv, __doc__, define_flags)
-    define_flags()
-    app.run(main)
+    run_command(__doc__, define_flags, main)
 
 
 if __name__ == "__main__":
