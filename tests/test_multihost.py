@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -59,11 +60,19 @@ def _finish(proc, cmd):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """The 2-process run and the 1-process reference, side by side (the machine has cores to spare
-    while the two processes wait on each other): ``(multihost, reference)``."""
+    """The 2-process run and the 1-process reference: ``(multihost, reference)``.
+
+    The reference starts once the two processes have written their first metrics: by then
+    every gloo context is set up. Gloo gives a peer 30 s to connect, which a 2-core machine
+    compiling a third model beside them can miss (an abort at the first collective).
+    """
     cmd, env, dirs = _multihost_command(tmp_path_factory)
     proc = _start(cmd, env=env)
     try:
+        metrics = os.path.join(dirs[0], "metrics.jsonl")
+        deadline = time.monotonic() + TIMEOUT_S
+        while proc.poll() is None and not os.path.exists(metrics) and time.monotonic() < deadline:
+            time.sleep(1)
         reference_dir = _reference_run(tmp_path_factory)
     finally:
         done = _finish(proc, cmd)
