@@ -2,6 +2,8 @@
 
     python benchmarks/bench_finetune.py                       # Lite0, 224 px, batch 32, freeze_until=blocks_5
     python benchmarks/bench_finetune.py --freeze_until ''     # everything trains (both sides)
+    python benchmarks/bench_finetune.py --config pneumonia.py --freeze_until '' --no_torch \
+        --manual_dir ../shared/data/chest_xray --workers 8   # the step fed by the input pipeline
 
 effnet_jax runs `effnet_jax.train.steps.train_step` exactly as effnet-train compiles it
 (the recipe's optimizer, clipping, freezing, label smoothing, EMA; one device, jit,
@@ -14,6 +16,12 @@ alternate, so that load from other processes hits both alike; each number is the
 
 Also prints the first-step time (trace + compile + run) of the effnet_jax step; run it twice
 with the persistent compilation cache on (the default) to see cold against warm.
+
+With --manual_dir it then feeds the same compiled step from the real training pipeline
+(`effnet_jax.data.create_split` with the config's augmentations, --workers grain
+processes), as effnet-train's loop does (next batch, put_batch, step; asynchronous
+dispatch overlaps loading with the device), and prints the fed rate beside the rate on a
+resident batch: a ratio near 1 means the pipeline keeps up with the accelerator.
 """
 
 from __future__ import annotations
@@ -43,7 +51,10 @@ def recipe(args):
 
 
 def jax_runner(config, batch: int, stop_frozen: bool = True):
-    """The effnet-train step for ``config`` on random data; returns (run one step, first-step seconds)."""
+    """The effnet-train step for ``config`` on random data.
+
+    Returns (run one step, first-step seconds, run ``n`` steps fed by a batch iterator).
+    """
     import functools
 
     import jax
@@ -93,9 +104,64 @@ def jax_runner(config, batch: int, stop_frozen: bool = True):
         holder["state"], metrics = train_step(holder["state"], data)
         jax.block_until_ready(metrics["loss"])
 
+    def run_fed(batches, n: int):
+        # effnet-train's loop: host batch -> devices -> step, dispatched asynchronously.
+        for _ in range(n):
+            batch = next(batches)
+            holder["state"], metrics = train_step(
+                holder["state"], par.put_batch({"image": batch["image"], "label": batch["label"]})
+            )
+        jax.block_until_ready(metrics["loss"])
+
     start = time.perf_counter()
     run()
-    return run, time.perf_counter() - start
+    return run, time.perf_counter() - start, run_fed
+
+
+def fed_rate(config, run, run_fed, args) -> None:
+    """Resident-batch rate against the rate when create_split feeds the step (after warm-up)."""
+    from effnet_jax.data import create_split
+    from effnet_jax.train import state as state_lib
+
+    config.data.name = "chest_xray"
+    config.data.manual_dir = args.manual_dir
+    config.data.data_dir = args.data_dir
+    config.data.num_workers = args.workers
+    config.data.external = ()
+    size = state_lib.image_size(config)
+    start = time.perf_counter()
+    dataset = create_split(
+        config.data,
+        "train",
+        training=True,
+        batch_size=args.batch,
+        image_size=size,
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+        seed=0,
+        shard_index=0,
+        shard_count=1,
+    )
+    batches = iter(dataset)
+    try:
+        run_fed(batches, 3)  # warm-up: worker start-up, first file opens
+        print(f"pipeline ready (data prepared, {args.workers} workers started) in {time.perf_counter() - start:.1f} s")
+        resident, fed = [], []
+        for _ in range(args.repeats):  # alternate so background load hits both alike
+            resident.append(time_it(run, args.fed_steps))
+            t0 = time.perf_counter()
+            run_fed(batches, args.fed_steps)
+            fed.append(time.perf_counter() - t0)
+    finally:
+        batches.close()
+    r_rate = args.batch * args.fed_steps / statistics.median(resident)
+    f_rate = args.batch * args.fed_steps / statistics.median(fed)
+    print(
+        f"{config.model.name} {size} px batch {args.batch}: resident batch {r_rate:.0f} img/s, "
+        f"fed by the pipeline ({args.workers} workers, {os.cpu_count()} cores) {f_rate:.0f} img/s, "
+        f"ratio {f_rate / r_rate:.2f}",
+        flush=True,
+    )
 
 
 def torch_runner(config, batch: int):
@@ -167,7 +233,11 @@ def main():
         default=None,
         help="persistent compilation cache (default: the config's compilation_cache_dir; '' = off)",
     )
-    parser.add_argument("--no_torch", action="store_true", help="only the first-step time of effnet_jax")
+    parser.add_argument("--no_torch", action="store_true", help="no timm comparison")
+    parser.add_argument("--manual_dir", default=None, help="chest_xray folder: also time the pipeline-fed step")
+    parser.add_argument("--data_dir", default="/tmp/effnet_jax_tfds", help="where TFDS prepares --manual_dir")
+    parser.add_argument("--workers", type=int, default=8, help="grain worker processes for the fed run")
+    parser.add_argument("--fed_steps", type=int, default=30, help="steps per timed run of the fed comparison")
     args = parser.parse_args()
 
     import jax
@@ -184,11 +254,13 @@ def main():
         f"freeze_until={config.freeze_until!r}, {os.cpu_count()} cores"
     )
     runners = {}
-    j_run, first = jax_runner(config, args.batch)
+    j_run, first, j_run_fed = jax_runner(config, args.batch)
     print(f"effnet_jax first step (trace + compile + run): {first:.1f} s", flush=True)
     runners["effnet_jax"] = j_run
+    if args.manual_dir:
+        fed_rate(config, j_run, j_run_fed, args)
     if args.compare_unstopped:
-        j_run2, first2 = jax_runner(config, args.batch, stop_frozen=False)
+        j_run2, first2, _ = jax_runner(config, args.batch, stop_frozen=False)
         print(f"effnet_jax without stop_gradient, first step: {first2:.1f} s", flush=True)
         runners["effnet_jax (no stop_gradient)"] = j_run2
     if args.no_torch:

@@ -2,12 +2,15 @@
 
     python benchmarks/gpu_bench.py --variants efficientnet_b0,tf_efficientnet_lite0 --batch 128,256
     python benchmarks/gpu_bench.py --tiny      # 64 px, batch 2, one step: checks the script on a CPU
+    python benchmarks/gpu_bench.py --deadline 300 --jsonl rows.jsonl   # no new setting after 300 s
 
 Both frameworks run in this one process and alternate, each timed as the median of
 --repeats runs of --steps steps after warm-up (compilation excluded); the JAX memory
 pool is capped so PyTorch's allocator gets the rest. Mixed precision on both sides:
 bfloat16 compute with float32 parameters, BatchNorm statistics and optimizer state.
-Prints one JSON line per measurement and a markdown table.
+Prints one JSON line per measurement (also appended to --jsonl as it is measured, so a
+run cut short keeps what it finished) and a markdown table. The first-step times
+(trace + compile + run) of the jitted train and eval steps are reported per setting.
 """
 
 from __future__ import annotations
@@ -75,7 +78,10 @@ def jax_runners(variant: str, batch: int, size: int):
     t0 = time.perf_counter()
     run_train(1)
     compile_s = time.perf_counter() - t0
-    return run_eval, run_train, compile_s
+    t0 = time.perf_counter()
+    run_eval(1)
+    eval_compile_s = time.perf_counter() - t0
+    return run_eval, run_train, compile_s, eval_compile_s
 
 
 def torch_runners(variant: str, batch: int, size: int, device: str):
@@ -124,6 +130,8 @@ def main():
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--deadline", type=float, default=0, help="seconds: start no new setting after this")
+    parser.add_argument("--jsonl", default="", help="append each row to this file as it is measured")
     parser.add_argument("--tiny", action="store_true", help="64 px, batch 2, 1 step: a dry run on any machine")
     args = parser.parse_args()
     if args.tiny:
@@ -139,31 +147,37 @@ def main():
         f"timm {__import__('timm').__version__}",
         flush=True,
     )
-    rows = []
-    for variant in args.variants.split(","):
-        for batch in [int(b) for b in args.batch.split(",")]:
-            j_eval, j_train, compile_s = jax_runners(variant, batch, args.size)
-            t_eval, t_train = torch_runners(variant, batch, args.size, device)
-            for mode, j_fn, t_fn in [("train", j_train, t_train), ("eval", j_eval, t_eval)]:
-                j_fn(args.warmup), t_fn(args.warmup)
-                j_times, t_times = [], []
-                for _ in range(args.repeats):  # alternate so that clocks and load hit both alike
-                    j_times.append(timed(j_fn, args.steps))
-                    t_times.append(timed(t_fn, args.steps))
-                j_rate = batch * args.steps / statistics.median(j_times)
-                t_rate = batch * args.steps / statistics.median(t_times)
-                row = dict(
-                    card=card,
-                    variant=variant,
-                    batch=batch,
-                    mode=mode,
-                    effnet_jax=round(j_rate, 1),
-                    timm=round(t_rate, 1),
-                    ratio=round(j_rate / t_rate, 3),
-                    jax_first_step_s=round(compile_s, 1),
-                )
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+    rows, start = [], time.perf_counter()
+    settings = [(v, int(b)) for v in args.variants.split(",") for b in args.batch.split(",")]
+    for variant, batch in settings:
+        if args.deadline and time.perf_counter() - start > args.deadline:
+            print(f"deadline: {args.deadline:.0f} s passed, skipped {variant} batch {batch}", flush=True)
+            continue
+        j_eval, j_train, compile_s, eval_compile_s = jax_runners(variant, batch, args.size)
+        t_eval, t_train = torch_runners(variant, batch, args.size, device)
+        for mode, j_fn, t_fn in [("train", j_train, t_train), ("eval", j_eval, t_eval)]:
+            j_fn(args.warmup), t_fn(args.warmup)
+            j_times, t_times = [], []
+            for _ in range(args.repeats):  # alternate so that clocks and load hit both alike
+                j_times.append(timed(j_fn, args.steps))
+                t_times.append(timed(t_fn, args.steps))
+            j_rate = batch * args.steps / statistics.median(j_times)
+            t_rate = batch * args.steps / statistics.median(t_times)
+            row = dict(
+                card=card,
+                variant=variant,
+                batch=batch,
+                mode=mode,
+                effnet_jax=round(j_rate, 1),
+                timm=round(t_rate, 1),
+                ratio=round(j_rate / t_rate, 3),
+                jax_first_step_s=round(compile_s if mode == "train" else eval_compile_s, 1),
+            )
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            if args.jsonl:
+                with open(args.jsonl, "a") as f:
+                    f.write(json.dumps(row) + "\n")
     print("\n| card | variant | batch | mode | effnet_jax img/s | timm img/s | ratio |\n|---|---|---|---|---|---|---|")
     for r in rows:
         print(
