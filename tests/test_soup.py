@@ -24,11 +24,12 @@ pytestmark = pytest.mark.slow  # trains two tiny members for real
 
 def _config(external: str, **overrides):
     # test_hostile_runs.py trains these very steps (6 steps, 1 device): the session cache compiles them once.
+    # One evaluation, at the end; a checkpoint at step 3 too (an unfinished member, below).
     config = tiny_config(
         num_train_steps=6,
-        eval_every_steps=3,
+        eval_every_steps=0,
         checkpoint_every_steps=3,
-        log_every_steps=1,
+        log_every_steps=3,
         num_devices=1,
         soup_seeds=2,
         select_split="external",
@@ -64,7 +65,7 @@ def test_each_seed_trains_into_members_and_the_soup_is_written_beside_them(soup_
     assert sorted(os.listdir(os.path.join(workdir, "members"))) == ["seed_0", "seed_1"]
     for seed, member in zip((0, 1), (first, second)):
         assert (member.config.seed, member.config.soup_seeds) == (seed, 1)
-        assert [r["step"] for r in read_metrics(member.workdir, "train")] == [1, 2, 3, 4, 5, 6]
+        assert member.step == 6 and [r["step"] for r in read_metrics(member.workdir, "train")] == [3, 6]
     with open(os.path.join(workdir, "soup.json")) as f:
         assert json.load(f) == made
     assert [(m["workdir"], m["step"], m["seed"]) for m in made["members"]] == [
@@ -220,10 +221,16 @@ def test_a_member_without_checkpoints_is_named(soup_run, tmp_path):
         soup_lib.make_soup([members[0], str(empty)], str(tmp_path / "out"))
 
 
-def test_a_workdir_holding_another_run_is_refused(soup_run):
+def test_a_workdir_holding_another_run_or_inside_a_member_is_refused_untouched(soup_run, tmp_path):
     members = soup_run[1]
+    lock = os.path.join(members[1], ".lock")
+    before = os.stat(lock).st_mtime_ns
     with pytest.raises(soup_lib.SoupWorkdirError, match=r"already holds a run \(checkpoints\)"):
-        soup_lib.make_soup(members, members[0])
+        soup_lib.make_soup(members[:1] + [str(tmp_path / "elsewhere")], members[1])
+    assert os.stat(lock).st_mtime_ns == before  # refused before it was even locked
+    with pytest.raises(soup_lib.SoupWorkdirError, match=rf"inside member {members[0]}"):
+        soup_lib.make_soup(members, os.path.join(members[0], "soup"))
+    assert not os.path.exists(os.path.join(members[0], "soup"))
 
 
 @pytest.mark.parametrize("value", [0, -1, 1.5, "2"])

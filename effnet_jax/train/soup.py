@@ -155,10 +155,13 @@ def make_soup(member_workdirs: list[str], workdir: str, checkpoint: str | int = 
     (same members at the same steps) is left as it is; one holding any other run is refused.
     """
     workdir = checkpoint_lib.absolute(workdir)
+    members = [checkpoint_lib.absolute(m) for m in member_workdirs]
+    _check_members(members, workdir)
+    _refuse_another_run(workdir)  # before creating or locking anything there
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     lock = workdir_lock.lock_workdir(workdir, True)
     try:
-        return _make_soup([checkpoint_lib.absolute(m) for m in member_workdirs], workdir, checkpoint)
+        return _make_soup(members, workdir, checkpoint)
     finally:
         if lock is not None:
             lock.release()
@@ -167,11 +170,7 @@ def make_soup(member_workdirs: list[str], workdir: str, checkpoint: str | int = 
 def _make_soup(members: list[str], workdir: str, checkpoint: str | int) -> dict:
     """The soup itself, in a workdir already locked."""
     started = time.time()
-    if len(members) < 2:
-        raise ValueError(f"a soup needs at least two members; got {members}")
-    repeated = sorted({m for m in members if members.count(m) > 1})
-    if repeated:
-        raise ValueError(f"soup member {repeated[0]} is given more than once")
+    _check_members(members, workdir)
     _refuse_another_run(workdir)
 
     # ----------------------------------------------------------------------------------------------
@@ -262,7 +261,7 @@ def _make_soup(members: list[str], workdir: str, checkpoint: str | int) -> dict:
         for record in held.records:
             writer.write(*record)
         # Wall time of the whole model, as effnet-results sums it: the members' training and the soup.
-        member_seconds = sum(r["wall_seconds"] for m in members for r in read_metrics(m, "run"))
+        member_seconds = sum(r.get("wall_seconds", 0.0) for m in members for r in read_metrics(m, "run"))
         writer.write(
             step,
             "run",
@@ -360,6 +359,20 @@ def _data_state(saved):
         return ckpt.restore_data_state(saved.step)
     finally:
         ckpt.close()
+
+
+def _check_members(members: list[str], workdir: str) -> None:
+    """Two or more distinct members, none of which holds the soup's workdir (a soup never writes into a member)."""
+    if len(members) < 2:
+        raise ValueError(f"a soup needs at least two members; got {members}")
+    repeated = sorted({m for m in members if members.count(m) > 1})
+    if repeated:
+        raise ValueError(f"soup member {repeated[0]} is given more than once")
+    for member in members:
+        if "://" not in workdir and os.path.commonpath([workdir, member]) == member:
+            raise SoupWorkdirError(
+                f"the soup's workdir {workdir} is inside member {member}; choose a folder outside it"
+            )
 
 
 def _refuse_another_run(workdir: str) -> None:
