@@ -184,6 +184,11 @@ def _make_soup(members: list[str], workdir: str, checkpoint: str | int) -> dict:
         except FileNotFoundError as e:
             raise FileNotFoundError(f"soup member {member}: {e}") from None
         check_compatible(heads[0], heads[-1])
+    if not heads[0].config.model.get("pretrained"):
+        log.warning(
+            "soup members start from random initialisations (model.pretrained=None), which differ by seed: their "
+            "average is unlikely to be a useful model; soups average runs fine-tuned from the same weights"
+        )
     entries = [_member_entry(head) for head in heads]
     step = max(e["step"] for e in entries)
     prior = _existing_soup(workdir, entries)
