@@ -63,6 +63,15 @@ def persistent_compilation_cache(directory: str):
         _reset_cache()
 
 
+def session_compilation_cache(tmp_path_factory):
+    """``persistent_compilation_cache`` in one folder for the whole pytest session.
+
+    Modules whose fixtures train the same tiny run (same config keys that reach the
+    compiled steps, devices and number of steps) then compile those steps once between them.
+    """
+    return persistent_compilation_cache(tmp_path_factory.getbasetemp() / "jax_cache")
+
+
 def _reset_cache():
     # The cache directory is read once per process; resetting makes jax read it again.
     compilation_cache.reset_cache()

@@ -14,7 +14,7 @@ import data_fixtures as fx
 import jax
 import numpy as np
 import pytest
-from helpers import persistent_compilation_cache, tiny_config
+from helpers import session_compilation_cache, tiny_config
 
 from effnet_jax.cli import common
 from effnet_jax.data import pipeline, prepare
@@ -140,7 +140,7 @@ def runs(tmp_path_factory):
     """Six steps straight; and SIGTERM during step 2, then a resume to step 6."""
     root = tmp_path_factory.mktemp("runs")
     real = pipeline.create_split
-    with persistent_compilation_cache(root / "jax_cache"):
+    with session_compilation_cache(tmp_path_factory):  # test_soup.py trains the same steps
         straight = jax.device_get(loop.train_and_evaluate(_config(), str(root / "straight")))
         mp = pytest.MonkeyPatch()
         mp.setattr(

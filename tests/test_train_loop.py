@@ -7,7 +7,7 @@ import shutil
 import jax
 import numpy as np
 import pytest
-from helpers import persistent_compilation_cache, tiny_config
+from helpers import session_compilation_cache, tiny_config
 
 from effnet_jax.data import pipeline
 from effnet_jax.inference.restore import restore_for_inference
@@ -35,7 +35,8 @@ def _config(**overrides):
 def runs(tmp_path_factory):
     """One run of 6 steps straight; one of 3 steps, a stop, and 3 resumed steps (plus a copy at 3)."""
     root = tmp_path_factory.mktemp("runs")
-    with persistent_compilation_cache(root / "jax_cache"):
+    # test_hostile_runs.py and test_soup.py train these very steps: the session cache compiles them once.
+    with session_compilation_cache(tmp_path_factory):
         straight = loop.train_and_evaluate(_config(), str(root / "straight"))
         first = loop.train_and_evaluate(_config(stop_after_steps=3), str(root / "resumed"))
         shutil.copytree(root / "resumed", root / "at_step_3")
@@ -118,7 +119,7 @@ class _NaNImages:
         self.it.set_state(state)
 
 
-def test_nan_loss_stops_the_run_and_leaves_the_last_good_checkpoint(runs, monkeypatch):
+def test_nan_loss_stops_the_run_and_leaves_the_last_good_checkpoint(runs, monkeypatch, tmp_path_factory):
     workdir = str(runs["root"] / "at_step_3")
     real = pipeline.create_split
 
@@ -127,7 +128,7 @@ def test_nan_loss_stops_the_run_and_leaves_the_last_good_checkpoint(runs, monkey
         return _NaNImages(iter(ds)) if training else ds
 
     monkeypatch.setattr(pipeline, "create_split", poisoned)
-    with persistent_compilation_cache(runs["root"] / "jax_cache"):
+    with session_compilation_cache(tmp_path_factory):
         with pytest.raises(loop.NonFiniteLossError, match=r"loss is nan at step 4.*last good checkpoint is step 3"):
             loop.train_and_evaluate(_config(), workdir)
     ckpt = checkpoint_lib.Checkpointer(workdir, read_only=True)
@@ -141,7 +142,7 @@ def test_nan_loss_stops_the_run_and_leaves_the_last_good_checkpoint(runs, monkey
     )
 
 
-def test_early_stopping_ends_the_run_after_patience_evaluations_without_improvement(runs):
+def test_early_stopping_ends_the_run_after_patience_evaluations_without_improvement(runs, tmp_path_factory):
     # min_delta=1.0: no AUC can improve by a whole unit, so the second evaluation stops the run.
     config = _config(
         **{
@@ -153,7 +154,7 @@ def test_early_stopping_ends_the_run_after_patience_evaluations_without_improvem
         }
     )
     workdir = str(runs["root"] / "early_stop")
-    with persistent_compilation_cache(runs["root"] / "jax_cache"):
+    with session_compilation_cache(tmp_path_factory):
         state = loop.train_and_evaluate(config, workdir)
     assert int(state.step) == 4
     assert [r["step"] for r in read_metrics(workdir, "validation")] == [2, 4]

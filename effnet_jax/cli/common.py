@@ -75,6 +75,29 @@ def run_command(doc: str, define_flags, main) -> None:
     app.run(main)
 
 
+def show_our_logs():
+    """Our own log lines (effnet_jax.*) on stderr at INFO, while absl and orbax stay at WARNING."""
+    import logging as std_logging
+    import sys
+
+    # Orbax logs every save at INFO through absl; keep absl at WARNING and give our
+    # own logger (effnet_jax.*) a plain stderr handler at INFO.
+    logging.set_verbosity(logging.WARNING)
+    ours = std_logging.getLogger("effnet_jax")
+    handler = std_logging.StreamHandler(sys.stderr)
+    handler.setFormatter(std_logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
+    ours.addHandler(handler)
+    ours.setLevel(std_logging.INFO)
+    ours.propagate = False
+    logging.get_absl_logger().addFilter(drop_untracked_save_warning)
+
+
+def drop_untracked_save_warning(record) -> bool:
+    """A logging filter: False for orbax's warning on saves that carry no metrics."""
+    # Orbax warns on every save between evaluations (they carry no metrics by design).
+    return "Requested `tracked_metric`" not in str(record.msg)
+
+
 def quiet_unless_verbose():
     """Drops to ERROR logging unless --verbosity was given: orbax logs every restore at INFO."""
     if not FLAGS["verbosity"].present:
@@ -111,8 +134,10 @@ def make_config_package_importable(argv) -> None:
 # a user can act on is one line naming the file, key or cause; anything else is a bug and
 # keeps its traceback. EFFNET_TRACEBACK=1 shows the traceback of every error.
 EXIT_USAGE = 2  # a bad flag or config key; a non-finite training loss
-EXIT_INPUT = 3  # the data (layout, bad image, empty class, stale prepared copy) or a weight file
-EXIT_WORKDIR = 4  # the workdir is held by another trainer, or its checkpoint does not fit the config
+EXIT_INPUT = (
+    3  # the data (layout, bad image, empty class, stale prepared copy), a weight file, soup members that differ
+)
+EXIT_WORKDIR = 4  # the workdir is held by another trainer, its checkpoint does not fit the config, or it holds another run than a soup
 EXIT_DISK = 5  # writing failed: disk full, quota, read-only or permission denied
 EXIT_PREEMPTED = 143  # stopped by SIGTERM after saving (128 + SIGTERM, as if killed by it)
 
@@ -130,6 +155,7 @@ def one_line(error: BaseException) -> tuple[int, str] | None:
     from effnet_jax.data.prepare import StalePreparedDataError
     from effnet_jax.train.checkpointing import CheckpointMismatchError
     from effnet_jax.train.loop import TrainingDataError
+    from effnet_jax.train.soup import IncompatibleMembersError, SoupWorkdirError
     from effnet_jax.train.workdir_lock import WorkdirLockedError
     from effnet_jax.weights.readers import WeightFileError
 
@@ -142,11 +168,19 @@ def one_line(error: BaseException) -> tuple[int, str] | None:
         if isinstance(e, OSError) and e.errno in {getattr(errno, n, None) for n in _WRITE_ERRNOS} - {None}:
             where = f" {e.filename}" if e.filename else ""
             return EXIT_DISK, f"cannot write{where}: {e.strerror or e} (errno {errno.errorcode.get(e.errno)})"
-    if isinstance(error, (WorkdirLockedError, CheckpointMismatchError)):
+    if isinstance(error, (WorkdirLockedError, CheckpointMismatchError, SoupWorkdirError)):
         return EXIT_WORKDIR, str(error)
     if isinstance(
         error,
-        (LayoutError, BadImageError, TrainingDataError, StalePreparedDataError, WeightFileError, ExternalDataError),
+        (
+            LayoutError,
+            BadImageError,
+            TrainingDataError,
+            StalePreparedDataError,
+            WeightFileError,
+            ExternalDataError,
+            IncompatibleMembersError,
+        ),
     ):
         return EXIT_INPUT, " ".join(str(error).split("\n  ")[:2]) + _more(error)
     if isinstance(error, FileNotFoundError) and error.errno is None:

@@ -2,6 +2,9 @@
 
     effnet-train --config=configs/debug.py --workdir=/tmp/effnet_debug [--config.key=value ...]
 
+With --config.soup_seeds=N (N > 1) it trains N seeds into WORKDIR/members/seed_<S>/ and
+averages their best checkpoints into one model in WORKDIR (README, Model soups).
+
 Exit status: 0 done; 2 bad flag or config key, or a non-finite loss; 3 bad input (data
 layout, bad image, empty class, stale prepared data, weight file); 4 workdir held by
 another trainer or its checkpoint does not fit the config; 5 cannot write (disk full,
@@ -14,7 +17,7 @@ from __future__ import annotations
 import logging as std_logging
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from effnet_jax.cli import common
@@ -61,8 +64,9 @@ def main(argv):
     from effnet_jax.train import distributed
     from effnet_jax.train.loop import NonFiniteLossError, train_and_evaluate
     from effnet_jax.train.preemption import Preempted
+    from effnet_jax.train.soup import MEMBERS_DIR, soup_seeds, train_soup
 
-    _show_our_logs()
+    common.show_our_logs()
     from effnet_jax.cli.common import setup_compilation_cache
 
     cache = setup_compilation_cache(FLAGS.config.get("compilation_cache_dir", None))
@@ -79,8 +83,19 @@ def main(argv):
         sys.exit(2)
     if started and not distributed.is_main_process():
         _only_warnings_here()
+    soup = None
     try:
-        train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        if soup_seeds(FLAGS.config) > 1:
+            soup = train_soup(FLAGS.config, FLAGS.workdir)
+            if soup is None:
+                print(
+                    f"effnet-train: members in {FLAGS.workdir}/{MEMBERS_DIR}/ stopped before their last step; "
+                    "no soup yet: run the same command to finish them",
+                    file=sys.stderr,
+                )
+                return
+        else:
+            train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except NonFiniteLossError as e:
         print(f"effnet-train: {e}", file=sys.stderr)
         sys.exit(2)
@@ -91,7 +106,14 @@ def main(argv):
         common.exit_in_one_line("effnet-train", e)
     if distributed.is_main_process():
         _calibrate_and_describe(FLAGS.config, FLAGS.workdir)
-        print(f"effnet-train: outputs in {FLAGS.workdir} (checkpoints/, metrics.jsonl, tensorboard/, MODEL_CARD.md)")
+        made = (
+            f"soup of {len(soup['members'])} seeds at step {soup['step']} (members in {MEMBERS_DIR}/, soup.json); "
+            if soup
+            else ""
+        )
+        print(
+            f"effnet-train: outputs in {FLAGS.workdir} ({made}checkpoints/, metrics.jsonl, tensorboard/, MODEL_CARD.md)"
+        )
 
 
 def _calibrate_and_describe(config, workdir: str):
@@ -125,24 +147,6 @@ def _only_warnings_here():
         handler.setFormatter(
             std_logging.Formatter(f"%(asctime)s [process {jax.process_index()}] %(name)s: %(message)s", "%H:%M:%S")
         )
-
-
-def _show_our_logs():
-    # Orbax logs every save at INFO through absl; keep absl at WARNING and give our
-    # own logger (effnet_jax.*) a plain stderr handler at INFO.
-    logging.set_verbosity(logging.WARNING)
-    ours = std_logging.getLogger("effnet_jax")
-    handler = std_logging.StreamHandler(sys.stderr)
-    handler.setFormatter(std_logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
-    ours.addHandler(handler)
-    ours.setLevel(std_logging.INFO)
-    ours.propagate = False
-    logging.get_absl_logger().addFilter(_drop_untracked_save_warning)
-
-
-def _drop_untracked_save_warning(record) -> bool:
-    # Orbax warns on every save between evaluations (they carry no metrics by design).
-    return "Requested `tracked_metric`" not in str(record.msg)
 
 
 def run():

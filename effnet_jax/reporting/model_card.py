@@ -94,6 +94,13 @@ def _model_section(config: dict, run: dict | None) -> list[str]:
         f"- Initial weights: {model.get('pretrained') or 'random initialisation'}",
         f"- Recipe: {describe_recipe(config)}; seed {config.get('seed')}; loss {config.get('loss')}",
     ]
+    soup = config.get("soup")
+    if isinstance(soup, dict):
+        lines.append(
+            f"- Model soup: the uniform average of the weights of {len(soup.get('members', []))} runs, seeds "
+            f"{soup.get('seeds')} at steps {soup.get('steps')} (each run's {soup.get('checkpoint')} checkpoint; "
+            "soup.json); the recipe above is the first run's"
+        )
     if run:
         lines.append(f"- Input normalisation: mean {run.get('mean')}, std {run.get('std')} (run.json)")
     lines.append(

@@ -16,6 +16,7 @@ best one by ``best_metric``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any
@@ -26,6 +27,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint import checkpoint_managers
 
+from effnet_jax.models import get_variant
 from effnet_jax.train.run_record import RunRecord
 
 CHECKPOINT_DIR = "checkpoints"
@@ -152,6 +154,11 @@ class Checkpointer:
         out = self.manager.restore(int(step), args=ocp.args.Composite(run=ocp.args.JsonRestore()))
         return RunRecord.from_json(out["run"])
 
+    def restore_data_state(self, step: int) -> Any:
+        """The training data iterator's state saved at ``step``."""
+        out = self.manager.restore(int(step), args=ocp.args.Composite(data_iter=ocp.args.JsonRestore()))
+        return decode_data_state(out["data_iter"])
+
     def restore_state_as_saved(self, step: int, device=None):
         """The saved state as a nested dict, every array on ``device`` (default: the first device).
 
@@ -249,3 +256,52 @@ def resolve_step(ckpt: Checkpointer, checkpoint: str | int, workdir: str) -> int
     if step not in steps:
         raise FileNotFoundError(f"no checkpoint at step {step} in {ckpt.directory}; available: {steps}")
     return step
+
+
+@dataclasses.dataclass
+class SavedCheckpoint:
+    """One checkpoint of a run, as saved: the state is a nested dict of arrays on one device."""
+
+    workdir: str
+    step: int
+    config: ml_collections.ConfigDict
+    run: RunRecord
+    state: dict | None
+
+
+def read_checkpoint(workdir: str, checkpoint: str | int = "best", with_state: bool = True) -> SavedCheckpoint:
+    """The checkpoint ``checkpoint`` ('best', 'latest' or a step) of the run in ``workdir``, on the first local device.
+
+    'best' is by the run's own ``best_metric`` (the latest if none was evaluated). Needs
+    neither the optimizer nor the device count the run trained on. Runs saved before run
+    records existed get theirs from their config. ``with_state=False`` reads the step,
+    config and run record alone (``state`` None): a look before restoring the arrays.
+    """
+    if not epath.Path(checkpoint_dir(workdir)).is_dir():
+        raise FileNotFoundError(
+            f"no checkpoints in workdir {workdir!r}: {checkpoint_dir(workdir)} does not exist; train first with "
+            f"`effnet-train --config=... --workdir={workdir}`"
+        )
+    ckpt = Checkpointer(workdir, best_metric=None, async_save=False, read_only=True)
+    try:
+        config = ckpt.restore_config(resolve_step(ckpt, "latest", workdir))
+    finally:
+        ckpt.close()
+    # Reopen with the run's own best metric so 'best' means what the run meant.
+    ckpt = Checkpointer(
+        workdir,
+        best_metric=config.get("best_metric"),
+        best_mode=config.get("best_mode", "max"),
+        async_save=False,
+        read_only=True,
+    )
+    try:
+        step = resolve_step(ckpt, checkpoint, workdir)
+        config = ckpt.restore_config(step)
+        run = ckpt.restore_run(step)
+        state = ckpt.restore_state_as_saved(step) if with_state else None
+    finally:
+        ckpt.close()
+    if run is None:
+        run = RunRecord.from_legacy_config(config, get_variant(config.model.name))
+    return SavedCheckpoint(workdir=workdir, step=step, config=config, run=run, state=state)

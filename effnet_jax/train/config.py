@@ -109,6 +109,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.early_stopping.mode = "min"  # 'min' or 'max'
     c.early_stopping.patience = 5  # evaluations without improvement before stopping
     c.early_stopping.min_delta = 0.0  # smallest change that counts as an improvement
+    # Model soup of seeds (README, Model soups): N > 1 trains N runs with seeds seed, seed+1, ...
+    # into WORKDIR/members/seed_<S>/ (each an ordinary, resumable run), then averages the
+    # weights of each one's best checkpoint into one model in WORKDIR. 1 = one ordinary run.
+    c.soup_seeds = 1
     c.stop_after_steps = -1  # end this run early at this step (schedule unchanged); resume later; -1 = off
     c.async_checkpointing = True
     c.progress_bar = True  # tqdm bar on stderr (step, loss, img/s, ETA)

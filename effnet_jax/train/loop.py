@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import logging
@@ -16,7 +15,6 @@ import numpy as np
 from etils import epath
 
 from effnet_jax.data import external, pipeline, sources
-from effnet_jax.models import build_model
 from effnet_jax.reporting.metrics_log import read_metrics
 from effnet_jax.train import checkpointing as checkpoint_lib
 from effnet_jax.train import distributed, losses, param_summary, preemption, run_record, steps, workdir_lock
@@ -101,7 +99,28 @@ def eval_splits(config) -> list[str]:
     return ["validation", *external.split_names(config.data)]
 
 
-def _check_select_split(config) -> str:
+def evaluate_splits(par: Parallel, eval_step, variables, config, run, step: int, writer, data_tag: str) -> dict:
+    """Evaluates ``variables`` on every split of ``eval_splits``; writes and logs each at ``step``; returns them by split.
+
+    The records (with the external ``sensitivity_threshold``) are what 'best' checkpoints
+    and the operating threshold are read from.
+    """
+    results = {}
+    for split in eval_splits(config):
+        metrics = evaluate(par, eval_step, variables, config, run.image_size, run.mean, run.std, split)
+        writer.write(step, split, metrics)
+        log.info("step %d %s (%s): %s", step, split, data_tag, _short(metrics))
+        results[split] = metrics
+    return results
+
+
+def planned_steps(config: ml_collections.ConfigDict) -> int:
+    """The step a run of ``config`` ends at (its schedule's last), from the training split's size."""
+    config = resolve_data(config)
+    return _num_steps(config, pipeline.split_info(config.data, "train"))[0]
+
+
+def check_select_split(config) -> str:
     """The split whose metrics pick the best checkpoint and drive early stopping (``config.select_split``)."""
     split = config.get("select_split") or "validation"
     if split not in eval_splits(config):
@@ -147,6 +166,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     Holds ``WORKDIR/.lock`` throughout (a second trainer fails at once, naming this one);
     raises ``preemption.Preempted`` after saving when SIGTERM stopped the run.
     """
+    if config.get("soup_seeds", 1) != 1:
+        # effnet-train's soup of seeds is effnet_jax.train.soup.train_soup, which calls this once per seed.
+        raise ValueError(
+            f"config.soup_seeds={config.soup_seeds!r}: train_and_evaluate trains one run; "
+            "effnet_jax.train.soup.train_soup (effnet-train) trains the seeds and averages them"
+        )
     started = time.time()
     workdir = checkpoint_lib.absolute(workdir)
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
@@ -169,7 +194,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, started
     _check_classes(config, "train", train_info)
     total_steps, steps_per_epoch = _num_steps(config, train_info)
     _check_classes(config, "validation", pipeline.split_info(config.data, "validation"))
-    select_split = _check_select_split(config)
+    select_split = check_select_split(config)
     if external.split_names(config.data):
         # Never train on external data: refuse folders that overlap the training images.
         train_selection = sources.selection(config.data, "train")
@@ -224,12 +249,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, started
     frozen = freeze_lib.frozen_mask(variables["params"], freeze_lib.freeze_patterns(config, variables["params"]))
     n_frozen, n_total = freeze_lib.count(frozen)
     frozen_norms = freeze_lib.frozen_norms(frozen)
-    model = build_model(
-        config.model.name,
-        num_classes=state_lib.num_classes(config),
-        **state_lib.model_kwargs(config, frozen_norms, par.bn_axis_name),
-    )
-    model = model.clone(variant=dataclasses.replace(model.variant, mean=run.mean, std=run.std))
+    model = state_lib.model_for_run(config, run, frozen_norms, par.bn_axis_name)
     log.info(
         "model: %s at %d px, %d of %d parameter tensors frozen (%d BatchNorms keep running stats)\n%s",
         config.model.name,
@@ -398,14 +418,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, started
             if eval_now:
                 flush_train_metrics()  # never evaluate or save a state whose loss was not checked
                 variables = state_lib.inference_variables(state, use_ema=config.ema_decay > 0)
-                for split in eval_splits(config):
-                    split_metrics = evaluate(
-                        par, eval_step, variables, config, run.image_size, run.mean, run.std, split
-                    )
-                    writer.write(step, split, split_metrics)
-                    log.info("step %d %s (%s): %s", step, split, data_tag, _short(split_metrics))
-                    if split == select_split:
-                        eval_metrics = split_metrics
+                results = evaluate_splits(par, eval_step, variables, config, run, step, writer, data_tag)
+                eval_metrics = results[select_split]
                 stopped_early = stopper.update(eval_metrics)
             if eval_now or step % config.checkpoint_every_steps == 0 or step == stop_at or stopped_early:
                 flush_train_metrics()
@@ -435,7 +449,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, started
                 "wall_seconds": time.time() - started,
                 "resumed_from_step": start,
                 "stopped_early": stopped_early,
-                "machine": _machine(par),
+                "machine": describe_machine(par),
                 **({"preempted": True} if preempted else {}),
             },
         )
@@ -456,7 +470,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, started
     return par.get_state(state)
 
 
-def _machine(par: Parallel) -> str:
+def describe_machine(par: Parallel) -> str:
     """Where the run ran, for results tables: e.g. '1 x cpu (2 host cores)'."""
     return (
         f"{jax.process_count()} process(es), {par.num_devices} x {jax.devices()[0].device_kind} "

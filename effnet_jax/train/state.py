@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -10,7 +11,7 @@ import ml_collections
 from flax import struct
 
 from effnet_jax.factory import create_model
-from effnet_jax.models import get_variant
+from effnet_jax.models import EfficientNet, build_model, get_variant
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -69,6 +70,18 @@ def model_from_config(config: ml_collections.ConfigDict, frozen_norms=(), bn_axi
         rng=config.seed,
         **model_kwargs(config, frozen_norms, bn_axis_name),
     )
+
+
+def model_for_run(config: ml_collections.ConfigDict, run, frozen_norms=(), bn_axis_name=None) -> EfficientNet:
+    """The module a run trains and evaluates, normalising inputs with ``run``'s mean/std; no variables.
+
+    ``run`` is the run record (``train.run_record.RunRecord``): the weights' normalisation
+    it trained with, which the variant's default need not be (a Keras ``.h5`` file).
+    """
+    model = build_model(
+        config.model.name, num_classes=num_classes(config), **model_kwargs(config, frozen_norms, bn_axis_name)
+    )
+    return model.clone(variant=dataclasses.replace(model.variant, mean=tuple(run.mean), std=tuple(run.std)))
 
 
 def zero_head(variables: dict) -> dict:

@@ -1,0 +1,418 @@
+"""Model soups of seeds: one model whose weights are the uniform average of fine-tuned runs (Wortsman et al. 2022).
+
+    members' checkpoints (each its own 'best') -> same model, classes, input and data? same tree?
+      -> mean of params and batch_stats (and of their EMA copies), accumulated in float64
+      -> one ordinary run directory: checkpoint, config.json, run.json, metrics.jsonl
+         (the trainer's evaluation of validation and every external split), soup.json
+
+A soup is one model, so effnet-eval, effnet-predict (Grad-CAM too), effnet-export and
+effnet-results read its directory as they read any run's. Two ways to make one:
+``make_soup`` (``effnet-soup``) from finished runs, or ``train_soup`` (``effnet-train`` with
+``config.soup_seeds > 1``), which trains the seeds into ``WORKDIR/members/seed_<S>/`` first.
+
+The soup's checkpoint has effnet-train's format. Its step is the largest member step (the
+evaluations and reports of the soup are filed under it); its optimizer state, RNG key and
+data iterator state are the first member's, kept so that the layout is the trainer's: a
+soup is for inference, not for training further.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from etils import epath
+from flax import traverse_util
+
+from effnet_jax.reporting.metrics_log import METRICS_FILE, read_metrics, training_data
+from effnet_jax.train import checkpointing as checkpoint_lib
+from effnet_jax.train import run_record, steps, workdir_lock
+from effnet_jax.train import state as state_lib
+from effnet_jax.train.loop import (
+    check_select_split,
+    describe_machine,
+    evaluate_splits,
+    planned_steps,
+    train_and_evaluate,
+)
+from effnet_jax.train.parallel import Parallel
+from effnet_jax.train.writer import MetricWriter
+
+log = logging.getLogger("effnet_jax.train")
+
+SOUP_FILE = "soup.json"
+MEMBERS_DIR = "members"
+# The parts of a train state that are weights: averaged. The EMA copies are what inference
+# uses when a run kept them (state.inference_variables); each is the mean of the members' own.
+AVERAGED = ("params", "batch_stats", "ema_params", "ema_batch_stats")
+
+
+class IncompatibleMembersError(ValueError):
+    """Two soup members are not the same model on the same inputs: their weights cannot be averaged."""
+
+
+class SoupWorkdirError(RuntimeError):
+    """The soup's workdir holds another run, or a soup of other members."""
+
+
+def soup_seeds(config: ml_collections.ConfigDict) -> int:
+    """``config.soup_seeds`` checked: an integer >= 1 (1 = one ordinary run)."""
+    value = config.get("soup_seeds", 1)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"config.soup_seeds={value!r}: expected an integer >= 1 (1 = one run; N > 1 trains N seeds and "
+            "averages their weights)"
+        )
+    return value
+
+
+def member_workdir(workdir: str, seed: int) -> str:
+    """Where ``train_soup`` trains the member of seed ``seed``."""
+    return os.path.join(checkpoint_lib.absolute(workdir), MEMBERS_DIR, f"seed_{seed}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Training the seeds, then their soup (effnet-train with config.soup_seeds > 1).
+# --------------------------------------------------------------------------------------------------
+def train_soup(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
+    """Trains ``config.soup_seeds`` runs (seeds ``config.seed``, +1, ...) and soups them into ``workdir``.
+
+    Each member is an ordinary run in ``WORKDIR/members/seed_<S>/``: a rerun skips the ones
+    that reached their last step (or stopped early) and resumes the others. Returns the
+    soup's record (``soup.json``), or None when a member stopped before its end
+    (``config.stop_after_steps``): rerun to finish the members and make the soup.
+    """
+    n = soup_seeds(config)
+    if jax.process_count() > 1:
+        raise ValueError(
+            f"config.soup_seeds={n}: a soup of seeds is trained in one process; train each seed as its own "
+            "multi-process run, then average them with effnet-soup"
+        )
+    workdir = checkpoint_lib.absolute(workdir)
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    lock = workdir_lock.lock_workdir(workdir, True)
+    try:
+        _refuse_another_run(workdir)
+        total = planned_steps(config)
+        members = []
+        for i in range(n):
+            seed = int(config.seed) + i
+            member = member_workdir(workdir, seed)
+            members.append(member)
+            if _finished(member, total):
+                log.info("soup member %d of %d (seed %d) already finished in %s: not retrained", i + 1, n, seed, member)
+                continue
+            log.info("soup member %d of %d: seed %d in %s", i + 1, n, seed, member)
+            member_config = ml_collections.ConfigDict(config.to_dict())
+            member_config.seed = seed
+            member_config.soup_seeds = 1
+            train_and_evaluate(member_config, member)
+        unfinished = [m for m in members if not _finished(m, total)]
+        if unfinished:
+            log.warning(
+                "no soup yet: %s stopped before step %d (config.stop_after_steps); rerun to finish them",
+                ", ".join(unfinished),
+                total,
+            )
+            return None
+        return _make_soup(members, workdir, "best")
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _finished(workdir: str, total_steps: int) -> bool:
+    """True when the run in ``workdir`` has its last step saved, or stopped early (its last run record says so)."""
+    if not epath.Path(checkpoint_lib.checkpoint_dir(workdir)).is_dir():
+        return False
+    ckpt = checkpoint_lib.Checkpointer(workdir, best_metric=None, async_save=False, read_only=True)
+    try:
+        latest = ckpt.latest_step()
+    finally:
+        ckpt.close()
+    if latest is None:
+        return False
+    if latest >= total_steps:
+        return True
+    runs = read_metrics(workdir, "run")
+    return bool(runs) and runs[-1]["step"] == latest and bool(runs[-1].get("stopped_early"))
+
+
+# --------------------------------------------------------------------------------------------------
+# Averaging finished runs (effnet-soup).
+# --------------------------------------------------------------------------------------------------
+def make_soup(member_workdirs: list[str], workdir: str, checkpoint: str | int = "best") -> dict:
+    """Averages the members' checkpoints (each member's own ``checkpoint``) into a new run in ``workdir``.
+
+    Returns the soup's record (``soup.json``). A ``workdir`` that already holds this soup
+    (same members at the same steps) is left as it is; one holding any other run is refused.
+    """
+    workdir = checkpoint_lib.absolute(workdir)
+    members = [checkpoint_lib.absolute(m) for m in member_workdirs]
+    _check_members(members, workdir)
+    _refuse_another_run(workdir)  # before creating or locking anything there
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    lock = workdir_lock.lock_workdir(workdir, True)
+    try:
+        return _make_soup(members, workdir, checkpoint)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _make_soup(members: list[str], workdir: str, checkpoint: str | int) -> dict:
+    """The soup itself, in a workdir already locked."""
+    started = time.time()
+    _check_members(members, workdir)
+    _refuse_another_run(workdir)
+
+    # ----------------------------------------------------------------------------------------------
+    # Members: step, config and run record first (no arrays), so a wrong member fails at once;
+    # then the weights one member at a time, checked against the first, summed in float64.
+    # ----------------------------------------------------------------------------------------------
+    heads = []
+    for member in members:
+        try:
+            heads.append(checkpoint_lib.read_checkpoint(member, checkpoint, with_state=False))
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"soup member {member}: {e}") from None
+        check_compatible(heads[0], heads[-1])
+    if not heads[0].config.model.get("pretrained"):
+        log.warning(
+            "soup members start from random initialisations (model.pretrained=None), which differ by seed: their "
+            "average is unlikely to be a useful model; soups average runs fine-tuned from the same weights"
+        )
+    entries = [_member_entry(head) for head in heads]
+    step = max(e["step"] for e in entries)
+    prior = _existing_soup(workdir, entries)
+    if prior is not None:
+        log.info("%s already holds this soup (step %d): left as it is", workdir, prior["step"])
+        return prior
+    first, sums, stored = None, {}, {}
+    for head, entry in zip(heads, entries):
+        saved = checkpoint_lib.read_checkpoint(head.workdir, head.step)
+        weights = averaged_weights(saved.state)
+        if first is None:
+            first = saved
+            stored = {k: (np.shape(v), np.asarray(v).dtype) for k, v in weights.items()}
+        else:
+            check_same_weights(first, saved, stored, weights)
+        for key, value in weights.items():
+            sums[key] = sums.get(key, 0.0) + np.asarray(value, np.float64)
+        log.info(
+            "soup member %s: step %d, seed %s, %s %s",
+            head.workdir,
+            head.step,
+            entry["seed"],
+            head.config.get("select_split") or "validation",
+            ", ".join(f"{k}={v:.4f}" for k, v in entry.items() if isinstance(v, float)),
+        )
+        del saved, weights
+    averaged = {k: jnp.asarray((total / len(members)).astype(stored[k][1])) for k, total in sums.items()}
+    state = dict(first.state)
+    state.update(traverse_util.unflatten_dict(averaged, sep="/"))
+    state["step"] = jnp.asarray(step, np.asarray(first.state["step"]).dtype)
+    config = ml_collections.ConfigDict(first.config.to_dict())
+    config.soup = ml_collections.ConfigDict(
+        {
+            "members": [e["workdir"] for e in entries],
+            "steps": [e["step"] for e in entries],
+            "seeds": [e["seed"] for e in entries],
+            "checkpoint": str(checkpoint),
+        }
+    )
+
+    # ----------------------------------------------------------------------------------------------
+    # Evaluation: the trainer's, on validation and every external split; held until the checkpoint is saved.
+    # ----------------------------------------------------------------------------------------------
+    par = Parallel(config.get("parallelism", "jit"), jax.devices()[: config.get("num_devices", 0) or None])
+    model = state_lib.model_for_run(config, first.run, bn_axis_name=par.bn_axis_name)
+    eval_step = par.compile_eval_step(functools.partial(steps.eval_step, model=model))
+    variables = par.put_state(state_lib.inference_variables(state, use_ema=config.get("ema_decay", 0) > 0))
+    data_tag = training_data(first.workdir) or config.data.name
+    held = _HeldRecords()
+    results = evaluate_splits(par, eval_step, variables, config, first.run, step, held, data_tag)
+    select_split = check_select_split(config)
+    metric = config.get("best_metric") or "auc"
+
+    # ----------------------------------------------------------------------------------------------
+    # The run directory: config, run record, checkpoint, then metrics and soup.json (written last).
+    # ----------------------------------------------------------------------------------------------
+    (epath.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
+    run_record.write(workdir, first.run)
+    data_state = _data_state(first)
+    ckpt = checkpoint_lib.Checkpointer(
+        workdir,
+        keep=config.get("keep_checkpoints", 3),
+        best_metric=config.get("best_metric") or None,
+        best_mode=config.get("best_mode", "max"),
+        async_save=False,
+    )
+    try:
+        ckpt.save(step, state, data_state, config, results[select_split], run=first.run)
+        ckpt.wait()
+    finally:
+        ckpt.close()
+    seconds = time.time() - started
+    writer = MetricWriter(workdir, extra={"data": data_tag})
+    try:
+        for record in held.records:
+            writer.write(*record)
+        # Wall time of the whole model, as effnet-results sums it: the members' training and the soup.
+        member_seconds = sum(r.get("wall_seconds", 0.0) for m in members for r in read_metrics(m, "run"))
+        writer.write(
+            step,
+            "run",
+            {"wall_seconds": member_seconds + seconds, "soup_seconds": seconds, "machine": describe_machine(par)},
+        )
+    finally:
+        writer.close()
+    soup = {
+        "checkpoint": str(checkpoint),
+        "step": step,
+        "select_split": select_split,
+        "metric": metric,
+        "members": entries,
+        "soup": {metric: results[select_split].get(metric)},
+    }
+    (epath.Path(workdir) / SOUP_FILE).write_text(json.dumps(soup, indent=2) + "\n")
+    log.info(
+        "soup of %d members at step %d: %s %s=%.4f (members %s); in %s",
+        len(members),
+        step,
+        select_split,
+        metric,
+        results[select_split].get(metric, float("nan")),
+        ", ".join("n/a" if e.get(metric) is None else f"{e[metric]:.4f}" for e in entries),
+        workdir,
+    )
+    return soup
+
+
+# Facts two members must share, with how to read each from a saved checkpoint.
+_FACTS = {
+    "model.name": lambda s: s.config.model.name,
+    "num_classes (config.loss)": lambda s: state_lib.num_classes(s.config),
+    "image_size (run.json)": lambda s: int(s.run.image_size),
+    "mean (run.json)": lambda s: [float(v) for v in s.run.mean],
+    "std (run.json)": lambda s: [float(v) for v in s.run.std],
+    "data.name": lambda s: s.config.data.name,
+}
+
+
+def averaged_weights(state: dict) -> dict:
+    """The parts of a saved state that a soup averages (``AVERAGED``), as '/'-joined path -> array."""
+    return traverse_util.flatten_dict({k: state[k] for k in AVERAGED if state.get(k)}, sep="/")
+
+
+def check_compatible(first, other) -> None:
+    """Refuses a member whose model, classes, input or data set differ from the first's (``IncompatibleMembersError``).
+
+    ``first`` and ``other`` are ``checkpointing.SavedCheckpoint``s; their states are not needed.
+    """
+    for key, read in _FACTS.items():
+        if read(first) != read(other):
+            _refuse(first, other, key, repr(read(first)), repr(read(other)))
+
+
+def check_same_weights(first, other, first_shapes: dict, other_weights: dict) -> None:
+    """Refuses a member whose weights differ from the first's in structure, shape or dtype, naming the first such key.
+
+    ``first_shapes``: path -> (shape, dtype) of ``first``'s ``averaged_weights``; ``other_weights``: ``other``'s.
+    """
+    for key in sorted(set(first_shapes) | set(other_weights)):
+        if key not in other_weights or key not in first_shapes:
+            presence = {True: "present", False: "absent"}
+            _refuse(first, other, key, presence[key in first_shapes], presence[key in other_weights])
+        value = other_weights[key]
+        theirs = (np.shape(value), np.asarray(value).dtype)
+        if theirs != first_shapes[key]:
+            _refuse(first, other, key, _shape_text(first_shapes[key]), _shape_text(theirs))
+
+
+def _refuse(first, other, key: str, mine: str, theirs: str):
+    raise IncompatibleMembersError(
+        f"soup member {other.workdir} differs from {first.workdir} in {key}: {theirs} there, {mine} in the "
+        "first member; a soup averages runs of one model on one data set (other seeds)"
+    )
+
+
+def _shape_text(shape_dtype) -> str:
+    shape, dtype = shape_dtype
+    return f"shape {tuple(shape)} {dtype}"
+
+
+def _member_entry(saved) -> dict:
+    """What soup.json records of a member: where, which step and seed, and its select-split metric there."""
+    split = saved.config.get("select_split") or "validation"
+    metric = saved.config.get("best_metric") or "auc"
+    value = next((r.get(metric) for r in read_metrics(saved.workdir, split) if r["step"] == saved.step), None)
+    return {"workdir": saved.workdir, "step": int(saved.step), "seed": saved.config.get("seed"), metric: value}
+
+
+def _data_state(saved):
+    """The first member's data iterator state at its step: part of effnet-train's checkpoint format."""
+    ckpt = checkpoint_lib.Checkpointer(saved.workdir, best_metric=None, async_save=False, read_only=True)
+    try:
+        return ckpt.restore_data_state(saved.step)
+    finally:
+        ckpt.close()
+
+
+def _check_members(members: list[str], workdir: str) -> None:
+    """Two or more distinct members, none of which holds the soup's workdir (a soup never writes into a member)."""
+    if len(members) < 2:
+        raise ValueError(f"a soup needs at least two members; got {members}")
+    repeated = sorted({m for m in members if members.count(m) > 1})
+    if repeated:
+        raise ValueError(f"soup member {repeated[0]} is given more than once")
+    for member in members:
+        if "://" not in workdir and os.path.commonpath([workdir, member]) == member:
+            raise SoupWorkdirError(
+                f"the soup's workdir {workdir} is inside member {member}; choose a folder outside it"
+            )
+
+
+def _refuse_another_run(workdir: str) -> None:
+    """A soup's workdir is new, or holds a soup (soup.json): never another run's checkpoints or metrics."""
+    if (epath.Path(workdir) / SOUP_FILE).exists():
+        return
+    for name in (checkpoint_lib.CHECKPOINT_DIR, METRICS_FILE):
+        if (epath.Path(workdir) / name).exists():
+            raise SoupWorkdirError(
+                f"workdir {workdir} already holds a run ({name}) and no {SOUP_FILE}: a soup is written into a new "
+                "workdir; choose another --workdir (or remove that run, or the remains of an interrupted soup)"
+            )
+
+
+def _existing_soup(workdir: str, entries: list[dict]) -> dict | None:
+    """The soup already in ``workdir`` when it has these members at these steps; refuses a different one."""
+    path = epath.Path(workdir) / SOUP_FILE
+    if not path.exists():
+        return None
+    prior = json.loads(path.read_text())
+    had = [(m["workdir"], m["step"]) for m in prior.get("members", [])]
+    want = [(e["workdir"], e["step"]) for e in entries]
+    if had != want:
+        raise SoupWorkdirError(
+            f"workdir {workdir} holds a soup of other members or steps ({path}: {had}; now {want}); "
+            "choose another --workdir or remove that soup"
+        )
+    return prior
+
+
+class _HeldRecords:
+    """Takes ``MetricWriter.write`` calls and keeps them, to be written once the checkpoint is saved."""
+
+    def __init__(self):
+        self.records = []
+
+    def write(self, step: int, split: str, metrics: dict):
+        self.records.append((step, split, metrics))

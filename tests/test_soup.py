@@ -1,0 +1,250 @@
+"""Model soups of seeds: effnet-train's soup_seeds and make_soup average runs into one ordinary run directory."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from data_fixtures import jpeg, write_tree
+from flax import traverse_util
+from helpers import session_compilation_cache, tiny_config
+
+from effnet_jax.cli import common
+from effnet_jax.inference import thresholds
+from effnet_jax.inference.evaluation import evaluate_checkpoint
+from effnet_jax.inference.restore import restore_for_inference
+from effnet_jax.reporting.metrics_log import read_metrics
+from effnet_jax.train import soup as soup_lib
+from effnet_jax.train.checkpointing import read_checkpoint
+from effnet_jax.train.state import inference_variables
+
+pytestmark = pytest.mark.slow  # trains two tiny members for real
+
+
+def _config(external: str, **overrides):
+    # test_hostile_runs.py trains these very steps (6 steps, 1 device): the session cache compiles them once.
+    # One evaluation, at the end; a checkpoint at step 3 too (an unfinished member, below).
+    config = tiny_config(
+        num_train_steps=6,
+        eval_every_steps=0,
+        checkpoint_every_steps=3,
+        log_every_steps=3,
+        num_devices=1,
+        soup_seeds=2,
+        select_split="external",
+        **overrides,
+    )
+    config.data.external = (external,)
+    return config
+
+
+@pytest.fixture(scope="module")
+def soup_run(tmp_path_factory):
+    """``(workdir, members, config, soup.json)`` of a soup of two seeds made through effnet-train's entry point."""
+    root = tmp_path_factory.mktemp("soup")
+    files = {f"NORMAL/n{i}.jpeg": jpeg(300 + i, size=(48, 40)) for i in range(4)}
+    files.update({f"PNEUMONIA/p{i}.jpeg": jpeg(400 + i, size=(48, 40)) for i in range(6)})
+    config = _config(str(write_tree(root / "ext", files)))
+    workdir = str(root / "soup")
+    with session_compilation_cache(tmp_path_factory):
+        made = soup_lib.train_soup(config, workdir)
+    return workdir, [soup_lib.member_workdir(workdir, seed) for seed in (0, 1)], config, made
+
+
+@pytest.fixture(scope="module")
+def saved(soup_run):
+    """Each member's best checkpoint and the soup's, read once: ``(members, soup)``."""
+    workdir, members, _, _ = soup_run
+    return [read_checkpoint(m, "best") for m in members], read_checkpoint(workdir, "best")
+
+
+def test_each_seed_trains_into_members_and_the_soup_is_written_beside_them(soup_run, saved):
+    workdir, members, _, made = soup_run
+    (first, second), soup = saved
+    assert sorted(os.listdir(os.path.join(workdir, "members"))) == ["seed_0", "seed_1"]
+    for seed, member in zip((0, 1), (first, second)):
+        assert (member.config.seed, member.config.soup_seeds) == (seed, 1)
+        assert member.step == 6 and [r["step"] for r in read_metrics(member.workdir, "train")] == [3, 6]
+    with open(os.path.join(workdir, "soup.json")) as f:
+        assert json.load(f) == made
+    assert [(m["workdir"], m["step"], m["seed"]) for m in made["members"]] == [
+        (members[0], first.step, 0),
+        (members[1], second.step, 1),
+    ]
+    # The soup's step is the largest member step; its only checkpoint is the best.
+    assert made["step"] == soup.step == max(first.step, second.step)
+    assert os.listdir(os.path.join(workdir, "checkpoints")) == [str(soup.step)]
+    assert made["select_split"] == "external" and made["metric"] == "auc"
+    assert soup.config.soup.members == members and soup.config.soup.seeds == [0, 1]
+    assert soup.config.soup.steps == [first.step, second.step]
+
+
+def test_the_soups_weights_are_the_mean_of_the_members(saved):
+    members, soup = saved
+    parts = [soup_lib.averaged_weights(m.state) for m in members]
+    mean = soup_lib.averaged_weights(soup.state)
+    # params, batch_stats and (this config keeps EMA weights) both EMA copies
+    assert {k.split("/")[0] for k in mean} == set(soup_lib.AVERAGED) and mean.keys() == parts[0].keys()
+    for key, value in mean.items():
+        expected = (np.asarray(parts[0][key], np.float64) + np.asarray(parts[1][key], np.float64)) / 2
+        assert value.dtype == parts[0][key].dtype, key
+        np.testing.assert_allclose(np.asarray(value), expected, rtol=1e-6, atol=1e-7, err_msg=key)
+    assert not np.allclose(parts[0]["params/classifier/kernel"], parts[1]["params/classifier/kernel"])
+
+
+def test_restore_for_inference_gives_the_mean_of_the_members_inference_weights(soup_run, saved):
+    workdir = soup_run[0]
+    members, soup = saved
+    restored = restore_for_inference(workdir)
+    assert restored.step == soup.step
+    got = traverse_util.flatten_dict(restored.variables, sep="/")
+    # With EMA, inference uses the EMA copies: the soup's are the mean of the members' EMA copies.
+    first, second = (traverse_util.flatten_dict(inference_variables(m.state), sep="/") for m in members)
+    assert got.keys() == first.keys()
+    for key, value in first.items():
+        np.testing.assert_allclose(got[key], (np.asarray(value) + np.asarray(second[key])) / 2, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(got["params/classifier/kernel"], soup.state["ema_params"]["classifier"]["kernel"])
+
+
+def test_the_checkpoint_has_the_trainers_format(soup_run, saved):
+    workdir, members, _, _ = soup_run
+    (first, _), soup = saved
+
+    def layout(run, step):
+        folder = os.path.join(run, "checkpoints", str(step))
+        with open(os.path.join(folder, "state", "_METADATA")) as f:
+            tree = json.load(f)["tree_metadata"]
+        return sorted(os.listdir(folder)), {
+            k: (v.get("value_metadata") or {}).get("value_type") for k, v in tree.items()
+        }
+
+    assert layout(workdir, soup.step) == layout(members[0], first.step)
+    for name in ("config.json", "run.json", "metrics.jsonl", "soup.json"):
+        assert os.path.isfile(os.path.join(workdir, name)), name
+
+
+def test_the_soup_is_evaluated_as_the_trainer_evaluates_and_effnet_eval_reads_it(soup_run, saved):
+    workdir, _, config, made = soup_run
+    step = saved[1].step
+    records = {r["split"]: r for r in read_metrics(workdir)}
+    assert set(records) == {"validation", "external", "run"} and {r["step"] for r in records.values()} == {step}
+    assert records["external"]["n"] == 10 and records["validation"]["data"] == "synthetic"
+    assert made["soup"]["auc"] == records["external"]["auc"]
+    # The operating threshold is the soup's own external sensitivity threshold.
+    value, rule = thresholds.operating_threshold(workdir, step, config)
+    assert value == records["external"]["sensitivity_threshold"] and rule.startswith("external_sensitivity")
+    report = evaluate_checkpoint(workdir, split="external", progress=False, bootstrap_resamples=0)
+    assert report["step"] == step and report["operating_threshold"] == value
+    assert report["metrics"]["threshold_0.5"]["auc"] == pytest.approx(records["external"]["auc"], abs=1e-6)
+
+
+def test_a_rerun_retrains_nothing_and_keeps_the_soup(soup_run, monkeypatch):
+    workdir, members, config, made = soup_run
+
+    def files(run):
+        return read_metrics(run), {
+            n: os.stat(os.path.join(run, "checkpoints", n)).st_mtime_ns
+            for n in os.listdir(os.path.join(run, "checkpoints"))
+        }
+
+    before = [files(run) for run in (*members, workdir)]
+    monkeypatch.setattr(soup_lib, "train_and_evaluate", lambda *a: pytest.fail(f"retrained {a[1]}"))
+    assert soup_lib.train_soup(config, workdir) == made
+    assert [files(run) for run in (*members, workdir)] == before
+
+
+def test_a_rerun_resumes_an_unfinished_member_and_trains_a_missing_one(soup_run, tmp_path, monkeypatch):
+    _, members, config, _ = soup_run
+    workdir = str(tmp_path / "again")
+    shutil.copytree(members[0], soup_lib.member_workdir(workdir, 0))  # finished
+    shutil.copytree(members[1], soup_lib.member_workdir(workdir, 1))
+    shutil.rmtree(os.path.join(soup_lib.member_workdir(workdir, 1), "checkpoints", "6"))  # killed after step 3
+    trained = []
+    monkeypatch.setattr(soup_lib, "train_and_evaluate", lambda cfg, run: trained.append((cfg.seed, run)))
+    config = config.copy_and_resolve_references()
+    config.soup_seeds = 3
+    assert soup_lib.train_soup(config, workdir) is None  # seeds 1 and 2 did not reach step 6: no soup
+    assert trained == [(1, soup_lib.member_workdir(workdir, 1)), (2, soup_lib.member_workdir(workdir, 2))]
+    assert not os.path.exists(os.path.join(workdir, "soup.json"))
+
+
+def _copy_member(member, tmp_path, item, edit, step):
+    """A copy of ``member`` whose checkpoint item (config or run record) at every step ``edit`` changed."""
+    copy = str(tmp_path / "changed")
+    shutil.copytree(member, copy)
+    path = os.path.join(copy, "checkpoints", str(step), item, "metadata")
+    with open(path) as f:
+        blob = json.load(f)
+    edit(blob)
+    with open(path, "w") as f:
+        json.dump(blob, f)
+    return copy
+
+
+@pytest.mark.parametrize(
+    "item, edit, key",
+    [
+        ("config", lambda c: c["model"].update(name="efficientnet_b0"), "model.name"),
+        ("run", lambda r: r.update(image_size=64), "image_size"),
+        ("config", lambda c: c["data"].update(name="chest_xray"), "data.name"),
+    ],
+)
+def test_members_of_another_model_or_input_are_refused_naming_the_member_and_key(
+    soup_run, saved, tmp_path, item, edit, key
+):
+    members = soup_run[1]
+    other = _copy_member(members[1], tmp_path, item, edit, saved[0][1].step)
+    with pytest.raises(soup_lib.IncompatibleMembersError, match=rf"soup member {other} differs .* in {key}"):
+        soup_lib.make_soup([members[0], other], str(tmp_path / "out"))
+    assert not os.path.exists(tmp_path / "out" / "checkpoints")
+    assert common.one_line(soup_lib.IncompatibleMembersError("x"))[0] == common.EXIT_INPUT
+
+
+def test_a_parameter_tree_that_differs_is_refused_naming_the_parameter(saved):
+    first, other = saved[0]
+    shapes = {k: (np.shape(v), np.asarray(v).dtype) for k, v in soup_lib.averaged_weights(first.state).items()}
+    weights = dict(soup_lib.averaged_weights(other.state))
+    weights["params/classifier/kernel"] = np.zeros((3, 2), np.float32)
+    with pytest.raises(soup_lib.IncompatibleMembersError, match=r"in params/classifier/kernel: shape \(3, 2\)"):
+        soup_lib.check_same_weights(first, other, shapes, weights)
+    del weights["params/classifier/kernel"]
+    with pytest.raises(soup_lib.IncompatibleMembersError, match=r"in params/classifier/kernel: absent there"):
+        soup_lib.check_same_weights(first, other, shapes, weights)
+
+
+def test_a_member_without_checkpoints_is_named(soup_run, tmp_path):
+    members = soup_run[1]
+    empty = tmp_path / "never_trained"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match=rf"soup member {empty}: no checkpoints"):
+        soup_lib.make_soup([members[0], str(empty)], str(tmp_path / "out"))
+
+
+def test_a_workdir_holding_another_run_or_inside_a_member_is_refused_untouched(soup_run, tmp_path):
+    members = soup_run[1]
+    lock = os.path.join(members[1], ".lock")
+    before = os.stat(lock).st_mtime_ns
+    with pytest.raises(soup_lib.SoupWorkdirError, match=r"already holds a run \(checkpoints\)"):
+        soup_lib.make_soup(members[:1] + [str(tmp_path / "elsewhere")], members[1])
+    assert os.stat(lock).st_mtime_ns == before  # refused before it was even locked
+    with pytest.raises(soup_lib.SoupWorkdirError, match=rf"inside member {members[0]}"):
+        soup_lib.make_soup(members, os.path.join(members[0], "soup"))
+    assert not os.path.exists(os.path.join(members[0], "soup"))
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, "2"])
+def test_a_bad_soup_seeds_is_refused_naming_the_key(value):
+    config = tiny_config()
+    with config.unlocked(), config.ignore_type():
+        config.soup_seeds = value
+    with pytest.raises(ValueError, match=r"config\.soup_seeds=.*expected an integer >= 1") as raised:
+        soup_lib.train_soup(config, "/nonexistent/never/made")
+    assert common.one_line(raised.value)[0] == common.EXIT_USAGE
+
+
+def test_train_and_evaluate_alone_refuses_a_soup_config(tmp_path):
+    from effnet_jax.train import train_and_evaluate
+
+    with pytest.raises(ValueError, match=r"config\.soup_seeds=2: train_and_evaluate trains one run"):
+        train_and_evaluate(tiny_config(soup_seeds=2), str(tmp_path))
