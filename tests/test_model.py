@@ -7,7 +7,7 @@ import pytest
 
 import effnet_jax
 from effnet_jax.models import build_model, get_variant, layers, list_variants
-from effnet_jax.models.layers import conv_padding, depthwise_conv, spatial_padding
+from effnet_jax.models.layers import conv_padding, depthwise_conv, pointwise_conv, spatial_padding
 from effnet_jax.models.variants import make_divisible, parse_block_string
 
 
@@ -102,6 +102,31 @@ def test_depthwise_formulations_agree_forward_and_backward(kernel, stride, mode)
         got = jax.jit(jax.grad(loss(conv), (0, 1)))(x, w)
         _close(got[0], want[0])  # input gradient
         _close(got[1], want[1])  # kernel gradient
+
+
+@pytest.mark.parametrize("channels", [(8, 48), (48, 8)])  # expansion and projection: either operand is narrower
+def test_pointwise_conv_gradients_equal_autodiff_of_the_matmul(channels):
+    c, d = channels
+    rng = np.random.default_rng(c)
+    x = jnp.asarray(rng.standard_normal((3, 7, 9, c)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((c, d)), jnp.float32)
+
+    def loss(conv):
+        return lambda x, w: jnp.sum(jnp.sin(conv(x, w)))
+
+    plain = lambda x, w: jnp.einsum("nhwc,cd->nhwd", x, w)  # noqa: E731
+    assert jax.default_backend() == "cpu"  # where pointwise_conv takes its own kernel gradient
+    _close(jax.jit(pointwise_conv)(x, w), plain(x, w))
+    got = jax.jit(jax.grad(loss(pointwise_conv), (0, 1)))(x, w)
+    want = jax.grad(loss(plain), (0, 1))(x, w)
+    _close(got[0], want[0])
+    _close(got[1], want[1])
+    # bfloat16 activations: the kernel gradient sums every pixel in float32, stored as bfloat16.
+    gb = jax.grad(lambda w: jnp.sum(pointwise_conv(x.astype(jnp.bfloat16), w).astype(jnp.float32)))(
+        w.astype(jnp.bfloat16)
+    )
+    assert gb.dtype == jnp.bfloat16
+    _close(gb.astype(jnp.float32), jax.grad(lambda w: jnp.sum(plain(x, w)))(w), tol=1e-2)
 
 
 def test_depthwise_kernel_gradient_in_bfloat16_accumulates_in_float32():
