@@ -8,20 +8,21 @@ import logging
 import jax
 
 from effnet_jax.models.efficientnet import EfficientNet, build_model, init_variables
-from effnet_jax.weights import merge_weights, resolve_source
+from effnet_jax.weights import ConvertedWeights, merge_weights, resolve_source
 
 log = logging.getLogger(__name__)
 
 __all__ = ["create_model", "init_variables", "load_pretrained"]
 
 
-def load_pretrained(model: EfficientNet, variables: dict, pretrained: str):
+def load_pretrained(model: EfficientNet, variables: dict, pretrained: str | ConvertedWeights):
     """Merges pretrained weights into ``variables``; returns ``(model, variables, report)``.
 
-    The returned model carries the input mean/std the weights expect (Keras files
-    normalise differently from the variant's default).
+    ``pretrained`` is a source name (see ``create_model``) or weights already read by
+    ``resolve_source``. The returned model carries the input mean/std the weights expect
+    (Keras files normalise differently from the variant's default).
     """
-    weights = resolve_source(pretrained, model.variant)
+    weights = pretrained if isinstance(pretrained, ConvertedWeights) else resolve_source(pretrained, model.variant)
     variables, report = merge_weights(variables, weights)
     if weights.mean is not None:
         variant = dataclasses.replace(model.variant, mean=tuple(weights.mean), std=tuple(weights.std))
@@ -49,7 +50,10 @@ def create_model(
     array must load.
     """
     model = build_model(name, num_classes=num_classes, **model_kwargs)
+    # Read (and check) the weight file before initialising: a missing, hostile or offline
+    # source fails at once instead of after the initialisation compiles.
+    weights = None if pretrained is None else resolve_source(str(pretrained), model.variant)
     variables = init_variables(model, rng)
-    if pretrained is not None:
-        model, variables, _ = load_pretrained(model, variables, str(pretrained))
+    if weights is not None:
+        model, variables, _ = load_pretrained(model, variables, weights)
     return model, variables
