@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import load_config
+from helpers import tiny_config
 from PIL import Image
 
 from effnet_jax.data import pipeline
@@ -23,15 +23,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def workdir(tmp_path_factory):
     from effnet_jax.train import train_and_evaluate
 
-    config = load_config("debug_synthetic")
-    # Smaller than debug_synthetic.py itself: only the plumbing is under test here, not learning.
-    config.image_size = 32
-    config.data.synthetic_examples = 64
-    config.batch_size = 8
-    config.eval_batch_size = 16
-    config.num_train_steps = 2
-    config.eval_every_steps = 2
-    config.checkpoint_every_steps = 2
+    # Only the plumbing is under test here, not learning: the tests' tiny run, two steps.
+    config = tiny_config(num_train_steps=2, eval_every_steps=2, checkpoint_every_steps=2)
     path = str(tmp_path_factory.mktemp("run"))
     train_and_evaluate(config, path)
     return path

@@ -60,6 +60,9 @@ def test_fine_tuning_from_keras_uses_the_files_normalisation(keras_h5, tmp_path,
             "log_every_steps": 1,
             "num_devices": 1,
             "ema_decay": 0.0,
+            # Only the head trains: the backward (and its compile) stays small; the
+            # normalisation under test is the input pipeline's.
+            "freeze_until": "conv_head",
         }
     )
     workdir = str(tmp_path / "run")
