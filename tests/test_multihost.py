@@ -216,8 +216,10 @@ def test_two_processes_save_the_parameters_of_one_eight_device_process(multihost
     assert int(got["step"]) == int(want["step"]) == 2
     for part in ("params", "ema_params"):
         assert _worst(got[part], want[part], relative=False) <= 1e-5, part
-    # Running variances reach the hundreds; float32 summation order shows at 1e-5 of them.
-    assert _worst(got["batch_stats"], want["batch_stats"], relative=True) <= 1e-5
+    # Running variances reach the hundreds and are E[x^2] - E[x]^2 of cross-device sums:
+    # float32 summation order (4 + 4 devices against 8) shows at about 1e-5 of them (1.06e-5
+    # measured with the native depthwise convolution); a wrong shard would differ at 1e-2.
+    assert _worst(got["batch_stats"], want["batch_stats"], relative=True) <= 5e-5
 
 
 def test_evaluation_covers_every_validation_example_once_across_processes(multihost, reference):
