@@ -129,6 +129,19 @@ def test_pointwise_conv_gradients_equal_autodiff_of_the_matmul(channels):
     _close(gb.astype(jnp.float32), jax.grad(lambda w: jnp.sum(plain(x, w)))(w), tol=1e-2)
 
 
+def test_silu_recomputing_its_sigmoid_equals_autodiff_of_nn_silu():
+    x = jnp.asarray(np.random.default_rng(0).standard_normal(1000) * 6, jnp.float32)
+    _close(layers.silu(x), jax.nn.silu(x))
+    loss = lambda f: lambda x: jnp.sum(jnp.sin(3 * f(x)))  # noqa: E731
+    _close(jax.jit(jax.grad(loss(layers.silu)))(x), jax.grad(loss(jax.nn.silu))(x))
+    # Second derivatives too: Grad-CAM and any gradient penalty differentiate the backward.
+    _close(
+        jax.grad(lambda x: jnp.sum(jax.grad(loss(layers.silu))(x)))(x),
+        jax.grad(lambda x: jnp.sum(jax.grad(loss(jax.nn.silu))(x)))(x),
+        tol=1e-4,
+    )
+
+
 def test_depthwise_kernel_gradient_in_bfloat16_accumulates_in_float32():
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((4, 12, 12, 16)), jnp.bfloat16)

@@ -14,12 +14,12 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from effnet_jax.models.layers import Conv, DepthwiseConv
+from effnet_jax.models.layers import Conv, DepthwiseConv, silu
 from effnet_jax.models.variants import BlockDef, VariantConfig, get_variant
 
 Dtype = Any
 
-ACTIVATIONS = {"swish": nn.silu, "relu6": nn.relu6}
+ACTIVATIONS = {"swish": silu, "relu6": nn.relu6}
 
 
 def batch_norm(
