@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from effnet_jax.models.batch_norm import BatchNorm
 from effnet_jax.models.layers import Conv, DepthwiseConv, silu
 from effnet_jax.models.variants import BlockDef, VariantConfig, get_variant
 
@@ -34,9 +35,12 @@ def batch_norm(
     dtype: Dtype,
 ):
     """BatchNorm with float32 statistics; a norm whose path matches a frozen pattern
-    always uses (and never updates) its running statistics."""
+    always uses (and never updates) its running statistics. On CPU the module is
+    models/batch_norm.py's (same variables and values, a backward that stores less);
+    GPU and TPU keep flax's."""
     frozen = any(re.search(p, path) for p in frozen_patterns)
-    return nn.BatchNorm(
+    norm = BatchNorm if jax.default_backend() == "cpu" else nn.BatchNorm
+    return norm(
         momentum=momentum,
         epsilon=epsilon,
         axis_name=axis_name,
