@@ -24,7 +24,10 @@ from summarise_sweep import held_out_rule, rates
 
 
 def read_run(workdir: pathlib.Path) -> dict:
-    reports = sorted(workdir.glob("eval/external_*/metrics.json"), key=lambda p: p.stat().st_mtime)
+    reports = sorted(
+        (p for p in workdir.glob("eval/external_*/metrics.json") if "_tta-" not in p.parent.name),
+        key=lambda p: p.stat().st_mtime,
+    )
     if not reports:
         raise SystemExit(f"{workdir}: no eval/external_*/metrics.json; run effnet-eval --split=external first")
     report = json.loads(reports[-1].read_text())
