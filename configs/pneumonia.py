@@ -8,7 +8,8 @@ contrast, gamma), AdamW 5e-4 for 2 epochs, no EMA, no label smoothing; two seeds
 trained into runs/pneumonia/members/seed_{0,1}/ and averaged into one model (a model
 soup) in runs/pneumonia. Trains on the 224 px Kermany images in ../shared/data/chest_xray
 (another copy: --config.data.manual_dir=DIR) in under an hour on a 2-core CPU (42.5 min
-measured, about 21 min a seed; --config.soup_seeds=1 trains one model in half the time).
+measured before the CPU BatchNorm change, about 21 min a seed; one seed took 16.9 min after
+it; --config.soup_seeds=1 trains one model in half the time).
 Results: README.md, Results, row `configs/pneumonia.py` (shipped), with the command that measured it.
 """
 
