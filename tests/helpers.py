@@ -8,6 +8,7 @@ import pathlib
 import sys
 
 import jax
+import numpy as np
 from jax.experimental.compilation_cache import compilation_cache
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -75,3 +76,11 @@ def session_compilation_cache(tmp_path_factory):
 def _reset_cache():
     # The cache directory is read once per process; resetting makes jax read it again.
     compilation_cache.reset_cache()
+
+
+def assert_close(a, b, tol=1e-5):
+    """max |a - b| within ``tol`` of the reference's largest magnitude (float32 sums reorder)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    assert a.shape == b.shape
+    err = np.abs(a - b).max() / max(np.abs(b).max(), 1e-30)
+    assert err <= tol, f"relative error {err:.2e} > {tol:.0e}"

@@ -5,18 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import linen as nn
+from helpers import assert_close
 
 from effnet_jax.models.batch_norm import BatchNorm
 
 MOMENTUM, EPSILON = 0.9, 1e-3
-
-
-def _close(a, b, tol=1e-5):
-    """max |a - b| within ``tol`` of the reference's largest magnitude (float32 sums reorder)."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    assert a.shape == b.shape
-    err = np.abs(a - b).max() / max(np.abs(b).max(), 1e-30)
-    assert err <= tol, f"relative error {err:.2e} > {tol:.0e}"
 
 
 def _pair(dtype=None, axis_name=None):
@@ -88,12 +81,12 @@ def test_gradients_equal_autodiff_of_nn_batchnorm(train):
 
     grads = jax.jit(jax.grad(loss(ours), argnums=(0, 1)))(x, variables["params"])
     grads_ref = jax.grad(loss(flax_bn), argnums=(0, 1))(x, variables["params"])
-    _close(grads[0], grads_ref[0])
+    assert_close(grads[0], grads_ref[0])
     for key in ("scale", "bias"):
-        _close(grads[1][key], grads_ref[1][key])
+        assert_close(grads[1][key], grads_ref[1][key])
     # Second derivatives too (a gradient penalty, or Grad-CAM differentiating through a step).
     second = lambda module: jax.grad(lambda x: jnp.sum(jax.grad(loss(module))(x, variables["params"]) ** 2))  # noqa: E731
-    _close(jax.jit(second(ours))(x), second(flax_bn)(x), tol=1e-4)
+    assert_close(jax.jit(second(ours))(x), second(flax_bn)(x), tol=1e-4)
 
 
 def test_statistics_and_gradients_over_a_pmapped_axis_equal_nn_batchnorm():
@@ -126,4 +119,4 @@ def test_statistics_and_gradients_over_a_pmapped_axis_equal_nn_batchnorm():
     for key in ("mean", "var"):
         np.testing.assert_array_equal(stats["batch_stats"][key], stats_ref["batch_stats"][key])
     for key in ("scale", "bias"):
-        _close(grads[key], grads_ref[key])
+        assert_close(grads[key], grads_ref[key])

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import assert_close
 
 import effnet_jax
 from effnet_jax.models import build_model, get_variant, layers, list_variants
@@ -72,14 +73,6 @@ def test_same_padding_is_tensorflows_rule():
     assert conv_padding(64, 3, 2, "symmetric") == (1, 1)
 
 
-def _close(a, b, tol=1e-5):
-    """max |a - b| within ``tol`` of the reference's largest magnitude (float32 sums reorder)."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    assert a.shape == b.shape
-    err = np.abs(a - b).max() / max(np.abs(b).max(), 1e-30)
-    assert err <= tol, f"relative error {err:.2e} > {tol:.0e}"
-
-
 @pytest.mark.parametrize("mode", ["same", "symmetric"])
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("kernel", [3, 5])
@@ -96,12 +89,12 @@ def test_depthwise_formulations_agree_forward_and_backward(kernel, stride, mode)
     native = lambda x, w: depthwise_conv(x, w, stride, pad, "native")  # noqa: E731
     shifts = lambda x, w: depthwise_conv(x, w, stride, pad, "shifts")  # custom VJP  # noqa: E731
     plain = lambda x, w: layers._shifts_forward(x, w, stride, tuple(pad))  # autodiff of the slices  # noqa: E731
-    _close(jax.jit(shifts)(x, w), native(x, w))
+    assert_close(jax.jit(shifts)(x, w), native(x, w))
     want = jax.grad(loss(native), (0, 1))(x, w)
     for conv in (shifts, plain):
         got = jax.jit(jax.grad(loss(conv), (0, 1)))(x, w)
-        _close(got[0], want[0])  # input gradient
-        _close(got[1], want[1])  # kernel gradient
+        assert_close(got[0], want[0])  # input gradient
+        assert_close(got[1], want[1])  # kernel gradient
 
 
 @pytest.mark.parametrize("channels", [(8, 48), (48, 8)])  # expansion and projection: either operand is narrower
@@ -116,26 +109,26 @@ def test_pointwise_conv_gradients_equal_autodiff_of_the_matmul(channels):
 
     plain = lambda x, w: jnp.einsum("nhwc,cd->nhwd", x, w)  # noqa: E731
     assert jax.default_backend() == "cpu"  # where pointwise_conv takes its own kernel gradient
-    _close(jax.jit(pointwise_conv)(x, w), plain(x, w))
+    assert_close(jax.jit(pointwise_conv)(x, w), plain(x, w))
     got = jax.jit(jax.grad(loss(pointwise_conv), (0, 1)))(x, w)
     want = jax.grad(loss(plain), (0, 1))(x, w)
-    _close(got[0], want[0])
-    _close(got[1], want[1])
+    assert_close(got[0], want[0])
+    assert_close(got[1], want[1])
     # bfloat16 activations: the kernel gradient sums every pixel in float32, stored as bfloat16.
     gb = jax.grad(lambda w: jnp.sum(pointwise_conv(x.astype(jnp.bfloat16), w).astype(jnp.float32)))(
         w.astype(jnp.bfloat16)
     )
     assert gb.dtype == jnp.bfloat16
-    _close(gb.astype(jnp.float32), jax.grad(lambda w: jnp.sum(plain(x, w)))(w), tol=1e-2)
+    assert_close(gb.astype(jnp.float32), jax.grad(lambda w: jnp.sum(plain(x, w)))(w), tol=1e-2)
 
 
 def test_silu_recomputing_its_sigmoid_equals_autodiff_of_nn_silu():
     x = jnp.asarray(np.random.default_rng(0).standard_normal(1000) * 6, jnp.float32)
-    _close(layers.silu(x), jax.nn.silu(x))
+    assert_close(layers.silu(x), jax.nn.silu(x))
     loss = lambda f: lambda x: jnp.sum(jnp.sin(3 * f(x)))  # noqa: E731
-    _close(jax.jit(jax.grad(loss(layers.silu)))(x), jax.grad(loss(jax.nn.silu))(x))
+    assert_close(jax.jit(jax.grad(loss(layers.silu)))(x), jax.grad(loss(jax.nn.silu))(x))
     # Second derivatives too: Grad-CAM and any gradient penalty differentiate the backward.
-    _close(
+    assert_close(
         jax.grad(lambda x: jnp.sum(jax.grad(loss(layers.silu))(x)))(x),
         jax.grad(lambda x: jnp.sum(jax.grad(loss(jax.nn.silu))(x)))(x),
         tol=1e-4,
@@ -150,7 +143,7 @@ def test_depthwise_kernel_gradient_in_bfloat16_accumulates_in_float32():
     g = jax.grad(lambda w: jnp.sum(depthwise_conv(x, w, 1, pad, "shifts").astype(jnp.float32)))(w)
     assert g.dtype == jnp.bfloat16
     ref = jax.grad(lambda w: jnp.sum(depthwise_conv(x.astype(jnp.float32), w, 1, pad, "native")))(w.astype(jnp.float32))
-    _close(g.astype(jnp.float32), ref, tol=1e-2)
+    assert_close(g.astype(jnp.float32), ref, tol=1e-2)
 
 
 @pytest.fixture(scope="module")
