@@ -35,6 +35,11 @@ import statistics
 import sys
 import time
 
+from effnet_jax.host_memory import host_memory_kept, keep_freed_host_memory
+
+# As effnet-train does, before numpy or JAX start threads (EFFNET_JAX_KEEP_HOST_MEMORY=0: glibc's defaults).
+keep_freed_host_memory()
+
 import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -248,7 +253,10 @@ def main():
     if args.cache_dir is not None:
         config.compilation_cache_dir = args.cache_dir
     cache = setup_compilation_cache(config.get("compilation_cache_dir", None))
-    print(f"jax {jax.__version__} ({jax.default_backend()}), compilation cache: {cache or 'off'}")
+    print(
+        f"jax {jax.__version__} ({jax.default_backend()}), compilation cache: {cache or 'off'}, "
+        f"freed host memory kept (both frameworks): {host_memory_kept()}"
+    )
     print(
         f"{config.model.name} at {config.image_size} px, batch {args.batch}, "
         f"freeze_until={config.freeze_until!r}, {os.cpu_count()} cores"

@@ -16,6 +16,11 @@ import platform
 import statistics
 import time
 
+from effnet_jax.host_memory import host_memory_kept, keep_freed_host_memory
+
+# As effnet-train does, before numpy or JAX start threads (EFFNET_JAX_KEEP_HOST_MEMORY=0: glibc's defaults).
+keep_freed_host_memory()
+
 import numpy as np
 
 
@@ -128,7 +133,8 @@ def main():
 
     print(
         f"machine: {cpu_name()}, {os.cpu_count()} cores; jax {jax.__version__} ({jax.default_backend()}), "
-        f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads); "
+        f"freed host memory kept (effnet_jax.host_memory, both frameworks): {host_memory_kept()}"
     )
     print(f"{args.variant} at {args.size} px, median of {args.repeats} x {args.steps} steps\n")
     header = (
