@@ -1,0 +1,167 @@
+"""How many seeds a soup needs: every soup of N distinct-seed members from finished runs, scored on a split.
+
+    python benchmarks/soup_size.py --sizes=1,2,3,4 runs/pneumonia_s{0..7}
+    python benchmarks/soup_size.py --sizes=2 --recalibrate_batches=30 runs/pneumonia_s{0..7}
+
+Each member is restored at its own best checkpoint (as effnet-soup takes it). For every
+combination of members with distinct seeds (a random --max_per_size of them when there
+are more), the weights and BatchNorm statistics are averaged in float64 as effnet-soup
+does, and the soup is run over --split (default: the external set) with one compiled
+model. Per soup size it prints the mean and sd of the AUC, of accuracy / specificity at the
+operating rule (sensitivity >= 0.95) fitted on the same images, and of the rule fitted on a
+random half and scored on the other (benchmarks/summarise_sweep.py's), and how often the
+accuracy reaches --target.
+
+--recalibrate_batches=N also re-estimates each soup's BatchNorm statistics from N augmented
+training batches (weights as averaged; each statistic the mean over the batches, as SWA's
+BatchNorm update does) and prints both, before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+from summarise_sweep import held_out_rule, rates
+
+from effnet_jax.reporting.metrics import sensitivity_threshold
+
+
+def average(variable_trees: list[dict]) -> dict:
+    import jax
+
+    def mean(*leaves):
+        return (sum(np.asarray(x, np.float64) for x in leaves) / len(leaves)).astype(np.asarray(leaves[0]).dtype)
+
+    return jax.tree.map(mean, *variable_trees)
+
+
+def score(labels: np.ndarray, probs: np.ndarray) -> dict:
+    threshold = sensitivity_threshold(labels, probs, 0.95)
+    acc, sens, spec = rates(labels, probs, threshold)
+    held = held_out_rule(labels, probs, np.random.default_rng(0))
+    return {
+        "auc": roc_auc_score(labels, probs),
+        "acc": acc,
+        "sens": sens,
+        "spec": spec,
+        "held_acc": held[0],
+        "held_spec": held[2],
+    }
+
+
+def batchnorm_recalibrator(restored, batches: int, batch_size: int = 32):
+    """fn(variables) -> variables with BatchNorm statistics averaged over ``batches`` augmented training batches."""
+    import jax
+    import jax.numpy as jnp
+
+    from effnet_jax.data import create_split
+    from effnet_jax.inference.evaluation import input_spec
+
+    image_size, mean, std = input_spec(restored)
+    # Momentum 0: the "running" statistics an apply returns are the batch's own.
+    model = restored.model.clone(variant=dataclasses.replace(restored.model.variant, bn_momentum=0.0))
+
+    @jax.jit
+    def batch_stats(variables, images, key):
+        _, state = model.apply(variables, images, train=True, mutable=["batch_stats"], rngs={"dropout": key})
+        return state["batch_stats"]
+
+    def recalibrate(variables):
+        data = iter(
+            create_split(
+                restored.config.data,
+                "train",
+                training=True,
+                batch_size=batch_size,
+                image_size=image_size,
+                mean=mean,
+                std=std,
+                seed=0,
+                shard_index=0,
+                shard_count=1,
+            )
+        )
+        total = None
+        try:
+            for i in range(batches):
+                stats = batch_stats(variables, jnp.asarray(next(data)["image"]), jax.random.PRNGKey(i))
+                total = stats if total is None else jax.tree.map(jnp.add, total, stats)
+        finally:
+            getattr(data, "close", lambda: None)()
+        return {**variables, "batch_stats": jax.tree.map(lambda t: t / batches, total)}
+
+    return recalibrate
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", help="finished effnet-train run directories (one seed each)")
+    parser.add_argument("--sizes", default="1,2,3,4")
+    parser.add_argument("--split", default="external")
+    parser.add_argument("--max_per_size", type=int, default=80)
+    parser.add_argument("--recalibrate_batches", type=int, default=0)
+    parser.add_argument("--target", type=float, default=0.93, help="accuracy target at the operating rule")
+    parser.add_argument("--out", default="", help="also write every soup's scores here (JSON)")
+    args = parser.parse_args()
+
+    from effnet_jax.inference.evaluation import input_spec, predict_split
+    from effnet_jax.inference.restore import restore_for_inference
+
+    restored = {run: restore_for_inference(run) for run in args.runs}
+    first = restored[args.runs[0]]
+    image_size, mean, std = input_spec(first)
+    seeds = {run: r.config.get("seed") for run, r in restored.items()}
+    recalibrate = batchnorm_recalibrator(first, args.recalibrate_batches) if args.recalibrate_batches else None
+
+    def evaluate(variables) -> dict:
+        result = predict_split(
+            first.model,
+            variables,
+            first.config.data,
+            args.split,
+            image_size=image_size,
+            mean=mean,
+            std=std,
+            batch_size=64,
+            progress=False,
+        )
+        return score(result.labels, result.probs)
+
+    print(f"{len(args.runs)} runs, seeds {sorted(seeds.values())}; split {args.split}")
+    scores = {}
+    for size in (int(s) for s in args.sizes.split(",")):
+        combos = [c for c in itertools.combinations(args.runs, size) if len({seeds[r] for r in c}) == size]
+        if len(combos) > args.max_per_size:
+            pick = np.random.default_rng(size).choice(len(combos), args.max_per_size, replace=False)
+            combos = [combos[i] for i in sorted(pick)]
+        rows = []
+        for combo in combos:
+            variables = average([restored[r].variables for r in combo])
+            row = {"members": list(combo), "soup": evaluate(variables)}
+            if recalibrate:
+                row["recalibrated"] = evaluate(recalibrate(variables))
+            rows.append(row)
+        scores[size] = rows
+        for kind in ("soup", "recalibrated") if recalibrate else ("soup",):
+            values = {k: np.array([r[kind][k] for r in rows]) for k in rows[0][kind]}
+            reached = np.mean(values["acc"] >= args.target - 1e-9)
+            print(
+                f"size {size} ({len(rows)} soups{', BatchNorm recalibrated' if kind == 'recalibrated' else ''}): "
+                f"AUC {values['auc'].mean():.4f} +- {values['auc'].std():.4f}; "
+                f"acc / spec {values['acc'].mean():.4f} +- {values['acc'].std():.4f} / {values['spec'].mean():.4f}; "
+                f"rule fitted on the other half {values['held_acc'].mean():.4f} / {values['held_spec'].mean():.4f}; "
+                f"acc >= {args.target}: {reached:.2f}",
+                flush=True,
+            )
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(scores, f, indent=1, default=float)
+
+
+if __name__ == "__main__":
+    main()
