@@ -9,7 +9,8 @@ trained into runs/pneumonia/members/seed_{0,1}/ and averaged into one model (a m
 soup) in runs/pneumonia. Trains on the 224 px Kermany images in ../shared/data/chest_xray
 (another copy: --config.data.manual_dir=DIR) in under an hour on a 2-core CPU (42.5 min
 measured before the CPU BatchNorm change, about 21 min a seed; one seed took 16.9 min after
-it; --config.soup_seeds=1 trains one model in half the time).
+it and 14.2 min once the CLIs kept freed host memory; --config.soup_seeds=1 trains one model
+in half the time).
 Results: README.md, Results, row `configs/pneumonia.py` (shipped), with the command that measured it.
 """
 
