@@ -127,6 +127,45 @@ def test_gradient_accumulation_updates_once_per_k_batches_with_the_mean_gradient
     assert all(np.allclose(np.asarray(u), -2.0) for u in jax.tree.leaves(u2))
 
 
+def test_layer_decay_scales_each_layer_by_its_depth_below_the_classifier():
+    scales = freeze.flat_paths(optimizer.layer_lr_scales(PARAMS, 0.5))
+    # Forward order: stem (conv_stem, bn1), blocks_0_0, blocks_1_0, head (conv_head, bn2), classifier.
+    expected = {"conv_stem": 1 / 16, "bn1": 1 / 16, "blocks_0_0": 1 / 8, "blocks_1_0": 1 / 4}
+    expected.update({"conv_head": 1 / 2, "bn2": 1 / 2, "classifier": 1.0})
+    assert scales == {p: expected[p.split("/")[0]] for p in freeze.flat_paths(PARAMS)}
+    for bad in (0.0, 1.5, -0.5):
+        with pytest.raises(ValueError, match=r"config\.optimizer\.layer_decay"):
+            optimizer.layer_lr_scales(PARAMS, bad)
+
+
+@pytest.mark.parametrize("accum", [1, 2])
+def test_layer_decay_gives_each_layer_its_learning_rate_and_weight_decay(accum):
+    # AdamW's first step is lr * (sign(g) + wd * p): every term of it scales with the layer's factor.
+    base = {
+        "optimizer.learning_rate": 0.1,
+        "optimizer.weight_decay": 0.5,
+        "optimizer.grad_clip_norm": 1.0,
+        "optimizer.grad_accum_steps": accum,
+        "schedule.name": "constant",
+        "schedule.warmup_epochs": 0.0,
+    }
+    frozen = freeze.frozen_mask(PARAMS, [("config.freeze[0]", "^blocks_0_0/")])
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 0.3), PARAMS)
+    updates = {}
+    for decay in (1.0, 0.5):
+        tx, _ = optimizer.create_optimizer(
+            tiny_config(**base, **{"optimizer.layer_decay": decay}), frozen, total_steps=10, steps_per_epoch=5
+        )
+        state = tx.init(PARAMS)
+        for _ in range(accum):
+            u, state = tx.update(grads, state, PARAMS)
+        updates[decay] = freeze.flat_paths(u)
+    scales = freeze.flat_paths(optimizer.layer_lr_scales(PARAMS, 0.5))
+    for path, full in updates[1.0].items():
+        np.testing.assert_allclose(updates[0.5][path], scales[path] * np.asarray(full), rtol=1e-6, err_msg=path)
+        assert np.any(np.asarray(full)) != path.startswith("blocks_0_0/"), path  # frozen stays at zero
+
+
 def test_class_weights_balanced_follow_sklearn_and_explicit_ones_parse():
     np.testing.assert_allclose(losses.class_weights("balanced", [100, 300]), [400 / 200, 400 / 600], rtol=1e-6)
     np.testing.assert_array_equal(losses.class_weights("1,2.5", [100, 300]), [1.0, 2.5])

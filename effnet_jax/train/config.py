@@ -59,6 +59,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.optimizer.nesterov = True  # sgd
     c.optimizer.rmsprop_decay = 0.9  # rmsprop's moving-average decay of squared gradients
     c.optimizer.grad_clip_norm = 0.0  # clip the global gradient norm to this; 0 = off
+    # Layer-wise learning-rate decay: the classifier trains at the full rate, each layer
+    # before it (head, blocks one by one, stem) at this factor times the next; 1 = off.
+    c.optimizer.layer_decay = 1.0
     c.optimizer.grad_accum_steps = 1  # accumulate this many batches per update (optax.MultiSteps)
     c.schedule = ml_collections.ConfigDict()
     c.schedule.name = "cosine"  # 'cosine', 'step' or 'constant', each after a linear warmup

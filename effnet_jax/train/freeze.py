@@ -23,7 +23,7 @@ def flat_paths(tree) -> dict:
     return traverse_util.flatten_dict(tree, sep="/")
 
 
-def _position(module: str) -> tuple[int, int]:
+def module_position(module: str) -> tuple[int, int]:
     """Where a top-level module sits in the forward pass (stem first, classifier last)."""
     if module in _STEM:
         return (-1, 0)
@@ -53,7 +53,7 @@ def until_pattern(boundary: str, params) -> str:
             f"config.freeze_until={boundary!r}: expected 'blocks_S', 'blocks_S_I', 'conv_head' or 'classifier'"
         )
     modules = sorted({p.split("/")[0] for p in flat_paths(params)})
-    before = [m for m in modules if _position(m) < limit]
+    before = [m for m in modules if module_position(m) < limit]
     if not before:
         raise ValueError(f"config.freeze_until={boundary!r} freezes nothing")
     return "^(" + "|".join(re.escape(m) for m in before) + ")/"

@@ -5,6 +5,9 @@ from __future__ import annotations
 import jax
 import ml_collections
 import optax
+from flax import traverse_util
+
+from effnet_jax.train import freeze
 
 
 def create_schedule(config: ml_collections.ConfigDict, total_steps: int, steps_per_epoch: int):
@@ -61,8 +64,44 @@ def _base_optimizer(o: ml_collections.ConfigDict, schedule) -> optax.GradientTra
     raise ValueError(f"config.optimizer.name={o.name!r}: expected 'adamw', 'adam', 'sgd' or 'rmsprop'")
 
 
+def layer_lr_scales(params, decay: float):
+    """Per-parameter learning-rate multipliers: ``decay ** depth``, counted back from the classifier.
+
+    Layers are the network's top-level modules in forward order (stem, each block, head,
+    classifier); the classifier gets 1, the layer before it ``decay``, the one before that
+    ``decay**2``, and so on down to the stem. Early layers, whose ImageNet features are the
+    most general, move least (layer-wise learning-rate decay, as BEiT and timm fine-tune).
+    """
+    if not 0.0 < decay <= 1.0:
+        raise ValueError(f"config.optimizer.layer_decay={decay!r}: expected a number in (0, 1]; 1 = off")
+    flat = freeze.flat_paths(params)
+    positions = sorted({freeze.module_position(p.split("/")[0]) for p in flat})
+    depth = {pos: len(positions) - 1 - i for i, pos in enumerate(positions)}
+    scales = {p: decay ** depth[freeze.module_position(p.split("/")[0])] for p in flat}
+    return traverse_util.unflatten_dict(scales, sep="/")
+
+
+def scale_by_tree(scales) -> optax.GradientTransformation:
+    """Multiplies each update by its own constant from ``scales`` (a pytree like the params)."""
+
+    def init_fn(params):
+        del params
+        return optax.EmptyState()
+
+    def update_fn(updates, state, params=None):
+        del params
+        return jax.tree.map(lambda u, s: u * jax.numpy.asarray(s, u.dtype), updates, scales), state
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
 def create_optimizer(config: ml_collections.ConfigDict, frozen, total_steps: int, steps_per_epoch: int):
     """Returns ``(tx, schedule)``; ``frozen`` is the bool pytree from ``freeze.frozen_mask``.
+
+    ``config.optimizer.layer_decay`` < 1 scales each layer's updates by ``layer_lr_scales``:
+    its learning rate and, for AdamW, its decoupled weight decay (which optax multiplies by
+    the learning rate), as a per-layer learning rate does in timm. The schedule logged is the
+    classifier's.
 
     ``total_steps`` counts train steps (micro-batches); with gradient accumulation
     the optimizer (and its schedule) steps once every ``grad_accum_steps``.
@@ -80,6 +119,10 @@ def create_optimizer(config: ml_collections.ConfigDict, frozen, total_steps: int
     # carry no optimizer state at all (set_to_zero has none).
     labels = jax.tree.map(lambda f: "frozen" if f else "train", frozen)
     tx = optax.multi_transform({"train": train, "frozen": optax.set_to_zero()}, labels)
+    layer_decay = float(o.get("layer_decay", 1.0))
+    if layer_decay != 1.0:
+        # Outside multi_transform, whose branches see only their own leaves; frozen updates are 0.
+        tx = optax.chain(tx, scale_by_tree(layer_lr_scales(frozen, layer_decay)))
     return tx, schedule
 
 
