@@ -22,20 +22,28 @@ import pathlib
 import re
 import tempfile
 
+import numpy as np
 from bench_model import jax_runners
 
 # Profiler bookkeeping, not compiled work.
 NOT_OPS = ("ThunkExecutor", "$", "PjitFunction", "SlinkyThreadPool", "CommonPjRt", "Allocate", "Parse")
 
 
-def op_metadata(hlo_text: str) -> tuple[dict[str, str], dict[str, str]]:
-    """Instruction name -> (op_name, output shape) from optimised HLO text."""
-    names, shapes = {}, {}
+def op_metadata(hlo_text: str) -> tuple[dict[str, str], dict[str, str], dict[str, int]]:
+    """Instruction name -> op_name, output shape and parallel task count, from optimised HLO text.
+
+    The task count is XLA's split of the op's outer output dimensions over threads
+    (``outer_dimension_partitions`` in its backend config); 1 when it runs as one task.
+    """
+    names, shapes, tasks = {}, {}, {}
     for line in hlo_text.splitlines():
         m = re.match(r'\s*(?:ROOT )?%(\S+) = (\S+) .*?op_name="([^"]+)"', line)
         if m:
             names[m.group(1)], shapes[m.group(1)] = m.group(3), m.group(2)
-    return names, shapes
+            parts = re.search(r'"outer_dimension_partitions":\[([^\]]*)\]', line)
+            counts = [int(v.strip('" ')) for v in parts.group(1).split(",") if v.strip('" ')] if parts else []
+            tasks[m.group(1)] = int(np.prod(counts)) if counts else 1
+    return names, shapes, tasks
 
 
 def layer_kind(op_name: str) -> tuple[str, str]:
@@ -54,6 +62,35 @@ def trace_events(trace_dir: pathlib.Path) -> list[dict]:
     return [e for e in events if e.get("ph") == "X" and not e["name"].startswith(NOT_OPS)]
 
 
+def concurrency(events: list[dict], steps: int) -> tuple[float, float, collections.Counter]:
+    """(wall ms, ms with exactly one thread busy, per-op ms of that one-thread time) per step.
+
+    A fusion XLA splits into parallel tasks shows up once per task, on several threads at
+    once; work that runs alone leaves the other cores idle.
+    """
+    edges = []
+    for e in events:
+        edges.append((e["ts"], 1, e))
+        edges.append((e["ts"] + e.get("dur", 0), -1, e))
+    edges.sort(key=lambda x: (x[0], x[1]))
+    busy, running, alone = 0, {}, collections.Counter()
+    serial, last = 0.0, None
+    for ts, delta, e in edges:
+        if last is not None and busy == 1:
+            (only,) = running.values()
+            serial += ts - last
+            alone[only["name"]] += (ts - last) / 1e3 / steps
+        key = id(e)
+        if delta > 0:
+            running[key] = e
+        else:
+            running.pop(key, None)
+        busy += delta
+        last = ts
+    wall = (edges[-1][0] - edges[0][0]) if edges else 0.0
+    return wall / 1e3 / steps, serial / 1e3 / steps, alone
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", default="efficientnet_b0")
@@ -69,7 +106,7 @@ def main():
     _, run_train = jax_runners(args.variant, args.batch, args.size, args.depthwise)
     run_train()
     run_train()
-    names, shapes = op_metadata(run_train.compiled_text())
+    names, shapes, tasks = op_metadata(run_train.compiled_text())
     with tempfile.TemporaryDirectory() as tmp:
         jax.profiler.start_trace(tmp, create_perfetto_trace=True)
         for _ in range(args.steps):
@@ -90,6 +127,11 @@ def main():
     print(f"\n{'ms/step':>8}  slowest fusions: output shape, op_name")
     for op, ms in by_op.most_common(args.top):
         print(f"{ms:8.1f}  {op} {shapes.get(op, '?')} {names.get(op, '?')[-90:]}")
+    wall, serial, alone = concurrency(events, args.steps)
+    print(f"\n{wall:.0f} ms wall per step (first op to last), {serial:.0f} ms of it with one thread busy")
+    print(f"{'ms/step':>8} {'tasks':>5}  running alone: output shape, op_name")
+    for op, ms in alone.most_common(args.top):
+        print(f"{ms:8.1f} {tasks.get(op, '?'):>5}  {op} {shapes.get(op, '?')} {names.get(op, '?')[-90:]}")
 
 
 if __name__ == "__main__":
