@@ -62,35 +62,6 @@ def trace_events(trace_dir: pathlib.Path) -> list[dict]:
     return [e for e in events if e.get("ph") == "X" and not e["name"].startswith(NOT_OPS)]
 
 
-def concurrency(events: list[dict], steps: int) -> tuple[float, float, collections.Counter]:
-    """(wall ms, ms with exactly one thread busy, per-op ms of that one-thread time) per step.
-
-    A fusion XLA splits into parallel tasks shows up once per task, on several threads at
-    once; work that runs alone leaves the other cores idle.
-    """
-    edges = []
-    for e in events:
-        edges.append((e["ts"], 1, e))
-        edges.append((e["ts"] + e.get("dur", 0), -1, e))
-    edges.sort(key=lambda x: (x[0], x[1]))
-    busy, running, alone = 0, {}, collections.Counter()
-    serial, last = 0.0, None
-    for ts, delta, e in edges:
-        if last is not None and busy == 1:
-            (only,) = running.values()
-            serial += ts - last
-            alone[only["name"]] += (ts - last) / 1e3 / steps
-        key = id(e)
-        if delta > 0:
-            running[key] = e
-        else:
-            running.pop(key, None)
-        busy += delta
-        last = ts
-    wall = (edges[-1][0] - edges[0][0]) if edges else 0.0
-    return wall / 1e3 / steps, serial / 1e3 / steps, alone
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", default="efficientnet_b0")
@@ -127,11 +98,14 @@ def main():
     print(f"\n{'ms/step':>8}  slowest fusions: output shape, op_name")
     for op, ms in by_op.most_common(args.top):
         print(f"{ms:8.1f}  {op} {shapes.get(op, '?')} {names.get(op, '?')[-90:]}")
-    wall, serial, alone = concurrency(events, args.steps)
-    print(f"\n{wall:.0f} ms wall per step (first op to last), {serial:.0f} ms of it with one thread busy")
-    print(f"{'ms/step':>8} {'tasks':>5}  running alone: output shape, op_name")
-    for op, ms in alone.most_common(args.top):
-        print(f"{ms:8.1f} {tasks.get(op, '?'):>5}  {op} {shapes.get(op, '?')} {names.get(op, '?')[-90:]}")
+    # XLA splits an op it emits itself over threads by its outer output dimensions; library
+    # calls (ynn_/XNNPACK fusions, dots, convolutions) thread inside and show 1 here.
+    single = collections.Counter({op: ms for op, ms in by_op.items() if tasks.get(op, 1) == 1})
+    library = sum(ms for op, ms in single.items() if op.startswith(("ynn_", "xnn_", "dot", "convolution")))
+    print(f"\n{sum(single.values()):.0f} ms/step in ops XLA runs as one task ({library:.0f} ms of it library calls)")
+    print(f"{'ms/step':>8}  one task: output shape, op_name")
+    for op, ms in single.most_common(args.top):
+        print(f"{ms:8.1f}  {op} {shapes.get(op, '?')} {names.get(op, '?')[-90:]}")
 
 
 if __name__ == "__main__":
