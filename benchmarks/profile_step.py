@@ -8,7 +8,7 @@ under jax.profiler, then sums the time of every compiled operation by what it co
 the op_name XLA keeps in its metadata (e.g. "transpose(jvp(EfficientNet))/blocks_1_0/
 conv_dw/reduce"), with block indices folded ("B/conv_dw/reduce") and split into forward
 ("fwd") and backward ("bwd", the transposed JVP). Also lists the single slowest fusions
-with their output shapes. A fusion is named after one of the ops it holds, so read the
+with their output shapes, and the ops XLA runs as one task (no split over threads). A fusion is named after one of the ops it holds, so read the
 groups as where the time goes, not as exact per-op costs.
 """
 
