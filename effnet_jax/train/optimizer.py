@@ -90,7 +90,7 @@ def scale_by_tree(scales) -> optax.GradientTransformation:
 
     def update_fn(updates, state, params=None):
         del params
-        return jax.tree.map(lambda u, s: u * jax.numpy.asarray(s, u.dtype), updates, scales), state
+        return jax.tree.map(lambda u, s: u * s, updates, scales), state  # Python floats keep u's dtype
 
     return optax.GradientTransformation(init_fn, update_fn)
 
