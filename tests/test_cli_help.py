@@ -21,7 +21,7 @@ EXPECTED = {
     "effnet-data": {"data_dir", "out", "manual_dir", "exclude_list"},
     "effnet-results": {"eval", "format"},
     "effnet-export": {"workdir", "checkpoint", "out", "threshold", "platforms"},
-    "effnet-soup": {"workdir", "members", "checkpoint"},
+    "effnet-soup": {"workdir", "members", "checkpoint", "combine"},
 }
 
 

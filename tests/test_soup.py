@@ -248,3 +248,90 @@ def test_train_and_evaluate_alone_refuses_a_soup_config(tmp_path):
 
     with pytest.raises(ValueError, match=r"config\.soup_seeds=2: train_and_evaluate trains one run"):
         train_and_evaluate(tiny_config(soup_seeds=2), str(tmp_path))
+
+
+# --------------------------------------------------------------------------------------------------
+# combine='logits': the same members kept whole, a seed ensemble (models.ensemble.LogitEnsemble).
+# --------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def ensemble_run(soup_run, tmp_path_factory):
+    """``(workdir, soup.json)`` of the fixture's two members combined by their logits (effnet-soup --combine=logits)."""
+    workdir = str(tmp_path_factory.mktemp("ensemble") / "run")
+    with session_compilation_cache(tmp_path_factory):
+        made = soup_lib.make_soup(soup_run[1], workdir, combine="logits")
+    return workdir, made
+
+
+def test_an_ensemble_keeps_every_members_weights_bit_for_bit(saved, ensemble_run):
+    members, _ = saved
+    workdir, made = ensemble_run
+    ensemble = read_checkpoint(workdir, "best")
+    assert made["combine"] == "logits" and ensemble.config.soup.combine == "logits"
+    assert made["step"] == ensemble.step == max(m.step for m in members)
+    stacked = soup_lib.averaged_weights(ensemble.state)
+    parts = [soup_lib.averaged_weights(m.state) for m in members]
+    assert stacked.keys() == parts[0].keys()
+    for key, value in stacked.items():
+        assert value.shape == (2, *np.shape(parts[0][key])) and value.dtype == parts[0][key].dtype, key
+        for i in (0, 1):
+            np.testing.assert_array_equal(value[i], parts[i][key], err_msg=key)
+
+
+def test_an_ensemble_scores_the_mean_of_its_members_log_odds_and_effnet_eval_reads_it(soup_run, ensemble_run):
+    from effnet_jax.inference.evaluation import input_spec, predict_split
+    from effnet_jax.models.ensemble import LogitEnsemble
+
+    workdir, made = ensemble_run
+    restored = restore_for_inference(workdir)
+    assert isinstance(restored.model, LogitEnsemble) and restored.model.size == 2
+
+    def probs(r):
+        size, mean, std = input_spec(r)
+        run = dict(image_size=size, mean=mean, std=std, batch_size=16, progress=False)
+        return predict_split(r.model, r.variables, r.config.data, "external", **run).probs
+
+    each = [probs(restore_for_inference(m)) for m in soup_run[1]]
+    log_odds = np.mean([np.log(p) - np.log1p(-p) for p in each], axis=0)
+    np.testing.assert_allclose(probs(restored), 1 / (1 + np.exp(-log_odds)), rtol=1e-5, atol=1e-6)
+    # Evaluated by the trainer's code at its step, and readable by effnet-eval like any run.
+    records = {r["split"]: r for r in read_metrics(workdir)}
+    assert made["soup"]["auc"] == records["external"]["auc"] and records["external"]["n"] == 10
+    report = evaluate_checkpoint(workdir, split="external", progress=False, bootstrap_resamples=0)
+    assert report["metrics"]["threshold_0.5"]["auc"] == pytest.approx(records["external"]["auc"], abs=1e-6)
+    from effnet_jax.reporting.model_card import render_model_card
+
+    assert "- Seed ensemble: the mean of the logits of 2 runs, seeds [0, 1]" in render_model_card(workdir)
+
+
+def test_an_ensemble_exports_and_serves_its_own_probabilities(ensemble_run, tmp_path):
+    from effnet_jax import serving
+    from effnet_jax.inference.evaluation import input_spec
+    from effnet_jax.inference.export import export_run
+    from effnet_jax.inference.prediction import Predictor
+
+    workdir, _ = ensemble_run
+    export_run(workdir, str(tmp_path / "exported"), platforms=("cpu",))
+    model = serving.load(str(tmp_path / "exported"))
+    size = input_spec(restore_for_inference(workdir))[0]
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (size + 9, size + 5), dtype=np.uint8) for _ in range(3)]
+    predictor = Predictor(workdir)
+    expected = [r["prob_pneumonia"] for r in predictor.predict(images)]
+    np.testing.assert_allclose(model(images), expected, rtol=1e-5, atol=1e-6)
+    # effnet-predict --gradcam: the same probabilities, a map over both members per image.
+    with_maps = list(predictor.predict(images, gradcam_dir=str(tmp_path / "maps")))
+    np.testing.assert_allclose([r["prob_pneumonia"] for r in with_maps], expected, rtol=1e-5, atol=1e-6)
+    assert all(os.path.isfile(r["gradcam"]) for r in with_maps)
+
+
+def test_the_same_members_combined_the_other_way_are_refused_in_that_workdir(soup_run, ensemble_run):
+    workdir, made = ensemble_run
+    assert soup_lib.make_soup(soup_run[1], workdir, combine="logits") == made  # the same: left as it is
+    with pytest.raises(soup_lib.SoupWorkdirError, match="combined by logits"):
+        soup_lib.make_soup(soup_run[1], workdir, combine="weights")
+
+
+def test_a_bad_soup_combine_is_refused_naming_the_key():
+    config = tiny_config(soup_combine="mean")
+    with pytest.raises(ValueError, match=r"config\.soup_combine='mean': expected 'weights'"):
+        soup_lib.train_soup(config, "/nonexistent/never/made")

@@ -1,6 +1,9 @@
 """effnet-soup: average finished runs' weights into one model, a run directory like any other (a model soup).
 
-    effnet-soup --workdir=OUT --members=RUN_A,RUN_B[,...] [--checkpoint=best|latest|STEP]
+    effnet-soup --workdir=OUT --members=RUN_A,RUN_B[,...] [--checkpoint=best|latest|STEP] [--combine=logits]
+
+--combine=logits keeps every member and averages their logits at inference instead (a seed
+ensemble: one forward pass per member; README Results).
 
 Each member contributes its own --checkpoint (by default its own best). The members must
 be one model on one data set (other seeds): same variant, classes, image size,
@@ -33,6 +36,15 @@ def define_flags(fv: flags.FlagValues = FLAGS):
         "Comma-separated run directories to average (two or more, written by effnet-train).",
         flag_values=fv,
     )
+    define_once(
+        flags.DEFINE_enum,
+        "combine",
+        "weights",
+        ["weights", "logits"],
+        "'weights': average the members' weights (a model soup, one network); 'logits': keep every member and "
+        "average their logits (a seed ensemble).",
+        flag_values=fv,
+    )
 
 
 def main(argv):
@@ -52,14 +64,14 @@ def main(argv):
     quiet_unless_verbose()  # orbax's notes on every read-only checkpoint
     setup_compilation_cache(run_compilation_cache_dir(FLAGS.members[0]))
     try:
-        soup = make_soup(FLAGS.members, FLAGS.workdir, FLAGS.checkpoint)
+        soup = make_soup(FLAGS.members, FLAGS.workdir, FLAGS.checkpoint, FLAGS.combine)
     except (FileNotFoundError, IncompatibleMembersError, SoupWorkdirError, ValueError) as e:
         print(f"effnet-soup: error: {e}", file=sys.stderr)
         return 1
     metric, split = soup["metric"], soup["select_split"]
     members = ", ".join(f"{m['workdir']} step {m['step']}: {_num(m.get(metric))}" for m in soup["members"])
     print(
-        f"effnet-soup: {len(soup['members'])} members ({members}) -> step {soup['step']}, "
+        f"effnet-soup: {len(soup['members'])} members, {FLAGS.combine} averaged ({members}) -> step {soup['step']}, "
         f"{split} {metric} {_num(soup['soup'].get(metric))}; wrote {FLAGS.workdir}/soup.json and its checkpoint"
     )
     write_card_or_warn(FLAGS.workdir, "effnet-soup")

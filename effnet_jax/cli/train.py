@@ -3,7 +3,8 @@
     effnet-train --config=configs/debug.py --workdir=/tmp/effnet_debug [--config.key=value ...]
 
 With --config.soup_seeds=N (N > 1) it trains N seeds into WORKDIR/members/seed_<S>/ and
-averages their best checkpoints into one model in WORKDIR (README, Model soups).
+averages their best checkpoints into one model in WORKDIR (README, Model soups); with
+--config.soup_combine=logits it keeps them all as a seed ensemble whose logits are averaged.
 
 Exit status: 0 done; 2 bad flag or config key, or a non-finite loss; 3 bad input (data
 layout, bad image, empty class, stale prepared data, weight file); 4 workdir held by
@@ -107,7 +108,8 @@ def main(argv):
     if distributed.is_main_process():
         _calibrate_and_describe(FLAGS.config, FLAGS.workdir)
         made = (
-            f"soup of {len(soup['members'])} seeds at step {soup['step']} (members in {MEMBERS_DIR}/, soup.json); "
+            f"{'seed ensemble' if soup.get('combine') == 'logits' else 'soup'} of {len(soup['members'])} seeds at "
+            f"step {soup['step']} (members in {MEMBERS_DIR}/, soup.json); "
             if soup
             else ""
         )

@@ -4,7 +4,9 @@ The model adds a zero "perturbation" to its last convolutional feature map A
 (``self.perturb('head_features', ...)``), so the gradient of a logit with respect
 to that perturbation is d logit / dA. Each channel's weight is that gradient
 averaged over space; the map is relu(sum_c weight_c * A_c), upsampled to the
-input size.
+input size. For a seed ensemble (models.ensemble.LogitEnsemble) the logit is the
+ensemble's mean logit and A every member's feature map: the sum runs over the members'
+channels too, as if the members' maps were one map with all their channels.
 
 A panel (``save_panel``) shows the X-ray, the overlay and the colour scale side by side,
 titled with P(PNEUMONIA), the label and the threshold that gave it; a map that is all
@@ -20,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
+
+from effnet_jax.models.ensemble import member_axis
 
 PERTURBATION = "head_features"
 
@@ -42,6 +46,8 @@ def make_gradcam(model, class_index: int | None = None) -> Callable[[dict, jax.A
     model's outputs on ``images``. ``class_index`` defaults to the PNEUMONIA logit.
     """
     index = default_class_index(model.num_classes) if class_index is None else class_index
+    # An ensemble's feature maps carry a leading member axis: (M, B, h, w, c).
+    members = "m" if member_axis(model) else ""
 
     def fn(variables, images):
         variables = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
@@ -54,8 +60,8 @@ def make_gradcam(model, class_index: int | None = None) -> Callable[[dict, jax.A
 
         grads, logits = jax.grad(target_logit, has_aux=True)(jnp.zeros_like(head))
         head, grads = head.astype(jnp.float32), grads.astype(jnp.float32)
-        weights = grads.mean(axis=(1, 2))
-        cam = jax.nn.relu(jnp.einsum("bhwc,bc->bhw", head, weights))
+        weights = grads.mean(axis=(-3, -2))
+        cam = jax.nn.relu(jnp.einsum(f"{members}bhwc,{members}bc->bhw", head, weights))
         b, h, w = images.shape[:3]
         up = jax.nn.relu(jax.image.resize(cam, (b, h, w), method="bilinear"))
         peak = up.max(axis=(1, 2), keepdims=True)

@@ -96,8 +96,13 @@ def _model_section(config: dict, run: dict | None) -> list[str]:
     ]
     soup = config.get("soup")
     if isinstance(soup, dict):
+        what = (
+            "Seed ensemble: the mean of the logits of"
+            if soup.get("combine") == "logits"
+            else "Model soup: the uniform average of the weights of"
+        )
         lines.append(
-            f"- Model soup: the uniform average of the weights of {len(soup.get('members', []))} runs, seeds "
+            f"- {what} {len(soup.get('members', []))} runs, seeds "
             f"{soup.get('seeds')} at steps {soup.get('steps')} (each run's {soup.get('checkpoint')} checkpoint; "
             "soup.json); the recipe above is the first run's"
         )

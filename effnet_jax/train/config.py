@@ -116,6 +116,10 @@ def get_config() -> ml_collections.ConfigDict:
     # into WORKDIR/members/seed_<S>/ (each an ordinary, resumable run), then averages the
     # weights of each one's best checkpoint into one model in WORKDIR. 1 = one ordinary run.
     c.soup_seeds = 1
+    # How the seeds become one model: 'weights' averages their weights (a model soup: one
+    # network, one forward pass); 'logits' keeps every member and averages their logits (a
+    # seed ensemble: N forward passes, and on external X-rays a better ranking; README Results).
+    c.soup_combine = "weights"
     c.stop_after_steps = -1  # end this run early at this step (schedule unchanged); resume later; -1 = off
     c.async_checkpointing = True
     c.progress_bar = True  # tqdm bar on stderr (step, loss, img/s, ETA)

@@ -2,11 +2,14 @@
 
     members' checkpoints (each its own 'best') -> same model, classes, input and data? same tree?
       -> mean of params and batch_stats (and of their EMA copies), accumulated in float64
+         (combine='logits': the members' weights stacked on a new axis 0 instead, a seed
+         ensemble whose logits are averaged at inference, models.ensemble.LogitEnsemble)
       -> one ordinary run directory: checkpoint, config.json, run.json, metrics.jsonl
          (the trainer's evaluation of validation and every external split), soup.json
 
-A soup is one model, so effnet-eval, effnet-predict (Grad-CAM too), effnet-export and
-effnet-results read its directory as they read any run's. Two ways to make one:
+A soup is one model (an ensemble is applied like one), so effnet-eval, effnet-predict
+(Grad-CAM too), effnet-export and effnet-results read its directory as they read any
+run's. Two ways to make one:
 ``make_soup`` (``effnet-soup``) from finished runs, or ``train_soup`` (``effnet-train`` with
 ``config.soup_seeds > 1``), which trains the seeds into ``WORKDIR/members/seed_<S>/`` first.
 
@@ -73,6 +76,20 @@ def soup_seeds(config: ml_collections.ConfigDict) -> int:
     return value
 
 
+COMBINES = ("weights", "logits")
+
+
+def soup_combine(config: ml_collections.ConfigDict) -> str:
+    """``config.soup_combine`` checked: 'weights' (average the weights) or 'logits' (a seed ensemble)."""
+    value = config.get("soup_combine", "weights")
+    if value not in COMBINES:
+        raise ValueError(
+            f"config.soup_combine={value!r}: expected 'weights' (a model soup: the members' weights averaged) or "
+            "'logits' (a seed ensemble: every member kept, their logits averaged)"
+        )
+    return value
+
+
 def member_workdir(workdir: str, seed: int) -> str:
     """Where ``train_soup`` trains the member of seed ``seed``."""
     return os.path.join(checkpoint_lib.absolute(workdir), MEMBERS_DIR, f"seed_{seed}")
@@ -90,6 +107,7 @@ def train_soup(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
     (``config.stop_after_steps``): rerun to finish the members and make the soup.
     """
     n = soup_seeds(config)
+    combine = soup_combine(config)
     if jax.process_count() > 1:
         raise ValueError(
             f"config.soup_seeds={n}: a soup of seeds is trained in one process; train each seed as its own "
@@ -122,7 +140,7 @@ def train_soup(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
                 total,
             )
             return None
-        return _make_soup(members, workdir, "best")
+        return _make_soup(members, workdir, "best", combine)
     finally:
         if lock is not None:
             lock.release()
@@ -148,12 +166,17 @@ def _finished(workdir: str, total_steps: int) -> bool:
 # --------------------------------------------------------------------------------------------------
 # Averaging finished runs (effnet-soup).
 # --------------------------------------------------------------------------------------------------
-def make_soup(member_workdirs: list[str], workdir: str, checkpoint: str | int = "best") -> dict:
+def make_soup(
+    member_workdirs: list[str], workdir: str, checkpoint: str | int = "best", combine: str = "weights"
+) -> dict:
     """Averages the members' checkpoints (each member's own ``checkpoint``) into a new run in ``workdir``.
 
-    Returns the soup's record (``soup.json``). A ``workdir`` that already holds this soup
-    (same members at the same steps) is left as it is; one holding any other run is refused.
+    ``combine='logits'`` stacks them into a seed ensemble instead. Returns the soup's record
+    (``soup.json``). A ``workdir`` that already holds this soup (same members at the same
+    steps, combined the same way) is left as it is; one holding any other run is refused.
     """
+    if combine not in COMBINES:
+        raise ValueError(f"combine={combine!r}: expected one of {COMBINES}")
     workdir = checkpoint_lib.absolute(workdir)
     members = [checkpoint_lib.absolute(m) for m in member_workdirs]
     _check_members(members, workdir)
@@ -161,13 +184,13 @@ def make_soup(member_workdirs: list[str], workdir: str, checkpoint: str | int = 
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     lock = workdir_lock.lock_workdir(workdir, True)
     try:
-        return _make_soup(members, workdir, checkpoint)
+        return _make_soup(members, workdir, checkpoint, combine)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _make_soup(members: list[str], workdir: str, checkpoint: str | int) -> dict:
+def _make_soup(members: list[str], workdir: str, checkpoint: str | int, combine: str) -> dict:
     """The soup itself, in a workdir already locked."""
     started = time.time()
     _check_members(members, workdir)
@@ -191,11 +214,11 @@ def _make_soup(members: list[str], workdir: str, checkpoint: str | int) -> dict:
         )
     entries = [_member_entry(head) for head in heads]
     step = max(e["step"] for e in entries)
-    prior = _existing_soup(workdir, entries)
+    prior = _existing_soup(workdir, entries, combine)
     if prior is not None:
         log.info("%s already holds this soup (step %d): left as it is", workdir, prior["step"])
         return prior
-    first, sums, stored = None, {}, {}
+    first, sums, stored, parts = None, {}, {}, {}
     for head, entry in zip(heads, entries):
         saved = checkpoint_lib.read_checkpoint(head.workdir, head.step)
         weights = averaged_weights(saved.state)
@@ -205,7 +228,10 @@ def _make_soup(members: list[str], workdir: str, checkpoint: str | int) -> dict:
         else:
             check_same_weights(first, saved, stored, weights)
         for key, value in weights.items():
-            sums[key] = sums.get(key, 0.0) + np.asarray(value, np.float64)
+            if combine == "logits":
+                parts.setdefault(key, []).append(np.asarray(value))
+            else:
+                sums[key] = sums.get(key, 0.0) + np.asarray(value, np.float64)
         log.info(
             "soup member %s: step %d, seed %s, %s %s",
             head.workdir,
@@ -215,7 +241,10 @@ def _make_soup(members: list[str], workdir: str, checkpoint: str | int) -> dict:
             ", ".join(f"{k}={v:.4f}" for k, v in entry.items() if isinstance(v, float)),
         )
         del saved, weights
-    averaged = {k: jnp.asarray((total / len(members)).astype(stored[k][1])) for k, total in sums.items()}
+    if combine == "logits":  # every member kept, on a new leading axis (models.ensemble.LogitEnsemble)
+        averaged = {k: jnp.asarray(np.stack(values)) for k, values in parts.items()}
+    else:
+        averaged = {k: jnp.asarray((total / len(members)).astype(stored[k][1])) for k, total in sums.items()}
     state = dict(first.state)
     state.update(traverse_util.unflatten_dict(averaged, sep="/"))
     state["step"] = jnp.asarray(step, np.asarray(first.state["step"]).dtype)
@@ -226,6 +255,7 @@ def _make_soup(members: list[str], workdir: str, checkpoint: str | int) -> dict:
             "steps": [e["step"] for e in entries],
             "seeds": [e["seed"] for e in entries],
             "checkpoint": str(checkpoint),
+            "combine": combine,
         }
     )
 
@@ -275,6 +305,7 @@ def _make_soup(members: list[str], workdir: str, checkpoint: str | int) -> dict:
     finally:
         writer.close()
     soup = {
+        "combine": combine,
         "checkpoint": str(checkpoint),
         "step": step,
         "select_split": select_split,
@@ -284,7 +315,8 @@ def _make_soup(members: list[str], workdir: str, checkpoint: str | int) -> dict:
     }
     (epath.Path(workdir) / SOUP_FILE).write_text(json.dumps(soup, indent=2) + "\n")
     log.info(
-        "soup of %d members at step %d: %s %s=%.4f (members %s); in %s",
+        "%s of %d members at step %d: %s %s=%.4f (members %s); in %s",
+        "seed ensemble (logits averaged)" if combine == "logits" else "soup (weights averaged)",
         len(members),
         step,
         select_split,
@@ -392,8 +424,8 @@ def _refuse_another_run(workdir: str) -> None:
             )
 
 
-def _existing_soup(workdir: str, entries: list[dict]) -> dict | None:
-    """The soup already in ``workdir`` when it has these members at these steps; refuses a different one."""
+def _existing_soup(workdir: str, entries: list[dict], combine: str) -> dict | None:
+    """The soup already in ``workdir`` when it has these members at these steps, combined so; refuses another."""
     path = epath.Path(workdir) / SOUP_FILE
     if not path.exists():
         return None
@@ -404,6 +436,11 @@ def _existing_soup(workdir: str, entries: list[dict]) -> dict | None:
         raise SoupWorkdirError(
             f"workdir {workdir} holds a soup of other members or steps ({path}: {had}; now {want}); "
             "choose another --workdir or remove that soup"
+        )
+    if prior.get("combine", "weights") != combine:
+        raise SoupWorkdirError(
+            f"workdir {workdir} holds these members combined by {prior.get('combine', 'weights')} ({path}); now "
+            f"{combine}: choose another --workdir or remove that soup"
         )
     return prior
 

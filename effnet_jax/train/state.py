@@ -12,6 +12,7 @@ from flax import struct
 
 from effnet_jax.factory import create_model
 from effnet_jax.models import EfficientNet, build_model, get_variant
+from effnet_jax.models.ensemble import LogitEnsemble
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -72,16 +73,29 @@ def model_from_config(config: ml_collections.ConfigDict, frozen_norms=(), bn_axi
     )
 
 
-def model_for_run(config: ml_collections.ConfigDict, run, frozen_norms=(), bn_axis_name=None) -> EfficientNet:
+def model_for_run(
+    config: ml_collections.ConfigDict, run, frozen_norms=(), bn_axis_name=None
+) -> EfficientNet | LogitEnsemble:
     """The module a run trains and evaluates, normalising inputs with ``run``'s mean/std; no variables.
 
     ``run`` is the run record (``train.run_record.RunRecord``): the weights' normalisation
-    it trained with, which the variant's default need not be (a Keras ``.h5`` file).
+    it trained with, which the variant's default need not be (a Keras ``.h5`` file). A
+    seed ensemble's run (``ensemble_size``) gets a ``LogitEnsemble`` of that architecture.
     """
     model = build_model(
         config.model.name, num_classes=num_classes(config), **model_kwargs(config, frozen_norms, bn_axis_name)
     )
-    return model.clone(variant=dataclasses.replace(model.variant, mean=tuple(run.mean), std=tuple(run.std)))
+    model = model.clone(variant=dataclasses.replace(model.variant, mean=tuple(run.mean), std=tuple(run.std)))
+    size = ensemble_size(config)
+    return LogitEnsemble(model, size) if size else model
+
+
+def ensemble_size(config: ml_collections.ConfigDict) -> int | None:
+    """Members of a run that is a seed ensemble (its config's ``soup.combine`` is 'logits'), else None."""
+    soup = config.get("soup")
+    if isinstance(soup, ml_collections.ConfigDict) and soup.get("combine", "weights") == "logits":
+        return len(soup.members)
+    return None
 
 
 def zero_head(variables: dict) -> dict:
