@@ -55,6 +55,13 @@ def formulations():
     def batch_reduce(xp, g, k, s):  # the shipped one: variadic reduce over n only, then a small sum
         return layers._shifts_kernel_grad(xp, g, k, s, ((0, 0), (0, 0))).reshape(k * k, -1)
 
+    def batch_height_reduce(xp, g, k, s):  # variadic reduce over (n, h), then a small sum over w
+        ops = tuple(w * g for w in windows(xp, g, k, s, phases=True))
+        out = lax.reduce(
+            ops, tuple(jnp.zeros((), xp.dtype) for _ in ops), lambda a, b: tuple(u + v for u, v in zip(a, b)), (0, 1)
+        )
+        return jnp.sum(jnp.stack(out), axis=1)
+
     def scan_batch(xp, g, k, s):  # k*k sums per image, looped over the batch (cache-resident)
         def body(acc, xg):
             return acc + shifts(xg[0][None], xg[1][None], k, s), None
@@ -90,6 +97,7 @@ def formulations():
         shifts=shifts,
         variadic_all=variadic_all,
         batch_reduce=batch_reduce,
+        batch_height_reduce=batch_height_reduce,
         scan_batch=scan_batch,
         batch_as_groups=batch_as_groups,
         patches_einsum=patches_einsum,

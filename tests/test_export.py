@@ -140,6 +140,7 @@ def test_model_json_records_what_the_model_is(setup):
     assert meta["threshold"] == {"value": 44 / 64, "rule": "training_prior"}
     assert meta["temperature"] is None
     assert meta["model"]["variant"] == tiny_config().model.name and meta["model"]["checkpoint_step"] == STEP
+    assert meta["model"]["ensemble_members"] == 1
     assert meta["metrics"] == {"validation": {"data": "synthetic", "auc": 0.75, "accuracy": 0.5}}
     assert meta["training"]["data"] == "synthetic" and meta["training"]["train_class_counts"] == [20, 44]
     assert meta["versions"]["jax"] == jax.__version__ and meta["platforms"] == ["cpu", "cuda", "tpu"]

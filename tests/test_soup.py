@@ -310,7 +310,8 @@ def test_an_ensemble_exports_and_serves_its_own_probabilities(ensemble_run, tmp_
     from effnet_jax.inference.prediction import Predictor
 
     workdir, _ = ensemble_run
-    export_run(workdir, str(tmp_path / "exported"), platforms=("cpu",))
+    meta = export_run(workdir, str(tmp_path / "exported"), platforms=("cpu",))
+    assert meta["model"]["ensemble_members"] == 2 and "2 ensemble members" in meta["preprocessing"]["in_function"]
     model = serving.load(str(tmp_path / "exported"))
     size = input_spec(restore_for_inference(workdir))[0]
     rng = np.random.default_rng(0)

@@ -30,6 +30,7 @@ from effnet_jax.inference.evaluation import input_spec
 from effnet_jax.inference.restore import restore_for_inference
 from effnet_jax.inference.thresholds import resolve_threshold
 from effnet_jax.labels import CLASS_NAMES, positive_probability
+from effnet_jax.models.ensemble import member_axis
 from effnet_jax.reporting import calibration as calibration_lib
 from effnet_jax.reporting.metrics_log import read_metrics
 from effnet_jax.serving import bundle
@@ -109,6 +110,7 @@ def export_run(
     _prepare_out_dir(out_dir)
     calibration_lib.read_calibration(workdir)  # a bad calibration file fails before the restore
     restored = restore_for_inference(workdir, checkpoint, use_ema=use_ema)
+    members = member_axis(restored.model) or 1
     config, step = restored.config, restored.step
     size, mean, std = input_spec(restored)
     t_value, t_rule = resolve_threshold(workdir, step, threshold, config, restored.run.train_class_counts)
@@ -153,7 +155,11 @@ def export_run(
                 "grayscale, stored copy (shorter side <= max_size, LANCZOS, JPEG q95 unless already a grey "
                 "JPEG), reduced decode, centre crop center_crop, bilinear resize to image_size"
             ),
-            "in_function": "grey -> 3 channels, (pixels / 255 - mean) / std, network, logits / temperature, softmax",
+            "in_function": (
+                "grey -> 3 channels, (pixels / 255 - mean) / std, network"
+                + (f" (each of {members} ensemble members; their logits averaged)" if members > 1 else "")
+                + ", logits / temperature, softmax"
+            ),
             "mean": [float(v) for v in mean],
             "std": [float(v) for v in std],
         },
@@ -162,6 +168,7 @@ def export_run(
         "calibration": calibration,
         "model": {
             "variant": config.model.name,
+            "ensemble_members": members,  # 1: one network; N: a seed ensemble (logits averaged)
             "weights_source": config.model.get("pretrained"),
             "checkpoint_step": int(step),
             "checkpoint": str(checkpoint),
