@@ -73,14 +73,18 @@ def test_same_padding_is_tensorflows_rule():
     assert conv_padding(64, 3, 2, "symmetric") == (1, 1)
 
 
+# The kernel gradient's two reductions: rows too, in one chunk of 3 or two of 10 images (small
+# layers), and the batch alone (a layer higher than layers.ROW_REDUCE_MAX_SIZE).
+@pytest.mark.parametrize("shape", [(3, 15, 18, 8), (20, 15, 18, 4), (2, 33, 30, 4)])
 @pytest.mark.parametrize("mode", ["same", "symmetric"])
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("kernel", [3, 5])
-def test_depthwise_formulations_agree_forward_and_backward(kernel, stride, mode):
+def test_depthwise_formulations_agree_forward_and_backward(kernel, stride, mode, shape):
     # Odd and even sizes, so that SAME pads asymmetrically and strided windows end early.
+    assert (shape[1] <= layers.ROW_REDUCE_MAX_SIZE) == (shape[1] < 30)
     rng = np.random.default_rng(kernel * 10 + stride)
-    x = jnp.asarray(rng.standard_normal((3, 15, 18, 8)), jnp.float32)
-    w = jnp.asarray(rng.standard_normal((kernel, kernel, 1, 8)), jnp.float32)
+    x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((kernel, kernel, 1, shape[-1])), jnp.float32)
     pad = spatial_padding(x.shape, kernel, stride, mode)
 
     def loss(conv):

@@ -214,22 +214,37 @@ def _shifts_forward(x, kernel, stride: int, pad):
     return out
 
 
+# Layers at most this many pixels high also reduce over rows, in chunks of at most
+# ROW_REDUCE_CHUNK images (benchmarks/README.md, The depthwise kernel gradient).
+ROW_REDUCE_MAX_SIZE = 28
+ROW_REDUCE_CHUNK = 16
+
+
 def _shifts_kernel_grad(x, g, k: int, stride: int, pad):
     """d(loss)/d(kernel) of the depthwise convolution, ``(k, k, 1, C)``, from input ``x`` and output gradient ``g``.
 
     dK[i, j, c] = sum_{n,h,w} xpad[n, i + s*h, j + s*w, c] * g[n, h, w, c]. Written as k*k
     separate sums (what autodiff of the slices gives), XLA's CPU backend copies every
     window out and reduces each in its own pass over the activations. Here one variadic
-    reduce over the batch axis computes all k*k products from a single read of x and g
-    (XLA emits it as one loop fusion), leaving k*k (H, W, C) partial sums that a second,
-    much smaller reduction finishes.
+    reduce computes all k*k products from a single read of x and g (XLA emits it as one
+    loop fusion), leaving partial sums that a second, much smaller reduction finishes.
+    It reduces over the batch on large layers, leaving k*k (H, W, C) partial sums; on
+    layers of at most ROW_REDUCE_MAX_SIZE pixels, where those partial sums would be as
+    large as the activations, over the rows too, per chunk of at most ROW_REDUCE_CHUNK
+    images (a whole batch of 32 at once ran 1.5-3x slower than two chunks of 16).
     """
     xp = jnp.pad(x, ((0, 0), pad[0], pad[1], (0, 0))).astype(jnp.float32)
     g = g.astype(jnp.float32)
     products = tuple(w * g for w in _windows(xp, k, stride, g.shape[1], g.shape[2], phases=True))
+    axes = (0,)
+    if x.shape[1] <= ROW_REDUCE_MAX_SIZE:
+        n = g.shape[0]
+        chunk = max(d for d in range(1, min(n, ROW_REDUCE_CHUNK) + 1) if n % d == 0)
+        products = tuple(p.reshape(n // chunk, chunk, *p.shape[1:]) for p in products)
+        axes = (1, 2)  # images of a chunk, and rows: leaves (chunks, W, C)
     zeros = tuple(jnp.zeros((), jnp.float32) for _ in products)
-    partial = jax.lax.reduce(products, zeros, lambda a, b: tuple(u + v for u, v in zip(a, b)), (0,))
-    return jnp.sum(jnp.stack(partial), axis=(1, 2)).reshape(k, k, 1, x.shape[-1])
+    partial = jnp.stack(jax.lax.reduce(products, zeros, lambda a, b: tuple(u + v for u, v in zip(a, b)), axes))
+    return jnp.sum(partial, axis=(1, 2)).reshape(k, k, 1, x.shape[-1])
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2, 3))
