@@ -23,7 +23,8 @@ def members():
 def test_the_ensembles_logits_are_the_mean_of_its_members_logits(members):
     model, variables = members
     x = images(4)
-    each = [np.asarray(model.apply(v, x, train=False), np.float64) for v in variables]
+    apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    each = [np.asarray(apply(v, x), np.float64) for v in variables]
     assert not np.allclose(each[0], each[1], atol=1e-3)  # the members really differ
     ensemble = LogitEnsemble(model, 2)
     got = np.asarray(jax.jit(lambda v, x: ensemble.apply(v, x, train=False))(stack_members(variables), x))
@@ -38,12 +39,14 @@ def test_features_come_per_member_and_clone_changes_the_member_architecture(memb
     x = images(2)
     ensemble = LogitEnsemble(model, 2)
     stacked = stack_members(variables)
-    heads = ensemble.apply(stacked, x, features_only=True)["head"]
+    heads = jax.jit(lambda v: ensemble.apply(v, x, features_only=True)["head"])(stacked)
+    member_head = jax.jit(lambda v: model.apply(v, x, features_only=True)["head"])
     for i, v in enumerate(variables):
-        np.testing.assert_allclose(heads[i], model.apply(v, x, features_only=True)["head"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(heads[i], member_head(v), rtol=1e-5, atol=1e-6)
     shifted = ensemble.clone(depthwise_impl="shifts")
     assert isinstance(shifted, LogitEnsemble) and shifted.depthwise_impl == "shifts" and shifted.size == 2
-    np.testing.assert_allclose(shifted.apply(stacked, x), ensemble.apply(stacked, x), rtol=1e-4, atol=1e-5)
+    logits = [jax.jit(lambda v, m=m: m.apply(v, x))(stacked) for m in (shifted, ensemble)]
+    np.testing.assert_allclose(logits[0], logits[1], rtol=1e-4, atol=1e-5)
 
 
 def test_wrong_member_counts_and_training_are_refused(members):
@@ -59,12 +62,14 @@ def test_wrong_member_counts_and_training_are_refused(members):
 def test_gradcam_of_an_ensemble_sums_over_every_members_channels(members):
     model, variables = members
     x = images(3)
-    got = make_gradcam(LogitEnsemble(model, 2))(stack_members(variables), x)
+    cam_fn = make_gradcam(LogitEnsemble(model, 2))  # compiled once, for both calls below
+    got = cam_fn(stack_members(variables), x)
     # The mean logit's gradient on member m's map is half of that member's own: the map before
     # the ReLU is the mean of the members' maps before theirs.
     before_relu = []
+    head_fn = jax.jit(lambda v: model.apply(v, x, features_only=True)["head"])
     for v in variables:
-        head = np.asarray(model.apply(v, x, features_only=True)["head"], np.float64)
+        head = np.asarray(head_fn(v), np.float64)
         dense = v["params"]["classifier"]
 
         def logit(a, dense=dense):
@@ -76,5 +81,5 @@ def test_gradcam_of_an_ensemble_sums_over_every_members_channels(members):
     np.testing.assert_allclose(got["cam"], expected, rtol=1e-4, atol=1e-6)
     assert got["cam"].shape == (3, *expected.shape[1:]) and np.ptp(expected) > 0
     # Two copies of one model: the ensemble's map is that model's map.
-    twins = make_gradcam(LogitEnsemble(model, 2))(stack_members([variables[0]] * 2), x)
+    twins = cam_fn(stack_members([variables[0]] * 2), x)
     np.testing.assert_allclose(twins["cam"], reference_cam(model, variables[0], x, 1), rtol=1e-4, atol=1e-6)
