@@ -116,6 +116,14 @@ def torch_runners(variant: str, batch: int, size: int, device: str):
     return run_eval, run_train
 
 
+def peak_gib(jax) -> float | None:
+    """Peak bytes JAX's allocator has held on the first device (GiB), where the backend reports it:
+    a step whose peak sits at the pool's cap (XLA_PYTHON_CLIENT_MEM_FRACTION) was squeezed."""
+    stats = jax.devices()[0].memory_stats() or {}
+    peak = stats.get("peak_bytes_in_use")
+    return None if peak is None else round(peak / 2**30, 2)
+
+
 def timed(fn, steps: int) -> float:
     t0 = time.perf_counter()
     fn(steps)
@@ -144,7 +152,8 @@ def main():
     card = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
     print(
         f"card: {card}; jax {jax.__version__} ({jax.devices()[0].device_kind}), torch {torch.__version__}, "
-        f"timm {__import__('timm').__version__}",
+        f"timm {__import__('timm').__version__}; JAX memory pool: "
+        f"{os.environ['XLA_PYTHON_CLIENT_MEM_FRACTION']} of the card",
         flush=True,
     )
     rows, start = [], time.perf_counter()
@@ -172,6 +181,7 @@ def main():
                 timm=round(t_rate, 1),
                 ratio=round(j_rate / t_rate, 3),
                 jax_first_step_s=round(compile_s if mode == "train" else eval_compile_s, 1),
+                jax_peak_gib=peak_gib(jax),
             )
             rows.append(row)
             print(json.dumps(row), flush=True)
