@@ -256,14 +256,47 @@ def _depthwise_shifts_fwd(x, kernel, stride, pad):
     return _shifts_forward(x, kernel, stride, pad), (x, kernel)
 
 
+# The input gradient as a correlation of the output gradient, spread out once (benchmarks/
+# README.md, The depthwise input gradient); False: autodiff's, for benchmarks/ab_depthwise.py.
+SPREAD_INPUT_GRAD = True
+
+
+def _shifts_input_grad(g, kernel, stride: int, pad, in_h: int, in_w: int):
+    """d(loss)/d(x) of the depthwise convolution (the transposed convolution), from output gradient ``g``.
+
+    Autodiff of the slices sums k*k copies of the scaled gradient, each padded out to the
+    input's size (with stride-1 zeros between pixels on strided layers); XLA fuses them into
+    one loop that works out, for every input pixel and every tap, whether it falls on
+    padding. Here the gradient is spread out once (zeros between pixels, then padded or
+    cropped to the taps' reach), kept apart by an optimization barrier so that XLA does not
+    fuse the padding back into every tap, and correlated with the flipped kernel as k*k
+    plain stride-1 shifts: 1.22x on B0's whole train step, 1.36x on Lite0's.
+    """
+    k = kernel.shape[0]
+    (top, _), (left, _) = pad
+    low_h, low_w = k - 1 - top, k - 1 - left
+    spread_h, spread_w = stride * (g.shape[1] - 1) + 1, stride * (g.shape[2] - 1) + 1
+    spread = jax.lax.pad(
+        g,
+        jnp.zeros((), g.dtype),
+        (
+            (0, 0, 0),
+            (low_h, in_h + k - 1 - low_h - spread_h, stride - 1),
+            (low_w, in_w + k - 1 - low_w - spread_w, stride - 1),
+            (0, 0, 0),
+        ),
+    )
+    spread = jax.lax.optimization_barrier(spread)
+    return _shifts_forward(spread, kernel[::-1, ::-1], 1, ((0, 0), (0, 0)))
+
+
 def _depthwise_shifts_bwd(stride, pad, residuals, g):
     x, kernel = residuals
-    # The input gradient of the slices (pads of the scaled output gradient) already runs at
-    # memory speed: keep autodiff's (a per-stride-phase formulation was 4x faster on a 5x5
-    # stride-2 layer alone but 4% slower over B0's whole train step); only the kernel
-    # gradient gets its own formulation.
-    _, input_vjp = jax.vjp(lambda x_: _shifts_forward(x_, kernel, stride, pad), x)
-    (dx,) = input_vjp(g)
+    if SPREAD_INPUT_GRAD:
+        dx = _shifts_input_grad(g, kernel, stride, pad, x.shape[1], x.shape[2])
+    else:
+        _, input_vjp = jax.vjp(lambda x_: _shifts_forward(x_, kernel, stride, pad), x)
+        (dx,) = input_vjp(g)
     dk = _shifts_kernel_grad(x, g, kernel.shape[0], stride, pad)
     return dx, dk.astype(kernel.dtype)
 
