@@ -8,7 +8,7 @@ brightness and contrast 0.3, gamma 0.45), AdamW 5e-4 for 2 epochs, no EMA, no la
 smoothing; two seeds trained into runs/pneumonia/members/seed_{0,1}/ and kept together as a
 seed ensemble (their logits averaged) in runs/pneumonia. Trains on the 224 px Kermany images
 in ../shared/data/chest_xray (another copy: --config.data.manual_dir=DIR) in under an hour on
-a 2-core CPU (26.7 min measured for both seeds and the ensemble, about 13 min a seed;
+a 2-core CPU (25.2 min measured for both seeds and the ensemble, about 13 min a seed;
 --config.soup_seeds=1 trains one model in half the time).
 Results: README.md, Results, row `configs/pneumonia.py` (shipped), with the command that measured it.
 """
