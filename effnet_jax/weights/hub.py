@@ -29,6 +29,19 @@ def _offline_reason() -> str | None:
     return None
 
 
+def cached_file(name: str) -> str | None:
+    """The local path of hub repo ``name``'s weight file when the Hugging Face cache holds it, else None."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    for filename in WEIGHT_FILES:
+        path = try_to_load_from_cache(name.split(":", 1)[-1], filename)
+        if isinstance(path, str):
+            return path
+    return None
+
+
 def download(name: str) -> str:
     """Returns a local path to the weights of hub repo ``name`` (cached by huggingface_hub)."""
     repo_id = name.split(":", 1)[-1]
