@@ -3,6 +3,9 @@ parameter counts per stage, no TFDS size chatter (a whole run on a terminal: tes
 
 import io
 import logging
+import os
+import subprocess
+import sys
 
 import data_fixtures as fx
 import jax
@@ -11,8 +14,11 @@ import numpy as np
 
 import effnet_jax
 from effnet_jax.data import prepare
+from effnet_jax.progress import Progress
 from effnet_jax.train import freeze, param_summary
 from effnet_jax.train.progress import Throughput, TrainProgress
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class FakeClock:
@@ -113,3 +119,53 @@ def test_preparing_a_local_folder_prints_no_unknown_size_chatter(tmp_path, capsy
     out = capsys.readouterr().out
     assert "Unknown size" not in out and "Downloading and preparing" not in out
     assert any(m.startswith("preparing chest_xray (max512) once into ") for m in caplog.messages)
+
+
+def test_progress_off_a_terminal_logs_a_line_per_tenth_and_a_closing_line(caplog):
+    stream = io.StringIO()
+    with caplog.at_level(logging.INFO, logger="effnet_jax"):
+        with Progress(20, "eval test", unit="img", stream=stream) as bar:
+            assert not bar.interactive
+            for _ in range(10):
+                bar.update(2)
+    assert stream.getvalue() == ""
+    assert caplog.messages == [f"eval test: {n}/20 img ({5 * n}%)" for n in range(2, 20, 2)] + [
+        "eval test: 20/20 img (100%)"
+    ]
+
+
+def test_progress_on_a_terminal_of_zero_columns_still_draws_a_bar():
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 0, 0, 0, 0))
+    with os.fdopen(follower, "w") as terminal:
+        bar = Progress(10, "train [sample]", unit="step", stream=terminal)
+        assert bar.interactive
+        bar.update(3)
+        bar.close()
+    shown = os.read(leader, 4096).decode()
+    os.close(leader)
+    assert "train [sample]" in shown and "3/10" in shown
+
+
+def test_data_prepare_in_a_pipe_writes_whole_lines_without_control_codes(tmp_path):
+    raw = fx.write_tree(tmp_path / "chest_xray", fx.GOOD_TREE)
+    env = dict(os.environ, PYTHONPATH=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-m", "effnet_jax.cli.data", "prepare", f"--manual_dir={raw}", f"--data_dir={tmp_path}/tfds"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    everything = proc.stdout + proc.stderr
+    assert "\r" not in everything and "\x1b" not in everything
+    assert "effnet_jax.data: prepare chest_xray train: 11/11 img (100%)" in proc.stderr
+    assert "Variant folder" not in everything

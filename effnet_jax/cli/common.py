@@ -2,6 +2,8 @@
 
 from absl import flags, logging
 
+from effnet_jax.progress import quiet_library_noise
+
 FLAGS = flags.FLAGS
 
 
@@ -84,22 +86,21 @@ def show_our_logs():
     # own logger (effnet_jax.*) a plain stderr handler at INFO.
     logging.set_verbosity(logging.WARNING)
     ours = std_logging.getLogger("effnet_jax")
+    # Once per process: a command run twice in one process (tests) must not print each line twice.
+    for handler in [h for h in ours.handlers if getattr(h, "effnet_jax_console", False)]:
+        ours.removeHandler(handler)
     handler = std_logging.StreamHandler(sys.stderr)
+    handler.effnet_jax_console = True
     handler.setFormatter(std_logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
     ours.addHandler(handler)
     ours.setLevel(std_logging.INFO)
     ours.propagate = False
-    logging.get_absl_logger().addFilter(drop_untracked_save_warning)
-
-
-def drop_untracked_save_warning(record) -> bool:
-    """A logging filter: False for orbax's warning on saves that carry no metrics."""
-    # Orbax warns on every save between evaluations (they carry no metrics by design).
-    return "Requested `tracked_metric`" not in str(record.msg)
+    quiet_library_noise()
 
 
 def quiet_unless_verbose():
     """Drops to ERROR logging unless --verbosity was given: orbax logs every restore at INFO."""
+    quiet_library_noise()
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.ERROR)
 

@@ -187,6 +187,7 @@ def _run(args, positional) -> int:
         print(f"effnet-data: expected one command of {', '.join(COMMANDS)}, got {positional}", file=sys.stderr)
         return 2
     command = positional[0]
+    common.show_our_logs()  # progress lines off a terminal
     try:
         if command == "prepare":
             try:

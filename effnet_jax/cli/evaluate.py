@@ -25,6 +25,7 @@ from effnet_jax.cli.common import (
     run_command,
     run_compilation_cache_dir,
     setup_compilation_cache,
+    show_our_logs,
     write_card_or_warn,
 )
 
@@ -82,6 +83,7 @@ def define_flags(fv: flags.FlagValues = FLAGS):
 
 
 def main(argv):
+    show_our_logs()  # progress lines off a terminal
     quiet_unless_verbose()
     if len(argv) > 1:
         raise app.UsageError(f"effnet-eval takes no positional arguments, got {argv[1:]}.")

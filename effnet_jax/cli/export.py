@@ -20,6 +20,7 @@ from effnet_jax.cli.common import (
     define_run_flags,
     quiet_unless_verbose,
     run_command,
+    show_our_logs,
     write_card_or_warn,
 )
 
@@ -53,6 +54,7 @@ def define_flags(fv: flags.FlagValues = FLAGS):
 
 
 def main(argv):
+    show_our_logs()  # progress lines off a terminal
     quiet_unless_verbose()
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")

@@ -84,6 +84,10 @@ def ensure_prepared(factory: BuilderFactory, allow_prepare: bool = True):
             f"{factory.name} is not prepared under {builder.data_dir} and "
             "data.manual_dir is None; set it to the chest_xray folder or its zip"
         )
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+    # TFDS's own bars redraw with control codes even in a pipe; the builders show ours.
+    tfds.disable_progress_bar()
     builder.download_and_prepare()
     return builder
 

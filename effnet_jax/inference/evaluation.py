@@ -21,6 +21,7 @@ import csv
 import dataclasses
 import functools
 import json
+import logging
 import os
 import sys
 import time
@@ -35,11 +36,14 @@ from effnet_jax.inference import tta as tta_lib
 from effnet_jax.inference.restore import restore_for_inference
 from effnet_jax.inference.thresholds import EVAL_DIR, operating_threshold, training_prior_threshold
 from effnet_jax.labels import CLASS_NAMES
+from effnet_jax.progress import Progress
 from effnet_jax.reporting import calibration as calibration_lib
 from effnet_jax.reporting import intervals as intervals_lib
 from effnet_jax.reporting import metrics as metrics_lib
 from effnet_jax.reporting import plots
 from effnet_jax.train.evaluate import run_pass
+
+log = logging.getLogger("effnet_jax.inference")
 
 VALIDATION = "validation"
 
@@ -138,10 +142,8 @@ def predict_split(
     return SplitPredictions(out.labels[order], out.probs[order], out.index[order], out.seconds)
 
 
-def _progress(total: int, desc: str, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="img", disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+def _progress(total: int, desc: str, enabled: bool) -> Progress:
+    return Progress(total, desc, unit="img", enabled=enabled, logger=log)
 
 
 def output_dir(workdir: str, split: str, step: int, tta: tta_lib.TTAConfig) -> str:

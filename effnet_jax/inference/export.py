@@ -16,6 +16,7 @@ import datetime
 import importlib.metadata
 import io
 import json
+import logging
 import os
 
 import jax
@@ -31,6 +32,7 @@ from effnet_jax.inference.restore import restore_for_inference
 from effnet_jax.inference.thresholds import resolve_threshold
 from effnet_jax.labels import CLASS_NAMES, positive_probability
 from effnet_jax.models.ensemble import member_axis
+from effnet_jax.progress import Progress
 from effnet_jax.reporting import calibration as calibration_lib
 from effnet_jax.reporting.metrics_log import read_metrics
 from effnet_jax.serving import bundle
@@ -109,7 +111,10 @@ def export_run(
     """Exports ``checkpoint`` of the run in ``workdir`` into ``out_dir``; returns what model.json records."""
     _prepare_out_dir(out_dir)
     calibration_lib.read_calibration(workdir)  # a bad calibration file fails before the restore
+    # Three stages; lowering for every platform is the long one.
+    stages = Progress(3, f"export {workdir}", unit="stage", logger=logging.getLogger("effnet_jax.inference"))
     restored = restore_for_inference(workdir, checkpoint, use_ema=use_ema)
+    stages.update()
     members = member_axis(restored.model) or 1
     config, step = restored.config, restored.step
     size, mean, std = input_spec(restored)
@@ -130,6 +135,7 @@ def export_run(
         jax.ShapeDtypeStruct((batch, size, size), jnp.uint8),
     )
     exported = jax_export.export(jax.jit(fn), platforms=tuple(platforms))(*args)
+    stages.update()
     function = bytes(exported.serialize())
     buffer = io.BytesIO()
     np.savez(buffer, *leaves)  # arr_0.npy, arr_1.npy, ... in argument order; no pickles
@@ -208,4 +214,6 @@ def export_run(
     with open(os.path.join(out_dir, bundle.MODEL_JSON), "w") as f:
         json.dump(meta, f, indent=2)
         f.write("\n")
+    stages.update()
+    stages.close()
     return meta

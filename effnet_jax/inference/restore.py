@@ -7,6 +7,7 @@ import dataclasses
 import ml_collections
 
 from effnet_jax.models import EfficientNet
+from effnet_jax.progress import quiet_library_noise
 from effnet_jax.train import state as state_lib
 from effnet_jax.train.checkpointing import read_checkpoint
 from effnet_jax.train.run_record import RunRecord
@@ -32,6 +33,7 @@ def restore_for_inference(workdir: str, checkpoint: str | int = "best", use_ema:
     run was trained on. The run record gives the image size and normalisation the
     run trained with (runs saved before run records existed: their config's).
     """
+    quiet_library_noise()  # orbax warns that a read-only restore is read only
     saved = read_checkpoint(workdir, checkpoint)
     # The module alone: the variables come from the checkpoint, so nothing is initialised (or compiled).
     model = state_lib.model_for_run(saved.config, saved.run)

@@ -1,17 +1,16 @@
 """What the training loop shows while it runs: a progress bar or progress lines, and honest img/s.
 
-On a terminal a tqdm bar stays at the bottom, and log records (ours and the root
-logger's) go through ``tqdm.write`` while it is up, so a log line never lands on the
-bar's line. In a file or a pipe a bar's carriage returns would glue its updates and the
-log lines into one endless line, so there each metrics flush logs one plain progress line.
+The bar is ``effnet_jax.progress.Progress`` (on a terminal); in a file or a pipe each
+metrics flush logs one plain progress line with the loss, img/s and the time left.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import sys
 import time
+
+from effnet_jax.progress import Progress
 
 log = logging.getLogger("effnet_jax.train")
 
@@ -49,32 +48,27 @@ class TrainProgress:
     """Steps done out of ``total``: a live bar on a terminal (``interactive``), progress lines elsewhere."""
 
     def __init__(self, total: int, initial: int, desc: str, *, stream=None, interactive: bool | None = None):
-        self.total, self.step, self.desc = int(total), int(initial), desc
-        stream = stream if stream is not None else sys.stderr
-        self.interactive = stream.isatty() if interactive is None else bool(interactive)
-        self._bar = self._redirect = None
-        if self.interactive:
-            from tqdm import tqdm
-            from tqdm.contrib.logging import logging_redirect_tqdm
+        self.total, self.desc = int(total), desc
+        # Off a terminal the loop's own lines (``report``) carry loss and speed: no count lines.
+        self._progress = Progress(
+            total, desc, unit="step", initial=initial, lines=False, logger=log, stream=stream, interactive=interactive
+        )
+        self.interactive = self._progress.interactive
 
-            self._bar = tqdm(
-                total=self.total, initial=self.step, desc=desc, unit="step", dynamic_ncols=True, file=stream
-            )
-            self._redirect = logging_redirect_tqdm(loggers=[logging.getLogger("effnet_jax"), logging.getLogger()])
-            self._redirect.__enter__()
+    @property
+    def step(self) -> int:
+        return self._progress.done
 
     def advance(self) -> None:
-        self.step += 1
-        if self._bar is not None:
-            self._bar.update(1)
+        self._progress.update(1)
 
     def report(self, loss: float, speed: tuple[float, float] | None) -> None:
         """Shows the latest training loss and the ``Throughput`` reading (None: no timed steps yet)."""
-        if self._bar is not None:
+        if self.interactive:
             postfix = {"loss": f"{loss:.4f}"}
             if speed is not None:
                 postfix["img_s"] = f"{speed[0]:.1f}"
-            self._bar.set_postfix(postfix, refresh=False)
+            self._progress.set_postfix(**postfix)
             return
         rate = (
             "" if speed is None else f", {speed[0]:.1f} img/s, ETA {_clock_time((self.total - self.step) * speed[1])}"
@@ -90,12 +84,7 @@ class TrainProgress:
         )
 
     def close(self) -> None:
-        if self._redirect is not None:
-            self._redirect.__exit__(None, None, None)
-            self._redirect = None
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
+        self._progress.close()
 
 
 def _clock_time(seconds: float) -> str:

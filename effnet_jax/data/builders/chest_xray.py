@@ -1,11 +1,15 @@
 """TFDS builder for the Kermany chest X-ray images (the "chest_xray" folder or its zip)."""
 
+import logging
+
 import tensorflow_datasets as tfds
-from absl import logging
 
 from effnet_jax.data import exclusions, imaging, kermany
 from effnet_jax.data.builders import base
 from effnet_jax.labels import CLASS_NAMES
+from effnet_jax.progress import Progress
+
+log = logging.getLogger("effnet_jax.data")
 
 ON_BAD_IMAGE = ("error", "skip")
 
@@ -117,7 +121,7 @@ class ChestXray(base.Builder):
         if missing:
             # A list written for another copy of the data: say so, but the files it does
             # name are still left out.
-            logging.warning(
+            log.warning(
                 "%s: %d exclusion-list entries match no file here, e.g. %s",
                 self.builder_config.exclude_list,
                 len(missing),
@@ -149,7 +153,8 @@ class ChestXray(base.Builder):
         written, bad = 0, []
         kept = {c: 0 for c in CLASS_NAMES}
         excluded = self.builder_config.excluded
-        for cls, rel in layout.files[split]:
+        files = layout.files[split]
+        for cls, rel in Progress(len(files), f"prepare {self.name} {split}", unit="img", logger=log).wrap(files):
             if exclusions.file_key(rel) in excluded:
                 continue  # before decoding: an excluded unreadable file is not a bad-image error
             shown = f"{layout.source}:{rel}" if layout.zip_path else f"{layout.source}/{rel}"

@@ -8,15 +8,18 @@ prepared records only what was stored (grayscale, shorter side <= max_size).
 import dataclasses
 import io
 import json
+import logging
 import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from effnet_jax.data import exclusions, imaging, kermany
 from effnet_jax.data.eda import hashing
+from effnet_jax.progress import Progress
+
+log = logging.getLogger("effnet_jax.data")
 
 THUMB = 160  # sample-grid thumbnails: longer side in pixels
 # Bits per channel of each Pillow mode (what the file stored, before our 8-bit conversion).
@@ -154,9 +157,9 @@ def scan_raw(path, *, samples_per_class: int = 8, seed: int = 0, progress: bool 
             by_label.setdefault(cls, []).append(exclusions.file_key(rel))
         acc = _Accumulator(_pick_samples(by_label, samples_per_class, seed))
         images = []
-        for split, cls, rel in tqdm(
-            entries, desc=f"scan {layout.source}", unit="img", disable=not progress, dynamic_ncols=True
-        ):
+        for split, cls, rel in Progress(
+            len(entries), f"scan {layout.source}", unit="img", enabled=progress, logger=log
+        ).wrap(entries):
             name = rel.rsplit("/", 1)[-1]
             patient, pathogen = kermany.parse_name(name, cls)
             info = ImageInfo(
@@ -225,7 +228,7 @@ def scan_prepared(version_dir, *, samples_per_class: int = 8, seed: int = 0, pro
     acc = _Accumulator(_pick_samples(by_label, samples_per_class, seed))
     images = []
     total = sum(len(v) for v in records.values())
-    with tqdm(total=total, desc=f"scan {version_dir}", unit="img", disable=not progress, dynamic_ncols=True) as bar:
+    with Progress(total, f"scan {version_dir}", unit="img", enabled=progress, logger=log) as bar:
         for split, recs in records.items():
             for r in recs:
                 label, name = names[r["label"]], text(r["file_name"])
