@@ -92,3 +92,32 @@ def test_overlay_png_matches_original_image_size(tmp_path):
     gray = np.asarray(original)
     assert np.array_equal(blended[:, 0], np.repeat(gray[:, 0, None], 3, axis=1))
     assert np.abs(blended[:, -1, 0].astype(int) - blended[:, -1, 2].astype(int)).max() > 20
+
+
+def test_heatmap_is_finer_than_the_head_grid_and_zero_where_the_head_map_is(softmax_model):
+    model, variables = softmax_model
+    out = make_gradcam(model)(variables, images(n=2))
+    cam, heat = np.asarray(out["cam"]), np.asarray(out["heatmap"])
+    cells = SIZE // cam.shape[1]  # input pixels per head cell
+    assert cells >= 8
+    # Within one head cell the guided map varies pixel by pixel; the head map alone cannot.
+    block = heat[:, :cells, :cells]
+    assert len(np.unique(np.round(block, 4))) > cells * cells // 2
+    coarse = np.asarray(jax.image.resize(cam, heat.shape, "bilinear"))
+    assert np.all(heat[coarse <= 0] == 0)
+
+
+def test_predict_overlays_at_the_files_size_on_one_scale_for_every_image(tmp_path):
+    from effnet_jax.inference.gradcam import SCALE_LABEL, weighted_by_probability
+    from effnet_jax.inference.prediction import Preprocessor
+
+    path = tmp_path / "wide.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (800, 1000), np.uint8), "L").save(path)
+    model_input, shown = Preprocessor(SIZE, (0.5,) * 3, (0.5,) * 3)(str(path))
+    assert model_input.shape == (SIZE, SIZE, 3) and shown.size == (1000, 800)
+    heat = np.ones((SIZE, SIZE), np.float32)
+    gray = np.repeat(np.asarray(shown)[..., None], 3, axis=2).astype(int)
+    # A confident NORMAL barely tints the X-ray; a confident PNEUMONIA is fully coloured.
+    assert np.abs(overlay(shown, weighted_by_probability(heat, 0.005)).astype(int) - gray).max() <= 2
+    assert np.abs(overlay(shown, weighted_by_probability(heat, 0.99)).astype(int) - gray).max() > 50
+    assert "same scale for every image" in SCALE_LABEL

@@ -18,7 +18,7 @@ def test_the_panel_is_xray_overlay_and_colour_bar_titled_with_the_prediction():
     heat[4:8, 3:6] = 1.0
     fig = panel_figure(XRAY, heat, prob=0.8734, label="PNEUMONIA", threshold=0.5, name="person1_bacteria_1.jpeg")
     assert len(fig.axes) == 3
-    assert fig.axes[2].get_ylabel() == "share of the map's peak"  # the colour bar
+    assert fig.axes[2].get_ylabel() == "P(PNEUMONIA) x map: the same scale for every image"  # the colour bar
     title = fig._suptitle.get_text()
     assert title == "person1_bacteria_1.jpeg\nP(PNEUMONIA) = 0.873 -> PNEUMONIA (threshold 0.500)"
     assert EMPTY_MAP_NOTE not in _texts(fig.axes[1])

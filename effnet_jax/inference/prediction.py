@@ -27,7 +27,7 @@ from PIL import Image
 
 from effnet_jax.data import imaging, transforms
 from effnet_jax.inference.evaluation import input_spec, make_predict_fn
-from effnet_jax.inference.gradcam import make_gradcam, save_overlay, save_panel
+from effnet_jax.inference.gradcam import make_gradcam, save_overlay, save_panel, weighted_by_probability
 from effnet_jax.inference.restore import restore_for_inference
 from effnet_jax.inference.thresholds import resolve_threshold
 from effnet_jax.labels import CLASS_NAMES, positive_probability
@@ -43,7 +43,7 @@ class ImageReadError(ValueError):
 
 @dataclasses.dataclass
 class Preprocessor:
-    """File -> (normalised model input ``(S, S, 3)`` float32, grayscale PIL image for display)."""
+    """File -> (normalised model input ``(S, S, 3)`` float32, the file as a grayscale PIL image at its own size)."""
 
     image_size: int
     mean: tuple
@@ -60,14 +60,16 @@ class Preprocessor:
             path = name or "<image>"
             data = _png_bytes(item, path)
         try:
-            stored, _ = imaging.load_for_storage(data, path, self.max_size)
+            original = imaging.decode_file(data, path)
+            # The model sees the stored copy, as training did; people see the file at its own size.
+            stored, _ = imaging.store_gray(original, self.max_size, data)
         except imaging.BadImageError as e:
             raise ImageReadError(str(e)) from e
         gray = transforms.decode_gray(stored, math.ceil(self.image_size / self.center_crop))
         image = transforms.Normalizer(self.mean, self.std)(
             transforms.center_resize(gray, self.image_size, self.center_crop)
         )
-        return image, transforms.decode_gray(stored)
+        return image, original
 
 
 def _read_file(path: str) -> bytes:
@@ -218,7 +220,7 @@ class Predictor:
                     "temperature": self.temperature,
                 }
                 if gradcam_dir:
-                    heatmap, original = heatmaps[scored[i]], loaded[i][1]
+                    heatmap, original = weighted_by_probability(heatmaps[scored[i]], p), loaded[i][1]
                     record["gradcam"] = save_overlay(original, heatmap, os.path.join(gradcam_dir, names[i]))
                     # For a reader: X-ray | overlay | colour bar, titled with this prediction.
                     record["gradcam_panel"] = save_panel(
