@@ -88,6 +88,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.seed = 0  # model init, dropout and data order
     c.log_every_steps = 10  # train metrics (JSON lines + TensorBoard) every this many steps
     c.eval_every_steps = 200  # validation every this many steps (and at the end); 0 = only at the end
+    # ...unless this is > 0: validation every this many epochs of the training split, so that a
+    # config evaluates as often on a 200-image folder as on a 5,000-image one.
+    c.eval_every_epochs = 0.0
     c.checkpoint_every_steps = 200  # save every this many steps (and at the end and after each eval)
     c.keep_checkpoints = 3  # keep the last this many checkpoints, plus the best
     # The split whose metrics pick the best checkpoint and drive early stopping: "validation"

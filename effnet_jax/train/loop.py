@@ -15,6 +15,7 @@ import numpy as np
 from etils import epath
 
 from effnet_jax.data import external, pipeline, sources
+from effnet_jax.labels import CLASS_NAMES
 from effnet_jax.reporting.metrics_log import read_metrics
 from effnet_jax.train import checkpointing as checkpoint_lib
 from effnet_jax.train import distributed, losses, param_summary, preemption, run_record, steps, workdir_lock
@@ -67,6 +68,26 @@ def _num_steps(config: ml_collections.ConfigDict, train_info: dict) -> tuple[int
     return total, steps_per_epoch
 
 
+def _eval_every(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+    """Steps between evaluations: ``eval_every_epochs`` of the training split when set, else ``eval_every_steps``."""
+    epochs = float(config.get("eval_every_epochs", 0.0) or 0.0)
+    return max(1, round(epochs * steps_per_epoch)) if epochs > 0 else int(config.eval_every_steps)
+
+
+def degenerate_prediction(metrics: dict) -> str | None:
+    """The class a model predicted for every image of an evaluated split (at threshold 0.5), else None.
+
+    With both classes present, recall 1 and specificity 0 mean every image was called
+    PNEUMONIA; recall 0 and specificity 1, every image NORMAL.
+    """
+    recall, specificity = metrics.get("recall"), metrics.get("specificity")
+    if recall == 1.0 and specificity == 0.0:
+        return CLASS_NAMES[1]
+    if recall == 0.0 and specificity == 1.0:
+        return CLASS_NAMES[0]
+    return None
+
+
 def _data_source(config) -> str:
     where = f", data.manual_dir={config.data.manual_dir!r}" if config.data.get("manual_dir") else ""
     return f"data.name={config.data.name!r}{where}"
@@ -99,11 +120,14 @@ def eval_splits(config) -> list[str]:
     return ["validation", *external.split_names(config.data)]
 
 
-def evaluate_splits(par: Parallel, eval_step, variables, config, run, step: int, writer, data_tag: str) -> dict:
+def evaluate_splits(
+    par: Parallel, eval_step, variables, config, run, step: int, writer, data_tag: str, warned: set | None = None
+) -> dict:
     """Evaluates ``variables`` on every split of ``eval_splits``; writes and logs each at ``step``; returns them by split.
 
     The records (with the external ``sensitivity_threshold``) are what 'best' checkpoints
-    and the operating threshold are read from.
+    and the operating threshold are read from. A model that calls every image of a split
+    one class is warned about once per ``warned`` (the run's set of warnings given).
     """
     results = {}
     for split in eval_splits(config):
@@ -111,7 +135,25 @@ def evaluate_splits(par: Parallel, eval_step, variables, config, run, step: int,
         writer.write(step, split, metrics)
         log.info("step %d %s (%s): %s", step, split, data_tag, _short(metrics))
         results[split] = metrics
+        _warn_if_degenerate(step, split, metrics, set() if warned is None else warned)
     return results
+
+
+def _warn_if_degenerate(step: int, split: str, metrics: dict, warned: set) -> None:
+    only = degenerate_prediction(metrics)
+    if only is None or "degenerate" in warned:
+        return
+    warned.add("degenerate")
+    log.warning(
+        "step %d %s: the model calls every image %s (recall %.3f, specificity %.3f at threshold 0.5); "
+        "with imbalanced classes and few steps a model learns the majority class: set "
+        "config.class_weights='balanced' (or data.balance='oversample') and train longer (config.num_epochs)",
+        step,
+        split,
+        only,
+        metrics["recall"],
+        metrics["specificity"],
+    )
 
 
 def planned_steps(config: ml_collections.ConfigDict) -> int:
@@ -193,6 +235,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, started
     train_info = pipeline.split_info(config.data, "train")
     _check_classes(config, "train", train_info)
     total_steps, steps_per_epoch = _num_steps(config, train_info)
+    eval_every = _eval_every(config, steps_per_epoch)
+    warned = set()  # warnings this run gives once
     _check_classes(config, "validation", pipeline.split_info(config.data, "validation"))
     select_split = check_select_split(config)
     if external.split_names(config.data):
@@ -413,12 +457,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, started
             is_last = step == total_steps
             if step % config.log_every_steps == 0 or is_last or step == stop_at:
                 flush_train_metrics()
-            eval_now = is_last or (config.eval_every_steps > 0 and step % config.eval_every_steps == 0)
+            eval_now = is_last or (eval_every > 0 and step % eval_every == 0)
             eval_metrics = None
             if eval_now:
                 flush_train_metrics()  # never evaluate or save a state whose loss was not checked
                 variables = state_lib.inference_variables(state, use_ema=config.ema_decay > 0)
-                results = evaluate_splits(par, eval_step, variables, config, run, step, writer, data_tag)
+                results = evaluate_splits(par, eval_step, variables, config, run, step, writer, data_tag, warned)
                 eval_metrics = results[select_split]
                 stopped_early = stopper.update(eval_metrics)
             if eval_now or step % config.checkpoint_every_steps == 0 or step == stop_at or stopped_early:
