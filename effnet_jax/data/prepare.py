@@ -6,10 +6,12 @@ From the command line: ``effnet-data prepare`` (``python -m effnet_jax.cli.data 
 import dataclasses
 import logging
 import os
+import shutil
 
 import numpy as np
 
 from effnet_jax.data import splits as splits_lib
+from effnet_jax.progress import quiet_library_noise
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +72,7 @@ def ensure_prepared(factory: BuilderFactory, allow_prepare: bool = True):
     (another folder, or files added, removed or resized) is refused, not silently reused
     nor deleted: another run may be reading it.
     """
+    quiet_library_noise()  # TFDS warns of a folder being prepared (or a failed preparation's)
     builder = factory()
     if builder.is_prepared():
         _check_source(factory, builder)
@@ -86,10 +89,33 @@ def ensure_prepared(factory: BuilderFactory, allow_prepare: bool = True):
         )
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
+    _check_inputs(factory)  # before anything is announced or written
     # TFDS's own bars redraw with control codes even in a pipe; the builders show ours.
     tfds.disable_progress_bar()
-    builder.download_and_prepare()
+    data_dir = str(builder.data_dir_root)
+    ours = [data_dir, os.path.join(data_dir, builder.name), os.path.join(data_dir, "downloads")]
+    fresh = [d for d in ours if not os.path.exists(d)]
+    try:
+        builder.download_and_prepare()
+    except BaseException:
+        # A failed preparation leaves no skeleton behind (TFDS drops its partial files, not
+        # the folders it made): the folders this call created go, deepest first.
+        for folder in reversed(fresh):
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
     return builder
+
+
+def _check_inputs(factory: BuilderFactory) -> None:
+    """Fails in one line when the raw data to prepare from is missing or not in the expected layout."""
+    if factory.name == "chest_xray" and factory.manual_dir:
+        from effnet_jax.data import kermany  # pylint: disable=g-import-not-at-top
+
+        kermany.scan(os.path.expanduser(factory.manual_dir)).close()
+    elif factory.manual_dir and not os.path.isdir(os.path.expanduser(factory.manual_dir)):
+        raise FileNotFoundError(
+            f"data.manual_dir={factory.manual_dir!r} does not exist; expected a folder holding the {factory.name} files"
+        )
 
 
 def _check_source(factory: BuilderFactory, builder):

@@ -216,13 +216,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
         )
     started = time.time()
     workdir = checkpoint_lib.absolute(workdir)
+    fresh = not epath.Path(workdir).exists()
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     lock = workdir_lock.lock_workdir(workdir, jax.process_index() == 0)
     try:
         return _train_and_evaluate(config, workdir, started)
+    except BaseException:
+        if fresh and lock is not None:
+            _remove_unstarted_workdir(workdir)
+        raise
     finally:
         if lock is not None:
             lock.release()
+
+
+def _remove_unstarted_workdir(workdir: str) -> None:
+    """Removes a workdir this call created when the run failed before writing anything but its lock."""
+    path = epath.Path(workdir)
+    if {p.name for p in path.iterdir()} <= {workdir_lock.LOCK_FILE}:
+        # Still holding the lock: a second trainer meanwhile failed at once, none waits on it.
+        (path / workdir_lock.LOCK_FILE).unlink(missing_ok=True)
+        path.rmdir()
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, started: float) -> state_lib.TrainState:
