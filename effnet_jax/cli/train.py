@@ -1,6 +1,7 @@
 """effnet-train: train (or resume) a run described by a config file.
 
     effnet-train --config=configs/debug.py --workdir=/tmp/effnet_debug [--config.key=value ...]
+    effnet-train --config=configs/debug.py --workdir=/tmp/effnet_debug --dry_run   # what it would do
 
 With --config.soup_seeds=N (N > 1) it trains N seeds into WORKDIR/members/seed_<S>/ and
 averages their best checkpoints into one model in WORKDIR (README, Model soups); with
@@ -32,7 +33,8 @@ def define_flags(fv: flags.FlagValues = FLAGS) -> None:
     config_flags.DEFINE_config_file(
         "config",
         None,
-        "Training config file (configs/*.py); override any key with --config.KEY=VALUE (configs/default.py lists them).",
+        "Training config file (configs/*.py); override any key with --config.KEY=VALUE "
+        "(effnet_jax/train/config.py lists every key).",
         flag_values=fv,
         lock_config=True,
     )
@@ -56,6 +58,13 @@ def define_flags(fv: flags.FlagValues = FLAGS) -> None:
     )
     flags.DEFINE_integer("num_processes", None, "Number of processes (or JAX_NUM_PROCESSES).", flag_values=fv)
     flags.DEFINE_integer("process_id", None, "This process's index, 0-based (or JAX_PROCESS_ID).", flag_values=fv)
+    flags.DEFINE_bool(
+        "dry_run",
+        False,
+        "Print the resolved config, the data found (splits, class counts, external sets) and what the run "
+        "would write, then exit: nothing is prepared or written.",
+        flag_values=fv,
+    )
 
 
 def main(argv):
@@ -68,6 +77,14 @@ def main(argv):
     from effnet_jax.train.soup import MEMBERS_DIR, soup_seeds, train_soup
 
     common.show_our_logs()
+    if FLAGS.dry_run:
+        from effnet_jax.train import plan
+
+        try:
+            print(plan.describe(FLAGS.config, FLAGS.workdir))
+        except Exception as e:  # one line for known causes; a bug keeps its traceback
+            common.exit_in_one_line("effnet-train --dry_run", e)
+        return
     from effnet_jax.cli.common import setup_compilation_cache
 
     cache = setup_compilation_cache(FLAGS.config.get("compilation_cache_dir", None))
@@ -163,7 +180,7 @@ def run():
     except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
         message = " ".join(str(e).replace("\\n", "\n").replace("\\", "").replace("'", "").split()).strip('"')
         if isinstance(e, (AttributeError, KeyError)):
-            message = f"unknown config key {message} (configs/default.py lists every key)"
+            message = f"unknown config key {message} (the schema, effnet_jax/train/config.py, lists every key)"
         print(f"effnet-train: bad flag: {message}", file=sys.stderr)
         sys.exit(2)
     app.run(main, argv=argv, flags_parser=lambda _: argv)

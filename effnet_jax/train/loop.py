@@ -53,7 +53,7 @@ def resolve_data(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     return config
 
 
-def _num_steps(config: ml_collections.ConfigDict, train_info: dict) -> tuple[int, int]:
+def num_steps(config: ml_collections.ConfigDict, train_info: dict) -> tuple[int, int]:
     """(total steps, steps per epoch)."""
     steps_per_epoch = max(1, math.ceil(train_info["num_examples"] / config.batch_size))
     if config.num_train_steps > 0:
@@ -68,7 +68,7 @@ def _num_steps(config: ml_collections.ConfigDict, train_info: dict) -> tuple[int
     return total, steps_per_epoch
 
 
-def _eval_every(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+def eval_every(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
     """Steps between evaluations: ``eval_every_epochs`` of the training split when set, else ``eval_every_steps``."""
     epochs = float(config.get("eval_every_epochs", 0.0) or 0.0)
     return max(1, round(epochs * steps_per_epoch)) if epochs > 0 else int(config.eval_every_steps)
@@ -159,7 +159,7 @@ def _warn_if_degenerate(step: int, split: str, metrics: dict, warned: set) -> No
 def planned_steps(config: ml_collections.ConfigDict) -> int:
     """The step a run of ``config`` ends at (its schedule's last), from the training split's size."""
     config = resolve_data(config)
-    return _num_steps(config, pipeline.split_info(config.data, "train"))[0]
+    return num_steps(config, pipeline.split_info(config.data, "train"))[0]
 
 
 def check_select_split(config) -> str:
@@ -248,8 +248,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, started
     config = resolve_data(config)
     train_info = pipeline.split_info(config.data, "train")
     _check_classes(config, "train", train_info)
-    total_steps, steps_per_epoch = _num_steps(config, train_info)
-    eval_every = _eval_every(config, steps_per_epoch)
+    total_steps, steps_per_epoch = num_steps(config, train_info)
+    every = eval_every(config, steps_per_epoch)
     warned = set()  # warnings this run gives once
     _check_classes(config, "validation", pipeline.split_info(config.data, "validation"))
     select_split = check_select_split(config)
@@ -471,7 +471,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, started
             is_last = step == total_steps
             if step % config.log_every_steps == 0 or is_last or step == stop_at:
                 flush_train_metrics()
-            eval_now = is_last or (eval_every > 0 and step % eval_every == 0)
+            eval_now = is_last or (every > 0 and step % every == 0)
             eval_metrics = None
             if eval_now:
                 flush_train_metrics()  # never evaluate or save a state whose loss was not checked
