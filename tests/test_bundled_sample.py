@@ -58,3 +58,11 @@ def test_the_debug_config_trains_on_the_sample_without_a_data_dir():
     assert config.data.name == "sample" and config.model.pretrained == "pypi:efficientnet-lite0"
     info = pipeline.split_info(config.data, "validation")
     assert info["num_examples"] == 100 and info["synthetic"] is False
+
+
+def test_evaluation_without_a_split_scores_the_samples_validation_part_and_says_why():
+    from effnet_jax.inference.evaluation import held_out_split
+
+    split, why = held_out_split(resolve_data(load_config("debug")).data)
+    assert split == "validation" and why.startswith("the data has no test split")
+    assert held_out_split(resolve_data(load_config("debug_synthetic")).data)[0] == "test"

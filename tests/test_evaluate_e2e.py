@@ -39,7 +39,8 @@ def cli(module, *args):
 
 @pytest.fixture(scope="module")
 def evaluated(workdir):
-    proc = cli("effnet_jax.cli.evaluate", f"--workdir={workdir}", "--checkpoint=latest", "--split=test")
+    # No --split: the run's held-out split, test for the synthetic data.
+    proc = cli("effnet_jax.cli.evaluate", f"--workdir={workdir}", "--checkpoint=latest")
     assert proc.returncode == 0, proc.stderr[-3000:]
     out_dir = os.path.join(workdir, "eval", "test_2")
     with open(os.path.join(out_dir, "metrics.json")) as f:
@@ -49,6 +50,10 @@ def evaluated(workdir):
 def test_eval_cli_reports_both_thresholds_and_where_it_wrote(evaluated):
     proc, out_dir, report = evaluated
     assert f"Wrote {out_dir}/" in proc.stdout
+    assert "No --split: scoring test, the data's test split" in proc.stdout
+    # In a pipe: whole progress lines, no bar redraws or escape codes.
+    assert "\r" not in proc.stdout + proc.stderr and "\x1b" not in proc.stdout + proc.stderr
+    assert "effnet_jax.inference: eval test: 16/16 img (100%)" in proc.stderr
     assert "t=0.5" in proc.stdout and "val. Youden" in proc.stdout and "synthetic" in proc.stdout
     assert report["step"] == 2 and report["split"] == "test" and report["synthetic"] is True
     assert report["num_examples"] == 16 and sum(report["class_counts"]) == 16

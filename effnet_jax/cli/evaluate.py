@@ -1,9 +1,10 @@
 """effnet-eval: evaluate a training run's checkpoint on a split.
 
-    effnet-eval --workdir=DIR [--split=test] [--checkpoint=best|latest|STEP] [--tta=none|flip|crops|flip+crops]
+    effnet-eval --workdir=DIR [--split=SPLIT] [--checkpoint=best|latest|STEP] [--tta=none|flip|crops|flip+crops]
                 [--calibrate=validation|external|SPLIT] [--bootstrap=2000]
 
-Writes WORKDIR/eval/<split>_<step>/ (metrics.json, confusion matrices, ROC curve,
+Without --split it scores the run's held-out split: test where the data has one, else
+the validation split the run trained with (and says which). Writes WORKDIR/eval/<split>_<step>/ (metrics.json, confusion matrices, ROC curve,
 predictions.csv) and prints a table at the operating threshold (README, Thresholds), 0.5,
 the training prior and the validation-Youden threshold, with bootstrap 95% intervals.
 --calibrate fits a temperature on that split (WORKDIR/calibration.json); a calibration
@@ -39,8 +40,8 @@ def define_flags(fv: flags.FlagValues = FLAGS):
     define_once(
         flags.DEFINE_string,
         "split",
-        "test",
-        "Split to evaluate: train, validation, test, official_val (the data set's own val/ folder), external (config.data.external; external_1, ... for more) or folder:PATH (any folder holding NORMAL/ and PNEUMONIA/).",
+        None,
+        "Split to evaluate (default: the run's held-out split, test where the data has one, else validation): train, validation, test, official_val (the data set's own val/ folder), external (config.data.external; external_1, ... for more) or folder:PATH (any folder holding NORMAL/ and PNEUMONIA/).",
         flag_values=fv,
     )
     define_once(
@@ -108,7 +109,8 @@ def main(argv):
         return 1
     device = jax.local_devices()[0]
     print(
-        f"Evaluating {FLAGS.workdir} (checkpoint={FLAGS.checkpoint}, split={FLAGS.split}, tta={tta.spec()}) "
+        f"Evaluating {FLAGS.workdir} (checkpoint={FLAGS.checkpoint}, split={FLAGS.split or 'the held-out one'}, "
+        f"tta={tta.spec()}) "
         f"on {device.platform}:{device.id}",
         flush=True,
     )
@@ -128,6 +130,8 @@ def main(argv):
         print(f"effnet-eval: error: {e}", file=sys.stderr)
         return 1
     synthetic = " [synthetic data]" if report["synthetic"] else ""
+    if report.get("split_default"):
+        print(f"No --split: scoring {report['split']}, {report['split_default']}.")
     print(
         f"\n{report['split']} split, step {report['step']}, {report['num_examples']} images, "
         f"class counts {report['class_counts']}{synthetic}"

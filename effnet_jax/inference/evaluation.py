@@ -154,9 +154,22 @@ def output_dir(workdir: str, split: str, step: int, tta: tta_lib.TTAConfig) -> s
     return os.path.join(os.path.abspath(workdir), EVAL_DIR, name)
 
 
+def held_out_split(data_config) -> tuple[str, str]:
+    """The split a run is scored on by default, and why: test where the data has one, else validation."""
+    try:
+        if split_info(data_config, "test")["num_examples"] > 0:
+            return "test", "the data's test split, held out from training and checkpoint choice"
+    except ValueError:
+        pass
+    return VALIDATION, (
+        "the data has no test split: the validation split the run trained with (never trained on, "
+        "but it chose the checkpoint, so its numbers lean optimistic)"
+    )
+
+
 def evaluate_checkpoint(
     workdir: str,
-    split: str = "test",
+    split: str | None = None,
     checkpoint: str | int = "best",
     tta: tta_lib.TTAConfig | str | None = None,
     batch_size: int | None = None,
@@ -168,6 +181,9 @@ def evaluate_checkpoint(
     bootstrap_seed: int = 0,
 ) -> dict[str, Any]:
     """Evaluates a run's checkpoint on ``split``; writes metrics.json, plots and predictions; returns the report.
+
+    ``split`` None: the run's held-out split (``held_out_split``: test where the data has
+    one, else validation); the report's ``split_default`` says which and why.
 
     Metrics are reported at the run's operating threshold, 0.5, the training-prior
     threshold (``training_prior_threshold``) and the threshold maximising Youden's J on
@@ -184,6 +200,9 @@ def evaluate_checkpoint(
     image_size, mean, std = input_spec(restored)
     batch_size = int(batch_size or config.get("eval_batch_size") or config.get("batch_size") or 32)
     run = dict(image_size=image_size, mean=mean, std=std, batch_size=batch_size, tta=tta_config, progress=progress)
+    default_because = None
+    if split is None:
+        split, default_because = held_out_split(config.data)
     info = split_info(config.data, split)
 
     result = predict_split(model, variables, config.data, split, **run)
@@ -279,6 +298,7 @@ def evaluate_checkpoint(
         "checkpoint": checkpoint if isinstance(checkpoint, str) else int(checkpoint),
         "step": step,
         "split": split,
+        "split_default": default_because,  # why this split, when none was asked for
         "data": config.data.get("name"),
         "synthetic": synthetic,
         "num_examples": int(result.labels.size),
