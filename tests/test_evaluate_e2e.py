@@ -12,6 +12,7 @@ from helpers import tiny_config
 from PIL import Image
 
 from effnet_jax.data import pipeline
+from effnet_jax.inference.prediction_output import COLUMNS
 from effnet_jax.reporting import metrics as metrics_lib
 
 pytestmark = pytest.mark.slow  # trains for real: about 2 CPU-minutes
@@ -188,6 +189,7 @@ def test_predict_cli_searches_folders_and_globs_writes_csv_and_warns_of_syntheti
     assert proc.stdout.strip() == f"effnet-predict: wrote 3 row(s) (0 unreadable) to {out}"
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == COLUMNS and rows[0]["temperature"] == "1.0"  # the fields --help names
     assert [r["file"] for r in rows] == [str(scans / "b.png"), str(scans / "ward_2" / "a.png"), str(loose / "c.jpeg")]
     threshold = report["training_prior_threshold"]
     for r in rows:

@@ -17,6 +17,7 @@ from helpers import REPO, tiny_config
 from PIL import Image
 
 from effnet_jax import serving
+from effnet_jax.inference.prediction_output import COLUMNS
 from effnet_jax.serving import bundle
 
 STEP = 3
@@ -257,6 +258,8 @@ def test_bad_images_are_reported_and_the_others_scored(setup, model, tmp_path):
     records = list(model.predict_files([str(bad), setup["images"][0]], threshold=0.0))
     assert records[0] == {"file": str(bad), "error": records[0]["error"]} and records[0]["error"].startswith(str(bad))
     assert records[1]["label"] == "PNEUMONIA" and records[1]["threshold"] == 0.0
+    # The fields effnet-predict's records have (effnet-predict --help), in its order.
+    assert tuple(records[1]) == COLUMNS[:5] and records[1]["temperature"] == 1.0
     with pytest.raises(serving.ImageInputError, match=r"images\[1\]: shape \(4, 4, 2\)"):
         model([np.zeros((4, 4), np.uint8), np.zeros((4, 4, 2), np.uint8)])
     with pytest.raises(serving.ImageInputError, match=r"images\[0\]: dtype float32"):

@@ -61,9 +61,9 @@ def test_a_missing_path_or_empty_pattern_names_itself(tree):
 
 
 RECORDS = [
-    {"file": "a.png", "prob_pneumonia": 0.8125, "label": "PNEUMONIA", "threshold": 0.5},
+    {"file": "a.png", "prob_pneumonia": 0.8125, "label": "PNEUMONIA", "threshold": 0.5, "temperature": 1.0},
     {"file": "b.png", "error": "b.png: not an image (Pillow recognises no image format in it)"},
-    {"file": "c,d.png", "prob_pneumonia": 0.25, "label": "NORMAL", "threshold": 0.5},
+    {"file": "c,d.png", "prob_pneumonia": 0.25, "label": "NORMAL", "threshold": 0.5, "temperature": 1.0},
 ]
 
 
@@ -73,10 +73,10 @@ def test_csv_rows_carry_every_column(tmp_path):
         for r in RECORDS:
             writer.write(r)
     assert path.read_text().splitlines() == [
-        "file,prob_pneumonia,label,threshold,gradcam,error",
-        "a.png,0.8125,PNEUMONIA,0.5,,",
-        "b.png,,,,,b.png: not an image (Pillow recognises no image format in it)",
-        '"c,d.png",0.25,NORMAL,0.5,,',
+        "file,prob_pneumonia,label,threshold,temperature,gradcam,gradcam_panel,error",
+        "a.png,0.8125,PNEUMONIA,0.5,1.0,,,",
+        "b.png,,,,,,,b.png: not an image (Pillow recognises no image format in it)",
+        '"c,d.png",0.25,NORMAL,0.5,1.0,,,',
     ]
     rows = list(csv.DictReader(io.StringIO(path.read_text())))
     assert float(rows[0]["prob_pneumonia"]) == 0.8125 and rows[2]["file"] == "c,d.png"
@@ -107,7 +107,7 @@ def test_arrays_pil_images_and_files_of_the_same_pixels_give_the_same_input(tmp_
     for item in (path, gray, rgb, Image.fromarray(gray), Image.fromarray(rgb), Image.fromarray(rgb).convert("RGBA")):
         got, shown = pre(item, "item")
         np.testing.assert_array_equal(got, expected)
-        assert shown.size == (32, 39)  # the stored copy: shorter side at max_size
+        assert shown.size == (41, 50)  # the file at its own size, where Grad-CAM overlays are drawn
 
 
 def test_bad_in_memory_inputs_name_themselves():

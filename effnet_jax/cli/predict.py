@@ -7,18 +7,19 @@
 
 Inputs are image files, folders (searched recursively for .jpeg/.jpg/.png/.bmp/.tif/.gif/
 .webp files) and glob patterns ('scans/**/*.png'; quote them). Without --out it prints one
-JSON line per image: {"file", "prob_pneumonia", "label", "threshold"} (plus "gradcam": the
-overlay PNG at the image's size, and "gradcam_panel": X-ray | overlay | colour bar with
-the prediction in its title), or {"file", "error"} for a file it cannot read; --out writes those rows to a
-CSV or JSON-lines file instead (by its extension). The label uses the run's operating
+JSON line per image: {"file", "prob_pneumonia", "label", "threshold", "temperature"} (plus,
+with --gradcam, "gradcam": the overlay PNG at the image's size, and "gradcam_panel": X-ray |
+overlay | colour bar with the prediction in its title), or {"file", "error"} for a file it
+cannot read; --out writes those rows to a CSV (every field a column, empty where a row has
+none) or JSON-lines file instead (by its extension); --exported gives the same fields. The label uses the run's operating
 threshold (config.operating_threshold: with external data, the highest threshold that kept
 sensitivity >= 0.95 on it; else the training prior), or --threshold=prior,
 --threshold=youden (the validation Youden threshold effnet-eval stored for the same
 checkpoint), or --threshold=P; with --exported, model.json's operating threshold or
 --threshold=P. A run trained on synthetic data is named in a warning. IMAGE may be a DICOM
 file (with the ``dicom`` extra). A temperature fitted at the checkpoint
-(WORKDIR/calibration.json, README Calibration) calibrates prob_pneumonia (each row then
-carries "temperature"); rule-derived thresholds are mapped with it, so labels do not change.
+(WORKDIR/calibration.json, README Calibration) calibrates prob_pneumonia ("temperature" is
+then that T, else 1.0); rule-derived thresholds are mapped with it, so labels do not change.
 
 Exit status: 0 every image scored; 1 an image could not be read (the others are scored),
 or the run could not be loaded, or an output could not be written; 2 bad usage (no

@@ -11,7 +11,9 @@ import json
 import os
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
-COLUMNS = ("file", "prob_pneumonia", "label", "threshold", "gradcam", "error")
+# The fields of every record (effnet-predict --help), in one place: CSV columns, JSON-lines
+# keys (where present) and the exported model's records alike.
+COLUMNS = ("file", "prob_pneumonia", "label", "threshold", "temperature", "gradcam", "gradcam_panel", "error")
 
 
 def output_format(path: str) -> str:

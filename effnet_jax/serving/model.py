@@ -70,6 +70,8 @@ class ExportedModel:
         self.info = meta  # the whole of model.json
         self.class_names = tuple(meta["class_names"])
         self.threshold = float(meta["threshold"]["value"])
+        # What calibrated the probabilities (1.0: none), reported with each record as effnet-predict does.
+        self.temperature = float(meta.get("temperature") or 1.0)
         self.image_size = int(meta["input"]["image_size"])
         self.center_crop = float(meta["input"]["center_crop"])
         self.max_size = int(meta["input"]["max_size"])
@@ -124,7 +126,7 @@ class ExportedModel:
     def predict_files(
         self, paths: Sequence[str], threshold: float | None = None, batch_size: int = 8
     ) -> Iterator[dict]:
-        """Yields effnet-predict's record per path: ``{'file', 'prob_pneumonia', 'label', 'threshold'}``
+        """Yields effnet-predict's record per path: ``{'file', 'prob_pneumonia', 'label', 'threshold', 'temperature'}``
         or ``{'file', 'error'}`` for a file it cannot read."""
         threshold = self.threshold if threshold is None else float(threshold)
         for start in range(0, len(paths), max(1, batch_size)):
@@ -147,6 +149,7 @@ class ExportedModel:
                     "prob_pneumonia": p,
                     "label": self.class_names[int(p >= threshold)],
                     "threshold": threshold,
+                    "temperature": self.temperature,
                 }
 
 
