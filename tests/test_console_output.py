@@ -3,22 +3,18 @@ parameter counts per stage, no TFDS size chatter (a whole run on a terminal: tes
 
 import io
 import logging
-import os
-import subprocess
-import sys
 
 import data_fixtures as fx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from helpers import run_module
 
 import effnet_jax
 from effnet_jax.data import prepare
 from effnet_jax.progress import Progress
 from effnet_jax.train import freeze, param_summary
 from effnet_jax.train.progress import Throughput, TrainProgress
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class FakeClock:
@@ -155,15 +151,7 @@ def test_progress_on_a_terminal_of_zero_columns_still_draws_a_bar():
 
 def test_data_prepare_in_a_pipe_writes_whole_lines_without_control_codes(tmp_path):
     raw = fx.write_tree(tmp_path / "chest_xray", fx.GOOD_TREE)
-    env = dict(os.environ, PYTHONPATH=REPO)
-    proc = subprocess.run(
-        [sys.executable, "-m", "effnet_jax.cli.data", "prepare", f"--manual_dir={raw}", f"--data_dir={tmp_path}/tfds"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_module("effnet_jax.cli.data", "prepare", f"--manual_dir={raw}", f"--data_dir={tmp_path}/tfds")
     assert proc.returncode == 0, proc.stderr[-2000:]
     everything = proc.stdout + proc.stderr
     assert "\r" not in everything and "\x1b" not in everything

@@ -1,15 +1,9 @@
 """effnet-train --dry_run: the resolved config, the data found and what a run would write; nothing written."""
 
-import os
-import subprocess
-import sys
-
 import data_fixtures as fx
-from helpers import load_config
+from helpers import load_config, run_module
 
 from effnet_jax.train import plan
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _snapshot(root):
@@ -38,16 +32,15 @@ def test_dry_run_on_an_unprepared_folder_counts_its_files_and_writes_nothing(tmp
 
 
 def test_effnet_train_dry_run_on_the_sample_prints_splits_and_steps_and_exits(tmp_path):
-    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
     workdir = tmp_path / "run"
-    args = [sys.executable, "-m", "effnet_jax.cli.train", "--config=configs/debug.py", f"--workdir={workdir}"]
-    proc = subprocess.run([*args, "--dry_run"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    args = ["--config=configs/debug.py", f"--workdir={workdir}"]
+    proc = run_module("effnet_jax.cli.train", *args, "--dry_run")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "  train: 200 images (NORMAL 100, PNEUMONIA 100)\n  validation: 100 images (NORMAL 50, PNEUMONIA 50)\n" in (
         proc.stdout
     )
     assert "Training: 39 steps (3.00 epochs of 13 steps, batch 16), evaluated every 20 steps" in proc.stdout
     assert not workdir.exists()
-    proc = subprocess.run([*args, "--config.no_such_key=1"], cwd=REPO, env=env, capture_output=True, text=True)
+    proc = run_module("effnet_jax.cli.train", *args, "--config.no_such_key=1")
     assert proc.returncode == 2
     assert "(the schema, effnet_jax/train/config.py, lists every key)" in proc.stderr
