@@ -130,6 +130,7 @@ class Progress:
 NOISE = (
     # orbax, on every read-only restore (evaluation, prediction, export): expected there.
     "Given directory is read only",
+    "CheckpointManagerOptions.read_only=True, setting save_interval_steps=0",
     # TFDS, when it lists a data_dir that holds a folder being prepared (or one a failed
     # preparation left): our own code finds prepared data by its dataset_info.json.
     "Variant folder %s has no %s",

@@ -157,3 +157,18 @@ def test_data_prepare_in_a_pipe_writes_whole_lines_without_control_codes(tmp_pat
     assert "\r" not in everything and "\x1b" not in everything
     assert "effnet_jax.data: prepare chest_xray train: 11/11 img (100%)" in proc.stderr
     assert "Variant folder" not in everything
+
+
+def test_library_noise_is_dropped_and_other_library_warnings_kept():
+    from effnet_jax.progress import drop_library_noise, quiet_library_noise
+
+    def record(msg, *args):
+        return logging.LogRecord("absl", logging.WARNING, "x.py", 1, msg, args, None)
+
+    quiet_library_noise()
+    quiet_library_noise()  # once, however often it is called
+    assert logging.getLogger("absl").filters.count(drop_library_noise) == 1
+    assert not drop_library_noise(record("Given directory is read only=%s", "/runs/a/checkpoints"))
+    assert not drop_library_noise(record("CheckpointManagerOptions.read_only=True, setting save_interval_steps=0."))
+    assert not drop_library_noise(record("Variant folder %s has no %s", "/tfds/chest_xray/max512/1.0.0", "x.json"))
+    assert drop_library_noise(record("Some other warning %s", "that matters"))
