@@ -27,7 +27,6 @@ def get_config():
     # In epochs, not steps: 39 steps on the sample's 200 images, and enough on a real folder
     # (--config.data.manual_dir) for a model that is more than its majority class.
     c.num_epochs = 3.0
-    c.num_train_steps = -1
     c.class_weights = "balanced"  # the sample is balanced (weights 1, 1); Kermany's train/ is 74% PNEUMONIA
     c.schedule.warmup_epochs = 0.5
     c.log_every_steps = 4
