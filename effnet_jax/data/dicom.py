@@ -142,13 +142,14 @@ def _read_dataset(pydicom, data: bytes, path: str, limit: int):
         start = fp.tell()
     except Exception as e:  # pydicom raises InvalidDicomError, EOFError, struct/value errors...
         raise DicomError(f"{path}: not a readable DICOM file ({type(e).__name__}: {e})") from e
-    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     try:
-        # max_length: a few MB of zeros inflate to GBs; stop one byte past the budget.
-        inflated = inflater.decompress(memoryview(data)[start:], limit + 1)
+        # A few MB of zeros inflate to GBs: count first, a MiB at a time, stopping past the budget;
+        # then inflate into one buffer of the counted size.
+        size = _inflated_size(memoryview(data)[start:], limit // 2 + 1)
+        limits.check(path, 2 * size, "the deflated DICOM dataset, once inflated,", DicomError, limit)
+        inflated = zlib.decompress(memoryview(data)[start:], -zlib.MAX_WBITS, max(size, 1))
     except zlib.error as e:
         raise DicomError(f"{path}: not a readable DICOM file (bad deflated dataset: {e})") from e
-    limits.check(path, 2 * len(inflated), "the deflated DICOM dataset, once inflated,", DicomError, limit)
     try:
         file_meta = pydicom.dataset.FileMetaDataset(meta)
         body = pydicom.filereader.read_dataset(io.BytesIO(inflated), is_implicit_VR=False, is_little_endian=True)
@@ -156,6 +157,18 @@ def _read_dataset(pydicom, data: bytes, path: str, limit: int):
     except Exception as e:
         raise DicomError(f"{path}: not a readable DICOM file ({type(e).__name__}: {e})") from e
     return ds, len(inflated)
+
+
+def _inflated_size(stream: memoryview, stop: int) -> int:
+    """How many bytes the raw deflate ``stream`` inflates to, counting no further than ``stop``."""
+    inflater, total, tail = zlib.decompressobj(-zlib.MAX_WBITS), 0, stream
+    while not inflater.eof and total < stop:
+        chunk = inflater.decompress(tail, 1 << 20)
+        total += len(chunk)
+        tail = inflater.unconsumed_tail
+        if not chunk and not tail:
+            break
+    return total
 
 
 def _undecodable(syntax, path: str, e: Exception | None) -> DicomError:

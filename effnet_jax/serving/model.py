@@ -148,16 +148,16 @@ class ExportedModel:
 # -- loading --------------------------------------------------------------------------------------
 def _read_weights(path: str, data: bytes, avals) -> list[np.ndarray]:
     """The arrays of weights.npz, each checked against the function's argument before it is read."""
+    if not all(isinstance(n, int) for aval in avals for n in aval.shape):
+        raise ExportedModelError(f"{path}: the function's weight arguments have symbolic shapes")
+    declared = sum(math.prod(aval.shape) * np.dtype(aval.dtype).itemsize for aval in avals)
+    limits.check(path, declared, f"the {len(avals)} weight arrays the function takes", ExportedModelError)
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
         names = sorted(archive.namelist())
     except zipfile.BadZipFile as e:
         raise ExportedModelError(f"{path}: not an .npz archive ({e})") from e
     expected = [f"arr_{i}.npy" for i in range(len(avals))]
-    if not all(isinstance(n, int) for aval in avals for n in aval.shape):
-        raise ExportedModelError(f"{path}: the function's weight arguments have symbolic shapes")
-    declared = sum(math.prod(aval.shape) * np.dtype(aval.dtype).itemsize for aval in avals)
-    limits.check(path, declared, f"the {len(avals)} weight arrays the function takes", ExportedModelError)
     if sorted(names) != sorted(expected):
         raise ExportedModelError(f"{path}: holds {len(names)} arrays, the function takes {len(avals)}")
     arrays = []

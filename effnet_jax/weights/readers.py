@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from effnet_jax import limits
+import effnet_jax.limits as limits
 
 SUPPORTED_FORMATS = {
     "safetensors": "timm / Hugging Face safetensors (.safetensors)",
@@ -345,27 +345,62 @@ def _check_declared(obj, storages: dict[str, _Storage], path: Path) -> None:
     )
 
 
-def _unpickle(buf: bytes, start: int, unpickler_type, path: Path, what: str):
-    """The object pickled at ``buf[start:]`` and the offset where its pickle ends.
+# Opcodes that add to the container below their arguments: it nests its items, it is not nested in them.
+_IN_PLACE = frozenset({"APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS", "BUILD"})
 
-    Its opcodes are scanned first: each argument must be present in ``buf`` (the
-    unpickler allocates a declared length before reading it), and what unpickling may
-    allocate (objects, strings, the memo sized by its largest index) is held to the budget.
+
+def _unpickle(buf: bytes, start: int, unpickler_type, path: Path, what: str):
+    """The unpickler, the object pickled at ``buf[start:]`` and the offset where its pickle ends.
+
+    Its opcodes are scanned first, following the pickle machine's stack: each argument must
+    be present in ``buf`` (the unpickler allocates a declared length before reading it);
+    what unpickling may allocate (objects, strings, the memo sized by its largest index) is
+    held to the budget; objects may nest at most ``limits.MAX_NESTING`` deep (hashing a
+    tuple nested a million deep overflows the C stack).
     """
     stream = io.BytesIO(buf)
     stream.seek(start)
-    cost, memo = 0, 0
+    cost, memo_size, stack, memo = 0, 0, [], {}
     try:
         for op, arg, _ in pickletools.genops(stream):
             cost += 96 + (len(arg) if isinstance(arg, (bytes, bytearray, str)) else 0)
-            if op.name in ("PUT", "BINPUT", "LONG_BINPUT") and _is_int(arg):
-                memo = max(memo, arg + 1)
-            elif op.name == "MEMOIZE":
-                memo += 1
+            name = op.name
+            if name == "MARK":
+                stack.append(None)
+            elif name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
+                index = len(memo) if name == "MEMOIZE" else arg
+                memo[index] = (stack[-1] or 0) if stack else 0
+                memo_size = max(memo_size, index + 1)
+            elif name in ("GET", "BINGET", "LONG_BINGET"):
+                stack.append(memo.get(arg, 0))
+            elif name == "DUP":
+                stack.append((stack[-1] or 0) if stack else 0)
+            else:
+                before = op.stack_before
+                items = []
+                if pickletools.markobject in before:
+                    while stack and stack[-1] is not None:
+                        items.append(stack.pop())
+                    if stack:
+                        stack.pop()
+                    below = before.index(pickletools.markobject)
+                else:
+                    below = len(before)
+                items += [(stack.pop() or 0) if stack else 0 for _ in range(below)]
+                if op.stack_after:
+                    if name in _IN_PLACE and items:
+                        depth = max([items[-1]] + [1 + d for d in items[:-1]])
+                    else:
+                        depth = 1 + max(items) if items else 0
+                    if depth > limits.MAX_NESTING:
+                        raise WeightFileError(f"{path}: {what} nests objects deeper than {limits.MAX_NESTING} levels")
+                    stack.append(depth)
     except ValueError as e:
+        if isinstance(e, WeightFileError):
+            raise
         raise WeightFileError(f"{path}: {what} is not a complete pickle ({e})") from None
     end = stream.tell()
-    limits.check(path, cost + 16 * memo, f"{what} (a pickle of {end - start:,} bytes)", WeightFileError)
+    limits.check(path, cost + 16 * memo_size, f"{what} (a pickle of {end - start:,} bytes)", WeightFileError)
     stream.seek(start)
     unpickler = unpickler_type(stream, path)
     return unpickler, unpickler.load(), end
@@ -549,6 +584,8 @@ def _h5_names(group, attr: str, path: Path) -> list[str]:
     import h5py
 
     attr_id = group.attrs.get_id(attr)
+    if attr_id.shape is not None and math.prod(attr_id.shape) == 0:
+        return []  # a layer without weights: Keras writes an empty float array
     if h5py.check_string_dtype(attr_id.dtype) is None or len(attr_id.shape) > 1:
         raise WeightFileError(
             f"{_h5_where(group, path)} attribute {attr!r} is {attr_id.dtype}{attr_id.shape}, expected a list of "
