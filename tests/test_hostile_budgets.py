@@ -249,6 +249,27 @@ def test_a_float_tiff_over_the_budget_is_refused_and_one_within_it_reads(tmp_pat
     assert _read(small).size == (50, 60)
 
 
+def test_the_eda_scan_holds_images_to_the_budget(tmp_path):
+    from effnet_jax.data.eda import scan
+
+    path = _png_header(tmp_path / "huge.png", 9000, 9000)
+    with pytest.raises(imaging.BadImageError) as info:
+        scan._decode(open(path, "rb").read(), path)
+    _refused_by_budget(info.value, path)
+
+
+def test_a_medmnist_npz_declaring_more_than_the_budget_is_refused_before_reading(tmp_path):
+    from effnet_jax.data.builders.pneumonia_mnist import PneumoniaMnist
+
+    z = zlib.compressobj(9, zlib.DEFLATED, -15)
+    payload = z.compress(bytes(1 << 24)) + z.flush(zlib.Z_FULL_FLUSH)
+    payload = payload * 48 + z.flush()  # 768 MiB of zeros
+    path = _raw_zip(tmp_path / "pneumoniamnist.npz", [("train_images.npy", zipfile.ZIP_DEFLATED, payload, 0, 3 << 28)])
+    with pytest.raises(ValueError) as info:
+        PneumoniaMnist._load(path, 28)
+    _refused_by_budget(info.value, path)
+
+
 @pytest.mark.parametrize("dtype", [np.uint16, np.int32, np.float32])
 def test_high_bit_depth_images_scale_by_blocks_as_a_whole(dtype, monkeypatch):
     rng = np.random.default_rng(0)

@@ -85,7 +85,7 @@ def decode_file(data: bytes, path: str) -> Image.Image:
             # Pillow warns (not raises) on some damaged files; treat those as bad too.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data))  # reads the header only
-            limits.check(path, decode_bytes(im.mode, im.width, im.height), _describe(im), BadImageError)
+            check_budget(im, path)
             im.load()  # full decode: truncated or corrupt data fails here, not later in training
     except BadImageError:
         raise
@@ -115,8 +115,10 @@ def decode_bytes(mode: str, width: int, height: int) -> int:
     return pixels * (stored + _CONVERSION_BYTES.get(mode, _MAX_CONVERSION_BYTES)) + block
 
 
-def _describe(im: Image.Image) -> str:
-    return f"a {im.format or ''} image of {im.width}x{im.height} pixels in mode {im.mode}".replace("a  ", "an ")
+def check_budget(im: Image.Image, path: str) -> None:
+    """Refuses (BadImageError naming ``path``) an opened, not yet loaded image whose decoding exceeds the budget."""
+    what = f"a {im.format or ''} image of {im.width}x{im.height} pixels in mode {im.mode}".replace("a  ", "an ")
+    limits.check(path, decode_bytes(im.mode, im.width, im.height), what, BadImageError)
 
 
 def load_for_storage(data: bytes, path: str, max_size: int) -> tuple[bytes, tuple[int, int]]:
