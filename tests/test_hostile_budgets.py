@@ -112,34 +112,33 @@ def _read(path):
         return imaging.decode_file(f.read(), str(path))
 
 
-def test_an_rle_dicom_declaring_338_mb_is_refused_before_decoding(tmp_path):
-    path = _rle_bomb(tmp_path / "rle.dcm")
-    data = open(path, "rb").read()
-    assert len(data) < 6 << 20
+def _refusal_and_peak(data: bytes, path):
+    """The BadImageError decoding `data` raises, and the most memory Python allocated meanwhile."""
     tracemalloc.start()
     try:
         with pytest.raises(imaging.BadImageError) as info:
             imaging.decode_file(data, path)
-        peak = tracemalloc.get_traced_memory()[1]
+        return info.value, tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    _refused_by_budget(info.value, path)
-    assert "13000x13000x1 samples at 16 bits" in str(info.value)
+
+
+def test_an_rle_dicom_declaring_338_mb_is_refused_before_decoding(tmp_path):
+    path = _rle_bomb(tmp_path / "rle.dcm")
+    data = open(path, "rb").read()
+    assert len(data) < 6 << 20
+    error, peak = _refusal_and_peak(data, path)
+    _refused_by_budget(error, path)
+    assert "13000x13000x1 samples at 16 bits" in str(error)
     assert peak < 3 * len(data), f"{peak:,} bytes allocated"  # the parsed file, not its pixels
 
 
 def test_a_deflated_dicom_is_inflated_no_further_than_the_budget(tmp_path, small_budget):
     path = _deflated_bomb(tmp_path / "deflated.dcm", inflated=64 << 20)
     data = open(path, "rb").read()
-    tracemalloc.start()
-    try:
-        with pytest.raises(imaging.BadImageError) as info:
-            imaging.decode_file(data, path)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    _refused_by_budget(info.value, path)
-    assert "deflated DICOM dataset" in str(info.value)
+    error, peak = _refusal_and_peak(data, path)
+    _refused_by_budget(error, path)
+    assert "deflated DICOM dataset" in str(error)
     assert peak < 4 << 20, f"{peak:,} bytes allocated"
 
 
