@@ -61,6 +61,14 @@ def test_the_budget_is_an_environment_setting(value, expected):
     assert limits.budget(environ) == expected
 
 
+def test_real_radiographs_and_weights_fit_the_default_budget():
+    budget = limits.DEFAULT_BUDGET
+    assert 2 * dicom.decode_bytes(4000, 4000, 1, 16, compressed=True) < budget  # a large 16-bit DX, RLE
+    assert 2 * imaging.decode_bytes("RGB", 3000, 3000) < budget  # a colour JPEG of a film
+    assert 2 * imaging.decode_bytes("I;16", 4000, 4000) < budget  # a 16-bit PNG or TIFF
+    assert 66_347_960 * 4 < budget  # EfficientNet-B7's parameters in float32
+
+
 @pytest.mark.parametrize("value", ["lots", "-5", "0", "1.5G"])
 def test_a_bad_budget_setting_is_one_line_naming_the_variable(value):
     with pytest.raises(limits.BudgetError, match=f"^{limits.ENV_VAR}="):

@@ -146,7 +146,11 @@ def _read_dataset(pydicom, data: bytes, path: str, limit: int):
         # A few MB of zeros inflate to GBs: count first, a MiB at a time, stopping past the budget;
         # then inflate into one buffer of the counted size.
         size = _inflated_size(memoryview(data)[start:], limit // 2 + 1)
-        limits.check(path, 2 * size, "the deflated DICOM dataset, once inflated,", DicomError, limit)
+        if 2 * size > limit:  # the count stopped there
+            raise DicomError(
+                f"{path}: the deflated DICOM dataset inflates to more than {limit // 2:,} bytes, which with its parsed "
+                f"copy is over the decoded-size budget of {limit:,} bytes (set {limits.ENV_VAR} to change it)"
+            )
         inflated = zlib.decompress(memoryview(data)[start:], -zlib.MAX_WBITS, max(size, 1))
     except zlib.error as e:
         raise DicomError(f"{path}: not a readable DICOM file (bad deflated dataset: {e})") from e
