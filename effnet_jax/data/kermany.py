@@ -19,7 +19,7 @@ from effnet_jax.data import imaging
 from effnet_jax.labels import CLASS_NAMES
 
 SPLITS = ("train", "val", "test")
-# Untrusted folders and zips (README "Untrusted inputs"): a file or zip member larger than
+# Untrusted folders and zips (docs/untrusted-inputs-overview.md): a file or zip member larger than
 # this, or a zip member inflating more than MAX_ZIP_RATIO times (beyond 1 MiB), is a bad
 # image, refused from its size before any byte is read. Chest films are a few MB.
 MAX_FILE_BYTES = limits.MAX_IMAGE_FILE_BYTES
