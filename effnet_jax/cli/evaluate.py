@@ -4,8 +4,9 @@
                 [--calibrate=validation|external|SPLIT] [--bootstrap=2000]
 
 Without --split it scores the run's held-out split: test where the data has one, else
-the validation split the run trained with (and says which). Writes WORKDIR/eval/<split>_<step>/ (metrics.json, confusion matrices, ROC curve,
-predictions.csv) and prints a table at the operating threshold (README, Thresholds), 0.5,
+the validation split the run trained with (and says which). Writes WORKDIR/eval/<split>_<step>/
+(metrics.json, confusion matrices, ROC curve, predictions.csv) and prints a table at the
+operating threshold (docs/thresholds.md), 0.5,
 the training prior and the validation-Youden threshold, with bootstrap 95% intervals.
 --calibrate fits a temperature on that split (WORKDIR/calibration.json); a calibration
 fitted at the evaluated checkpoint is applied either way. Refreshes WORKDIR/MODEL_CARD.md.
@@ -71,7 +72,7 @@ def define_flags(fv: flags.FlagValues = FLAGS):
         "calibrate",
         None,
         "Fit temperature scaling on this split (validation, external, ...) at the evaluated checkpoint and "
-        "store it as WORKDIR/calibration.json before evaluating (README, Calibration).",
+        "store it as WORKDIR/calibration.json before evaluating (docs/calibration.md).",
         flag_values=fv,
     )
     define_once(
