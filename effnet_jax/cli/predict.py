@@ -165,10 +165,14 @@ def _main_exported(paths) -> int:
 
 def _emit(records) -> int:
     """Prints or writes (--out) each record; EXIT_FAILED if any image could not be read."""
-    from effnet_jax.inference.prediction_output import PredictionWriter
+    from effnet_jax.inference.prediction_output import PredictionWriter, printable_record
+    from effnet_jax.output_files import UnsafeOutputError
 
     failed = counted = 0
-    writer = PredictionWriter(FLAGS.out) if FLAGS.out else None
+    try:
+        writer = PredictionWriter(FLAGS.out) if FLAGS.out else None
+    except (UnsafeOutputError, OSError) as e:
+        return _fail(f"--out={FLAGS.out}: {e}" if isinstance(e, OSError) else str(e), EXIT_FAILED)
     try:
         for record in records:
             counted += 1
@@ -178,7 +182,9 @@ def _emit(records) -> int:
             if writer:
                 writer.write(record)
             else:
-                print(json.dumps(record), flush=True)
+                print(json.dumps(printable_record(record)), flush=True)
+    except UnsafeOutputError as e:  # a Grad-CAM name taken by a link: nothing is written through it
+        return _fail(f"{e} ({counted} image(s) done before it)", EXIT_FAILED)
     finally:
         if writer:
             writer.close()
