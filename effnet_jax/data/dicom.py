@@ -83,11 +83,32 @@ def read_gray(data: bytes, path: str) -> np.ndarray:
             values = np.asarray(pydicom.pixels.apply_voi_lut(values, ds, index=0), np.float64)
     except Exception as e:  # malformed LUT descriptors or window values
         raise DicomError(f"{path}: bad DICOM modality/VOI LUT ({type(e).__name__}: {e})") from e
+    check_finite(values, low, high, path)
     if low is None or not high > low:
         low, high = float(values.min()), float(values.max())
     if photometric == "MONOCHROME1":
         values = (low + high) - values  # exact for integer-valued data: the twin of a MONOCHROME2 image
-    return _to_uint8(values, low, high)
+    gray = _to_uint8(values, low, high)
+    if gray.min() == gray.max():
+        raise DicomError(
+            f"{path}: every pixel is {int(gray.min())} after the DICOM rescale and window: a blank image, "
+            "nothing to diagnose (check RescaleSlope, WindowCenter and WindowWidth)"
+        )
+    return gray
+
+
+def check_finite(values: np.ndarray, low: float | None, high: float | None, path: str) -> None:
+    """Refuses pixels or a VOI range made NaN or infinite by the file's tags: the image would come out blank."""
+    if low is not None and not (np.isfinite(low) and np.isfinite(high)):
+        raise DicomError(
+            f"{path}: the DICOM window (WindowCenter / WindowWidth or VOI LUT) gives a non-finite range "
+            f"[{low}, {high}]; refusing an image it would blank"
+        )
+    if not np.isfinite(values).all():
+        raise DicomError(
+            f"{path}: {int(np.size(values) - np.isfinite(values).sum())} non-finite pixel value(s) after the DICOM "
+            "rescale / window (a NaN or infinite RescaleSlope, RescaleIntercept, WindowCenter or WindowWidth?)"
+        )
 
 
 def _voi_range(pydicom, ds) -> tuple[float | None, float | None]:

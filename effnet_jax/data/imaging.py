@@ -29,8 +29,14 @@ def to_gray(im: Image.Image) -> Image.Image:
         # High bit depth: stretch the image's own range to 0..255. A fixed shift would
         # leave 10/12-bit X-rays (stored in 16-bit containers) nearly black.
         arr = np.asarray(im, dtype=np.float64)
+        if not np.isfinite(arr).all():
+            # One NaN or inf would blank the whole stretched image, which would then be scored.
+            bad = int(arr.size - np.isfinite(arr).sum())
+            raise BadImageError(f"{bad} non-finite pixel value(s) (NaN or inf) in a {im.mode} image")
         lo, hi = float(arr.min()), float(arr.max())
-        scaled = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+        if not hi > lo:
+            raise BadImageError(f"every pixel of this {im.mode} image is {lo:g}: a blank image, nothing to diagnose")
+        scaled = (arr - lo) * (255.0 / (hi - lo))
         return Image.fromarray(np.round(scaled).astype(np.uint8), mode="L")
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         # Transparent pixels carry no X-ray signal: composite onto black (film background).
