@@ -69,6 +69,12 @@ def main(argv):
 
     common.show_our_logs()
     from effnet_jax.cli.common import setup_compilation_cache
+    from effnet_jax.train.config import validate_config
+
+    try:
+        validate_config(FLAGS.config)  # before any data is read or anything compiled
+    except ValueError as e:
+        common.exit_in_one_line("effnet-train", e)
 
     cache = setup_compilation_cache(FLAGS.config.get("compilation_cache_dir", None))
     std_logging.getLogger("effnet_jax.train").info(

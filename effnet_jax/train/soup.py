@@ -38,6 +38,7 @@ from effnet_jax.reporting.metrics_log import METRICS_FILE, read_metrics, trainin
 from effnet_jax.train import checkpointing as checkpoint_lib
 from effnet_jax.train import run_record, steps, workdir_lock
 from effnet_jax.train import state as state_lib
+from effnet_jax.train.config import validate_config
 from effnet_jax.train.loop import (
     check_select_split,
     describe_machine,
@@ -106,6 +107,7 @@ def train_soup(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
     soup's record (``soup.json``), or None when a member stopped before its end
     (``config.stop_after_steps``): rerun to finish the members and make the soup.
     """
+    validate_config(config)
     n = soup_seeds(config)
     combine = soup_combine(config)
     if jax.process_count() > 1:
