@@ -404,9 +404,13 @@ def _check_members(members: list[str], workdir: str) -> None:
     """Two or more distinct members, none of which holds the soup's workdir (a soup never writes into a member)."""
     if len(members) < 2:
         raise ValueError(f"a soup needs at least two members; got {members}")
-    repeated = sorted({m for m in members if members.count(m) > 1})
-    if repeated:
-        raise ValueError(f"soup member {repeated[0]} is given more than once")
+    # The same folder through a link, a '..' or a trailing slash is the same member.
+    resolved = [m if "://" in m else os.path.realpath(m) for m in members]
+    for i, target in enumerate(resolved):
+        if target in resolved[:i]:
+            first = members[resolved.index(target)]
+            same = "" if first == members[i] else f" (as {members[i]}, which resolves to {target})"
+            raise ValueError(f"soup member {first} is given more than once{same}: a soup needs distinct runs")
     for member in members:
         if "://" not in workdir and os.path.commonpath([workdir, member]) == member:
             raise SoupWorkdirError(
