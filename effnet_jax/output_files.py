@@ -63,6 +63,23 @@ def open_output(path: str | os.PathLike, mode: str = "w", **kwargs) -> io.IOBase
         raise
 
 
+def output_file_problem(path: str, flag: str) -> str | None:
+    """Why ``open_output`` would refuse ``path`` (``flag=path: ...``), checked before any work; None if it would not."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return f"{flag}={path}: cannot check it ({e.strerror or e})"
+    if stat.S_ISLNK(st.st_mode):
+        return f"{flag}={path}: is a symbolic link; refusing to write through it"
+    if not stat.S_ISREG(st.st_mode):
+        return f"{flag}={path}: not a regular file (a FIFO, device or folder); refusing to write to it"
+    if st.st_nlink > 1:
+        return f"{flag}={path}: has {st.st_nlink} hard links; refusing to overwrite a shared file"
+    return None
+
+
 def printable(text: str) -> str:
     """``text`` with bytes that were not UTF-8 (surrogate escapes) written as ``\\xNN``."""
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

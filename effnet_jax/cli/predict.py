@@ -91,6 +91,7 @@ def main(argv):
     quiet_unless_verbose()
     from effnet_jax.inference.inputs import InputNotFoundError, expand_inputs
     from effnet_jax.inference.prediction_output import output_format
+    from effnet_jax.output_files import output_file_problem
 
     if not FLAGS.workdir and not FLAGS.exported:
         return _fail("--workdir (the training run) or --exported (an effnet-export folder) is required", EXIT_USAGE)
@@ -101,6 +102,9 @@ def main(argv):
             output_format(FLAGS.out)
     except ValueError as e:
         return _fail(str(e), EXIT_USAGE)
+    problem = output_file_problem(FLAGS.out, "--out") if FLAGS.out else None
+    if problem:  # a link planted at the name: refused before the model is loaded
+        return _fail(problem, EXIT_FAILED)
     for flag, path in (("--gradcam", FLAGS.gradcam), ("--out", FLAGS.out and (os.path.dirname(FLAGS.out) or "."))):
         problem = check_output_dir(path, flag) if path else None
         if problem:
