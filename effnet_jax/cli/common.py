@@ -231,7 +231,10 @@ class DiskErrorsInOneLine:
     def filter(self, record) -> bool:
         import logging as std_logging
 
-        text = str(record.msg) % record.args if record.args else str(record.msg)
+        try:
+            text = record.getMessage()
+        except (TypeError, ValueError):  # a record whose arguments do not fit its format
+            text = str(record.msg)
         if record.exc_info and record.exc_info[1] is not None:
             text += f" {record.exc_info[1]!r}"
         found = disk_error_text(text)
