@@ -202,13 +202,15 @@ def _rewrite_json(folder, change):
     (folder / "model.json").write_text(json.dumps(meta))
 
 
-def test_corrupted_or_foreign_folders_are_one_line_naming_the_file(setup, tmp_path):
-    def error(folder) -> str:
-        with pytest.raises(serving.ExportedModelError) as info:
-            serving.load(str(folder))
-        assert "\n" not in str(info.value)
-        return str(info.value)
+def error(folder) -> str:
+    """The one-line ExportedModelError that loading ``folder`` raises."""
+    with pytest.raises(serving.ExportedModelError) as info:
+        serving.load(str(folder))
+    assert "\n" not in str(info.value)
+    return str(info.value)
 
+
+def test_corrupted_or_foreign_folders_are_one_line_naming_the_file(setup, tmp_path):
     assert (
         error(setup["workdir"])
         == f"{setup['workdir']}/model.json: missing; {setup['workdir']} was not written by effnet-export"
@@ -295,12 +297,6 @@ def test_an_edited_or_poisoned_export_is_refused_at_load_in_one_line(setup, tmp_
     import io
 
     from jax import export as jax_export
-
-    def error(folder) -> str:
-        with pytest.raises(serving.ExportedModelError) as info:
-            serving.load(str(folder))
-        assert "\n" not in str(info.value)
-        return str(info.value)
 
     folder = _copy(setup, tmp_path / "swapped")
     _rewrite_json(folder, lambda m: m.update(class_names=["PNEUMONIA", "NORMAL"], positive_class="NORMAL"))
