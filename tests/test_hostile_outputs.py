@@ -360,7 +360,9 @@ def test_a_full_disk_reported_by_tensorstore_is_exit_5_and_said_once(caplog):
             "cannot write /w/checkpoints/20/state/: No space left on device",
         )
     log = logging.getLogger("test_hostile_outputs.disk")
-    log.addFilter(common.DiskErrorsInOneLine())
+    shared = common.DiskErrorsInOneLine()
+    log.addFilter(shared)  # as on absl's logger and on the root logger's handlers: one instance
+    caplog.handler.addFilter(shared)
     with caplog.at_level(logging.INFO, logger=log.name):
         for _ in range(3):
             try:

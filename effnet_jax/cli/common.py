@@ -231,6 +231,9 @@ class DiskErrorsInOneLine:
     def filter(self, record) -> bool:
         import logging as std_logging
 
+        if getattr(record, "disk_error_said", False):
+            return True  # the line this filter wrote, met again by a handler further up
+
         try:
             text = record.getMessage()
         except (TypeError, ValueError):  # a record whose arguments do not fit its format
@@ -250,6 +253,7 @@ class DiskErrorsInOneLine:
             None,
         )
         record.levelno, record.levelname = std_logging.ERROR, "ERROR"
+        record.disk_error_said = True
         return True
 
 
