@@ -10,6 +10,7 @@ import pytest
 from helpers import session_compilation_cache, tiny_config
 
 from effnet_jax.data import pipeline
+from effnet_jax.data.data_dir import no_external_set_line
 from effnet_jax.inference.restore import restore_for_inference
 from effnet_jax.reporting.metrics_log import read_metrics
 from effnet_jax.train import checkpointing as checkpoint_lib
@@ -142,7 +143,7 @@ def test_nan_loss_stops_the_run_and_leaves_the_last_good_checkpoint(runs, monkey
     )
 
 
-def test_early_stopping_ends_the_run_after_patience_evaluations_without_improvement(runs, tmp_path_factory):
+def test_early_stopping_ends_the_run_after_patience_evaluations_without_improvement(runs, tmp_path_factory, caplog):
     # min_delta=1.0: no AUC can improve by a whole unit, so the second evaluation stops the run.
     config = _config(
         **{
@@ -154,8 +155,12 @@ def test_early_stopping_ends_the_run_after_patience_evaluations_without_improvem
         }
     )
     workdir = str(runs["root"] / "early_stop")
-    with session_compilation_cache(tmp_path_factory):
+    with session_compilation_cache(tmp_path_factory), caplog.at_level("WARNING", logger="effnet_jax.train"):
         state = loop.train_and_evaluate(config, workdir)
+    # No external set: one warning line when the run starts and again when it ends.
+    assert [r.getMessage() for r in caplog.records if "NO EXTERNAL SET" in r.getMessage()] == [
+        no_external_set_line(config.data)
+    ] * 2
     assert int(state.step) == 4
     assert [r["step"] for r in read_metrics(workdir, "validation")] == [2, 4]
     ckpt = checkpoint_lib.Checkpointer(workdir, read_only=True)
@@ -176,3 +181,10 @@ def test_results_row_reports_the_last_validation_and_the_wall_time_of_every_invo
     assert row.data == "synthetic"  # the loop records what it trained on; the debug config has no real data
     table = run_summary.to_markdown([row]).splitlines()
     assert len(table) == 3 and table[2].startswith("| resumed | ")
+
+
+def test_the_no_external_set_warning_names_what_changes_and_is_silent_with_external_data():
+    line = no_external_set_line(_config().data)
+    assert line.startswith("NO EXTERNAL SET: the checkpoint is chosen on validation")
+    assert "threshold is the training prior" in line and "--config.data.external=" in line
+    assert no_external_set_line({"external": ["/data/other_hospital"]}) is None

@@ -20,12 +20,12 @@ import dataclasses
 import io
 import math
 import os
-import stat
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 from PIL import Image
 
+from effnet_jax import limits
 from effnet_jax.data import imaging, transforms
 from effnet_jax.inference.evaluation import input_spec, make_predict_fn
 from effnet_jax.inference.gradcam import make_gradcam, save_overlay, save_panel
@@ -74,11 +74,11 @@ class Preprocessor:
 
 def _read_file(path: str) -> bytes:
     try:
-        # A FIFO or device would block open() or read() forever: only regular files are read.
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            raise ImageReadError(f"{path}: not a regular file (a FIFO, device or folder); skipped")
-        with open(path, "rb") as f:
-            return f.read()
+        # A FIFO or device would block open() or read() forever, and a file of GBs (sparse costs
+        # nothing) would be read whole: both are refused before reading, as by the exported model.
+        return limits.read_regular_file(path, limits.MAX_IMAGE_FILE_BYTES)
+    except limits.BudgetError as e:
+        raise ImageReadError(f"{e}; skipped") from None
     except OSError as e:
         raise ImageReadError(f"{path}: cannot read file ({type(e).__name__}: {e.strerror or e})") from e
 

@@ -22,7 +22,7 @@ def training_prior_threshold(config, train_class_counts=None) -> float:
     any deployment prior) is pi itself: 0.5 after oversampling, undersampling or
     'balanced' class weights, about 0.74 for plain training on Kermany's 1:3 train split.
     Unlike the validation Youden threshold it is not fitted to the validation images, so
-    it does not tighten around in-distribution NORMALs (see README, Results).
+    it does not tighten around in-distribution NORMALs (see docs/experiments/README.md).
     """
     if config.data.get("balance", "none") != "none":
         return 0.5
@@ -40,7 +40,7 @@ def operating_threshold(workdir: str, step: int, config, train_class_counts=None
     'external_sensitivity' is the highest threshold that kept sensitivity >=
     ``config.operating_sensitivity`` on the first external split when the trainer
     evaluated ``step`` (metrics.jsonl). Data from outside train/ is where a threshold
-    fitted to validation fails (README, Thresholds). Without such a record (no external
+    fitted to validation fails (docs/thresholds.md). Without such a record (no external
     data, or a step that was not evaluated) it falls back to the training prior and says so.
     """
     rule = config.get("operating_threshold", "auto") or "auto"

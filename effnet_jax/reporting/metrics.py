@@ -103,7 +103,7 @@ def sensitivity_threshold(labels, probs, min_sensitivity: float = 0.95) -> float
     """The highest threshold whose sensitivity is still >= ``min_sensitivity``.
 
     The most specific operating point that misses at most ``1 - min_sensitivity`` of the
-    PNEUMONIA cases: the screening rule (README, Thresholds). With no positive labels
+    PNEUMONIA cases: the screening rule (docs/thresholds.md). With no positive labels
     there is nothing to keep sensitive: 0.5 is returned with a warning.
     """
     labels, probs = _check_inputs(labels, probs)

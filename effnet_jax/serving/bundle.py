@@ -7,10 +7,12 @@
     weights.npz      its arrays, in the order of the function's arguments (plain .npy, no pickles)
     SHA256SUMS       the SHA-256 of each of the three (``sha256sum -c SHA256SUMS`` checks them)
 
-A directory may come from anyone: every file is size-checked before it is read and
-its SHA-256 checked against model.json, and model.json's own against SHA256SUMS, so a
-truncated, edited or swapped file is a one-line error naming it rather than a crash deep
-in a deserializer or a model that answers with the wrong class names.
+A directory may come from anyone: model.json is held to 1 MiB and nested at most
+``limits.MAX_NESTING`` deep, the weights' declared shapes to the decoded-size budget
+(``effnet_jax.limits``); every file is size-checked before it is read and its SHA-256
+checked against model.json, and model.json's own against SHA256SUMS, so a truncated,
+edited or swapped file is a one-line error naming it rather than a crash deep in a
+deserializer or a model that answers with the wrong class names.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import hashlib
 import json
 import os
 import re
+import reprlib
 
+from effnet_jax import limits
 from effnet_jax.labels import CLASS_NAMES  # the function's output is P(the second)
 
 FORMAT = "effnet_jax.exported/1"
@@ -103,6 +107,18 @@ def _lookup(meta: dict, dotted: str):
     return value
 
 
+def _nesting(value) -> int:
+    """How deep lists and dicts nest in a parsed JSON value (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is not None:
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return deepest
+
+
 def read_model_json(directory: str) -> dict:
     """``DIR/model.json``, parsed and checked against the schema above."""
     path = os.path.join(directory, MODEL_JSON)
@@ -112,8 +128,12 @@ def read_model_json(directory: str) -> dict:
         raise ExportedModelError(f"{path}: missing; {directory} was not written by effnet-export")
     try:
         meta = json.loads(read_limited(path, MAX_JSON_BYTES).decode("utf-8"))
+    except RecursionError:
+        raise ExportedModelError(f"{path}: JSON nested deeper than {limits.MAX_NESTING} levels") from None
     except (UnicodeDecodeError, ValueError) as e:
         raise ExportedModelError(f"{path}: not valid JSON ({e})") from e
+    if _nesting(meta) > limits.MAX_NESTING:
+        raise ExportedModelError(f"{path}: JSON nested deeper than {limits.MAX_NESTING} levels")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise ExportedModelError(f"{path}: format {found!r}, expected {FORMAT!r} (written by effnet-export)")
@@ -123,7 +143,7 @@ def read_model_json(directory: str) -> dict:
         except KeyError:
             raise ExportedModelError(f"{path}: missing key {key!r}") from None
         if isinstance(value, bool) or not isinstance(value, types) or (check is not None and not check(value)):
-            raise ExportedModelError(f"{path}: bad value for {key!r}: {value!r}")
+            raise ExportedModelError(f"{path}: bad value for {key!r}: {reprlib.repr(value)}")
     if meta["positive_class"] != meta["class_names"][1]:
         raise ExportedModelError(f"{path}: positive_class must be the second of class_names")
     return meta
