@@ -13,7 +13,13 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "effnet_jax"
 
 # Lowest first. A module belongs to the longest prefix that matches its dotted name.
 LAYERS = [
-    ("effnet_jax.labels", "effnet_jax.host_memory", "effnet_jax.limits", "effnet_jax.progress"),
+    (
+        "effnet_jax.labels",
+        "effnet_jax.host_memory",
+        "effnet_jax.limits",
+        "effnet_jax.output_files",
+        "effnet_jax.progress",
+    ),
     ("effnet_jax.models",),
     ("effnet_jax.weights",),
     ("effnet_jax.factory", "effnet_jax"),  # the package root re-exports factory and models

@@ -86,6 +86,12 @@ def main(argv):
             common.exit_in_one_line("effnet-train --dry_run", e)
         return
     from effnet_jax.cli.common import setup_compilation_cache
+    from effnet_jax.train.config import validate_config
+
+    try:
+        validate_config(FLAGS.config)  # before any data is read or anything compiled
+    except ValueError as e:
+        common.exit_in_one_line("effnet-train", e)
 
     cache = setup_compilation_cache(FLAGS.config.get("compilation_cache_dir", None))
     std_logging.getLogger("effnet_jax.train").info(

@@ -32,10 +32,12 @@ import jax
 import numpy as np
 
 from effnet_jax.data import create_split, split_info
+from effnet_jax.data.external import FOLDER_PREFIX
 from effnet_jax.inference import tta as tta_lib
 from effnet_jax.inference.restore import restore_for_inference
 from effnet_jax.inference.thresholds import EVAL_DIR, operating_threshold, training_prior_threshold
 from effnet_jax.labels import CLASS_NAMES
+from effnet_jax.output_files import csv_cell, open_output, short_hash, slug
 from effnet_jax.progress import Progress
 from effnet_jax.reporting import calibration as calibration_lib
 from effnet_jax.reporting import intervals as intervals_lib
@@ -147,8 +149,13 @@ def _progress(total: int, desc: str, enabled: bool) -> Progress:
 
 
 def output_dir(workdir: str, split: str, step: int, tta: tta_lib.TTAConfig) -> str:
-    """``WORKDIR/eval/<split>_<step>``, with a ``_tta-<spec>`` suffix when TTA changed the predictions."""
-    name = f"{split}_{step}"
+    """``WORKDIR/eval/<split>_<step>``, with a ``_tta-<spec>`` suffix when TTA changed the predictions.
+
+    The folder's name is derived from the split, never joined from it: ``folder:PATH``
+    becomes ``folder-<slug of the folder's name>-<hash of its resolved path>``, so a path
+    (``../``, absolute, links) cannot lead the outputs out of ``WORKDIR/eval/``.
+    """
+    name = f"{split_slug(split)}_{step}"
     if tta.num_views > 1:
         name += f"_tta-{tta.spec()}"
     return os.path.join(os.path.abspath(workdir), EVAL_DIR, name)
@@ -165,6 +172,14 @@ def held_out_split(data_config) -> tuple[str, str]:
         "the data has no test split: the validation split the run trained with (never trained on, "
         "but it chose the checkpoint, so its numbers lean optimistic)"
     )
+
+
+def split_slug(split: str) -> str:
+    """A folder name for ``split``: the name itself for the run's splits, derived for ``folder:PATH``."""
+    if split.startswith(FOLDER_PREFIX):
+        folder = os.path.realpath(os.path.expanduser(split[len(FOLDER_PREFIX) :]))
+        return f"folder-{slug(os.path.basename(folder))}-{short_hash(folder)}"
+    return slug(split)
 
 
 def evaluate_checkpoint(
@@ -327,7 +342,7 @@ def evaluate_checkpoint(
         "warnings": notes,
         "files": {k: os.path.basename(v) for k, v in files.items()},
     }
-    with open(files["metrics"], "w") as f:
+    with open_output(files["metrics"], "w") as f:
         json.dump(metrics_lib.json_safe(report), f, indent=2, allow_nan=False)
         f.write("\n")
     report["out_dir"] = out_dir
@@ -371,11 +386,11 @@ def calibrate_checkpoint(
 
 def _write_predictions(path: str, result: SplitPredictions, probs: np.ndarray, file_names) -> str:
     # prob_pneumonia is what the report scored (calibrated when a temperature applies).
-    with open(path, "w", newline="") as f:
+    with open_output(path, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["index", "file", "label", "prob_pneumonia", "prob_uncalibrated"])
         rows = zip(result.index.tolist(), result.labels.tolist(), probs.tolist(), result.probs.tolist())
         for i, label, p, raw in rows:
             name = file_names[i] if file_names is not None else ""
-            writer.writerow([i, name, label, f"{p:.6f}", f"{raw:.6f}"])
+            writer.writerow([i, csv_cell(name), label, f"{p:.6f}", f"{raw:.6f}"])
     return path

@@ -25,6 +25,7 @@ from effnet_jax.train import optimizer as optimizer_lib
 from effnet_jax.train import progress as progress_lib
 from effnet_jax.train import state as state_lib
 from effnet_jax.train import writer as writer_lib
+from effnet_jax.train.config import validate_config
 from effnet_jax.train.evaluate import evaluate
 from effnet_jax.train.parallel import Parallel
 from effnet_jax.train.writer import MetricWriter
@@ -215,6 +216,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
             f"config.soup_seeds={config.soup_seeds!r}: train_and_evaluate trains one run; "
             "effnet_jax.train.soup.train_soup (effnet-train) trains the seeds and averages them"
         )
+    validate_config(config)
     started = time.time()
     workdir = checkpoint_lib.absolute(workdir)
     fresh = not epath.Path(workdir).exists()

@@ -14,7 +14,7 @@ import time
 import jax
 from etils import epath
 
-from effnet_jax.reporting.metrics_log import METRICS_FILE, read_metrics
+from effnet_jax.reporting.metrics_log import METRICS_FILE, read_metrics, read_metrics_file
 
 
 class MetricWriter:
@@ -76,7 +76,7 @@ def truncate_after(workdir: str, step: int):
     """Drops records after ``step``: a resumed run redoes those steps and writes them again."""
     if jax.process_index() != 0:
         return
-    records = read_metrics(workdir)
+    records, torn = read_metrics_file(workdir)
     kept = [r for r in records if r["step"] <= step]
-    if len(kept) != len(records):
+    if torn or len(kept) != len(records):  # a torn last line goes too: appending to it would glue two records
         _write_all(str(epath.Path(workdir) / METRICS_FILE), kept)
