@@ -30,7 +30,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 from summarise_sweep import held_out_rule, rates
 
-from effnet_jax.reporting.metrics import sensitivity_threshold
+from effnet_jax.metrics.classification import sensitivity_threshold
 
 
 def average(variable_trees: list[dict]) -> dict:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy.special import expit, softmax
 
-from effnet_jax.reporting import calibration as cal
-from effnet_jax.reporting.metrics import (
+from effnet_jax.metrics import calibration as cal
+from effnet_jax.metrics.classification import (
     compute_metrics,
     expected_calibration_error,
     sensitivity_threshold,

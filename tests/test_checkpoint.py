@@ -10,14 +10,14 @@ import pytest
 from helpers import tiny_config
 
 from effnet_jax.inference.restore import restore_for_inference
-from effnet_jax.train import checkpointing as checkpoint_lib
+from effnet_jax.runs import checkpoints as checkpoint_lib
 
 # The child saves step 1 and waits for it, then starts an async save of step 2 large
 # enough to still be writing, and SIGKILLs itself once orbax's temporary directory exists.
 _CHILD = textwrap.dedent("""
     import os, signal, sys, time
     import numpy as np
-    from effnet_jax.train import checkpointing as checkpoint_lib
+    from effnet_jax.runs import checkpoints as checkpoint_lib
     from helpers import tiny_config
     workdir, config = sys.argv[1], tiny_config()
     ckpt = checkpoint_lib.Checkpointer(workdir, keep=3, best_metric=None)

@@ -12,7 +12,7 @@ from helpers import tiny_config
 from PIL import Image
 
 from effnet_jax.data import pipeline
-from effnet_jax.reporting import metrics as metrics_lib
+from effnet_jax.metrics import classification as metrics_lib
 
 pytestmark = pytest.mark.slow  # trains for real: about 2 CPU-minutes
 
@@ -217,7 +217,7 @@ def test_temperature_fitted_by_eval_is_applied_by_eval_and_predict_without_chang
     from effnet_jax.inference import evaluation, prediction
     from effnet_jax.inference.evaluation import calibrate_checkpoint, evaluate_checkpoint
     from effnet_jax.inference.prediction import Predictor
-    from effnet_jax.reporting import calibration as cal
+    from effnet_jax.metrics import calibration as cal
 
     def restore_once(path, checkpoint, use_ema=True):
         # The checkpoint every call below asks for, restored once for the module.

@@ -46,9 +46,9 @@ def _random_variables(model, seed: int = 0) -> dict:
 def _make_workdir(path) -> str:
     """A run with one checkpoint (random Lite0 weights at 32 px) and a validation record; no training."""
     from effnet_jax.models import build_model
-    from effnet_jax.train import run_record
+    from effnet_jax.runs import record as run_record
+    from effnet_jax.runs.checkpoints import Checkpointer
     from effnet_jax.train import state as state_lib
-    from effnet_jax.train.checkpointing import Checkpointer
 
     config = tiny_config()
     model = build_model(config.model.name, num_classes=2, **state_lib.model_kwargs(config))

@@ -10,7 +10,7 @@ from effnet_jax.inference import thresholds
 from effnet_jax.inference.evaluation import evaluate_checkpoint
 from effnet_jax.inference.prediction import Predictor
 from effnet_jax.inference.restore import restore_for_inference
-from effnet_jax.reporting.metrics_log import read_metrics
+from effnet_jax.runs.metrics_log import read_metrics
 
 pytestmark = pytest.mark.slow  # trains for real: about a CPU-minute
 

@@ -18,10 +18,10 @@ from helpers import session_compilation_cache, tiny_config
 
 from effnet_jax.cli import common
 from effnet_jax.data import pipeline, prepare
-from effnet_jax.train import checkpointing as checkpoint_lib
+from effnet_jax.runs import checkpoints as checkpoint_lib
+from effnet_jax.runs.lock import WorkdirLock, WorkdirLockedError
+from effnet_jax.runs.writer import read_metrics
 from effnet_jax.train import loop, preemption
-from effnet_jax.train.workdir_lock import WorkdirLock, WorkdirLockedError
-from effnet_jax.train.writer import read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}
@@ -43,7 +43,7 @@ def _config(**overrides):
 
 _HOLDER = textwrap.dedent("""
     import sys, time
-    from effnet_jax.train.workdir_lock import WorkdirLock
+    from effnet_jax.runs.lock import WorkdirLock
     WorkdirLock(sys.argv[1]).acquire()
     print("held", flush=True)
     time.sleep(600)
@@ -100,7 +100,7 @@ def test_a_lock_left_by_a_killed_trainer_is_taken_over(held_workdir):
 
 
 def test_only_process_zero_takes_the_lock(tmp_path):
-    from effnet_jax.train.workdir_lock import lock_workdir
+    from effnet_jax.runs.lock import lock_workdir
 
     assert lock_workdir(str(tmp_path), is_main_process=False) is None
     assert not (tmp_path / ".lock").exists()

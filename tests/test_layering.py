@@ -14,15 +14,18 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "effnet_jax"
 # Lowest first. A module belongs to the longest prefix that matches its dotted name.
 LAYERS = [
     ("effnet_jax.labels", "effnet_jax.host_memory"),
+    ("effnet_jax.metrics",),  # the metric math: labels and probabilities in, numbers out
     ("effnet_jax.models",),
     ("effnet_jax.weights",),
     ("effnet_jax.factory", "effnet_jax"),  # the package root re-exports factory and models
+    ("effnet_jax.runs",),  # the run directory: its files, checkpoints, and the Run value
     ("effnet_jax.data",),
     ("effnet_jax.data.eda",),
     ("effnet_jax.serving",),  # an exported model, run with jax + the image readers of data
-    ("effnet_jax.reporting",),
+    ("effnet_jax.reporting.plots",),  # pictures of predictions, drawn by evaluation
     ("effnet_jax.train",),
     ("effnet_jax.inference",),
+    ("effnet_jax.reporting",),  # model cards and run summaries read what evaluation wrote
     ("effnet_jax.cli",),
 ]
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from effnet_jax.reporting import calibration as cal
+from effnet_jax.metrics import calibration as cal
 from effnet_jax.reporting.model_card import CARD_FILE, render_model_card, write_model_card
 
 CONFIG = {

@@ -13,7 +13,8 @@ from helpers import tiny_config
 import effnet_jax
 from effnet_jax.data import pipeline
 from effnet_jax.inference.restore import restore_for_inference
-from effnet_jax.train import checkpointing, loop
+from effnet_jax.runs import checkpoints as checkpointing
+from effnet_jax.train import loop
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ from helpers import session_compilation_cache, tiny_config
 
 from effnet_jax.data import pipeline
 from effnet_jax.inference.restore import restore_for_inference
-from effnet_jax.reporting.metrics_log import read_metrics
-from effnet_jax.train import checkpointing as checkpoint_lib
+from effnet_jax.runs import checkpoints as checkpoint_lib
+from effnet_jax.runs.metrics_log import read_metrics
 from effnet_jax.train import loop
 
 

@@ -153,10 +153,10 @@ def one_line(error: BaseException) -> tuple[int, str] | None:
     from effnet_jax.data.imaging import BadImageError
     from effnet_jax.data.kermany import LayoutError
     from effnet_jax.data.prepare import StalePreparedDataError
-    from effnet_jax.train.checkpointing import CheckpointMismatchError
+    from effnet_jax.runs.checkpoints import CheckpointMismatchError
+    from effnet_jax.runs.lock import WorkdirLockedError
     from effnet_jax.train.loop import TrainingDataError
     from effnet_jax.train.soup import IncompatibleMembersError, SoupWorkdirError
-    from effnet_jax.train.workdir_lock import WorkdirLockedError
     from effnet_jax.weights.readers import WeightFileError
 
     # Background writers (orbax, grain) wrap the OSError: look down the chain for the cause.

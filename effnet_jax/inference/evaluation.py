@@ -30,15 +30,15 @@ from typing import Any
 import jax
 import numpy as np
 
+import effnet_jax.reporting.plots as plots
 from effnet_jax.data import create_split, split_info
 from effnet_jax.inference import tta as tta_lib
 from effnet_jax.inference.restore import restore_for_inference
 from effnet_jax.inference.thresholds import EVAL_DIR, operating_threshold, training_prior_threshold
 from effnet_jax.labels import CLASS_NAMES
-from effnet_jax.reporting import calibration as calibration_lib
-from effnet_jax.reporting import intervals as intervals_lib
-from effnet_jax.reporting import metrics as metrics_lib
-from effnet_jax.reporting import plots
+from effnet_jax.metrics import calibration as calibration_lib
+from effnet_jax.metrics import classification as metrics_lib
+from effnet_jax.metrics import intervals as intervals_lib
 from effnet_jax.train.evaluate import run_pass
 
 VALIDATION = "validation"

@@ -30,9 +30,9 @@ from effnet_jax.inference.evaluation import input_spec
 from effnet_jax.inference.restore import restore_for_inference
 from effnet_jax.inference.thresholds import resolve_threshold
 from effnet_jax.labels import CLASS_NAMES, positive_probability
+from effnet_jax.metrics import calibration as calibration_lib
 from effnet_jax.models.ensemble import member_axis
-from effnet_jax.reporting import calibration as calibration_lib
-from effnet_jax.reporting.metrics_log import read_metrics
+from effnet_jax.runs.metrics_log import read_metrics
 from effnet_jax.serving import bundle
 
 DEFAULT_PLATFORMS = ("cpu", "cuda", "tpu")

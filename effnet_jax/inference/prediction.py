@@ -31,8 +31,8 @@ from effnet_jax.inference.gradcam import make_gradcam, save_overlay, save_panel
 from effnet_jax.inference.restore import restore_for_inference
 from effnet_jax.inference.thresholds import resolve_threshold
 from effnet_jax.labels import CLASS_NAMES, positive_probability
-from effnet_jax.reporting import calibration as calibration_lib
-from effnet_jax.reporting.metrics_log import training_data
+from effnet_jax.metrics import calibration as calibration_lib
+from effnet_jax.runs.metrics_log import training_data
 
 ImageInput = str | os.PathLike | np.ndarray | Image.Image
 

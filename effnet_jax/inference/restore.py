@@ -7,9 +7,9 @@ import dataclasses
 import ml_collections
 
 from effnet_jax.models import EfficientNet
+from effnet_jax.runs.checkpoints import read_checkpoint
+from effnet_jax.runs.record import RunRecord
 from effnet_jax.train import state as state_lib
-from effnet_jax.train.checkpointing import read_checkpoint
-from effnet_jax.train.run_record import RunRecord
 
 
 @dataclasses.dataclass

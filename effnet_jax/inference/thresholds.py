@@ -8,7 +8,7 @@ import os
 import numpy as np
 
 from effnet_jax.data import external, split_info
-from effnet_jax.reporting.metrics_log import read_metrics
+from effnet_jax.runs.metrics_log import read_metrics
 from effnet_jax.train.losses import class_weights
 
 EVAL_DIR = "eval"  # WORKDIR/eval/<split>_<step>/metrics.json: effnet-eval's reports

@@ -14,9 +14,9 @@ import json
 import math
 import os
 
-from effnet_jax.reporting import calibration as calibration_lib
-from effnet_jax.reporting.metrics_log import read_metrics
+from effnet_jax.metrics import calibration as calibration_lib
 from effnet_jax.reporting.run_summary import describe_recipe
+from effnet_jax.runs.metrics_log import read_metrics
 
 CARD_FILE = "MODEL_CARD.md"
 _MAX_JSON_BYTES = 16 << 20  # a report is a few kB; anything far larger is not one

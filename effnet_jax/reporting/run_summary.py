@@ -20,7 +20,7 @@ import os
 from typing import Any
 
 from effnet_jax.labels import METRIC_NAMES as METRICS
-from effnet_jax.reporting.metrics_log import read_metrics, training_data
+from effnet_jax.runs.metrics_log import read_metrics, training_data
 
 
 @dataclasses.dataclass

@@ -3,7 +3,7 @@
 ``configs/default.py`` is this ``get_config``; experiment configs import it and set only
 what they change (``--config.key=value`` overrides any key on the command line). What
 a run derives from its config (image size, input normalisation, class counts) is not
-written back here: see ``effnet_jax.train.run_record``.
+written back here: see ``effnet_jax.runs.record``.
 """
 
 import ml_collections

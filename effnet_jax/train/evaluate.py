@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 from effnet_jax.data import pipeline
-from effnet_jax.reporting.metrics import compute_metrics, sensitivity_threshold
+from effnet_jax.metrics.classification import compute_metrics, sensitivity_threshold
 from effnet_jax.train.parallel import Parallel
 
 

@@ -15,17 +15,19 @@ import numpy as np
 from etils import epath
 
 from effnet_jax.data import external, pipeline, sources
-from effnet_jax.reporting.metrics_log import read_metrics
-from effnet_jax.train import checkpointing as checkpoint_lib
-from effnet_jax.train import distributed, losses, param_summary, preemption, run_record, steps, workdir_lock
+from effnet_jax.runs import checkpoints as checkpoint_lib
+from effnet_jax.runs import lock as workdir_lock
+from effnet_jax.runs import record as run_record
+from effnet_jax.runs import writer as writer_lib
+from effnet_jax.runs.metrics_log import read_metrics
+from effnet_jax.runs.writer import MetricWriter
+from effnet_jax.train import distributed, losses, param_summary, preemption, steps
 from effnet_jax.train import freeze as freeze_lib
 from effnet_jax.train import optimizer as optimizer_lib
 from effnet_jax.train import progress as progress_lib
 from effnet_jax.train import state as state_lib
-from effnet_jax.train import writer as writer_lib
 from effnet_jax.train.evaluate import evaluate
 from effnet_jax.train.parallel import Parallel
-from effnet_jax.train.writer import MetricWriter
 
 # Our own logger: the CLI shows it at INFO while libraries (orbax) stay at WARNING.
 log = logging.getLogger("effnet_jax.train")

@@ -34,10 +34,13 @@ import numpy as np
 from etils import epath
 from flax import traverse_util
 
-from effnet_jax.reporting.metrics_log import METRICS_FILE, read_metrics, training_data
-from effnet_jax.train import checkpointing as checkpoint_lib
-from effnet_jax.train import run_record, steps, workdir_lock
+from effnet_jax.runs import checkpoints as checkpoint_lib
+from effnet_jax.runs import lock as workdir_lock
+from effnet_jax.runs import record as run_record
+from effnet_jax.runs.metrics_log import METRICS_FILE, read_metrics, training_data
+from effnet_jax.runs.writer import MetricWriter
 from effnet_jax.train import state as state_lib
+from effnet_jax.train import steps
 from effnet_jax.train.loop import (
     check_select_split,
     describe_machine,
@@ -46,7 +49,6 @@ from effnet_jax.train.loop import (
     train_and_evaluate,
 )
 from effnet_jax.train.parallel import Parallel
-from effnet_jax.train.writer import MetricWriter
 
 log = logging.getLogger("effnet_jax.train")
 

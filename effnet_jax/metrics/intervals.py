@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from effnet_jax.reporting.metrics import _check_inputs
+from effnet_jax.metrics.classification import _check_inputs
 
 # The metrics that get an interval, named as in labels.METRIC_NAMES (recall = sensitivity).
 INTERVAL_METRICS = ("accuracy", "auc", "recall", "specificity", "f1")

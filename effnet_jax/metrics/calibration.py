@@ -26,7 +26,7 @@ import numpy as np
 from scipy import optimize
 from scipy.special import expit, logit
 
-from effnet_jax.reporting.metrics import _check_inputs, expected_calibration_error
+from effnet_jax.metrics.classification import _check_inputs, expected_calibration_error
 
 CALIBRATION_FILE = "calibration.json"
 # Probabilities come from float32 softmax: log-odds beyond about +-16.6 all read as 0 or 1.

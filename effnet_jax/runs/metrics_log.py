@@ -1,6 +1,6 @@
 """Reading a run's ``metrics.jsonl``: one JSON record per line, ``{"step", "split", ...}``.
 
-The training loop writes it (``effnet_jax.train.writer``); results tables and a
+The training loop writes it (``effnet_jax.runs.writer``); results tables and a
 resumed run read it back. Every record carries ``data``: the data set the run trained
 on ('synthetic' when no real data was at hand).
 """

@@ -14,7 +14,7 @@ import time
 import jax
 from etils import epath
 
-from effnet_jax.reporting.metrics_log import METRICS_FILE, read_metrics
+from effnet_jax.runs.metrics_log import METRICS_FILE, read_metrics
 
 
 class MetricWriter:

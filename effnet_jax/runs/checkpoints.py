@@ -28,7 +28,7 @@ from etils import epath
 from orbax.checkpoint import checkpoint_managers
 
 from effnet_jax.models import get_variant
-from effnet_jax.train.run_record import RunRecord
+from effnet_jax.runs.record import RunRecord
 
 CHECKPOINT_DIR = "checkpoints"
 ITEMS = ("state", "data_iter", "config", "run")
