@@ -26,6 +26,7 @@ LAYERS = [
     ("effnet_jax.train",),
     ("effnet_jax.inference",),
     ("effnet_jax.reporting",),  # model cards and run summaries read what evaluation wrote
+    ("effnet_jax.experiment",),  # train, calibrate, describe: the library behind effnet-train
     ("effnet_jax.cli",),
 ]
 

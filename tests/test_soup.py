@@ -16,8 +16,8 @@ from effnet_jax.inference.evaluation import evaluate_checkpoint
 from effnet_jax.inference.restore import restore_for_inference
 from effnet_jax.runs.checkpoints import read_checkpoint
 from effnet_jax.runs.metrics_log import read_metrics
+from effnet_jax.runs.model import inference_variables
 from effnet_jax.train import soup as soup_lib
-from effnet_jax.train.state import inference_variables
 
 pytestmark = pytest.mark.slow  # trains two tiny members for real
 

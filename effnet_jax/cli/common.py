@@ -261,12 +261,13 @@ def setup_compilation_cache(directory: str | None = DEFAULT_COMPILATION_CACHE_DI
 
 
 def run_compilation_cache_dir(workdir: str) -> str:
-    """``compilation_cache_dir`` of a training run (its config.json), or the default for older runs."""
+    """``compilation_cache_dir`` of a training run (its config file), or the default for older runs."""
     import json
-    import os
+
+    from effnet_jax.runs.layout import Layout
 
     try:
-        with open(os.path.join(workdir, "config.json")) as f:
+        with open(Layout(workdir).config) as f:
             value = json.load(f).get("compilation_cache_dir", DEFAULT_COMPILATION_CACHE_DIR)
     except (OSError, ValueError):
         value = DEFAULT_COMPILATION_CACHE_DIR
@@ -274,13 +275,14 @@ def run_compilation_cache_dir(workdir: str) -> str:
 
 
 def write_card_or_warn(workdir: str, prog: str) -> str | None:
-    """Rewrites ``WORKDIR/MODEL_CARD.md``; a card that cannot be written is a warning, never a failed command."""
+    """Rewrites the run's model card from what it holds now; a card that cannot be written is a warning, never a failed command."""
     import sys
 
+    from effnet_jax import runs
     from effnet_jax.reporting.model_card import write_model_card
 
     try:
-        return write_model_card(workdir)
+        return write_model_card(runs.open(workdir, checkpoint=None))
     except (OSError, ValueError, KeyError, TypeError) as e:
         print(f"{prog}: warning: could not write the model card in {workdir}: {type(e).__name__}: {e}", file=sys.stderr)
         return None

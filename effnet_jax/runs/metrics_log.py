@@ -11,12 +11,12 @@ import json
 
 from etils import epath
 
-METRICS_FILE = "metrics.jsonl"
+from effnet_jax.runs.layout import Layout
 
 
 def read_metrics(workdir: str, split: str | None = None) -> list[dict]:
     """The records of ``metrics.jsonl`` (optionally one split's), in order."""
-    path = epath.Path(workdir) / METRICS_FILE
+    path = epath.Path(Layout(workdir).metrics)
     if not path.exists():
         return []
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
