@@ -78,6 +78,28 @@ def _reset_cache():
     compilation_cache.reset_cache()
 
 
+def hand_made_run(workdir, config: dict, step: int = 7, train_class_counts=(), metrics=()):
+    """A ``runs.Run`` built by hand (no checkpoint on disk) for threshold and report tests."""
+    import ml_collections
+
+    from effnet_jax import runs
+    from effnet_jax.runs.layout import Layout
+    from effnet_jax.runs.record import RunRecord
+
+    record = RunRecord(image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3, train_class_counts=tuple(train_class_counts))
+    return runs.Run(
+        workdir=str(workdir),
+        layout=Layout(str(workdir)),
+        config=ml_collections.ConfigDict(config),
+        record=record,
+        step=step,
+        checkpoint=step,
+        calibration=None,
+        metrics=tuple(metrics),
+        soup=None,
+    )
+
+
 def assert_close(a, b, tol=1e-5):
     """max |a - b| within ``tol`` of the reference's largest magnitude (float32 sums reorder)."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)

@@ -69,22 +69,22 @@ def test_eval_cli_reports_both_thresholds_and_where_it_wrote(evaluated):
 
 
 @pytest.fixture(scope="module")
-def restored(workdir):
-    """The latest checkpoint restored once: a restore builds the model afresh, the slow part of these tests."""
-    from effnet_jax.inference.restore import restore_for_inference
+def run(workdir):
+    """The run at its latest checkpoint, opened once: its variables are read once for the module."""
+    from effnet_jax import runs
 
-    return restore_for_inference(workdir, "latest")
+    return runs.open(workdir, "latest")
 
 
-def test_eval_metrics_match_a_fresh_pass_over_the_splits(workdir, evaluated, restored):
-    from effnet_jax.inference.evaluation import input_spec, predict_split
+def test_eval_metrics_match_a_fresh_pass_over_the_splits(workdir, evaluated, run):
+    from effnet_jax.inference.evaluation import predict_split
 
     _, _, report = evaluated
-    config, model, variables = restored.config, restored.model, restored.variables
-    size, mean, std = input_spec(restored)
-    run = dict(image_size=size, mean=mean, std=std, batch_size=16, progress=False)
-    test = predict_split(model, variables, config.data, "test", **run)
-    val = predict_split(model, variables, config.data, "validation", **run)
+    config, model, variables = run.config, run.model(), run.variables()
+    size, mean, std = run.input_spec
+    args = dict(image_size=size, mean=mean, std=std, batch_size=16, progress=False)
+    test = predict_split(model, variables, config.data, "test", **args)
+    val = predict_split(model, variables, config.data, "validation", **args)
     threshold = metrics_lib.youden_threshold(val.labels, val.probs)
     assert report["validation_threshold"] == pytest.approx(threshold, abs=1e-7)
     # The synthetic debug config trains on synthetic data without balancing: the prior is train's PNEUMONIA share.
@@ -144,17 +144,18 @@ def test_predict_cli_scores_images_reports_bad_ones_and_writes_gradcam(workdir, 
     assert lines[0]["gradcam_panel"] == str(cams / "xray.gradcam_panel.png")
 
 
-def test_tta_evaluation_of_the_validation_split_goes_to_its_own_directory(workdir, evaluated):
+def test_tta_evaluation_of_the_validation_split_goes_to_its_own_directory(workdir, evaluated, run):
     from effnet_jax.inference.evaluation import evaluate_checkpoint
     from effnet_jax.inference.thresholds import find_validation_threshold
 
-    report = evaluate_checkpoint(workdir, split="validation", checkpoint="latest", tta="flip", progress=False)
-    assert report["out_dir"] == os.path.join(workdir, "eval", "validation_2_tta-flip")
-    assert report["tta"] == "flip" and "split being reported" in report["threshold_source"]
-    assert os.path.isfile(os.path.join(report["out_dir"], "metrics.json"))
+    report = evaluate_checkpoint(run, split="validation", tta="flip", progress=False)
+    assert report.out_dir == os.path.join(workdir, "eval", "validation_2_tta-flip")
+    assert report.tta == "flip" and "split being reported" in report.threshold_source
+    with open(os.path.join(report.out_dir, "metrics.json")) as f:
+        assert json.load(f) == json.loads(json.dumps(metrics_lib.json_safe(report.to_json())))
     # predict (no TTA) keeps using the threshold stored by the plain evaluation.
     _, out_dir, plain = evaluated
-    assert find_validation_threshold(workdir, 2) == (
+    assert find_validation_threshold(run) == (
         plain["validation_threshold"],
         os.path.join(out_dir, "metrics.json"),
     )
@@ -190,17 +191,14 @@ def test_predict_cli_searches_folders_and_globs_writes_csv_and_warns_of_syntheti
         assert r["label"] == ("PNEUMONIA" if float(r["prob_pneumonia"]) >= float(r["threshold"]) else "NORMAL")
 
 
-def test_predictor_scores_paths_arrays_and_pil_images_alike(workdir, restored, tmp_path, monkeypatch):
-    from effnet_jax.inference import prediction
+def test_predictor_scores_paths_arrays_and_pil_images_alike(run, tmp_path):
     from effnet_jax.inference.prediction import Predictor
-
-    monkeypatch.setattr(prediction, "restore_for_inference", lambda *args, **kwargs: restored)  # restored once
 
     rng = np.random.default_rng(2)
     gray = rng.integers(0, 256, (44, 52), dtype=np.uint8)
     path = tmp_path / "x.png"
     Image.fromarray(gray).save(path)
-    predictor = Predictor(workdir, "latest", batch_size=8)
+    predictor = Predictor(run, batch_size=8)
     assert predictor.data == "synthetic" and predictor.synthetic
     items = [str(path), gray, np.repeat(gray[..., None], 3, axis=2), Image.fromarray(gray), Image.open(path)]
     records = list(predictor.predict(items))
@@ -212,60 +210,52 @@ def test_predictor_scores_paths_arrays_and_pil_images_alike(workdir, restored, t
 
 
 def test_temperature_fitted_by_eval_is_applied_by_eval_and_predict_without_changing_labels(
-    workdir, evaluated, restored, tmp_path, monkeypatch
+    workdir, evaluated, run, tmp_path
 ):
-    from effnet_jax.inference import evaluation, prediction
     from effnet_jax.inference.evaluation import calibrate_checkpoint, evaluate_checkpoint
     from effnet_jax.inference.prediction import Predictor
     from effnet_jax.metrics import calibration as cal
+    from effnet_jax.runs import calibration as calibration_file
 
-    def restore_once(path, checkpoint, use_ema=True):
-        # The checkpoint every call below asks for, restored once for the module.
-        assert (path, checkpoint, use_ema) == (workdir, "latest", True)
-        return restored
-
-    monkeypatch.setattr(evaluation, "restore_for_inference", restore_once)
-    monkeypatch.setattr(prediction, "restore_for_inference", restore_once)
     _, plain_dir, plain = evaluated
     try:
         report = evaluate_checkpoint(
-            workdir,
+            run,
             split="test",
-            checkpoint="latest",
             calibrate="validation",
             out_dir=str(tmp_path / "calibrated"),
             progress=False,
             bootstrap_resamples=200,
         )
-        fitted = cal.read_calibration(workdir)
+        fitted = calibration_file.read_calibration(run.layout)
         assert (fitted.fitted_on, fitted.step, fitted.n, fitted.tta) == ("validation", 2, 16, "none")
         t = fitted.temperature
-        assert report["temperature"] == t != 1.0 and "fitted on validation" in report["calibration"]
+        assert report.temperature == t != 1.0 and "fitted on validation" in report.calibration
         # Probabilities: exactly the map of the uncalibrated ones, which are the plain run's.
         with open(os.path.join(plain_dir, "predictions.csv")) as f:
             plain_rows = [line.split(",") for line in f.read().strip().splitlines()[1:]]
-        with open(os.path.join(report["out_dir"], "predictions.csv")) as f:
+        with open(os.path.join(report.out_dir, "predictions.csv")) as f:
             rows = [line.split(",") for line in f.read().strip().splitlines()[1:]]
         raw = np.array([float(r[3]) for r in plain_rows])
         assert [r[4] for r in rows] == [r[3] for r in plain_rows]
         # Thresholds mapped with T: every confusion matrix (so sensitivity, specificity) is unchanged.
-        for key, m in report["metrics"].items():
+        for key, m in report.metrics.items():
             assert m["confusion_matrix"] == plain["metrics"][key]["confusion_matrix"], key
             assert m["recall"] == pytest.approx(plain["metrics"][key]["recall"], nan_ok=True)
-        assert report["metrics"]["operating"]["threshold"] == cal.calibrate_threshold(plain["operating_threshold"], t)
-        assert report["operating_threshold"] == plain["operating_threshold"]  # recorded uncalibrated
-        assert report["uncalibrated"]["ece"] == pytest.approx(plain["metrics"]["threshold_0.5"]["ece"])
+        assert report.metrics["operating"]["threshold"] == cal.calibrate_threshold(plain["operating_threshold"], t)
+        assert report.operating_threshold == plain["operating_threshold"]  # recorded uncalibrated
+        assert report.uncalibrated["ece"] == pytest.approx(plain["metrics"]["threshold_0.5"]["ece"])
         expected = metrics_lib.compute_metrics(
             [int(r[2]) for r in plain_rows], cal.calibrate_probs(raw, t), 0.5
         )  # from the 6-decimal CSV: equal to about 1e-6
-        assert report["metrics"]["threshold_0.5"]["brier"] == pytest.approx(expected["brier"], abs=1e-5)
-        assert report["metrics"]["operating"]["ci95"]["resamples"] == 200
+        assert report.metrics["threshold_0.5"]["brier"] == pytest.approx(expected["brier"], abs=1e-5)
+        assert report.metrics["operating"]["ci95"]["resamples"] == 200
 
         # effnet-predict applies the same T to the same checkpoint, exactly, and maps its threshold.
         image = tmp_path / "xray.png"
         Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 40), dtype=np.uint8)).save(image)
         # Batches of 16, as eval's: the same compiled program serves both (no compile here).
-        predictor = Predictor(workdir, "latest", batch_size=16)
+        predictor = Predictor(run.with_calibration(fitted), batch_size=16)
         assert predictor.temperature == t and "fitted on validation" in predictor.calibration
         assert predictor.threshold == cal.calibrate_threshold(plain["operating_threshold"], t)
         (calibrated,) = predictor.predict([str(image)])
@@ -275,8 +265,8 @@ def test_temperature_fitted_by_eval_is_applied_by_eval_and_predict_without_chang
         assert calibrated["prob_pneumonia"] == cal.calibrate_probs([uncalibrated["prob_pneumonia"]], t)[0]
         assert calibrated["prob_pneumonia"] != uncalibrated["prob_pneumonia"]
         # effnet-train's config.calibrate path fits the same temperature on the same split.
-        assert calibrate_checkpoint(workdir, "validation", "latest", progress=False) == fitted
+        assert calibrate_checkpoint(run, "validation", progress=False) == fitted
     finally:
-        path = os.path.join(workdir, cal.CALIBRATION_FILE)
+        path = run.layout.calibration
         if os.path.exists(path):
             os.remove(path)

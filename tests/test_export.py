@@ -264,18 +264,19 @@ def test_bad_images_are_reported_and_the_others_scored(setup, model, tmp_path):
 
 
 def test_a_calibrated_run_divides_the_logits_by_its_temperature(setup, model, tmp_path):
+    from effnet_jax import runs
     from effnet_jax.inference.export import export_run
 
     workdir = tmp_path / "run"
     shutil.copytree(setup["workdir"], workdir)
-    uncalibrated = export_run(str(workdir), str(tmp_path / "plain"), platforms=("cpu",))
+    uncalibrated = export_run(runs.open(str(workdir)), str(tmp_path / "plain"), platforms=("cpu",))
     step = uncalibrated["model"]["checkpoint_step"]
     fitted = {"temperature": 2.0, "fitted_on": "validation", "step": step, "ece_before": 0.2, "ece_after": 0.1, "n": 16}
     (workdir / "calibration.json").write_text(json.dumps({**fitted, "step": step + 1}))
-    meta = export_run(str(workdir), str(tmp_path / "other_step"), platforms=("cpu",))
+    meta = export_run(runs.open(str(workdir)), str(tmp_path / "other_step"), platforms=("cpu",))
     assert meta["temperature"] is None and "fitted at step" in meta["calibration"]  # another checkpoint's T
     (workdir / "calibration.json").write_text(json.dumps(fitted))
-    meta = export_run(str(workdir), str(tmp_path / "out"), platforms=("cpu",))
+    meta = export_run(runs.open(str(workdir)), str(tmp_path / "out"), platforms=("cpu",))
     assert meta["temperature"] == 2.0 and meta["platforms"] == ["cpu"]
     # The threshold goes through the same map as the probabilities: labels do not change.
     t0 = uncalibrated["threshold"]["value"]
@@ -287,4 +288,4 @@ def test_a_calibrated_run_divides_the_logits_by_its_temperature(setup, model, tm
     np.testing.assert_allclose(calibrated.run(inputs), [expected], rtol=0, atol=1e-6)
     (workdir / "calibration.json").write_text(json.dumps({**fitted, "temperature": -1}))
     with pytest.raises(ValueError, match=r"calibration.json: temperature=-1.0: expected a positive finite number"):
-        export_run(str(workdir), str(tmp_path / "out"), platforms=("cpu",))
+        export_run(runs.open(str(workdir)), str(tmp_path / "out"), platforms=("cpu",))
