@@ -11,7 +11,7 @@ loop on synthetic images from a random init, for tests.
 Results: README.md, Results, row `configs/debug.py` (the bundled sample).
 """
 
-from configs import default
+from effnet_jax.train import config as default
 
 
 def get_config():

@@ -15,7 +15,7 @@ Results: README.md, Results, row `configs/pneumonia.py` (shipped), with the comm
 
 import pathlib
 
-from configs import default
+from effnet_jax.train import config as default
 
 # The project's sibling data folders (see ../shared/data/README.md); absent in a fresh clone.
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"

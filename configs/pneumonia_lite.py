@@ -8,7 +8,9 @@ upsample them.
 Results: README.md, Results, rows `configs/pneumonia_lite.py:1` and `configs/pneumonia_lite.py:2`.
 """
 
-from configs import pneumonia_lite0
+from effnet_jax.train.config import sibling_config
+
+pneumonia_lite0 = sibling_config(__file__, "pneumonia_lite0")
 
 
 def get_config(lite: str = "1"):

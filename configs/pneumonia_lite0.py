@@ -11,7 +11,7 @@ variant.
 
 import pathlib
 
-from configs import default
+from effnet_jax.train import config as default
 
 # The project's sibling data folder (see ../shared/data/README.md); absent in a fresh clone.
 SHARED_CHEST_XRAY = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "chest_xray"

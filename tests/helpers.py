@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import contextlib
-import importlib
 import pathlib
-import sys
 
 import jax
 import numpy as np
 from jax.experimental.compilation_cache import compilation_cache
 
+from effnet_jax.train.config import load_config_file
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # configs/ is a package at the repo root
 
 
 def load_config(name: str, *args):
-    """``configs/<name>.py``'s ``get_config(*args)``."""
-    return importlib.import_module(f"configs.{name}").get_config(*args)
+    """``configs/<name>.py``'s ``get_config(*args)``, loaded by path as effnet-train loads it."""
+    return load_config_file(REPO / "configs" / f"{name}.py").get_config(*args)
 
 
 def tiny_config(**overrides):

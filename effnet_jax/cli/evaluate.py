@@ -93,6 +93,7 @@ def main(argv):
     from effnet_jax import runs
     from effnet_jax.inference import tta as tta_lib
     from effnet_jax.inference.evaluation import evaluate_checkpoint
+    from effnet_jax.runs.layout import Layout
 
     try:
         tta = tta_lib.parse_tta(FLAGS.tta)
@@ -101,7 +102,7 @@ def main(argv):
     # The default out_dir is WORKDIR/eval/<split>_<step>: its parent is what can be checked now.
     problem = check_output_dir(FLAGS.out_dir, "--out_dir") if FLAGS.out_dir else None
     if problem is None and not FLAGS.out_dir and os.path.isdir(FLAGS.workdir):
-        problem = check_output_dir(os.path.join(FLAGS.workdir, "eval"), "--workdir (its eval/ folder)")
+        problem = check_output_dir(Layout(FLAGS.workdir).eval, "--workdir (its eval/ folder)")
     if problem:
         print(f"effnet-eval: error: {problem}", file=sys.stderr)
         return 1

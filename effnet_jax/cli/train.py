@@ -22,7 +22,6 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from effnet_jax.cli import common
-from effnet_jax.cli.common import make_config_package_importable
 
 FLAGS = flags.FLAGS
 
@@ -138,7 +137,6 @@ def run():
     common.exit_with_help_if_asked(sys.argv, __doc__, define_flags)
     define_flags()
     flags.mark_flags_as_required(["config", "workdir"])
-    make_config_package_importable(sys.argv)
     try:
         # Parsed here first so a bad --config.key is one line naming it, not a traceback.
         argv = flags.FLAGS(sys.argv)

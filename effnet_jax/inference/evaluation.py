@@ -42,6 +42,7 @@ from effnet_jax.metrics import classification as metrics_lib
 from effnet_jax.metrics import intervals as intervals_lib
 from effnet_jax.runs import Run
 from effnet_jax.runs import calibration as calibration_file
+from effnet_jax.runs.layout import EVAL_REPORT
 
 VALIDATION = "validation"
 
@@ -278,7 +279,7 @@ def evaluate_checkpoint(
         + (f", T={temperature:.2f}" if temperature != 1.0 else "")
     )
     files = {
-        "metrics": os.path.join(out_dir, "metrics.json"),
+        "metrics": os.path.join(out_dir, EVAL_REPORT),
         "confusion_matrix_0.5": plots.plot_confusion_matrix(
             at_half["confusion_matrix"], os.path.join(out_dir, "confusion_matrix_0.5.png"), class_names, f"{tag}, t=0.5"
         ),
