@@ -1,4 +1,4 @@
-"""End to end: train the synthetic debug config for two steps, then effnet-eval and effnet-predict (with Grad-CAM)."""
+"""End to end on the session's tiny trained run: effnet-eval and effnet-predict (with Grad-CAM), the Run value."""
 
 import csv
 import json
@@ -8,26 +8,23 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import tiny_config
 from PIL import Image
 
 from effnet_jax.data import pipeline
 from effnet_jax.metrics import classification as metrics_lib
 
-pytestmark = pytest.mark.slow  # trains for real: about 2 CPU-minutes
+pytestmark = pytest.mark.slow  # reads a really trained run and runs the CLIs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    from effnet_jax.train import train_and_evaluate
+STEP = 6  # the latest checkpoint of the session's shared run
 
-    # Only the plumbing is under test here, not learning: the tests' tiny run, two steps.
-    config = tiny_config(num_train_steps=2, eval_every_steps=2, checkpoint_every_steps=2)
-    path = str(tmp_path_factory.mktemp("run"))
-    train_and_evaluate(config, path)
-    return path
+
+@pytest.fixture(scope="module")
+def workdir(straight_run):
+    # Only the plumbing is under test here, not learning: the session's tiny run (tests/run_fixtures.py).
+    return straight_run["workdir"]
 
 
 def cli(module, *args):
@@ -41,7 +38,7 @@ def cli(module, *args):
 def evaluated(workdir):
     proc = cli("effnet_jax.cli.evaluate", f"--workdir={workdir}", "--checkpoint=latest", "--split=test")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    out_dir = os.path.join(workdir, "eval", "test_2")
+    out_dir = os.path.join(workdir, "eval", f"test_{STEP}")
     with open(os.path.join(out_dir, "metrics.json")) as f:
         return proc, out_dir, json.load(f)
 
@@ -50,7 +47,7 @@ def test_eval_cli_reports_both_thresholds_and_where_it_wrote(evaluated):
     proc, out_dir, report = evaluated
     assert f"Wrote {out_dir}/" in proc.stdout
     assert "t=0.5" in proc.stdout and "val. Youden" in proc.stdout and "synthetic" in proc.stdout
-    assert report["step"] == 2 and report["split"] == "test" and report["synthetic"] is True
+    assert report["step"] == STEP and report["split"] == "test" and report["synthetic"] is True
     assert report["num_examples"] == 16 and sum(report["class_counts"]) == 16
     for name in ("confusion_matrix_0.5.png", "confusion_matrix_youden.png", "roc.png", "reliability.png"):
         with Image.open(os.path.join(out_dir, name)) as im:
@@ -65,7 +62,7 @@ def test_eval_cli_reports_both_thresholds_and_where_it_wrote(evaluated):
     # effnet-eval refreshes the model card.
     with open(os.path.join(os.path.dirname(os.path.dirname(out_dir)), "MODEL_CARD.md")) as f:
         card = f.read()
-    assert "Not a medical device" in card and "| test | 2 | operating |" in card
+    assert "Not a medical device" in card and f"| test | {STEP} | operating |" in card
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +146,7 @@ def test_tta_evaluation_of_the_validation_split_goes_to_its_own_directory(workdi
     from effnet_jax.inference.thresholds import find_validation_threshold
 
     report = evaluate_checkpoint(run, split="validation", tta="flip", progress=False)
-    assert report.out_dir == os.path.join(workdir, "eval", "validation_2_tta-flip")
+    assert report.out_dir == os.path.join(workdir, "eval", f"validation_{STEP}_tta-flip")
     assert report.tta == "flip" and "split being reported" in report.threshold_source
     with open(os.path.join(report.out_dir, "metrics.json")) as f:
         assert json.load(f) == json.loads(json.dumps(metrics_lib.json_safe(report.to_json())))
@@ -228,7 +225,7 @@ def test_temperature_fitted_by_eval_is_applied_by_eval_and_predict_without_chang
             bootstrap_resamples=200,
         )
         fitted = calibration_file.read_calibration(run.layout)
-        assert (fitted.fitted_on, fitted.step, fitted.n, fitted.tta) == ("validation", 2, 16, "none")
+        assert (fitted.fitted_on, fitted.step, fitted.n, fitted.tta) == ("validation", STEP, 16, "none")
         t = fitted.temperature
         assert report.temperature == t != 1.0 and "fitted on validation" in report.calibration
         # Probabilities: exactly the map of the uncalibrated ones, which are the plain run's.

@@ -4,7 +4,8 @@ import json
 
 import pytest
 from data_fixtures import jpeg, write_tree
-from helpers import hand_made_run, persistent_compilation_cache, tiny_config
+from helpers import hand_made_run, session_compilation_cache, tiny_config
+from run_fixtures import resume_config
 
 from effnet_jax import runs
 from effnet_jax.inference import thresholds
@@ -23,10 +24,10 @@ def run(tmp_path_factory):
     files = {f"NORMAL/n{i}.jpeg": jpeg(300 + i, size=(48, 40)) for i in range(4)}
     files.update({f"PNEUMONIA/p{i}.jpeg": jpeg(400 + i, size=(48, 40)) for i in range(6)})
     ext = write_tree(root / "ext", files)
-    config = tiny_config(num_train_steps=4, eval_every_steps=2, checkpoint_every_steps=2, keep_checkpoints=4)
+    # The shared runs' steps (tests/run_fixtures.py), so the session cache compiles them once.
+    config = resume_config(keep_checkpoints=4, select_split="external")
     config.data.external = (str(ext),)
-    config.select_split = "external"
-    with persistent_compilation_cache(root / "jax_cache"):
+    with session_compilation_cache(tmp_path_factory):
         train_and_evaluate(config, str(root / "run"))
     return str(root / "run"), ext
 
@@ -35,7 +36,7 @@ def test_every_evaluation_scores_validation_and_the_external_folder(run):
     workdir, _ = run
     validation = read_metrics(workdir, "validation")
     external = read_metrics(workdir, "external")
-    assert [r["step"] for r in validation] == [2, 4] and [r["step"] for r in external] == [2, 4]
+    assert [r["step"] for r in validation] == [3, 6] and [r["step"] for r in external] == [3, 6]
     for record in external:
         assert record["n"] == 10 and record["confusion_matrix"][0][0] + record["confusion_matrix"][0][1] == 4
         assert 0.0 <= record["sensitivity_threshold"] <= 1.0
@@ -54,13 +55,13 @@ def test_eval_and_predict_use_the_external_operating_threshold(run):
     latest = runs.open(workdir, "latest")
     report = evaluate_checkpoint(latest, split="external", progress=False)
     assert report.num_examples == 10 and report.class_counts == [4, 6]
-    assert report.operating_threshold == stored[4]
+    assert report.operating_threshold == stored[6]
     assert report.operating_threshold_rule.startswith("external_sensitivity (sensitivity >= 0.95")
     assert report.metrics["operating"]["recall"] >= 0.95
     with open(f"{report.out_dir}/metrics.json") as f:
-        assert json.load(f)["operating_threshold"] == stored[4]
+        assert json.load(f)["operating_threshold"] == stored[6]
     predictor = Predictor(latest)
-    assert predictor.threshold == stored[4]
+    assert predictor.threshold == stored[6]
     folder = evaluate_checkpoint(latest, split=f"folder:{ext}", progress=False)
     assert folder.metrics["threshold_0.5"]["auc"] == report.metrics["threshold_0.5"]["auc"]
 
@@ -68,13 +69,13 @@ def test_eval_and_predict_use_the_external_operating_threshold(run):
 def test_without_external_data_the_operating_threshold_is_the_training_prior(run):
     workdir, _ = run
     config = tiny_config().to_dict()
-    run = hand_made_run(workdir, config, step=4, train_class_counts=(30, 34), metrics=read_metrics(workdir))
+    run = hand_made_run(workdir, config, step=6, train_class_counts=(30, 34), metrics=read_metrics(workdir))
     value, rule = thresholds.operating_threshold(run)
     assert (value, rule) == (34 / 64, "training_prior") == (thresholds.training_prior_threshold(run), rule)
     config["data"]["external"] = ["/nowhere"]
-    run = hand_made_run(workdir, config, step=3, train_class_counts=(30, 34), metrics=read_metrics(workdir))
-    value, rule = thresholds.operating_threshold(run)  # step 3 was never evaluated
-    assert rule == "training_prior (no external evaluation stored for step 3)"
+    run = hand_made_run(workdir, config, step=4, train_class_counts=(30, 34), metrics=read_metrics(workdir))
+    value, rule = thresholds.operating_threshold(run)  # step 4 was never evaluated
+    assert rule == "training_prior (no external evaluation stored for step 4)"
 
 
 def test_select_split_must_be_an_evaluated_split(tmp_path):

@@ -7,6 +7,6 @@
 ``metrics_log`` and ``calibration`` write and read them.
 """
 
-from effnet_jax.runs.run import Run, open  # noqa: A004 (runs.open, as io.open)
+from effnet_jax.runs.run import Run, open
 
 __all__ = ["Run", "open"]

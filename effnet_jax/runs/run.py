@@ -122,7 +122,7 @@ def _read_optional_json(path: str) -> Any:
     return _read_json(path) if epath.Path(path).is_file() else None
 
 
-def open(workdir: str, checkpoint: str | int | None = "best") -> Run:  # noqa: A001 (runs.open, as io.open)
+def open(workdir: str, checkpoint: str | int | None = "best") -> Run:
     """Reads the run in ``workdir``: config, run record, chosen step, calibration, metrics, soup.
 
     ``checkpoint``: 'best' (by the run's ``best_metric``; the latest if none was evaluated),
