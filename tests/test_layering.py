@@ -148,3 +148,13 @@ def test_no_private_jax_imports():
             )
             offenders += [f"{path.relative_to(root)}: {m}" for m in mods if m.startswith("jax._src")]
     assert not offenders
+
+
+def test_inference_reads_runs_not_the_trainer():
+    # A run is read through effnet_jax.runs (runs.open -> Run); nothing in inference reaches into train/.
+    offenders = {
+        name: sorted(t for t in GRAPH[name] if t.startswith("effnet_jax.train"))
+        for name in MODULES
+        if name.startswith("effnet_jax.inference")
+    }
+    assert not {name: found for name, found in offenders.items() if found}
