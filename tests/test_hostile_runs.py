@@ -11,7 +11,7 @@ import time
 
 import data_fixtures as fx
 import pytest
-from helpers import tiny_config
+from run_fixtures import resume_config
 
 from effnet_jax.cli import common
 from effnet_jax.data import prepare
@@ -24,15 +24,7 @@ ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}
 
 
 def _config(**overrides):
-    base = {
-        "num_train_steps": 6,
-        "eval_every_steps": 3,
-        "checkpoint_every_steps": 3,
-        "log_every_steps": 1,
-        "num_devices": 1,
-    }
-    base.update(overrides)
-    return tiny_config(**base)
+    return resume_config(**overrides)
 
 
 # --- one trainer per workdir -----------------------------------------------------------------------
