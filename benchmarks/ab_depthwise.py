@@ -6,7 +6,7 @@
 bench_model.py's train step (forward, backward, AdamW; BatchNorm in train mode) built twice
 in one process, once without the change and once as shipped; the two are timed alternately,
 --repeats times --steps steps, and the median rate of each is printed. The changes
-(effnet_jax/models/layers.py; benchmarks/README.md has the measurements):
+(effnet_jax/models/layers.py; docs/experiments/performance.md has the measurements):
 
   rows    the kernel gradient of layers of at most ROW_REDUCE_MAX_SIZE px also reduces over
           rows, per chunk of 16 images (off: every layer reduces over the batch alone)

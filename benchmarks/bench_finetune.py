@@ -33,6 +33,8 @@ import re
 import statistics
 import time
 
+import record
+
 from effnet_jax.host_memory import host_memory_kept, keep_freed_host_memory
 
 # As effnet-train does, before numpy or JAX start threads (EFFNET_JAX_KEEP_HOST_MEMORY=0: glibc's defaults).
@@ -238,6 +240,7 @@ def main():
         help="persistent compilation cache (default: the config's compilation_cache_dir; '' = off)",
     )
     parser.add_argument("--no_torch", action="store_true", help="no timm comparison")
+    parser.add_argument("--record", default="", help="append the rates as a record to this results/*.jsonl file")
     parser.add_argument("--manual_dir", default=None, help="chest_xray folder: also time the pipeline-fed step")
     parser.add_argument("--data_dir", default="/tmp/effnet_jax_tfds", help="where TFDS prepares --manual_dir")
     parser.add_argument("--workers", type=int, default=8, help="grain worker processes for the fed run")
@@ -289,6 +292,11 @@ def main():
             f"{name:>32}: {rate:7.1f} img/s  ({rate / rates['timm']:.2f}x timm)  "
             f"runs: {', '.join(f'{args.batch * args.steps / t:.1f}' for t in times[name])}"
         )
+    rows = [
+        {"tables": [], "name": name, "batch": args.batch, "mode": "train step", "img_s": round(rate, 1)}
+        for name, rate in rates.items()
+    ]
+    record.write(args.record, rows, f"configs/{args.config} step, freeze_until={args.freeze_until!r}")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ import platform
 import statistics
 import time
 
+import record
+
 from effnet_jax.host_memory import host_memory_kept, keep_freed_host_memory
 
 # As effnet-train does, before numpy or JAX start threads (EFFNET_JAX_KEEP_HOST_MEMORY=0: glibc's defaults).
@@ -126,6 +128,7 @@ def main():
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--record", default="", help="append the rows as records to this results/*.jsonl file")
     args = parser.parse_args()
 
     import jax
@@ -143,6 +146,7 @@ def main():
     )
     print(header)
     print("-" * len(header))
+    rows = []
     for batch in [int(b) for b in args.batch.split(",")]:
         t_eval, t_train = torch_runners(args.variant, batch, args.size)
         for impl in args.depthwise.split(","):
@@ -164,11 +168,28 @@ def main():
                     f"{j_cpu:>13.1f} {t_cpu:>14.1f} {j_cpu / t_cpu:>6.2f}",
                     flush=True,
                 )
+                rows.append(
+                    {
+                        "tables": [],
+                        "name": f"depthwise_impl={impl}",
+                        "batch": batch,
+                        "mode": "train step" if mode == "train" else mode,
+                        "effnet_jax_img_s": round(j_rate, 1),
+                        "timm_img_s": round(t_rate, 1),
+                        "ratio": round(j_rate / t_rate, 3),
+                        "img_per_cpu_s": {
+                            "effnet_jax": round(j_cpu, 1),
+                            "timm": round(t_cpu, 1),
+                            "ratio": round(j_cpu / t_cpu, 3),
+                        },
+                    }
+                )
                 print(
                     f"{'':>23} wall s per run: jax {', '.join(f'{t[0]:.2f}' for t in j_times)}; "
                     f"timm {', '.join(f'{t[0]:.2f}' for t in t_times)}",
                     flush=True,
                 )
+    record.write(args.record, rows, f"{args.variant}, {args.size} px", f"{cpu_name()}, {os.cpu_count()} cores")
 
 
 if __name__ == "__main__":

@@ -16,8 +16,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+import record
 
-from effnet_jax.data import pipeline, sources, transforms
+from effnet_jax.data import data_dir, pipeline, sources, transforms
 from effnet_jax.train.config import default_data_config
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -113,12 +114,17 @@ def throughput(cfg, workers: int, batch_size: int, batches: int, size: int):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--manual_dir", default=str(REPO.parent / "shared/data/chest_xray"))
+    parser.add_argument(
+        "--manual_dir",
+        default=data_dir.folder("chest_xray"),
+        help="chest_xray folder (default: $EFFNET_DATA_DIR/chest_xray)",
+    )
     parser.add_argument("--data_dir", default="/tmp/effnet_jax_tfds")
     parser.add_argument("--workers", default="0,1,2")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--batches", type=int, default=60)
     parser.add_argument("--image_size", type=int, default=224)
+    parser.add_argument("--record", default="", help="append the rows as records to this results/*.jsonl file")
     args = parser.parse_args()
 
     cfg = default_data_config()
@@ -139,10 +145,16 @@ def main():
     # the CPU time the loading processes actually got, so it is what one worker
     # sustains given a whole core.
     print(f"{'workers':>8} {'img/s':>8} {'img/s/worker':>13} {'img/CPU-s of loaders':>21}")
+    rows = []
     for workers in [int(w) for w in args.workers.split(",")]:
         rate, per_cpu = throughput(cfg, workers, args.batch_size, args.batches, args.image_size)
         per = rate / workers if workers else rate
         print(f"{workers:>8} {rate:8.0f} {per:13.0f} {per_cpu:21.0f}", flush=True)
+        row = {"img_s_wall": round(rate), "img_s_per_worker": round(per), "img_per_cpu_s": round(per_cpu)}
+        rows.append({"tables": [], "name": f"{workers} workers", "workers": workers, **row})
+    record.write(
+        args.record, rows, f"training input pipeline, {args.image_size} px, batch {args.batch_size}", machine()
+    )
     print(f"machine after: {machine()}")
 
 

@@ -21,6 +21,8 @@ import os
 import statistics
 import time
 
+import record
+
 os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.45")
 
 import numpy as np  # noqa: E402
@@ -140,6 +142,7 @@ def main():
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--deadline", type=float, default=0, help="seconds: start no new setting after this")
     parser.add_argument("--jsonl", default="", help="append each row to this file as it is measured")
+    parser.add_argument("--record", default="", help="append the rows as records to this results/*.jsonl file")
     parser.add_argument("--tiny", action="store_true", help="64 px, batch 2, 1 step: a dry run on any machine")
     args = parser.parse_args()
     if args.tiny:
@@ -188,6 +191,7 @@ def main():
             if args.jsonl:
                 with open(args.jsonl, "a") as f:
                     f.write(json.dumps(row) + "\n")
+    record.write(args.record, [{"tables": [], **r} for r in rows], f"{args.size} px, bf16")
     print("\n| card | variant | batch | mode | effnet_jax img/s | timm img/s | ratio |\n|---|---|---|---|---|---|---|")
     for r in rows:
         print(

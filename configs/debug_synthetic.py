@@ -3,7 +3,7 @@
 The debug loop with nothing real in it, for tests and quick checks of the machinery: a
 random-init Lite0 at 64 px on the small synthetic set made on the fly (every log line and
 metrics record says 'synthetic'). Its numbers only show that the code runs.
-Results: no README row (synthetic data and random init measure nothing).
+Results: no record (synthetic data and random init measure nothing).
 """
 
 from effnet_jax.train.config import sibling_config

@@ -5,7 +5,7 @@ The full recipe for one GPU: EfficientNet-B0 at 224 from timm's ImageNet weights
 smoothing, stochastic depth, EMA, bf16 compute. Data: the Kermany chest_xray
 builder when --config.data.manual_dir is given, otherwise PneumoniaMNIST at 224 px
 (downloaded on first use).
-Results: not yet measured (no README row).
+Results: not yet measured (no record).
 """
 
 from effnet_jax.train import config as default

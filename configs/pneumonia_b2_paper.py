@@ -4,7 +4,7 @@ The paper's recipe: EfficientNet-B2 (TF-ported ImageNet weights) at 128 px, ever
 image pooled and split 60/20/20 (stratified, image level, as the paper did), Adam,
 class weights against the 1:3 imbalance, rotation/shift/zoom/flip augmentation,
 early stopping on validation loss, the first layers frozen.
-Results: not yet measured (no README row).
+Results: not yet measured (no record).
 """
 
 from effnet_jax.train import config as default

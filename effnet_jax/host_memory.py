@@ -1,11 +1,10 @@
 """Keep freed host memory in the process, so a CPU train step does not page-fault its scratch in every step.
 
 XLA's CPU runtime allocates one scratch buffer for each execution of a compiled step and
-frees it when the step ends: 1.6 GB for B0's train step at batch 16, 3.2 GB at batch 32.
+frees it when the step ends: more than a gigabyte for B0's train step.
 glibc serves an allocation that large with a fresh ``mmap`` (a thread's own arena cannot
-hold it) and gives it back to the kernel on ``free``, so every step faults the whole buffer
-in again, page by page: about 400,000 page faults and 0.7-0.9 s of kernel time per B0 step
-on a 2-core CPU, a third of the step's CPU time (``benchmarks/README.md``, "Host memory").
+hold it) and gives it back to the kernel on ``free``, so the whole buffer is faulted
+in again, page by page, every step (measured: docs/experiments/performance.md, "Host memory").
 
 ``keep_freed_host_memory`` sets three glibc allocator options for the process: one arena
 (threads share the main heap, which can grow to any size), no ``mmap`` for large blocks,

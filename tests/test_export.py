@@ -149,10 +149,11 @@ def test_model_json_records_what_the_model_is(setup):
 
 
 def test_exported_probabilities_equal_effnet_predict_for_batches_of_1_and_7(setup, model):
+    from effnet_jax import runs
     from effnet_jax.inference.prediction import Predictor
 
     paths = setup["images"]
-    reference = Predictor(setup["workdir"], "best", batch_size=7)
+    reference = Predictor(runs.open(setup["workdir"], "best"), batch_size=7)
     expected = np.array([r["prob_pneumonia"] for r in reference.predict(paths)])
     assert 0.05 < expected.min() and expected.max() < 0.95 and np.ptp(expected) > 1e-3  # not saturated
     assert model.threshold == reference.threshold and model.class_names == ("NORMAL", "PNEUMONIA")

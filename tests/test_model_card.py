@@ -138,6 +138,7 @@ def test_card_before_any_evaluation_uses_the_trainers_records(tmp_path):
     assert "| validation | 294 | 518 | n/a | 0.996 |" in card and "| external | 294 | 314 | n/a | 0.968 |" in card
     assert "No temperature fitted" in card
     assert "Distribution shift, measured at step 294: validation AUC 0.996 against external AUC 0.968" in card
+    assert "NO EXTERNAL SET" not in card
 
 
 def test_card_without_external_data_says_the_gap_is_not_measured_and_synthetic_says_so(tmp_path):
@@ -148,6 +149,7 @@ def test_card_without_external_data_says_the_gap_is_not_measured_and_synthetic_s
     card = render_model_card(runs.open(d, checkpoint=None))
     assert "**Synthetic data**" in card and "licence none" in card
     assert "Distribution shift **not measured**" in card
+    assert "- **NO EXTERNAL SET: the checkpoint is chosen on validation" in card
 
 
 def test_a_directory_that_is_not_a_run_is_an_error_naming_it(tmp_path):

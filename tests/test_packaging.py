@@ -4,7 +4,6 @@ import os
 import re
 
 import effnet_jax
-from effnet_jax.weights import pypi
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -68,16 +67,6 @@ def test_quick_start_is_two_commands_user_install_first_and_tests_last():
     assert dev.startswith("pip install -e '.[test,hub]' && ") and "pip install -q -e '.[test,hub]'" in ci
     assert dev.endswith("XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m pytest -q")
     assert "--xla_force_host_platform_device_count=8" in ci and ci.strip().endswith("python -m pytest -q")
-
-
-def test_readme_variant_snippet_runs_as_written():
-    readme = _read("README.md")
-    snippet = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "list_variants(" in b)
-    namespace = {}
-    exec(snippet, namespace)  # the README's own lines; they must not fail
-    # Its pretrained names are real sources, not files nobody has.
-    for name in re.findall(r'pretrained="([^"]+)"', readme):
-        assert pypi.is_pypi_name(name) and pypi.variant_for(name)
 
 
 def test_list_variants_filters_shell_style():

@@ -9,6 +9,7 @@ from run_fixtures import resume_config
 
 from effnet_jax import runs as runs_lib
 from effnet_jax.data import pipeline
+from effnet_jax.data.data_dir import no_external_set_line
 from effnet_jax.runs import checkpoints as checkpoint_lib
 from effnet_jax.runs.metrics_log import read_metrics
 from effnet_jax.train import loop
@@ -87,7 +88,7 @@ def test_nan_loss_stops_the_run_and_leaves_the_last_good_checkpoint(resumed_run,
     )
 
 
-def test_early_stopping_ends_the_run_after_patience_evaluations_without_improvement(tmp_path, tmp_path_factory):
+def test_early_stopping_ends_the_run_after_patience_evaluations_without_improvement(tmp_path, tmp_path_factory, caplog):
     # min_delta=1.0: no AUC can improve by a whole unit, so the second evaluation stops the run.
     config = _config(
         **{
@@ -99,8 +100,12 @@ def test_early_stopping_ends_the_run_after_patience_evaluations_without_improvem
         }
     )
     workdir = str(tmp_path / "early_stop")
-    with session_compilation_cache(tmp_path_factory):
+    with session_compilation_cache(tmp_path_factory), caplog.at_level("WARNING", logger="effnet_jax.train"):
         state = loop.train_and_evaluate(config, workdir)
+    # No external set: one warning line when the run starts and again when it ends.
+    assert [r.getMessage() for r in caplog.records if "NO EXTERNAL SET" in r.getMessage()] == [
+        no_external_set_line(config.data)
+    ] * 2
     assert int(state.step) == 4
     assert [r["step"] for r in read_metrics(workdir, "validation")] == [2, 4]
     ckpt = checkpoint_lib.Checkpointer(workdir, read_only=True)
@@ -121,3 +126,10 @@ def test_results_row_reports_the_last_validation_and_the_wall_time_of_every_invo
     assert row.data == "synthetic"  # the loop records what it trained on; the debug config has no real data
     table = run_summary.to_markdown([row]).splitlines()
     assert len(table) == 3 and table[2].startswith("| run | ")
+
+
+def test_the_no_external_set_warning_names_what_changes_and_is_silent_with_external_data():
+    line = no_external_set_line(_config().data)
+    assert line.startswith("NO EXTERNAL SET: the checkpoint is chosen on validation")
+    assert "threshold is the training prior" in line and "--config.data.external=" in line
+    assert no_external_set_line({"external": ["/data/other_hospital"]}) is None

@@ -104,7 +104,7 @@ def quiet_unless_verbose():
         logging.set_verbosity(logging.ERROR)
 
 
-# Exit statuses of effnet-train and data preparation (README "Untrusted inputs"). An error
+# Exit statuses of effnet-train and data preparation (docs/untrusted-inputs-overview.md). An error
 # a user can act on is one line naming the file, key or cause; anything else is a bug and
 # keeps its traceback. EFFNET_TRACEBACK=1 shows the traceback of every error.
 EXIT_USAGE = 2  # a bad flag or config key; a non-finite training loss

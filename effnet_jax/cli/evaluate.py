@@ -4,7 +4,7 @@
                 [--calibrate=validation|external|SPLIT] [--bootstrap=2000]
 
 Writes WORKDIR/eval/<split>_<step>/ (metrics.json, confusion matrices, ROC curve,
-predictions.csv) and prints a table at the operating threshold (README, Thresholds), 0.5,
+predictions.csv) and prints a table at the operating threshold (docs/thresholds.md), 0.5,
 the training prior and the validation-Youden threshold, with bootstrap 95% intervals.
 --calibrate fits a temperature on that split (WORKDIR/calibration.json); a calibration
 fitted at the evaluated checkpoint is applied either way. Refreshes WORKDIR/MODEL_CARD.md.
@@ -69,7 +69,7 @@ def define_flags(fv: flags.FlagValues = FLAGS):
         "calibrate",
         None,
         "Fit temperature scaling on this split (validation, external, ...) at the evaluated checkpoint and "
-        "store it as WORKDIR/calibration.json before evaluating (README, Calibration).",
+        "store it as WORKDIR/calibration.json before evaluating (docs/calibration.md).",
         flag_values=fv,
     )
     define_once(

@@ -40,7 +40,7 @@ def define_flags(fv: flags.FlagValues = FLAGS):
         flags.DEFINE_string,
         "threshold",
         "auto",
-        "Operating threshold recorded in model.json: 'auto' (the run's, README Thresholds), 'prior', 'youden' or P.",
+        "Operating threshold recorded in model.json: 'auto' (the run's, docs/thresholds.md), 'prior', 'youden' or P.",
         flag_values=fv,
     )
     define_once(

@@ -17,7 +17,7 @@ sensitivity >= 0.95 on it; else the training prior), or --threshold=prior,
 checkpoint), or --threshold=P; with --exported, model.json's operating threshold or
 --threshold=P. A run trained on synthetic data is named in a warning. IMAGE may be a DICOM
 file (with the ``dicom`` extra). A temperature fitted at the checkpoint
-(WORKDIR/calibration.json, README Calibration) calibrates prob_pneumonia (each row then
+(WORKDIR/calibration.json, docs/calibration.md) calibrates prob_pneumonia (each row then
 carries "temperature"); rule-derived thresholds are mapped with it, so labels do not change.
 
 Exit status: 0 every image scored; 1 an image could not be read (the others are scored),
@@ -62,7 +62,7 @@ def define_flags(fv: flags.FlagValues = FLAGS):
         flags.DEFINE_string,
         "threshold",
         "auto",
-        "Decision threshold in [0, 1], 'auto' (the run's operating threshold, README Thresholds), 'prior' (training prior) or 'youden' (stored by effnet-eval).",
+        "Decision threshold in [0, 1], 'auto' (the run's operating threshold, docs/thresholds.md), 'prior' (training prior) or 'youden' (stored by effnet-eval).",
         flag_values=fv,
     )
     define_once(flags.DEFINE_integer, "batch_size", 8, "Images per forward pass.", flag_values=fv)

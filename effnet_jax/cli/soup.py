@@ -3,7 +3,7 @@
     effnet-soup --workdir=OUT --members=RUN_A,RUN_B[,...] [--checkpoint=best|latest|STEP] [--combine=logits]
 
 --combine=logits keeps every member and averages their logits at inference instead (a seed
-ensemble: one forward pass per member; README Results).
+ensemble: one forward pass per member; docs/experiments/README.md).
 
 Each member contributes its own --checkpoint (by default its own best). The members must
 be one model on one data set (other seeds): same variant, classes, image size,

@@ -3,7 +3,7 @@
     effnet-train --config=configs/debug.py --workdir=/tmp/effnet_debug [--config.key=value ...]
 
 With --config.soup_seeds=N (N > 1) it trains N seeds into WORKDIR/members/seed_<S>/ and
-averages their best checkpoints into one model in WORKDIR (README, Model soups); with
+averages their best checkpoints into one model in WORKDIR (docs/ensembles-and-soups.md); with
 --config.soup_combine=logits it keeps them all as a seed ensemble whose logits are averaged.
 
 Exit status: 0 done; 2 bad flag or config key, or a non-finite loss; 3 bad input (data

@@ -9,7 +9,7 @@ downscaled to 144 px grayscale JPEG, in two parts that share no patient:
 
 Enough for the debug config to fine-tune the ImageNet Lite0 weights into a model that
 tells the classes apart in minutes on a CPU, with no data download and no TFDS
-preparation. ``benchmarks/make_sample.py`` wrote it from ``chest_xray/train``.
+preparation. ``tools/make_sample.py`` wrote it from ``chest_xray/train``.
 """
 
 from __future__ import annotations

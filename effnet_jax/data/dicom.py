@@ -7,18 +7,36 @@ bright as in MONOCHROME2. The VOI output range is stretched to 0..255; without a
 the image's own range is (as ``imaging.to_gray`` does for 16-bit files). pydicom
 does the decoding and the LUTs (the ``dicom`` extra); a compressed transfer syntax
 that no installed decoder handles is refused with one line naming the file.
+
+A DICOM file may come from anyone: before any pixel is decoded, what decoding will take
+(the first frame at its declared size and bit depth, a decoder's working copies, the
+deflated dataset once inflated) is held to the decoded-size budget (``effnet_jax.limits``),
+and a compressed frame's own header must agree with Rows and Columns. The modality and VOI
+steps run a block of rows at a time, so their float64 intermediates stay bounded.
 """
 
 from __future__ import annotations
 
 import io
+import warnings
+import zlib
 
 import numpy as np
+
+from effnet_jax import limits
 
 # 128-byte preamble, then the magic: how a DICOM Part 10 file announces itself.
 _MAGIC_OFFSET, _MAGIC = 128, b"DICM"
 # As large as Pillow accepts before calling an image a decompression bomb (about 179 M pixels).
 MAX_PIXELS = 2 * 89_478_485
+# The modality and VOI steps (pydicom's float64 copies, then ours) run on blocks of about this
+# many pixels, so their intermediates take a bounded amount of memory whatever the image size.
+BLOCK_PIXELS = 1 << 18
+# Bytes per pixel of one block's intermediates at their peak: the modality output, the window's
+# own copy, its masks and temporaries, then the scaling to 0..255.
+BLOCK_BYTES_PER_PIXEL = 80
+# A PackBits (RLE) replicate run turns 2 bytes into up to 128.
+_RLE_MAX_EXPANSION = 64
 
 
 class DicomError(ValueError):
@@ -45,28 +63,39 @@ def read_gray(data: bytes, path: str) -> np.ndarray:
     """The first frame of the DICOM file ``data`` (read from ``path``) as a ``(H, W)`` uint8 image."""
     pydicom = _pydicom()
     try:
-        ds = pydicom.dcmread(io.BytesIO(data))
-    except Exception as e:  # pydicom raises InvalidDicomError, EOFError, struct/value errors...
-        raise DicomError(f"{path}: not a readable DICOM file ({type(e).__name__}: {e})") from e
+        limit = limits.budget()
+    except limits.BudgetError as e:
+        raise DicomError(f"{path}: {e}") from None
+    ds, inflated = _read_dataset(pydicom, data, path, limit)
     if "PixelData" not in ds:
         raise DicomError(f"{path}: DICOM file without pixel data (a report or structured document?)")
-    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
-    if rows < 1 or cols < 1 or rows * cols * samples > MAX_PIXELS:
+    try:
+        rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        bits = int(ds.get("BitsAllocated", 16) or 16)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError) as e:
+        raise DicomError(f"{path}: bad DICOM image size tags ({type(e).__name__}: {e})") from e
+    if rows < 1 or cols < 1 or samples < 1 or frames < 1 or rows * cols * samples > MAX_PIXELS:
         raise DicomError(f"{path}: DICOM image of {rows}x{cols}x{samples} pixels (expected 1 to {MAX_PIXELS})")
+    if not 1 <= bits <= 64:
+        raise DicomError(f"{path}: DICOM BitsAllocated {bits} (expected 1 to 64)")
     file_meta = getattr(ds, "file_meta", None)
     syntax = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
+    compressed = syntax is not None and syntax.is_compressed
+    declared = 2 * inflated + decode_bytes(rows, cols, samples, bits, compressed)
+    what = f"a DICOM frame of {rows}x{cols}x{samples} samples at {bits} bits" + (
+        f" in a deflated dataset of {inflated:,} bytes" if inflated else ""
+    )
+    limits.check(path, declared, what, DicomError, limit)
+    if compressed:
+        _check_compressed_frame(pydicom, ds, syntax, rows, cols, samples, frames, path, limit - declared)
     try:
         # Only the first frame: a multi-frame file may decode to far more than it stores.
-        pixels = (
-            pydicom.pixels.pixel_array(ds, index=0) if int(ds.get("NumberOfFrames", 1) or 1) > 1 else ds.pixel_array
-        )
+        pixels = pydicom.pixels.pixel_array(ds, index=0) if frames > 1 else ds.pixel_array
     except Exception as e:
-        if syntax is not None and syntax.is_compressed:
-            raise DicomError(
-                f"{path}: DICOM transfer syntax {syntax.name} ({syntax}) is compressed and cannot be decoded here "
-                f"({type(e).__name__}); convert it to an uncompressed syntax, or install a pydicom decoder plugin for it"
-            ) from e
+        if compressed:
+            raise _undecodable(syntax, path, e) from e
         raise DicomError(f"{path}: cannot decode DICOM pixel data ({type(e).__name__}: {e})") from e
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
@@ -77,17 +106,183 @@ def read_gray(data: bytes, path: str) -> np.ndarray:
             return np.asarray(Image.fromarray(pixels, mode="RGB").convert("L"))
         raise DicomError(f"{path}: DICOM PhotometricInterpretation {photometric!r} is not a grayscale radiograph")
     try:
-        values = np.asarray(pydicom.pixels.apply_modality_lut(pixels, ds), np.float64)
-        low, high = _voi_range(pydicom, ds)
-        if low is not None:
-            values = np.asarray(pydicom.pixels.apply_voi_lut(values, ds, index=0), np.float64)
+        return _windowed_uint8(pydicom, ds, pixels, photometric)
     except Exception as e:  # malformed LUT descriptors or window values
         raise DicomError(f"{path}: bad DICOM modality/VOI LUT ({type(e).__name__}: {e})") from e
+
+
+def decode_bytes(rows: int, cols: int, samples: int, bits: int, compressed: bool) -> int:
+    """What ``read_gray`` takes to turn one frame of this size into 8-bit grey, in bytes.
+
+    The decoded frame and the decoder's working copy (a third for compressed syntaxes),
+    colour conversion, one block of the modality/VOI steps, and the uint8 result.
+    """
+    pixels = rows * cols
+    frame = pixels * samples * max(1, (bits + 7) // 8)
+    colour = pixels * samples * 8 if samples > 1 else 0  # YBR -> RGB runs in floating point
+    block = min(pixels, max(cols, BLOCK_PIXELS)) * BLOCK_BYTES_PER_PIXEL
+    return (3 if compressed else 2) * frame + colour + block + pixels
+
+
+def _read_dataset(pydicom, data: bytes, path: str, limit: int):
+    """The parsed dataset and, for the Deflated transfer syntax, the size it inflated to (else 0).
+
+    pydicom inflates a deflated dataset whole before reading it; here the file meta is read
+    first, and a deflated rest is inflated by at most the budget.
+    """
+    try:
+        fp = io.BytesIO(data)
+        preamble = pydicom.filereader.read_preamble(fp, False)
+        meta = pydicom.filereader.read_dataset(
+            fp, is_implicit_VR=False, is_little_endian=True, stop_when=lambda tag, vr, length: tag.group != 2
+        )
+        deflated = meta.get("TransferSyntaxUID") == pydicom.uid.DeflatedExplicitVRLittleEndian
+        if not deflated:
+            return pydicom.dcmread(io.BytesIO(data)), 0
+        start = fp.tell()
+    except Exception as e:  # pydicom raises InvalidDicomError, EOFError, struct/value errors...
+        raise DicomError(f"{path}: not a readable DICOM file ({type(e).__name__}: {e})") from e
+    try:
+        # A few MB of zeros inflate to GBs: count first, a MiB at a time, stopping past the budget;
+        # then inflate into one buffer of the counted size.
+        size = _inflated_size(memoryview(data)[start:], limit // 2 + 1)
+        if 2 * size > limit:  # the count stopped there
+            raise DicomError(
+                f"{path}: the deflated DICOM dataset inflates to more than {limit // 2:,} bytes, which with its parsed "
+                f"copy is over the decoded-size budget of {limit:,} bytes (set {limits.ENV_VAR} to change it)"
+            )
+        inflated = zlib.decompress(memoryview(data)[start:], -zlib.MAX_WBITS, max(size, 1))
+    except zlib.error as e:
+        raise DicomError(f"{path}: not a readable DICOM file (bad deflated dataset: {e})") from e
+    try:
+        file_meta = pydicom.dataset.FileMetaDataset(meta)
+        body = pydicom.filereader.read_dataset(io.BytesIO(inflated), is_implicit_VR=False, is_little_endian=True)
+        ds = pydicom.dataset.FileDataset(path, body, preamble=preamble, file_meta=file_meta, is_implicit_VR=False)
+    except Exception as e:
+        raise DicomError(f"{path}: not a readable DICOM file ({type(e).__name__}: {e})") from e
+    return ds, len(inflated)
+
+
+def _inflated_size(stream: memoryview, stop: int) -> int:
+    """How many bytes the raw deflate ``stream`` inflates to, counting no further than ``stop``."""
+    inflater, total, tail = zlib.decompressobj(-zlib.MAX_WBITS), 0, stream
+    while not inflater.eof and total < stop:
+        chunk = inflater.decompress(tail, 1 << 20)
+        total += len(chunk)
+        tail = inflater.unconsumed_tail
+        if not chunk and not tail:
+            break
+    return total
+
+
+def _undecodable(syntax, path: str, e: Exception | None) -> DicomError:
+    cause = f" ({type(e).__name__})" if e is not None else ""
+    return DicomError(
+        f"{path}: DICOM transfer syntax {syntax.name} ({syntax}) is compressed and cannot be decoded here{cause}; "
+        "convert it to an uncompressed syntax, or install a pydicom decoder plugin for it"
+    )
+
+
+def _check_compressed_frame(pydicom, ds, syntax, rows, cols, samples, frames, path, headroom: int) -> None:
+    """Refuses a first frame whose own header disagrees with Rows x Columns, before it is decoded.
+
+    A decoder sizes its output from the codestream, not from the DICOM tags, so a JPEG frame
+    may declare far more pixels than the tags; an RLE segment may inflate past its plane.
+    """
+    try:
+        decoder = pydicom.pixels.get_decoder(syntax)
+        available = decoder.is_available
+    except Exception:  # no decoder registered for this syntax at all
+        available = False
+    if not available:
+        raise _undecodable(syntax, path, None)
+    try:
+        frame = next(pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=frames))
+    except Exception as e:
+        raise DicomError(f"{path}: cannot read the first compressed DICOM frame ({type(e).__name__}: {e})") from e
+    if syntax == pydicom.uid.RLELossless:
+        _check_rle_frame(frame, rows * cols, samples, path, headroom)
+        return
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(frame)) as im:  # reads the codestream's header, decodes nothing
+                size = im.size
+    except Exception as e:
+        raise DicomError(
+            f"{path}: cannot read the size of the first compressed DICOM frame ({syntax.name}) to check it "
+            f"before decoding ({type(e).__name__})"
+        ) from e
+    if size != (cols, rows):
+        raise DicomError(
+            f"{path}: the first compressed DICOM frame declares {size[0]}x{size[1]} pixels, the file's Columns x "
+            f"Rows say {cols}x{rows}"
+        )
+
+
+def _check_rle_frame(frame: bytes, plane: int, samples: int, path: str, headroom: int) -> None:
+    """Refuses an RLE frame whose segments decode past one plane each (pydicom decodes a segment whole)."""
+    if len(frame) < 64:
+        return  # pydicom refuses a frame without its RLE header
+    count, *offsets = np.frombuffer(frame[:64], "<u4").tolist()
+    bounds = sorted(o for o in offsets[: min(count, 15)] if 64 <= o <= len(frame)) + [len(frame)]
+    segments = [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+    if _RLE_MAX_EXPANSION * max((b - a for a, b in segments), default=0) <= headroom:
+        return  # no segment can decode past what the budget still allows
+    for a, b in segments:
+        length = _packbits_length(frame, a, b, plane + 1)
+        if length > plane + 1:
+            raise DicomError(
+                f"{path}: an RLE segment of the first DICOM frame decodes to more than the {plane:,} bytes of a "
+                "plane (its runs do not fit the image size)"
+            )
+
+
+def _packbits_length(src: bytes, start: int, end: int, stop: int) -> int:
+    """How many bytes the PackBits runs in ``src[start:end]`` decode to, counting no further than ``stop``."""
+    n, pos = 0, start
+    while pos < end and n <= stop:
+        header = src[pos]
+        if header > 128:  # replicate the next byte 257 - header times
+            n += 257 - header
+            pos += 2
+        elif header < 128:  # copy the next header + 1 bytes
+            n += header + 1
+            pos += header + 2
+        else:
+            pos += 1
+    return n
+
+
+def _windowed_uint8(pydicom, ds, pixels: np.ndarray, photometric: str) -> np.ndarray:
+    """Modality LUT, first VOI transform, MONOCHROME1 inversion and 0..255 scaling, a block of rows at a time.
+
+    Each step maps pixels one by one, so blocks give the very result of the whole image;
+    without a VOI range, a first pass finds the image's own range.
+    """
+    step = max(1, BLOCK_PIXELS // max(1, pixels[0].size))
+    starts = range(0, pixels.shape[0], step)
+    low, high = _voi_range(pydicom, ds)
+    has_voi = low is not None
+
+    def values(start: int) -> np.ndarray:
+        block = np.asarray(pydicom.pixels.apply_modality_lut(pixels[start : start + step], ds), np.float64)
+        if has_voi:
+            block = np.asarray(pydicom.pixels.apply_voi_lut(block, ds, index=0), np.float64)
+        return block
+
     if low is None or not high > low:
-        low, high = float(values.min()), float(values.max())
-    if photometric == "MONOCHROME1":
-        values = (low + high) - values  # exact for integer-valued data: the twin of a MONOCHROME2 image
-    return _to_uint8(values, low, high)
+        ranges = np.array([(b.min(), b.max()) for b in map(values, starts)], np.float64)
+        low, high = float(np.min(ranges[:, 0])), float(np.max(ranges[:, 1]))  # NaN spreads as in a whole-image min
+    out = np.empty(pixels.shape[:2], np.uint8)
+    for start in starts:
+        block = values(start)
+        if photometric == "MONOCHROME1":
+            block = (low + high) - block  # exact for integer-valued data: the twin of a MONOCHROME2 image
+        out[start : start + step] = _to_uint8(block, low, high)
+    return out
 
 
 def _voi_range(pydicom, ds) -> tuple[float | None, float | None]:

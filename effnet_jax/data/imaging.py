@@ -4,17 +4,29 @@ Odd inputs are converted where the meaning is clear (16-bit, RGBA, CMYK, palette
 bilevel) and rejected with BadImageError, naming the file, where it is not. DICOM
 files are recognised by their magic bytes and read by ``dicom.read_gray`` (rescale,
 VOI windowing, MONOCHROME1 inverted).
+
+Before a file's pixels are decoded, what decoding and the conversion to grey will take is
+computed from its header (width x height x the mode's bytes, the conversion's copies) and
+held to the decoded-size budget of ``effnet_jax.limits``.
 """
 
 import io
 import warnings
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageMode
 
+from effnet_jax import limits
 from effnet_jax.data import dicom
 
 JPEG_QUALITY = 95  # high: decoding cost is the same, and the originals are already lossy
+# High-bit-depth images are scaled to 0..255 a block of about this many pixels at a time.
+BLOCK_PIXELS = 1 << 18
+# Bytes per pixel that ``to_gray`` and the stored copy take beyond the decoded image, by mode:
+# a copy as a numpy array (16-bit, 32-bit) or the RGB(A) copies of a conversion (4 bytes a
+# pixel in Pillow), the 8-bit result, and its resized copy. Other modes: the largest.
+_CONVERSION_BYTES = {"L": 1, "1": 6, "I;16": 4, "I;16B": 4, "I;16L": 4, "I;16N": 4, "I": 6, "F": 6, "RGB": 6}
+_MAX_CONVERSION_BYTES = 18
 
 
 class BadImageError(ValueError):
@@ -28,10 +40,15 @@ def to_gray(im: Image.Image) -> Image.Image:
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         # High bit depth: stretch the image's own range to 0..255. A fixed shift would
         # leave 10/12-bit X-rays (stored in 16-bit containers) nearly black.
-        arr = np.asarray(im, dtype=np.float64)
+        arr = np.asarray(im)
         lo, hi = float(arr.min()), float(arr.max())
-        scaled = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
-        return Image.fromarray(np.round(scaled).astype(np.uint8), mode="L")
+        out = np.empty(arr.shape, np.uint8)
+        step = max(1, BLOCK_PIXELS // max(1, arr.shape[1]))
+        for start in range(0, arr.shape[0], step):  # float64 copies of a block, not of the whole image
+            block = arr[start : start + step].astype(np.float64)
+            scaled = (block - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(block)
+            out[start : start + step] = np.round(scaled).astype(np.uint8)
+        return Image.fromarray(out, mode="L")
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         # Transparent pixels carry no X-ray signal: composite onto black (film background).
         rgba = im.convert("RGBA")
@@ -67,8 +84,11 @@ def decode_file(data: bytes, path: str) -> Image.Image:
         with warnings.catch_warnings():
             # Pillow warns (not raises) on some damaged files; treat those as bad too.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
+            im = Image.open(io.BytesIO(data))  # reads the header only
+            check_budget(im, path)
             im.load()  # full decode: truncated or corrupt data fails here, not later in training
+    except BadImageError:
+        raise
     except Exception as e:  # Pillow raises many types (OSError, SyntaxError, ValueError...)
         if isinstance(e, Image.UnidentifiedImageError):
             raise BadImageError(f"{path}: not an image (Pillow recognises no image format in it)") from e
@@ -81,6 +101,24 @@ def decode_file(data: bytes, path: str) -> Image.Image:
         return to_gray(im)
     except BadImageError as e:
         raise BadImageError(f"{path}: {e}") from e
+
+
+def decode_bytes(mode: str, width: int, height: int) -> int:
+    """What decoding an image of this Pillow mode and size, then turning it grey and storing it, takes in bytes."""
+    try:  # Pillow's own bytes per pixel: multi-band 8-bit modes take 4
+        info = ImageMode.getmode(mode)
+        stored = 4 if len(info.bands) > 1 else max(1, np.dtype(info.typestr).itemsize)
+    except (KeyError, TypeError, ValueError):
+        stored = 4
+    pixels = width * height
+    block = min(pixels, BLOCK_PIXELS) * 40  # one block's float64 copies in to_gray
+    return pixels * (stored + _CONVERSION_BYTES.get(mode, _MAX_CONVERSION_BYTES)) + block
+
+
+def check_budget(im: Image.Image, path: str) -> None:
+    """Refuses (BadImageError naming ``path``) an opened, not yet loaded image whose decoding exceeds the budget."""
+    what = f"a {im.format or ''} image of {im.width}x{im.height} pixels in mode {im.mode}".replace("a  ", "an ")
+    limits.check(path, decode_bytes(im.mode, im.width, im.height), what, BadImageError)
 
 
 def load_for_storage(data: bytes, path: str, max_size: int) -> tuple[bytes, tuple[int, int]]:

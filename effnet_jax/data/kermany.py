@@ -14,14 +14,15 @@ import stat
 import zipfile
 from pathlib import Path
 
+from effnet_jax import limits
 from effnet_jax.data import imaging
 from effnet_jax.labels import CLASS_NAMES
 
 SPLITS = ("train", "val", "test")
-# Untrusted folders and zips (README "Untrusted inputs"): a file or zip member larger than
+# Untrusted folders and zips (docs/untrusted-inputs-overview.md): a file or zip member larger than
 # this, or a zip member inflating more than MAX_ZIP_RATIO times (beyond 1 MiB), is a bad
 # image, refused from its size before any byte is read. Chest films are a few MB.
-MAX_FILE_BYTES = 128 << 20
+MAX_FILE_BYTES = limits.MAX_IMAGE_FILE_BYTES
 MAX_ZIP_RATIO = 100
 PATHOGENS = ("none", "bacteria", "virus", "unknown")
 # Files and folders that operating systems and archivers add; not data, never an error.

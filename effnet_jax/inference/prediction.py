@@ -19,12 +19,12 @@ import dataclasses
 import io
 import math
 import os
-import stat
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 from PIL import Image
 
+from effnet_jax import limits, runs
 from effnet_jax.data import imaging, transforms
 from effnet_jax.inference.evaluation import make_predict_fn
 from effnet_jax.inference.gradcam import make_gradcam, save_overlay, save_panel
@@ -71,11 +71,11 @@ class Preprocessor:
 
 def _read_file(path: str) -> bytes:
     try:
-        # A FIFO or device would block open() or read() forever: only regular files are read.
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            raise ImageReadError(f"{path}: not a regular file (a FIFO, device or folder); skipped")
-        with open(path, "rb") as f:
-            return f.read()
+        # A FIFO or device would block open() or read() forever, and a file of GBs (sparse costs
+        # nothing) would be read whole: both are refused before reading, as by the exported model.
+        return limits.read_regular_file(path, limits.MAX_IMAGE_FILE_BYTES)
+    except limits.BudgetError as e:
+        raise ImageReadError(f"{e}; skipped") from None
     except OSError as e:
         raise ImageReadError(f"{path}: cannot read file ({type(e).__name__}: {e.strerror or e})") from e
 
@@ -120,7 +120,7 @@ def _overlay_names(paths: Sequence[str]) -> list[str]:
 
 
 class Predictor:
-    """A restored run ready to score images: ``predict(items)`` yields one dict per input, in order.
+    """A run ready to score images (a Run, or a workdir opened at its best checkpoint): ``predict(items)`` yields one dict per input.
 
     ``data`` is the data set the run trained on ('synthetic' for a debug run, whose
     predictions mean nothing).
@@ -128,11 +128,13 @@ class Predictor:
 
     def __init__(
         self,
-        run: Run,
+        run: Run | str,
         threshold: float | str | None = None,
         batch_size: int = 8,
         use_ema: bool = True,
     ):
+        if not isinstance(run, Run):
+            run = runs.open(run)  # a workdir, at its best checkpoint: Predictor("runs/debug")
         self.run = run
         self.config, self.model, self.variables, self.step = run.config, run.model(), run.variables(use_ema), run.step
         size, mean, std = run.input_spec

@@ -13,7 +13,7 @@ def training_prior_threshold(run: Run) -> float:
     """The PNEUMONIA share of what the run trained on (``RunRecord.training_prior``), counting class weights and balancing.
 
     Unlike the validation Youden threshold it is not fitted to the validation images, so
-    it does not tighten around in-distribution NORMALs (see README, Results). A run that
+    it does not tighten around in-distribution NORMALs (see docs/experiments/README.md). A run that
     recorded no class counts has its training split counted again.
     """
     config = run.config
@@ -29,7 +29,7 @@ def operating_threshold(run: Run) -> tuple[float, str]:
     'external_sensitivity' is the highest threshold that kept sensitivity >=
     ``config.operating_sensitivity`` on the first external split when the trainer
     evaluated the step (the run's metrics records). Data from outside train/ is where a
-    threshold fitted to validation fails (README, Thresholds). Without such a record (no
+    threshold fitted to validation fails (docs/thresholds.md). Without such a record (no
     external data, or a step that was not evaluated) it falls back to the training prior
     and says so.
     """

@@ -104,7 +104,7 @@ def sensitivity_threshold(labels, probs, min_sensitivity: float = 0.95) -> float
     """The highest threshold whose sensitivity is still >= ``min_sensitivity``.
 
     The most specific operating point that misses at most ``1 - min_sensitivity`` of the
-    PNEUMONIA cases: the screening rule (README, Thresholds). With no positive labels
+    PNEUMONIA cases: the screening rule (docs/thresholds.md). With no positive labels
     there is nothing to keep sensitive: 0.5 is returned with a warning.
     """
     labels, probs = check_inputs(labels, probs)
@@ -145,7 +145,7 @@ def json_safe(value: Any) -> Any:
 def format_table(columns: dict[str, dict[str, Any]], names=METRIC_NAMES) -> str:
     """A plain-text table: one row per metric, one column per named result (e.g. per threshold).
 
-    A result holding bootstrap intervals (``ci95``, from ``reporting.intervals``) shows
+    A result holding bootstrap intervals (``ci95``, from ``metrics.intervals``) shows
     them beside its values: ``0.9680 [0.951, 0.980]``.
     """
     headers = list(columns)

@@ -5,7 +5,7 @@ backend writes that activation-sized tensor out in the forward pass and reads it
 the backward: one extra memory pass per norm, on a step that is memory-bound. Here the
 normalisation is a ``jax.custom_vjp`` whose residual is the input itself (already stored:
 it is the convolution's output) and whose backward recomputes the normalised value in the
-same pass that reads the gradient. B0's train step on CPU: 1.18x (benchmarks/README.md).
+same pass that reads the gradient (measured: results/benchmarks_cpu.jsonl, change "CPU BatchNorm").
 
 The module has nn.BatchNorm's parameters (``scale``, ``bias``) and statistics
 (``batch_stats/mean``, ``var``), computes the statistics the same way (float32, E[x^2] -

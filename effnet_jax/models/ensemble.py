@@ -6,7 +6,7 @@ applied like a single model: ``ensemble.apply(variables, images, train=False)`` 
 ``(B, num_classes)`` logits, the mean of the members' logits. For two classes the mean of
 the logits is the mean of the members' log-odds (a geometric mean of their odds), which
 ranked external X-rays better than the mean of their probabilities and better than a
-weight soup (README Results).
+weight soup (docs/experiments/README.md).
 
 Inference only: ``train=True`` is refused (members are trained one by one, then stacked).
 """

@@ -55,7 +55,7 @@ class Conv(nn.Module):
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
         if self.kernel_size == 1 and self.stride == 1:
             # A pointwise convolution is a matmul over channels; XLA's CPU convolution runs it
-            # about 5x slower forward and backward than its dot (16x56x56x144 -> 24 measured).
+            # much slower forward and backward than its dot (docs/experiments/performance.md).
             y = pointwise_conv(x, kernel[0, 0])
         else:
             pad = spatial_padding(x.shape, self.kernel_size, self.stride, self.padding)
@@ -114,7 +114,7 @@ def silu(x):
 
     Autodiff of ``nn.silu`` keeps sigmoid(x) as a residual: one more activation-sized
     tensor written in the forward pass and read in the backward, where recomputing it is
-    nearly free (the pass is memory-bound). B0's train step on CPU: 1.08x.
+    nearly free (the pass is memory-bound); measured in docs/experiments/performance.md.
     """
     return x * jax.nn.sigmoid(x)
 
@@ -215,7 +215,7 @@ def _shifts_forward(x, kernel, stride: int, pad):
 
 
 # Layers at most this many pixels high also reduce over rows, in chunks of at most
-# ROW_REDUCE_CHUNK images (benchmarks/README.md, The depthwise kernel gradient).
+# ROW_REDUCE_CHUNK images (docs/experiments/performance.md, The depthwise kernel gradient).
 ROW_REDUCE_MAX_SIZE = 28
 ROW_REDUCE_CHUNK = 16
 
@@ -256,8 +256,8 @@ def _depthwise_shifts_fwd(x, kernel, stride, pad):
     return _shifts_forward(x, kernel, stride, pad), (x, kernel)
 
 
-# The input gradient as a correlation of the output gradient, spread out once (benchmarks/
-# README.md, The depthwise input gradient); False: autodiff's, for benchmarks/ab_depthwise.py.
+# The input gradient as a correlation of the output gradient, spread out once (docs/experiments/
+# performance.md, The depthwise input gradient); False: autodiff's, for benchmarks/ab_depthwise.py.
 SPREAD_INPUT_GRAD = True
 
 
@@ -270,7 +270,7 @@ def _shifts_input_grad(g, kernel, stride: int, pad, in_h: int, in_w: int):
     padding. Here the gradient is spread out once (zeros between pixels, then padded or
     cropped to the taps' reach), kept apart by an optimization barrier so that XLA does not
     fuse the padding back into every tap, and correlated with the flipped kernel as k*k
-    plain stride-1 shifts: 1.22x on B0's whole train step, 1.36x on Lite0's.
+    plain stride-1 shifts (results/benchmarks_cpu.jsonl, change "input gradient spread once").
     """
     k = kernel.shape[0]
     (top, _), (left, _) = pad

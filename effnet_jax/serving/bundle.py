@@ -6,7 +6,9 @@
     model.stablehlo  the function, serialized by ``jax.export`` (StableHLO bytes, symbolic batch)
     weights.npz      its arrays, in the order of the function's arguments (plain .npy, no pickles)
 
-A directory may come from anyone: every file is size-checked before it is read and
+A directory may come from anyone: model.json is held to 1 MiB and nested at most
+``limits.MAX_NESTING`` deep, the weights' declared shapes to the decoded-size budget
+(``effnet_jax.limits``); every file is size-checked before it is read and
 its SHA-256 checked against model.json, so a truncated or swapped file is a one-line
 error naming it rather than a crash deep in a deserializer.
 """
@@ -17,6 +19,9 @@ import hashlib
 import json
 import os
 import re
+import reprlib
+
+from effnet_jax import limits
 
 FORMAT = "effnet_jax.exported/1"
 MODEL_JSON = "model.json"
@@ -98,6 +103,18 @@ def _lookup(meta: dict, dotted: str):
     return value
 
 
+def _nesting(value) -> int:
+    """How deep lists and dicts nest in a parsed JSON value (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is not None:
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return deepest
+
+
 def read_model_json(directory: str) -> dict:
     """``DIR/model.json``, parsed and checked against the schema above."""
     path = os.path.join(directory, MODEL_JSON)
@@ -107,8 +124,12 @@ def read_model_json(directory: str) -> dict:
         raise ExportedModelError(f"{path}: missing; {directory} was not written by effnet-export")
     try:
         meta = json.loads(read_limited(path, MAX_JSON_BYTES).decode("utf-8"))
+    except RecursionError:
+        raise ExportedModelError(f"{path}: JSON nested deeper than {limits.MAX_NESTING} levels") from None
     except (UnicodeDecodeError, ValueError) as e:
         raise ExportedModelError(f"{path}: not valid JSON ({e})") from e
+    if _nesting(meta) > limits.MAX_NESTING:
+        raise ExportedModelError(f"{path}: JSON nested deeper than {limits.MAX_NESTING} levels")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise ExportedModelError(f"{path}: format {found!r}, expected {FORMAT!r} (written by effnet-export)")
@@ -118,7 +139,7 @@ def read_model_json(directory: str) -> dict:
         except KeyError:
             raise ExportedModelError(f"{path}: missing key {key!r}") from None
         if isinstance(value, bool) or not isinstance(value, types) or (check is not None and not check(value)):
-            raise ExportedModelError(f"{path}: bad value for {key!r}: {value!r}")
+            raise ExportedModelError(f"{path}: bad value for {key!r}: {reprlib.repr(value)}")
     if meta["positive_class"] != meta["class_names"][1]:
         raise ExportedModelError(f"{path}: positive_class must be the second of class_names")
     return meta

@@ -16,7 +16,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import stat
 import zipfile
 from collections.abc import Iterator, Sequence
 
@@ -25,11 +24,12 @@ import numpy as np
 from jax import export as jax_export
 from PIL import Image
 
+from effnet_jax import limits
 from effnet_jax.data import imaging, transforms
 from effnet_jax.serving import bundle
 from effnet_jax.serving.bundle import ExportedModelError
 
-MAX_IMAGE_FILE_BYTES = 128 << 20  # as effnet-data refuses larger files
+MAX_IMAGE_FILE_BYTES = limits.MAX_IMAGE_FILE_BYTES  # as effnet-data refuses larger files
 
 
 class ImageInputError(ValueError):
@@ -39,14 +39,9 @@ class ImageInputError(ValueError):
 def read_image(path: str) -> bytes:
     """The bytes of image or DICOM file ``path``, refusing non-regular and oversized files."""
     try:
-        st = os.stat(path)
-        # A FIFO or device would block open() or read() forever: only regular files are read.
-        if not stat.S_ISREG(st.st_mode):
-            raise ImageInputError(f"{path}: not a regular file (a FIFO, device or folder)")
-        if st.st_size > MAX_IMAGE_FILE_BYTES:
-            raise ImageInputError(f"{path}: {st.st_size} bytes, larger than the {MAX_IMAGE_FILE_BYTES} accepted")
-        with open(path, "rb") as f:
-            return f.read(MAX_IMAGE_FILE_BYTES + 1)
+        return limits.read_regular_file(path, MAX_IMAGE_FILE_BYTES)
+    except limits.BudgetError as e:
+        raise ImageInputError(str(e)) from None
     except OSError as e:
         raise ImageInputError(f"{path}: cannot read file ({type(e).__name__}: {e.strerror or e})") from e
 
@@ -153,6 +148,10 @@ class ExportedModel:
 # -- loading --------------------------------------------------------------------------------------
 def _read_weights(path: str, data: bytes, avals) -> list[np.ndarray]:
     """The arrays of weights.npz, each checked against the function's argument before it is read."""
+    if not all(isinstance(n, int) for aval in avals for n in aval.shape):
+        raise ExportedModelError(f"{path}: the function's weight arguments have symbolic shapes")
+    declared = sum(math.prod(aval.shape) * np.dtype(aval.dtype).itemsize for aval in avals)
+    limits.check(path, declared, f"the {len(avals)} weight arrays the function takes", ExportedModelError)
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
         names = sorted(archive.namelist())

@@ -116,18 +116,18 @@ def get_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3  # keep the last this many checkpoints, plus the best
     # The split whose metrics pick the best checkpoint and drive early stopping: "validation"
     # or an external split ("external", "external_1", ... from data.external). Choosing on
-    # data from outside train/ is what generalises (README, Results).
+    # data from outside train/ is what generalises (docs/experiments/README.md).
     c.select_split = "validation"
     c.best_metric = "auc"  # metric of select_split that picks the best checkpoint ('' = none)
     c.best_mode = "max"  # 'max' or 'min' for best_metric
-    # Operating threshold of effnet-eval and effnet-predict (README, Thresholds):
+    # Operating threshold of effnet-eval and effnet-predict (docs/thresholds.md):
     #   "auto": "external_sensitivity" when data.external is set, else "training_prior";
     #   "external_sensitivity": the highest threshold keeping sensitivity >= operating_sensitivity
     #       on the first external split, at the evaluated checkpoint;
     #   "training_prior": the PNEUMONIA share the model was trained on (0.5 after balancing).
     c.operating_threshold = "auto"
     c.operating_sensitivity = 0.95
-    # Temperature scaling (README, Calibration): at the end of training, fit T on select_split
+    # Temperature scaling (docs/calibration.md): at the end of training, fit T on select_split
     # at the best checkpoint and store it as WORKDIR/calibration.json, which effnet-eval,
     # effnet-predict and effnet-export apply. Changes probabilities, never labels.
     c.calibrate = False
@@ -136,13 +136,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.early_stopping.mode = "min"  # 'min' or 'max'
     c.early_stopping.patience = 5  # evaluations without improvement before stopping
     c.early_stopping.min_delta = 0.0  # smallest change that counts as an improvement
-    # Model soup of seeds (README, Model soups): N > 1 trains N runs with seeds seed, seed+1, ...
+    # Model soup of seeds (docs/ensembles-and-soups.md): N > 1 trains N runs with seeds seed, seed+1, ...
     # into WORKDIR/members/seed_<S>/ (each an ordinary, resumable run), then averages the
     # weights of each one's best checkpoint into one model in WORKDIR. 1 = one ordinary run.
     c.soup_seeds = 1
     # How the seeds become one model: 'weights' averages their weights (a model soup: one
     # network, one forward pass); 'logits' keeps every member and averages their logits (a
-    # seed ensemble: N forward passes, and on external X-rays a better ranking; README Results).
+    # seed ensemble: N forward passes, and on external X-rays a better ranking; docs/experiments/README.md).
     c.soup_combine = "weights"
     c.stop_after_steps = -1  # end this run early at this step (schedule unchanged); resume later; -1 = off
     c.async_checkpointing = True

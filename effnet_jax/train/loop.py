@@ -15,6 +15,7 @@ import numpy as np
 from etils import epath
 
 from effnet_jax.data import external, pipeline, sources
+from effnet_jax.data.data_dir import no_external_set_line
 from effnet_jax.labels import class_weights
 from effnet_jax.runs import checkpoints as checkpoint_lib
 from effnet_jax.runs import layout as layout_lib
@@ -201,6 +202,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, started
     total_steps, steps_per_epoch = _num_steps(config, train_info)
     _check_classes(config, "validation", pipeline.split_info(config.data, "validation"))
     select_split = check_select_split(config)
+    warn_without_external_set(config)
     if external.split_names(config.data):
         # Never train on external data: refuse folders that overlap the training images.
         train_selection = sources.selection(config.data, "train")
@@ -445,7 +447,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, started
                 preempted = True
                 break
         # Wall time of this invocation, data preparation and compilation included (a resumed
-        # run writes one record per invocation): what the README's results table reports.
+        # run writes one record per invocation): the wall time a result record reports.
         writer.write(
             step,
             "run",
@@ -471,7 +473,15 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, started
             f"stopped by SIGTERM after step {step}, saved in {ckpt.directory}/{step}; run the same command to resume"
         )
     log.info("done at step %d; checkpoints in %s, metrics in %s", step, ckpt.directory, writer.path)
+    warn_without_external_set(config)
     return par.get_state(state)
+
+
+def warn_without_external_set(config) -> None:
+    """Logs the one NO EXTERNAL SET line (start and end of a run) when ``config.data.external`` is empty."""
+    line = no_external_set_line(config.data)
+    if line:
+        log.warning(line)
 
 
 def describe_machine(par: Parallel) -> str:

@@ -6,17 +6,32 @@ nothing else (so a weight file cannot run code), and every tensor's offset, size
 and stride is checked against its storage before a view is taken (so a file
 cannot make us read outside it); safetensors and Keras HDF5 are read with their
 own libraries.
+
+What a file declares it will expand to is held to the decoded-size budget
+(``effnet_jax.limits``) before any of it is read: tensor storages and the copies of
+non-contiguous views, a pickle's objects and memo (found by scanning its opcodes before
+unpickling), safetensors' header offsets, HDF5 datasets' shapes (fill values included) and
+their compressed chunks. HDF5 files never reach outside themselves: external storage,
+external links, soft links to other links, virtual datasets and object or variable-length
+types are refused, naming the dataset.
 """
 
 from __future__ import annotations
 
 import collections
+import io
+import json
 import math
+import os
 import pickle
+import pickletools
+import reprlib
 import zipfile
 from pathlib import Path
 
 import numpy as np
+
+import effnet_jax.limits as limits
 
 SUPPORTED_FORMATS = {
     "safetensors": "timm / Hugging Face safetensors (.safetensors)",
@@ -61,10 +76,43 @@ def read_weights(path: str | Path) -> tuple[dict[str, np.ndarray], str]:
 def read_safetensors(path: Path) -> dict[str, np.ndarray]:
     from safetensors.numpy import load_file
 
+    _check_safetensors(path)
     try:
         return dict(load_file(str(path)))
     except Exception as e:  # safetensors raises its own error types for truncated headers and bodies
         raise WeightFileError(f"Cannot read safetensors file {path}: {e}") from e
+
+
+def _check_safetensors(path: Path) -> None:
+    """Refuses a header larger or deeper than allowed, or declaring more tensor bytes than the file or budget hold."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        length = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 0 < length <= min(size - 8, limits.object_limit()):
+            raise WeightFileError(
+                f"Cannot read safetensors file {path}: its header declares {length:,} bytes "
+                f"(the file holds {size:,}, a header may take {limits.object_limit():,})"
+            )
+        try:
+            header = json.loads(f.read(length))
+        except (ValueError, RecursionError) as e:
+            raise WeightFileError(
+                f"Cannot read safetensors file {path}: bad JSON header ({type(e).__name__})"
+            ) from None
+    if not isinstance(header, dict):
+        raise WeightFileError(f"Cannot read safetensors file {path}: its header is not a JSON object")
+    declared = 0
+    for name, entry in header.items():
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) and name != "__metadata__" else None
+        if isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets):
+            declared += max(0, offsets[1] - offsets[0])
+    if declared > size - 8 - length:
+        raise WeightFileError(
+            f"Cannot read safetensors file {path}: its header declares {declared:,} bytes of tensors, the file "
+            f"holds {size - 8 - length:,} after the header"
+        )
+    limits.check(path, declared, f"{len(header)} safetensors tensors", WeightFileError)
 
 
 # --- PyTorch zip archives ---------------------------------------------------------------------
@@ -107,13 +155,27 @@ def _is_int(x) -> bool:
 
 class _PendingTensor:
     def __init__(self, storage: _Storage, offset: int, size, stride):
-        self.storage, self.offset, self.size, self.stride = storage, offset, tuple(size), tuple(stride)
+        self.storage, self.offset, self.size = storage, offset, tuple(size)
+        # A dimension of one element is never stepped over: its stride, whatever the file says,
+        # must not reach as_strided (a huge one would overflow its byte arithmetic).
+        self.stride = tuple(0 if n == 1 and _is_int(s) else s for n, s in zip(size, stride)) + tuple(
+            stride[len(size) :]
+        )
+
+    def copy_bytes(self) -> int:
+        """Bytes ``materialise`` allocates beyond its storage: none for a contiguous view, else a copy."""
+        expected, step = [], 1
+        for n in reversed(self.size):
+            expected.append(step if n > 1 else 0)
+            step *= n
+        contiguous = tuple(reversed(expected)) == self.stride
+        return 0 if contiguous or 0 in self.size else math.prod(self.size) * self.storage.dtype.itemsize
 
     def materialise(self) -> np.ndarray:
         data = self.storage.array
         if data is None:
             raise WeightFileError("a tensor's storage has no data in the file")
-        self._check_bounds(len(data))
+        self.check_bounds(len(data))
         if not self.size:
             return np.array(data[self.offset])
         if 0 in self.size:
@@ -124,7 +186,7 @@ class _PendingTensor:
         )
         return np.ascontiguousarray(view)
 
-    def _check_bounds(self, length: int):
+    def check_bounds(self, length: int):
         # as_strided trusts its arguments: an offset, size or stride the storage cannot
         # hold would read process memory (or crash). The file's word is checked here.
         what = f"tensor of size {self.size}, stride {self.stride}, offset {self.offset}"
@@ -133,6 +195,8 @@ class _PendingTensor:
         if self.offset < 0 or any(n < 0 for n in self.size) or any(s < 0 for s in self.stride):
             raise WeightFileError(f"{what}: negative offset, size or stride")
         if 0 in self.size:
+            if any(n >= 1 << 31 for n in self.size):
+                raise WeightFileError(f"{what}: a dimension of {max(self.size):,} elements")
             return
         last = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride))
         if last >= length:
@@ -216,25 +280,130 @@ class _PlainUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"{self.path}: unexpected persistent id in the file header")
 
 
-def _header_field(f, path: Path, what: str, types: tuple):
-    value = _PlainUnpickler(f, path).load()
+def _header_field(buf: bytes, start: int, path: Path, what: str, types: tuple):
+    unpickler, value, end = _unpickle(buf, start, _PlainUnpickler, path, f"legacy header field {what}")
     if not isinstance(value, types) or isinstance(value, bool):
         raise WeightFileError(
             f"{path}: legacy header field {what} is a {type(value).__name__}, "
             f"expected {' or '.join(t.__name__ for t in types)}"
         )
-    return value
+    return unpickler, value, end
 
 
-def _materialise(obj, path: Path, key=""):
+_repr = reprlib.Repr()
+_repr.maxlevel, _repr.maxstring, _repr.maxother = 2, 60, 60
+
+
+def _short(value) -> str:
+    """A repr of a key from the file that stays one short line however the value is nested."""
+    return _repr.repr(value)
+
+
+def _walk(obj, path: Path, visit, seen: dict, depth: int = 0, key=""):
+    """``obj`` with every tensor replaced by ``visit(tensor, key)``; each shared object is handled once.
+
+    Pickles may share one dict through the memo under many keys (a "billion laughs"):
+    ``seen`` keeps each object's result by identity, so the work is the pickle's size, not
+    the size of the tree it unfolds to. Nesting deeper than ``limits.MAX_NESTING`` is refused.
+    """
+    if id(obj) in seen:
+        return seen[id(obj)][1]
     if isinstance(obj, _PendingTensor):
         try:
-            return obj.materialise()
-        except WeightFileError as e:
-            raise WeightFileError(f"{path}: key {key!r}: {e}") from None
-    if isinstance(obj, dict):
-        return type(obj)((k, _materialise(v, path, k)) for k, v in obj.items())
-    return obj
+            result = visit(obj)
+        except (WeightFileError, OverflowError, ValueError) as e:
+            raise WeightFileError(f"{path}: key {_short(key)}: {e}") from None
+    elif isinstance(obj, dict):
+        if depth >= limits.MAX_NESTING:
+            raise WeightFileError(
+                f"{path}: dicts nested deeper than {limits.MAX_NESTING} levels (at key {_short(key)})"
+            )
+        result = type(obj)((k, _walk(v, path, visit, seen, depth + 1, k)) for k, v in obj.items())
+    else:
+        return obj
+    seen[id(obj)] = (obj, result)  # the object itself is kept alive so that its id stays its own
+    return result
+
+
+def _materialise(obj, path: Path):
+    return _walk(obj, path, lambda tensor: tensor.materialise(), {})
+
+
+def _check_declared(obj, storages: dict[str, _Storage], path: Path) -> None:
+    """Checks every tensor against its storage's declared size, and the total against the budget, before reading."""
+    copies = []
+
+    def visit(tensor: _PendingTensor):
+        tensor.check_bounds(tensor.storage.numel)
+        copies.append(tensor.copy_bytes())
+        return tensor
+
+    _walk(obj, path, visit, {})
+    stored = sum(s.numel * s.dtype.itemsize for s in storages.values())
+    limits.check(
+        path, stored + sum(copies), f"{len(storages)} tensor storages and {len(copies)} tensors", WeightFileError
+    )
+
+
+# Opcodes that add to the container below their arguments: it nests its items, it is not nested in them.
+_IN_PLACE = frozenset({"APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS", "BUILD"})
+
+
+def _unpickle(buf: bytes, start: int, unpickler_type, path: Path, what: str):
+    """The unpickler, the object pickled at ``buf[start:]`` and the offset where its pickle ends.
+
+    Its opcodes are scanned first, following the pickle machine's stack: each argument must
+    be present in ``buf`` (the unpickler allocates a declared length before reading it);
+    what unpickling may allocate (objects, strings, the memo sized by its largest index) is
+    held to the budget; objects may nest at most ``limits.MAX_NESTING`` deep (hashing a
+    tuple nested a million deep overflows the C stack).
+    """
+    stream = io.BytesIO(buf)
+    stream.seek(start)
+    cost, memo_size, stack, memo = 0, 0, [], {}
+    try:
+        for op, arg, _ in pickletools.genops(stream):
+            cost += 96 + (len(arg) if isinstance(arg, (bytes, bytearray, str)) else 0)
+            name = op.name
+            if name == "MARK":
+                stack.append(None)
+            elif name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
+                index = len(memo) if name == "MEMOIZE" else arg
+                memo[index] = (stack[-1] or 0) if stack else 0
+                memo_size = max(memo_size, index + 1)
+            elif name in ("GET", "BINGET", "LONG_BINGET"):
+                stack.append(memo.get(arg, 0))
+            elif name == "DUP":
+                stack.append((stack[-1] or 0) if stack else 0)
+            else:
+                before = op.stack_before
+                items = []
+                if pickletools.markobject in before:
+                    while stack and stack[-1] is not None:
+                        items.append(stack.pop())
+                    if stack:
+                        stack.pop()
+                    below = before.index(pickletools.markobject)
+                else:
+                    below = len(before)
+                items += [(stack.pop() or 0) if stack else 0 for _ in range(below)]
+                if op.stack_after:
+                    if name in _IN_PLACE and items:
+                        depth = max([items[-1]] + [1 + d for d in items[:-1]])
+                    else:
+                        depth = 1 + max(items) if items else 0
+                    if depth > limits.MAX_NESTING:
+                        raise WeightFileError(f"{path}: {what} nests objects deeper than {limits.MAX_NESTING} levels")
+                    stack.append(depth)
+    except ValueError as e:
+        if isinstance(e, WeightFileError):
+            raise
+        raise WeightFileError(f"{path}: {what} is not a complete pickle ({e})") from None
+    end = stream.tell()
+    limits.check(path, cost + 16 * memo_size, f"{what} (a pickle of {end - start:,} bytes)", WeightFileError)
+    stream.seek(start)
+    unpickler = unpickler_type(stream, path)
+    return unpickler, unpickler.load(), end
 
 
 def _load_zip(path: Path):
@@ -243,9 +412,17 @@ def _load_zip(path: Path):
         if not pickles:
             raise WeightFileError(f"{path}: no data.pkl inside; not a PyTorch checkpoint.")
         prefix = pickles[0][: -len("/data.pkl")]
-        with archive.open(pickles[0]) as f:
-            unpickler = _TensorUnpickler(f, path)
-            obj = unpickler.load()
+        info = archive.getinfo(pickles[0])
+        if info.file_size > limits.object_limit():
+            raise WeightFileError(
+                f"{path}: {pickles[0]} declares {info.file_size:,} bytes, more than the {limits.object_limit():,} "
+                f"a weight file's pickle may take (the decoded-size budget / {limits.OBJECT_EXPANSION})"
+            )
+        with archive.open(info) as f:
+            raw = f.read(info.file_size)  # zipfile stops at the declared size
+        unpickler, obj, _ = _unpickle(raw, 0, _TensorUnpickler, path, pickles[0])
+        del raw
+        _check_declared(obj, unpickler.storages, path)
         for key, storage in unpickler.storages.items():
             name = f"{prefix}/data/{key}"
             expected = storage.numel * storage.dtype.itemsize
@@ -272,19 +449,23 @@ def _load_legacy(path: Path):
     # Every field goes through a restricted unpickler: plain pickle.load would run any
     # global the file names (os.system) before we could look at what it holds.
     with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        head = f.read(limits.object_limit())  # the pickles come first; a longer run of them is refused
         try:
-            magic = _PlainUnpickler(f, path).load()
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError) as e:
+            _, magic, pos = _unpickle(head, 0, _PlainUnpickler, path, "the magic number")
+        except (WeightFileError, pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError) as e:
             raise WeightFileError(f"{path} is neither a zip nor a legacy PyTorch file ({e}).") from e
         if not _is_int(magic) or magic != _LEGACY_MAGIC:
             raise WeightFileError(f"{path} is neither a zip nor a legacy PyTorch file (bad magic number).")
-        _header_field(f, path, "protocol version", (int,))
-        _header_field(f, path, "sys info", (dict,))
-        unpickler = _TensorUnpickler(f, path)
-        obj = unpickler.load()
-        keys = _header_field(f, path, "storage keys", (list,))
+        _, _, pos = _header_field(head, pos, path, "protocol version", (int,))
+        _, _, pos = _header_field(head, pos, path, "sys info", (dict,))
+        unpickler, obj, pos = _unpickle(head, pos, _TensorUnpickler, path, "the state dict")
+        _, keys, pos = _header_field(head, pos, path, "storage keys", (list,))
+        del head
         if not all(isinstance(k, (str, int)) and not isinstance(k, bool) for k in keys):
             raise WeightFileError(f"{path}: legacy storage keys must be strings")
+        _check_declared(obj, unpickler.storages, path)
+        f.seek(pos)
         for key in keys:
             storage = unpickler.storages[str(key)]
             count = int(np.frombuffer(f.read(8), "<i8")[0])
@@ -292,8 +473,13 @@ def _load_legacy(path: Path):
                 raise WeightFileError(
                     f"{path}: storage {key} holds {count} elements, its tensors declare {storage.numel}"
                 )
-            raw = f.read(count * storage.dtype.itemsize)
-            if len(raw) != count * storage.dtype.itemsize:
+            nbytes = count * storage.dtype.itemsize
+            if nbytes > size - f.tell():  # before reading: the count is the file's word
+                raise WeightFileError(
+                    f"{path}: storage {key} declares {nbytes:,} bytes, the file holds {size - f.tell():,} after it"
+                )
+            raw = f.read(nbytes)
+            if len(raw) != nbytes:
                 raise EOFError(f"storage {key} is cut short")
             storage.array = np.frombuffer(raw, dtype=storage.dtype, count=count)
     return obj
@@ -315,6 +501,7 @@ def read_pytorch(path: Path) -> dict[str, np.ndarray]:
         TypeError,
         AttributeError,
         IndexError,
+        OverflowError,
     ) as e:
         raise WeightFileError(f"Cannot read PyTorch file {path} (truncated or not a state dict): {e}") from e
     # Training checkpoints wrap the weights: {'state_dict': ...} or {'model': ...}.
@@ -327,7 +514,7 @@ def read_pytorch(path: Path) -> dict[str, np.ndarray]:
     tensors = {}
     for k, v in obj.items():
         if not isinstance(k, str):
-            raise WeightFileError(f"{path}: state-dict key {k!r} is a {type(k).__name__}, expected a string")
+            raise WeightFileError(f"{path}: state-dict key {_short(k)} is a {type(k).__name__}, expected a string")
         name = k[len("module.") :] if k.startswith("module.") else k  # DataParallel prefix
         if isinstance(v, np.ndarray):
             tensors[name] = v
@@ -338,7 +525,10 @@ def read_pytorch(path: Path) -> dict[str, np.ndarray]:
 
 
 def read_keras_h5(path: Path) -> dict[str, np.ndarray]:
-    """Reads a legacy-layout Keras ``.h5`` (weights-only or whole model) into ``layer/weight`` names."""
+    """Reads a legacy-layout Keras ``.h5`` (weights-only or whole model) into ``layer/weight`` names.
+
+    Every dataset is found and checked (``_h5_dataset``, ``_h5_declared``) before any is read.
+    """
     import h5py
 
     try:
@@ -346,25 +536,165 @@ def read_keras_h5(path: Path) -> dict[str, np.ndarray]:
     except OSError as e:
         raise WeightFileError(f"Cannot read HDF5 file {path} (truncated or not HDF5): {e}") from e
     with f:
-        if "layers" in f and "vars" in f and "layer_names" not in f.attrs:
-            raise WeightFileError(
-                f"{path} is a Keras 3 '.weights.h5' file, whose layers are named by creation order, not by "
-                "name. Save with model.save('model.h5') (whole model) or use the Keras applications weight files."
-            )
-        root = f["model_weights"] if "model_weights" in f else f
-        if "layer_names" not in root.attrs:
-            raise WeightFileError(f"{path} is HDF5 but not a Keras weight file (no 'layer_names' attribute).")
-        tensors = {}
         try:
-            for layer in root.attrs["layer_names"]:
-                layer = layer.decode() if isinstance(layer, bytes) else str(layer)
-                group = root[layer]
-                for weight in group.attrs.get("weight_names", []):
-                    weight = weight.decode() if isinstance(weight, bytes) else str(weight)
+            if _h5_link(f, "layers") and _h5_link(f, "vars") and "layer_names" not in f.attrs:
+                raise WeightFileError(
+                    f"{path} is a Keras 3 '.weights.h5' file, whose layers are named by creation order, not by "
+                    "name. Save with model.save('model.h5') (whole model) or use the Keras applications weight files."
+                )
+            root = _h5_get(f, "model_weights", path) if _h5_link(f, "model_weights") else f
+            if "layer_names" not in root.attrs:
+                raise WeightFileError(f"{path} is HDF5 but not a Keras weight file (no 'layer_names' attribute).")
+            found = {}
+            for layer in _h5_names(root, "layer_names", path):
+                group = _h5_get(root, layer, path)
+                for weight in _h5_names(group, "weight_names", path) if "weight_names" in group.attrs else []:
                     # TF-Keras 2 names end in ':0' and may be nested (model/layer/kernel:0).
                     leaf = weight.split("/")[-1].split(":")[0]
                     owner = weight.split("/")[-2] if "/" in weight else layer
-                    tensors[f"{owner}/{leaf}"] = np.asarray(group[weight])
-        except (KeyError, OSError) as e:
+                    found[f"{owner}/{leaf}"] = _h5_dataset(group, weight, path)
+            if found:
+                largest = max(found.values(), key=lambda d: math.prod(d.shape) * d.dtype.itemsize)
+                what = f"{len(found)} HDF5 dataset(s), the largest {largest.name!r} of {largest.dtype}{largest.shape},"
+                limits.check(path, _h5_declared(found.values()), what, WeightFileError)
+            return {name: np.asarray(dataset[()]) for name, dataset in found.items()}
+        except (KeyError, OSError, RuntimeError) as e:
             raise WeightFileError(f"Cannot read Keras weights from {path} (truncated or damaged): {e}") from e
-    return tensors
+
+
+# Filters a Keras file may use, whose output HDF5 bounds or ``_h5_declared`` counts: deflate, shuffle,
+# fletcher32, LZF. Any other (szip, n-bit, scale-offset, a plugin found on the HDF5 plugin path) is refused.
+_H5_DEFLATE = 1
+_H5_FILTERS = {_H5_DEFLATE: "gzip", 2: "shuffle", 3: "fletcher32", 32000: "lzf"}
+# Deflate inflates at most about 1032 times; HDF5 doubles its output buffer as it goes.
+_DEFLATE_MAX_GROWTH = 2 * 1032
+
+
+def _h5_where(obj, path: Path) -> str:
+    return f"{path}: HDF5 object {obj.name!r}" if getattr(obj, "name", None) else f"{path}:"
+
+
+# Layer and weight names are read as fixed-length strings of this many bytes: variable-length
+# strings in HDF5 may all point at one large heap object, so their decoded size is unknown.
+_H5_NAME_BYTES = 1024
+
+
+def _h5_names(group, attr: str, path: Path) -> list[str]:
+    """The strings of attribute ``attr`` (a list of names), each cut at ``_H5_NAME_BYTES``."""
+    import h5py
+
+    attr_id = group.attrs.get_id(attr)
+    if attr_id.shape is not None and math.prod(attr_id.shape) == 0:
+        return []  # a layer without weights: Keras writes an empty float array
+    if h5py.check_string_dtype(attr_id.dtype) is None or len(attr_id.shape) > 1:
+        raise WeightFileError(
+            f"{_h5_where(group, path)} attribute {attr!r} is {attr_id.dtype}{attr_id.shape}, expected a list of "
+            "names as Keras writes them"
+        )
+    count = math.prod(attr_id.shape)
+    limits.check(path, count * _H5_NAME_BYTES, f"attribute {attr!r} of {count:,} names", WeightFileError)
+    names = np.zeros(attr_id.shape, f"S{_H5_NAME_BYTES}")
+    attr_id.read(names, mtype=h5py.h5t.py_create(names.dtype))
+    return [v.decode("utf-8", errors="replace") for v in np.atleast_1d(names)]
+
+
+def _h5_link(group, name: str):
+    """``(kind, target)`` of the link ``name`` in ``group`` without following it, or None when there is none.
+
+    h5py's ``in`` and ``get`` follow links (opening another file for an external link);
+    the low-level calls here read the link itself.
+    """
+    import h5py
+
+    if not isinstance(group, h5py.Group):
+        return None
+    key = name.encode()
+    if not group.id.links.exists(key):
+        return None
+    kind = group.id.links.get_info(key).type
+    if kind == h5py.h5l.TYPE_HARD:
+        return "hard", None
+    if kind == h5py.h5l.TYPE_SOFT:
+        return "soft", group.id.links.get_val(key).decode(errors="replace")
+    if kind == h5py.h5l.TYPE_EXTERNAL:
+        filename, target = group.id.links.get_val(key)
+        return "external", f"{filename.decode(errors='replace')}:{target.decode(errors='replace')}"
+    return "user-defined", None
+
+
+def _h5_get(group, name: str, path: Path):
+    """``group[name]`` reached through hard links, or soft links straight to hard-linked objects in the file.
+
+    External links (another file), user-defined links, and soft links to links (which may
+    loop or leave the file) are refused naming the link.
+    """
+    obj = group.file if name.startswith("/") else group
+    for part in [p for p in name.split("/") if p]:
+        where = f"{path}: HDF5 link {(obj.name.rstrip('/') + '/' + part)!r}"
+        link = _h5_link(obj, part)
+        if link is None:
+            raise KeyError(f"{obj.name.rstrip('/')}/{part} does not exist")
+        kind, target = link
+        if kind == "soft":
+            obj = _h5_hard(obj, target, where)
+        elif kind == "hard":
+            obj = obj[part]
+        else:
+            raise WeightFileError(f"{where} is an {kind} link to {target!r}; a weight file must hold its own data")
+    return obj
+
+
+def _h5_hard(group, target: str, where: str):
+    """The object at soft-link ``target`` (from ``group``, or the root when absolute) through hard links only."""
+    obj = group.file if target.startswith("/") else group
+    for part in [p for p in target.split("/") if p]:
+        link = _h5_link(obj, part)
+        if link is None:
+            raise WeightFileError(f"{where} is a soft link to {target!r}, which does not exist in the file")
+        if link[0] != "hard":
+            raise WeightFileError(f"{where} is a soft link to {target!r}, another link; refused (links may loop)")
+        obj = obj[part]
+    return obj
+
+
+def _h5_dataset(group, name: str, path: Path):
+    """Dataset ``group[name]`` once it is known to hold plain numbers stored in this file."""
+    import h5py
+
+    dataset = _h5_get(group, name, path)
+    where = _h5_where(dataset, path)
+    if not isinstance(dataset, h5py.Dataset):
+        raise WeightFileError(f"{where} is a {type(dataset).__name__}, expected a dataset")
+    plist = dataset.id.get_create_plist()
+    if dataset.is_virtual:
+        raise WeightFileError(f"{where} is a virtual dataset (it maps other files' data); refused")
+    if plist.get_external_count() > 0:
+        raise WeightFileError(f"{where} keeps its data in external files; a weight file must hold its own data")
+    dtype = dataset.dtype
+    if dtype.kind not in "biuf" or dtype.fields is not None or dtype.subdtype is not None:
+        raise WeightFileError(
+            f"{where} has type {dtype} (a reference, variable-length or compound type?); expected plain numbers"
+        )
+    for i in range(plist.get_nfilters()):
+        code = plist.get_filter(i)[0]
+        if code not in _H5_FILTERS:
+            raise WeightFileError(f"{where} uses HDF5 filter {code}; only {sorted(_H5_FILTERS.values())} are read")
+    return dataset
+
+
+def _h5_declared(datasets) -> int:
+    """The bytes reading ``datasets`` takes: each one's declared shape (a fill value included) plus the
+    largest buffer a compressed chunk may inflate into on the way."""
+    total, transient = 0, 0
+    for dataset in datasets:
+        total += math.prod(dataset.shape) * dataset.dtype.itemsize
+        if dataset.chunks is None:
+            continue
+        chunk = math.prod(dataset.chunks) * dataset.dtype.itemsize
+        plist = dataset.id.get_create_plist()
+        if any(plist.get_filter(i)[0] == _H5_DEFLATE for i in range(plist.get_nfilters())):
+            stored = []
+            dataset.id.chunk_iter(lambda info: stored.append(info.size))
+            chunk = max([chunk] + [_DEFLATE_MAX_GROWTH * n for n in stored])
+        transient = max(transient, chunk)
+    return total + transient

@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from effnet_jax import limits
 from effnet_jax.data.builders import base
 from effnet_jax.labels import CLASS_NAMES
 
@@ -151,6 +152,9 @@ class PneumoniaMnist(base.Builder):
             raise ValueError(f"{path}: not a readable npz ({type(e).__name__}: {e})") from e
         out = {}
         with npz:
+            # Members are read whole: what they declare is held to the decoded-size budget first.
+            declared = sum(info.file_size for info in npz.zip.infolist())
+            limits.check(path, declared, f"the {len(npz.files)} arrays of a MedMNIST .npz", ValueError)
             for split in SPLITS:
                 missing = [k for k in (f"{split}_images", f"{split}_labels") if k not in npz.files]
                 if missing:

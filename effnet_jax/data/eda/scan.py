@@ -85,7 +85,10 @@ def _decode(data: bytes, shown: str) -> tuple[Image.Image, Image.Image]:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data))
+            imaging.check_budget(im, shown)  # from the header, before decoding
             im.load()  # the full decode: truncated data fails here
+    except imaging.BadImageError:
+        raise
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError... for bad files
         if isinstance(e, Image.UnidentifiedImageError):
             raise imaging.BadImageError(f"{shown}: not an image") from e

@@ -1,7 +1,7 @@
 """Which fine-tuning recipe holds on X-rays from outside train/? A fast recipe sweep for a GPU.
 
-    python benchmarks/make_sweep_pack.py --out=PACK_DIR        # once, on a machine with ../shared/data
-    python benchmarks/external_sweep.py --pack=PACK_DIR --out=OUT_DIR [--only=plain,shipped] [--seeds=0,1,2]
+    python docs/experiments/scripts/make_sweep_pack.py --out=PACK_DIR        # once, on a machine with ../shared/data
+    python docs/experiments/scripts/external_sweep.py --pack=PACK_DIR --out=OUT_DIR [--only=plain,shipped] [--seeds=0,1,2]
         [--deadline=400]
 
 A search tool, not the trainer: it keeps every image on the accelerator, draws
@@ -9,7 +9,7 @@ augmentations there, and trains many recipes in one process (each compile is sha
 by every recipe with the same frozen layers), so a whole ablation with seeds fits in
 minutes on one GPU where effnet-train needs ~30 min per full fine-tune on a 2-core CPU.
 It reuses the package's model, freezing rules and loss; what it finds is then set in
-configs/pneumonia.py and confirmed by effnet-train (README, Results).
+configs/pneumonia.py and confirmed by effnet-train (docs/experiments/README.md).
 
 PACK_DIR holds `images.bin` + `index.json` (JPEG bytes with name, label, split in
 {train, validation, official_val, external}: the patient split of train/ that

@@ -1,6 +1,6 @@
-"""Packs the data and weights that benchmarks/external_sweep.py reads (one folder, under 64 MiB).
+"""Packs the data and weights that docs/experiments/scripts/external_sweep.py reads (one folder, under 64 MiB).
 
-    python benchmarks/make_sweep_pack.py --out=.gpu [--data=../shared/data] [--variants=0,2]
+    python docs/experiments/scripts/make_sweep_pack.py --out=.gpu [--data=../shared/data] [--variants=0,2]
 
 Writes OUT/images.bin + OUT/index.json (the JPEG bytes of train/ with the patient split
 effnet-train uses, the official val/ and chest_xray_external, each with its label and

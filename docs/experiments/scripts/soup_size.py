@@ -1,8 +1,8 @@
 """How many seeds a soup needs: every soup of N distinct-seed members from finished runs, scored on a split.
 
-    python benchmarks/soup_size.py --sizes=1,2,3,4 runs/pneumonia_s{0..7}
-    python benchmarks/soup_size.py --sizes=2 --recalibrate_batches=30 runs/pneumonia_s{0..7}
-    python benchmarks/soup_size.py --sizes=1,2,3 --combine=logits runs/pneumonia_s{0..5}
+    python docs/experiments/scripts/soup_size.py --sizes=1,2,3,4 runs/pneumonia_s{0..7}
+    python docs/experiments/scripts/soup_size.py --sizes=2 --recalibrate_batches=30 runs/pneumonia_s{0..7}
+    python docs/experiments/scripts/soup_size.py --sizes=1,2,3 --combine=logits runs/pneumonia_s{0..5}
 
 Each member is restored at its own best checkpoint (as effnet-soup takes it). For every
 combination of members with distinct seeds (a random --max_per_size of them when there
@@ -11,7 +11,7 @@ does, and the soup is run over --split (default: the external set) with one comp
 model (--combine=logits: the members kept whole and their logits averaged, a seed ensemble
 as effnet-soup --combine=logits makes it). Per soup size it prints the mean and sd of the AUC, of accuracy / specificity at the
 operating rule (sensitivity >= 0.95) fitted on the same images, and of the rule fitted on a
-random half and scored on the other (benchmarks/summarise_sweep.py's), and how often the
+random half and scored on the other (docs/experiments/scripts/summarise_sweep.py's), and how often the
 accuracy reaches --target.
 
 --recalibrate_batches=N also re-estimates each soup's BatchNorm statistics from N augmented

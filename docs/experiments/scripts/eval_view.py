@@ -1,6 +1,6 @@
 """Does the evaluation view match what training showed? Finished runs scored at other centre crops and input sizes.
 
-    python benchmarks/eval_view.py --crops=1,0.9,0.85 --sizes=224,256 runs/pneumonia_s{0..5}
+    python docs/experiments/scripts/eval_view.py --crops=1,0.9,0.85 --sizes=224,256 runs/pneumonia_s{0..5}
 
 Training zooms in (data.augment.scale_min: a crop of 55-100% of the area, 87% of the side
 on average) while evaluation shows the whole frame (data.center_crop=1), so the lungs look
@@ -10,7 +10,7 @@ pools globally, so any size runs) makes them look larger again. Each run is rest
 best checkpoint and scored on --split for every (crop, size); per setting the script prints
 the mean over runs of the AUC, of accuracy / specificity at the operating rule (sensitivity
 >= 0.95) fitted on the same images, and of that rule fitted on a random half and scored on
-the other (benchmarks/summarise_sweep.py's), with each run's AUC.
+the other (docs/experiments/scripts/summarise_sweep.py's), with each run's AUC.
 """
 
 from __future__ import annotations

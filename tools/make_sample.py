@@ -1,6 +1,6 @@
 """Writes the bundled sample of real chest X-rays (effnet_jax/data/sample) from the Kermany train/ folder.
 
-    python benchmarks/make_sample.py [--data=../shared/data/chest_xray/train] [--out=effnet_jax/data/sample]
+    python tools/make_sample.py [--data=../shared/data/chest_xray/train] [--out=effnet_jax/data/sample]
 
 One image per patient, patients drawn with a fixed seed, so train/ and validation/ of the
 sample never share a patient; each class is balanced, PNEUMONIA keeps train/'s bacteria/virus

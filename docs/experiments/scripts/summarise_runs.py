@@ -1,14 +1,14 @@
-"""The README's shipped-recipe row from effnet-train runs evaluated with effnet-eval.
+"""Mean and sd over effnet-train runs evaluated with effnet-eval (the rows of docs/experiments/README.md).
 
     effnet-train --config=configs/pneumonia.py --workdir=runs/pneumonia_s$S --config.seed=$S   # S = 0, 1, 2
     effnet-eval --workdir=runs/pneumonia_s$S --split=external
-    python benchmarks/summarise_runs.py runs/pneumonia_s0 runs/pneumonia_s1 runs/pneumonia_s2
+    python docs/experiments/scripts/summarise_runs.py runs/pneumonia_s0 runs/pneumonia_s1 runs/pneumonia_s2
 
 Per run it reads the best checkpoint's external report (eval/external_STEP/metrics.json and
 predictions.csv) and the run's metrics.jsonl; it prints each run and the mean +- sd of the
 external AUC, of accuracy / sensitivity / specificity at the operating threshold (fitted on
 the same images, so optimistic) and with the rule fitted on a random half and scored on the
-other half (200 splits, as benchmarks/summarise_sweep.py does), at t=0.5, the validation AUC
+other half (200 splits, as docs/experiments/scripts/summarise_sweep.py does), at t=0.5, the validation AUC
 at the chosen step, and the wall time.
 """
 

@@ -1,6 +1,10 @@
-"""The README's ablation table from a sweep's saved probabilities (benchmarks/external_sweep.py).
+"""The sweep table from a sweep's saved probabilities (docs/experiments/scripts/external_sweep.py).
 
-    python benchmarks/summarise_sweep.py [--probs=benchmarks/results/external_sweep_h200_probs.npz]
+    python docs/experiments/scripts/summarise_sweep.py --probs=PROBS.npz
+
+PROBS.npz holds every run's probabilities under probs/<recipe>/<seed>/<call>/<split> and the
+labels under labels/<split> (the archive is kept outside git; results/sweep.jsonl holds the
+table it gave, results/sweep_runs.jsonl each run's metrics).
 
 Per recipe, over its runs (seeds, and repeats of a seed: GPU training is not bitwise
 deterministic): external AUC mean and sd; accuracy and specificity at 0.5; at the
@@ -41,7 +45,7 @@ def held_out_rule(labels, probs, rng, splits=200):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--probs", default="benchmarks/results/external_sweep_h200_probs.npz")
+    parser.add_argument("--probs", required=True, help="the sweep's probabilities archive (.npz)")
     parser.add_argument("--ensembles", default="geo_photo,geo_photo_ema,geo")
     args = parser.parse_args()
     archive = np.load(args.probs)

@@ -1,0 +1,82 @@
+"""The decoded-size budget: how much memory one untrusted file may make a reader allocate.
+
+Every reader of a file that may come from anyone (images, DICOM, weight files, exported
+models) first computes what the file declares it will expand to (pixels times bytes per
+pixel, the intermediate copies the reader makes, a pickle's objects, an HDF5 dataset's
+shape) and calls ``check`` before decoding anything. A file declaring more is refused
+with one line naming it, so a file of a few MB cannot drive a command far past its
+usual memory. ``docs/untrusted-inputs.md`` lists what each reader counts.
+
+The budget is ``DEFAULT_BUDGET`` (512 MiB: a 4000 x 4000 16-bit DICOM or EfficientNet-B7's
+weights need about half of it) unless ``EFFNET_JAX_DECODE_BUDGET`` says otherwise, in
+bytes or with a K, M or G suffix (``EFFNET_JAX_DECODE_BUDGET=2G``); read at each check,
+so it also reaches data-loading worker processes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+
+ENV_VAR = "EFFNET_JAX_DECODE_BUDGET"
+DEFAULT_BUDGET = 512 << 20
+# Images larger than this on disk are not radiographs; a file is refused from its size before
+# any byte is read (a sparse file of GBs costs nothing to make).
+MAX_IMAGE_FILE_BYTES = 128 << 20
+# A pickle or a JSON header becomes Python objects several times its size (a one-byte opcode
+# makes a list of 56 bytes): such parts are held to the budget divided by this.
+OBJECT_EXPANSION = 32
+# Containers nested deeper than this inside a weight pickle or a JSON file are refused: the files
+# we write nest a few levels, and deeper structures only serve to exhaust the interpreter's stack.
+MAX_NESTING = 32
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+class BudgetError(ValueError):
+    """A file that declares more decoded data than the budget allows; the message names the file."""
+
+
+def budget(environ=None) -> int:
+    """The decoded-size budget in bytes: ``EFFNET_JAX_DECODE_BUDGET`` when set, else ``DEFAULT_BUDGET``."""
+    value = (os.environ if environ is None else environ).get(ENV_VAR, "").strip()
+    if not value:
+        return DEFAULT_BUDGET
+    match = re.fullmatch(r"(\d+)\s*([KMG]?)(?:i?B)?", value, re.IGNORECASE)
+    if match is None or int(match.group(1)) < 1:
+        raise BudgetError(f"{ENV_VAR}={value!r}: expected a positive byte count such as 536870912, 512M or 2G")
+    return int(match.group(1)) * _UNITS[match.group(2).upper()]
+
+
+def check(path, declared: int, what: str, error: type[Exception] = BudgetError, limit: int | None = None) -> None:
+    """Raises ``error`` naming ``path`` when ``declared`` bytes (what decoding ``what`` takes) exceed the budget."""
+    limit = budget() if limit is None else limit
+    if declared > limit:
+        raise error(
+            f"{path}: {what} would take {declared:,} bytes to decode, over the decoded-size budget of "
+            f"{limit:,} bytes (set {ENV_VAR} to change it)"
+        )
+
+
+def object_limit() -> int:
+    """The largest pickle or JSON header a reader parses into Python objects, in bytes."""
+    return budget() // OBJECT_EXPANSION
+
+
+def read_regular_file(path: str, limit: int = MAX_IMAGE_FILE_BYTES) -> bytes:
+    """The bytes of regular file ``path``, refused from its size (``BudgetError``) when over ``limit``.
+
+    A FIFO or device would block ``open`` or ``read`` forever, so only regular files are read
+    (``BudgetError`` too); ``OSError`` when the file cannot be opened.
+    """
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise BudgetError(f"{path}: not a regular file (a FIFO, device or folder)")
+    if st.st_size > limit:
+        raise BudgetError(f"{path}: {st.st_size:,} bytes, larger than the {limit:,} accepted for one image")
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)  # bounded even if the file grows while being read
+    if len(data) > limit:
+        raise BudgetError(f"{path}: grew past {limit:,} bytes while being read")
+    return data
