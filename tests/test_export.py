@@ -203,13 +203,15 @@ def _rewrite_json(folder, change):
     (folder / "model.json").write_text(json.dumps(meta))
 
 
-def test_corrupted_or_foreign_folders_are_one_line_naming_the_file(setup, tmp_path):
-    def error(folder) -> str:
-        with pytest.raises(serving.ExportedModelError) as info:
-            serving.load(str(folder))
-        assert "\n" not in str(info.value)
-        return str(info.value)
+def error(folder) -> str:
+    """The one-line ExportedModelError that loading ``folder`` raises."""
+    with pytest.raises(serving.ExportedModelError) as info:
+        serving.load(str(folder))
+    assert "\n" not in str(info.value)
+    return str(info.value)
 
+
+def test_corrupted_or_foreign_folders_are_one_line_naming_the_file(setup, tmp_path):
     assert (
         error(setup["workdir"])
         == f"{setup['workdir']}/model.json: missing; {setup['workdir']} was not written by effnet-export"
@@ -290,3 +292,54 @@ def test_a_calibrated_run_divides_the_logits_by_its_temperature(setup, model, tm
     (workdir / "calibration.json").write_text(json.dumps({**fitted, "temperature": -1}))
     with pytest.raises(ValueError, match=r"calibration.json: temperature=-1.0: expected a positive finite number"):
         export_run(runs.open(str(workdir)), str(tmp_path / "out"), platforms=("cpu",))
+
+
+def test_an_edited_or_poisoned_export_is_refused_at_load_in_one_line(setup, tmp_path):
+    """Swapped class names, an edited model.json, NaN weights, no SHA256SUMS, a hand-made custom_call."""
+    import io
+
+    from jax import export as jax_export
+
+    folder = _copy(setup, tmp_path / "swapped")
+    _rewrite_json(folder, lambda m: m.update(class_names=["PNEUMONIA", "NORMAL"], positive_class="NORMAL"))
+    assert error(folder) == f"{folder}/model.json: bad value for 'class_names': ['PNEUMONIA', 'NORMAL']"
+
+    folder = _copy(setup, tmp_path / "edited")
+    _rewrite_json(folder, lambda m: m["threshold"].update(value=0.01))  # valid, but not what was exported
+    assert re.match(
+        rf"{folder}/model.json: SHA-256 \w+\.\.\. is not the one {folder}/SHA256SUMS records", error(folder)
+    )
+    (folder / "SHA256SUMS").unlink()
+    assert error(folder).startswith(f"{folder}/SHA256SUMS: missing, so {folder}/model.json cannot be checked")
+
+    folder = _copy(setup, tmp_path / "nan")
+    with np.load(folder / "weights.npz") as archive:
+        arrays = [archive[f"arr_{i}"] for i in range(len(archive.files))]
+    arrays[-1] = arrays[-1].copy()
+    arrays[-1].flat[0] = np.nan
+    buffer = io.BytesIO()
+    np.savez(buffer, *arrays)
+    (folder / "weights.npz").write_bytes(buffer.getvalue())
+    _rewrite_json(
+        folder,
+        lambda m: m["files"]["weights"].update(bytes=len(buffer.getvalue()), sha256=bundle.sha256(buffer.getvalue())),
+    )
+    last = len(arrays) - 1
+    assert error(folder) == f"{folder}/weights.npz: arr_{last}.npy holds 1 non-finite value(s) (NaN or inf)"
+
+    def evil(weights, images):
+        out = jax.ShapeDtypeStruct((images.shape[0],), np.float32)
+        return jax.ffi.ffi_call("evil_target", out)(images)
+
+    (batch,) = jax_export.symbolic_shape("batch")
+    exported = jax_export.export(
+        jax.jit(evil), platforms=("cpu",), disabled_checks=[jax_export.DisabledSafetyCheck.custom_call("evil_target")]
+    )(jax.ShapeDtypeStruct((3,), np.float32), jax.ShapeDtypeStruct((batch, 32, 32), np.uint8))
+    blob = bytes(exported.serialize())
+    folder = _copy(setup, tmp_path / "custom_call")
+    (folder / "model.stablehlo").write_bytes(blob)
+    _rewrite_json(folder, lambda m: m["files"]["function"].update(bytes=len(blob), sha256=bundle.sha256(blob)))
+    assert error(folder) == (
+        f"{folder}/model.stablehlo: calls custom_call evil_target, which effnet-export never emits; "
+        "refusing to run a hand-made module"
+    )

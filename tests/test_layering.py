@@ -13,7 +13,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "effnet_jax"
 
 # Lowest first. A module belongs to the longest prefix that matches its dotted name.
 LAYERS = [
-    ("effnet_jax.labels", "effnet_jax.host_memory", "effnet_jax.limits"),
+    ("effnet_jax.labels", "effnet_jax.host_memory", "effnet_jax.limits", "effnet_jax.output_files"),
     ("effnet_jax.metrics",),  # the metric math: labels and probabilities in, numbers out
     ("effnet_jax.models",),
     ("effnet_jax.weights",),

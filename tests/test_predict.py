@@ -92,7 +92,18 @@ def test_training_prior_comes_from_the_run_record_and_counts_class_weights():
 
 
 def test_overlay_names_stay_distinct():
-    assert _overlay_names(["a/x.png", "b/x.jpeg", "c/y.png"]) == ["x_0.gradcam.png", "x_1.gradcam.png", "y.gradcam.png"]
+    from effnet_jax.output_files import short_hash
+
+    names = _overlay_names(["a/x.png", "b/x.jpeg", "c/y.png"])
+    assert names == [
+        f"x-{short_hash('a/x.png')}.gradcam.png",
+        f"x-{short_hash('b/x.jpeg')}.gradcam.png",
+        "y.gradcam.png",
+    ]
+    # Names that only a lossy slug or case folding would merge, and one path given twice.
+    names = _overlay_names(["a b.png", "a_b.png", "C/Q.png", "d/q.png", "z.png", "z.png", "<array 0>", "array_0.png"])
+    assert len({n.lower() for n in names}) == 8
+    assert all(n.endswith(".gradcam.png") and "/" not in n and not n.startswith(".") for n in names)
 
 
 def test_workdir_without_checkpoints_is_a_clear_error(tmp_path):

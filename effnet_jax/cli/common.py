@@ -90,6 +90,7 @@ def show_our_logs():
     ours.setLevel(std_logging.INFO)
     ours.propagate = False
     logging.get_absl_logger().addFilter(drop_untracked_save_warning)
+    quiet_disk_errors()
 
 
 def drop_untracked_save_warning(record) -> bool:
@@ -142,6 +143,10 @@ def one_line(error: BaseException) -> tuple[int, str] | None:
         if isinstance(e, OSError) and e.errno in {getattr(errno, n, None) for n in _WRITE_ERRNOS} - {None}:
             where = f" {e.filename}" if e.filename else ""
             return EXIT_DISK, f"cannot write{where}: {e.strerror or e} (errno {errno.errorcode.get(e.errno)})"
+    for e in chain:
+        found = disk_error_text(str(e))
+        if found:  # tensorstore (orbax's writer) reports a full disk as a ValueError with the OS's words
+            return EXIT_DISK, f"cannot write{found[1]}: {found[0]}"
     if isinstance(error, (WorkdirLockedError, CheckpointMismatchError, SoupWorkdirError)):
         return EXIT_WORKDIR, str(error)
     if isinstance(
@@ -164,6 +169,77 @@ def one_line(error: BaseException) -> tuple[int, str] | None:
     return None
 
 
+# How a write error reads when a library (tensorstore, under orbax) turned it into text.
+_DISK_TEXT = (
+    r"No space left on device|Disk quota exceeded|Read-only file system|File too large"
+    r"|os_error_code='(?:28|122|30|27)'"
+)
+
+
+def disk_error_text(text: str) -> tuple[str, str] | None:
+    """``(the OS's words, ' PATH' or '')`` when ``text`` reports a failed write (disk full, quota, read-only)."""
+    import re
+
+    match = re.search(_DISK_TEXT, text)
+    if match is None:
+        return None
+    words = match.group(0)
+    if words.startswith("os_error_code"):
+        words = {"28": "No space left on device", "122": "Disk quota exceeded", "30": "Read-only file system"}.get(
+            words.split("'")[1], "File too large"
+        )
+    path = re.search(r'(?:local file|Failed writing:) "([^"]+)"', text)
+    return words, f" {path.group(1)}" if path else ""
+
+
+class DiskErrorsInOneLine:
+    """A logging filter: the first record carrying a failed write becomes one line; the rest are dropped.
+
+    Orbax's background save threads log every failed write with its traceback, and asyncio
+    repeats each at exit; the command's own one-line error says it once.
+    """
+
+    def __init__(self):
+        self.seen = False
+
+    def filter(self, record) -> bool:
+        import logging as std_logging
+
+        if getattr(record, "disk_error_said", False):
+            return True  # the line this filter wrote, met again by a handler further up
+
+        try:
+            text = record.getMessage()
+        except (TypeError, ValueError):  # a record whose arguments do not fit its format
+            text = str(record.msg)
+        if record.exc_info and record.exc_info[1] is not None:
+            text += f" {record.exc_info[1]!r}"
+        found = disk_error_text(text)
+        if found is None:
+            return True
+        if self.seen:
+            return False
+        self.seen = True
+        record.msg, record.args, record.exc_info, record.exc_text = (
+            f"writing failed{found[1]}: {found[0]} (a background save; the run stops at its next wait)",
+            (),
+            None,
+            None,
+        )
+        record.levelno, record.levelname = std_logging.ERROR, "ERROR"
+        record.disk_error_said = True
+        return True
+
+
+def quiet_disk_errors() -> None:
+    """Installs ``DiskErrorsInOneLine`` on absl's and asyncio's loggers and on the root logger's handlers."""
+    import logging as std_logging
+
+    shared = DiskErrorsInOneLine()
+    for target in (std_logging.getLogger("absl"), std_logging.getLogger("asyncio"), *std_logging.getLogger().handlers):
+        target.addFilter(shared)
+
+
 def _more(error) -> str:
     # Bad-image errors list every file, one per line: show the first and count the rest.
     lines = str(error).split("\n  ")
@@ -180,6 +256,11 @@ def exit_in_one_line(prog: str, error: BaseException):
         raise error
     status, message = known
     print(f"{prog}: {message}", file=sys.stderr)
+    if status == EXIT_DISK:
+        import logging as std_logging
+
+        # Background writers' futures report the same failure again at exit: it has been said.
+        std_logging.disable(std_logging.CRITICAL)
     sys.exit(status)
 
 

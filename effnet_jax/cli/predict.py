@@ -91,6 +91,7 @@ def main(argv):
     quiet_unless_verbose()
     from effnet_jax.inference.inputs import InputNotFoundError, expand_inputs
     from effnet_jax.inference.prediction_output import output_format
+    from effnet_jax.output_files import output_file_problem
 
     if not FLAGS.workdir and not FLAGS.exported:
         return _fail("--workdir (the training run) or --exported (an effnet-export folder) is required", EXIT_USAGE)
@@ -101,6 +102,9 @@ def main(argv):
             output_format(FLAGS.out)
     except ValueError as e:
         return _fail(str(e), EXIT_USAGE)
+    problem = output_file_problem(FLAGS.out, "--out") if FLAGS.out else None
+    if problem:  # a link planted at the name: refused before the model is loaded
+        return _fail(problem, EXIT_FAILED)
     for flag, path in (("--gradcam", FLAGS.gradcam), ("--out", FLAGS.out and (os.path.dirname(FLAGS.out) or "."))):
         problem = check_output_dir(path, flag) if path else None
         if problem:
@@ -166,10 +170,14 @@ def _main_exported(paths) -> int:
 
 def _emit(records) -> int:
     """Prints or writes (--out) each record; EXIT_FAILED if any image could not be read."""
-    from effnet_jax.inference.prediction_output import PredictionWriter
+    from effnet_jax.inference.prediction_output import PredictionWriter, printable_record
+    from effnet_jax.output_files import UnsafeOutputError
 
     failed = counted = 0
-    writer = PredictionWriter(FLAGS.out) if FLAGS.out else None
+    try:
+        writer = PredictionWriter(FLAGS.out) if FLAGS.out else None
+    except (UnsafeOutputError, OSError) as e:
+        return _fail(f"--out={FLAGS.out}: {e}" if isinstance(e, OSError) else str(e), EXIT_FAILED)
     try:
         for record in records:
             counted += 1
@@ -179,7 +187,9 @@ def _emit(records) -> int:
             if writer:
                 writer.write(record)
             else:
-                print(json.dumps(record), flush=True)
+                print(json.dumps(printable_record(record)), flush=True)
+    except UnsafeOutputError as e:  # a Grad-CAM name taken by a link: nothing is written through it
+        return _fail(f"{e} ({counted} image(s) done before it)", EXIT_FAILED)
     finally:
         if writer:
             writer.close()

@@ -68,6 +68,13 @@ def main(argv):
     from effnet_jax.train.preemption import Preempted
 
     common.show_our_logs()
+    from effnet_jax.train.config import validate_config
+
+    try:
+        validate_config(FLAGS.config)  # before any data is read or anything compiled
+    except ValueError as e:
+        common.exit_in_one_line("effnet-train", e)
+
     cache = common.setup_compilation_cache(FLAGS.config.get("compilation_cache_dir", None))
     std_logging.getLogger("effnet_jax.train").info(
         "compilation cache: %s", cache or "off (config.compilation_cache_dir='')"

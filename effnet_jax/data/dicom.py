@@ -106,9 +106,17 @@ def read_gray(data: bytes, path: str) -> np.ndarray:
             return np.asarray(Image.fromarray(pixels, mode="RGB").convert("L"))
         raise DicomError(f"{path}: DICOM PhotometricInterpretation {photometric!r} is not a grayscale radiograph")
     try:
-        return _windowed_uint8(pydicom, ds, pixels, photometric)
+        gray = _windowed_uint8(pydicom, ds, pixels, photometric, path)
+    except DicomError:
+        raise
     except Exception as e:  # malformed LUT descriptors or window values
         raise DicomError(f"{path}: bad DICOM modality/VOI LUT ({type(e).__name__}: {e})") from e
+    if gray.min() == gray.max():
+        raise DicomError(
+            f"{path}: every pixel is {int(gray.min())} after the DICOM rescale and window: a blank image, "
+            "nothing to diagnose (check RescaleSlope, WindowCenter and WindowWidth)"
+        )
+    return gray
 
 
 def decode_bytes(rows: int, cols: int, samples: int, bits: int, compressed: bool) -> int:
@@ -256,21 +264,32 @@ def _packbits_length(src: bytes, start: int, end: int, stop: int) -> int:
     return n
 
 
-def _windowed_uint8(pydicom, ds, pixels: np.ndarray, photometric: str) -> np.ndarray:
+def _windowed_uint8(pydicom, ds, pixels: np.ndarray, photometric: str, path: str) -> np.ndarray:
     """Modality LUT, first VOI transform, MONOCHROME1 inversion and 0..255 scaling, a block of rows at a time.
 
     Each step maps pixels one by one, so blocks give the very result of the whole image;
-    without a VOI range, a first pass finds the image's own range.
+    without a VOI range, a first pass finds the image's own range. A NaN or infinite value
+    (from a NaN RescaleSlope, WindowCenter, ...) is refused: it would blank the image.
     """
     step = max(1, BLOCK_PIXELS // max(1, pixels[0].size))
     starts = range(0, pixels.shape[0], step)
     low, high = _voi_range(pydicom, ds)
     has_voi = low is not None
+    if has_voi and not (np.isfinite(low) and np.isfinite(high)):
+        raise DicomError(
+            f"{path}: the DICOM window (WindowCenter / WindowWidth or VOI LUT) gives a non-finite range "
+            f"[{low}, {high}]; refusing an image it would blank"
+        )
 
     def values(start: int) -> np.ndarray:
         block = np.asarray(pydicom.pixels.apply_modality_lut(pixels[start : start + step], ds), np.float64)
         if has_voi:
             block = np.asarray(pydicom.pixels.apply_voi_lut(block, ds, index=0), np.float64)
+        if not np.isfinite(block).all():
+            raise DicomError(
+                f"{path}: non-finite pixel value(s) after the DICOM rescale / window (a NaN or infinite "
+                "RescaleSlope, RescaleIntercept, WindowCenter or WindowWidth?)"
+            )
         return block
 
     if low is None or not high > low:

@@ -16,6 +16,8 @@ import io
 import json
 from pathlib import Path
 
+from effnet_jax.output_files import csv_cell, csv_text
+
 FORMAT = "effnet_jax.exclusions/1"
 
 
@@ -39,8 +41,9 @@ def write(path, entries: list[dict], **extra) -> Path:
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=["file", "reason", "detail"], lineterminator="\n")
         writer.writeheader()
-        writer.writerows(rows)
-        path.write_text(buf.getvalue())
+        # Formula-like cells get a leading quote (read() takes it off again).
+        writer.writerows({k: csv_cell(v) for k, v in row.items()} for row in rows)
+        path.write_text(buf.getvalue(), encoding="utf-8")
     else:
         path.write_text(json.dumps({"format": FORMAT, **extra, "excluded": rows}, indent=1) + "\n")
     return path
@@ -56,7 +59,10 @@ def read(path) -> dict[str, str]:
         )
     text = path.read_text()
     if path.suffix.lower() == ".csv":
-        rows = list(csv.DictReader(io.StringIO(text)))
+        rows = [
+            {k: csv_text(v) if isinstance(v, str) else v for k, v in r.items()}
+            for r in csv.DictReader(io.StringIO(text))
+        ]
         if rows and not {"file", "reason"} <= set(rows[0]):
             raise ValueError(f"{path}: CSV header {list(rows[0])}; expected file,reason[,detail]")
     else:

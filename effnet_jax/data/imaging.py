@@ -42,12 +42,17 @@ def to_gray(im: Image.Image) -> Image.Image:
         # leave 10/12-bit X-rays (stored in 16-bit containers) nearly black.
         arr = np.asarray(im)
         lo, hi = float(arr.min()), float(arr.max())
-        out = np.empty(arr.shape, np.uint8)
         step = max(1, BLOCK_PIXELS // max(1, arr.shape[1]))
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            # One NaN or inf would blank the whole stretched image, which would then be scored.
+            bad = sum(int(np.count_nonzero(~np.isfinite(arr[i : i + step]))) for i in range(0, arr.shape[0], step))
+            raise BadImageError(f"{bad} non-finite pixel value(s) (NaN or inf) in a {im.mode} image")
+        if not hi > lo:
+            raise BadImageError(f"every pixel of this {im.mode} image is {lo:g}: a blank image, nothing to diagnose")
+        out = np.empty(arr.shape, np.uint8)
         for start in range(0, arr.shape[0], step):  # float64 copies of a block, not of the whole image
             block = arr[start : start + step].astype(np.float64)
-            scaled = (block - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(block)
-            out[start : start + step] = np.round(scaled).astype(np.uint8)
+            out[start : start + step] = np.round((block - lo) * (255.0 / (hi - lo))).astype(np.uint8)
         return Image.fromarray(out, mode="L")
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         # Transparent pixels carry no X-ray signal: composite onto black (film background).

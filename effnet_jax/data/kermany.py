@@ -12,6 +12,7 @@ import hashlib
 import re
 import stat
 import zipfile
+import zlib
 from pathlib import Path
 
 from effnet_jax import limits
@@ -86,30 +87,55 @@ class Layout:
             raise imaging.BadImageError(f"{shown}: cannot read{link}: {getattr(e, 'strerror', None) or e}") from e
 
     def fingerprint(self) -> str:
-        """A hash of every listed file's split/CLASS/name and size, recorded with the prepared data:
-        files added, removed or resized (or a folder holding other files) change it."""
-        sizes = {}
+        """A hash of every listed file's split/CLASS/name, size and content (CRC-32), recorded with the prepared data.
+
+        Files added, removed, resized or rewritten (or a folder holding other files) change
+        it; the same files in a folder, its parent or a zip agree (a zip records each
+        member's CRC-32, so reading it costs nothing). The value starts with
+        ``FINGERPRINT_SCHEME``, so one recorded by the older names-and-sizes scheme never matches.
+        """
+        members = {}
         if self.zip_path is not None:
             with zipfile.ZipFile(self.zip_path) as zf:
-                sizes = {i.filename: i.file_size for i in zf.infolist()}
+                members = {i.filename: (i.file_size, i.CRC) for i in zf.infolist()}
         h = hashlib.sha256()
         for split in sorted(self.files):
             for _, rel in self.files[split]:
                 if self.zip_path is None:
-                    try:
-                        size = (Path(self.source) / rel).stat().st_size
-                    except OSError:
-                        size = -1  # a broken link: still a listed file
+                    size, crc = _size_and_crc(Path(self.source) / rel)
                 else:
-                    size = sizes.get(rel, -1)
+                    size, crc = members.get(rel, (-1, -1))
                 # split/CLASS/name only: the same files reached through a parent folder or a zip agree.
-                h.update(f"{'/'.join(rel.split('/')[-3:])}\0{size}\n".encode())
-        return h.hexdigest()[:16]
+                h.update(f"{'/'.join(rel.split('/')[-3:])}\0{size}\0{crc}\n".encode("utf-8", "surrogateescape"))
+        return f"{FINGERPRINT_SCHEME}:{h.hexdigest()[:16]}"
 
     def close(self):
         if self._zip is not None:
             self._zip.close()
             self._zip = None
+
+
+FINGERPRINT_SCHEME = "crc2"  # names + sizes + CRC-32 of each file's bytes (Layout.fingerprint)
+# (path, device, inode, size, mtime) -> CRC-32: a process checks the same folder many times.
+_CRC_MEMO: dict[tuple, int] = {}
+
+
+def _size_and_crc(path: Path) -> tuple[int, int]:
+    """``(size, CRC-32 of the bytes)`` of a listed file; ``(-1, -1)`` for one that cannot be read."""
+    try:
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            return -1, -1
+        key = (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        if key not in _CRC_MEMO:
+            crc = 0
+            with open(path, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    crc = zlib.crc32(chunk, crc)
+            _CRC_MEMO[key] = crc
+        return st.st_size, _CRC_MEMO[key]
+    except OSError:
+        return -1, -1  # a broken link: still a listed file
 
 
 def _read_file(path: Path, shown: str) -> bytes:

@@ -67,8 +67,9 @@ def ensure_prepared(factory: BuilderFactory, allow_prepare: bool = True):
     """Return the builder, preparing its data first when it is not there yet.
 
     A chest_xray set prepared from files other than those data.manual_dir lists now
-    (another folder, or files added, removed or resized) is refused, not silently reused
-    nor deleted: another run may be reading it.
+    (another folder, or files added, removed, resized or rewritten: the fingerprint covers
+    names, sizes and each file's CRC-32) is refused, not silently reused nor deleted:
+    another run may be reading it.
     """
     builder = factory()
     if builder.is_prepared():
@@ -111,13 +112,28 @@ def _check_source(factory: BuilderFactory, builder):
         return
     layout = kermany.scan(raw)
     layout.close()
+    if not str(recorded).startswith(kermany.FINGERPRINT_SCHEME + ":"):
+        raise StalePreparedDataError(
+            f"{builder.data_path} was prepared before file contents were fingerprinted (names and sizes only), "
+            f"so a change to the files of data.manual_dir={factory.manual_dir!r} cannot be told: delete "
+            f"{builder.data_path} to prepare again, or set data.data_dir to another directory"
+        )
     now = layout.fingerprint()
+    if now == recorded and meta.get("source") != layout.source:
+        # Another folder (or the zip of this one) holding the very same files: the same data.
+        logging.getLogger("effnet_jax.data").info(
+            "data.manual_dir=%r is not %s, which %s was prepared from, but holds the same files (names, sizes "
+            "and contents): using it",
+            factory.manual_dir,
+            meta.get("source"),
+            builder.data_path,
+        )
     if now != recorded:
         raise StalePreparedDataError(
             f"{builder.data_path} was prepared from {meta.get('source')} ({meta.get('source_num_files')} "
             f"files, fingerprint {recorded}) but data.manual_dir={factory.manual_dir!r} now lists "
             f"{sum(len(v) for v in layout.files.values())} files (fingerprint {now}); refusing to reuse "
-            f"stale records: delete {builder.data_path} to prepare again from data.manual_dir, or set "
+            f"stale records (files added, removed or changed): delete {builder.data_path} to prepare again from data.manual_dir, or set "
             "data.data_dir to another directory"
         )
 

@@ -33,6 +33,7 @@ import numpy as np
 
 import effnet_jax.reporting.plots as plots
 from effnet_jax.data import create_split, split_info
+from effnet_jax.data.external import FOLDER_PREFIX
 from effnet_jax.data.pipeline import run_pass
 from effnet_jax.inference import tta as tta_lib
 from effnet_jax.inference.thresholds import operating_threshold, training_prior_threshold
@@ -40,6 +41,7 @@ from effnet_jax.labels import CLASS_NAMES
 from effnet_jax.metrics import calibration as calibration_lib
 from effnet_jax.metrics import classification as metrics_lib
 from effnet_jax.metrics import intervals as intervals_lib
+from effnet_jax.output_files import csv_cell, open_output, short_hash, slug
 from effnet_jax.runs import Run
 from effnet_jax.runs import calibration as calibration_file
 from effnet_jax.runs.layout import EVAL_REPORT
@@ -142,8 +144,13 @@ def _progress(total: int, desc: str, enabled: bool):
 
 
 def output_dir(run: Run, split: str, tta: tta_lib.TTAConfig) -> str:
-    """``WORKDIR/eval/<split>_<step>``, with a ``_tta-<spec>`` suffix when TTA changed the predictions."""
-    name = f"{split}_{run.step}"
+    """``WORKDIR/eval/<split>_<step>``, with a ``_tta-<spec>`` suffix when TTA changed the predictions.
+
+    The folder's name is derived from the split, never joined from it: ``folder:PATH``
+    becomes ``folder-<slug of the folder's name>-<hash of its resolved path>``, so a path
+    (``../``, absolute, links) cannot lead the outputs out of ``WORKDIR/eval/``.
+    """
+    name = f"{split_slug(split)}_{run.step}"
     if tta.num_views > 1:
         name += f"_tta-{tta.spec()}"
     return run.layout.eval_dir(name)
@@ -188,6 +195,14 @@ class EvalReport:
     def to_json(self) -> dict:
         """metrics.json's content, in its order."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("json", True)}
+
+
+def split_slug(split: str) -> str:
+    """A folder name for ``split``: the name itself for the run's splits, derived for ``folder:PATH``."""
+    if split.startswith(FOLDER_PREFIX):
+        folder = os.path.realpath(os.path.expanduser(split[len(FOLDER_PREFIX) :]))
+        return f"folder-{slug(os.path.basename(folder))}-{short_hash(folder)}"
+    return slug(split)
 
 
 def evaluate_checkpoint(
@@ -344,7 +359,7 @@ def evaluate_checkpoint(
             {"operating": at_operating, "t=0.5": at_half, "train prior": at_prior, "val. Youden": at_youden}
         ),
     )
-    with open(files["metrics"], "w") as f:
+    with open_output(files["metrics"], "w") as f:
         json.dump(metrics_lib.json_safe(report.to_json()), f, indent=2, allow_nan=False)
         f.write("\n")
     return report
@@ -382,11 +397,11 @@ def calibrate_checkpoint(
 
 def _write_predictions(path: str, result: SplitPredictions, probs: np.ndarray, file_names) -> str:
     # prob_pneumonia is what the report scored (calibrated when a temperature applies).
-    with open(path, "w", newline="") as f:
+    with open_output(path, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["index", "file", "label", "prob_pneumonia", "prob_uncalibrated"])
         rows = zip(result.index.tolist(), result.labels.tolist(), probs.tolist(), result.probs.tolist())
         for i, label, p, raw in rows:
             name = file_names[i] if file_names is not None else ""
-            writer.writerow([i, name, label, f"{p:.6f}", f"{raw:.6f}"])
+            writer.writerow([i, csv_cell(name), label, f"{p:.6f}", f"{raw:.6f}"])
     return path

@@ -89,7 +89,7 @@ def _version(package: str) -> str | None:
 def _prepare_out_dir(out_dir: str):
     """``out_dir`` made, or refused when it holds anything other than an earlier export."""
     os.makedirs(out_dir, exist_ok=True)
-    ours = {bundle.MODEL_JSON, bundle.FUNCTION_FILE, bundle.WEIGHTS_FILE}
+    ours = {bundle.MODEL_JSON, bundle.FUNCTION_FILE, bundle.WEIGHTS_FILE, bundle.SUMS_FILE}
     others = sorted(set(os.listdir(out_dir)) - ours)
     if others:
         raise ValueError(f"--out={out_dir}: not empty ({', '.join(others[:3])}...); give a new or empty folder")
@@ -200,7 +200,12 @@ def export_run(
     for name, blob in ((bundle.FUNCTION_FILE, function), (bundle.WEIGHTS_FILE, weights)):
         with open(os.path.join(out_dir, name), "wb") as f:
             f.write(blob)
+    text = json.dumps(meta, indent=2) + "\n"
+    sums = bundle.sums_text(
+        {bundle.MODEL_JSON: text.encode(), bundle.FUNCTION_FILE: function, bundle.WEIGHTS_FILE: weights}
+    )
+    with open(os.path.join(out_dir, bundle.SUMS_FILE), "w") as f:
+        f.write(sums)
     with open(os.path.join(out_dir, bundle.MODEL_JSON), "w") as f:
-        json.dump(meta, f, indent=2)
-        f.write("\n")
+        f.write(text)
     return meta

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from effnet_jax.models.ensemble import member_axis
+from effnet_jax.output_files import open_output
 
 PERTURBATION = "head_features"
 
@@ -117,7 +118,9 @@ def save_overlay(image, heatmap, path: str | os.PathLike, alpha: float = 0.45, c
     """Writes ``overlay(image, heatmap)`` as a PNG; returns the path."""
     path = os.fspath(path)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    Image.fromarray(overlay(image, heatmap, alpha, colormap), mode="RGB").save(path, format="PNG")
+    rgb = Image.fromarray(overlay(image, heatmap, alpha, colormap), mode="RGB")
+    with open_output(path, "wb") as f:  # never through a link planted at the name
+        rgb.save(f, format="PNG")
     return path
 
 
@@ -167,5 +170,6 @@ def save_panel(image, heatmap, path: str | os.PathLike, prob: float, label: str,
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig = panel_figure(image, heatmap, prob, label, threshold, name)
     FigureCanvasAgg(fig)
-    fig.savefig(path, format="png", dpi=fig.dpi, bbox_inches="tight")
+    with open_output(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=fig.dpi, bbox_inches="tight")
     return path

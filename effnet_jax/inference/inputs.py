@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import os
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 IMAGE_EXTENSIONS = frozenset({".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp"})
 
@@ -20,6 +21,28 @@ class InputNotFoundError(FileNotFoundError):
 
 def _is_pattern(text: str) -> bool:
     return glob.has_magic(text)
+
+
+def glob_no_links(pattern: str) -> list[str]:
+    """``glob.glob(pattern, recursive=True)``, except that ``**`` never descends into a linked folder.
+
+    ``glob`` follows such links, so a link to a parent folder makes ``**`` loop until the
+    paths grow too long; pathlib's ``**`` does not follow them. Hidden names are left out,
+    as ``glob`` leaves them out.
+    """
+    if "**" not in pattern:
+        return glob.glob(pattern)  # no recursion: a link is followed once at most per component
+    parts = pattern.split(os.sep)
+    first = next(i for i, part in enumerate(parts) if _is_pattern(part))
+    root = os.sep.join(parts[:first]) or (os.sep if pattern.startswith(os.sep) else "")
+    found = []
+    for path in Path(root or ".").glob("/".join(parts[first:])):
+        rel = path.relative_to(root or ".")
+        if not rel.parts:
+            found.append(root or ".")  # '**' matches the folder itself
+        elif not any(name.startswith(".") for name in rel.parts):
+            found.append(os.path.join(root, *rel.parts))
+    return found
 
 
 def images_in_folder(folder: str) -> list[str]:
@@ -44,7 +67,7 @@ def expand_inputs(items: Sequence[str]) -> list[str]:
         if os.path.lexists(item):
             matches: Iterable[str] = [item]
         elif _is_pattern(item):
-            matches = sorted(glob.glob(item, recursive=True))
+            matches = sorted(glob_no_links(item))
             if not matches:
                 raise InputNotFoundError(f"{item}: the pattern matches no file")
         else:

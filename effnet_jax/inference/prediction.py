@@ -15,6 +15,7 @@ every probability, and rule-derived thresholds go through the same map (labels u
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import io
 import math
@@ -31,6 +32,7 @@ from effnet_jax.inference.gradcam import make_gradcam, save_overlay, save_panel
 from effnet_jax.inference.thresholds import resolve_threshold
 from effnet_jax.labels import CLASS_NAMES, positive_probability
 from effnet_jax.metrics import calibration as calibration_lib
+from effnet_jax.output_files import short_hash, slug
 from effnet_jax.runs import Run
 
 ImageInput = str | os.PathLike | np.ndarray | Image.Image
@@ -111,12 +113,26 @@ def _input_names(items: Sequence) -> list[str]:
 
 
 def _overlay_names(paths: Sequence[str]) -> list[str]:
-    """One PNG name per input; inputs that share a file name get their position appended."""
-    stems = [os.path.splitext(os.path.basename(p))[0].strip("<>").replace(" ", "_") for p in paths]
-    seen: dict[str, int] = {}
+    """One PNG name per input, distinct within the run (case folded, for case-insensitive disks).
+
+    Names are derived, never joined from the input: the file's stem reduced to letters,
+    digits, ``._-``. Inputs whose stems collide each get a short hash of their full path
+    (and their position, should one path come twice), so no overlay replaces another.
+    """
+    stems = [slug(os.path.splitext(os.path.basename(p))[0]) for p in paths]
+    count: dict[str, int] = {}
     for s in stems:
-        seen[s] = seen.get(s, 0) + 1
-    return [f"{s}_{i}.gradcam.png" if seen[s] > 1 else f"{s}.gradcam.png" for i, s in enumerate(stems)]
+        count[s.lower()] = count.get(s.lower(), 0) + 1
+    names = [s if count[s.lower()] == 1 else f"{s}-{short_hash(p)}" for s, p in zip(stems, paths)]
+    repeated = collections.Counter(n.lower() for n in names)
+    taken: set[str] = set()
+    unique = []
+    for i, name in enumerate(names):
+        if name.lower() in taken or repeated[name.lower()] > 1:
+            name = f"{name}-{i}"
+        taken.add(name.lower())
+        unique.append(f"{name}.gradcam.png")
+    return unique
 
 
 class Predictor:

@@ -1,7 +1,9 @@
 """effnet-predict's ``--out`` file: one row per input, CSV or JSON lines by the file's extension.
 
 Rows are written as they come (and flushed), so the rows of a long run that stops part
-way are kept.
+way are kept. Text is written by ``effnet_jax.output_files``: formula-like CSV cells get a
+leading quote, file names that are not UTF-8 are written with ``\\xNN`` escapes (in CSV and
+JSON lines alike), and the file is never written through a symbolic link planted at its name.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+
+from effnet_jax.output_files import csv_cell, open_output, printable
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
 COLUMNS = ("file", "prob_pneumonia", "label", "threshold", "gradcam", "error")
@@ -27,7 +31,7 @@ class PredictionWriter:
 
     def __init__(self, path: str):
         self.format = output_format(path)
-        self._file = open(path, "w", newline="" if self.format == "csv" else None)
+        self._file = open_output(path, "w", encoding="utf-8", newline="" if self.format == "csv" else None)
         self._csv = None
         if self.format == "csv":
             self._csv = csv.DictWriter(self._file, fieldnames=COLUMNS, extrasaction="ignore")
@@ -35,9 +39,9 @@ class PredictionWriter:
 
     def write(self, record: dict) -> None:
         if self._csv is not None:
-            self._csv.writerow({k: record.get(k, "") for k in COLUMNS})
+            self._csv.writerow({k: csv_cell(record.get(k, "")) for k in COLUMNS})
         else:
-            self._file.write(json.dumps(record) + "\n")
+            self._file.write(json.dumps(printable_record(record)) + "\n")
         self._file.flush()
 
     def close(self) -> None:
@@ -48,3 +52,8 @@ class PredictionWriter:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def printable_record(record: dict) -> dict:
+    """``record`` with its text values made printable (``output_files.printable``): one escape for CSV and JSON."""
+    return {k: printable(v) if isinstance(v, str) else v for k, v in record.items()}

@@ -15,7 +15,7 @@ import jax
 from etils import epath
 
 from effnet_jax.runs.layout import Layout
-from effnet_jax.runs.metrics_log import read_metrics
+from effnet_jax.runs.metrics_log import read_metrics, read_metrics_file
 
 
 class MetricWriter:
@@ -77,7 +77,7 @@ def truncate_after(workdir: str, step: int):
     """Drops records after ``step``: a resumed run redoes those steps and writes them again."""
     if jax.process_index() != 0:
         return
-    records = read_metrics(workdir)
+    records, torn = read_metrics_file(workdir)
     kept = [r for r in records if r["step"] <= step]
-    if len(kept) != len(records):
+    if torn or len(kept) != len(records):  # a torn last line goes too: appending to it would glue two records
         _write_all(Layout(workdir).metrics, kept)

@@ -5,12 +5,14 @@
     model.json       what the model is and how to feed it (validated here before anything else is read)
     model.stablehlo  the function, serialized by ``jax.export`` (StableHLO bytes, symbolic batch)
     weights.npz      its arrays, in the order of the function's arguments (plain .npy, no pickles)
+    SHA256SUMS       the SHA-256 of each of the three (``sha256sum -c SHA256SUMS`` checks them)
 
 A directory may come from anyone: model.json is held to 1 MiB and nested at most
 ``limits.MAX_NESTING`` deep, the weights' declared shapes to the decoded-size budget
-(``effnet_jax.limits``); every file is size-checked before it is read and
-its SHA-256 checked against model.json, so a truncated or swapped file is a one-line
-error naming it rather than a crash deep in a deserializer.
+(``effnet_jax.limits``); every file is size-checked before it is read and its SHA-256
+checked against model.json, and model.json's own against SHA256SUMS, so a truncated,
+edited or swapped file is a one-line error naming it rather than a crash deep in a
+deserializer or a model that answers with the wrong class names.
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ import re
 import reprlib
 
 from effnet_jax import limits
+from effnet_jax.labels import CLASS_NAMES  # the function's output is P(the second)
 
 FORMAT = "effnet_jax.exported/1"
 MODEL_JSON = "model.json"
 FUNCTION_FILE = "model.stablehlo"
 WEIGHTS_FILE = "weights.npz"
+SUMS_FILE = "SHA256SUMS"
 
 MAX_JSON_BYTES = 1 << 20
 MAX_FUNCTION_BYTES = 256 << 20
@@ -76,7 +80,7 @@ def read_checked(directory: str, meta: dict, role: str, limit: int) -> bytes:
 _NUMBER = (int, float)
 _SCHEMA = [
     ("format", str, None),
-    ("class_names", list, lambda v: len(v) == 2 and all(isinstance(c, str) and c for c in v)),
+    ("class_names", list, lambda v: tuple(v) == tuple(CLASS_NAMES)),
     ("positive_class", str, None),
     ("input.image_size", int, lambda v: 8 <= v <= 4096),
     ("input.center_crop", _NUMBER, lambda v: 0 < v <= 1),
@@ -143,3 +147,30 @@ def read_model_json(directory: str) -> dict:
     if meta["positive_class"] != meta["class_names"][1]:
         raise ExportedModelError(f"{path}: positive_class must be the second of class_names")
     return meta
+
+
+# -- SHA256SUMS ------------------------------------------------------------------------------------
+def sums_text(files: dict[str, bytes]) -> str:
+    """``sha256sum``'s format for ``{name: bytes}``: one ``<hex>  <name>`` line each, sorted by name."""
+    return "".join(f"{sha256(data)}  {name}\n" for name, data in sorted(files.items()))
+
+
+def check_model_json(directory: str) -> None:
+    """Refuses a model.json whose SHA-256 is not the one SHA256SUMS records (edited after export)."""
+    sums_path = os.path.join(directory, SUMS_FILE)
+    json_path = os.path.join(directory, MODEL_JSON)
+    if not os.path.lexists(sums_path):
+        raise ExportedModelError(
+            f"{sums_path}: missing, so {json_path} cannot be checked (exported by an older effnet-export?); "
+            "export the run again"
+        )
+    recorded = {}
+    for line in read_limited(sums_path, MAX_JSON_BYTES).decode("utf-8", "replace").splitlines():
+        digest, _, name = line.partition("  ")
+        recorded[name.strip()] = digest.strip()
+    actual = sha256(read_limited(json_path, MAX_JSON_BYTES))
+    if recorded.get(MODEL_JSON) != actual:
+        raise ExportedModelError(
+            f"{json_path}: SHA-256 {actual[:12]}... is not the one {sums_path} records: model.json was edited "
+            "after export (class names, threshold, input size?); export the run again"
+        )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 import zipfile
 from collections.abc import Iterator, Sequence
 
@@ -195,6 +196,7 @@ def load(directory: str) -> ExportedModel:
         exported = jax_export.deserialize(bytearray(blob))
     except Exception as e:  # the flatbuffer reader raises struct, index and value errors on bad bytes
         raise ExportedModelError(f"{function_path}: not a serialized jax.export function ({type(e).__name__})") from e
+    check_custom_calls(exported, function_path)
     size = int(meta["input"]["image_size"])
     *weight_avals, image_aval = exported.in_avals
     if (
@@ -215,4 +217,38 @@ def load(directory: str) -> ExportedModel:
     weights = _read_weights(
         weights_path, bundle.read_checked(directory, meta, "weights", bundle.MAX_WEIGHTS_BYTES), weight_avals
     )
+    check_finite_weights(weights, weights_path)
+    bundle.check_model_json(directory)
     return ExportedModel(directory, meta, exported, weights)
+
+
+# What effnet-export's functions hold besides plain StableHLO ops: jax.export's own shape
+# checks for the symbolic batch, and the sharding markers jax may add. Anything else (a
+# custom_call to a target this host may not have, or one that runs foreign code) is refused.
+ALLOWED_CUSTOM_CALLS = frozenset({"shape_assertion", "Sharding", "SPMDFullToShardShape", "SPMDShardToFullShape"})
+_CUSTOM_CALL = re.compile(r"stablehlo\.custom_call\s*@([\w.$-]+)|call_target_name\s*=\s*\"([^\"]*)\"")
+
+
+def check_custom_calls(exported, path: str) -> None:
+    """Refuses a function that calls a custom_call target effnet-export never emits; one line naming ``path``."""
+    try:
+        text = exported.mlir_module()
+    except Exception as e:  # a module the MLIR parser cannot print is not one effnet-export wrote
+        raise ExportedModelError(f"{path}: its StableHLO module cannot be read ({type(e).__name__})") from e
+    targets = {a or b for a, b in _CUSTOM_CALL.findall(text)}
+    calls = text.count("stablehlo.custom_call")
+    found = len(_CUSTOM_CALL.findall(text))
+    unknown = sorted(targets - ALLOWED_CUSTOM_CALLS)
+    if unknown or found < calls:
+        shown = ", ".join(unknown[:3]) or "a target that cannot be read"
+        raise ExportedModelError(
+            f"{path}: calls custom_call {shown}, which effnet-export never emits; refusing to run a hand-made module"
+        )
+
+
+def check_finite_weights(weights: list[np.ndarray], path: str) -> None:
+    """Refuses weights holding NaN or inf: such a model gives the same label to every image."""
+    for i, w in enumerate(weights):
+        if np.issubdtype(w.dtype, np.inexact) and not np.isfinite(w).all():
+            bad = int(w.size - np.isfinite(w).sum())
+            raise ExportedModelError(f"{path}: arr_{i}.npy holds {bad} non-finite value(s) (NaN or inf)")

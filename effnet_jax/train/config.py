@@ -235,3 +235,63 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.prefetch_buffer = 2  # batches buffered per worker (num_workers > 0)
     c.synthetic_examples = 256  # synthetic: training examples (validation and test get a quarter each)
     return c
+
+
+# -- validation ------------------------------------------------------------------------------------
+# Bounds a value must meet before any data is read or anything compiled. An image larger
+# than this grows the compile past the host's memory; the largest variant (B7) uses 600.
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 1024
+
+
+def _number(config, key: str):
+    value = config
+    for part in key.split("."):
+        value = value.get(part) if hasattr(value, "get") else None
+    return value
+
+
+def _require(config, key: str, test, expected: str, kinds=(int,)) -> None:
+    value = _number(config, key)
+    ok = isinstance(value, kinds) and not isinstance(value, bool)
+    if not ok or not test(value):
+        raise ValueError(f"config.{key}={value!r}: expected {expected}")
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError ``'config.KEY=VALUE: expected ...'`` (one line) for the first value a run cannot use.
+
+    Called before any data is read or anything compiled, so a typo costs a second.
+    """
+    import difflib
+    import math
+
+    from effnet_jax.models.variants import list_variants
+
+    name = config.model.get("name")
+    variants = list_variants()
+    if name not in variants:
+        close = difflib.get_close_matches(str(name), variants, n=3)
+        hint = f"did you mean {', '.join(close)}?" if close else f"one of {', '.join(variants)}"
+        raise ValueError(f"config.model.name={name!r}: not a variant; {hint}")
+    if config.get("image_size") is not None:
+        _require(
+            config,
+            "image_size",
+            lambda v: MIN_IMAGE_SIZE <= v <= MAX_IMAGE_SIZE,
+            f"None (the variant's) or an integer from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE}",
+        )
+    for key in ("batch_size", "eval_batch_size", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
+        _require(config, key, lambda v: v >= 1, "an integer >= 1")
+    _require(config, "eval_every_steps", lambda v: v >= 0, "an integer >= 0 (0 = only at the end)")
+    _require(config, "optimizer.grad_accum_steps", lambda v: v >= 1, "an integer >= 1")
+    finite = (int, float)
+    _require(config, "ema_decay", lambda v: 0 <= v < 1, "a number in [0, 1) (0 = no EMA)", finite)
+    _require(config, "label_smoothing", lambda v: 0 <= v < 1, "a number in [0, 1)", finite)
+    _require(config, "optimizer.learning_rate", lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0", finite)
+    _require(config, "model.drop_path_rate", lambda v: 0 <= v < 1, "a number in [0, 1)", finite)
+    if config.model.get("drop_rate") is not None:
+        _require(config, "model.drop_rate", lambda v: 0 <= v < 1, "None or a number in [0, 1)", finite)
+    _require(config, "num_epochs", lambda v: math.isfinite(v), "a finite number of epochs", finite)
+    steps = config.get("num_train_steps")
+    if not (isinstance(steps, int) and steps > 0):
+        _require(config, "num_epochs", lambda v: v > 0, "a number > 0 (or config.num_train_steps > 0)", finite)

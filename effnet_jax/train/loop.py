@@ -31,6 +31,7 @@ from effnet_jax.train import freeze as freeze_lib
 from effnet_jax.train import optimizer as optimizer_lib
 from effnet_jax.train import progress as progress_lib
 from effnet_jax.train import state as state_lib
+from effnet_jax.train.config import validate_config
 from effnet_jax.train.evaluate import evaluate
 from effnet_jax.train.parallel import Parallel
 
@@ -179,6 +180,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
             f"config.soup_seeds={config.soup_seeds!r}: train_and_evaluate trains one run; "
             "effnet_jax.train.soup.train_soup (effnet-train) trains the seeds and averages them"
         )
+    validate_config(config)
     started = time.time()
     workdir = layout_lib.absolute(workdir)
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)

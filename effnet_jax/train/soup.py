@@ -43,6 +43,7 @@ from effnet_jax.runs.layout import Layout
 from effnet_jax.runs.metrics_log import read_metrics, training_data
 from effnet_jax.runs.writer import MetricWriter
 from effnet_jax.train import steps
+from effnet_jax.train.config import validate_config
 from effnet_jax.train.loop import (
     check_select_split,
     describe_machine,
@@ -108,6 +109,7 @@ def train_soup(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
     soup's record (``soup.json``), or None when a member stopped before its end
     (``config.stop_after_steps``): rerun to finish the members and make the soup.
     """
+    validate_config(config)
     n = soup_seeds(config)
     combine = soup_combine(config)
     if jax.process_count() > 1:
@@ -404,9 +406,13 @@ def _check_members(members: list[str], workdir: str) -> None:
     """Two or more distinct members, none of which holds the soup's workdir (a soup never writes into a member)."""
     if len(members) < 2:
         raise ValueError(f"a soup needs at least two members; got {members}")
-    repeated = sorted({m for m in members if members.count(m) > 1})
-    if repeated:
-        raise ValueError(f"soup member {repeated[0]} is given more than once")
+    # The same folder through a link, a '..' or a trailing slash is the same member.
+    resolved = [m if "://" in m else os.path.realpath(m) for m in members]
+    for i, target in enumerate(resolved):
+        if target in resolved[:i]:
+            first = members[resolved.index(target)]
+            same = "" if first == members[i] else f" (as {members[i]}, which resolves to {target})"
+            raise ValueError(f"soup member {first} is given more than once{same}: a soup needs distinct runs")
     for member in members:
         if "://" not in workdir and os.path.commonpath([workdir, member]) == member:
             raise SoupWorkdirError(

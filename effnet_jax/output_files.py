@@ -1,0 +1,109 @@
+"""Writing output files safely when names and folders may come from someone else.
+
+- ``open_output(path)`` never writes through a symbolic link, a FIFO, a device or a file
+  with other hard links planted at ``path``: it opens with ``O_NOFOLLOW`` and checks what
+  it opened before truncating it. A regular file of our own (an earlier run's) is
+  overwritten.
+- ``csv_cell(value)`` neutralises a text cell a spreadsheet would read as a formula
+  (leading ``= + - @``, tab or carriage return) by prefixing a single quote, as
+  spreadsheets expect; ``csv_text`` undoes it for our own readers.
+- ``printable(text)`` writes a file name that is not valid UTF-8 (Python keeps its bytes
+  as surrogates) with backslash escapes (``\\xff``), so one odd name cannot stop a CSV
+  or JSON-lines file part way.
+- ``slug(text)`` and ``short_hash(text)`` derive file and folder names from user paths,
+  so no name we write is ever joined from one.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import os
+import re
+import stat
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+class UnsafeOutputError(ValueError):
+    """An output path we refuse to write (a link, FIFO, device or multiply linked file); names the path."""
+
+
+def open_output(path: str | os.PathLike, mode: str = "w", **kwargs) -> io.IOBase:
+    """``open(path, mode)`` for writing ('w' or 'wb'), refusing whatever is not a plain file of our own at ``path``.
+
+    Created with mode 0o666 (less the umask) when absent. Raises UnsafeOutputError naming
+    ``path`` for a symbolic link, a non-regular file or a file with other hard links.
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"open_output: mode {mode!r}, expected 'w' or 'wb'")
+    path = os.fspath(path)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    try:
+        # O_NONBLOCK: a FIFO planted at the name must not block the open.
+        fd = os.open(path, flags, 0o666)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.EMLINK) and os.path.islink(path):
+            raise UnsafeOutputError(f"{path}: is a symbolic link; refusing to write through it") from e
+        if e.errno == errno.ENXIO:
+            raise UnsafeOutputError(f"{path}: is a FIFO or socket, not a file; refusing to write to it") from e
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafeOutputError(f"{path}: not a regular file (a FIFO, device or folder); refusing to write to it")
+        if st.st_nlink > 1:
+            raise UnsafeOutputError(f"{path}: has {st.st_nlink} hard links; refusing to overwrite a shared file")
+        os.set_blocking(fd, True)
+        os.ftruncate(fd, 0)
+        return open(fd, mode, closefd=True, **kwargs)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def output_file_problem(path: str, flag: str) -> str | None:
+    """Why ``open_output`` would refuse ``path`` (``flag=path: ...``), checked before any work; None if it would not."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return f"{flag}={path}: cannot check it ({e.strerror or e})"
+    if stat.S_ISLNK(st.st_mode):
+        return f"{flag}={path}: is a symbolic link; refusing to write through it"
+    if not stat.S_ISREG(st.st_mode):
+        return f"{flag}={path}: not a regular file (a FIFO, device or folder); refusing to write to it"
+    if st.st_nlink > 1:
+        return f"{flag}={path}: has {st.st_nlink} hard links; refusing to overwrite a shared file"
+    return None
+
+
+def printable(text: str) -> str:
+    """``text`` with bytes that were not UTF-8 (surrogate escapes) written as ``\\xNN``."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def csv_cell(value):
+    """A CSV cell: text that a spreadsheet would run as a formula gets a leading ``'``; numbers stay."""
+    if not isinstance(value, str):
+        return value
+    value = printable(value)
+    return "'" + value if value.startswith(FORMULA_STARTS) else value
+
+
+def csv_text(cell: str) -> str:
+    """The text ``csv_cell`` wrote to ``cell`` (a neutralised formula loses its quote)."""
+    return cell[1:] if cell.startswith("'") and cell[1:].startswith(FORMULA_STARTS) else cell
+
+
+def short_hash(text: str, length: int = 8) -> str:
+    """Hex digits of SHA-256 of ``text`` (its bytes as the file system gave them)."""
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:length]
+
+
+def slug(text: str, limit: int = 60) -> str:
+    """Letters, digits, ``.``, ``_`` and ``-`` of ``text``, never starting with a dot; 'x' when none are left."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", printable(text)).strip("._")[:limit]
+    return cleaned or "x"
