@@ -27,12 +27,10 @@ resident batch: a ratio near 1 means the pipeline keeps up with the accelerator.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import pathlib
 import re
 import statistics
-import sys
 import time
 
 import record
@@ -45,11 +43,12 @@ keep_freed_host_memory()
 import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # configs/ is a package at the repo root
 
 
 def recipe(args):
-    config = importlib.import_module("configs." + pathlib.Path(args.config).stem).get_config()
+    from effnet_jax.train.config import load_config_file
+
+    config = load_config_file(args.config).get_config()
     config.model.pretrained = None
     config.batch_size = args.batch
     config.freeze_until = args.freeze_until

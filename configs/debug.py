@@ -11,7 +11,7 @@ loop on synthetic images from a random init, for tests.
 Results: results/recipes.jsonl, record `debug` (the bundled sample).
 """
 
-from configs import default
+from effnet_jax.train import config as default
 
 
 def get_config():

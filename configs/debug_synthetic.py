@@ -6,7 +6,9 @@ metrics record says 'synthetic'). Its numbers only show that the code runs.
 Results: no record (synthetic data and random init measure nothing).
 """
 
-from configs import debug
+from effnet_jax.train.config import sibling_config
+
+debug = sibling_config(__file__, "debug")
 
 
 def get_config():

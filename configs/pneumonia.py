@@ -11,8 +11,8 @@ threshold is the training prior. --config.soup_seeds=1 trains one model in half 
 Results: results/recipes.jsonl, record `shipped`, shown in README.md, Results.
 """
 
-from configs import default
 from effnet_jax.data import data_dir
+from effnet_jax.train import config as default
 
 
 def get_config():

@@ -8,7 +8,7 @@ builder when --config.data.manual_dir is given, otherwise PneumoniaMNIST at 224 
 Results: not yet measured (no record).
 """
 
-from configs import default
+from effnet_jax.train import config as default
 
 
 def get_config():

@@ -7,7 +7,7 @@ early stopping on validation loss, the first layers frozen.
 Results: not yet measured (no record).
 """
 
-from configs import default
+from effnet_jax.train import config as default
 
 
 def get_config():

@@ -8,7 +8,9 @@ upsample them.
 Results: results/recipes.jsonl, records `lite1` and `lite2`, shown in README.md, Results.
 """
 
-from configs import pneumonia_lite0
+from effnet_jax.train.config import sibling_config
+
+pneumonia_lite0 = sibling_config(__file__, "pneumonia_lite0")
 
 
 def get_config(lite: str = "1"):

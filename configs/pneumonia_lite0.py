@@ -9,8 +9,8 @@ Results: results/recipes.jsonl, record `lite0`, shown in README.md, Results;
 its light-augmentation variant: records `tta-*`.
 """
 
-from configs import default
 from effnet_jax.data import data_dir
+from effnet_jax.train import config as default
 
 
 def get_config():

@@ -6,7 +6,7 @@ command on every host of a larger slice. TF-ported ImageNet weights from the hub
 Results: not yet measured (no record).
 """
 
-from configs import default
+from effnet_jax.train import config as default
 
 
 def get_config():

@@ -1,11 +1,21 @@
-"""Shared pytest set-up: JAX on the CPU, Keras on the JAX backend, one compilation cache."""
+"""Shared pytest set-up: JAX on the CPU with 8 devices, Keras on the JAX backend, one compilation cache."""
 
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("KERAS_BACKEND", "jax")
+# The sharding tests need 8 devices: a bare `pytest` gets them (as big_vision's tests set up
+# theirs with chex.set_n_cpu_devices) instead of skipping those tests. Set before JAX is
+# imported, which reads XLA_FLAGS once; subprocesses inherit it, as under .ci/run.
+if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 
+import jax  # noqa: E402
 import pytest  # noqa: E402
+
+
+def pytest_sessionstart(session):
+    assert jax.device_count() >= 8, f"tests need 8 devices; XLA_FLAGS={os.environ.get('XLA_FLAGS')!r} gave fewer"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -20,3 +30,7 @@ def _one_compilation_cache_for_the_session(tmp_path_factory):
 
     with session_compilation_cache(tmp_path_factory):
         yield
+
+
+# Tiny training runs trained once per session and shared by the files that read them.
+from run_fixtures import resumed_run, straight_run  # noqa: E402, F401

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import pathlib
 import subprocess
@@ -13,9 +12,9 @@ import jax
 import numpy as np
 from jax.experimental.compilation_cache import compilation_cache
 
+from effnet_jax.train.config import load_config_file
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # configs/ is a package at the repo root
 
 
 def run_module(module: str, *args: str) -> subprocess.CompletedProcess:
@@ -27,8 +26,8 @@ def run_module(module: str, *args: str) -> subprocess.CompletedProcess:
 
 
 def load_config(name: str, *args):
-    """``configs/<name>.py``'s ``get_config(*args)``."""
-    return importlib.import_module(f"configs.{name}").get_config(*args)
+    """``configs/<name>.py``'s ``get_config(*args)``, loaded by path as effnet-train loads it."""
+    return load_config_file(REPO / "configs" / f"{name}.py").get_config(*args)
 
 
 def tiny_config(**overrides):
@@ -86,6 +85,28 @@ def session_compilation_cache(tmp_path_factory):
 def _reset_cache():
     # The cache directory is read once per process; resetting makes jax read it again.
     compilation_cache.reset_cache()
+
+
+def hand_made_run(workdir, config: dict, step: int = 7, train_class_counts=(), metrics=()):
+    """A ``runs.Run`` built by hand (no checkpoint on disk) for threshold and report tests."""
+    import ml_collections
+
+    from effnet_jax import runs
+    from effnet_jax.runs.layout import Layout
+    from effnet_jax.runs.record import RunRecord
+
+    record = RunRecord(image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3, train_class_counts=tuple(train_class_counts))
+    return runs.Run(
+        workdir=str(workdir),
+        layout=Layout(str(workdir)),
+        config=ml_collections.ConfigDict(config),
+        record=record,
+        step=step,
+        checkpoint=step,
+        calibration=None,
+        metrics=tuple(metrics),
+        soup=None,
+    )
 
 
 def assert_close(a, b, tol=1e-5):

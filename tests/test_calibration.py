@@ -6,13 +6,15 @@ import numpy as np
 import pytest
 from scipy.special import expit, softmax
 
-from effnet_jax.reporting import calibration as cal
-from effnet_jax.reporting.metrics import (
+from effnet_jax.metrics import calibration as cal
+from effnet_jax.metrics.classification import (
     compute_metrics,
     expected_calibration_error,
     sensitivity_threshold,
     youden_threshold,
 )
+from effnet_jax.runs import calibration as calibration_file
+from effnet_jax.runs.layout import Layout
 
 
 def model_scores(n=2000, confidence=4.0, seed=0):
@@ -80,19 +82,21 @@ def test_calibration_file_round_trip_and_step_rule(tmp_path):
     labels, probs = model_scores(300)
     fitted = cal.fit_calibration(labels, probs, "external", step=42)
     assert fitted.ece_after < fitted.ece_before and fitted.n == 300
-    path = cal.write_calibration(str(tmp_path), fitted)
+    path = calibration_file.write_calibration(Layout(str(tmp_path)), fitted)
     blob = json.loads(open(path).read())
     # The format effnet-export reads.
     assert {"temperature", "fitted_on", "step", "ece_before", "ece_after", "n"} <= set(blob)
     assert blob["fitted_on"] == "external" and blob["step"] == 42
-    assert cal.read_calibration(str(tmp_path)) == fitted
-    t, note = cal.temperature_for_step(str(tmp_path), 42)
+    read = calibration_file.read_calibration(Layout(str(tmp_path)))
+    assert read == fitted
+    t, note = calibration_file.temperature_for_step(read, 42)
     assert t == fitted.temperature and "fitted on external" in note
-    assert cal.temperature_for_step(str(tmp_path), 43) == (
+    assert calibration_file.temperature_for_step(read, 43) == (
         1.0,
         "uncalibrated (calibration.json was fitted at step 42, not 43)",
     )
-    assert cal.temperature_for_step(str(tmp_path / "nowhere"), 42)[0] == 1.0
+    assert calibration_file.read_calibration(Layout(str(tmp_path / "nowhere"))) is None
+    assert calibration_file.temperature_for_step(None, 42) == (1.0, "uncalibrated (no calibration.json)")
 
 
 @pytest.mark.parametrize(
@@ -109,5 +113,5 @@ def test_calibration_file_round_trip_and_step_rule(tmp_path):
 def test_a_bad_calibration_file_is_an_error_naming_it(tmp_path, content, message):
     (tmp_path / "calibration.json").write_text(content)
     with pytest.raises(ValueError, match=message) as info:
-        cal.read_calibration(str(tmp_path))
+        calibration_file.read_calibration(Layout(str(tmp_path)))
     assert str(tmp_path / "calibration.json") in str(info.value)

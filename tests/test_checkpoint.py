@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 from helpers import tiny_config
 
-from effnet_jax.inference.restore import restore_for_inference
-from effnet_jax.train import checkpointing as checkpoint_lib
+from effnet_jax import runs
+from effnet_jax.runs import checkpoints as checkpoint_lib
 
 # The child saves step 1 and waits for it, then starts an async save of step 2 large
 # enough to still be writing, and SIGKILLs itself once orbax's temporary directory exists.
 _CHILD = textwrap.dedent("""
     import os, signal, sys, time
     import numpy as np
-    from effnet_jax.train import checkpointing as checkpoint_lib
+    from effnet_jax.runs import checkpoints as checkpoint_lib
     from helpers import tiny_config
     workdir, config = sys.argv[1], tiny_config()
     ckpt = checkpoint_lib.Checkpointer(workdir, keep=3, best_metric=None)
@@ -66,12 +66,12 @@ def test_a_process_killed_mid_save_leaves_the_last_good_checkpoint_restorable(tm
         ckpt.close()
 
 
-def test_restore_for_inference_without_checkpoints_names_the_workdir(tmp_path):
+def test_opening_a_run_without_checkpoints_names_the_workdir(tmp_path):
     with pytest.raises(FileNotFoundError, match=f"no checkpoints in workdir '{tmp_path}'"):
-        restore_for_inference(str(tmp_path))
+        runs.open(str(tmp_path))
     os.makedirs(tmp_path / "checkpoints")
     with pytest.raises(FileNotFoundError, match=f"no checkpoints in workdir '{tmp_path}'"):
-        restore_for_inference(str(tmp_path))
+        runs.open(str(tmp_path))
 
 
 def test_best_is_kept_beside_the_last_k_and_found_by_its_metric(tmp_path):
@@ -98,8 +98,6 @@ def test_a_state_saved_from_8_devices_restores_onto_1(tmp_path):
     import jax
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-    if jax.device_count() < 8:
-        pytest.skip("needs XLA_FLAGS=--xla_force_host_platform_device_count=8")
     mesh = Mesh(np.array(jax.devices()[:8]), ("data",))
     replicated = NamedSharding(mesh, PartitionSpec())
     state = {

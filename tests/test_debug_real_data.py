@@ -10,7 +10,7 @@ import data_fixtures as fx
 import pytest
 from helpers import load_config
 
-from effnet_jax.reporting.metrics_log import read_metrics
+from effnet_jax.runs.metrics_log import read_metrics
 from effnet_jax.train import loop
 
 pytestmark = [

@@ -1,4 +1,4 @@
-"""End to end: train the synthetic debug config for two steps, then effnet-eval and effnet-predict (with Grad-CAM)."""
+"""End to end on the session's tiny trained run: effnet-eval and effnet-predict (with Grad-CAM), the Run value."""
 
 import csv
 import json
@@ -8,27 +8,24 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import tiny_config
 from PIL import Image
 
 from effnet_jax.data import pipeline
 from effnet_jax.inference.prediction_output import COLUMNS
-from effnet_jax.reporting import metrics as metrics_lib
+from effnet_jax.metrics import classification as metrics_lib
 
-pytestmark = pytest.mark.slow  # trains for real: about 2 CPU-minutes
+pytestmark = pytest.mark.slow  # reads a really trained run and runs the CLIs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    from effnet_jax.train import train_and_evaluate
+STEP = 6  # the latest checkpoint of the session's shared run
 
-    # Only the plumbing is under test here, not learning: the tests' tiny run, two steps.
-    config = tiny_config(num_train_steps=2, eval_every_steps=2, checkpoint_every_steps=2)
-    path = str(tmp_path_factory.mktemp("run"))
-    train_and_evaluate(config, path)
-    return path
+
+@pytest.fixture(scope="module")
+def workdir(straight_run):
+    # Only the plumbing is under test here, not learning: the session's tiny run (tests/run_fixtures.py).
+    return straight_run["workdir"]
 
 
 def cli(module, *args):
@@ -43,7 +40,7 @@ def evaluated(workdir):
     # No --split: the run's held-out split, test for the synthetic data.
     proc = cli("effnet_jax.cli.evaluate", f"--workdir={workdir}", "--checkpoint=latest")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    out_dir = os.path.join(workdir, "eval", "test_2")
+    out_dir = os.path.join(workdir, "eval", f"test_{STEP}")
     with open(os.path.join(out_dir, "metrics.json")) as f:
         return proc, out_dir, json.load(f)
 
@@ -56,7 +53,7 @@ def test_eval_cli_reports_both_thresholds_and_where_it_wrote(evaluated):
     assert "\r" not in proc.stdout + proc.stderr and "\x1b" not in proc.stdout + proc.stderr
     assert "effnet_jax.inference: eval test: 16/16 img (100%)" in proc.stderr
     assert "t=0.5" in proc.stdout and "val. Youden" in proc.stdout and "synthetic" in proc.stdout
-    assert report["step"] == 2 and report["split"] == "test" and report["synthetic"] is True
+    assert report["step"] == STEP and report["split"] == "test" and report["synthetic"] is True
     assert report["num_examples"] == 16 and sum(report["class_counts"]) == 16
     for name in ("confusion_matrix_0.5.png", "confusion_matrix_youden.png", "roc.png", "reliability.png"):
         with Image.open(os.path.join(out_dir, name)) as im:
@@ -71,26 +68,26 @@ def test_eval_cli_reports_both_thresholds_and_where_it_wrote(evaluated):
     # effnet-eval refreshes the model card.
     with open(os.path.join(os.path.dirname(os.path.dirname(out_dir)), "MODEL_CARD.md")) as f:
         card = f.read()
-    assert "Not a medical device" in card and "| test | 2 | operating |" in card
+    assert "Not a medical device" in card and f"| test | {STEP} | operating |" in card
 
 
 @pytest.fixture(scope="module")
-def restored(workdir):
-    """The latest checkpoint restored once: a restore builds the model afresh, the slow part of these tests."""
-    from effnet_jax.inference.restore import restore_for_inference
+def run(workdir):
+    """The run at its latest checkpoint, opened once: its variables are read once for the module."""
+    from effnet_jax import runs
 
-    return restore_for_inference(workdir, "latest")
+    return runs.open(workdir, "latest")
 
 
-def test_eval_metrics_match_a_fresh_pass_over_the_splits(workdir, evaluated, restored):
-    from effnet_jax.inference.evaluation import input_spec, predict_split
+def test_eval_metrics_match_a_fresh_pass_over_the_splits(workdir, evaluated, run):
+    from effnet_jax.inference.evaluation import predict_split
 
     _, _, report = evaluated
-    config, model, variables = restored.config, restored.model, restored.variables
-    size, mean, std = input_spec(restored)
-    run = dict(image_size=size, mean=mean, std=std, batch_size=16, progress=False)
-    test = predict_split(model, variables, config.data, "test", **run)
-    val = predict_split(model, variables, config.data, "validation", **run)
+    config, model, variables = run.config, run.model(), run.variables()
+    size, mean, std = run.input_spec
+    args = dict(image_size=size, mean=mean, std=std, batch_size=16, progress=False)
+    test = predict_split(model, variables, config.data, "test", **args)
+    val = predict_split(model, variables, config.data, "validation", **args)
     threshold = metrics_lib.youden_threshold(val.labels, val.probs)
     assert report["validation_threshold"] == pytest.approx(threshold, abs=1e-7)
     # The synthetic debug config trains on synthetic data without balancing: the prior is train's PNEUMONIA share.
@@ -150,17 +147,18 @@ def test_predict_cli_scores_images_reports_bad_ones_and_writes_gradcam(workdir, 
     assert lines[0]["gradcam_panel"] == str(cams / "xray.gradcam_panel.png")
 
 
-def test_tta_evaluation_of_the_validation_split_goes_to_its_own_directory(workdir, evaluated):
+def test_tta_evaluation_of_the_validation_split_goes_to_its_own_directory(workdir, evaluated, run):
     from effnet_jax.inference.evaluation import evaluate_checkpoint
     from effnet_jax.inference.thresholds import find_validation_threshold
 
-    report = evaluate_checkpoint(workdir, split="validation", checkpoint="latest", tta="flip", progress=False)
-    assert report["out_dir"] == os.path.join(workdir, "eval", "validation_2_tta-flip")
-    assert report["tta"] == "flip" and "split being reported" in report["threshold_source"]
-    assert os.path.isfile(os.path.join(report["out_dir"], "metrics.json"))
+    report = evaluate_checkpoint(run, split="validation", tta="flip", progress=False)
+    assert report.out_dir == os.path.join(workdir, "eval", f"validation_{STEP}_tta-flip")
+    assert report.tta == "flip" and "split being reported" in report.threshold_source
+    with open(os.path.join(report.out_dir, "metrics.json")) as f:
+        assert json.load(f) == json.loads(json.dumps(metrics_lib.json_safe(report.to_json())))
     # predict (no TTA) keeps using the threshold stored by the plain evaluation.
     _, out_dir, plain = evaluated
-    assert find_validation_threshold(workdir, 2) == (
+    assert find_validation_threshold(run) == (
         plain["validation_threshold"],
         os.path.join(out_dir, "metrics.json"),
     )
@@ -197,17 +195,14 @@ def test_predict_cli_searches_folders_and_globs_writes_csv_and_warns_of_syntheti
         assert r["label"] == ("PNEUMONIA" if float(r["prob_pneumonia"]) >= float(r["threshold"]) else "NORMAL")
 
 
-def test_predictor_scores_paths_arrays_and_pil_images_alike(workdir, restored, tmp_path, monkeypatch):
-    from effnet_jax.inference import prediction
+def test_predictor_scores_paths_arrays_and_pil_images_alike(run, tmp_path):
     from effnet_jax.inference.prediction import Predictor
-
-    monkeypatch.setattr(prediction, "restore_for_inference", lambda *args, **kwargs: restored)  # restored once
 
     rng = np.random.default_rng(2)
     gray = rng.integers(0, 256, (44, 52), dtype=np.uint8)
     path = tmp_path / "x.png"
     Image.fromarray(gray).save(path)
-    predictor = Predictor(workdir, "latest", batch_size=8)
+    predictor = Predictor(run, batch_size=8)
     assert predictor.data == "synthetic" and predictor.synthetic
     items = [str(path), gray, np.repeat(gray[..., None], 3, axis=2), Image.fromarray(gray), Image.open(path)]
     records = list(predictor.predict(items))
@@ -219,60 +214,52 @@ def test_predictor_scores_paths_arrays_and_pil_images_alike(workdir, restored, t
 
 
 def test_temperature_fitted_by_eval_is_applied_by_eval_and_predict_without_changing_labels(
-    workdir, evaluated, restored, tmp_path, monkeypatch
+    workdir, evaluated, run, tmp_path
 ):
-    from effnet_jax.inference import evaluation, prediction
     from effnet_jax.inference.evaluation import calibrate_checkpoint, evaluate_checkpoint
     from effnet_jax.inference.prediction import Predictor
-    from effnet_jax.reporting import calibration as cal
+    from effnet_jax.metrics import calibration as cal
+    from effnet_jax.runs import calibration as calibration_file
 
-    def restore_once(path, checkpoint, use_ema=True):
-        # The checkpoint every call below asks for, restored once for the module.
-        assert (path, checkpoint, use_ema) == (workdir, "latest", True)
-        return restored
-
-    monkeypatch.setattr(evaluation, "restore_for_inference", restore_once)
-    monkeypatch.setattr(prediction, "restore_for_inference", restore_once)
     _, plain_dir, plain = evaluated
     try:
         report = evaluate_checkpoint(
-            workdir,
+            run,
             split="test",
-            checkpoint="latest",
             calibrate="validation",
             out_dir=str(tmp_path / "calibrated"),
             progress=False,
             bootstrap_resamples=200,
         )
-        fitted = cal.read_calibration(workdir)
-        assert (fitted.fitted_on, fitted.step, fitted.n, fitted.tta) == ("validation", 2, 16, "none")
+        fitted = calibration_file.read_calibration(run.layout)
+        assert (fitted.fitted_on, fitted.step, fitted.n, fitted.tta) == ("validation", STEP, 16, "none")
         t = fitted.temperature
-        assert report["temperature"] == t != 1.0 and "fitted on validation" in report["calibration"]
+        assert report.temperature == t != 1.0 and "fitted on validation" in report.calibration
         # Probabilities: exactly the map of the uncalibrated ones, which are the plain run's.
         with open(os.path.join(plain_dir, "predictions.csv")) as f:
             plain_rows = [line.split(",") for line in f.read().strip().splitlines()[1:]]
-        with open(os.path.join(report["out_dir"], "predictions.csv")) as f:
+        with open(os.path.join(report.out_dir, "predictions.csv")) as f:
             rows = [line.split(",") for line in f.read().strip().splitlines()[1:]]
         raw = np.array([float(r[3]) for r in plain_rows])
         assert [r[4] for r in rows] == [r[3] for r in plain_rows]
         # Thresholds mapped with T: every confusion matrix (so sensitivity, specificity) is unchanged.
-        for key, m in report["metrics"].items():
+        for key, m in report.metrics.items():
             assert m["confusion_matrix"] == plain["metrics"][key]["confusion_matrix"], key
             assert m["recall"] == pytest.approx(plain["metrics"][key]["recall"], nan_ok=True)
-        assert report["metrics"]["operating"]["threshold"] == cal.calibrate_threshold(plain["operating_threshold"], t)
-        assert report["operating_threshold"] == plain["operating_threshold"]  # recorded uncalibrated
-        assert report["uncalibrated"]["ece"] == pytest.approx(plain["metrics"]["threshold_0.5"]["ece"])
+        assert report.metrics["operating"]["threshold"] == cal.calibrate_threshold(plain["operating_threshold"], t)
+        assert report.operating_threshold == plain["operating_threshold"]  # recorded uncalibrated
+        assert report.uncalibrated["ece"] == pytest.approx(plain["metrics"]["threshold_0.5"]["ece"])
         expected = metrics_lib.compute_metrics(
             [int(r[2]) for r in plain_rows], cal.calibrate_probs(raw, t), 0.5
         )  # from the 6-decimal CSV: equal to about 1e-6
-        assert report["metrics"]["threshold_0.5"]["brier"] == pytest.approx(expected["brier"], abs=1e-5)
-        assert report["metrics"]["operating"]["ci95"]["resamples"] == 200
+        assert report.metrics["threshold_0.5"]["brier"] == pytest.approx(expected["brier"], abs=1e-5)
+        assert report.metrics["operating"]["ci95"]["resamples"] == 200
 
         # effnet-predict applies the same T to the same checkpoint, exactly, and maps its threshold.
         image = tmp_path / "xray.png"
         Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 40), dtype=np.uint8)).save(image)
         # Batches of 16, as eval's: the same compiled program serves both (no compile here).
-        predictor = Predictor(workdir, "latest", batch_size=16)
+        predictor = Predictor(run.with_calibration(fitted), batch_size=16)
         assert predictor.temperature == t and "fitted on validation" in predictor.calibration
         assert predictor.threshold == cal.calibrate_threshold(plain["operating_threshold"], t)
         (calibrated,) = predictor.predict([str(image)])
@@ -282,8 +269,8 @@ def test_temperature_fitted_by_eval_is_applied_by_eval_and_predict_without_chang
         assert calibrated["prob_pneumonia"] == cal.calibrate_probs([uncalibrated["prob_pneumonia"]], t)[0]
         assert calibrated["prob_pneumonia"] != uncalibrated["prob_pneumonia"]
         # effnet-train's config.calibrate path fits the same temperature on the same split.
-        assert calibrate_checkpoint(workdir, "validation", "latest", progress=False) == fitted
+        assert calibrate_checkpoint(run, "validation", progress=False) == fitted
     finally:
-        path = os.path.join(workdir, cal.CALIBRATION_FILE)
+        path = run.layout.calibration
         if os.path.exists(path):
             os.remove(path)

@@ -47,9 +47,9 @@ def _random_variables(model, seed: int = 0) -> dict:
 def _make_workdir(path) -> str:
     """A run with one checkpoint (random Lite0 weights at 32 px) and a validation record; no training."""
     from effnet_jax.models import build_model
-    from effnet_jax.train import run_record
+    from effnet_jax.runs import record as run_record
+    from effnet_jax.runs.checkpoints import Checkpointer
     from effnet_jax.train import state as state_lib
-    from effnet_jax.train.checkpointing import Checkpointer
 
     config = tiny_config()
     model = build_model(config.model.name, num_classes=2, **state_lib.model_kwargs(config))
@@ -150,10 +150,11 @@ def test_model_json_records_what_the_model_is(setup):
 
 
 def test_exported_probabilities_equal_effnet_predict_for_batches_of_1_and_7(setup, model):
+    from effnet_jax import runs
     from effnet_jax.inference.prediction import Predictor
 
     paths = setup["images"]
-    reference = Predictor(setup["workdir"], "best", batch_size=7)
+    reference = Predictor(runs.open(setup["workdir"], "best"), batch_size=7)
     expected = np.array([r["prob_pneumonia"] for r in reference.predict(paths)])
     assert 0.05 < expected.min() and expected.max() < 0.95 and np.ptp(expected) > 1e-3  # not saturated
     assert model.threshold == reference.threshold and model.class_names == ("NORMAL", "PNEUMONIA")
@@ -269,18 +270,19 @@ def test_bad_images_are_reported_and_the_others_scored(setup, model, tmp_path):
 
 
 def test_a_calibrated_run_divides_the_logits_by_its_temperature(setup, model, tmp_path):
+    from effnet_jax import runs
     from effnet_jax.inference.export import export_run
 
     workdir = tmp_path / "run"
     shutil.copytree(setup["workdir"], workdir)
-    uncalibrated = export_run(str(workdir), str(tmp_path / "plain"), platforms=("cpu",))
+    uncalibrated = export_run(runs.open(str(workdir)), str(tmp_path / "plain"), platforms=("cpu",))
     step = uncalibrated["model"]["checkpoint_step"]
     fitted = {"temperature": 2.0, "fitted_on": "validation", "step": step, "ece_before": 0.2, "ece_after": 0.1, "n": 16}
     (workdir / "calibration.json").write_text(json.dumps({**fitted, "step": step + 1}))
-    meta = export_run(str(workdir), str(tmp_path / "other_step"), platforms=("cpu",))
+    meta = export_run(runs.open(str(workdir)), str(tmp_path / "other_step"), platforms=("cpu",))
     assert meta["temperature"] is None and "fitted at step" in meta["calibration"]  # another checkpoint's T
     (workdir / "calibration.json").write_text(json.dumps(fitted))
-    meta = export_run(str(workdir), str(tmp_path / "out"), platforms=("cpu",))
+    meta = export_run(runs.open(str(workdir)), str(tmp_path / "out"), platforms=("cpu",))
     assert meta["temperature"] == 2.0 and meta["platforms"] == ["cpu"]
     # The threshold goes through the same map as the probabilities: labels do not change.
     t0 = uncalibrated["threshold"]["value"]
@@ -292,7 +294,7 @@ def test_a_calibrated_run_divides_the_logits_by_its_temperature(setup, model, tm
     np.testing.assert_allclose(calibrated.run(inputs), [expected], rtol=0, atol=1e-6)
     (workdir / "calibration.json").write_text(json.dumps({**fitted, "temperature": -1}))
     with pytest.raises(ValueError, match=r"calibration.json: temperature=-1.0: expected a positive finite number"):
-        export_run(str(workdir), str(tmp_path / "out"), platforms=("cpu",))
+        export_run(runs.open(str(workdir)), str(tmp_path / "out"), platforms=("cpu",))
 
 
 def test_an_edited_or_poisoned_export_is_refused_at_load_in_one_line(setup, tmp_path):

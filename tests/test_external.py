@@ -8,7 +8,7 @@ import pytest
 from data_fixtures import GOOD_TREE, jpeg, write_tree
 
 from effnet_jax.data import external, pipeline, sources
-from effnet_jax.reporting import metrics
+from effnet_jax.metrics import classification as metrics
 from effnet_jax.train import config as data_config_lib
 
 

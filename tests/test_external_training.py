@@ -4,13 +4,14 @@ import json
 
 import pytest
 from data_fixtures import jpeg, write_tree
-from helpers import persistent_compilation_cache, tiny_config
+from helpers import hand_made_run, session_compilation_cache, tiny_config
+from run_fixtures import resume_config
 
+from effnet_jax import runs
 from effnet_jax.inference import thresholds
 from effnet_jax.inference.evaluation import evaluate_checkpoint
 from effnet_jax.inference.prediction import Predictor
-from effnet_jax.inference.restore import restore_for_inference
-from effnet_jax.reporting.metrics_log import read_metrics
+from effnet_jax.runs.metrics_log import read_metrics
 
 pytestmark = pytest.mark.slow  # trains for real: about a CPU-minute
 
@@ -23,10 +24,10 @@ def run(tmp_path_factory):
     files = {f"NORMAL/n{i}.jpeg": jpeg(300 + i, size=(48, 40)) for i in range(4)}
     files.update({f"PNEUMONIA/p{i}.jpeg": jpeg(400 + i, size=(48, 40)) for i in range(6)})
     ext = write_tree(root / "ext", files)
-    config = tiny_config(num_train_steps=4, eval_every_steps=2, checkpoint_every_steps=2, keep_checkpoints=4)
+    # The shared runs' steps (tests/run_fixtures.py), so the session cache compiles them once.
+    config = resume_config(keep_checkpoints=4, select_split="external")
     config.data.external = (str(ext),)
-    config.select_split = "external"
-    with persistent_compilation_cache(root / "jax_cache"):
+    with session_compilation_cache(tmp_path_factory):
         train_and_evaluate(config, str(root / "run"))
     return str(root / "run"), ext
 
@@ -35,7 +36,7 @@ def test_every_evaluation_scores_validation_and_the_external_folder(run):
     workdir, _ = run
     validation = read_metrics(workdir, "validation")
     external = read_metrics(workdir, "external")
-    assert [r["step"] for r in validation] == [2, 4] and [r["step"] for r in external] == [2, 4]
+    assert [r["step"] for r in validation] == [3, 6] and [r["step"] for r in external] == [3, 6]
     for record in external:
         assert record["n"] == 10 and record["confusion_matrix"][0][0] + record["confusion_matrix"][0][1] == 4
         assert 0.0 <= record["sensitivity_threshold"] <= 1.0
@@ -44,34 +45,37 @@ def test_every_evaluation_scores_validation_and_the_external_folder(run):
 def test_best_checkpoint_is_chosen_on_the_external_split(run):
     workdir, _ = run
     external = {r["step"]: r["auc"] for r in read_metrics(workdir, "external")}
-    best = restore_for_inference(workdir, "best").step
+    best = runs.open(workdir, "best").step
     assert external[best] == max(external.values())
 
 
 def test_eval_and_predict_use_the_external_operating_threshold(run):
     workdir, ext = run
     stored = {r["step"]: r["sensitivity_threshold"] for r in read_metrics(workdir, "external")}
-    report = evaluate_checkpoint(workdir, split="external", checkpoint="latest", progress=False)
-    assert report["num_examples"] == 10 and report["class_counts"] == [4, 6]
-    assert report["operating_threshold"] == stored[4]
-    assert report["operating_threshold_rule"].startswith("external_sensitivity (sensitivity >= 0.95")
-    assert report["metrics"]["operating"]["recall"] >= 0.95
-    with open(f"{report['out_dir']}/metrics.json") as f:
-        assert json.load(f)["operating_threshold"] == stored[4]
-    predictor = Predictor(workdir, "latest")
-    assert predictor.threshold == stored[4]
-    folder = evaluate_checkpoint(workdir, split=f"folder:{ext}", checkpoint="latest", progress=False)
-    assert folder["metrics"]["threshold_0.5"]["auc"] == report["metrics"]["threshold_0.5"]["auc"]
+    latest = runs.open(workdir, "latest")
+    report = evaluate_checkpoint(latest, split="external", progress=False)
+    assert report.num_examples == 10 and report.class_counts == [4, 6]
+    assert report.operating_threshold == stored[6]
+    assert report.operating_threshold_rule.startswith("external_sensitivity (sensitivity >= 0.95")
+    assert report.metrics["operating"]["recall"] >= 0.95
+    with open(f"{report.out_dir}/metrics.json") as f:
+        assert json.load(f)["operating_threshold"] == stored[6]
+    predictor = Predictor(latest)
+    assert predictor.threshold == stored[6]
+    folder = evaluate_checkpoint(latest, split=f"folder:{ext}", progress=False)
+    assert folder.metrics["threshold_0.5"]["auc"] == report.metrics["threshold_0.5"]["auc"]
 
 
 def test_without_external_data_the_operating_threshold_is_the_training_prior(run):
     workdir, _ = run
-    config = tiny_config()
-    value, rule = thresholds.operating_threshold(workdir, 4, config, (30, 34))
-    assert (value, rule) == (thresholds.training_prior_threshold(config, (30, 34)), "training_prior")
-    config.data.external = ("/nowhere",)
-    value, rule = thresholds.operating_threshold(workdir, 3, config, (30, 34))  # step 3 was never evaluated
-    assert rule == "training_prior (no external evaluation stored for step 3)"
+    config = tiny_config().to_dict()
+    run = hand_made_run(workdir, config, step=6, train_class_counts=(30, 34), metrics=read_metrics(workdir))
+    value, rule = thresholds.operating_threshold(run)
+    assert (value, rule) == (34 / 64, "training_prior") == (thresholds.training_prior_threshold(run), rule)
+    config["data"]["external"] = ["/nowhere"]
+    run = hand_made_run(workdir, config, step=4, train_class_counts=(30, 34), metrics=read_metrics(workdir))
+    value, rule = thresholds.operating_threshold(run)  # step 4 was never evaluated
+    assert rule == "training_prior (no external evaluation stored for step 4)"
 
 
 def test_select_split_must_be_an_evaluated_split(tmp_path):

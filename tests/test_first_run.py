@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from helpers import tiny_config
 
-from effnet_jax.reporting.metrics_log import read_metrics
+from effnet_jax.runs.metrics_log import read_metrics
 
 
 def render(text: str) -> list[str]:

@@ -17,7 +17,7 @@ import data_fixtures as fx
 import numpy as np
 import pytest
 from dicom_fixtures import radiograph, write_dicom
-from helpers import REPO, tiny_config
+from helpers import REPO, hand_made_run, tiny_config
 from PIL import Image
 
 from effnet_jax.cli import common
@@ -27,8 +27,8 @@ from effnet_jax.inference.inputs import expand_inputs
 from effnet_jax.inference.prediction_output import PredictionWriter
 from effnet_jax.inference.tta import TTAConfig
 from effnet_jax.output_files import UnsafeOutputError, csv_cell, open_output, short_hash
-from effnet_jax.reporting import metrics_log
-from effnet_jax.train import writer as writer_lib
+from effnet_jax.runs import layout, metrics_log
+from effnet_jax.runs import writer as writer_lib
 from effnet_jax.train.config import validate_config
 
 ENV = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
@@ -51,9 +51,10 @@ def workdir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def predictor(workdir):
+    from effnet_jax import runs
     from effnet_jax.inference.prediction import Predictor
 
-    return Predictor(workdir, "best", batch_size=4)
+    return Predictor(runs.open(workdir, "best"), batch_size=4)
 
 
 # --- outputs stay where they were asked to go ------------------------------------------------------
@@ -62,7 +63,7 @@ def predictor(workdir):
 def test_folder_split_outputs_get_a_derived_name_inside_eval(tmp_path):
     workdir = tmp_path / "run"
     eval_dir = os.path.join(os.path.abspath(workdir), "eval")
-    escape = evaluation.output_dir(str(workdir), "folder:../../../etc", 7, TTAConfig())
+    escape = evaluation.output_dir(hand_made_run(workdir, {}, step=7), "folder:../../../etc", TTAConfig())
     assert os.path.dirname(escape) == eval_dir
     etc = os.path.realpath(os.path.join(os.getcwd(), "../../../etc"))
     assert os.path.basename(escape) == f"folder-etc-{short_hash(etc)}_7"
@@ -71,11 +72,13 @@ def test_folder_split_outputs_get_a_derived_name_inside_eval(tmp_path):
     (tmp_path / "b" / "ext").mkdir(parents=True)
     os.symlink(tmp_path / "a" / "ext", tmp_path / "link")
     a, b, link = (
-        evaluation.output_dir(str(workdir), f"folder:{p}", 7, TTAConfig())
+        evaluation.output_dir(hand_made_run(workdir, {}, step=7), f"folder:{p}", TTAConfig())
         for p in (tmp_path / "a" / "ext", tmp_path / "b" / "ext", tmp_path / "link")
     )
     assert len({a, b}) == 2 and a == link and all(os.path.dirname(p) == eval_dir for p in (a, b))
-    assert evaluation.output_dir(str(workdir), "external_1", 7, TTAConfig()) == os.path.join(eval_dir, "external_1_7")
+    assert evaluation.output_dir(hand_made_run(workdir, {}, step=7), "external_1", TTAConfig()) == os.path.join(
+        eval_dir, "external_1_7"
+    )
 
 
 def test_no_write_follows_a_link_or_opens_a_fifo(tmp_path):
@@ -317,7 +320,7 @@ def test_effnet_train_with_a_bad_image_size_is_one_line_before_any_work(tmp_path
 
 _DISK_FULL = """
 import errno, sys
-from effnet_jax.train import run_record
+from effnet_jax.runs import record as run_record
 def full(workdir, record):
     raise OSError(errno.ENOSPC, "No space left on device", workdir + "/run.json")
 run_record.write = full
@@ -383,7 +386,7 @@ def test_a_full_disk_reported_by_tensorstore_is_exit_5_and_said_once(caplog):
 
 def test_a_torn_last_line_of_metrics_jsonl_is_ignored_and_dropped_on_resume(tmp_path, caplog):
     records = [{"step": 2, "split": "train", "loss": 0.5}, {"step": 4, "split": "validation", "auc": 0.75}]
-    path = tmp_path / metrics_log.METRICS_FILE
+    path = tmp_path / layout.METRICS
     path.write_text("".join(json.dumps(r) + "\n" for r in records) + '{"step": 6, "split": "tr')
     with caplog.at_level(logging.WARNING, logger="effnet_jax.reporting"):
         assert metrics_log.read_metrics(str(tmp_path)) == records

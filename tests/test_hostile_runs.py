@@ -4,46 +4,34 @@ a changed model on resume, and the one-line errors (with exit statuses) the CLIs
 import errno
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
 import time
 
 import data_fixtures as fx
-import jax
-import numpy as np
 import pytest
-from helpers import session_compilation_cache, tiny_config
+from run_fixtures import resume_config
 
 from effnet_jax.cli import common
-from effnet_jax.data import pipeline, prepare
-from effnet_jax.train import checkpointing as checkpoint_lib
-from effnet_jax.train import loop, preemption
-from effnet_jax.train.workdir_lock import WorkdirLock, WorkdirLockedError
-from effnet_jax.train.writer import read_metrics
+from effnet_jax.data import prepare
+from effnet_jax.runs import checkpoints as checkpoint_lib
+from effnet_jax.runs.lock import WorkdirLock, WorkdirLockedError
+from effnet_jax.train import loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}
 
 
 def _config(**overrides):
-    base = {
-        "num_train_steps": 6,
-        "eval_every_steps": 3,
-        "checkpoint_every_steps": 3,
-        "log_every_steps": 1,
-        "num_devices": 1,
-    }
-    base.update(overrides)
-    return tiny_config(**base)
+    return resume_config(**overrides)
 
 
 # --- one trainer per workdir -----------------------------------------------------------------------
 
 _HOLDER = textwrap.dedent("""
     import sys, time
-    from effnet_jax.train.workdir_lock import WorkdirLock
+    from effnet_jax.runs.lock import WorkdirLock
     WorkdirLock(sys.argv[1]).acquire()
     print("held", flush=True)
     time.sleep(600)
@@ -100,116 +88,20 @@ def test_a_lock_left_by_a_killed_trainer_is_taken_over(held_workdir):
 
 
 def test_only_process_zero_takes_the_lock(tmp_path):
-    from effnet_jax.train.workdir_lock import lock_workdir
+    from effnet_jax.runs.lock import lock_workdir
 
     assert lock_workdir(str(tmp_path), is_main_process=False) is None
     assert not (tmp_path / ".lock").exists()
 
 
-# --- SIGTERM, resume ------------------------------------------------------------------------------
+# --- resume (SIGTERM and bitwise resume: test_resume.py) ------------------------------------------------------------------------------
 
 
-class _TermAt:
-    """Wraps the training iterator; sends this process SIGTERM when the batch of step `at` is taken."""
-
-    def __init__(self, it, at):
-        self.it, self.at, self.taken = it, at, 0
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        self.taken += 1
-        if self.taken == self.at:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return next(self.it)
-
-    def get_state(self):
-        return self.it.get_state()
-
-    def set_state(self, state):
-        self.it.set_state(state)
-
-    def close(self):
-        if hasattr(self.it, "close"):
-            self.it.close()
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """Six steps straight; and SIGTERM during step 2, then a resume to step 6."""
-    root = tmp_path_factory.mktemp("runs")
-    real = pipeline.create_split
-    with session_compilation_cache(tmp_path_factory):  # test_soup.py trains the same steps
-        straight = jax.device_get(loop.train_and_evaluate(_config(), str(root / "straight")))
-        mp = pytest.MonkeyPatch()
-        mp.setattr(
-            pipeline,
-            "create_split",
-            lambda cfg, split, *, training, **kw: (
-                _TermAt(iter(real(cfg, split, training=training, **kw)), at=2)
-                if training
-                else real(cfg, split, training=training, **kw)
-            ),
-        )
-        # Stands in for the default (which would kill pytest) should the trainer not handle SIGTERM.
-        previous = signal.signal(signal.SIGTERM, _unhandled_sigterm)
-        try:
-            with pytest.raises(preemption.Preempted) as stopped:
-                loop.train_and_evaluate(_config(), str(root / "preempted"))
-            handler_after = signal.getsignal(signal.SIGTERM)
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-            mp.undo()
-        steps_after_term = checkpoint_lib.Checkpointer(str(root / "preempted"), read_only=True)
-        saved = steps_after_term.all_steps()
-        steps_after_term.close()
-        resumed = jax.device_get(loop.train_and_evaluate(_config(), str(root / "preempted")))
-    return {
-        "root": root,
-        "straight": straight,
-        "resumed": resumed,
-        "stopped": stopped.value,
-        "saved": saved,
-        "handler_after": handler_after,
-    }
-
-
-def _unhandled_sigterm(signum, frame):
-    del signum, frame
-    _unhandled_sigterm.calls = getattr(_unhandled_sigterm, "calls", 0) + 1
-
-
-def test_sigterm_saves_at_the_next_step_boundary_and_exits_cleanly(runs):
-    assert runs["saved"] == [2]
-    assert "stopped by SIGTERM after step 2" in str(runs["stopped"])
-    assert getattr(_unhandled_sigterm, "calls", 0) == 0  # the trainer's handler took it
-    assert runs["handler_after"] is _unhandled_sigterm  # and the process's own handler was put back
-
-
-def test_resume_after_sigterm_is_bitwise_equal_to_a_straight_run(runs):
-    leaves_a = jax.tree_util.tree_leaves_with_path(runs["straight"])
-    leaves_b = jax.tree_util.tree_leaves_with_path(runs["resumed"])
-    assert [p for p, _ in leaves_a] == [p for p, _ in leaves_b]
-    for (path, a), (_, b) in zip(leaves_a, leaves_b):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=jax.tree_util.keystr(path))
-    losses = [
-        [(r["step"], r["loss"]) for r in read_metrics(str(runs["root"] / name), "train")]
-        for name in ("straight", "preempted")
-    ]
-    assert losses[0] == losses[1]  # nothing lost, nothing recorded twice
-    records = read_metrics(str(runs["root"] / "preempted"), "run")
-    assert [(r["step"], r["resumed_from_step"], r.get("preempted", False)) for r in records] == [
-        (2, 0, True),
-        (6, 2, False),
-    ]
-
-
-def test_resuming_with_another_model_name_is_one_clear_error(runs, tmp_path):
+def test_resuming_with_another_model_name_is_one_clear_error(resumed_run, tmp_path):
     import shutil
 
     workdir = tmp_path / "copy"
-    shutil.copytree(runs["root"] / "preempted", workdir)
+    shutil.copytree(resumed_run("sigterm")["workdir"], workdir)
     with pytest.raises(
         checkpoint_lib.CheckpointMismatchError,
         match=r"saved with model.name='efficientnet_lite0' but the config asks for 'efficientnet_b0'",

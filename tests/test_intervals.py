@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from effnet_jax.reporting import intervals
-from effnet_jax.reporting.metrics import compute_metrics
+from effnet_jax.metrics import intervals
+from effnet_jax.metrics.classification import compute_metrics
 
 
 def scores(n, seed=0, separation=1.5):

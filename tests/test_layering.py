@@ -20,15 +20,19 @@ LAYERS = [
         "effnet_jax.output_files",
         "effnet_jax.progress",
     ),
+    ("effnet_jax.metrics",),  # the metric math: labels and probabilities in, numbers out
     ("effnet_jax.models",),
     ("effnet_jax.weights",),
     ("effnet_jax.factory", "effnet_jax"),  # the package root re-exports factory and models
+    ("effnet_jax.runs",),  # the run directory: its files, checkpoints, and the Run value
     ("effnet_jax.data",),
     ("effnet_jax.data.eda",),
     ("effnet_jax.serving",),  # an exported model, run with jax + the image readers of data
-    ("effnet_jax.reporting",),
+    ("effnet_jax.reporting.plots",),  # pictures of predictions, drawn by evaluation
     ("effnet_jax.train",),
     ("effnet_jax.inference",),
+    ("effnet_jax.reporting",),  # model cards and run summaries read what evaluation wrote
+    ("effnet_jax.experiment",),  # train, calibrate, describe: the library behind effnet-train
     ("effnet_jax.cli",),
 ]
 
@@ -150,3 +154,13 @@ def test_no_private_jax_imports():
             )
             offenders += [f"{path.relative_to(root)}: {m}" for m in mods if m.startswith("jax._src")]
     assert not offenders
+
+
+def test_inference_reads_runs_not_the_trainer():
+    # A run is read through effnet_jax.runs (runs.open -> Run); nothing in inference reaches into train/.
+    offenders = {
+        name: sorted(t for t in GRAPH[name] if t.startswith("effnet_jax.train"))
+        for name in MODULES
+        if name.startswith("effnet_jax.inference")
+    }
+    assert not {name: found for name, found in offenders.items() if found}

@@ -1,4 +1,4 @@
-"""Specification of effnet_jax.reporting.metrics against hand-computed confusion matrices."""
+"""Specification of effnet_jax.metrics.classification against hand-computed confusion matrices."""
 
 import json
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from effnet_jax.labels import probs_from_logits
-from effnet_jax.reporting.metrics import (
+from effnet_jax.metrics.classification import (
     compute_metrics,
     expected_calibration_error,
     format_table,

@@ -5,8 +5,11 @@ import json
 import data_fixtures as fx
 import pytest
 
-from effnet_jax.reporting import calibration as cal
-from effnet_jax.reporting.model_card import CARD_FILE, render_model_card, write_model_card
+from effnet_jax import runs
+from effnet_jax.metrics import calibration as cal
+from effnet_jax.reporting.model_card import render_model_card, write_model_card
+from effnet_jax.runs import calibration as calibration_file
+from effnet_jax.runs.layout import MODEL_CARD, Layout
 
 CONFIG = {
     "model": {"name": "tf_efficientnet_lite0", "pretrained": "pypi:efficientnet-lite0"},
@@ -94,7 +97,7 @@ def _workdir(tmp_path, reports=(), calibration=None, config=CONFIG):
         out.mkdir(parents=True)
         (out / "metrics.json").write_text(json.dumps(report))
     if calibration:
-        cal.write_calibration(str(d), calibration)
+        calibration_file.write_calibration(Layout(str(d)), calibration)
     return str(d)
 
 
@@ -106,8 +109,8 @@ def test_card_states_use_model_data_metrics_with_intervals_calibration_and_measu
     calibration = cal.Calibration(2.5, "external", 294, 0.11, 0.03, 314)
     kermany = fx.write_tree(tmp_path / "chest_xray", fx.GOOD_TREE)  # Kermany's file naming
     config = dict(CONFIG, data=dict(CONFIG["data"], manual_dir=str(kermany)))
-    path = write_model_card(_workdir(tmp_path, reports, calibration, config))
-    assert path.endswith(CARD_FILE)
+    path = write_model_card(runs.open(_workdir(tmp_path, reports, calibration, config), checkpoint=None))
+    assert path.endswith(MODEL_CARD)
     card = open(path).read()
     assert card.startswith("# Model card: pneumonia\n")
     assert "Research and education only" in card and "**Not a medical device. Not for clinical decisions**" in card
@@ -133,7 +136,7 @@ def test_card_states_use_model_data_metrics_with_intervals_calibration_and_measu
 
 
 def test_card_before_any_evaluation_uses_the_trainers_records(tmp_path):
-    card = render_model_card(_workdir(tmp_path))
+    card = render_model_card(runs.open(_workdir(tmp_path), checkpoint=None))
     assert "No effnet-eval report yet" in card
     assert "| validation | 294 | 518 | n/a | 0.996 |" in card and "| external | 294 | 314 | n/a | 0.968 |" in card
     assert "No temperature fitted" in card
@@ -146,7 +149,7 @@ def test_card_without_external_data_says_the_gap_is_not_measured_and_synthetic_s
     d = _workdir(tmp_path, config=config)
     with open(f"{d}/metrics.jsonl", "w") as f:
         f.write(json.dumps({"step": 2, "split": "validation", "auc": 0.7}) + "\n")
-    card = render_model_card(d)
+    card = render_model_card(runs.open(d, checkpoint=None))
     assert "**Synthetic data**" in card and "licence none" in card
     assert "Distribution shift **not measured**" in card
     assert "- **NO EXTERNAL SET: the checkpoint is chosen on validation" in card
@@ -154,20 +157,20 @@ def test_card_without_external_data_says_the_gap_is_not_measured_and_synthetic_s
 
 def test_a_directory_that_is_not_a_run_is_an_error_naming_it(tmp_path):
     with pytest.raises(FileNotFoundError, match=f"{tmp_path}: no config.json"):
-        write_model_card(str(tmp_path))
+        runs.open(str(tmp_path), checkpoint=None)
     (tmp_path / "config.json").write_text("{broken")
     with pytest.raises(ValueError, match="config.json: not valid JSON"):
-        write_model_card(str(tmp_path))
+        runs.open(str(tmp_path), checkpoint=None)
 
 
 def test_card_names_the_bundled_samples_licence_and_fixed_parts_and_a_user_folders_unknown_licence(tmp_path):
     sample = dict(CONFIG, data=dict(CONFIG["data"], name="sample", external=[]))
-    card = render_model_card(_workdir(tmp_path / "a", config=sample))
+    card = render_model_card(runs.open(_workdir(tmp_path / "a", config=sample), checkpoint=None))
     assert "the sample bundled with effnet_jax" in card and "licence CC BY 4.0" in card
     assert "- Split protocol: the sample's fixed parts, train 200 and validation 100 images" in card
     assert "by patient" not in card and "split seed" not in card
     own = fx.write_tree(tmp_path / "mine", {"train/NORMAL/a.png": fx.encode(fx.xray(1), "PNG"), **fx.GOOD_TREE})
     user = dict(CONFIG, data=dict(CONFIG["data"], manual_dir=str(own)))
-    card = render_model_card(_workdir(tmp_path / "b", config=user))
+    card = render_model_card(runs.open(_workdir(tmp_path / "b", config=user), checkpoint=None))
     assert f"a chest_xray-style folder provided by the user (`{own}`); licence as provided by the user" in card
     assert "Kermany" not in card.split("## Data")[1].split("##")[0]

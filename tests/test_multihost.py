@@ -183,7 +183,7 @@ def _reference_run(tmp_path_factory):
 
 
 def _saved_state(workdir, step):
-    from effnet_jax.train import checkpointing as checkpoint_lib
+    from effnet_jax.runs import checkpoints as checkpoint_lib
 
     ckpt = checkpoint_lib.Checkpointer(workdir, best_metric=None, async_save=False, read_only=True)
     try:

@@ -1,15 +1,19 @@
 """effnet-predict's input handling: preprocessing, unreadable files, thresholds, missing checkpoints."""
 
+import dataclasses
 import json
 import os
 
 import ml_collections
 import numpy as np
 import pytest
+from helpers import hand_made_run
 from PIL import Image
 
+from effnet_jax import runs
 from effnet_jax.inference.prediction import ImageReadError, Predictor, Preprocessor, _overlay_names
 from effnet_jax.inference.thresholds import resolve_threshold
+from effnet_jax.runs.record import RunRecord
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
@@ -48,18 +52,16 @@ def test_unreadable_files_raise_naming_the_file(tmp_path):
 
 def test_threshold_precedence(tmp_path):
     workdir = tmp_path / "run"
-    assert resolve_threshold(str(workdir), 7, "0.3") == (0.3, "flag")
-    value, source = resolve_threshold(str(workdir), 7, "auto")
-    assert value == 0.5 and source.startswith("default 0.5")
-    # 'auto' with the run's config: its training prior (0.5 after balancing).
-    config = ml_collections.ConfigDict(
-        {"data": {"balance": "oversample"}, "class_weights": "none", "train_class_counts": (100, 300)}
-    )
-    assert resolve_threshold(str(workdir), 7, None, config) == (0.5, "training_prior")
-    config.data.balance = "none"
-    assert resolve_threshold(str(workdir), 7, "auto", config) == (0.75, "training_prior")
+    config = {"data": {"balance": "oversample", "name": "synthetic"}, "class_weights": "none"}
+    run = hand_made_run(workdir, config, step=7, train_class_counts=(100, 300))
+    assert resolve_threshold(run, "0.3") == (0.3, "flag")
+    # 'auto': the run's training prior (0.5 after balancing).
+    assert resolve_threshold(run, None) == (0.5, "training_prior")
+    config["data"]["balance"] = "none"
+    run = hand_made_run(workdir, config, step=7, train_class_counts=(100, 300))
+    assert resolve_threshold(run, "auto") == (0.75, "training_prior")
     with pytest.raises(ValueError, match="--threshold=youden: no validation threshold stored for step 7"):
-        resolve_threshold(str(workdir), 7, "youden")
+        resolve_threshold(run, "youden")
     out = workdir / "eval" / "test_7"
     out.mkdir(parents=True)
     (out / "metrics.json").write_text(json.dumps({"step": 7, "validation_threshold": 0.42}))
@@ -67,25 +69,26 @@ def test_threshold_precedence(tmp_path):
     (workdir / "eval" / "test_7_tta-flip" / "metrics.json").write_text(
         json.dumps({"step": 7, "validation_threshold": 0.9})
     )
-    value, source = resolve_threshold(str(workdir), 7, "youden")
+    value, source = resolve_threshold(run, "youden")
     assert value == 0.42 and "validation Youden" in source
     with pytest.raises(ValueError, match="step 8"):
-        resolve_threshold(str(workdir), 8, "youden")  # stored for another step only
+        resolve_threshold(dataclasses.replace(run, step=8), "youden")  # stored for another step only
     with pytest.raises(ValueError, match="--threshold"):
-        resolve_threshold(str(workdir), 7, "1.5")
+        resolve_threshold(run, "1.5")
 
 
-def test_training_prior_counts_class_weights():
-    from effnet_jax.inference.thresholds import training_prior_threshold
-
-    config = ml_collections.ConfigDict(
-        {"data": {"balance": "none"}, "class_weights": "balanced", "train_class_counts": (100, 300)}
-    )
-    assert training_prior_threshold(config) == pytest.approx(0.5)
+def test_training_prior_comes_from_the_run_record_and_counts_class_weights():
+    record = RunRecord(image_size=32, mean=MEAN, std=STD, train_class_counts=(100, 300))
+    config = ml_collections.ConfigDict({"data": {"balance": "none"}, "class_weights": "balanced"})
+    assert record.training_prior(config) == pytest.approx(0.5)
     config.class_weights = "3,1"  # NORMAL x3: 300 vs 300
-    assert training_prior_threshold(config) == pytest.approx(0.5)
+    assert record.training_prior(config) == pytest.approx(0.5)
     config.class_weights = "1,2"
-    assert training_prior_threshold(config) == pytest.approx(600 / 700)
+    assert record.training_prior(config) == pytest.approx(600 / 700)
+    config.data.balance = "oversample"
+    assert record.training_prior(config) == 0.5
+    config.data.balance = "none"
+    assert dataclasses.replace(record, train_class_counts=()).training_prior(config) is None  # counted again
 
 
 def test_overlay_names_stay_distinct():
@@ -105,7 +108,7 @@ def test_overlay_names_stay_distinct():
 
 def test_workdir_without_checkpoints_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoints in workdir"):
-        Predictor(str(tmp_path))
+        Predictor(runs.open(str(tmp_path)))
     assert not os.path.exists(tmp_path / "checkpoints")
 
 

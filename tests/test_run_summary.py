@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from effnet_jax import runs
 from effnet_jax.reporting import run_summary
 
 CONFIG = {
@@ -74,14 +75,14 @@ def workdir(tmp_path):
 
 
 def test_training_row_is_the_last_validation_with_wall_time_summed_over_invocations(workdir):
-    row = run_summary.training_row(workdir)
+    row = run_summary.training_row(runs.open(workdir, checkpoint=None))
     assert (row.name, row.step, row.metrics["auc"], row.metrics["f1"]) == ("lite0_128", 100, 0.99, 0.95)
     assert row.wall_seconds == 180.0 and row.machine == "m2"
     assert row.recipe == ("3 ep, frozen<blocks_3, balance=oversample, ls=0.05, ema=0.99, rot=10 scale>=0.7, lr=0.001")
 
 
 def test_evaluation_rows_one_per_threshold(workdir):
-    rows = run_summary.evaluation_rows(workdir)
+    rows = run_summary.evaluation_rows(runs.open(workdir, checkpoint=None))
     assert [r.name for r in rows] == [
         "lite0_128 (eval test, t=0.5, tta=flip)",
         "lite0_128 (eval test, t=train prior, tta=flip)",
@@ -124,19 +125,19 @@ def test_cli_names_a_directory_that_is_not_a_run(tmp_path):
 
 def test_data_column_names_synthetic_runs_and_falls_back_to_the_config(workdir, tmp_path):
     """Which data set a run trained on: the loop's ``data`` field, or the config's for runs that predate it."""
-    assert run_summary.training_row(workdir).data == "chest_xray"
-    assert {r.data for r in run_summary.evaluation_rows(workdir)} == {"chest_xray"}
+    assert run_summary.training_row(runs.open(workdir, checkpoint=None)).data == "chest_xray"
+    assert {r.data for r in run_summary.evaluation_rows(runs.open(workdir, checkpoint=None))} == {"chest_xray"}
     debug = tmp_path / "debug"
     debug.mkdir()
     (debug / "config.json").write_text(json.dumps({**CONFIG, "data": {**CONFIG["data"], "name": "chest_xray"}}))
     # The config asked for chest_xray, but none was at hand and the loop fell back to synthetic.
     record = {"step": 4, "split": "validation", "data": "synthetic", **_metrics(0.7, 0.6)}
     (debug / "metrics.jsonl").write_text(json.dumps(record) + "\n")
-    row = run_summary.training_row(str(debug))
+    row = run_summary.training_row(runs.open(str(debug), checkpoint=None))
     assert row.data == "synthetic"
     assert run_summary.to_markdown([row]).splitlines()[2].startswith("| debug | synthetic | tf_efficientnet_lite0")
     (debug / "metrics.jsonl").write_text(json.dumps({k: v for k, v in record.items() if k != "data"}) + "\n")
-    assert run_summary.training_row(str(debug)).data == "chest_xray"
+    assert run_summary.training_row(runs.open(str(debug), checkpoint=None)).data == "chest_xray"
 
 
 def test_evaluation_rows_show_the_operating_threshold_and_bootstrap_intervals(workdir):
@@ -148,7 +149,7 @@ def test_evaluation_rows_show_the_operating_threshold_and_bootstrap_intervals(wo
     report["metrics"] = {"operating": operating, **report["metrics"]}
     with open(path, "w") as f:
         json.dump(report, f)
-    rows = run_summary.evaluation_rows(workdir)
+    rows = run_summary.evaluation_rows(runs.open(workdir, checkpoint=None))
     assert rows[0].name == "lite0_128 (eval test, t=operating, tta=flip)" and rows[0].threshold == 0.99
     assert rows[0].intervals == {"auc": [0.951, 0.98], "accuracy": [0.9, 0.95]}
     assert rows[1].intervals == {}  # reports without intervals show values alone

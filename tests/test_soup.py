@@ -10,14 +10,14 @@ from data_fixtures import jpeg, write_tree
 from flax import traverse_util
 from helpers import session_compilation_cache, tiny_config
 
+from effnet_jax import runs
 from effnet_jax.cli import common
 from effnet_jax.inference import thresholds
 from effnet_jax.inference.evaluation import evaluate_checkpoint
-from effnet_jax.inference.restore import restore_for_inference
-from effnet_jax.reporting.metrics_log import read_metrics
+from effnet_jax.runs.checkpoints import read_checkpoint
+from effnet_jax.runs.metrics_log import read_metrics
+from effnet_jax.runs.model import inference_variables
 from effnet_jax.train import soup as soup_lib
-from effnet_jax.train.checkpointing import read_checkpoint
-from effnet_jax.train.state import inference_variables
 
 pytestmark = pytest.mark.slow  # trains two tiny members for real
 
@@ -93,12 +93,12 @@ def test_the_soups_weights_are_the_mean_of_the_members(saved):
     assert not np.allclose(parts[0]["params/classifier/kernel"], parts[1]["params/classifier/kernel"])
 
 
-def test_restore_for_inference_gives_the_mean_of_the_members_inference_weights(soup_run, saved):
+def test_the_soups_variables_are_the_mean_of_the_members_inference_weights(soup_run, saved):
     workdir = soup_run[0]
     members, soup = saved
-    restored = restore_for_inference(workdir)
-    assert restored.step == soup.step
-    got = traverse_util.flatten_dict(restored.variables, sep="/")
+    run = runs.open(workdir)
+    assert run.step == soup.step and run.soup["members"][0]["step"] == members[0].step
+    got = traverse_util.flatten_dict(run.variables(), sep="/")
     # With EMA, inference uses the EMA copies: the soup's are the mean of the members' EMA copies.
     first, second = (traverse_util.flatten_dict(inference_variables(m.state), sep="/") for m in members)
     assert got.keys() == first.keys()
@@ -132,11 +132,12 @@ def test_the_soup_is_evaluated_as_the_trainer_evaluates_and_effnet_eval_reads_it
     assert records["external"]["n"] == 10 and records["validation"]["data"] == "synthetic"
     assert made["soup"]["auc"] == records["external"]["auc"]
     # The operating threshold is the soup's own external sensitivity threshold.
-    value, rule = thresholds.operating_threshold(workdir, step, config)
+    run = runs.open(workdir)
+    value, rule = thresholds.operating_threshold(run)
     assert value == records["external"]["sensitivity_threshold"] and rule.startswith("external_sensitivity")
-    report = evaluate_checkpoint(workdir, split="external", progress=False, bootstrap_resamples=0)
-    assert report["step"] == step and report["operating_threshold"] == value
-    assert report["metrics"]["threshold_0.5"]["auc"] == pytest.approx(records["external"]["auc"], abs=1e-6)
+    report = evaluate_checkpoint(run, split="external", progress=False, bootstrap_resamples=0)
+    assert report.step == step and report.operating_threshold == value
+    assert report.metrics["threshold_0.5"]["auc"] == pytest.approx(records["external"]["auc"], abs=1e-6)
 
 
 def test_a_rerun_retrains_nothing_and_keeps_the_soup(soup_run, monkeypatch):
@@ -278,45 +279,46 @@ def test_an_ensemble_keeps_every_members_weights_bit_for_bit(saved, ensemble_run
 
 
 def test_an_ensemble_scores_the_mean_of_its_members_log_odds_and_effnet_eval_reads_it(soup_run, ensemble_run):
-    from effnet_jax.inference.evaluation import input_spec, predict_split
+    from effnet_jax.inference.evaluation import predict_split
     from effnet_jax.models.ensemble import LogitEnsemble
 
     workdir, made = ensemble_run
-    restored = restore_for_inference(workdir)
-    assert isinstance(restored.model, LogitEnsemble) and restored.model.size == 2
+    ensemble = runs.open(workdir)
+    assert isinstance(ensemble.model(), LogitEnsemble) and ensemble.model().size == 2 == ensemble.ensemble_size
 
     def probs(r):
-        size, mean, std = input_spec(r)
-        run = dict(image_size=size, mean=mean, std=std, batch_size=16, progress=False)
-        return predict_split(r.model, r.variables, r.config.data, "external", **run).probs
+        size, mean, std = r.input_spec
+        args = dict(image_size=size, mean=mean, std=std, batch_size=16, progress=False)
+        return predict_split(r.model(), r.variables(), r.config.data, "external", **args).probs
 
-    each = [probs(restore_for_inference(m)) for m in soup_run[1]]
+    each = [probs(runs.open(m)) for m in soup_run[1]]
     log_odds = np.mean([np.log(p) - np.log1p(-p) for p in each], axis=0)
-    np.testing.assert_allclose(probs(restored), 1 / (1 + np.exp(-log_odds)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(probs(ensemble), 1 / (1 + np.exp(-log_odds)), rtol=1e-5, atol=1e-6)
     # Evaluated by the trainer's code at its step, and readable by effnet-eval like any run.
     records = {r["split"]: r for r in read_metrics(workdir)}
     assert made["soup"]["auc"] == records["external"]["auc"] and records["external"]["n"] == 10
-    report = evaluate_checkpoint(workdir, split="external", progress=False, bootstrap_resamples=0)
-    assert report["metrics"]["threshold_0.5"]["auc"] == pytest.approx(records["external"]["auc"], abs=1e-6)
+    report = evaluate_checkpoint(ensemble, split="external", progress=False, bootstrap_resamples=0)
+    assert report.metrics["threshold_0.5"]["auc"] == pytest.approx(records["external"]["auc"], abs=1e-6)
     from effnet_jax.reporting.model_card import render_model_card
 
-    assert "- Seed ensemble: the mean of the logits of 2 runs, seeds [0, 1]" in render_model_card(workdir)
+    card = render_model_card(runs.open(workdir, checkpoint=None))
+    assert "- Seed ensemble: the mean of the logits of 2 runs, seeds [0, 1]" in card
 
 
 def test_an_ensemble_exports_and_serves_its_own_probabilities(ensemble_run, tmp_path):
     from effnet_jax import serving
-    from effnet_jax.inference.evaluation import input_spec
     from effnet_jax.inference.export import export_run
     from effnet_jax.inference.prediction import Predictor
 
     workdir, _ = ensemble_run
-    meta = export_run(workdir, str(tmp_path / "exported"), platforms=("cpu",))
+    run = runs.open(workdir)
+    meta = export_run(run, str(tmp_path / "exported"), platforms=("cpu",))
     assert meta["model"]["ensemble_members"] == 2 and "2 ensemble members" in meta["preprocessing"]["in_function"]
     model = serving.load(str(tmp_path / "exported"))
-    size = input_spec(restore_for_inference(workdir))[0]
+    size = run.input_spec[0]
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (size + 9, size + 5), dtype=np.uint8) for _ in range(3)]
-    predictor = Predictor(workdir)
+    predictor = Predictor(run)
     expected = [r["prob_pneumonia"] for r in predictor.predict(images)]
     np.testing.assert_allclose(model(images), expected, rtol=1e-5, atol=1e-6)
     # effnet-predict --gradcam: the same probabilities, a map over both members per image.

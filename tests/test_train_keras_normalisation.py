@@ -11,9 +11,10 @@ import pytest
 from helpers import tiny_config
 
 import effnet_jax
+from effnet_jax import runs
 from effnet_jax.data import pipeline
-from effnet_jax.inference.restore import restore_for_inference
-from effnet_jax.train import checkpointing, loop
+from effnet_jax.runs import checkpoints as checkpointing
+from effnet_jax.train import loop
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +84,6 @@ def test_fine_tuning_from_keras_uses_the_files_normalisation(keras_h5, tmp_path,
     with open(os.path.join(workdir, "config.json")) as f:
         assert "model_std" not in json.load(f)
     # effnet-eval / effnet-predict restore the same normalisation.
-    restored = restore_for_inference(workdir, "latest")
-    np.testing.assert_allclose(restored.model.variant.std, expected_std, rtol=1e-6)
-    np.testing.assert_allclose(restored.run.mean, expected_mean, rtol=1e-6)
+    run = runs.open(workdir, "latest")
+    np.testing.assert_allclose(run.model().variant.std, expected_std, rtol=1e-6)
+    np.testing.assert_allclose(run.record.mean, expected_mean, rtol=1e-6)

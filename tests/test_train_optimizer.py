@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from helpers import tiny_config
 
+from effnet_jax import labels
 from effnet_jax.labels import positive_probability
 from effnet_jax.train import freeze, losses, optimizer
 
@@ -167,11 +168,11 @@ def test_layer_decay_gives_each_layer_its_learning_rate_and_weight_decay(accum):
 
 
 def test_class_weights_balanced_follow_sklearn_and_explicit_ones_parse():
-    np.testing.assert_allclose(losses.class_weights("balanced", [100, 300]), [400 / 200, 400 / 600], rtol=1e-6)
-    np.testing.assert_array_equal(losses.class_weights("1,2.5", [100, 300]), [1.0, 2.5])
-    assert losses.class_weights("none", [100, 300]) is None
+    np.testing.assert_allclose(labels.class_weights("balanced", [100, 300]), [400 / 200, 400 / 600], rtol=1e-6)
+    np.testing.assert_array_equal(labels.class_weights("1,2.5", [100, 300]), [1.0, 2.5])
+    assert labels.class_weights("none", [100, 300]) is None
     with pytest.raises(ValueError, match=r"config\.class_weights='1,2,3'"):
-        losses.class_weights("1,2,3", [100, 300])
+        labels.class_weights("1,2,3", [100, 300])
 
 
 def test_sigmoid_and_softmax_heads_give_the_same_loss_for_equivalent_logits():

@@ -15,9 +15,6 @@ from effnet_jax.train import state as state_lib
 from effnet_jax.train.parallel import Parallel
 
 STEPS = 3
-pytestmark = pytest.mark.skipif(
-    jax.device_count() < 8, reason="needs XLA_FLAGS=--xla_force_host_platform_device_count=8"
-)
 
 
 def _config():

@@ -106,32 +106,6 @@ def quiet_unless_verbose():
         logging.set_verbosity(logging.ERROR)
 
 
-def make_config_package_importable(argv) -> None:
-    """Puts the folder above ``--config``'s folder on ``sys.path`` when that folder is a package.
-
-    Config files are loaded by path (ml_collections), yet ``configs/*.py`` import their
-    siblings as ``from configs import default``: that needs ``configs``' parent importable,
-    whatever the working directory or launcher (console script or ``python -m``).
-    """
-    import os
-    import sys
-
-    value = None
-    for i, arg in enumerate(argv):
-        if arg.startswith("--config="):
-            value = arg.split("=", 1)[1]
-        elif arg == "--config" and i + 1 < len(argv):
-            value = argv[i + 1]
-    if not value:
-        return
-    path = os.path.abspath(os.path.expanduser(value.split(":", 1)[0] if not os.path.exists(value) else value))
-    folder = os.path.dirname(path)
-    if os.path.isfile(os.path.join(folder, "__init__.py")):
-        root = os.path.dirname(folder)
-        if root not in sys.path:
-            sys.path.insert(0, root)
-
-
 # Exit statuses of effnet-train and data preparation (docs/untrusted-inputs-overview.md). An error
 # a user can act on is one line naming the file, key or cause; anything else is a bug and
 # keeps its traceback. EFFNET_TRACEBACK=1 shows the traceback of every error.
@@ -155,10 +129,10 @@ def one_line(error: BaseException) -> tuple[int, str] | None:
     from effnet_jax.data.imaging import BadImageError
     from effnet_jax.data.kermany import LayoutError
     from effnet_jax.data.prepare import StalePreparedDataError
-    from effnet_jax.train.checkpointing import CheckpointMismatchError
+    from effnet_jax.runs.checkpoints import CheckpointMismatchError
+    from effnet_jax.runs.lock import WorkdirLockedError
     from effnet_jax.train.loop import TrainingDataError
     from effnet_jax.train.soup import IncompatibleMembersError, SoupWorkdirError
-    from effnet_jax.train.workdir_lock import WorkdirLockedError
     from effnet_jax.weights.readers import WeightFileError
 
     # Background writers (orbax, grain) wrap the OSError: look down the chain for the cause.
@@ -343,12 +317,13 @@ def setup_compilation_cache(directory: str | None = DEFAULT_COMPILATION_CACHE_DI
 
 
 def run_compilation_cache_dir(workdir: str) -> str:
-    """``compilation_cache_dir`` of a training run (its config.json), or the default for older runs."""
+    """``compilation_cache_dir`` of a training run (its config file), or the default for older runs."""
     import json
-    import os
+
+    from effnet_jax.runs.layout import Layout
 
     try:
-        with open(os.path.join(workdir, "config.json")) as f:
+        with open(Layout(workdir).config) as f:
             value = json.load(f).get("compilation_cache_dir", DEFAULT_COMPILATION_CACHE_DIR)
     except (OSError, ValueError):
         value = DEFAULT_COMPILATION_CACHE_DIR
@@ -356,13 +331,14 @@ def run_compilation_cache_dir(workdir: str) -> str:
 
 
 def write_card_or_warn(workdir: str, prog: str) -> str | None:
-    """Rewrites ``WORKDIR/MODEL_CARD.md``; a card that cannot be written is a warning, never a failed command."""
+    """Rewrites the run's model card from what it holds now; a card that cannot be written is a warning, never a failed command."""
     import sys
 
+    from effnet_jax import runs
     from effnet_jax.reporting.model_card import write_model_card
 
     try:
-        return write_model_card(workdir)
+        return write_model_card(runs.open(workdir, checkpoint=None))
     except (OSError, ValueError, KeyError, TypeError) as e:
         print(f"{prog}: warning: could not write the model card in {workdir}: {type(e).__name__}: {e}", file=sys.stderr)
         return None

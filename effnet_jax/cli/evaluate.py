@@ -94,8 +94,10 @@ def main(argv):
     setup_compilation_cache(run_compilation_cache_dir(FLAGS.workdir))
     import jax
 
+    from effnet_jax import runs
     from effnet_jax.inference import tta as tta_lib
     from effnet_jax.inference.evaluation import evaluate_checkpoint
+    from effnet_jax.runs.layout import Layout
 
     try:
         tta = tta_lib.parse_tta(FLAGS.tta)
@@ -104,7 +106,7 @@ def main(argv):
     # The default out_dir is WORKDIR/eval/<split>_<step>: its parent is what can be checked now.
     problem = check_output_dir(FLAGS.out_dir, "--out_dir") if FLAGS.out_dir else None
     if problem is None and not FLAGS.out_dir and os.path.isdir(FLAGS.workdir):
-        problem = check_output_dir(os.path.join(FLAGS.workdir, "eval"), "--workdir (its eval/ folder)")
+        problem = check_output_dir(Layout(FLAGS.workdir).eval, "--workdir (its eval/ folder)")
     if problem:
         print(f"effnet-eval: error: {problem}", file=sys.stderr)
         return 1
@@ -117,9 +119,8 @@ def main(argv):
     )
     try:
         report = evaluate_checkpoint(
-            FLAGS.workdir,
+            runs.open(FLAGS.workdir, FLAGS.checkpoint),
             split=FLAGS.split,
-            checkpoint=FLAGS.checkpoint,
             tta=tta,
             batch_size=FLAGS.batch_size,
             use_ema=FLAGS.ema,
@@ -130,27 +131,27 @@ def main(argv):
     except (FileNotFoundError, ValueError) as e:
         print(f"effnet-eval: error: {e}", file=sys.stderr)
         return 1
-    synthetic = " [synthetic data]" if report["synthetic"] else ""
-    if report.get("split_default"):
-        print(f"No --split: scoring {report['split']}, {report['split_default']}.")
+    synthetic = " [synthetic data]" if report.synthetic else ""
+    if report.split_default:
+        print(f"No --split: scoring {report.split}, {report.split_default}.")
     print(
-        f"\n{report['split']} split, step {report['step']}, {report['num_examples']} images, "
-        f"class counts {report['class_counts']}{synthetic}"
+        f"\n{report.split} split, step {report.step}, {report.num_examples} images, "
+        f"class counts {report.class_counts}{synthetic}"
     )
-    print(f"operating threshold {report['operating_threshold']:.4f}: {report['operating_threshold_rule']}")
-    print(f"threshold chosen by {report['threshold_source']}: {report['validation_threshold']:.4f}")
-    print(f"probabilities: {report['calibration']}")
-    if report["temperature"] != 1.0:
+    print(f"operating threshold {report.operating_threshold:.4f}: {report.operating_threshold_rule}")
+    print(f"threshold chosen by {report.threshold_source}: {report.validation_threshold:.4f}")
+    print(f"probabilities: {report.calibration}")
+    if report.temperature != 1.0:
         print(
-            f"  ECE on this split {report['uncalibrated']['ece']:.4f} -> {report['metrics']['threshold_0.5']['ece']:.4f}; "
+            f"  ECE on this split {report.uncalibrated['ece']:.4f} -> {report.metrics['threshold_0.5']['ece']:.4f}; "
             "thresholds above are mapped through the same temperature (the table's), so no label changes"
         )
-    ci = report["metrics"]["operating"].get("ci95")
+    ci = report.metrics["operating"].get("ci95")
     if ci:
         print(f"[95% bootstrap intervals: {ci['resamples']} resamples by {ci['resampled_by']}, {ci['groups']} groups]")
     print()
-    print(report["table"])
-    print(f"\nWrote {report['out_dir']}/ ({', '.join(sorted(report['files'].values()))})")
+    print(report.table)
+    print(f"\nWrote {report.out_dir}/ ({', '.join(sorted(report.files.values()))})")
     card = write_card_or_warn(FLAGS.workdir, "effnet-eval")
     if card:
         print(f"Refreshed {card}")

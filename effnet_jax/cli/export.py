@@ -64,10 +64,11 @@ def main(argv):
     if problem:
         print(f"effnet-export: error: {problem}", file=sys.stderr)
         return 1
+    from effnet_jax import runs
     from effnet_jax.inference.export import export_run
 
     try:
-        meta = export_run(FLAGS.workdir, FLAGS.out, FLAGS.checkpoint, FLAGS.threshold, FLAGS.platforms)
+        meta = export_run(runs.open(FLAGS.workdir, FLAGS.checkpoint), FLAGS.out, FLAGS.threshold, FLAGS.platforms)
     except (FileNotFoundError, ValueError) as e:
         print(f"effnet-export: error: {e}", file=sys.stderr)
         return 1

@@ -119,10 +119,11 @@ def main(argv):
     if FLAGS.exported:
         return _main_exported(paths)
     setup_compilation_cache(run_compilation_cache_dir(FLAGS.workdir))
+    from effnet_jax import runs
     from effnet_jax.inference.prediction import Predictor
 
     try:
-        predictor = Predictor(FLAGS.workdir, FLAGS.checkpoint, FLAGS.threshold, FLAGS.batch_size)
+        predictor = Predictor(runs.open(FLAGS.workdir, FLAGS.checkpoint), FLAGS.threshold, FLAGS.batch_size)
     except (FileNotFoundError, ValueError) as e:
         return _fail(str(e), EXIT_FAILED)
     if predictor.synthetic:

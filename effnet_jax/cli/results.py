@@ -68,14 +68,16 @@ def main(argv):
         return tables_main()
     if not workdirs:
         raise app.UsageError("effnet-results needs at least one training run directory.")
+    from effnet_jax import runs
     from effnet_jax.reporting import run_summary
 
     rows = []
     try:
         for workdir in workdirs:
-            rows.append(run_summary.training_row(workdir))
+            run = runs.open(workdir, checkpoint=None)
+            rows.append(run_summary.training_row(run))
             if FLAGS.eval:
-                rows.extend(run_summary.evaluation_rows(workdir))
+                rows.extend(run_summary.evaluation_rows(run))
     except (FileNotFoundError, ValueError) as e:
         print(f"effnet-results: error: {e}", file=sys.stderr)
         return 1

@@ -58,6 +58,7 @@ def main(argv):
         setup_compilation_cache,
         show_our_logs,
     )
+    from effnet_jax.runs.layout import Layout
     from effnet_jax.train.soup import IncompatibleMembersError, SoupWorkdirError, make_soup
 
     show_our_logs()  # what the soup reads, and its evaluation as the trainer logs it
@@ -72,7 +73,7 @@ def main(argv):
     members = ", ".join(f"{m['workdir']} step {m['step']}: {_num(m.get(metric))}" for m in soup["members"])
     print(
         f"effnet-soup: {len(soup['members'])} members, {FLAGS.combine} averaged ({members}) -> step {soup['step']}, "
-        f"{split} {metric} {_num(soup['soup'].get(metric))}; wrote {FLAGS.workdir}/soup.json and its checkpoint"
+        f"{split} {metric} {_num(soup['soup'].get(metric))}; wrote {Layout(FLAGS.workdir).soup} and its checkpoint"
     )
     write_card_or_warn(FLAGS.workdir, "effnet-soup")
     return 0

@@ -23,7 +23,6 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from effnet_jax.cli import common
-from effnet_jax.cli.common import make_config_package_importable
 
 FLAGS = flags.FLAGS
 
@@ -71,12 +70,19 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     # Import after flag parsing: JAX reads XLA_FLAGS and platform flags when first imported.
+    from effnet_jax.experiment import run_experiment
+    from effnet_jax.runs import layout
     from effnet_jax.train import distributed
-    from effnet_jax.train.loop import NonFiniteLossError, train_and_evaluate
+    from effnet_jax.train.loop import NonFiniteLossError
     from effnet_jax.train.preemption import Preempted
-    from effnet_jax.train.soup import MEMBERS_DIR, soup_seeds, train_soup
 
     common.show_our_logs()
+    from effnet_jax.train.config import validate_config
+
+    try:
+        validate_config(FLAGS.config)  # before any data is read or anything compiled
+    except ValueError as e:
+        common.exit_in_one_line("effnet-train", e)
     if FLAGS.dry_run:
         from effnet_jax.train import plan
 
@@ -85,15 +91,8 @@ def main(argv):
         except Exception as e:  # one line for known causes; a bug keeps its traceback
             common.exit_in_one_line("effnet-train --dry_run", e)
         return
-    from effnet_jax.cli.common import setup_compilation_cache
-    from effnet_jax.train.config import validate_config
 
-    try:
-        validate_config(FLAGS.config)  # before any data is read or anything compiled
-    except ValueError as e:
-        common.exit_in_one_line("effnet-train", e)
-
-    cache = setup_compilation_cache(FLAGS.config.get("compilation_cache_dir", None))
+    cache = common.setup_compilation_cache(FLAGS.config.get("compilation_cache_dir", None))
     std_logging.getLogger("effnet_jax.train").info(
         "compilation cache: %s", cache or "off (config.compilation_cache_dir='')"
     )
@@ -107,19 +106,8 @@ def main(argv):
         sys.exit(2)
     if started and not distributed.is_main_process():
         _only_warnings_here()
-    soup = None
     try:
-        if soup_seeds(FLAGS.config) > 1:
-            soup = train_soup(FLAGS.config, FLAGS.workdir)
-            if soup is None:
-                print(
-                    f"effnet-train: members in {FLAGS.workdir}/{MEMBERS_DIR}/ stopped before their last step; "
-                    "no soup yet: run the same command to finish them",
-                    file=sys.stderr,
-                )
-                return
-        else:
-            train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        outcome = run_experiment(FLAGS.config, FLAGS.workdir)
     except NonFiniteLossError as e:
         print(f"effnet-train: {e}", file=sys.stderr)
         sys.exit(2)
@@ -128,38 +116,32 @@ def main(argv):
         sys.exit(common.EXIT_PREEMPTED)
     except Exception as e:  # one line for known causes; a bug keeps its traceback
         common.exit_in_one_line("effnet-train", e)
-    if distributed.is_main_process():
-        _calibrate_and_describe(FLAGS.config, FLAGS.workdir)
-        made = (
-            f"{'seed ensemble' if soup.get('combine') == 'logits' else 'soup'} of {len(soup['members'])} seeds at "
-            f"step {soup['step']} (members in {MEMBERS_DIR}/, soup.json); "
-            if soup
-            else ""
-        )
+    if not outcome.finished:
         print(
-            f"effnet-train: outputs in {FLAGS.workdir} ({made}checkpoints/, metrics.jsonl, tensorboard/, MODEL_CARD.md)"
+            f"effnet-train: members in {layout.Layout(FLAGS.workdir).members}/ stopped before their last step; "
+            "no soup yet: run the same command to finish them",
+            file=sys.stderr,
         )
-
-
-def _calibrate_and_describe(config, workdir: str):
-    # After training, on process 0 alone: temperature scaling when asked (config.calibrate),
-    # then the model card, which reads what the workdir now holds.
-    from effnet_jax.cli import common
-
-    if config.get("calibrate", False):
-        from effnet_jax.inference.evaluation import calibrate_checkpoint
-
-        split = config.get("select_split", "validation")
-        try:
-            c = calibrate_checkpoint(workdir, split, "best", progress=config.get("progress_bar", True))
-        except (OSError, ValueError) as e:
-            print(f"effnet-train: warning: no temperature fitted on {split}: {e}", file=sys.stderr)
-        else:
-            print(
-                f"effnet-train: temperature {c.temperature:.4f} fitted on {split} at step {c.step} "
-                f"(ECE {c.ece_before:.4f} -> {c.ece_after:.4f}): {workdir}/calibration.json"
-            )
-    common.write_card_or_warn(workdir, "effnet-train")
+        return
+    if not distributed.is_main_process():
+        return
+    for warning in outcome.warnings:
+        print(f"effnet-train: warning: {warning}", file=sys.stderr)
+    c = outcome.calibration
+    if c is not None:
+        print(
+            f"effnet-train: temperature {c.temperature:.4f} fitted on {c.fitted_on} at step {c.step} "
+            f"(ECE {c.ece_before:.4f} -> {c.ece_after:.4f}): {outcome.calibration_path}"
+        )
+    soup = outcome.soup
+    made = (
+        f"{'seed ensemble' if soup.get('combine') == 'logits' else 'soup'} of {len(soup['members'])} seeds at "
+        f"step {soup['step']} (members in {layout.MEMBERS}/, {layout.SOUP}); "
+        if soup
+        else ""
+    )
+    names = f"{layout.CHECKPOINTS}/, {layout.METRICS}, {layout.TENSORBOARD}/, {layout.MODEL_CARD}"
+    print(f"effnet-train: outputs in {FLAGS.workdir} ({made}{names})")
 
 
 def _only_warnings_here():
@@ -179,7 +161,6 @@ def run():
     common.exit_with_help_if_asked(sys.argv, __doc__, define_flags)
     define_flags()
     flags.mark_flags_as_required(["config", "workdir"])
-    make_config_package_importable(sys.argv)
     try:
         # Parsed here first so a bad --config.key is one line naming it, not a traceback.
         argv = flags.FLAGS(sys.argv)

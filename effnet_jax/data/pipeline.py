@@ -9,7 +9,9 @@ Batches are dicts of numpy arrays:
   the example's position in the whole split (-1 on padding rows).
 """
 
+import collections
 import math
+from collections.abc import Callable, Iterable
 
 import grain
 import numpy as np
@@ -220,3 +222,23 @@ def make_global_batch(local_batch: dict, sharding) -> dict:
     import jax  # pylint: disable=g-import-not-at-top
 
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)
+
+
+def run_pass(
+    batches: Iterable[dict], step: Callable[[dict], dict], on_batch: Callable[[int], None] | None = None
+) -> dict[str, np.ndarray]:
+    """Concatenates ``step(batch)``'s per-example arrays over ``batches``.
+
+    ``step`` returns a dict of ``(B, ...)`` arrays that includes ``mask``; rows whose
+    mask is False (padding of the last batch) are dropped. ``on_batch`` gets the
+    number of real rows of each batch (progress bars).
+    """
+    out = collections.defaultdict(list)
+    for batch in batches:
+        rows = step(batch)
+        keep = np.asarray(rows.pop("mask"), bool)
+        for key, value in rows.items():
+            out[key].append(np.asarray(value)[keep])
+        if on_batch is not None:
+            on_batch(int(keep.sum()))
+    return {key: np.concatenate(values) for key, values in out.items()}

@@ -1,10 +1,11 @@
 """Evaluate a checkpoint on a split: metrics at four thresholds with bootstrap intervals, plots, JSON.
 
-    restore_for_inference (any device count) -> predict_split (jitted, optional TTA)
-      -> temperature scaling (WORKDIR/calibration.json, fitted here with calibrate=SPLIT)
+    Run (runs.open; any device count) -> predict_split (jitted, optional TTA)
+      -> temperature scaling (the run's calibration file, fitted here with calibrate=SPLIT)
       -> compute_metrics at the operating threshold, 0.5, the training prior and the
          validation Youden threshold, each with bootstrap 95% intervals (by patient)
-      -> WORKDIR/eval/<split>_<step>/{metrics.json, *.png, predictions.csv}
+      -> WORKDIR/eval/<split>_<step>/{metrics.json, *.png, predictions.csv} (runs.layout)
+      -> an EvalReport
 
 No threshold is chosen on the split being reported (except when that split is the
 validation split itself, which the report says), so test numbers are honest.
@@ -31,19 +32,21 @@ from typing import Any
 import jax
 import numpy as np
 
+import effnet_jax.reporting.plots as plots
 from effnet_jax.data import create_split, split_info
 from effnet_jax.data.external import FOLDER_PREFIX
+from effnet_jax.data.pipeline import run_pass
 from effnet_jax.inference import tta as tta_lib
-from effnet_jax.inference.restore import restore_for_inference
-from effnet_jax.inference.thresholds import EVAL_DIR, operating_threshold, training_prior_threshold
+from effnet_jax.inference.thresholds import operating_threshold, training_prior_threshold
 from effnet_jax.labels import CLASS_NAMES
+from effnet_jax.metrics import calibration as calibration_lib
+from effnet_jax.metrics import classification as metrics_lib
+from effnet_jax.metrics import intervals as intervals_lib
 from effnet_jax.output_files import csv_cell, open_output, short_hash, slug
 from effnet_jax.progress import Progress
-from effnet_jax.reporting import calibration as calibration_lib
-from effnet_jax.reporting import intervals as intervals_lib
-from effnet_jax.reporting import metrics as metrics_lib
-from effnet_jax.reporting import plots
-from effnet_jax.train.evaluate import run_pass
+from effnet_jax.runs import Run
+from effnet_jax.runs import calibration as calibration_file
+from effnet_jax.runs.layout import EVAL_REPORT
 
 log = logging.getLogger("effnet_jax.inference")
 
@@ -58,12 +61,6 @@ class SplitPredictions:
     probs: np.ndarray  # float64 (N,), probability of PNEUMONIA
     index: np.ndarray  # int64 (N,), position in the split
     seconds: float = 0.0
-
-
-def input_spec(restored) -> tuple[int, tuple, tuple]:
-    """``(image_size, mean, std)`` the run was trained with, from its run record."""
-    run = restored.run
-    return int(run.image_size), tuple(run.mean), tuple(run.std)
 
 
 def make_predict_fn(model, tta: tta_lib.TTAConfig | str | None = None):
@@ -148,17 +145,59 @@ def _progress(total: int, desc: str, enabled: bool) -> Progress:
     return Progress(total, desc, unit="img", enabled=enabled, logger=log)
 
 
-def output_dir(workdir: str, split: str, step: int, tta: tta_lib.TTAConfig) -> str:
+def output_dir(run: Run, split: str, tta: tta_lib.TTAConfig) -> str:
     """``WORKDIR/eval/<split>_<step>``, with a ``_tta-<spec>`` suffix when TTA changed the predictions.
 
     The folder's name is derived from the split, never joined from it: ``folder:PATH``
     becomes ``folder-<slug of the folder's name>-<hash of its resolved path>``, so a path
     (``../``, absolute, links) cannot lead the outputs out of ``WORKDIR/eval/``.
     """
-    name = f"{split_slug(split)}_{step}"
+    name = f"{split_slug(split)}_{run.step}"
     if tta.num_views > 1:
         name += f"_tta-{tta.spec()}"
-    return os.path.join(os.path.abspath(workdir), EVAL_DIR, name)
+    return run.layout.eval_dir(name)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalReport:
+    """What ``evaluate_checkpoint`` found: metrics.json's fields (``to_json``), its folder and a printable table.
+
+    The threshold fields are on the uncalibrated probabilities; each ``metrics`` entry holds
+    the threshold mapped through the temperature, as applied to the reported probabilities.
+    """
+
+    workdir: str
+    checkpoint: str | int
+    step: int
+    split: str
+    split_default: str | None  # why this split, when none was asked for
+    data: str | None
+    synthetic: bool
+    num_examples: int
+    class_counts: Any
+    class_names: list
+    model: str
+    image_size: int
+    tta: str
+    ema: bool
+    validation_threshold: float
+    threshold_source: str
+    training_prior_threshold: float
+    operating_threshold: float
+    operating_threshold_rule: str
+    temperature: float
+    calibration: str
+    uncalibrated: dict  # brier and ece of the uncalibrated probabilities at 0.5
+    metrics: dict  # 'operating', 'threshold_0.5', 'threshold_training_prior', 'threshold_validation_youden'
+    seconds: float
+    warnings: list
+    files: dict  # name -> file name inside out_dir
+    out_dir: str = dataclasses.field(default="", metadata={"json": False})
+    table: str = dataclasses.field(default="", metadata={"json": False})
+
+    def to_json(self) -> dict:
+        """metrics.json's content, in its order."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("json", True)}
 
 
 def held_out_split(data_config) -> tuple[str, str]:
@@ -183,9 +222,8 @@ def split_slug(split: str) -> str:
 
 
 def evaluate_checkpoint(
-    workdir: str,
+    run: Run,
     split: str | None = None,
-    checkpoint: str | int = "best",
     tta: tta_lib.TTAConfig | str | None = None,
     batch_size: int | None = None,
     use_ema: bool = True,
@@ -194,8 +232,8 @@ def evaluate_checkpoint(
     calibrate: str | None = None,
     bootstrap_resamples: int = intervals_lib.DEFAULT_RESAMPLES,
     bootstrap_seed: int = 0,
-) -> dict[str, Any]:
-    """Evaluates a run's checkpoint on ``split``; writes metrics.json, plots and predictions; returns the report.
+) -> EvalReport:
+    """Evaluates the run's checkpoint on ``split``; writes metrics.json, plots and predictions; returns the report.
 
     ``split`` None: the run's held-out split (``held_out_split``: test where the data has
     one, else validation); the report's ``split_default`` says which and why.
@@ -205,36 +243,35 @@ def evaluate_checkpoint(
     the validation split (on ``split`` itself when that is the validation split, and the
     report says so), each with bootstrap intervals (``bootstrap_resamples``; 0 = none),
     resampling patients where the split has patient ids. ``calibrate``: a split to fit
-    the temperature on at this checkpoint (written to WORKDIR/calibration.json);
-    otherwise a calibration.json fitted at this checkpoint is applied. Restores onto the
+    the temperature on at this checkpoint (written to the run's calibration file);
+    otherwise a calibration file fitted at this checkpoint is applied. Restores onto the
     first local device, whatever the run was trained on.
     """
     tta_config = tta_lib.parse_tta(tta)
-    restored = restore_for_inference(workdir, checkpoint, use_ema=use_ema)
-    config, model, variables, step = restored.config, restored.model, restored.variables, restored.step
-    image_size, mean, std = input_spec(restored)
+    config, model, variables, step = run.config, run.model(), run.variables(use_ema), run.step
+    image_size, mean, std = run.input_spec
     batch_size = int(batch_size or config.get("eval_batch_size") or config.get("batch_size") or 32)
-    run = dict(image_size=image_size, mean=mean, std=std, batch_size=batch_size, tta=tta_config, progress=progress)
+    args = dict(image_size=image_size, mean=mean, std=std, batch_size=batch_size, tta=tta_config, progress=progress)
     default_because = None
     if split is None:
         split, default_because = held_out_split(config.data)
     info = split_info(config.data, split)
 
-    result = predict_split(model, variables, config.data, split, **run)
+    result = predict_split(model, variables, config.data, split, **args)
     if split == VALIDATION:
         val, threshold_source = result, "youden_on_validation (the split being reported)"
     else:
-        val, threshold_source = predict_split(model, variables, config.data, VALIDATION, **run), "youden_on_validation"
+        val, threshold_source = predict_split(model, variables, config.data, VALIDATION, **args), "youden_on_validation"
     seconds = result.seconds + (0.0 if val is result else val.seconds)
     if calibrate:
         fit = {split: result, VALIDATION: val}.get(calibrate)
         if fit is None:
-            fit = predict_split(model, variables, config.data, calibrate, **run)
+            fit = predict_split(model, variables, config.data, calibrate, **args)
             seconds += fit.seconds
-        calibration_lib.write_calibration(
-            workdir, calibration_lib.fit_calibration(fit.labels, fit.probs, calibrate, step, tta_config.spec())
-        )
-    temperature, calibration_note = calibration_lib.temperature_for_step(workdir, step)
+        fitted = calibration_lib.fit_calibration(fit.labels, fit.probs, calibrate, step, tta_config.spec())
+        calibration_file.write_calibration(run.layout, fitted)
+        run = run.with_calibration(fitted)
+    temperature, calibration_note = run.temperature()
     if calibrate == split:
         calibration_note += " [fitted on the split being reported]"
     probs = calibration_lib.calibrate_probs(result.probs, temperature)
@@ -242,8 +279,8 @@ def evaluate_checkpoint(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         threshold = metrics_lib.youden_threshold(val.labels, val.probs)
-        prior = training_prior_threshold(config, restored.run.train_class_counts)
-        operating, operating_rule = operating_threshold(workdir, step, config, restored.run.train_class_counts)
+        prior = training_prior_threshold(run)
+        operating, operating_rule = operating_threshold(run)
         # Rule-derived thresholds go through the temperature's map too: the same images on each side.
         mapped = {
             name: calibration_lib.calibrate_threshold(t, temperature)
@@ -269,7 +306,7 @@ def evaluate_checkpoint(
         for m, ci in zip(columns, cis):
             m["ci95"] = ci
 
-    out_dir = out_dir or output_dir(workdir, split, step, tta_config)
+    out_dir = out_dir or output_dir(run, split, tta_config)
     os.makedirs(out_dir, exist_ok=True)
     class_names = info.get("class_names") or list(CLASS_NAMES)
     synthetic = bool(info.get("synthetic"))
@@ -279,7 +316,7 @@ def evaluate_checkpoint(
         + (f", T={temperature:.2f}" if temperature != 1.0 else "")
     )
     files = {
-        "metrics": os.path.join(out_dir, "metrics.json"),
+        "metrics": os.path.join(out_dir, EVAL_REPORT),
         "confusion_matrix_0.5": plots.plot_confusion_matrix(
             at_half["confusion_matrix"], os.path.join(out_dir, "confusion_matrix_0.5.png"), class_names, f"{tag}, t=0.5"
         ),
@@ -308,68 +345,67 @@ def evaluate_checkpoint(
             os.path.join(out_dir, "predictions.csv"), result, probs, info.get("file_names")
         ),
     }
-    report = {
-        "workdir": os.path.abspath(workdir),
-        "checkpoint": checkpoint if isinstance(checkpoint, str) else int(checkpoint),
-        "step": step,
-        "split": split,
-        "split_default": default_because,  # why this split, when none was asked for
-        "data": config.data.get("name"),
-        "synthetic": synthetic,
-        "num_examples": int(result.labels.size),
-        "class_counts": info.get("class_counts"),
-        "class_names": class_names,
-        "model": config.model.name,
-        "image_size": image_size,
-        "tta": tta_config.spec(),
-        "ema": use_ema and config.get("ema_decay", 0) > 0,
-        # The next four are on the uncalibrated probabilities (each metrics entry holds the mapped one).
-        "validation_threshold": threshold,
-        "threshold_source": threshold_source,
-        "training_prior_threshold": prior,
-        "operating_threshold": operating,
-        "operating_threshold_rule": operating_rule,
-        "temperature": temperature,
-        "calibration": calibration_note,
-        "uncalibrated": {"brier": uncalibrated["brier"], "ece": uncalibrated["ece"]},
-        "metrics": {
+    report = EvalReport(
+        workdir=run.workdir,
+        checkpoint=run.checkpoint if isinstance(run.checkpoint, str) else int(run.checkpoint),
+        step=step,
+        split=split,
+        data=config.data.get("name"),
+        synthetic=synthetic,
+        num_examples=int(result.labels.size),
+        class_counts=info.get("class_counts"),
+        class_names=class_names,
+        model=config.model.name,
+        image_size=image_size,
+        tta=tta_config.spec(),
+        ema=use_ema and config.get("ema_decay", 0) > 0,
+        validation_threshold=threshold,
+        threshold_source=threshold_source,
+        training_prior_threshold=prior,
+        operating_threshold=operating,
+        operating_threshold_rule=operating_rule,
+        temperature=temperature,
+        calibration=calibration_note,
+        uncalibrated={"brier": uncalibrated["brier"], "ece": uncalibrated["ece"]},
+        metrics={
+    default_because = None
+    if split is None:
+        split, default_because = held_out_split(config.data)
             "operating": at_operating,
             "threshold_0.5": at_half,
             "threshold_training_prior": at_prior,
             "threshold_validation_youden": at_youden,
         },
-        "seconds": round(seconds, 3),
-        "warnings": notes,
-        "files": {k: os.path.basename(v) for k, v in files.items()},
-    }
-    with open_output(files["metrics"], "w") as f:
-        json.dump(metrics_lib.json_safe(report), f, indent=2, allow_nan=False)
-        f.write("\n")
-    report["out_dir"] = out_dir
-    report["table"] = metrics_lib.format_table(
-        {"operating": at_operating, "t=0.5": at_half, "train prior": at_prior, "val. Youden": at_youden}
+        seconds=round(seconds, 3),
+        warnings=notes,
+        files={k: os.path.basename(v) for k, v in files.items()},
+        out_dir=out_dir,
+        table=metrics_lib.format_table(
+            {"operating": at_operating, "t=0.5": at_half, "train prior": at_prior, "val. Youden": at_youden}
+        ),
     )
+    with open_output(files["metrics"], "w") as f:
+        json.dump(metrics_lib.json_safe(report.to_json()), f, indent=2, allow_nan=False)
+        f.write("\n")
     return report
 
 
 def calibrate_checkpoint(
-    workdir: str,
+    run: Run,
     split: str,
-    checkpoint: str | int = "best",
     tta: tta_lib.TTAConfig | str | None = None,
     batch_size: int | None = None,
     use_ema: bool = True,
     progress: bool = True,
 ) -> calibration_lib.Calibration:
-    """Fits temperature scaling on ``split`` at ``checkpoint``; writes WORKDIR/calibration.json and returns it."""
+    """Fits temperature scaling on ``split`` at the run's checkpoint; writes the run's calibration file and returns it."""
     tta_config = tta_lib.parse_tta(tta)
-    restored = restore_for_inference(workdir, checkpoint, use_ema=use_ema)
-    config = restored.config
-    image_size, mean, std = input_spec(restored)
+    config = run.config
+    image_size, mean, std = run.input_spec
     batch_size = int(batch_size or config.get("eval_batch_size") or config.get("batch_size") or 32)
     fit = predict_split(
-        restored.model,
-        restored.variables,
+        run.model(),
+        run.variables(use_ema),
         config.data,
         split,
         image_size=image_size,
@@ -379,8 +415,8 @@ def calibrate_checkpoint(
         tta=tta_config,
         progress=progress,
     )
-    calibration = calibration_lib.fit_calibration(fit.labels, fit.probs, split, restored.step, tta_config.spec())
-    calibration_lib.write_calibration(workdir, calibration)
+    calibration = calibration_lib.fit_calibration(fit.labels, fit.probs, split, run.step, tta_config.spec())
+    calibration_file.write_calibration(run.layout, calibration)
     return calibration
 
 

@@ -27,18 +27,15 @@ from jax import lax
 
 import effnet_jax
 from effnet_jax.data import transforms
-from effnet_jax.inference.evaluation import input_spec
-from effnet_jax.inference.restore import restore_for_inference
 from effnet_jax.inference.thresholds import resolve_threshold
 from effnet_jax.labels import CLASS_NAMES, positive_probability
+from effnet_jax.metrics import calibration as calibration_lib
 from effnet_jax.models.ensemble import member_axis
 from effnet_jax.progress import Progress
-from effnet_jax.reporting import calibration as calibration_lib
-from effnet_jax.reporting.metrics_log import read_metrics
+from effnet_jax.runs import Run
 from effnet_jax.serving import bundle
 
 DEFAULT_PLATFORMS = ("cpu", "cuda", "tpu")
-CALIBRATION_FILE = "calibration.json"  # written by temperature scaling (reporting/calibration, h15b's module)
 
 
 def make_serving_fn(model, treedef, mean, std, temperature: float | None, platforms=DEFAULT_PLATFORMS):
@@ -73,11 +70,11 @@ def make_serving_fn(model, treedef, mean, std, temperature: float | None, platfo
     return fn
 
 
-def _metrics_at(workdir: str, step: int) -> dict:
-    """The trainer's evaluation records at ``step`` (validation and external splits), numbers only."""
+def _metrics_at(run: Run) -> dict:
+    """The trainer's evaluation records at the run's step (validation and external splits), numbers only."""
     found = {}
-    for record in read_metrics(workdir):
-        if record.get("step") == step and record.get("split") not in (None, "train"):
+    for record in run.metrics:
+        if record.get("step") == run.step and record.get("split") not in (None, "train"):
             found[record["split"]] = {
                 k: v for k, v in record.items() if k not in ("step", "split", "time") and not isinstance(v, dict)
             }
@@ -101,34 +98,31 @@ def _prepare_out_dir(out_dir: str):
 
 
 def export_run(
-    workdir: str,
+    run: Run,
     out_dir: str,
-    checkpoint: str | int = "best",
     threshold: float | str | None = None,
     platforms=DEFAULT_PLATFORMS,
     use_ema: bool = True,
 ) -> dict:
-    """Exports ``checkpoint`` of the run in ``workdir`` into ``out_dir``; returns what model.json records."""
+    """Exports the run's checkpoint into ``out_dir``; returns what model.json records."""
     _prepare_out_dir(out_dir)
-    calibration_lib.read_calibration(workdir)  # a bad calibration file fails before the restore
-    # Three stages; lowering for every platform is the long one.
-    stages = Progress(3, f"export {workdir}", unit="stage", logger=logging.getLogger("effnet_jax.inference"))
-    restored = restore_for_inference(workdir, checkpoint, use_ema=use_ema)
-    stages.update()
-    members = member_axis(restored.model) or 1
-    config, step = restored.config, restored.step
-    size, mean, std = input_spec(restored)
-    t_value, t_rule = resolve_threshold(workdir, step, threshold, config, restored.run.train_class_counts)
+    # Two stages (lowering for every platform is the long one, then writing the files).
+    stages = Progress(2, f"export {run.workdir}", unit="stage", logger=logging.getLogger("effnet_jax.inference"))
+    model = run.model()
+    members = member_axis(model) or 1
+    config, step = run.config, run.step
+    size, mean, std = run.input_spec
+    t_value, t_rule = resolve_threshold(run, threshold)
     # The temperature fitted at this checkpoint (effnet-eval --calibrate), as eval and predict
     # apply it; a rule-derived threshold goes through the same map, so no label changes.
-    t, calibration = calibration_lib.temperature_for_step(workdir, step)
+    t, calibration = run.temperature()
     temperature = None if t == 1.0 else t
     if temperature is not None and t_rule != "flag":
         t_value = calibration_lib.calibrate_threshold(t_value, temperature)
 
-    leaves, treedef = jax.tree_util.tree_flatten(restored.variables)
+    leaves, treedef = jax.tree_util.tree_flatten(run.variables(use_ema))
     leaves = [np.asarray(x) for x in leaves]
-    fn = make_serving_fn(restored.model, treedef, mean, std, temperature, tuple(platforms))
+    fn = make_serving_fn(model, treedef, mean, std, temperature, tuple(platforms))
     (batch,) = jax_export.symbolic_shape("batch")
     args = (
         [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves],
@@ -142,7 +136,7 @@ def export_run(
     weights = buffer.getvalue()
 
     data = config.data
-    metrics = _metrics_at(workdir, step)
+    metrics = _metrics_at(run)
     meta = {
         "format": bundle.FORMAT,
         "class_names": list(CLASS_NAMES),
@@ -177,9 +171,9 @@ def export_run(
             "ensemble_members": members,  # 1: one network; N: a seed ensemble (logits averaged)
             "weights_source": config.model.get("pretrained"),
             "checkpoint_step": int(step),
-            "checkpoint": str(checkpoint),
+            "checkpoint": str(run.checkpoint),
             "ema": bool(use_ema and config.get("ema_decay", 0) > 0),
-            "workdir": os.path.abspath(workdir),
+            "workdir": run.workdir,
         },
         "training": {
             "data": next((m.get("data") for m in metrics.values() if m.get("data")), data.get("name")),
@@ -188,7 +182,7 @@ def export_run(
             "val_fraction": data.get("val_fraction"),
             "split_seed": data.get("split_seed"),
             "external": [str(p) for p in (data.get("external") or ())],
-            "train_class_counts": [int(n) for n in restored.run.train_class_counts],
+            "train_class_counts": [int(n) for n in run.record.train_class_counts],
             "select_split": config.get("select_split"),
         },
         "metrics": metrics,

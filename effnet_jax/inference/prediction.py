@@ -25,16 +25,15 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from PIL import Image
 
-from effnet_jax import limits
+from effnet_jax import limits, runs
 from effnet_jax.data import imaging, transforms
-from effnet_jax.inference.evaluation import input_spec, make_predict_fn
+from effnet_jax.inference.evaluation import make_predict_fn
 from effnet_jax.inference.gradcam import make_gradcam, save_overlay, save_panel, weighted_by_probability
-from effnet_jax.inference.restore import restore_for_inference
 from effnet_jax.inference.thresholds import resolve_threshold
 from effnet_jax.labels import CLASS_NAMES, positive_probability
+from effnet_jax.metrics import calibration as calibration_lib
 from effnet_jax.output_files import short_hash, slug
-from effnet_jax.reporting import calibration as calibration_lib
-from effnet_jax.reporting.metrics_log import training_data
+from effnet_jax.runs import Run
 
 ImageInput = str | os.PathLike | np.ndarray | Image.Image
 
@@ -139,7 +138,7 @@ def _overlay_names(paths: Sequence[str]) -> list[str]:
 
 
 class Predictor:
-    """A restored run ready to score images: ``predict(items)`` yields one dict per input, in order.
+    """A run ready to score images (a Run, or a workdir opened at its best checkpoint): ``predict(items)`` yields one dict per input.
 
     ``data`` is the data set the run trained on ('synthetic' for a debug run, whose
     predictions mean nothing).
@@ -147,29 +146,23 @@ class Predictor:
 
     def __init__(
         self,
-        workdir: str,
-        checkpoint: str | int = "best",
+        run: Run | str,
         threshold: float | str | None = None,
         batch_size: int = 8,
         use_ema: bool = True,
     ):
-        restored = restore_for_inference(workdir, checkpoint, use_ema=use_ema)
-        self.config, self.model, self.variables, self.step = (
-            restored.config,
-            restored.model,
-            restored.variables,
-            restored.step,
-        )
-        size, mean, std = input_spec(restored)
+        if not isinstance(run, Run):
+            run = runs.open(run)  # a workdir, at its best checkpoint: Predictor("runs/debug")
+        self.run = run
+        self.config, self.model, self.variables, self.step = run.config, run.model(), run.variables(use_ema), run.step
+        size, mean, std = run.input_spec
         data = self.config.data
         self.preprocess = Preprocessor(
             size, mean, std, float(data.get("center_crop", 1.0) or 1.0), int(data.get("max_size", 512) or 512)
         )
-        self.temperature, self.calibration = calibration_lib.temperature_for_step(workdir, self.step)
-        self.threshold, self.threshold_source = resolve_threshold(
-            workdir, self.step, threshold, self.config, restored.run.train_class_counts
-        )
-        self.data = training_data(workdir) or str(data.get("name", ""))
+        self.temperature, self.calibration = run.temperature()
+        self.threshold, self.threshold_source = resolve_threshold(run, threshold)
+        self.data = run.training_data or str(data.get("name", ""))
         if self.threshold_source != "flag":
             # Derived on uncalibrated probabilities: mapped like them, so no label changes. A
             # number given on the command line is meant for the probabilities printed.

@@ -1,5 +1,1 @@
-"""Numbers and pictures from predictions and run directories: metrics, bootstrap intervals,
-temperature scaling, plots, results tables, model cards.
-
-Plain numpy/matplotlib over labels, probabilities and files; nothing here trains or restores.
-"""
+"""Pictures and prose from runs: plots, run summaries and results tables, model cards."""

@@ -1,6 +1,6 @@
-"""``WORKDIR/MODEL_CARD.md``: what a run is, what it was trained and judged on, and what it is not for.
+"""A run's model card: what a run is, what it was trained and judged on, and what it is not for.
 
-    config.json, run.json, metrics.jsonl, eval/*/metrics.json, calibration.json  ->  MODEL_CARD.md
+    Run (config, run record, metrics records, eval reports, calibration)  ->  MODEL_CARD.md
 
 Written by effnet-train at the end of a run and rewritten by effnet-eval (and effnet-export)
 from whatever the workdir holds then, so the card never states a number the run's own files
@@ -9,19 +9,13 @@ do not. It reads files only; nothing in the workdir is executed.
 
 from __future__ import annotations
 
-import glob
-import json
 import math
 import os
 
 from effnet_jax.data.data_dir import no_external_set_line
 from effnet_jax.data.provenance import provenance
-from effnet_jax.reporting import calibration as calibration_lib
-from effnet_jax.reporting.metrics_log import read_metrics
 from effnet_jax.reporting.run_summary import describe_recipe
-
-CARD_FILE = "MODEL_CARD.md"
-_MAX_JSON_BYTES = 16 << 20  # a report is a few kB; anything far larger is not one
+from effnet_jax.runs import Run
 
 INTENDED_USE = (
     "Research and education only: reproducing and studying pneumonia classification on chest X-rays. "
@@ -39,18 +33,6 @@ _SHOWN = ("accuracy", "auc", "recall", "specificity", "f1")
 _HEADERS = ("accuracy", "AUC", "sensitivity", "specificity", "F1")
 
 
-def _read_json(path: str):
-    if not os.path.isfile(path):
-        return None
-    if os.path.getsize(path) > _MAX_JSON_BYTES:
-        raise ValueError(f"{path}: over {_MAX_JSON_BYTES} bytes; not a file effnet_jax wrote")
-    with open(path) as f:
-        try:
-            return json.load(f)
-        except ValueError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
-
-
 def _num(value, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
@@ -63,14 +45,9 @@ def _with_ci(metrics: dict, name: str) -> str:
     return f"{text} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else text
 
 
-def eval_reports(workdir: str) -> list[dict]:
-    """Every effnet-eval report under ``WORKDIR/eval``, in name order."""
-    reports = []
-    for path in sorted(glob.glob(os.path.join(workdir, "eval", "*", "metrics.json"))):
-        report = _read_json(path)
-        if isinstance(report, dict) and isinstance(report.get("metrics"), dict):
-            reports.append(report)
-    return reports
+def eval_reports(run: Run) -> list[dict]:
+    """Every effnet-eval report of the run, in name order (a malformed one is a ValueError naming it)."""
+    return [report for _, report in run.eval_reports(strict=True) if isinstance(report.get("metrics"), dict)]
 
 
 def _model_section(config: dict, run: dict | None) -> list[str]:
@@ -138,7 +115,7 @@ def _data_section(config: dict, run: dict | None, reports: list[dict]) -> list[s
     return lines
 
 
-def _metrics_section(reports: list[dict], workdir: str) -> list[str]:
+def _metrics_section(reports: list[dict], run: Run) -> list[str]:
     lines = ["## Metrics", ""]
     if not reports:
         lines.append("No effnet-eval report yet. The trainer's last evaluations (threshold 0.5, no intervals):")
@@ -146,7 +123,7 @@ def _metrics_section(reports: list[dict], workdir: str) -> list[str]:
         lines.append("| split | step | n | " + " | ".join(_HEADERS) + " |")
         lines.append("|---" * (3 + len(_HEADERS)) + "|")
         last = {}
-        for record in read_metrics(workdir):
+        for record in run.metrics:
             if record.get("split") not in ("train", "run") and "auc" in record:
                 last[record["split"]] = record
         for split, r in last.items():
@@ -177,9 +154,9 @@ def _metrics_section(reports: list[dict], workdir: str) -> list[str]:
     return lines
 
 
-def _calibration_section(workdir: str, reports: list[dict]) -> list[str]:
+def _calibration_section(run: Run, reports: list[dict]) -> list[str]:
     lines = ["## Calibration", ""]
-    calibration = calibration_lib.read_calibration(workdir)
+    calibration = run.calibration
     if calibration is None:
         lines.append(
             "No temperature fitted (`effnet-eval --calibrate=SPLIT` fits one); probabilities are the model's own."
@@ -202,7 +179,7 @@ def _calibration_section(workdir: str, reports: list[dict]) -> list[str]:
     return lines
 
 
-def _failure_section(config: dict, workdir: str, reports: list[dict]) -> list[str]:
+def _failure_section(config: dict, run: Run, reports: list[dict]) -> list[str]:
     lines = ["## Known failure modes", ""]
     by_split: dict[str, dict] = {}
     for report in reports:
@@ -220,7 +197,7 @@ def _failure_section(config: dict, workdir: str, reports: list[dict]) -> list[st
         )
     else:
         records = {}
-        for record in read_metrics(workdir):
+        for record in run.metrics:
             if "auc" in record and record.get("split", "").startswith(("validation", "external")):
                 records.setdefault(record["step"], {})[record["split"]] = record
         both = [s for s, r in records.items() if "validation" in r and any(k.startswith("external") for k in r)]
@@ -250,14 +227,12 @@ def _failure_section(config: dict, workdir: str, reports: list[dict]) -> list[st
     return lines
 
 
-def render_model_card(workdir: str) -> str:
-    """The model card's markdown, from the files in ``workdir`` (config.json required)."""
-    config = _read_json(os.path.join(workdir, "config.json"))
-    if not isinstance(config, dict):
-        raise FileNotFoundError(f"{workdir}: no config.json; is this an effnet-train workdir?")
-    run = _read_json(os.path.join(workdir, "run.json"))
-    reports = eval_reports(workdir)
-    name = os.path.basename(os.path.normpath(os.path.abspath(workdir)))
+def render_model_card(run: Run) -> str:
+    """The model card's markdown, from what the run holds."""
+    config = run.config.to_dict()
+    record = run.record.to_json() if run.record is not None else None
+    reports = eval_reports(run)
+    name = os.path.basename(os.path.normpath(run.workdir))
     sections = [
         [
             f"# Model card: {name}",
@@ -265,19 +240,19 @@ def render_model_card(workdir: str) -> str:
             "Written from this run's files by effnet_jax (effnet-train, refreshed by effnet-eval and effnet-export).",
         ],
         ["## Intended use", "", INTENDED_USE],
-        _model_section(config, run if isinstance(run, dict) else None),
-        _data_section(config, run if isinstance(run, dict) else None, reports),
-        _metrics_section(reports, workdir),
-        _calibration_section(workdir, reports),
-        _failure_section(config, workdir, reports),
+        _model_section(config, record),
+        _data_section(config, record, reports),
+        _metrics_section(reports, run),
+        _calibration_section(run, reports),
+        _failure_section(config, run, reports),
     ]
     return "\n\n".join("\n".join(s) for s in sections) + "\n"
 
 
-def write_model_card(workdir: str) -> str:
-    """Writes ``WORKDIR/MODEL_CARD.md`` from what the workdir holds now; returns its path."""
-    path = os.path.join(workdir, CARD_FILE)
-    text = render_model_card(workdir)
+def write_model_card(run: Run) -> str:
+    """Writes the run's MODEL_CARD.md from what the run holds; returns its path."""
+    path = run.layout.model_card
+    text = render_model_card(run)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         f.write(text)

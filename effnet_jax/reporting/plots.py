@@ -15,7 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from effnet_jax.labels import CLASS_NAMES
-from effnet_jax.reporting.metrics import expected_calibration_error, roc_points
+from effnet_jax.metrics.classification import expected_calibration_error, roc_points
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> str:

@@ -1,6 +1,6 @@
 """One row per training run (and per ``effnet-eval`` report) for results tables.
 
-    WORKDIR/config.json + metrics.jsonl (+ eval/*/metrics.json)  ->  RunRow  ->  markdown / JSON
+    Run (config, run record, metrics records, eval reports)  ->  RunRow  ->  markdown / JSON
 
 Every row says which data set the run trained on (``data``: 'synthetic' for a debug run,
 whose numbers show only that the machinery works).
@@ -13,14 +13,12 @@ was picked on the same split) and the wall time summed over every invocation of
 from __future__ import annotations
 
 import dataclasses
-import glob
-import json
 import math
 import os
 from typing import Any
 
 from effnet_jax.labels import METRIC_NAMES as METRICS
-from effnet_jax.reporting.metrics_log import read_metrics, training_data
+from effnet_jax.runs import Run
 
 
 @dataclasses.dataclass
@@ -40,26 +38,14 @@ class RunRow:
     intervals: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-def _read_config(workdir: str) -> dict:
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{workdir}: no config.json; is this an effnet-train workdir?")
-    with open(path) as f:
-        return json.load(f)
+def _image_size(run: Run, config: dict) -> int | None:
+    """The run's image size: its run record, or the config for runs written before run records."""
+    return run.record.image_size if run.record is not None else config.get("image_size")
 
 
-def _image_size(workdir: str, config: dict) -> int | None:
-    """The run's image size: its run record (run.json), or the config for runs written before run records."""
-    path = os.path.join(workdir, "run.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f).get("image_size")
-    return config.get("image_size")
-
-
-def _data(workdir: str, config: dict) -> str:
-    """What the run trained on: the loop's record in metrics.jsonl, else (older runs) its config's data set."""
-    return training_data(workdir) or str(config.get("data", {}).get("name", ""))
+def _data(run: Run, config: dict) -> str:
+    """What the run trained on: the loop's record in its metrics, else (older runs) its config's data set."""
+    return run.training_data or str(config.get("data", {}).get("name", ""))
 
 
 def describe_recipe(config: dict) -> str:
@@ -93,19 +79,19 @@ def describe_recipe(config: dict) -> str:
     return ", ".join(parts)
 
 
-def training_row(workdir: str) -> RunRow:
-    """The last validation evaluation of the run in ``workdir``."""
-    config = _read_config(workdir)
-    val = read_metrics(workdir, "validation")
+def training_row(run: Run) -> RunRow:
+    """The last validation evaluation of ``run``."""
+    config = run.config.to_dict()
+    val = run.records("validation")
     if not val:
-        raise ValueError(f"{workdir}: metrics.jsonl has no validation records yet")
+        raise ValueError(f"{run.layout.metrics}: no validation records yet")
     last = val[-1]
-    runs = read_metrics(workdir, "run")
+    runs = run.records("run")
     wall = sum(r["wall_seconds"] for r in runs) if runs else None
     return RunRow(
-        name=os.path.basename(os.path.normpath(workdir)),
+        name=os.path.basename(os.path.normpath(run.workdir)),
         variant=config["model"]["name"],
-        image_size=_image_size(workdir, config),
+        image_size=_image_size(run, config),
         recipe=describe_recipe(config),
         split="validation",
         step=int(last["step"]),
@@ -113,18 +99,16 @@ def training_row(workdir: str) -> RunRow:
         metrics={k: last.get(k) for k in METRICS},
         wall_seconds=wall,
         machine=runs[-1].get("machine", "") if runs else "",
-        data=_data(workdir, config),
+        data=_data(run, config),
     )
 
 
-def evaluation_rows(workdir: str) -> list[RunRow]:
-    """One row per threshold of every ``effnet-eval`` report under ``workdir/eval``, with its intervals."""
-    config = _read_config(workdir)
-    data = _data(workdir, config)
+def evaluation_rows(run: Run) -> list[RunRow]:
+    """One row per threshold of every ``effnet-eval`` report of ``run``, with its intervals."""
+    config = run.config.to_dict()
+    data = _data(run, config)
     rows = []
-    for path in sorted(glob.glob(os.path.join(workdir, "eval", "*", "metrics.json"))):
-        with open(path) as f:
-            report = json.load(f)
+    for _, report in run.eval_reports(strict=True):
         for key, label in (
             ("operating", "t=operating"),
             ("threshold_0.5", "t=0.5"),
@@ -139,7 +123,7 @@ def evaluation_rows(workdir: str) -> list[RunRow]:
                 extra.append(f"tta={report['tta']}")
             rows.append(
                 RunRow(
-                    name=f"{os.path.basename(os.path.normpath(workdir))} ({', '.join(extra)})",
+                    name=f"{os.path.basename(os.path.normpath(run.workdir))} ({', '.join(extra)})",
                     variant=report["model"],
                     image_size=report.get("image_size"),
                     recipe=describe_recipe(config),

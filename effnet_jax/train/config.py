@@ -3,10 +3,34 @@
 ``configs/default.py`` is this ``get_config``; experiment configs import it and set only
 what they change (``--config.key=value`` overrides any key on the command line). What
 a run derives from its config (image size, input normalisation, class counts) is not
-written back here: see ``effnet_jax.train.run_record``.
+written back here: see ``effnet_jax.runs.record``.
 """
 
+import importlib.util
+import pathlib
+
 import ml_collections
+
+
+def load_config_file(path) -> object:
+    """The config module at ``path`` (a configs/*.py file), loaded by its path.
+
+    What ``--config=PATH`` does, for code and for configs that build on a sibling
+    (``sibling_config``): no ``sys.path`` entry and no package is needed, so the same files
+    work from a clone, from any working directory and beside an installed wheel.
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such config file")
+    spec = importlib.util.spec_from_file_location(f"effnet_jax_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def sibling_config(config_file: str, name: str) -> object:
+    """The config module ``<name>.py`` in the folder of ``config_file`` (a config's ``__file__``)."""
+    return load_config_file(pathlib.Path(config_file).with_name(f"{name}.py"))
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -2,40 +2,18 @@
 
 The training loop's periodic validation (``evaluate``) and ``effnet-eval`` /
 ``effnet-predict`` (``inference.evaluation.predict_split``) both go through
-``run_pass``, so padding, masks and row order are handled in one place.
+``data.pipeline.run_pass``, so padding, masks and row order are handled in one place.
 """
 
 from __future__ import annotations
-
-import collections
-from collections.abc import Callable, Iterable
 
 import jax
 import numpy as np
 
 from effnet_jax.data import pipeline
-from effnet_jax.reporting.metrics import compute_metrics, sensitivity_threshold
+from effnet_jax.data.pipeline import run_pass
+from effnet_jax.metrics.classification import compute_metrics, sensitivity_threshold
 from effnet_jax.train.parallel import Parallel
-
-
-def run_pass(
-    batches: Iterable[dict], step: Callable[[dict], dict], on_batch: Callable[[int], None] | None = None
-) -> dict[str, np.ndarray]:
-    """Concatenates ``step(batch)``'s per-example arrays over ``batches``.
-
-    ``step`` returns a dict of ``(B, ...)`` arrays that includes ``mask``; rows whose
-    mask is False (padding of the last batch) are dropped. ``on_batch`` gets the
-    number of real rows of each batch (progress bars).
-    """
-    out = collections.defaultdict(list)
-    for batch in batches:
-        rows = step(batch)
-        keep = np.asarray(rows.pop("mask"), bool)
-        for key, value in rows.items():
-            out[key].append(np.asarray(value)[keep])
-        if on_batch is not None:
-            on_batch(int(keep.sum()))
-    return {key: np.concatenate(values) for key, values in out.items()}
 
 
 def evaluate(

@@ -16,19 +16,24 @@ from etils import epath
 
 from effnet_jax.data import external, pipeline, sources
 from effnet_jax.data.data_dir import no_external_set_line
-from effnet_jax.labels import CLASS_NAMES
-from effnet_jax.reporting.metrics_log import read_metrics
-from effnet_jax.train import checkpointing as checkpoint_lib
-from effnet_jax.train import distributed, losses, param_summary, preemption, run_record, steps, workdir_lock
+from effnet_jax.labels import CLASS_NAMES, class_weights
+from effnet_jax.runs import checkpoints as checkpoint_lib
+from effnet_jax.runs import layout as layout_lib
+from effnet_jax.runs import lock as workdir_lock
+from effnet_jax.runs import model as run_model
+from effnet_jax.runs import record as run_record
+from effnet_jax.runs import writer as writer_lib
+from effnet_jax.runs.layout import Layout
+from effnet_jax.runs.metrics_log import read_metrics
+from effnet_jax.runs.writer import MetricWriter
+from effnet_jax.train import distributed, param_summary, preemption, steps
 from effnet_jax.train import freeze as freeze_lib
 from effnet_jax.train import optimizer as optimizer_lib
 from effnet_jax.train import progress as progress_lib
 from effnet_jax.train import state as state_lib
-from effnet_jax.train import writer as writer_lib
 from effnet_jax.train.config import validate_config
 from effnet_jax.train.evaluate import evaluate
 from effnet_jax.train.parallel import Parallel
-from effnet_jax.train.writer import MetricWriter
 
 # Our own logger: the CLI shows it at INFO while libraries (orbax) stay at WARNING.
 log = logging.getLogger("effnet_jax.train")
@@ -218,7 +223,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
         )
     validate_config(config)
     started = time.time()
-    workdir = checkpoint_lib.absolute(workdir)
+    workdir = layout_lib.absolute(workdir)
     fresh = not epath.Path(workdir).exists()
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     lock = workdir_lock.lock_workdir(workdir, jax.process_index() == 0)
@@ -235,10 +240,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
 
 def _remove_unstarted_workdir(workdir: str) -> None:
     """Removes a workdir this call created when the run failed before writing anything but its lock."""
-    path = epath.Path(workdir)
-    if {p.name for p in path.iterdir()} <= {workdir_lock.LOCK_FILE}:
+    path, lock = epath.Path(workdir), epath.Path(Layout(workdir).lock)
+    if {p.name for p in path.iterdir()} <= {lock.name}:
         # Still holding the lock: a second trainer meanwhile failed at once, none waits on it.
-        (path / workdir_lock.LOCK_FILE).unlink(missing_ok=True)
+        lock.unlink(missing_ok=True)
         path.rmdir()
 
 
@@ -311,7 +316,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, started
     frozen = freeze_lib.frozen_mask(variables["params"], freeze_lib.freeze_patterns(config, variables["params"]))
     n_frozen, n_total = freeze_lib.count(frozen)
     frozen_norms = freeze_lib.frozen_norms(frozen)
-    model = state_lib.model_for_run(config, run, frozen_norms, par.bn_axis_name)
+    model = run_model.model_for_run(config, run, frozen_norms, par.bn_axis_name)
     log.info(
         "model: %s at %d px, %d of %d parameter tensors frozen (%d BatchNorms keep running stats)\n%s",
         config.model.name,
@@ -322,7 +327,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, started
         param_summary.describe(param_summary.count_parameters(variables["params"], frozen)),
     )
     tx, schedule = optimizer_lib.create_optimizer(config, frozen, total_steps, steps_per_epoch)
-    weights = losses.class_weights(config.class_weights, train_info["class_counts"])
+    weights = class_weights(config.class_weights, train_info["class_counts"])
     if weights is not None:
         log.info("class weights: %s", weights.tolist())
         if config.data.balance != "none":
@@ -363,13 +368,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, started
     else:
         start = 0
         if jax.process_index() == 0:
-            (epath.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
+            layout = Layout(workdir)
+            epath.Path(layout.config).write_text(config.to_json_best_effort(indent=2))
             run_record.write(workdir, run)
             log.info(
-                "config: %s/config.json; derived (image size, normalisation, class counts): %s/%s",
-                workdir,
-                workdir,
-                run_record.RUN_FILE,
+                "config: %s; derived (image size, normalisation, class counts): %s", layout.config, layout.run_record
             )
     state = par.put_state(state)
 
@@ -479,7 +482,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, started
             eval_metrics = None
             if eval_now:
                 flush_train_metrics()  # never evaluate or save a state whose loss was not checked
-                variables = state_lib.inference_variables(state, use_ema=config.ema_decay > 0)
+                variables = run_model.inference_variables(state, use_ema=config.ema_decay > 0)
                 results = evaluate_splits(par, eval_step, variables, config, run, step, writer, data_tag, warned)
                 eval_metrics = results[select_split]
                 stopped_early = stopper.update(eval_metrics)

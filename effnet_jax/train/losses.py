@@ -1,35 +1,10 @@
-"""Classification losses on logits: softmax cross-entropy or sigmoid BCE, smoothing, class weights."""
+"""Classification losses on logits: softmax cross-entropy or sigmoid BCE, smoothing, per-class weights."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
-
-
-def class_weights(spec: str | None, class_counts: Sequence[int] | None) -> np.ndarray | None:
-    """Per-class loss weights for ``config.class_weights``: 'none', 'balanced' or 'W0,W1'.
-
-    'balanced' is scikit-learn's n_samples / (n_classes * count_c), so the weighted
-    classes contribute equally to the loss.
-    """
-    if spec in (None, "", "none"):
-        return None
-    if spec == "balanced":
-        if not class_counts or min(class_counts) <= 0:
-            raise ValueError(f"config.class_weights='balanced' needs both classes present, got counts {class_counts}")
-        counts = np.asarray(class_counts, np.float64)
-        return (counts.sum() / (len(counts) * counts)).astype(np.float32)
-    try:
-        weights = np.asarray([float(v) for v in str(spec).split(",")], np.float32)
-    except ValueError:
-        weights = np.zeros(0)
-    if weights.shape != (2,):
-        raise ValueError(f"config.class_weights={spec!r}: expected 'none', 'balanced' or 'W_NORMAL,W_PNEUMONIA'")
-    return weights
 
 
 def per_example_loss(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:

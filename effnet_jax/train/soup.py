@@ -34,10 +34,15 @@ import numpy as np
 from etils import epath
 from flax import traverse_util
 
-from effnet_jax.reporting.metrics_log import METRICS_FILE, read_metrics, training_data
-from effnet_jax.train import checkpointing as checkpoint_lib
-from effnet_jax.train import run_record, steps, workdir_lock
-from effnet_jax.train import state as state_lib
+from effnet_jax.runs import checkpoints as checkpoint_lib
+from effnet_jax.runs import layout as layout_lib
+from effnet_jax.runs import lock as workdir_lock
+from effnet_jax.runs import model as run_model
+from effnet_jax.runs import record as run_record
+from effnet_jax.runs.layout import Layout
+from effnet_jax.runs.metrics_log import read_metrics, training_data
+from effnet_jax.runs.writer import MetricWriter
+from effnet_jax.train import steps
 from effnet_jax.train.config import validate_config
 from effnet_jax.train.loop import (
     check_select_split,
@@ -47,14 +52,11 @@ from effnet_jax.train.loop import (
     train_and_evaluate,
 )
 from effnet_jax.train.parallel import Parallel
-from effnet_jax.train.writer import MetricWriter
 
 log = logging.getLogger("effnet_jax.train")
 
-SOUP_FILE = "soup.json"
-MEMBERS_DIR = "members"
 # The parts of a train state that are weights: averaged. The EMA copies are what inference
-# uses when a run kept them (state.inference_variables); each is the mean of the members' own.
+# uses when a run kept them (runs.model.inference_variables); each is the mean of the members' own.
 AVERAGED = ("params", "batch_stats", "ema_params", "ema_batch_stats")
 
 
@@ -93,7 +95,7 @@ def soup_combine(config: ml_collections.ConfigDict) -> str:
 
 def member_workdir(workdir: str, seed: int) -> str:
     """Where ``train_soup`` trains the member of seed ``seed``."""
-    return os.path.join(checkpoint_lib.absolute(workdir), MEMBERS_DIR, f"seed_{seed}")
+    return Layout(workdir).member(seed)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -115,7 +117,7 @@ def train_soup(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
             f"config.soup_seeds={n}: a soup of seeds is trained in one process; train each seed as its own "
             "multi-process run, then average them with effnet-soup"
         )
-    workdir = checkpoint_lib.absolute(workdir)
+    workdir = layout_lib.absolute(workdir)
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     lock = workdir_lock.lock_workdir(workdir, True)
     try:
@@ -179,8 +181,8 @@ def make_soup(
     """
     if combine not in COMBINES:
         raise ValueError(f"combine={combine!r}: expected one of {COMBINES}")
-    workdir = checkpoint_lib.absolute(workdir)
-    members = [checkpoint_lib.absolute(m) for m in member_workdirs]
+    workdir = layout_lib.absolute(workdir)
+    members = [layout_lib.absolute(m) for m in member_workdirs]
     _check_members(members, workdir)
     _refuse_another_run(workdir)  # before creating or locking anything there
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
@@ -265,9 +267,9 @@ def _make_soup(members: list[str], workdir: str, checkpoint: str | int, combine:
     # Evaluation: the trainer's, on validation and every external split; held until the checkpoint is saved.
     # ----------------------------------------------------------------------------------------------
     par = Parallel(config.get("parallelism", "jit"), jax.devices()[: config.get("num_devices", 0) or None])
-    model = state_lib.model_for_run(config, first.run, bn_axis_name=par.bn_axis_name)
+    model = run_model.model_for_run(config, first.run, bn_axis_name=par.bn_axis_name)
     eval_step = par.compile_eval_step(functools.partial(steps.eval_step, model=model))
-    variables = par.put_state(state_lib.inference_variables(state, use_ema=config.get("ema_decay", 0) > 0))
+    variables = par.put_state(run_model.inference_variables(state, use_ema=config.get("ema_decay", 0) > 0))
     data_tag = training_data(first.workdir) or config.data.name
     held = _HeldRecords()
     results = evaluate_splits(par, eval_step, variables, config, first.run, step, held, data_tag)
@@ -277,7 +279,7 @@ def _make_soup(members: list[str], workdir: str, checkpoint: str | int, combine:
     # ----------------------------------------------------------------------------------------------
     # The run directory: config, run record, checkpoint, then metrics and soup.json (written last).
     # ----------------------------------------------------------------------------------------------
-    (epath.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
+    epath.Path(Layout(workdir).config).write_text(config.to_json_best_effort(indent=2))
     run_record.write(workdir, first.run)
     data_state = _data_state(first)
     ckpt = checkpoint_lib.Checkpointer(
@@ -315,7 +317,7 @@ def _make_soup(members: list[str], workdir: str, checkpoint: str | int, combine:
         "members": entries,
         "soup": {metric: results[select_split].get(metric)},
     }
-    (epath.Path(workdir) / SOUP_FILE).write_text(json.dumps(soup, indent=2) + "\n")
+    epath.Path(Layout(workdir).soup).write_text(json.dumps(soup, indent=2) + "\n")
     log.info(
         "%s of %d members at step %d: %s %s=%.4f (members %s); in %s",
         "seed ensemble (logits averaged)" if combine == "logits" else "soup (weights averaged)",
@@ -333,7 +335,7 @@ def _make_soup(members: list[str], workdir: str, checkpoint: str | int, combine:
 # Facts two members must share, with how to read each from a saved checkpoint.
 _FACTS = {
     "model.name": lambda s: s.config.model.name,
-    "num_classes (config.loss)": lambda s: state_lib.num_classes(s.config),
+    "num_classes (config.loss)": lambda s: run_model.num_classes(s.config),
     "image_size (run.json)": lambda s: int(s.run.image_size),
     "mean (run.json)": lambda s: [float(v) for v in s.run.mean],
     "std (run.json)": lambda s: [float(v) for v in s.run.std],
@@ -420,19 +422,20 @@ def _check_members(members: list[str], workdir: str) -> None:
 
 def _refuse_another_run(workdir: str) -> None:
     """A soup's workdir is new, or holds a soup (soup.json): never another run's checkpoints or metrics."""
-    if (epath.Path(workdir) / SOUP_FILE).exists():
+    layout = Layout(workdir)
+    if epath.Path(layout.soup).exists():
         return
-    for name in (checkpoint_lib.CHECKPOINT_DIR, METRICS_FILE):
-        if (epath.Path(workdir) / name).exists():
+    for name, path in ((layout_lib.CHECKPOINTS, layout.checkpoints), (layout_lib.METRICS, layout.metrics)):
+        if epath.Path(path).exists():
             raise SoupWorkdirError(
-                f"workdir {workdir} already holds a run ({name}) and no {SOUP_FILE}: a soup is written into a new "
+                f"workdir {workdir} already holds a run ({name}) and no {layout_lib.SOUP}: a soup is written into a new "
                 "workdir; choose another --workdir (or remove that run, or the remains of an interrupted soup)"
             )
 
 
 def _existing_soup(workdir: str, entries: list[dict], combine: str) -> dict | None:
     """The soup already in ``workdir`` when it has these members at these steps, combined so; refuses another."""
-    path = epath.Path(workdir) / SOUP_FILE
+    path = epath.Path(Layout(workdir).soup)
     if not path.exists():
         return None
     prior = json.loads(path.read_text())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import jax
@@ -11,10 +10,8 @@ import ml_collections
 from flax import struct
 
 from effnet_jax.factory import create_model
-from effnet_jax.models import EfficientNet, build_model, get_variant
-from effnet_jax.models.ensemble import LogitEnsemble
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+from effnet_jax.models import get_variant
+from effnet_jax.runs.model import model_kwargs, num_classes
 
 
 @struct.dataclass
@@ -42,25 +39,6 @@ def image_size(config: ml_collections.ConfigDict) -> int:
     return get_variant(config.model.name).resolution
 
 
-def num_classes(config: ml_collections.ConfigDict) -> int:
-    """Output units: 2 for a softmax head, 1 for a sigmoid head (``config.loss``)."""
-    return 1 if config.loss == "sigmoid_bce" else 2
-
-
-def model_kwargs(config: ml_collections.ConfigDict, frozen_norms=(), bn_axis_name=None) -> dict:
-    """The keyword arguments of ``factory.create_model`` that a config sets."""
-    if config.dtype not in DTYPES:
-        raise ValueError(f"config.dtype={config.dtype!r}: expected one of {sorted(DTYPES)}")
-    return dict(
-        drop_rate=config.model.drop_rate,
-        drop_path_rate=config.model.drop_path_rate,
-        frozen_norms=tuple(frozen_norms),
-        bn_axis_name=bn_axis_name,
-        depthwise_impl=config.model.get("depthwise_impl", "auto"),
-        dtype=DTYPES[config.dtype],
-    )
-
-
 def model_from_config(config: ml_collections.ConfigDict, frozen_norms=(), bn_axis_name=None, load_weights=True):
     """``factory.create_model`` for ``config.model``: ``(model, variables)``, with ``config.model.pretrained``
     loaded unless ``load_weights`` is False. The model carries the weights' input mean/std."""
@@ -71,31 +49,6 @@ def model_from_config(config: ml_collections.ConfigDict, frozen_norms=(), bn_axi
         rng=config.seed,
         **model_kwargs(config, frozen_norms, bn_axis_name),
     )
-
-
-def model_for_run(
-    config: ml_collections.ConfigDict, run, frozen_norms=(), bn_axis_name=None
-) -> EfficientNet | LogitEnsemble:
-    """The module a run trains and evaluates, normalising inputs with ``run``'s mean/std; no variables.
-
-    ``run`` is the run record (``train.run_record.RunRecord``): the weights' normalisation
-    it trained with, which the variant's default need not be (a Keras ``.h5`` file). A
-    seed ensemble's run (``ensemble_size``) gets a ``LogitEnsemble`` of that architecture.
-    """
-    model = build_model(
-        config.model.name, num_classes=num_classes(config), **model_kwargs(config, frozen_norms, bn_axis_name)
-    )
-    model = model.clone(variant=dataclasses.replace(model.variant, mean=tuple(run.mean), std=tuple(run.std)))
-    size = ensemble_size(config)
-    return LogitEnsemble(model, size) if size else model
-
-
-def ensemble_size(config: ml_collections.ConfigDict) -> int | None:
-    """Members of a run that is a seed ensemble (its config's ``soup.combine`` is 'logits'), else None."""
-    soup = config.get("soup")
-    if isinstance(soup, ml_collections.ConfigDict) and soup.get("combine", "weights") == "logits":
-        return len(soup.members)
-    return None
 
 
 def zero_head(variables: dict) -> dict:
@@ -127,11 +80,3 @@ def create_train_state(variables: dict, tx, config: ml_collections.ConfigDict) -
         ema_batch_stats=copy(batch_stats) if use_ema else None,
         rng=jax.random.PRNGKey(config.seed + 1),
     )
-
-
-def inference_variables(state_like, use_ema: bool = True) -> dict:
-    """``{'params', 'batch_stats'}`` to evaluate with: the EMA copy when there is one."""
-    get = state_like.get if isinstance(state_like, dict) else lambda k: getattr(state_like, k)
-    if use_ema and get("ema_params") is not None:
-        return {"params": get("ema_params"), "batch_stats": get("ema_batch_stats")}
-    return {"params": get("params"), "batch_stats": get("batch_stats")}

@@ -34,21 +34,21 @@ def main():
     parser.add_argument("--split", default="external")
     args = parser.parse_args()
 
-    from effnet_jax.inference.evaluation import input_spec, predict_split
-    from effnet_jax.inference.restore import restore_for_inference
+    from effnet_jax import runs
+    from effnet_jax.inference.evaluation import predict_split
 
     crops = [float(c) for c in args.crops.split(",")]
     results = {}
     for run in args.runs:
-        restored = restore_for_inference(run)
-        own_size, mean, std = input_spec(restored)
+        restored = runs.open(run)
+        own_size, mean, std = restored.input_spec
         sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else [own_size]
         for crop, size in itertools.product(crops, sizes):
             data = restored.config.data.copy_and_resolve_references()
             data.center_crop = crop
             result = predict_split(
-                restored.model,
-                restored.variables,
+                restored.model(),
+                restored.variables(),
                 data,
                 args.split,
                 image_size=size,

@@ -39,8 +39,8 @@ from PIL import Image, ImageOps
 from sklearn.metrics import roc_auc_score
 
 from effnet_jax.labels import positive_probability
+from effnet_jax.metrics.classification import sensitivity_threshold
 from effnet_jax.models import build_model
-from effnet_jax.reporting.metrics import sensitivity_threshold
 from effnet_jax.train.freeze import frozen_mask, frozen_norms, until_pattern
 
 EVAL_SPLITS = ("validation", "official_val", "external")

@@ -30,7 +30,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 from summarise_sweep import held_out_rule, rates
 
-from effnet_jax.reporting.metrics import sensitivity_threshold
+from effnet_jax.metrics.classification import sensitivity_threshold
 
 
 def average(variable_trees: list[dict]) -> dict:
@@ -62,11 +62,10 @@ def batchnorm_recalibrator(restored, batches: int, batch_size: int = 32):
     import jax.numpy as jnp
 
     from effnet_jax.data import create_split
-    from effnet_jax.inference.evaluation import input_spec
 
-    image_size, mean, std = input_spec(restored)
+    image_size, mean, std = restored.input_spec
     # Momentum 0: the "running" statistics an apply returns are the batch's own.
-    model = restored.model.clone(variant=dataclasses.replace(restored.model.variant, bn_momentum=0.0))
+    model = restored.model().clone(variant=dataclasses.replace(restored.model().variant, bn_momentum=0.0))
 
     @jax.jit
     def batch_stats(variables, images, key):
@@ -112,13 +111,13 @@ def main():
     parser.add_argument("--out", default="", help="also write every soup's scores here (JSON)")
     args = parser.parse_args()
 
-    from effnet_jax.inference.evaluation import input_spec, predict_split
-    from effnet_jax.inference.restore import restore_for_inference
+    from effnet_jax import runs
+    from effnet_jax.inference.evaluation import predict_split
     from effnet_jax.models.ensemble import LogitEnsemble, stack_members
 
-    restored = {run: restore_for_inference(run) for run in args.runs}
+    restored = {run: runs.open(run) for run in args.runs}
     first = restored[args.runs[0]]
-    image_size, mean, std = input_spec(first)
+    image_size, mean, std = first.input_spec
     seeds = {run: r.config.get("seed") for run, r in restored.items()}
     recalibrate = batchnorm_recalibrator(first, args.recalibrate_batches) if args.recalibrate_batches else None
 
@@ -127,7 +126,7 @@ def main():
 
     def evaluate(variables, size: int = 1) -> dict:
         result = predict_split(
-            LogitEnsemble(first.model, size) if size > 1 and args.combine == "logits" else first.model,
+            LogitEnsemble(first.model(), size) if size > 1 and args.combine == "logits" else first.model(),
             variables,
             first.config.data,
             args.split,
@@ -148,7 +147,7 @@ def main():
             combos = [combos[i] for i in sorted(pick)]
         rows = []
         for combo in combos:
-            members = [restored[r].variables for r in combo]
+            members = [restored[r].variables() for r in combo]
             if args.combine == "logits" and size > 1:
                 row = {"members": list(combo), "soup": evaluate(stack_members(members), size)}
             else:

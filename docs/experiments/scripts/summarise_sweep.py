@@ -22,7 +22,7 @@ import collections
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from effnet_jax.reporting.metrics import sensitivity_threshold
+from effnet_jax.metrics.classification import sensitivity_threshold
 
 
 def rates(labels, probs, t):

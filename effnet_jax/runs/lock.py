@@ -16,7 +16,7 @@ import logging
 import os
 import socket
 
-LOCK_FILE = ".lock"
+from effnet_jax.runs.layout import Layout
 
 log = logging.getLogger("effnet_jax.train")
 
@@ -29,7 +29,7 @@ class WorkdirLock:
     """Held from ``acquire()`` to ``release()`` (or process exit)."""
 
     def __init__(self, workdir: str):
-        self.path = os.path.join(workdir, LOCK_FILE)
+        self.path = Layout(workdir).lock
         self._fd: int | None = None
 
     def acquire(self) -> WorkdirLock:

@@ -1,6 +1,6 @@
 """Reading a run's ``metrics.jsonl``: one JSON record per line, ``{"step", "split", ...}``.
 
-The training loop writes it (``effnet_jax.train.writer``); results tables and a
+The training loop writes it (``effnet_jax.runs.writer``); results tables and a
 resumed run read it back. Every record carries ``data``: the data set the run trained
 on ('synthetic' when no real data was at hand).
 """
@@ -12,8 +12,7 @@ import logging
 
 from etils import epath
 
-METRICS_FILE = "metrics.jsonl"
-
+from effnet_jax.runs.layout import Layout
 
 log = logging.getLogger("effnet_jax.reporting")
 _TORN_SAID: set[str] = set()
@@ -31,7 +30,7 @@ def read_metrics(workdir: str, split: str | None = None) -> list[dict]:
 
 def read_metrics_file(workdir: str) -> tuple[list[dict], bool]:
     """``(records, torn)``: every whole record of ``metrics.jsonl``, and whether its last line was torn."""
-    path = epath.Path(workdir) / METRICS_FILE
+    path = epath.Path(Layout(workdir).metrics)
     if not path.exists():
         return [], False
     lines = [line for line in path.read_bytes().decode("utf-8", "replace").splitlines() if line.strip()]

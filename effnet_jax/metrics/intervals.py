@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from effnet_jax.reporting.metrics import _check_inputs
+from effnet_jax.metrics.classification import check_inputs
 
 # The metrics that get an interval, named as in labels.METRIC_NAMES (recall = sensitivity).
 INTERVAL_METRICS = ("accuracy", "auc", "recall", "specificity", "f1")
@@ -103,7 +103,7 @@ def bootstrap_intervals(
     prediction is positive when ``prob >= threshold``, as in ``compute_metrics``.
     ``groups``: a patient id per example (None: every image its own group).
     """
-    labels, probs = _check_inputs(labels, probs)
+    labels, probs = check_inputs(labels, probs)
     if num_resamples < 1:
         raise ValueError(f"num_resamples={num_resamples}: expected at least 1")
     if not 0.0 < level < 1.0:

@@ -14,7 +14,8 @@ import time
 import jax
 from etils import epath
 
-from effnet_jax.reporting.metrics_log import METRICS_FILE, read_metrics, read_metrics_file
+from effnet_jax.runs.layout import Layout
+from effnet_jax.runs.metrics_log import read_metrics, read_metrics_file
 
 
 class MetricWriter:
@@ -23,14 +24,14 @@ class MetricWriter:
     def __init__(self, workdir: str, extra: dict | None = None):
         self.active = jax.process_index() == 0
         self.extra = dict(extra or {})
-        self.path = str(epath.Path(workdir) / METRICS_FILE)
+        self.path = Layout(workdir).metrics
         remote = "://" in self.path
         self._records = read_metrics(workdir) if self.active and remote else []
         self._tb = None
         if self.active:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(str(epath.Path(workdir) / "tensorboard"))
+            self._tb = SummaryWriter(Layout(workdir).tensorboard)
 
     def write(self, step: int, split: str, metrics: dict):
         """One record; non-scalar values (confusion matrices) go to JSON only."""
@@ -79,4 +80,4 @@ def truncate_after(workdir: str, step: int):
     records, torn = read_metrics_file(workdir)
     kept = [r for r in records if r["step"] <= step]
     if torn or len(kept) != len(records):  # a torn last line goes too: appending to it would glue two records
-        _write_all(str(epath.Path(workdir) / METRICS_FILE), kept)
+        _write_all(Layout(workdir).metrics, kept)

@@ -3,8 +3,8 @@
     P_calibrated = sigmoid(logit(P) / T)        (= softmax(logits / T)[1] for a 2-logit head)
 
 T is fitted by minimising the negative log-likelihood over log T on a labelled split
-(validation, or better an external one), stored as ``WORKDIR/calibration.json`` and applied
-by effnet-eval, effnet-predict and effnet-export to the checkpoint it was fitted on.
+(validation, or better an external one), stored in the run directory (``effnet_jax.runs.calibration``)
+and applied by effnet-eval, effnet-predict and effnet-export to the checkpoint it was fitted on.
 
 The map is strictly increasing, so it never changes which images a rule-derived threshold
 separates: a threshold chosen on uncalibrated probabilities (the operating threshold, the
@@ -18,17 +18,14 @@ can push probabilities within 1e-16 of 1 onto 1.0 in float64: ties that move AUC
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 
 import numpy as np
 from scipy import optimize
 from scipy.special import expit, logit
 
-from effnet_jax.reporting.metrics import _check_inputs, expected_calibration_error
+from effnet_jax.metrics.classification import check_inputs, expected_calibration_error
 
-CALIBRATION_FILE = "calibration.json"
 # Probabilities come from float32 softmax: log-odds beyond about +-16.6 all read as 0 or 1.
 # Fitting clips to that range, so one saturated mistake cannot make the likelihood infinite.
 _FLOAT32_EPS = 2.0**-24
@@ -63,7 +60,7 @@ def fit_temperature(labels, probs) -> float:
     T > 1 softens an over-confident model, T < 1 sharpens an under-confident one. Needs
     both classes: with one class the likelihood keeps improving as T shrinks.
     """
-    labels, probs = _check_inputs(labels, probs)
+    labels, probs = check_inputs(labels, probs)
     if not (labels.size and 0 < labels.sum() < labels.size):
         raise ValueError(
             f"fit_temperature: needs both classes, got {int(labels.sum())} PNEUMONIA of {labels.size} examples"
@@ -78,7 +75,7 @@ def fit_temperature(labels, probs) -> float:
 
 @dataclasses.dataclass(frozen=True)
 class Calibration:
-    """What ``WORKDIR/calibration.json`` holds (effnet-export reads ``temperature`` from it)."""
+    """A fitted temperature and where it was fitted: what a run's calibration file holds (``effnet_jax.runs.calibration``)."""
 
     temperature: float
     fitted_on: str  # the split T was fitted on
@@ -103,58 +100,4 @@ def fit_calibration(labels, probs, fitted_on: str, step: int, tta: str = "none")
         ece_after=expected_calibration_error(labels, calibrate_probs(probs, temperature)),
         n=int(np.asarray(labels).size),
         tta=tta,
-    )
-
-
-def write_calibration(workdir: str, calibration: Calibration) -> str:
-    """Writes ``WORKDIR/calibration.json`` (replacing an earlier one); returns its path."""
-    path = os.path.join(workdir, CALIBRATION_FILE)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(calibration.to_json(), f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)  # a reader never sees half a file
-    return path
-
-
-def read_calibration(workdir: str) -> Calibration | None:
-    """``WORKDIR/calibration.json``, or None when the run has none; a malformed file is a ValueError naming it."""
-    path = os.path.join(workdir, CALIBRATION_FILE)
-    if not os.path.isfile(path):
-        return None
-    if os.path.getsize(path) > 1 << 20:
-        raise ValueError(f"{path}: over 1 MiB; not a calibration file")
-    try:
-        with open(path) as f:
-            blob = json.load(f)
-        calibration = Calibration(
-            temperature=float(blob["temperature"]),
-            fitted_on=str(blob["fitted_on"]),
-            step=int(blob["step"]),
-            ece_before=float(blob["ece_before"]),
-            ece_after=float(blob["ece_after"]),
-            n=int(blob["n"]),
-            tta=str(blob.get("tta", "none")),
-        )
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{path}: not a valid calibration file ({type(e).__name__}: {e})") from None
-    if not (calibration.temperature > 0 and math.isfinite(calibration.temperature)):
-        raise ValueError(f"{path}: temperature={calibration.temperature}: expected a positive finite number")
-    return calibration
-
-
-def temperature_for_step(workdir: str, step: int) -> tuple[float, str]:
-    """The temperature to apply to checkpoint ``step`` of ``workdir``, and a line saying why.
-
-    T applies only to the checkpoint it was fitted on: another checkpoint's probabilities
-    are left as they are (T = 1), and the line says so.
-    """
-    calibration = read_calibration(workdir)
-    if calibration is None:
-        return 1.0, "uncalibrated (no calibration.json)"
-    if calibration.step != step:
-        return 1.0, f"uncalibrated (calibration.json was fitted at step {calibration.step}, not {step})"
-    return calibration.temperature, (
-        f"temperature {calibration.temperature:.4f} (calibration.json: fitted on {calibration.fitted_on}, "
-        f"{calibration.n} images, ECE {calibration.ece_before:.4f} -> {calibration.ece_after:.4f})"
     )

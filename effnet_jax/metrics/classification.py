@@ -17,7 +17,8 @@ from sklearn import metrics as skm
 from effnet_jax.labels import METRIC_NAMES
 
 
-def _check_inputs(labels, probs) -> tuple[np.ndarray, np.ndarray]:
+def check_inputs(labels, probs) -> tuple[np.ndarray, np.ndarray]:
+    """``(labels int64, probs float64)`` as flat arrays; a ValueError for unequal lengths, labels not 0/1, NaNs."""
     labels = np.asarray(labels).reshape(-1)
     probs = np.asarray(probs, dtype=np.float64).reshape(-1)
     if labels.shape != probs.shape:
@@ -42,7 +43,7 @@ def compute_metrics(labels, probs, threshold: float = 0.5) -> dict[str, Any]:
     are NaN rather than a silent 0; AUC with a single class present is NaN with a
     warning. ``confusion_matrix`` is ``[[TN, FP], [FN, TP]]`` (rows: true label).
     """
-    labels, probs = _check_inputs(labels, probs)
+    labels, probs = check_inputs(labels, probs)
     preds = (probs >= threshold).astype(np.int64)
     cm = skm.confusion_matrix(labels, preds, labels=[0, 1])
     (tn, fp), (fn, tp) = cm.tolist()
@@ -74,7 +75,7 @@ def compute_metrics(labels, probs, threshold: float = 0.5) -> dict[str, Any]:
 def expected_calibration_error(labels, probs, num_bins: int = 15) -> float:
     """Mean |observed positive rate - mean predicted probability| over equal-width bins,
     weighted by the fraction of examples in each bin (Guo et al. 2017, on P(positive))."""
-    labels, probs = _check_inputs(labels, probs)
+    labels, probs = check_inputs(labels, probs)
     if labels.size == 0:
         return math.nan
     bins = np.minimum((probs * num_bins).astype(np.int64), num_bins - 1)
@@ -89,7 +90,7 @@ def youden_threshold(labels, probs) -> float:
     which flags the fewest healthy cases. With a single class in ``labels`` the
     ROC does not exist: 0.5 is returned with a warning.
     """
-    labels, probs = _check_inputs(labels, probs)
+    labels, probs = check_inputs(labels, probs)
     if not _has_both_classes(labels):
         warnings.warn("youden_threshold: labels hold a single class, so there is no ROC; using 0.5.", stacklevel=2)
         return 0.5
@@ -106,7 +107,7 @@ def sensitivity_threshold(labels, probs, min_sensitivity: float = 0.95) -> float
     PNEUMONIA cases: the screening rule (docs/thresholds.md). With no positive labels
     there is nothing to keep sensitive: 0.5 is returned with a warning.
     """
-    labels, probs = _check_inputs(labels, probs)
+    labels, probs = check_inputs(labels, probs)
     if not 0.0 < min_sensitivity <= 1.0:
         raise ValueError(f"min_sensitivity={min_sensitivity}: expected a fraction in (0, 1]")
     positives = np.sort(probs[labels == 1])
@@ -120,7 +121,7 @@ def sensitivity_threshold(labels, probs, min_sensitivity: float = 0.95) -> float
 
 def roc_points(labels, probs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(fpr, tpr, thresholds)`` of the ROC curve, or empty arrays when it is undefined."""
-    labels, probs = _check_inputs(labels, probs)
+    labels, probs = check_inputs(labels, probs)
     if not _has_both_classes(labels):
         return np.zeros(0), np.zeros(0), np.zeros(0)
     return skm.roc_curve(labels, probs)
@@ -144,7 +145,7 @@ def json_safe(value: Any) -> Any:
 def format_table(columns: dict[str, dict[str, Any]], names=METRIC_NAMES) -> str:
     """A plain-text table: one row per metric, one column per named result (e.g. per threshold).
 
-    A result holding bootstrap intervals (``ci95``, from ``reporting.intervals``) shows
+    A result holding bootstrap intervals (``ci95``, from ``metrics.intervals``) shows
     them beside its values: ``0.9680 [0.951, 0.980]``.
     """
     headers = list(columns)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any
 
 import jax
@@ -28,20 +27,16 @@ from etils import epath
 from orbax.checkpoint import checkpoint_managers
 
 from effnet_jax.models import get_variant
-from effnet_jax.train.run_record import RunRecord
+from effnet_jax.progress import quiet_library_noise
+from effnet_jax.runs.layout import Layout
+from effnet_jax.runs.record import RunRecord
 
-CHECKPOINT_DIR = "checkpoints"
 ITEMS = ("state", "data_iter", "config", "run")
 
 
-def absolute(workdir: str) -> str:
-    """An absolute local path, or a remote one (``gs://...``) unchanged."""
-    return workdir if "://" in str(workdir) else os.path.abspath(workdir)
-
-
 def checkpoint_dir(workdir: str) -> str:
-    """Where a run's checkpoints live."""
-    return str(epath.Path(absolute(workdir)) / CHECKPOINT_DIR)
+    """Where a run's checkpoints live (absolute)."""
+    return Layout(workdir).checkpoints
 
 
 def _handlers():
@@ -83,6 +78,8 @@ class Checkpointer:
             policies.append(
                 checkpoint_managers.BestN(get_metric_fn=best_fn, n=1, keep_checkpoints_without_metrics=False)
             )
+        if read_only:
+            quiet_library_noise()  # orbax warns that a read-only manager is read only
         options = ocp.CheckpointManagerOptions(
             preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
             best_fn=best_fn,
@@ -305,3 +302,12 @@ def read_checkpoint(workdir: str, checkpoint: str | int = "best", with_state: bo
     if run is None:
         run = RunRecord.from_legacy_config(config, get_variant(config.model.name))
     return SavedCheckpoint(workdir=workdir, step=step, config=config, run=run, state=state)
+
+
+def read_state(workdir: str, step: int) -> dict:
+    """The state saved at ``step`` of the run in ``workdir``, as a nested dict on the first local device."""
+    ckpt = Checkpointer(workdir, best_metric=None, async_save=False, read_only=True)
+    try:
+        return ckpt.restore_state_as_saved(step)
+    finally:
+        ckpt.close()

@@ -1,0 +1,67 @@
+"""A run's calibration file: the temperature fitted at one of its checkpoints, written and read back.
+
+The fitting is ``effnet_jax.metrics.calibration``; this module holds the file and the rule
+that a temperature applies only to the checkpoint it was fitted on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+from effnet_jax.metrics.calibration import Calibration
+from effnet_jax.runs.layout import CALIBRATION, Layout
+
+
+def write_calibration(layout: Layout, calibration: Calibration) -> str:
+    """Writes the run's calibration file (replacing an earlier one); returns its path."""
+    path = layout.calibration
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(calibration.to_json(), f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)  # a reader never sees half a file
+    return path
+
+
+def read_calibration(layout: Layout) -> Calibration | None:
+    """The run's calibration file, or None when it has none; a malformed file is a ValueError naming it."""
+    path = layout.calibration
+    if not os.path.isfile(path):
+        return None
+    if os.path.getsize(path) > 1 << 20:
+        raise ValueError(f"{path}: over 1 MiB; not a calibration file")
+    try:
+        with open(path) as f:
+            blob = json.load(f)
+        calibration = Calibration(
+            temperature=float(blob["temperature"]),
+            fitted_on=str(blob["fitted_on"]),
+            step=int(blob["step"]),
+            ece_before=float(blob["ece_before"]),
+            ece_after=float(blob["ece_after"]),
+            n=int(blob["n"]),
+            tta=str(blob.get("tta", "none")),
+        )
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a valid calibration file ({type(e).__name__}: {e})") from None
+    if not (calibration.temperature > 0 and math.isfinite(calibration.temperature)):
+        raise ValueError(f"{path}: temperature={calibration.temperature}: expected a positive finite number")
+    return calibration
+
+
+def temperature_for_step(calibration: Calibration | None, step: int) -> tuple[float, str]:
+    """The temperature to apply to checkpoint ``step`` given the run's ``calibration``, and a line saying why.
+
+    T applies only to the checkpoint it was fitted on: another checkpoint's probabilities
+    are left as they are (T = 1), and the line says so.
+    """
+    if calibration is None:
+        return 1.0, f"uncalibrated (no {CALIBRATION})"
+    if calibration.step != step:
+        return 1.0, f"uncalibrated ({CALIBRATION} was fitted at step {calibration.step}, not {step})"
+    return calibration.temperature, (
+        f"temperature {calibration.temperature:.4f} ({CALIBRATION}: fitted on {calibration.fitted_on}, "
+        f"{calibration.n} images, ECE {calibration.ece_before:.4f} -> {calibration.ece_after:.4f})"
+    )

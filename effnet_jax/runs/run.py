@@ -1,0 +1,157 @@
+"""A run directory read once into one value: ``runs.open(workdir, checkpoint) -> Run``.
+
+Everything above this layer (evaluation, prediction, export, thresholds, the model card,
+effnet-results) takes a ``Run`` instead of a workdir string, so no module re-derives a
+file name from a path: the files are named in ``runs.layout`` and read here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import os
+from typing import Any
+
+import ml_collections
+from etils import epath
+
+from effnet_jax.metrics.calibration import Calibration
+from effnet_jax.runs import checkpoints as checkpoints_lib
+from effnet_jax.runs import model as model_lib
+from effnet_jax.runs.calibration import read_calibration, temperature_for_step
+from effnet_jax.runs.layout import CONFIG, Layout, absolute
+from effnet_jax.runs.metrics_log import read_metrics
+from effnet_jax.runs.record import RunRecord
+
+_MAX_JSON_BYTES = 16 << 20  # a config or report is a few kB; anything far larger is not one
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One run directory as read by ``open``; the arrays of its checkpoint load on ``variables()``.
+
+    ``step`` is the chosen checkpoint's (None when opened without one: ``checkpoint=None``
+    reads config.json and run.json alone, for runs whose checkpoints are not needed).
+    ``record`` is the run record the checkpoint carries (older runs: derived from their config).
+    """
+
+    workdir: str
+    layout: Layout
+    config: ml_collections.ConfigDict
+    record: RunRecord | None
+    step: int | None
+    checkpoint: str | int | None  # as asked: 'best', 'latest' or a step number
+    calibration: Calibration | None
+    metrics: tuple[dict, ...]  # the records of metrics.jsonl, in order
+    soup: dict | None  # soup.json: a soup's or seed ensemble's members
+    _state: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+    # -- the checkpoint's arrays, read once on first use ---------------------------------------
+    def variables(self, use_ema: bool = True) -> dict:
+        """``{'params', 'batch_stats'}`` of the chosen checkpoint on the first local device (EMA when kept and asked)."""
+        if self.step is None:
+            raise ValueError(f"{self.workdir}: opened without a checkpoint (checkpoint=None); no variables to read")
+        if "state" not in self._state:
+            self._state["state"] = checkpoints_lib.read_state(self.workdir, self.step)
+        return model_lib.inference_variables(self._state["state"], use_ema=use_ema)
+
+    def model(self):
+        """The module the run trained (no variables): its normalisation is the run record's."""
+        return model_lib.model_for_run(self.config, self.record)
+
+    # -- facts ----------------------------------------------------------------------------------
+    @property
+    def input_spec(self) -> tuple[int, tuple, tuple]:
+        """``(image_size, mean, std)`` the run was trained with, from its run record."""
+        return int(self.record.image_size), tuple(self.record.mean), tuple(self.record.std)
+
+    @property
+    def ensemble_size(self) -> int | None:
+        """Members of a seed ensemble (logits averaged), else None."""
+        return model_lib.ensemble_size(self.config)
+
+    @property
+    def training_data(self) -> str | None:
+        """The data set the run trained on, as its loop recorded it ('synthetic', 'chest_xray', ...); None if unrecorded."""
+        for record in reversed(self.metrics):
+            if record.get("data"):
+                return str(record["data"])
+        return None
+
+    def records(self, split: str | None = None) -> list[dict]:
+        """The metrics records of one split (all when None), in order."""
+        return [r for r in self.metrics if split is None or r.get("split") == split]
+
+    def temperature(self) -> tuple[float, str]:
+        """The temperature for the chosen checkpoint and a line saying why (1.0 unless fitted at this step)."""
+        return temperature_for_step(self.calibration, self.step)
+
+    def with_calibration(self, calibration: Calibration | None) -> Run:
+        """This run as it reads once ``calibration`` is its calibration file."""
+        return dataclasses.replace(self, calibration=calibration)
+
+    def eval_reports(self, strict: bool = False) -> list[tuple[str, dict]]:
+        """``(path, report)`` of every effnet-eval report under eval/, in folder-name order.
+
+        A report that is not valid JSON is skipped, or with ``strict`` a ValueError naming it.
+        """
+        found = []
+        for path in sorted(glob.glob(self.layout.eval_report("*"))):
+            try:
+                report = _read_json(path)
+            except (OSError, ValueError):
+                if strict:
+                    raise
+                continue
+            if isinstance(report, dict):
+                found.append((path, report))
+        return found
+
+
+def _read_json(path: str) -> Any:
+    if os.path.getsize(path) > _MAX_JSON_BYTES:
+        raise ValueError(f"{path}: over {_MAX_JSON_BYTES} bytes; not a file effnet_jax wrote")
+    try:
+        return json.loads(epath.Path(path).read_text())
+    except ValueError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+def _read_optional_json(path: str) -> Any:
+    return _read_json(path) if epath.Path(path).is_file() else None
+
+
+def open(workdir: str, checkpoint: str | int | None = "best") -> Run:
+    """Reads the run in ``workdir``: config, run record, chosen step, calibration, metrics, soup.
+
+    ``checkpoint``: 'best' (by the run's ``best_metric``; the latest if none was evaluated),
+    'latest' or a step number; None reads config.json and run.json without touching the
+    checkpoints. A malformed calibration file is a ValueError naming it, before any
+    checkpoint is read. The arrays wait for ``Run.variables()``.
+    """
+    workdir = str(workdir)
+    layout = Layout(workdir)
+    calibration = read_calibration(layout)
+    if checkpoint is None:
+        blob = _read_optional_json(layout.config)
+        if not isinstance(blob, dict):
+            raise FileNotFoundError(f"{workdir}: no {CONFIG}; is this an effnet-train workdir?")
+        config = ml_collections.ConfigDict(blob)
+        saved_record = _read_optional_json(layout.run_record)
+        record = RunRecord.from_json(saved_record) if isinstance(saved_record, dict) else None
+        step = None
+    else:
+        saved = checkpoints_lib.read_checkpoint(workdir, checkpoint, with_state=False)
+        config, record, step = saved.config, saved.run, saved.step
+    return Run(
+        workdir=absolute(workdir),
+        layout=layout,
+        config=config,
+        record=record,
+        step=step,
+        checkpoint=checkpoint,
+        calibration=calibration,
+        metrics=tuple(read_metrics(workdir)),
+        soup=_read_optional_json(layout.soup),
+    )
