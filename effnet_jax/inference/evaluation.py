@@ -350,6 +350,7 @@ def evaluate_checkpoint(
         checkpoint=run.checkpoint if isinstance(run.checkpoint, str) else int(run.checkpoint),
         step=step,
         split=split,
+        split_default=default_because,
         data=config.data.get("name"),
         synthetic=synthetic,
         num_examples=int(result.labels.size),
@@ -368,9 +369,6 @@ def evaluate_checkpoint(
         calibration=calibration_note,
         uncalibrated={"brier": uncalibrated["brier"], "ece": uncalibrated["ece"]},
         metrics={
-    default_because = None
-    if split is None:
-        split, default_because = held_out_split(config.data)
             "operating": at_operating,
             "threshold_0.5": at_half,
             "threshold_training_prior": at_prior,
