@@ -13,10 +13,7 @@ from helpers import load_config
 from effnet_jax.runs.metrics_log import read_metrics
 from effnet_jax.train import loop
 
-pytestmark = [
-    pytest.mark.slow,  # trains for real
-    pytest.mark.skipif(not fx.SHARED_CHEST_XRAY.is_dir(), reason=f"{fx.SHARED_CHEST_XRAY} not present"),
-]
+needs_shared_data = pytest.mark.skipif(not fx.SHARED_CHEST_XRAY.is_dir(), reason=f"{fx.SHARED_CHEST_XRAY} not present")
 
 
 def _small_real_folder(root, normal: int, pneumonia: int):
@@ -30,6 +27,8 @@ def _small_real_folder(root, normal: int, pneumonia: int):
     return root
 
 
+@pytest.mark.slow  # trains for real
+@needs_shared_data
 def test_debug_config_on_imbalanced_real_xrays_is_not_a_one_class_model(tmp_path, caplog):
     raw = _small_real_folder(tmp_path / "chest_xray", normal=32, pneumonia=96)  # 25% NORMAL, as Kermany's
     config = load_config("debug")
