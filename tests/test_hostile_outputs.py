@@ -20,7 +20,7 @@ from dicom_fixtures import radiograph, write_dicom
 from helpers import REPO, hand_made_run, tiny_config
 from PIL import Image
 
-from effnet_jax.cli import common
+from effnet_jax.cli import errors
 from effnet_jax.data import imaging, prepare
 from effnet_jax.inference import evaluation
 from effnet_jax.inference.inputs import expand_inputs
@@ -295,7 +295,7 @@ def test_bad_config_values_are_refused_naming_the_key(key, value, message):
     with pytest.raises(ValueError) as info:
         validate_config(config)
     assert str(info.value).startswith(message) and "\n" not in str(info.value)
-    assert common.one_line(info.value)[0] == common.EXIT_USAGE
+    assert errors.one_line(info.value)[0] == errors.EXIT_USAGE
     validate_config(tiny_config())  # the tests' own config is valid
 
 
@@ -309,7 +309,7 @@ def test_effnet_train_with_a_bad_image_size_is_one_line_before_any_work(tmp_path
         env=ENV,
         timeout=300,
     )
-    assert proc.returncode == common.EXIT_USAGE
+    assert proc.returncode == errors.EXIT_USAGE
     assert proc.stderr.strip().splitlines()[-1] == (
         "effnet-train: config.image_size=100000: expected None (the variant's) or an integer from 32 to 1024"
     )
@@ -340,7 +340,7 @@ def test_a_full_disk_during_training_exits_5_in_one_line(tmp_path):
         env=ENV,
         timeout=300,
     )
-    assert proc.returncode == common.EXIT_DISK, proc.stderr[-3000:]
+    assert proc.returncode == errors.EXIT_DISK, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines()[-1] == (
         f"effnet-train: cannot write {tmp_path / 'run'}/run.json: No space left on device (errno ENOSPC)"
     )
@@ -358,12 +358,12 @@ def test_a_full_disk_reported_by_tensorstore_is_exit_5_and_said_once(caplog):
         except ValueError as e:
             raise RuntimeError("save failed") from e
     except RuntimeError as wrapped:
-        assert common.one_line(wrapped) == (
-            common.EXIT_DISK,
+        assert errors.one_line(wrapped) == (
+            errors.EXIT_DISK,
             "cannot write /w/checkpoints/20/state/: No space left on device",
         )
     log = logging.getLogger("test_hostile_outputs.disk")
-    shared = common.DiskErrorsInOneLine()
+    shared = errors.DiskErrorsInOneLine()
     log.addFilter(shared)  # as on absl's logger and on the root logger's handlers: one instance
     caplog.handler.addFilter(shared)
     with caplog.at_level(logging.INFO, logger=log.name):

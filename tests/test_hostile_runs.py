@@ -13,7 +13,7 @@ import data_fixtures as fx
 import pytest
 from run_fixtures import resume_config
 
-from effnet_jax.cli import common
+from effnet_jax.cli import errors
 from effnet_jax.data import prepare
 from effnet_jax.runs import checkpoints as checkpoint_lib
 from effnet_jax.runs.lock import WorkdirLock, WorkdirLockedError
@@ -69,7 +69,7 @@ def test_effnet_train_on_a_held_workdir_is_one_line_with_exit_status_4(held_work
         timeout=300,
         env=ENV,
     )
-    assert proc.returncode == common.EXIT_WORKDIR, proc.stderr[-3000:]
+    assert proc.returncode == errors.EXIT_WORKDIR, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith(f"effnet-train: workdir {workdir} is in use")
     assert f"pid {holder.pid}" in proc.stderr
@@ -107,8 +107,8 @@ def test_resuming_with_another_model_name_is_one_clear_error(resumed_run, tmp_pa
         match=r"saved with model.name='efficientnet_lite0' but the config asks for 'efficientnet_b0'",
     ):
         loop.train_and_evaluate(_config(**{"model.name": "efficientnet_b0"}), str(workdir))
-    status, message = common.one_line(checkpoint_lib.CheckpointMismatchError("x"))
-    assert status == common.EXIT_WORKDIR
+    status, message = errors.one_line(checkpoint_lib.CheckpointMismatchError("x"))
+    assert status == errors.EXIT_WORKDIR
 
 
 # --- the training data ----------------------------------------------------------------------------
@@ -195,22 +195,22 @@ def test_a_full_disk_is_one_line_naming_the_file_even_when_wrapped():
         except OSError as e:
             raise RuntimeError("async save failed") from e
     except RuntimeError as wrapped:
-        status, message = common.one_line(wrapped)
-    assert status == common.EXIT_DISK
+        status, message = errors.one_line(wrapped)
+    assert status == errors.EXIT_DISK
     assert message == "cannot write /run/checkpoints/6/state/d/0: No space left on device (errno ENOSPC)"
 
 
 def test_a_bug_keeps_its_traceback():
-    assert common.one_line(ZeroDivisionError("x")) is None
+    assert errors.one_line(ZeroDivisionError("x")) is None
     with pytest.raises(ZeroDivisionError):
-        common.exit_in_one_line("effnet-train", ZeroDivisionError("x"))
+        errors.exit_in_one_line("effnet-train", ZeroDivisionError("x"))
 
 
 def test_many_bad_images_are_one_line_that_counts_the_rest():
     from effnet_jax.data.imaging import BadImageError
 
-    status, message = common.one_line(BadImageError("3 bad input file(s):\n  /d/a.jpeg: x\n  /d/b.jpeg: y\n  /d/c: z"))
-    assert status == common.EXIT_INPUT and "\n" not in message
+    status, message = errors.one_line(BadImageError("3 bad input file(s):\n  /d/a.jpeg: x\n  /d/b.jpeg: y\n  /d/c: z"))
+    assert status == errors.EXIT_INPUT and "\n" not in message
     assert message.startswith("3 bad input file(s): /d/a.jpeg: x (+2 more")
 
 
@@ -228,7 +228,7 @@ def test_a_missing_class_folder_is_one_line_with_exit_status_3(command, tmp_path
     if "train" in command[0]:
         args.append(f"--workdir={tmp_path / 'run'}")
     proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300, env=ENV)
-    assert proc.returncode == common.EXIT_INPUT, proc.stderr[-3000:]
+    assert proc.returncode == errors.EXIT_INPUT, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     assert (
         proc.stderr.strip()
@@ -239,8 +239,8 @@ def test_a_missing_class_folder_is_one_line_with_exit_status_3(command, tmp_path
 
 
 def test_a_bad_config_value_is_one_line_with_the_usage_status():
-    status, message = common.one_line(ValueError("data.on_bad_image='maybe': expected one of ('error', 'skip')"))
-    assert (status, message) == (common.EXIT_USAGE, "data.on_bad_image='maybe': expected one of ('error', 'skip')")
+    status, message = errors.one_line(ValueError("data.on_bad_image='maybe': expected one of ('error', 'skip')"))
+    assert (status, message) == (errors.EXIT_USAGE, "data.on_bad_image='maybe': expected one of ('error', 'skip')")
 
 
 def test_an_old_run_whose_raw_folder_is_gone_still_reads_its_prepared_copy(tmp_path):

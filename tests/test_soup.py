@@ -11,7 +11,7 @@ from flax import traverse_util
 from helpers import session_compilation_cache, tiny_config
 
 from effnet_jax import runs
-from effnet_jax.cli import common
+from effnet_jax.cli import errors
 from effnet_jax.inference import thresholds
 from effnet_jax.inference.evaluation import evaluate_checkpoint
 from effnet_jax.runs.checkpoints import read_checkpoint
@@ -199,7 +199,7 @@ def test_members_of_another_model_or_input_are_refused_naming_the_member_and_key
     with pytest.raises(soup_lib.IncompatibleMembersError, match=rf"soup member {other} differs .* in {key}"):
         soup_lib.make_soup([members[0], other], str(tmp_path / "out"))
     assert not os.path.exists(tmp_path / "out" / "checkpoints")
-    assert common.one_line(soup_lib.IncompatibleMembersError("x"))[0] == common.EXIT_INPUT
+    assert errors.one_line(soup_lib.IncompatibleMembersError("x"))[0] == errors.EXIT_INPUT
 
 
 def test_a_parameter_tree_that_differs_is_refused_naming_the_parameter(saved):
@@ -241,7 +241,7 @@ def test_a_bad_soup_seeds_is_refused_naming_the_key(value):
         config.soup_seeds = value
     with pytest.raises(ValueError, match=r"config\.soup_seeds=.*expected an integer >= 1") as raised:
         soup_lib.train_soup(config, "/nonexistent/never/made")
-    assert common.one_line(raised.value)[0] == common.EXIT_USAGE
+    assert errors.one_line(raised.value)[0] == errors.EXIT_USAGE
 
 
 def test_train_and_evaluate_alone_refuses_a_soup_config(tmp_path):

@@ -47,7 +47,7 @@ def main(argv):
 
     logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
 
-    from effnet_jax.cli.common import check_output_dir
+    from effnet_jax.cli.errors import check_output_dir
     from effnet_jax.weights.loading import VARIABLES_DIR
 
     # Before reading the weights (tens of seconds for a hub download or a large file).
@@ -75,7 +75,7 @@ def main(argv):
 
 def run():
     """Console-script entry point."""
-    from effnet_jax.cli.common import exit_with_help_if_asked
+    from effnet_jax.cli.errors import exit_with_help_if_asked
 
     exit_with_help_if_asked(sys.argv, __doc__, define_flags)
     define_flags()

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from absl import app, flags
 
-from effnet_jax.cli import common
+from effnet_jax.cli import errors
 from effnet_jax.data.eda import cleaning, hashing
 
 # The commands' own modules (matplotlib, scikit-learn, TFDS) load when a command runs, so --help is quick.
@@ -187,13 +187,13 @@ def _run(args, positional) -> int:
         print(f"effnet-data: expected one command of {', '.join(COMMANDS)}, got {positional}", file=sys.stderr)
         return 2
     command = positional[0]
-    common.show_our_logs()  # progress lines off a terminal
+    errors.show_our_logs()  # progress lines off a terminal
     try:
         if command == "prepare":
             try:
                 prepare(args)
             except Exception as e:  # pylint: disable=broad-except
-                known = common.one_line(e)
+                known = errors.one_line(e)
                 if known is None or os.environ.get("EFFNET_TRACEBACK"):
                     raise
                 print(f"effnet-data prepare: {known[1]}", file=sys.stderr)
@@ -235,7 +235,7 @@ def main(argv) -> int:
 
 def run() -> None:
     """Console-script entry point (effnet-data)."""
-    common.exit_with_help_if_asked(sys.argv, __doc__, define_flags)
+    errors.exit_with_help_if_asked(sys.argv, __doc__, define_flags)
     define_flags()
     app.run(lambda argv: sys.exit(_run(flags.FLAGS, argv[1:])))
 

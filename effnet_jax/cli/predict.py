@@ -35,7 +35,7 @@ import sys
 
 from absl import flags
 
-from effnet_jax.cli.common import (
+from effnet_jax.cli.errors import (
     check_output_dir,
     define_once,
     define_run_flags,

@@ -19,7 +19,7 @@ import sys
 
 from absl import app, flags
 
-from effnet_jax.cli.common import define_once, define_run_flags, run_command, write_card_or_warn
+from effnet_jax.cli.errors import define_once, define_run_flags, run_command, write_card_or_warn
 
 FLAGS = flags.FLAGS
 
@@ -52,7 +52,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not FLAGS.workdir or not FLAGS.members:
         raise app.UsageError("--workdir (a new folder) and --members (two or more runs) are required.")
-    from effnet_jax.cli.common import (
+    from effnet_jax.cli.errors import (
         quiet_unless_verbose,
         run_compilation_cache_dir,
         setup_compilation_cache,

@@ -22,7 +22,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from effnet_jax.cli import common
+from effnet_jax.cli import errors
 
 FLAGS = flags.FLAGS
 
@@ -76,23 +76,23 @@ def main(argv):
     from effnet_jax.train.loop import NonFiniteLossError
     from effnet_jax.train.preemption import Preempted
 
-    common.show_our_logs()
+    errors.show_our_logs()
     from effnet_jax.train.config import validate_config
 
     try:
         validate_config(FLAGS.config)  # before any data is read or anything compiled
     except ValueError as e:
-        common.exit_in_one_line("effnet-train", e)
+        errors.exit_in_one_line("effnet-train", e)
     if FLAGS.dry_run:
         from effnet_jax.train import plan
 
         try:
             print(plan.describe(FLAGS.config, FLAGS.workdir))
         except Exception as e:  # one line for known causes; a bug keeps its traceback
-            common.exit_in_one_line("effnet-train --dry_run", e)
+            errors.exit_in_one_line("effnet-train --dry_run", e)
         return
 
-    cache = common.setup_compilation_cache(FLAGS.config.get("compilation_cache_dir", None))
+    cache = errors.setup_compilation_cache(FLAGS.config.get("compilation_cache_dir", None))
     std_logging.getLogger("effnet_jax.train").info(
         "compilation cache: %s", cache or "off (config.compilation_cache_dir='')"
     )
@@ -113,9 +113,9 @@ def main(argv):
         sys.exit(2)
     except Preempted as e:
         print(f"effnet-train: {e}", file=sys.stderr)
-        sys.exit(common.EXIT_PREEMPTED)
+        sys.exit(errors.EXIT_PREEMPTED)
     except Exception as e:  # one line for known causes; a bug keeps its traceback
-        common.exit_in_one_line("effnet-train", e)
+        errors.exit_in_one_line("effnet-train", e)
     if not outcome.finished:
         print(
             f"effnet-train: members in {layout.Layout(FLAGS.workdir).members}/ stopped before their last step; "
@@ -158,7 +158,7 @@ def _only_warnings_here():
 
 def run():
     """Console-script entry point (``effnet-train``)."""
-    common.exit_with_help_if_asked(sys.argv, __doc__, define_flags)
+    errors.exit_with_help_if_asked(sys.argv, __doc__, define_flags)
     define_flags()
     flags.mark_flags_as_required(["config", "workdir"])
     try:
