@@ -249,7 +249,7 @@ def main():
 
     import jax
 
-    from effnet_jax.cli.errors import setup_compilation_cache
+    from effnet_jax.compilation_cache import setup_compilation_cache
 
     config = recipe(args)
     if args.cache_dir is not None:

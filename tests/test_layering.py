@@ -15,6 +15,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "effnet_jax"
 LAYERS = [
     (
         "effnet_jax.labels",
+        "effnet_jax.compilation_cache",
         "effnet_jax.host_memory",
         "effnet_jax.limits",
         "effnet_jax.output_files",

@@ -13,6 +13,8 @@ import sys
 
 from absl import app, flags
 
+from effnet_jax.cli.command import check_output_dir, exit_with_help_if_asked
+
 FLAGS = flags.FLAGS
 
 
@@ -47,7 +49,6 @@ def main(argv):
 
     logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
 
-    from effnet_jax.cli.errors import check_output_dir
     from effnet_jax.weights.loading import VARIABLES_DIR
 
     # Before reading the weights (tens of seconds for a hub download or a large file).
@@ -75,8 +76,6 @@ def main(argv):
 
 def run():
     """Console-script entry point."""
-    from effnet_jax.cli.errors import exit_with_help_if_asked
-
     exit_with_help_if_asked(sys.argv, __doc__, define_flags)
     define_flags()
     flags.mark_flags_as_required(["variant", "input", "output"])

@@ -21,7 +21,9 @@ from pathlib import Path
 
 from absl import app, flags
 
-from effnet_jax.cli import errors
+from effnet_jax.cli.command import exit_with_help_if_asked
+from effnet_jax.cli.errors import one_line
+from effnet_jax.cli.logs import show_our_logs
 from effnet_jax.data.eda import cleaning, hashing
 
 # The commands' own modules (matplotlib, scikit-learn, TFDS) load when a command runs, so --help is quick.
@@ -187,13 +189,13 @@ def _run(args, positional) -> int:
         print(f"effnet-data: expected one command of {', '.join(COMMANDS)}, got {positional}", file=sys.stderr)
         return 2
     command = positional[0]
-    errors.show_our_logs()  # progress lines off a terminal
+    show_our_logs()  # progress lines off a terminal
     try:
         if command == "prepare":
             try:
                 prepare(args)
             except Exception as e:  # pylint: disable=broad-except
-                known = errors.one_line(e)
+                known = one_line(e)
                 if known is None or os.environ.get("EFFNET_TRACEBACK"):
                     raise
                 print(f"effnet-data prepare: {known[1]}", file=sys.stderr)
@@ -235,7 +237,7 @@ def main(argv) -> int:
 
 def run() -> None:
     """Console-script entry point (effnet-data)."""
-    errors.exit_with_help_if_asked(sys.argv, __doc__, define_flags)
+    exit_with_help_if_asked(sys.argv, __doc__, define_flags)
     define_flags()
     app.run(lambda argv: sys.exit(_run(flags.FLAGS, argv[1:])))
 

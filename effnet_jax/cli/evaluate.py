@@ -19,17 +19,8 @@ import sys
 
 from absl import app, flags
 
-from effnet_jax.cli.errors import (
-    check_output_dir,
-    define_once,
-    define_run_flags,
-    quiet_unless_verbose,
-    run_command,
-    run_compilation_cache_dir,
-    setup_compilation_cache,
-    show_our_logs,
-    write_card_or_warn,
-)
+from effnet_jax.cli.command import check_output_dir, define_once, define_run_flags, run_command
+from effnet_jax.cli.logs import quiet_unless_verbose, show_our_logs
 
 FLAGS = flags.FLAGS
 
@@ -91,14 +82,16 @@ def main(argv):
         raise app.UsageError(f"effnet-eval takes no positional arguments, got {argv[1:]}.")
     if not FLAGS.workdir:
         raise app.UsageError("--workdir is required: the training run directory to evaluate.")
-    setup_compilation_cache(run_compilation_cache_dir(FLAGS.workdir))
     import jax
 
     from effnet_jax import runs
+    from effnet_jax.cli.card import write_card_or_warn
+    from effnet_jax.compilation_cache import setup_compilation_cache
     from effnet_jax.inference import tta as tta_lib
     from effnet_jax.inference.evaluation import evaluate_checkpoint
     from effnet_jax.runs.layout import Layout
 
+    setup_compilation_cache(runs.compilation_cache_dir(FLAGS.workdir))
     try:
         tta = tta_lib.parse_tta(FLAGS.tta)
     except ValueError as e:

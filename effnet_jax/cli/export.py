@@ -14,15 +14,8 @@ import sys
 
 from absl import app, flags
 
-from effnet_jax.cli.errors import (
-    check_output_dir,
-    define_once,
-    define_run_flags,
-    quiet_unless_verbose,
-    run_command,
-    show_our_logs,
-    write_card_or_warn,
-)
+from effnet_jax.cli.command import check_output_dir, define_once, define_run_flags, run_command
+from effnet_jax.cli.logs import quiet_unless_verbose, show_our_logs
 
 FLAGS = flags.FLAGS
 
@@ -65,6 +58,7 @@ def main(argv):
         print(f"effnet-export: error: {problem}", file=sys.stderr)
         return 1
     from effnet_jax import runs
+    from effnet_jax.cli.card import write_card_or_warn
     from effnet_jax.inference.export import export_run
 
     try:

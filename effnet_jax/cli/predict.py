@@ -35,15 +35,8 @@ import sys
 
 from absl import flags
 
-from effnet_jax.cli.errors import (
-    check_output_dir,
-    define_once,
-    define_run_flags,
-    quiet_unless_verbose,
-    run_command,
-    run_compilation_cache_dir,
-    setup_compilation_cache,
-)
+from effnet_jax.cli.command import check_output_dir, define_once, define_run_flags, run_command
+from effnet_jax.cli.logs import quiet_unless_verbose
 
 FLAGS = flags.FLAGS
 
@@ -118,9 +111,11 @@ def main(argv):
         return _fail(f"no image files in {' '.join(argv[1:])}", EXIT_NO_INPUT)
     if FLAGS.exported:
         return _main_exported(paths)
-    setup_compilation_cache(run_compilation_cache_dir(FLAGS.workdir))
     from effnet_jax import runs
+    from effnet_jax.compilation_cache import setup_compilation_cache
     from effnet_jax.inference.prediction import Predictor
+
+    setup_compilation_cache(runs.compilation_cache_dir(FLAGS.workdir))
 
     try:
         predictor = Predictor(runs.open(FLAGS.workdir, FLAGS.checkpoint), FLAGS.threshold, FLAGS.batch_size)

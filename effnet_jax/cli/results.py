@@ -21,7 +21,7 @@ import sys
 
 from absl import app, flags
 
-from effnet_jax.cli.errors import define_once, run_command
+from effnet_jax.cli.command import define_once, run_command
 
 FLAGS = flags.FLAGS
 

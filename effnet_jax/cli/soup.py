@@ -19,7 +19,8 @@ import sys
 
 from absl import app, flags
 
-from effnet_jax.cli.errors import define_once, define_run_flags, run_command, write_card_or_warn
+from effnet_jax.cli.command import define_once, define_run_flags, run_command
+from effnet_jax.cli.logs import quiet_unless_verbose, show_our_logs
 
 FLAGS = flags.FLAGS
 
@@ -52,18 +53,15 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not FLAGS.workdir or not FLAGS.members:
         raise app.UsageError("--workdir (a new folder) and --members (two or more runs) are required.")
-    from effnet_jax.cli.errors import (
-        quiet_unless_verbose,
-        run_compilation_cache_dir,
-        setup_compilation_cache,
-        show_our_logs,
-    )
+    from effnet_jax import runs
+    from effnet_jax.cli.card import write_card_or_warn
+    from effnet_jax.compilation_cache import setup_compilation_cache
     from effnet_jax.runs.layout import Layout
     from effnet_jax.train.soup import IncompatibleMembersError, SoupWorkdirError, make_soup
 
     show_our_logs()  # what the soup reads, and its evaluation as the trainer logs it
     quiet_unless_verbose()  # orbax's notes on every read-only checkpoint
-    setup_compilation_cache(run_compilation_cache_dir(FLAGS.members[0]))
+    setup_compilation_cache(runs.compilation_cache_dir(FLAGS.members[0]))
     try:
         soup = make_soup(FLAGS.members, FLAGS.workdir, FLAGS.checkpoint, FLAGS.combine)
     except (FileNotFoundError, IncompatibleMembersError, SoupWorkdirError, ValueError) as e:

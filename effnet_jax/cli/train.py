@@ -22,7 +22,9 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from effnet_jax.cli import errors
+from effnet_jax.cli.command import exit_with_help_if_asked
+from effnet_jax.cli.errors import EXIT_PREEMPTED, exit_in_one_line
+from effnet_jax.cli.logs import show_our_logs
 
 FLAGS = flags.FLAGS
 
@@ -70,29 +72,30 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     # Import after flag parsing: JAX reads XLA_FLAGS and platform flags when first imported.
+    from effnet_jax.compilation_cache import setup_compilation_cache
     from effnet_jax.experiment import run_experiment
     from effnet_jax.runs import layout
     from effnet_jax.train import distributed
     from effnet_jax.train.loop import NonFiniteLossError
     from effnet_jax.train.preemption import Preempted
 
-    errors.show_our_logs()
+    show_our_logs()
     from effnet_jax.train.config import validate_config
 
     try:
         validate_config(FLAGS.config)  # before any data is read or anything compiled
     except ValueError as e:
-        errors.exit_in_one_line("effnet-train", e)
+        exit_in_one_line("effnet-train", e)
     if FLAGS.dry_run:
         from effnet_jax.train import plan
 
         try:
             print(plan.describe(FLAGS.config, FLAGS.workdir))
         except Exception as e:  # one line for known causes; a bug keeps its traceback
-            errors.exit_in_one_line("effnet-train --dry_run", e)
+            exit_in_one_line("effnet-train --dry_run", e)
         return
 
-    cache = errors.setup_compilation_cache(FLAGS.config.get("compilation_cache_dir", None))
+    cache = setup_compilation_cache(FLAGS.config.get("compilation_cache_dir", None))
     std_logging.getLogger("effnet_jax.train").info(
         "compilation cache: %s", cache or "off (config.compilation_cache_dir='')"
     )
@@ -113,9 +116,9 @@ def main(argv):
         sys.exit(2)
     except Preempted as e:
         print(f"effnet-train: {e}", file=sys.stderr)
-        sys.exit(errors.EXIT_PREEMPTED)
+        sys.exit(EXIT_PREEMPTED)
     except Exception as e:  # one line for known causes; a bug keeps its traceback
-        errors.exit_in_one_line("effnet-train", e)
+        exit_in_one_line("effnet-train", e)
     if not outcome.finished:
         print(
             f"effnet-train: members in {layout.Layout(FLAGS.workdir).members}/ stopped before their last step; "
@@ -158,7 +161,7 @@ def _only_warnings_here():
 
 def run():
     """Console-script entry point (``effnet-train``)."""
-    errors.exit_with_help_if_asked(sys.argv, __doc__, define_flags)
+    exit_with_help_if_asked(sys.argv, __doc__, define_flags)
     define_flags()
     flags.mark_flags_as_required(["config", "workdir"])
     try:

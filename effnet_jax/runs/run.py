@@ -16,6 +16,7 @@ from typing import Any
 import ml_collections
 from etils import epath
 
+from effnet_jax.compilation_cache import DEFAULT_COMPILATION_CACHE_DIR
 from effnet_jax.metrics.calibration import Calibration
 from effnet_jax.runs import checkpoints as checkpoints_lib
 from effnet_jax.runs import model as model_lib
@@ -122,6 +123,27 @@ def _read_optional_json(path: str) -> Any:
     return _read_json(path) if epath.Path(path).is_file() else None
 
 
+def read_config(workdir: str) -> dict:
+    """The run's config.json as a dict, without touching its checkpoints; FileNotFoundError when it has none."""
+    blob = _read_optional_json(Layout(str(workdir)).config)
+    if not isinstance(blob, dict):
+        raise FileNotFoundError(f"{workdir}: no {CONFIG}; is this an effnet-train workdir?")
+    return blob
+
+
+def compilation_cache_dir(workdir: str) -> str:
+    """The run's ``compilation_cache_dir``; the default for older runs and for a config that cannot be read.
+
+    Read before the run is opened, to set the cache up before anything compiles: a config
+    that cannot be read is left for ``open`` to report.
+    """
+    try:
+        value = read_config(workdir).get("compilation_cache_dir", DEFAULT_COMPILATION_CACHE_DIR)
+    except (OSError, ValueError):
+        value = DEFAULT_COMPILATION_CACHE_DIR
+    return value if isinstance(value, str) else DEFAULT_COMPILATION_CACHE_DIR
+
+
 def open(workdir: str, checkpoint: str | int | None = "best") -> Run:
     """Reads the run in ``workdir``: config, run record, chosen step, calibration, metrics, soup.
 
@@ -134,10 +156,7 @@ def open(workdir: str, checkpoint: str | int | None = "best") -> Run:
     layout = Layout(workdir)
     calibration = read_calibration(layout)
     if checkpoint is None:
-        blob = _read_optional_json(layout.config)
-        if not isinstance(blob, dict):
-            raise FileNotFoundError(f"{workdir}: no {CONFIG}; is this an effnet-train workdir?")
-        config = ml_collections.ConfigDict(blob)
+        config = ml_collections.ConfigDict(read_config(workdir))
         saved_record = _read_optional_json(layout.run_record)
         record = RunRecord.from_json(saved_record) if isinstance(saved_record, dict) else None
         step = None

@@ -11,6 +11,8 @@ import pathlib
 
 import ml_collections
 
+from effnet_jax.compilation_cache import DEFAULT_COMPILATION_CACHE_DIR
+
 
 def load_config_file(path) -> object:
     """The config module at ``path`` (a configs/*.py file), loaded by its path.
@@ -153,7 +155,7 @@ def get_config() -> ml_collections.ConfigDict:
     # JAX's persistent compilation cache: effnet-train (and effnet-eval / effnet-predict, which
     # read it from the run's config.json) store compiled steps here, so a resume or another run
     # with the same model, shapes and devices skips the compile. '' = off.
-    c.compilation_cache_dir = "~/.cache/effnet_jax/jax_cache"
+    c.compilation_cache_dir = DEFAULT_COMPILATION_CACHE_DIR
     return c
 
 

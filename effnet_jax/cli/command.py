@@ -1,0 +1,87 @@
+"""What every command shares: flags defined once, its own --help, the entry point, the output-folder check."""
+
+import os
+import sys
+import tempfile
+import textwrap
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+
+
+def define_once(define, name, *args, flag_values=None, **kwargs):
+    """Defines a flag unless another command's module in this process already owns it (--workdir)."""
+    fv = FLAGS if flag_values is None else flag_values
+    if name not in fv:
+        define(name, *args, flag_values=fv, **kwargs)
+
+
+# absl's --help lists only the flags of the module named by sys.argv[0], which is a console
+# script's path, not the module that defined them: each command prints its own flags instead.
+HELP_ARGS = ("--help", "-help", "-h", "-?", "--helpshort", "-helpshort")
+
+
+def help_text(doc: str, define_flags) -> str:
+    """The command's docstring, then each flag ``define_flags(flag_values)`` defines, with default and meaning."""
+    fv = flags.FlagValues()
+    define_flags(fv)
+    lines = [doc.strip(), "", "Flags:"]
+    for name in sorted(fv):
+        flag = fv[name]
+        if flag.boolean:
+            usage = f"--[no]{name} (default: {'true' if flag.default else 'false'})"
+        elif flag.default is None or flag.default == "":
+            usage = f"--{name}"
+        else:
+            usage = f"--{name} (default: {flag.default})"
+        lines.append(f"  {usage}")
+        lines.extend(
+            textwrap.wrap(" ".join(str(flag.help).split()), 96, initial_indent="      ", subsequent_indent="      ")
+        )
+    lines += ["", "--helpfull also lists the flags of absl and JAX."]
+    return "\n".join(lines)
+
+
+def exit_with_help_if_asked(argv, doc: str, define_flags) -> None:
+    """``--help`` (or ``-h``, ``--helpshort``): prints ``help_text`` to stdout and exits 0."""
+    args = list(argv[1:])
+    if "--" in args:
+        args = args[: args.index("--")]
+    if any(a in HELP_ARGS for a in args):
+        print(help_text(doc, define_flags))
+        sys.exit(0)
+
+
+def define_run_flags(fv: flags.FlagValues = FLAGS) -> None:
+    """--workdir and --checkpoint: which trained run and which of its checkpoints a command reads."""
+    define_once(flags.DEFINE_string, "workdir", None, "Training run directory (holds checkpoints/).", flag_values=fv)
+    define_once(
+        flags.DEFINE_string,
+        "checkpoint",
+        "best",
+        "'best' (by the run's best_metric), 'latest' or a step number.",
+        flag_values=fv,
+    )
+
+
+def run_command(doc: str, define_flags, main) -> None:
+    """A console script's entry point: --help from the command's own flags, else absl's app.run(main)."""
+    exit_with_help_if_asked(sys.argv, doc, define_flags)
+    define_flags()
+    app.run(main)
+
+
+def check_output_dir(path: str, flag: str) -> str | None:
+    """None when ``path`` is (or can be made) a writable folder, else an error naming ``flag``.
+
+    Checked before restoring a checkpoint or reading weights, so a bad output path costs
+    a second, not the half minute of work before the first write.
+    """
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        return f"{flag}={path}: cannot write there ({e.strerror or e})"
+    return None
