@@ -287,6 +287,8 @@ def test_data_prepared_with_the_old_names_and_sizes_fingerprint_is_refused(tmp_p
         ("log_every_steps", 0, "config.log_every_steps=0: expected an integer >= 1"),
         ("ema_decay", 2.0, "config.ema_decay=2.0: expected a number in [0, 1) (0 = no EMA)"),
         ("model.name", "efficientnet_b9", "config.model.name='efficientnet_b9': not a variant; did you mean "),
+        ("data.on_bad_image", "maybe", "config.data.on_bad_image='maybe': expected one of 'error', 'skip'"),
+        ("data.balance", "over", "config.data.balance='over': expected one of 'none', 'oversample', 'undersample'"),
         ("model.name", "resnet50", "config.model.name='resnet50': not a variant; one of efficientnet_b0, "),
     ],
 )

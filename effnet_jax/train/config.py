@@ -255,6 +255,19 @@ def _number(config, key: str):
     return value
 
 
+# String keys with a closed set of values: a typo is refused before any work instead of
+# falling through to a default branch deep in the data or training code.
+CHOICES = {
+    "dtype": ("float32", "bfloat16"),
+    "loss": ("softmax_ce", "sigmoid_bce"),
+    "parallelism": ("jit", "pmap"),
+    "best_mode": ("max", "min"),
+    "early_stopping.mode": ("min", "max"),
+    "data.on_bad_image": ("error", "skip"),
+    "data.balance": ("none", "oversample", "undersample"),
+}
+
+
 def _require(config, key: str, test, expected: str, kinds=(int,)) -> None:
     value = _number(config, key)
     ok = isinstance(value, kinds) and not isinstance(value, bool)
@@ -287,6 +300,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         )
     for key in ("batch_size", "eval_batch_size", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
         _require(config, key, lambda v: v >= 1, "an integer >= 1")
+    for key, choices in CHOICES.items():
+        value = _number(config, key)
+        if value is not None and value not in choices:  # absent in older runs' configs
+            raise ValueError(f"config.{key}={value!r}: expected one of {', '.join(map(repr, choices))}")
     _require(config, "eval_every_steps", lambda v: v >= 0, "an integer >= 0 (0 = only at the end)")
     _require(config, "optimizer.grad_accum_steps", lambda v: v >= 1, "an integer >= 1")
     finite = (int, float)
