@@ -32,5 +32,23 @@ def _one_compilation_cache_for_the_session(tmp_path_factory):
         yield
 
 
+@pytest.fixture(autouse=True)
+def _our_logger_propagates():
+    """Each test starts with the effnet_jax logger as a library leaves it: propagating to the root.
+
+    A CLI run in-process (cli/logs.show_our_logs) gives the logger a console handler and stops
+    propagation, so the command prints once; left so, every later test's caplog would see none
+    of our records, and which tests failed would depend on the order they ran in.
+    """
+    import logging
+
+    ours = logging.getLogger("effnet_jax")
+    for handler in [h for h in ours.handlers if getattr(h, "effnet_jax_console", False)]:
+        ours.removeHandler(handler)
+    ours.propagate = True
+    ours.setLevel(logging.NOTSET)
+    yield
+
+
 # Tiny training runs trained once per session and shared by the files that read them.
 from run_fixtures import resumed_run, straight_run  # noqa: E402, F401
