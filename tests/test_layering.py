@@ -34,6 +34,7 @@ LAYERS = [
     ("effnet_jax.inference",),
     ("effnet_jax.reporting",),  # model cards and run summaries read what evaluation wrote
     ("effnet_jax.experiment",),  # train, calibrate, describe: the library behind effnet-train
+    ("effnet_jax.sweep",),  # a grid of experiments, each trained and scored: the library behind effnet-sweep
     ("effnet_jax.cli",),
 ]
 

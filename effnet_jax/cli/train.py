@@ -20,9 +20,8 @@ import logging as std_logging
 import sys
 
 from absl import app, flags
-from ml_collections import config_flags
 
-from effnet_jax.cli.command import exit_with_help_if_asked
+from effnet_jax.cli.command import define_config_flag, run_config_command
 from effnet_jax.cli.errors import EXIT_PREEMPTED, exit_in_one_line
 from effnet_jax.cli.logs import show_our_logs
 
@@ -31,14 +30,7 @@ FLAGS = flags.FLAGS
 
 def define_flags(fv: flags.FlagValues = FLAGS) -> None:
     """Defines effnet-train's flags on ``fv``."""
-    config_flags.DEFINE_config_file(
-        "config",
-        None,
-        "Training config file (configs/*.py); override any key with --config.KEY=VALUE "
-        "(effnet_jax/train/config.py lists every key).",
-        flag_values=fv,
-        lock_config=True,
-    )
+    define_config_flag(fv)
     flags.DEFINE_string(
         "workdir",
         None,
@@ -161,19 +153,7 @@ def _only_warnings_here():
 
 def run():
     """Console-script entry point (``effnet-train``)."""
-    exit_with_help_if_asked(sys.argv, __doc__, define_flags)
-    define_flags()
-    flags.mark_flags_as_required(["config", "workdir"])
-    try:
-        # Parsed here first so a bad --config.key is one line naming it, not a traceback.
-        argv = flags.FLAGS(sys.argv)
-    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-        message = " ".join(str(e).replace("\\n", "\n").replace("\\", "").replace("'", "").split()).strip('"')
-        if isinstance(e, (AttributeError, KeyError)):
-            message = f"unknown config key {message} (the schema, effnet_jax/train/config.py, lists every key)"
-        print(f"effnet-train: bad flag: {message}", file=sys.stderr)
-        sys.exit(2)
-    app.run(main, argv=argv, flags_parser=lambda _: argv)
+    run_config_command("effnet-train", __doc__, define_flags, main)
 
 
 if __name__ == "__main__":
