@@ -89,13 +89,12 @@ def test_a_rerun_of_the_same_command_trains_nothing_and_writes_the_same_csv(swep
     with open(os.path.join(workdir, "sweep.csv"), "rb") as f:
         before = f.read()
     # What training and evaluation wrote: neither trains nor evaluates again.
+    points = pathlib.Path(workdir, "points")
     written = lambda: {
-        str(p): p.stat().st_mtime_ns
-        for p in pathlib.Path(workdir, "points").glob("*/*")
-        if p.name == "metrics.jsonl" or p.parent.name == "eval"
+        str(p): p.stat().st_mtime_ns for p in [*points.glob("*/metrics.jsonl"), *points.glob("*/eval/*/metrics.json")]
     }
     before_files = written()
-    assert len(before_files) == 2 * (1 + 2)  # per point: metrics.jsonl, eval/validation_6, eval/external_6
+    assert len(before_files) == 2 * (1 + 2)  # per point: metrics.jsonl and the validation and external reports
     # As a user reruns it: effnet-sweep with configs/debug_synthetic.py and the test config's keys as flags.
     proc = run_module(
         "effnet_jax.cli.sweep",
