@@ -255,6 +255,12 @@ def test_images_queued_together_are_scored_in_one_call_up_to_max_batch():
     assert asyncio.run(main()) == list(range(10))
     assert calls == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
     assert batching.batch_buckets(16) == (1, 2, 4, 8, 16) and batching.batch_buckets(12) == (1, 2, 4, 8, 12)
+    assert batching.bucket_split(7, (1, 2, 4, 8)) == [4, 2, 1] and batching.bucket_split(19, (1, 2, 4, 8)) == [
+        8,
+        8,
+        2,
+        1,
+    ]
 
 
 def test_bad_settings_are_refused_naming_the_setting():

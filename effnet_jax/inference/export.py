@@ -76,28 +76,21 @@ def make_serving_fn(model, treedef, mean, std, temperature: float | None, platfo
     return fn
 
 
-def make_gradcam_fn(model, treedef, mean, std, platforms=DEFAULT_PLATFORMS):
+def make_gradcam_fn(model, treedef, mean, std):
     """``fn(weight_leaves, images uint8 (B, S, S)) -> (B, S, S)`` float32 guided Grad-CAM maps in [0, 1].
 
     The map ``inference.gradcam.make_gradcam`` draws for effnet-predict, on the same normalised
-    input as the probability function; the depthwise convolution is chosen per platform as there.
+    input as the probability function. It is drawn with the native depthwise convolution on
+    every platform: the shifted-slices form's backward pass picks its shape by batch size,
+    which a symbolic batch cannot tell.
     """
     table = jnp.asarray(transforms.Normalizer(mean, std).table(np.zeros((1, 1), np.uint8)))
-
-    def maps(m, variables):
-        return lambda x: make_gradcam(m)(variables, x)["heatmap"].astype(jnp.float32)
+    gradcam = make_gradcam(model.clone(depthwise_impl="native"))
 
     def fn(leaves, images):
         variables = jax.tree_util.tree_unflatten(treedef, leaves)
         x = jnp.take(table, images.astype(jnp.int32), axis=0)
-        if model.depthwise_impl != "auto":
-            return maps(model, variables)(x)
-        on_cpu, elsewhere = model.clone(depthwise_impl="shifts"), model.clone(depthwise_impl="native")
-        if "cpu" not in platforms:
-            return maps(elsewhere, variables)(x)
-        if set(platforms) == {"cpu"}:
-            return maps(on_cpu, variables)(x)
-        return lax.platform_dependent(x, cpu=maps(on_cpu, variables), default=maps(elsewhere, variables))
+        return gradcam(variables, x)["heatmap"].astype(jnp.float32)
 
     return fn
 
@@ -161,7 +154,7 @@ def export_run(
         jax.ShapeDtypeStruct((batch, size, size), jnp.uint8),
     )
     exported = jax_export.export(jax.jit(fn), platforms=tuple(platforms))(*args)
-    gradcam_fn = make_gradcam_fn(model, treedef, mean, std, tuple(platforms))
+    gradcam_fn = make_gradcam_fn(model, treedef, mean, std)
     gradcam = bytes(jax_export.export(jax.jit(gradcam_fn), platforms=tuple(platforms))(*args).serialize())
     stages.update()
     function = bytes(exported.serialize())

@@ -3,7 +3,7 @@
     POST /v1/predict   multipart ``file`` fields (JPEG, PNG, DICOM) -> {"model": identity, "records": [...]}
                        (``?gradcam=true`` adds each image's Grad-CAM overlay as a PNG data URL)
     GET  /v1/model     model.json's public facts, the serving limits, the intended-use note
-    GET  /healthz      {"status": "ok", ...} once the model is compiled for every batch size
+    GET  /healthz      {"status": "ok", ...}: the batcher's counters (uvicorn listens once start-up is done)
     GET  /             the review page (static/, shipped with the package)
 
 Records have effnet-predict's fields (``prediction_output.COLUMNS``). Nothing about a request
@@ -106,11 +106,10 @@ def create_app(model, settings: Settings = Settings()) -> FastAPI:
     """The FastAPI app serving ``model`` (an ``effnet_jax.serving.ExportedModel``)."""
     buckets = batching.batch_buckets(settings.max_batch)
     batcher = batching.Batcher(
-        batching.padded_scorer(model, buckets), settings.max_batch, settings.max_wait_ms / 1000, settings.max_queue
+        batching.bucketed_scorer(model, buckets), settings.max_batch, settings.max_wait_ms / 1000, settings.max_queue
     )
     identity = model_identity(model)
     facts = public_facts(model, settings)
-    ready = asyncio.Event()
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -118,7 +117,6 @@ def create_app(model, settings: Settings = Settings()) -> FastAPI:
         # Every batch size compiled before the first request, so no request waits for a compilation;
         # the Grad-CAM function (asked for by the review page, not by the API's clients) compiles on first use.
         await run_in_threadpool(batching.warm_up, model, buckets)
-        ready.set()
         log.info("effnet-serve: %s ready (batch sizes %s)", model.directory, ",".join(map(str, buckets)))
         try:
             yield
@@ -135,9 +133,7 @@ def create_app(model, settings: Settings = Settings()) -> FastAPI:
 
     @app.get("/healthz")
     async def healthz():
-        status = {"status": "ok" if ready.is_set() else "starting", "waiting": batcher.waiting}
-        status.update(batches=batcher.batches, images=batcher.images)
-        return JSONResponse(status, status_code=200 if ready.is_set() else 503)
+        return {"status": "ok", "waiting": batcher.waiting, "batches": batcher.batches, "images": batcher.images}
 
     @app.get("/v1/model")
     async def model_facts():

@@ -38,10 +38,11 @@ class Scored:
 
 
 def batch_buckets(max_batch: int) -> tuple[int, ...]:
-    """The batch sizes a call is padded to: powers of two below ``max_batch``, then ``max_batch``.
+    """The batch sizes the model is called with: powers of two below ``max_batch``, then ``max_batch``.
 
-    Each distinct batch size is a separate compilation of the exported function; padding to a
-    few sizes keeps the number of compilations small and lets them all be made at start-up.
+    Each distinct batch size is a separate compilation of the exported function; a batch of
+    any other size is scored as a few calls of these (``bucket_split``), so all of them can
+    be compiled at start-up.
     """
     sizes, n = [], 1
     while n < max_batch:
@@ -151,25 +152,34 @@ class Batcher:
                     future.set_result(result)
 
 
-def padded_scorer(model, buckets: Sequence[int]) -> Callable[[Sequence[Item]], list[Scored]]:
-    """``score(items)`` for ``Batcher`` running an exported model, each call padded up to a bucket size.
+def bucket_split(n: int, buckets: Sequence[int]) -> list[int]:
+    """``n`` images as consecutive calls of bucket sizes, largest first (7 over 1, 2, 4, 8 -> 4, 2, 1).
 
-    Padding images are zeros; every image is scored independently (batch norm in inference
-    mode), so they change no other image's result and their outputs are dropped.
+    Splitting rather than padding up to the next size: no call computes images nobody sent.
     """
+    sizes, left = [], n
+    while left > 0:
+        size = max((b for b in buckets if b <= left), default=left)
+        sizes.append(size)
+        left -= size
+    return sizes
 
-    def padded(fn, pixels: np.ndarray) -> np.ndarray:
-        n = len(pixels)
-        size = next((b for b in buckets if b >= n), n)
-        if size > n:
-            pixels = np.concatenate([pixels, np.zeros((size - n, *pixels.shape[1:]), pixels.dtype)])
-        return fn(pixels)[:n]
+
+def bucketed_scorer(model, buckets: Sequence[int]) -> Callable[[Sequence[Item]], list[Scored]]:
+    """``score(items)`` for ``Batcher`` running an exported model in calls of bucket sizes only."""
+
+    def in_buckets(fn, pixels: np.ndarray) -> np.ndarray:
+        out, start = [], 0
+        for size in bucket_split(len(pixels), buckets):
+            out.append(fn(pixels[start : start + size]))
+            start += size
+        return np.concatenate(out)
 
     def score(items: Sequence[Item]) -> list[Scored]:
         pixels = np.stack([item.pixels for item in items])
-        probs = padded(model.run, pixels)
+        probs = in_buckets(model.run, pixels)
         wanted = [i for i, item in enumerate(items) if item.gradcam]
-        maps = dict(zip(wanted, padded(model.gradcam, pixels[wanted]))) if wanted else {}
+        maps = dict(zip(wanted, in_buckets(model.gradcam, pixels[wanted]))) if wanted else {}
         return [Scored(float(probs[i]), maps.get(i)) for i in range(len(items))]
 
     return score
