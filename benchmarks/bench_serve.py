@@ -19,6 +19,7 @@ import asyncio
 import glob
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -178,6 +179,7 @@ def main():
     finally:
         server.terminate()
         server.wait(timeout=60)
+        shutil.rmtree(root, ignore_errors=True)
     record.write(args.record, [{"name": f"{r['how']}, {r['clients']} client(s)", **r} for r in rows], config, machine())
 
 

@@ -4,6 +4,11 @@ import asyncio
 import io
 import json
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 
 import httpx
 import numpy as np
@@ -11,15 +16,16 @@ import pytest
 from browser import Page, chromium_binary
 from dicom_fixtures import radiograph, write_dicom
 from export_fixtures import export_tiny
-from helpers import run_module
+from helpers import REPO, run_module
 from PIL import Image
 
 from effnet_jax import limits, serving
 from effnet_jax.inference.prediction_output import COLUMNS
-from effnet_jax.server import BackgroundServer, Settings, batching, create_app
+from effnet_jax.server import Settings, batching, create_app
 from effnet_jax.serving import bundle
 
 SAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "effnet_jax", "data", "sample")
+# The server the tests start (effnet-serve flags of the same values).
 SETTINGS = Settings(max_batch=4, max_wait_ms=20, max_files=8, max_file_bytes=256 << 10, max_pixels=1_000_000)
 
 
@@ -51,9 +57,34 @@ def images(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def url(model):
-    with BackgroundServer(create_app(model, SETTINGS)) as address:
-        yield address
+def url(exported, tmp_path_factory):
+    """``effnet-serve --exported=...`` in its own process (the console script's module), on a free port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    flags = [f"--exported={exported}", f"--port={port}", f"--max_batch={SETTINGS.max_batch}"]
+    flags += [f"--max_wait_ms={SETTINGS.max_wait_ms}", f"--max_files={SETTINGS.max_files}", "--max_megapixels=1"]
+    flags += [f"--max_file_kib={SETTINGS.max_file_bytes >> 10}"]
+    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+    log = tmp_path_factory.mktemp("serve_log") / "stderr.txt"
+    with open(log, "w") as stderr:  # a file, not a pipe: a full pipe would stall the server
+        server = subprocess.Popen(
+            [sys.executable, "-m", "effnet_jax.cli.serve", *flags], cwd=REPO, env=env, stdout=stderr, stderr=stderr
+        )
+    address = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            if httpx.get(address + "/healthz", timeout=5).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert server.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.2)
+    yield address
+    server.send_signal(signal.SIGINT)  # Ctrl-C: uvicorn shuts down and the command exits 0
+    assert server.wait(timeout=60) == 0
+    assert f"effnet-serve: {exported} on {address}/" in log.read_text()
 
 
 def upload(paths):
@@ -151,7 +182,7 @@ def refusal(answer, status) -> str:
     return message
 
 
-def test_hostile_uploads_are_refused_in_one_line_and_the_server_stays_up(url, images, monkeypatch):
+def test_hostile_uploads_are_refused_in_one_line_and_the_server_stays_up(url, images):
     jpeg = open(images[0], "rb").read()
     # Bodies over every file at its limit: refused from Content-Length, before being read.
     huge = os.urandom(SETTINGS.max_request_bytes + 1)
@@ -167,11 +198,6 @@ def test_hostile_uploads_are_refused_in_one_line_and_the_server_stays_up(url, im
     assert refusal(post(url, [("file", ("wide.png", png_bytes(1100, 1000)))]), 413) == (
         "wide.png: a PNG image of 1100x1000 pixels, over the 1,000,000 pixels one upload may have"
     )
-    monkeypatch.setenv(limits.ENV_VAR, "1M")  # the decoded-size budget, read at each check
-    assert "over the decoded-size budget of 1,048,576 bytes" in refusal(
-        post(url, [("file", ("dense.png", png_bytes(800, 800)))]), 413
-    )
-    monkeypatch.delenv(limits.ENV_VAR)
     # Not a JPEG, PNG or DICOM (a GIF is an image, but not one this server takes); a name with escapes.
     gif = io.BytesIO()
     Image.new("L", (8, 8)).save(gif, format="GIF")
@@ -225,7 +251,7 @@ def test_concurrent_clients_are_all_answered_in_batches_and_nothing_is_lost(url,
     assert after["batches"] - before["batches"] < 128  # requests that arrived together shared a call
 
 
-def test_a_request_that_does_not_fit_the_queue_gets_503(model, images):
+def test_a_request_that_does_not_fit_the_queue_gets_503_and_decoding_keeps_to_the_budget(model, images, monkeypatch):
     from fastapi.testclient import TestClient
 
     with TestClient(create_app(model, Settings(max_batch=1, max_queue=2))) as client:
@@ -233,6 +259,9 @@ def test_a_request_that_does_not_fit_the_queue_gets_503(model, images):
         assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
         assert answer.json()["error"].startswith("overloaded: 0 image(s) already waiting, room for 2")
         assert client.post("/v1/predict", files=upload(images[:2])).status_code == 200
+        monkeypatch.setenv(limits.ENV_VAR, "1M")  # the decoded-size budget, read at each check
+        answer = client.post("/v1/predict", files=[("file", ("dense.png", png_bytes(800, 800)))])
+        assert "over the decoded-size budget of 1,048,576 bytes" in refusal(answer, 413)
 
 
 def test_images_queued_together_are_scored_in_one_call_up_to_max_batch():

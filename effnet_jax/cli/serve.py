@@ -36,7 +36,7 @@ def define_flags(fv: flags.FlagValues = FLAGS):
     d(flags.DEFINE_float, "max_wait_ms", 5.0, "How long the first waiting image waits for others to join its batch.")
     d(flags.DEFINE_integer, "max_queue", 256, "Most images waiting to be scored; a request that does not fit gets 503.")
     d(flags.DEFINE_integer, "max_files", 16, "Most files in one request (more: 413).")
-    d(flags.DEFINE_integer, "max_file_mib", 32, "Most MiB in one uploaded file (more: 413).")
+    d(flags.DEFINE_integer, "max_file_kib", 32 << 10, "Most KiB in one uploaded file (more: 413).")
     d(flags.DEFINE_integer, "max_megapixels", 50, "Most megapixels a JPEG or PNG header may declare (more: 413).")
     d(flags.DEFINE_integer, "max_connections", 1024, "Open connections beyond this get 503 from the server itself.")
 
@@ -61,7 +61,7 @@ def main(argv):
             max_wait_ms=FLAGS.max_wait_ms,
             max_queue=FLAGS.max_queue,
             max_files=FLAGS.max_files,
-            max_file_bytes=FLAGS.max_file_mib << 20,
+            max_file_bytes=FLAGS.max_file_kib << 10,
             max_pixels=FLAGS.max_megapixels * 1_000_000,
         )
         model = serving.load(FLAGS.exported)
