@@ -232,19 +232,26 @@ def test_a_calibrated_run_divides_the_logits_by_its_temperature(setup, model, tm
 
     workdir = tmp_path / "run"
     shutil.copytree(setup["workdir"], workdir)
-    uncalibrated = export_run(runs.open(str(workdir)), str(tmp_path / "plain"), platforms=("cpu",))
+    # Without the Grad-CAM function (as folders exported before it existed): they load and score alike.
+    uncalibrated = export_run(runs.open(str(workdir)), str(tmp_path / "plain"), platforms=("cpu",), gradcam=False)
     step = uncalibrated["model"]["checkpoint_step"]
     fitted = {"temperature": 2.0, "fitted_on": "validation", "step": step, "ece_before": 0.2, "ece_after": 0.1, "n": 16}
     (workdir / "calibration.json").write_text(json.dumps({**fitted, "step": step + 1}))
-    meta = export_run(runs.open(str(workdir)), str(tmp_path / "other_step"), platforms=("cpu",))
+    meta = export_run(runs.open(str(workdir)), str(tmp_path / "other_step"), platforms=("cpu",), gradcam=False)
     assert meta["temperature"] is None and "fitted at step" in meta["calibration"]  # another checkpoint's T
     (workdir / "calibration.json").write_text(json.dumps(fitted))
-    meta = export_run(runs.open(str(workdir)), str(tmp_path / "out"), platforms=("cpu",))
-    assert meta["temperature"] == 2.0 and meta["platforms"] == ["cpu"]
+    meta = export_run(runs.open(str(workdir)), str(tmp_path / "out"), platforms=("cpu",), gradcam=False)
+    assert meta["temperature"] == 2.0 and "gradcam" not in meta["files"] and meta["platforms"] == ["cpu"]
     # The threshold goes through the same map as the probabilities: labels do not change.
     t0 = uncalibrated["threshold"]["value"]
     assert meta["threshold"]["value"] == pytest.approx(1 / (1 + np.exp(-np.log(t0 / (1 - t0)) / 2)))
     calibrated = serving.load(str(tmp_path / "out"))
+    assert not calibrated.has_gradcam and sorted(os.listdir(tmp_path / "out")) == [
+        "SHA256SUMS",
+        "model.json",
+        "model.stablehlo",
+        "weights.npz",
+    ]
     inputs = np.stack([model.prepare_file(setup["images"][0])])
     p = float(model.run(inputs)[0])
     expected = 1 / (1 + np.exp(-np.log(p / (1 - p)) / 2))  # softmax of z / 2 = sigmoid((z1 - z0) / 2)

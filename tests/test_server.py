@@ -160,6 +160,18 @@ def test_the_export_holds_a_gradcam_function_equal_to_effnet_predicts(exported, 
     np.testing.assert_allclose(maps, np.asarray(expected), rtol=0, atol=1e-5)
 
 
+def test_a_truncated_gradcam_function_is_refused_at_load_in_one_line(exported, tmp_path):
+    import shutil
+
+    folder = tmp_path / "copy"
+    shutil.copytree(exported, folder)
+    blob = (folder / bundle.GRADCAM_FILE).read_bytes()
+    (folder / bundle.GRADCAM_FILE).write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(serving.ExportedModelError) as info:
+        serving.load(str(folder))
+    assert str(info.value).startswith(f"{folder}/{bundle.GRADCAM_FILE}: does not match {folder}/model.json")
+
+
 def test_the_page_asks_for_and_gets_gradcam_overlays(url, images):
     answer = post(url, upload(images[:1]), params={"gradcam": "true"})
     overlay = answer.json()["records"][0]["gradcam"]

@@ -128,8 +128,12 @@ def export_run(
     threshold: float | str | None = None,
     platforms=DEFAULT_PLATFORMS,
     use_ema: bool = True,
+    gradcam: bool = True,
 ) -> dict:
-    """Exports the run's checkpoint into ``out_dir``; returns what model.json records."""
+    """Exports the run's checkpoint into ``out_dir``; returns what model.json records.
+
+    ``gradcam=False`` leaves out the Grad-CAM function (a folder that scores but draws no maps).
+    """
     _prepare_out_dir(out_dir)
     # Two stages (lowering for every platform is the long one, then writing the files).
     stages = Progress(2, f"export {run.workdir}", unit="stage", logger=logging.getLogger("effnet_jax.inference"))
@@ -154,8 +158,9 @@ def export_run(
         jax.ShapeDtypeStruct((batch, size, size), jnp.uint8),
     )
     exported = jax_export.export(jax.jit(fn), platforms=tuple(platforms))(*args)
-    gradcam_fn = make_gradcam_fn(model, treedef, mean, std)
-    gradcam = bytes(jax_export.export(jax.jit(gradcam_fn), platforms=tuple(platforms))(*args).serialize())
+    if gradcam:
+        gradcam_fn = make_gradcam_fn(model, treedef, mean, std)
+        gradcam = bytes(jax_export.export(jax.jit(gradcam_fn), platforms=tuple(platforms))(*args).serialize())
     stages.update()
     function = bytes(exported.serialize())
     buffer = io.BytesIO()
@@ -224,29 +229,27 @@ def export_run(
         "files": {
             "function": {"name": bundle.FUNCTION_FILE, "bytes": len(function), "sha256": bundle.sha256(function)},
             "weights": {"name": bundle.WEIGHTS_FILE, "bytes": len(weights), "sha256": bundle.sha256(weights)},
-            # Same arguments as the function; returns the guided Grad-CAM map per image (B, S, S) in [0, 1].
-            "gradcam": {"name": bundle.GRADCAM_FILE, "bytes": len(gradcam), "sha256": bundle.sha256(gradcam)},
         },
     }
+    if gradcam:  # same arguments as the function; returns the guided Grad-CAM map per image (B, S, S) in [0, 1]
+        meta["files"]["gradcam"] = {
+            "name": bundle.GRADCAM_FILE,
+            "bytes": len(gradcam),
+            "sha256": bundle.sha256(gradcam),
+        }
     # model.json last (and the old one gone first): a folder holding it holds the files it describes.
     if os.path.exists(os.path.join(out_dir, bundle.MODEL_JSON)):
         os.remove(os.path.join(out_dir, bundle.MODEL_JSON))
-    for name, blob in (
-        (bundle.FUNCTION_FILE, function),
-        (bundle.WEIGHTS_FILE, weights),
-        (bundle.GRADCAM_FILE, gradcam),
-    ):
+    blobs = {bundle.FUNCTION_FILE: function, bundle.WEIGHTS_FILE: weights}
+    if gradcam:
+        blobs[bundle.GRADCAM_FILE] = gradcam
+    elif os.path.exists(os.path.join(out_dir, bundle.GRADCAM_FILE)):  # an earlier export's, not this model's
+        os.remove(os.path.join(out_dir, bundle.GRADCAM_FILE))
+    for name, blob in blobs.items():
         with open(os.path.join(out_dir, name), "wb") as f:
             f.write(blob)
     text = json.dumps(meta, indent=2) + "\n"
-    sums = bundle.sums_text(
-        {
-            bundle.MODEL_JSON: text.encode(),
-            bundle.FUNCTION_FILE: function,
-            bundle.WEIGHTS_FILE: weights,
-            bundle.GRADCAM_FILE: gradcam,
-        }
-    )
+    sums = bundle.sums_text({bundle.MODEL_JSON: text.encode(), **blobs})
     with open(os.path.join(out_dir, bundle.SUMS_FILE), "w") as f:
         f.write(sums)
     with open(os.path.join(out_dir, bundle.MODEL_JSON), "w") as f:
