@@ -131,6 +131,11 @@ def main(argv):
         f"\n{report.split} split, step {report.step}, {report.num_examples} images, "
         f"class counts {report.class_counts}{synthetic}"
     )
+    if len(report.class_names) > 2:
+        # More than two classes: no threshold; the table is per class, one vs rest.
+        print(f"probabilities: {report.calibration}\n\n{report.table}")
+        print(f"\nWrote {report.out_dir}/ ({', '.join(sorted(report.files.values()))})")
+        return 0
     print(f"operating threshold {report.operating_threshold:.4f}: {report.operating_threshold_rule}")
     print(f"threshold chosen by {report.threshold_source}: {report.validation_threshold:.4f}")
     print(f"probabilities: {report.calibration}")

@@ -32,13 +32,19 @@ from effnet_jax.output_files import open_output
 PERTURBATION = "head_features"
 
 
-def default_class_index(num_classes: int) -> int:
-    """The logit that speaks for PNEUMONIA: the only one of a sigmoid head, class 1 of a softmax head."""
+PREDICTED = "predicted"  # class_index: each image's most probable class
+
+
+def default_class_index(num_classes: int) -> int | str:
+    """The logit that speaks for PNEUMONIA: the only one of a sigmoid head, class 1 of a softmax head.
+
+    Past two classes there is no positive class: each image's most probable class (``PREDICTED``).
+    """
     if num_classes == 1:
         return 0
     if num_classes == 2:
         return 1
-    raise ValueError(f"Grad-CAM needs an explicit class_index for a model with {num_classes} classes.")
+    return PREDICTED
 
 
 def make_gradcam(model, class_index: int | None = None) -> Callable[[dict, jax.Array], dict[str, jax.Array]]:
@@ -66,6 +72,9 @@ def make_gradcam(model, class_index: int | None = None) -> Callable[[dict, jax.A
         def target_logit(perturbation, pixels):
             logits = model.apply({**variables, "perturbations": {PERTURBATION: perturbation}}, pixels, train=False)
             # Summing over the batch keeps examples independent: each logit only depends on its own map.
+            if index == PREDICTED:
+                chosen = jax.lax.stop_gradient(jnp.argmax(logits, axis=-1))
+                return jnp.take_along_axis(logits, chosen[:, None], axis=-1).sum(), logits
             return logits[:, index].sum(), logits
 
         (grads, pixel_grads), logits = jax.grad(target_logit, argnums=(0, 1), has_aux=True)(
@@ -172,7 +181,7 @@ def panel_figure(image, heatmap, prob: float, label: str, threshold: float, name
     original.imshow(gray, cmap="gray", vmin=0.0, vmax=1.0)
     original.set_title("X-ray", fontsize=9)
     blended.imshow(overlay(image, heat, colormap=colormap))
-    blended.set_title("guided Grad-CAM for PNEUMONIA", fontsize=9)
+    blended.set_title(f"guided Grad-CAM for {label if threshold is None else 'PNEUMONIA'}", fontsize=9)
     for ax in (original, blended):
         ax.set_xticks([])
         ax.set_yticks([])
@@ -189,7 +198,10 @@ def panel_figure(image, heatmap, prob: float, label: str, threshold: float, name
         )
     fig.colorbar(ScalarMappable(Normalize(0.0, 1.0), cmap=colormap), cax=scale, label=SCALE_LABEL)
     head = f"{name}\n" if name else ""
-    fig.suptitle(f"{head}P(PNEUMONIA) = {prob:.3f} -> {label} (threshold {threshold:.3f})", fontsize=10)
+    if threshold is None:  # more than two classes: the most probable one, and its map
+        fig.suptitle(f"{head}P({label}) = {prob:.3f}, the most probable class", fontsize=10)
+    else:
+        fig.suptitle(f"{head}P(PNEUMONIA) = {prob:.3f} -> {label} (threshold {threshold:.3f})", fontsize=10)
     return fig
 
 

@@ -1,0 +1,112 @@
+"""A task of three classes from a folder of class folders, end to end (issue #33).
+
+One tiny run (two steps, 32 px) on a 3-class folder of PNGs made here; its evaluation,
+effnet-predict, effnet-export and the exported model each give one probability per class,
+named by the folder's classes.
+"""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from helpers import session_compilation_cache, tiny_config
+from PIL import Image
+
+from effnet_jax import runs, serving
+from effnet_jax.data import folders, pipeline
+from effnet_jax.inference.evaluation import evaluate_checkpoint
+from effnet_jax.inference.export import export_run
+from effnet_jax.inference.prediction import Predictor
+from effnet_jax.inference.prediction_output import PredictionWriter
+from effnet_jax.train import loop
+
+CLASSES = ("CAT", "DOG", "EMU")
+
+
+def make_folder(root, per_split=(("train", 8), ("test", 3))):
+    """PNGs of 24 x 24 grey levels whose brightness tells the class apart."""
+    rng = np.random.default_rng(0)
+    for split, n in per_split:
+        for k, cls in enumerate(CLASSES):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n):
+                pixels = (rng.integers(0, 60, (24, 24)) + 80 * k).astype(np.uint8)
+                Image.fromarray(pixels).save(root / split / cls / f"p{i}_{split}_{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def three_class_run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("nclass")
+    data = make_folder(base / "data")
+    config = tiny_config(
+        **{
+            "data.name": "folder",
+            "data.manual_dir": str(data),
+            "data.data_dir": str(base / "tfds"),
+            "num_train_steps": 2,
+            "eval_every_steps": 2,
+            "checkpoint_every_steps": 2,
+            "num_devices": 1,
+        }
+    )
+    workdir = str(base / "run")
+    with session_compilation_cache(tmp_path_factory):
+        loop.train_and_evaluate(config, workdir)
+    return {"workdir": workdir, "data": data, "base": base}
+
+
+def test_folder_classes_are_the_sorted_class_folders_or_the_rules_classes(tmp_path):
+    data = make_folder(tmp_path / "d", per_split=(("train", 1),))
+    assert folders.class_names({"manual_dir": str(data)}) == CLASSES
+    rules = (("CAT/*", "FELINE"), ("DOG/p0_*", "CANINE"), ("EMU/*", "BIRD"))
+    config = {"manual_dir": str(data), "class_from_name": rules}
+    assert folders.class_names(config) == ("BIRD", "CANINE", "FELINE")
+    layout = folders.scan(config)
+    assert sorted(c for c, _ in layout.files["train"]) == ["BIRD", "CANINE", "FELINE"]
+    (data / "train" / "bad name").mkdir()
+    with pytest.raises(ValueError, match="'bad name' is not allowed"):
+        folders.class_names({"manual_dir": str(data)})
+
+
+def test_a_three_class_run_records_its_classes_and_scores_each_one_vs_rest(three_class_run, tmp_path):
+    run = runs.open(three_class_run["workdir"])
+    assert tuple(run.config.data.class_names) == CLASSES
+    info = pipeline.split_info(run.config.data, "test")
+    assert info["class_names"] == list(CLASSES) and info["class_counts"] == [3, 3, 3]
+    report = evaluate_checkpoint(run, split="test", progress=False, out_dir=str(tmp_path))
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    found = saved["metrics"]["argmax"]
+    assert saved["class_names"] == list(CLASSES) and report.num_examples == 9
+    aucs = [found["per_class"][c]["auc"] for c in CLASSES]
+    assert all(0.0 <= a <= 1.0 for a in aucs)
+    assert found["macro"]["auc"] == pytest.approx(np.mean(aucs))
+    assert np.asarray(found["confusion_matrix"]).sum(axis=1).tolist() == [3, 3, 3]
+    with open(tmp_path / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 9 and [k for k in rows[0] if k.startswith("prob_")] == [f"prob_{c}" for c in CLASSES]
+    # The trainer's own evaluation logged the macro AUC and each class's.
+    last = [r for r in run.metrics if r.get("split") == "validation"][-1]
+    assert {"auc", "auc_CAT", "auc_DOG", "auc_EMU"} <= set(last)
+
+
+def test_predict_export_and_serving_give_one_probability_per_class(three_class_run, tmp_path):
+    images = sorted(str(p) for p in (three_class_run["data"] / "test").rglob("*.png"))[:4]
+    records = list(Predictor(three_class_run["workdir"]).predict(images))
+    for r in records:
+        assert list(r["probs"]) == list(CLASSES) and sum(r["probs"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert r["label"] == max(r["probs"], key=r["probs"].get) and "threshold" not in r
+    with PredictionWriter(str(tmp_path / "out.csv"), CLASSES) as writer:
+        for r in records:
+            writer.write(r)
+    with open(tmp_path / "out.csv", newline="") as f:
+        assert next(csv.reader(f))[:4] == ["file", "prob_CAT", "prob_DOG", "prob_EMU"]
+
+    meta = export_run(runs.open(three_class_run["workdir"]), str(tmp_path / "export"), platforms=("cpu",))
+    assert meta["class_names"] == list(CLASSES) and meta["positive_class"] is None
+    model = serving.load(str(tmp_path / "export"))
+    served = list(model.predict_files(images))
+    for mine, theirs in zip(records, served):
+        assert list(theirs["probs"]) == list(CLASSES) and theirs["label"] == mine["label"]
+        np.testing.assert_allclose(list(theirs["probs"].values()), list(mine["probs"].values()), atol=1e-4)
