@@ -14,11 +14,12 @@ from helpers import session_compilation_cache, tiny_config
 from PIL import Image
 
 from effnet_jax import runs, serving
-from effnet_jax.data import folders, pipeline
+from effnet_jax.data import folders, pipeline, splits
 from effnet_jax.inference.evaluation import evaluate_checkpoint
 from effnet_jax.inference.export import export_run
 from effnet_jax.inference.prediction import Predictor
 from effnet_jax.inference.prediction_output import PredictionWriter
+from effnet_jax.metrics import calibration, multiclass
 from effnet_jax.train import loop
 
 CLASSES = ("CAT", "DOG", "EMU")
@@ -70,6 +71,47 @@ def test_folder_classes_are_the_sorted_class_folders_or_the_rules_classes(tmp_pa
         folders.class_names({"manual_dir": str(data)})
 
 
+def test_class_metrics_are_one_vs_rest_with_macro_and_weighted_averages():
+    labels = np.array([0, 0, 1, 1, 1, 2])
+    probs = np.array(
+        [[0.7, 0.2, 0.1], [0.3, 0.6, 0.1], [0.1, 0.8, 0.1], [0.2, 0.5, 0.3], [0.5, 0.4, 0.1], [0.1, 0.1, 0.8]]
+    )
+    m = multiclass.compute_metrics(labels, probs, CLASSES)
+    assert m["confusion_matrix"] == [[1, 1, 0], [1, 2, 0], [0, 0, 1]]
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    # CAT one vs rest: P(CAT) of its two images (0.7, 0.3) against the others' four.
+    assert m["per_class"]["CAT"]["auc"] == pytest.approx(7 / 8)
+    assert m["per_class"]["DOG"]["sensitivity"] == pytest.approx(2 / 3)
+    assert m["per_class"]["DOG"]["specificity"] == pytest.approx(2 / 3)
+    assert m["per_class"]["EMU"]["auc"] == 1.0
+    aucs = [m["per_class"][c]["auc"] for c in CLASSES]
+    assert m["auc"] == m["macro"]["auc"] == pytest.approx(np.mean(aucs))
+    assert m["weighted"]["auc"] == pytest.approx(np.average(aucs, weights=[2, 3, 1]))
+    # DOG against CAT on their five images: P(DOG) / (P(CAT) + P(DOG)) ranks 5 of 6 pairs right.
+    pair = m["pairs"]["CAT_vs_DOG"]
+    assert (pair["n"], pair["auc"], pair["accuracy"]) == (5, pytest.approx(5 / 6), pytest.approx(3 / 5))
+
+
+def test_one_temperature_calibrates_every_class_and_keeps_the_most_probable():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 200)
+    logits = 5.0 * (rng.normal(size=(200, 3)) + np.eye(3)[labels])  # right often, sure always
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    fitted = calibration.fit_calibration(labels, probs, "validation", 1)
+    assert fitted.temperature > 1.0 and fitted.ece_after < fitted.ece_before
+    calibrated = calibration.calibrate_probs(probs, fitted.temperature)
+    assert (calibrated.argmax(axis=1) == probs.argmax(axis=1)).all()
+    np.testing.assert_allclose(calibrated.sum(axis=1), 1.0)
+
+
+def test_a_patient_with_images_of_two_classes_stays_on_one_side_of_the_split():
+    labels = np.array([1, 2, 1, 2, 1, 2, 0, 0, 0, 0] * 3)
+    groups = np.array([f"p{i // 2}" for i in range(30)])  # each patient: one image of two classes
+    bucket = splits.stratified_group_split(labels, groups, (0.5, 0.5), seed=3)
+    for g in np.unique(groups):
+        assert len(set(bucket[groups == g])) == 1, g
+
+
 def test_a_three_class_run_records_its_classes_and_scores_each_one_vs_rest(three_class_run, tmp_path):
     run = runs.open(three_class_run["workdir"])
     assert tuple(run.config.data.class_names) == CLASSES
@@ -83,6 +125,7 @@ def test_a_three_class_run_records_its_classes_and_scores_each_one_vs_rest(three
     assert all(0.0 <= a <= 1.0 for a in aucs)
     assert found["macro"]["auc"] == pytest.approx(np.mean(aucs))
     assert np.asarray(found["confusion_matrix"]).sum(axis=1).tolist() == [3, 3, 3]
+    assert set(found["pairs"]) == {"CAT_vs_DOG", "CAT_vs_EMU", "DOG_vs_EMU"}
     with open(tmp_path / "predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 9 and [k for k in rows[0] if k.startswith("prob_")] == [f"prob_{c}" for c in CLASSES]

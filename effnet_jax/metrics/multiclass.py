@@ -19,6 +19,8 @@ from effnet_jax.metrics.calibration import top_label_ece
 
 # Per-class metrics, in the order tables show them; each also comes as a macro and a weighted average.
 PER_CLASS = ("auc", "sensitivity", "specificity", "precision", "f1")
+# Pairs of classes scored against each other (``pair_metrics``) up to this many classes.
+MAX_PAIRED_CLASSES = 10
 
 
 def check_inputs(labels, probs, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -86,9 +88,36 @@ def compute_metrics(labels, probs, class_names) -> dict[str, Any]:
         else math.nan
     )
     out["per_class"] = per_class
+    if len(names) <= MAX_PAIRED_CLASSES:
+        out["pairs"] = {
+            f"{names[a]}_vs_{names[b]}": pair_metrics(labels, probs, a, b)
+            for a in range(len(names))
+            for b in range(a + 1, len(names))
+        }
     out["class_names"] = names
     out["confusion_matrix"] = cm.astype(int).tolist()
     return out
+
+
+def pair_metrics(labels, probs, first: int, second: int) -> dict[str, Any]:
+    """Class ``second`` against class ``first`` on their images alone (bacterial vs viral pneumonia, say).
+
+    The score is P(second) / (P(first) + P(second)); the label the more probable of the two.
+    ``sensitivity`` is the recall of ``second``, ``specificity`` the recall of ``first``.
+    """
+    keep = (labels == first) | (labels == second)
+    y = (labels[keep] == second).astype(np.int64)
+    p = probs[keep][:, [first, second]]
+    score = p[:, 1] / np.maximum(p.sum(axis=1), np.finfo(np.float64).tiny)
+    called = p[:, 1] > p[:, 0]
+    both = 0 < y.sum() < y.size
+    return {
+        "n": int(y.size),
+        "auc": float(skm.roc_auc_score(y, score)) if both else math.nan,
+        "accuracy": float(np.mean(called == y)) if y.size else math.nan,
+        "sensitivity": float(np.mean(called[y == 1])) if y.sum() else math.nan,
+        "specificity": float(np.mean(~called[y == 0])) if y.size - y.sum() else math.nan,
+    }
 
 
 def _average(per_class: dict, metric: str, weighted: bool) -> float:
