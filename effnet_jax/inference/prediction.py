@@ -165,7 +165,7 @@ class Predictor:
         self.data = run.training_data or str(data.get("name", ""))
         if len(self.class_names) > 2:
             # No positive class: the label is the most probable class, no threshold.
-            self.threshold, self.threshold_source = None, "none (the most probable of more than two classes)"
+            self.threshold, self.threshold_source = None, "the most probable of more than two classes"
         else:
             self.threshold, self.threshold_source = resolve_threshold(run, threshold)
         if self.threshold_source != "flag" and self.threshold is not None:

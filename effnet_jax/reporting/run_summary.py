@@ -114,6 +114,7 @@ def evaluation_rows(run: Run) -> list[RunRow]:
             ("threshold_0.5", "t=0.5"),
             ("threshold_training_prior", "t=train prior"),
             ("threshold_validation_youden", "t=val. Youden"),
+            ("argmax", "most probable class, macro averages"),  # more than two classes
         ):
             m = report["metrics"].get(key)
             if m is None:
@@ -129,8 +130,9 @@ def evaluation_rows(run: Run) -> list[RunRow]:
                     recipe=describe_recipe(config),
                     split=report["split"],
                     step=int(report["step"]),
-                    threshold=float(m["threshold"]),
-                    metrics={k: m.get(k) for k in METRICS},
+                    threshold=float(m.get("threshold", math.nan)),
+                    # Past two classes recall is each class's sensitivity, macro averaged.
+                    metrics={k: m.get(k, m.get("sensitivity") if k == "recall" else None) for k in METRICS},
                     wall_seconds=report.get("seconds"),
                     machine="",
                     data=data,
@@ -169,7 +171,7 @@ def to_markdown(rows: list[RunRow]) -> str:
             r.data,
             f"{r.variant}, {r.image_size}",
             r.recipe,
-            f"{r.split}, {r.step}, {r.threshold:.3f}",
+            f"{r.split}, {r.step}, " + ("argmax" if math.isnan(r.threshold) else f"{r.threshold:.3f}"),
             *(_fmt_ci(r.metrics.get(k), r.intervals.get(k)) for k in METRICS),
             _fmt_wall(r.wall_seconds),
             r.machine,
