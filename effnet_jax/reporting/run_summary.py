@@ -18,6 +18,7 @@ import os
 from typing import Any
 
 from effnet_jax.labels import METRIC_NAMES as METRICS
+from effnet_jax.labels import class_names
 from effnet_jax.runs import Run
 
 
@@ -95,8 +96,9 @@ def training_row(run: Run) -> RunRow:
         recipe=describe_recipe(config),
         split="validation",
         step=int(last["step"]),
-        threshold=float(last.get("threshold", 0.5)),
-        metrics={k: last.get(k) for k in METRICS},
+        # The trainer scores two classes at 0.5; more by their most probable class (no threshold).
+        threshold=float(last.get("threshold", 0.5 if len(class_names(config.get("data", {}))) == 2 else math.nan)),
+        metrics=_shown(last),
         wall_seconds=wall,
         machine=runs[-1].get("machine", "") if runs else "",
         data=_data(run, config),
@@ -131,8 +133,7 @@ def evaluation_rows(run: Run) -> list[RunRow]:
                     split=report["split"],
                     step=int(report["step"]),
                     threshold=float(m.get("threshold", math.nan)),
-                    # Past two classes recall is each class's sensitivity, macro averaged.
-                    metrics={k: m.get(k, m.get("sensitivity") if k == "recall" else None) for k in METRICS},
+                    metrics=_shown(m),
                     wall_seconds=report.get("seconds"),
                     machine="",
                     data=data,
@@ -140,6 +141,11 @@ def evaluation_rows(run: Run) -> list[RunRow]:
                 )
             )
     return rows
+
+
+def _shown(metrics: dict) -> dict:
+    # Past two classes recall is each class's sensitivity, macro averaged.
+    return {k: metrics.get(k, metrics.get("sensitivity") if k == "recall" else None) for k in METRICS}
 
 
 def _fmt(value, digits=3) -> str:
