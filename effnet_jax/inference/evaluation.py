@@ -165,12 +165,8 @@ def output_dir(run: Run, split: str, tta: tta_lib.TTAConfig) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class EvalReport:
-    """What ``evaluate_checkpoint`` found: metrics.json's fields (``to_json``), its folder and a printable table.
-
-    The threshold fields are on the uncalibrated probabilities; each ``metrics`` entry holds
-    the threshold mapped through the temperature, as applied to the reported probabilities.
-    """
+class _ReportHead:
+    """The fields every metrics.json starts with: which run, checkpoint, split and model."""
 
     workdir: str
     checkpoint: str | int
@@ -186,6 +182,20 @@ class EvalReport:
     image_size: int
     tta: str
     ema: bool
+
+    def to_json(self) -> dict:
+        """metrics.json's content, in its order."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("json", True)}
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalReport(_ReportHead):
+    """What ``evaluate_checkpoint`` found: metrics.json's fields (``to_json``), its folder and a printable table.
+
+    The threshold fields are on the uncalibrated probabilities; each ``metrics`` entry holds
+    the threshold mapped through the temperature, as applied to the reported probabilities.
+    """
+
     validation_threshold: float
     threshold_source: str
     training_prior_threshold: float
@@ -201,9 +211,38 @@ class EvalReport:
     out_dir: str = dataclasses.field(default="", metadata={"json": False})
     table: str = dataclasses.field(default="", metadata={"json": False})
 
-    def to_json(self) -> dict:
-        """metrics.json's content, in its order."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("json", True)}
+
+def _pass(run: Run, split, tta_config, batch_size, use_ema: bool, progress: bool):
+    """``(model, variables, predict_split's keyword arguments, split, why that split, its split_info)``."""
+    config, model, variables = run.config, run.model(), run.variables(use_ema)
+    image_size, mean, std = run.input_spec
+    batch_size = int(batch_size or config.get("eval_batch_size") or config.get("batch_size") or 32)
+    args = dict(image_size=image_size, mean=mean, std=std, batch_size=batch_size, tta=tta_config, progress=progress)
+    default_because = None
+    if split is None:
+        split, default_because = held_out_split(config.data)
+    return model, variables, args, split, default_because, split_info(config.data, split)
+
+
+def _head(run: Run, split, default_because, info: dict, result, class_names, tta_config, use_ema) -> dict:
+    """The ``_ReportHead`` fields of a report on ``split``."""
+    config = run.config
+    return dict(
+        workdir=run.workdir,
+        checkpoint=run.checkpoint if isinstance(run.checkpoint, str) else int(run.checkpoint),
+        step=run.step,
+        split=split,
+        split_default=default_because,
+        data=config.data.get("name"),
+        synthetic=bool(info.get("synthetic")),
+        num_examples=int(result.labels.size),
+        class_counts=info.get("class_counts"),
+        class_names=class_names,
+        model=config.model.name,
+        image_size=run.input_spec[0],
+        tta=tta_config.spec(),
+        ema=use_ema and config.get("ema_decay", 0) > 0,
+    )
 
 
 def held_out_split(data_config) -> tuple[str, str]:
@@ -256,14 +295,8 @@ def evaluate_checkpoint(
     tta_config = tta_lib.parse_tta(tta)
     if len(task_class_names(run.config.data)) > 2:
         return evaluate_classes(run, split, tta_config, batch_size, use_ema, progress, out_dir, calibrate)
-    config, model, variables, step = run.config, run.model(), run.variables(use_ema), run.step
-    image_size, mean, std = run.input_spec
-    batch_size = int(batch_size or config.get("eval_batch_size") or config.get("batch_size") or 32)
-    args = dict(image_size=image_size, mean=mean, std=std, batch_size=batch_size, tta=tta_config, progress=progress)
-    default_because = None
-    if split is None:
-        split, default_because = held_out_split(config.data)
-    info = split_info(config.data, split)
+    config, step = run.config, run.step
+    model, variables, args, split, default_because, info = _pass(run, split, tta_config, batch_size, use_ema, progress)
 
     result = predict_split(model, variables, config.data, split, **args)
     if split == VALIDATION:
@@ -354,20 +387,7 @@ def evaluate_checkpoint(
         ),
     }
     report = EvalReport(
-        workdir=run.workdir,
-        checkpoint=run.checkpoint if isinstance(run.checkpoint, str) else int(run.checkpoint),
-        step=step,
-        split=split,
-        split_default=default_because,
-        data=config.data.get("name"),
-        synthetic=synthetic,
-        num_examples=int(result.labels.size),
-        class_counts=info.get("class_counts"),
-        class_names=class_names,
-        model=config.model.name,
-        image_size=image_size,
-        tta=tta_config.spec(),
-        ema=use_ema and config.get("ema_decay", 0) > 0,
+        **_head(run, split, default_because, info, result, class_names, tta_config, use_ema),
         validation_threshold=threshold,
         threshold_source=threshold_source,
         training_prior_threshold=prior,
@@ -397,23 +417,9 @@ def evaluate_checkpoint(
 
 
 @dataclasses.dataclass(frozen=True)
-class ClassesReport:
+class ClassesReport(_ReportHead):
     """What ``evaluate_classes`` found for a task of more than two classes: metrics.json's fields and a table."""
 
-    workdir: str
-    checkpoint: str | int
-    step: int
-    split: str
-    split_default: str | None
-    data: str | None
-    synthetic: bool
-    num_examples: int
-    class_counts: Any
-    class_names: list
-    model: str
-    image_size: int
-    tta: str
-    ema: bool
     temperature: float
     calibration: str
     uncalibrated: dict  # top-label ece and log loss of the uncalibrated probabilities
@@ -423,9 +429,6 @@ class ClassesReport:
     files: dict
     out_dir: str = dataclasses.field(default="", metadata={"json": False})
     table: str = dataclasses.field(default="", metadata={"json": False})
-
-    def to_json(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("json", True)}
 
 
 def evaluate_classes(
@@ -439,14 +442,8 @@ def evaluate_classes(
     calibrate: str | None = None,
 ) -> ClassesReport:
     """``evaluate_checkpoint`` for more than two classes: metrics of the most probable class, per-class ROC plots."""
-    config, model, variables, step = run.config, run.model(), run.variables(use_ema), run.step
-    image_size, mean, std = run.input_spec
-    batch_size = int(batch_size or config.get("eval_batch_size") or config.get("batch_size") or 32)
-    args = dict(image_size=image_size, mean=mean, std=std, batch_size=batch_size, tta=tta_config, progress=progress)
-    default_because = None
-    if split is None:
-        split, default_because = held_out_split(config.data)
-    info = split_info(config.data, split)
+    config, step = run.config, run.step
+    model, variables, args, split, default_because, info = _pass(run, split, tta_config, batch_size, use_ema, progress)
     names = list(task_class_names(config.data))
     result = predict_split(model, variables, config.data, split, **args)
     seconds = result.seconds
@@ -479,20 +476,7 @@ def evaluate_classes(
         ),
     }
     report = ClassesReport(
-        workdir=run.workdir,
-        checkpoint=run.checkpoint if isinstance(run.checkpoint, str) else int(run.checkpoint),
-        step=step,
-        split=split,
-        split_default=default_because,
-        data=config.data.get("name"),
-        synthetic=bool(info.get("synthetic")),
-        num_examples=int(result.labels.size),
-        class_counts=info.get("class_counts"),
-        class_names=names,
-        model=config.model.name,
-        image_size=image_size,
-        tta=tta_config.spec(),
-        ema=use_ema and config.get("ema_decay", 0) > 0,
+        **_head(run, split, default_because, info, result, names, tta_config, use_ema),
         temperature=temperature,
         calibration=calibration_note,
         uncalibrated={"ece": raw["ece"], "log_loss": raw["log_loss"]},
