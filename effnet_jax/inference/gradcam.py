@@ -47,14 +47,15 @@ def default_class_index(num_classes: int) -> int | str:
     return PREDICTED
 
 
-def make_gradcam(model, class_index: int | None = None) -> Callable[[dict, jax.Array], dict[str, jax.Array]]:
+def make_gradcam(model, class_index: int | str | None = None) -> Callable[[dict, jax.Array], dict[str, jax.Array]]:
     """Returns a jitted ``fn(variables, images) -> {'cam', 'heatmap', 'logits'}``.
 
     ``cam`` is the raw Grad-CAM map at the head's resolution ``(B, h, w)``; ``heatmap`` is
     that map bilinearly upsampled to the input size ``(B, H, W)``, sharpened by the input
     gradient (below) and scaled to [0, 1] per image (all zeros when nothing supports the
     class); ``logits`` are the model's outputs on ``images``. ``class_index`` defaults to
-    the PNEUMONIA logit.
+    the PNEUMONIA logit (past two classes, ``PREDICTED``: each image's most probable class);
+    any class's index maps that class.
 
     The head sees the image at 1/32 of its size (4 x 4 cells at 128 px), too coarse to
     point at a lung zone. As Guided Grad-CAM does, the upsampled map is multiplied by
