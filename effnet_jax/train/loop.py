@@ -557,7 +557,7 @@ def describe_machine(par: Parallel) -> str:
 
 
 def _short(metrics: dict) -> str:
-    keys = ("loss", "accuracy", "auc", "precision", "recall", "specificity", "f1")
+    keys = ("loss", "accuracy", "auc", "precision", "recall", "sensitivity", "specificity", "f1")
     return ", ".join(f"{k}={metrics[k]:.4f}" for k in keys if k in metrics)
 
 
