@@ -7,6 +7,7 @@ named by the folder's classes.
 
 import csv
 import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -153,3 +154,16 @@ def test_predict_export_and_serving_give_one_probability_per_class(three_class_r
     for mine, theirs in zip(records, served):
         assert list(theirs["probs"]) == list(CLASSES) and theirs["label"] == mine["label"]
         np.testing.assert_allclose(list(theirs["probs"].values()), list(mine["probs"].values()), atol=1e-4)
+
+    # effnet-serve's API answers with the same records (and the model's class names, no threshold).
+    from fastapi.testclient import TestClient
+
+    from effnet_jax.server import Settings, create_app
+
+    with TestClient(create_app(model, Settings(max_batch=4))) as client:
+        files = [("file", (p.rsplit("/", 1)[-1], pathlib.Path(p).read_bytes(), "image/png")) for p in images]
+        body = client.post("/v1/predict", files=files).json()
+    assert body["model"]["class_names"] == list(CLASSES) and body["model"]["threshold"] is None
+    for mine, theirs in zip(served, body["records"]):
+        assert theirs["label"] == mine["label"]
+        np.testing.assert_allclose(list(theirs["probs"].values()), list(mine["probs"].values()), atol=1e-6)
