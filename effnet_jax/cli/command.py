@@ -65,6 +65,18 @@ def define_run_flags(fv: flags.FlagValues = FLAGS) -> None:
     )
 
 
+def parse_flags_in_one_line(command: str, argv: list[str]) -> list[str]:
+    """Parses ``argv`` into FLAGS; a bad flag or ``--config.KEY`` exits 2 with one line naming it."""
+    try:
+        return FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+        message = " ".join(str(e).replace("\\n", "\n").replace("\\", "").replace("'", "").split()).strip('"')
+        if isinstance(e, (AttributeError, KeyError)):
+            message = f"unknown config key {message} (the schema, effnet_jax/train/config.py, lists every key)"
+        print(f"{command}: bad flag: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
 def run_command(doc: str, define_flags, main) -> None:
     """A console script's entry point: --help from the command's own flags, else absl's app.run(main)."""
     exit_with_help_if_asked(sys.argv, doc, define_flags)
