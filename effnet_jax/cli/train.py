@@ -23,7 +23,7 @@ from absl import app, flags
 
 from effnet_jax.cli.command import define_config_flag, run_config_command
 from effnet_jax.cli.errors import EXIT_PREEMPTED, exit_in_one_line
-from effnet_jax.cli.logs import show_our_logs
+from effnet_jax.cli.logs import only_warnings_from_this_process, show_our_logs
 
 FLAGS = flags.FLAGS
 
@@ -66,7 +66,6 @@ def main(argv):
     # Import after flag parsing: JAX reads XLA_FLAGS and platform flags when first imported.
     from effnet_jax.compilation_cache import setup_compilation_cache
     from effnet_jax.experiment import run_experiment
-    from effnet_jax.runs import layout
     from effnet_jax.train import distributed
     from effnet_jax.train.loop import NonFiniteLossError
     from effnet_jax.train.preemption import Preempted
@@ -100,7 +99,7 @@ def main(argv):
         print(f"effnet-train: bad flag: {e}", file=sys.stderr)
         sys.exit(2)
     if started and not distributed.is_main_process():
-        _only_warnings_here()
+        only_warnings_from_this_process()
     try:
         outcome = run_experiment(FLAGS.config, FLAGS.workdir)
     except NonFiniteLossError as e:
@@ -111,44 +110,12 @@ def main(argv):
         sys.exit(EXIT_PREEMPTED)
     except Exception as e:  # one line for known causes; a bug keeps its traceback
         exit_in_one_line("effnet-train", e)
-    if not outcome.finished:
-        print(
-            f"effnet-train: members in {layout.Layout(FLAGS.workdir).members}/ stopped before their last step; "
-            "no soup yet: run the same command to finish them",
-            file=sys.stderr,
-        )
-        return
-    if not distributed.is_main_process():
+    if outcome.finished and not distributed.is_main_process():
         return
     for warning in outcome.warnings:
         print(f"effnet-train: warning: {warning}", file=sys.stderr)
-    c = outcome.calibration
-    if c is not None:
-        print(
-            f"effnet-train: temperature {c.temperature:.4f} fitted on {c.fitted_on} at step {c.step} "
-            f"(ECE {c.ece_before:.4f} -> {c.ece_after:.4f}): {outcome.calibration_path}"
-        )
-    soup = outcome.soup
-    made = (
-        f"{'seed ensemble' if soup.get('combine') == 'logits' else 'soup'} of {len(soup['members'])} seeds at "
-        f"step {soup['step']} (members in {layout.MEMBERS}/, {layout.SOUP}); "
-        if soup
-        else ""
-    )
-    names = f"{layout.CHECKPOINTS}/, {layout.METRICS}, {layout.TENSORBOARD}/, {layout.MODEL_CARD}"
-    print(f"effnet-train: outputs in {FLAGS.workdir} ({made}{names})")
-
-
-def _only_warnings_here():
-    # Process 0 tells the story; the others speak up only for warnings, tagged with who they are.
-    import jax
-
-    ours = std_logging.getLogger("effnet_jax")
-    ours.setLevel(std_logging.WARNING)
-    for handler in ours.handlers:
-        handler.setFormatter(
-            std_logging.Formatter(f"%(asctime)s [process {jax.process_index()}] %(name)s: %(message)s", "%H:%M:%S")
-        )
+    for line in outcome.summary():
+        print(f"effnet-train: {line}", file=sys.stdout if outcome.finished else sys.stderr)
 
 
 def run():
