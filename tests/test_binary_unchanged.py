@@ -27,8 +27,9 @@ def _same(a, b, where):
         for i, (x, y) in enumerate(zip(a, b)):
             _same(x, y, f"{where}[{i}]")
     elif isinstance(a, float):
-        # Same code path, same run: equal up to the last digits a compiler may reorder.
-        assert math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12), f"{where}: {a} != {b}"
+        # The golden file was made on another machine: the run's six training steps and its
+        # forward pass may differ there in the last float digits, never by a changed code path.
+        assert math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-5), f"{where}: {a} != {b}"
     else:
         assert a == b, f"{where}: {a!r} != {b!r}"
 
@@ -46,5 +47,7 @@ def test_binary_evaluation_gives_the_numbers_of_the_code_before_n_classes(straig
     for key in [k for k in golden if k not in ("made_by", "predictions")]:
         _same(golden[key], now[key], key)
     with open(tmp_path / "predictions.csv", newline="") as f:
-        rows = [[int(r["index"]), int(r["label"]), r["prob_pneumonia"]] for r in csv.DictReader(f)]
-    assert rows == golden["predictions"]
+        rows = [[int(r["index"]), int(r["label"]), float(r["prob_pneumonia"])] for r in csv.DictReader(f)]
+    assert [r[:2] for r in rows] == [g[:2] for g in golden["predictions"]]
+    for (index, _, prob), (_, _, before) in zip(rows, golden["predictions"]):
+        assert math.isclose(prob, float(before), rel_tol=1e-6, abs_tol=1e-6), f"image {index}: {prob} != {before}"
