@@ -24,6 +24,7 @@ EXPECTED = {
     "effnet-soup": {"workdir", "members", "checkpoint", "combine"},
     "effnet-serve": {"exported", "host", "port", "max_batch", "max_wait_ms", "max_files"},
     "effnet-sweep": {"config", "workdir", "sweep"},
+    "effnet-adapt": {"workdir", "checkpoint", "images", "out", "max_images", "batch_size", "mix"},
 }
 
 

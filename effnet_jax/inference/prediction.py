@@ -52,6 +52,13 @@ class Preprocessor:
     center_crop: float = 1.0
     max_size: int = 512  # the data set's storage size: decode as the pipeline's stored copy would be
 
+    @classmethod
+    def for_run(cls, run: Run) -> Preprocessor:
+        """The run's own: its image size and normalisation (run record), centre crop and storage size (config)."""
+        size, mean, std = run.input_spec
+        data = run.config.data
+        return cls(size, mean, std, float(data.get("center_crop", 1.0) or 1.0), int(data.get("max_size", 512) or 512))
+
     def __call__(self, item: ImageInput, name: str | None = None):
         """``item``: a file path, a uint8 array (H x W or H x W x 3) or a PIL image; ``name`` labels errors."""
         if isinstance(item, (str, os.PathLike)):
@@ -155,11 +162,8 @@ class Predictor:
             run = runs.open(run)  # a workdir, at its best checkpoint: Predictor("runs/debug")
         self.run = run
         self.config, self.model, self.variables, self.step = run.config, run.model(), run.variables(use_ema), run.step
-        size, mean, std = run.input_spec
         data = self.config.data
-        self.preprocess = Preprocessor(
-            size, mean, std, float(data.get("center_crop", 1.0) or 1.0), int(data.get("max_size", 512) or 512)
-        )
+        self.preprocess = Preprocessor.for_run(run)
         self.temperature, self.calibration = run.temperature()
         self.class_names = class_names(data)
         self.data = run.training_data or str(data.get("name", ""))

@@ -9,6 +9,7 @@
       calibration.json      the temperature fitted at one checkpoint (effnet-eval --calibrate)
       soup.json             a soup's or seed ensemble's record of its members
       members/seed_<S>/     a soup's member runs, each a run directory of its own
+      adapted.json          effnet-adapt's record: the source run and the unlabeled images it adapted to
       eval/<split>_<step>/  effnet-eval's reports (metrics.json, plots, predictions.csv)
       MODEL_CARD.md         the model card, rewritten from the files above
       .lock                 held by the one trainer writing the run
@@ -32,6 +33,7 @@ CHECKPOINTS = "checkpoints"
 CALIBRATION = "calibration.json"
 SOUP = "soup.json"
 MEMBERS = "members"
+ADAPTED = "adapted.json"
 EVAL = "eval"
 EVAL_REPORT = "metrics.json"
 MODEL_CARD = "MODEL_CARD.md"
@@ -84,6 +86,10 @@ class Layout:
     @property
     def members(self) -> str:
         return _join(absolute(self.root), MEMBERS)
+
+    @property
+    def adapted(self) -> str:
+        return _join(self.root, ADAPTED)
 
     def member(self, seed: int) -> str:
         """``WORKDIR/members/seed_<S>``: a soup member's own run directory (absolute)."""

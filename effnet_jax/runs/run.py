@@ -46,6 +46,7 @@ class Run:
     calibration: Calibration | None
     metrics: tuple[dict, ...]  # the records of metrics.jsonl, in order
     soup: dict | None  # soup.json: a soup's or seed ensemble's members
+    adapted: dict | None = None  # adapted.json: effnet-adapt's record of the run it came from
     _state: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     # -- the checkpoint's arrays, read once on first use ---------------------------------------
@@ -173,4 +174,5 @@ def open(workdir: str, checkpoint: str | int | None = "best") -> Run:
         calibration=calibration,
         metrics=tuple(read_metrics(workdir)),
         soup=_read_optional_json(layout.soup),
+        adapted=_read_optional_json(layout.adapted),
     )
