@@ -19,6 +19,7 @@ from effnet_jax.inference.batchnorm_stats import adapt_batch_stats
 from effnet_jax.inference.evaluation import evaluate_checkpoint
 from effnet_jax.inference.prediction import Predictor, Preprocessor
 from effnet_jax.inference.thresholds import operating_threshold
+from effnet_jax.reporting import model_card
 from effnet_jax.runs import checkpoints as checkpoint_lib
 from effnet_jax.runs.layout import Layout
 from effnet_jax.train import soup as soup_lib
@@ -149,6 +150,8 @@ def test_the_file_list_hash_names_the_images_wherever_the_folder_is(adapted, sit
     assert again.files[0] == "NORMAL/scan_1.png" and len(again.files) == 9
     assert new.adapted["source"] == source.workdir and new.adapted["mix"] == 1.0
     assert [r["split"] for r in new.metrics][-1] == "adapt"
+    card = model_card.render_model_card(new)
+    assert "effnet-adapt on 9 unlabeled images" in card and record["files_sha256"][:12] in card
 
 
 def test_eval_and_predict_read_the_new_run_and_keep_the_sources_threshold(adapted, site, tmp_path):

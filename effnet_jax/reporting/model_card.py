@@ -95,6 +95,18 @@ def _model_section(config: dict, run: dict | None) -> list[str]:
     return lines
 
 
+def _adapted_lines(adapted: dict | None) -> list[str]:
+    """What effnet-adapt changed (adapted.json), when it made this run."""
+    if not isinstance(adapted, dict):
+        return []
+    return [
+        f"- BatchNorm statistics re-estimated by effnet-adapt on {adapted.get('images_used')} unlabeled images of "
+        f"`{adapted.get('images')}` (mix {adapted.get('mix')}; file list SHA-256 {str(adapted.get('files_sha256'))[:12]}...), "
+        f"from `{adapted.get('source')}` step {adapted.get('step')}; weights, operating threshold and calibration "
+        "are the source's (adapted.json)"
+    ]
+
+
 def _data_section(config: dict, run: dict | None, reports: list[dict]) -> list[str]:
     data = config.get("data", {})
     name = data.get("name")
@@ -272,7 +284,7 @@ def render_model_card(run: Run) -> str:
             "Written from this run's files by effnet_jax (effnet-train, refreshed by effnet-eval and effnet-export).",
         ],
         ["## Intended use", "", INTENDED_USE],
-        _model_section(config, record),
+        _model_section(config, record) + _adapted_lines(run.adapted),
         _data_section(config, record, reports),
         _metrics_section(reports, run),
         _calibration_section(run, reports),
