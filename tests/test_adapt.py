@@ -170,11 +170,7 @@ def _copy_with_seed(src: str, dst: str, seed: int, scale: float) -> None:
     """A copy of run ``src`` whose config says ``seed`` and whose weights are scaled: another member."""
     shutil.copytree(src, dst)
     saved = checkpoint_lib.read_checkpoint(src, "latest")
-    data_state = checkpoint_lib.Checkpointer(src, best_metric=None, read_only=True, async_save=False)
-    try:
-        data = data_state.restore_data_state(saved.step)
-    finally:
-        data_state.close()
+    data = checkpoint_lib.read_data_state(src, saved.step)
     shutil.rmtree(Layout(dst).checkpoints)
     state = dict(saved.state)
     for key in ("params", "ema_params"):
@@ -183,12 +179,7 @@ def _copy_with_seed(src: str, dst: str, seed: int, scale: float) -> None:
     config.seed = seed
     with open(Layout(dst).config, "w") as f:
         f.write(config.to_json_best_effort(indent=2))
-    ckpt = checkpoint_lib.Checkpointer(dst, best_metric=None, async_save=False)
-    try:
-        ckpt.save(saved.step, state, data, config, None, run=saved.run)
-        ckpt.wait()
-    finally:
-        ckpt.close()
+    checkpoint_lib.write_checkpoint(dst, saved.step, state, data, config, run=saved.run)
 
 
 def test_a_seed_ensemble_has_every_member_adapted(straight_run, site, tmp_path):

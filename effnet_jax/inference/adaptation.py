@@ -167,19 +167,8 @@ def _write_run(
         epath.Path(layout.soup).write_text(json.dumps(soup, indent=2) + "\n")
     select = config.get("select_split") or "validation"
     chosen = next((r for r in run.records(select) if r.get("step") == run.step), None)
-    ckpt = checkpoint_lib.Checkpointer(
-        out,
-        keep=config.get("keep_checkpoints", 3),
-        best_metric=config.get("best_metric") or None,
-        best_mode=config.get("best_mode", "max"),
-        async_save=False,
-    )
-    try:
-        data_state = _source_data_state(run)
-        ckpt.save(run.step, state, data_state, config, chosen, run=run.record)
-        ckpt.wait()
-    finally:
-        ckpt.close()
+    data_state = checkpoint_lib.read_data_state(run.workdir, run.step)
+    checkpoint_lib.write_checkpoint(out, run.step, state, data_state, config, chosen, run=run.record)
     # The source's records: how these weights were trained and chosen (its operating threshold
     # is read from them), then one saying what changed.
     with open(layout.metrics, "w") as f:
@@ -200,14 +189,6 @@ def _moved_members(config, members: dict[str, str]):
     if config.get("soup") is not None:
         config.soup.members = [members.get(m, m) for m in config.soup.members]
     return config
-
-
-def _source_data_state(run: runs.Run):
-    ckpt = checkpoint_lib.Checkpointer(run.workdir, best_metric=None, async_save=False, read_only=True)
-    try:
-        return ckpt.restore_data_state(run.step)
-    finally:
-        ckpt.close()
 
 
 def _member_runs(run: runs.Run) -> list[tuple[int, runs.Run]]:

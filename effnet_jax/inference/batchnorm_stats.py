@@ -187,7 +187,7 @@ def _blend(moments: dict[tuple, Moments], source: dict, mix: float) -> dict:
 def adapt_batch_stats(model, variables: dict, images: np.ndarray, batch_size: int = 32, mix: float = 1.0) -> Adapted:
     """``variables``' batch statistics re-estimated on ``images`` (preprocessed as evaluation does), blended by ``mix``.
 
-    ``model`` is a run's network or a ``LogitEnsemble`` (each member adapted on its own).
+    ``model`` is one network (a ``LogitEnsemble``'s members are adapted one by one).
     ``images`` are taken in the order given; the statistics do not depend on it, nor on
     ``batch_size``, beyond float rounding.
     """
@@ -196,10 +196,9 @@ def adapt_batch_stats(model, variables: dict, images: np.ndarray, batch_size: in
     if len(images) == 0:
         raise ValueError("no images to estimate BatchNorm statistics from")
     if isinstance(model, LogitEnsemble):
-        members = [jax.tree.map(lambda leaf, i=i: leaf[i], variables) for i in range(model.size)]
-        adapted = [adapt_batch_stats(model.member, m, images, batch_size, mix) for m in members]
-        stacked = jax.tree.map(lambda *leaves: np.stack(leaves), *[a.batch_stats for a in adapted])
-        return Adapted(stacked, sum(a.passes for a in adapted), adapted[0].layers)
+        raise TypeError(
+            "adapt_batch_stats takes one network: adapt each member of an ensemble (adaptation.adapted_state)"
+        )
     batch_size = max(1, min(int(batch_size), len(images)))
     source = traverse_util.flatten_dict(jax.tree.map(np.asarray, variables["batch_stats"]))
     image_shape = (batch_size,) + tuple(images.shape[1:])

@@ -311,3 +311,36 @@ def read_state(workdir: str, step: int) -> dict:
         return ckpt.restore_state_as_saved(step)
     finally:
         ckpt.close()
+
+
+def read_data_state(workdir: str, step: int) -> Any:
+    """The training data iterator's state saved at ``step`` of the run in ``workdir``."""
+    ckpt = Checkpointer(workdir, best_metric=None, async_save=False, read_only=True)
+    try:
+        return ckpt.restore_data_state(step)
+    finally:
+        ckpt.close()
+
+
+def write_checkpoint(
+    workdir: str,
+    step: int,
+    state,
+    data_state: Any,
+    config: ml_collections.ConfigDict,
+    metrics: dict | None = None,
+    run: RunRecord | None = None,
+) -> None:
+    """Saves one checkpoint made outside training (a soup's, an adapted run's), with the config's keep and best rules, and waits for it."""
+    ckpt = Checkpointer(
+        workdir,
+        keep=config.get("keep_checkpoints", 3),
+        best_metric=config.get("best_metric") or None,
+        best_mode=config.get("best_mode", "max"),
+        async_save=False,
+    )
+    try:
+        ckpt.save(step, state, data_state, config, metrics, run=run)
+        ckpt.wait()
+    finally:
+        ckpt.close()

@@ -284,19 +284,9 @@ def _make_soup(members: list[str], workdir: str, checkpoint: str | int, combine:
     # ----------------------------------------------------------------------------------------------
     epath.Path(Layout(workdir).config).write_text(config.to_json_best_effort(indent=2))
     run_record.write(workdir, first.run)
-    data_state = _data_state(first)
-    ckpt = checkpoint_lib.Checkpointer(
-        workdir,
-        keep=config.get("keep_checkpoints", 3),
-        best_metric=config.get("best_metric") or None,
-        best_mode=config.get("best_mode", "max"),
-        async_save=False,
-    )
-    try:
-        ckpt.save(step, state, data_state, config, results[select_split], run=first.run)
-        ckpt.wait()
-    finally:
-        ckpt.close()
+    # The first member's data iterator state: part of effnet-train's checkpoint format.
+    data_state = checkpoint_lib.read_data_state(first.workdir, first.step)
+    checkpoint_lib.write_checkpoint(workdir, step, state, data_state, config, results[select_split], run=first.run)
     seconds = time.time() - started
     writer = MetricWriter(workdir, extra={"data": data_tag})
     try:
@@ -394,15 +384,6 @@ def _member_entry(saved) -> dict:
     metric = saved.config.get("best_metric") or "auc"
     value = next((r.get(metric) for r in read_metrics(saved.workdir, split) if r["step"] == saved.step), None)
     return {"workdir": saved.workdir, "step": int(saved.step), "seed": saved.config.get("seed"), metric: value}
-
-
-def _data_state(saved):
-    """The first member's data iterator state at its step: part of effnet-train's checkpoint format."""
-    ckpt = checkpoint_lib.Checkpointer(saved.workdir, best_metric=None, async_save=False, read_only=True)
-    try:
-        return ckpt.restore_data_state(saved.step)
-    finally:
-        ckpt.close()
 
 
 def _check_members(members: list[str], workdir: str) -> None:
