@@ -15,14 +15,14 @@ random half and scored on the other (docs/experiments/scripts/summarise_sweep.py
 accuracy reaches --target.
 
 --recalibrate_batches=N also re-estimates each soup's BatchNorm statistics from N augmented
-training batches (weights as averaged; each statistic the mean over the batches, as SWA's
-BatchNorm update does) and prints both, before and after.
+training batches (weights as averaged; effnet-adapt's exact population statistics over
+those images; the records bn-recal-* were made at baae8b9 with the mean of per-batch
+statistics, as SWA's BatchNorm update does) and prints both, before and after.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import itertools
 import json
 
@@ -57,44 +57,39 @@ def score(labels: np.ndarray, probs: np.ndarray) -> dict:
 
 
 def batchnorm_recalibrator(restored, batches: int, batch_size: int = 32):
-    """fn(variables) -> variables with BatchNorm statistics averaged over ``batches`` augmented training batches."""
+    """fn(variables) -> variables with BatchNorm statistics re-estimated on ``batches`` augmented training batches.
+
+    The statistics are effnet-adapt's (inference.batchnorm_stats): each layer's exact
+    population mean and variance over all those images, earlier layers already re-estimated.
+    """
     import jax
-    import jax.numpy as jnp
 
     from effnet_jax.data import create_split
+    from effnet_jax.inference.batchnorm_stats import adapt_batch_stats
 
     image_size, mean, std = restored.input_spec
-    # Momentum 0: the "running" statistics an apply returns are the batch's own.
-    model = restored.model().clone(variant=dataclasses.replace(restored.model().variant, bn_momentum=0.0))
-
-    @jax.jit
-    def batch_stats(variables, images, key):
-        _, state = model.apply(variables, images, train=True, mutable=["batch_stats"], rngs={"dropout": key})
-        return state["batch_stats"]
+    data = iter(
+        create_split(
+            restored.config.data,
+            "train",
+            training=True,
+            batch_size=batch_size,
+            image_size=image_size,
+            mean=mean,
+            std=std,
+            seed=0,
+            shard_index=0,
+            shard_count=1,
+        )
+    )
+    try:
+        images = np.concatenate([np.asarray(jax.device_get(next(data)["image"])) for _ in range(batches)])
+    finally:
+        getattr(data, "close", lambda: None)()
+    model = restored.model()
 
     def recalibrate(variables):
-        data = iter(
-            create_split(
-                restored.config.data,
-                "train",
-                training=True,
-                batch_size=batch_size,
-                image_size=image_size,
-                mean=mean,
-                std=std,
-                seed=0,
-                shard_index=0,
-                shard_count=1,
-            )
-        )
-        total = None
-        try:
-            for i in range(batches):
-                stats = batch_stats(variables, jnp.asarray(next(data)["image"]), jax.random.PRNGKey(i))
-                total = stats if total is None else jax.tree.map(jnp.add, total, stats)
-        finally:
-            getattr(data, "close", lambda: None)()
-        return {**variables, "batch_stats": jax.tree.map(lambda t: t / batches, total)}
+        return {**variables, "batch_stats": adapt_batch_stats(model, variables, images, batch_size).batch_stats}
 
     return recalibrate
 
