@@ -182,29 +182,51 @@ def _copy_with_seed(src: str, dst: str, seed: int, scale: float) -> None:
     checkpoint_lib.write_checkpoint(dst, saved.step, state, data, config, run=saved.run)
 
 
-def test_a_seed_ensemble_has_every_member_adapted(straight_run, site, tmp_path):
-    root = str(tmp_path / "ensemble")
+def test_a_soup_has_every_member_and_itself_adapted(straight_run, site, tmp_path):
+    root = str(tmp_path / "soup")
     members = [Layout(root).member(seed) for seed in (0, 1)]
     for seed, member in enumerate(members):
         _copy_with_seed(straight_run["workdir"], member, seed, 1.0 + 0.2 * seed)
-    soup_lib.make_soup(members, root, combine="logits")
+    # A weight soup: its evaluation compiles what the session's run already compiled.
+    soup_lib.make_soup(members, root, combine="weights")
     out = str(tmp_path / "adapted")
     record = adaptation.adapt_run(root, site, out, batch_size=4)
     new_members = [Layout(out).member(seed) for seed in (0, 1)]
     assert record["members_adapted"] == new_members
-    adapted = [runs.open(m) for m in new_members]
-    images = _site_images(adapted[0], site)
-    for member, path in zip(adapted, members):
-        want = adapt_batch_stats(runs.open(path).model(), runs.open(path).variables(), images, 4).batch_stats
-        for a, b in zip(jax.tree.leaves(member.variables()["batch_stats"]), jax.tree.leaves(want)):
-            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-        assert member.adapted["source"] == path
+    images = _site_images(runs.open(root), site)
+    for source, adapted in [*zip(members, new_members), (root, out)]:
+        source, adapted = runs.open(source), runs.open(adapted)
+        want = adapt_batch_stats(source.model(), source.variables(), images, 4).batch_stats
+        for a, b in zip(jax.tree.leaves(adapted.variables()["batch_stats"]), jax.tree.leaves(want)):
+            np.testing.assert_array_equal(a, b)
+        assert adapted.adapted["source"] == source.workdir and adapted.step == source.step
     whole = runs.open(out)
-    stacked = whole.variables()["batch_stats"]["bn1"]["mean"]
-    np.testing.assert_array_equal(stacked[1], adapted[1].variables()["batch_stats"]["bn1"]["mean"])
-    assert not np.array_equal(stacked[0], stacked[1])  # each member's own statistics
     assert whole.soup["members"][1]["workdir"] == new_members[1] and whole.config.soup.members == new_members
-    assert whole.ensemble_size == 2
+    assert not np.array_equal(
+        runs.open(new_members[0]).variables()["batch_stats"]["bn1"]["var"],
+        runs.open(new_members[1]).variables()["batch_stats"]["bn1"]["var"],
+    )
+
+
+def test_a_seed_ensemble_adapts_each_member_on_its_own(adapted, site):
+    source = adapted[0]
+    images = _site_images(source, site)
+    state = checkpoint_lib.read_state(source.workdir, source.step)
+    scaled = jax.tree.map(lambda x: np.asarray(x) * 1.2, state["params"])
+    stacked = {
+        k: jax.tree.map(lambda a, b: np.stack([np.asarray(a), np.asarray(b)]), state[k], other)
+        for k, other in (("params", scaled), ("batch_stats", state["batch_stats"]))
+    }
+    config = source.config.copy_and_resolve_references()
+    config.soup = {"members": ["a", "b"], "combine": "logits"}
+    ensemble = dataclasses.replace(source, config=config)
+    site_images = adaptation.read_site_images(site, Preprocessor.for_run(source))
+    got = adaptation.adapted_state(ensemble, stacked, site_images, 4, 1.0, {})["batch_stats"]
+    for i, params in enumerate((state["params"], scaled)):
+        variables = {"params": params, "batch_stats": state["batch_stats"]}
+        want = adapt_batch_stats(source.model(), variables, images, 4).batch_stats
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+            np.testing.assert_array_equal(a[i], b)
 
 
 @pytest.mark.parametrize("case", ["empty", "corrupt", "not_empty", "same", "inside"])
