@@ -203,11 +203,13 @@ def adapt_batch_stats(model, variables: dict, images: np.ndarray, batch_size: in
     source = traverse_util.flatten_dict(jax.tree.map(np.asarray, variables["batch_stats"]))
     image_shape = (batch_size,) + tuple(images.shape[1:])
     segments = count_segments(model, variables, image_shape)
+    # The weights go to the device once, not with every batch of every pass.
+    weights = jax.device_put({k: v for k, v in variables.items() if k != "batch_stats"})
     current, x, passes, seen = dict(source), np.asarray(images, np.float32), 0, set()
     for segment in range(segments):
         run = _segment_fn(model, segment, segments, image_shape)
         for k in range(len(source) + 1):
-            stats = {**variables, "batch_stats": traverse_util.unflatten_dict(current)}
+            stats = {**weights, "batch_stats": jax.device_put(traverse_util.unflatten_dict(current))}
             moments, out = _over_batches(run, stats, x, batch_size)
             measured = _blend(moments, source, mix)
             unchanged = all(np.array_equal(value, current[key]) for key, value in measured.items())
