@@ -48,6 +48,13 @@ def tiny_config(**overrides):
     return c
 
 
+def machinery_config(**overrides):
+    """``tiny_config`` on the unlisted test network (one block per stage): for tests of what surrounds the model."""
+    from effnet_jax.models.variants import TEST_VARIANT
+
+    return tiny_config(**{"model.name": TEST_VARIANT.name, **overrides})
+
+
 @contextlib.contextmanager
 def persistent_compilation_cache(directory: str):
     """Compiled programs reused across identical compilations (same HLO) while active.

@@ -213,3 +213,11 @@ def test_stochastic_depth_and_dropout_only_in_training(lite0):
     )
     np.testing.assert_array_equal(train(0), train(0))
     assert not np.allclose(train(0), train(1))
+
+
+def test_the_test_network_resolves_but_is_not_listed():
+    # Tests of the machinery train it; users never see it (no weights exist for it).
+    assert "efficientnet_test" not in list_variants()
+    variant = get_variant("efficientnet_test")
+    assert [len(stage) for stage in variant.block_defs()] == [1] * 7
+    assert (variant.scaled_stem(), variant.scaled_head()) == (8, 320)

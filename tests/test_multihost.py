@@ -29,6 +29,7 @@ TIMEOUT_S = 540  # a hang (a process stuck at a collective) fails the test, not 
 
 # The synthetic debug config, cut to the plumbing: two steps, one evaluation, one checkpoint.
 OVERRIDES = {
+    "model.name": "efficientnet_test",  # the unlisted one-block-per-stage network: the plumbing is under test
     "image_size": 32,
     "model.depthwise_impl": "native",  # compiles several times faster on CPU than the shifted slices
     "data.synthetic_examples": 48,

@@ -11,7 +11,7 @@ import pathlib
 
 import numpy as np
 import pytest
-from helpers import session_compilation_cache, tiny_config
+from helpers import machinery_config, session_compilation_cache
 from PIL import Image
 
 from effnet_jax import runs, serving
@@ -42,7 +42,7 @@ def make_folder(root, per_split=(("train", 8), ("test", 3))):
 def three_class_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("nclass")
     data = make_folder(base / "data")
-    config = tiny_config(
+    config = machinery_config(
         **{
             "data.name": "folder",
             "data.manual_dir": str(data),

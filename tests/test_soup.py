@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from data_fixtures import jpeg, write_tree
 from flax import traverse_util
-from helpers import session_compilation_cache, tiny_config
+from helpers import machinery_config, session_compilation_cache, tiny_config
 
 from effnet_jax import runs
 from effnet_jax.cli import errors
@@ -23,9 +23,9 @@ pytestmark = pytest.mark.slow  # trains two tiny members for real
 
 
 def _config(external: str, **overrides):
-    # test_hostile_runs.py trains these very steps (6 steps, 1 device): the session cache compiles them once.
+    # test_sweep.py trains these very steps (6 steps, 1 device): the session cache compiles them once.
     # One evaluation, at the end; a checkpoint at step 3 too (an unfinished member, below).
-    config = tiny_config(
+    config = machinery_config(
         num_train_steps=6,
         eval_every_steps=0,
         checkpoint_every_steps=3,

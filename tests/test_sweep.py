@@ -7,7 +7,7 @@ import pathlib
 
 import pytest
 from data_fixtures import jpeg, write_tree
-from helpers import run_module, tiny_config
+from helpers import machinery_config, run_module, tiny_config
 
 from effnet_jax import runs
 from effnet_jax import sweep as sweep_lib
@@ -23,7 +23,7 @@ STEPS = dict(num_train_steps=6, eval_every_steps=0, checkpoint_every_steps=3, lo
 
 
 def _config(external: str, **overrides):
-    config = tiny_config(select_split="external", **STEPS, **overrides)
+    config = machinery_config(select_split="external", **STEPS, **overrides)
     config.data.external = (external,)
     return config
 

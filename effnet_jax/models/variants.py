@@ -214,10 +214,30 @@ def _build_registry() -> dict[str, VariantConfig]:
 
 VARIANTS: dict[str, VariantConfig] = _build_registry()
 
+# For tests of the machinery around the model (multi-host runs, soups, sweeps), where compiling
+# a full network would be most of the cost: Lite's seven stages with one block each at a quarter
+# of the width. No weights exist for it, so list_variants() leaves it out.
+TEST_VARIANT = VariantConfig(
+    name="efficientnet_test",
+    width=0.25,
+    depth=0.1,  # every stage's repeats round up to one block
+    resolution=64,
+    dropout=0.0,
+    blocks=LITE_BLOCKS,
+    activation="relu6",
+    padding="symmetric",
+    bn_eps=1e-5,
+    bn_momentum=0.9,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+)
+
 
 def get_variant(name: str) -> VariantConfig:
     """Looks a variant up by its timm name; a hub tag (``.ra_in1k``) is ignored."""
     base = name.split("/")[-1].split(".")[0]
+    if base == TEST_VARIANT.name:
+        return TEST_VARIANT
     if base not in VARIANTS:
         raise ValueError(f"Unknown EfficientNet variant {name!r}. Known: {', '.join(sorted(VARIANTS))}.")
     return VARIANTS[base]
