@@ -105,7 +105,7 @@ def throughput(cfg, workers: int, batch_size: int, batches: int, size: int):
             batch = next(it)
         elapsed = time.perf_counter() - start
         cpu = _children_cpu_s() - cpu0 if workers else _self_cpu_s() - self0
-        assert batch["image"].shape == (batch_size, size, size, 3)
+        assert batch["gray"].shape == (batch_size, size, size)
     finally:
         it.close()
     n = batches * batch_size

@@ -8,6 +8,7 @@ from helpers import session_compilation_cache
 from run_fixtures import resume_config
 
 from effnet_jax import runs as runs_lib
+from effnet_jax.data import augment as augment_lib
 from effnet_jax.data import pipeline
 from effnet_jax.data.data_dir import no_external_set_line
 from effnet_jax.runs import checkpoints as checkpoint_lib
@@ -43,37 +44,16 @@ def test_debug_config_trains_end_to_end_and_restores_for_inference(straight_run)
     assert logits.shape == (2, 2)
 
 
-class _NaNImages:
-    """Wraps a training iterator, keeping its state API, and poisons its images."""
-
-    def __init__(self, it):
-        self.it = it
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        batch = dict(next(self.it))
-        batch["image"] = np.full_like(batch["image"], np.nan)
-        return batch
-
-    def get_state(self):
-        return self.it.get_state()
-
-    def set_state(self, state):
-        self.it.set_state(state)
-
-
 def test_nan_loss_stops_the_run_and_leaves_the_last_good_checkpoint(resumed_run, monkeypatch, tmp_path_factory):
     stopped = resumed_run("stop_after_steps")
     workdir = stopped["at_step_3"]
-    real = pipeline.create_split
+    real = augment_lib.prepare_batch
 
-    def poisoned(data_config, split, *, training, **kwargs):
-        ds = real(data_config, split, training=training, **kwargs)
-        return _NaNImages(iter(ds)) if training else ds
+    def poisoned(gray, *args, **kwargs):
+        # The images the train step makes on the device, all NaN: the loss is NaN at once.
+        return real(gray, *args, **kwargs) * np.nan
 
-    monkeypatch.setattr(pipeline, "create_split", poisoned)
+    monkeypatch.setattr(augment_lib, "prepare_batch", poisoned)
     with session_compilation_cache(tmp_path_factory):
         with pytest.raises(loop.NonFiniteLossError, match=r"loss is nan at step 4.*last good checkpoint is step 3"):
             loop.train_and_evaluate(_config(), workdir)

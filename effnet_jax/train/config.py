@@ -233,9 +233,14 @@ def default_data_config() -> ml_collections.ConfigDict:
     # Class balancing of the training stream: "none", "oversample" (minority drawn again until
     # classes are equal, fresh draw each epoch) or "undersample" (majority subsampled each epoch).
     c.balance = "none"
-    c.augment = default_augment_config()
+    c.augment = default_augment_config()  # applied in the train step, on the device
     # Evaluation: centre crop of this fraction of the shorter side, then resize (1.0 = whole image).
     c.center_crop = 1.0
+    # Where the training images live (docs/training.md): "on" keeps the split decoded once
+    # on every device and the step gathers its batch there; "off" streams it with grain. "auto"
+    # = resident when the set takes at most a quarter of a device's free memory (1 GiB on a
+    # CPU), the run is one process and parallelism is 'jit'. Same batches either way.
+    c.resident = "auto"
     c.num_workers = 0  # grain worker processes (0 = load in the calling process)
     c.prefetch_buffer = 2  # batches buffered per worker (num_workers > 0)
     c.synthetic_examples = 256  # synthetic: training examples (validation and test get a quarter each)
@@ -265,6 +270,7 @@ CHOICES = {
     "early_stopping.mode": ("min", "max"),
     "data.on_bad_image": ("error", "skip"),
     "data.balance": ("none", "oversample", "undersample"),
+    "data.resident": ("auto", "on", "off"),
 }
 
 

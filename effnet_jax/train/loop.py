@@ -27,6 +27,7 @@ from effnet_jax.runs.layout import Layout
 from effnet_jax.runs.metrics_log import read_metrics
 from effnet_jax.runs.writer import MetricWriter
 from effnet_jax.train import distributed, param_summary, preemption, steps
+from effnet_jax.train import feed as feed_lib
 from effnet_jax.train import freeze as freeze_lib
 from effnet_jax.train import optimizer as optimizer_lib
 from effnet_jax.train import progress as progress_lib
@@ -345,17 +346,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, started
         best_mode=config.best_mode,
         async_save=config.async_checkpointing,
     )
-    train_ds = pipeline.create_split(
-        config.data,
-        "train",
-        training=True,
-        batch_size=per_process_batch,
-        image_size=run.image_size,
-        mean=run.mean,
-        std=run.std,
-        seed=config.seed,
-    )
-    train_iter = iter(train_ds)
+    # Streamed by grain or resident on the devices (data.resident); the same batches either way.
+    feed = feed_lib.Feed(config, par, run, per_process_batch, train_info["num_examples"])
+    train_iter = feed.iterator
     abstract = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, par.state_sharding(state)
     )
@@ -379,7 +372,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, started
     # ----------------------------------------------------------------------------------------------
     # Update and eval steps, compiled for the devices.
     # ----------------------------------------------------------------------------------------------
-    train_step = par.compile_train_step(
+    train_step = feed.compile(
         functools.partial(
             steps.train_step,
             model=model,
@@ -463,7 +456,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, started
     try:
         while step < stop_at:
             batch = next(train_iter)
-            state, metrics = train_step(state, par.put_batch({"image": batch["image"], "label": batch["label"]}))
+            state, metrics = train_step(state, batch)
             step += 1
             pending.append(metrics)
             if first_step:
@@ -525,8 +518,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, started
         ckpt.wait()
         ckpt.close()
         writer.close()
-        if hasattr(train_iter, "close"):
-            train_iter.close()
+        feed.close()
     if preempted:
         raise preemption.Preempted(
             f"stopped by SIGTERM after step {step}, saved in {ckpt.directory}/{step}; run the same command to resume"

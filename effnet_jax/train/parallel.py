@@ -96,14 +96,20 @@ class Parallel:
         return jax.tree.map(np.asarray, tree)
 
     # -- steps -------------------------------------------------------------------------------
-    def compile_train_step(self, step_fn, abstract_state):
-        """``step_fn(state, batch, axis_name=...)`` compiled; the state argument is donated."""
+    def compile_train_step(self, step_fn, abstract_state, resident: bool = False):
+        """``step_fn(state, batch, axis_name=...)`` compiled; the state argument is donated.
+
+        resident=True: ``step_fn(state, batch, images)``, ``images`` a replicated array the
+        step reads its batch from (jit only).
+        """
         if self.mode == "pmap":
+            if resident:
+                raise ValueError("data.resident='on' needs config.parallelism='jit'")
             return jax.pmap(functools.partial(step_fn, axis_name=PMAP_AXIS), axis_name=PMAP_AXIS, donate_argnums=(0,))
         state_sharding = self.state_sharding(abstract_state)
         return jax.jit(
             step_fn,
-            in_shardings=(state_sharding, self.batch_sharding),
+            in_shardings=(state_sharding, self.batch_sharding) + ((self.replicated,) if resident else ()),
             out_shardings=(state_sharding, self.replicated),
             donate_argnums=(0,),
         )
