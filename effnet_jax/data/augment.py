@@ -113,21 +113,21 @@ def identity_params() -> dict:
 def source_coordinates(params: dict, height: int, width: int):
     """(row, col) source coordinates, pixel centres at integers, of every output pixel."""
     side = jnp.sqrt(params["area"])
-    cw, ch = side * width, side * height  # crop extent in source pixels
-    cx, cy = params["center"][0] * width, params["center"][1] * height
     t = params["angle"] * (math.pi / 180.0)
     cos, sin = jnp.cos(t), jnp.sin(t)
     f = jnp.where(params["flip"], -1.0, 1.0)
-    # Output point q = (x/W - 1/2, y/H - 1/2) -> r = R(t) F q - shift -> source (cx + cw r_x, cy + ch r_y),
-    # evaluated at pixel centres (x = col + 0.5); the source is sampled at pixel centres too.
-    qy, qx = jnp.meshgrid(
-        (jnp.arange(height, dtype=jnp.float32) + 0.5) / height - 0.5,
-        (jnp.arange(width, dtype=jnp.float32) + 0.5) / width - 0.5,
+    # Output point q (from the frame centre, in pixels, at pixel centres) -> R(t) F q scaled by
+    # the crop's side, minus the shift -> source point about the crop centre. Pixel units
+    # (no division) keep the identity exact. The frame is square, so rotation needs no aspect.
+    dy, dx = jnp.meshgrid(
+        jnp.arange(height, dtype=jnp.float32) + (0.5 - height / 2),
+        jnp.arange(width, dtype=jnp.float32) + (0.5 - width / 2),
         indexing="ij",
     )
-    rx = cos * f * qx - sin * qy - params["shift"][0]
-    ry = sin * f * qx + cos * qy - params["shift"][1]
-    return cy + ch * ry - 0.5, cx + cw * rx - 0.5
+    cx, cy = params["center"][0] * width, params["center"][1] * height
+    col = cx + side * (cos * f * dx - sin * dy * (width / height) - width * params["shift"][0])
+    row = cy + side * (sin * f * dx * (height / width) + cos * dy - height * params["shift"][1])
+    return row - 0.5, col - 0.5
 
 
 def warp(gray, params: dict):
