@@ -2,13 +2,13 @@
 
 import os
 
+import jax
 import numpy as np
 import pytest
 from helpers import session_compilation_cache
 from run_fixtures import resume_config
 
 from effnet_jax import runs as runs_lib
-from effnet_jax.data import augment as augment_lib
 from effnet_jax.data import pipeline
 from effnet_jax.data.data_dir import no_external_set_line
 from effnet_jax.runs import checkpoints as checkpoint_lib
@@ -47,13 +47,15 @@ def test_debug_config_trains_end_to_end_and_restores_for_inference(straight_run)
 def test_nan_loss_stops_the_run_and_leaves_the_last_good_checkpoint(resumed_run, monkeypatch, tmp_path_factory):
     stopped = resumed_run("stop_after_steps")
     workdir = stopped["at_step_3"]
-    real = augment_lib.prepare_batch
+    real = checkpoint_lib.restore_to_resume
 
-    def poisoned(gray, *args, **kwargs):
-        # The images the train step makes on the device, all NaN: the loss is NaN at once.
-        return real(gray, *args, **kwargs) * np.nan
+    def poisoned(*args, **kwargs):
+        # The resumed weights, all NaN in memory (the checkpoint stays good): the loss is NaN at
+        # once, and the step is the program the other runs compiled.
+        state, data_state, saved_config = real(*args, **kwargs)
+        return state.replace(params=jax.tree.map(lambda x: x * np.nan, state.params)), data_state, saved_config
 
-    monkeypatch.setattr(augment_lib, "prepare_batch", poisoned)
+    monkeypatch.setattr(checkpoint_lib, "restore_to_resume", poisoned)
     with session_compilation_cache(tmp_path_factory):
         with pytest.raises(loop.NonFiniteLossError, match=r"loss is nan at step 4.*last good checkpoint is step 3"):
             loop.train_and_evaluate(_config(), workdir)
