@@ -11,6 +11,7 @@ run the same step (augmentation on the device); only how the uint8 batch reaches
 
 import argparse
 import functools
+import os
 import statistics
 import time
 
@@ -114,10 +115,12 @@ def main():
         )
     ratio = rows[0]["img_s"] / rows[1]["img_s"]
     print(f"grain / resident: {ratio:.2f}")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     record.write(
         args.record,
         rows,
         f"{args.config}, batch {config.batch_size}, {run.image_size} px, train step with on-device augmentation",
+        f"{os.cpu_count()}-core CPU, shared; load average {load}",
     )
 
 

@@ -19,6 +19,9 @@ SPEC = augment.spec_from_config(default_augment_config())
 _jit_prepare = jax.jit(augment.prepare_batch, static_argnums=(2, 3, 4))
 
 
+_warp = jax.jit(augment.warp)
+
+
 def _prepare(gray, key, spec=SPEC, first_index=0):
     # Always the same signature, so tests of one batch shape share one compiled function.
     return _jit_prepare(gray, key, spec, MEAN, STD, first_index)
@@ -62,7 +65,7 @@ def test_draws_depend_only_on_the_key_and_the_example_index():
 
 def test_identity_parameters_and_a_zero_range_spec_reproduce_the_input():
     img = _gray(1)[0].astype(np.float32)
-    np.testing.assert_array_equal(np.asarray(augment.warp(jnp.asarray(img), augment.identity_params())), img)
+    np.testing.assert_array_equal(np.asarray(_warp(jnp.asarray(img), augment.identity_params())), img)
     gray = _gray()
     host = transforms.Normalizer(MEAN, STD)(gray)  # evaluation's host normalisation
     for spec in (None, augment.AugmentSpec()):
@@ -86,16 +89,16 @@ def test_disabled_augmentation_gives_no_spec_and_bad_ranges_name_their_key():
 
 def test_flip_and_quarter_turn_match_numpy():
     img = _smooth()
-    flipped = np.asarray(augment.warp(jnp.asarray(img), _params(flip=True)))
+    flipped = np.asarray(_warp(jnp.asarray(img), _params(flip=True)))
     np.testing.assert_allclose(flipped, img[:, ::-1], atol=1e-3)
     # Positive angles turn the picture counter-clockwise as displayed (rows down, columns right).
-    turned = np.asarray(augment.warp(jnp.asarray(img), _params(angle=90.0)))
+    turned = np.asarray(_warp(jnp.asarray(img), _params(angle=90.0)))
     np.testing.assert_allclose(turned, np.rot90(img, k=1), atol=1e-2)
 
 
 def test_rotation_matches_scipy_bilinear_rotation_inside_the_frame():
     img = _smooth()
-    ours = np.asarray(augment.warp(jnp.asarray(img), _params(angle=17.0)))
+    ours = np.asarray(_warp(jnp.asarray(img), _params(angle=17.0)))
     ref = scipy.ndimage.rotate(img, 17.0, reshape=False, order=1, mode="constant", cval=0.0)
     inner = np.s_[6:-6, 6:-6]  # away from the corners the rotation brings in from outside
     np.testing.assert_allclose(ours[inner], ref[inner], atol=0.05)
@@ -103,7 +106,7 @@ def test_rotation_matches_scipy_bilinear_rotation_inside_the_frame():
 
 def test_zoom_about_the_centre_matches_scipy_zoom():
     img = _smooth(32)
-    ours = np.asarray(augment.warp(jnp.asarray(img), _params(area=0.25)))  # half of each side, centred
+    ours = np.asarray(_warp(jnp.asarray(img), _params(area=0.25)))  # half of each side, centred
     # The same map written out: output pixel centre (i + 0.5) reads source 8 + (i + 0.5) / 2 - 0.5.
     coords = 8 + (np.arange(32) + 0.5) / 2 - 0.5
     ref = scipy.ndimage.map_coordinates(img, np.meshgrid(coords, coords, indexing="ij"), order=1)
