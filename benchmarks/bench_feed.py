@@ -48,9 +48,7 @@ def build(config):
     total, per_epoch = loop.num_steps(config, info)
     tx, _ = optimizer_lib.create_optimizer(config, frozen, total, per_epoch)
     state = jax.device_get(state_lib.create_train_state(variables, tx, config))
-    abstract = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, par.state_sharding(state)
-    )
+    abstract = par.abstract_state(state)
     step_fn = functools.partial(
         steps.train_step,
         model=model,

@@ -83,9 +83,7 @@ def jax_runner(config, batch: int, stop_frozen: bool = True):
     )
     tx, _ = optimizer_lib.create_optimizer(config, frozen, total_steps=1000, steps_per_epoch=100)
     state = par.put_state(state_lib.create_train_state(variables, tx, config))
-    abstract = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, par.state_sharding(state)
-    )
+    abstract = par.abstract_state(state)
     step_fn = functools.partial(
         steps.train_step,
         model=model,

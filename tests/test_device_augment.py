@@ -139,18 +139,15 @@ def test_eight_device_sharded_batch_equals_the_single_device_batch():
     np.testing.assert_allclose(np.asarray(eight), np.asarray(one), rtol=0, atol=2e-6)
 
 
-def _data_config(**overrides):
+def _data_config(balance):
     cfg = default_data_config()
-    cfg.name = "synthetic"
-    cfg.synthetic_examples = 24
-    for k, v in overrides.items():
-        setattr(cfg, k, v)
+    cfg.update({"name": "synthetic", "synthetic_examples": 24, "balance": balance})
     return cfg
 
 
 @pytest.mark.parametrize("balance", ["none", "oversample"])
 def test_grain_and_resident_paths_give_the_same_augmented_batches(balance):
-    cfg, batch, size, seed = _data_config(balance=balance), 8, 16, 5
+    cfg, batch, size, seed = _data_config(balance), 8, 16, 5
     stream = iter(
         pipeline.create_split(
             cfg, "train", training=True, batch_size=batch, image_size=size, mean=MEAN, std=STD, seed=seed

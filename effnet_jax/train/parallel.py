@@ -60,6 +60,12 @@ class Parallel:
         target = self.replicated if self.mode == "jit" else jax.sharding.SingleDeviceSharding(self.local_devices[0])
         return jax.tree.map(lambda _: target, abstract_state)
 
+    def abstract_state(self, state):
+        """ShapeDtypeStructs of ``state`` carrying ``state_sharding``: what restoring and compiling take."""
+        return jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, self.state_sharding(state)
+        )
+
     def put_state(self, state):
         """A host or restored state, ready for the compiled train step."""
         if self.mode == "jit":
