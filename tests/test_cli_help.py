@@ -22,6 +22,7 @@ EXPECTED = {
     "effnet-results": {"eval", "format"},
     "effnet-export": {"workdir", "checkpoint", "out", "threshold", "platforms"},
     "effnet-soup": {"workdir", "members", "checkpoint", "combine"},
+    "effnet-serve": {"exported", "host", "port", "max_batch", "max_wait_ms", "max_files"},
 }
 
 

@@ -2,7 +2,7 @@
 
 Each block runs alone in a fresh namespace (so it defines every name it uses), from a
 working directory that holds what the README's commands would have made: ``runs/debug``,
-a small run (random Lite0 weights at 32 px; nothing is trained). The serving block needs
+a small run (export_fixtures.make_workdir: random Lite0 weights at 32 px; nothing is trained). The serving block needs
 an exported model; tests/test_export.py exports one and runs that block (asserted below).
 """
 
@@ -12,8 +12,9 @@ import os
 import re
 
 import pytest
+from export_fixtures import make_workdir
 from helpers import REPO
-from test_export import _make_workdir, _readme_blocks
+from test_export import _readme_blocks
 
 from effnet_jax.weights import pypi
 
@@ -40,7 +41,7 @@ def _run_elsewhere(code: str) -> bool:
 def cwd(tmp_path_factory):
     root = tmp_path_factory.mktemp("docs")
     (root / "runs" / "debug").mkdir(parents=True)
-    _make_workdir(root / "runs" / "debug")
+    make_workdir(root / "runs" / "debug")
     return root
 
 

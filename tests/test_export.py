@@ -9,59 +9,16 @@ import sys
 
 import jax
 import numpy as np
-import optax
 import pytest
 from data_fixtures import SHARED_CHEST_XRAY
 from dicom_fixtures import radiograph, write_dicom
+from export_fixtures import STEP, make_workdir
 from helpers import REPO, tiny_config
 from PIL import Image
 
 from effnet_jax import serving
 from effnet_jax.inference.prediction_output import COLUMNS
 from effnet_jax.serving import bundle
-
-STEP = 3
-
-
-def _random_variables(model, seed: int = 0) -> dict:
-    """Variables of ``model`` drawn with numpy from their shapes (``eval_shape``: nothing is compiled)."""
-    from effnet_jax.models import init_variables
-
-    shapes = jax.eval_shape(lambda: init_variables(model))
-    rng = np.random.default_rng(seed)
-
-    def draw(path, leaf):
-        name = jax.tree_util.keystr(path)
-        if "batch_stats" in name:
-            return np.full(leaf.shape, 1.0 if "var" in name else 0.0, np.float32)
-        if "scale" in name or "bias" in name:
-            return np.full(leaf.shape, 1.0 if "scale" in name else 0.0, np.float32)
-        fan_in = int(np.prod(leaf.shape[:-1])) or 1
-        # He-style scale keeps activations O(1) through the blocks; a small head keeps P away from 0 and 1.
-        gain = 0.05 if "classifier" in name else 1.0
-        return (gain * rng.normal(0, np.sqrt(2.0 / fan_in), leaf.shape)).astype(np.float32)
-
-    return jax.tree_util.tree_map_with_path(draw, shapes)
-
-
-def _make_workdir(path) -> str:
-    """A run with one checkpoint (random Lite0 weights at 32 px) and a validation record; no training."""
-    from effnet_jax.models import build_model
-    from effnet_jax.runs import record as run_record
-    from effnet_jax.runs.checkpoints import Checkpointer
-    from effnet_jax.train import state as state_lib
-
-    config = tiny_config()
-    model = build_model(config.model.name, num_classes=2, **state_lib.model_kwargs(config))
-    state = state_lib.create_train_state(_random_variables(model), optax.sgd(0.1), config)
-    run = run_record.RunRecord(config.image_size, tuple(model.variant.mean), tuple(model.variant.std), (20, 44))
-    ckpt = Checkpointer(str(path), best_metric=None, async_save=False)
-    ckpt.save(STEP, state, {}, config, run=run)
-    ckpt.wait()
-    ckpt.close()
-    record = {"step": STEP, "split": "validation", "data": "synthetic", "auc": 0.75, "accuracy": 0.5}
-    (path / "metrics.jsonl").write_text(json.dumps(record) + "\n")
-    return str(path)
 
 
 def _images(folder) -> list[str]:
@@ -109,7 +66,7 @@ def setup(tmp_path_factory):
     """The README's effnet-export command run on a small workdir; returns the names its commands use."""
     root = tmp_path_factory.mktemp("export")
     (root / "run").mkdir()
-    workdir = _make_workdir(root / "run")
+    workdir = make_workdir(root / "run")
     images = _images(root)
     names = {
         "runs/pneumonia": workdir,
@@ -275,19 +232,26 @@ def test_a_calibrated_run_divides_the_logits_by_its_temperature(setup, model, tm
 
     workdir = tmp_path / "run"
     shutil.copytree(setup["workdir"], workdir)
-    uncalibrated = export_run(runs.open(str(workdir)), str(tmp_path / "plain"), platforms=("cpu",))
+    # Without the Grad-CAM function (as folders exported before it existed): they load and score alike.
+    uncalibrated = export_run(runs.open(str(workdir)), str(tmp_path / "plain"), platforms=("cpu",), gradcam=False)
     step = uncalibrated["model"]["checkpoint_step"]
     fitted = {"temperature": 2.0, "fitted_on": "validation", "step": step, "ece_before": 0.2, "ece_after": 0.1, "n": 16}
     (workdir / "calibration.json").write_text(json.dumps({**fitted, "step": step + 1}))
-    meta = export_run(runs.open(str(workdir)), str(tmp_path / "other_step"), platforms=("cpu",))
+    meta = export_run(runs.open(str(workdir)), str(tmp_path / "other_step"), platforms=("cpu",), gradcam=False)
     assert meta["temperature"] is None and "fitted at step" in meta["calibration"]  # another checkpoint's T
     (workdir / "calibration.json").write_text(json.dumps(fitted))
-    meta = export_run(runs.open(str(workdir)), str(tmp_path / "out"), platforms=("cpu",))
-    assert meta["temperature"] == 2.0 and meta["platforms"] == ["cpu"]
+    meta = export_run(runs.open(str(workdir)), str(tmp_path / "out"), platforms=("cpu",), gradcam=False)
+    assert meta["temperature"] == 2.0 and "gradcam" not in meta["files"] and meta["platforms"] == ["cpu"]
     # The threshold goes through the same map as the probabilities: labels do not change.
     t0 = uncalibrated["threshold"]["value"]
     assert meta["threshold"]["value"] == pytest.approx(1 / (1 + np.exp(-np.log(t0 / (1 - t0)) / 2)))
     calibrated = serving.load(str(tmp_path / "out"))
+    assert not calibrated.has_gradcam and sorted(os.listdir(tmp_path / "out")) == [
+        "SHA256SUMS",
+        "model.json",
+        "model.stablehlo",
+        "weights.npz",
+    ]
     inputs = np.stack([model.prepare_file(setup["images"][0])])
     p = float(model.run(inputs)[0])
     expected = 1 / (1 + np.exp(-np.log(p / (1 - p)) / 2))  # softmax of z / 2 = sigmoid((z1 - z0) / 2)

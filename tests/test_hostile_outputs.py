@@ -43,10 +43,10 @@ def _png(path, seed=0) -> str:
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    from test_export import _make_workdir
+    from export_fixtures import make_workdir
 
     path = tmp_path_factory.mktemp("run")
-    return _make_workdir(path)
+    return make_workdir(path)
 
 
 @pytest.fixture(scope="module")

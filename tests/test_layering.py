@@ -33,6 +33,7 @@ LAYERS = [
     ("effnet_jax.train",),
     ("effnet_jax.inference",),
     ("effnet_jax.reporting",),  # model cards and run summaries read what evaluation wrote
+    ("effnet_jax.server",),  # effnet-serve: an exported model behind HTTP, Grad-CAM overlays, the model card's note
     ("effnet_jax.experiment",),  # train, calibrate, describe: the library behind effnet-train
     ("effnet_jax.cli",),
 ]

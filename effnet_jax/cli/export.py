@@ -3,9 +3,11 @@
     effnet-export --workdir=RUN [--checkpoint=best|latest|STEP] --out=DIR [--platforms=cpu,cuda,tpu]
 
 Writes DIR/model.stablehlo (the function: preprocessing after the resize, the network and
-the softmax, with a symbolic batch), DIR/weights.npz and DIR/model.json (class names, input
+the softmax, with a symbolic batch), DIR/gradcam.stablehlo (the guided Grad-CAM map per image),
+DIR/weights.npz, DIR/SHA256SUMS and DIR/model.json (class names, input
 size, operating threshold and its rule, variant, weights source, training data, metrics,
-versions). Load it with ``effnet_jax.serving.load(DIR)`` or ``effnet-predict --exported=DIR``.
+versions). Load it with ``effnet_jax.serving.load(DIR)``, ``effnet-predict --exported=DIR`` or
+``effnet-serve --exported=DIR``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ def define_flags(fv: flags.FlagValues = FLAGS):
         flags.DEFINE_string,
         "out",
         None,
-        "Directory to write model.json, model.stablehlo and weights.npz.",
+        "Directory to write model.json, model.stablehlo, gradcam.stablehlo, weights.npz and SHA256SUMS.",
         flag_values=fv,
     )
     define_once(

@@ -43,6 +43,10 @@ class DicomError(ValueError):
     """A DICOM file that cannot be used as a radiograph; the message names the file."""
 
 
+class DicomBudgetError(DicomError):
+    """A DICOM file that would take more than the decoded-size budget to read (``effnet_jax.limits``)."""
+
+
 def is_dicom(data: bytes) -> bool:
     """Whether ``data`` starts like a DICOM Part 10 file (preamble + 'DICM')."""
     return data[_MAGIC_OFFSET : _MAGIC_OFFSET + len(_MAGIC)] == _MAGIC
@@ -87,7 +91,7 @@ def read_gray(data: bytes, path: str) -> np.ndarray:
     what = f"a DICOM frame of {rows}x{cols}x{samples} samples at {bits} bits" + (
         f" in a deflated dataset of {inflated:,} bytes" if inflated else ""
     )
-    limits.check(path, declared, what, DicomError, limit)
+    limits.check(path, declared, what, DicomBudgetError, limit)
     if compressed:
         _check_compressed_frame(pydicom, ds, syntax, rows, cols, samples, frames, path, limit - declared)
     try:
@@ -155,7 +159,7 @@ def _read_dataset(pydicom, data: bytes, path: str, limit: int):
         # then inflate into one buffer of the counted size.
         size = _inflated_size(memoryview(data)[start:], limit // 2 + 1)
         if 2 * size > limit:  # the count stopped there
-            raise DicomError(
+            raise DicomBudgetError(
                 f"{path}: the deflated DICOM dataset inflates to more than {limit // 2:,} bytes, which with its parsed "
                 f"copy is over the decoded-size budget of {limit:,} bytes (set {limits.ENV_VAR} to change it)"
             )

@@ -33,6 +33,10 @@ class BadImageError(ValueError):
     """A file that cannot be used as an image; the message starts with its path."""
 
 
+class ImageBudgetError(BadImageError):
+    """An image that would take more than the decoded-size budget to decode (``effnet_jax.limits``)."""
+
+
 def to_gray(im: Image.Image) -> Image.Image:
     """Convert any Pillow mode to 8-bit grayscale ('L')."""
     if im.mode == "L":
@@ -84,7 +88,7 @@ def decode_file(data: bytes, path: str) -> Image.Image:
         try:
             return Image.fromarray(dicom.read_gray(data, path), mode="L")
         except dicom.DicomError as e:
-            raise BadImageError(str(e)) from e
+            raise (ImageBudgetError if isinstance(e, dicom.DicomBudgetError) else BadImageError)(str(e)) from e
     try:
         with warnings.catch_warnings():
             # Pillow warns (not raises) on some damaged files; treat those as bad too.
@@ -123,7 +127,7 @@ def decode_bytes(mode: str, width: int, height: int) -> int:
 def check_budget(im: Image.Image, path: str) -> None:
     """Refuses (BadImageError naming ``path``) an opened, not yet loaded image whose decoding exceeds the budget."""
     what = f"a {im.format or ''} image of {im.width}x{im.height} pixels in mode {im.mode}".replace("a  ", "an ")
-    limits.check(path, decode_bytes(im.mode, im.width, im.height), what, BadImageError)
+    limits.check(path, decode_bytes(im.mode, im.width, im.height), what, ImageBudgetError)
 
 
 def load_for_storage(data: bytes, path: str, max_size: int) -> tuple[bytes, tuple[int, int]]:

@@ -8,6 +8,11 @@ and the softmax all happen inside it. The resize to S x S stays on the host
 effnet-predict's resize is Pillow's. The depthwise convolution is chosen per platform
 inside the function (``lax.platform_dependent``): shifted slices on CPU, as effnet-predict
 computes them there, the native convolution elsewhere.
+
+A second function, ``gradcam.stablehlo``, takes the same arguments and returns effnet-predict's
+guided Grad-CAM map per image, ``(batch, S, S)`` in [0, 1] (``inference.gradcam``): the map needs
+the network's last feature map and gradients, which the probability function does not expose,
+so it is exported beside it rather than recomputed from it. ``SHA256SUMS`` covers it.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from jax import lax
 
 import effnet_jax
 from effnet_jax.data import transforms
+from effnet_jax.inference.gradcam import make_gradcam
 from effnet_jax.inference.thresholds import resolve_threshold
 from effnet_jax.labels import CLASS_NAMES, positive_probability
 from effnet_jax.metrics import calibration as calibration_lib
@@ -70,6 +76,25 @@ def make_serving_fn(model, treedef, mean, std, temperature: float | None, platfo
     return fn
 
 
+def make_gradcam_fn(model, treedef, mean, std):
+    """``fn(weight_leaves, images uint8 (B, S, S)) -> (B, S, S)`` float32 guided Grad-CAM maps in [0, 1].
+
+    The map ``inference.gradcam.make_gradcam`` draws for effnet-predict, on the same normalised
+    input as the probability function. It is drawn with the native depthwise convolution on
+    every platform: the shifted-slices form's backward pass picks its shape by batch size,
+    which a symbolic batch cannot tell.
+    """
+    table = jnp.asarray(transforms.Normalizer(mean, std).table(np.zeros((1, 1), np.uint8)))
+    gradcam = make_gradcam(model.clone(depthwise_impl="native"))
+
+    def fn(leaves, images):
+        variables = jax.tree_util.tree_unflatten(treedef, leaves)
+        x = jnp.take(table, images.astype(jnp.int32), axis=0)
+        return gradcam(variables, x)["heatmap"].astype(jnp.float32)
+
+    return fn
+
+
 def _metrics_at(run: Run) -> dict:
     """The trainer's evaluation records at the run's step (validation and external splits), numbers only."""
     found = {}
@@ -91,7 +116,7 @@ def _version(package: str) -> str | None:
 def _prepare_out_dir(out_dir: str):
     """``out_dir`` made, or refused when it holds anything other than an earlier export."""
     os.makedirs(out_dir, exist_ok=True)
-    ours = {bundle.MODEL_JSON, bundle.FUNCTION_FILE, bundle.WEIGHTS_FILE, bundle.SUMS_FILE}
+    ours = {bundle.MODEL_JSON, bundle.FUNCTION_FILE, bundle.WEIGHTS_FILE, bundle.GRADCAM_FILE, bundle.SUMS_FILE}
     others = sorted(set(os.listdir(out_dir)) - ours)
     if others:
         raise ValueError(f"--out={out_dir}: not empty ({', '.join(others[:3])}...); give a new or empty folder")
@@ -103,8 +128,12 @@ def export_run(
     threshold: float | str | None = None,
     platforms=DEFAULT_PLATFORMS,
     use_ema: bool = True,
+    gradcam: bool = True,
 ) -> dict:
-    """Exports the run's checkpoint into ``out_dir``; returns what model.json records."""
+    """Exports the run's checkpoint into ``out_dir``; returns what model.json records.
+
+    ``gradcam=False`` leaves out the Grad-CAM function (a folder that scores but draws no maps).
+    """
     _prepare_out_dir(out_dir)
     # Two stages (lowering for every platform is the long one, then writing the files).
     stages = Progress(2, f"export {run.workdir}", unit="stage", logger=logging.getLogger("effnet_jax.inference"))
@@ -129,6 +158,9 @@ def export_run(
         jax.ShapeDtypeStruct((batch, size, size), jnp.uint8),
     )
     exported = jax_export.export(jax.jit(fn), platforms=tuple(platforms))(*args)
+    if gradcam:
+        gradcam_fn = make_gradcam_fn(model, treedef, mean, std)
+        gradcam = bytes(jax_export.export(jax.jit(gradcam_fn), platforms=tuple(platforms))(*args).serialize())
     stages.update()
     function = bytes(exported.serialize())
     buffer = io.BytesIO()
@@ -199,16 +231,25 @@ def export_run(
             "weights": {"name": bundle.WEIGHTS_FILE, "bytes": len(weights), "sha256": bundle.sha256(weights)},
         },
     }
+    if gradcam:  # same arguments as the function; returns the guided Grad-CAM map per image (B, S, S) in [0, 1]
+        meta["files"]["gradcam"] = {
+            "name": bundle.GRADCAM_FILE,
+            "bytes": len(gradcam),
+            "sha256": bundle.sha256(gradcam),
+        }
     # model.json last (and the old one gone first): a folder holding it holds the files it describes.
     if os.path.exists(os.path.join(out_dir, bundle.MODEL_JSON)):
         os.remove(os.path.join(out_dir, bundle.MODEL_JSON))
-    for name, blob in ((bundle.FUNCTION_FILE, function), (bundle.WEIGHTS_FILE, weights)):
+    blobs = {bundle.FUNCTION_FILE: function, bundle.WEIGHTS_FILE: weights}
+    if gradcam:
+        blobs[bundle.GRADCAM_FILE] = gradcam
+    elif os.path.exists(os.path.join(out_dir, bundle.GRADCAM_FILE)):  # an earlier export's, not this model's
+        os.remove(os.path.join(out_dir, bundle.GRADCAM_FILE))
+    for name, blob in blobs.items():
         with open(os.path.join(out_dir, name), "wb") as f:
             f.write(blob)
     text = json.dumps(meta, indent=2) + "\n"
-    sums = bundle.sums_text(
-        {bundle.MODEL_JSON: text.encode(), bundle.FUNCTION_FILE: function, bundle.WEIGHTS_FILE: weights}
-    )
+    sums = bundle.sums_text({bundle.MODEL_JSON: text.encode(), **blobs})
     with open(os.path.join(out_dir, bundle.SUMS_FILE), "w") as f:
         f.write(sums)
     with open(os.path.join(out_dir, bundle.MODEL_JSON), "w") as f:

@@ -5,7 +5,9 @@
     model.json       what the model is and how to feed it (validated here before anything else is read)
     model.stablehlo  the function, serialized by ``jax.export`` (StableHLO bytes, symbolic batch)
     weights.npz      its arrays, in the order of the function's arguments (plain .npy, no pickles)
-    SHA256SUMS       the SHA-256 of each of the three (``sha256sum -c SHA256SUMS`` checks them)
+    gradcam.stablehlo  the guided Grad-CAM function: same arguments, a map per image (absent from
+                     folders exported before it existed; such a model scores but draws no maps)
+    SHA256SUMS       the SHA-256 of each (``sha256sum -c SHA256SUMS`` checks them)
 
 A directory may come from anyone: model.json is held to 1 MiB and nested at most
 ``limits.MAX_NESTING`` deep, the weights' declared shapes to the decoded-size budget
@@ -30,6 +32,7 @@ FORMAT = "effnet_jax.exported/1"
 MODEL_JSON = "model.json"
 FUNCTION_FILE = "model.stablehlo"
 WEIGHTS_FILE = "weights.npz"
+GRADCAM_FILE = "gradcam.stablehlo"
 SUMS_FILE = "SHA256SUMS"
 
 MAX_JSON_BYTES = 1 << 20
@@ -96,6 +99,12 @@ _SCHEMA = [
     ("files.function.sha256", str, lambda v: re.fullmatch("[0-9a-f]{64}", v) is not None),
     ("files.weights.sha256", str, lambda v: re.fullmatch("[0-9a-f]{64}", v) is not None),
 ]
+# Checked as above when ``files.gradcam`` is present (an older export has no Grad-CAM function).
+_GRADCAM_SCHEMA = [
+    ("files.gradcam.name", str, lambda v: v == GRADCAM_FILE),
+    ("files.gradcam.bytes", int, lambda v: 0 < v <= MAX_FUNCTION_BYTES),
+    ("files.gradcam.sha256", str, lambda v: re.fullmatch("[0-9a-f]{64}", v) is not None),
+]
 
 
 def _lookup(meta: dict, dotted: str):
@@ -137,7 +146,8 @@ def read_model_json(directory: str) -> dict:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise ExportedModelError(f"{path}: format {found!r}, expected {FORMAT!r} (written by effnet-export)")
-    for key, types, check in _SCHEMA:
+    has_gradcam = isinstance(meta.get("files"), dict) and "gradcam" in meta["files"]
+    for key, types, check in _SCHEMA + (_GRADCAM_SCHEMA if has_gradcam else []):
         try:
             value = _lookup(meta, key)
         except KeyError:

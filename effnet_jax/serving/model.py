@@ -37,12 +37,16 @@ class ImageInputError(ValueError):
     """An image (array or file) the model cannot take; the message names it."""
 
 
+class ImageBudgetError(ImageInputError):
+    """An image over a size budget (file bytes, or decoded bytes: ``effnet_jax.limits``); the message names it."""
+
+
 def read_image(path: str) -> bytes:
     """The bytes of image or DICOM file ``path``, refusing non-regular and oversized files."""
     try:
         return limits.read_regular_file(path, MAX_IMAGE_FILE_BYTES)
     except limits.BudgetError as e:
-        raise ImageInputError(str(e)) from None
+        raise ImageBudgetError(str(e)) from None
     except OSError as e:
         raise ImageInputError(f"{path}: cannot read file ({type(e).__name__}: {e.strerror or e})") from e
 
@@ -61,7 +65,7 @@ def _gray_from_array(image, name: str) -> Image.Image:
 class ExportedModel:
     """An exported model, ready to score images. ``threshold`` and ``class_names`` come from model.json."""
 
-    def __init__(self, directory: str, meta: dict, exported, weights: list):
+    def __init__(self, directory: str, meta: dict, exported, weights: list, gradcam=None):
         self.directory = directory
         self.info = meta  # the whole of model.json
         self.class_names = tuple(meta["class_names"])
@@ -74,6 +78,13 @@ class ExportedModel:
         self._exported = exported
         self._weights = [jax.device_put(w) for w in weights]
         self._call = jax.jit(exported.call)
+        # The guided Grad-CAM function (gradcam.stablehlo); None for a folder exported without one.
+        self._gradcam = None if gradcam is None else jax.jit(gradcam.call)
+
+    @property
+    def has_gradcam(self) -> bool:
+        """Whether the folder holds the Grad-CAM function (exports before it existed do not)."""
+        return self._gradcam is not None
 
     # -- host preprocessing -----------------------------------------------------------------------
     def _from_stored(self, stored: bytes) -> np.ndarray:
@@ -91,25 +102,46 @@ class ExportedModel:
 
     def prepare_file(self, path: str) -> np.ndarray:
         """An image or DICOM file -> the function's ``(S, S)`` uint8 input, as effnet-predict reads it."""
-        data = read_image(path)
+        return self.prepare_bytes(read_image(path), path)
+
+    def prepare_bytes(self, data: bytes, name: str) -> np.ndarray:
+        """The bytes of an image or DICOM file called ``name`` -> the function's ``(S, S)`` uint8 input.
+
+        ImageBudgetError when decoding would exceed the decoded-size budget, ImageInputError otherwise.
+        """
         try:
-            stored, _ = imaging.load_for_storage(data, path, self.max_size)
+            stored, _ = imaging.load_for_storage(data, name, self.max_size)
+        except imaging.ImageBudgetError as e:
+            raise ImageBudgetError(str(e)) from e
         except imaging.BadImageError as e:
             raise ImageInputError(str(e)) from e
         return self._from_stored(stored)
 
     # -- scoring ------------------------------------------------------------------------------------
-    def run(self, inputs: np.ndarray) -> np.ndarray:
-        """P(positive class) for prepared inputs ``(B, S, S)`` uint8, as float32 ``(B,)``."""
+    def _checked(self, inputs) -> np.ndarray:
         inputs = np.asarray(inputs)
         expected = (self.image_size, self.image_size)
         if inputs.dtype != np.uint8 or inputs.ndim != 3 or inputs.shape[1:] != expected:
             raise ImageInputError(
                 f"inputs: {inputs.dtype}{inputs.shape}, expected uint8 (B, {expected[0]}, {expected[1]})"
             )
+        return inputs
+
+    def run(self, inputs: np.ndarray) -> np.ndarray:
+        """P(positive class) for prepared inputs ``(B, S, S)`` uint8, as float32 ``(B,)``."""
+        inputs = self._checked(inputs)
         if inputs.shape[0] == 0:
             return np.zeros((0,), np.float32)
         return np.asarray(self._call(self._weights, inputs), np.float32)
+
+    def gradcam(self, inputs: np.ndarray) -> np.ndarray:
+        """Guided Grad-CAM maps in [0, 1] for prepared inputs ``(B, S, S)`` uint8, as float32 ``(B, S, S)``."""
+        if self._gradcam is None:
+            raise ExportedModelError(f"{self.directory}: exported without {bundle.GRADCAM_FILE}; export the run again")
+        inputs = self._checked(inputs)
+        if inputs.shape[0] == 0:
+            return np.zeros((0, self.image_size, self.image_size), np.float32)
+        return np.asarray(self._gradcam(self._weights, inputs), np.float32)
 
     def __call__(self, images: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
         """P(positive class) for a list of uint8 images of any size, ``(H, W)`` grey or ``(H, W, 3)``."""
@@ -189,17 +221,24 @@ def _read_weights(path: str, data: bytes, avals) -> list[np.ndarray]:
     return arrays
 
 
+def _read_function(directory: str, meta: dict, role: str):
+    """The ``jax.export`` function model.json lists under ``files[role]``, checked and deserialized."""
+    path = os.path.join(directory, meta["files"][role]["name"])
+    blob = bundle.read_checked(directory, meta, role, bundle.MAX_FUNCTION_BYTES)
+    try:
+        exported = jax_export.deserialize(bytearray(blob))
+    except Exception as e:  # the flatbuffer reader raises struct, index and value errors on bad bytes
+        raise ExportedModelError(f"{path}: not a serialized jax.export function ({type(e).__name__})") from e
+    check_custom_calls(exported, path)
+    return exported
+
+
 def load(directory: str) -> ExportedModel:
     """The model ``effnet-export`` wrote to ``directory``; raises ExportedModelError naming the bad file."""
     directory = os.fspath(directory)
     meta = bundle.read_model_json(directory)
     function_path = os.path.join(directory, bundle.FUNCTION_FILE)
-    blob = bundle.read_checked(directory, meta, "function", bundle.MAX_FUNCTION_BYTES)
-    try:
-        exported = jax_export.deserialize(bytearray(blob))
-    except Exception as e:  # the flatbuffer reader raises struct, index and value errors on bad bytes
-        raise ExportedModelError(f"{function_path}: not a serialized jax.export function ({type(e).__name__})") from e
-    check_custom_calls(exported, function_path)
+    exported = _read_function(directory, meta, "function")
     size = int(meta["input"]["image_size"])
     *weight_avals, image_aval = exported.in_avals
     if (
@@ -221,8 +260,18 @@ def load(directory: str) -> ExportedModel:
         weights_path, bundle.read_checked(directory, meta, "weights", bundle.MAX_WEIGHTS_BYTES), weight_avals
     )
     check_finite_weights(weights, weights_path)
+    gradcam = None
+    if "gradcam" in meta["files"]:
+        gradcam = _read_function(directory, meta, "gradcam")
+        gradcam_path = os.path.join(directory, bundle.GRADCAM_FILE)
+        same_args = [str(a) for a in gradcam.in_avals] == [str(a) for a in exported.in_avals]
+        if not same_args or [tuple(a.shape[1:]) for a in gradcam.out_avals] != [(size, size)]:
+            raise ExportedModelError(
+                f"{gradcam_path}: takes {gradcam.in_avals[-1]} and returns {gradcam.out_avals}; expected the "
+                f"function's arguments and a (batch, {size}, {size}) map"
+            )
     bundle.check_model_json(directory)
-    return ExportedModel(directory, meta, exported, weights)
+    return ExportedModel(directory, meta, exported, weights, gradcam)
 
 
 # What effnet-export's functions hold besides plain StableHLO ops: jax.export's own shape

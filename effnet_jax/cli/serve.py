@@ -1,0 +1,82 @@
+"""effnet-serve: an exported model behind HTTP, with a review page (needs the ``serve`` extra).
+
+    effnet-serve --exported=DIR [--host=127.0.0.1] [--port=8000] [--max_batch=16] [--max_wait_ms=5]
+
+DIR is a folder written by effnet-export, checked as ``effnet_jax.serving.load`` checks it.
+POST /v1/predict takes multipart ``file`` fields (JPEG, PNG, DICOM) and answers effnet-predict's
+records with the model's identity; GET / is the review page; GET /v1/model and GET /healthz
+describe the model and the server. Requests arriving together are scored in one call (up to
+--max_batch images, the first waiting at most --max_wait_ms for others). Uploads over a
+budget get 413, other file types 415, unreadable files 422, and a full queue 503
+(docs/serving.md). The decoded-size budget is EFFNET_JAX_DECODE_BUDGET's (docs/untrusted-inputs.md).
+
+Exit status: 0 stopped by Ctrl-C; 1 the folder could not be loaded; 2 bad usage or the
+``serve`` extra is not installed.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+
+from effnet_jax.cli.command import define_once, run_command
+from effnet_jax.cli.logs import quiet_unless_verbose, show_our_logs
+
+FLAGS = flags.FLAGS
+
+
+def define_flags(fv: flags.FlagValues = FLAGS):
+    """Defines this command's flags (once); see cli/predict.py for why not at import."""
+    d = lambda define, name, default, help: define_once(define, name, default, help, flag_values=fv)
+    d(flags.DEFINE_string, "exported", None, "Directory written by effnet-export: the model to serve.")
+    d(flags.DEFINE_string, "host", "127.0.0.1", "Address to listen on (0.0.0.0: every interface).")
+    d(flags.DEFINE_integer, "port", 8000, "TCP port to listen on.")
+    d(flags.DEFINE_integer, "max_batch", 16, "Most images scored in one call of the exported function.")
+    d(flags.DEFINE_float, "max_wait_ms", 5.0, "How long the first waiting image waits for others to join its batch.")
+    d(flags.DEFINE_integer, "max_queue", 256, "Most images waiting to be scored; a request that does not fit gets 503.")
+    d(flags.DEFINE_integer, "max_files", 16, "Most files in one request (more: 413).")
+    d(flags.DEFINE_integer, "max_file_kib", 32 << 10, "Most KiB in one uploaded file (more: 413).")
+    d(flags.DEFINE_integer, "max_megapixels", 50, "Most megapixels a JPEG or PNG header may declare (more: 413).")
+    d(flags.DEFINE_integer, "max_connections", 1024, "Open connections beyond this get 503 from the server itself.")
+
+
+def main(argv):
+    show_our_logs()
+    quiet_unless_verbose()
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not FLAGS.exported:
+        raise app.UsageError("--exported (a folder written by effnet-export) is required.")
+    try:
+        from effnet_jax import server
+    except ImportError as e:
+        print(f"effnet-serve: error: {e.name} is missing: pip install 'effnet_jax[serve]'", file=sys.stderr)
+        return 2
+    from effnet_jax import serving
+
+    try:
+        settings = server.Settings(
+            max_batch=FLAGS.max_batch,
+            max_wait_ms=FLAGS.max_wait_ms,
+            max_queue=FLAGS.max_queue,
+            max_files=FLAGS.max_files,
+            max_file_bytes=FLAGS.max_file_kib << 10,
+            max_pixels=FLAGS.max_megapixels * 1_000_000,
+        )
+        model = serving.load(FLAGS.exported)
+    except ValueError as e:  # ExportedModelError, or a limit below 1
+        print(f"effnet-serve: error: {e}", file=sys.stderr)
+        return 1
+    print(f"effnet-serve: {FLAGS.exported} on http://{FLAGS.host}:{FLAGS.port}/ (Ctrl-C stops)", file=sys.stderr)
+    server.serve(model, FLAGS.host, FLAGS.port, settings, limit_concurrency=FLAGS.max_connections)
+    return 0
+
+
+def run():
+    """Console-script entry point."""
+    run_command(__doc__, define_flags, main)
+
+
+if __name__ == "__main__":
+    run()

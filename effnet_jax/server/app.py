@@ -1,0 +1,244 @@
+"""The HTTP server behind ``effnet-serve``: an exported model behind FastAPI, scored in dynamic batches.
+
+    POST /v1/predict   multipart ``file`` fields (JPEG, PNG, DICOM) -> {"model": identity, "records": [...]}
+                       (``?gradcam=true`` adds each image's Grad-CAM overlay as a PNG data URL)
+    GET  /v1/model     model.json's public facts, the serving limits, the intended-use note
+    GET  /healthz      {"status": "ok", ...}: the batcher's counters (uvicorn listens once start-up is done)
+    GET  /             the review page (static/, shipped with the package)
+
+Records have effnet-predict's fields (``prediction_output.COLUMNS``). Nothing about a request
+outlives it: uploads are read, prepared, scored and dropped; the only state is the model and
+the batcher's counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import io
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from PIL import Image
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+
+from effnet_jax.inference.gradcam import overlay, weighted_by_probability
+from effnet_jax.reporting.model_card import INTENDED_USE
+from effnet_jax.server import batching, uploads
+from effnet_jax.serving import bundle
+
+STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
+log = logging.getLogger("effnet_jax.server")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The server's batching and budgets (``effnet-serve --help`` names each flag)."""
+
+    max_batch: int = 16  # images per call of the exported function
+    max_wait_ms: float = 5.0  # how long the first image of a batch waits for others
+    max_queue: int = 256  # images waiting to be scored; a request that does not fit gets 503
+    max_files: int = 16  # files in one request
+    max_file_bytes: int = 32 << 20  # bytes of one uploaded file
+    max_pixels: int = 50_000_000  # pixels a JPEG or PNG header may declare
+
+    def __post_init__(self):
+        for name, value in asdict(self).items():
+            if not value >= (0 if name == "max_wait_ms" else 1):
+                raise ValueError(f"{name}={value}: expected {'>= 0' if name == 'max_wait_ms' else 'at least 1'}")
+
+    @property
+    def max_request_bytes(self) -> int:
+        """The largest request body accepted: every file at its limit, plus room for the multipart framing."""
+        return self.max_files * self.max_file_bytes + (1 << 20)
+
+
+def model_identity(model) -> dict:
+    """What every answer carries about the model: model.json's SHA-256, class names, threshold and temperature."""
+    text = bundle.read_limited(os.path.join(model.directory, bundle.MODEL_JSON), bundle.MAX_JSON_BYTES)
+    return {
+        "model_json_sha256": bundle.sha256(text),
+        "class_names": list(model.class_names),
+        "threshold": model.threshold,
+        "threshold_rule": model.info["threshold"]["rule"],
+        "temperature": model.temperature,
+    }
+
+
+def public_facts(model, settings: Settings) -> dict:
+    """GET /v1/model: model.json without the exporting host's paths, plus the serving limits."""
+    info = model.info
+    facts = {k: info[k] for k in ("format", "class_names", "positive_class", "output", "input") if k in info}
+    facts.update({k: info.get(k) for k in ("threshold", "temperature", "calibration", "metrics", "platforms")})
+    facts["model"] = {k: v for k, v in info.get("model", {}).items() if k not in ("workdir", "checkpoint")}
+    facts["training"] = {k: v for k, v in info.get("training", {}).items() if k not in ("manual_dir", "external")}
+    facts.update(versions=info.get("versions"), created=info.get("created"), files=info.get("files"))
+    facts["identity"] = model_identity(model)
+    facts["gradcam"] = model.has_gradcam
+    facts["intended_use"] = INTENDED_USE
+    facts["serving"] = {**asdict(settings), "max_request_bytes": settings.max_request_bytes}
+    return facts
+
+
+def overlay_png(pixels: np.ndarray, heatmap: np.ndarray, prob: float) -> str:
+    """The Grad-CAM overlay effnet-predict draws (map times P, one scale for all images) as a PNG data URL."""
+    buffer = io.BytesIO()
+    Image.fromarray(overlay(pixels, weighted_by_probability(heatmap, prob)), mode="RGB").save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _refuse(status: int, message: str, **headers) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers or None)
+
+
+def create_app(model, settings: Settings = Settings()) -> FastAPI:
+    """The FastAPI app serving ``model`` (an ``effnet_jax.serving.ExportedModel``)."""
+    buckets = batching.batch_buckets(settings.max_batch)
+    batcher = batching.Batcher(
+        batching.bucketed_scorer(model, buckets), settings.max_batch, settings.max_wait_ms / 1000, settings.max_queue
+    )
+    identity = model_identity(model)
+    facts = public_facts(model, settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        await batcher.start()
+        # Every batch size compiled before the first request, so no request waits for a compilation;
+        # the Grad-CAM function (asked for by the review page, not by the API's clients) compiles on first use.
+        await run_in_threadpool(batching.warm_up, model, buckets)
+        log.info("effnet-serve: %s ready (batch sizes %s)", model.directory, ",".join(map(str, buckets)))
+        try:
+            yield
+        finally:
+            await batcher.stop()
+
+    app = FastAPI(title="effnet_jax", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.batcher = batcher
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def page():
+        return FileResponse(os.path.join(STATIC, "index.html"), media_type="text/html")
+
+    @app.get("/healthz")
+    async def healthz():
+        return {"status": "ok", "waiting": batcher.waiting, "batches": batcher.batches, "images": batcher.images}
+
+    @app.get("/v1/model")
+    async def model_facts():
+        return facts
+
+    @app.post("/v1/predict")
+    async def predict(request: Request, gradcam: bool = False):
+        if gradcam and not model.has_gradcam:
+            return _refuse(422, f"{model.directory}: exported without {bundle.GRADCAM_FILE}; export the run again")
+        length = request.headers.get("content-length")
+        if length is None or not length.isdigit():
+            return _refuse(411, "a Content-Length header is required (the body's size is checked before it is read)")
+        if int(length) > settings.max_request_bytes:
+            return _refuse(
+                413, f"request of {int(length):,} bytes, over the {settings.max_request_bytes:,} one request may have"
+            )
+        try:
+            form = await request.form(max_files=settings.max_files, max_fields=settings.max_files + 8)
+        except HTTPException as e:
+            if "Too many files" in str(e.detail):
+                return _refuse(413, f"more than {settings.max_files} files in one request")
+            return _refuse(400, f"not a readable multipart/form-data body ({e.detail})")
+        try:
+            files = form.getlist("file")
+            if not files or not all(isinstance(f, UploadFile) for f in files):
+                return _refuse(422, "expected one or more multipart 'file' fields holding image or DICOM files")
+            names = [uploads.display_name(f.filename, i) for i, f in enumerate(files)]
+            contents = [await f.read(settings.max_file_bytes + 1) for f in files]
+        finally:
+            await form.close()
+        try:
+            pixels = await run_in_threadpool(
+                lambda: [
+                    uploads.prepare(model, data, name, settings.max_file_bytes, settings.max_pixels)
+                    for data, name in zip(contents, names)
+                ]
+            )
+        except uploads.UploadError as e:
+            return _refuse(e.status, str(e))
+        try:
+            futures = batcher.submit([batching.Item(p, gradcam) for p in pixels])
+        except batching.Overloaded as e:
+            return _refuse(503, f"overloaded: {e}", **{"Retry-After": "1"})
+        try:
+            scored = await asyncio.gather(*futures)
+        except batching.Overloaded as e:
+            return _refuse(503, str(e), **{"Retry-After": "1"})
+        except Exception as e:  # the model failed on the batch this request was in
+            log.exception("effnet-serve: scoring failed")
+            return _refuse(500, f"scoring failed ({type(e).__name__}: {e})")
+        records = []
+        for name, image, result in zip(names, pixels, scored):
+            record = {
+                "file": name,
+                "prob_pneumonia": result.prob,
+                "label": model.class_names[int(result.prob >= model.threshold)],
+                "threshold": model.threshold,
+                "temperature": model.temperature,
+            }
+            if result.heatmap is not None:
+                record["gradcam"] = await run_in_threadpool(overlay_png, image, result.heatmap, result.prob)
+            records.append(record)
+        return {"model": identity, "records": records}
+
+    return app
+
+
+def serve(model, host: str = "127.0.0.1", port: int = 8000, settings: Settings = Settings(), **uvicorn_kw) -> None:
+    """Runs the app with uvicorn until interrupted; connections beyond ``limit_concurrency`` get 503."""
+    import uvicorn
+
+    uvicorn_kw.setdefault("limit_concurrency", 4 * settings.max_queue)
+    uvicorn.run(create_app(model, settings), host=host, port=port, log_level="info", **uvicorn_kw)
+
+
+class BackgroundServer:
+    """``app`` served by uvicorn on a thread, on a port the OS picks: for tests, benchmarks and notebooks.
+
+    with BackgroundServer(create_app(model)) as url:   # http://127.0.0.1:PORT
+        ...
+    """
+
+    def __init__(self, app, host: str = "127.0.0.1", **uvicorn_kw):
+        import uvicorn
+
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind((host, 0))
+        self.url = f"http://{host}:{self._socket.getsockname()[1]}"
+        uvicorn_kw.setdefault("log_level", "warning")
+        self._server = uvicorn.Server(uvicorn.Config(app, **uvicorn_kw))
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._socket]}, name="effnet-serve", daemon=True
+        )
+
+    def __enter__(self) -> str:
+        self._thread.start()
+        deadline = time.monotonic() + 300  # start-up compiles every batch size
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"effnet-serve did not start on {self.url}")
+            time.sleep(0.02)
+        return self.url
+
+    def __exit__(self, *exc):
+        self._server.should_exit = True
+        self._thread.join(timeout=30)
+        self._socket.close()
