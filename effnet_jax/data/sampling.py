@@ -110,7 +110,10 @@ class IndexBatches:
 
     def set_state(self, state: dict):
         if not isinstance(state, dict) or not isinstance(state.get("next_index"), int):
-            raise ValueError(f"training data state {state!r}: expected {{'next_index': <int>}}")
+            raise ValueError(
+                f"the checkpoint's training data state {state!r} is not {{'next_index': <int>}} (saved with "
+                "data.num_workers > 0?): resume it with --config.data.resident=off"
+            )
         self.next_index = state["next_index"]
 
     def close(self):
