@@ -17,6 +17,7 @@ from effnet_jax import runs
 from effnet_jax.inference.evaluation import calibrate_checkpoint
 from effnet_jax.metrics.calibration import Calibration
 from effnet_jax.reporting.model_card import write_model_card
+from effnet_jax.runs import layout
 from effnet_jax.train.loop import train_and_evaluate
 from effnet_jax.train.soup import soup_seeds, train_soup
 
@@ -32,6 +33,31 @@ class Outcome:
     calibration_path: str | None = None
     card: str | None = None  # the model card's path
     warnings: tuple[str, ...] = ()
+
+    def summary(self) -> list[str]:
+        """What a person reads when the job ends (warnings aside): the fitted temperature, where the outputs are."""
+        if not self.finished:
+            members = layout.Layout(self.workdir).members
+            return [
+                f"members in {members}/ stopped before their last step; no soup yet: run the same command to finish them"
+            ]
+        lines = []
+        c = self.calibration
+        if c is not None:
+            lines.append(
+                f"temperature {c.temperature:.4f} fitted on {c.fitted_on} at step {c.step} "
+                f"(ECE {c.ece_before:.4f} -> {c.ece_after:.4f}): {self.calibration_path}"
+            )
+        made = ""
+        if self.soup:
+            kind = "seed ensemble" if self.soup.get("combine") == "logits" else "soup"
+            made = (
+                f"{kind} of {len(self.soup['members'])} seeds at step {self.soup['step']} "
+                f"(members in {layout.MEMBERS}/, {layout.SOUP}); "
+            )
+        names = f"{layout.CHECKPOINTS}/, {layout.METRICS}, {layout.TENSORBOARD}/, {layout.MODEL_CARD}"
+        lines.append(f"outputs in {self.workdir} ({made}{names})")
+        return lines
 
 
 def run_experiment(config: ml_collections.ConfigDict, workdir: str) -> Outcome:

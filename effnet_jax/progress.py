@@ -136,6 +136,9 @@ NOISE = (
     "Variant folder %s has no %s",
     # orbax, on saves between evaluations: they carry no metrics by design.
     "Requested `tracked_metric`",
+    # TFDS, each time a builder gets a config made at run time (a folder task, an exclusion
+    # list): the config is ours, named by what it prepares.
+    "Using custom data configuration",
 )
 
 

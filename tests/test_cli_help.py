@@ -23,6 +23,7 @@ EXPECTED = {
     "effnet-export": {"workdir", "checkpoint", "out", "threshold", "platforms"},
     "effnet-soup": {"workdir", "members", "checkpoint", "combine"},
     "effnet-serve": {"exported", "host", "port", "max_batch", "max_wait_ms", "max_files"},
+    "effnet-sweep": {"config", "workdir", "sweep"},
 }
 
 

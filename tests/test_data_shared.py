@@ -97,3 +97,18 @@ def test_training_batches_at_224_and_deterministic_eval(cfg):
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])
     assert a["index"].tolist() == list(range(8))
+
+
+def test_kermany3_dry_run_shows_the_three_classes_of_train_and_of_the_external_set(tmp_path):
+    from helpers import load_config
+
+    from effnet_jax.train import plan
+
+    config = load_config("kermany3")
+    config.data.manual_dir = str(fx.SHARED_CHEST_XRAY)
+    config.data.external = (str(fx.SHARED_CHEST_XRAY.with_name("chest_xray_external")),)
+    config.select_split = "external"
+    config.data.data_dir = str(tmp_path / "tfds")  # not prepared there: counted from the folders
+    text = plan.describe(config, str(tmp_path / "run"))
+    assert "train/: 5,216 images (BACTERIAL 2,530, NORMAL 1,341, VIRAL 1,345)" in text
+    assert "314 images (BACTERIAL 118, NORMAL 118, VIRAL 78) (never trained on)" in text

@@ -35,6 +35,7 @@ LAYERS = [
     ("effnet_jax.reporting",),  # model cards and run summaries read what evaluation wrote
     ("effnet_jax.server",),  # effnet-serve: an exported model behind HTTP, Grad-CAM overlays, the model card's note
     ("effnet_jax.experiment",),  # train, calibrate, describe: the library behind effnet-train
+    ("effnet_jax.sweep",),  # a grid of experiments, each trained and scored: the library behind effnet-sweep
     ("effnet_jax.cli",),
 ]
 

@@ -6,6 +6,7 @@ import tempfile
 import textwrap
 
 from absl import app, flags
+from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
 
@@ -70,6 +71,42 @@ def run_command(doc: str, define_flags, main) -> None:
     exit_with_help_if_asked(sys.argv, doc, define_flags)
     define_flags()
     app.run(main)
+
+
+def define_config_flag(fv: flags.FlagValues = FLAGS) -> None:
+    """--config: a config file (configs/*.py), each key overridable as --config.KEY=VALUE; locked against new keys."""
+    config_flags.DEFINE_config_file(
+        "config",
+        None,
+        "Training config file (configs/*.py); override any key with --config.KEY=VALUE "
+        "(effnet_jax/train/config.py lists every key).",
+        flag_values=fv,
+        lock_config=True,
+    )
+
+
+def parse_config_flags(command: str, argv: list[str]) -> list[str]:
+    """absl's parse of ``argv`` for a command with --config; a bad flag or unknown --config.KEY exits 2 in one line."""
+    try:
+        return FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+        message = " ".join(str(e).replace("\\n", "\n").replace("\\", "").replace("'", "").split()).strip('"')
+        if isinstance(e, (AttributeError, KeyError)):
+            message = f"unknown config key {message} (the schema, effnet_jax/train/config.py, lists every key)"
+        print(f"{command}: bad flag: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def run_config_command(command: str, doc: str, define_flags, main) -> None:
+    """The entry point of a command with --config and --workdir (effnet-train, effnet-sweep): flags parsed first.
+
+    Parsed before absl's app.run so that a bad --config.KEY is one line naming it, not a traceback.
+    """
+    exit_with_help_if_asked(sys.argv, doc, define_flags)
+    define_flags()
+    flags.mark_flags_as_required(["config", "workdir"])
+    argv = parse_config_flags(command, sys.argv)
+    app.run(main, argv=argv, flags_parser=lambda _: argv)
 
 
 def check_output_dir(path: str, flag: str) -> str | None:

@@ -131,6 +131,20 @@ def main(argv):
         f"\n{report.split} split, step {report.step}, {report.num_examples} images, "
         f"class counts {report.class_counts}{synthetic}"
     )
+    if len(report.class_names) > 2:
+        # More than two classes: no threshold; the table is per class, one vs rest.
+        print(f"probabilities: {report.calibration}\n\n{report.table}")
+    else:
+        _print_binary(report)
+    print(f"\nWrote {report.out_dir}/ ({', '.join(sorted(report.files.values()))})")
+    card = write_card_or_warn(FLAGS.workdir, "effnet-eval")
+    if card:
+        print(f"Refreshed {card}")
+    return 0
+
+
+def _print_binary(report) -> None:
+    """Thresholds, calibration and the table of a two-class report."""
     print(f"operating threshold {report.operating_threshold:.4f}: {report.operating_threshold_rule}")
     print(f"threshold chosen by {report.threshold_source}: {report.validation_threshold:.4f}")
     print(f"probabilities: {report.calibration}")
@@ -144,11 +158,6 @@ def main(argv):
         print(f"[95% bootstrap intervals: {ci['resamples']} resamples by {ci['resampled_by']}, {ci['groups']} groups]")
     print()
     print(report.table)
-    print(f"\nWrote {report.out_dir}/ ({', '.join(sorted(report.files.values()))})")
-    card = write_card_or_warn(FLAGS.workdir, "effnet-eval")
-    if card:
-        print(f"Refreshed {card}")
-    return 0
 
 
 def run():

@@ -35,3 +35,16 @@ def quiet_unless_verbose():
     quiet_library_noise()
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.ERROR)
+
+
+def only_warnings_from_this_process():
+    """On a process other than 0 of a multi-process job: warnings only, tagged with the process index."""
+    # Process 0 tells the story; the others speak up only for warnings.
+    import jax
+
+    ours = std_logging.getLogger("effnet_jax")
+    ours.setLevel(std_logging.WARNING)
+    for handler in ours.handlers:
+        handler.setFormatter(
+            std_logging.Formatter(f"%(asctime)s [process {jax.process_index()}] %(name)s: %(message)s", "%H:%M:%S")
+        )

@@ -127,12 +127,13 @@ def main(argv):
             "its predictions mean nothing",
             file=sys.stderr,
         )
+    shown = "none" if predictor.threshold is None else f"{predictor.threshold:.4f}"
     print(
-        f"effnet-predict: {len(paths)} image(s), step {predictor.step}, threshold {predictor.threshold:.4f} "
+        f"effnet-predict: {len(paths)} image(s), step {predictor.step}, threshold {shown} "
         f"({predictor.threshold_source}), probabilities {predictor.calibration}",
         file=sys.stderr,
     )
-    status = _emit(predictor.predict(paths, FLAGS.gradcam))
+    status = _emit(predictor.predict(paths, FLAGS.gradcam), predictor.class_names)
     if FLAGS.gradcam:
         print(f"effnet-predict: wrote Grad-CAM overlays and panels to {FLAGS.gradcam}", file=sys.stderr)
     return status
@@ -156,22 +157,23 @@ def _main_exported(paths) -> int:
         model = serving.load(FLAGS.exported)
     except serving.ExportedModelError as e:
         return _fail(str(e), EXIT_FAILED)
+    shown = model.threshold if threshold is None else threshold
     print(
         f"effnet-predict: {len(paths)} image(s), exported model {FLAGS.exported}, "
-        f"threshold {model.threshold if threshold is None else threshold:.4f}",
+        f"threshold {'none (the most probable class)' if shown is None else f'{shown:.4f}'}",
         file=sys.stderr,
     )
-    return _emit(model.predict_files(paths, threshold, FLAGS.batch_size))
+    return _emit(model.predict_files(paths, threshold, FLAGS.batch_size), model.class_names)
 
 
-def _emit(records) -> int:
+def _emit(records, class_names=None) -> int:
     """Prints or writes (--out) each record; EXIT_FAILED if any image could not be read."""
     from effnet_jax.inference.prediction_output import PredictionWriter, printable_record
     from effnet_jax.output_files import UnsafeOutputError
 
     failed = counted = 0
     try:
-        writer = PredictionWriter(FLAGS.out) if FLAGS.out else None
+        writer = PredictionWriter(FLAGS.out, class_names) if FLAGS.out else None
     except (UnsafeOutputError, OSError) as e:
         return _fail(f"--out={FLAGS.out}: {e}" if isinstance(e, OSError) else str(e), EXIT_FAILED)
     try:

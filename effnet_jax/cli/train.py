@@ -20,25 +20,17 @@ import logging as std_logging
 import sys
 
 from absl import app, flags
-from ml_collections import config_flags
 
-from effnet_jax.cli.command import exit_with_help_if_asked
+from effnet_jax.cli.command import define_config_flag, run_config_command
 from effnet_jax.cli.errors import EXIT_PREEMPTED, exit_in_one_line
-from effnet_jax.cli.logs import show_our_logs
+from effnet_jax.cli.logs import only_warnings_from_this_process, show_our_logs
 
 FLAGS = flags.FLAGS
 
 
 def define_flags(fv: flags.FlagValues = FLAGS) -> None:
     """Defines effnet-train's flags on ``fv``."""
-    config_flags.DEFINE_config_file(
-        "config",
-        None,
-        "Training config file (configs/*.py); override any key with --config.KEY=VALUE "
-        "(effnet_jax/train/config.py lists every key).",
-        flag_values=fv,
-        lock_config=True,
-    )
+    define_config_flag(fv)
     flags.DEFINE_string(
         "workdir",
         None,
@@ -74,7 +66,6 @@ def main(argv):
     # Import after flag parsing: JAX reads XLA_FLAGS and platform flags when first imported.
     from effnet_jax.compilation_cache import setup_compilation_cache
     from effnet_jax.experiment import run_experiment
-    from effnet_jax.runs import layout
     from effnet_jax.train import distributed
     from effnet_jax.train.loop import NonFiniteLossError
     from effnet_jax.train.preemption import Preempted
@@ -108,7 +99,7 @@ def main(argv):
         print(f"effnet-train: bad flag: {e}", file=sys.stderr)
         sys.exit(2)
     if started and not distributed.is_main_process():
-        _only_warnings_here()
+        only_warnings_from_this_process()
     try:
         outcome = run_experiment(FLAGS.config, FLAGS.workdir)
     except NonFiniteLossError as e:
@@ -119,61 +110,17 @@ def main(argv):
         sys.exit(EXIT_PREEMPTED)
     except Exception as e:  # one line for known causes; a bug keeps its traceback
         exit_in_one_line("effnet-train", e)
-    if not outcome.finished:
-        print(
-            f"effnet-train: members in {layout.Layout(FLAGS.workdir).members}/ stopped before their last step; "
-            "no soup yet: run the same command to finish them",
-            file=sys.stderr,
-        )
-        return
-    if not distributed.is_main_process():
+    if outcome.finished and not distributed.is_main_process():
         return
     for warning in outcome.warnings:
         print(f"effnet-train: warning: {warning}", file=sys.stderr)
-    c = outcome.calibration
-    if c is not None:
-        print(
-            f"effnet-train: temperature {c.temperature:.4f} fitted on {c.fitted_on} at step {c.step} "
-            f"(ECE {c.ece_before:.4f} -> {c.ece_after:.4f}): {outcome.calibration_path}"
-        )
-    soup = outcome.soup
-    made = (
-        f"{'seed ensemble' if soup.get('combine') == 'logits' else 'soup'} of {len(soup['members'])} seeds at "
-        f"step {soup['step']} (members in {layout.MEMBERS}/, {layout.SOUP}); "
-        if soup
-        else ""
-    )
-    names = f"{layout.CHECKPOINTS}/, {layout.METRICS}, {layout.TENSORBOARD}/, {layout.MODEL_CARD}"
-    print(f"effnet-train: outputs in {FLAGS.workdir} ({made}{names})")
-
-
-def _only_warnings_here():
-    # Process 0 tells the story; the others speak up only for warnings, tagged with who they are.
-    import jax
-
-    ours = std_logging.getLogger("effnet_jax")
-    ours.setLevel(std_logging.WARNING)
-    for handler in ours.handlers:
-        handler.setFormatter(
-            std_logging.Formatter(f"%(asctime)s [process {jax.process_index()}] %(name)s: %(message)s", "%H:%M:%S")
-        )
+    for line in outcome.summary():
+        print(f"effnet-train: {line}", file=sys.stdout if outcome.finished else sys.stderr)
 
 
 def run():
     """Console-script entry point (``effnet-train``)."""
-    exit_with_help_if_asked(sys.argv, __doc__, define_flags)
-    define_flags()
-    flags.mark_flags_as_required(["config", "workdir"])
-    try:
-        # Parsed here first so a bad --config.key is one line naming it, not a traceback.
-        argv = flags.FLAGS(sys.argv)
-    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-        message = " ".join(str(e).replace("\\n", "\n").replace("\\", "").replace("'", "").split()).strip('"')
-        if isinstance(e, (AttributeError, KeyError)):
-            message = f"unknown config key {message} (the schema, effnet_jax/train/config.py, lists every key)"
-        print(f"effnet-train: bad flag: {message}", file=sys.stderr)
-        sys.exit(2)
-    app.run(main, argv=argv, flags_parser=lambda _: argv)
+    run_config_command("effnet-train", __doc__, define_flags, main)
 
 
 if __name__ == "__main__":

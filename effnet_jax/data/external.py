@@ -1,7 +1,8 @@
 """External validation: labelled image folders from outside the training data.
 
 `data.external = ('PATH', ...)` names folders that each hold `NORMAL/` and `PNEUMONIA/`
-(images directly inside; nothing deeper is read). They are evaluated beside validation
+(images directly inside; nothing deeper is read); a folder task's external folders hold
+its class folders, or the folders its ``data.class_from_name`` rules read. They are evaluated beside validation
 as the splits 'external' (the first), 'external_1', ... and can pick the best checkpoint
 and the operating threshold; any other labelled folder is the split 'folder:PATH'.
 They are never trained on: `check_disjoint` refuses an external folder that overlaps
@@ -18,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from effnet_jax.data import kermany
+from effnet_jax.data import folders, kermany
 from effnet_jax.data import splits as splits_lib
-from effnet_jax.labels import CLASS_NAMES as CLASSES
+from effnet_jax.labels import class_names
 
 log = logging.getLogger(__name__)
 
@@ -66,22 +67,25 @@ def _index(split: str):
 
 
 @functools.lru_cache(maxsize=16)
-def _scan(folder: str, on_bad_image: str) -> tuple[splits_lib.PartMeta, tuple[str, ...]]:
+def _scan(folder: str, on_bad_image: str, task=None) -> tuple[splits_lib.PartMeta, tuple[str, ...]]:
+    """``task``: a folder task's ``(class names, rules, patient pattern)``; None for NORMAL/PNEUMONIA."""
     root = Path(folder)
+    classes, rules, pattern = task or (class_names(None), (), None)
+    sources = tuple(sorted({p.partition("/")[0] for p, _ in rules})) if rules else classes
     if not root.is_dir():
         raise ExternalDataError(
             f"{root}: external folder does not exist (expected {root}/NORMAL/ and {root}/PNEUMONIA/ with images)"
         )
-    missing = [c for c in CLASSES if not (root / c).is_dir()]
+    missing = [c for c in sources if not (root / c).is_dir()]
     if missing:
         found = sorted(p.name for p in root.iterdir() if p.is_dir())
         raise ExternalDataError(
             f"{root}: missing {', '.join(c + '/' for c in missing)}; an external folder "
-            f"holds NORMAL/ and PNEUMONIA/ (found folders: {found or 'none'})"
+            f"holds {' and '.join(c + '/' for c in sources)} (found folders: {found or 'none'})"
         )
     names, labels, paths, patients, skipped = [], [], [], [], []
-    for label, cls in enumerate(CLASSES):
-        for entry in sorted(os.scandir(root / cls), key=lambda e: e.name):
+    for source in sources:
+        for entry in sorted(os.scandir(root / source), key=lambda e: e.name):
             if entry.name.startswith(".") or not entry.name.lower().endswith(_IMAGE_SUFFIXES):
                 continue
             problem = _file_problem(Path(entry.path))
@@ -90,18 +94,29 @@ def _scan(folder: str, on_bad_image: str) -> tuple[splits_lib.PartMeta, tuple[st
                     raise ExternalDataError(f"{entry.path}: {problem} (data.on_bad_image=skip leaves it out)")
                 skipped.append(f"{entry.path}: {problem}")
                 continue
-            names.append(f"{cls}/{entry.name}")
+            cls = folders.classify(source, entry.name, rules)
+            if cls is None:
+                if on_bad_image != "skip":
+                    raise ExternalDataError(
+                        f"{entry.path}: matches no data.class_from_name rule (data.on_bad_image=skip leaves it out)"
+                    )
+                skipped.append(f"{entry.path}: matches no data.class_from_name rule")
+                continue
+            names.append(f"{source}/{entry.name}")
             # Kermany-style names carry the patient (bootstrap intervals resample by it);
-            # any other name counts as a patient of its own.
-            patients.append(f"{cls}/{kermany.parse_name(entry.name, cls)[0]}")
-            labels.append(label)
+            # any other name counts as a patient of its own (a folder task: its patient rule).
+            if task is None:
+                patients.append(f"{cls}/{kermany.parse_name(entry.name, cls)[0]}")
+            else:
+                patients.append(folders.patient_of(entry.name, cls, pattern))
+            labels.append(classes.index(cls))
             paths.append(entry.path)
     for line in skipped:
         log.warning("external folder %s: skipped %s", root, line)
-    counts = np.bincount(np.asarray(labels, np.int64), minlength=len(CLASSES))
+    counts = np.bincount(np.asarray(labels, np.int64), minlength=len(classes))
     if counts.sum() == 0:
-        raise ExternalDataError(f"{root}: no images in NORMAL/ or PNEUMONIA/")
-    for cls, n in zip(CLASSES, counts):
+        raise ExternalDataError(f"{root}: no images in {' or '.join(c + '/' for c in sources)}")
+    for cls, n in zip(classes, counts):
         if n == 0:
             log.warning(
                 "external folder %s: %s/ has no images; AUC, sensitivity or specificity is undefined", root, cls
@@ -128,7 +143,14 @@ def _file_problem(path: Path) -> str | None:
 def scan(data_config, split: str) -> tuple[splits_lib.PartMeta, tuple[str, ...]]:
     """Labels and file names (class/file) of an external split, and the files' paths."""
     folder = folder_of(data_config, split).resolve()
-    return _scan(str(folder), data_config.get("on_bad_image", "error"))
+    task = None
+    if data_config.get("name") == folders.NAME:
+        task = (
+            class_names(data_config),
+            folders.rules(data_config),
+            data_config.get("patient_id_pattern") or None,
+        )
+    return _scan(str(folder), data_config.get("on_bad_image", "error"), task)
 
 
 def selection(data_config, split: str) -> splits_lib.Selection:

@@ -211,19 +211,23 @@ def _join(a: str, b: str) -> str:
     return f"{a}/{b}" if a else b
 
 
-def _find_root(tree: _Tree) -> str | None:
+def _find_root(tree: _Tree, classes=CLASS_NAMES) -> str | None:
     """The folder holding train/{NORMAL,PNEUMONIA}: most class folders first, then shallowest.
 
     Kaggle's zip nests a second copy of the layout (the shallower one wins); Mendeley's
     full archive has an OCT data set beside it whose train/ also has a NORMAL/ folder.
     """
     roots = [d for d in tree.dirs if "train" in tree.dirs[d] and not any(part in _OS_DIRS for part in d.split("/"))]
-    classes = lambda d: len(set(CLASS_NAMES) & tree.dirs.get(_join(d, "train"), set()))
-    return min(roots, key=lambda d: (-classes(d), d.count("/") + bool(d), d)) if roots else None
+    found = lambda d: len(set(classes) & tree.dirs.get(_join(d, "train"), set()))
+    return min(roots, key=lambda d: (-found(d), d.count("/") + bool(d), d)) if roots else None
 
 
-def scan(path) -> Layout:
-    """Read the layout under `path` (a folder, a zip, or a folder holding one zip)."""
+def scan(path, classes=CLASS_NAMES) -> Layout:
+    """Read the layout under `path` (a folder, a zip, or a folder holding one zip).
+
+    ``classes``: the class folders every split holds (``effnet_jax.data.folders`` passes
+    a folder data set's own).
+    """
     path = Path(path).expanduser()
     if not path.exists():
         raise LayoutError(
@@ -237,7 +241,7 @@ def scan(path) -> Layout:
         zip_path = path
     else:
         tree = _Tree.from_folder(path)
-        if _find_root(tree) is None:
+        if _find_root(tree, classes) is None:
             zips = sorted(path.glob("*.zip"))
             if len(zips) == 1:
                 zip_path = zips[0]
@@ -250,14 +254,14 @@ def scan(path) -> Layout:
     if zip_path is not None:
         with zipfile.ZipFile(zip_path) as zf:
             tree = _Tree.from_zip(zf.namelist())
-    root = _find_root(tree)
+    root = _find_root(tree, classes)
     where = str(zip_path or path)
     if root is None:
         raise LayoutError(f"{where}: no train/ folder found; expected {{train,val,test}}/{{NORMAL,PNEUMONIA}}/*.jpeg")
-    return _walk(tree, root, where, str(zip_path) if zip_path else None, str(path))
+    return _walk(tree, root, where, str(zip_path) if zip_path else None, str(path), tuple(classes))
 
 
-def _walk(tree: _Tree, root: str, where: str, zip_path, folder) -> Layout:
+def _walk(tree: _Tree, root: str, where: str, zip_path, folder, classes=CLASS_NAMES) -> Layout:
     shown = lambda rel: f"{where}:{rel}" if zip_path else str(Path(folder) / rel)
     files, problems, ignored = {}, [], []
     # Whatever lies beside the path down to the root (a README, __MACOSX, other data
@@ -276,7 +280,7 @@ def _walk(tree: _Tree, root: str, where: str, zip_path, folder) -> Layout:
     for name in sorted(tree.dirs.get(root, ())):
         rel = _join(root, name)
         if name in SPLITS:
-            files[name] = _walk_split(tree, rel, shown, problems, ignored)
+            files[name] = _walk_split(tree, rel, shown, problems, ignored, classes)
         elif name in _OS_DIRS:
             ignored.append(f"{shown(rel)}: archiver metadata folder")
         elif "train" in tree.dirs.get(rel, ()):
@@ -289,21 +293,23 @@ def _walk(tree: _Tree, root: str, where: str, zip_path, folder) -> Layout:
     return Layout(source=source, files=files, problems=problems, ignored=ignored, zip_path=zip_path)
 
 
-def _walk_split(tree, split_rel, shown, problems, ignored) -> list[tuple[str, str]]:
+def _walk_split(tree, split_rel, shown, problems, ignored, classes=CLASS_NAMES) -> list[tuple[str, str]]:
     entries = []
+    listed = [f"{c}/" for c in classes]
+    folders = ", ".join(listed[:-1]) + f" and {listed[-1]}"
     for name in sorted(tree.files.get(split_rel, ())):
         rel = _join(split_rel, name)
         if _is_os_junk(name):
             ignored.append(f"{shown(rel)}: OS metadata file")
         else:
-            problems.append(f"{shown(rel)}: stray file outside NORMAL/ and PNEUMONIA/")
+            problems.append(f"{shown(rel)}: stray file outside the class folders {folders}")
     for name in sorted(tree.dirs.get(split_rel, ())):
-        if name not in CLASS_NAMES and name not in _OS_DIRS:
-            problems.append(f"{shown(_join(split_rel, name))}: stray folder (expected NORMAL/, PNEUMONIA/)")
-    for cls in CLASS_NAMES:
+        if name not in classes and name not in _OS_DIRS:
+            problems.append(f"{shown(_join(split_rel, name))}: stray folder (expected {', '.join(listed)})")
+    for cls in classes:
         cls_rel = _join(split_rel, cls)
         if cls_rel not in tree.dirs:
-            raise LayoutError(f"{shown(cls_rel)}: missing class folder (every split needs NORMAL/ and PNEUMONIA/)")
+            raise LayoutError(f"{shown(cls_rel)}: missing class folder (every split needs {folders})")
         for sub in sorted(tree.dirs[cls_rel]):
             problems.append(f"{shown(_join(cls_rel, sub))}: stray folder inside a class folder")
         for name in sorted(tree.files[cls_rel]):
@@ -313,5 +319,5 @@ def _walk_split(tree, split_rel, shown, problems, ignored) -> list[tuple[str, st
             else:
                 entries.append((cls, rel))
     if not entries:
-        raise LayoutError(f"{shown(split_rel)}: empty split (no files in NORMAL/ or PNEUMONIA/)")
+        raise LayoutError(f"{shown(split_rel)}: empty split (no files in {folders.replace(' and ', ' or ')})")
     return entries

@@ -21,7 +21,7 @@ import numpy as np
 
 from effnet_jax.data import flags as flags_lib
 from effnet_jax.data import sampling, sources, transforms
-from effnet_jax.labels import CLASS_NAMES
+from effnet_jax.labels import class_names
 
 
 class _LoadExample:
@@ -226,11 +226,12 @@ def split_info(data_config, split: str) -> dict:
     data set has none: synthetic, PneumoniaMNIST).
     """
     sel = sources.selection(data_config, split)
-    counts = np.bincount(sel.labels, minlength=len(CLASS_NAMES))
+    names = class_names(data_config)
+    counts = np.bincount(sel.labels, minlength=len(names))
     return {
         "num_examples": int(len(sel)),
         "class_counts": [int(c) for c in counts],
-        "class_names": list(CLASS_NAMES),
+        "class_names": list(names),
         "synthetic": data_config.name == "synthetic",
         "file_names": None if sel.file_names is None else list(sel.file_names),
         "patient_ids": None if sel.patient_ids is None else list(sel.patient_ids),

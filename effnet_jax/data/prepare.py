@@ -25,6 +25,19 @@ class BuilderFactory:
     on_bad_image: str = "error"
     mnist_size: int = 224
     exclude_list: str | None = None  # chest_xray: exclusion list file (effnet-data clean)
+    # folder: the task's classes, file-name rules and patient rule (effnet_jax.data.folders)
+    class_names: tuple = ()
+    class_from_name: tuple = ()
+    patient_id_pattern: str | None = None
+
+    def folder_config(self) -> dict:
+        """The ``data`` keys ``effnet_jax.data.folders`` reads, from this factory."""
+        return {
+            "manual_dir": os.path.expanduser(self.manual_dir) if self.manual_dir else None,
+            "class_names": self.class_names,
+            "class_from_name": self.class_from_name,
+            "patient_id_pattern": self.patient_id_pattern,
+        }
 
     def __call__(self):
         import tensorflow_datasets as tfds  # noqa: F401  # pylint: disable=g-import-not-at-top  (fail early without TFDS)
@@ -39,6 +52,22 @@ class BuilderFactory:
             config = chest_xray.ChestXrayConfig(
                 max_size=self.max_size, on_bad_image=self.on_bad_image, exclude_list=exclude
             )
+        elif self.name == "folder":
+            from effnet_jax.data import folders  # pylint: disable=g-import-not-at-top
+            from effnet_jax.data.builders import folder  # pylint: disable=g-import-not-at-top
+
+            cls = folder.ClassFolders
+            task = self.folder_config()
+            exclude = os.path.expanduser(self.exclude_list) if self.exclude_list else None
+            config = folder.ClassFoldersConfig(
+                max_size=self.max_size,
+                on_bad_image=self.on_bad_image,
+                exclude_list=exclude,
+                class_names=folders.class_names(task),
+                rules=folders.rules(task),
+                patient_id_pattern=self.patient_id_pattern,
+                identity=folders.identity(task),
+            )
         elif self.name == "pneumonia_mnist":
             if self.exclude_list:
                 raise ValueError(
@@ -50,7 +79,9 @@ class BuilderFactory:
             cls = pneumonia_mnist.PneumoniaMnist
             config = pneumonia_mnist.config_for(self.mnist_size)
         else:
-            raise ValueError(f"data.name={self.name!r}: no TFDS builder (expected chest_xray or pneumonia_mnist)")
+            raise ValueError(
+                f"data.name={self.name!r}: no TFDS builder (expected chest_xray, folder or pneumonia_mnist)"
+            )
         # TFDS refuses a custom config object named like a registered one: pass the name.
         registered = {c.name for c in cls.BUILDER_CONFIGS}
         return cls(
@@ -83,7 +114,7 @@ def ensure_prepared(factory: BuilderFactory, allow_prepare: bool = True):
             f"{factory.name} ({builder.builder_config.name}) is not prepared under "
             f"{builder.data_dir}; set data.prepare=True or run python -m effnet_jax.cli.data prepare"
         )
-    if factory.name == "chest_xray" and factory.manual_dir is None:
+    if factory.name in ("chest_xray", "folder") and factory.manual_dir is None:
         raise ValueError(
             f"{factory.name} is not prepared under {builder.data_dir} and "
             "data.manual_dir is None; set it to the chest_xray folder or its zip"
@@ -113,6 +144,8 @@ def _check_inputs(factory: BuilderFactory) -> None:
         from effnet_jax.data import kermany  # pylint: disable=g-import-not-at-top
 
         kermany.scan(os.path.expanduser(factory.manual_dir)).close()
+    elif factory.name == "folder":
+        _scan(factory).close()
     elif (
         factory.name != "pneumonia_mnist"  # downloads into a missing manual_dir
         and factory.manual_dir
@@ -123,8 +156,17 @@ def _check_inputs(factory: BuilderFactory) -> None:
         )
 
 
+def _scan(factory: BuilderFactory):
+    """The raw layout a chest_xray or folder factory prepares from."""
+    from effnet_jax.data import folders, kermany  # pylint: disable=g-import-not-at-top
+
+    if factory.name == "folder":
+        return folders.scan(factory.folder_config())
+    return kermany.scan(os.path.expanduser(factory.manual_dir))
+
+
 def _check_source(factory: BuilderFactory, builder):
-    if factory.name != "chest_xray" or not factory.manual_dir:
+    if factory.name not in ("chest_xray", "folder") or not factory.manual_dir:
         return
     from effnet_jax.data import kermany  # pylint: disable=g-import-not-at-top
 
@@ -144,7 +186,7 @@ def _check_source(factory: BuilderFactory, builder):
             "data.manual_dir=%r no longer exists: using %s as prepared", factory.manual_dir, builder.data_path
         )
         return
-    layout = kermany.scan(raw)
+    layout = _scan(factory)
     layout.close()
     if not str(recorded).startswith(kermany.FINGERPRINT_SCHEME + ":"):
         raise StalePreparedDataError(

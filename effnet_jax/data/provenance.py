@@ -50,7 +50,7 @@ def provenance(data: dict) -> Provenance:
             "none",
             "generated train, validation and test sets",
         )
-    if name != "chest_xray":
+    if name not in ("chest_xray", "folder"):
         return Provenance(f"data set {name!r}", "unknown", "unknown")
     if data.get("split_protocol", "patient") == "pooled":
         rule = (
@@ -63,6 +63,16 @@ def provenance(data: dict) -> Provenance:
             "test = the folder's test/, where it has one"
         )
     manual_dir = data.get("manual_dir")
+    if name == "folder":
+        # A task of its own: classes from class folders or file-name rules; the images' licence is the user's
+        # (Kermany's too, when its folders are read through rules, but this does not guess).
+        patients = "by data.patient_id_pattern" if data.get("patient_id_pattern") else "one patient per file"
+        return Provenance(
+            f"a folder of class folders provided by the user (`{manual_dir}`), classes "
+            f"{list(data.get('class_names') or ())}",
+            USER_LICENCE,
+            rule.replace("by patient", f"by patient ({patients})"),
+        )
     if _kermany_folder(manual_dir):
         return Provenance(KERMANY + f", from `{manual_dir}`", CC_BY, rule)
     where = f"`{manual_dir}`" if manual_dir else "a prepared chest_xray data set"

@@ -9,7 +9,7 @@ import functools
 from effnet_jax.data import bundled_sample, external, synthetic
 from effnet_jax.data import splits as splits_lib
 
-DATASETS = ("chest_xray", "pneumonia_mnist", "synthetic", "sample")
+DATASETS = ("chest_xray", "folder", "pneumonia_mnist", "synthetic", "sample")
 
 
 class SyntheticReader:
@@ -59,6 +59,9 @@ def _config_key(cfg) -> tuple:
         cfg.get("synthetic_examples"),
         cfg.get("prepare", True),
         cfg.get("exclude_list"),
+        tuple(cfg.get("class_names") or ()),
+        tuple(tuple(r) for r in cfg.get("class_from_name") or ()),
+        cfg.get("patient_id_pattern") or None,
     )
 
 
@@ -83,6 +86,9 @@ def _catalog(key: tuple):
         on_bad_image=key[4],
         mnist_size=key[5],
         exclude_list=key[8],
+        class_names=key[9],
+        class_from_name=key[10],
+        patient_id_pattern=key[11],
     )
     builder = prepare.ensure_prepared(factory, allow_prepare=key[7])
     metas = prepare.read_part_metadata(builder)

@@ -64,7 +64,10 @@ def stratified_group_split(labels, groups, fractions, seed: int) -> np.ndarray:
         group_bucket = np.empty(len(uniq), np.int64)
         group_bucket[order] = np.searchsorted(cuts, cum - counts[order], side="right")
         bucket[members] = group_bucket[inverse]
-    return bucket
+    # A group with images of several labels (one patient's bacterial and viral films) goes
+    # whole to the bucket its first image drew, so no patient straddles two splits.
+    _, first, whole = np.unique(groups, return_index=True, return_inverse=True)
+    return bucket[first][whole.reshape(-1)]
 
 
 def _concat(metas: dict[str, PartMeta], parts: tuple[str, ...]):

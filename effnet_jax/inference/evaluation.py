@@ -7,6 +7,10 @@
       -> WORKDIR/eval/<split>_<step>/{metrics.json, *.png, predictions.csv} (runs.layout)
       -> an EvalReport
 
+A task with more than two classes (docs/your-own-task.md) has no positive class and no
+threshold: ``evaluate_classes`` reports each class one-vs-rest, their macro and weighted
+averages and the confusion matrix of the most probable class.
+
 No threshold is chosen on the split being reported (except when that split is the
 validation split itself, which the report says), so test numbers are honest.
 
@@ -39,9 +43,11 @@ from effnet_jax.data.pipeline import run_pass
 from effnet_jax.inference import tta as tta_lib
 from effnet_jax.inference.thresholds import operating_threshold, training_prior_threshold
 from effnet_jax.labels import CLASS_NAMES
+from effnet_jax.labels import class_names as task_class_names
 from effnet_jax.metrics import calibration as calibration_lib
 from effnet_jax.metrics import classification as metrics_lib
 from effnet_jax.metrics import intervals as intervals_lib
+from effnet_jax.metrics import multiclass
 from effnet_jax.output_files import csv_cell, open_output, short_hash, slug
 from effnet_jax.progress import Progress
 from effnet_jax.runs import Run
@@ -58,7 +64,7 @@ class SplitPredictions:
     """Per-example results of one pass over a split (padding rows removed), in split order."""
 
     labels: np.ndarray  # int64 (N,)
-    probs: np.ndarray  # float64 (N,), probability of PNEUMONIA
+    probs: np.ndarray  # float64 (N,), probability of PNEUMONIA; (N, C) past two classes
     index: np.ndarray  # int64 (N,), position in the split
     seconds: float = 0.0
 
@@ -159,12 +165,8 @@ def output_dir(run: Run, split: str, tta: tta_lib.TTAConfig) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class EvalReport:
-    """What ``evaluate_checkpoint`` found: metrics.json's fields (``to_json``), its folder and a printable table.
-
-    The threshold fields are on the uncalibrated probabilities; each ``metrics`` entry holds
-    the threshold mapped through the temperature, as applied to the reported probabilities.
-    """
+class _ReportHead:
+    """The fields every metrics.json starts with: which run, checkpoint, split and model."""
 
     workdir: str
     checkpoint: str | int
@@ -180,6 +182,20 @@ class EvalReport:
     image_size: int
     tta: str
     ema: bool
+
+    def to_json(self) -> dict:
+        """metrics.json's content, in its order."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("json", True)}
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalReport(_ReportHead):
+    """What ``evaluate_checkpoint`` found: metrics.json's fields (``to_json``), its folder and a printable table.
+
+    The threshold fields are on the uncalibrated probabilities; each ``metrics`` entry holds
+    the threshold mapped through the temperature, as applied to the reported probabilities.
+    """
+
     validation_threshold: float
     threshold_source: str
     training_prior_threshold: float
@@ -195,9 +211,38 @@ class EvalReport:
     out_dir: str = dataclasses.field(default="", metadata={"json": False})
     table: str = dataclasses.field(default="", metadata={"json": False})
 
-    def to_json(self) -> dict:
-        """metrics.json's content, in its order."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("json", True)}
+
+def _pass(run: Run, split, tta_config, batch_size, use_ema: bool, progress: bool):
+    """``(model, variables, predict_split's keyword arguments, split, why that split, its split_info)``."""
+    config, model, variables = run.config, run.model(), run.variables(use_ema)
+    image_size, mean, std = run.input_spec
+    batch_size = int(batch_size or config.get("eval_batch_size") or config.get("batch_size") or 32)
+    args = dict(image_size=image_size, mean=mean, std=std, batch_size=batch_size, tta=tta_config, progress=progress)
+    default_because = None
+    if split is None:
+        split, default_because = held_out_split(config.data)
+    return model, variables, args, split, default_because, split_info(config.data, split)
+
+
+def _head(run: Run, split, default_because, info: dict, result, class_names, tta_config, use_ema) -> dict:
+    """The ``_ReportHead`` fields of a report on ``split``."""
+    config = run.config
+    return dict(
+        workdir=run.workdir,
+        checkpoint=run.checkpoint if isinstance(run.checkpoint, str) else int(run.checkpoint),
+        step=run.step,
+        split=split,
+        split_default=default_because,
+        data=config.data.get("name"),
+        synthetic=bool(info.get("synthetic")),
+        num_examples=int(result.labels.size),
+        class_counts=info.get("class_counts"),
+        class_names=class_names,
+        model=config.model.name,
+        image_size=run.input_spec[0],
+        tta=tta_config.spec(),
+        ema=use_ema and config.get("ema_decay", 0) > 0,
+    )
 
 
 def held_out_split(data_config) -> tuple[str, str]:
@@ -248,14 +293,10 @@ def evaluate_checkpoint(
     first local device, whatever the run was trained on.
     """
     tta_config = tta_lib.parse_tta(tta)
-    config, model, variables, step = run.config, run.model(), run.variables(use_ema), run.step
-    image_size, mean, std = run.input_spec
-    batch_size = int(batch_size or config.get("eval_batch_size") or config.get("batch_size") or 32)
-    args = dict(image_size=image_size, mean=mean, std=std, batch_size=batch_size, tta=tta_config, progress=progress)
-    default_because = None
-    if split is None:
-        split, default_because = held_out_split(config.data)
-    info = split_info(config.data, split)
+    if len(task_class_names(run.config.data)) > 2:
+        return evaluate_classes(run, split, tta_config, batch_size, use_ema, progress, out_dir, calibrate)
+    config, step = run.config, run.step
+    model, variables, args, split, default_because, info = _pass(run, split, tta_config, batch_size, use_ema, progress)
 
     result = predict_split(model, variables, config.data, split, **args)
     if split == VALIDATION:
@@ -346,20 +387,7 @@ def evaluate_checkpoint(
         ),
     }
     report = EvalReport(
-        workdir=run.workdir,
-        checkpoint=run.checkpoint if isinstance(run.checkpoint, str) else int(run.checkpoint),
-        step=step,
-        split=split,
-        split_default=default_because,
-        data=config.data.get("name"),
-        synthetic=synthetic,
-        num_examples=int(result.labels.size),
-        class_counts=info.get("class_counts"),
-        class_names=class_names,
-        model=config.model.name,
-        image_size=image_size,
-        tta=tta_config.spec(),
-        ema=use_ema and config.get("ema_decay", 0) > 0,
+        **_head(run, split, default_because, info, result, class_names, tta_config, use_ema),
         validation_threshold=threshold,
         threshold_source=threshold_source,
         training_prior_threshold=prior,
@@ -386,6 +414,94 @@ def evaluate_checkpoint(
         json.dump(metrics_lib.json_safe(report.to_json()), f, indent=2, allow_nan=False)
         f.write("\n")
     return report
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassesReport(_ReportHead):
+    """What ``evaluate_classes`` found for a task of more than two classes: metrics.json's fields and a table."""
+
+    temperature: float
+    calibration: str
+    uncalibrated: dict  # top-label ece and log loss of the uncalibrated probabilities
+    metrics: dict  # 'argmax': per class one-vs-rest, macro and weighted averages, confusion matrix
+    seconds: float
+    warnings: list
+    files: dict
+    out_dir: str = dataclasses.field(default="", metadata={"json": False})
+    table: str = dataclasses.field(default="", metadata={"json": False})
+
+
+def evaluate_classes(
+    run: Run,
+    split: str | None,
+    tta_config: tta_lib.TTAConfig,
+    batch_size: int | None = None,
+    use_ema: bool = True,
+    progress: bool = True,
+    out_dir: str | None = None,
+    calibrate: str | None = None,
+) -> ClassesReport:
+    """``evaluate_checkpoint`` for more than two classes: metrics of the most probable class, per-class ROC plots."""
+    config, step = run.config, run.step
+    model, variables, args, split, default_because, info = _pass(run, split, tta_config, batch_size, use_ema, progress)
+    names = list(task_class_names(config.data))
+    result = predict_split(model, variables, config.data, split, **args)
+    seconds = result.seconds
+    if calibrate:
+        fit = result if calibrate == split else predict_split(model, variables, config.data, calibrate, **args)
+        seconds += 0.0 if fit is result else fit.seconds
+        fitted = calibration_lib.fit_calibration(fit.labels, fit.probs, calibrate, step, tta_config.spec())
+        calibration_file.write_calibration(run.layout, fitted)
+        run = run.with_calibration(fitted)
+    temperature, calibration_note = run.temperature()
+    probs = calibration_lib.calibrate_probs(result.probs, temperature)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        found = multiclass.compute_metrics(result.labels, probs, names)
+        raw = multiclass.compute_metrics(result.labels, result.probs, names)
+    notes = sorted({str(w.message) for w in caught})
+    for note in notes:
+        print(f"warning: {note}", file=sys.stderr)
+    out_dir = out_dir or output_dir(run, split, tta_config)
+    os.makedirs(out_dir, exist_ok=True)
+    tag = f"{split} @ step {step}" + (" (synthetic data)" if info.get("synthetic") else "")
+    files = {
+        "metrics": os.path.join(out_dir, EVAL_REPORT),
+        "confusion_matrix": plots.plot_confusion_matrix(
+            found["confusion_matrix"], os.path.join(out_dir, "confusion_matrix.png"), names, f"{tag}, most probable"
+        ),
+        "roc": plots.plot_roc_per_class(result.labels, probs, names, os.path.join(out_dir, "roc.png"), f"ROC, {tag}"),
+        "predictions": _write_class_predictions(
+            os.path.join(out_dir, "predictions.csv"), result, probs, info.get("file_names"), names
+        ),
+    }
+    report = ClassesReport(
+        **_head(run, split, default_because, info, result, names, tta_config, use_ema),
+        temperature=temperature,
+        calibration=calibration_note,
+        uncalibrated={"ece": raw["ece"], "log_loss": raw["log_loss"]},
+        metrics={"argmax": found},
+        seconds=round(seconds, 3),
+        warnings=notes,
+        files={k: os.path.basename(v) for k, v in files.items()},
+        out_dir=out_dir,
+        table=multiclass.format_table(found),
+    )
+    with open_output(files["metrics"], "w") as f:
+        json.dump(metrics_lib.json_safe(report.to_json()), f, indent=2, allow_nan=False)
+        f.write("\n")
+    return report
+
+
+def _write_class_predictions(path: str, result: SplitPredictions, probs: np.ndarray, file_names, names) -> str:
+    # One column per class, calibrated when a temperature applies; 'predicted' is the most probable.
+    with open_output(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["index", "file", "label", "predicted", *(f"prob_{n}" for n in names)])
+        for i, label, row in zip(result.index.tolist(), result.labels.tolist(), probs):
+            name = file_names[i] if file_names is not None else ""
+            writer.writerow([i, csv_cell(name), names[label], names[int(np.argmax(row))], *(f"{p:.6f}" for p in row)])
+    return path
 
 
 def calibrate_checkpoint(

@@ -34,7 +34,7 @@ import effnet_jax
 from effnet_jax.data import transforms
 from effnet_jax.inference.gradcam import make_gradcam
 from effnet_jax.inference.thresholds import resolve_threshold
-from effnet_jax.labels import CLASS_NAMES, positive_probability
+from effnet_jax.labels import class_names, class_probabilities
 from effnet_jax.metrics import calibration as calibration_lib
 from effnet_jax.models.ensemble import member_axis
 from effnet_jax.progress import Progress
@@ -45,7 +45,7 @@ DEFAULT_PLATFORMS = ("cpu", "cuda", "tpu")
 
 
 def make_serving_fn(model, treedef, mean, std, temperature: float | None, platforms=DEFAULT_PLATFORMS):
-    """``fn(weight_leaves, images uint8 (B, S, S)) -> (B,)`` float32 P(PNEUMONIA), ready for jax.export.
+    """``fn(weight_leaves, images uint8 (B, S, S)) -> (B,)`` float32 P(PNEUMONIA) (``(B, C)`` past two classes), for jax.export.
 
     A model whose depthwise convolution is 'auto' gets effnet-predict's choice per platform
     (shifted slices on CPU, native elsewhere) through ``lax.platform_dependent``; a fixed
@@ -57,7 +57,7 @@ def make_serving_fn(model, treedef, mean, std, temperature: float | None, platfo
     def probs(m, variables):
         def run(x):
             logits = m.apply(variables, x, train=False).astype(jnp.float32)
-            return positive_probability(logits if temperature is None else logits / temperature)
+            return class_probabilities(logits if temperature is None else logits / temperature)
 
         return run
 
@@ -141,12 +141,16 @@ def export_run(
     members = member_axis(model) or 1
     config, step = run.config, run.step
     size, mean, std = run.input_spec
-    t_value, t_rule = resolve_threshold(run, threshold)
+    names = class_names(config.data)
+    if len(names) > 2:
+        t_value, t_rule = None, "none: the most probable class (more than two classes)"
+    else:
+        t_value, t_rule = resolve_threshold(run, threshold)
     # The temperature fitted at this checkpoint (effnet-eval --calibrate), as eval and predict
     # apply it; a rule-derived threshold goes through the same map, so no label changes.
     t, calibration = run.temperature()
     temperature = None if t == 1.0 else t
-    if temperature is not None and t_rule != "flag":
+    if temperature is not None and t_rule != "flag" and t_value is not None:
         t_value = calibration_lib.calibrate_threshold(t_value, temperature)
 
     leaves, treedef = jax.tree_util.tree_flatten(run.variables(use_ema))
@@ -171,9 +175,13 @@ def export_run(
     metrics = _metrics_at(run)
     meta = {
         "format": bundle.FORMAT,
-        "class_names": list(CLASS_NAMES),
-        "positive_class": CLASS_NAMES[1],
-        "output": f"P({CLASS_NAMES[1]}) per image, float32",
+        "class_names": list(names),
+        "positive_class": names[1] if len(names) == 2 else None,
+        "output": (
+            f"P({names[1]}) per image, float32"
+            if len(names) == 2
+            else "P(class) per image and class, float32 (batch, classes), in class_names order"
+        ),
         "input": {
             "image_size": int(size),
             "dtype": "uint8",
@@ -195,7 +203,7 @@ def export_run(
             "mean": [float(v) for v in mean],
             "std": [float(v) for v in std],
         },
-        "threshold": {"value": float(t_value), "rule": t_rule},
+        "threshold": {"value": None if t_value is None else float(t_value), "rule": t_rule},
         "temperature": temperature,
         "calibration": calibration,
         "model": {

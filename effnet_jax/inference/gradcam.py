@@ -32,23 +32,30 @@ from effnet_jax.output_files import open_output
 PERTURBATION = "head_features"
 
 
-def default_class_index(num_classes: int) -> int:
-    """The logit that speaks for PNEUMONIA: the only one of a sigmoid head, class 1 of a softmax head."""
+PREDICTED = "predicted"  # class_index: each image's most probable class
+
+
+def default_class_index(num_classes: int) -> int | str:
+    """The logit that speaks for PNEUMONIA: the only one of a sigmoid head, class 1 of a softmax head.
+
+    Past two classes there is no positive class: each image's most probable class (``PREDICTED``).
+    """
     if num_classes == 1:
         return 0
     if num_classes == 2:
         return 1
-    raise ValueError(f"Grad-CAM needs an explicit class_index for a model with {num_classes} classes.")
+    return PREDICTED
 
 
-def make_gradcam(model, class_index: int | None = None) -> Callable[[dict, jax.Array], dict[str, jax.Array]]:
+def make_gradcam(model, class_index: int | str | None = None) -> Callable[[dict, jax.Array], dict[str, jax.Array]]:
     """Returns a jitted ``fn(variables, images) -> {'cam', 'heatmap', 'logits'}``.
 
     ``cam`` is the raw Grad-CAM map at the head's resolution ``(B, h, w)``; ``heatmap`` is
     that map bilinearly upsampled to the input size ``(B, H, W)``, sharpened by the input
     gradient (below) and scaled to [0, 1] per image (all zeros when nothing supports the
     class); ``logits`` are the model's outputs on ``images``. ``class_index`` defaults to
-    the PNEUMONIA logit.
+    the PNEUMONIA logit (past two classes, ``PREDICTED``: each image's most probable class);
+    any class's index maps that class.
 
     The head sees the image at 1/32 of its size (4 x 4 cells at 128 px), too coarse to
     point at a lung zone. As Guided Grad-CAM does, the upsampled map is multiplied by
@@ -66,6 +73,9 @@ def make_gradcam(model, class_index: int | None = None) -> Callable[[dict, jax.A
         def target_logit(perturbation, pixels):
             logits = model.apply({**variables, "perturbations": {PERTURBATION: perturbation}}, pixels, train=False)
             # Summing over the batch keeps examples independent: each logit only depends on its own map.
+            if index == PREDICTED:
+                chosen = jax.lax.stop_gradient(jnp.argmax(logits, axis=-1))
+                return jnp.take_along_axis(logits, chosen[:, None], axis=-1).sum(), logits
             return logits[:, index].sum(), logits
 
         (grads, pixel_grads), logits = jax.grad(target_logit, argnums=(0, 1), has_aux=True)(
@@ -172,7 +182,7 @@ def panel_figure(image, heatmap, prob: float, label: str, threshold: float, name
     original.imshow(gray, cmap="gray", vmin=0.0, vmax=1.0)
     original.set_title("X-ray", fontsize=9)
     blended.imshow(overlay(image, heat, colormap=colormap))
-    blended.set_title("guided Grad-CAM for PNEUMONIA", fontsize=9)
+    blended.set_title(f"guided Grad-CAM for {label if threshold is None else 'PNEUMONIA'}", fontsize=9)
     for ax in (original, blended):
         ax.set_xticks([])
         ax.set_yticks([])
@@ -189,7 +199,10 @@ def panel_figure(image, heatmap, prob: float, label: str, threshold: float, name
         )
     fig.colorbar(ScalarMappable(Normalize(0.0, 1.0), cmap=colormap), cax=scale, label=SCALE_LABEL)
     head = f"{name}\n" if name else ""
-    fig.suptitle(f"{head}P(PNEUMONIA) = {prob:.3f} -> {label} (threshold {threshold:.3f})", fontsize=10)
+    if threshold is None:  # more than two classes: the most probable one, and its map
+        fig.suptitle(f"{head}P({label}) = {prob:.3f}, the most probable class", fontsize=10)
+    else:
+        fig.suptitle(f"{head}P(PNEUMONIA) = {prob:.3f} -> {label} (threshold {threshold:.3f})", fontsize=10)
     return fig
 
 

@@ -30,7 +30,7 @@ from effnet_jax.data import imaging, transforms
 from effnet_jax.inference.evaluation import make_predict_fn
 from effnet_jax.inference.gradcam import make_gradcam, save_overlay, save_panel, weighted_by_probability
 from effnet_jax.inference.thresholds import resolve_threshold
-from effnet_jax.labels import CLASS_NAMES, positive_probability
+from effnet_jax.labels import CLASS_NAMES, class_names, class_probabilities, class_record
 from effnet_jax.metrics import calibration as calibration_lib
 from effnet_jax.output_files import short_hash, slug
 from effnet_jax.runs import Run
@@ -161,9 +161,14 @@ class Predictor:
             size, mean, std, float(data.get("center_crop", 1.0) or 1.0), int(data.get("max_size", 512) or 512)
         )
         self.temperature, self.calibration = run.temperature()
-        self.threshold, self.threshold_source = resolve_threshold(run, threshold)
+        self.class_names = class_names(data)
         self.data = run.training_data or str(data.get("name", ""))
-        if self.threshold_source != "flag":
+        if len(self.class_names) > 2:
+            # No positive class: the label is the most probable class, no threshold.
+            self.threshold, self.threshold_source = None, "the most probable of more than two classes"
+        else:
+            self.threshold, self.threshold_source = resolve_threshold(run, threshold)
+        if self.threshold_source != "flag" and self.threshold is not None:
             # Derived on uncalibrated probabilities: mapped like them, so no label changes. A
             # number given on the command line is meant for the probabilities printed.
             self.threshold = calibration_lib.calibrate_threshold(self.threshold, self.temperature)
@@ -180,12 +185,28 @@ class Predictor:
             if self._gradcam is None:
                 self._gradcam = make_gradcam(self.model)
             out = self._gradcam(self.variables, padded)
-            probs = np.asarray(positive_probability(out["logits"]), np.float64)[:n]
+            probs = np.asarray(class_probabilities(out["logits"]), np.float64)[:n]
             return calibration_lib.calibrate_probs(probs, self.temperature), np.asarray(out["heatmap"])[:n]
         if self._predict is None:
             self._predict = make_predict_fn(self.model)
         probs = np.asarray(self._predict(self.variables, padded), np.float64)[:n]
         return calibration_lib.calibrate_probs(probs, self.temperature), None
+
+    def _class_gradcam(self, original, heatmap, record: dict, gradcam_dir: str, name: str) -> dict:
+        """Overlay and panel of the most probable class's Grad-CAM map (``make_gradcam`` explains it)."""
+        p = record["probs"][record["label"]]
+        heatmap = weighted_by_probability(heatmap, p)
+        overlay = save_overlay(original, heatmap, os.path.join(gradcam_dir, name))
+        panel = save_panel(
+            original,
+            heatmap,
+            os.path.join(gradcam_dir, name.replace(".gradcam.png", ".gradcam_panel.png")),
+            prob=p,
+            label=record["label"],
+            threshold=None,
+            name=os.path.basename(record["file"]),
+        )
+        return {"gradcam": overlay, "gradcam_panel": panel}
 
     @property
     def synthetic(self) -> bool:
@@ -219,6 +240,15 @@ class Predictor:
             for i in chunk:
                 if i in errors:
                     yield {"file": paths[i], "error": errors[i]}
+                    continue
+                if self.threshold is None:
+                    record = {"file": paths[i], **class_record(probs[scored[i]], self.class_names)}
+                    record["temperature"] = self.temperature
+                    if gradcam_dir:
+                        record.update(
+                            self._class_gradcam(loaded[i][1], heatmaps[scored[i]], record, gradcam_dir, names[i])
+                        )
+                    yield record
                     continue
                 p = float(probs[scored[i]])
                 record = {

@@ -28,20 +28,31 @@ def output_format(path: str) -> str:
     return FORMATS[ext]
 
 
-class PredictionWriter:
-    """Writes prediction records to ``path``: CSV with a header (every column, empty when absent) or JSON lines."""
+def class_columns(class_names) -> tuple[str, ...]:
+    """The CSV columns past two classes: one ``prob_<CLASS>`` per class in place of prob_pneumonia and threshold."""
+    probs = tuple(f"prob_{c}" for c in class_names)
+    return ("file", *probs, "label", "temperature", "gradcam", "gradcam_panel", "error")
 
-    def __init__(self, path: str):
+
+class PredictionWriter:
+    """Writes prediction records to ``path``: CSV with a header (every column, empty when absent) or JSON lines.
+
+    ``class_names``: a task of more than two classes writes one probability column per class.
+    """
+
+    def __init__(self, path: str, class_names=None):
+        self.columns = class_columns(class_names) if class_names and len(class_names) > 2 else COLUMNS
         self.format = output_format(path)
         self._file = open_output(path, "w", encoding="utf-8", newline="" if self.format == "csv" else None)
         self._csv = None
         if self.format == "csv":
-            self._csv = csv.DictWriter(self._file, fieldnames=COLUMNS, extrasaction="ignore")
+            self._csv = csv.DictWriter(self._file, fieldnames=self.columns, extrasaction="ignore")
             self._csv.writeheader()
 
     def write(self, record: dict) -> None:
         if self._csv is not None:
-            self._csv.writerow({k: csv_cell(record.get(k, "")) for k in COLUMNS})
+            flat = {**record, **{f"prob_{c}": p for c, p in record.get("probs", {}).items()}}
+            self._csv.writerow({k: csv_cell(flat.get(k, "")) for k in self.columns})
         else:
             self._file.write(json.dumps(printable_record(record)) + "\n")
         self._file.flush()

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from effnet_jax.labels import positive_probability
+from effnet_jax.labels import class_probabilities
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +94,7 @@ def tta_views(images: jax.Array, config: TTAConfig) -> jax.Array:
 def predict_probs(
     logits_fn: Callable[[jax.Array], jax.Array], images: jax.Array, config: TTAConfig | str | None = None
 ) -> jax.Array:
-    """Mean positive-class probability over the TTA views of each image; ``(B,)``.
+    """Mean positive-class probability over the TTA views of each image; ``(B,)`` (more than two classes: ``(B, C)``).
 
     Probabilities are averaged rather than logits so that one very confident view
     cannot outvote the others without bound.
@@ -102,5 +102,5 @@ def predict_probs(
     config = parse_tta(config)
     views = tta_views(images, config)
     v, b = views.shape[:2]
-    probs = positive_probability(logits_fn(views.reshape((v * b,) + views.shape[2:])))
-    return probs.reshape(v, b).mean(axis=0)
+    probs = class_probabilities(logits_fn(views.reshape((v * b,) + views.shape[2:])))
+    return probs.reshape((v, b) + probs.shape[1:]).mean(axis=0)

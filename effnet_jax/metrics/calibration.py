@@ -13,6 +13,10 @@ sensitivity and specificity stays as it was. Only the probabilities, their Brier
 ECE change. It works on the host in float64 from the model's probabilities, so an image
 scored exactly at a threshold maps exactly onto the mapped threshold. (Sharpening, T < 1,
 can push probabilities within 1e-16 of 1 onto 1.0 in float64: ties that move AUC a hair.)
+
+With more than two classes (probabilities ``(N, C)``) the same T divides every log-probability:
+``softmax(log P / T)``, which keeps each image's most probable class; ECE is then the
+top-label ECE (confidence = the largest probability, right when that class is the label).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import math
 
 import numpy as np
 from scipy import optimize
-from scipy.special import expit, logit
+from scipy.special import expit, log_softmax, logit, softmax
 
 from effnet_jax.metrics.classification import check_inputs, expected_calibration_error
 
@@ -40,6 +44,8 @@ def calibrate_probs(probs, temperature: float) -> np.ndarray:
         raise ValueError(f"temperature={temperature}: expected a positive finite number")
     if temperature == 1.0:
         return probs
+    if probs.ndim == 2:
+        return softmax(np.log(np.clip(probs, _FLOAT32_EPS, 1.0)) / temperature, axis=1)
     return expit(logit(probs) / temperature)
 
 
@@ -60,6 +66,8 @@ def fit_temperature(labels, probs) -> float:
     T > 1 softens an over-confident model, T < 1 sharpens an under-confident one. Needs
     both classes: with one class the likelihood keeps improving as T shrinks.
     """
+    if np.ndim(probs) == 2:
+        return _fit_temperature_classes(labels, probs)
     labels, probs = check_inputs(labels, probs)
     if not (labels.size and 0 < labels.sum() < labels.size):
         raise ValueError(
@@ -71,6 +79,28 @@ def fit_temperature(labels, probs) -> float:
         lambda log_t: _nll(labels, margins, log_t), bounds=_LOG_T_BOUNDS, method="bounded", options={"xatol": 1e-8}
     )
     return float(math.exp(result.x))
+
+
+def _fit_temperature_classes(labels, probs) -> float:
+    labels = np.asarray(labels, np.int64).reshape(-1)
+    log_p = np.log(np.clip(np.asarray(probs, np.float64), _FLOAT32_EPS, 1.0))
+    if labels.size == 0:
+        raise ValueError("fit_temperature: needs labelled examples, got none")
+
+    def nll(log_t):
+        return float(-np.mean(log_softmax(log_p / math.exp(log_t), axis=1)[np.arange(labels.size), labels]))
+
+    result = optimize.minimize_scalar(nll, bounds=_LOG_T_BOUNDS, method="bounded", options={"xatol": 1e-8})
+    return float(math.exp(result.x))
+
+
+def top_label_ece(labels, probs, num_bins: int = 15) -> float:
+    """ECE of the most probable class: mean |accuracy - confidence| over equal-width confidence bins."""
+    labels = np.asarray(labels, np.int64).reshape(-1)
+    probs = np.asarray(probs, np.float64)
+    if labels.size == 0:
+        return math.nan
+    return expected_calibration_error(np.argmax(probs, axis=1) == labels, probs.max(axis=1), num_bins)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,12 +122,13 @@ class Calibration:
 def fit_calibration(labels, probs, fitted_on: str, step: int, tta: str = "none") -> Calibration:
     """Fits T on one split's probabilities and measures ECE on it before and after."""
     temperature = fit_temperature(labels, probs)
+    ece = top_label_ece if np.ndim(probs) == 2 else expected_calibration_error
     return Calibration(
         temperature=temperature,
         fitted_on=fitted_on,
         step=int(step),
-        ece_before=expected_calibration_error(labels, probs),
-        ece_after=expected_calibration_error(labels, calibrate_probs(probs, temperature)),
+        ece_before=ece(labels, probs),
+        ece_after=ece(labels, calibrate_probs(probs, temperature)),
         n=int(np.asarray(labels).size),
         tta=tta,
     )

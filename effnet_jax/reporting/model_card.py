@@ -14,6 +14,7 @@ import os
 
 from effnet_jax.data.data_dir import no_external_set_line
 from effnet_jax.data.provenance import provenance
+from effnet_jax.labels import class_names
 from effnet_jax.reporting.run_summary import describe_recipe
 from effnet_jax.runs import Run
 
@@ -50,13 +51,22 @@ def eval_reports(run: Run) -> list[dict]:
     return [report for _, report in run.eval_reports(strict=True) if isinstance(report.get("metrics"), dict)]
 
 
+def _names(config: dict) -> tuple[str, ...]:
+    return class_names(config.get("data", {}))
+
+
+def _counted(names, counts) -> str:
+    return ", ".join(f"{n} {c}" for n, c in zip(names, counts))
+
+
 def _model_section(config: dict, run: dict | None) -> list[str]:
     model = config.get("model", {})
     size = (run or {}).get("image_size") or config.get("image_size")
+    names = _names(config)
     lines = [
         "## Model",
         "",
-        f"- Architecture: `{model.get('name')}` at {size} px, 2 classes (NORMAL, PNEUMONIA)",
+        f"- Architecture: `{model.get('name')}` at {size} px, {len(names)} classes ({', '.join(names)})",
         f"- Initial weights: {model.get('pretrained') or 'random initialisation'}",
         f"- Recipe: {describe_recipe(config)}; seed {config.get('seed')}; loss {config.get('loss')}",
     ]
@@ -102,14 +112,14 @@ def _data_section(config: dict, run: dict | None, reports: list[dict]) -> list[s
         lines.append(f"- Exclusions: {data['exclude_list']}")
     counts = (run or {}).get("train_class_counts")
     if counts:
-        lines.append(f"- train: {sum(counts)} images (NORMAL {counts[0]}, PNEUMONIA {counts[1]})")
+        lines.append(f"- train: {sum(counts)} images ({_counted(_names(config), counts)})")
     seen = set()
     for report in reports:
         split, c = report.get("split"), report.get("class_counts")
         if split in seen or not c:
             continue
         seen.add(split)
-        lines.append(f"- {split}: {sum(c)} images (NORMAL {c[0]}, PNEUMONIA {c[1]})")
+        lines.append(f"- {split}: {sum(c)} images ({_counted(_names(config), c)})")
     for i, folder in enumerate(data.get("external") or ()):
         lines.append(f"- external{'' if i == 0 else f'_{i}'}: `{folder}` (never trained on)")
     return lines
@@ -130,6 +140,8 @@ def _metrics_section(reports: list[dict], run: Run) -> list[str]:
             cells = [split, str(r.get("step")), str(r.get("n", ""))] + [_num(r.get(k)) for k in _SHOWN]
             lines.append("| " + " | ".join(cells) + " |")
         return lines
+    if any("argmax" in r["metrics"] for r in reports):
+        return lines + _class_metrics_rows(reports)
     lines += [
         "Bootstrap 95% intervals in brackets (resampling patients where file names carry them).",
         "",
@@ -151,6 +163,26 @@ def _metrics_section(reports: list[dict], run: Run) -> list[str]:
     ci = next((m["ci95"] for r in reports for m in r["metrics"].values() if m and m.get("ci95")), None)
     if ci:
         lines += ["", f"Intervals: {ci['resamples']} resamples, percentile method, seeded (reproducible)."]
+    return lines
+
+
+def _class_metrics_rows(reports: list[dict]) -> list[str]:
+    """More than two classes: per report, each class one vs rest and the macro average (the most probable class)."""
+    shown = ("auc", "sensitivity", "specificity", "f1")
+    lines = [
+        "The most probable class is the label (no threshold); each class is scored one vs rest.",
+        "",
+        "| split | step | class | n | AUC | sensitivity | specificity | F1 |",
+        "|---" * 8 + "|",
+    ]
+    for report in reports:
+        m = report["metrics"].get("argmax")
+        if not m:
+            continue
+        rows = [(c, v, v.get("support")) for c, v in m["per_class"].items()] + [("macro", m["macro"], m["n"])]
+        for name, values, n in rows:
+            cells = [report.get("split", "?"), str(report.get("step")), name, str(n)]
+            lines.append("| " + " | ".join(cells + [_num(values.get(k)) for k in shown]) + " |")
     return lines
 
 
@@ -187,7 +219,7 @@ def _failure_section(config: dict, run: Run, reports: list[dict]) -> list[str]:
             by_split[report.get("split")] = report
     val = by_split.get("validation")
     external = next((r for s, r in by_split.items() if s and s.startswith("external")), None)
-    if val and external:
+    if val and external and "operating" in val["metrics"] and "operating" in external["metrics"]:
         va, xa = val["metrics"]["operating"], external["metrics"]["operating"]
         lines.append(
             f"- Distribution shift, measured: validation (from train/) AUC {_with_ci(va, 'auc')}, specificity "

@@ -56,6 +56,28 @@ def plot_confusion_matrix(
     return _save(fig, path)
 
 
+def plot_roc_per_class(labels, probs, class_names: Sequence[str], path: str | os.PathLike, title: str = "") -> str:
+    """One-vs-rest ROC curve of every class (P(class) of its images against the others'), with each AUC."""
+    labels = np.asarray(labels).reshape(-1)
+    probs = np.asarray(probs, dtype=np.float64)
+    fig = Figure(figsize=(4.6, 4.2), dpi=100)
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=1, label="chance")
+    from sklearn.metrics import auc as area
+
+    for k, name in enumerate(class_names):
+        fpr, tpr, _ = roc_points((labels == k).astype(np.int64), probs[:, k])
+        if fpr.size:
+            ax.plot(fpr, tpr, linewidth=2, label=f"{name} vs rest (AUC = {area(fpr, tpr):.4f})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("false positive rate (1 - specificity)")
+    ax.set_ylabel("true positive rate (sensitivity)")
+    ax.set_title(title or "ROC per class, one vs rest")
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)
+
+
 def roc_figure(labels, probs, thresholds: dict[str, float] | None = None, title: str = "") -> Figure:
     """The ROC curve with its AUC, each named operating threshold marked on it (see ``plot_roc_curve``)."""
     labels = np.asarray(labels).reshape(-1)

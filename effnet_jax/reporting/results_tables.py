@@ -95,13 +95,13 @@ def _joined(row: dict, others: list[dict], join: dict) -> dict:
 
 
 def render_cell(templates, record: dict) -> str:
-    """The first template whose fields the record has, formatted; '' when none fits."""
+    """The first template whose fields the record has, formatted; '' when none fits (``markdown_table`` escapes it)."""
     for template in [templates] if isinstance(templates, str) else templates:
         try:
             text = template.format_map(record)
         except (KeyError, IndexError, TypeError, ValueError):
             continue
-        return text.replace("|", "\\|").replace("\n", " ")
+        return text
     return ""
 
 
@@ -120,9 +120,14 @@ def render_table(name: str, spec: dict, records: dict[str, list[dict]]) -> str:
     for join in spec.get("join", []):
         rows = [_joined(r, records[join["source"]], join) for r in rows]
     headers = [c["header"] for c in spec["columns"]]
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    for row in rows:
-        lines.append("| " + " | ".join(render_cell(c["cell"], row) for c in spec["columns"]) + " |")
+    return markdown_table(headers, [[render_cell(c["cell"], row) for c in spec["columns"]] for row in rows])
+
+
+def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
+    """A markdown table of text cells; a ``|`` or line break inside a cell cannot split a row."""
+    cell = lambda text: str(text).replace("|", "\\|").replace("\n", " ")
+    lines = ["| " + " | ".join(map(cell, headers)) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(map(cell, row)) + " |" for row in rows]
     return "\n".join(lines)
 
 

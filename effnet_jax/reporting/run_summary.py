@@ -18,6 +18,7 @@ import os
 from typing import Any
 
 from effnet_jax.labels import METRIC_NAMES as METRICS
+from effnet_jax.labels import class_names
 from effnet_jax.runs import Run
 
 
@@ -95,8 +96,9 @@ def training_row(run: Run) -> RunRow:
         recipe=describe_recipe(config),
         split="validation",
         step=int(last["step"]),
-        threshold=float(last.get("threshold", 0.5)),
-        metrics={k: last.get(k) for k in METRICS},
+        # The trainer scores two classes at 0.5; more by their most probable class (no threshold).
+        threshold=float(last.get("threshold", 0.5 if len(class_names(config.get("data", {}))) == 2 else math.nan)),
+        metrics=_shown(last),
         wall_seconds=wall,
         machine=runs[-1].get("machine", "") if runs else "",
         data=_data(run, config),
@@ -114,6 +116,7 @@ def evaluation_rows(run: Run) -> list[RunRow]:
             ("threshold_0.5", "t=0.5"),
             ("threshold_training_prior", "t=train prior"),
             ("threshold_validation_youden", "t=val. Youden"),
+            ("argmax", "most probable class, macro averages"),  # more than two classes
         ):
             m = report["metrics"].get(key)
             if m is None:
@@ -129,8 +132,8 @@ def evaluation_rows(run: Run) -> list[RunRow]:
                     recipe=describe_recipe(config),
                     split=report["split"],
                     step=int(report["step"]),
-                    threshold=float(m["threshold"]),
-                    metrics={k: m.get(k) for k in METRICS},
+                    threshold=float(m.get("threshold", math.nan)),
+                    metrics=_shown(m),
                     wall_seconds=report.get("seconds"),
                     machine="",
                     data=data,
@@ -138,6 +141,11 @@ def evaluation_rows(run: Run) -> list[RunRow]:
                 )
             )
     return rows
+
+
+def _shown(metrics: dict) -> dict:
+    # Past two classes recall is each class's sensitivity, macro averaged.
+    return {k: metrics.get(k, metrics.get("sensitivity") if k == "recall" else None) for k in METRICS}
 
 
 def _fmt(value, digits=3) -> str:
@@ -169,7 +177,7 @@ def to_markdown(rows: list[RunRow]) -> str:
             r.data,
             f"{r.variant}, {r.image_size}",
             r.recipe,
-            f"{r.split}, {r.step}, {r.threshold:.3f}",
+            f"{r.split}, {r.step}, " + ("argmax" if math.isnan(r.threshold) else f"{r.threshold:.3f}"),
             *(_fmt_ci(r.metrics.get(k), r.intervals.get(k)) for k in METRICS),
             _fmt_wall(r.wall_seconds),
             r.machine,

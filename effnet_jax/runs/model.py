@@ -10,6 +10,7 @@ import dataclasses
 import jax.numpy as jnp
 import ml_collections
 
+from effnet_jax.labels import class_names
 from effnet_jax.models import EfficientNet, build_model
 from effnet_jax.models.ensemble import LogitEnsemble
 
@@ -17,8 +18,8 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def num_classes(config: ml_collections.ConfigDict) -> int:
-    """Output units: 2 for a softmax head, 1 for a sigmoid head (``config.loss``)."""
-    return 1 if config.loss == "sigmoid_bce" else 2
+    """Output units: one per class (``data.class_names``) for a softmax head, 1 for a sigmoid head (``config.loss``)."""
+    return 1 if config.loss == "sigmoid_bce" else len(class_names(config.get("data")))
 
 
 def model_kwargs(config: ml_collections.ConfigDict, frozen_norms=(), bn_axis_name=None) -> dict:

@@ -34,6 +34,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from effnet_jax.inference.gradcam import overlay, weighted_by_probability
+from effnet_jax.labels import class_record
 from effnet_jax.reporting.model_card import INTENDED_USE
 from effnet_jax.server import batching, uploads
 from effnet_jax.serving import bundle
@@ -186,15 +187,24 @@ def create_app(model, settings: Settings = Settings()) -> FastAPI:
             return _refuse(500, f"scoring failed ({type(e).__name__}: {e})")
         records = []
         for name, image, result in zip(names, pixels, scored):
-            record = {
-                "file": name,
-                "prob_pneumonia": result.prob,
-                "label": model.class_names[int(result.prob >= model.threshold)],
-                "threshold": model.threshold,
-                "temperature": model.temperature,
-            }
+            if model.threshold is None:  # more than two classes: one probability each, the most probable wins
+                record = {
+                    "file": name,
+                    **class_record(result.prob, model.class_names),
+                    "temperature": model.temperature,
+                }
+                shown = record["probs"][record["label"]]
+            else:
+                record = {
+                    "file": name,
+                    "prob_pneumonia": result.prob,
+                    "label": model.class_names[int(result.prob >= model.threshold)],
+                    "threshold": model.threshold,
+                    "temperature": model.temperature,
+                }
+                shown = result.prob
             if result.heatmap is not None:
-                record["gradcam"] = await run_in_threadpool(overlay_png, image, result.heatmap, result.prob)
+                record["gradcam"] = await run_in_threadpool(overlay_png, image, result.heatmap, shown)
             records.append(record)
         return {"model": identity, "records": records}
 

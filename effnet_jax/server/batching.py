@@ -31,9 +31,9 @@ class Item:
 
 @dataclass(frozen=True)
 class Scored:
-    """What the model gave for one image: P(positive class), and its Grad-CAM map when asked for."""
+    """What the model gave for one image: P(positive class) (one per class past two), and its Grad-CAM map when asked for."""
 
-    prob: float
+    prob: float | tuple[float, ...]
     heatmap: np.ndarray | None = None
 
 
@@ -180,7 +180,8 @@ def bucketed_scorer(model, buckets: Sequence[int]) -> Callable[[Sequence[Item]],
         probs = in_buckets(model.run, pixels)
         wanted = [i for i, item in enumerate(items) if item.gradcam]
         maps = dict(zip(wanted, in_buckets(model.gradcam, pixels[wanted]))) if wanted else {}
-        return [Scored(float(probs[i]), maps.get(i)) for i in range(len(items))]
+        prob = (lambda p: float(p)) if probs.ndim == 1 else (lambda p: tuple(float(v) for v in p))
+        return [Scored(prob(probs[i]), maps.get(i)) for i in range(len(items))]
 
     return score
 

@@ -26,7 +26,7 @@ import re
 import reprlib
 
 from effnet_jax import limits
-from effnet_jax.labels import CLASS_NAMES  # the function's output is P(the second)
+from effnet_jax.labels import validate_class_names  # two: the output is P(the second); more: one per class
 
 FORMAT = "effnet_jax.exported/1"
 MODEL_JSON = "model.json"
@@ -83,13 +83,13 @@ def read_checked(directory: str, meta: dict, role: str, limit: int) -> bytes:
 _NUMBER = (int, float)
 _SCHEMA = [
     ("format", str, None),
-    ("class_names", list, lambda v: tuple(v) == tuple(CLASS_NAMES)),
-    ("positive_class", str, None),
+    ("class_names", list, lambda v: _valid_names(v)),
+    ("positive_class", (str, type(None)), None),
     ("input.image_size", int, lambda v: 8 <= v <= 4096),
     ("input.center_crop", _NUMBER, lambda v: 0 < v <= 1),
     ("input.max_size", int, lambda v: 8 <= v <= 16384),
     ("input.dtype", str, lambda v: v == "uint8"),
-    ("threshold.value", _NUMBER, lambda v: 0 <= v <= 1),
+    ("threshold.value", (type(None), int, float), lambda v: v is None or 0 <= v <= 1),
     ("threshold.rule", str, None),
     ("temperature", (type(None), int, float), lambda v: v is None or v > 0),
     ("files.function.name", str, lambda v: v == FUNCTION_FILE),
@@ -105,6 +105,14 @@ _GRADCAM_SCHEMA = [
     ("files.gradcam.bytes", int, lambda v: 0 < v <= MAX_FUNCTION_BYTES),
     ("files.gradcam.sha256", str, lambda v: re.fullmatch("[0-9a-f]{64}", v) is not None),
 ]
+
+
+def _valid_names(names) -> bool:
+    try:
+        validate_class_names(names, "class_names")
+    except ValueError:
+        return False
+    return True
 
 
 def _lookup(meta: dict, dotted: str):
@@ -154,8 +162,13 @@ def read_model_json(directory: str) -> dict:
             raise ExportedModelError(f"{path}: missing key {key!r}") from None
         if isinstance(value, bool) or not isinstance(value, types) or (check is not None and not check(value)):
             raise ExportedModelError(f"{path}: bad value for {key!r}: {reprlib.repr(value)}")
-    if meta["positive_class"] != meta["class_names"][1]:
-        raise ExportedModelError(f"{path}: positive_class must be the second of class_names")
+    if len(meta["class_names"]) == 2:
+        if meta["positive_class"] != meta["class_names"][1]:
+            raise ExportedModelError(f"{path}: positive_class must be the second of class_names")
+        if meta["threshold"]["value"] is None:
+            raise ExportedModelError(f"{path}: bad value for 'threshold.value': None (two classes need a threshold)")
+    elif meta["positive_class"] is not None or meta["threshold"]["value"] is not None:
+        raise ExportedModelError(f"{path}: more than two class_names: positive_class and threshold.value must be null")
     return meta
 
 

@@ -27,6 +27,7 @@ from PIL import Image
 
 from effnet_jax import limits
 from effnet_jax.data import imaging, transforms
+from effnet_jax.labels import class_record
 from effnet_jax.serving import bundle
 from effnet_jax.serving.bundle import ExportedModelError
 
@@ -69,7 +70,8 @@ class ExportedModel:
         self.directory = directory
         self.info = meta  # the whole of model.json
         self.class_names = tuple(meta["class_names"])
-        self.threshold = float(meta["threshold"]["value"])
+        # Past two classes there is no threshold: the most probable class is the label.
+        self.threshold = None if len(self.class_names) > 2 else float(meta["threshold"]["value"])
         # What calibrated the probabilities (1.0: none), reported with each record as effnet-predict does.
         self.temperature = float(meta.get("temperature") or 1.0)
         self.image_size = int(meta["input"]["image_size"])
@@ -128,10 +130,10 @@ class ExportedModel:
         return inputs
 
     def run(self, inputs: np.ndarray) -> np.ndarray:
-        """P(positive class) for prepared inputs ``(B, S, S)`` uint8, as float32 ``(B,)``."""
+        """P(positive class) for prepared inputs ``(B, S, S)`` uint8, as float32 ``(B,)``; ``(B, C)`` past two classes."""
         inputs = self._checked(inputs)
         if inputs.shape[0] == 0:
-            return np.zeros((0,), np.float32)
+            return np.zeros((0,) if len(self.class_names) == 2 else (0, len(self.class_names)), np.float32)
         return np.asarray(self._call(self._weights, inputs), np.float32)
 
     def gradcam(self, inputs: np.ndarray) -> np.ndarray:
@@ -149,14 +151,14 @@ class ExportedModel:
             raise TypeError("pass a list of images (each (H, W) or (H, W, 3) uint8), not one array")
         prepared = [self.prepare_array(image, f"images[{i}]") for i, image in enumerate(images)]
         out = [self.run(np.stack(prepared[i : i + batch_size])) for i in range(0, len(prepared), batch_size)]
-        return np.concatenate(out) if out else np.zeros((0,), np.float32)
+        return np.concatenate(out) if out else self.run(np.zeros((0, self.image_size, self.image_size), np.uint8))
 
     def predict_files(
         self, paths: Sequence[str], threshold: float | None = None, batch_size: int = 8
     ) -> Iterator[dict]:
         """Yields effnet-predict's record per path: ``{'file', 'prob_pneumonia', 'label', 'threshold', 'temperature'}``
-        or ``{'file', 'error'}`` for a file it cannot read."""
-        threshold = self.threshold if threshold is None else float(threshold)
+        (past two classes ``{'file', 'probs', 'label', 'temperature'}``) or ``{'file', 'error'}`` for a file it cannot read."""
+        threshold = self.threshold if threshold is None or self.threshold is None else float(threshold)
         for start in range(0, len(paths), max(1, batch_size)):
             chunk = paths[start : start + max(1, batch_size)]
             loaded, errors = {}, {}
@@ -170,6 +172,10 @@ class ExportedModel:
             for i, path in enumerate(chunk):
                 if i in errors:
                     yield {"file": path, "error": errors[i]}
+                    continue
+                if threshold is None:
+                    record = class_record(probs[scored[i]], self.class_names)
+                    yield {"file": path, **record, "temperature": self.temperature}
                     continue
                 p = float(probs[scored[i]])
                 yield {
@@ -241,16 +247,20 @@ def load(directory: str) -> ExportedModel:
     exported = _read_function(directory, meta, "function")
     size = int(meta["input"]["image_size"])
     *weight_avals, image_aval = exported.in_avals
+    # Two classes: P(the second) per image; more: one probability per class.
+    classes = len(meta["class_names"])
+    out_shape, said = ((), "(batch,)") if classes == 2 else ((classes,), f"(batch, {classes})")
     if (
         image_aval.dtype != np.uint8
         or len(image_aval.shape) != 3
         or tuple(image_aval.shape[1:]) != (size, size)
         or len(exported.out_avals) != 1
-        or len(exported.out_avals[0].shape) != 1
+        or len(exported.out_avals[0].shape) != 1 + len(out_shape)
+        or tuple(exported.out_avals[0].shape[1:]) != out_shape
     ):
         raise ExportedModelError(
             f"{function_path}: takes {exported.in_avals[-1]} and returns {exported.out_avals}; model.json "
-            f"says uint8 (batch, {size}, {size}) -> (batch,)"
+            f"says uint8 (batch, {size}, {size}) -> {said}"
         )
     platform = jax.default_backend()
     if platform not in exported.platforms:

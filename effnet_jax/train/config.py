@@ -223,7 +223,15 @@ def default_data_config() -> ml_collections.ConfigDict:
     # NORMAL/ and PNEUMONIA/. Evaluated beside validation as the splits 'external',
     # 'external_1', ...; never trained on (an overlap with the training data is refused).
     c.external = ()
-    c.max_size = 512  # chest_xray: images stored so that the shorter side is at most this (aspect kept)
+    # data.name='folder' (docs/your-own-task.md): data.manual_dir holds train/<CLASS>/ (val/ and
+    # test/ optional), any number of classes. class_names: () = the class folders' names,
+    # sorted (a run records them here); class_from_name: rules ('FOLDER/GLOB', 'CLASS'),
+    # first match wins, deriving classes from file names; patient_id_pattern: a regex whose
+    # group 'patient' (or match) in a file's name is its patient ('' = one per file).
+    c.class_names = ()
+    c.class_from_name = ()
+    c.patient_id_pattern = ""
+    c.max_size = 512  # chest_xray and folder: images stored so that the shorter side is at most this (aspect kept)
     c.on_bad_image = "error"  # "error" (stop, naming the file) or "skip" (count and list in metadata)
     # chest_xray: an exclusion list (JSON or CSV of file + reason, written by `effnet-data clean`);
     # the builder leaves those files out and records counts before/after in the dataset info.
@@ -310,6 +318,15 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         value = _number(config, key)
         if value is not None and value not in choices:  # absent in older runs' configs
             raise ValueError(f"config.{key}={value!r}: expected one of {', '.join(map(repr, choices))}")
+    names = config.data.get("class_names") or ()
+    if names:
+        from effnet_jax.labels import validate_class_names
+
+        validate_class_names(names, "config.data.class_names")
+        if len(names) > 2 and config.get("loss") == "sigmoid_bce":
+            raise ValueError(
+                f"config.loss='sigmoid_bce' has one logit, for two classes; {len(names)} classes need 'softmax_ce'"
+            )
     _require(config, "eval_every_steps", lambda v: v >= 0, "an integer >= 0 (0 = only at the end)")
     _require(config, "optimizer.grad_accum_steps", lambda v: v >= 1, "an integer >= 1")
     finite = (int, float)

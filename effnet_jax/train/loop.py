@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from effnet_jax.data import external, pipeline, sources
+from effnet_jax.data import external, folders, pipeline, sources
 from effnet_jax.data.data_dir import no_external_set_line
 from effnet_jax.labels import CLASS_NAMES, class_weights
 from effnet_jax.runs import checkpoints as checkpoint_lib
@@ -49,7 +49,7 @@ class TrainingDataError(ValueError):
 
 
 def resolve_data(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """A copy of ``config`` whose ``data.name='auto'`` became a concrete data set.
+    """A copy of ``config`` whose ``data.name='auto'`` became a concrete data set, with a folder task's classes.
 
     'auto' is the Kermany chest_xray builder when ``data.manual_dir`` is given, and
     ``config.data_fallback`` (PneumoniaMNIST, or synthetic for debug) otherwise.
@@ -58,6 +58,11 @@ def resolve_data(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     if config.data.name == "auto":
         config.data.name = "chest_xray" if config.data.manual_dir else config.data_fallback
         log.info("data.name='auto' -> %r (data.manual_dir=%r)", config.data.name, config.data.manual_dir)
+    if config.data.name == folders.NAME:
+        # A folder task's classes go into the run's config.json: evaluation, export and
+        # serving read them there, even once the folder is gone.
+        config.data.class_names = folders.class_names(config.data)
+        validate_config(config)
     return config
 
 
@@ -544,7 +549,7 @@ def describe_machine(par: Parallel) -> str:
 
 
 def _short(metrics: dict) -> str:
-    keys = ("loss", "accuracy", "auc", "precision", "recall", "specificity", "f1")
+    keys = ("loss", "accuracy", "auc", "precision", "recall", "sensitivity", "specificity", "f1")
     return ", ".join(f"{k}={metrics[k]:.4f}" for k in keys if k in metrics)
 
 

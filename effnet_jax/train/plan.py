@@ -11,25 +11,28 @@ import os
 import ml_collections
 
 from effnet_jax.data import external, pipeline
-from effnet_jax.labels import CLASS_NAMES
+from effnet_jax.labels import class_names
 from effnet_jax.train import loop
 
 WRITTEN = "config.json, run.json, metrics.jsonl, checkpoints/, tensorboard/, MODEL_CARD.md"
 
 
 def _counts(info: dict) -> str:
-    per = ", ".join(f"{c} {n:,}" for c, n in zip(CLASS_NAMES, info["class_counts"]))
+    per = ", ".join(f"{c} {n:,}" for c, n in zip(info["class_names"], info["class_counts"]))
     return f"{info['num_examples']:,} images ({per})"
 
 
-def _raw_counts(manual_dir: str) -> list[str]:
-    from effnet_jax.data import kermany
+def _raw_counts(data) -> list[str]:
+    from effnet_jax.data import folders, kermany
 
-    layout = kermany.scan(os.path.expanduser(manual_dir))
+    if data.name == folders.NAME:
+        layout = folders.scan(data)
+    else:
+        layout = kermany.scan(os.path.expanduser(data.manual_dir))
     layout.close()
     lines = []
     for split, entries in layout.files.items():
-        per = {c: 0 for c in CLASS_NAMES}
+        per = {c: 0 for c in class_names(data)}
         for cls, _ in entries:
             per[cls] += 1
         lines.append(f"  {split}/: {len(entries):,} images (" + ", ".join(f"{c} {n:,}" for c, n in per.items()) + ")")
@@ -52,9 +55,9 @@ def describe(config: ml_collections.ConfigDict, workdir: str) -> str:
     )
     if infos is None:
         where = data.get("data_dir") or "~/tensorflow_datasets"
-        if data.name == "chest_xray" and data.manual_dir:
+        if data.name in ("chest_xray", "folder") and data.manual_dir:
             lines.append(f"  not prepared yet: the run would prepare it once into {where}, from:")
-            lines += _raw_counts(data.manual_dir)
+            lines += _raw_counts(data)
         else:
             lines.append(f"  not prepared yet: the run would fetch and prepare it once into {where}")
     else:

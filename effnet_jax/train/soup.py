@@ -128,7 +128,7 @@ def train_soup(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
             seed = int(config.seed) + i
             member = member_workdir(workdir, seed)
             members.append(member)
-            if _finished(member, total):
+            if run_finished(member, total):
                 log.info("soup member %d of %d (seed %d) already finished in %s: not retrained", i + 1, n, seed, member)
                 continue
             log.info("soup member %d of %d: seed %d in %s", i + 1, n, seed, member)
@@ -136,7 +136,7 @@ def train_soup(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
             member_config.seed = seed
             member_config.soup_seeds = 1
             train_and_evaluate(member_config, member)
-        unfinished = [m for m in members if not _finished(m, total)]
+        unfinished = [m for m in members if not run_finished(m, total)]
         if unfinished:
             log.warning(
                 "no soup yet: %s stopped before step %d (config.stop_after_steps); rerun to finish them",
@@ -150,8 +150,11 @@ def train_soup(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
             lock.release()
 
 
-def _finished(workdir: str, total_steps: int) -> bool:
-    """True when the run in ``workdir`` has its last step saved, or stopped early (its last run record says so)."""
+def run_finished(workdir: str, total_steps: int) -> bool:
+    """True when the run in ``workdir`` has its last step saved, or stopped early (its last run record says so).
+
+    A rerun of ``train_soup`` (and of ``effnet-sweep``) skips such a run rather than resuming it.
+    """
     if not epath.Path(checkpoint_lib.checkpoint_dir(workdir)).is_dir():
         return False
     ckpt = checkpoint_lib.Checkpointer(workdir, best_metric=None, async_save=False, read_only=True)

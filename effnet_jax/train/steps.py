@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from effnet_jax.data import augment as augment_lib
-from effnet_jax.labels import positive_probability
+from effnet_jax.labels import class_probabilities
 from effnet_jax.train import losses
 from effnet_jax.train.state import TrainState
 
@@ -132,9 +132,9 @@ def _predict(logits):
 
 
 def eval_step(variables: dict, batch: dict, *, model) -> dict:
-    """Per-example probability of pneumonia and unweighted loss (padding included; the mask drops it later)."""
+    """Per-example probability of pneumonia (of each class, past two) and unweighted loss (padding included; the mask drops it later)."""
     logits = model.apply(variables, batch["image"], train=False)
     return {
-        "prob": positive_probability(logits),
+        "prob": class_probabilities(logits),
         "loss": losses.per_example_loss(logits, batch["label"]),
     }

@@ -1,4 +1,4 @@
-"""The sweep table from a sweep's saved probabilities (docs/experiments/scripts/external_sweep.py).
+"""The sweep table from the H200 sweep's saved probabilities (its script: `git show 7f58086:benchmarks/external_sweep.py`).
 
     python docs/experiments/scripts/summarise_sweep.py --probs=PROBS.npz
 

@@ -66,21 +66,41 @@ class ChestXray(base.Builder):
         self._raw_path = raw_path
         super().__init__(**kwargs)
 
+    # What a builder of another folder layout (builders/folder.py) changes: its classes, how
+    # its files are listed, and the fields each example carries beside image and label.
+    def _class_names(self) -> tuple[str, ...]:
+        return CLASS_NAMES
+
+    def _scan(self, raw):
+        return kermany.scan(raw)
+
+    def _extra_features(self) -> dict:
+        return {"pathogen": tfds.features.ClassLabel(names=list(kermany.PATHOGENS))}
+
+    def _extra_fields(self, file_name: str, cls: str) -> dict:
+        patient, pathogen = kermany.parse_name(file_name, cls)
+        return {"pathogen": pathogen, "patient_id": patient}
+
+    def _about(self) -> dict:
+        return {
+            "description": _DESCRIPTION,
+            "homepage": "https://data.mendeley.com/datasets/rscbjbr9sj/2",
+            "citation": "Kermany et al., Cell 172(5):1122-1131, 2018.",
+        }
+
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
-            description=_DESCRIPTION,
+            **self._about(),
             features=tfds.features.FeaturesDict(
                 {
                     "image": tfds.features.Image(shape=(None, None, 1), encoding_format="jpeg"),
-                    "label": tfds.features.ClassLabel(names=list(CLASS_NAMES)),
-                    "pathogen": tfds.features.ClassLabel(names=list(kermany.PATHOGENS)),
+                    "label": tfds.features.ClassLabel(names=list(self._class_names())),
+                    **self._extra_features(),
                     "patient_id": tfds.features.Text(),
                     "file_name": tfds.features.Text(),
                 }
             ),
             supervised_keys=("image", "label"),
-            homepage="https://data.mendeley.com/datasets/rscbjbr9sj/2",
-            citation="Kermany et al., Cell 172(5):1122-1131, 2018.",
             metadata=tfds.core.MetadataDict(),
             # Records in generation order (sorted paths / npz order), so record i is easy to trace.
             disable_shuffling=True,
@@ -88,7 +108,7 @@ class ChestXray(base.Builder):
 
     def _split_generators(self, dl_manager):
         raw = self._raw_path if self._raw_path is not None else dl_manager.manual_dir
-        layout = kermany.scan(raw)
+        layout = self._scan(raw)
         meta = self.info.metadata
         # The fingerprint lets a later run tell that data.manual_dir now holds other files.
         meta.update(
@@ -113,7 +133,7 @@ class ChestXray(base.Builder):
         excluded = self.builder_config.excluded
         before, present = {}, set()
         for split, entries in layout.files.items():
-            per = before.setdefault(split, {c: 0 for c in CLASS_NAMES})
+            per = before.setdefault(split, {c: 0 for c in self._class_names()})
             for cls, rel in entries:
                 per[cls] += 1
                 present.add(exclusions.file_key(rel))
@@ -151,7 +171,7 @@ class ChestXray(base.Builder):
 
     def _generate_examples(self, layout, split):
         written, bad = 0, []
-        kept = {c: 0 for c in CLASS_NAMES}
+        kept = {c: 0 for c in self._class_names()}
         excluded = self.builder_config.excluded
         files = layout.files[split]
         for cls, rel in Progress(len(files), f"prepare {self.name} {split}", unit="img", logger=log).wrap(files):
@@ -164,13 +184,9 @@ class ChestXray(base.Builder):
                 bad.append(str(e))  # keep going: one run reports every bad file of the split
                 continue
             file_name = rel.rsplit("/", 1)[-1]
-            patient, pathogen = kermany.parse_name(file_name, cls)
             written += 1
             kept[cls] += 1
-            yield (
-                rel,
-                {"image": data, "label": cls, "pathogen": pathogen, "patient_id": patient, "file_name": file_name},
-            )
+            yield rel, {"image": data, "label": cls, **self._extra_fields(file_name, cls), "file_name": file_name}
         # With on_bad_image='error' this raises, and TFDS discards the partial output.
         self._report(bad, self.info.metadata)
         self.info.metadata["counts"] = {**self.info.metadata["counts"], split: kept}

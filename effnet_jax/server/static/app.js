@@ -20,9 +20,12 @@ async function loadModel() {
   const metrics = Object.entries(facts.metrics || {})
     .filter(([, m]) => typeof m.auc === "number")
     .map(([split, m]) => `${split} AUC ${m.auc.toFixed(3)}`);
+  // More than two classes: no threshold, the label is the most probable class.
+  const rule = identity.threshold === null
+    ? `label: the most probable of ${identity.class_names.join(", ")}`
+    : `label PNEUMONIA when P >= ${identity.threshold.toFixed(4)} (${identity.threshold_rule})`;
   $("#model").textContent =
-    `${facts.model.variant}, step ${facts.model.checkpoint_step}; label PNEUMONIA when P >= ` +
-    `${identity.threshold.toFixed(4)} (${identity.threshold_rule})` +
+    `${facts.model.variant}, step ${facts.model.checkpoint_step}; ${rule}` +
     (metrics.length ? `; ${metrics.join(", ")}` : "") +
     `; model.json ${identity.model_json_sha256.slice(0, 12)}`;
   $("#intended-use").textContent = "Intended use: " + facts.intended_use.replace(/\*\*/g, "");
@@ -85,7 +88,9 @@ async function score(file, row) {
       row.error = `${response.status}: ${answer.error || answer.detail || response.statusText}`;
     } else {
       const record = answer.records[0];
-      Object.assign(row, { prob: record.prob_pneumonia, label: record.label, gradcam: record.gradcam || null });
+      // P(PNEUMONIA), or past two classes the probability of the label (the most probable class).
+      const prob = record.probs ? record.probs[record.label] : record.prob_pneumonia;
+      Object.assign(row, { prob, label: record.label, gradcam: record.gradcam || null });
     }
   } catch (error) {
     row.error = `not answered (${error})`;

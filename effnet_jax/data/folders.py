@@ -1,0 +1,136 @@
+"""A folder of class folders, any number of classes: ``ROOT/{train,val,test}/<CLASS>/<image>``.
+
+``data.name='folder'`` (docs/your-own-task.md). ``train/`` is required, ``val/`` and
+``test/`` are optional; each split holds the same class folders. The class names are the
+class folders' names, sorted, unless ``data.class_from_name`` derives them from file
+names: a tuple of ``('FOLDER/GLOB', 'CLASS')`` rules, first match wins, so Kermany's
+``PNEUMONIA/*_bacteria_*`` and ``PNEUMONIA/*_virus_*`` become two classes without a copy of
+the data. ``data.patient_id_pattern``, a regular expression searched in each file's name
+(its group ``patient``, else its whole match), groups a patient's images so that splits
+and bootstrap intervals keep them together; without it each file is its own patient.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import os
+import re
+from pathlib import Path
+
+from effnet_jax.data import kermany
+from effnet_jax.labels import check_class_name, validate_class_names
+
+NAME = "folder"
+_SKIP_DIRS = {"__MACOSX"}
+
+
+def rules(data_config) -> tuple[tuple[str, str], ...]:
+    """``data.class_from_name`` as validated ``(FOLDER/GLOB, CLASS)`` pairs; () when classes are the folders."""
+    raw = data_config.get("class_from_name") or ()
+    out = []
+    for i, rule in enumerate(raw):
+        key = f"data.class_from_name[{i}]={rule!r}"
+        if not (isinstance(rule, (tuple, list)) and len(rule) == 2 and all(isinstance(v, str) for v in rule)):
+            raise ValueError(f"{key}: expected a pair ('FOLDER/GLOB', 'CLASS'), e.g. ('PNEUMONIA/*_virus_*', 'VIRAL')")
+        pattern, cls = rule
+        folder, _, glob = pattern.partition("/")
+        if not glob or "/" in glob or any(c in folder for c in "*?[]"):
+            raise ValueError(f"{key}: expected 'FOLDER/GLOB' with one literal folder name, e.g. 'PNEUMONIA/*_virus_*'")
+        check_class_name(folder, f"{key} (its folder)")
+        check_class_name(cls, f"{key} (its class)")
+        out.append((pattern, cls))
+    return tuple(out)
+
+
+def source_folders(data_config) -> tuple[str, ...]:
+    """The folders every split holds: the rules' folders, or the class names themselves."""
+    mapping = rules(data_config)
+    if mapping:
+        return tuple(sorted({p.partition("/")[0] for p, _ in mapping}))
+    return class_names(data_config)
+
+
+def class_names(data_config) -> tuple[str, ...]:
+    """The task's classes, sorted: the rules' classes, or the class folders of ``manual_dir/train``."""
+    mapping = rules(data_config)
+    if mapping:
+        return validate_class_names(sorted({c for _, c in mapping}), "data.class_from_name")
+    if data_config.get("class_names"):
+        return validate_class_names(data_config.get("class_names"), "data.class_names")
+    train = root(data_config) / "train"
+    if not train.is_dir():
+        raise ValueError(
+            f"data.manual_dir={str(root(data_config))!r}: no train/ folder; expected train/<CLASS>/<image>"
+        )
+    found = sorted(p.name for p in train.iterdir() if p.is_dir() and p.name not in _SKIP_DIRS)
+    found = [n for n in found if not n.startswith(".")]
+    return validate_class_names(found, f"{train} (its class folders)")
+
+
+def root(data_config) -> Path:
+    """The folder holding ``train/`` (``data.manual_dir``), or one line saying what is missing."""
+    manual = data_config.get("manual_dir")
+    if not manual:
+        raise ValueError("data.name='folder' needs data.manual_dir: the folder holding train/<CLASS>/<image>")
+    path = Path(manual).expanduser()
+    if not path.is_dir():
+        raise ValueError(f"data.manual_dir={manual!r} is not a folder; expected one holding train/<CLASS>/<image>")
+    return path
+
+
+def classify(folder: str, file_name: str, mapping) -> str | None:
+    """The class of ``FOLDER/file_name``: the first matching rule's, the folder itself without rules, None if none matches."""
+    if not mapping:
+        return folder
+    return next((cls for pattern, cls in mapping if fnmatch.fnmatchcase(f"{folder}/{file_name}", pattern)), None)
+
+
+def patient_of(file_name: str, cls: str, pattern: str | None) -> str:
+    """The patient id of a file: ``pattern``'s group 'patient' (or its match) in the file's stem, else the stem."""
+    stem = file_name.rsplit(".", 1)[0]
+    if not pattern:
+        return f"{cls}/{stem}"
+    m = compiled(pattern).search(stem)
+    if m is None:
+        return f"{cls}/{stem}"
+    return m.group("patient") if "patient" in m.re.groupindex else m.group(0)
+
+
+def compiled(pattern: str) -> re.Pattern:
+    """``data.patient_id_pattern`` compiled, or one line naming the key."""
+    try:
+        return re.compile(pattern)
+    except re.error as e:
+        raise ValueError(f"data.patient_id_pattern={pattern!r}: not a regular expression ({e})") from None
+
+
+def scan(data_config) -> kermany.Layout:
+    """The images of every split as ``(class, path)``, with files no rule matches listed as problems."""
+    mapping = rules(data_config)
+    layout = kermany.scan(root(data_config), source_folders(data_config))
+    if not mapping:
+        return layout
+    for split, entries in layout.files.items():
+        kept = []
+        for folder, rel in entries:
+            cls = classify(folder, rel.rsplit("/", 1)[-1], mapping)
+            if cls is None:
+                layout.problems.append(f"{layout.source}/{rel}: matches no data.class_from_name rule")
+            else:
+                kept.append((cls, rel))
+        layout.files[split] = kept
+    return layout
+
+
+def identity(data_config) -> str:
+    """A short hash of what makes this folder task's prepared data: the folder, its classes, rules and patient rule."""
+    text = repr(
+        (
+            os.path.realpath(os.path.expanduser(data_config.get("manual_dir") or "")),
+            class_names(data_config),
+            rules(data_config),
+            data_config.get("patient_id_pattern") or "",
+        )
+    )
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:10]

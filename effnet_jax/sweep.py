@@ -1,0 +1,302 @@
+"""A recipe search with the real trainer: every point of a grid of config overrides, trained and scored.
+
+    effnet-sweep --config=CFG --workdir=DIR --sweep='optimizer.learning_rate=[1e-3,5e-4]' --sweep='seed=[0,1]'
+
+    --sweep flags -> axes (``parse_axis``: a config key and a list of Python literals)
+      -> grid (``plan``): the cartesian product in flag order, every point's config checked
+         (keys against the schema, values by type and by ``validate_config``) before any trains
+      -> each point in DIR/points/<slug>/: ``run_experiment``, effnet-train's own job; a finished
+         point is skipped, a half-trained one resumes from its checkpoint as effnet-train resumes
+      -> its best checkpoint evaluated on validation and every external split (effnet-eval's
+         reports, in the point's eval/; reused when a report for that step is there)
+      -> DIR/sweep.csv (one row per point: overrides, best step, metrics at the operating
+         threshold) and DIR/sweep.md (the same rows as a markdown table)
+
+DIR/.lock keeps a second sweep off the same DIR (``runs.lock``); each point's run holds its own.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import csv
+import dataclasses
+import difflib
+import itertools
+import logging
+import os
+
+import jax
+import ml_collections
+from etils import epath
+
+from effnet_jax import runs
+from effnet_jax.data import external
+from effnet_jax.experiment import run_experiment
+from effnet_jax.inference import tta as tta_lib
+from effnet_jax.inference.evaluation import VALIDATION, evaluate_checkpoint, output_dir
+from effnet_jax.metrics import intervals as intervals_lib
+from effnet_jax.output_files import csv_cell, open_output, short_hash, slug
+from effnet_jax.reporting.results_tables import markdown_table
+from effnet_jax.runs import layout as layout_lib
+from effnet_jax.runs import lock as workdir_lock
+from effnet_jax.runs.layout import EVAL_REPORT, Layout
+from effnet_jax.train.config import validate_config
+from effnet_jax.train.loop import NonFiniteLossError, planned_steps
+from effnet_jax.train.soup import run_finished, soup_seeds
+
+log = logging.getLogger("effnet_jax.sweep")
+
+POINTS = "points"
+CSV = "sweep.csv"
+MARKDOWN = "sweep.md"
+# The operating-threshold metrics of each evaluated split, as CSV columns <split>_<name>.
+SCORES = (("auc", "auc"), ("accuracy", "accuracy"), ("sensitivity", "recall"), ("specificity", "specificity"))
+
+
+class SweepError(ValueError):
+    """A --sweep flag that cannot be a grid axis: names the key and what was expected."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Axis:
+    """One --sweep flag: a config key and the values it takes, in order."""
+
+    key: str
+    values: tuple
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+    """One grid point: its overrides (flag order), its folder's name and its config."""
+
+    overrides: dict
+    slug: str
+    config: ml_collections.ConfigDict
+    workdir: str
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepResult:
+    """What ``run_sweep`` wrote: one row per point (grid order) and the points it trained this time."""
+
+    workdir: str
+    rows: list
+    trained: tuple  # slugs of the points trained (or resumed) by this call; the others were finished
+    csv: str
+    markdown: str
+
+
+# --------------------------------------------------------------------------------------------------
+# The grid: --sweep flags parsed and every point checked before anything trains.
+# --------------------------------------------------------------------------------------------------
+def parse_axis(spec: str) -> Axis:
+    """``'KEY=[V1, V2]'`` -> Axis; the values are Python literals (a bare literal is a one-value axis)."""
+    key, sep, text = spec.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise SweepError(
+            f"--sweep={spec}: expected KEY=[VALUE, ...], e.g. --sweep='optimizer.learning_rate=[1e-3,5e-4]'"
+        )
+    try:
+        value = ast.literal_eval(text.strip())
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        raise SweepError(
+            f"--sweep {key}={text}: not a Python literal; expected a list like [1e-3, 5e-4] "
+            "(strings quoted: ['none', 'oversample'])"
+        ) from None
+    values = tuple(value) if isinstance(value, list) else (value,)
+    if not values:
+        raise SweepError(f"--sweep {key}={text}: an empty list; give at least one value")
+    if len(set(map(repr, values))) < len(values):
+        raise SweepError(f"--sweep {key}={text}: a value is repeated; each point of the grid must differ")
+    return Axis(key, values)
+
+
+def _keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    """Every leaf key of ``config``, dotted."""
+    found = []
+    for name in config.keys():
+        value = config[name]
+        if isinstance(value, ml_collections.ConfigDict):
+            found += _keys(value, f"{prefix}{name}.")
+        else:
+            found.append(prefix + name)
+    return found
+
+
+def _override(config: ml_collections.ConfigDict, key: str, value) -> None:
+    """Sets ``config.<key>`` to ``value`` in place; a SweepError naming the key when the schema has no such leaf."""
+    *parents, leaf = key.split(".")
+    node = config
+    for part in parents:
+        node = node[part] if part in node and isinstance(node[part], ml_collections.ConfigDict) else None
+        if node is None:
+            break
+    if node is None or leaf not in node:
+        close = difflib.get_close_matches(key, _keys(config), n=3, cutoff=0.85)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise SweepError(
+            f"--sweep {key}: not a config key (the schema, effnet_jax/train/config.py, lists every key){hint}"
+        )
+    if isinstance(node[leaf], ml_collections.ConfigDict):
+        raise SweepError(f"--sweep {key}: names a group of keys; sweep one of its keys ({key}.NAME)")
+    try:
+        node[leaf] = value
+    except (TypeError, ValueError) as e:
+        raise SweepError(
+            f"--sweep {key}: the value {value!r} does not fit config.{key} ({' '.join(str(e).split())})"
+        ) from None
+
+
+def point_slug(overrides: dict) -> str:
+    """A folder name for a point: its overrides made file-safe, then a hash of them (no two points share one)."""
+    text = ",".join(f"{k}={v!r}" for k, v in overrides.items())
+    return f"{slug(text, 60)}-{short_hash(text)}"
+
+
+def plan(config: ml_collections.ConfigDict, workdir: str, axes: list[Axis]) -> list[Point]:
+    """The grid's points in order (the last axis varies fastest), each config checked; SweepError or ValueError if not."""
+    if not axes:
+        raise SweepError("no --sweep flag: give at least one, e.g. --sweep='seed=[0,1]'")
+    seen = set()
+    for axis in axes:
+        if axis.key in seen:
+            raise SweepError(f"--sweep {axis.key}: given twice; put all its values in one list")
+        seen.add(axis.key)
+    points_dir = os.path.join(layout_lib.absolute(workdir), POINTS)
+    points = []
+    for values in itertools.product(*(axis.values for axis in axes)):
+        overrides = {axis.key: value for axis, value in zip(axes, values)}
+        point_config = copy.deepcopy(config)
+        for key, value in overrides.items():
+            _override(point_config, key, value)
+        validate_config(point_config)  # 'config.KEY=VALUE: expected ...', naming the key
+        name = point_slug(overrides)
+        points.append(Point(overrides, name, point_config, os.path.join(points_dir, name)))
+    return points
+
+
+# --------------------------------------------------------------------------------------------------
+# Training and scoring each point.
+# --------------------------------------------------------------------------------------------------
+def point_finished(point: Point) -> bool:
+    """True when the point's run reached its last step (or stopped early); for a soup of seeds, when the soup is made."""
+    if not epath.Path(point.workdir).exists():
+        return False
+    if soup_seeds(point.config) > 1:
+        return epath.Path(Layout(point.workdir).soup).is_file()
+    return run_finished(point.workdir, planned_steps(point.config))
+
+
+def _report(run: runs.Run, split: str, progress: bool, bootstrap_resamples: int) -> dict:
+    """effnet-eval's report of ``split`` at the run's step (without TTA): the one in eval/, else made now."""
+    path = os.path.join(output_dir(run, split, tta_lib.parse_tta(None)), EVAL_REPORT)
+    for found, report in run.eval_reports():
+        if found == path and report.get("step") == run.step:
+            return report
+    return evaluate_checkpoint(run, split, progress=progress, bootstrap_resamples=bootstrap_resamples).to_json()
+
+
+def score_point(point: Point, progress: bool = False, bootstrap_resamples: int = intervals_lib.DEFAULT_RESAMPLES):
+    """The point's columns from its best checkpoint: step, operating threshold, and each split's metrics there."""
+    run = runs.open(point.workdir, "best")
+    row = {"step": run.step}
+    for split in _splits(run.config):
+        report = _report(run, split, progress, bootstrap_resamples)
+        row.setdefault("operating_threshold", report["operating_threshold"])
+        at = report["metrics"]["operating"]
+        row.update({f"{split}_{name}": at[key] for name, key in SCORES})
+    return row
+
+
+def run_sweep(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    axes: list[Axis],
+    progress: bool | None = None,
+    bootstrap_resamples: int = intervals_lib.DEFAULT_RESAMPLES,
+) -> SweepResult:
+    """Trains every point of the grid of ``axes`` over ``config`` under ``workdir``; writes sweep.csv and sweep.md.
+
+    A rerun skips finished points and resumes the others. A point whose loss became
+    non-finite gets a row saying so, and the sweep goes on; any other training error stops it.
+    """
+    points = plan(config, workdir, axes)
+    if jax.process_count() > 1:
+        raise ValueError("effnet-sweep trains its points in one process; run it without jax.distributed")
+    progress = config.get("progress_bar", True) if progress is None else progress
+    workdir = layout_lib.absolute(workdir)
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    lock = workdir_lock.lock_workdir(workdir, True)
+    try:
+        rows, trained = [], []
+        for i, point in enumerate(points, 1):
+            status = "done"
+            if point_finished(point):
+                log.info("point %d of %d (%s) finished in %s: not retrained", i, len(points), point.slug, point.workdir)
+            else:
+                log.info("point %d of %d: %s in %s", i, len(points), _describe(point.overrides), point.workdir)
+                trained.append(point.slug)
+                try:
+                    run_experiment(point.config, point.workdir)
+                except NonFiniteLossError as e:
+                    log.warning("point %s: %s; the sweep goes on", point.slug, e)
+                    status = "non-finite loss"
+                if status == "done" and not point_finished(point):
+                    status = "unfinished"  # config.stop_after_steps: a rerun resumes it
+            row = {**point.overrides, "point": point.slug, "status": status}
+            if status == "done":
+                row.update(score_point(point, progress, bootstrap_resamples))
+            rows.append(row)
+        csv_path, md_path = _write(workdir, columns(points), rows)
+        return SweepResult(workdir, rows, tuple(trained), csv_path, md_path)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _describe(overrides: dict) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in overrides.items())
+
+
+# --------------------------------------------------------------------------------------------------
+# sweep.csv and sweep.md
+# --------------------------------------------------------------------------------------------------
+def _splits(config: ml_collections.ConfigDict) -> list[str]:
+    """The splits a point is scored on: validation, then each external split."""
+    return [VALIDATION, *external.split_names(config.data)]
+
+
+def columns(points: list[Point]) -> list[str]:
+    """sweep.csv's header: the overrides, the point's folder and state, then each split's scores."""
+    names = [*points[0].overrides, "point", "status", "step", "operating_threshold"]
+    for point in points:
+        for split in _splits(point.config):
+            names += [f"{split}_{name}" for name, _ in SCORES if f"{split}_{name}" not in names]
+    return names
+
+
+def _csv_value(value):
+    return value if value is None or isinstance(value, (bool, int, float, str)) else repr(value)
+
+
+def _md_value(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float) and not isinstance(value, bool):
+        return f"{value:.4f}" if 1e-3 <= abs(value) < 1e4 or value == 0 else f"{value:g}"
+    return str(value)
+
+
+def _write(workdir: str, header: list[str], rows: list[dict]) -> tuple[str, str]:
+    csv_path, md_path = os.path.join(workdir, CSV), os.path.join(workdir, MARKDOWN)
+    with open_output(csv_path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([csv_cell(c) for c in header])
+        for row in rows:
+            writer.writerow([csv_cell(_csv_value(row.get(c))) for c in header])
+    table = markdown_table(header, [[_md_value(row.get(c)) for c in header] for row in rows])
+    with open_output(md_path, "w") as f:
+        f.write(f"# Sweep: {len(rows)} points (metrics at each run's operating threshold)\n\n{table}\n")
+    return csv_path, md_path
