@@ -9,9 +9,9 @@ alike. The external set (chest_xray_external, the same file-name convention) hol
 classes: its macro one-vs-rest AUC picks the checkpoint. The recipe is the shipped one
 (configs/pneumonia.py) as a single seed; its balanced class weights now weigh three classes.
 Evaluate with effnet-eval --workdir=runs/kermany3 --split=external.
-Results: results/published.jsonl, record `kermany2018-bacterial-viral` (Kermany et al.'s
-bacterial-vs-viral figures, shown in docs/your-own-task.md); this config's own run has no
-record yet: it goes beside that one in results/recipes.jsonl once made.
+Results: results/recipes.jsonl, record `kermany3-lite0-s0`, beside Kermany et al.'s
+bacterial-vs-viral figures (results/published.jsonl, `kermany2018-bacterial-viral`); the
+table is rendered in docs/your-own-task.md.
 """
 
 from effnet_jax.train.config import sibling_config

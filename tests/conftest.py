@@ -14,6 +14,30 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Under pytest-xdist, an ``exclusive`` test runs while no other worker runs a test.
+
+    The multi-process tests start two jax.distributed processes whose gloo peers must connect
+    within 30 s; a second worker training beside them on two cores can starve that. Every test
+    holds a shared lock on one file for its setup, call and teardown; an exclusive test holds it
+    alone, so it waits for the other workers' current tests and they wait for it.
+    """
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if run is None:
+        yield
+        return
+    import fcntl
+    import tempfile
+
+    fd = os.open(os.path.join(tempfile.gettempdir(), f"effnet_jax_tests_{run}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if item.get_closest_marker("exclusive") else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
+
+
 def pytest_sessionstart(session):
     assert jax.device_count() >= 8, f"tests need 8 devices; XLA_FLAGS={os.environ.get('XLA_FLAGS')!r} gave fewer"
 

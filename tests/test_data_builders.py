@@ -302,3 +302,36 @@ def test_layout_is_found_beside_another_data_set_with_a_train_folder(tmp_path):
     assert {split: len(files) for split, files in layout.files.items()} == {"train": 11, "val": 2, "test": 3}
     assert any("OCT: outside the data folder" in p for p in layout.ignored)
     assert layout.problems == []
+
+
+def test_two_processes_preparing_the_same_set_at_once_both_get_it_prepared_once(tmp_path):
+    """The second waits on the first's preparation lock, then reads what the first wrote."""
+    import subprocess
+    import sys
+
+    root = fx.write_tree(tmp_path / "raw" / "chest_xray", fx.GOOD_TREE)
+    data_dir = tmp_path / "tfds"
+    script = (
+        "import sys\n"
+        "from effnet_jax.data import prepare\n"
+        "f = prepare.BuilderFactory(name='chest_xray', manual_dir=sys.argv[1], data_dir=sys.argv[2], max_size=36)\n"
+        "b = prepare.ensure_prepared(f)\n"
+        "print(sum(len(m.labels) for m in prepare.read_part_metadata(b).values()))\n"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(root), str(data_dir)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    total = sum(sum(counts) for counts in fx.GOOD_COUNTS.values())
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+        assert out.split() == [str(total)]
+    # One prepared version, no leftovers of a second preparation beside it.
+    versions = [p for p in (data_dir / "chest_xray").rglob("dataset_info.json")]
+    assert len(versions) == 1, versions

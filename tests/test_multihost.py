@@ -21,6 +21,9 @@ import portpicker
 import pytest
 from helpers import load_config
 
+# Its gloo peers must connect within 30 s: under pytest-xdist no other worker runs beside it.
+pytestmark = pytest.mark.exclusive
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_S = 540  # a hang (a process stuck at a collective) fails the test, not CI
 

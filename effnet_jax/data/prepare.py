@@ -3,7 +3,9 @@
 From the command line: ``effnet-data prepare`` (``python -m effnet_jax.cli.data prepare``).
 """
 
+import contextlib
 import dataclasses
+import fcntl
 import logging
 import os
 import shutil
@@ -128,7 +130,14 @@ def ensure_prepared(factory: BuilderFactory, allow_prepare: bool = True):
     ours = [data_dir, os.path.join(data_dir, builder.name), os.path.join(data_dir, "downloads")]
     fresh = [d for d in ours if not os.path.exists(d)]
     try:
-        builder.download_and_prepare()
+        # Two trainings started together on unprepared data would both write the same
+        # folder: the second waits for the first, then finds the data prepared.
+        with _preparation_lock(factory, builder):
+            builder = factory()
+            if builder.is_prepared():
+                _check_source(factory, builder)
+                return builder
+            builder.download_and_prepare()
     except BaseException:
         # A failed preparation leaves no skeleton behind (TFDS drops its partial files, not
         # the folders it made): the folders this call created go, deepest first.
@@ -136,6 +145,26 @@ def ensure_prepared(factory: BuilderFactory, allow_prepare: bool = True):
             shutil.rmtree(folder, ignore_errors=True)
         raise
     return builder
+
+
+@contextlib.contextmanager
+def _preparation_lock(factory: BuilderFactory, builder):
+    """Holds an exclusive lock on a file beside the prepared data sets while one is prepared."""
+    root = str(builder.data_dir_root)
+    os.makedirs(root, exist_ok=True)
+    path = os.path.join(root, f".{builder.name}.{builder.builder_config.name}.prepare-lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logging.getLogger("effnet_jax.data").info(
+                "waiting for another process preparing %s (%s) in %s", factory.name, builder.builder_config.name, root
+            )
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 def _check_inputs(factory: BuilderFactory) -> None:
