@@ -149,6 +149,13 @@ def get_config() -> ml_collections.ConfigDict:
     # network, one forward pass); 'logits' keeps every member and averages their logits (a
     # seed ensemble: N forward passes, and on external X-rays a better ranking; docs/experiments/README.md).
     c.soup_combine = "weights"
+    # Whether the seeds train together as one program (docs/training.md, "Seeds in one program"):
+    # their states stacked on a member axis and the step jax.vmap'ped over it, one compile and one
+    # pass of the loop, every member with its own init, data order and augmentation draws, and its
+    # own members/seed_<S>/ directory. Needs the resident data path; 'auto' = on when the data is
+    # resident, 'on' = the same (falls back to one seed after another, with a warning, on grain),
+    # 'off' = one seed after another.
+    c.soup_vmap = "auto"
     c.stop_after_steps = -1  # end this run early at this step (schedule unchanged); resume later; -1 = off
     c.async_checkpointing = True
     c.progress_bar = True  # tqdm bar on stderr (step, loss, img/s, ETA)
@@ -279,6 +286,7 @@ CHOICES = {
     "data.on_bad_image": ("error", "skip"),
     "data.balance": ("none", "oversample", "undersample"),
     "data.resident": ("auto", "on", "off"),
+    "soup_vmap": ("auto", "on", "off"),
 }
 
 

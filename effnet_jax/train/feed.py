@@ -20,6 +20,7 @@ import functools
 import logging
 
 import jax
+import numpy as np
 
 from effnet_jax.data import augment as augment_lib
 from effnet_jax.data import pipeline, sampling
@@ -60,14 +61,13 @@ def resident_fits(nbytes: int, devices) -> tuple[bool, str]:
     )
 
 
-def use_resident(config, par: Parallel, num_examples: int, image_size: int) -> bool:
-    """Apply ``data.resident`` ('auto' | 'on' | 'off'); logs the choice and its reason."""
+def resident_choice(config, par: Parallel, num_examples: int, image_size: int) -> tuple[bool, str]:
+    """Apply ``data.resident`` ('auto' | 'on' | 'off'): (resident?, why), logging nothing."""
     mode = config.data.get("resident", "auto")
     if mode not in CHOICES["data.resident"]:
         raise ValueError(f"config.data.resident={mode!r}: expected one of {', '.join(CHOICES['data.resident'])}")
     if mode == "off":
-        log.info("training data: streamed by grain (data.resident='off')")
-        return False
+        return False, "data.resident='off'"
     blocker = None
     if par.mode != "jit":
         blocker = f"config.parallelism={par.mode!r} (needs 'jit')"
@@ -76,30 +76,49 @@ def use_resident(config, par: Parallel, num_examples: int, image_size: int) -> b
     if blocker:
         if mode == "on":
             raise ValueError(f"config.data.resident='on' cannot run with {blocker}; use data.resident='off'")
-        log.info("training data: streamed by grain (data.resident='auto': %s)", blocker)
-        return False
+        return False, f"data.resident='auto': {blocker}"
     fits, why = resident_fits(num_examples * image_size * image_size, par.local_devices)
-    if mode == "on" or fits:
-        log.info("training data: resident on the devices (data.resident=%r: %s)", mode, why)
-        return True
-    log.info("training data: streamed by grain (data.resident='auto': %s)", why)
-    return False
+    return mode == "on" or fits, f"data.resident={mode!r}: {why}"
+
+
+def use_resident(config, par: Parallel, num_examples: int, image_size: int) -> bool:
+    """``resident_choice``, with the choice and its reason logged."""
+    resident, why = resident_choice(config, par, num_examples, image_size)
+    where = "resident on the devices" if resident else "streamed by grain"
+    log.info("training data: %s (%s)", where, why)
+    return resident
 
 
 class Feed:
-    """The training iterator and the compiled step that consumes it, for one path."""
+    """The training iterator(s) and the compiled step that consumes them, for one path.
 
-    def __init__(self, config, par: Parallel, run, per_process_batch: int, num_examples: int):
+    ``seeds``: one data order per seed. More than one (the members of a seed ensemble
+    trained as one vmapped program, train/members.py) needs the resident path: every
+    member gathers its own batch from the one resident array, in its own order.
+    """
+
+    def __init__(self, config, par: Parallel, run, per_process_batch: int, num_examples: int, seeds=None):
         self.par = par
         self.augment = augment_lib.spec_from_config(config.data.augment)
         self.mean, self.std = tuple(run.mean), tuple(run.std)
+        seeds = [int(config.seed)] if seeds is None else [int(s) for s in seeds]
+        self.stacked = len(seeds) > 1
         self.resident = use_resident(config, par, num_examples, run.image_size)
+        if self.stacked and not self.resident:
+            raise ValueError(
+                f"{len(seeds)} members in one program need the resident data path (each its own order); "
+                "config.data.resident chose grain"
+            )
         self.images = None
         if self.resident:
             data = pipeline.decode_split(config.data, "train", image_size=run.image_size, shard_index=0, shard_count=1)
             self.images = jax.device_put(data["gray"], par.replicated)
-            order = sampling.TrainOrder(data["label"], config.data.balance, config.seed, 0)
-            self.iterator = sampling.IndexBatches(order, data["label"], per_process_batch)
+            self.iterators = [
+                sampling.IndexBatches(
+                    sampling.TrainOrder(data["label"], config.data.balance, seed, 0), data["label"], per_process_batch
+                )
+                for seed in seeds
+            ]
         else:
             ds = pipeline.create_split(
                 config.data,
@@ -109,22 +128,41 @@ class Feed:
                 image_size=run.image_size,
                 mean=run.mean,
                 std=run.std,
-                seed=config.seed,
+                seed=seeds[0],
             )
-            self.iterator = iter(ds)
+            self.iterators = [iter(ds)]
+
+    @property
+    def iterator(self):
+        """The one run's training iterator (a single member)."""
+        (it,) = self.iterators
+        return it
+
+    def next_batch(self) -> dict:
+        """The host batch of the next step; stacked on a leading member axis when there are several members."""
+        if not self.stacked:
+            return next(self.iterators[0])
+        batches = [next(it) for it in self.iterators]
+        return {k: np.stack([b[k] for b in batches]) for k in batches[0]}
 
     def compile(self, step_fn, abstract_state):
-        """``step_fn`` (a partial of steps.train_step) compiled for this path, as f(state, host batch)."""
+        """``step_fn`` (a partial of steps.train_step) compiled for this path, as f(state, host batch).
+
+        Several members: the state and the batch carry a leading member axis, and the
+        step is ``jax.vmap``ped over it (the resident images are shared).
+        """
         step_fn = functools.partial(step_fn, augment=self.augment, mean=self.mean, std=self.std)
         par = self.par
         if self.resident:
-            compiled = par.compile_train_step(
-                functools.partial(steps.resident_train_step, step_fn=step_fn), abstract_state, resident=True
-            )
-            return lambda state, batch: compiled(state, par.put_batch(batch), self.images)
+            step = functools.partial(steps.resident_train_step, step_fn=step_fn)
+            if self.stacked:
+                step = jax.vmap(step, in_axes=(0, 0, None))
+            compiled = par.compile_train_step(step, abstract_state, resident=True, stacked=self.stacked)
+            return lambda state, batch: compiled(state, par.put_batch(batch, stacked=self.stacked), self.images)
         compiled = par.compile_train_step(step_fn, abstract_state)
         return lambda state, batch: compiled(state, par.put_batch({"gray": batch["gray"], "label": batch["label"]}))
 
     def close(self):
-        if hasattr(self.iterator, "close"):
-            self.iterator.close()
+        for it in self.iterators:
+            if hasattr(it, "close"):
+                it.close()
