@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 
+import jax
 import numpy as np
 import pytest
 from data_fixtures import jpeg, write_tree
@@ -365,77 +366,101 @@ def vmapped_run(soup_run, tmp_path_factory):
 
 
 def _member_files(workdir):
-    """Every file under a member's directory (the lock aside), as relative paths."""
-    found = []
+    """Every file under a run's directory, as relative paths; orbax's array files as their ``state`` folder.
+
+    Orbax names the files that hold a checkpoint's arrays by content and write order; the
+    tensorboard file by the time it was opened.
+    """
+    found = set()
     for folder, _, names in os.walk(workdir):
-        found += [os.path.relpath(os.path.join(folder, n), workdir) for n in names if n != ".lock"]
+        for name in names:
+            parts = os.path.relpath(os.path.join(folder, name), workdir).split(os.sep)
+            if parts[0] == "checkpoints" and len(parts) > 3 and parts[2] == "state":
+                parts = parts[:3]
+            elif parts[0] == "tensorboard":
+                parts = ["tensorboard", name.split(".")[0]]
+            found.add("/".join(parts))
     return sorted(found)
 
 
 def _relative_l2(a: dict, b: dict) -> float:
-    """||a - b|| / ||b|| over every leaf of two flattened weight trees, in float64."""
-    num = sum(float(np.sum((np.asarray(a[k], np.float64) - np.asarray(b[k], np.float64)) ** 2)) for k in b)
-    den = sum(float(np.sum(np.asarray(b[k], np.float64) ** 2)) for k in b)
-    return (num / den) ** 0.5
+    """||a - b|| / ||b|| over the parameters of two flattened weight trees, in float64."""
+    keys = [k for k in b if k.startswith("params/")]
+    num = sum(float(np.sum((np.asarray(a[k], np.float64) - np.asarray(b[k], np.float64)) ** 2)) for k in keys)
+    return (num / sum(float(np.sum(np.asarray(b[k], np.float64) ** 2)) for k in keys)) ** 0.5
 
 
 def test_vmapped_members_write_exactly_what_members_trained_one_at_a_time_write(soup_run, vmapped_run):
-    workdir, _, _, _ = soup_run
+    workdir = soup_run[0]
     for seed in (0, 1):
         alone = soup_lib.member_workdir(workdir, seed)
+        files = _member_files(alone)
+        # .lock, config.json, run.json, metrics.jsonl, one tensorboard file, 11 per checkpoint (3 and 6)
+        assert len(files) == 5 + 2 * 11 and sum(f.startswith("checkpoints/") for f in files) == 22
         for kind in ("straight", "resumed"):
             member = soup_lib.member_workdir(vmapped_run[kind], seed)
-            assert _member_files(member) == _member_files(alone), (kind, seed)
-            assert sorted(os.listdir(os.path.join(member, "checkpoints"))) == ["3", "6"]
+            assert _member_files(member) == files, (kind, seed)
             with open(os.path.join(member, "run.json")) as f, open(os.path.join(alone, "run.json")) as g:
                 assert f.read() == g.read()
             with open(os.path.join(member, "config.json")) as f, open(os.path.join(alone, "config.json")) as g:
                 mine, theirs = json.load(f), json.load(g)
-            assert (mine.pop("soup_vmap"), theirs.pop("soup_vmap")) == ("auto", "off") and mine == theirs
+            assert (mine.pop("soup_vmap"), theirs.pop("soup_vmap")) == ("auto", "off")
+            # config.json is written when a run begins: the resumed one's first part stopped at step 3.
+            stopped = {"straight": -1, "resumed": 3}[kind]
+            assert (mine.pop("stop_after_steps"), theirs.pop("stop_after_steps")) == (stopped, -1)
+            assert mine == theirs
+            assert mine["seed"] == seed and mine["soup_seeds"] == 1
             for split in ("train", "validation", "external"):
                 steps = [r["step"] for r in read_metrics(member, split)]
                 assert steps == [r["step"] for r in read_metrics(alone, split)] == [3, 6], (kind, split)
-            # Each member's own data order, checkpointed as a run of its own checkpoints it.
+            # Each member's own place in its own data order, checkpointed as a run of its own checkpoints it.
             for step in ("3", "6"):
-                paths = [os.path.join(d, "checkpoints", step, "data_iter", "metadata") for d in (member, alone)]
-                assert [open(p).read() for p in paths][0] == [open(p).read() for p in paths][1]
+                saved = []
+                for run in (member, alone):
+                    with open(os.path.join(run, "checkpoints", step, "data_iter", "metadata")) as f:
+                        saved.append(json.load(f))
+                assert saved[0] == saved[1], (kind, seed, step)
         records = read_metrics(soup_lib.member_workdir(vmapped_run["resumed"], seed), "run")
         assert [(r["step"], r["resumed_from_step"], r["members_in_one_program"]) for r in records] == [
             (3, 0, 2),
             (6, 3, 2),
         ]
     for kind in ("straight", "resumed"):
-        assert os.path.exists(os.path.join(vmapped_run[kind], "soup.json"))
+        with open(os.path.join(vmapped_run[kind], "soup.json")) as f:
+            assert [m["seed"] for m in json.load(f)["members"]] == [0, 1]
 
 
-def test_vmapped_members_match_members_trained_one_at_a_time(soup_run, vmapped_run):
-    workdir, _, _, _ = soup_run
+def test_vmapped_members_match_members_trained_one_at_a_time_to_float_tolerance(soup_run, vmapped_run):
+    # Not bitwise on the CPU: XLA fuses the vmapped step's convolutions, BatchNorm statistics
+    # and loss reductions differently (each of those ops alone is bitwise under vmap). The
+    # difference starts at float32 rounding and grows with the steps of this random-init model;
+    # another member's stream (its seed, data order or augmentation) differs in the second digit.
+    workdir = soup_run[0]
     for seed in (0, 1):
         alone = soup_lib.member_workdir(workdir, seed)
         member = soup_lib.member_workdir(vmapped_run["straight"], seed)
-        a, b = read_checkpoint(member, 6), read_checkpoint(alone, 6)
-        weights = [soup_lib.averaged_weights(x.state) for x in (a, b)]
-        assert weights[0].keys() == weights[1].keys()
-        print("seed", seed, "params rel l2", _relative_l2(weights[0], weights[1]))
-        for split in ("train", "validation", "external"):
-            for x, y in zip(read_metrics(member, split), read_metrics(alone, split)):
-                print(seed, split, x["step"], {k: (x[k], y[k]) for k in ("loss", "auc", "accuracy") if k in x})
+        other = soup_lib.member_workdir(workdir, 1 - seed)
+        first = [read_metrics(run, "train")[0]["loss"] for run in (member, alone, other)]  # steps 1-3
+        assert first[0] == pytest.approx(first[1], rel=1e-5) and first[2] != pytest.approx(first[1], rel=1e-2)
+        for split in ("validation", "external"):
+            got, want = (read_metrics(run, split)[0] for run in (member, alone))  # step 3
+            assert got["loss"] == pytest.approx(want["loss"], rel=1e-4), split
+            assert got["accuracy"] == want["accuracy"], split
+        for step, tol in ((3, 5e-3), (6, 5e-2)):
+            got, want = (soup_lib.averaged_weights(read_checkpoint(run, step).state) for run in (member, alone))
+            assert got.keys() == want.keys()
+            assert _relative_l2(got, want) < tol, step
+        # Each member's checkpoint is chosen on its own select_split record, as for a run of its own.
         assert read_checkpoint(member, "best").step == read_checkpoint(alone, "best").step
-        assert not np.allclose(
-            weights[0]["params/classifier/kernel"],
-            soup_lib.averaged_weights(
-                read_checkpoint(soup_lib.member_workdir(vmapped_run["straight"], 1 - seed), 6).state
-            )["params/classifier/kernel"],
-        )
 
 
 def test_a_stopped_vmapped_soup_resumes_bitwise(vmapped_run):
     for seed in (0, 1):
         straight, resumed = (soup_lib.member_workdir(vmapped_run[k], seed) for k in ("straight", "resumed"))
-        a, b = (traverse_util.flatten_dict(read_checkpoint(m, 6).state, sep="/") for m in (straight, resumed))
-        assert a.keys() == b.keys()
-        for key in a:
-            np.testing.assert_array_equal(np.asarray(a[key]), np.asarray(b[key]), err_msg=key)
+        a, b = (jax.tree_util.tree_leaves_with_path(read_checkpoint(m, 6).state) for m in (straight, resumed))
+        assert [p for p, _ in a] == [p for p, _ in b] and len(a) > 0
+        for (path, x), (_, y) in zip(a, b):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path))
         for split in ("train", "validation", "external"):
             strip = lambda rs: [{k: v for k, v in r.items() if k not in ("images_per_sec", "time")} for r in rs]  # noqa: E731
             assert strip(read_metrics(straight, split)) == strip(read_metrics(resumed, split)), split
