@@ -60,8 +60,8 @@ def resident_fits(nbytes: int, devices) -> tuple[bool, str]:
     )
 
 
-def use_resident(config, par: Parallel, num_examples: int, image_size: int) -> bool:
-    """Apply ``data.resident`` ('auto' | 'on' | 'off'); logs the choice and its reason."""
+def use_resident(config, par: Parallel, num_examples: int, frame: int) -> bool:
+    """Apply ``data.resident`` ('auto' | 'on' | 'off') to ``num_examples`` frames of ``frame`` x ``frame`` bytes; logs why."""
     mode = config.data.get("resident", "auto")
     if mode not in CHOICES["data.resident"]:
         raise ValueError(f"config.data.resident={mode!r}: expected one of {', '.join(CHOICES['data.resident'])}")
@@ -78,7 +78,7 @@ def use_resident(config, par: Parallel, num_examples: int, image_size: int) -> b
             raise ValueError(f"config.data.resident='on' cannot run with {blocker}; use data.resident='off'")
         log.info("training data: streamed by grain (data.resident='auto': %s)", blocker)
         return False
-    fits, why = resident_fits(num_examples * image_size * image_size, par.local_devices)
+    fits, why = resident_fits(num_examples * frame * frame, par.local_devices)
     if mode == "on" or fits:
         log.info("training data: resident on the devices (data.resident=%r: %s)", mode, why)
         return True
@@ -91,12 +91,16 @@ class Feed:
 
     def __init__(self, config, par: Parallel, run, per_process_batch: int, num_examples: int):
         self.par = par
-        self.augment = augment_lib.spec_from_config(config.data.augment)
+        self.augment = augment_lib.spec_from_config(config.data.augment, run.image_size)
         self.mean, self.std = tuple(run.mean), tuple(run.std)
-        self.resident = use_resident(config, par, num_examples, run.image_size)
+        # Larger than the model's size when zooming: the step crops each view from it.
+        self.frame = pipeline.training_frame(config.data, "train", run.image_size)
+        self.resident = use_resident(config, par, num_examples, self.frame)
         self.images = None
         if self.resident:
-            data = pipeline.decode_split(config.data, "train", image_size=run.image_size, shard_index=0, shard_count=1)
+            data = pipeline.decode_split(
+                config.data, "train", image_size=run.image_size, shard_index=0, shard_count=1, frame=self.frame
+            )
             self.images = jax.device_put(data["gray"], par.replicated)
             order = sampling.TrainOrder(data["label"], config.data.balance, config.seed, 0)
             self.iterator = sampling.IndexBatches(order, data["label"], per_process_batch)
@@ -110,6 +114,7 @@ class Feed:
                 mean=run.mean,
                 std=run.std,
                 seed=config.seed,
+                frame=self.frame,
             )
             self.iterator = iter(ds)
 
