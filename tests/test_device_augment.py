@@ -3,6 +3,7 @@ geometry of an independent reference, the same on any sharding, and the same bat
 grain path and the resident path."""
 
 import dataclasses
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +16,8 @@ from PIL import Image
 
 from effnet_jax.data import augment, pipeline, sampling, transforms
 from effnet_jax.train import feed, steps
-from effnet_jax.train.config import default_augment_config, default_data_config
+from effnet_jax.train.config import default_augment_config, default_data_config, get_config
+from effnet_jax.train.parallel import Parallel
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 SPEC = augment.spec_from_config(default_augment_config())
@@ -258,3 +260,22 @@ def test_resident_memory_rule():
     # No statistics (the CPU): the fixed cap.
     assert feed.resident_fits(feed.RESIDENT_CPU_CAP, [_Device(None)])[0]
     assert not feed.resident_fits(feed.RESIDENT_CPU_CAP + 1, [_Device(None)])[0]
+
+
+def test_the_resident_choice_counts_the_frame_not_the_model_size(monkeypatch):
+    # 24 synthetic 64-px images, 16-px views with the default zoom: 20-px frames. A cap that
+    # holds the set at 16 px but not at 20 px streams it with grain; one that holds 20 px keeps it.
+    config = get_config()
+    config.data = _data_config("none")
+    run = SimpleNamespace(image_size=16, mean=MEAN, std=STD)
+    par = Parallel("jit", jax.devices()[:1])
+    for cap, resident in ((24 * 16 * 16, False), (24 * 20 * 20, True)):
+        monkeypatch.setattr(feed, "RESIDENT_CPU_CAP", cap)
+        fed = feed.Feed(config, par, run, per_process_batch=8, num_examples=24)
+        try:
+            assert fed.frame == 20 and fed.resident is resident
+            assert fed.augment.size == 16
+            if resident:
+                assert fed.images.shape == (24, 20, 20)
+        finally:
+            fed.close()
