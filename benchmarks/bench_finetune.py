@@ -92,7 +92,7 @@ def jax_runner(config, batch: int, stop_frozen: bool = True):
         label_smoothing=config.label_smoothing,
         ema_decay=config.ema_decay,
         # The recipe's augmentation and normalisation run in the step, as in effnet-train.
-        augment=augment_lib.spec_from_config(config.data.augment),
+        augment=augment_lib.spec_from_config(config.data.augment, state_lib.image_size(config)),
         mean=(0.485, 0.456, 0.406),
         std=(0.229, 0.224, 0.225),
     )

@@ -100,7 +100,8 @@ def throughput(cfg, workers: int, batch_size: int, batches: int, size: int):
             batch = next(it)
         elapsed = time.perf_counter() - start
         cpu = _children_cpu_s() - cpu0 if workers else _self_cpu_s() - self0
-        assert batch["gray"].shape == (batch_size, size, size)
+        frame = pipeline.training_frame(cfg, "train", size)
+        assert batch["gray"].shape == (batch_size, frame, frame)
     finally:
         it.close()
     n = batches * batch_size

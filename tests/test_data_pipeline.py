@@ -54,9 +54,10 @@ def _assert_same(batches_a, batches_b):
 def test_train_batch_has_contract_keys_shapes_and_dtypes():
     it = iter(_train(_cfg(), batch_size=4, image_size=40))
     batch = next(it)
-    # Grey uint8, resized once: the train step augments and normalises on the device.
+    # Grey uint8, resized once: the train step augments and normalises on the device. The
+    # default zoom (down to 0.7 of the area) gets a frame of ceil(40 / sqrt(0.7)) = 48 px.
     assert set(batch) == {"gray", "label", "mask"}
-    assert batch["gray"].shape == (4, 40, 40) and batch["gray"].dtype == np.uint8
+    assert batch["gray"].shape == (4, 48, 48) and batch["gray"].dtype == np.uint8
     assert batch["label"].shape == (4,) and batch["label"].dtype == np.int32
     assert batch["mask"].dtype == np.bool_ and batch["mask"].all()
 
@@ -102,24 +103,27 @@ def test_resume_from_state_gives_the_uninterrupted_batches():
     _assert_same(uninterrupted[6:], _take(resumed, 4))
 
 
-def test_training_rows_are_the_eval_view_of_the_same_examples_augmentation_on_or_off():
-    # The host never augments: with augmentation on, a training row is still the example's
-    # whole frame resized once, which is what evaluation sees (before normalising).
+def test_training_rows_are_the_eval_view_of_the_same_examples_at_the_frame_size():
+    # The host never augments: a training row is the example's whole frame resized once,
+    # what evaluation sees (before normalising) at the frame's size: the model's size without
+    # zoom, ceil(48 / sqrt(0.7)) = 58 with the default zoom, 64 (the synthetic images' own) at 0.5.
     order = sampling.TrainOrder(pipeline.sources.selection(_cfg(), "train").labels, "none", seed=0)
     first = order.epoch_order(0)[:2]
-    eval_batch = list(_eval(_cfg(), split="train", batch_size=64, image_size=48, shard_index=0, shard_count=1))[0]
-    for enabled in (True, False):
+    for enabled, scale_min, frame in ((False, 0.7, 48), (True, 0.7, 58), (True, 0.5, 64)):
         cfg = _cfg()
-        cfg.augment.enabled = enabled
+        cfg.augment.enabled, cfg.augment.scale_min = enabled, scale_min
+        assert pipeline.training_frame(cfg, "train", 48) == frame
         gray = next(iter(_train(cfg, batch_size=2, image_size=48)))["gray"]
+        eval_batch = list(_eval(cfg, split="train", batch_size=64, image_size=frame, shard_index=0, shard_count=1))[0]
         np.testing.assert_array_equal(transforms.Normalizer(MEAN, STD)(gray), eval_batch["image"][first])
 
 
 def test_decode_split_gives_every_training_row_in_shard_order():
     cfg = _cfg()
     decoded = pipeline.decode_split(cfg, "train", image_size=32, shard_index=1, shard_count=2)
-    assert decoded["gray"].shape == (32, 32, 32) and decoded["gray"].dtype == np.uint8
-    eval_batch = list(_eval(cfg, split="train", batch_size=32, image_size=32, shard_index=1, shard_count=2))[0]
+    # 32 examples a shard, each the frame of the default zoom: ceil(32 / sqrt(0.7)) = 39 px.
+    assert decoded["gray"].shape == (32, 39, 39) and decoded["gray"].dtype == np.uint8
+    eval_batch = list(_eval(cfg, split="train", batch_size=32, image_size=39, shard_index=1, shard_count=2))[0]
     np.testing.assert_array_equal(transforms.Normalizer(MEAN, STD)(decoded["gray"]), eval_batch["image"])
     np.testing.assert_array_equal(decoded["label"], eval_batch["label"])
 

@@ -2,6 +2,9 @@
 geometry of an independent reference, the same on any sharding, and the same batches from the
 grain path and the resident path."""
 
+import dataclasses
+from types import SimpleNamespace
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,10 +12,12 @@ import pytest
 import scipy.ndimage
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+from PIL import Image
 
 from effnet_jax.data import augment, pipeline, sampling, transforms
 from effnet_jax.train import feed, steps
-from effnet_jax.train.config import default_augment_config, default_data_config
+from effnet_jax.train.config import default_augment_config, default_data_config, get_config
+from effnet_jax.train.parallel import Parallel
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 SPEC = augment.spec_from_config(default_augment_config())
@@ -113,6 +118,48 @@ def test_zoom_about_the_centre_matches_scipy_zoom():
     np.testing.assert_allclose(ours, ref, atol=1e-3)
 
 
+def test_frame_side_rule():
+    assert transforms.frame_side(224, 1.0) == 224  # no zoom: the model's size
+    assert transforms.frame_side(224, 0.55) == 303  # ceil(224 / sqrt(0.55)) = ceil(302.04)
+    assert transforms.frame_side(224, 0.25) == 448  # exact: no extra pixel from rounding
+    assert transforms.frame_side(224, 0.55, source_side=224) == 224  # never above the source
+    assert transforms.frame_side(224, 0.55, source_side=260) == 260
+    assert transforms.frame_side(224, 0.55, source_side=100) == 224  # never below the model's size
+    with pytest.raises(ValueError, match=r"data.augment.scale_min=0.0"):
+        transforms.frame_side(224, 0.0)
+
+
+def test_a_zoomed_view_keeps_the_detail_the_model_size_frame_has_lost():
+    # Stripes finer than the model-size frame can hold: a view zoomed to 0.55 of the area is
+    # resampled from the larger training frame and matches PIL's crop of the full-resolution
+    # image; crop-and-enlarge of the model-size frame has lost them.
+    size, area, full = 32, 0.55, 192
+    xx = np.arange(full, dtype=np.float64)
+    image = np.repeat((128 + 100 * np.sin(2 * np.pi * xx / 10.0))[None], full, axis=0).astype(np.uint8)
+    side = np.sqrt(area) * full
+    box = ((full - side) / 2, (full - side) / 2, (full + side) / 2, (full + side) / 2)
+    ref = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR, box=box), np.float32)
+    im = transforms.decode_gray(image)
+    frame = transforms.frame_side(size, area, transforms.source_side(image))
+    assert frame == 44
+    params = _params(area=area)
+    view = np.asarray(augment.warp(jnp.asarray(transforms.center_resize(im, frame), jnp.float32), params, size))
+    small = np.asarray(augment.warp(jnp.asarray(transforms.center_resize(im, size), jnp.float32), params))
+    assert view.shape == small.shape == (size, size)
+    inner = np.s_[2:-2, 2:-2]
+
+    def corr(a):
+        return np.corrcoef(a[inner].ravel(), ref[inner].ravel())[0, 1]
+
+    def rms(a):
+        return np.sqrt(np.mean((a[inner] - ref[inner]) ** 2))
+
+    assert corr(view) > 0.85 and corr(small) < 0.6, (corr(view), corr(small))
+    assert rms(view) < 0.5 * rms(small), (rms(view), rms(small))
+    # The stripes keep most of the reference's contrast in the view, not in the small frame.
+    assert view[inner].std() > 0.6 * ref[inner].std() > small[inner].std()
+
+
 def test_photometric_changes_match_the_float_formula():
     gray = _gray(1, 16)[0].astype(np.float32)
     params = _params(brightness=0.05, contrast=1.2, gamma=0.8)
@@ -148,6 +195,10 @@ def _data_config(balance):
 @pytest.mark.parametrize("balance", ["none", "oversample"])
 def test_grain_and_resident_paths_give_the_same_augmented_batches(balance):
     cfg, batch, size, seed = _data_config(balance), 8, 16, 5
+    # The default zoom (0.7 of the area) on 64-px synthetic images: a 20-px frame for 16-px views.
+    frame = pipeline.training_frame(cfg, "train", size)
+    assert frame == 20
+    spec = dataclasses.replace(SPEC, size=size)
     stream = iter(
         pipeline.create_split(
             cfg, "train", training=True, batch_size=batch, image_size=size, mean=MEAN, std=STD, seed=seed
@@ -160,13 +211,16 @@ def test_grain_and_resident_paths_give_the_same_augmented_batches(balance):
 
     @jax.jit
     def resident(index):
-        return augment.prepare_batch(jnp.take(images, index, axis=0), key, SPEC, MEAN, STD)
+        return augment.prepare_batch(jnp.take(images, index, axis=0), key, spec, MEAN, STD)
 
     for _ in range(5):  # past an epoch boundary (24 or 36 examples per epoch, 8 a batch)
         fed, res = next(stream), next(indices)
+        assert fed["gray"].shape == (batch, frame, frame)
         np.testing.assert_array_equal(fed["gray"], data["gray"][res["index"]])
         np.testing.assert_array_equal(fed["label"], res["label"])
-        np.testing.assert_array_equal(np.asarray(_prepare(fed["gray"], key)), resident(res["index"]))
+        prepared = np.asarray(_prepare(fed["gray"], key, spec))
+        assert prepared.shape == (batch, size, size, 3)
+        np.testing.assert_array_equal(prepared, resident(res["index"]))
     # The same state as grain's: either path resumes where the other stopped.
     assert indices.get_state() == stream.get_state() == {"next_index": 5}
     stream.close()
@@ -206,3 +260,22 @@ def test_resident_memory_rule():
     # No statistics (the CPU): the fixed cap.
     assert feed.resident_fits(feed.RESIDENT_CPU_CAP, [_Device(None)])[0]
     assert not feed.resident_fits(feed.RESIDENT_CPU_CAP + 1, [_Device(None)])[0]
+
+
+def test_the_resident_choice_counts_the_frame_not_the_model_size(monkeypatch):
+    # 24 synthetic 64-px images, 16-px views with the default zoom: 20-px frames. A cap that
+    # holds the set at 16 px but not at 20 px streams it with grain; one that holds 20 px keeps it.
+    config = get_config()
+    config.data = _data_config("none")
+    run = SimpleNamespace(image_size=16, mean=MEAN, std=STD)
+    par = Parallel("jit", jax.devices()[:1])
+    for cap, resident in ((24 * 16 * 16, False), (24 * 20 * 20, True)):
+        monkeypatch.setattr(feed, "RESIDENT_CPU_CAP", cap)
+        fed = feed.Feed(config, par, run, per_process_batch=8, num_examples=24)
+        try:
+            assert fed.frame == 20 and fed.resident is resident
+            assert fed.augment.size == 16
+            if resident:
+                assert fed.images.shape == (24, 20, 20)
+        finally:
+            fed.close()

@@ -58,7 +58,7 @@ def test_sigterm_saves_at_the_next_step_boundary_and_exits_cleanly(resumed_run):
 
 def test_the_shared_runs_train_on_the_resident_path_unless_told_off():
     par = Parallel("jit", jax.devices()[:1])
-    assert feed.use_resident(resume_config(), par, num_examples=64, image_size=32)
-    assert not feed.use_resident(resume_config(**{"data.resident": "off"}), par, num_examples=64, image_size=32)
+    assert feed.use_resident(resume_config(), par, num_examples=64, frame=32)
+    assert not feed.use_resident(resume_config(**{"data.resident": "off"}), par, num_examples=64, frame=32)
     with pytest.raises(ValueError, match=r"config.data.resident='on' cannot run with config.parallelism='pmap'"):
         feed.use_resident(resume_config(**{"data.resident": "on"}), Parallel("pmap"), 64, 32)

@@ -1,8 +1,9 @@
 """Training augmentation as JAX ops: one affine warp and the photometric jitter, then normalisation.
 
-The host hands the train step uint8 grey images already resized once to the model's
-resolution; everything random happens here, inside the compiled step, on whatever
-device runs it (CPU, GPU or TPU alike). Each example's draws come from
+The host hands the train step uint8 grey frames resized once (to the model's size, or
+larger when zooming: transforms.frame_side); everything random happens here, inside the
+compiled step, on whatever device runs it (CPU, GPU or TPU alike), and the one warp
+resamples the view to the model's size. Each example's draws come from
 ``fold_in(key, i)``, with ``i`` its position in the global batch, so an augmented batch
 does not depend on how the batch is split over devices.
 
@@ -36,14 +37,15 @@ class AugmentSpec:
     contrast: float = 0.0  # factor about the image mean, drawn from [1 - contrast, 1 + contrast]
     gamma: float = 0.0  # grey level g -> 255 * (g / 255) ** exp(u), u from [-gamma, gamma]
     clip: bool = True  # clip grey levels to 0..255 after the photometric changes
+    size: int = 0  # side of the augmented view (the model's input); 0: the frame's own side
 
     @property
     def photometric(self) -> bool:
         return bool(self.brightness or self.contrast or self.gamma)
 
 
-def spec_from_config(aug) -> AugmentSpec | None:
-    """The ``data.augment`` ConfigDict as an AugmentSpec; None when augmentation is off."""
+def spec_from_config(aug, size: int = 0) -> AugmentSpec | None:
+    """The ``data.augment`` ConfigDict as an AugmentSpec giving ``size``-pixel views; None when augmentation is off."""
     if not aug.enabled:
         return None
     area_min = area_max = 1.0
@@ -68,6 +70,7 @@ def spec_from_config(aug) -> AugmentSpec | None:
         contrast=float(aug.contrast) if aug.contrast_enabled else 0.0,
         gamma=float(aug.gamma) if aug.get("gamma_enabled", False) else 0.0,
         clip=bool(aug.get("clip_levels", True)),
+        size=int(size),
     )
 
 
@@ -110,8 +113,12 @@ def identity_params() -> dict:
     }
 
 
-def source_coordinates(params: dict, height: int, width: int):
-    """(row, col) source coordinates, pixel centres at integers, of every output pixel."""
+def source_coordinates(params: dict, height: int, width: int, out_height: int = 0, out_width: int = 0):
+    """(row, col) source coordinates in a (height, width) frame, pixel centres at integers, of every output pixel.
+
+    The output is (out_height, out_width), by default the frame's own shape.
+    """
+    out_height, out_width = out_height or height, out_width or width
     side = jnp.sqrt(params["area"])
     t = params["angle"] * (math.pi / 180.0)
     cos, sin = jnp.cos(t), jnp.sin(t)
@@ -119,9 +126,11 @@ def source_coordinates(params: dict, height: int, width: int):
     # Output point q (from the frame centre, in pixels, at pixel centres) -> R(t) F q scaled by
     # the crop's side, minus the shift -> source point about the crop centre. Pixel units
     # (no division) keep the identity exact. The frame is square, so rotation needs no aspect.
+    # A frame larger than the output: output pixels are measured in frame pixels (the
+    # factor is exactly 1 when the sizes agree, so the identity stays exact).
     dy, dx = jnp.meshgrid(
-        jnp.arange(height, dtype=jnp.float32) + (0.5 - height / 2),
-        jnp.arange(width, dtype=jnp.float32) + (0.5 - width / 2),
+        (jnp.arange(out_height, dtype=jnp.float32) + (0.5 - out_height / 2)) * (height / out_height),
+        (jnp.arange(out_width, dtype=jnp.float32) + (0.5 - out_width / 2)) * (width / out_width),
         indexing="ij",
     )
     cx, cy = params["center"][0] * width, params["center"][1] * height
@@ -130,9 +139,12 @@ def source_coordinates(params: dict, height: int, width: int):
     return row - 0.5, col - 0.5
 
 
-def warp(gray, params: dict):
-    """Zoom, rotate, flip and shift a (H, W) float image in ONE bilinear warp; outside the frame is 0."""
-    rows, cols = source_coordinates(params, *gray.shape)
+def warp(gray, params: dict, size: int = 0):
+    """Zoom, rotate, flip and shift a (H, W) float frame in ONE bilinear warp to (size, size); outside it is 0.
+
+    ``size`` 0 keeps the frame's shape.
+    """
+    rows, cols = source_coordinates(params, *gray.shape, size, size)
     return jax.scipy.ndimage.map_coordinates(gray, [rows, cols], order=1, mode="constant", cval=0.0)
 
 
@@ -159,7 +171,7 @@ def normalise(gray, mean, std):
 def augment_one(gray, key, spec: AugmentSpec):
     """One (H, W) grey image (float, 0..255) augmented with the draws of ``key``."""
     params = draw(spec, key)
-    out = warp(gray, params)
+    out = warp(gray, params, spec.size)
     if spec.photometric:
         out = photometric(out, params, spec.clip)
     return out
@@ -171,7 +183,10 @@ def example_keys(key, count: int, first_index=0):
 
 
 def prepare_batch(gray, key, spec: AugmentSpec | None, mean, std, first_index=0):
-    """(B, H, W) uint8 grey -> (B, H, W, 3) float32 model input, augmented when ``spec`` is set.
+    """(B, F, F) uint8 grey frames -> (B, S, S, 3) float32 model input, augmented when ``spec`` is set.
+
+    S is ``spec.size`` (the frame's side when 0 or without a spec: no zoom, so the host
+    frame is already the model's size).
 
     ``first_index`` is the position of the batch's first row in the global batch (pmap
     passes its device's offset), so every example gets the same draws however the batch

@@ -5,8 +5,10 @@
 
 Batches are dicts of numpy arrays, 'label' int32 (B,) (0 NORMAL, 1 PNEUMONIA) and
 'mask' bool (B,) (True = real example) in both kinds, and:
-  training: 'gray' uint8 (B, H, W), the whole frame resized once; the train step
-    augments and normalises it on the device (data/augment.py);
+  training: 'gray' uint8 (B, F, F), the whole frame resized once to F = training_frame()
+    (larger than the model's size when zooming, so a zoomed view keeps its detail); the
+    train step augments it, resamples it to the model's size and normalises it on the
+    device (data/augment.py);
   evaluation: 'image' float32 (B, H, W, 3) normalised, and 'index' int64 (B,), the
     example's position in the whole split (-1 on padding rows).
 decode_split() decodes a whole training shard the same way, for the resident path.
@@ -40,12 +42,14 @@ class _LoadExample:
         mean,
         std,
         center_crop,
+        frame=None,
     ):
         self.reader = reader
         self.parts, self.records, self.labels = parts, records, labels
         self.global_index = global_index
         self.training = training
         self.size = int(image_size)
+        self.frame = int(frame or image_size)  # training's frame side
         self.normalize = transforms.Normalizer(mean, std)
         self.center_crop = float(center_crop)
         # Validate the config here, where the caller sees it, not in a worker process.
@@ -68,7 +72,7 @@ class _LoadExample:
         label = np.int32(self.labels[example])
         if self.training:
             # The whole frame, resized once: the train step augments it on the device.
-            gray = transforms.center_resize(transforms.decode_gray(raw, self.size), self.size)
+            gray = transforms.center_resize(transforms.decode_gray(raw, self.frame), self.frame)
             return {"gray": gray, "label": label, "mask": np.bool_(True)}
         im = transforms.decode_gray(raw, math.ceil(self.size / self.center_crop))
         gray = transforms.center_resize(im, self.size, self.center_crop)
@@ -135,6 +139,7 @@ def create_split(
     seed: int,
     shard_index: int | None = None,
     shard_count: int | None = None,
+    frame: int | None = None,
 ) -> grain.IterDataset:
     """Build the grain dataset of batches for `split` ('train' | 'validation' | 'test' | 'external...').
 
@@ -144,12 +149,15 @@ def create_split(
     every shard yields the same number of batches (so multi-host eval stays in step).
     `batch_size` is per process. Each process reads the disjoint shard
     examples[shard_index::shard_count] (default: jax.process_index()/process_count()).
+    `frame`: side of the training images (default training_frame()).
     iter() of the result has get_state()/set_state(); close() it when done.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: expected >= 1")
     shard_index, shard_count = _shard(shard_index, shard_count)
-    sel, mine, load = _loader(data_config, split, shard_index, shard_count, training, image_size, mean, std)
+    if training and frame is None:
+        frame = training_frame(data_config, split, image_size)
+    sel, mine, load = _loader(data_config, split, shard_index, shard_count, training, image_size, mean, std, frame)
     if training:
         order = sampling.TrainOrder(sel.labels[mine], data_config.balance, seed, shard_index)
     else:
@@ -172,7 +180,7 @@ def create_split(
     return ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=buffer))
 
 
-def _loader(data_config, split, shard_index, shard_count, training, image_size, mean, std):
+def _loader(data_config, split, shard_index, shard_count, training, image_size, mean, std, frame=None):
     """(selection, this shard's positions in it, the per-example map) of one split."""
     sel = sources.selection(data_config, split)
     reader = sources.reader(data_config, split)
@@ -191,28 +199,63 @@ def _loader(data_config, split, shard_index, shard_count, training, image_size, 
         mean=mean,
         std=std,
         center_crop=data_config.get("center_crop", 1.0),
+        frame=frame,
     )
     return sel, mine, load
 
 
+# Training images whose sizes set the frame (evenly spaced over the split; headers only).
+FRAME_PROBE = 16
+
+
+def training_frame(data_config, split: str, image_size: int) -> int:
+    """Side of the square frame training batches carry: transforms.frame_side for data.augment's zoom.
+
+    The source side is the largest shorter side among a few of the split's images, so a
+    set stored at the model's size is not enlarged. Every process probes the same images.
+    """
+    aug = data_config.get("augment")
+    if aug is None or not aug.get("enabled", False) or not aug.get("scale_enabled", False):
+        return int(image_size)
+    area_min = float(aug.scale_min)
+    if area_min >= 1.0:
+        return transforms.frame_side(image_size, area_min)
+    sel = sources.selection(data_config, split)
+    if len(sel) == 0:
+        return transforms.frame_side(image_size, area_min)
+    reader = sources.reader(data_config, split)
+    reader_part = [reader.parts.index(p) for p in sel.parts]
+    probe = np.unique(np.linspace(0, len(sel) - 1, min(FRAME_PROBE, len(sel))).astype(np.int64))
+    side = max(transforms.source_side(reader.read_image(reader_part[sel.part[i]], int(sel.record[i]))) for i in probe)
+    return transforms.frame_side(image_size, area_min, side)
+
+
 def decode_split(
-    data_config, split: str, *, image_size: int, shard_index: int | None = None, shard_count: int | None = None
+    data_config,
+    split: str,
+    *,
+    image_size: int,
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+    frame: int | None = None,
 ) -> dict:
     """Every example of this process's shard of ``split`` as the training batches carry it, in shard order.
 
-    Returns {'gray': uint8 (N, H, W), 'label': int32 (N,)}: what the resident path keeps on
+    Returns {'gray': uint8 (N, F, F), 'label': int32 (N,)} (F = `frame`, default
+    training_frame()): what the resident path keeps on
     the devices. Row j is the example a TrainOrder over the same shard calls j, so the
     resident and the grain path feed the same images in the same order.
     """
     shard_index, shard_count = _shard(shard_index, shard_count)
-    _, mine, load = _loader(data_config, split, shard_index, shard_count, True, image_size, (0.0,) * 3, (1.0,) * 3)
+    frame = training_frame(data_config, split, image_size) if frame is None else int(frame)
+    _, mine, load = _loader(
+        data_config, split, shard_index, shard_count, True, image_size, (0.0,) * 3, (1.0,) * 3, frame
+    )
     ds = grain.MapDataset.source(range(len(mine))).map(lambda j: load((j, 0, j))).batch(64, batch_fn=_assemble)
     # A few threads overlap Pillow decoding (which releases the GIL), as the grain path does.
     parts = list(ds.to_iter_dataset(grain.ReadOptions(num_threads=4, prefetch_buffer_size=8)))
     return {
-        "gray": np.concatenate([p["gray"] for p in parts])
-        if parts
-        else np.zeros((0, image_size, image_size), np.uint8),
+        "gray": np.concatenate([p["gray"] for p in parts]) if parts else np.zeros((0, frame, frame), np.uint8),
         "label": np.concatenate([p["label"] for p in parts]) if parts else np.zeros((0,), np.int32),
     }
 

@@ -1,11 +1,13 @@
 """Per-example host image work: decode, resize once, normalise (evaluation's lookup table).
 
 Training augmentation is not here: it runs inside the train step, on the device
-(data/augment.py). The resized view is a square `size` x `size` view of the whole
-frame (aspect not kept, as the 224-px shared copy of the data already does).
+(data/augment.py). The resized view is a square view of the whole frame (aspect not
+kept, as the 224-px shared copy of the data already does): `size` pixels a side for
+evaluation, `frame_side` for training.
 """
 
 import io
+import math
 
 import numpy as np
 from PIL import Image
@@ -34,6 +36,31 @@ def decode_gray(image, min_side: int = 0) -> Image.Image:
         if factor >= 2:
             im = im.reduce(factor)
     return im
+
+
+def frame_side(size: int, zoom_area_min: float, source_side: int | None = None) -> int:
+    """Side of the square frame training keeps: the smallest zoom crop still spans `size` source pixels.
+
+    The device crops each zoomed view from this frame and resamples it to `size`, so a
+    crop of `zoom_area_min` of the area keeps the detail the old host crop had. Capped at
+    the source's own shorter side (enlarging adds no detail), never below `size`.
+    """
+    if not 0.0 < zoom_area_min:
+        raise ValueError(f"data.augment.scale_min={zoom_area_min}: expected 0 < scale_min <= scale_max <= 1")
+    side = int(size)
+    if zoom_area_min < 1.0:
+        side = math.ceil(size / math.sqrt(zoom_area_min) - 1e-6)  # no extra pixel from float rounding
+    if source_side is not None:
+        side = min(side, max(int(size), int(source_side)))
+    return side
+
+
+def source_side(image) -> int:
+    """Shorter side of a stored image (encoded bytes: read from the header only, or a uint8 array)."""
+    if isinstance(image, np.ndarray):
+        return int(min(image.shape[:2]))
+    with Image.open(io.BytesIO(image)) as im:
+        return int(min(im.size))
 
 
 def center_resize(im: Image.Image, size: int, crop: float = 1.0) -> np.ndarray:

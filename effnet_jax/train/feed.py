@@ -61,8 +61,8 @@ def resident_fits(nbytes: int, devices) -> tuple[bool, str]:
     )
 
 
-def resident_choice(config, par: Parallel, num_examples: int, image_size: int) -> tuple[bool, str]:
-    """Apply ``data.resident`` ('auto' | 'on' | 'off'): (resident?, why), logging nothing."""
+def resident_choice(config, par: Parallel, num_examples: int, frame: int) -> tuple[bool, str]:
+    """Apply ``data.resident`` ('auto' | 'on' | 'off') to ``num_examples`` frames of ``frame`` x ``frame`` bytes: (resident?, why)."""
     mode = config.data.get("resident", "auto")
     if mode not in CHOICES["data.resident"]:
         raise ValueError(f"config.data.resident={mode!r}: expected one of {', '.join(CHOICES['data.resident'])}")
@@ -77,13 +77,13 @@ def resident_choice(config, par: Parallel, num_examples: int, image_size: int) -
         if mode == "on":
             raise ValueError(f"config.data.resident='on' cannot run with {blocker}; use data.resident='off'")
         return False, f"data.resident='auto': {blocker}"
-    fits, why = resident_fits(num_examples * image_size * image_size, par.local_devices)
+    fits, why = resident_fits(num_examples * frame * frame, par.local_devices)
     return mode == "on" or fits, f"data.resident={mode!r}: {why}"
 
 
-def use_resident(config, par: Parallel, num_examples: int, image_size: int) -> bool:
+def use_resident(config, par: Parallel, num_examples: int, frame: int) -> bool:
     """``resident_choice``, with the choice and its reason logged."""
-    resident, why = resident_choice(config, par, num_examples, image_size)
+    resident, why = resident_choice(config, par, num_examples, frame)
     where = "resident on the devices" if resident else "streamed by grain"
     log.info("training data: %s (%s)", where, why)
     return resident
@@ -93,17 +93,19 @@ class Feed:
     """The training iterator(s) and the compiled step that consumes them, for one path.
 
     ``seeds``: one data order per seed. More than one (the members of a seed ensemble
-    trained as one vmapped program, train/members.py) needs the resident path: every
+    trained as one vmapped program, loop.train_members) needs the resident path: every
     member gathers its own batch from the one resident array, in its own order.
     """
 
     def __init__(self, config, par: Parallel, run, per_process_batch: int, num_examples: int, seeds=None):
         self.par = par
-        self.augment = augment_lib.spec_from_config(config.data.augment)
+        self.augment = augment_lib.spec_from_config(config.data.augment, run.image_size)
         self.mean, self.std = tuple(run.mean), tuple(run.std)
         seeds = [int(config.seed)] if seeds is None else [int(s) for s in seeds]
         self.stacked = len(seeds) > 1
-        self.resident = use_resident(config, par, num_examples, run.image_size)
+        # Larger than the model's size when zooming: the step crops each view from it.
+        self.frame = pipeline.training_frame(config.data, "train", run.image_size)
+        self.resident = use_resident(config, par, num_examples, self.frame)
         if self.stacked and not self.resident:
             raise ValueError(
                 f"{len(seeds)} members in one program need the resident data path (each its own order); "
@@ -111,7 +113,9 @@ class Feed:
             )
         self.images = None
         if self.resident:
-            data = pipeline.decode_split(config.data, "train", image_size=run.image_size, shard_index=0, shard_count=1)
+            data = pipeline.decode_split(
+                config.data, "train", image_size=run.image_size, shard_index=0, shard_count=1, frame=self.frame
+            )
             self.images = jax.device_put(data["gray"], par.replicated)
             self.iterators = [
                 sampling.IndexBatches(
@@ -129,6 +133,7 @@ class Feed:
                 mean=run.mean,
                 std=run.std,
                 seed=seeds[0],
+                frame=self.frame,
             )
             self.iterators = [iter(ds)]
 

@@ -182,7 +182,8 @@ def _together(config: ml_collections.ConfigDict, vmap: str, todo: list) -> bool:
     resolved = resolve_data(config)
     par = Parallel(resolved.parallelism, jax.devices()[: resolved.get("num_devices", 0) or None])
     num_examples = pipeline.split_info(resolved.data, "train")["num_examples"]
-    resident, reason = feed_lib.resident_choice(resolved, par, num_examples, state_lib.image_size(resolved))
+    frame = pipeline.training_frame(resolved.data, "train", state_lib.image_size(resolved))
+    resident, reason = feed_lib.resident_choice(resolved, par, num_examples, frame)
     if not resident:
         why = f"the training data is streamed by grain ({reason}), which serves one order per run"
     else:
