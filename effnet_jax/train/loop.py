@@ -376,7 +376,8 @@ def _train_members(configs: list, workdirs: list[str], started: float) -> list[s
     # Model and optimizer, with freezing; one initial state per member (its seed's head and RNG key).
     # ----------------------------------------------------------------------------------------------
     # A checkpoint this config cannot resume is refused before the model is built and compiled.
-    checkpoint_lib.check_workdir_resumable(workdir, config)
+    for member_config, workdir in zip(configs, workdirs):
+        checkpoint_lib.check_workdir_resumable(workdir, member_config)
     # The loaded weights decide the input normalisation (a Keras .h5 file carries its own).
     states = []
     for member_config in configs:
