@@ -80,7 +80,7 @@ def main():
         args.record,
         [
             {
-                "tables": ["cpu_seeds"],
+                "tables": [],
                 "name": "seeds-vmap",
                 "members": 2,
                 "steps": args.steps,
