@@ -66,6 +66,7 @@ def jax_runner(config, batch: int, stop_frozen: bool = True):
     import jax
 
     import effnet_jax
+    from effnet_jax.data import augment as augment_lib
     from effnet_jax.train import freeze as freeze_lib
     from effnet_jax.train import optimizer as optimizer_lib
     from effnet_jax.train import state as state_lib
@@ -82,9 +83,7 @@ def jax_runner(config, batch: int, stop_frozen: bool = True):
     )
     tx, _ = optimizer_lib.create_optimizer(config, frozen, total_steps=1000, steps_per_epoch=100)
     state = par.put_state(state_lib.create_train_state(variables, tx, config))
-    abstract = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, par.state_sharding(state)
-    )
+    abstract = par.abstract_state(state)
     step_fn = functools.partial(
         steps.train_step,
         model=model,
@@ -92,6 +91,10 @@ def jax_runner(config, batch: int, stop_frozen: bool = True):
         frozen=frozen,
         label_smoothing=config.label_smoothing,
         ema_decay=config.ema_decay,
+        # The recipe's augmentation and normalisation run in the step, as in effnet-train.
+        augment=augment_lib.spec_from_config(config.data.augment, state_lib.image_size(config)),
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
     )
     if not stop_frozen:
         step_fn = functools.partial(step_fn, stop_frozen_gradients=False)
@@ -100,7 +103,7 @@ def jax_runner(config, batch: int, stop_frozen: bool = True):
     rng = np.random.default_rng(0)
     data = par.put_batch(
         {
-            "image": rng.standard_normal((batch, size, size, 3)).astype(np.float32),
+            "gray": rng.integers(0, 256, (batch, size, size), dtype=np.uint8),
             "label": (np.arange(batch) % 2).astype(np.int32),
         }
     )
@@ -115,7 +118,7 @@ def jax_runner(config, batch: int, stop_frozen: bool = True):
         for _ in range(n):
             batch = next(batches)
             holder["state"], metrics = train_step(
-                holder["state"], par.put_batch({"image": batch["image"], "label": batch["label"]})
+                holder["state"], par.put_batch({"gray": batch["gray"], "label": batch["label"]})
             )
         jax.block_until_ready(metrics["loss"])
 

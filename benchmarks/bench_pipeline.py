@@ -1,4 +1,4 @@
-"""Input pipeline throughput: training images/s at 224 px, augmentations on, by worker count.
+"""Input pipeline throughput: training images/s at 224 px (decode + resize; augmentation is in the step), by worker count.
 
     python benchmarks/bench_pipeline.py [--manual_dir ../shared/data/chest_xray]
         [--data_dir /tmp/effnet_jax_tfds] [--workers 0,1,2] [--batch_size 32] [--batches 60]
@@ -9,13 +9,11 @@ of each per-image stage, which is what bounds one worker.
 """
 
 import argparse
-import math
 import os
 import platform
 import time
 from pathlib import Path
 
-import numpy as np
 import record
 
 from effnet_jax.data import data_dir, pipeline, sources, transforms
@@ -44,7 +42,6 @@ def stage_costs(cfg, size: int, n: int = 200) -> dict[str, float]:
     _, reader = sources.catalog(cfg)
     sel = sources.selection(cfg, "train")
     idx = range(min(n, len(sel)))
-    norm = transforms.Normalizer(MEAN, STD)
     out = {}
 
     def timed(name, fn):
@@ -55,10 +52,8 @@ def stage_costs(cfg, size: int, n: int = 200) -> dict[str, float]:
         return result
 
     raws = timed("read record", lambda i: reader.read_image(int(sel.part[i]), int(sel.record[i])))
-    params = timed("draw params", lambda i: transforms.draw_params(cfg.augment, np.random.default_rng([0, 0, 0, i])))
-    ims = timed("decode", lambda i: transforms.decode_gray(raws[i], math.ceil(size / math.sqrt(params[i].area))))
-    grays = timed("affine warp", lambda i: transforms.warp(ims[i], params[i], size))
-    timed("photometric + normalise", lambda i: norm(grays[i], params[i].brightness, params[i].contrast))
+    ims = timed("decode", lambda i: transforms.decode_gray(raws[i], size))
+    timed("resize", lambda i: transforms.center_resize(ims[i], size))
     return out
 
 
@@ -105,7 +100,8 @@ def throughput(cfg, workers: int, batch_size: int, batches: int, size: int):
             batch = next(it)
         elapsed = time.perf_counter() - start
         cpu = _children_cpu_s() - cpu0 if workers else _self_cpu_s() - self0
-        assert batch["image"].shape == (batch_size, size, size, 3)
+        frame = pipeline.training_frame(cfg, "train", size)
+        assert batch["gray"].shape == (batch_size, frame, frame)
     finally:
         it.close()
     n = batches * batch_size

@@ -2,7 +2,9 @@
 
 ``straight_run``: the synthetic debug config, 6 steps straight on one device (evaluated and
 checkpointed at 3 and 6). ``resumed_run(mechanism)``: the same 6 steps, stopped part way by
-``mechanism`` ('stop_after_steps' at step 3, or 'sigterm' during step 2) and resumed. Tests
+``mechanism`` ('stop_after_steps' at step 3, or 'sigterm' during step 2) and resumed. The
+training data is resident on the device in all of them (data.resident='auto' picks it),
+except the sigterm run's first part, which grain streams. Tests
 that write into a run's directory (eval reports, a calibration file) must leave its
 checkpoints and metrics as they found them.
 """
@@ -102,7 +104,10 @@ def _stopped_by_sigterm(workdir: str) -> dict:
     previous = signal.signal(signal.SIGTERM, unhandled_sigterm)
     try:
         with pytest.raises(preemption.Preempted) as stopped:
-            loop.train_and_evaluate(resume_config(), workdir)
+            # Streamed by grain until the signal, then resumed on the resident path (data.resident
+            # 'auto' picks it for this tiny set): the paths must give the same run, and each must
+            # resume from the other's checkpoint.
+            loop.train_and_evaluate(resume_config(**{"data.resident": "off"}), workdir)
         handler_after = signal.getsignal(signal.SIGTERM)
     finally:
         signal.signal(signal.SIGTERM, previous)

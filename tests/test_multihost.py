@@ -39,6 +39,9 @@ OVERRIDES = {
     "eval_every_steps": 2,
     "checkpoint_every_steps": 2,
     "progress_bar": False,
+    # Grain in both runs: the reference emulates the two processes' shards through create_split
+    # (the 2-process run streams anyway: the resident path is for one process).
+    "data.resident": "off",
 }
 
 

@@ -6,9 +6,11 @@ import os
 import jax
 import numpy as np
 import pytest
-from run_fixtures import RESUME_MECHANISMS, unhandled_sigterm
+from run_fixtures import RESUME_MECHANISMS, resume_config, unhandled_sigterm
 
 from effnet_jax.runs.metrics_log import read_metrics
+from effnet_jax.train import feed
+from effnet_jax.train.parallel import Parallel
 
 
 def _saved_data_state(workdir, step):
@@ -52,3 +54,11 @@ def test_sigterm_saves_at_the_next_step_boundary_and_exits_cleanly(resumed_run):
     assert "stopped by SIGTERM after step 2" in str(run["stopped"])
     assert getattr(unhandled_sigterm, "calls", 0) == 0  # the trainer's handler took it
     assert run["handler_after"] is unhandled_sigterm  # and the process's own handler was put back
+
+
+def test_the_shared_runs_train_on_the_resident_path_unless_told_off():
+    par = Parallel("jit", jax.devices()[:1])
+    assert feed.use_resident(resume_config(), par, num_examples=64, frame=32)
+    assert not feed.use_resident(resume_config(**{"data.resident": "off"}), par, num_examples=64, frame=32)
+    with pytest.raises(ValueError, match=r"config.data.resident='on' cannot run with config.parallelism='pmap'"):
+        feed.use_resident(resume_config(**{"data.resident": "on"}), Parallel("pmap"), 64, 32)

@@ -2,8 +2,10 @@
 
 import json
 import os
+import re
 import shutil
 
+import jax
 import numpy as np
 import pytest
 from data_fixtures import jpeg, write_tree
@@ -24,8 +26,8 @@ pytestmark = pytest.mark.slow  # trains two tiny members for real
 
 def _config(external: str, **overrides):
     # test_sweep.py trains these very steps (6 steps, 1 device): the session cache compiles them once.
-    # One evaluation, at the end; a checkpoint at step 3 too (an unfinished member, below).
-    config = machinery_config(
+    # One evaluation, at the end (unless overridden); a checkpoint at step 3 too (an unfinished member, below).
+    settings = dict(
         num_train_steps=6,
         eval_every_steps=0,
         checkpoint_every_steps=3,
@@ -33,8 +35,8 @@ def _config(external: str, **overrides):
         num_devices=1,
         soup_seeds=2,
         select_split="external",
-        **overrides,
     )
+    config = machinery_config(**{**settings, **overrides})
     config.data.external = (external,)
     return config
 
@@ -45,7 +47,8 @@ def soup_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("soup")
     files = {f"NORMAL/n{i}.jpeg": jpeg(300 + i, size=(48, 40)) for i in range(4)}
     files.update({f"PNEUMONIA/p{i}.jpeg": jpeg(400 + i, size=(48, 40)) for i in range(6)})
-    config = _config(str(write_tree(root / "ext", files)))
+    # One seed after another (the vmapped members below are compared with these), evaluated at 3 and 6.
+    config = _config(str(write_tree(root / "ext", files)), soup_vmap="off", eval_every_steps=3)
     workdir = str(root / "soup")
     with session_compilation_cache(tmp_path_factory):
         made = soup_lib.train_soup(config, workdir)
@@ -338,3 +341,171 @@ def test_a_bad_soup_combine_is_refused_naming_the_key():
     config = tiny_config(soup_combine="mean")
     with pytest.raises(ValueError, match=r"config\.soup_combine='mean': expected 'weights'"):
         soup_lib.train_soup(config, "/nonexistent/never/made")
+
+
+# --------------------------------------------------------------------------------------------------
+# config.soup_vmap: the members trained as one vmapped program, each into its own run directory.
+# --------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def vmapped_run(soup_run, tmp_path_factory):
+    """``{'straight', 'resumed'}``: the fixture's soup with its members trained as one program (soup_vmap='auto').
+
+    'straight' trains its 6 steps at once; 'resumed' stops at step 3 (stop_after_steps) and is rerun.
+    """
+    config = soup_run[2].copy_and_resolve_references()
+    config.soup_vmap = "auto"  # the tiny synthetic set is resident: the members train together
+    root = tmp_path_factory.mktemp("vmapped")
+    made = {"straight": str(root / "straight"), "resumed": str(root / "resumed")}
+    stopped = config.copy_and_resolve_references()
+    stopped.stop_after_steps = 3
+    with session_compilation_cache(tmp_path_factory):
+        soup_lib.train_soup(config, made["straight"])
+        assert soup_lib.train_soup(stopped, made["resumed"]) is None
+        soup_lib.train_soup(config, made["resumed"])
+    return made
+
+
+def _member_files(workdir):
+    """Every file under a run's directory, as relative paths; orbax's array files as their ``state`` folder.
+
+    Orbax names the files that hold a checkpoint's arrays by content and write order; the
+    tensorboard file by the time it was opened.
+    """
+    found = set()
+    for folder, _, names in os.walk(workdir):
+        for name in names:
+            parts = os.path.relpath(os.path.join(folder, name), workdir).split(os.sep)
+            if parts[0] == "checkpoints" and len(parts) > 3 and parts[2] == "state":
+                parts = parts[:3]
+            elif parts[0] == "tensorboard":
+                parts = ["tensorboard", name.split(".")[0]]
+            found.add("/".join(parts))
+    return sorted(found)
+
+
+def _relative_l2(a: dict, b: dict) -> float:
+    """||a - b|| / ||b|| over the parameters of two flattened weight trees, in float64."""
+    keys = [k for k in b if k.startswith("params/")]
+    num = sum(float(np.sum((np.asarray(a[k], np.float64) - np.asarray(b[k], np.float64)) ** 2)) for k in keys)
+    return (num / sum(float(np.sum(np.asarray(b[k], np.float64) ** 2)) for k in keys)) ** 0.5
+
+
+def test_vmapped_members_write_exactly_what_members_trained_one_at_a_time_write(soup_run, vmapped_run):
+    workdir = soup_run[0]
+    for seed in (0, 1):
+        alone = soup_lib.member_workdir(workdir, seed)
+        files = _member_files(alone)
+        # .lock, config.json, run.json, metrics.jsonl, one tensorboard file, 11 per checkpoint (3 and 6)
+        assert len(files) == 5 + 2 * 11 and sum(f.startswith("checkpoints/") for f in files) == 22
+        for kind in ("straight", "resumed"):
+            member = soup_lib.member_workdir(vmapped_run[kind], seed)
+            assert _member_files(member) == files, (kind, seed)
+            with open(os.path.join(member, "run.json")) as f, open(os.path.join(alone, "run.json")) as g:
+                assert f.read() == g.read()
+            with open(os.path.join(member, "config.json")) as f, open(os.path.join(alone, "config.json")) as g:
+                mine, theirs = json.load(f), json.load(g)
+            assert (mine.pop("soup_vmap"), theirs.pop("soup_vmap")) == ("auto", "off")
+            # config.json is written when a run begins: the resumed one's first part stopped at step 3.
+            stopped = {"straight": -1, "resumed": 3}[kind]
+            assert (mine.pop("stop_after_steps"), theirs.pop("stop_after_steps")) == (stopped, -1)
+            assert mine == theirs
+            assert mine["seed"] == seed and mine["soup_seeds"] == 1
+            for split in ("train", "validation", "external"):
+                steps = [r["step"] for r in read_metrics(member, split)]
+                assert steps == [r["step"] for r in read_metrics(alone, split)] == [3, 6], (kind, split)
+            # Each member's own place in its own data order, checkpointed as a run of its own checkpoints it.
+            for step in ("3", "6"):
+                saved = []
+                for run in (member, alone):
+                    with open(os.path.join(run, "checkpoints", step, "data_iter", "metadata")) as f:
+                        saved.append(json.load(f))
+                assert saved[0] == saved[1], (kind, seed, step)
+        records = read_metrics(soup_lib.member_workdir(vmapped_run["resumed"], seed), "run")
+        assert [(r["step"], r["resumed_from_step"], r["members_in_one_program"]) for r in records] == [
+            (3, 0, 2),
+            (6, 3, 2),
+        ]
+    for kind in ("straight", "resumed"):
+        with open(os.path.join(vmapped_run[kind], "soup.json")) as f:
+            assert [m["seed"] for m in json.load(f)["members"]] == [0, 1]
+
+
+def test_vmapped_members_match_members_trained_one_at_a_time_to_float_tolerance(soup_run, vmapped_run):
+    # Not bitwise on the CPU: XLA fuses the vmapped step's convolutions, BatchNorm statistics
+    # and loss reductions differently (each of those ops alone is bitwise under vmap). The
+    # difference starts at float32 rounding and grows with the steps of this random-init model;
+    # another member's stream (its seed, data order or augmentation) differs in the second digit.
+    workdir = soup_run[0]
+    for seed in (0, 1):
+        alone = soup_lib.member_workdir(workdir, seed)
+        member = soup_lib.member_workdir(vmapped_run["straight"], seed)
+        other = soup_lib.member_workdir(workdir, 1 - seed)
+        first = [read_metrics(run, "train")[0]["loss"] for run in (member, alone, other)]  # steps 1-3
+        assert first[0] == pytest.approx(first[1], rel=1e-5) and first[2] != pytest.approx(first[1], rel=1e-2)
+        for split in ("validation", "external"):
+            got, want = (read_metrics(run, split)[0] for run in (member, alone))  # step 3
+            assert got["loss"] == pytest.approx(want["loss"], rel=1e-4), split
+            assert got["accuracy"] == want["accuracy"], split
+        for step, tol in ((3, 5e-3), (6, 5e-2)):
+            got, want = (soup_lib.averaged_weights(read_checkpoint(run, step).state) for run in (member, alone))
+            assert got.keys() == want.keys()
+            assert _relative_l2(got, want) < tol, step
+        # Each member's checkpoint is chosen on its own select_split record, as for a run of its own.
+        assert read_checkpoint(member, "best").step == read_checkpoint(alone, "best").step
+
+
+def test_a_stopped_vmapped_soup_resumes_bitwise(vmapped_run):
+    for seed in (0, 1):
+        straight, resumed = (soup_lib.member_workdir(vmapped_run[k], seed) for k in ("straight", "resumed"))
+        a, b = (jax.tree_util.tree_leaves_with_path(read_checkpoint(m, 6).state) for m in (straight, resumed))
+        assert [p for p, _ in a] == [p for p, _ in b] and len(a) > 0
+        for (path, x), (_, y) in zip(a, b):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path))
+        for split in ("train", "validation", "external"):
+            strip = lambda rs: [{k: v for k, v in r.items() if k not in ("images_per_sec", "time")} for r in rs]  # noqa: E731
+            assert strip(read_metrics(straight, split)) == strip(read_metrics(resumed, split)), split
+        assert read_checkpoint(straight, "best").step == read_checkpoint(resumed, "best").step
+
+
+@pytest.mark.parametrize("value", ["yes", True, 2])
+def test_a_bad_soup_vmap_is_refused_in_one_line_naming_the_key(value):
+    config = tiny_config(soup_seeds=2)
+    with config.unlocked(), config.ignore_type():
+        config.soup_vmap = value
+    with pytest.raises(ValueError, match=r"config\.soup_vmap=.*expected one of 'auto', 'on', 'off'") as raised:
+        soup_lib.train_soup(config, "/nonexistent/never/made")
+    assert errors.one_line(raised.value)[0] == errors.EXIT_USAGE
+    assert "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "why"),
+    [
+        ({"soup_vmap": "on", "data.resident": "off"}, r"streamed by grain \(data\.resident='off'\)"),
+        ({"soup_vmap": "auto"}, r"they stopped at different steps \(.*seed_0: 3, .*seed_1: 0\)"),
+    ],
+)
+def test_members_that_cannot_share_a_program_train_one_after_another_saying_why(
+    soup_run, tmp_path, monkeypatch, caplog, overrides, why
+):
+    _, members, config, _ = soup_run
+    workdir = str(tmp_path / "again")
+    if overrides["soup_vmap"] == "auto":  # seed 0 stopped at step 3, seed 1 not begun
+        shutil.copytree(members[0], soup_lib.member_workdir(workdir, 0))
+        shutil.rmtree(os.path.join(soup_lib.member_workdir(workdir, 0), "checkpoints", "6"))
+    config = config.copy_and_resolve_references()
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        target = config
+        for p in parents:
+            target = target[p]
+        target[leaf] = value
+    trained = []
+    monkeypatch.setattr(soup_lib, "train_and_evaluate", lambda cfg, run: trained.append((cfg.seed, run)))
+    monkeypatch.setattr(soup_lib, "train_members", lambda *a: pytest.fail("trained as one program"))
+    with caplog.at_level("INFO", logger="effnet_jax.train"):
+        assert soup_lib.train_soup(config, workdir) is None
+    assert trained == [(s, soup_lib.member_workdir(workdir, s)) for s in (0, 1)]
+    lines = [r for r in caplog.records if "the soup members train one after another" in r.getMessage()]
+    assert len(lines) == 1 and re.search(why, lines[0].getMessage())
+    assert lines[0].levelname == ("WARNING" if overrides["soup_vmap"] == "on" else "INFO")

@@ -2,6 +2,7 @@
 
 import os
 
+import jax
 import numpy as np
 import pytest
 from helpers import session_compilation_cache
@@ -43,37 +44,18 @@ def test_debug_config_trains_end_to_end_and_restores_for_inference(straight_run)
     assert logits.shape == (2, 2)
 
 
-class _NaNImages:
-    """Wraps a training iterator, keeping its state API, and poisons its images."""
-
-    def __init__(self, it):
-        self.it = it
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        batch = dict(next(self.it))
-        batch["image"] = np.full_like(batch["image"], np.nan)
-        return batch
-
-    def get_state(self):
-        return self.it.get_state()
-
-    def set_state(self, state):
-        self.it.set_state(state)
-
-
 def test_nan_loss_stops_the_run_and_leaves_the_last_good_checkpoint(resumed_run, monkeypatch, tmp_path_factory):
     stopped = resumed_run("stop_after_steps")
     workdir = stopped["at_step_3"]
-    real = pipeline.create_split
+    real = checkpoint_lib.restore_to_resume
 
-    def poisoned(data_config, split, *, training, **kwargs):
-        ds = real(data_config, split, training=training, **kwargs)
-        return _NaNImages(iter(ds)) if training else ds
+    def poisoned(*args, **kwargs):
+        # The resumed weights, all NaN in memory (the checkpoint stays good): the loss is NaN at
+        # once, and the step is the program the other runs compiled.
+        state, data_state, saved_config = real(*args, **kwargs)
+        return state.replace(params=jax.tree.map(lambda x: x * np.nan, state.params)), data_state, saved_config
 
-    monkeypatch.setattr(pipeline, "create_split", poisoned)
+    monkeypatch.setattr(checkpoint_lib, "restore_to_resume", poisoned)
     with session_compilation_cache(tmp_path_factory):
         with pytest.raises(loop.NonFiniteLossError, match=r"loss is nan at step 4.*last good checkpoint is step 3"):
             loop.train_and_evaluate(_config(), workdir)

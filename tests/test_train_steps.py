@@ -10,8 +10,10 @@ from flax import traverse_util
 from helpers import tiny_config
 
 import effnet_jax
+from effnet_jax.data import augment
 from effnet_jax.train import freeze, optimizer, steps
 from effnet_jax.train import state as state_lib
+from effnet_jax.train.config import default_augment_config
 from effnet_jax.train.parallel import Parallel
 
 STEPS = 3
@@ -42,6 +44,20 @@ def _batches():
     ]
 
 
+def _gray_batches():
+    # uint8 grey batches, augmented and normalised in the step: the draws must not depend
+    # on how the batch is split (jit shards it over the mesh, pmap hands each device its rows).
+    rs = np.random.RandomState(1)
+    return [
+        {"gray": rs.randint(0, 256, (16, 32, 32)).astype(np.uint8), "label": rs.randint(0, 2, 16).astype(np.int32)}
+        for _ in range(STEPS)
+    ]
+
+
+AUGMENT = augment.spec_from_config(default_augment_config())
+IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+
+
 def _run(mode: str, variables):
     config = _config()
     par = Parallel(mode)
@@ -55,10 +71,13 @@ def _run(mode: str, variables):
     state0 = state_lib.create_train_state(variables, tx, config)
     host0 = jax.device_get(state0)
     step = par.compile_train_step(
-        functools.partial(steps.train_step, model=model, tx=tx, frozen=frozen, ema_decay=config.ema_decay), state0
+        functools.partial(
+            steps.train_step, model=model, tx=tx, frozen=frozen, ema_decay=config.ema_decay, augment=AUGMENT, **IMAGENET
+        ),
+        state0,
     )
     state = par.put_state(state0)
-    for batch in _batches():
+    for batch in _gray_batches():
         state, metrics = step(state, par.put_batch(batch))
     return host0, jax.device_get(par.get_state(state)), frozen, par.first_metrics(metrics)
 

@@ -1,12 +1,17 @@
-"""The grain input pipeline: create_split() gives batches of normalised images for one split.
+"""The grain input pipeline: create_split() gives batches of one split.
 
     records (tfds.data_source / synthetic) -> shard -> order (epoch shuffle, balance)
-      -> decode + augment (MapDataset.map) -> batch -> iter (threads) -> mp_prefetch
+      -> decode + resize once (MapDataset.map) -> batch -> iter (threads) -> mp_prefetch
 
-Batches are dicts of numpy arrays:
-  'image' float32 (B, H, W, 3) normalised, 'label' int32 (B,) (0 NORMAL, 1 PNEUMONIA),
-  'mask' bool (B,) (True = real example); eval batches also carry 'index' int64 (B,),
-  the example's position in the whole split (-1 on padding rows).
+Batches are dicts of numpy arrays, 'label' int32 (B,) (0 NORMAL, 1 PNEUMONIA) and
+'mask' bool (B,) (True = real example) in both kinds, and:
+  training: 'gray' uint8 (B, F, F), the whole frame resized once to F = training_frame()
+    (larger than the model's size when zooming, so a zoomed view keeps its detail); the
+    train step augments it, resamples it to the model's size and normalises it on the
+    device (data/augment.py);
+  evaluation: 'image' float32 (B, H, W, 3) normalised, and 'index' int64 (B,), the
+    example's position in the whole split (-1 on padding rows).
+decode_split() decodes a whole training shard the same way, for the resident path.
 """
 
 import collections
@@ -36,30 +41,25 @@ class _LoadExample:
         image_size,
         mean,
         std,
-        seed,
-        shard_index,
-        augment,
         center_crop,
+        frame=None,
     ):
         self.reader = reader
         self.parts, self.records, self.labels = parts, records, labels
         self.global_index = global_index
         self.training = training
         self.size = int(image_size)
+        self.frame = int(frame or image_size)  # training's frame side
         self.normalize = transforms.Normalizer(mean, std)
-        self.seed, self.shard_index = int(seed), int(shard_index)
-        self.augment = augment
         self.center_crop = float(center_crop)
         # Validate the config here, where the caller sees it, not in a worker process.
-        if training:
-            transforms.draw_params(augment, np.random.default_rng(0))
-        elif not 0.0 < self.center_crop <= 1.0:
+        if not training and not 0.0 < self.center_crop <= 1.0:
             raise ValueError(f"data.center_crop={center_crop}: expected a fraction in (0, 1]")
 
     def __call__(self, element):
-        # Examples leave here as uint8 grey + a 256x3 lookup table; _assemble expands them
-        # straight into the float batch (one write per pixel, no per-image float array).
-        example, epoch, pos = element
+        # Eval examples leave here as uint8 grey + a 256x3 lookup table; _assemble expands
+        # them straight into the float batch (one write per pixel, no per-image float array).
+        example, _, _ = element
         if example < 0:  # eval padding row: no read, all zeros, masked out
             return {
                 "gray": np.zeros((self.size, self.size), np.uint8),
@@ -71,12 +71,9 @@ class _LoadExample:
         raw = self.reader.read_image(int(self.parts[example]), int(self.records[example]))
         label = np.int32(self.labels[example])
         if self.training:
-            rng = np.random.default_rng([self.seed, self.shard_index, epoch, pos])
-            params = transforms.draw_params(self.augment, rng)
-            im = transforms.decode_gray(raw, math.ceil(self.size / math.sqrt(params.area)))
-            gray = transforms.warp(im, params, self.size)
-            table = self.normalize.table(gray, params.brightness, params.contrast, params.gamma, params.clip)
-            return {"gray": gray, "table": table, "label": label, "mask": np.bool_(True)}
+            # The whole frame, resized once: the train step augments it on the device.
+            gray = transforms.center_resize(transforms.decode_gray(raw, self.frame), self.frame)
+            return {"gray": gray, "label": label, "mask": np.bool_(True)}
         im = transforms.decode_gray(raw, math.ceil(self.size / self.center_crop))
         gray = transforms.center_resize(im, self.size, self.center_crop)
         return {
@@ -92,7 +89,13 @@ _ZERO_TABLE = np.zeros((256, 3), np.float32)
 
 
 def _assemble(examples) -> dict:
-    """Stack examples into a batch, expanding grey + table into the float32 RGB images."""
+    """Stack examples into a batch, expanding grey + table into float32 RGB images (eval) or keeping the grey."""
+    if "table" not in examples[0]:
+        return {
+            "gray": np.stack([ex["gray"] for ex in examples]),
+            "label": np.array([ex["label"] for ex in examples], np.int32),
+            "mask": np.array([ex["mask"] for ex in examples], np.bool_),
+        }
     h, w = examples[0]["gray"].shape
     image = np.empty((len(examples), h, w, 3), np.float32)
     for i, ex in enumerate(examples):
@@ -136,41 +139,25 @@ def create_split(
     seed: int,
     shard_index: int | None = None,
     shard_count: int | None = None,
+    frame: int | None = None,
 ) -> grain.IterDataset:
     """Build the grain dataset of batches for `split` ('train' | 'validation' | 'test' | 'external...').
 
     training=True: infinite stream, reshuffled every epoch, balanced per data.balance,
-    augmented per data.augment, incomplete batches dropped. training=False: exactly one
+    not augmented (the train step does that), incomplete batches dropped. training=False: exactly one
     deterministic pass; the last batch is padded to batch_size with mask=False rows, and
     every shard yields the same number of batches (so multi-host eval stays in step).
     `batch_size` is per process. Each process reads the disjoint shard
     examples[shard_index::shard_count] (default: jax.process_index()/process_count()).
+    `frame`: side of the training images (default training_frame()).
     iter() of the result has get_state()/set_state(); close() it when done.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: expected >= 1")
     shard_index, shard_count = _shard(shard_index, shard_count)
-    sel = sources.selection(data_config, split)
-    reader = sources.reader(data_config, split)
-    mine = np.arange(shard_index, len(sel), shard_count)
-    # sel.part indexes sel.parts (the parts this split draws from); the reader numbers
-    # all prepared parts, so translate.
-    reader_part = np.array([reader.parts.index(p) for p in sel.parts], np.int32)[sel.part]
-    load = _LoadExample(
-        reader,
-        reader_part[mine],
-        sel.record[mine],
-        sel.labels[mine],
-        mine,
-        training=training,
-        image_size=image_size,
-        mean=mean,
-        std=std,
-        seed=seed,
-        shard_index=shard_index,
-        augment=data_config.augment,
-        center_crop=data_config.get("center_crop", 1.0),
-    )
+    if training and frame is None:
+        frame = training_frame(data_config, split, image_size)
+    sel, mine, load = _loader(data_config, split, shard_index, shard_count, training, image_size, mean, std, frame)
     if training:
         order = sampling.TrainOrder(sel.labels[mine], data_config.balance, seed, shard_index)
     else:
@@ -191,6 +178,86 @@ def create_split(
         return it.map(_detach)
     # In process: a couple of threads overlap Pillow decoding (which releases the GIL).
     return ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=buffer))
+
+
+def _loader(data_config, split, shard_index, shard_count, training, image_size, mean, std, frame=None):
+    """(selection, this shard's positions in it, the per-example map) of one split."""
+    sel = sources.selection(data_config, split)
+    reader = sources.reader(data_config, split)
+    mine = np.arange(shard_index, len(sel), shard_count)
+    # sel.part indexes sel.parts (the parts this split draws from); the reader numbers
+    # all prepared parts, so translate.
+    reader_part = np.array([reader.parts.index(p) for p in sel.parts], np.int32)[sel.part]
+    load = _LoadExample(
+        reader,
+        reader_part[mine],
+        sel.record[mine],
+        sel.labels[mine],
+        mine,
+        training=training,
+        image_size=image_size,
+        mean=mean,
+        std=std,
+        center_crop=data_config.get("center_crop", 1.0),
+        frame=frame,
+    )
+    return sel, mine, load
+
+
+# Training images whose sizes set the frame (evenly spaced over the split; headers only).
+FRAME_PROBE = 16
+
+
+def training_frame(data_config, split: str, image_size: int) -> int:
+    """Side of the square frame training batches carry: transforms.frame_side for data.augment's zoom.
+
+    The source side is the largest shorter side among a few of the split's images, so a
+    set stored at the model's size is not enlarged. Every process probes the same images.
+    """
+    aug = data_config.get("augment")
+    if aug is None or not aug.get("enabled", False) or not aug.get("scale_enabled", False):
+        return int(image_size)
+    area_min = float(aug.scale_min)
+    if area_min >= 1.0:
+        return transforms.frame_side(image_size, area_min)
+    sel = sources.selection(data_config, split)
+    if len(sel) == 0:
+        return transforms.frame_side(image_size, area_min)
+    reader = sources.reader(data_config, split)
+    reader_part = [reader.parts.index(p) for p in sel.parts]
+    probe = np.unique(np.linspace(0, len(sel) - 1, min(FRAME_PROBE, len(sel))).astype(np.int64))
+    side = max(transforms.source_side(reader.read_image(reader_part[sel.part[i]], int(sel.record[i]))) for i in probe)
+    return transforms.frame_side(image_size, area_min, side)
+
+
+def decode_split(
+    data_config,
+    split: str,
+    *,
+    image_size: int,
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+    frame: int | None = None,
+) -> dict:
+    """Every example of this process's shard of ``split`` as the training batches carry it, in shard order.
+
+    Returns {'gray': uint8 (N, F, F), 'label': int32 (N,)} (F = `frame`, default
+    training_frame()): what the resident path keeps on
+    the devices. Row j is the example a TrainOrder over the same shard calls j, so the
+    resident and the grain path feed the same images in the same order.
+    """
+    shard_index, shard_count = _shard(shard_index, shard_count)
+    frame = training_frame(data_config, split, image_size) if frame is None else int(frame)
+    _, mine, load = _loader(
+        data_config, split, shard_index, shard_count, True, image_size, (0.0,) * 3, (1.0,) * 3, frame
+    )
+    ds = grain.MapDataset.source(range(len(mine))).map(lambda j: load((j, 0, j))).batch(64, batch_fn=_assemble)
+    # A few threads overlap Pillow decoding (which releases the GIL), as the grain path does.
+    parts = list(ds.to_iter_dataset(grain.ReadOptions(num_threads=4, prefetch_buffer_size=8)))
+    return {
+        "gray": np.concatenate([p["gray"] for p in parts]) if parts else np.zeros((0, frame, frame), np.uint8),
+        "label": np.concatenate([p["label"] for p in parts]) if parts else np.zeros((0,), np.int32),
+    }
 
 
 def split_info(data_config, split: str) -> dict:

@@ -80,3 +80,41 @@ class EvalOrder:
     def __getitem__(self, i: int):
         i = int(i)
         return (i if i < self._n else -1), 0, i
+
+
+class IndexBatches:
+    """Batches of (example index, label) along a TrainOrder: the resident path's training iterator.
+
+    Batch k holds stream positions k*B .. k*B + B - 1, exactly the examples of the grain
+    path's batch k, and the state is grain's own ({'next_index': k}), so a checkpoint of
+    either path resumes the other.
+    """
+
+    def __init__(self, order: TrainOrder, labels: np.ndarray, batch_size: int):
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size}: expected >= 1")
+        self.order, self.labels, self.batch_size = order, np.asarray(labels, np.int32), int(batch_size)
+        self.next_index = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        first = self.next_index * self.batch_size
+        index = np.array([self.order[p][0] for p in range(first, first + self.batch_size)], np.int32)
+        self.next_index += 1
+        return {"index": index, "label": self.labels[index]}
+
+    def get_state(self) -> dict:
+        return {"next_index": self.next_index}
+
+    def set_state(self, state: dict):
+        if not isinstance(state, dict) or not isinstance(state.get("next_index"), int):
+            raise ValueError(
+                f"the checkpoint's training data state {state!r} is not {{'next_index': <int>}} (saved with "
+                "data.num_workers > 0?): resume it with --config.data.resident=off"
+            )
+        self.next_index = state["next_index"]
+
+    def close(self):
+        pass

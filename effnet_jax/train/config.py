@@ -149,6 +149,13 @@ def get_config() -> ml_collections.ConfigDict:
     # network, one forward pass); 'logits' keeps every member and averages their logits (a
     # seed ensemble: N forward passes, and on external X-rays a better ranking; docs/experiments/README.md).
     c.soup_combine = "weights"
+    # Whether the seeds train together as one program (docs/training.md, "Seeds in one program"):
+    # their states stacked on a member axis and the step jax.vmap'ped over it, one compile and one
+    # pass of the loop, every member with its own init, data order and augmentation draws, and its
+    # own members/seed_<S>/ directory. Needs the resident data path; 'auto' = on when the data is
+    # resident, 'on' = the same (falls back to one seed after another, with a warning, on grain),
+    # 'off' = one seed after another.
+    c.soup_vmap = "auto"
     c.stop_after_steps = -1  # end this run early at this step (schedule unchanged); resume later; -1 = off
     c.async_checkpointing = True
     c.progress_bar = True  # tqdm bar on stderr (step, loss, img/s, ETA)
@@ -241,9 +248,14 @@ def default_data_config() -> ml_collections.ConfigDict:
     # Class balancing of the training stream: "none", "oversample" (minority drawn again until
     # classes are equal, fresh draw each epoch) or "undersample" (majority subsampled each epoch).
     c.balance = "none"
-    c.augment = default_augment_config()
+    c.augment = default_augment_config()  # applied in the train step, on the device
     # Evaluation: centre crop of this fraction of the shorter side, then resize (1.0 = whole image).
     c.center_crop = 1.0
+    # Where the training images live (docs/training.md): "on" keeps the split decoded once
+    # on every device and the step gathers its batch there; "off" streams it with grain. "auto"
+    # = resident when the set takes at most a quarter of a device's free memory (1 GiB on a
+    # CPU), the run is one process and parallelism is 'jit'. Same batches either way.
+    c.resident = "auto"
     c.num_workers = 0  # grain worker processes (0 = load in the calling process)
     c.prefetch_buffer = 2  # batches buffered per worker (num_workers > 0)
     c.synthetic_examples = 256  # synthetic: training examples (validation and test get a quarter each)
@@ -273,6 +285,8 @@ CHOICES = {
     "early_stopping.mode": ("min", "max"),
     "data.on_bad_image": ("error", "skip"),
     "data.balance": ("none", "oversample", "undersample"),
+    "data.resident": ("auto", "on", "off"),
+    "soup_vmap": ("auto", "on", "off"),
 }
 
 

@@ -27,6 +27,7 @@ from effnet_jax.runs.layout import Layout
 from effnet_jax.runs.metrics_log import read_metrics
 from effnet_jax.runs.writer import MetricWriter
 from effnet_jax.train import distributed, param_summary, preemption, steps
+from effnet_jax.train import feed as feed_lib
 from effnet_jax.train import freeze as freeze_lib
 from effnet_jax.train import optimizer as optimizer_lib
 from effnet_jax.train import progress as progress_lib
@@ -226,21 +227,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
             f"config.soup_seeds={config.soup_seeds!r}: train_and_evaluate trains one run; "
             "effnet_jax.train.soup.train_soup (effnet-train) trains the seeds and averages them"
         )
-    validate_config(config)
+    return train_members([config], [workdir])[0]
+
+
+def train_members(configs: list, workdirs: list[str]) -> list[state_lib.TrainState]:
+    """Trains runs that differ only in their seed as one program, each into its own workdir; returns their states.
+
+    One config: an ordinary run (``train_and_evaluate``). Several (the members of a seed
+    ensemble, train/soup.py): their train states are stacked on a leading member axis and
+    the step is ``jax.vmap``ped over it, on the resident data path, each member with its
+    own initialisation, data order and augmentation draws. Every workdir gets exactly what
+    a run of its own writes, and resumes like one; the members must start at the same step.
+    """
+    for config in configs:
+        validate_config(config)
     started = time.time()
-    workdir = layout_lib.absolute(workdir)
-    fresh = not epath.Path(workdir).exists()
-    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-    lock = workdir_lock.lock_workdir(workdir, jax.process_index() == 0)
+    workdirs = [layout_lib.absolute(w) for w in workdirs]
+    fresh, locks = [], []
     try:
-        return _train_and_evaluate(config, workdir, started)
+        for workdir in workdirs:
+            fresh.append(not epath.Path(workdir).exists())
+            epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+            locks.append(workdir_lock.lock_workdir(workdir, jax.process_index() == 0))
+        return _train_members(configs, workdirs, started)
     except BaseException:
-        if fresh and lock is not None:
-            _remove_unstarted_workdir(workdir)
+        for workdir, new, lock in zip(workdirs, fresh, locks):
+            if new and lock is not None:
+                _remove_unstarted_workdir(workdir)
         raise
     finally:
-        if lock is not None:
-            lock.release()
+        for lock in locks:
+            if lock is not None:
+                lock.release()
 
 
 def _remove_unstarted_workdir(workdir: str) -> None:
@@ -252,13 +270,63 @@ def _remove_unstarted_workdir(workdir: str) -> None:
         path.rmdir()
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, started: float) -> state_lib.TrainState:
-    """The run itself, in a workdir already locked."""
+def member_slice(tree, index: int | None):
+    """Member ``index`` of a tree stacked on a leading member axis; the tree itself when ``index`` is None."""
+    return tree if index is None else jax.tree.map(lambda x: x[index], tree)
+
+
+class _Run:
+    """One run's own part of the loop: its workdir, config, checkpoints, metrics, early stopping and data order.
+
+    ``index`` is its position on the member axis of a stacked state (None: the state is its own).
+    """
+
+    def __init__(self, config, workdir: str, index: int | None, select_split: str, data_tag: str):
+        self.config, self.workdir, self.index = config, workdir, index
+        self.select_split = select_split
+        self.name = "" if index is None else f"member {workdir}: "
+        self.ckpt = checkpoint_lib.Checkpointer(
+            workdir,
+            keep=config.keep_checkpoints,
+            best_metric=config.best_metric or None,
+            best_mode=config.best_mode,
+            async_save=config.async_checkpointing,
+        )
+        self.data_tag = data_tag
+        self.writer = None
+        self.pending = []
+        self.last_saved = None
+        self.stopped_early = False
+        self.final = None  # the state it stopped with, when it stopped before the others
+        self.stop_step = None
+        self.stopper = _EarlyStopping(config.early_stopping)
+
+    def open_metrics(self, start: int):
+        writer_lib.truncate_after(self.workdir, start)
+        self.writer = MetricWriter(self.workdir, extra={"data": self.data_tag})
+        for record in read_metrics(self.workdir, self.select_split):
+            self.stopper.update(record)  # a resumed run keeps counting patience where it stopped
+        # Process 0 truncated the file and may be alone in seeing it (local disks): its count decides
+        # for all, or the processes would stop at different steps and hang.
+        best, bad = distributed.broadcast_floats([self.stopper.best, self.stopper.bad])
+        self.stopper.best, self.stopper.bad = best, int(bad)
+
+    def close(self):
+        self.ckpt.wait()
+        self.ckpt.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _train_members(configs: list, workdirs: list[str], started: float) -> list[state_lib.TrainState]:
+    """The runs themselves, in workdirs already locked."""
 
     # ----------------------------------------------------------------------------------------------
-    # Input: split sizes first, they fix the number of steps.
+    # Input: split sizes first, they fix the number of steps. Members differ only in their seed.
     # ----------------------------------------------------------------------------------------------
-    config = resolve_data(config)
+    configs = [resolve_data(c) for c in configs]
+    config = configs[0]
+    stacked = len(configs) > 1
     train_info = pipeline.split_info(config.data, "train")
     _check_classes(config, "train", train_info)
     total_steps, steps_per_epoch = num_steps(config, train_info)
@@ -305,12 +373,18 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, started
     log.info("devices: %d x %s, parallelism=%s", par.num_devices, jax.devices()[0].platform, par.mode)
 
     # ----------------------------------------------------------------------------------------------
-    # Model and optimizer, with freezing.
+    # Model and optimizer, with freezing; one initial state per member (its seed's head and RNG key).
     # ----------------------------------------------------------------------------------------------
     # A checkpoint this config cannot resume is refused before the model is built and compiled.
-    checkpoint_lib.check_workdir_resumable(workdir, config)
+    for member_config, workdir in zip(configs, workdirs):
+        checkpoint_lib.check_workdir_resumable(workdir, member_config)
     # The loaded weights decide the input normalisation (a Keras .h5 file carries its own).
-    loaded, variables = state_lib.model_from_config(config)
+    states = []
+    for member_config in configs:
+        loaded, variables = state_lib.model_from_config(member_config)
+        if member_config.model.zero_head:
+            variables = state_lib.zero_head(variables)
+        states.append(variables)
     run = run_record.RunRecord(
         image_size=image_size,
         mean=tuple(loaded.variant.mean),
@@ -318,8 +392,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, started
         train_class_counts=tuple(int(n) for n in train_info["class_counts"]),
     )
     del loaded
-    if config.model.zero_head:
-        variables = state_lib.zero_head(variables)
+    variables = states[0]
     frozen = freeze_lib.frozen_mask(variables["params"], freeze_lib.freeze_patterns(config, variables["params"]))
     n_frozen, n_total = freeze_lib.count(frozen)
     frozen_norms = freeze_lib.frozen_norms(frozen)
@@ -339,54 +412,55 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, started
         log.info("class weights: %s", weights.tolist())
         if config.data.balance != "none":
             log.warning("class weights with data.balance=%r correct the imbalance twice", config.data.balance)
-    state = state_lib.create_train_state(variables, tx, config)
+    states = [state_lib.create_train_state(v, tx, c) for v, c in zip(states, configs)]
     del variables
 
     # ----------------------------------------------------------------------------------------------
-    # Checkpoint: resume from the workdir when it has one.
+    # Checkpoints: each run resumes from its workdir when it has one.
     # ----------------------------------------------------------------------------------------------
-    ckpt = checkpoint_lib.Checkpointer(
-        workdir,
-        keep=config.keep_checkpoints,
-        best_metric=config.best_metric or None,
-        best_mode=config.best_mode,
-        async_save=config.async_checkpointing,
+    runs = [
+        _Run(c, w, i if stacked else None, select_split, data_tag) for i, (c, w) in enumerate(zip(configs, workdirs))
+    ]
+    # Streamed by grain or resident on the devices (data.resident); the same batches either way.
+    feed = feed_lib.Feed(
+        config, par, run, per_process_batch, train_info["num_examples"], seeds=[c.seed for c in configs]
     )
-    train_ds = pipeline.create_split(
-        config.data,
-        "train",
-        training=True,
-        batch_size=per_process_batch,
-        image_size=run.image_size,
-        mean=run.mean,
-        std=run.std,
-        seed=config.seed,
-    )
-    train_iter = iter(train_ds)
-    abstract = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, par.state_sharding(state)
-    )
-    start = ckpt.latest_step()
-    if start is not None:
-        state, data_state, saved_config = checkpoint_lib.restore_to_resume(ckpt, start, abstract, config)
-        train_iter.set_state(data_state)
-        _log_config_changes(saved_config, config)
-        log.info("resumed from %s/%d", ckpt.directory, start)
-    else:
-        start = 0
-        if jax.process_index() == 0:
-            layout = Layout(workdir)
-            epath.Path(layout.config).write_text(config.to_json_best_effort(indent=2))
-            run_record.write(workdir, run)
+    abstract = par.abstract_state(states[0])
+    begun = [r.ckpt.latest_step() for r in runs]
+    if len(set(begun)) > 1:
+        raise ValueError(
+            "members trained as one program start at one step; their workdirs hold "
+            + ", ".join(f"{r.workdir}: {s or 0}" for r, s in zip(runs, begun))
+        )
+    start = begun[0]
+    for i, r in enumerate(runs):
+        if start is not None:
+            states[i], data_state, saved_config = checkpoint_lib.restore_to_resume(r.ckpt, start, abstract, r.config)
+            feed.iterators[i].set_state(data_state)
+            _log_config_changes(saved_config, r.config)
+            log.info("resumed from %s/%d", r.ckpt.directory, start)
+            r.last_saved = start
+        elif jax.process_index() == 0:
+            layout = Layout(r.workdir)
+            epath.Path(layout.config).write_text(r.config.to_json_best_effort(indent=2))
+            run_record.write(r.workdir, run)
             log.info(
                 "config: %s; derived (image size, normalisation, class counts): %s", layout.config, layout.run_record
             )
+    start = start or 0
+    if stacked:
+        state = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *states)
+        log.info("%d members trained as one program (config.soup_vmap): state stacked on a member axis", len(runs))
+    else:
+        state = states[0]
+    del states
+    step_abstract = par.abstract_state(state)
     state = par.put_state(state)
 
     # ----------------------------------------------------------------------------------------------
     # Update and eval steps, compiled for the devices.
     # ----------------------------------------------------------------------------------------------
-    train_step = par.compile_train_step(
+    train_step = feed.compile(
         functools.partial(
             steps.train_step,
             model=model,
@@ -396,71 +470,64 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, started
             label_smoothing=config.label_smoothing,
             ema_decay=config.ema_decay,
         ),
-        abstract,
+        step_abstract,
     )
     eval_step = par.compile_eval_step(functools.partial(steps.eval_step, model=model))
 
     # ----------------------------------------------------------------------------------------------
     # Loop.
     # ----------------------------------------------------------------------------------------------
-    writer_lib.truncate_after(workdir, start)
-    writer = MetricWriter(workdir, extra={"data": data_tag})
-    stopper = _EarlyStopping(config.early_stopping)
-    for record in read_metrics(workdir, select_split):
-        stopper.update(record)  # a resumed run keeps counting patience where it stopped
-    # Process 0 truncated the file and may be alone in seeing it (local disks): its count decides
-    # for all, or the processes would stop at different steps and hang.
-    best, bad = distributed.broadcast_floats([stopper.best, stopper.bad])
-    stopper.best, stopper.bad = best, int(bad)
+    for r in runs:
+        r.open_metrics(start)
     stop_at = total_steps if config.stop_after_steps < 0 else min(total_steps, config.stop_after_steps)
     bar = _progress(config, start, total_steps, data_tag)
     # img/s counts training steps only: compiling, evaluating and saving are left out.
     throughput = progress_lib.Throughput(config.batch_size)
-    pending = []
-    last_saved = start if start else None
     step = start
 
-    def save(metrics=None):
-        nonlocal last_saved
-        data_state = train_iter.get_state()
+    def save(r: _Run, metrics=None):
+        data_state = feed.iterators[runs.index(r)].get_state()
         # Orbax writes JSON items from process 0 only; every process resumes from that state.
         distributed.check_same_everywhere(
             json.dumps(checkpoint_lib.encode_data_state(data_state), sort_keys=True),
             f"the training data iterator state at step {step}",
         )
-        ckpt.save(step, par.get_state(state), data_state, config, metrics, run=run)
-        last_saved = step
+        r.ckpt.save(step, member_slice(par.get_state(state), r.index), data_state, r.config, metrics, run=run)
+        r.last_saved = step
 
     def flush_train_metrics():
         # Fetching the metrics syncs with the devices; doing it only here keeps them busy.
-        nonlocal pending
+        pending = runs[0].pending
         if not pending:
             return
-        values = [par.first_metrics(m) for m in pending]
-        for i, v in enumerate(values):
-            if not math.isfinite(v["loss"]):
-                bad = step - len(values) + i + 1
-                where = (
-                    f"the last good checkpoint is step {last_saved} in {ckpt.directory}"
-                    if last_saved
-                    else "no checkpoint was saved"
-                )
-                raise NonFiniteLossError(
-                    f"training loss is {v['loss']} at step {bad}; stopped without saving ({where}). "
-                    f"Try a lower config.optimizer.learning_rate or config.optimizer.grad_clip_norm."
-                )
-        mean = {k: float(np.mean([v[k] for v in values])) for k in values[0]}
         speed = throughput.reading()
-        if speed is not None:
-            mean["images_per_sec"] = speed[0]
-        mean["learning_rate"] = optimizer_lib.learning_rate(schedule, step - 1, config.optimizer.grad_accum_steps)
-        mean["epoch"] = step / steps_per_epoch
-        writer.write(step, "train", mean)
-        if bar is not None:
-            bar.report(mean["loss"], speed)
-        pending = []
+        fetched = [par.first_metrics(m) if not stacked else jax.device_get(m) for m in pending]
+        for r in active:
+            values = [v if r.index is None else {k: float(x[r.index]) for k, x in v.items()} for v in fetched]
+            for i, v in enumerate(values):
+                if not math.isfinite(v["loss"]):
+                    bad = step - len(values) + i + 1
+                    where = (
+                        f"the last good checkpoint is step {r.last_saved} in {r.ckpt.directory}"
+                        if r.last_saved
+                        else "no checkpoint was saved"
+                    )
+                    raise NonFiniteLossError(
+                        f"{r.name}training loss is {v['loss']} at step {bad}; stopped without saving ({where}). "
+                        f"Try a lower config.optimizer.learning_rate or config.optimizer.grad_clip_norm."
+                    )
+            mean = {k: float(np.mean([v[k] for v in values])) for k in values[0]}
+            if speed is not None:
+                mean["images_per_sec"] = speed[0]
+            mean["learning_rate"] = optimizer_lib.learning_rate(schedule, step - 1, config.optimizer.grad_accum_steps)
+            mean["epoch"] = step / steps_per_epoch
+            r.writer.write(step, "train", mean)
+            if bar is not None and r is active[0]:
+                bar.report(mean["loss"], speed)
+        runs[0].pending = []
 
-    stopped_early = preempted = False
+    preempted = False
+    active = list(runs)  # members still training (one stopped early leaves, the others go on)
     stop_signal = preemption.StopSignal()
     if step < stop_at:
         log.info(
@@ -469,10 +536,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, started
     first_step = True
     try:
         while step < stop_at:
-            batch = next(train_iter)
-            state, metrics = train_step(state, par.put_batch({"image": batch["image"], "label": batch["label"]}))
+            batch = feed.next_batch()
+            state, metrics = train_step(state, batch)
             step += 1
-            pending.append(metrics)
+            runs[0].pending.append(metrics)
             if first_step:
                 # The first step compiled: wait for it, so its time stays out of img/s.
                 jax.block_until_ready(metrics)
@@ -486,61 +553,80 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, started
             if step % config.log_every_steps == 0 or is_last or step == stop_at:
                 flush_train_metrics()
             eval_now = is_last or (every > 0 and step % every == 0)
-            eval_metrics = None
             if eval_now:
                 flush_train_metrics()  # never evaluate or save a state whose loss was not checked
-                variables = run_model.inference_variables(state, use_ema=config.ema_decay > 0)
-                results = evaluate_splits(par, eval_step, variables, config, run, step, writer, data_tag, warned)
-                eval_metrics = results[select_split]
-                stopped_early = stopper.update(eval_metrics)
-            if eval_now or step % config.checkpoint_every_steps == 0 or step == stop_at or stopped_early:
-                flush_train_metrics()
-                save(eval_metrics)
+            saved_any = False
+            for r in list(active):
+                eval_metrics = None
+                if eval_now:
+                    variables = run_model.inference_variables(
+                        member_slice(state, r.index), use_ema=config.ema_decay > 0
+                    )
+                    results = evaluate_splits(par, eval_step, variables, config, run, step, r.writer, data_tag, warned)
+                    eval_metrics = results[select_split]
+                    r.stopped_early = r.stopper.update(eval_metrics)
+                if eval_now or step % config.checkpoint_every_steps == 0 or step == stop_at or r.stopped_early:
+                    flush_train_metrics()
+                    save(r, eval_metrics)
+                    saved_any = True
+                if r.stopped_early:
+                    log.info(
+                        "%searly stopping at step %d: %s did not improve for %d evaluations",
+                        r.name,
+                        step,
+                        config.early_stopping.metric,
+                        config.early_stopping.patience,
+                    )
+                    r.final = member_slice(par.get_state(state), r.index) if stacked else None
+                    r.stop_step = step
+                    active.remove(r)
+            if saved_any:
                 throughput.restart()
-            if stopped_early:
-                log.info(
-                    "early stopping at step %d: %s did not improve for %d evaluations",
-                    step,
-                    config.early_stopping.metric,
-                    config.early_stopping.patience,
-                )
+            if not active:
                 break
             # After the step's own save (if any): every process asks at every step, so all agree.
             if step < stop_at and stop_signal.should_stop(step, sync=step % config.log_every_steps == 0):
                 flush_train_metrics()
-                if last_saved != step:
-                    save()
+                for r in active:
+                    if r.last_saved != step:
+                        save(r)
                 preempted = True
                 break
         # Wall time of this invocation, data preparation and compilation included (a resumed
-        # run writes one record per invocation): the wall time a result record reports.
-        writer.write(
-            step,
-            "run",
-            {
-                "wall_seconds": time.time() - started,
-                "resumed_from_step": start,
-                "stopped_early": stopped_early,
-                "machine": describe_machine(par),
-                **({"preempted": True} if preempted else {}),
-            },
-        )
+        # run writes one record per invocation): the wall time a result record reports. Members
+        # trained as one program share it evenly, so the soup's sum is the program's time.
+        seconds = (time.time() - started) / len(runs)
+        for r in runs:
+            r.writer.write(
+                r.stop_step or step,
+                "run",
+                {
+                    "wall_seconds": seconds,
+                    "resumed_from_step": start,
+                    "stopped_early": r.stopped_early,
+                    "machine": describe_machine(par),
+                    **({"members_in_one_program": len(runs)} if stacked else {}),
+                    **({"preempted": True} if preempted and r in active else {}),
+                },
+            )
     finally:
         stop_signal.close()
         if bar is not None:
             bar.close()
-        ckpt.wait()
-        ckpt.close()
-        writer.close()
-        if hasattr(train_iter, "close"):
-            train_iter.close()
+        for r in runs:
+            r.close()
+        feed.close()
     if preempted:
+        where = ", ".join(f"{r.ckpt.directory}/{step}" for r in active)
         raise preemption.Preempted(
-            f"stopped by SIGTERM after step {step}, saved in {ckpt.directory}/{step}; run the same command to resume"
+            f"stopped by SIGTERM after step {step}, saved in {where}; run the same command to resume"
         )
-    log.info("done at step %d; checkpoints in %s, metrics in %s", step, ckpt.directory, writer.path)
+    for r in runs:
+        done = r.stop_step or step
+        log.info("%sdone at step %d; checkpoints in %s, metrics in %s", r.name, done, r.ckpt.directory, r.writer.path)
     warn_without_external_set(config)
-    return par.get_state(state)
+    final = par.get_state(state)
+    return [r.final if r.final is not None else member_slice(final, r.index) for r in runs]
 
 
 def warn_without_external_set(config) -> None:

@@ -37,6 +37,8 @@ class Parallel:
         self.mesh = Mesh(np.array(self.devices), (DATA_AXIS,))
         self.replicated = NamedSharding(self.mesh, P())
         self.batch_sharding = NamedSharding(self.mesh, P(DATA_AXIS))
+        # Batches of several members stacked on a leading axis: each member's batch split over the devices.
+        self.stacked_batch_sharding = NamedSharding(self.mesh, P(None, DATA_AXIS))
 
     @property
     def bn_axis_name(self) -> str | None:
@@ -60,6 +62,12 @@ class Parallel:
         target = self.replicated if self.mode == "jit" else jax.sharding.SingleDeviceSharding(self.local_devices[0])
         return jax.tree.map(lambda _: target, abstract_state)
 
+    def abstract_state(self, state):
+        """ShapeDtypeStructs of ``state`` carrying ``state_sharding``: what restoring and compiling take."""
+        return jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, self.state_sharding(state)
+        )
+
     def put_state(self, state):
         """A host or restored state, ready for the compiled train step."""
         if self.mode == "jit":
@@ -78,12 +86,14 @@ class Parallel:
         return jax.tree.map(lambda x: x[0], state)
 
     # -- batches -----------------------------------------------------------------------------
-    def put_batch(self, batch: dict):
-        """A host-local numpy batch onto the devices (jit: one global array sharded on 'data')."""
+    def put_batch(self, batch: dict, stacked: bool = False):
+        """A host-local numpy batch onto the devices (jit: one global array sharded on 'data').
+
+        ``stacked``: the batch has a leading member axis (jit only); its example axis is the one split.
+        """
         if self.mode == "jit":
-            return {
-                k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(v)) for k, v in batch.items()
-            }
+            sharding = self.stacked_batch_sharding if stacked else self.batch_sharding
+            return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
         n = len(self.local_devices)
         return {k: np.asarray(v).reshape((n, -1) + np.shape(v)[1:]) for k, v in batch.items()}
 
@@ -96,14 +106,22 @@ class Parallel:
         return jax.tree.map(np.asarray, tree)
 
     # -- steps -------------------------------------------------------------------------------
-    def compile_train_step(self, step_fn, abstract_state):
-        """``step_fn(state, batch, axis_name=...)`` compiled; the state argument is donated."""
+    def compile_train_step(self, step_fn, abstract_state, resident: bool = False, stacked: bool = False):
+        """``step_fn(state, batch, axis_name=...)`` compiled; the state argument is donated.
+
+        resident=True: ``step_fn(state, batch, images)``, ``images`` a replicated array the
+        step reads its batch from (jit only). stacked=True: batches with a leading member
+        axis (``put_batch(..., stacked=True)``).
+        """
         if self.mode == "pmap":
+            if resident:
+                raise ValueError("data.resident='on' needs config.parallelism='jit'")
             return jax.pmap(functools.partial(step_fn, axis_name=PMAP_AXIS), axis_name=PMAP_AXIS, donate_argnums=(0,))
         state_sharding = self.state_sharding(abstract_state)
         return jax.jit(
             step_fn,
-            in_shardings=(state_sharding, self.batch_sharding),
+            in_shardings=(state_sharding, self.stacked_batch_sharding if stacked else self.batch_sharding)
+            + ((self.replicated,) if resident else ()),
             out_shardings=(state_sharding, self.replicated),
             donate_argnums=(0,),
         )

@@ -34,6 +34,7 @@ import numpy as np
 from etils import epath
 from flax import traverse_util
 
+from effnet_jax.data import pipeline
 from effnet_jax.runs import checkpoints as checkpoint_lib
 from effnet_jax.runs import layout as layout_lib
 from effnet_jax.runs import lock as workdir_lock
@@ -42,6 +43,8 @@ from effnet_jax.runs import record as run_record
 from effnet_jax.runs.layout import Layout
 from effnet_jax.runs.metrics_log import read_metrics, training_data
 from effnet_jax.runs.writer import MetricWriter
+from effnet_jax.train import feed as feed_lib
+from effnet_jax.train import state as state_lib
 from effnet_jax.train import steps
 from effnet_jax.train.config import validate_config
 from effnet_jax.train.loop import (
@@ -49,7 +52,9 @@ from effnet_jax.train.loop import (
     describe_machine,
     evaluate_splits,
     planned_steps,
+    resolve_data,
     train_and_evaluate,
+    train_members,
 )
 from effnet_jax.train.parallel import Parallel
 
@@ -105,13 +110,16 @@ def train_soup(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
     """Trains ``config.soup_seeds`` runs (seeds ``config.seed``, +1, ...) and soups them into ``workdir``.
 
     Each member is an ordinary run in ``WORKDIR/members/seed_<S>/``: a rerun skips the ones
-    that reached their last step (or stopped early) and resumes the others. Returns the
+    that reached their last step (or stopped early) and resumes the others. The members
+    train as one vmapped program (``loop.train_members``) when ``config.soup_vmap`` and the
+    data path allow it (``_together``), else one after another. Returns the
     soup's record (``soup.json``), or None when a member stopped before its end
     (``config.stop_after_steps``): rerun to finish the members and make the soup.
     """
     validate_config(config)
     n = soup_seeds(config)
     combine = soup_combine(config)
+    vmap = config.get("soup_vmap", "auto")  # checked by validate_config
     if jax.process_count() > 1:
         raise ValueError(
             f"config.soup_seeds={n}: a soup of seeds is trained in one process; train each seed as its own "
@@ -123,7 +131,7 @@ def train_soup(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
     try:
         _refuse_another_run(workdir)
         total = planned_steps(config)
-        members = []
+        members, todo = [], []
         for i in range(n):
             seed = int(config.seed) + i
             member = member_workdir(workdir, seed)
@@ -131,11 +139,22 @@ def train_soup(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
             if run_finished(member, total):
                 log.info("soup member %d of %d (seed %d) already finished in %s: not retrained", i + 1, n, seed, member)
                 continue
-            log.info("soup member %d of %d: seed %d in %s", i + 1, n, seed, member)
             member_config = ml_collections.ConfigDict(config.to_dict())
             member_config.seed = seed
             member_config.soup_seeds = 1
-            train_and_evaluate(member_config, member)
+            todo.append((i, member_config, member))
+        if _together(config, vmap, todo):
+            log.info(
+                "soup members %s: seeds %s trained as one program in %s",
+                ", ".join(str(i + 1) for i, _, _ in todo),
+                ", ".join(str(c.seed) for _, c, _ in todo),
+                ", ".join(m for _, _, m in todo),
+            )
+            train_members([c for _, c, _ in todo], [m for _, _, m in todo])
+        else:
+            for i, member_config, member in todo:
+                log.info("soup member %d of %d: seed %d in %s", i + 1, n, member_config.seed, member)
+                train_and_evaluate(member_config, member)
         unfinished = [m for m in members if not run_finished(m, total)]
         if unfinished:
             log.warning(
@@ -150,18 +169,52 @@ def train_soup(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
             lock.release()
 
 
+def _together(config: ml_collections.ConfigDict, vmap: str, todo: list) -> bool:
+    """Whether the members still to train (``todo``: (i, config, workdir)) train as one vmapped program.
+
+    They do when there are two or more, ``config.soup_vmap`` allows it, the training data is
+    resident on the devices (each member then gathers its own order from it) and they all
+    start at the same step; otherwise they train one after another, and a log line says why.
+    """
+    if len(todo) < 2 or vmap == "off":
+        return False
+    why = None
+    resolved = resolve_data(config)
+    par = Parallel(resolved.parallelism, jax.devices()[: resolved.get("num_devices", 0) or None])
+    num_examples = pipeline.split_info(resolved.data, "train")["num_examples"]
+    frame = pipeline.training_frame(resolved.data, "train", state_lib.image_size(resolved))
+    resident, reason = feed_lib.resident_choice(resolved, par, num_examples, frame)
+    if not resident:
+        why = f"the training data is streamed by grain ({reason}), which serves one order per run"
+    else:
+        begun = {m: _latest_step(m) for _, _, m in todo}
+        if len(set(begun.values())) > 1:
+            why = "they stopped at different steps (" + ", ".join(f"{m}: {s or 0}" for m, s in begun.items()) + ")"
+    if why is None:
+        return True
+    (log.warning if vmap == "on" else log.info)(
+        "config.soup_vmap=%r: the soup members train one after another, not as one program: %s", vmap, why
+    )
+    return False
+
+
+def _latest_step(workdir: str) -> int | None:
+    """The latest checkpointed step of the run in ``workdir``; None when it has none."""
+    if not epath.Path(checkpoint_lib.checkpoint_dir(workdir)).is_dir():
+        return None
+    ckpt = checkpoint_lib.Checkpointer(workdir, best_metric=None, async_save=False, read_only=True)
+    try:
+        return ckpt.latest_step()
+    finally:
+        ckpt.close()
+
+
 def run_finished(workdir: str, total_steps: int) -> bool:
     """True when the run in ``workdir`` has its last step saved, or stopped early (its last run record says so).
 
     A rerun of ``train_soup`` (and of ``effnet-sweep``) skips such a run rather than resuming it.
     """
-    if not epath.Path(checkpoint_lib.checkpoint_dir(workdir)).is_dir():
-        return False
-    ckpt = checkpoint_lib.Checkpointer(workdir, best_metric=None, async_save=False, read_only=True)
-    try:
-        latest = ckpt.latest_step()
-    finally:
-        ckpt.close()
+    latest = _latest_step(workdir)
     if latest is None:
         return False
     if latest >= total_steps:

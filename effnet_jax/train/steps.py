@@ -8,9 +8,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from effnet_jax.data import augment as augment_lib
 from effnet_jax.labels import class_probabilities
 from effnet_jax.train import losses
 from effnet_jax.train.state import TrainState
+
+# Folded into a step's key for the augmentation draws (dropout keeps the step's key itself).
+AUGMENT_STREAM = 0xA06
 
 
 def _keep_frozen(frozen, old, new):
@@ -37,8 +41,16 @@ def train_step(
     ema_decay: float = 0.0,
     axis_name: str | None = None,
     stop_frozen_gradients: bool = True,
+    augment: augment_lib.AugmentSpec | None = None,
+    mean=None,
+    std=None,
 ) -> tuple[TrainState, dict]:
     """One optimizer update on a batch; returns the new state and scalar metrics.
+
+    The batch carries either 'gray', uint8 (B, H, W) images resized once, which are
+    augmented per ``augment`` and normalised with ``mean``/``std`` here, on the device
+    (every example's draws from this step's key and its position in the global batch), or
+    'image', float32 (B, H, W, 3) model input used as it is.
 
     Frozen parameters enter the forward pass through ``stop_gradient`` (unless
     ``stop_frozen_gradients=False``, kept for benchmarks): autodiff then builds no
@@ -53,6 +65,13 @@ def train_step(
     is one global array and XLA inserts the same reductions.
     """
     rng = jax.random.fold_in(state.rng, state.step)
+    images = batch.get("image")
+    if images is None:
+        # Before the per-device fold below: the draws must not depend on the device count.
+        first = 0 if axis_name is None else jax.lax.axis_index(axis_name) * batch["gray"].shape[0]
+        images = augment_lib.prepare_batch(
+            batch["gray"], jax.random.fold_in(rng, AUGMENT_STREAM), augment, mean, std, first
+        )
     if axis_name is not None:
         rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
 
@@ -60,9 +79,7 @@ def train_step(
         if stop_frozen_gradients:
             params = jax.tree.map(lambda f, p: jax.lax.stop_gradient(p) if f else p, frozen, params)
         variables = {"params": params, "batch_stats": state.batch_stats}
-        logits, new_vars = model.apply(
-            variables, batch["image"], train=True, mutable=["batch_stats"], rngs={"dropout": rng}
-        )
+        logits, new_vars = model.apply(variables, images, train=True, mutable=["batch_stats"], rngs={"dropout": rng})
         loss = losses.weighted_mean_loss(logits, batch["label"], class_weights, label_smoothing)
         return loss, (logits, new_vars["batch_stats"])
 
@@ -100,6 +117,12 @@ def train_step(
         ema_batch_stats=ema_batch_stats,
     )
     return new_state, metrics
+
+
+def resident_train_step(state: TrainState, batch: dict, images, *, step_fn=train_step, **kwargs):
+    """``step_fn`` on rows ``batch['index']`` of ``images``, the resident (N, H, W) uint8 training set."""
+    gray = jnp.take(images, batch["index"], axis=0)
+    return step_fn(state, {"gray": gray, "label": batch["label"]}, **kwargs)
 
 
 def _predict(logits):

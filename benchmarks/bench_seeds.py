@@ -1,0 +1,105 @@
+"""Two seeds of the shipped recipe's model trained as one vmapped program against one after another, wall time.
+
+    python benchmarks/bench_seeds.py [--steps 20] [--examples 256] [--workdir /tmp/bench_seeds]
+        [--record results/benchmarks_cpu.jsonl]
+
+configs/pneumonia.py (Lite0 at 224 px, its batch, augmentation and optimizer, ``soup_seeds=2``)
+on the synthetic set (resident on the device), ``--steps`` steps per member, evaluated once at
+the end. Each way runs effnet-train's soup of seeds (``train.soup.train_soup``) end to end in
+this process: ``soup_vmap='off'`` (the members one after another), then ``'on'`` (one program).
+The wall time counts everything a user waits for: building the models, compiling (each way
+starts from its own empty compilation cache, so the second sequential member reads the first's
+compiled step from it, as effnet-train's default cache does), the steps, the evaluations,
+the checkpoints and the soup.
+"""
+
+import argparse
+import os
+import shutil
+import time
+
+import jax
+import numpy as np
+import record
+from jax.experimental.compilation_cache import compilation_cache
+
+from effnet_jax.compilation_cache import setup_compilation_cache
+from effnet_jax.runs.checkpoints import read_checkpoint
+from effnet_jax.runs.metrics_log import read_metrics
+from effnet_jax.train import soup as soup_lib
+from effnet_jax.train.config import load_config_file
+
+
+def recipe(steps: int, examples: int, vmap: str):
+    """configs/pneumonia.py on the synthetic set: ``steps`` steps, one evaluation (validation) at the end."""
+    c = load_config_file("configs/pneumonia.py").get_config()
+    c.data.name = "synthetic"
+    c.data.manual_dir = None
+    c.data.external = ()
+    c.data.synthetic_examples = examples
+    c.select_split = "validation"
+    c.num_train_steps = steps
+    c.eval_every_steps = 0
+    c.checkpoint_every_steps = steps
+    c.progress_bar = False
+    c.soup_vmap = vmap
+    return c
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--examples", type=int, default=256)
+    parser.add_argument("--workdir", default="/tmp/bench_seeds")
+    parser.add_argument("--record", default="", help="append the rows as records to this results/*.jsonl file")
+    args = parser.parse_args()
+
+    shutil.rmtree(args.workdir, ignore_errors=True)
+    seconds, losses = {}, {}
+    for vmap in ("off", "on"):
+        config = recipe(args.steps, args.examples, vmap)
+        setup_compilation_cache(os.path.join(args.workdir, f"cache_{vmap}"))
+        compilation_cache.reset_cache()  # jax reads the cache folder once per process otherwise
+        workdir = os.path.join(args.workdir, vmap)
+        start = time.perf_counter()
+        soup_lib.train_soup(config, workdir)
+        seconds[vmap] = time.perf_counter() - start
+        members = [soup_lib.member_workdir(workdir, s) for s in (config.seed, config.seed + 1)]
+        losses[vmap] = [read_metrics(m, "train")[-1]["loss"] for m in members]
+        weights = [soup_lib.averaged_weights(read_checkpoint(m, "best").state) for m in members]
+        losses[vmap + "_classifier"] = [np.asarray(w["params/classifier/kernel"]) for w in weights]
+        print(f"soup_vmap={vmap!r}: {seconds[vmap]:.1f} s, last train loss per member {losses[vmap]}")
+    ratio = seconds["on"] / seconds["off"]
+    drift = max(
+        float(np.abs(a - b).max() / np.abs(b).max()) for a, b in zip(losses["on_classifier"], losses["off_classifier"])
+    )
+    print(f"one program / one after another: {ratio:.2f}; classifier weights differ by at most {drift:.1e} (relative)")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    config = recipe(args.steps, args.examples, "on")
+    record.write(
+        args.record,
+        [
+            {
+                "tables": [],
+                "name": "seeds-vmap",
+                "members": 2,
+                "steps": args.steps,
+                "batch": config.batch_size,
+                "image_size": config.image_size,
+                "sequential_s": round(seconds["off"], 1),
+                "vmapped_s": round(seconds["on"], 1),
+                "ratio": round(ratio, 2),
+                "last_loss_sequential": [round(x, 4) for x in losses["off"]],
+                "last_loss_vmapped": [round(x, 4) for x in losses["on"]],
+                "classifier_max_rel_diff": float(f"{drift:.1e}"),
+                "devices": f"1 x {jax.devices()[0].device_kind}",
+            }
+        ],
+        f"configs/pneumonia.py (Lite0, {config.image_size} px, batch {config.batch_size}, soup_seeds=2) on the "
+        f"synthetic set ({args.examples} examples, resident), {args.steps} steps per member, whole train_soup timed",
+        f"{os.cpu_count()}-core CPU, shared; load average {load}",
+    )
+
+
+if __name__ == "__main__":
+    main()

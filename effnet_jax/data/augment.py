@@ -1,0 +1,199 @@
+"""Training augmentation as JAX ops: one affine warp and the photometric jitter, then normalisation.
+
+The host hands the train step uint8 grey frames resized once (to the model's size, or
+larger when zooming: transforms.frame_side); everything random happens here, inside the
+compiled step, on whatever device runs it (CPU, GPU or TPU alike), and the one warp
+resamples the view to the model's size. Each example's draws come from
+``fold_in(key, i)``, with ``i`` its position in the global batch, so an augmented batch
+does not depend on how the batch is split over devices.
+
+Geometry convention: the output is a square view of the whole (already square) frame,
+so zooming at scale 1.0 keeps the lateral lung edges that a centre crop would cut.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ZOOM_ABOUT = ("random", "center")
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentSpec:
+    """The ranges the draws come from (a switched-off augmentation has range zero); hashable, so static under jit."""
+
+    area_min: float = 1.0  # fraction of the frame's area the zoom crop covers, drawn from [area_min, area_max]
+    area_max: float = 1.0
+    zoom_random: bool = True  # crop centre anywhere the crop fits; False: the frame centre
+    rotation: float = 0.0  # degrees, counter-clockwise, drawn from [-rotation, rotation]
+    hflip: float = 0.0  # probability of a horizontal flip
+    translate: float = 0.0  # shift per axis, fraction of the output size, drawn from [-translate, translate]
+    brightness: float = 0.0  # additive, in units of full scale, drawn from [-brightness, brightness]
+    contrast: float = 0.0  # factor about the image mean, drawn from [1 - contrast, 1 + contrast]
+    gamma: float = 0.0  # grey level g -> 255 * (g / 255) ** exp(u), u from [-gamma, gamma]
+    clip: bool = True  # clip grey levels to 0..255 after the photometric changes
+    size: int = 0  # side of the augmented view (the model's input); 0: the frame's own side
+
+    @property
+    def photometric(self) -> bool:
+        return bool(self.brightness or self.contrast or self.gamma)
+
+
+def spec_from_config(aug, size: int = 0) -> AugmentSpec | None:
+    """The ``data.augment`` ConfigDict as an AugmentSpec giving ``size``-pixel views; None when augmentation is off."""
+    if not aug.enabled:
+        return None
+    area_min = area_max = 1.0
+    if aug.scale_enabled:
+        if not 0.0 < aug.scale_min <= aug.scale_max <= 1.0:
+            raise ValueError(
+                f"data.augment.scale_min/scale_max={aug.scale_min}/{aug.scale_max}: "
+                "expected 0 < scale_min <= scale_max <= 1"
+            )
+        area_min, area_max = float(aug.scale_min), float(aug.scale_max)
+    zoom_about = aug.get("zoom_about", "random")
+    if zoom_about not in ZOOM_ABOUT:
+        raise ValueError(f"data.augment.zoom_about={zoom_about!r}: expected 'random' or 'center'")
+    return AugmentSpec(
+        area_min=area_min,
+        area_max=area_max,
+        zoom_random=zoom_about == "random",
+        rotation=float(aug.rotation) if aug.rotation_enabled else 0.0,
+        hflip=float(aug.hflip) if aug.hflip_enabled else 0.0,
+        translate=float(aug.translate) if aug.translate_enabled else 0.0,
+        brightness=float(aug.brightness) if aug.brightness_enabled else 0.0,
+        contrast=float(aug.contrast) if aug.contrast_enabled else 0.0,
+        gamma=float(aug.gamma) if aug.get("gamma_enabled", False) else 0.0,
+        clip=bool(aug.get("clip_levels", True)),
+        size=int(size),
+    )
+
+
+def draw(spec: AugmentSpec, key) -> dict:
+    """One example's parameters from its key: area, centre, angle (degrees), flip, shift, photometric."""
+    # Ten draws always, in a fixed order, so switching one augmentation off leaves the
+    # values the others get for the same key unchanged.
+    u = jax.random.uniform(key, (10,), jnp.float32)
+    area = spec.area_min + (spec.area_max - spec.area_min) * u[0]
+    if spec.zoom_random:
+        half = 0.5 * jnp.sqrt(area)  # the crop stays inside the frame
+        center = (half + (1 - 2 * half) * u[1], half + (1 - 2 * half) * u[2])
+    else:
+        center = (jnp.float32(0.5), jnp.float32(0.5))
+    return {
+        "area": area,
+        "center": center,
+        "angle": spec.rotation * (2 * u[3] - 1),
+        "flip": u[4] < spec.hflip,
+        "shift": (spec.translate * (2 * u[5] - 1), spec.translate * (2 * u[6] - 1)),
+        "brightness": spec.brightness * (2 * u[7] - 1),
+        "contrast": 1.0 + spec.contrast * (2 * u[8] - 1),
+        # Log-uniform: exposure curves of other scanners bend both ways alike.
+        "gamma": jnp.exp(spec.gamma * (2 * u[9] - 1)),
+    }
+
+
+def identity_params() -> dict:
+    """Parameters that leave an image as it is (for tests and references)."""
+    zero = jnp.float32(0.0)
+    return {
+        "area": jnp.float32(1.0),
+        "center": (jnp.float32(0.5), jnp.float32(0.5)),
+        "angle": zero,
+        "flip": jnp.bool_(False),
+        "shift": (zero, zero),
+        "brightness": zero,
+        "contrast": jnp.float32(1.0),
+        "gamma": jnp.float32(1.0),
+    }
+
+
+def source_coordinates(params: dict, height: int, width: int, out_height: int = 0, out_width: int = 0):
+    """(row, col) source coordinates in a (height, width) frame, pixel centres at integers, of every output pixel.
+
+    The output is (out_height, out_width), by default the frame's own shape.
+    """
+    out_height, out_width = out_height or height, out_width or width
+    side = jnp.sqrt(params["area"])
+    t = params["angle"] * (math.pi / 180.0)
+    cos, sin = jnp.cos(t), jnp.sin(t)
+    f = jnp.where(params["flip"], -1.0, 1.0)
+    # Output point q (from the frame centre, in pixels, at pixel centres) -> R(t) F q scaled by
+    # the crop's side, minus the shift -> source point about the crop centre. Pixel units
+    # (no division) keep the identity exact. The frame is square, so rotation needs no aspect.
+    # A frame larger than the output: output pixels are measured in frame pixels (the
+    # factor is exactly 1 when the sizes agree, so the identity stays exact).
+    dy, dx = jnp.meshgrid(
+        (jnp.arange(out_height, dtype=jnp.float32) + (0.5 - out_height / 2)) * (height / out_height),
+        (jnp.arange(out_width, dtype=jnp.float32) + (0.5 - out_width / 2)) * (width / out_width),
+        indexing="ij",
+    )
+    cx, cy = params["center"][0] * width, params["center"][1] * height
+    col = cx + side * (cos * f * dx - sin * dy * (width / height) - width * params["shift"][0])
+    row = cy + side * (sin * f * dx * (height / width) + cos * dy - height * params["shift"][1])
+    return row - 0.5, col - 0.5
+
+
+def warp(gray, params: dict, size: int = 0):
+    """Zoom, rotate, flip and shift a (H, W) float frame in ONE bilinear warp to (size, size); outside it is 0.
+
+    ``size`` 0 keeps the frame's shape.
+    """
+    rows, cols = source_coordinates(params, *gray.shape, size, size)
+    return jax.scipy.ndimage.map_coordinates(gray, [rows, cols], order=1, mode="constant", cval=0.0)
+
+
+def photometric(gray, params: dict, clip: bool = True):
+    """Gamma, then contrast about the image mean and brightness, on float grey levels 0..255."""
+    levels = 255.0 * (gray / 255.0) ** params["gamma"]
+    m = jnp.mean(levels)
+    levels = (levels - m) * params["contrast"] + m + 255.0 * params["brightness"]
+    return jnp.clip(levels, 0.0, 255.0) if clip else levels
+
+
+def normalise(gray, mean, std):
+    """(..., H, W) grey levels 0..255 -> (..., H, W, 3) float32, (x / 255 - mean) / std per channel."""
+    mean = np.asarray(mean, np.float32).reshape(-1)
+    std = np.asarray(std, np.float32).reshape(-1)
+    if mean.shape != (3,) or std.shape != (3,) or np.any(std <= 0):
+        raise ValueError(f"mean={mean.tolist()}, std={std.tolist()}: expected 3 values each, std > 0")
+    # The same float32 constants as the host's lookup table (transforms.Normalizer).
+    scale = (1.0 / (255.0 * std)).astype(np.float32)
+    offset = (-mean / std).astype(np.float32)
+    return gray.astype(jnp.float32)[..., None] * scale + offset
+
+
+def augment_one(gray, key, spec: AugmentSpec):
+    """One (H, W) grey image (float, 0..255) augmented with the draws of ``key``."""
+    params = draw(spec, key)
+    out = warp(gray, params, spec.size)
+    if spec.photometric:
+        out = photometric(out, params, spec.clip)
+    return out
+
+
+def example_keys(key, count: int, first_index=0):
+    """The per-example keys of a batch: ``fold_in(key, first_index + i)``."""
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(first_index + jnp.arange(count, dtype=jnp.uint32))
+
+
+def prepare_batch(gray, key, spec: AugmentSpec | None, mean, std, first_index=0):
+    """(B, F, F) uint8 grey frames -> (B, S, S, 3) float32 model input, augmented when ``spec`` is set.
+
+    S is ``spec.size`` (the frame's side when 0 or without a spec: no zoom, so the host
+    frame is already the model's size).
+
+    ``first_index`` is the position of the batch's first row in the global batch (pmap
+    passes its device's offset), so every example gets the same draws however the batch
+    is split.
+    """
+    images = gray.astype(jnp.float32)
+    if spec is not None:
+        keys = example_keys(key, gray.shape[0], first_index)
+        images = jax.vmap(augment_one, in_axes=(0, 0, None))(images, keys, spec)
+    return normalise(images, mean, std)
