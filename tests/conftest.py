@@ -13,6 +13,8 @@ if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
+_exclusive_fd = None  # held from the first of consecutive exclusive tests to the last
+
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
@@ -21,8 +23,10 @@ def pytest_runtest_protocol(item, nextitem):
     The multi-process tests start two jax.distributed processes whose gloo peers must connect
     within 30 s; a second worker training beside them on two cores can starve that. Every test
     holds a shared lock on one file for its setup, call and teardown; an exclusive test holds it
-    alone, so it waits for the other workers' current tests and they wait for it.
+    alone, so it waits for the other workers' current tests and they wait for it. Consecutive
+    exclusive tests (a module's) keep it between them instead of queueing once per test.
     """
+    global _exclusive_fd
     run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
     if run is None:
         yield
@@ -30,12 +34,23 @@ def pytest_runtest_protocol(item, nextitem):
     import fcntl
     import tempfile
 
-    fd = os.open(os.path.join(tempfile.gettempdir(), f"effnet_jax_tests_{run}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    exclusive = item.get_closest_marker("exclusive") is not None
+    path = os.path.join(tempfile.gettempdir(), f"effnet_jax_tests_{run}.lock")
+    if exclusive and _exclusive_fd is None:
+        _exclusive_fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(_exclusive_fd, fcntl.LOCK_EX)
+    fd = None
+    if not exclusive:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_SH)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX if item.get_closest_marker("exclusive") else fcntl.LOCK_SH)
         yield
     finally:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
+        if _exclusive_fd is not None and (nextitem is None or nextitem.get_closest_marker("exclusive") is None):
+            os.close(_exclusive_fd)
+            _exclusive_fd = None
 
 
 def pytest_sessionstart(session):

@@ -77,9 +77,15 @@ def session_compilation_cache(tmp_path_factory):
     """``persistent_compilation_cache`` in one folder for the whole pytest session.
 
     Modules whose fixtures train the same tiny run (same config keys that reach the
-    compiled steps, devices and number of steps) then compile those steps once between them.
+    compiled steps, devices and number of steps) then compile those steps once between them,
+    on whichever worker they run.
     """
-    return persistent_compilation_cache(tmp_path_factory.getbasetemp() / "jax_cache")
+    base = tmp_path_factory.getbasetemp()
+    # A pytest-xdist worker's base is a folder of the session's: all workers share one cache,
+    # so a program one worker compiled is read by the others.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    return persistent_compilation_cache(base / "jax_cache")
 
 
 def _reset_cache():

@@ -1,5 +1,6 @@
 """Keras applications EfficientNetB0 weights (.h5) give Keras's logits from the same raw pixels."""
 
+import functools
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
@@ -26,9 +27,18 @@ def keras_b0():
             layer.momentum = 0.0  # moving statistics := this batch's statistics
             layer.gamma.assign(rng.uniform(0.5, 1.5, layer.gamma.shape).astype("float32"))
             layer.beta.assign(rng.uniform(-0.5, 0.5, layer.beta.shape).astype("float32"))
-    model(pixels, training=True)
+    # Each call is one jitted program: an eager Keras call on JAX compiles every layer's ops apart.
+    _, moving = jax.jit(functools.partial(model.stateless_call, training=True))(
+        [v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables], pixels
+    )
+    for variable, value in zip(model.non_trainable_variables, moving):
+        variable.assign(value)
     head = model.get_layer("predictions")  # its softmax is folded in: compare pre-softmax logits
-    features = np.asarray(keras.Model(model.input, head.input)(pixels, training=False))
+    trunk = keras.Model(model.input, head.input)
+    features, _ = jax.jit(functools.partial(trunk.stateless_call, training=False))(
+        [v.value for v in trunk.trainable_variables], [v.value for v in trunk.non_trainable_variables], pixels
+    )
+    features = np.asarray(features)
     logits = features @ np.asarray(head.kernel) + np.asarray(head.bias)
     return model, pixels, logits
 

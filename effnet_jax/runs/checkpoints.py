@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from typing import Any
 
 import jax
@@ -190,8 +191,11 @@ class CheckpointMismatchError(ValueError):
 _STRUCTURE_KEYS = ("model.name", "loss", "optimizer.name")
 
 
-def restore_to_resume(ckpt: Checkpointer, step: int, abstract_state, config: ml_collections.ConfigDict):
-    """``Checkpointer.restore`` for resuming, with a one-line error when the config no longer fits it."""
+def check_resumable(ckpt: Checkpointer, step: int, config: ml_collections.ConfigDict) -> None:
+    """Raises ``CheckpointMismatchError`` when ``config`` changes a key that fixes the saved state's tree.
+
+    Reads the saved config alone, so a trainer can refuse before it builds (and compiles) a model.
+    """
     saved = ckpt.restore_config(step)
     for key in _STRUCTURE_KEYS:
         was, now = _get(saved, key), _get(config, key)
@@ -200,6 +204,24 @@ def restore_to_resume(ckpt: Checkpointer, step: int, abstract_state, config: ml_
                 f"{ckpt.directory}/{step} was saved with {key}={was!r} but the config asks for {now!r}: resume "
                 f"with --config.{key}={was!r}, or start the new run in another --workdir"
             )
+
+
+def check_workdir_resumable(workdir: str, config: ml_collections.ConfigDict) -> None:
+    """``check_resumable`` on a workdir's latest checkpoint, if it has one (nothing is kept open)."""
+    if not os.path.isdir(checkpoint_dir(workdir)):
+        return
+    ckpt = Checkpointer(workdir, best_metric=None, async_save=False, read_only=True)
+    try:
+        step = ckpt.latest_step()
+        if step is not None:
+            check_resumable(ckpt, step, config)
+    finally:
+        ckpt.close()
+
+
+def restore_to_resume(ckpt: Checkpointer, step: int, abstract_state, config: ml_collections.ConfigDict):
+    """``Checkpointer.restore`` for resuming, with a one-line error when the config no longer fits it."""
+    check_resumable(ckpt, step, config)
     try:
         return ckpt.restore(step, abstract_state)
     except (ValueError, KeyError, TypeError) as e:

@@ -308,6 +308,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, started
     # ----------------------------------------------------------------------------------------------
     # Model and optimizer, with freezing.
     # ----------------------------------------------------------------------------------------------
+    # A checkpoint this config cannot resume is refused before the model is built and compiled.
+    checkpoint_lib.check_workdir_resumable(workdir, config)
     # The loaded weights decide the input normalisation (a Keras .h5 file carries its own).
     loaded, variables = state_lib.model_from_config(config)
     run = run_record.RunRecord(
