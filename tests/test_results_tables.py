@@ -33,6 +33,22 @@ def test_readme_table_has_the_shipped_config_beside_the_published_anchors_and_th
     shipped = next(r for r in rows if r.startswith("| `configs/pneumonia.py` (shipped)"))
     hidden = json.loads((RESULTS / "hidden_half.jsonl").read_text().splitlines()[0])["hidden"]
     assert f"{hidden['accuracy']:.3f} / {hidden['auc']:.3f} / {hidden['sensitivity']:.3f}" in shipped
+    # The same command re-measured after its random stream changed was not judged on the hidden half.
+    remeasured = next(r for r in rows if r.startswith("| `configs/pneumonia.py` at main"))
+    assert f"{hidden['accuracy']:.3f} / {hidden['auc']:.3f}" not in remeasured
+
+
+def test_a_join_matches_the_rows_field_to_the_named_field_of_the_other_source(tmp_path):
+    results = _tiny_results(
+        tmp_path,
+        [{**WHAT_RAN, "tables": ["t"], "id": "a"}, {**WHAT_RAN, "tables": ["t"], "id": "b"}],
+        [{"header": "run", "cell": "{id}"}, {"header": "judged", "cell": "{j[score]}"}],
+    )
+    (results / "judged.jsonl").write_text(json.dumps({**WHAT_RAN, "of": "b", "score": 7}) + "\n")
+    spec = json.loads((results / "tables.json").read_text())
+    spec["t"]["join"] = [{"source": "judged", "on": "id", "to": "of", "as": "j"}]
+    (results / "tables.json").write_text(json.dumps(spec))
+    assert rt.render_all(results)["t"] == "| run | judged |\n|---|---|\n| a |  |\n| b | 7 |"
 
 
 def _tiny_results(tmp_path, rows, columns):

@@ -2,14 +2,15 @@
 
     results/NAME.jsonl   one record a line: what ran (command, config, commit, machine, date) and what it measured
     results/tables.json  {table: {"source": NAME or [NAME, ...], "where": {field: value},
-                                  "join": [{"source", "on", "as"}], "columns": [{"header", "cell"}]}}
+                                  "join": [{"source", "on", "as", "to"?}], "columns": [{"header", "cell"}]}}
     any .md file         <!-- results:TABLE --> ... <!-- /results:TABLE -->, rewritten from the records
 
 A cell is a ``str.format`` template over the record (``{external[auc]:.3f}``), or a list of
 templates of which the first whose fields all exist is used; none gives an empty cell. A
 ``where`` value matches a field equal to it, or a list field holding it; a ``join`` puts the
-first record of another source with the same ``on`` field under ``as``. A number is written
-once, in a record; every table that shows it is rendered from there.
+first record of another source whose ``to`` field (default: ``on``) equals the row's ``on``
+field under ``as``. A number is written once, in a record; every table that shows it is
+rendered from there.
 """
 
 from __future__ import annotations
@@ -90,7 +91,9 @@ def _matches(record: dict, where: dict) -> bool:
 
 
 def _joined(row: dict, others: list[dict], join: dict) -> dict:
-    match = next((o for o in others if join["on"] in row and o.get(join["on"]) == row[join["on"]]), None)
+    # "to" names the other source's field when it differs from the row's ("on").
+    key, other_key = join["on"], join.get("to", join["on"])
+    match = next((o for o in others if key in row and o.get(other_key) == row[key]), None)
     return row if match is None else {**row, join["as"]: match}
 
 
