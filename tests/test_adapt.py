@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from data_fixtures import write_tree
 from flax import traverse_util
-from helpers import run_module
+from helpers import machinery_config, run_module, session_compilation_cache
 from PIL import Image
 
 from effnet_jax import runs
@@ -22,6 +22,7 @@ from effnet_jax.inference.thresholds import operating_threshold
 from effnet_jax.reporting import model_card
 from effnet_jax.runs import checkpoints as checkpoint_lib
 from effnet_jax.runs.layout import Layout
+from effnet_jax.train import loop
 from effnet_jax.train import soup as soup_lib
 
 STATS = ("batch_stats", "ema_batch_stats")
@@ -47,11 +48,24 @@ def site(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def adapted(straight_run, site, tmp_path_factory):
-    """``(source Run, adapted Run, adapted.json)``: the session's tiny run adapted to ``site`` in batches of 4."""
+def source_run(tmp_path_factory):
+    """``{'workdir'}``: a 6-step run of the test network (adapting walks its BatchNorm layers, whatever the network)."""
+    workdir = str(tmp_path_factory.mktemp("source") / "run")
+    # test_sweep.py trains these very steps: the session cache compiles them once.
+    config = machinery_config(
+        num_train_steps=6, eval_every_steps=0, checkpoint_every_steps=3, log_every_steps=3, num_devices=1
+    )
+    with session_compilation_cache(tmp_path_factory):
+        loop.train_and_evaluate(config, workdir)
+    return {"workdir": workdir}
+
+
+@pytest.fixture(scope="module")
+def adapted(source_run, site, tmp_path_factory):
+    """``(source Run, adapted Run, adapted.json)``: the module's tiny run adapted to ``site`` in batches of 4."""
     out = str(tmp_path_factory.mktemp("adapted") / "new")
-    record = adaptation.adapt_run(straight_run["workdir"], site, out, batch_size=4)
-    return runs.open(straight_run["workdir"]), runs.open(out), record
+    record = adaptation.adapt_run(source_run["workdir"], site, out, batch_size=4)
+    return runs.open(source_run["workdir"]), runs.open(out), record
 
 
 def _site_images(run, site):
@@ -182,11 +196,11 @@ def _copy_with_seed(src: str, dst: str, seed: int, scale: float) -> None:
     checkpoint_lib.write_checkpoint(dst, saved.step, state, data, config, run=saved.run)
 
 
-def test_a_soup_has_every_member_and_itself_adapted(straight_run, site, tmp_path):
+def test_a_soup_has_every_member_and_itself_adapted(source_run, site, tmp_path):
     root = str(tmp_path / "soup")
     members = [Layout(root).member(seed) for seed in (0, 1)]
     for seed, member in enumerate(members):
-        _copy_with_seed(straight_run["workdir"], member, seed, 1.0 + 0.2 * seed)
+        _copy_with_seed(source_run["workdir"], member, seed, 1.0 + 0.2 * seed)
     # A weight soup: its evaluation compiles what the session's run already compiled.
     soup_lib.make_soup(members, root, combine="weights")
     out = str(tmp_path / "adapted")
@@ -230,8 +244,8 @@ def test_a_seed_ensemble_adapts_each_member_on_its_own(adapted, site):
 
 
 @pytest.mark.parametrize("case", ["empty", "corrupt", "not_empty", "same", "inside"])
-def test_bad_input_is_one_line_and_nothing_is_written(case, straight_run, site, tmp_path):
-    workdir = straight_run["workdir"]
+def test_bad_input_is_one_line_and_nothing_is_written(case, source_run, site, tmp_path):
+    workdir = source_run["workdir"]
     images, out = site, str(tmp_path / "new")
     listing = sorted(os.listdir(workdir))
     if case == "empty":
@@ -261,11 +275,11 @@ def test_bad_input_is_one_line_and_nothing_is_written(case, straight_run, site, 
         assert not os.path.exists(out)
 
 
-def test_the_command_refuses_an_empty_folder_in_one_line(straight_run, tmp_path):
+def test_the_command_refuses_an_empty_folder_in_one_line(source_run, tmp_path):
     os.makedirs(tmp_path / "empty")
     out = tmp_path / "new"
     result = run_module(
-        "effnet_jax.cli.adapt", f"--workdir={straight_run['workdir']}", f"--images={tmp_path / 'empty'}", f"--out={out}"
+        "effnet_jax.cli.adapt", f"--workdir={source_run['workdir']}", f"--images={tmp_path / 'empty'}", f"--out={out}"
     )
     assert result.returncode == 1, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith("effnet-adapt:")]

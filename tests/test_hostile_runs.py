@@ -10,6 +10,7 @@ import textwrap
 import time
 
 import data_fixtures as fx
+import numpy as np
 import pytest
 from run_fixtures import resume_config
 
@@ -97,11 +98,16 @@ def test_only_process_zero_takes_the_lock(tmp_path):
 # --- resume (SIGTERM and bitwise resume: test_resume.py) ------------------------------------------------------------------------------
 
 
-def test_resuming_with_another_model_name_is_one_clear_error(resumed_run, tmp_path):
-    import shutil
+def test_resuming_with_another_model_name_is_one_clear_error(tmp_path, monkeypatch):
+    # The saved config alone decides, before any model is built: a checkpoint of a stand-in state is enough.
+    workdir = tmp_path / "run"
+    state = {"params": {"w": np.zeros(3, np.float32)}}
+    checkpoint_lib.write_checkpoint(str(workdir), 3, state, {"position": 3}, _config())
 
-    workdir = tmp_path / "copy"
-    shutil.copytree(resumed_run("sigterm")["workdir"], workdir)
+    def never(*args, **kwargs):
+        raise AssertionError("a model was built before the saved config was checked")
+
+    monkeypatch.setattr(loop.state_lib, "model_from_config", never)
     with pytest.raises(
         checkpoint_lib.CheckpointMismatchError,
         match=r"saved with model.name='efficientnet_lite0' but the config asks for 'efficientnet_b0'",

@@ -137,9 +137,6 @@ def test_preprocessing_equals_the_eval_pipeline_on_the_stored_copy(tmp_path):
         image_size=24,
         mean=MEAN,
         std=STD,
-        seed=0,
-        shard_index=0,
-        augment=ml_collections.ConfigDict({"enabled": False}),
         center_crop=0.9,
     )
     example = load((0, 0, 0))

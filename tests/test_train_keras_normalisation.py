@@ -14,7 +14,7 @@ import effnet_jax
 from effnet_jax import runs
 from effnet_jax.data import pipeline
 from effnet_jax.runs import checkpoints as checkpointing
-from effnet_jax.train import loop
+from effnet_jax.train import feed, loop
 
 
 @pytest.fixture(scope="module")
@@ -45,12 +45,19 @@ def test_fine_tuning_from_keras_uses_the_files_normalisation(keras_h5, tmp_path,
 
     seen = []
     real = pipeline.create_split
+    real_compile = feed.Feed.compile
 
     def recording(data_config, split, **kwargs):
         seen.append((split, tuple(kwargs["mean"]), tuple(kwargs["std"])))
         return real(data_config, split, **kwargs)
 
+    def recording_compile(self, step_fn, abstract_state):
+        # The train step normalises its augmented batches on the device, with the feed's mean/std.
+        seen.append(("train", self.mean, self.std))
+        return real_compile(self, step_fn, abstract_state)
+
     monkeypatch.setattr(pipeline, "create_split", recording)
+    monkeypatch.setattr(feed.Feed, "compile", recording_compile)
     config = tiny_config(
         **{
             "model.name": "tf_efficientnet_b0",

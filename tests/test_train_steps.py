@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import traverse_util
-from helpers import tiny_config
+from helpers import machinery_config, tiny_config
 
 import effnet_jax
 from effnet_jax.data import augment
@@ -22,7 +22,8 @@ STEPS = 3
 def _config():
     # SGD, not Adam: Adam divides by sqrt(v), which blows float noise in near-zero
     # gradients up to the size of the learning rate and would hide real differences.
-    return tiny_config(
+    # The test network: the step and its sharding are under test here, not the network.
+    return machinery_config(
         **{
             "optimizer.name": "sgd",
             "optimizer.learning_rate": 0.02,
