@@ -114,7 +114,6 @@ def test_workdir_without_checkpoints_is_a_clear_error(tmp_path):
 
 def test_preprocessing_equals_the_eval_pipeline_on_the_stored_copy(tmp_path):
     """Train/serve skew check: a file scores through the same pixels as its copy in a prepared split."""
-    import ml_collections
 
     from effnet_jax.data import imaging, pipeline
 
