@@ -8,7 +8,13 @@ import logging
 import jax
 
 from effnet_jax.models import variants
-from effnet_jax.models.efficientnet import EfficientNet, build_model, init_variables
+from effnet_jax.models.efficientnet import (
+    EfficientNet,
+    build_model,
+    init_some_variables,
+    init_variables,
+    variable_shapes,
+)
 from effnet_jax.weights import ConvertedWeights, merge_weights, resolve_source
 from effnet_jax.weights.defaults import default_source, variants_with_offline_weights
 
@@ -25,7 +31,11 @@ def load_pretrained(model: EfficientNet, variables: dict, pretrained: str | Conv
     (Keras files normalise differently from the variant's default).
     """
     weights = pretrained if isinstance(pretrained, ConvertedWeights) else resolve_source(pretrained, model.variant)
-    variables, report = merge_weights(variables, weights)
+    return _merge(model, variables, weights)
+
+
+def _merge(model: EfficientNet, variables: dict, weights: ConvertedWeights, initialise=None):
+    variables, report = merge_weights(variables, weights, initialise)
     if weights.mean is not None:
         variant = dataclasses.replace(model.variant, mean=tuple(weights.mean), std=tuple(weights.std))
         model = model.clone(variant=variant)
@@ -75,7 +85,11 @@ def create_model(
     # Read (and check) the weight file before initialising: a missing, hostile or offline
     # source fails at once instead of after the initialisation compiles.
     weights = None if pretrained is None else resolve_source(str(pretrained), model.variant)
-    variables = init_variables(model, rng)
-    if weights is not None:
-        model, variables, _ = load_pretrained(model, variables, weights)
+    if weights is None:
+        return model, init_variables(model, rng)
+    # Shapes alone for what the file holds: only a re-initialised classifier is computed, so
+    # loading weights does not compile the whole network's initialisation.
+    model, variables, _ = _merge(
+        model, variable_shapes(model), weights, lambda keys: init_some_variables(model, keys, rng)
+    )
     return model, variables

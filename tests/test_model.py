@@ -221,3 +221,28 @@ def test_the_test_network_resolves_but_is_not_listed():
     variant = get_variant("efficientnet_test")
     assert [len(stage) for stage in variant.block_defs()] == [1] * 7
     assert (variant.scaled_stem(), variant.scaled_head()) == (8, 320)
+
+
+def test_loading_weights_computes_only_the_reinitialised_head_and_matches_a_whole_initialisation(tmp_path):
+    from effnet_jax.factory import load_pretrained
+    from effnet_jax.models.efficientnet import init_some_variables, variable_shapes
+    from effnet_jax.models.variants import TEST_VARIANT
+    from effnet_jax.weights.loading import LoadReport, save_converted
+
+    # A 1000-class file of the test network: fine-tuning for 2 classes re-initialises the classifier.
+    imagenet = effnet_jax.init_variables(build_model(TEST_VARIANT.name, num_classes=1000), 5)
+    report = LoadReport([], [], "made here", "flax")
+    save_converted(tmp_path / "w", TEST_VARIANT, 1000, imagenet, report, TEST_VARIANT.mean, TEST_VARIANT.std)
+
+    model, fast = effnet_jax.create_model(TEST_VARIANT.name, num_classes=2, pretrained=str(tmp_path / "w"), rng=3)
+    _, slow, report = load_pretrained(model, effnet_jax.init_variables(model, 3), str(tmp_path / "w"))
+    assert report.reinitialised == ["params/classifier/bias", "params/classifier/kernel"]
+    assert jax.tree.structure(fast) == jax.tree.structure(slow)
+    jax.tree.map(np.testing.assert_array_equal, fast, slow)
+    assert fast["params"]["classifier"]["kernel"].shape == (TEST_VARIANT.scaled_head(), 2)
+    np.testing.assert_array_equal(fast["params"]["conv_head"]["kernel"], imagenet["params"]["conv_head"]["kernel"])
+    # Shapes come without computing anything; a chosen key alone equals the whole initialisation's.
+    shapes = variable_shapes(model)
+    assert jax.tree.map(lambda s: (s.shape, s.dtype), shapes) == jax.tree.map(lambda x: (x.shape, x.dtype), slow)
+    key = ("params", "classifier", "kernel")
+    np.testing.assert_array_equal(init_some_variables(model, [key], 3)[key], slow["params"]["classifier"]["kernel"])

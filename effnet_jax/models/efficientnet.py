@@ -13,6 +13,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+from flax import traverse_util
 
 from effnet_jax.models.batch_norm import BatchNorm
 from effnet_jax.models.layers import Conv, DepthwiseConv, silu
@@ -198,14 +199,45 @@ def build_model(name: str, num_classes: int = 1000, **kwargs) -> EfficientNet:
     return EfficientNet(get_variant(name), num_classes=num_classes, **kwargs)
 
 
-def init_variables(model: EfficientNet, rng: jax.Array | int = 0, image_size: int = 64) -> dict:
-    """Initialises ``params`` and ``batch_stats`` (shapes do not depend on the image size)."""
-    if isinstance(rng, int):
-        rng = jax.random.PRNGKey(rng)
+def _init_fn(model: EfficientNet, image_size: int):
     dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
     # The depthwise formulation changes only the arithmetic, not the variables; the native
     # one compiles several times faster on CPU.
     init_model = model.clone(depthwise_impl="native")
-    variables = jax.jit(lambda r: init_model.init(r, dummy, train=False))(rng)
-    # The zero "perturbations" that Grad-CAM differentiates against are not state.
-    return {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
+
+    def init(rng):
+        variables = init_model.init(rng, dummy, train=False)
+        # The zero "perturbations" that Grad-CAM differentiates against are not state.
+        return {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
+
+    return init
+
+
+def _key(rng: jax.Array | int) -> jax.Array:
+    return jax.random.PRNGKey(rng) if isinstance(rng, int) else rng
+
+
+def init_variables(model: EfficientNet, rng: jax.Array | int = 0, image_size: int = 64) -> dict:
+    """Initialises ``params`` and ``batch_stats`` (shapes do not depend on the image size)."""
+    return jax.jit(_init_fn(model, image_size))(_key(rng))
+
+
+def variable_shapes(model: EfficientNet) -> dict:
+    """``init_variables``' tree of ``jax.ShapeDtypeStruct``s, traced without compiling anything."""
+    return jax.eval_shape(_init_fn(model, 64), jax.random.PRNGKey(0))
+
+
+def init_some_variables(model: EfficientNet, keys, rng: jax.Array | int = 0) -> dict:
+    """``{flattened key: value}`` for ``keys`` alone, each equal to ``init_variables``' value.
+
+    The program computes only what those keys need (XLA drops the rest), so a model whose
+    other arrays come from a weight file does not compile its whole initialisation.
+    """
+    keys = [tuple(k) for k in keys]
+    init = _init_fn(model, 64)
+
+    def some(rng):
+        flat = traverse_util.flatten_dict(init(rng))
+        return [flat[k] for k in keys]
+
+    return dict(zip(keys, jax.jit(some)(_key(rng))))

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from effnet_jax.models import build_model, get_variant, init_variables
+from effnet_jax.models import build_model, get_variant
+from effnet_jax.models.efficientnet import init_some_variables, variable_shapes
 from effnet_jax.weights.loading import merge_weights, resolve_source, save_converted
 
 
@@ -14,7 +15,7 @@ def convert_to_checkpoint(variant_name: str, source: str, output: str, num_class
         head = weights.tensors.get(("params", "classifier", "bias"))
         num_classes = int(head.shape[0]) if head is not None else 1000
     model = build_model(variant.name, num_classes=num_classes)
-    variables, report = merge_weights(init_variables(model), weights)
+    variables, report = merge_weights(variable_shapes(model), weights, lambda keys: init_some_variables(model, keys))
     mean = weights.mean or variant.mean
     std = weights.std or variant.std
     metadata = save_converted(output, variant, num_classes, variables, report, mean, std)

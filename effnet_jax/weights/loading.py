@@ -63,13 +63,15 @@ def convert_file(path: str | Path, variant: VariantConfig) -> ConvertedWeights:
     return ConvertedWeights(flax_tensors, str(path), fmt, mean, std)
 
 
-def merge_weights(variables: dict, weights: ConvertedWeights) -> tuple[dict, LoadReport]:
+def merge_weights(variables: dict, weights: ConvertedWeights, initialise=None) -> tuple[dict, LoadReport]:
     """Returns ``variables`` with every key taken from ``weights``.
 
     Every key of the model must come from the file, except the classifier, which
     is re-initialised (and reported) when the file has none or its class count
     differs. A key the model lacks, a missing key or a shape mismatch is an error
-    naming the first offending key.
+    naming the first offending key. ``variables`` may hold shapes alone
+    (``jax.ShapeDtypeStruct``) when ``initialise(keys) -> {key: value}`` gives the
+    re-initialised keys their values.
     """
     target = traverse_util.flatten_dict(variables)
     unknown = [k for k in weights.tensors if k not in target]
@@ -98,14 +100,15 @@ def merge_weights(variables: dict, weights: ConvertedWeights) -> tuple[dict, Loa
                 "from the file. Is this file for another variant?"
             )
         if value is None or tuple(value.shape) != tuple(init_value.shape):
-            merged[key] = init_value
-            reinitialised.append(_path(key))
+            reinitialised.append(key)
             continue
-        merged[key] = np.asarray(value, dtype=np.asarray(init_value).dtype)
+        merged[key] = np.asarray(value, dtype=init_value.dtype)
         loaded.append(_path(key))
+    if reinitialised:
+        merged.update(initialise(reinitialised) if initialise else {k: target[k] for k in reinitialised})
     for key in reinitialised:
-        log.info("Re-initialised %s (the file's classifier does not fit num_classes).", key)
-    report = LoadReport(loaded, reinitialised, weights.source, weights.source_format)
+        log.info("Re-initialised %s (the file's classifier does not fit num_classes).", _path(key))
+    report = LoadReport(loaded, [_path(k) for k in reinitialised], weights.source, weights.source_format)
     return traverse_util.unflatten_dict(merged), report
 
 
