@@ -17,7 +17,7 @@ import signal
 
 import jax
 import pytest
-from helpers import session_compilation_cache, tiny_config
+from helpers import machinery_config, session_compilation_cache
 
 from effnet_jax.data import pipeline
 from effnet_jax.runs import checkpoints as checkpoint_lib
@@ -39,7 +39,9 @@ def resume_config(**overrides):
         "num_devices": 1,
     }
     base.update(overrides)
-    return tiny_config(**base)
+    # The test network: these runs test training, resuming and evaluating, not Lite0's layers
+    # (the parity tests cover those).
+    return machinery_config(**base)
 
 
 @pytest.fixture(scope="session")

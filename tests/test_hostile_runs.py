@@ -110,7 +110,7 @@ def test_resuming_with_another_model_name_is_one_clear_error(tmp_path, monkeypat
     monkeypatch.setattr(loop.state_lib, "model_from_config", never)
     with pytest.raises(
         checkpoint_lib.CheckpointMismatchError,
-        match=r"saved with model.name='efficientnet_lite0' but the config asks for 'efficientnet_b0'",
+        match=r"saved with model.name='efficientnet_test' but the config asks for 'efficientnet_b0'",
     ):
         loop.train_and_evaluate(_config(**{"model.name": "efficientnet_b0"}), str(workdir))
     status, message = errors.one_line(checkpoint_lib.CheckpointMismatchError("x"))
