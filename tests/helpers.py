@@ -128,3 +128,24 @@ def assert_close(a, b, tol=1e-5):
     assert a.shape == b.shape
     err = np.abs(a - b).max() / max(np.abs(b).max(), 1e-30)
     assert err <= tol, f"relative error {err:.2e} > {tol:.0e}"
+
+
+def random_variables(model, seed: int = 0) -> dict:
+    """Random variables for ``model`` drawn with numpy from its shapes: no initialisation program to compile.
+
+    Kernels are He-normal over their fan-in, norms start at unit scale and variance with zero
+    bias and mean, biases at zero: a network whose activations stay in range, for tests of
+    what a model does with any weights.
+    """
+    from effnet_jax.models.efficientnet import variable_shapes
+
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):
+        name = str(path[-1].key)
+        if name == "kernel":
+            fan_in = int(np.prod(leaf.shape[:-1])) or 1
+            return (rng.standard_normal(leaf.shape) * np.sqrt(2.0 / fan_in)).astype(leaf.dtype)
+        return np.full(leaf.shape, 1.0 if name in ("scale", "var") else 0.0, leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(draw, variable_shapes(model))

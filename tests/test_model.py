@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import assert_close
+from helpers import assert_close, random_variables
 
 import effnet_jax
 from effnet_jax.models import build_model, get_variant, layers, list_variants
@@ -152,7 +152,9 @@ def test_depthwise_kernel_gradient_in_bfloat16_accumulates_in_float32():
 
 @pytest.fixture(scope="module")
 def lite0():
-    return effnet_jax.create_model("efficientnet_lite0", num_classes=2)
+    # Any weights do for these tests; drawn from the shapes, they skip compiling the initialisation.
+    model = build_model("efficientnet_lite0", num_classes=2)
+    return model, random_variables(model)
 
 
 def test_features_expose_every_stage_and_pooled(lite0):
@@ -230,7 +232,7 @@ def test_loading_weights_computes_only_the_reinitialised_head_and_matches_a_whol
     from effnet_jax.weights.loading import LoadReport, save_converted
 
     # A 1000-class file of the test network: fine-tuning for 2 classes re-initialises the classifier.
-    imagenet = effnet_jax.init_variables(build_model(TEST_VARIANT.name, num_classes=1000), 5)
+    imagenet = random_variables(build_model(TEST_VARIANT.name, num_classes=1000), 5)
     report = LoadReport([], [], "made here", "flax")
     save_converted(tmp_path / "w", TEST_VARIANT, 1000, imagenet, report, TEST_VARIANT.mean, TEST_VARIANT.std)
 
