@@ -335,3 +335,19 @@ def test_two_processes_preparing_the_same_set_at_once_both_get_it_prepared_once(
     # One prepared version, no leftovers of a second preparation beside it.
     versions = [p for p in (data_dir / "chest_xray").rglob("dataset_info.json")]
     assert len(versions) == 1, versions
+
+
+def test_a_builder_made_while_another_process_prepared_the_set_is_made_again(tmp_path, monkeypatch):
+    """A builder made before the set existed holds no split info, even once the set is there."""
+    root = fx.write_tree(tmp_path / "raw" / "chest_xray", fx.GOOD_TREE)
+    factory = prepare.BuilderFactory(
+        name="chest_xray", manual_dir=str(root), data_dir=str(tmp_path / "tfds"), max_size=36
+    )
+    stale = factory()  # made while the other process has not finished
+    prepare.ensure_prepared(factory)  # the other process finishes
+    assert stale.is_prepared() and not stale.info.splits
+    made, real = [stale], prepare.BuilderFactory.__call__
+    monkeypatch.setattr(prepare.BuilderFactory, "__call__", lambda self: made.pop() if made else real(self))
+    builder = prepare.ensure_prepared(factory)
+    total = sum(sum(counts) for counts in fx.GOOD_COUNTS.values())
+    assert sum(len(m.labels) for m in prepare.read_part_metadata(builder).values()) == total

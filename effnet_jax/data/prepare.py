@@ -109,6 +109,10 @@ def ensure_prepared(factory: BuilderFactory, allow_prepare: bool = True):
     quiet_library_noise()  # TFDS warns of a folder being prepared (or a failed preparation's)
     builder = factory()
     if builder.is_prepared():
+        if not builder.info.splits:
+            # Made while another process was still preparing the set, the builder read no
+            # dataset info; one made now reads what that process wrote.
+            builder = factory()
         _check_source(factory, builder)
         return builder
     if not allow_prepare:
