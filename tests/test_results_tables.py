@@ -24,6 +24,11 @@ def test_every_table_is_shown_somewhere_and_every_record_file_has_what_ran():
     assert shown == set(rt.load_specs(RESULTS))
     records = rt.load_records(RESULTS)  # raises on a record without command, config, commit, machine, date
     assert {"recipes", "published", "hidden_half", "sweep", "benchmarks_cpu", "benchmarks_gpu"} <= set(records)
+    for source, rows in records.items():  # a config or a join names a record by its id
+        ids = [r["id"] for r in rows if "id" in r]
+        assert len(ids) == len(set(ids)), (
+            f"results/{source}.jsonl: ids used twice: {sorted({i for i in ids if ids.count(i) > 1})}"
+        )
 
 
 def test_readme_table_has_the_shipped_config_beside_the_published_anchors_and_the_hidden_half():
