@@ -93,6 +93,7 @@ def main():
         seconds[vmap] = time.perf_counter() - start
         members = [soup_lib.member_workdir(workdir, s) for s in (config.seed, config.seed + 1)]
         losses[vmap] = [read_metrics(m, "train")[-1]["loss"] for m in members]
+        steps_done = read_checkpoint(members[0], "latest").step
         weights = [soup_lib.averaged_weights(read_checkpoint(m, "best").state) for m in members]
         losses[vmap + "_classifier"] = [np.asarray(w["params/classifier/kernel"]) for w in weights]
         print(f"soup_vmap={vmap!r}: {seconds[vmap]:.1f} s, last train loss per member {losses[vmap]}")
@@ -107,8 +108,7 @@ def main():
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     config = recipe(args.steps, args.examples, "on", args.data, args.external)
     where = (
-        f"the shipped command on {args.data} ({config.num_train_steps} steps per member, resident), "
-        f"scored on {args.external}"
+        f"the shipped command on {args.data} (its own epochs, resident), scored on {args.external}"
         if args.data
         else f"the synthetic set ({args.examples} examples, resident), {args.steps} steps per member"
     )
@@ -120,7 +120,7 @@ def main():
                 "tables": [],
                 "name": "seeds-vmap-shipped" if args.data else "seeds-vmap",
                 "members": 2,
-                "steps": config.num_train_steps,
+                "steps": steps_done,
                 "batch": config.batch_size,
                 "image_size": config.image_size,
                 "sequential_s": round(seconds["off"], 1),
