@@ -350,12 +350,12 @@ def test_a_bad_soup_combine_is_refused_naming_the_key():
 # --------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def vmapped_run(soup_run, tmp_path_factory):
-    """``{'straight', 'resumed'}``: the fixture's soup with its members trained as one program (soup_vmap='auto').
+    """``{'straight', 'resumed'}``: the fixture's soup with its members trained as one vmapped program (soup_vmap='on').
 
     'straight' trains its 6 steps at once; 'resumed' stops at step 3 (stop_after_steps) and is rerun.
     """
     config = soup_run[2].copy_and_resolve_references()
-    config.soup_vmap = "auto"  # the tiny synthetic set is resident: the members train together
+    config.soup_vmap = "on"  # the tiny synthetic set is resident: the members train together
     root = tmp_path_factory.mktemp("vmapped")
     made = {"straight": str(root / "straight"), "resumed": str(root / "resumed")}
     stopped = config.copy_and_resolve_references()
@@ -406,7 +406,7 @@ def test_vmapped_members_write_exactly_what_members_trained_one_at_a_time_write(
                 assert f.read() == g.read()
             with open(os.path.join(member, "config.json")) as f, open(os.path.join(alone, "config.json")) as g:
                 mine, theirs = json.load(f), json.load(g)
-            assert (mine.pop("soup_vmap"), theirs.pop("soup_vmap")) == ("auto", "off")
+            assert (mine.pop("soup_vmap"), theirs.pop("soup_vmap")) == ("on", "off")
             # config.json is written when a run begins: the resumed one's first part stopped at step 3.
             stopped = {"straight": -1, "resumed": 3}[kind]
             assert (mine.pop("stop_after_steps"), theirs.pop("stop_after_steps")) == (stopped, -1)
@@ -469,12 +469,48 @@ def test_a_stopped_vmapped_soup_resumes_bitwise(vmapped_run):
         assert read_checkpoint(straight, "best").step == read_checkpoint(resumed, "best").step
 
 
+@pytest.fixture(scope="module")
+def in_turn_run(soup_run, tmp_path_factory):
+    """The fixture's soup with its members trained as one program stepping them in turn (soup_vmap='auto' on a CPU)."""
+    config = soup_run[2].copy_and_resolve_references()
+    config.soup_vmap = "auto"
+    workdir = str(tmp_path_factory.mktemp("in_turn") / "soup")
+    with session_compilation_cache(tmp_path_factory):
+        soup_lib.train_soup(config, workdir)
+    return workdir
+
+
+def test_members_stepped_in_turn_in_one_program_are_bitwise_the_members_trained_one_at_a_time(
+    soup_run, in_turn_run, caplog
+):
+    assert jax.default_backend() == "cpu"  # where 'auto' steps them in turn
+    for seed in (0, 1):
+        alone, member = (soup_lib.member_workdir(w, seed) for w in (soup_run[0], in_turn_run))
+        records = read_metrics(member, "run")
+        assert [(r["step"], r["members_in_one_program"]) for r in records] == [(6, 2)]
+        for step in (3, 6):
+            a, b = (jax.tree_util.tree_leaves_with_path(read_checkpoint(m, step).state) for m in (alone, member))
+            assert [p for p, _ in a] == [p for p, _ in b] and len(a) > 0
+            for (path, x), (_, y) in zip(a, b):
+                np.testing.assert_array_equal(
+                    np.asarray(x), np.asarray(y), err_msg=f"{seed} {step} {jax.tree_util.keystr(path)}"
+                )
+        for split in ("train", "validation", "external"):
+            strip = lambda rs: [{k: v for k, v in r.items() if k not in ("images_per_sec", "time")} for r in rs]  # noqa: E731
+            assert strip(read_metrics(alone, split)) == strip(read_metrics(member, split)), (seed, split)
+    # The two members differ (their own seeds): the comparison above is not of one model with itself.
+    a, b = (read_checkpoint(soup_lib.member_workdir(in_turn_run, s), 6).state for s in (0, 1))
+    assert not all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
 @pytest.mark.parametrize("value", ["yes", True, 2])
 def test_a_bad_soup_vmap_is_refused_in_one_line_naming_the_key(value):
     config = tiny_config(soup_seeds=2)
     with config.unlocked(), config.ignore_type():
         config.soup_vmap = value
-    with pytest.raises(ValueError, match=r"config\.soup_vmap=.*expected one of 'auto', 'on', 'off'") as raised:
+    with pytest.raises(
+        ValueError, match=r"config\.soup_vmap=.*expected one of 'auto', 'on', 'in_turn', 'off'"
+    ) as raised:
         soup_lib.train_soup(config, "/nonexistent/never/made")
     assert errors.one_line(raised.value)[0] == errors.EXIT_USAGE
     assert "\n" not in str(raised.value)

@@ -150,11 +150,17 @@ def get_config() -> ml_collections.ConfigDict:
     # seed ensemble: N forward passes, and on external X-rays a better ranking; docs/experiments/README.md).
     c.soup_combine = "weights"
     # Whether the seeds train together as one program (docs/training.md, "Seeds in one program"):
-    # their states stacked on a member axis and the step jax.vmap'ped over it, one compile and one
-    # pass of the loop, every member with its own init, data order and augmentation draws, and its
-    # own members/seed_<S>/ directory. Needs the resident data path; 'auto' = on when the data is
-    # resident, 'on' = the same (falls back to one seed after another, with a warning, on grain),
-    # 'off' = one seed after another.
+    # their states stacked on a member axis, one compile and one pass of the loop over the one
+    # resident copy of the data, every member with its own init, data order and augmentation
+    # draws, and its own members/seed_<S>/ directory. Needs the resident data path.
+    # 'on' = the step jax.vmap'ped over the members: their arithmetic batched together, for an
+    #   accelerator that one member's batch leaves idle (float-tolerance equal to 'off': XLA
+    #   fuses the batched reductions differently);
+    # 'in_turn' = the members stepped in turn, every step, by one member's compiled step: bitwise
+    #   the runs 'off' trains, with one compile and one data preparation instead of one per member;
+    # 'auto' = 'in_turn' on a CPU, 'on' on a GPU or TPU, when the data is resident;
+    # 'off' = one seed after another, each its own program. 'on' and 'in_turn' fall back to 'off',
+    # with a warning, on grain.
     c.soup_vmap = "auto"
     c.stop_after_steps = -1  # end this run early at this step (schedule unchanged); resume later; -1 = off
     c.async_checkpointing = True
@@ -286,7 +292,7 @@ CHOICES = {
     "data.on_bad_image": ("error", "skip"),
     "data.balance": ("none", "oversample", "undersample"),
     "data.resident": ("auto", "on", "off"),
-    "soup_vmap": ("auto", "on", "off"),
+    "soup_vmap": ("auto", "on", "in_turn", "off"),
 }
 
 

@@ -20,6 +20,7 @@ import functools
 import logging
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from effnet_jax.data import augment as augment_lib
@@ -81,6 +82,40 @@ def resident_choice(config, par: Parallel, num_examples: int, frame: int) -> tup
     return mode == "on" or fits, f"data.resident={mode!r}: {why}"
 
 
+def members_program(config) -> str:
+    """How members trained as one program share the step: 'vmap' (batched) or 'in_turn'.
+
+    ``config.soup_vmap``: 'on' is vmap, 'in_turn' is in turn, 'auto' is in turn on a CPU
+    (batching buys no arithmetic on host cores, and in turn keeps every member bitwise the
+    run it would be alone) and vmap on an accelerator (whose cores one member's batch leaves idle).
+    """
+    mode = config.get("soup_vmap", "auto")
+    if mode == "in_turn" or (mode == "auto" and jax.default_backend() == "cpu"):
+        return "in_turn"
+    return "vmap"
+
+
+def _in_turn(compiled, par: Parallel, member_abstract, count: int):
+    """``compiled(state, batch, images)`` (one member's step) over states and batches stacked on a member axis.
+
+    Each member runs the very program a run of its own compiles (compiled once, for all of
+    them), so its numbers are bitwise that run's; jax.lax.map over the members would compile
+    the step as a loop body, which XLA fuses differently (1-ulp drift). Taking a member out of
+    the stack and putting it back are copies.
+    """
+    sharding = par.state_sharding(member_abstract)
+    take = jax.jit(lambda state, i: jax.tree.map(lambda x: x[i], state), out_shardings=sharding)
+    stack = jax.jit(lambda *trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees), out_shardings=par.replicated)
+
+    def stepped(state, batch, images):
+        outs = [
+            compiled(take(state, i), par.put_batch({k: v[i] for k, v in batch.items()}), images) for i in range(count)
+        ]
+        return stack(*(o[0] for o in outs)), stack(*(o[1] for o in outs))
+
+    return stepped
+
+
 def use_resident(config, par: Parallel, num_examples: int, frame: int) -> bool:
     """``resident_choice``, with the choice and its reason logged."""
     resident, why = resident_choice(config, par, num_examples, frame)
@@ -93,12 +128,14 @@ class Feed:
     """The training iterator(s) and the compiled step that consumes them, for one path.
 
     ``seeds``: one data order per seed. More than one (the members of a seed ensemble
-    trained as one vmapped program, loop.train_members) needs the resident path: every
-    member gathers its own batch from the one resident array, in its own order.
+    trained as one program, loop.train_members) needs the resident path: every member
+    gathers its own batch from the one resident array, in its own order; ``members_program``
+    says whether the step is vmapped over them or steps them in turn.
     """
 
     def __init__(self, config, par: Parallel, run, per_process_batch: int, num_examples: int, seeds=None):
         self.par = par
+        self.members = members_program(config)
         self.augment = augment_lib.spec_from_config(config.data.augment, run.image_size)
         self.mean, self.std = tuple(run.mean), tuple(run.std)
         seeds = [int(config.seed)] if seeds is None else [int(s) for s in seeds]
@@ -154,12 +191,18 @@ class Feed:
         """``step_fn`` (a partial of steps.train_step) compiled for this path, as f(state, host batch).
 
         Several members: the state and the batch carry a leading member axis, and the
-        step is ``jax.vmap``ped over it (the resident images are shared).
+        step is ``jax.vmap``ped over it or steps the members in turn (``members_program``);
+        the resident images are shared.
         """
         step_fn = functools.partial(step_fn, augment=self.augment, mean=self.mean, std=self.std)
         par = self.par
         if self.resident:
             step = functools.partial(steps.resident_train_step, step_fn=step_fn)
+            if self.stacked and self.members == "in_turn":
+                member = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), abstract_state)
+                compiled = par.compile_train_step(step, member, resident=True)
+                stepped = _in_turn(compiled, par, member, len(self.iterators))
+                return lambda state, batch: stepped(state, batch, self.images)
             if self.stacked:
                 step = jax.vmap(step, in_axes=(0, 0, None))
             compiled = par.compile_train_step(step, abstract_state, resident=True, stacked=self.stacked)

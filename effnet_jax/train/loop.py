@@ -235,9 +235,10 @@ def train_members(configs: list, workdirs: list[str]) -> list[state_lib.TrainSta
 
     One config: an ordinary run (``train_and_evaluate``). Several (the members of a seed
     ensemble, train/soup.py): their train states are stacked on a leading member axis and
-    the step is ``jax.vmap``ped over it, on the resident data path, each member with its
-    own initialisation, data order and augmentation draws. Every workdir gets exactly what
-    a run of its own writes, and resumes like one; the members must start at the same step.
+    the step is vmapped over it or steps them in turn (``feed.members_program``), on the
+    resident data path, each member with its own initialisation, data order and augmentation
+    draws. Every workdir gets exactly what a run of its own writes, and resumes like one; the
+    members must start at the same step.
     """
     for config in configs:
         validate_config(config)
@@ -450,7 +451,12 @@ def _train_members(configs: list, workdirs: list[str], started: float) -> list[s
     start = start or 0
     if stacked:
         state = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *states)
-        log.info("%d members trained as one program (config.soup_vmap): state stacked on a member axis", len(runs))
+        log.info(
+            "%d members trained as one program (config.soup_vmap=%r): state stacked on a member axis, the step %s",
+            len(runs),
+            config.soup_vmap,
+            "vmapped over it" if feed.members == "vmap" else "stepping them in turn (each bitwise the run it is alone)",
+        )
     else:
         state = states[0]
     del states

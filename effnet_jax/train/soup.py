@@ -111,7 +111,7 @@ def train_soup(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
 
     Each member is an ordinary run in ``WORKDIR/members/seed_<S>/``: a rerun skips the ones
     that reached their last step (or stopped early) and resumes the others. The members
-    train as one vmapped program (``loop.train_members``) when ``config.soup_vmap`` and the
+    train as one program (``loop.train_members``) when ``config.soup_vmap`` and the
     data path allow it (``_together``), else one after another. Returns the
     soup's record (``soup.json``), or None when a member stopped before its end
     (``config.stop_after_steps``): rerun to finish the members and make the soup.
@@ -170,7 +170,7 @@ def train_soup(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
 
 
 def _together(config: ml_collections.ConfigDict, vmap: str, todo: list) -> bool:
-    """Whether the members still to train (``todo``: (i, config, workdir)) train as one vmapped program.
+    """Whether the members still to train (``todo``: (i, config, workdir)) train as one program.
 
     They do when there are two or more, ``config.soup_vmap`` allows it, the training data is
     resident on the devices (each member then gathers its own order from it) and they all
