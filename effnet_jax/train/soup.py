@@ -192,7 +192,7 @@ def _together(config: ml_collections.ConfigDict, vmap: str, todo: list) -> bool:
             why = "they stopped at different steps (" + ", ".join(f"{m}: {s or 0}" for m, s in begun.items()) + ")"
     if why is None:
         return True
-    (log.warning if vmap == "on" else log.info)(
+    (log.info if vmap == "auto" else log.warning)(
         "config.soup_vmap=%r: the soup members train one after another, not as one program: %s", vmap, why
     )
     return False
