@@ -20,6 +20,7 @@ from effnet_jax.runs.checkpoints import read_checkpoint
 from effnet_jax.runs.metrics_log import read_metrics
 from effnet_jax.runs.model import inference_variables
 from effnet_jax.train import soup as soup_lib
+from effnet_jax.train.loop import train_and_evaluate
 
 pytestmark = pytest.mark.slow  # trains two tiny members for real
 
@@ -471,11 +472,15 @@ def test_a_stopped_vmapped_soup_resumes_bitwise(vmapped_run):
 
 @pytest.fixture(scope="module")
 def in_turn_run(soup_run, tmp_path_factory):
-    """The fixture's soup with its members trained as one program stepping them in turn (soup_vmap='auto' on a CPU)."""
+    """The fixture's soup with its members trained as one program stepping them in turn (soup_vmap='auto' on a CPU),
+    stopped at step 3 (stop_after_steps) and resumed by a rerun."""
     config = soup_run[2].copy_and_resolve_references()
     config.soup_vmap = "auto"
+    stopped = config.copy_and_resolve_references()
+    stopped.stop_after_steps = 3
     workdir = str(tmp_path_factory.mktemp("in_turn") / "soup")
     with session_compilation_cache(tmp_path_factory):
+        assert soup_lib.train_soup(stopped, workdir) is None
         soup_lib.train_soup(config, workdir)
     return workdir
 
@@ -487,7 +492,10 @@ def test_members_stepped_in_turn_in_one_program_are_bitwise_the_members_trained_
     for seed in (0, 1):
         alone, member = (soup_lib.member_workdir(w, seed) for w in (soup_run[0], in_turn_run))
         records = read_metrics(member, "run")
-        assert [(r["step"], r["members_in_one_program"]) for r in records] == [(6, 2)]
+        assert [(r["step"], r["members_in_one_program"], r["resumed_from_step"]) for r in records] == [
+            (3, 2, 0),
+            (6, 2, 3),
+        ]
         for step in (3, 6):
             a, b = (jax.tree_util.tree_leaves_with_path(read_checkpoint(m, step).state) for m in (alone, member))
             assert [p for p, _ in a] == [p for p, _ in b] and len(a) > 0
@@ -501,6 +509,26 @@ def test_members_stepped_in_turn_in_one_program_are_bitwise_the_members_trained_
     # The two members differ (their own seeds): the comparison above is not of one model with itself.
     a, b = (read_checkpoint(soup_lib.member_workdir(in_turn_run, s), 6).state for s in (0, 1))
     assert not all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_members_stepped_in_turn_over_two_devices_are_bitwise_a_member_trained_alone_there(soup_run, tmp_path_factory):
+    # The member's state leaves the stack and returns to it replicated over the mesh, its batch split
+    # over the two devices as a run's is: seed 1's checkpoint equals seed 1 trained alone on two devices.
+    config = soup_run[2].copy_and_resolve_references()
+    config.num_devices, config.eval_every_steps = 2, 0
+    root = tmp_path_factory.mktemp("in_turn_2")
+    alone = config.copy_and_resolve_references()
+    alone.seed, alone.soup_seeds, alone.soup_vmap = 1, 1, "off"
+    config.soup_vmap = "in_turn"
+    with session_compilation_cache(tmp_path_factory):
+        soup_lib.train_soup(config, str(root / "soup"))
+        train_and_evaluate(alone, str(root / "alone"))
+    member = soup_lib.member_workdir(str(root / "soup"), 1)
+    assert [r["members_in_one_program"] for r in read_metrics(member, "run")] == [2]
+    a, b = (read_checkpoint(w, 6).state for w in (str(root / "alone"), member))
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 @pytest.mark.parametrize("value", ["yes", True, 2])

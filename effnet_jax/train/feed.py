@@ -95,23 +95,22 @@ def members_program(config) -> str:
     return "vmap"
 
 
-def _in_turn(compiled, par: Parallel, member_abstract, count: int):
-    """``compiled(state, batch, images)`` (one member's step) over states and batches stacked on a member axis.
+def _in_turn(compiled, par: Parallel, count: int):
+    """``compiled(state, batch, images)`` (one member's step) over a list of member states and a stacked batch.
 
     Each member runs the very program a run of its own compiles (compiled once, for all of
-    them), so its numbers are bitwise that run's; jax.lax.map over the members would compile
-    the step as a loop body, which XLA fuses differently (1-ulp drift). Taking a member out of
-    the stack and putting it back are copies.
+    them), so its numbers are bitwise that run's; jax.lax.map over stacked members would
+    compile the step as a loop body, which XLA fuses differently (1-ulp drift). The states
+    stay a list, so no step copies one; the metrics come back stacked on a member axis.
     """
-    sharding = par.state_sharding(member_abstract)
-    take = jax.jit(lambda state, i: jax.tree.map(lambda x: x[i], state), out_shardings=sharding)
     stack = jax.jit(lambda *trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees), out_shardings=par.replicated)
 
-    def stepped(state, batch, images):
+    def stepped(states, batch, images):
         outs = [
-            compiled(take(state, i), par.put_batch({k: v[i] for k, v in batch.items()}), images) for i in range(count)
+            compiled(state, par.put_batch({k: v[i] for k, v in batch.items()}), images)
+            for i, state in zip(range(count), states, strict=True)
         ]
-        return stack(*(o[0] for o in outs)), stack(*(o[1] for o in outs))
+        return [o[0] for o in outs], stack(*(o[1] for o in outs))
 
     return stepped
 
@@ -190,19 +189,18 @@ class Feed:
     def compile(self, step_fn, abstract_state):
         """``step_fn`` (a partial of steps.train_step) compiled for this path, as f(state, host batch).
 
-        Several members: the state and the batch carry a leading member axis, and the
-        step is ``jax.vmap``ped over it or steps the members in turn (``members_program``);
-        the resident images are shared.
+        Several members: the batch carries a leading member axis; the state does too, and
+        the step is ``jax.vmap``ped over it, or the state is a list of the members' states,
+        stepped in turn (``members_program``). The resident images are shared.
         """
         step_fn = functools.partial(step_fn, augment=self.augment, mean=self.mean, std=self.std)
         par = self.par
         if self.resident:
             step = functools.partial(steps.resident_train_step, step_fn=step_fn)
-            if self.stacked and self.members == "in_turn":
-                member = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), abstract_state)
-                compiled = par.compile_train_step(step, member, resident=True)
-                stepped = _in_turn(compiled, par, member, len(self.iterators))
-                return lambda state, batch: stepped(state, batch, self.images)
+            if self.stacked and self.members == "in_turn":  # abstract_state: a list, one per member
+                compiled = par.compile_train_step(step, abstract_state[0], resident=True)
+                stepped = _in_turn(compiled, par, len(self.iterators))
+                return lambda states, batch: stepped(states, batch, self.images)
             if self.stacked:
                 step = jax.vmap(step, in_axes=(0, 0, None))
             compiled = par.compile_train_step(step, abstract_state, resident=True, stacked=self.stacked)

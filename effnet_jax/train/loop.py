@@ -272,8 +272,13 @@ def _remove_unstarted_workdir(workdir: str) -> None:
 
 
 def member_slice(tree, index: int | None):
-    """Member ``index`` of a tree stacked on a leading member axis; the tree itself when ``index`` is None."""
-    return tree if index is None else jax.tree.map(lambda x: x[index], tree)
+    """Member ``index`` of the members' trees: stacked on a leading member axis (vmapped), or a
+    list of them (stepped in turn); the tree itself when ``index`` is None."""
+    if index is None:
+        return tree
+    if isinstance(tree, list):
+        return tree[index]
+    return jax.tree.map(lambda x: x[index], tree)
 
 
 class _Run:
@@ -449,13 +454,22 @@ def _train_members(configs: list, workdirs: list[str], started: float) -> list[s
                 "config: %s; derived (image size, normalisation, class counts): %s", layout.config, layout.run_record
             )
     start = start or 0
-    if stacked:
+    if stacked and feed.members == "vmap":
         state = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *states)
         log.info(
-            "%d members trained as one program (config.soup_vmap=%r): state stacked on a member axis, the step %s",
+            "%d members trained as one program (config.soup_vmap=%r): states stacked on a member axis, "
+            "the step vmapped over it",
             len(runs),
             config.soup_vmap,
-            "vmapped over it" if feed.members == "vmap" else "stepping them in turn (each bitwise the run it is alone)",
+        )
+    elif stacked:
+        # Stepped in turn: each member's state stays its own (a list), so no step copies a state.
+        state = list(states)
+        log.info(
+            "%d members trained as one program (config.soup_vmap=%r): one compiled step, the members "
+            "stepped in turn (each bitwise the run it is alone)",
+            len(runs),
+            config.soup_vmap,
         )
     else:
         state = states[0]
@@ -583,7 +597,8 @@ def _train_members(configs: list, workdirs: list[str], started: float) -> list[s
                         config.early_stopping.metric,
                         config.early_stopping.patience,
                     )
-                    r.final = member_slice(par.get_state(state), r.index) if stacked else None
+                    # A host copy: the member's device state is still stepped (and donated) with the others.
+                    r.final = jax.device_get(member_slice(par.get_state(state), r.index)) if stacked else None
                     r.stop_step = step
                     active.remove(r)
             if saved_any:
