@@ -119,7 +119,7 @@ def main():
     where = (
         f"the shipped command on {args.data} (its own epochs, resident), scored on {args.external}"
         if args.data
-        else f"the synthetic set ({args.examples} examples, resident), {args.steps} steps per member"
+        else f"on the synthetic set ({args.examples} examples, resident), {args.steps} steps per member"
     )
     external = {"external_sequential": scores["off"], "external_one_program": scores[program]} if args.data else {}
     name = "seeds-vmap" if program == "on" else "seeds-in-turn"
@@ -127,7 +127,7 @@ def main():
         args.record,
         [
             {
-                "tables": [],
+                "tables": ["seeds"] if args.data else [],
                 "name": name + "-shipped" if args.data else name,
                 "program": "vmapped" if program == "on" else "in turn",
                 "members": 2,
@@ -144,7 +144,7 @@ def main():
                 **external,
             }
         ],
-        f"configs/pneumonia.py (Lite0, {config.image_size} px, batch {config.batch_size}, soup_seeds=2) on "
+        f"configs/pneumonia.py (Lite0, {config.image_size} px, batch {config.batch_size}, soup_seeds=2), "
         f"{where}, whole train_soup timed",
         f"{os.cpu_count()}-core CPU, shared; load average {load}",
     )

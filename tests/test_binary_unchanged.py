@@ -50,4 +50,6 @@ def test_binary_evaluation_gives_the_numbers_of_the_code_before_n_classes(straig
         rows = [[int(r["index"]), int(r["label"]), float(r["prob_pneumonia"])] for r in csv.DictReader(f)]
     assert [r[:2] for r in rows] == [g[:2] for g in golden["predictions"]]
     for (index, _, prob), (_, _, before) in zip(rows, golden["predictions"]):
-        assert math.isclose(prob, float(before), rel_tol=1e-6, abs_tol=1e-6), f"image {index}: {prob} != {before}"
+        # As for the metrics above: another CPU's vector units round the six steps differently (seen
+        # here: 0.574455 against 0.574452); a changed code path moves a probability far more.
+        assert math.isclose(prob, float(before), rel_tol=0, abs_tol=1e-5), f"image {index}: {prob} != {before}"
