@@ -472,10 +472,10 @@ def test_a_stopped_vmapped_soup_resumes_bitwise(vmapped_run):
 
 @pytest.fixture(scope="module")
 def in_turn_run(soup_run, tmp_path_factory):
-    """The fixture's soup with its members trained as one program stepping them in turn (soup_vmap='auto' on a CPU),
+    """The fixture's soup with its members trained as one program stepping them in turn (soup_vmap='in_turn'),
     stopped at step 3 (stop_after_steps) and resumed by a rerun."""
     config = soup_run[2].copy_and_resolve_references()
-    config.soup_vmap = "auto"
+    config.soup_vmap = "in_turn"
     stopped = config.copy_and_resolve_references()
     stopped.stop_after_steps = 3
     workdir = str(tmp_path_factory.mktemp("in_turn") / "soup")
@@ -488,7 +488,6 @@ def in_turn_run(soup_run, tmp_path_factory):
 def test_members_stepped_in_turn_in_one_program_are_bitwise_the_members_trained_one_at_a_time(
     soup_run, in_turn_run, caplog
 ):
-    assert jax.default_backend() == "cpu"  # where 'auto' steps them in turn
     for seed in (0, 1):
         alone, member = (soup_lib.member_workdir(w, seed) for w in (soup_run[0], in_turn_run))
         records = read_metrics(member, "run")
@@ -548,7 +547,8 @@ def test_a_bad_soup_vmap_is_refused_in_one_line_naming_the_key(value):
     ("overrides", "why"),
     [
         ({"soup_vmap": "on", "data.resident": "off"}, r"streamed by grain \(data\.resident='off'\)"),
-        ({"soup_vmap": "auto"}, r"they stopped at different steps \(.*seed_0: 3, .*seed_1: 0\)"),
+        ({"soup_vmap": "in_turn"}, r"they stopped at different steps \(.*seed_0: 3, .*seed_1: 0\)"),
+        ({"soup_vmap": "auto"}, r"on a CPU the soup members train one after another"),
     ],
 )
 def test_members_that_cannot_share_a_program_train_one_after_another_saying_why(
@@ -556,7 +556,7 @@ def test_members_that_cannot_share_a_program_train_one_after_another_saying_why(
 ):
     _, members, config, _ = soup_run
     workdir = str(tmp_path / "again")
-    if overrides["soup_vmap"] == "auto":  # seed 0 stopped at step 3, seed 1 not begun
+    if overrides["soup_vmap"] == "in_turn":  # seed 0 stopped at step 3, seed 1 not begun
         shutil.copytree(members[0], soup_lib.member_workdir(workdir, 0))
         shutil.rmtree(os.path.join(soup_lib.member_workdir(workdir, 0), "checkpoints", "6"))
     config = config.copy_and_resolve_references()
@@ -574,4 +574,4 @@ def test_members_that_cannot_share_a_program_train_one_after_another_saying_why(
     assert trained == [(s, soup_lib.member_workdir(workdir, s)) for s in (0, 1)]
     lines = [r for r in caplog.records if "the soup members train one after another" in r.getMessage()]
     assert len(lines) == 1 and re.search(why, lines[0].getMessage())
-    assert lines[0].levelname == ("WARNING" if overrides["soup_vmap"] == "on" else "INFO")
+    assert lines[0].levelname == ("INFO" if overrides["soup_vmap"] == "auto" else "WARNING")

@@ -85,14 +85,11 @@ def resident_choice(config, par: Parallel, num_examples: int, frame: int) -> tup
 def members_program(config) -> str:
     """How members trained as one program share the step: 'vmap' (batched) or 'in_turn'.
 
-    ``config.soup_vmap``: 'on' is vmap, 'in_turn' is in turn, 'auto' is in turn on a CPU
-    (batching buys no arithmetic on host cores, and in turn keeps every member bitwise the
-    run it would be alone) and vmap on an accelerator (whose cores one member's batch leaves idle).
+    ``config.soup_vmap``: 'in_turn' is in turn; 'on' and 'auto' are vmap ('auto' trains
+    members as one program only on an accelerator, whose cores one member's batch leaves idle:
+    soup._together).
     """
-    mode = config.get("soup_vmap", "auto")
-    if mode == "in_turn" or (mode == "auto" and jax.default_backend() == "cpu"):
-        return "in_turn"
-    return "vmap"
+    return "in_turn" if config.get("soup_vmap", "auto") == "in_turn" else "vmap"
 
 
 def _in_turn(compiled, par: Parallel, count: int):

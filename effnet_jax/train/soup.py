@@ -172,11 +172,17 @@ def train_soup(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
 def _together(config: ml_collections.ConfigDict, vmap: str, todo: list) -> bool:
     """Whether the members still to train (``todo``: (i, config, workdir)) train as one program.
 
-    They do when there are two or more, ``config.soup_vmap`` allows it, the training data is
+    They do when there are two or more, ``config.soup_vmap`` allows it ('auto': not on a CPU), the training data is
     resident on the devices (each member then gathers its own order from it) and they all
     start at the same step; otherwise they train one after another, and a log line says why.
     """
     if len(todo) < 2 or vmap == "off":
+        return False
+    if vmap == "auto" and jax.default_backend() == "cpu":
+        log.info(
+            "config.soup_vmap='auto': on a CPU the soup members train one after another, each bitwise what "
+            "soup_vmap='in_turn' trains and no slower (benchmarks/README.md, table seeds)"
+        )
         return False
     why = None
     resolved = resolve_data(config)
