@@ -10,7 +10,7 @@ on the synthetic set (resident on the device), ``--steps`` steps per member, eva
 the end. Each way runs effnet-train's soup of seeds (``train.soup.train_soup``) end to end in
 this process: ``soup_vmap='off'`` (the members one after another), then ``--program`` (one
 program: ``'on'`` vmaps the step over the members, ``'in_turn'`` steps them in turn; ``'auto'``,
-the default, is what config.soup_vmap='auto' picks on this backend).
+the default, is 'in_turn' on a CPU and 'on' on an accelerator).
 The wall time counts everything a user waits for: building the models, compiling (each way
 starts from its own empty compilation cache, so the second sequential member reads the first's
 compiled step from it, as effnet-train's default cache does), the steps, the evaluations,

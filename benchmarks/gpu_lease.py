@@ -51,12 +51,12 @@ class Piece:
         return 3 * self.estimate_s
 
 
-def _gpu_bench(variant: str, batch: int) -> list:
-    return [PY, "benchmarks/gpu_bench.py", "--variants", variant, "--batch", str(batch), "--steps", "10"]
-
-
-def _tiny_bench(variant: str) -> list:
-    return [PY, "benchmarks/gpu_bench.py", "--variants", variant, "--tiny"]
+def _bench(name: str, question: str, estimate_s: int, variant: str, batch: int, env=()) -> Piece:
+    """A gpu_bench.py setting (effnet_jax against timm, train step and eval) as a piece."""
+    bench = [PY, "benchmarks/gpu_bench.py", "--variants", variant]
+    return Piece(
+        name, question, estimate_s, (bench + ["--batch", str(batch), "--steps", "10"],), (bench + ["--tiny"],), env
+    )
 
 
 _SHIPPED = ["--config=configs/pneumonia.py", "--workdir={tmp}/shipped"]
@@ -70,19 +70,19 @@ _TOOLS = (
 )
 
 PIECES = (
-    Piece(
+    _bench(
         "compile-b0",
         "B0 train step (batch 128, bf16) against timm, and its cold first step: under 40 s?",
         200,
-        (_gpu_bench("efficientnet_b0", 128),),
-        (_tiny_bench("efficientnet_b0"),),
+        "efficientnet_b0",
+        128,
     ),
-    Piece(
+    _bench(
         "compile-b0-autotune0",
         "the same with XLA's GPU autotuning off: is the cold first step autotuning?",
         160,
-        (_gpu_bench("efficientnet_b0", 128),),
-        (_tiny_bench("efficientnet_b0"),),
+        "efficientnet_b0",
+        128,
         env=(("XLA_FLAGS", "--xla_gpu_autotune_level=0"),),
     ),
     Piece(
@@ -161,28 +161,16 @@ PIECES = (
         ),
         needs_data=True,
     ),
-    Piece(
+    _bench(
         "lite0-256-mem70",
         "Lite0 at batch 256 with 70% of the card for JAX: was the H100's 0.74x timm the 45% memory cap?",
         160,
-        (_gpu_bench("tf_efficientnet_lite0", 256),),
-        (_tiny_bench("tf_efficientnet_lite0"),),
+        "tf_efficientnet_lite0",
+        256,
         env=(("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.7"),),
     ),
-    Piece(
-        "b0-256",
-        "B0 at batch 256 against timm",
-        160,
-        (_gpu_bench("efficientnet_b0", 256),),
-        (_tiny_bench("efficientnet_b0"),),
-    ),
-    Piece(
-        "lite0-128",
-        "Lite0 at batch 128 against timm",
-        160,
-        (_gpu_bench("tf_efficientnet_lite0", 128),),
-        (_tiny_bench("tf_efficientnet_lite0"),),
-    ),
+    _bench("b0-256", "B0 at batch 256 against timm", 160, "efficientnet_b0", 256),
+    _bench("lite0-128", "Lite0 at batch 128 against timm", 160, "tf_efficientnet_lite0", 128),
 )
 
 

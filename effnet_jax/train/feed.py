@@ -92,7 +92,7 @@ def members_program(config) -> str:
     return "in_turn" if config.get("soup_vmap", "auto") == "in_turn" else "vmap"
 
 
-def _in_turn(compiled, par: Parallel, count: int):
+def _in_turn(compiled, par: Parallel):
     """``compiled(state, batch, images)`` (one member's step) over a list of member states and a stacked batch.
 
     Each member runs the very program a run of its own compiles (compiled once, for all of
@@ -105,7 +105,7 @@ def _in_turn(compiled, par: Parallel, count: int):
     def stepped(states, batch, images):
         outs = [
             compiled(state, par.put_batch({k: v[i] for k, v in batch.items()}), images)
-            for i, state in zip(range(count), states, strict=True)
+            for i, state in enumerate(states)
         ]
         return [o[0] for o in outs], stack(*(o[1] for o in outs))
 
@@ -196,7 +196,7 @@ class Feed:
             step = functools.partial(steps.resident_train_step, step_fn=step_fn)
             if self.stacked and self.members == "in_turn":  # abstract_state: a list, one per member
                 compiled = par.compile_train_step(step, abstract_state[0], resident=True)
-                stepped = _in_turn(compiled, par, len(self.iterators))
+                stepped = _in_turn(compiled, par)
                 return lambda states, batch: stepped(states, batch, self.images)
             if self.stacked:
                 step = jax.vmap(step, in_axes=(0, 0, None))

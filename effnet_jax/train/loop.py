@@ -454,22 +454,17 @@ def _train_members(configs: list, workdirs: list[str], started: float) -> list[s
                 "config: %s; derived (image size, normalisation, class counts): %s", layout.config, layout.run_record
             )
     start = start or 0
-    if stacked and feed.members == "vmap":
-        state = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *states)
+    if stacked:
+        vmapped = feed.members == "vmap"
+        # Stepped in turn, each member's state stays its own (a list), so no step copies a state.
+        state = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *states) if vmapped else list(states)
         log.info(
-            "%d members trained as one program (config.soup_vmap=%r): states stacked on a member axis, "
-            "the step vmapped over it",
+            "%d members trained as one program (config.soup_vmap=%r): %s",
             len(runs),
             config.soup_vmap,
-        )
-    elif stacked:
-        # Stepped in turn: each member's state stays its own (a list), so no step copies a state.
-        state = list(states)
-        log.info(
-            "%d members trained as one program (config.soup_vmap=%r): one compiled step, the members "
-            "stepped in turn (each bitwise the run it is alone)",
-            len(runs),
-            config.soup_vmap,
+            "states stacked on a member axis, the step vmapped over it"
+            if vmapped
+            else "one compiled step, the members stepped in turn (each bitwise the run it is alone)",
         )
     else:
         state = states[0]
