@@ -10,7 +10,6 @@ run the same step (augmentation on the device); only how the uint8 batch reaches
 """
 
 import argparse
-import functools
 import os
 import statistics
 import time
@@ -49,14 +48,12 @@ def build(config):
     tx, _ = optimizer_lib.create_optimizer(config, frozen, total, per_epoch)
     state = jax.device_get(state_lib.create_train_state(variables, tx, config))
     abstract = par.abstract_state(state)
-    step_fn = functools.partial(
-        steps.train_step,
+    step_fn = steps.bound_train_step(
+        config,
         model=model,
         tx=tx,
         frozen=frozen,
         class_weights=class_weights(config.class_weights, info["class_counts"]),
-        label_smoothing=config.label_smoothing,
-        ema_decay=config.ema_decay,
     )
     return par, run, state, abstract, step_fn, info["num_examples"]
 

@@ -84,13 +84,11 @@ def jax_runner(config, batch: int, stop_frozen: bool = True):
     tx, _ = optimizer_lib.create_optimizer(config, frozen, total_steps=1000, steps_per_epoch=100)
     state = par.put_state(state_lib.create_train_state(variables, tx, config))
     abstract = par.abstract_state(state)
-    step_fn = functools.partial(
-        steps.train_step,
+    step_fn = steps.bound_train_step(
+        config,
         model=model,
         tx=tx,
         frozen=frozen,
-        label_smoothing=config.label_smoothing,
-        ema_decay=config.ema_decay,
         # The recipe's augmentation and normalisation run in the step, as in effnet-train.
         augment=augment_lib.spec_from_config(config.data.augment, state_lib.image_size(config)),
         mean=(0.485, 0.456, 0.406),

@@ -476,15 +476,7 @@ def _train_members(configs: list, workdirs: list[str], started: float) -> list[s
     # Update and eval steps, compiled for the devices.
     # ----------------------------------------------------------------------------------------------
     train_step = feed.compile(
-        functools.partial(
-            steps.train_step,
-            model=model,
-            tx=tx,
-            frozen=frozen,
-            class_weights=weights,
-            label_smoothing=config.label_smoothing,
-            ema_decay=config.ema_decay,
-        ),
+        steps.bound_train_step(config, model=model, tx=tx, frozen=frozen, class_weights=weights),
         step_abstract,
     )
     eval_step = par.compile_eval_step(functools.partial(steps.eval_step, model=model))

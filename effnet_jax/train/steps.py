@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -27,6 +28,24 @@ def ema_decay_at(decay: float, step):
     """EMA decay ramped up over the first steps, so early averages are not dominated by init."""
     step = step.astype(jnp.float32)
     return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
+def bound_train_step(config, *, model, tx, frozen, class_weights=None, **options):
+    """``train_step`` with a run's model, optimizer and loss settings bound: f(state, batch).
+
+    effnet-train and the benchmarks build their step here, so a benchmark times the step a
+    run compiles. ``options`` (augment, mean, std, ...) go to ``train_step`` as they are.
+    """
+    return functools.partial(
+        train_step,
+        model=model,
+        tx=tx,
+        frozen=frozen,
+        class_weights=class_weights,
+        label_smoothing=config.label_smoothing,
+        ema_decay=config.ema_decay,
+        **options,
+    )
 
 
 def train_step(
