@@ -1,4 +1,4 @@
-"""The train step on 8 fake CPU devices: jit over a mesh equals pmap, and frozen means frozen."""
+"""The train step on 8 fake CPU devices: jit over a mesh equals pmap (with and without mixup), and frozen means frozen."""
 
 import functools
 
@@ -59,7 +59,7 @@ AUGMENT = augment.spec_from_config(default_augment_config())
 IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
 
 
-def _run(mode: str, variables):
+def _run(mode: str, variables, mixup_alpha: float = 0.0):
     config = _config()
     par = Parallel(mode)
     frozen = freeze.frozen_mask(variables["params"], freeze.freeze_patterns(config, variables["params"]))
@@ -73,7 +73,14 @@ def _run(mode: str, variables):
     host0 = jax.device_get(state0)
     step = par.compile_train_step(
         functools.partial(
-            steps.train_step, model=model, tx=tx, frozen=frozen, ema_decay=config.ema_decay, augment=AUGMENT, **IMAGENET
+            steps.train_step,
+            model=model,
+            tx=tx,
+            frozen=frozen,
+            ema_decay=config.ema_decay,
+            augment=AUGMENT,
+            mixup_alpha=mixup_alpha,
+            **IMAGENET,
         ),
         state0,
     )
@@ -92,6 +99,13 @@ def runs():
     return {"jit": _run("jit", variables), "pmap": _run("pmap", variables)}
 
 
+@pytest.fixture(scope="module")
+def mixup_runs():
+    _, variables = state_lib.model_from_config(_config())
+    variables = jax.device_get(state_lib.zero_head(variables))
+    return {mode: _run(mode, variables, mixup_alpha=0.4) for mode in ("jit", "pmap")}
+
+
 def _flat(tree):
     return traverse_util.flatten_dict(tree, sep="/")
 
@@ -106,6 +120,17 @@ def test_jit_mesh_and_pmap_give_the_same_params_after_3_steps(runs):
         for path in a:
             np.testing.assert_allclose(a[path], b[path], atol=1e-5, rtol=0, err_msg=f"{name}/{path}")
     assert jit_metrics["loss"] == pytest.approx(pmap_metrics["loss"], abs=1e-5)
+
+
+def test_with_mixup_jit_mesh_and_pmap_give_the_same_params_and_differ_from_no_mixup(runs, mixup_runs):
+    # Partners are neighbours: on 8 devices each shard of 2 holds its pair, and lam is one
+    # draw for all shards, so pmap blends exactly what the jitted global batch blends.
+    (_, jit_state, _, jit_metrics), (_, pmap_state, _, pmap_metrics) = mixup_runs["jit"], mixup_runs["pmap"]
+    a, b, plain = (_flat(s.params) for s in (jit_state, pmap_state, runs["jit"][1]))
+    for path in a:
+        np.testing.assert_allclose(a[path], b[path], atol=1e-5, rtol=0, err_msg=path)
+    assert jit_metrics["loss"] == pytest.approx(pmap_metrics["loss"], abs=1e-5)
+    assert max(float(np.abs(a[p] - plain[p]).max()) for p in a) > 1e-4
 
 
 @pytest.mark.parametrize("mode", ["jit", "pmap"])

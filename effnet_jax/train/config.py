@@ -70,6 +70,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.label_smoothing = 0.0
     # 'none', 'balanced' (n / (2 * count_c) from the training split's class counts) or 'W0,W1'.
     c.class_weights = "none"
+    # mixup (Zhang et al. 2018): each training image blended with a partner from its batch,
+    # lam ~ Beta(alpha, alpha) per step, the loss blended the same way; 0 = off. Partners are
+    # neighbours in the shuffled batch, so they share a device shard and jit and pmap agree.
+    c.mixup_alpha = 0.0
 
     # -- optimization --------------------------------------------------------------------------
     c.num_epochs = 10.0  # length of training in epochs of the training split...
@@ -347,6 +351,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     finite = (int, float)
     _require(config, "ema_decay", lambda v: 0 <= v < 1, "a number in [0, 1) (0 = no EMA)", finite)
     _require(config, "label_smoothing", lambda v: 0 <= v < 1, "a number in [0, 1)", finite)
+    if config.get("mixup_alpha") is not None:  # absent from the configs of older runs
+        _require(config, "mixup_alpha", lambda v: v >= 0, "a number >= 0 (0 = no mixup)", finite)
     _require(config, "optimizer.learning_rate", lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0", finite)
     _require(config, "model.drop_path_rate", lambda v: 0 <= v < 1, "a number in [0, 1)", finite)
     if config.model.get("drop_rate") is not None:

@@ -14,8 +14,9 @@ from effnet_jax.labels import class_probabilities
 from effnet_jax.train import losses
 from effnet_jax.train.state import TrainState
 
-# Folded into a step's key for the augmentation draws (dropout keeps the step's key itself).
+# Folded into a step's key for the augmentation and mixup draws (dropout keeps the step's key itself).
 AUGMENT_STREAM = 0xA06
+MIXUP_STREAM = 0xA07
 
 
 def _keep_frozen(frozen, old, new):
@@ -44,6 +45,7 @@ def bound_train_step(config, *, model, tx, frozen, class_weights=None, **options
         class_weights=class_weights,
         label_smoothing=config.label_smoothing,
         ema_decay=config.ema_decay,
+        mixup_alpha=config.get("mixup_alpha", 0.0),
         **options,
     )
 
@@ -63,6 +65,7 @@ def train_step(
     augment: augment_lib.AugmentSpec | None = None,
     mean=None,
     std=None,
+    mixup_alpha: float = 0.0,
 ) -> tuple[TrainState, dict]:
     """One optimizer update on a batch; returns the new state and scalar metrics.
 
@@ -79,6 +82,9 @@ def train_step(
     reads the frozen gradients; with it, that holds by construction and the traced step
     is about 30% smaller (faster tracing on a cold start). Frozen gradients are zeros.
 
+    ``mixup_alpha`` > 0 blends each image with its partner (see ``mixup_partners``) by one
+    lam ~ Beta(alpha, alpha) per step, and the loss of the two labels by the same lam.
+
     Under pmap (``axis_name`` set) gradients and metrics are averaged across
     devices and ``model`` must carry the same ``bn_axis_name``; under jit the batch
     is one global array and XLA inserts the same reductions.
@@ -91,6 +97,12 @@ def train_step(
         images = augment_lib.prepare_batch(
             batch["gray"], jax.random.fold_in(rng, AUGMENT_STREAM), augment, mean, std, first
         )
+    labels = batch["label"]
+    if mixup_alpha:
+        # lam is drawn before the per-device fold: every shard blends by the same amount.
+        lam = jax.random.beta(jax.random.fold_in(rng, MIXUP_STREAM), mixup_alpha, mixup_alpha)
+        partners = mixup_partners(images.shape[0])
+        images = lam * images + (1.0 - lam) * images[partners]
     if axis_name is not None:
         rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
 
@@ -99,7 +111,10 @@ def train_step(
             params = jax.tree.map(lambda f, p: jax.lax.stop_gradient(p) if f else p, frozen, params)
         variables = {"params": params, "batch_stats": state.batch_stats}
         logits, new_vars = model.apply(variables, images, train=True, mutable=["batch_stats"], rngs={"dropout": rng})
-        loss = losses.weighted_mean_loss(logits, batch["label"], class_weights, label_smoothing)
+        loss = losses.weighted_mean_loss(logits, labels, class_weights, label_smoothing)
+        if mixup_alpha:
+            partner_loss = losses.weighted_mean_loss(logits, labels[partners], class_weights, label_smoothing)
+            loss = lam * loss + (1.0 - lam) * partner_loss
         return loss, (logits, new_vars["batch_stats"])
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -136,6 +151,16 @@ def train_step(
         ema_batch_stats=ema_batch_stats,
     )
     return new_state, metrics
+
+
+def mixup_partners(batch_size: int) -> jax.Array:
+    """Index of each example's mixup partner: its neighbour, (0, 1), (2, 3), ...
+
+    The batch is shuffled already, so neighbours are a random pairing; unlike a permutation
+    of the whole batch, a pair never spans two devices' shards (of even size), which keeps
+    a pmapped step equal to the jitted one. An odd last example is its own partner.
+    """
+    return jnp.minimum(jnp.arange(batch_size) ^ 1, batch_size - 1)
 
 
 def resident_train_step(state: TrainState, batch: dict, images, *, step_fn=train_step, **kwargs):

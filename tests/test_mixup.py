@@ -1,0 +1,53 @@
+"""mixup in the train step: partners are neighbours, and the loss is the lam-blend of both labels' losses."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import machinery_config
+
+import effnet_jax
+from effnet_jax.train import freeze, losses, optimizer, steps
+from effnet_jax.train import state as state_lib
+from effnet_jax.train.config import validate_config
+
+
+def test_partners_are_neighbours_and_an_odd_last_example_is_its_own():
+    assert steps.mixup_partners(6).tolist() == [1, 0, 3, 2, 5, 4]
+    assert steps.mixup_partners(5).tolist() == [1, 0, 3, 2, 4]
+    assert steps.mixup_partners(1).tolist() == [0]
+
+
+def test_a_negative_alpha_is_refused_naming_its_key():
+    with pytest.raises(ValueError, match=r"config.mixup_alpha=-0.2: expected a number >= 0"):
+        validate_config(machinery_config(mixup_alpha=-0.2))
+
+
+def test_the_step_loss_is_the_lam_blend_of_the_losses_of_both_labels_on_blended_images():
+    config = machinery_config(**{"model.drop_rate": 0.0, "model.drop_path_rate": 0.0, "mixup_alpha": 0.4})
+    model, variables = state_lib.model_from_config(config)
+    frozen = freeze.frozen_mask(variables["params"], freeze.freeze_patterns(config, variables["params"]))
+    tx, _ = optimizer.create_optimizer(config, frozen, total_steps=10, steps_per_epoch=5)
+    state = state_lib.create_train_state(variables, tx, config)
+    rs = np.random.RandomState(0)
+    batch = {"image": rs.randn(8, 32, 32, 3).astype(np.float32), "label": np.array([0, 1, 1, 1, 0, 0, 1, 0], np.int32)}
+    weights = jnp.array([2.0, 0.5])
+
+    def step(alpha):
+        fn = steps.bound_train_step(config, model=model, tx=tx, frozen=frozen, class_weights=weights)
+        return jax.jit(lambda s, b: fn(s, b, mixup_alpha=alpha))(state, batch)[1]
+
+    rng = jax.random.fold_in(state.rng, state.step)
+    lam = jax.random.beta(jax.random.fold_in(rng, steps.MIXUP_STREAM), 0.4, 0.4)
+    assert 0.0 < float(lam) < 1.0
+    partner = np.array([1, 0, 3, 2, 5, 4, 7, 6])
+    images = lam * batch["image"] + (1 - lam) * batch["image"][partner]
+    logits, _ = model.apply(
+        {"params": state.params, "batch_stats": state.batch_stats}, images, train=True, mutable=["batch_stats"]
+    )
+    expected = lam * losses.weighted_mean_loss(logits, batch["label"], weights) + (1 - lam) * losses.weighted_mean_loss(
+        logits, batch["label"][partner], weights
+    )
+    mixed = step(0.4)
+    assert float(mixed["loss"]) == pytest.approx(float(expected), rel=1e-5)
+    assert abs(float(mixed["loss"]) - float(step(0.0)["loss"])) > 1e-3
