@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from helpers import machinery_config
 
-import effnet_jax
 from effnet_jax.train import freeze, losses, optimizer, steps
 from effnet_jax.train import state as state_lib
 from effnet_jax.train.config import validate_config
