@@ -2,6 +2,8 @@
 
     effnet-data report  --data_dir=../shared/data/chest_xray [--out=/tmp/data_report]
     effnet-data clean   --data_dir=../shared/data/chest_xray [--out=/tmp/data_clean]
+    effnet-data rejected --data_dir=../shared/data/chest_xray --reports=EVAL_DIR,EVAL_DIR \
+        [--max_prob=0.1] [--out=/tmp/data_rejected]
     effnet-data prepare --name=chest_xray --manual_dir=../shared/data/chest_xray \
         [--data_dir=~/tensorflow_datasets] [--max_size=512] [--on_bad_image=error|skip] \
         [--exclude_list=/tmp/data_clean/exclusions.json]
@@ -10,7 +12,9 @@ report/clean: --data_dir is the raw chest_xray folder (or a parent, or its zip),
 data dir holding a prepared chest_xray set. `report` writes report.json and PNG figures;
 `clean` writes exclusions.json/.csv (file + reason) and cleaning.json. Nothing in
 --data_dir is touched: prepare with data.exclude_list=<out>/exclusions.json to leave the
-files out. prepare: builds the TFDS data set once (array_record) from --manual_dir into
+files out. rejected: lists the training images to which every run scored in --reports
+(effnet-eval --split=train --out_dir=EVAL_DIR) gives its label a probability below
+--max_prob, suspected label noise (exclusions.json/.csv). prepare: builds the TFDS data set once (array_record) from --manual_dir into
 the TFDS data dir --data_dir (default ~/tensorflow_datasets).
 """
 
@@ -28,8 +32,8 @@ from effnet_jax.data.eda import cleaning, hashing
 
 # The commands' own modules (matplotlib, scikit-learn, TFDS) load when a command runs, so --help is quick.
 
-COMMANDS = ("report", "clean", "prepare")
-DEFAULT_OUT = {"report": "data_report", "clean": "data_clean"}
+COMMANDS = ("report", "clean", "rejected", "prepare")
+DEFAULT_OUT = {"report": "data_report", "clean": "data_clean", "rejected": "data_rejected"}
 LEAKAGE_EXIT = 3  # `clean --fail_on_leakage` exits with this when train/val overlaps test
 
 
@@ -48,7 +52,14 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
         "report/clean: raw chest_xray folder / parent / zip, or a TFDS dir with it prepared; "
         "prepare: the TFDS data dir to write (default ~/tensorflow_datasets)",
     )
-    define(flags.DEFINE_string, "out", None, "report/clean: output folder (default ./data_report, ./data_clean)")
+    define(
+        flags.DEFINE_string,
+        "out",
+        None,
+        "report/clean/rejected: output folder (default ./data_report, ./data_clean, ./data_rejected)",
+    )
+    define(flags.DEFINE_list, "reports", [], "rejected: effnet-eval --split=train output folders, comma-separated")
+    define(flags.DEFINE_float, "max_prob", 0.1, "rejected: listed when every run gives the label less than this")
     define(flags.DEFINE_bool, "no_progress", False, "report/clean: no progress bar")
     define(flags.DEFINE_integer, "near_bits", t.near_bits, f"near duplicate: pHash bits apart, of {hashing.PHASH_BITS}")
     define(flags.DEFINE_float, "min_std", t.min_std, "near-constant below this grayscale std")
@@ -158,6 +169,27 @@ def clean(args) -> dict:
     return found
 
 
+def rejected(args) -> list:
+    """Run `effnet-data rejected`; returns the exclusion entries (also written as exclusions.json/.csv)."""
+    from effnet_jax.data import exclusions
+    from effnet_jax.data.eda import rejected as rejected_lib
+
+    entries, scored = rejected_lib.rejected_by_all(args.reports, args.data_dir, args.max_prob)
+    out = Path(args.out or DEFAULT_OUT["rejected"])
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"created_by": "effnet-data rejected", "max_prob": args.max_prob, "runs": len(args.reports)}
+    json_path = exclusions.write(out / "exclusions.json", entries, **meta)
+    exclusions.write(out / "exclusions.csv", entries)
+    counts = {c: sum(e["file"].split("/")[1] == c for e in entries) for c in rejected_lib.CLASSES}
+    print(
+        f"{len(entries)} of {scored:,} training images rejected by all {len(args.reports)} run(s) "
+        f"({', '.join(f'{c} {n}' for c, n in counts.items())})\n"
+        f"effnet-data rejected: wrote {json_path} and {out}/exclusions.csv\n"
+        f"  apply it when preparing: data.exclude_list={json_path.resolve()}"
+    )
+    return entries
+
+
 def prepare(args) -> None:
     """Run `effnet-data prepare`: build the TFDS data set once and print its splits."""
     from effnet_jax.data import prepare as prepare_lib
@@ -214,6 +246,9 @@ def _run(args, positional) -> int:
             return 2
         if command == "report":
             report(args)
+            return 0
+        if command == "rejected":
+            rejected(args)
             return 0
         found = clean(args)
     except (ValueError, FileNotFoundError) as e:  # LayoutError, bad lists: the message names the file
