@@ -102,3 +102,23 @@ def test_missing_reports_layout_and_bound_are_clear_errors(layout, tmp_path, cap
         assert data_cli.main(["rejected", *flags, f"--out={out}"]) == 2, flags
         assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_the_packaged_list_is_installed_and_names_real_training_images():
+    import data_fixtures as fx
+
+    path = exclusions.packaged("chest_xray_rejected")
+    listed = exclusions.read(path)
+    assert exclusions.read("packaged:chest_xray_rejected") == listed  # the form configs use
+    assert len(listed) == 54 and set(listed.values()) == {"label_rejected"}
+    assert all(key.startswith(("train/NORMAL/", "train/PNEUMONIA/")) for key in listed)
+    if fx.SHARED_CHEST_XRAY.is_dir():  # every entry names a file of the real data (CI has it)
+        assert all((fx.SHARED_CHEST_XRAY / key).is_file() for key in listed)
+
+
+@pytest.mark.parametrize("name", ["no_such_list", "../lists/chest_xray_rejected", ""])
+def test_unknown_or_path_like_packaged_names_are_refused(name):
+    with pytest.raises((FileNotFoundError, ValueError), match=repr(name)):
+        exclusions.packaged(name)
+    with pytest.raises((FileNotFoundError, ValueError), match=repr(name)):
+        exclusions.read(f"packaged:{name}")

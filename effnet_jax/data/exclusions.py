@@ -7,11 +7,15 @@ the same whether the data is read from a folder, a parent folder or a zip. Two f
            "detail": TEXT}, ...], ...}        (written by `effnet-data clean`)
     CSV   header 'file,reason[,detail]', one row per file  (easy to edit by hand)
 
+data.exclude_list names a file, or 'packaged:NAME' for a list shipped in effnet_jax/data/lists/
+(resolved where the package is installed, so a run's config.json stays valid on another machine).
+
 Nothing is ever deleted: the list only tells the builder what to skip.
 """
 
 import csv
 import hashlib
+import importlib.resources
 import io
 import json
 from pathlib import Path
@@ -19,6 +23,19 @@ from pathlib import Path
 from effnet_jax.output_files import csv_cell, csv_text
 
 FORMAT = "effnet_jax.exclusions/1"
+PACKAGED = "packaged:"
+
+
+def packaged(name: str) -> str:
+    """Path of an exclusion list shipped in effnet_jax/data/lists/ ('chest_xray_rejected')."""
+    if not name.replace("_", "").isalnum():
+        raise ValueError(f"packaged exclusion list {name!r}: expected a plain name such as 'chest_xray_rejected'")
+    lists = importlib.resources.files("effnet_jax.data") / "lists"
+    path = lists / f"{name}.json"
+    if not path.is_file():
+        shipped = sorted(p.name.removesuffix(".json") for p in lists.iterdir() if p.name.endswith(".json"))
+        raise FileNotFoundError(f"no packaged exclusion list {name!r}; the package ships {shipped}")
+    return str(path)
 
 
 def file_key(rel: str) -> str:
@@ -51,6 +68,8 @@ def write(path, entries: list[dict], **extra) -> Path:
 
 def read(path) -> dict[str, str]:
     """{file key: reason} from a JSON or CSV exclusion list; errors name the file and entry."""
+    if str(path).startswith(PACKAGED):
+        path = packaged(str(path)[len(PACKAGED) :])
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(

@@ -251,7 +251,8 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.patient_id_pattern = ""
     c.max_size = 512  # chest_xray and folder: images stored so that the shorter side is at most this (aspect kept)
     c.on_bad_image = "error"  # "error" (stop, naming the file) or "skip" (count and list in metadata)
-    # chest_xray: an exclusion list (JSON or CSV of file + reason, written by `effnet-data clean`);
+    # chest_xray: an exclusion list (JSON or CSV of file + reason, written by `effnet-data clean`
+    # or `effnet-data rejected`; 'packaged:NAME' for one shipped in effnet_jax/data/lists/);
     # the builder leaves those files out and records counts before/after in the dataset info.
     # Its content names the prepared config (max512_excl<hash>), so a new list prepares anew.
     c.exclude_list = ml_collections.config_dict.placeholder(str)
