@@ -112,3 +112,18 @@ def test_kermany3_dry_run_shows_the_three_classes_of_train_and_of_the_external_s
     text = plan.describe(config, str(tmp_path / "run"))
     assert "train/: 5,216 images (BACTERIAL 2,530, NORMAL 1,341, VIRAL 1,345)" in text
     assert "314 images (BACTERIAL 118, NORMAL 118, VIRAL 78) (never trained on)" in text
+
+
+def test_the_shipped_exclusion_list_leaves_out_exactly_its_images(cfg):
+    from effnet_jax.data import exclusions
+
+    listed = exclusions.read("packaged:chest_xray_rejected")
+    excluded = cfg.copy_and_resolve_references()
+    excluded.exclude_list = "packaged:chest_xray_rejected"  # configs/pneumonia.py's value
+    metas, _ = sources.catalog(excluded)  # prepared anew beside the full set (another config name)
+    removed = [sum(k.startswith(f"train/{c}/") for k in listed) for c in ("NORMAL", "PNEUMONIA")]
+    assert np.bincount(metas["train"].labels).tolist() == [1341 - removed[0], 3875 - removed[1]]
+    names = set(pipeline.split_info(excluded, "train")["file_names"]) | set(
+        pipeline.split_info(excluded, "validation")["file_names"]
+    )
+    assert len(names) == 5216 - len(listed) and not names & {k.split("/")[-1] for k in listed}
