@@ -62,6 +62,8 @@ def test_binary_evaluation_gives_the_numbers_of_the_code_before_n_classes(straig
         # the thresholds. Those numbers say nothing about the evaluation code; remake the
         # golden on such a machine (see the module docstring) to check it there.
         ranks = "kept" if ranked == ranked_before else "changed"
-        pytest.skip(f"straight_run trained to other weights on this CPU (probabilities moved <= {drift:.1e}, ranks {ranks})")
+        pytest.skip(
+            f"straight_run trained to other weights on this CPU (probabilities moved <= {drift:.1e}, ranks {ranks})"
+        )
     for key in [k for k in golden if k not in ("made_by", "predictions")]:
         _same(golden[key], now[key], key)
