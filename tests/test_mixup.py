@@ -50,3 +50,22 @@ def test_the_step_loss_is_the_lam_blend_of_the_losses_of_both_labels_on_blended_
     mixed = step(0.4)
     assert float(mixed["loss"]) == pytest.approx(float(expected), rel=1e-5)
     assert abs(float(mixed["loss"]) - float(step(0.0)["loss"])) > 1e-3
+
+
+def test_the_step_trains_on_the_generalized_cross_entropy_when_gce_q_is_set():
+    config = machinery_config(**{"model.drop_rate": 0.0, "model.drop_path_rate": 0.0, "gce_q": 0.7})
+    model, variables = state_lib.model_from_config(config)
+    frozen = freeze.frozen_mask(variables["params"], freeze.freeze_patterns(config, variables["params"]))
+    tx, _ = optimizer.create_optimizer(config, frozen, total_steps=10, steps_per_epoch=5)
+    state = state_lib.create_train_state(variables, tx, config)
+    rs = np.random.RandomState(0)
+    batch = {"image": rs.randn(8, 32, 32, 3).astype(np.float32), "label": np.array([0, 1, 1, 1, 0, 0, 1, 0], np.int32)}
+    weights = jnp.array([2.0, 0.5])
+    logits, _ = model.apply(
+        {"params": state.params, "batch_stats": state.batch_stats}, batch["image"], train=True, mutable=["batch_stats"]
+    )
+    fn = steps.bound_train_step(config, model=model, tx=tx, frozen=frozen, class_weights=weights)
+    metrics = jax.jit(fn)(state, batch)[1]
+    expected = losses.weighted_mean_loss(logits, batch["label"], weights, gce_q=0.7)
+    assert float(metrics["loss"]) == pytest.approx(float(expected), rel=1e-5)
+    assert abs(float(expected) - float(losses.weighted_mean_loss(logits, batch["label"], weights))) > 1e-2

@@ -9,6 +9,7 @@ from helpers import tiny_config
 from effnet_jax import labels
 from effnet_jax.labels import positive_probability
 from effnet_jax.train import freeze, losses, optimizer
+from effnet_jax.train.config import validate_config
 
 PARAMS = {
     "conv_stem": {"kernel": jnp.ones((3, 3, 3, 4))},
@@ -201,3 +202,49 @@ def test_class_weights_scale_each_example_by_its_class_weight():
     labels = jnp.array([0, 1])
     loss = losses.weighted_mean_loss(logits, labels, np.array([1.0, 3.0], np.float32))
     assert float(loss) == pytest.approx(np.log(2) * (1.0 + 3.0) / 2, rel=1e-6)
+
+
+def test_generalized_cross_entropy_spans_cross_entropy_to_mae():
+    logits = jnp.array([[0.3, -1.2], [2.0, 0.5], [-0.7, 1.9]])
+    labels_ = jnp.array([0, 1, 1])
+    p = jax.nn.softmax(logits)[jnp.arange(3), labels_]
+    # q -> 0 is cross-entropy; q = 1 is 1 - p_label (the mean absolute error of the probabilities).
+    np.testing.assert_allclose(
+        losses.per_example_loss(logits, labels_, gce_q=1e-5), losses.per_example_loss(logits, labels_), rtol=1e-4
+    )
+    np.testing.assert_allclose(losses.per_example_loss(logits, labels_, gce_q=1.0), 1.0 - p, rtol=1e-6)
+    np.testing.assert_allclose(losses.per_example_loss(logits, labels_, gce_q=0.7), (1.0 - p**0.7) / 0.7, rtol=1e-5)
+
+
+def test_generalized_cross_entropy_agrees_across_heads_and_smoothing():
+    z = jnp.array([-2.0, 0.5, 3.0])
+    labels_ = jnp.array([0, 1, 0])
+    for smoothing in (0.0, 0.2):
+        sigmoid = losses.per_example_loss(z[:, None], labels_, smoothing, gce_q=0.7)
+        softmax = losses.per_example_loss(jnp.stack([jnp.zeros(3), z], axis=1), labels_, smoothing, gce_q=0.7)
+        np.testing.assert_allclose(sigmoid, softmax, rtol=1e-5)
+    # Smoothing 0.2 over two classes: targets 0.9 / 0.1 on the label's and the other's loss.
+    logits = jnp.array([[0.0, 1.0]])
+    p = jax.nn.softmax(logits)[0]
+    expected = (0.1 * (1 - p[0] ** 0.5) + 0.9 * (1 - p[1] ** 0.5)) / 0.5
+    assert float(losses.per_example_loss(logits, jnp.array([1]), 0.2, gce_q=0.5)[0]) == pytest.approx(float(expected))
+
+
+def test_generalized_cross_entropy_pulls_less_on_a_confidently_wrong_label():
+    # A training image the model calls NORMAL with p = 0.999 but labelled PNEUMONIA: under
+    # cross-entropy its gradient dominates a merely uncertain image's; under GCE it does not.
+    def grad_norm(logit, q):
+        return abs(
+            float(jax.grad(lambda z: losses.per_example_loss(jnp.array([[0.0, z]]), jnp.array([1]), gce_q=q)[0])(logit))
+        )
+
+    wrong, uncertain = -7.0, 0.0
+    assert grad_norm(wrong, 0.0) / grad_norm(uncertain, 0.0) > 1.9
+    assert grad_norm(wrong, 0.7) / grad_norm(uncertain, 0.7) < 0.1
+
+
+def test_config_refuses_a_gce_q_outside_zero_to_one():
+    config = tiny_config()
+    config.gce_q = 1.5
+    with pytest.raises(ValueError, match=r"config\.gce_q=1\.5: expected a number in \[0, 1\]"):
+        validate_config(config)

@@ -65,6 +65,8 @@ def describe_recipe(config: dict) -> str:
         parts.append(f"class_weights={config['class_weights']}")
     if config.get("label_smoothing"):
         parts.append(f"ls={config['label_smoothing']:g}")
+    if config.get("gce_q"):
+        parts.append(f"gce_q={config['gce_q']:g}")
     if config.get("mixup_alpha"):
         parts.append(f"mixup={config['mixup_alpha']:g}")
     if config.get("ema_decay"):

@@ -68,6 +68,9 @@ def get_config() -> ml_collections.ConfigDict:
     # -- loss ----------------------------------------------------------------------------------
     c.loss = "softmax_ce"  # 'softmax_ce' (2 logits) or 'sigmoid_bce' (1 logit)
     c.label_smoothing = 0.0
+    # Generalized cross-entropy (Zhang & Sabuncu 2018), robust to wrong training labels:
+    # (1 - p_label^q) / q, bounded where cross-entropy is not; 0 = cross-entropy, 1 = MAE.
+    c.gce_q = 0.0
     # 'none', 'balanced' (n / (2 * count_c) from the training split's class counts) or 'W0,W1'.
     c.class_weights = "none"
     # mixup (Zhang et al. 2018): each training image blended with a partner from its batch,
@@ -352,6 +355,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     finite = (int, float)
     _require(config, "ema_decay", lambda v: 0 <= v < 1, "a number in [0, 1) (0 = no EMA)", finite)
     _require(config, "label_smoothing", lambda v: 0 <= v < 1, "a number in [0, 1)", finite)
+    _require(config, "gce_q", lambda v: 0 <= v <= 1, "a number in [0, 1] (0 = cross-entropy)", finite)
     if config.get("mixup_alpha") is not None:  # absent from the configs of older runs
         _require(config, "mixup_alpha", lambda v: v >= 0, "a number >= 0 (0 = no mixup)", finite)
     _require(config, "optimizer.learning_rate", lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0", finite)

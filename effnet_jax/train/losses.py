@@ -1,4 +1,9 @@
-"""Classification losses on logits: softmax cross-entropy or sigmoid BCE, smoothing, per-class weights."""
+"""Classification losses on logits: softmax cross-entropy or sigmoid BCE, smoothing, per-class weights.
+
+The generalized cross-entropy (Zhang & Sabuncu 2018, ``gce_q`` > 0) bounds each example's loss
+by 1/q, so a training image with a wrong label pulls on the weights less than under
+cross-entropy; q -> 0 is cross-entropy, q = 1 the mean absolute error of the probabilities.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,17 @@ import jax.numpy as jnp
 import optax
 
 
-def per_example_loss(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
-    """Loss of each example; a (B, 1) logit means sigmoid BCE, (B, C) softmax cross-entropy."""
+def per_example_loss(
+    logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0, gce_q: float = 0.0
+) -> jax.Array:
+    """Loss of each example; a (B, 1) logit means sigmoid BCE, (B, C) softmax cross-entropy.
+
+    ``gce_q`` > 0: the generalized cross-entropy sum_c t_c (1 - p_c^q) / q over the (smoothed)
+    targets t instead.
+    """
     logits = logits.astype(jnp.float32)
+    if gce_q:
+        return _generalized_cross_entropy(logits, labels, label_smoothing, gce_q)
     if logits.shape[-1] == 1:
         targets = labels.astype(jnp.float32)
         # Symmetric smoothing towards 0.5, the binary analogue of smoothing towards uniform.
@@ -21,13 +34,23 @@ def per_example_loss(logits: jax.Array, labels: jax.Array, label_smoothing: floa
     return optax.softmax_cross_entropy(logits, onehot)
 
 
-def weighted_mean_loss(logits, labels, weights=None, label_smoothing: float = 0.0) -> jax.Array:
+def _generalized_cross_entropy(logits, labels, label_smoothing: float, q: float) -> jax.Array:
+    if logits.shape[-1] == 1:  # the two classes of a sigmoid head: log(1 - p) and log p
+        log_probs = jnp.stack([jax.nn.log_sigmoid(-logits[:, 0]), jax.nn.log_sigmoid(logits[:, 0])], axis=-1)
+    else:
+        log_probs = jax.nn.log_softmax(logits)
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, log_probs.shape[-1]), label_smoothing)
+    # 1 - p^q computed as -expm1(q log p): exact for p near 1, where the loss is tiny.
+    return jnp.sum(targets * -jnp.expm1(q * log_probs), axis=-1) / q
+
+
+def weighted_mean_loss(logits, labels, weights=None, label_smoothing: float = 0.0, gce_q: float = 0.0) -> jax.Array:
     """Mean over the batch of weight[label] * loss (Keras ``class_weight`` semantics).
 
     Dividing by the batch size, not the weight sum, keeps the loss of a global batch
     equal to the mean of its shards' losses, so jit and pmap agree.
     """
-    losses = per_example_loss(logits, labels, label_smoothing)
+    losses = per_example_loss(logits, labels, label_smoothing, gce_q)
     if weights is not None:
         losses = losses * jnp.asarray(weights)[labels]
     return jnp.mean(losses)

@@ -44,6 +44,7 @@ def bound_train_step(config, *, model, tx, frozen, class_weights=None, **options
         frozen=frozen,
         class_weights=class_weights,
         label_smoothing=config.label_smoothing,
+        gce_q=config.get("gce_q", 0.0),
         ema_decay=config.ema_decay,
         mixup_alpha=config.get("mixup_alpha", 0.0),
         **options,
@@ -59,6 +60,7 @@ def train_step(
     frozen: Any,
     class_weights=None,
     label_smoothing: float = 0.0,
+    gce_q: float = 0.0,
     ema_decay: float = 0.0,
     axis_name: str | None = None,
     stop_frozen_gradients: bool = True,
@@ -111,9 +113,9 @@ def train_step(
             params = jax.tree.map(lambda f, p: jax.lax.stop_gradient(p) if f else p, frozen, params)
         variables = {"params": params, "batch_stats": state.batch_stats}
         logits, new_vars = model.apply(variables, images, train=True, mutable=["batch_stats"], rngs={"dropout": rng})
-        loss = losses.weighted_mean_loss(logits, labels, class_weights, label_smoothing)
+        loss = losses.weighted_mean_loss(logits, labels, class_weights, label_smoothing, gce_q)
         if mixup_alpha:
-            partner_loss = losses.weighted_mean_loss(logits, labels[partners], class_weights, label_smoothing)
+            partner_loss = losses.weighted_mean_loss(logits, labels[partners], class_weights, label_smoothing, gce_q)
             loss = lam * loss + (1.0 - lam) * partner_loss
         return loss, (logits, new_vars["batch_stats"])
 
