@@ -46,11 +46,14 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("workdirs", nargs="+", type=pathlib.Path)
     args = parser.parse_args()
-    members = {w.name: read_predictions(w) for w in args.workdirs}
+    # Keyed by the path as given: members of two runs share names like members/seed_0.
+    if len(set(args.workdirs)) < len(args.workdirs):
+        raise SystemExit("a run is named twice; each member counts once")
+    members = {str(w): read_predictions(w) for w in args.workdirs}
     files, labels, _ = next(iter(members.values()))
     for name, (f, y, _) in members.items():
         if f != files or not np.array_equal(y, labels):
-            raise SystemExit(f"{name}: scored other files or labels than {args.workdirs[0].name}")
+            raise SystemExit(f"{name}: scored other files or labels than {args.workdirs[0]}")
     mean = np.mean([logit(p) for _, _, p in members.values()], axis=0)
     scored = {**{name: p for name, (_, _, p) in members.items()}, "ensemble": 1 / (1 + np.exp(-mean))}
     fmt = lambda v: " / ".join(f"{x:.3f}" for x in v)  # noqa: E731
