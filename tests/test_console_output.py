@@ -45,6 +45,29 @@ def test_throughput_counts_only_the_steps_and_time_after_a_restart():
     assert meter.reading() == (2 * 16 / 2.0, 1.0)
 
 
+class QueuedStep:
+    """A step's output that JAX dispatched but has not run: waiting for it takes ``seconds``."""
+
+    def __init__(self, clock, seconds):
+        self.clock, self.seconds = clock, seconds
+
+    def block_until_ready(self):
+        self.clock.now += self.seconds
+        self.seconds = 0.0
+        return self
+
+
+def test_throughput_waits_for_the_steps_it_counts():
+    clock = FakeClock()
+    meter = Throughput(batch_size=16, clock=clock)
+    meter.restart()
+    outputs = []
+    for _ in range(4):  # dispatched at once; the device runs them after
+        meter.step()
+        outputs.append(QueuedStep(clock, 0.75))
+    assert meter.reading(outputs) == (4 * 16 / 3.0, 0.75)
+
+
 def test_throughput_without_timed_steps_reads_none():
     clock = FakeClock()
     meter = Throughput(batch_size=8, clock=clock)

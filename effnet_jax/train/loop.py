@@ -507,7 +507,7 @@ def _train_members(configs: list, workdirs: list[str], started: float) -> list[s
         pending = runs[0].pending
         if not pending:
             return
-        speed = throughput.reading()
+        speed = throughput.reading(pending)
         fetched = [par.first_metrics(m) if not stacked else jax.device_get(m) for m in pending]
         for r in active:
             values = [v if r.index is None else {k: float(x[r.index]) for k, x in v.items()} for v in fetched]

@@ -10,6 +10,8 @@ import logging
 import math
 import time
 
+import jax
+
 from effnet_jax.progress import Progress
 
 log = logging.getLogger("effnet_jax.train")
@@ -18,7 +20,7 @@ log = logging.getLogger("effnet_jax.train")
 class Throughput:
     """Training images per second over the steps since the last reading, other work left out.
 
-    The loop calls ``step()`` after each train step, ``reading()`` when it flushes metrics,
+    The loop calls ``step()`` after each train step, ``reading(outputs)`` when it flushes metrics,
     and ``restart()`` after work that is not training (the first step, which compiles;
     evaluation; checkpointing): the time and the steps before a restart do not count.
     """
@@ -34,8 +36,15 @@ class Throughput:
     def step(self) -> None:
         self._steps += 1
 
-    def reading(self) -> tuple[float, float] | None:
-        """(images per second, seconds per step) since the last restart or reading; None without timed steps."""
+    def reading(self, outputs=None) -> tuple[float, float] | None:
+        """(images per second, seconds per step) since the last restart or reading; None without timed steps.
+
+        ``outputs``: what the counted steps returned, waited for before the clock is read. JAX
+        dispatches a step before it runs, so without the wait the steps still queued on the
+        device would count as done in no time (thousands of img/s after every restart).
+        """
+        if outputs is not None:
+            jax.block_until_ready(outputs)
         steps, seconds = self._steps, self._clock() - self._started
         self.restart()
         if steps == 0:
