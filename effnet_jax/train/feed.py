@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 import jax
 import jax.numpy as jnp
@@ -92,21 +93,29 @@ def members_program(config) -> str:
     return "in_turn" if config.get("soup_vmap", "auto") == "in_turn" else "vmap"
 
 
-def _in_turn(compiled, par: Parallel):
+def _in_turn(compiled, par: Parallel, pool: ThreadPoolExecutor):
     """``compiled(state, batch, images)`` (one member's step) over a list of member states and a stacked batch.
 
     Each member runs the very program a run of its own compiles (compiled once, for all of
     them), so its numbers are bitwise that run's; jax.lax.map over stacked members would
     compile the step as a loop body, which XLA fuses differently (1-ulp drift). The states
     stay a list, so no step copies one; the metrics come back stacked on a member axis.
+
+    The members step at the same time, one host thread each (``pool``), each waiting for its
+    own step: on a CPU one step leaves the cores idle part of the time (between its smaller
+    ops), and the other member's step fills them. Waiting in the thread is what makes them
+    overlap; a CPU step dispatched without waiting runs in turn with the next.
     """
     stack = jax.jit(lambda *trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees), out_shardings=par.replicated)
 
+    def one(state, batch, images):
+        return jax.block_until_ready(compiled(state, par.put_batch(batch), images))
+
     def stepped(states, batch, images):
-        outs = [
-            compiled(state, par.put_batch({k: v[i] for k, v in batch.items()}), images)
-            for i, state in enumerate(states)
+        futures = [
+            pool.submit(one, state, {k: v[i] for k, v in batch.items()}, images) for i, state in enumerate(states)
         ]
+        outs = [f.result() for f in futures]
         return [o[0] for o in outs], stack(*(o[1] for o in outs))
 
     return stepped
@@ -145,6 +154,7 @@ class Feed:
                 "config.data.resident chose grain"
             )
         self.images = None
+        self.pool = None  # the member threads of the in-turn program (compile)
         if self.resident:
             data = pipeline.decode_split(
                 config.data, "train", image_size=run.image_size, shard_index=0, shard_count=1, frame=self.frame
@@ -196,7 +206,8 @@ class Feed:
             step = functools.partial(steps.resident_train_step, step_fn=step_fn)
             if self.stacked and self.members == "in_turn":  # abstract_state: a list, one per member
                 compiled = par.compile_train_step(step, abstract_state[0], resident=True)
-                stepped = _in_turn(compiled, par)
+                self.pool = ThreadPoolExecutor(len(abstract_state), thread_name_prefix="member_step")
+                stepped = _in_turn(compiled, par, self.pool)
                 return lambda states, batch: stepped(states, batch, self.images)
             if self.stacked:
                 step = jax.vmap(step, in_axes=(0, 0, None))
@@ -206,6 +217,8 @@ class Feed:
         return lambda state, batch: compiled(state, par.put_batch({"gray": batch["gray"], "label": batch["label"]}))
 
     def close(self):
+        if self.pool is not None:
+            self.pool.shutdown()
         for it in self.iterators:
             if hasattr(it, "close"):
                 it.close()
