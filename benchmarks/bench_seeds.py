@@ -9,7 +9,8 @@ configs/pneumonia.py (Lite0 at 224 px, its batch, augmentation and optimizer, ``
 on the synthetic set (resident on the device), ``--steps`` steps per member, evaluated once at
 the end. Each way runs effnet-train's soup of seeds (``train.soup.train_soup``) end to end in
 this process: ``soup_vmap='off'`` (the members one after another), then ``--program`` (one
-program: ``'on'`` vmaps the step over the members, ``'in_turn'`` steps them in turn; ``'auto'``,
+program: ``'on'`` vmaps the step over the members, ``'in_turn'`` runs one compiled step for
+every member, side by side on host threads; ``'auto'``,
 the default, is 'in_turn' on a CPU and 'on' on an accelerator).
 The wall time counts everything a user waits for: building the models, compiling (each way
 starts from its own empty compilation cache, so the second sequential member reads the first's

@@ -4,6 +4,8 @@ import json
 import os
 import re
 import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import jax
 import numpy as np
@@ -19,8 +21,10 @@ from effnet_jax.inference.evaluation import evaluate_checkpoint
 from effnet_jax.runs.checkpoints import read_checkpoint
 from effnet_jax.runs.metrics_log import read_metrics
 from effnet_jax.runs.model import inference_variables
+from effnet_jax.train import feed as feed_lib
 from effnet_jax.train import soup as soup_lib
 from effnet_jax.train.loop import train_and_evaluate
+from effnet_jax.train.parallel import Parallel
 
 pytestmark = pytest.mark.slow  # trains two tiny members for real
 
@@ -528,6 +532,27 @@ def test_members_stepped_in_turn_over_two_devices_are_bitwise_a_member_trained_a
     assert jax.tree.structure(a) == jax.tree.structure(b)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_members_stepped_in_turn_run_their_steps_at_the_same_time():
+    # Each member's step waits at a barrier that opens only when both steps are inside it at
+    # once: stepped one after the other, the first would time out there.
+    barrier = threading.Barrier(2, timeout=60)
+    threads = []
+
+    def compiled(state, batch, images):
+        threads.append(threading.get_ident())
+        barrier.wait()
+        return state + batch["label"].sum() + images, {"loss": jax.numpy.float32(state)}
+
+    par = Parallel("jit", jax.devices()[:1])
+    with ThreadPoolExecutor(2) as pool:
+        stepped = feed_lib._in_turn(compiled, par, pool)
+        batch = {"label": np.array([[1, 2], [3, 4]], np.int32)}
+        states, metrics = stepped([np.float32(10), np.float32(20)], batch, np.float32(0.5))
+    assert [float(x) for x in states] == [13.5, 27.5]  # each member its own batch row, in order
+    np.testing.assert_array_equal(np.asarray(metrics["loss"]), [10.0, 20.0])
+    assert len(set(threads)) == 2
 
 
 @pytest.mark.parametrize("value", ["yes", True, 2])

@@ -163,9 +163,9 @@ def get_config() -> ml_collections.ConfigDict:
     # 'on' = the step jax.vmap'ped over the members: their arithmetic batched together, for an
     #   accelerator that one member's batch leaves idle (float-tolerance equal to 'off': XLA
     #   fuses the batched reductions differently);
-    # 'in_turn' = the members stepped in turn, every step, by one member's compiled step: bitwise
-    #   the runs 'off' trains, with one compile and one data preparation instead of one per member
-    #   (on a 2-core CPU no faster than 'off': benchmarks/README.md, table seeds);
+    # 'in_turn' = one member's compiled step for every member, the members' steps side by side on
+    #   host threads: bitwise the runs 'off' trains, with one compile and one data preparation
+    #   (on a 2-core CPU no faster than 'off' within noise: benchmarks/README.md, table seeds);
     # 'auto' = 'on' on a GPU or TPU when the data is resident, 'off' on a CPU;
     # 'off' = one seed after another, each its own program. 'on' and 'in_turn' fall back to 'off',
     # with a warning, on grain.

@@ -102,9 +102,9 @@ def _in_turn(compiled, par: Parallel, pool: ThreadPoolExecutor):
     stay a list, so no step copies one; the metrics come back stacked on a member axis.
 
     The members step at the same time, one host thread each (``pool``), each waiting for its
-    own step: on a CPU one step leaves the cores idle part of the time (between its smaller
-    ops), and the other member's step fills them. Waiting in the thread is what makes them
-    overlap; a CPU step dispatched without waiting runs in turn with the next.
+    own step, so that cores one member's step leaves idle can run the other's. Waiting in the
+    thread is what makes them overlap: CPU steps dispatched without waiting ran one after
+    the other.
     """
     stack = jax.jit(lambda *trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees), out_shardings=par.replicated)
 

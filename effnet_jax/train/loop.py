@@ -464,7 +464,7 @@ def _train_members(configs: list, workdirs: list[str], started: float) -> list[s
             config.soup_vmap,
             "states stacked on a member axis, the step vmapped over it"
             if vmapped
-            else "one compiled step, the members stepped in turn (each bitwise the run it is alone)",
+            else "one compiled step, the members stepped side by side on host threads (each bitwise the run it is alone)",
         )
     else:
         state = states[0]
