@@ -1,4 +1,4 @@
-"""The train step on 8 fake CPU devices: jit over a mesh equals pmap (with and without mixup), and frozen means frozen."""
+"""The train step on 8 fake CPU devices: jit over a mesh equals pmap (with and without mixup or SAM), and frozen means frozen."""
 
 import functools
 
@@ -59,7 +59,7 @@ AUGMENT = augment.spec_from_config(default_augment_config())
 IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
 
 
-def _run(mode: str, variables, mixup_alpha: float = 0.0):
+def _run(mode: str, variables, mixup_alpha: float = 0.0, sam_rho: float = 0.0):
     config = _config()
     par = Parallel(mode)
     frozen = freeze.frozen_mask(variables["params"], freeze.freeze_patterns(config, variables["params"]))
@@ -80,6 +80,7 @@ def _run(mode: str, variables, mixup_alpha: float = 0.0):
             ema_decay=config.ema_decay,
             augment=AUGMENT,
             mixup_alpha=mixup_alpha,
+            sam_rho=sam_rho,
             **IMAGENET,
         ),
         state0,
@@ -104,6 +105,13 @@ def mixup_runs():
     _, variables = state_lib.model_from_config(_config())
     variables = jax.device_get(state_lib.zero_head(variables))
     return {mode: _run(mode, variables, mixup_alpha=0.4) for mode in ("jit", "pmap")}
+
+
+@pytest.fixture(scope="module")
+def sam_runs():
+    _, variables = state_lib.model_from_config(_config())
+    variables = jax.device_get(state_lib.zero_head(variables))
+    return {mode: _run(mode, variables, sam_rho=0.05) for mode in ("jit", "pmap")}
 
 
 def _flat(tree):
@@ -133,9 +141,21 @@ def test_with_mixup_jit_mesh_and_pmap_give_the_same_params_and_differ_from_no_mi
     assert max(float(np.abs(a[p] - plain[p]).max()) for p in a) > 1e-4
 
 
+def test_with_sam_jit_mesh_and_pmap_give_the_same_params_and_differ_from_plain_steps(runs, sam_runs):
+    # The ascent direction is the gradient averaged over every device (not each shard's own),
+    # so the 8 pmapped shards move to the same perturbed weights the jitted global batch does.
+    (_, jit_state, _, jit_metrics), (_, pmap_state, _, pmap_metrics) = sam_runs["jit"], sam_runs["pmap"]
+    a, b, plain = (_flat(s.params) for s in (jit_state, pmap_state, runs["jit"][1]))
+    for path in a:
+        np.testing.assert_allclose(a[path], b[path], atol=1e-5, rtol=0, err_msg=path)
+    assert jit_metrics["loss"] == pytest.approx(pmap_metrics["loss"], abs=1e-5)
+    assert max(float(np.abs(a[p] - plain[p]).max()) for p in a) > 1e-4
+
+
 @pytest.mark.parametrize("mode", ["jit", "pmap"])
-def test_frozen_params_and_batch_stats_are_bitwise_unchanged_and_the_rest_changed(runs, mode):
-    before, after, frozen, _ = runs[mode]
+@pytest.mark.parametrize("kind", ["plain", "sam"])
+def test_frozen_params_and_batch_stats_are_bitwise_unchanged_and_the_rest_changed(runs, sam_runs, mode, kind):
+    before, after, frozen, _ = (runs if kind == "plain" else sam_runs)[mode]
     mask = _flat(frozen)
     assert any(mask.values()) and not all(mask.values())
     for path, is_frozen in mask.items():

@@ -96,6 +96,9 @@ def get_config() -> ml_collections.ConfigDict:
     # before it (head, blocks one by one, stem) at this factor times the next; 1 = off.
     c.optimizer.layer_decay = 1.0
     c.optimizer.grad_accum_steps = 1  # accumulate this many batches per update (optax.MultiSteps)
+    # Sharpness-aware minimisation (Foret et al. 2021): each step's gradient is taken again at
+    # the weights moved this far along the normalised gradient (two passes a step); 0 = off.
+    c.optimizer.sam_rho = 0.0
     c.schedule = ml_collections.ConfigDict()
     c.schedule.name = "cosine"  # 'cosine', 'step' or 'constant', each after a linear warmup
     c.schedule.warmup_epochs = 1.0
@@ -359,6 +362,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if config.get("mixup_alpha") is not None:  # absent from the configs of older runs
         _require(config, "mixup_alpha", lambda v: v >= 0, "a number >= 0 (0 = no mixup)", finite)
     _require(config, "optimizer.learning_rate", lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0", finite)
+    if config.optimizer.get("sam_rho") is not None:  # absent from the configs of older runs
+        _require(
+            config, "optimizer.sam_rho", lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0 (0 = off)", finite
+        )
     _require(config, "model.drop_path_rate", lambda v: 0 <= v < 1, "a number in [0, 1)", finite)
     if config.model.get("drop_rate") is not None:
         _require(config, "model.drop_rate", lambda v: 0 <= v < 1, "None or a number in [0, 1)", finite)

@@ -47,6 +47,7 @@ def bound_train_step(config, *, model, tx, frozen, class_weights=None, **options
         gce_q=config.get("gce_q", 0.0),
         ema_decay=config.ema_decay,
         mixup_alpha=config.get("mixup_alpha", 0.0),
+        sam_rho=config.optimizer.get("sam_rho", 0.0),
         **options,
     )
 
@@ -68,6 +69,7 @@ def train_step(
     mean=None,
     std=None,
     mixup_alpha: float = 0.0,
+    sam_rho: float = 0.0,
 ) -> tuple[TrainState, dict]:
     """One optimizer update on a batch; returns the new state and scalar metrics.
 
@@ -86,6 +88,12 @@ def train_step(
 
     ``mixup_alpha`` > 0 blends each image with its partner (see ``mixup_partners``) by one
     lam ~ Beta(alpha, alpha) per step, and the loss of the two labels by the same lam.
+
+    ``sam_rho`` > 0 takes a sharpness-aware step (SAM, Foret et al. 2021): the gradient is
+    taken again at the weights moved ``sam_rho`` along the normalised (global, across
+    devices) gradient of the trainable parameters, on the same images and dropout masks, and
+    that second gradient is the one the optimizer sees. The loss, accuracy and BatchNorm
+    statistics reported and kept are the first pass's, at the weights themselves.
 
     Under pmap (``axis_name`` set) gradients and metrics are averaged across
     devices and ``model`` must carry the same ``bn_axis_name``; under jit the batch
@@ -119,11 +127,17 @@ def train_step(
             loss = lam * loss + (1.0 - lam) * partner_loss
         return loss, (logits, new_vars["batch_stats"])
 
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    if axis_name is not None:
-        grads = jax.tree.map(
+    def mean_over_devices(grads):
+        if axis_name is None:
+            return grads
+        return jax.tree.map(
             lambda f, g: g if f and stop_frozen_gradients else jax.lax.pmean(g, axis_name), frozen, grads
         )
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grads = mean_over_devices(grads)
+    if sam_rho:
+        grads = mean_over_devices(jax.grad(lambda p: loss_fn(p)[0])(sam_ascent(state.params, grads, frozen, sam_rho)))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = _keep_frozen(frozen, state.params, optax.apply_updates(state.params, updates))
 
@@ -153,6 +167,13 @@ def train_step(
         ema_batch_stats=ema_batch_stats,
     )
     return new_state, metrics
+
+
+def sam_ascent(params, grads, frozen, rho: float):
+    """``params`` moved ``rho`` along the unit gradient of the trainable leaves (frozen ones stay)."""
+    trainable = jax.tree.map(lambda f, g: jnp.zeros_like(g) if f else g, frozen, grads)
+    scale = rho / (optax.tree.norm(trainable) + 1e-12)
+    return jax.tree.map(lambda f, p, g: p if f else p + scale * g, frozen, params, trainable)
 
 
 def mixup_partners(batch_size: int) -> jax.Array:
