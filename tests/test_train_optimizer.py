@@ -248,3 +248,47 @@ def test_config_refuses_a_gce_q_outside_zero_to_one():
     config.gce_q = 1.5
     with pytest.raises(ValueError, match=r"config\.gce_q=1\.5: expected a number in \[0, 1\]"):
         validate_config(config)
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgd"])
+def test_anchor_decay_pulls_every_pretrained_weight_back_toward_its_start_and_not_the_classifier(name):
+    config = tiny_config(
+        **{
+            "optimizer.name": name,
+            "optimizer.momentum": 0.0,
+            "optimizer.learning_rate": 0.5,
+            "optimizer.weight_decay": 0.1,
+            "optimizer.anchor_decay": 2.0,
+            "schedule.name": "constant",
+            "schedule.warmup_epochs": 0.0,
+        }
+    )
+    validate_config(config)
+    tx, _ = optimizer.create_optimizer(config, _nothing_frozen(), total_steps=10, steps_per_epoch=5)
+    state = tx.init(PARAMS)
+    moved = jax.tree.map(lambda p: p + 0.25, PARAMS)  # where the weights are now; they started at PARAMS
+    zeros = jax.tree.map(jnp.zeros_like, PARAMS)
+    updates, state = tx.update(zeros, state, moved)
+    for path, u in freeze.flat_paths(updates).items():
+        decay = 0.1 * 1.25 if u.ndim > 1 else 0.0  # plain weight decay: kernels only
+        anchor = 0.0 if path.startswith("classifier/") else 2.0 * 0.25
+        np.testing.assert_allclose(np.asarray(u), -0.5 * (decay + anchor), rtol=1e-6, err_msg=path)
+    # The start stays the weights the optimizer was initialised with, step after step.
+    updates, _ = tx.update(zeros, state, moved)
+    np.testing.assert_allclose(np.asarray(updates["bn1"]["bias"]), -0.5 * 2.0 * 0.25, rtol=1e-6)
+
+
+def test_anchor_decay_keeps_one_copy_of_the_starting_weights_off_the_classifier_and_none_when_off():
+    def copies(decay):
+        config = tiny_config(**{"optimizer.anchor_decay": decay})
+        tx, _ = optimizer.create_optimizer(config, _nothing_frozen(), total_steps=10, steps_per_epoch=5)
+        return sum(np.ndim(leaf) > 0 for leaf in jax.tree.leaves(tx.init(PARAMS)))
+
+    n = len(jax.tree.leaves(PARAMS))
+    assert copies(0.0) == 2 * n  # Adam's mu and nu
+    assert copies(1e-2) == 3 * n - 2  # and the start of every leaf but the classifier's kernel and bias
+
+
+def test_a_negative_anchor_decay_is_refused_naming_its_key():
+    with pytest.raises(ValueError, match=r"config\.optimizer\.anchor_decay=-1\.0: expected a finite number >= 0"):
+        validate_config(tiny_config(**{"optimizer.anchor_decay": -1.0}))

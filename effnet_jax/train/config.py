@@ -95,6 +95,10 @@ def get_config() -> ml_collections.ConfigDict:
     # Layer-wise learning-rate decay: the classifier trains at the full rate, each layer
     # before it (head, blocks one by one, stem) at this factor times the next; 1 = off.
     c.optimizer.layer_decay = 1.0
+    # Weight decay toward the pretrained weights instead of toward zero (L2-SP): every update
+    # gains anchor_decay * (p - p_start) on all but the classifier; decoupled (times the
+    # learning rate) for adam(w), on the gradient for sgd and rmsprop; 0 = off.
+    c.optimizer.anchor_decay = 0.0
     c.optimizer.grad_accum_steps = 1  # accumulate this many batches per update (optax.MultiSteps)
     # Sharpness-aware minimisation (Foret et al. 2021): each step's gradient is taken again at
     # the weights moved this far along the normalised gradient (two passes a step); 0 = off.
@@ -362,6 +366,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if config.get("mixup_alpha") is not None:  # absent from the configs of older runs
         _require(config, "mixup_alpha", lambda v: v >= 0, "a number >= 0 (0 = no mixup)", finite)
     _require(config, "optimizer.learning_rate", lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0", finite)
+    if config.optimizer.get("anchor_decay") is not None:  # absent from the configs of older runs
+        _require(
+            config,
+            "optimizer.anchor_decay",
+            lambda v: math.isfinite(v) and v >= 0,
+            "a finite number >= 0 (0 = off)",
+            finite,
+        )
     if config.optimizer.get("sam_rho") is not None:  # absent from the configs of older runs
         _require(
             config, "optimizer.sam_rho", lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0 (0 = off)", finite

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 from flax import traverse_util
@@ -39,13 +42,55 @@ def _decay_mask(params):
     return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
+def _anchor_mask(params):
+    # Every pretrained weight; the classifier is new to the task (it starts at zero), and
+    # holding it near its start would only shrink the logits.
+    return {name: jax.tree.map(lambda _: name != "classifier", tree) for name, tree in params.items()}
+
+
+class AnchorState(NamedTuple):
+    anchor: Any  # the parameters the optimizer was initialised with
+
+
+def decay_toward_start(rate: float, mask=None) -> optax.GradientTransformation:
+    """Adds ``rate * (p - p0)`` to each update, ``p0`` being ``p`` at ``init``: weight decay toward
+    the pretrained weights instead of toward zero (L2-SP, Li et al. 2018).
+
+    ``p0`` lives in the optimizer state, so it is checkpointed with it and a resumed run keeps
+    the weights it started from. ``mask`` (a callable or bool pytree) limits it to some leaves.
+    """
+
+    def init_fn(params):
+        return AnchorState(anchor=jax.tree.map(jnp.array, params))  # a copy: params are donated
+
+    def update_fn(updates, state, params):
+        if params is None:
+            raise ValueError("decay_toward_start needs the params")
+        updates = jax.tree.map(lambda u, p, p0: u + rate * (p - p0), updates, params, state.anchor)
+        return updates, state
+
+    tx = optax.GradientTransformation(init_fn, update_fn)
+    return optax.masked(tx, mask) if mask is not None else tx
+
+
 def _base_optimizer(o: ml_collections.ConfigDict, schedule) -> optax.GradientTransformation:
+    anchor_decay = float(o.get("anchor_decay", 0.0))
+    if o.name in ("adamw", "adam") and anchor_decay:
+        # Decoupled, as AdamW's own decay: added after Adam's scaling, multiplied by the rate.
+        return optax.chain(
+            optax.scale_by_adam(b1=o.b1, b2=o.b2, eps=o.eps),
+            optax.add_decayed_weights(o.weight_decay if o.name == "adamw" else 0.0, mask=_decay_mask),
+            decay_toward_start(anchor_decay, mask=_anchor_mask),
+            optax.scale_by_learning_rate(schedule),
+        )
     if o.name == "adamw":
         return optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, mask=_decay_mask)
     if o.name == "adam":
         return optax.adam(schedule, b1=o.b1, b2=o.b2, eps=o.eps)
     # SGD and RMSprop take L2-style decay on the gradient, as in their TF/timm recipes.
     decay = optax.add_decayed_weights(o.weight_decay, mask=_decay_mask) if o.weight_decay else optax.identity()
+    if anchor_decay:
+        decay = optax.chain(decay, decay_toward_start(anchor_decay, mask=_anchor_mask))
     if o.name == "sgd":
         return optax.chain(decay, optax.sgd(schedule, momentum=o.momentum or None, nesterov=o.nesterov))
     if o.name == "rmsprop":
