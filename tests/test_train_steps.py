@@ -130,26 +130,25 @@ def test_jit_mesh_and_pmap_give_the_same_params_after_3_steps(runs):
     assert jit_metrics["loss"] == pytest.approx(pmap_metrics["loss"], abs=1e-5)
 
 
-def test_with_mixup_jit_mesh_and_pmap_give_the_same_params_and_differ_from_no_mixup(runs, mixup_runs):
-    # Partners are neighbours: on 8 devices each shard of 2 holds its pair, and lam is one
-    # draw for all shards, so pmap blends exactly what the jitted global batch blends.
-    (_, jit_state, _, jit_metrics), (_, pmap_state, _, pmap_metrics) = mixup_runs["jit"], mixup_runs["pmap"]
-    a, b, plain = (_flat(s.params) for s in (jit_state, pmap_state, runs["jit"][1]))
+def _assert_jit_equals_pmap_and_differs_from_plain(variant_runs, plain_runs):
+    (_, jit_state, _, jit_metrics), (_, pmap_state, _, pmap_metrics) = variant_runs["jit"], variant_runs["pmap"]
+    a, b, plain = (_flat(s.params) for s in (jit_state, pmap_state, plain_runs["jit"][1]))
     for path in a:
         np.testing.assert_allclose(a[path], b[path], atol=1e-5, rtol=0, err_msg=path)
     assert jit_metrics["loss"] == pytest.approx(pmap_metrics["loss"], abs=1e-5)
     assert max(float(np.abs(a[p] - plain[p]).max()) for p in a) > 1e-4
+
+
+def test_with_mixup_jit_mesh_and_pmap_give_the_same_params_and_differ_from_no_mixup(runs, mixup_runs):
+    # Partners are neighbours: on 8 devices each shard of 2 holds its pair, and lam is one
+    # draw for all shards, so pmap blends exactly what the jitted global batch blends.
+    _assert_jit_equals_pmap_and_differs_from_plain(mixup_runs, runs)
 
 
 def test_with_sam_jit_mesh_and_pmap_give_the_same_params_and_differ_from_plain_steps(runs, sam_runs):
     # The ascent direction is the gradient averaged over every device (not each shard's own),
     # so the 8 pmapped shards move to the same perturbed weights the jitted global batch does.
-    (_, jit_state, _, jit_metrics), (_, pmap_state, _, pmap_metrics) = sam_runs["jit"], sam_runs["pmap"]
-    a, b, plain = (_flat(s.params) for s in (jit_state, pmap_state, runs["jit"][1]))
-    for path in a:
-        np.testing.assert_allclose(a[path], b[path], atol=1e-5, rtol=0, err_msg=path)
-    assert jit_metrics["loss"] == pytest.approx(pmap_metrics["loss"], abs=1e-5)
-    assert max(float(np.abs(a[p] - plain[p]).max()) for p in a) > 1e-4
+    _assert_jit_equals_pmap_and_differs_from_plain(sam_runs, runs)
 
 
 @pytest.mark.parametrize("mode", ["jit", "pmap"])
