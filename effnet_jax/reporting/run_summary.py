@@ -69,6 +69,8 @@ def describe_recipe(config: dict) -> str:
         parts.append(f"gce_q={config['gce_q']:g}")
     if config.get("mixup_alpha"):
         parts.append(f"mixup={config['mixup_alpha']:g}")
+    if config.get("rank_loss_weight"):
+        parts.append(f"rank={config['rank_loss_weight']:g}")
     if config.get("ema_decay"):
         parts.append(f"ema={config['ema_decay']:g}")
     augment = data.get("augment", {})

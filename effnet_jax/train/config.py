@@ -77,6 +77,9 @@ def get_config() -> ml_collections.ConfigDict:
     # lam ~ Beta(alpha, alpha) per step, the loss blended the same way; 0 = off. Partners are
     # neighbours in the shuffled batch, so they share a device shard and jit and pmap agree.
     c.mixup_alpha = 0.0
+    # Pairwise ranking loss (logistic surrogate of 1 - AUC over the batch's positive/negative
+    # pairs), added to the classification loss times this weight; two classes only; 0 = off.
+    c.rank_loss_weight = 0.0
 
     # -- optimization --------------------------------------------------------------------------
     c.num_epochs = 10.0  # length of training in epochs of the training split...
@@ -365,6 +368,20 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _require(config, "gce_q", lambda v: 0 <= v <= 1, "a number in [0, 1] (0 = cross-entropy)", finite)
     if config.get("mixup_alpha") is not None:  # absent from the configs of older runs
         _require(config, "mixup_alpha", lambda v: v >= 0, "a number >= 0 (0 = no mixup)", finite)
+    if config.get("rank_loss_weight") is not None:  # absent from the configs of older runs
+        _require(
+            config, "rank_loss_weight", lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0 (0 = off)", finite
+        )
+        if config.rank_loss_weight and config.get("mixup_alpha"):
+            raise ValueError(
+                f"config.rank_loss_weight={config.rank_loss_weight!r}: a mixup batch (config.mixup_alpha="
+                f"{config.mixup_alpha!r}) has blended labels, no positive/negative pairs to rank; set one of them to 0"
+            )
+        if config.rank_loss_weight and len(names) > 2:
+            raise ValueError(
+                f"config.rank_loss_weight={config.rank_loss_weight!r}: the ranking loss needs two classes, "
+                f"config.data.class_names has {len(names)}"
+            )
     _require(config, "optimizer.learning_rate", lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0", finite)
     if config.optimizer.get("anchor_decay") is not None:  # absent from the configs of older runs
         _require(

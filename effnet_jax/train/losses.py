@@ -3,6 +3,10 @@
 The generalized cross-entropy (Zhang & Sabuncu 2018, ``gce_q`` > 0) bounds each example's loss
 by 1/q, so a training image with a wrong label pulls on the weights less than under
 cross-entropy; q -> 0 is cross-entropy, q = 1 the mean absolute error of the probabilities.
+
+The pairwise ranking loss (``pairwise_ranking_loss``) is the logistic surrogate of 1 - AUC over
+the (positive, negative) pairs of a batch (RankNet, Burges et al. 2005): it pulls on the order
+of the scores, which the AUC and a threshold chosen at high sensitivity read, not on their level.
 """
 
 from __future__ import annotations
@@ -54,3 +58,33 @@ def weighted_mean_loss(logits, labels, weights=None, label_smoothing: float = 0.
     if weights is not None:
         losses = losses * jnp.asarray(weights)[labels]
     return jnp.mean(losses)
+
+
+def binary_score(logits: jax.Array) -> jax.Array:
+    """The positive class's score of a two-class head: the logit of a sigmoid head, logit_1 - logit_0 of a softmax head."""
+    logits = logits.astype(jnp.float32)
+    if logits.shape[-1] == 1:
+        return logits[:, 0]
+    if logits.shape[-1] != 2:
+        raise ValueError(
+            f"config.rank_loss_weight: the ranking loss needs two classes, the head has {logits.shape[-1]}"
+        )
+    return logits[:, 1] - logits[:, 0]
+
+
+def pairwise_ranking_loss(logits: jax.Array, labels: jax.Array, axis_name: str | None = None) -> jax.Array:
+    """Mean over every (label 1, label 0) pair of the batch of log(1 + exp(s_0 - s_1)); 0 without a pair.
+
+    Under pmap (``axis_name`` set) the scores and labels of every device are gathered first, so
+    the pairs span the global batch as they do under jit. Each device then holds the same loss;
+    the gather's transpose sums the devices' copies of each score's gradient, and the pmean of
+    the parameter gradients turns that sum back into the global batch's gradient.
+    """
+    scores = binary_score(logits)
+    if axis_name is not None:
+        scores = jax.lax.all_gather(scores, axis_name, tiled=True)
+        labels = jax.lax.all_gather(labels, axis_name, tiled=True)
+    positive = labels == 1
+    pairs = positive[:, None] & ~positive[None, :]  # [i, j]: i positive, j negative
+    margins = scores[None, :] - scores[:, None]  # [i, j]: s_j - s_i
+    return jnp.sum(jnp.where(pairs, jax.nn.softplus(margins), 0.0)) / jnp.maximum(jnp.sum(pairs), 1)

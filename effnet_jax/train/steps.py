@@ -48,6 +48,7 @@ def bound_train_step(config, *, model, tx, frozen, class_weights=None, **options
         ema_decay=config.ema_decay,
         mixup_alpha=config.get("mixup_alpha", 0.0),
         sam_rho=config.optimizer.get("sam_rho", 0.0),
+        rank_loss_weight=config.get("rank_loss_weight", 0.0),
         **options,
     )
 
@@ -70,6 +71,7 @@ def train_step(
     std=None,
     mixup_alpha: float = 0.0,
     sam_rho: float = 0.0,
+    rank_loss_weight: float = 0.0,
 ) -> tuple[TrainState, dict]:
     """One optimizer update on a batch; returns the new state and scalar metrics.
 
@@ -94,6 +96,9 @@ def train_step(
     devices) gradient of the trainable parameters, on the same images and dropout masks, and
     that second gradient is the one the optimizer sees. The loss, accuracy and BatchNorm
     statistics reported and kept are the first pass's, at the weights themselves.
+
+    ``rank_loss_weight`` > 0 adds that times the pairwise ranking loss over the global batch's
+    (pneumonia, normal) pairs (``losses.pairwise_ranking_loss``) to the classification loss.
 
     Under pmap (``axis_name`` set) gradients and metrics are averaged across
     devices and ``model`` must carry the same ``bn_axis_name``; under jit the batch
@@ -125,6 +130,8 @@ def train_step(
         if mixup_alpha:
             partner_loss = losses.weighted_mean_loss(logits, labels[partners], class_weights, label_smoothing, gce_q)
             loss = lam * loss + (1.0 - lam) * partner_loss
+        if rank_loss_weight:
+            loss = loss + rank_loss_weight * losses.pairwise_ranking_loss(logits, labels, axis_name)
         return loss, (logits, new_vars["batch_stats"])
 
     def mean_over_devices(grads):
