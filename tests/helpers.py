@@ -55,6 +55,20 @@ def machinery_config(**overrides):
     return tiny_config(**{"model.name": TEST_VARIANT.name, **overrides})
 
 
+def step_setting(config):
+    """(model, frozen mask, optimizer, fresh train state, an 8-image batch of both labels) for one train step of ``config``."""
+    from effnet_jax.train import freeze, optimizer
+    from effnet_jax.train import state as state_lib
+
+    model, variables = state_lib.model_from_config(config)
+    frozen = freeze.frozen_mask(variables["params"], freeze.freeze_patterns(config, variables["params"]))
+    tx, _ = optimizer.create_optimizer(config, frozen, total_steps=10, steps_per_epoch=5)
+    state = state_lib.create_train_state(variables, tx, config)
+    rs = np.random.RandomState(0)
+    batch = {"image": rs.randn(8, 32, 32, 3).astype(np.float32), "label": np.array([0, 1, 1, 1, 0, 0, 1, 0], np.int32)}
+    return model, frozen, tx, state, batch
+
+
 @contextlib.contextmanager
 def persistent_compilation_cache(directory: str):
     """Compiled programs reused across identical compilations (same HLO) while active.

@@ -4,10 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import machinery_config
+from helpers import machinery_config, step_setting
 
-from effnet_jax.train import freeze, losses, optimizer, steps
-from effnet_jax.train import state as state_lib
+from effnet_jax.train import losses, steps
 from effnet_jax.train.config import validate_config
 
 
@@ -69,12 +68,7 @@ def test_under_pmap_the_pairs_span_every_device_and_the_gradient_is_the_global_o
 
 def test_the_step_adds_the_weighted_ranking_loss_to_the_classification_loss():
     config = machinery_config(**{"model.drop_rate": 0.0, "model.drop_path_rate": 0.0, "rank_loss_weight": 0.5})
-    model, variables = state_lib.model_from_config(config)
-    frozen = freeze.frozen_mask(variables["params"], freeze.freeze_patterns(config, variables["params"]))
-    tx, _ = optimizer.create_optimizer(config, frozen, total_steps=10, steps_per_epoch=5)
-    state = state_lib.create_train_state(variables, tx, config)
-    rs = np.random.RandomState(0)
-    batch = {"image": rs.randn(8, 32, 32, 3).astype(np.float32), "label": np.array([0, 1, 1, 1, 0, 0, 1, 0], np.int32)}
+    model, frozen, tx, state, batch = step_setting(config)
     weights = jnp.array([2.0, 0.5])
     logits, _ = model.apply(
         {"params": state.params, "batch_stats": state.batch_stats}, batch["image"], train=True, mutable=["batch_stats"]

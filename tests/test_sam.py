@@ -6,10 +6,9 @@ import numpy as np
 import optax
 import pytest
 from flax import traverse_util
-from helpers import machinery_config
+from helpers import machinery_config, step_setting
 
-from effnet_jax.train import freeze, losses, optimizer, steps
-from effnet_jax.train import state as state_lib
+from effnet_jax.train import losses, steps
 from effnet_jax.train.config import validate_config
 
 RHO = 0.05
@@ -46,12 +45,7 @@ def setting():
         }
     )
     validate_config(config)
-    model, variables = state_lib.model_from_config(config)
-    frozen = freeze.frozen_mask(variables["params"], freeze.freeze_patterns(config, variables["params"]))
-    tx, _ = optimizer.create_optimizer(config, frozen, total_steps=10, steps_per_epoch=5)
-    state = state_lib.create_train_state(variables, tx, config)
-    rs = np.random.RandomState(0)
-    batch = {"image": rs.randn(8, 32, 32, 3).astype(np.float32), "label": np.array([0, 1, 1, 1, 0, 0, 1, 0], np.int32)}
+    model, frozen, tx, state, batch = step_setting(config)
     return config, model, frozen, tx, state, batch
 
 
@@ -65,11 +59,12 @@ def test_the_update_is_the_optimizer_on_the_gradient_at_the_perturbed_weights(se
         )
         return losses.weighted_mean_loss(logits, batch["label"], weights), new["batch_stats"]
 
-    (loss, stats), g1 = jax.value_and_grad(loss_at, has_aux=True)(state.params)
+    # Jitted: an eager pass dispatches every op of the network one by one, many times slower.
+    (loss, stats), g1 = jax.jit(jax.value_and_grad(loss_at, has_aux=True))(state.params)
     flat_g1, flat_frozen = traverse_util.flatten_dict(g1), traverse_util.flatten_dict(frozen)
     norm = np.sqrt(sum(float(jnp.sum(g**2)) for k, g in flat_g1.items() if not flat_frozen[k]))
     perturbed = jax.tree.map(lambda f, p, g: p if f else p + RHO * g / norm, frozen, state.params, g1)
-    g2 = jax.grad(lambda p: loss_at(p)[0])(perturbed)
+    g2 = jax.jit(jax.grad(lambda p: loss_at(p)[0]))(perturbed)
     updates, _ = tx.update(g2, state.opt_state, state.params)
     expected = optax.apply_updates(state.params, updates)
 
