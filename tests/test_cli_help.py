@@ -88,3 +88,33 @@ def test_help_lists_the_commands_own_flags(name, helps):
         assert " ".join(own[flag].help.split()) in out, f"{name} --help lacks the meaning of --{flag}"
     # Only its own: none of absl's or JAX's flags (those are --helpfull's).
     assert "--verbosity" not in out and "--jax_" not in out
+
+
+@pytest.mark.parametrize(
+    "name, args",
+    [
+        ("effnet-train", ["--help"]),  # a command with --config, its help
+        ("effnet-results", ["tables"]),  # a command's own output, written inside absl's app.run
+    ],
+)
+def test_a_reader_that_left_ends_the_command_quietly(name, args):
+    # `effnet-results tables | head`: the read end is closed before the command writes a byte,
+    # so every write meets EPIPE (Python ignores SIGPIPE), whatever the timing.
+    module, function = console_scripts()[name].split(":")
+    code = f"import sys; from {module} import {function}; sys.argv = {[name, *args]!r}; sys.exit({function}())"
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=REPO,
+            env=dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu"),
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 141, proc.stderr[-2000:]
+    assert proc.stderr == ""

@@ -1,5 +1,6 @@
 """What every command shares: flags defined once, its own --help, the entry point, the output-folder check."""
 
+import contextlib
 import os
 import sys
 import tempfile
@@ -66,11 +67,30 @@ def define_run_flags(fv: flags.FlagValues = FLAGS) -> None:
     )
 
 
+@contextlib.contextmanager
+def reader_may_leave():
+    """A reader that stops early (``effnet-predict ... | head``) ends the command quietly, not with a traceback.
+
+    Python ignores SIGPIPE, so the next write to the closed pipe raises BrokenPipeError;
+    stdout is pointed at /dev/null so that the flush at exit does not raise it again.
+    Exits 141 (128 + SIGPIPE), as a shell command killed by that signal does.
+    """
+    try:
+        try:
+            yield
+        finally:  # --help exits through here too: flush while the error can still be caught
+            sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
+
+
 def run_command(doc: str, define_flags, main) -> None:
     """A console script's entry point: --help from the command's own flags, else absl's app.run(main)."""
-    exit_with_help_if_asked(sys.argv, doc, define_flags)
-    define_flags()
-    app.run(main)
+    with reader_may_leave():
+        exit_with_help_if_asked(sys.argv, doc, define_flags)
+        define_flags()
+        app.run(main)
 
 
 def define_config_flag(fv: flags.FlagValues = FLAGS) -> None:
@@ -102,11 +122,12 @@ def run_config_command(command: str, doc: str, define_flags, main) -> None:
 
     Parsed before absl's app.run so that a bad --config.KEY is one line naming it, not a traceback.
     """
-    exit_with_help_if_asked(sys.argv, doc, define_flags)
-    define_flags()
-    flags.mark_flags_as_required(["config", "workdir"])
-    argv = parse_config_flags(command, sys.argv)
-    app.run(main, argv=argv, flags_parser=lambda _: argv)
+    with reader_may_leave():
+        exit_with_help_if_asked(sys.argv, doc, define_flags)
+        define_flags()
+        flags.mark_flags_as_required(["config", "workdir"])
+        argv = parse_config_flags(command, sys.argv)
+        app.run(main, argv=argv, flags_parser=lambda _: argv)
 
 
 def check_output_dir(path: str, flag: str) -> str | None:
