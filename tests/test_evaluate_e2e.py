@@ -274,3 +274,52 @@ def test_temperature_fitted_by_eval_is_applied_by_eval_and_predict_without_chang
         path = run.layout.calibration
         if os.path.exists(path):
             os.remove(path)
+
+
+def test_results_record_reads_every_number_from_the_report_and_refuses_a_second_id(workdir, evaluated, tmp_path):
+    # `effnet-results record`: the results record of an evaluated run, appended once.
+    _, out_dir, report = evaluated
+    out = tmp_path / "recipes.jsonl"
+    flags = [
+        f"--out={out}",
+        "--split=test",
+        "--checkpoint=latest",
+        "--id=tiny",
+        "--name=the tiny run",
+        "--kept=no",
+        "--run_command=effnet-train --config=configs/debug.py",
+        "--run_config=configs/debug.py",
+        "--commit=abc1234",
+    ]
+    proc = cli("effnet_jax.cli.results", "record", workdir, *flags)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (line,) = out.read_text().splitlines()
+    record = json.loads(line)
+    assert json.loads(proc.stdout.splitlines()[-1]) == record
+
+    with open(os.path.join(out_dir, "predictions.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    labels = np.array([int(r["label"]) for r in rows])
+    probs = np.array([float(r["prob_pneumonia"]) for r in rows])
+    operating = report["metrics"]["operating"]
+    called = probs >= report["operating_threshold"]
+    scored = record["test"]
+    assert scored["images"] == len(rows)
+    assert scored["images_correct"] == int(np.sum(called == labels))
+    assert scored["auc"] == round(operating["auc"], 3)
+    assert scored["sensitivity"] == round(float(np.mean(called[labels == 1])), 3)
+    assert scored["specificity"] == round(float(np.mean(~called[labels == 0])), 3)
+    assert scored["auc_ci"] == [round(v, 3) for v in operating["ci95"]["auc"]]
+    assert scored["at_05"]["accuracy"] == round(report["metrics"]["threshold_0.5"]["accuracy"], 3)
+    assert set(scored["heldout"]) == {"accuracy", "sensitivity", "specificity"}
+    # What the run directory knows: its machine line, its validation AUC at that step.
+    metrics = [json.loads(r) for r in open(os.path.join(workdir, "metrics.jsonl")) if r.strip()]
+    val_auc = [m["auc"] for m in metrics if m["split"] == "validation" and m["step"] == STEP][-1]
+    assert record["validation"] == {"auc": round(val_auc, 3)}
+    assert record["machine"] == [m["machine"] for m in metrics if m["split"] == "run"][-1]
+    assert (record["id"], record["kept"], record["commit"], record["runs"]) == ("tiny", "no", "abc1234", 1)
+
+    again = cli("effnet_jax.cli.results", "record", workdir, *flags)
+    assert again.returncode == 1
+    assert f"{out}:1: a record with id 'tiny' exists already" in again.stderr
+    assert out.read_text().splitlines() == [line]

@@ -2,6 +2,9 @@
 
     effnet-results WORKDIR [WORKDIR ...] [--eval] [--format=markdown|json]
     effnet-results tables [--write | --check] [--results_dir=results] [--root=.]
+    effnet-results record WORKDIR --id=ID --name=TEXT --kept=yes|no|reference --run_command=CMD
+        --run_config=configs/X.py [--tables=tried] [--split=external] [--checkpoint=best]
+        [--commit=SHA] [--machine=TEXT] [--out=results/recipes.jsonl]
 
 One row per run: the data it trained on ('sample' or 'synthetic' for a debug run), its last
 validation evaluation, recipe and summed wall time; with --eval, also one row per threshold of
@@ -11,6 +14,11 @@ every effnet-eval report in WORKDIR/eval/.
 printed, or with --write rewritten into every .md file under --root between
 <!-- results:NAME --> and <!-- /results:NAME -->; --check exits 1 naming each region
 that differs from the records.
+
+`record` appends the record of an evaluated run (docs/experiments/README.md): every number
+from WORKDIR (effnet-eval's report of --split at the checkpoint, the operating rule fitted on
+one half and scored on the other, the validation AUC, the wall time), the rest from the
+flags. --commit defaults to the current checkout's, --machine to the run's own line.
 """
 
 from __future__ import annotations
@@ -39,6 +47,50 @@ def define_flags(fv: flags.FlagValues = FLAGS):
     define_once(flags.DEFINE_bool, "check", False, "tables: exit 1 when a marked region is stale.", flag_values=fv)
     define_once(flags.DEFINE_string, "results_dir", "results", "tables: the folder of records.", flag_values=fv)
     define_once(flags.DEFINE_string, "root", ".", "tables: where to look for .md files.", flag_values=fv)
+    record = "record: "
+    define_once(flags.DEFINE_string, "id", None, record + "the record's id (unique in --out).", flag_values=fv)
+    define_once(flags.DEFINE_string, "name", None, record + "what the row says the recipe was.", flag_values=fv)
+    define_once(flags.DEFINE_string, "kept", None, record + "yes, no, reference or baseline.", flag_values=fv)
+    define_once(
+        flags.DEFINE_list,
+        "tables",
+        ["tried"],
+        record + "the tables the row belongs to (results/tables.json).",
+        flag_values=fv,
+    )
+    define_once(
+        flags.DEFINE_string,
+        "run_command",
+        None,
+        record + "the command that trained and evaluated the run.",
+        flag_values=fv,
+    )
+    define_once(
+        flags.DEFINE_string, "run_config", None, record + "the config file it trained (configs/*.py).", flag_values=fv
+    )
+    define_once(
+        flags.DEFINE_string, "split", "external", record + "the evaluated split the record reports.", flag_values=fv
+    )
+    define_once(
+        flags.DEFINE_string,
+        "checkpoint",
+        "best",
+        record + "the checkpoint whose report is read ('best', 'latest', a step).",
+        flag_values=fv,
+    )
+    define_once(
+        flags.DEFINE_string,
+        "commit",
+        None,
+        record + "the code's commit (default: this checkout's HEAD).",
+        flag_values=fv,
+    )
+    define_once(
+        flags.DEFINE_string, "machine", None, record + "the machine (default: the run's own line).", flag_values=fv
+    )
+    define_once(
+        flags.DEFINE_string, "out", "results/recipes.jsonl", record + "the results file to append to.", flag_values=fv
+    )
 
 
 def tables_main() -> int:
@@ -62,10 +114,69 @@ def tables_main() -> int:
     return 1 if stale and not FLAGS.write else 0
 
 
+def _checkout_commit() -> str | None:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def record_main(workdir: str) -> int:
+    """`effnet-results record WORKDIR`: append the run's record to --out."""
+    from effnet_jax import runs
+    from effnet_jax.cli.logs import quiet_unless_verbose
+    from effnet_jax.reporting import recipe_record
+
+    quiet_unless_verbose()
+    missing = [f"--{k}" for k in ("id", "name", "kept", "run_command", "run_config") if not FLAGS[k].value]
+    if missing:
+        raise app.UsageError(f"effnet-results record needs {', '.join(missing)}")
+    commit = FLAGS.commit or _checkout_commit()
+    if not commit:
+        raise app.UsageError("effnet-results record: not in a git checkout; say which code ran with --commit")
+    checkpoint = int(FLAGS.checkpoint) if FLAGS.checkpoint.isdigit() else FLAGS.checkpoint
+    try:
+        run = runs.open(workdir, checkpoint=checkpoint)
+        machine = FLAGS.machine or next((r["machine"] for r in reversed(run.records("run")) if r.get("machine")), None)
+        if not machine:
+            raise ValueError(f"{workdir}: the run recorded no machine; say which with --machine")
+        provenance = recipe_record.Provenance(
+            config=FLAGS.run_config, command=FLAGS.run_command, commit=commit, machine=machine
+        )
+        record = recipe_record.recipe_record(
+            run,
+            record_id=FLAGS.id,
+            name=FLAGS.name,
+            kept=FLAGS.kept,
+            tables=tuple(FLAGS.tables),
+            provenance=provenance,
+            split=FLAGS.split,
+        )
+        recipe_record.append_new(FLAGS.out, record)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"effnet-results: error: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(record))
+    print(
+        f"Appended {record['id']!r} to {FLAGS.out}; render the tables with effnet-results tables --write",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def main(argv):
     workdirs = argv[1:]
     if workdirs == ["tables"]:
         return tables_main()
+    if workdirs[:1] == ["record"]:
+        if len(workdirs) != 2:
+            raise app.UsageError(
+                "effnet-results record takes one run directory: effnet-results record WORKDIR --id=..."
+            )
+        return record_main(workdirs[1])
     if not workdirs:
         raise app.UsageError("effnet-results needs at least one training run directory.")
     from effnet_jax import runs

@@ -7,7 +7,7 @@
 For each effnet-eval folder (its predictions.csv and metrics.json): the AUC; accuracy,
 sensitivity and specificity at the run's operating threshold (for an adapted run, its
 source's); at the rule (sensitivity >= 0.95) fitted on the same images; and that rule fitted
-on a random half and scored on the other (200 splits, summarise_sweep.py's ``held_out_rule``).
+on a random half and scored on the other (200 splits, ``effnet_jax.metrics.held_out``).
 
 --half: a fixed split of the external set, HALF_A.txt listing half A's files (relative to the
 external folder, one a line; the rest is half B), with the runs adapted on A's images alone
@@ -25,9 +25,9 @@ import os
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
-from summarise_sweep import held_out_rule, rates
 
 from effnet_jax.metrics.classification import sensitivity_threshold
+from effnet_jax.metrics.held_out import held_out_rule, rates
 
 
 def read(eval_dir: str) -> tuple[list[str], np.ndarray, np.ndarray, float]:

@@ -20,7 +20,8 @@ import pathlib
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
-from summarise_sweep import held_out_rule, rates
+
+from effnet_jax.metrics.held_out import held_out_rule, rates
 
 
 def read_predictions(workdir: pathlib.Path) -> tuple[list, np.ndarray, np.ndarray]:

@@ -28,9 +28,9 @@ import json
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
-from summarise_sweep import held_out_rule, rates
 
 from effnet_jax.metrics.classification import sensitivity_threshold
+from effnet_jax.metrics.held_out import held_out_rule, rates
 
 
 def average(variable_trees: list[dict]) -> dict:

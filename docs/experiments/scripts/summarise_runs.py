@@ -20,7 +20,8 @@ import json
 import pathlib
 
 import numpy as np
-from summarise_sweep import held_out_rule, rates
+
+from effnet_jax.metrics.held_out import held_out_rule, rates
 
 
 def read_run(workdir: pathlib.Path) -> dict:

@@ -23,24 +23,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from effnet_jax.metrics.classification import sensitivity_threshold
-
-
-def rates(labels, probs, t):
-    pred = probs >= t
-    return np.mean(pred == labels), np.mean(pred[labels == 1]), np.mean(~pred[labels == 0])
-
-
-def held_out_rule(labels, probs, rng, splits=200):
-    """Accuracy, sensitivity, specificity of the sensitivity-0.95 rule fitted on one half, scored on the other."""
-    out = []
-    for _ in range(splits):
-        fit = np.zeros(len(labels), bool)
-        for c in (0, 1):
-            members = np.flatnonzero(labels == c)
-            fit[rng.choice(members, len(members) // 2, replace=False)] = True
-        t = sensitivity_threshold(labels[fit], probs[fit], 0.95)
-        out.append(rates(labels[~fit], probs[~fit], t))
-    return np.mean(out, axis=0)
+from effnet_jax.metrics.held_out import held_out_rule, rates
 
 
 def main():
