@@ -19,7 +19,7 @@ EXPECTED = {
     "effnet-predict": {"workdir", "checkpoint", "threshold", "out", "gradcam", "exported"},
     "effnet-convert": {"variant", "input", "output", "num_classes"},
     "effnet-data": {"data_dir", "out", "manual_dir", "exclude_list"},
-    "effnet-results": {"eval", "format"},
+    "effnet-results": {"eval", "format", "id", "kept", "run_command", "out"},
     "effnet-export": {"workdir", "checkpoint", "out", "threshold", "platforms"},
     "effnet-soup": {"workdir", "members", "checkpoint", "combine"},
     "effnet-serve": {"exported", "host", "port", "max_batch", "max_wait_ms", "max_files"},
