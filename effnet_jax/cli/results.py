@@ -34,6 +34,22 @@ from effnet_jax.cli.command import define_once, run_command
 FLAGS = flags.FLAGS
 
 
+# `effnet-results record`'s flags: name, default, meaning.
+_RECORD_FLAGS = (
+    ("id", None, "the record's id (unique in --out)."),
+    ("name", None, "what the row says the recipe was."),
+    ("kept", None, "yes, no, reference or baseline."),
+    ("tables", ["tried"], "the tables the row belongs to (results/tables.json)."),
+    ("run_command", None, "the command that trained and evaluated the run."),
+    ("run_config", None, "the config file it trained (configs/*.py)."),
+    ("split", "external", "the evaluated split the record reports."),
+    ("checkpoint", "best", "the checkpoint whose report is read ('best', 'latest', a step)."),
+    ("commit", None, "the code's commit (default: this checkout's HEAD)."),
+    ("machine", None, "the machine (default: the run's own line)."),
+    ("out", "results/recipes.jsonl", "the results file to append to."),
+)
+
+
 def define_flags(fv: flags.FlagValues = FLAGS):
     define_once(
         flags.DEFINE_bool,
@@ -47,50 +63,9 @@ def define_flags(fv: flags.FlagValues = FLAGS):
     define_once(flags.DEFINE_bool, "check", False, "tables: exit 1 when a marked region is stale.", flag_values=fv)
     define_once(flags.DEFINE_string, "results_dir", "results", "tables: the folder of records.", flag_values=fv)
     define_once(flags.DEFINE_string, "root", ".", "tables: where to look for .md files.", flag_values=fv)
-    record = "record: "
-    define_once(flags.DEFINE_string, "id", None, record + "the record's id (unique in --out).", flag_values=fv)
-    define_once(flags.DEFINE_string, "name", None, record + "what the row says the recipe was.", flag_values=fv)
-    define_once(flags.DEFINE_string, "kept", None, record + "yes, no, reference or baseline.", flag_values=fv)
-    define_once(
-        flags.DEFINE_list,
-        "tables",
-        ["tried"],
-        record + "the tables the row belongs to (results/tables.json).",
-        flag_values=fv,
-    )
-    define_once(
-        flags.DEFINE_string,
-        "run_command",
-        None,
-        record + "the command that trained and evaluated the run.",
-        flag_values=fv,
-    )
-    define_once(
-        flags.DEFINE_string, "run_config", None, record + "the config file it trained (configs/*.py).", flag_values=fv
-    )
-    define_once(
-        flags.DEFINE_string, "split", "external", record + "the evaluated split the record reports.", flag_values=fv
-    )
-    define_once(
-        flags.DEFINE_string,
-        "checkpoint",
-        "best",
-        record + "the checkpoint whose report is read ('best', 'latest', a step).",
-        flag_values=fv,
-    )
-    define_once(
-        flags.DEFINE_string,
-        "commit",
-        None,
-        record + "the code's commit (default: this checkout's HEAD).",
-        flag_values=fv,
-    )
-    define_once(
-        flags.DEFINE_string, "machine", None, record + "the machine (default: the run's own line).", flag_values=fv
-    )
-    define_once(
-        flags.DEFINE_string, "out", "results/recipes.jsonl", record + "the results file to append to.", flag_values=fv
-    )
+    for name, default, meaning in _RECORD_FLAGS:
+        define = flags.DEFINE_list if isinstance(default, list) else flags.DEFINE_string
+        define_once(define, name, default, "record: " + meaning, flag_values=fv)
 
 
 def tables_main() -> int:
