@@ -16,9 +16,10 @@ def test_partners_are_neighbours_and_an_odd_last_example_is_its_own():
     assert steps.mixup_partners(1).tolist() == [0]
 
 
-def test_a_negative_alpha_is_refused_naming_its_key():
-    with pytest.raises(ValueError, match=r"config.mixup_alpha=-0.2: expected a number >= 0"):
-        validate_config(machinery_config(mixup_alpha=-0.2))
+@pytest.mark.parametrize("alpha", [-0.2, float("inf"), float("nan")])
+def test_a_negative_or_infinite_alpha_is_refused_naming_its_key(alpha):
+    with pytest.raises(ValueError, match=rf"config.mixup_alpha={alpha!r}: expected a finite number >= 0"):
+        validate_config(machinery_config(mixup_alpha=alpha))
 
 
 def test_the_step_loss_is_the_lam_blend_of_the_losses_of_both_labels_on_blended_images():

@@ -367,7 +367,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _require(config, "label_smoothing", lambda v: 0 <= v < 1, "a number in [0, 1)", finite)
     _require(config, "gce_q", lambda v: 0 <= v <= 1, "a number in [0, 1] (0 = cross-entropy)", finite)
     if config.get("mixup_alpha") is not None:  # absent from the configs of older runs
-        _require(config, "mixup_alpha", lambda v: v >= 0, "a number >= 0 (0 = no mixup)", finite)
+        _require(
+            config, "mixup_alpha", lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0 (0 = no mixup)", finite
+        )
     if config.get("rank_loss_weight") is not None:  # absent from the configs of older runs
         _require(
             config, "rank_loss_weight", lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0 (0 = off)", finite
