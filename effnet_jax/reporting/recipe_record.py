@@ -48,16 +48,12 @@ def _report(run: Run, split: str) -> tuple[str, dict]:
             f"{path}: no effnet-eval report of split {split!r} at step {run.step} (the checkpoint "
             f"'{run.checkpoint}'); run effnet-eval --workdir={run.workdir} --split={split} first"
         )
-    for report_path, report in run.eval_reports(strict=True):
-        if report_path == path:
-            if report.get("split") != split or int(report.get("step", -1)) != run.step:
-                raise ValueError(
-                    f"{path}: a report of {report.get('split')!r} at step {report.get('step')}, not {name}"
-                )
-            if "operating" not in report.get("metrics", {}):
-                raise ValueError(f"{path}: no metrics at the operating threshold (a report of more than two classes?)")
-            return os.path.dirname(path), report
-    raise ValueError(f"{path}: not a JSON object")
+    report = run.eval_report(name)
+    if report.get("split") != split or report.get("step") != run.step:
+        raise ValueError(f"{path}: a report of {report.get('split')!r} at step {report.get('step')}, not {name}")
+    if "operating" not in report.get("metrics", {}):
+        raise ValueError(f"{path}: no metrics at the operating threshold (a report of more than two classes?)")
+    return os.path.dirname(path), report
 
 
 def _predictions(folder: str) -> tuple[np.ndarray, np.ndarray]:

@@ -93,6 +93,13 @@ class Run:
         """This run as it reads once ``calibration`` is its calibration file."""
         return dataclasses.replace(self, calibration=calibration)
 
+    def eval_report(self, name: str) -> dict:
+        """The effnet-eval report ``eval/<name>/metrics.json``; FileNotFoundError or ValueError naming the file."""
+        report = _read_json(self.layout.eval_report(name))
+        if not isinstance(report, dict):
+            raise ValueError(f"{self.layout.eval_report(name)}: not a JSON object")
+        return report
+
     def eval_reports(self, strict: bool = False) -> list[tuple[str, dict]]:
         """``(path, report)`` of every effnet-eval report under eval/, in folder-name order.
 
