@@ -173,9 +173,14 @@ def test_photometric_changes_match_the_float_formula():
     assert expect.max() > 255  # the case where clipping matters is exercised
 
 
-def test_eight_device_sharded_batch_equals_the_single_device_batch():
+def _detector_spec():
+    return dataclasses.replace(_photometric_spec(), sharpness=0.8, noise=6.0)
+
+
+@pytest.mark.parametrize("spec_of", [_photometric_spec, _detector_spec], ids=["photometric", "detector"])
+def test_eight_device_sharded_batch_equals_the_single_device_batch(spec_of):
     assert len(jax.devices()) == 8, "tests run with XLA_FLAGS=--xla_force_host_platform_device_count=8"
-    spec = _photometric_spec()
+    spec = spec_of()
     gray, key = _gray(), jax.random.key(7)
     one = _prepare(jax.device_put(gray, jax.devices()[0]), key, spec)
     sharding = NamedSharding(Mesh(np.array(jax.devices()), ("data",)), P("data"))
@@ -184,6 +189,31 @@ def test_eight_device_sharded_batch_equals_the_single_device_batch():
     # The same draws; the pixels agree to float rounding (one row per device compiles to other
     # vector code than eight), far below one grey level (about 0.017 after normalising).
     np.testing.assert_allclose(np.asarray(eight), np.asarray(one), rtol=0, atol=2e-6)
+
+
+def test_blur_is_a_sigma_one_gaussian_with_edges_replicated():
+    image = _smooth() + np.random.default_rng(0).normal(0, 20, (33, 33)).astype(np.float32)
+    expect = scipy.ndimage.gaussian_filter(image.astype(np.float64), sigma=1.0, truncate=2.0, mode="nearest")
+    np.testing.assert_allclose(np.asarray(jax.jit(augment.blur)(jnp.asarray(image))), expect, rtol=0, atol=1e-3)
+
+
+def test_detector_sharpness_runs_from_the_blurred_image_to_twice_the_detail():
+    image = jnp.asarray(_smooth() + np.random.default_rng(1).normal(0, 20, (33, 33)).astype(np.float32))
+    key = jax.random.key(0)
+
+    def look(sharpness, noise=0.0):
+        params = {"sharpness": jnp.float32(sharpness), "noise": jnp.float32(noise)}
+        return np.asarray(augment.detector(image, params, key, clip=False))
+
+    np.testing.assert_array_equal(look(0.0), np.asarray(image))
+    blurred = np.asarray(augment.blur(image))
+    np.testing.assert_allclose(look(-1.0), blurred, rtol=0, atol=1e-3)
+    np.testing.assert_allclose(look(1.0), 2 * np.asarray(image) - blurred, rtol=0, atol=1e-3)
+    # Noise: zero-mean, its standard deviation the drawn level, a fresh field per key.
+    diff = look(0.0, 6.0) - np.asarray(image)
+    assert abs(diff.mean()) < 0.6 and 5.4 < diff.std() < 6.6
+    clipped = np.asarray(augment.detector(image, {"sharpness": 1.0, "noise": 40.0}, key, clip=True))
+    assert clipped.min() == 0.0 and clipped.max() == 255.0
 
 
 def _data_config(balance):

@@ -13,6 +13,7 @@ from PIL import Image
 from effnet_jax.data import pipeline
 from effnet_jax.inference.prediction_output import COLUMNS
 from effnet_jax.metrics import classification as metrics_lib
+from effnet_jax.runs import code_version
 
 pytestmark = pytest.mark.slow  # reads a really trained run and runs the CLIs
 
@@ -323,3 +324,11 @@ def test_results_record_reads_every_number_from_the_report_and_refuses_a_second_
     assert again.returncode == 1
     assert f"{out}:1: a record with id 'tiny' exists already" in again.stderr
     assert out.read_text().splitlines() == [line]
+
+    # Without --commit, the record names the code the run says it trained with.
+    (code,) = {m["code"] for m in metrics if m["split"] == "run"}
+    assert code == code_version.describe()
+    flags = [f for f in flags if not f.startswith(("--commit", "--id"))] + ["--id=tiny-2"]
+    proc = cli("effnet_jax.cli.results", "record", workdir, *flags)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(out.read_text().splitlines()[-1])["commit"] == code

@@ -1,8 +1,10 @@
-"""The augmentation draws: switches leave the other draws alone, gamma is log-uniform, centred zoom stays centred."""
+"""The augmentation draws: switches leave the other draws alone, gamma is log-uniform, centred zoom stays centred,
+detector draws stay in their ranges and bad ranges name their key."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from effnet_jax.data import augment
 from effnet_jax.train import config as data_config_lib
@@ -63,3 +65,48 @@ def test_centred_zoom_warp_is_symmetric_about_the_frame_centre():
     out = np.asarray(jax.jit(augment.warp)(jnp.asarray(img), params))
     np.testing.assert_allclose(out, out[:, ::-1], atol=1e-3)
     assert out.min() > 0  # zoomed in: no black fill from outside the frame
+
+
+def test_detector_augmentation_is_off_by_default_and_leaves_the_other_draws_and_pixels():
+    aug = data_config_lib.default_augment_config()
+    assert (aug.sharpness, aug.noise) == (0.0, 0.0)
+    off = augment.spec_from_config(aug, 16)
+    assert not off.detector
+    aug.sharpness, aug.noise = 0.6, 5.0
+    on = augment.spec_from_config(aug, 16)
+    assert (on.sharpness, on.noise, on.detector) == (0.6, 5.0, True)
+    for name, a in _draws(aug).items():
+        b = _draws(data_config_lib.default_augment_config())[name]
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=name)
+    # The warp and levels are the same; the detector's look is what differs.
+    gray = jnp.asarray(np.random.default_rng(0).integers(0, 256, (16, 16)).astype(np.float32))
+    key = jax.random.key(4)
+    plain = np.asarray(augment.augment_one(gray, key, off))
+    looked = np.asarray(augment.augment_one(gray, key, on))
+    assert not np.allclose(plain, looked)
+    draws = augment.draw_detector(on, key)
+    expect = augment.detector(jnp.asarray(plain), draws, jax.random.fold_in(key, augment._NOISE_STREAM))
+    np.testing.assert_allclose(looked, np.asarray(expect), rtol=0, atol=1e-4)
+
+
+def test_detector_draws_cover_their_ranges():
+    aug = data_config_lib.default_augment_config()
+    aug.sharpness, aug.noise = 0.8, 6.0
+    spec = augment.spec_from_config(aug)
+    draws = jax.jit(jax.vmap(lambda k: augment.draw_detector(spec, k)))(jax.random.split(jax.random.key(2), 400))
+    sharp, noise = np.asarray(draws["sharpness"]), np.asarray(draws["noise"])
+    assert -0.8 <= sharp.min() < -0.7 and 0.7 < sharp.max() <= 0.8
+    assert 0.0 <= noise.min() < 0.5 and 5.5 < noise.max() <= 6.0
+    aug.sharpness_enabled = aug.noise_enabled = False
+    assert not augment.spec_from_config(aug).detector
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [("sharpness", 1.5), ("sharpness", -0.1), ("sharpness", float("nan")), ("noise", -1.0), ("noise", float("inf"))],
+)
+def test_bad_detector_ranges_name_their_key(key, value):
+    aug = data_config_lib.default_augment_config()
+    aug[key] = value
+    with pytest.raises(ValueError, match=f"data.augment.{key}="):
+        augment.spec_from_config(aug)

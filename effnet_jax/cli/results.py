@@ -18,7 +18,8 @@ that differs from the records.
 `record` appends the record of an evaluated run (docs/experiments/README.md): every number
 from WORKDIR (effnet-eval's report of --split at the checkpoint, the operating rule fitted on
 one half and scored on the other, the validation AUC, the wall time), the rest from the
-flags. --commit defaults to the current checkout's, --machine to the run's own line.
+flags. --commit defaults to the code the run recorded (else this checkout's HEAD), --machine
+to the run's own line.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ _RECORD_FLAGS = (
     ("run_config", None, "the config file it trained (configs/*.py)."),
     ("split", "external", "the evaluated split the record reports."),
     ("checkpoint", "best", "the checkpoint whose report is read ('best', 'latest', a step)."),
-    ("commit", None, "the code's commit (default: this checkout's HEAD)."),
+    ("commit", None, "the code's commit (default: the one the run recorded, else this checkout's HEAD)."),
     ("machine", None, "the machine (default: the run's own line)."),
     ("out", "results/recipes.jsonl", "the results file to append to."),
 )
@@ -99,6 +100,11 @@ def _checkout_commit() -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+def _last_run_line(run, key: str) -> str | None:
+    """``key`` of the run's last 'run' metrics line that has it (a resumed run writes one per invocation)."""
+    return next((r[key] for r in reversed(run.records("run")) if r.get(key)), None)
+
+
 def record_main(workdir: str) -> int:
     """`effnet-results record WORKDIR`: append the run's record to --out."""
     from effnet_jax import runs
@@ -109,15 +115,18 @@ def record_main(workdir: str) -> int:
     missing = [f"--{k}" for k in ("id", "name", "kept", "run_command", "run_config") if not FLAGS[k].value]
     if missing:
         raise app.UsageError(f"effnet-results record needs {', '.join(missing)}")
-    commit = FLAGS.commit or _checkout_commit()
-    if not commit:
-        raise app.UsageError("effnet-results record: not in a git checkout; say which code ran with --commit")
     checkpoint = int(FLAGS.checkpoint) if FLAGS.checkpoint.isdigit() else FLAGS.checkpoint
     try:
         run = runs.open(workdir, checkpoint=checkpoint)
-        machine = FLAGS.machine or next((r["machine"] for r in reversed(run.records("run")) if r.get("machine")), None)
+        machine = FLAGS.machine or _last_run_line(run, "machine")
         if not machine:
             raise ValueError(f"{workdir}: the run recorded no machine; say which with --machine")
+        # Runs trained before runs recorded their code fall back to this checkout's HEAD.
+        commit = FLAGS.commit or _last_run_line(run, "code") or _checkout_commit()
+        if not commit:
+            raise ValueError(
+                f"{workdir}: the run recorded no code and this is not a git checkout; say which with --commit"
+            )
         provenance = recipe_record.Provenance(
             config=FLAGS.run_config, command=FLAGS.run_command, commit=commit, machine=machine
         )

@@ -1,4 +1,4 @@
-"""Training augmentation as JAX ops: one affine warp and the photometric jitter, then normalisation.
+"""Training augmentation as JAX ops: one affine warp, photometric and detector jitter, then normalisation.
 
 The host hands the train step uint8 grey frames resized once (to the model's size, or
 larger when zooming: transforms.frame_side); everything random happens here, inside the
@@ -36,12 +36,18 @@ class AugmentSpec:
     brightness: float = 0.0  # additive, in units of full scale, drawn from [-brightness, brightness]
     contrast: float = 0.0  # factor about the image mean, drawn from [1 - contrast, 1 + contrast]
     gamma: float = 0.0  # grey level g -> 255 * (g / 255) ** exp(u), u from [-gamma, gamma]
+    sharpness: float = 0.0  # unsharp-mask amount drawn from [-sharpness, sharpness]; -1 = fully blurred
+    noise: float = 0.0  # std of additive Gaussian noise, grey levels, drawn from [0, noise]
     clip: bool = True  # clip grey levels to 0..255 after the photometric changes
     size: int = 0  # side of the augmented view (the model's input); 0: the frame's own side
 
     @property
     def photometric(self) -> bool:
         return bool(self.brightness or self.contrast or self.gamma)
+
+    @property
+    def detector(self) -> bool:
+        return bool(self.sharpness or self.noise)
 
 
 def spec_from_config(aug, size: int = 0) -> AugmentSpec | None:
@@ -56,6 +62,14 @@ def spec_from_config(aug, size: int = 0) -> AugmentSpec | None:
                 "expected 0 < scale_min <= scale_max <= 1"
             )
         area_min, area_max = float(aug.scale_min), float(aug.scale_max)
+    sharpness = float(aug.get("sharpness", 0.0)) if aug.get("sharpness_enabled", False) else 0.0
+    if not 0.0 <= sharpness <= 1.0:  # also refuses nan
+        raise ValueError(
+            f"data.augment.sharpness={sharpness}: expected 0 <= sharpness <= 1 (1: from fully blurred to twice as sharp)"
+        )
+    noise = float(aug.get("noise", 0.0)) if aug.get("noise_enabled", False) else 0.0
+    if not 0.0 <= noise <= 255.0:
+        raise ValueError(f"data.augment.noise={noise}: expected a standard deviation in grey levels, 0 <= noise <= 255")
     zoom_about = aug.get("zoom_about", "random")
     if zoom_about not in ZOOM_ABOUT:
         raise ValueError(f"data.augment.zoom_about={zoom_about!r}: expected 'random' or 'center'")
@@ -69,6 +83,8 @@ def spec_from_config(aug, size: int = 0) -> AugmentSpec | None:
         brightness=float(aug.brightness) if aug.brightness_enabled else 0.0,
         contrast=float(aug.contrast) if aug.contrast_enabled else 0.0,
         gamma=float(aug.gamma) if aug.get("gamma_enabled", False) else 0.0,
+        sharpness=sharpness,
+        noise=noise,
         clip=bool(aug.get("clip_levels", True)),
         size=int(size),
     )
@@ -96,6 +112,18 @@ def draw(spec: AugmentSpec, key) -> dict:
         # Log-uniform: exposure curves of other scanners bend both ways alike.
         "gamma": jnp.exp(spec.gamma * (2 * u[9] - 1)),
     }
+
+
+# Folded into an example's key for the detector draws, so that the ten draws above keep
+# their values for recipes written before these augmentations existed.
+_DETECTOR_STREAM = 1
+_NOISE_STREAM = 2
+
+
+def draw_detector(spec: AugmentSpec, key) -> dict:
+    """One example's sharpness amount and noise level (grey levels), from its own stream of ``key``."""
+    u = jax.random.uniform(jax.random.fold_in(key, _DETECTOR_STREAM), (2,), jnp.float32)
+    return {"sharpness": spec.sharpness * (2 * u[0] - 1), "noise": spec.noise * u[1]}
 
 
 def identity_params() -> dict:
@@ -156,6 +184,30 @@ def photometric(gray, params: dict, clip: bool = True):
     return jnp.clip(levels, 0.0, 255.0) if clip else levels
 
 
+# A Gaussian of sigma 1 pixel, 5 taps: the blur the unsharp mask subtracts and adds back.
+_BLUR_TAPS = np.exp(-0.5 * np.arange(-2, 3, dtype=np.float64) ** 2)
+_BLUR_TAPS = (_BLUR_TAPS / _BLUR_TAPS.sum()).astype(np.float32)
+
+
+def blur(gray):
+    """(H, W) float image blurred by a separable 5-tap Gaussian (sigma 1 px), edges replicated."""
+    h, w = gray.shape
+    padded = jnp.pad(gray, 2, mode="edge")
+    rows = sum(t * padded[i : i + h, :] for i, t in enumerate(_BLUR_TAPS))
+    return sum(t * rows[:, i : i + w] for i, t in enumerate(_BLUR_TAPS))
+
+
+def detector(gray, params: dict, noise_key, clip: bool = True):
+    """Another detector's look: unsharp mask by ``params['sharpness']`` (negative blurs), then noise.
+
+    ``g + a * (g - blur(g))``: a = -1 gives the blurred image, a = 1 twice the detail. The
+    noise is Gaussian with standard deviation ``params['noise']`` grey levels, per pixel.
+    """
+    out = gray + params["sharpness"] * (gray - blur(gray))
+    out = out + params["noise"] * jax.random.normal(noise_key, gray.shape, jnp.float32)
+    return jnp.clip(out, 0.0, 255.0) if clip else out
+
+
 def normalise(gray, mean, std):
     """(..., H, W) grey levels 0..255 -> (..., H, W, 3) float32, (x / 255 - mean) / std per channel."""
     mean = np.asarray(mean, np.float32).reshape(-1)
@@ -174,6 +226,9 @@ def augment_one(gray, key, spec: AugmentSpec):
     out = warp(gray, params, spec.size)
     if spec.photometric:
         out = photometric(out, params, spec.clip)
+    if spec.detector:
+        # After the levels: gamma's power is undefined for the negative values noise can give.
+        out = detector(out, draw_detector(spec, key), jax.random.fold_in(key, _NOISE_STREAM), spec.clip)
     return out
 
 

@@ -217,7 +217,15 @@ def default_augment_config() -> ml_collections.ConfigDict:
     # Exposure curve: grey levels g -> 255 * (g / 255) ** exp(u), u drawn from [-gamma, +gamma];
     # 0 = off (the default, so recipes written before it keep their draws).
     c.gamma = 0.0
-    # Clip grey levels to 0..255 after gamma/contrast/brightness. False lets them run past
+    # Another detector's look, after the levels: an unsharp mask whose amount is drawn from
+    # [-sharpness, +sharpness] (negative blurs; -1 is a sigma-1-pixel Gaussian blur, +1 twice
+    # the detail), then Gaussian noise whose standard deviation (grey levels) is drawn from
+    # [0, noise]. 0 = off (the defaults; turning them on leaves the other draws unchanged).
+    c.sharpness_enabled = True
+    c.sharpness = 0.0
+    c.noise_enabled = True
+    c.noise = 0.0
+    # Clip grey levels to 0..255 after the photometric and detector changes. False lets them run past
     # the range (bright bone keeps its detail under +brightness), as the external sweep did.
     c.clip_levels = True
     return c

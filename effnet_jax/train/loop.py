@@ -18,6 +18,7 @@ from effnet_jax.data import external, folders, pipeline, sources
 from effnet_jax.data.data_dir import no_external_set_line
 from effnet_jax.labels import CLASS_NAMES, class_weights
 from effnet_jax.runs import checkpoints as checkpoint_lib
+from effnet_jax.runs import code_version
 from effnet_jax.runs import layout as layout_lib
 from effnet_jax.runs import lock as workdir_lock
 from effnet_jax.runs import model as run_model
@@ -326,6 +327,7 @@ class _Run:
 
 def _train_members(configs: list, workdirs: list[str], started: float) -> list[state_lib.TrainState]:
     """The runs themselves, in workdirs already locked."""
+    code = code_version.describe()  # at the start: the code this process imported
 
     # ----------------------------------------------------------------------------------------------
     # Input: split sizes first, they fix the number of steps. Members differ only in their seed.
@@ -613,6 +615,7 @@ def _train_members(configs: list, workdirs: list[str], started: float) -> list[s
                     "resumed_from_step": start,
                     "stopped_early": r.stopped_early,
                     "machine": describe_machine(par),
+                    "code": code,
                     **({"members_in_one_program": len(runs)} if stacked else {}),
                     **({"preempted": True} if preempted and r in active else {}),
                 },

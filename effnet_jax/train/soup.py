@@ -36,6 +36,7 @@ from flax import traverse_util
 
 from effnet_jax.data import pipeline
 from effnet_jax.runs import checkpoints as checkpoint_lib
+from effnet_jax.runs import code_version
 from effnet_jax.runs import layout as layout_lib
 from effnet_jax.runs import lock as workdir_lock
 from effnet_jax.runs import model as run_model
@@ -353,10 +354,18 @@ def _make_soup(members: list[str], workdir: str, checkpoint: str | int, combine:
             writer.write(*record)
         # Wall time of the whole model, as effnet-results sums it: the members' training and the soup.
         member_seconds = sum(r.get("wall_seconds", 0.0) for m in members for r in read_metrics(m, "run"))
+        # The code of every member's training and of this soup, each named once.
+        member_code = [r["code"] for m in members for r in read_metrics(m, "run") if r.get("code")]
+        code = ", ".join(dict.fromkeys([*member_code, code_version.describe()]))
         writer.write(
             step,
             "run",
-            {"wall_seconds": member_seconds + seconds, "soup_seconds": seconds, "machine": describe_machine(par)},
+            {
+                "wall_seconds": member_seconds + seconds,
+                "soup_seconds": seconds,
+                "machine": describe_machine(par),
+                "code": code,
+            },
         )
     finally:
         writer.close()

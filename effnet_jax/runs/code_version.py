@@ -1,0 +1,40 @@
+"""Which code a run trained with, for its results records: the package's git commit.
+
+A record written later names the commit that trained the run, not whatever the checkout
+holds by then. ``+dirty`` marks a working tree with uncommitted changes to tracked files
+(what ran is then not exactly that commit); an installed package that is not a git
+checkout names its version instead.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+
+import effnet_jax
+
+_PACKAGE_DIR = pathlib.Path(effnet_jax.__file__).resolve().parent
+
+
+def _git(args: list[str], where: pathlib.Path) -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(where), *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def git_commit(where: str | pathlib.Path) -> str | None:
+    """The short commit of the git checkout holding ``where``, ``+dirty`` when tracked files differ; None outside one."""
+    where = pathlib.Path(where)
+    commit = _git(["rev-parse", "--short", "HEAD"], where)
+    if not commit:
+        return None
+    # Only the package's own files count: a run's outputs or notes beside it are not code.
+    changed = _git(["status", "--porcelain", "--untracked-files=no", "--", "."], where)
+    return f"{commit}+dirty" if changed else commit
+
+
+def describe() -> str:
+    """The code this process runs: the package checkout's commit, else ``effnet_jax <version>``."""
+    return git_commit(_PACKAGE_DIR) or f"effnet_jax {effnet_jax.__version__}"
