@@ -318,6 +318,9 @@ def test_results_record_reads_every_number_from_the_report_and_refuses_a_second_
     val_auc = [m["auc"] for m in metrics if m["split"] == "validation" and m["step"] == STEP][-1]
     assert record["validation"] == {"auc": round(val_auc, 3)}
     assert record["machine"] == [m["machine"] for m in metrics if m["split"] == "run"][-1]
+    config = json.loads(open(os.path.join(workdir, "config.json")).read())
+    assert config["model"]["name"] == "efficientnet_test"
+    assert record["model"] == f"Test {config['image_size']} px"  # the tables' short name
     assert (record["id"], record["kept"], record["commit"], record["runs"]) == ("tiny", "no", "abc1234", 1)
 
     again = cli("effnet_jax.cli.results", "record", workdir, *flags)

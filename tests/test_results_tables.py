@@ -7,6 +7,7 @@ import sys
 import pytest
 from helpers import REPO
 
+from effnet_jax.reporting import recipe_record
 from effnet_jax.reporting import results_tables as rt
 
 RESULTS = REPO / "results"
@@ -133,3 +134,16 @@ def test_the_cli_check_fails_on_a_stale_table_and_write_fixes_it(tmp_path):
     write = subprocess.run([*cmd, "--write"], capture_output=True, text=True, env=env)
     assert write.returncode == 0 and "| 2 |" in page.read_text()
     assert subprocess.run([*cmd, "--check"], env=env).returncode == 0
+
+
+@pytest.mark.parametrize(
+    "name, short",
+    [
+        ("tf_efficientnet_lite0", "Lite0"),
+        ("tf_efficientnet_b2", "B2"),
+        ("efficientnet_b7", "B7"),
+        ("my_resnet", "my_resnet"),
+    ],
+)
+def test_records_name_variants_as_the_tables_do(name, short):
+    assert recipe_record.short_model_name(name) == short

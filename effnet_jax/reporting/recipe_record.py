@@ -72,9 +72,17 @@ def _predictions(folder: str) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(labels), np.asarray(probs)
 
 
+def short_model_name(name: str) -> str:
+    """The name tables use for a variant: 'tf_efficientnet_lite0' -> 'Lite0', 'efficientnet_b2' -> 'B2'."""
+    short = name.removeprefix("tf_").removeprefix("efficientnet_")
+    if short == name:  # not an EfficientNet variant name: as it is
+        return name
+    return short[:1].upper() + short[1:]
+
+
 def _model(run: Run) -> str:
     config = run.config
-    text = f"{config.model.name} {run.record.image_size} px"
+    text = f"{short_model_name(config.model.name)} {run.record.image_size} px"
     members = run.ensemble_size or (len(run.soup.get("members", ())) if run.soup else 0)
     if members > 1:
         combined = "logits averaged" if config.get("soup_combine") == "logits" else "weights averaged"
