@@ -103,10 +103,24 @@ def test_detector_draws_cover_their_ranges():
 
 @pytest.mark.parametrize(
     "key, value",
-    [("sharpness", 1.5), ("sharpness", -0.1), ("sharpness", float("nan")), ("noise", -1.0), ("noise", float("inf"))],
+    [
+        ("sharpness", 1.5),
+        ("sharpness", -0.1),
+        ("sharpness", float("nan")),
+        ("noise", -1.0),
+        ("noise", float("inf")),
+        ("hflip", 1.5),
+        ("rotation", float("nan")),
+        ("contrast", -0.1),
+        ("translate", 0.9),
+        ("gamma", float("inf")),
+        ("rotation", -5.0),
+    ],
 )
-def test_bad_detector_ranges_name_their_key(key, value):
-    aug = data_config_lib.default_augment_config()
-    aug[key] = value
-    with pytest.raises(ValueError, match=f"data.augment.{key}="):
-        augment.spec_from_config(aug)
+def test_bad_augmentation_ranges_are_refused_before_a_run_starts_naming_their_key(key, value):
+    config = data_config_lib.get_config()
+    config.data.augment[key] = value
+    with pytest.raises(ValueError, match=rf"^config\.data\.augment\.{key}="):
+        data_config_lib.validate_config(config)
+    config.data.augment.enabled = False  # no augmentation: its ranges are never read
+    data_config_lib.validate_config(config)

@@ -50,10 +50,28 @@ class AugmentSpec:
         return bool(self.sharpness or self.noise)
 
 
+# What each range of ``data.augment`` may be: beyond these the draws stop meaning what their
+# names say (a flip probability above 1, a contrast factor below 0, a turn past half a turn).
+_RANGES = (
+    ("rotation", 0.0, 180.0, "degrees"),
+    ("hflip", 0.0, 1.0, "a probability"),
+    ("translate", 0.0, 0.5, "a fraction of the output size"),
+    ("brightness", 0.0, 1.0, "a fraction of full scale"),
+    ("contrast", 0.0, 1.0, "a fraction (factors from 1 - contrast to 1 + contrast)"),
+    ("gamma", 0.0, 3.0, "a log exponent"),
+    ("sharpness", 0.0, 1.0, "an unsharp-mask amount (1: from fully blurred to twice the detail)"),
+    ("noise", 0.0, 255.0, "a standard deviation in grey levels"),
+)
+
+
 def spec_from_config(aug, size: int = 0) -> AugmentSpec | None:
     """The ``data.augment`` ConfigDict as an AugmentSpec giving ``size``-pixel views; None when augmentation is off."""
     if not aug.enabled:
         return None
+    for key, low, high, meaning in _RANGES:
+        value = aug.get(key)
+        if value is not None and not (isinstance(value, (int, float)) and low <= value <= high):  # refuses nan
+            raise ValueError(f"data.augment.{key}={value!r}: expected {meaning}, from {low} to {high}")
     area_min = area_max = 1.0
     if aug.scale_enabled:
         if not 0.0 < aug.scale_min <= aug.scale_max <= 1.0:
@@ -63,13 +81,7 @@ def spec_from_config(aug, size: int = 0) -> AugmentSpec | None:
             )
         area_min, area_max = float(aug.scale_min), float(aug.scale_max)
     sharpness = float(aug.get("sharpness", 0.0)) if aug.get("sharpness_enabled", False) else 0.0
-    if not 0.0 <= sharpness <= 1.0:  # also refuses nan
-        raise ValueError(
-            f"data.augment.sharpness={sharpness}: expected 0 <= sharpness <= 1 (1: from fully blurred to twice as sharp)"
-        )
     noise = float(aug.get("noise", 0.0)) if aug.get("noise_enabled", False) else 0.0
-    if not 0.0 <= noise <= 255.0:
-        raise ValueError(f"data.augment.noise={noise}: expected a standard deviation in grey levels, 0 <= noise <= 255")
     zoom_about = aug.get("zoom_about", "random")
     if zoom_about not in ZOOM_ABOUT:
         raise ValueError(f"data.augment.zoom_about={zoom_about!r}: expected 'random' or 'center'")

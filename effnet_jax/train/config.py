@@ -368,6 +368,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             raise ValueError(
                 f"config.loss='sigmoid_bce' has one logit, for two classes; {len(names)} classes need 'softmax_ce'"
             )
+    if config.data.get("augment") is not None:
+        from effnet_jax.data import augment
+
+        try:
+            augment.spec_from_config(config.data.augment)
+        except ValueError as e:  # its messages start with the key, data.augment.NAME=
+            raise ValueError(f"config.{e}") from None
     _require(config, "eval_every_steps", lambda v: v >= 0, "an integer >= 0 (0 = only at the end)")
     _require(config, "optimizer.grad_accum_steps", lambda v: v >= 1, "an integer >= 1")
     finite = (int, float)
