@@ -43,5 +43,15 @@ def test_commit_then_dirty_for_tracked_changes_only(tmp_path):
 
 def test_outside_a_checkout_is_none_and_describe_falls_back_to_the_version(tmp_path, monkeypatch):
     assert code_version.git_commit(tmp_path) is None
+    # Inside another project's checkout (a virtualenv there) but not tracked by it: not its code.
+    repo = tmp_path / "project"
+    (repo / "venv" / "pkg").mkdir(parents=True)
+    (repo / "main.py").write_text("")
+    _git(repo, "init", "-q")
+    _git(repo, "add", "main.py")
+    _git(repo, "commit", "-q", "-m", "one")
+    (repo / "venv" / "pkg" / "mod.py").write_text("")
+    assert code_version.git_commit(repo / "venv" / "pkg") is None
+    assert code_version.git_commit(repo) == _git(repo, "rev-parse", "--short", "HEAD")
     monkeypatch.setattr(code_version, "_PACKAGE_DIR", tmp_path)
     assert code_version.describe() == f"effnet_jax {code_version.effnet_jax.__version__}"

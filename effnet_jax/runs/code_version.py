@@ -25,10 +25,12 @@ def _git(args: list[str], where: pathlib.Path) -> str | None:
 
 
 def git_commit(where: str | pathlib.Path) -> str | None:
-    """The short commit of the git checkout holding ``where``, ``+dirty`` when tracked files differ; None outside one."""
+    """The short commit of the git checkout tracking ``where``, ``+dirty`` when its tracked files differ; else None."""
     where = pathlib.Path(where)
     commit = _git(["rev-parse", "--short", "HEAD"], where)
-    if not commit:
+    # A package installed into some other checkout (a virtualenv inside a user's project) is
+    # not that checkout's code: its files must be tracked there.
+    if not commit or not _git(["ls-files", "--", "."], where):
         return None
     # Only the package's own files count: a run's outputs or notes beside it are not code.
     changed = _git(["status", "--porcelain", "--untracked-files=no", "--", "."], where)
