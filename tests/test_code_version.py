@@ -54,4 +54,11 @@ def test_outside_a_checkout_is_none_and_describe_falls_back_to_the_version(tmp_p
     assert code_version.git_commit(repo / "venv" / "pkg") is None
     assert code_version.git_commit(repo) == _git(repo, "rev-parse", "--short", "HEAD")
     monkeypatch.setattr(code_version, "_PACKAGE_DIR", tmp_path)
-    assert code_version.describe() == f"effnet_jax {code_version.effnet_jax.__version__}"
+    code_version.describe.cache_clear()
+    try:
+        assert code_version.describe() == f"effnet_jax {code_version.effnet_jax.__version__}"
+        # Once per process: a checkout that appears (or moves on) later does not change it.
+        monkeypatch.setattr(code_version, "_PACKAGE_DIR", repo)
+        assert code_version.describe() == f"effnet_jax {code_version.effnet_jax.__version__}"
+    finally:
+        code_version.describe.cache_clear()

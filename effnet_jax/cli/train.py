@@ -86,6 +86,9 @@ def main(argv):
             exit_in_one_line("effnet-train --dry_run", e)
         return
 
+    from effnet_jax.runs import code_version
+
+    code_version.describe()  # now: the checkout may move on during a long run; the records name this code
     cache = setup_compilation_cache(FLAGS.config.get("compilation_cache_dir", None))
     std_logging.getLogger("effnet_jax.train").info(
         "compilation cache: %s", cache or "off (config.compilation_cache_dir='')"

@@ -8,6 +8,7 @@ checkout names its version instead.
 
 from __future__ import annotations
 
+import functools
 import pathlib
 import subprocess
 
@@ -37,6 +38,11 @@ def git_commit(where: str | pathlib.Path) -> str | None:
     return f"{commit}+dirty" if changed else commit
 
 
+@functools.cache
 def describe() -> str:
-    """The code this process runs: the package checkout's commit, else ``effnet_jax <version>``."""
+    """The code this process runs: the package checkout's commit, else ``effnet_jax <version>``.
+
+    Asked once per process: a checkout that moves on while a long run trains (a second
+    member, a resumed phase) does not change the code already imported.
+    """
     return git_commit(_PACKAGE_DIR) or f"effnet_jax {effnet_jax.__version__}"
