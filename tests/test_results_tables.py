@@ -147,3 +147,29 @@ def test_the_cli_check_fails_on_a_stale_table_and_write_fixes_it(tmp_path):
 )
 def test_records_name_variants_as_the_tables_do(name, short):
     assert recipe_record.short_model_name(name) == short
+
+
+def test_record_tables_take_repeats_and_commas_and_refuse_a_table_that_would_not_show_the_row(tmp_path):
+    from effnet_jax.cli.results import _tables
+
+    specs = {
+        "tried": {"source": "recipes", "where": {"tables": "tried"}, "columns": [{"header": "h", "cell": "{id}"}]},
+        "shipped": {
+            "source": ["published", "recipes"],
+            "where": {"tables": "shipped"},
+            "columns": [{"header": "h", "cell": "{id}"}],
+        },
+        "gpu": {"source": "benchmarks_gpu", "where": {"tables": "gpu"}, "columns": [{"header": "h", "cell": "{id}"}]},
+    }
+    (tmp_path / "tables.json").write_text(json.dumps(specs))
+    out = str(tmp_path / "recipes.jsonl")
+    assert _tables(["shipped", "tried"], out) == ("shipped", "tried")
+    assert _tables(["shipped,tried", "tried"], out) == ("shipped", "tried")
+    with pytest.raises(
+        ValueError, match=r"--tables=shiped: no such table of .*recipes.jsonl.*expected some of tried, shipped"
+    ):
+        _tables(["shiped"], out)
+    with pytest.raises(ValueError, match="--tables=gpu: no such table"):  # renders another results file
+        _tables(["tried,gpu"], out)
+    # A results file of the user's own, with no tables.json beside it: any name goes.
+    assert _tables(["mine"], str(tmp_path / "elsewhere" / "mine.jsonl")) == ("mine",)

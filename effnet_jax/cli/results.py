@@ -40,7 +40,7 @@ _RECORD_FLAGS = (
     ("id", None, "the record's id (unique in --out)."),
     ("name", None, "what the row says the recipe was."),
     ("kept", None, "yes, no, reference or baseline."),
-    ("tables", ["tried"], "the tables the row belongs to (results/tables.json)."),
+    ("tables", ["tried"], "the tables the row belongs to (results/tables.json); repeat it or separate by commas."),
     ("run_command", None, "the command that trained and evaluated the run."),
     ("run_config", None, "the config file it trained (configs/*.py)."),
     ("split", "external", "the evaluated split the record reports."),
@@ -65,7 +65,7 @@ def define_flags(fv: flags.FlagValues = FLAGS):
     define_once(flags.DEFINE_string, "results_dir", "results", "tables: the folder of records.", flag_values=fv)
     define_once(flags.DEFINE_string, "root", ".", "tables: where to look for .md files.", flag_values=fv)
     for name, default, meaning in _RECORD_FLAGS:
-        define = flags.DEFINE_list if isinstance(default, list) else flags.DEFINE_string
+        define = flags.DEFINE_multi_string if isinstance(default, list) else flags.DEFINE_string
         define_once(define, name, default, "record: " + meaning, flag_values=fv)
 
 
@@ -105,6 +105,40 @@ def _last_run_line(run, key: str) -> str | None:
     return next((r[key] for r in reversed(run.records("run")) if r.get(key)), None)
 
 
+def _tables(values: list[str], out: str) -> tuple[str, ...]:
+    """--tables as given (repeated or comma-separated), each a table that renders records of ``out``.
+
+    A misspelt table would put the row in no table at all; without a tables.json beside
+    ``out`` (a results file of the user's own) any name goes.
+    """
+    import pathlib
+
+    from effnet_jax.reporting import results_tables
+
+    names = tuple(dict.fromkeys(n.strip() for v in values for n in v.split(",") if n.strip()))
+    folder = pathlib.Path(out).parent
+    if not (folder / results_tables.SPEC_FILE).exists():
+        return names
+    try:
+        specs = results_tables.load_specs(folder)
+    except results_tables.ResultsError as e:
+        raise ValueError(str(e)) from None
+    stem = pathlib.Path(out).stem
+    known = [
+        t
+        for t, spec in specs.items()
+        if stem in ([spec["source"]] if isinstance(spec["source"], str) else spec["source"])
+        and spec.get("where", {}).get("tables") == t
+    ]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(
+            f"--tables={','.join(unknown)}: no such table of {out} in {folder / results_tables.SPEC_FILE}; "
+            f"expected some of {', '.join(known) or '(none)'}"
+        )
+    return names
+
+
 def record_main(workdir: str) -> int:
     """`effnet-results record WORKDIR`: append the run's record to --out."""
     from effnet_jax import runs
@@ -135,7 +169,7 @@ def record_main(workdir: str) -> int:
             record_id=FLAGS.id,
             name=FLAGS.name,
             kept=FLAGS.kept,
-            tables=tuple(FLAGS.tables),
+            tables=_tables(FLAGS.tables, FLAGS.out),
             provenance=provenance,
             split=FLAGS.split,
         )
