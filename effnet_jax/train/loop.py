@@ -327,7 +327,7 @@ class _Run:
 
 def _train_members(configs: list, workdirs: list[str], started: float) -> list[state_lib.TrainState]:
     """The runs themselves, in workdirs already locked."""
-    code = code_version.describe()  # at the start: the code this process imported
+    code = code_version.describe()  # read once per process (effnet-train reads it at its start)
 
     # ----------------------------------------------------------------------------------------------
     # Input: split sizes first, they fix the number of steps. Members differ only in their seed.
