@@ -102,7 +102,7 @@ def _checkout_commit() -> str | None:
 
 def _last_run_line(run, key: str) -> str | None:
     """``key`` of the run's last 'run' metrics line that has it (a resumed run writes one per invocation)."""
-    return next((r[key] for r in reversed(run.records("run")) if r.get(key)), None)
+    return next((r[key] for r in reversed(run.records("run")) if r.get(key) and isinstance(r[key], str)), None)
 
 
 def _tables(values: list[str], out: str) -> tuple[str, ...]:
