@@ -115,3 +115,14 @@ def test_the_no_external_set_warning_names_what_changes_and_is_silent_with_exter
     assert line.startswith("NO EXTERNAL SET: the checkpoint is chosen on validation")
     assert "threshold is the training prior" in line and "--config.data.external=" in line
     assert no_external_set_line({"external": ["/data/other_hospital"]}) is None
+
+
+def test_the_machine_line_names_the_host_cpu_model_where_linux_says_it(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R)  Xeon(R) Processor\n\n")
+    assert loop.host_cpu_model(str(cpuinfo)) == "Intel(R) Xeon(R) Processor"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t:\n")  # an empty name: none
+    assert loop.host_cpu_model(str(cpuinfo)) is None
+    assert loop.host_cpu_model(str(tmp_path / "absent")) is None
+    cpuinfo.write_text("model name\t: " + "x" * 500 + "\n")  # kept to one table cell
+    assert loop.host_cpu_model(str(cpuinfo)) == "x" * 100

@@ -648,11 +648,26 @@ def warn_without_external_set(config) -> None:
 
 
 def describe_machine(par: Parallel) -> str:
-    """Where the run ran, for results tables: e.g. '1 x cpu (2 host cores)'."""
+    """Where the run ran, for results tables: e.g. '1 process(es), 1 x cpu (2 host cores, Intel(R) Xeon(R) Processor)'."""
+    cpu = host_cpu_model()
     return (
         f"{jax.process_count()} process(es), {par.num_devices} x {jax.devices()[0].device_kind} "
-        f"({os.cpu_count()} host cores)"
+        f"({os.cpu_count()} host cores{', ' + cpu if cpu else ''})"
     )
+
+
+def host_cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str | None:
+    """The host CPU's model name (Linux), None where it cannot be read: same code, other CPU, other numbers."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            text = f.read(1 << 16)
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and value.strip():
+            return " ".join(value.split())[:100]
+    return None
 
 
 def _short(metrics: dict) -> str:
