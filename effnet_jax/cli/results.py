@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 
 from absl import app, flags
@@ -90,16 +91,6 @@ def tables_main() -> int:
     return 1 if stale and not FLAGS.write else 0
 
 
-def _checkout_commit() -> str | None:
-    import subprocess
-
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
 def _last_run_line(run, key: str) -> str | None:
     """``key`` of the run's last 'run' metrics line that has it (a resumed run writes one per invocation)."""
     return next((r[key] for r in reversed(run.records("run")) if r.get(key) and isinstance(r[key], str)), None)
@@ -123,13 +114,7 @@ def _tables(values: list[str], out: str) -> tuple[str, ...]:
         specs = results_tables.load_specs(folder)
     except results_tables.ResultsError as e:
         raise ValueError(str(e)) from None
-    stem = pathlib.Path(out).stem
-    known = [
-        t
-        for t, spec in specs.items()
-        if stem in ([spec["source"]] if isinstance(spec["source"], str) else spec["source"])
-        and spec.get("where", {}).get("tables") == t
-    ]
+    known = results_tables.tables_naming(specs, pathlib.Path(out).stem)
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ValueError(
@@ -144,6 +129,7 @@ def record_main(workdir: str) -> int:
     from effnet_jax import runs
     from effnet_jax.cli.logs import quiet_unless_verbose
     from effnet_jax.reporting import recipe_record
+    from effnet_jax.runs import code_version
 
     quiet_unless_verbose()
     missing = [f"--{k}" for k in ("id", "name", "kept", "run_command", "run_config") if not FLAGS[k].value]
@@ -156,7 +142,7 @@ def record_main(workdir: str) -> int:
         if not machine:
             raise ValueError(f"{workdir}: the run recorded no machine; say which with --machine")
         # Runs trained before runs recorded their code fall back to this checkout's HEAD.
-        commit = FLAGS.commit or _last_run_line(run, "code") or _checkout_commit()
+        commit = FLAGS.commit or _last_run_line(run, "code") or code_version.head_commit(os.getcwd())
         if not commit:
             raise ValueError(
                 f"{workdir}: the run recorded no code and this is not a git checkout; say which with --commit"

@@ -80,8 +80,6 @@ def spec_from_config(aug, size: int = 0) -> AugmentSpec | None:
                 "expected 0 < scale_min <= scale_max <= 1"
             )
         area_min, area_max = float(aug.scale_min), float(aug.scale_max)
-    sharpness = float(aug.get("sharpness", 0.0)) if aug.get("sharpness_enabled", False) else 0.0
-    noise = float(aug.get("noise", 0.0)) if aug.get("noise_enabled", False) else 0.0
     zoom_about = aug.get("zoom_about", "random")
     if zoom_about not in ZOOM_ABOUT:
         raise ValueError(f"data.augment.zoom_about={zoom_about!r}: expected 'random' or 'center'")
@@ -95,8 +93,8 @@ def spec_from_config(aug, size: int = 0) -> AugmentSpec | None:
         brightness=float(aug.brightness) if aug.brightness_enabled else 0.0,
         contrast=float(aug.contrast) if aug.contrast_enabled else 0.0,
         gamma=float(aug.gamma) if aug.get("gamma_enabled", False) else 0.0,
-        sharpness=sharpness,
-        noise=noise,
+        sharpness=float(aug.get("sharpness", 0.0)) if aug.get("sharpness_enabled", False) else 0.0,
+        noise=float(aug.get("noise", 0.0)) if aug.get("noise_enabled", False) else 0.0,
         clip=bool(aug.get("clip_levels", True)),
         size=int(size),
     )

@@ -108,9 +108,19 @@ def render_cell(templates, record: dict) -> str:
     return ""
 
 
+def spec_sources(spec: dict) -> list[str]:
+    """The results files (stems) a table spec's rows come from: its "source", one name or a list."""
+    return [spec["source"]] if isinstance(spec["source"], str) else list(spec["source"])
+
+
+def tables_naming(specs: dict[str, dict], source: str) -> list[str]:
+    """The tables that show a record of ``source`` whose ``tables`` field names them."""
+    return [t for t, spec in specs.items() if source in spec_sources(spec) and spec.get("where", {}).get("tables") == t]
+
+
 def render_table(name: str, spec: dict, records: dict[str, list[dict]]) -> str:
     """One markdown table: a row per matching record of the spec's sources, in file order."""
-    sources = [spec["source"]] if isinstance(spec["source"], str) else spec["source"]
+    sources = spec_sources(spec)
     for join in spec.get("join", []):
         sources = [*sources, join["source"]]
     for source in sources:

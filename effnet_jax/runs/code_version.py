@@ -25,10 +25,15 @@ def _git(args: list[str], where: pathlib.Path) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+def head_commit(where: str | pathlib.Path) -> str | None:
+    """The short HEAD commit of the git checkout holding ``where``; None outside one."""
+    return _git(["rev-parse", "--short", "HEAD"], pathlib.Path(where))
+
+
 def git_commit(where: str | pathlib.Path) -> str | None:
     """The short commit of the git checkout tracking ``where``, ``+dirty`` when its tracked files differ; else None."""
     where = pathlib.Path(where)
-    commit = _git(["rev-parse", "--short", "HEAD"], where)
+    commit = head_commit(where)
     # A package installed into some other checkout (a virtualenv inside a user's project) is
     # not that checkout's code: its files must be tracked there.
     if not commit or not _git(["ls-files", "--", "."], where):

@@ -353,9 +353,10 @@ def _make_soup(members: list[str], workdir: str, checkpoint: str | int, combine:
         for record in held.records:
             writer.write(*record)
         # Wall time of the whole model, as effnet-results sums it: the members' training and the soup.
-        member_seconds = sum(r.get("wall_seconds", 0.0) for m in members for r in read_metrics(m, "run"))
+        member_runs = [r for m in members for r in read_metrics(m, "run")]
+        member_seconds = sum(r.get("wall_seconds", 0.0) for r in member_runs)
         # The code of every member's training and of this soup, each named once.
-        member_code = [r["code"] for m in members for r in read_metrics(m, "run") if isinstance(r.get("code"), str)]
+        member_code = [r["code"] for r in member_runs if isinstance(r.get("code"), str)]
         code = ", ".join(dict.fromkeys([*member_code, code_version.describe()]))
         writer.write(
             step,
