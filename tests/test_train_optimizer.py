@@ -292,3 +292,92 @@ def test_anchor_decay_keeps_one_copy_of_the_starting_weights_off_the_classifier_
 def test_a_negative_anchor_decay_is_refused_naming_its_key():
     with pytest.raises(ValueError, match=r"config\.optimizer\.anchor_decay=-1\.0: expected a finite number >= 0"):
         validate_config(tiny_config(**{"optimizer.anchor_decay": -1.0}))
+
+
+def _probe_config(**overrides):
+    return tiny_config(
+        **{
+            "optimizer.learning_rate": 0.5,
+            "optimizer.probe_epochs": 1.0,
+            "optimizer.probe_learning_rate": 0.25,
+            "optimizer.grad_clip_norm": 0.0,
+            "schedule.name": "cosine",
+            "schedule.warmup_epochs": 1.0,
+            "schedule.min_lr_ratio": 0.0,
+            **overrides,
+        }
+    )
+
+
+def test_a_linear_probe_holds_every_pretrained_weight_then_fine_tunes_them_all_on_a_fresh_schedule():
+    config = _probe_config()
+    validate_config(config)
+    tx, schedule = optimizer.create_optimizer(config, _nothing_frozen(), total_steps=20, steps_per_epoch=5)
+    # The probe's 5 steps at its own rate, then the fine-tuning schedule over the other 15:
+    # warmup from zero for an epoch, cosine to zero at the end.
+    assert [float(schedule(s)) for s in range(5)] == [0.25] * 5
+    assert float(schedule(5)) == 0.0
+    assert float(schedule(10)) == pytest.approx(0.5)
+    assert float(schedule(20)) == pytest.approx(0.0, abs=1e-7)
+    state = tx.init(PARAMS)
+    grads = jax.tree.map(jnp.ones_like, PARAMS)
+    for step in range(7):
+        updates, state = tx.update(grads, state, PARAMS)
+        for path, u in freeze.flat_paths(updates).items():
+            moving = path.startswith("classifier/") or step >= 5
+            if moving and step != 5:  # step 5 is the schedule's first warmup step, at rate 0
+                assert np.all(np.asarray(u) != 0), (step, path)
+            else:
+                np.testing.assert_array_equal(np.asarray(u), 0.0, err_msg=f"step {step} {path}")
+    # Adam saw the held weights' gradients all along: at step 6 every leaf moves alike,
+    # as it would after 7 steps of the same gradient (no fresh-moment overshoot).
+    u = freeze.flat_paths(updates)
+    np.testing.assert_allclose(np.asarray(u["bn1/bias"]), np.asarray(u["classifier/bias"][0]), rtol=1e-6)
+    assert float(np.asarray(u["bn1/bias"])[0]) == pytest.approx(-float(schedule(6)), rel=1e-4)
+
+
+def test_without_a_probe_the_optimizer_state_is_what_it_was():
+    def leaves(**overrides):
+        tx, _ = optimizer.create_optimizer(
+            tiny_config(**overrides), _nothing_frozen(), total_steps=10, steps_per_epoch=5
+        )
+        return tx.init(PARAMS)
+
+    def holds(state):
+        return [
+            s
+            for s in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, optimizer.HoldState))
+            if isinstance(s, optimizer.HoldState)
+        ]
+
+    n = len(jax.tree.leaves(PARAMS))
+    plain = leaves()
+    probed = leaves(**{"optimizer.probe_epochs": 0.4})
+    assert len(jax.tree.leaves(probed)) == len(jax.tree.leaves(plain)) + 1  # one step counter
+    assert not holds(plain) and [int(h.count) for h in holds(probed)] == [0]
+    assert sum(np.ndim(x) > 0 for x in jax.tree.leaves(plain)) == 2 * n  # Adam's mu and nu, nothing else
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"optimizer.probe_epochs": -0.5}, r"config\.optimizer\.probe_epochs=-0\.5: expected a finite number >= 0"),
+        ({"optimizer.probe_learning_rate": float("nan")}, r"config\.optimizer\.probe_learning_rate=nan: expected"),
+        (
+            {"optimizer.probe_epochs": 2.0, "num_epochs": 2.0, "num_train_steps": -1},
+            r"config\.optimizer\.probe_epochs=2\.0: the probe is part of the run, so it must be shorter than "
+            r"config\.num_epochs=2\.0",
+        ),
+    ],
+)
+def test_a_bad_probe_is_refused_naming_its_key(overrides, match):
+    config = tiny_config(**{"optimizer.probe_epochs": 0.5, **overrides})
+    with pytest.raises(ValueError, match=match):
+        validate_config(config)
+
+
+def test_a_probe_that_rounds_to_no_step_or_every_step_is_refused_naming_its_key():
+    for epochs in (0.05, 2.0):
+        config = tiny_config(**{"optimizer.probe_epochs": epochs, "num_train_steps": 10})
+        with pytest.raises(ValueError, match=r"config\.optimizer\.probe_epochs=.*optimizer steps of the run's 10"):
+            optimizer.create_optimizer(config, _nothing_frozen(), total_steps=10, steps_per_epoch=5)

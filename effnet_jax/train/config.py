@@ -106,6 +106,11 @@ def get_config() -> ml_collections.ConfigDict:
     # Sharpness-aware minimisation (Foret et al. 2021): each step's gradient is taken again at
     # the weights moved this far along the normalised gradient (two passes a step); 0 = off.
     c.optimizer.sam_rho = 0.0
+    # Linear probe, then fine-tune (LP-FT): for the first probe_epochs of num_epochs only the
+    # classifier trains (every pretrained weight held, the optimizer's moments still fed) at
+    # probe_learning_rate (0 = learning_rate); the schedule then starts over the rest; 0 = off.
+    c.optimizer.probe_epochs = 0.0
+    c.optimizer.probe_learning_rate = 0.0
     c.schedule = ml_collections.ConfigDict()
     c.schedule.name = "cosine"  # 'cosine', 'step' or 'constant', each after a linear warmup
     c.schedule.warmup_epochs = 1.0
@@ -330,6 +335,11 @@ def _require(config, key: str, test, expected: str, kinds=(int,)) -> None:
         raise ValueError(f"config.{key}={value!r}: expected {expected}")
 
 
+def _positive_steps(config) -> bool:
+    steps = config.get("num_train_steps")
+    return isinstance(steps, int) and steps > 0
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Raises ValueError ``'config.KEY=VALUE: expected ...'`` (one line) for the first value a run cannot use.
 
@@ -416,6 +426,27 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if config.model.get("drop_rate") is not None:
         _require(config, "model.drop_rate", lambda v: 0 <= v < 1, "None or a number in [0, 1)", finite)
     _require(config, "num_epochs", lambda v: math.isfinite(v), "a finite number of epochs", finite)
-    steps = config.get("num_train_steps")
-    if not (isinstance(steps, int) and steps > 0):
+    if not _positive_steps(config):
         _require(config, "num_epochs", lambda v: v > 0, "a number > 0 (or config.num_train_steps > 0)", finite)
+    if config.optimizer.get("probe_epochs") is not None:  # absent from the configs of older runs
+        _require(
+            config,
+            "optimizer.probe_epochs",
+            lambda v: math.isfinite(v) and v >= 0,
+            "a finite number >= 0 (0 = off)",
+            finite,
+        )
+        _require(
+            config,
+            "optimizer.probe_learning_rate",
+            lambda v: math.isfinite(v) and v >= 0,
+            "a finite number >= 0 (0 = optimizer.learning_rate)",
+            finite,
+        )
+        if config.optimizer.probe_epochs and not (
+            _positive_steps(config) or config.optimizer.probe_epochs < config.num_epochs
+        ):
+            raise ValueError(
+                f"config.optimizer.probe_epochs={config.optimizer.probe_epochs!r}: the probe is part of the run, "
+                f"so it must be shorter than config.num_epochs={config.num_epochs!r}"
+            )

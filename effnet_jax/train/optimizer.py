@@ -42,9 +42,10 @@ def _decay_mask(params):
     return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def _anchor_mask(params):
-    # Every pretrained weight; the classifier is new to the task (it starts at zero), and
-    # holding it near its start would only shrink the logits.
+def _pretrained_mask(params):
+    # Every pretrained weight: all but the classifier, which is new to the task (it starts at
+    # zero). Anchoring it near its start would only shrink the logits; holding it during a
+    # linear probe would leave nothing to train.
     return {name: jax.tree.map(lambda _: name != "classifier", tree) for name, tree in params.items()}
 
 
@@ -73,6 +74,44 @@ def decay_toward_start(rate: float, mask=None) -> optax.GradientTransformation:
     return optax.masked(tx, mask) if mask is not None else tx
 
 
+class HoldState(NamedTuple):
+    count: jax.Array  # optimizer steps taken so far
+
+
+def hold_for(steps: int, mask=None) -> optax.GradientTransformation:
+    """Zeroes the updates for the first ``steps`` optimizer steps, then passes them through.
+
+    Placed after the optimizer, it holds the weights still while the optimizer's moments keep
+    seeing their gradients (and decoupled weight decay, already in the update, is held too).
+    ``mask`` (a callable or bool pytree) limits it to some leaves.
+    """
+
+    def init_fn(params):
+        del params
+        return HoldState(count=jnp.zeros([], jnp.int32))
+
+    def update_fn(updates, state, params=None):
+        del params
+        moving = state.count >= steps
+        updates = jax.tree.map(lambda u: jnp.where(moving, u, jnp.zeros_like(u)), updates)
+        return updates, HoldState(count=optax.safe_int32_increment(state.count))
+
+    tx = optax.GradientTransformation(init_fn, update_fn)
+    return optax.masked(tx, mask) if mask is not None else tx
+
+
+def probe_steps(config: ml_collections.ConfigDict, total_steps: int, steps_per_epoch: int) -> int:
+    """Optimizer steps of the linear probe that opens the run (``config.optimizer.probe_epochs``); 0 = none."""
+    epochs = float(config.optimizer.get("probe_epochs", 0.0))
+    steps = int(round(epochs * steps_per_epoch))
+    if epochs and not 0 < steps < total_steps:
+        raise ValueError(
+            f"config.optimizer.probe_epochs={epochs!r}: {steps} optimizer steps of the run's {total_steps}; "
+            "the probe needs at least one and must leave at least one to fine-tune"
+        )
+    return steps
+
+
 def _base_optimizer(o: ml_collections.ConfigDict, schedule) -> optax.GradientTransformation:
     anchor_decay = float(o.get("anchor_decay", 0.0))
     if o.name in ("adamw", "adam") and anchor_decay:
@@ -80,7 +119,7 @@ def _base_optimizer(o: ml_collections.ConfigDict, schedule) -> optax.GradientTra
         return optax.chain(
             optax.scale_by_adam(b1=o.b1, b2=o.b2, eps=o.eps),
             optax.add_decayed_weights(o.weight_decay if o.name == "adamw" else 0.0, mask=_decay_mask),
-            decay_toward_start(anchor_decay, mask=_anchor_mask),
+            decay_toward_start(anchor_decay, mask=_pretrained_mask),
             optax.scale_by_learning_rate(schedule),
         )
     if o.name == "adamw":
@@ -90,7 +129,7 @@ def _base_optimizer(o: ml_collections.ConfigDict, schedule) -> optax.GradientTra
     # SGD and RMSprop take L2-style decay on the gradient, as in their TF/timm recipes.
     decay = optax.add_decayed_weights(o.weight_decay, mask=_decay_mask) if o.weight_decay else optax.identity()
     if anchor_decay:
-        decay = optax.chain(decay, decay_toward_start(anchor_decay, mask=_anchor_mask))
+        decay = optax.chain(decay, decay_toward_start(anchor_decay, mask=_pretrained_mask))
     if o.name == "sgd":
         return optax.chain(decay, optax.sgd(schedule, momentum=o.momentum or None, nesterov=o.nesterov))
     if o.name == "rmsprop":
@@ -148,13 +187,28 @@ def create_optimizer(config: ml_collections.ConfigDict, frozen, total_steps: int
     the learning rate), as a per-layer learning rate does in timm. The schedule logged is the
     classifier's.
 
+    ``config.optimizer.probe_epochs`` > 0 opens the run with a linear probe: for that many
+    epochs every pretrained weight is held (``hold_for``) while the classifier trains at
+    ``probe_learning_rate``; then the schedule runs over the remaining steps for all of them.
+
     ``total_steps`` counts train steps (micro-batches); with gradient accumulation
     the optimizer (and its schedule) steps once every ``grad_accum_steps``.
     """
     o = config.optimizer
     accum = max(1, int(o.grad_accum_steps))
-    schedule = create_schedule(config, max(1, total_steps // accum), max(1, steps_per_epoch // accum))
+    opt_steps, opt_steps_per_epoch = max(1, total_steps // accum), max(1, steps_per_epoch // accum)
+    probe = probe_steps(config, opt_steps, opt_steps_per_epoch)
+    schedule = create_schedule(config, opt_steps - probe, opt_steps_per_epoch)
+    if probe:
+        # Linear probe, then fine-tuning (LP-FT, Kumar et al. 2022): the classifier first learns
+        # on features that do not move, so fine-tuning starts from a fitted head instead of
+        # distorting the pretrained features to suit a random one. The fine-tuning schedule
+        # (warmup included) starts when the probe ends.
+        probe_lr = float(o.get("probe_learning_rate", 0.0)) or o.learning_rate
+        schedule = optax.join_schedules([optax.constant_schedule(probe_lr), schedule], [probe])
     train = _base_optimizer(o, schedule)
+    if probe:
+        train = optax.chain(train, hold_for(probe, mask=_pretrained_mask))
     if o.grad_clip_norm:
         # Clip inside the trainable branch: frozen gradients do not count toward the norm.
         train = optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), train)
