@@ -335,6 +335,16 @@ def _require(config, key: str, test, expected: str, kinds=(int,)) -> None:
         raise ValueError(f"config.{key}={value!r}: expected {expected}")
 
 
+def _require_rate(config, key: str, zero_means: str = "off") -> None:
+    """A finite number >= 0 at ``key``, where the config has the key (older runs' configs may not)."""
+    import math
+
+    if _number(config, key) is not None:
+        _require(
+            config, key, lambda v: math.isfinite(v) and v >= 0, f"a finite number >= 0 (0 = {zero_means})", (int, float)
+        )
+
+
 def _positive_steps(config) -> bool:
     steps = config.get("num_train_steps")
     return isinstance(steps, int) and steps > 0
@@ -391,14 +401,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _require(config, "ema_decay", lambda v: 0 <= v < 1, "a number in [0, 1) (0 = no EMA)", finite)
     _require(config, "label_smoothing", lambda v: 0 <= v < 1, "a number in [0, 1)", finite)
     _require(config, "gce_q", lambda v: 0 <= v <= 1, "a number in [0, 1] (0 = cross-entropy)", finite)
-    if config.get("mixup_alpha") is not None:  # absent from the configs of older runs
-        _require(
-            config, "mixup_alpha", lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0 (0 = no mixup)", finite
-        )
+    _require_rate(config, "mixup_alpha", "no mixup")
     if config.get("rank_loss_weight") is not None:  # absent from the configs of older runs
-        _require(
-            config, "rank_loss_weight", lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0 (0 = off)", finite
-        )
+        _require_rate(config, "rank_loss_weight")
         if config.rank_loss_weight and config.get("mixup_alpha"):
             raise ValueError(
                 f"config.rank_loss_weight={config.rank_loss_weight!r}: a mixup batch (config.mixup_alpha="
@@ -410,43 +415,20 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                 f"config.data.class_names has {len(names)}"
             )
     _require(config, "optimizer.learning_rate", lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0", finite)
-    if config.optimizer.get("anchor_decay") is not None:  # absent from the configs of older runs
-        _require(
-            config,
-            "optimizer.anchor_decay",
-            lambda v: math.isfinite(v) and v >= 0,
-            "a finite number >= 0 (0 = off)",
-            finite,
-        )
-    if config.optimizer.get("sam_rho") is not None:  # absent from the configs of older runs
-        _require(
-            config, "optimizer.sam_rho", lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0 (0 = off)", finite
-        )
+    _require_rate(config, "optimizer.anchor_decay")
+    _require_rate(config, "optimizer.sam_rho")
     _require(config, "model.drop_path_rate", lambda v: 0 <= v < 1, "a number in [0, 1)", finite)
     if config.model.get("drop_rate") is not None:
         _require(config, "model.drop_rate", lambda v: 0 <= v < 1, "None or a number in [0, 1)", finite)
     _require(config, "num_epochs", lambda v: math.isfinite(v), "a finite number of epochs", finite)
     if not _positive_steps(config):
         _require(config, "num_epochs", lambda v: v > 0, "a number > 0 (or config.num_train_steps > 0)", finite)
-    if config.optimizer.get("probe_epochs") is not None:  # absent from the configs of older runs
-        _require(
-            config,
-            "optimizer.probe_epochs",
-            lambda v: math.isfinite(v) and v >= 0,
-            "a finite number >= 0 (0 = off)",
-            finite,
+    _require_rate(config, "optimizer.probe_epochs")
+    _require_rate(config, "optimizer.probe_learning_rate", "optimizer.learning_rate")
+    if config.optimizer.get("probe_epochs") and not (
+        _positive_steps(config) or config.optimizer.probe_epochs < config.num_epochs
+    ):
+        raise ValueError(
+            f"config.optimizer.probe_epochs={config.optimizer.probe_epochs!r}: the probe is part of the run, "
+            f"so it must be shorter than config.num_epochs={config.num_epochs!r}"
         )
-        _require(
-            config,
-            "optimizer.probe_learning_rate",
-            lambda v: math.isfinite(v) and v >= 0,
-            "a finite number >= 0 (0 = optimizer.learning_rate)",
-            finite,
-        )
-        if config.optimizer.probe_epochs and not (
-            _positive_steps(config) or config.optimizer.probe_epochs < config.num_epochs
-        ):
-            raise ValueError(
-                f"config.optimizer.probe_epochs={config.optimizer.probe_epochs!r}: the probe is part of the run, "
-                f"so it must be shorter than config.num_epochs={config.num_epochs!r}"
-            )
