@@ -137,7 +137,7 @@ def test_a_second_sweep_on_the_same_workdir_is_refused(tmp_path):
         (
             ["optimizer.learning_rat=[1e-3]"],
             "--sweep optimizer.learning_rat: not a config key (the schema, effnet_jax/train/config.py, lists "
-            "every key); did you mean optimizer.learning_rate?",
+            "every key); did you mean optimizer.learning_rate, optimizer.probe_learning_rate?",
         ),
         (["optimizer=[1]"], "--sweep optimizer: names a group of keys; sweep one of its keys (optimizer.NAME)"),
         (
