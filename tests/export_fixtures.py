@@ -35,14 +35,17 @@ def random_variables(model, seed: int = 0) -> dict:
     return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
-def make_workdir(path) -> str:
-    """A run with one checkpoint (random Lite0 weights at 32 px) and a validation record; no training."""
+def make_workdir(path, config=None) -> str:
+    """A run with one checkpoint (random Lite0 weights at 32 px) and a validation record; no training.
+
+    ``config``: the run's config (default ``tiny_config()``).
+    """
     from effnet_jax.models import build_model
     from effnet_jax.runs import record as run_record
     from effnet_jax.runs.checkpoints import Checkpointer
     from effnet_jax.train import state as state_lib
 
-    config = tiny_config()
+    config = tiny_config() if config is None else config
     model = build_model(config.model.name, num_classes=2, **state_lib.model_kwargs(config))
     state = state_lib.create_train_state(random_variables(model), optax.sgd(0.1), config)
     run = run_record.RunRecord(config.image_size, tuple(model.variant.mean), tuple(model.variant.std), (20, 44))

@@ -128,6 +128,25 @@ def test_decode_split_gives_every_training_row_in_shard_order():
     np.testing.assert_array_equal(decoded["label"], eval_batch["label"])
 
 
+def test_equalize_spreads_the_levels_of_every_training_row_and_eval_image():
+    # data.equalize='histogram' maps each image's own grey levels (Pillow's ImageOps.equalize)
+    # after the resize, so training rows and evaluation images are the plain ones, equalized.
+    plain = pipeline.decode_split(_cfg(), "train", image_size=32, shard_index=0, shard_count=1)["gray"]
+    spread = pipeline.decode_split(_cfg(equalize="histogram"), "train", image_size=32, shard_index=0, shard_count=1)
+    assert spread["gray"].shape == plain.shape == (64, 39, 39)
+    for row, original in zip(spread["gray"], plain):
+        np.testing.assert_array_equal(row, transforms.equalize(original, "histogram"))
+        order = np.argsort(original, axis=None, kind="stable")  # levels keep their order, spread to the ends
+        assert np.all(np.diff(row.reshape(-1)[order].astype(int)) >= 0) and row.max() == 255
+    assert (spread["gray"] != plain).mean() > 0.5
+    eval_batch = list(_eval(_cfg(equalize="histogram"), split="train", batch_size=64, image_size=39))[0]
+    np.testing.assert_array_equal(transforms.Normalizer(MEAN, STD)(spread["gray"]), eval_batch["image"])
+    flat = np.full((5, 7), 90, np.uint8)  # one level: nothing to spread, left as stored
+    np.testing.assert_array_equal(transforms.equalize(flat, "histogram"), flat)
+    with pytest.raises(ValueError, match=r"data.equalize='clahe': expected one of none, histogram"):
+        _train(_cfg(equalize="clahe"))
+
+
 def test_eval_is_one_padded_deterministic_pass():
     batches = list(_eval(_cfg(), batch_size=6, shard_index=0, shard_count=1))
     assert len(batches) == 3  # 16 examples -> 6 + 6 + 4 real, padded to 6

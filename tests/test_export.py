@@ -314,3 +314,37 @@ def test_an_edited_or_poisoned_export_is_refused_at_load_in_one_line(setup, tmp_
         f"{folder}/model.stablehlo: calls custom_call evil_target, which effnet-export never emits; "
         "refusing to run a hand-made module"
     )
+
+
+def test_an_equalized_run_exports_its_levels_and_scores_as_effnet_predict(setup, model, tmp_path):
+    """data.equalize='histogram' travels to model.json; the exported model spreads levels as effnet-predict does."""
+    from effnet_jax import runs
+    from effnet_jax.data import transforms
+    from effnet_jax.inference.export import export_run
+    from effnet_jax.inference.prediction import Predictor, Preprocessor
+
+    config = tiny_config()
+    config.data.equalize = "histogram"
+    (tmp_path / "run").mkdir()
+    run = runs.open(make_workdir(tmp_path / "run", config))
+    meta = export_run(run, str(tmp_path / "out"), platforms=("cpu",), gradcam=False)
+    assert meta["input"]["equalize"] == "histogram"
+    equalized = serving.load(str(tmp_path / "out"))
+    paths = setup["images"]
+    # The model input is the plain view with its levels spread: host steps, then Pillow's equalize.
+    plain = model.prepare_file(paths[0])
+    np.testing.assert_array_equal(equalized.prepare_file(paths[0]), transforms.equalize(plain, "histogram"))
+    assert not np.array_equal(plain, equalized.prepare_file(paths[0]))
+    prep = Preprocessor.for_run(run)
+    assert prep.equalize == "histogram"
+    np.testing.assert_array_equal(
+        prep(paths[0])[0], transforms.Normalizer(prep.mean, prep.std)(transforms.equalize(plain, "histogram"))
+    )
+    expected = np.array([r["prob_pneumonia"] for r in Predictor(run, batch_size=7).predict(paths)])
+    np.testing.assert_allclose([r["prob_pneumonia"] for r in equalized.predict_files(paths)], expected, atol=1e-5)
+    # Same weights, levels as stored: other scores (the key is not decoration).
+    assert np.abs(np.array([r["prob_pneumonia"] for r in model.predict_files(paths)]) - expected).max() > 1e-4
+
+    folder = _copy(setup, tmp_path / "bad_levels")
+    _rewrite_json(folder, lambda m: m["input"].update(equalize="clahe"))
+    assert error(folder) == f"{folder}/model.json: bad value for 'input.equalize': 'clahe'"

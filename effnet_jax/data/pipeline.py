@@ -43,6 +43,7 @@ class _LoadExample:
         std,
         center_crop,
         frame=None,
+        equalize="none",
     ):
         self.reader = reader
         self.parts, self.records, self.labels = parts, records, labels
@@ -55,6 +56,9 @@ class _LoadExample:
         # Validate the config here, where the caller sees it, not in a worker process.
         if not training and not 0.0 < self.center_crop <= 1.0:
             raise ValueError(f"data.center_crop={center_crop}: expected a fraction in (0, 1]")
+        if equalize not in transforms.EQUALIZE_MODES:
+            raise ValueError(f"data.equalize={equalize!r}: expected one of {', '.join(transforms.EQUALIZE_MODES)}")
+        self.equalize = equalize
 
     def __call__(self, element):
         # Eval examples leave here as uint8 grey + a 256x3 lookup table; _assemble expands
@@ -73,9 +77,10 @@ class _LoadExample:
         if self.training:
             # The whole frame, resized once: the train step augments it on the device.
             gray = transforms.center_resize(transforms.decode_gray(raw, self.frame), self.frame)
+            gray = transforms.equalize(gray, self.equalize)
             return {"gray": gray, "label": label, "mask": np.bool_(True)}
         im = transforms.decode_gray(raw, math.ceil(self.size / self.center_crop))
-        gray = transforms.center_resize(im, self.size, self.center_crop)
+        gray = transforms.equalize(transforms.center_resize(im, self.size, self.center_crop), self.equalize)
         return {
             "gray": gray,
             "table": self.normalize.table(gray),
@@ -200,6 +205,7 @@ def _loader(data_config, split, shard_index, shard_count, training, image_size, 
         std=std,
         center_crop=data_config.get("center_crop", 1.0),
         frame=frame,
+        equalize=data_config.get("equalize", "none") or "none",
     )
     return sel, mine, load
 

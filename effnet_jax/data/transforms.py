@@ -10,7 +10,7 @@ import io
 import math
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 
 def decode_gray(image, min_side: int = 0) -> Image.Image:
@@ -71,6 +71,24 @@ def center_resize(im: Image.Image, size: int, crop: float = 1.0) -> np.ndarray:
     box = ((1 - crop) * w / 2, (1 - crop) * h / 2, (1 + crop) * w / 2, (1 + crop) * h / 2)
     out = im.resize((size, size), Image.Resampling.BILINEAR, box=box)
     return np.asarray(out)
+
+
+# data.equalize: how grey levels are spread per image before normalising ("none": as stored).
+EQUALIZE_MODES = ("none", "histogram")
+
+
+def equalize(gray: np.ndarray, mode: str = "none") -> np.ndarray:
+    """(H, W) uint8 -> (H, W) uint8 with its grey levels spread by ``mode`` (data.equalize).
+
+    "histogram" is Pillow's ``ImageOps.equalize``: every image's levels spread over the whole
+    range, so how light or hazy an X-ray was exposed no longer sets its contrast. It runs on
+    the view the model sees (after the resize), in training and at evaluation alike.
+    """
+    if mode == "none":
+        return gray
+    if mode != "histogram":
+        raise ValueError(f"data.equalize={mode!r}: expected one of {', '.join(EQUALIZE_MODES)}")
+    return np.asarray(ImageOps.equalize(Image.fromarray(np.ascontiguousarray(gray, np.uint8), mode="L")))
 
 
 class Normalizer:

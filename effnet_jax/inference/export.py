@@ -187,13 +187,15 @@ def export_run(
             "dtype": "uint8",
             "center_crop": float(data.get("center_crop", 1.0) or 1.0),
             "max_size": int(data.get("max_size", 512) or 512),
+            "equalize": str(data.get("equalize", "none") or "none"),
             "accepts": "a list of uint8 images of any size, (H, W) grey or (H, W, 3) RGB; or image/DICOM files",
         },
         "preprocessing": {
             "host": (
                 "numpy + Pillow, as effnet-predict: decode (DICOM: rescale, VOI window, MONOCHROME1 inverted), "
                 "grayscale, stored copy (shorter side <= max_size, LANCZOS, JPEG q95 unless already a grey "
-                "JPEG), reduced decode, centre crop center_crop, bilinear resize to image_size"
+                "JPEG), reduced decode, centre crop center_crop, bilinear resize to image_size, grey levels "
+                "spread per image when equalize is 'histogram' (Pillow's ImageOps.equalize)"
             ),
             "in_function": (
                 "grey -> 3 channels, (pixels / 255 - mean) / std, network"

@@ -51,13 +51,21 @@ class Preprocessor:
     std: tuple
     center_crop: float = 1.0
     max_size: int = 512  # the data set's storage size: decode as the pipeline's stored copy would be
+    equalize: str = "none"  # data.equalize: grey levels of the model view, as training saw them
 
     @classmethod
     def for_run(cls, run: Run) -> Preprocessor:
-        """The run's own: its image size and normalisation (run record), centre crop and storage size (config)."""
+        """The run's own: its image size and normalisation (run record), centre crop, storage size and levels (config)."""
         size, mean, std = run.input_spec
         data = run.config.data
-        return cls(size, mean, std, float(data.get("center_crop", 1.0) or 1.0), int(data.get("max_size", 512) or 512))
+        return cls(
+            size,
+            mean,
+            std,
+            float(data.get("center_crop", 1.0) or 1.0),
+            int(data.get("max_size", 512) or 512),
+            str(data.get("equalize", "none") or "none"),
+        )
 
     def __call__(self, item: ImageInput, name: str | None = None):
         """``item``: a file path, a uint8 array (H x W or H x W x 3) or a PIL image; ``name`` labels errors."""
@@ -74,9 +82,8 @@ class Preprocessor:
         except imaging.BadImageError as e:
             raise ImageReadError(str(e)) from e
         gray = transforms.decode_gray(stored, math.ceil(self.image_size / self.center_crop))
-        image = transforms.Normalizer(self.mean, self.std)(
-            transforms.center_resize(gray, self.image_size, self.center_crop)
-        )
+        view = transforms.center_resize(gray, self.image_size, self.center_crop)
+        image = transforms.Normalizer(self.mean, self.std)(transforms.equalize(view, self.equalize))
         return image, original
 
 

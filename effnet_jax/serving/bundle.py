@@ -26,6 +26,7 @@ import re
 import reprlib
 
 from effnet_jax import limits
+from effnet_jax.data import transforms
 from effnet_jax.labels import validate_class_names  # two: the output is P(the second); more: one per class
 
 FORMAT = "effnet_jax.exported/1"
@@ -106,6 +107,11 @@ _GRADCAM_SCHEMA = [
     ("files.gradcam.sha256", str, lambda v: re.fullmatch("[0-9a-f]{64}", v) is not None),
 ]
 
+# Checked as above when present (exports before data.equalize existed have no such key: "none").
+_OPTIONAL_SCHEMA = [
+    ("input.equalize", str, lambda v: v in transforms.EQUALIZE_MODES),
+]
+
 
 def _valid_names(names) -> bool:
     try:
@@ -155,10 +161,13 @@ def read_model_json(directory: str) -> dict:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise ExportedModelError(f"{path}: format {found!r}, expected {FORMAT!r} (written by effnet-export)")
     has_gradcam = isinstance(meta.get("files"), dict) and "gradcam" in meta["files"]
-    for key, types, check in _SCHEMA + (_GRADCAM_SCHEMA if has_gradcam else []):
+    optional = {key for key, _, _ in _OPTIONAL_SCHEMA}
+    for key, types, check in _SCHEMA + (_GRADCAM_SCHEMA if has_gradcam else []) + _OPTIONAL_SCHEMA:
         try:
             value = _lookup(meta, key)
         except KeyError:
+            if key in optional:
+                continue
             raise ExportedModelError(f"{path}: missing key {key!r}") from None
         if isinstance(value, bool) or not isinstance(value, types) or (check is not None and not check(value)):
             raise ExportedModelError(f"{path}: bad value for {key!r}: {reprlib.repr(value)}")

@@ -77,6 +77,7 @@ class ExportedModel:
         self.image_size = int(meta["input"]["image_size"])
         self.center_crop = float(meta["input"]["center_crop"])
         self.max_size = int(meta["input"]["max_size"])
+        self.equalize = str(meta["input"].get("equalize", "none"))  # absent from older exports
         self._exported = exported
         self._weights = [jax.device_put(w) for w in weights]
         self._call = jax.jit(exported.call)
@@ -92,7 +93,7 @@ class ExportedModel:
     def _from_stored(self, stored: bytes) -> np.ndarray:
         # Exactly effnet-predict's steps after storage: reduced decode, centre crop, bilinear resize.
         gray = transforms.decode_gray(stored, math.ceil(self.image_size / self.center_crop))
-        return transforms.center_resize(gray, self.image_size, self.center_crop)
+        return transforms.equalize(transforms.center_resize(gray, self.image_size, self.center_crop), self.equalize)
 
     def prepare_array(self, image, name: str = "image") -> np.ndarray:
         """A uint8 ``(H, W)`` or ``(H, W, 3)`` image -> the function's ``(S, S)`` uint8 input.

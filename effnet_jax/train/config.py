@@ -289,6 +289,9 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.augment = default_augment_config()  # applied in the train step, on the device
     # Evaluation: centre crop of this fraction of the shorter side, then resize (1.0 = whole image).
     c.center_crop = 1.0
+    # Grey levels of each image's model view, before normalising (training and evaluation):
+    # "none" as stored, or "histogram" (spread evenly over 0..255; docs/training.md).
+    c.equalize = "none"
     # Where the training images live (docs/training.md): "on" keeps the split decoded once
     # on every device and the step gathers its batch there; "off" streams it with grain. "auto"
     # = resident when the set takes at most a quarter of a device's free memory (1 GiB on a
@@ -323,6 +326,7 @@ CHOICES = {
     "early_stopping.mode": ("min", "max"),
     "data.on_bad_image": ("error", "skip"),
     "data.balance": ("none", "oversample", "undersample"),
+    "data.equalize": ("none", "histogram"),
     "data.resident": ("auto", "on", "off"),
     "soup_vmap": ("auto", "on", "in_turn", "off"),
 }
