@@ -115,6 +115,9 @@ def test_detector_draws_cover_their_ranges():
         ("translate", 0.9),
         ("gamma", float("inf")),
         ("rotation", -5.0),
+        ("erase", 1.2),
+        ("erase_area", 0.01),
+        ("erase_area", float("nan")),
     ],
 )
 def test_bad_augmentation_ranges_are_refused_before_a_run_starts_naming_their_key(key, value):
@@ -124,3 +127,35 @@ def test_bad_augmentation_ranges_are_refused_before_a_run_starts_naming_their_ke
         data_config_lib.validate_config(config)
     config.data.augment.enabled = False  # no augmentation: its ranges are never read
     data_config_lib.validate_config(config)
+
+
+def test_random_erasing_is_off_by_default_and_fills_one_rectangle_of_its_drawn_size():
+    aug = data_config_lib.default_augment_config()
+    assert aug.erase == 0.0 and not augment.spec_from_config(aug, 32).erasing
+    off = augment.spec_from_config(aug, 32)
+    aug.erase, aug.erase_area = 1.0, 0.3
+    on = augment.spec_from_config(aug, 32)
+    for name, a in _draws(aug).items():  # the warp and level draws are those of a recipe without it
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(_draws(data_config_lib.default_augment_config())[name]))
+    gray = jnp.asarray(np.random.default_rng(1).integers(60, 200, (32, 32)).astype(np.float32))
+    for seed in range(20):
+        key = jax.random.key(seed)
+        plain = np.asarray(augment.augment_one(gray, key, off))
+        erased = np.asarray(augment.augment_one(gray, key, on))
+        box = {k: float(v) for k, v in augment.draw_erase(on, key, 32).items()}
+        top, left, h, w = (int(box[k]) for k in ("top", "left", "height", "width"))
+        assert 0 <= top and top + h <= 32 and 0 <= left and left + w <= 32
+        # Rounding a side moves the area by at most a side's length.
+        assert 0.02 * 1024 - (h + w) <= h * w <= 0.3 * 1024 + (h + w)
+        outside = np.ones((32, 32), bool)
+        outside[top : top + h, left : left + w] = False
+        np.testing.assert_array_equal(erased[outside], plain[outside])
+        assert (erased[~outside] != plain[~outside]).mean() > 0.9  # noise, not the image
+        assert abs(erased[~outside].mean() - plain.mean()) < 4 * plain.std() / np.sqrt(h * w) + 1
+    # The probability is the share of examples erased.
+    aug.erase = 0.25
+    spec = augment.spec_from_config(aug, 32)
+    hits = jax.vmap(lambda k: augment.draw_erase(spec, k, 32)["on"])(jax.random.split(jax.random.key(3), 2000))
+    assert 0.22 < float(np.mean(hits)) < 0.28
+    aug.erase_enabled = False
+    assert not augment.spec_from_config(aug, 32).erasing

@@ -38,6 +38,8 @@ class AugmentSpec:
     gamma: float = 0.0  # grey level g -> 255 * (g / 255) ** exp(u), u from [-gamma, gamma]
     sharpness: float = 0.0  # unsharp-mask amount drawn from [-sharpness, sharpness]; -1 = fully blurred
     noise: float = 0.0  # std of additive Gaussian noise, grey levels, drawn from [0, noise]
+    erase: float = 0.0  # probability of erasing one rectangle of the view (random erasing)
+    erase_area: float = 0.25  # largest fraction of the view's area it covers (at least ERASE_AREA_MIN)
     clip: bool = True  # clip grey levels to 0..255 after the photometric changes
     size: int = 0  # side of the augmented view (the model's input); 0: the frame's own side
 
@@ -48,6 +50,10 @@ class AugmentSpec:
     @property
     def detector(self) -> bool:
         return bool(self.sharpness or self.noise)
+
+    @property
+    def erasing(self) -> bool:
+        return bool(self.erase)
 
 
 # What each range of ``data.augment`` may be: beyond these the draws stop meaning what their
@@ -61,6 +67,8 @@ _RANGES = (
     ("gamma", 0.0, 3.0, "a log exponent"),
     ("sharpness", 0.0, 1.0, "an unsharp-mask amount (1: from fully blurred to twice the detail)"),
     ("noise", 0.0, 255.0, "a standard deviation in grey levels"),
+    ("erase", 0.0, 1.0, "a probability"),
+    ("erase_area", 0.02, 1.0, "a fraction of the view's area"),
 )
 
 
@@ -95,6 +103,8 @@ def spec_from_config(aug, size: int = 0) -> AugmentSpec | None:
         gamma=float(aug.gamma) if aug.get("gamma_enabled", False) else 0.0,
         sharpness=float(aug.get("sharpness", 0.0)) if aug.get("sharpness_enabled", False) else 0.0,
         noise=float(aug.get("noise", 0.0)) if aug.get("noise_enabled", False) else 0.0,
+        erase=float(aug.get("erase", 0.0)) if aug.get("erase_enabled", False) else 0.0,
+        erase_area=float(aug.get("erase_area", 0.25)),
         clip=bool(aug.get("clip_levels", True)),
         size=int(size),
     )
@@ -128,12 +138,61 @@ def draw(spec: AugmentSpec, key) -> dict:
 # their values for recipes written before these augmentations existed.
 _DETECTOR_STREAM = 1
 _NOISE_STREAM = 2
+_ERASE_STREAM = 3
+_ERASE_FILL_STREAM = 4
+
+# Random erasing's rectangle: at least this fraction of the view's area, its height over
+# width log-uniform in [1 / ERASE_ASPECT, ERASE_ASPECT] (Zhong et al. 2020 draw alike).
+ERASE_AREA_MIN = 0.02
+ERASE_ASPECT = 3.0
 
 
 def draw_detector(spec: AugmentSpec, key) -> dict:
     """One example's sharpness amount and noise level (grey levels), from its own stream of ``key``."""
     u = jax.random.uniform(jax.random.fold_in(key, _DETECTOR_STREAM), (2,), jnp.float32)
     return {"sharpness": spec.sharpness * (2 * u[0] - 1), "noise": spec.noise * u[1]}
+
+
+def draw_erase(spec: AugmentSpec, key, size: int) -> dict:
+    """One example's erased rectangle in a ``size``-pixel view, from its own stream of ``key``.
+
+    ``on`` (probability ``spec.erase``), ``top``/``left`` (its first row and column) and
+    ``height``/``width`` in pixels: an area fraction uniform in [ERASE_AREA_MIN, erase_area],
+    an aspect log-uniform about 1, the rectangle inside the view.
+    """
+    u = jax.random.uniform(jax.random.fold_in(key, _ERASE_STREAM), (5,), jnp.float32)
+    area = (ERASE_AREA_MIN + (spec.erase_area - ERASE_AREA_MIN) * u[1]) * size * size
+    aspect = jnp.exp(math.log(ERASE_ASPECT) * (2 * u[2] - 1))
+    height = jnp.clip(jnp.round(jnp.sqrt(area * aspect)), 1, size)
+    width = jnp.clip(jnp.round(jnp.sqrt(area / aspect)), 1, size)
+    return {
+        "on": u[0] < spec.erase,
+        "top": jnp.floor(u[3] * (size - height + 1)),
+        "left": jnp.floor(u[4] * (size - width + 1)),
+        "height": height,
+        "width": width,
+    }
+
+
+def erase(gray, params: dict, fill_key, clip: bool = True):
+    """The rectangle of ``params`` (draw_erase) filled with Gaussian noise of the image's own mean and spread.
+
+    The model cannot lean on any one region (the perihilar markings, a side marker) when
+    any one may be gone; noise of the image's own levels leaves no edge of flat grey to find.
+    """
+    rows = jnp.arange(gray.shape[0], dtype=jnp.float32)[:, None]
+    cols = jnp.arange(gray.shape[1], dtype=jnp.float32)[None, :]
+    inside = (
+        params["on"]
+        & (rows >= params["top"])
+        & (rows < params["top"] + params["height"])
+        & (cols >= params["left"])
+        & (cols < params["left"] + params["width"])
+    )
+    fill = jnp.mean(gray) + jnp.std(gray) * jax.random.normal(fill_key, gray.shape, jnp.float32)
+    if clip:
+        fill = jnp.clip(fill, 0.0, 255.0)
+    return jnp.where(inside, fill, gray)
 
 
 def identity_params() -> dict:
@@ -239,6 +298,9 @@ def augment_one(gray, key, spec: AugmentSpec):
     if spec.detector:
         # After the levels: gamma's power is undefined for the negative values noise can give.
         out = detector(out, draw_detector(spec, key), jax.random.fold_in(key, _NOISE_STREAM), spec.clip)
+    if spec.erasing:
+        # Last: the rectangle's fill has the view's final levels, not ones changed after it.
+        out = erase(out, draw_erase(spec, key, out.shape[0]), jax.random.fold_in(key, _ERASE_FILL_STREAM), spec.clip)
     return out
 
 

@@ -230,6 +230,12 @@ def default_augment_config() -> ml_collections.ConfigDict:
     c.sharpness = 0.0
     c.noise_enabled = True
     c.noise = 0.0
+    # Random erasing, last: with probability `erase` one rectangle of the view (an area
+    # fraction drawn from [0.02, erase_area], aspect from 1/3 to 3) is filled with noise of
+    # the image's own mean and spread. 0 = off (the default; other draws unchanged).
+    c.erase_enabled = True
+    c.erase = 0.0
+    c.erase_area = 0.25
     # Clip grey levels to 0..255 after the photometric and detector changes. False lets them run past
     # the range (bright bone keeps its detail under +brightness), as the external sweep did.
     c.clip_levels = True
