@@ -56,9 +56,7 @@ class _LoadExample:
         # Validate the config here, where the caller sees it, not in a worker process.
         if not training and not 0.0 < self.center_crop <= 1.0:
             raise ValueError(f"data.center_crop={center_crop}: expected a fraction in (0, 1]")
-        if equalize not in transforms.EQUALIZE_MODES:
-            raise ValueError(f"data.equalize={equalize!r}: expected one of {', '.join(transforms.EQUALIZE_MODES)}")
-        self.equalize = equalize
+        self.equalize = transforms.check_equalize(equalize)
 
     def __call__(self, element):
         # Eval examples leave here as uint8 grey + a 256x3 lookup table; _assemble expands

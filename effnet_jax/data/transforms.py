@@ -77,6 +77,13 @@ def center_resize(im: Image.Image, size: int, crop: float = 1.0) -> np.ndarray:
 EQUALIZE_MODES = ("none", "histogram")
 
 
+def check_equalize(mode: str) -> str:
+    """``mode`` when it is one of EQUALIZE_MODES; otherwise ValueError naming data.equalize."""
+    if mode not in EQUALIZE_MODES:
+        raise ValueError(f"data.equalize={mode!r}: expected one of {', '.join(EQUALIZE_MODES)}")
+    return mode
+
+
 def equalize(gray: np.ndarray, mode: str = "none") -> np.ndarray:
     """(H, W) uint8 -> (H, W) uint8 with its grey levels spread by ``mode`` (data.equalize).
 
@@ -84,10 +91,8 @@ def equalize(gray: np.ndarray, mode: str = "none") -> np.ndarray:
     range, so how light or hazy an X-ray was exposed no longer sets its contrast. It runs on
     the view the model sees (after the resize), in training and at evaluation alike.
     """
-    if mode == "none":
+    if check_equalize(mode) == "none":
         return gray
-    if mode != "histogram":
-        raise ValueError(f"data.equalize={mode!r}: expected one of {', '.join(EQUALIZE_MODES)}")
     return np.asarray(ImageOps.equalize(Image.fromarray(np.ascontiguousarray(gray, np.uint8), mode="L")))
 
 
