@@ -345,6 +345,11 @@ def test_an_equalized_run_exports_its_levels_and_scores_as_effnet_predict(setup,
     # Same weights, levels as stored: other scores (the key is not decoration).
     assert np.abs(np.array([r["prob_pneumonia"] for r in model.predict_files(paths)]) - expected).max() > 1e-4
 
+    config.data.equalize = "clahe"  # a run folder from elsewhere: refused, naming the key
+    (tmp_path / "bad_run").mkdir()
+    with pytest.raises(ValueError, match=r"^data.equalize='clahe': expected one of none, histogram$"):
+        Preprocessor.for_run(runs.open(make_workdir(tmp_path / "bad_run", config)))
+
     folder = _copy(setup, tmp_path / "bad_levels")
     _rewrite_json(folder, lambda m: m["input"].update(equalize="clahe"))
     assert error(folder) == f"{folder}/model.json: bad value for 'input.equalize': 'clahe'"
