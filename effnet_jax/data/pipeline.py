@@ -203,7 +203,7 @@ def _loader(data_config, split, shard_index, shard_count, training, image_size, 
         std=std,
         center_crop=data_config.get("center_crop", 1.0),
         frame=frame,
-        equalize=data_config.get("equalize", "none") or "none",
+        equalize=transforms.equalize_mode(data_config),
     )
     return sel, mine, load
 

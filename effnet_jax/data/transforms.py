@@ -84,6 +84,11 @@ def check_equalize(mode: str) -> str:
     return mode
 
 
+def equalize_mode(data_config) -> str:
+    """A ``data`` config's (or run config's) data.equalize, checked; "none" where it has no such key."""
+    return check_equalize(data_config.get("equalize", "none") or "none")
+
+
 def equalize(gray: np.ndarray, mode: str = "none") -> np.ndarray:
     """(H, W) uint8 -> (H, W) uint8 with its grey levels spread by ``mode`` (data.equalize).
 

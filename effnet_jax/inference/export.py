@@ -187,7 +187,7 @@ def export_run(
             "dtype": "uint8",
             "center_crop": float(data.get("center_crop", 1.0) or 1.0),
             "max_size": int(data.get("max_size", 512) or 512),
-            "equalize": transforms.check_equalize(data.get("equalize", "none") or "none"),
+            "equalize": transforms.equalize_mode(data),
             "accepts": "a list of uint8 images of any size, (H, W) grey or (H, W, 3) RGB; or image/DICOM files",
         },
         "preprocessing": {

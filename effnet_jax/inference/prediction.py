@@ -64,7 +64,7 @@ class Preprocessor:
             std,
             float(data.get("center_crop", 1.0) or 1.0),
             int(data.get("max_size", 512) or 512),
-            transforms.check_equalize(data.get("equalize", "none") or "none"),
+            transforms.equalize_mode(data),
         )
 
     def __call__(self, item: ImageInput, name: str | None = None):
