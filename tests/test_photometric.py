@@ -118,6 +118,8 @@ def test_detector_draws_cover_their_ranges():
         ("erase", 1.2),
         ("erase_area", 0.01),
         ("erase_area", float("nan")),
+        ("haze", 1.5),
+        ("haze", float("nan")),
     ],
 )
 def test_bad_augmentation_ranges_are_refused_before_a_run_starts_naming_their_key(key, value):
@@ -159,3 +161,38 @@ def test_random_erasing_is_off_by_default_and_fills_one_rectangle_of_its_drawn_s
     assert 0.22 < float(np.mean(hits)) < 0.28
     aug.erase_enabled = False
     assert not augment.spec_from_config(aug, 32).erasing
+
+
+def test_haze_is_off_by_default_and_veils_fine_detail_keeping_the_mean_level():
+    aug = data_config_lib.default_augment_config()
+    assert aug.haze == 0.0 and not augment.spec_from_config(aug, 64).hazy
+    aug.brightness_enabled = aug.contrast_enabled = False  # the levels after it: checked alone
+    off = augment.spec_from_config(aug, 64)
+    aug.haze = 1.0
+    on = augment.spec_from_config(aug, 64)
+    for name, a in _draws(aug).items():  # the warp and level draws are those of a recipe without it
+        aug.haze_enabled = False
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(_draws(aug)[name]))
+        aug.haze_enabled = True
+    # Ribs: a stripe pattern (period 6 px) over a smooth gradient, grey levels 40..220.
+    rows, cols = np.mgrid[0:64, 0:64].astype(np.float32)
+    gray = jnp.asarray(60 + 2 * rows + 40 * (np.sin(2 * np.pi * cols / 6) > 0))
+    amounts = []
+    for seed in range(12):
+        key = jax.random.key(seed)
+        amount = float(augment.draw_haze(on, key))
+        amounts.append(amount)
+        plain = np.asarray(augment.augment_one(gray, key, off))
+        hazed = np.asarray(augment.augment_one(gray, key, on))
+        blurred = np.asarray(augment.wide_blur(jnp.asarray(plain), augment.HAZE_SIGMA * 64))
+        # Exactly the blend, with the blur carrying no stripe: the detail shrinks by 1 - amount.
+        np.testing.assert_allclose(hazed, plain + amount * (blurred - plain), atol=1e-3)
+        centre = (slice(16, 48), slice(16, 48))
+        assert np.std(np.diff(blurred[centre], axis=1)) < 0.05 * np.std(np.diff(plain[centre], axis=1))
+        assert abs(hazed[centre].mean() - plain[centre].mean()) < 1.0
+    assert 0 <= min(amounts) and max(amounts) <= 1.0 and len(set(amounts)) == 12
+    # The blur is a normalised Gaussian: a flat image passes unchanged.
+    flat = jnp.full((40, 40), 97.0)
+    np.testing.assert_allclose(np.asarray(augment.wide_blur(flat, 5.0)), 97.0, rtol=1e-6)
+    aug.haze_enabled = False
+    assert not augment.spec_from_config(aug, 64).hazy

@@ -1,4 +1,4 @@
-"""Training augmentation as JAX ops: one affine warp, photometric and detector jitter, then normalisation.
+"""Training augmentation as JAX ops: one affine warp, scatter haze, photometric and detector jitter, erasing, then normalisation.
 
 The host hands the train step uint8 grey frames resized once (to the model's size, or
 larger when zooming: transforms.frame_side); everything random happens here, inside the
@@ -14,6 +14,7 @@ so zooming at scale 1.0 keeps the lateral lung edges that a centre crop would cu
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -40,6 +41,7 @@ class AugmentSpec:
     noise: float = 0.0  # std of additive Gaussian noise, grey levels, drawn from [0, noise]
     erase: float = 0.0  # probability of erasing one rectangle of the view (random erasing)
     erase_area: float = 0.25  # largest fraction of the view's area it covers (at least ERASE_AREA_MIN)
+    haze: float = 0.0  # blend toward a wide blur (scatter), amount drawn from [0, haze]
     clip: bool = True  # clip grey levels to 0..255 after the photometric changes
     size: int = 0  # side of the augmented view (the model's input); 0: the frame's own side
 
@@ -55,6 +57,10 @@ class AugmentSpec:
     def erasing(self) -> bool:
         return bool(self.erase)
 
+    @property
+    def hazy(self) -> bool:
+        return bool(self.haze)
+
 
 # What each range of ``data.augment`` may be: beyond these the draws stop meaning what their
 # names say (a flip probability above 1, a contrast factor below 0, a turn past half a turn).
@@ -69,6 +75,7 @@ _RANGES = (
     ("noise", 0.0, 255.0, "a standard deviation in grey levels"),
     ("erase", 0.0, 1.0, "a probability"),
     ("erase_area", 0.02, 1.0, "a fraction of the view's area"),
+    ("haze", 0.0, 1.0, "a blend fraction (1: up to the wide blur alone)"),
 )
 
 
@@ -105,6 +112,7 @@ def spec_from_config(aug, size: int = 0) -> AugmentSpec | None:
         noise=float(aug.get("noise", 0.0)) if aug.get("noise_enabled", False) else 0.0,
         erase=float(aug.get("erase", 0.0)) if aug.get("erase_enabled", False) else 0.0,
         erase_area=float(aug.get("erase_area", 0.25)),
+        haze=float(aug.get("haze", 0.0)) if aug.get("haze_enabled", False) else 0.0,
         clip=bool(aug.get("clip_levels", True)),
         size=int(size),
     )
@@ -140,6 +148,7 @@ _DETECTOR_STREAM = 1
 _NOISE_STREAM = 2
 _ERASE_STREAM = 3
 _ERASE_FILL_STREAM = 4
+_HAZE_STREAM = 5
 
 # Random erasing's rectangle: at least this fraction of the view's area, its height over
 # width log-uniform in [1 / ERASE_ASPECT, ERASE_ASPECT] (Zhong et al. 2020 draw alike).
@@ -172,6 +181,42 @@ def draw_erase(spec: AugmentSpec, key, size: int) -> dict:
         "height": height,
         "width": width,
     }
+
+
+def draw_haze(spec: AugmentSpec, key):
+    """One example's haze amount, uniform in [0, spec.haze], from its own stream of ``key``."""
+    return spec.haze * jax.random.uniform(jax.random.fold_in(key, _HAZE_STREAM), (), jnp.float32)
+
+
+# The haze's blur: a Gaussian whose sigma is this fraction of the view's side (14 px at 224),
+# wide enough to carry no rib or vessel, narrow enough to keep the lungs' outline.
+HAZE_SIGMA = 1 / 16
+
+
+def _gaussian_taps(sigma: float) -> np.ndarray:
+    radius = max(1, math.ceil(3 * sigma))
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1, dtype=np.float64) / sigma) ** 2)
+    return (taps / taps.sum()).astype(np.float32)
+
+
+def wide_blur(gray, sigma: float):
+    """(H, W) float image blurred by a separable Gaussian of ``sigma`` pixels, edges replicated."""
+    taps = _gaussian_taps(sigma)
+    radius = len(taps) // 2
+    padded = jnp.pad(gray, radius, mode="edge")[None, None]  # (N, C, H, W) for the convolution
+    conv = functools.partial(jax.lax.conv_general_dilated, window_strides=(1, 1), padding="VALID")
+    rows = conv(padded, jnp.asarray(taps).reshape(1, 1, -1, 1))
+    return conv(rows, jnp.asarray(taps).reshape(1, 1, 1, -1))[0, 0]
+
+
+def haze(gray, amount):
+    """Scattered radiation's veil: ``(1 - amount) * g + amount * wide_blur(g)``.
+
+    Scatter adds a smooth, low-frequency image to the primary one, so fine markings lose
+    contrast while the mean level stays: a normal chest taken with more scatter looks hazy,
+    as an infiltrate does. Drawn in both classes alike, haze alone stops telling them apart.
+    """
+    return gray + amount * (wide_blur(gray, HAZE_SIGMA * gray.shape[0]) - gray)
 
 
 def erase(gray, params: dict, fill_key, clip: bool = True):
@@ -293,6 +338,9 @@ def augment_one(gray, key, spec: AugmentSpec):
     """One (H, W) grey image (float, 0..255) augmented with the draws of ``key``."""
     params = draw(spec, key)
     out = warp(gray, params, spec.size)
+    if spec.hazy:
+        # Before the levels: scatter reaches the detector with the primary image, before any display curve.
+        out = haze(out, draw_haze(spec, key))
     if spec.photometric:
         out = photometric(out, params, spec.clip)
     if spec.detector:

@@ -236,6 +236,11 @@ def default_augment_config() -> ml_collections.ConfigDict:
     c.erase_enabled = True
     c.erase = 0.0
     c.erase_area = 0.25
+    # Scatter haze, after the warp and before the levels: the view blended toward a Gaussian
+    # blur of sigma 1/16 of its side by an amount drawn from [0, haze], so that fine markings
+    # lose contrast while the mean level stays. 0 = off (the default; other draws unchanged).
+    c.haze_enabled = True
+    c.haze = 0.0
     # Clip grey levels to 0..255 after the photometric and detector changes. False lets them run past
     # the range (bright bone keeps its detail under +brightness), as the external sweep did.
     c.clip_levels = True
