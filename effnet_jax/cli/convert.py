@@ -49,12 +49,15 @@ def main(argv):
 
     logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
 
-    from effnet_jax.weights.loading import VARIABLES_DIR
+    from effnet_jax.output_files import output_file_problem
+    from effnet_jax.weights.loading import METADATA_FILE, VARIABLES_DIR
 
     # Before reading the weights (tens of seconds for a hub download or a large file).
     problem = check_output_dir(FLAGS.output, "--output")
-    if problem is None and os.path.exists(os.path.join(FLAGS.output, VARIABLES_DIR)):
+    if problem is None and os.path.lexists(os.path.join(FLAGS.output, VARIABLES_DIR)):  # a dangling link too
         problem = f"{os.path.join(FLAGS.output, VARIABLES_DIR)} already exists; choose another --output or remove it."
+    if problem is None:
+        problem = output_file_problem(os.path.join(FLAGS.output, METADATA_FILE), "--output")
     if problem:
         print(f"effnet-convert: error: {problem}", file=sys.stderr)
         return 1

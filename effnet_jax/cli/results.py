@@ -187,6 +187,7 @@ def main(argv):
     from effnet_jax.reporting import run_summary
 
     rows = []
+    workdir = None
     try:
         for workdir in workdirs:
             run = runs.open(workdir, checkpoint=None)
@@ -195,6 +196,15 @@ def main(argv):
                 rows.extend(run_summary.evaluation_rows(run))
     except (FileNotFoundError, ValueError) as e:
         print(f"effnet-results: error: {e}", file=sys.stderr)
+        return 1
+    except (TypeError, AttributeError, KeyError, OverflowError) as e:
+        # A downloaded run whose config.json or eval reports hold a value of another type than the
+        # trainer writes (a NaN model name, a list for metrics): one line naming the run, not a traceback.
+        print(
+            f"effnet-results: error: {workdir}: its config.json, metrics.jsonl or eval reports hold a value "
+            f"effnet_jax does not write ({type(e).__name__}: {e})",
+            file=sys.stderr,
+        )
         return 1
     if FLAGS.format == "json":
         print(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))

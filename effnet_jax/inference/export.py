@@ -37,6 +37,7 @@ from effnet_jax.inference.thresholds import resolve_threshold
 from effnet_jax.labels import class_names, class_probabilities
 from effnet_jax.metrics import calibration as calibration_lib
 from effnet_jax.models.ensemble import member_axis
+from effnet_jax.output_files import UnsafeOutputError, open_output, output_file_problem
 from effnet_jax.progress import Progress
 from effnet_jax.runs import Run
 from effnet_jax.serving import bundle
@@ -120,6 +121,10 @@ def _prepare_out_dir(out_dir: str):
     others = sorted(set(os.listdir(out_dir)) - ours)
     if others:
         raise ValueError(f"--out={out_dir}: not empty ({', '.join(others[:3])}...); give a new or empty folder")
+    for name in sorted(ours & set(os.listdir(out_dir))):  # before the minutes of lowering, not after
+        problem = output_file_problem(os.path.join(out_dir, name), "--out")
+        if problem:
+            raise UnsafeOutputError(problem)
 
 
 def export_run(
@@ -255,14 +260,16 @@ def export_run(
         blobs[bundle.GRADCAM_FILE] = gradcam
     elif os.path.exists(os.path.join(out_dir, bundle.GRADCAM_FILE)):  # an earlier export's, not this model's
         os.remove(os.path.join(out_dir, bundle.GRADCAM_FILE))
+    # open_output: a link (or FIFO, or shared hard link) planted at one of our names in --out is
+    # refused, never written through to wherever it points.
     for name, blob in blobs.items():
-        with open(os.path.join(out_dir, name), "wb") as f:
+        with open_output(os.path.join(out_dir, name), "wb") as f:
             f.write(blob)
     text = json.dumps(meta, indent=2) + "\n"
     sums = bundle.sums_text({bundle.MODEL_JSON: text.encode(), **blobs})
-    with open(os.path.join(out_dir, bundle.SUMS_FILE), "w") as f:
+    with open_output(os.path.join(out_dir, bundle.SUMS_FILE)) as f:
         f.write(sums)
-    with open(os.path.join(out_dir, bundle.MODEL_JSON), "w") as f:
+    with open_output(os.path.join(out_dir, bundle.MODEL_JSON)) as f:
         f.write(text)
     stages.update()
     stages.close()

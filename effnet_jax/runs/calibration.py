@@ -12,6 +12,7 @@ import os
 
 from effnet_jax.metrics.calibration import Calibration
 from effnet_jax.runs.layout import CALIBRATION, Layout
+from effnet_jax.weights.readers import read_json_file
 
 
 def write_calibration(layout: Layout, calibration: Calibration) -> str:
@@ -30,11 +31,8 @@ def read_calibration(layout: Layout) -> Calibration | None:
     path = layout.calibration
     if not os.path.isfile(path):
         return None
-    if os.path.getsize(path) > 1 << 20:
-        raise ValueError(f"{path}: over 1 MiB; not a calibration file")
     try:
-        with open(path) as f:
-            blob = json.load(f)
+        blob = read_json_file(path, 1 << 20)  # size, FIFOs, nesting: one line naming the file
         calibration = Calibration(
             temperature=float(blob["temperature"]),
             fitted_on=str(blob["fitted_on"]),
@@ -44,8 +42,9 @@ def read_calibration(layout: Layout) -> Calibration | None:
             n=int(blob["n"]),
             tta=str(blob.get("tta", "none")),
         )
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{path}: not a valid calibration file ({type(e).__name__}: {e})") from None
+    except (OSError, ValueError, KeyError, TypeError, OverflowError) as e:  # OverflowError: int(1e400)
+        why = str(e).removeprefix(f"{path}: ")  # read_json_file's own line names the file already
+        raise ValueError(f"{path}: not a valid calibration file ({type(e).__name__}: {why})") from None
     if not (calibration.temperature > 0 and math.isfinite(calibration.temperature)):
         raise ValueError(f"{path}: temperature={calibration.temperature}: expected a positive finite number")
     return calibration

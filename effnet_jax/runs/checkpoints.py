@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import reprlib
 from typing import Any
 
 import jax
@@ -31,6 +32,7 @@ from effnet_jax.models import get_variant
 from effnet_jax.progress import quiet_library_noise
 from effnet_jax.runs.layout import Layout
 from effnet_jax.runs.record import RunRecord
+from effnet_jax.weights.readers import check_tree, read_json_file
 
 ITEMS = ("state", "data_iter", "config", "run")
 
@@ -150,7 +152,7 @@ class Checkpointer:
         if not (epath.Path(self.directory) / str(int(step)) / "run").exists():
             return None
         out = self.manager.restore(int(step), args=ocp.args.Composite(run=ocp.args.JsonRestore()))
-        return RunRecord.from_json(out["run"])
+        return RunRecord.from_json(out["run"], f"{self.directory}/{int(step)}/run")
 
     def restore_data_state(self, step: int) -> Any:
         """The training data iterator's state saved at ``step``."""
@@ -277,6 +279,39 @@ def resolve_step(ckpt: Checkpointer, checkpoint: str | int, workdir: str) -> int
     return step
 
 
+# The JSON files of one orbax step folder, read by orbax with Python's json (a deep nesting is a
+# RecursionError deep inside orbax): checked first, as any JSON file of a downloaded run.
+_STEP_JSON = ("_CHECKPOINT_METADATA", "config/metadata", "run/metadata", "data_iter/metadata", "metrics/metrics")
+_STATE_JSON = ("state/_METADATA", "state/_sharding", "state/manifest.json")
+
+
+def check_checkpoints(workdir: str) -> None:
+    """Refuses, in one ValueError naming the entry, a local checkpoints folder that orbax should not read.
+
+    A downloaded run may hold links out of the run (its checkpoints/ folder too), FIFOs
+    (a read that never returns), or JSON files nested or sized to exhaust the interpreter:
+    all are refused before orbax opens anything.
+    """
+    directory = checkpoint_dir(workdir)
+    if "://" in directory or not os.path.isdir(directory):
+        return
+    top, target = os.path.realpath(workdir), os.path.realpath(directory)
+    if os.path.commonpath([top, target]) != top:
+        raise ValueError(f"{directory}: a link to {target}, outside the run {workdir}; refusing to read through it")
+    check_tree(directory)
+    for step in os.listdir(directory):
+        for name in _STEP_JSON + _STATE_JSON:
+            path = os.path.join(directory, step, name)
+            if os.path.isfile(path):
+                read_json_file(path)
+
+
+def _unreadable(ckpt: Checkpointer, step, error: Exception) -> ValueError:
+    """One line for a checkpoint orbax or tensorstore could not read (truncated, missing files, damaged metadata)."""
+    first = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+    return ValueError(f"{ckpt.directory}/{step}: cannot read this checkpoint (damaged or incomplete?): {first}")
+
+
 @dataclasses.dataclass
 class SavedCheckpoint:
     """One checkpoint of a run, as saved: the state is a nested dict of arrays on one device."""
@@ -301,11 +336,14 @@ def read_checkpoint(workdir: str, checkpoint: str | int = "best", with_state: bo
             f"no checkpoints in workdir {workdir!r}: {checkpoint_dir(workdir)} does not exist; train first with "
             f"`effnet-train --config=... --workdir={workdir}`"
         )
+    check_checkpoints(workdir)
     ckpt = Checkpointer(workdir, best_metric=None, async_save=False, read_only=True)
     try:
-        config = ckpt.restore_config(resolve_step(ckpt, "latest", workdir))
+        step = resolve_step(ckpt, "latest", workdir)
+        config = _restored(ckpt, step, lambda: ckpt.restore_config(step))
     finally:
         ckpt.close()
+    _check_config(config, f"{ckpt.directory}/{step}/config")
     # Reopen with the run's own best metric so 'best' means what the run meant.
     ckpt = Checkpointer(
         workdir,
@@ -316,9 +354,10 @@ def read_checkpoint(workdir: str, checkpoint: str | int = "best", with_state: bo
     )
     try:
         step = resolve_step(ckpt, checkpoint, workdir)
-        config = ckpt.restore_config(step)
-        run = ckpt.restore_run(step)
-        state = ckpt.restore_state_as_saved(step) if with_state else None
+        config = _restored(ckpt, step, lambda: ckpt.restore_config(step))
+        _check_config(config, f"{ckpt.directory}/{step}/config")
+        run = _restored(ckpt, step, lambda: ckpt.restore_run(step))
+        state = _restored(ckpt, step, lambda: ckpt.restore_state_as_saved(step)) if with_state else None
     finally:
         ckpt.close()
     if run is None:
@@ -328,20 +367,50 @@ def read_checkpoint(workdir: str, checkpoint: str | int = "best", with_state: bo
 
 def read_state(workdir: str, step: int) -> dict:
     """The state saved at ``step`` of the run in ``workdir``, as a nested dict on the first local device."""
+    check_checkpoints(workdir)
     ckpt = Checkpointer(workdir, best_metric=None, async_save=False, read_only=True)
     try:
-        return ckpt.restore_state_as_saved(step)
+        return _restored(ckpt, step, lambda: ckpt.restore_state_as_saved(step))
     finally:
         ckpt.close()
 
 
 def read_data_state(workdir: str, step: int) -> Any:
     """The training data iterator's state saved at ``step`` of the run in ``workdir``."""
+    check_checkpoints(workdir)
     ckpt = Checkpointer(workdir, best_metric=None, async_save=False, read_only=True)
     try:
-        return ckpt.restore_data_state(step)
+        return _restored(ckpt, step, lambda: ckpt.restore_data_state(step))
     finally:
         ckpt.close()
+
+
+def _restored(ckpt: Checkpointer, step, read):
+    """``read()``, with whatever orbax or tensorstore raise for a damaged checkpoint as one ValueError naming it.
+
+    Tensorstore raises bare ``Exception``s (a truncated chunk, a missing manifest); our own
+    errors (a bad run record, a missing step) pass as they are.
+    """
+    try:
+        return read()
+    except (FileNotFoundError, ValueError) as e:
+        if (isinstance(e, FileNotFoundError) and e.errno is None) or str(e).startswith(ckpt.directory):
+            raise
+        raise _unreadable(ckpt, step, e) from e
+    except Exception as e:  # noqa: BLE001  tensorstore's errors are plain Exceptions
+        raise _unreadable(ckpt, step, e) from e
+
+
+def _check_config(config, where: str) -> None:
+    """The saved config must name a model: everything that reads a run builds it from ``model.name``."""
+    model = config.get("model")
+    name = model.get("name") if hasattr(model, "get") else None
+    if not isinstance(name, str):
+        raise ValueError(f"{where}: model.name={reprlib.repr(name)}: expected a variant name")
+    try:
+        get_variant(name)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
 
 
 def write_checkpoint(

@@ -7,12 +7,15 @@ on ('synthetic' when no real data was at hand).
 
 from __future__ import annotations
 
-import json
 import logging
+import os
+import reprlib
 
 from etils import epath
 
+import effnet_jax.limits as limits
 from effnet_jax.runs.layout import Layout
+from effnet_jax.weights.readers import parse_json
 
 log = logging.getLogger("effnet_jax.reporting")
 _TORN_SAID: set[str] = set()
@@ -33,15 +36,21 @@ def read_metrics_file(workdir: str) -> tuple[list[dict], bool]:
     path = epath.Path(Layout(workdir).metrics)
     if not path.exists():
         return [], False
+    if "://" not in str(path):
+        # A downloaded run's file may be a sparse file of GBs: refused from its size, before it is read
+        # (a long run writes a few MB).
+        limits.check(path, os.path.getsize(path), "the metrics log", ValueError)
     lines = [line for line in path.read_bytes().decode("utf-8", "replace").splitlines() if line.strip()]
     records = []
     for number, line in enumerate(lines, 1):
         try:
-            record = json.loads(line)
-        except ValueError:
+            record = parse_json(line, f"{path}: line {number}")
+        except ValueError:  # not JSON, or nested past limits.MAX_NESTING
             record = None
-        if isinstance(record, dict):
+        if isinstance(record, dict) and not _record_problem(record):
             records.append(record)
+        elif isinstance(record, dict):
+            raise ValueError(f"{path}: line {number}: {_record_problem(record)}")
         elif number == len(lines):
             if str(path) not in _TORN_SAID:
                 _TORN_SAID.add(str(path))
@@ -50,6 +59,16 @@ def read_metrics_file(workdir: str) -> tuple[list[dict], bool]:
         else:
             raise ValueError(f"{path}: line {number} is not a JSON record (the file was edited or damaged)")
     return records, False
+
+
+def _record_problem(record: dict) -> str | None:
+    """What makes ``record`` unlike any the loop writes (its step and split are read everywhere), or None."""
+    step, split = record.get("step"), record.get("split")
+    if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
+        return f"step={reprlib.repr(step)}: expected an integer >= 0"
+    if split is not None and not isinstance(split, str):
+        return f"split={reprlib.repr(split)}: expected a string"
+    return None
 
 
 def training_data(workdir: str) -> str | None:

@@ -10,12 +10,22 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import reprlib
 
 import numpy as np
 from etils import epath
 
 from effnet_jax.labels import class_weights
 from effnet_jax.runs.layout import Layout
+
+# The image sizes a run record may hold: every variant's resolution (up to B7's 600) and what
+# config.image_size accepts, with room; a larger one is a tampered file, not a run.
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 2048
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,12 +44,36 @@ class RunRecord:
         }
 
     @classmethod
-    def from_json(cls, blob: dict) -> RunRecord:
+    def from_json(cls, blob: dict, where: str = "run record") -> RunRecord:
+        """The record in ``blob``; a ValueError naming ``where`` and the key for a value a run never records.
+
+        A downloaded run may hold anything: an image size far past any model's would make
+        every later command allocate for it, a NaN mean or zero std would blank every image.
+        """
+
+        def numbers(key, ok, what):
+            value = blob.get(key)
+            if not isinstance(value, list) or not all(_is_number(v) and ok(v) for v in value):
+                raise ValueError(f"{where}: {key}={reprlib.repr(value)}: expected a list of {what}")
+            return value
+
+        if not isinstance(blob, dict):
+            raise ValueError(f"{where}: a {type(blob).__name__}, expected a JSON object")
+        size = blob.get("image_size")
+        if not (_is_number(size) and size == int(size) and MIN_IMAGE_SIZE <= size <= MAX_IMAGE_SIZE):
+            raise ValueError(
+                f"{where}: image_size={reprlib.repr(size)}: expected an integer from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE}"
+            )
+        mean = numbers("mean", math.isfinite, "finite numbers")
+        std = numbers("std", lambda v: math.isfinite(v) and v > 0, "positive finite numbers")
+        if len(mean) not in (1, 3) or len(std) != len(mean):
+            raise ValueError(f"{where}: mean and std: expected 1 or 3 values each, got {len(mean)} and {len(std)}")
+        counts = numbers("train_class_counts", lambda v: v == int(v) and 0 <= v < 2**53, "counts (integers >= 0)")
         return cls(
-            image_size=int(blob["image_size"]),
-            mean=tuple(float(v) for v in blob["mean"]),
-            std=tuple(float(v) for v in blob["std"]),
-            train_class_counts=tuple(int(n) for n in blob["train_class_counts"]),
+            image_size=int(size),
+            mean=tuple(float(v) for v in mean),
+            std=tuple(float(v) for v in std),
+            train_class_counts=tuple(int(n) for n in counts),
         )
 
     def training_prior(self, config) -> float | None:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import json
-import os
 from typing import Any
 
 import ml_collections
@@ -24,6 +22,7 @@ from effnet_jax.runs.calibration import read_calibration, temperature_for_step
 from effnet_jax.runs.layout import CONFIG, Layout, absolute
 from effnet_jax.runs.metrics_log import read_metrics
 from effnet_jax.runs.record import RunRecord
+from effnet_jax.weights.readers import parse_json, read_json_file
 
 _MAX_JSON_BYTES = 16 << 20  # a config or report is a few kB; anything far larger is not one
 
@@ -119,12 +118,9 @@ class Run:
 
 
 def _read_json(path: str) -> Any:
-    if os.path.getsize(path) > _MAX_JSON_BYTES:
-        raise ValueError(f"{path}: over {_MAX_JSON_BYTES} bytes; not a file effnet_jax wrote")
-    try:
-        return json.loads(epath.Path(path).read_text())
-    except ValueError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if "://" not in path:  # local: size, file type and nesting checked (a downloaded run may hold anything)
+        return read_json_file(path, _MAX_JSON_BYTES)
+    return parse_json(epath.Path(path).read_text(), path)
 
 
 def _read_optional_json(path: str) -> Any:
@@ -166,7 +162,7 @@ def open(workdir: str, checkpoint: str | int | None = "best") -> Run:
     if checkpoint is None:
         config = ml_collections.ConfigDict(read_config(workdir))
         saved_record = _read_optional_json(layout.run_record)
-        record = RunRecord.from_json(saved_record) if isinstance(saved_record, dict) else None
+        record = RunRecord.from_json(saved_record, layout.run_record) if isinstance(saved_record, dict) else None
         step = None
     else:
         saved = checkpoints_lib.read_checkpoint(workdir, checkpoint, with_state=False)

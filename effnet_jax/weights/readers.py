@@ -21,12 +21,15 @@ from __future__ import annotations
 import collections
 import io
 import json
+import lzma
 import math
 import os
 import pickle
 import pickletools
 import reprlib
+import stat
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +71,10 @@ def read_weights(path: str | Path) -> tuple[dict[str, np.ndarray], str]:
     path = Path(path)
     if not path.exists():
         raise WeightFileError(f"Weight file {path} does not exist.")
+    # A FIFO would block the first read forever and a device (a link to /dev/zero) never ends:
+    # only regular files are weight files.
+    if not path.is_file():
+        raise WeightFileError(f"Weight file {path} is not a regular file (a FIFO, device or folder).")
     fmt = detect_format(path)
     reader = {"safetensors": read_safetensors, "pytorch": read_pytorch, "keras_h5": read_keras_h5}[fmt]
     return reader(path), fmt
@@ -113,6 +120,83 @@ def _check_safetensors(path: Path) -> None:
             f"holds {size - 8 - length:,} after the header"
         )
     limits.check(path, declared, f"{len(header)} safetensors tensors", WeightFileError)
+
+
+# --- JSON files that came with weights or runs -------------------------------------------------
+
+
+def json_nesting(value) -> int:
+    """How deep lists and dicts nest in a parsed JSON value (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is not None:
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return deepest
+
+
+def parse_json(text: str | bytes, where: str, error: type[Exception] = ValueError):
+    """``text`` parsed, or ``error`` naming ``where`` (a file, or a file and line) when it is not JSON or nests too deep.
+
+    A downloaded run or converted folder may hold anything: Python's parser overflows its
+    recursion limit on ``[[[...]]]`` (a RecursionError, not a ValueError), and a structure
+    nested deeper than ``limits.MAX_NESTING`` only serves to exhaust the stack of whatever
+    walks it next (ml_collections, the model card), so both are one line naming ``where``.
+    """
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise error(f"{where}: JSON nested deeper than {limits.MAX_NESTING} levels") from None
+    except ValueError as e:  # UnicodeDecodeError included
+        raise error(f"{where}: not valid JSON ({e})") from None
+    if json_nesting(value) > limits.MAX_NESTING:
+        raise error(f"{where}: JSON nested deeper than {limits.MAX_NESTING} levels")
+    return value
+
+
+def read_json_file(path, limit: int | None = None, error: type[Exception] = ValueError):
+    """The JSON value of regular file ``path`` (at most ``limit`` bytes, default ``limits.object_limit()``).
+
+    Refused with ``error`` naming the file, before it is read, when it is a FIFO or device (a
+    read would block or never end) or larger than ``limit`` (a sparse file of GBs costs nothing
+    to make); then as ``parse_json``.
+    """
+    limit = limits.object_limit() if limit is None else limit
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise error(f"{path}: not a regular file (a FIFO, device or folder)")
+    if st.st_size > limit:
+        raise error(f"{path}: {st.st_size:,} bytes, over the {limit:,} a JSON file of effnet_jax may take")
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)  # bounded even if the file grows while being read
+    if len(data) > limit:
+        raise error(f"{path}: grew past {limit:,} bytes while being read")
+    return parse_json(data, str(path), error)
+
+
+def check_tree(root, error: type[Exception] = ValueError) -> None:
+    """Refuses, with ``error`` naming the entry, a folder that reaches outside itself or holds what a read blocks on.
+
+    Orbax and tensorstore follow links and open whatever the folder names: a downloaded
+    checkpoint whose files link to ``/home/...`` would be read from there, and a FIFO
+    would block the read forever. Links that stay inside ``root`` are followed as usual.
+    """
+    top = os.path.realpath(root)
+    for folder, dirs, files in os.walk(root):  # os.walk does not descend into linked folders
+        for name in dirs + files:
+            entry = os.path.join(folder, name)
+            st = os.lstat(entry)
+            if stat.S_ISLNK(st.st_mode):
+                target = os.path.realpath(entry)
+                if os.path.commonpath([top, target]) != top:
+                    raise error(f"{entry}: a link to {target}, outside {root}; refusing to read through it")
+                if not os.path.exists(target):
+                    raise error(f"{entry}: a link to {target}, which does not exist")
+                st = os.stat(target)
+            if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+                raise error(f"{entry}: not a regular file or folder (a FIFO, socket or device)")
 
 
 # --- PyTorch zip archives ---------------------------------------------------------------------
@@ -502,6 +586,13 @@ def read_pytorch(path: Path) -> dict[str, np.ndarray]:
         AttributeError,
         IndexError,
         OverflowError,
+        # zipfile's own refusals and its decompressors' errors: an encrypted member (RuntimeError),
+        # an unknown compression method (NotImplementedError), a corrupt deflate/LZMA/bzip2 stream.
+        RuntimeError,
+        NotImplementedError,
+        zlib.error,
+        lzma.LZMAError,
+        OSError,
     ) as e:
         raise WeightFileError(f"Cannot read PyTorch file {path} (truncated or not a state dict): {e}") from e
     # Training checkpoints wrap the weights: {'state_dict': ...} or {'model': ...}.
@@ -665,6 +756,8 @@ def _h5_dataset(group, name: str, path: Path):
     where = _h5_where(dataset, path)
     if not isinstance(dataset, h5py.Dataset):
         raise WeightFileError(f"{where} is a {type(dataset).__name__}, expected a dataset")
+    if dataset.shape is None:  # HDF5's null dataspace: no shape, no data (h5py.Empty)
+        raise WeightFileError(f"{where} is an empty (null-dataspace) dataset; expected an array of numbers")
     plist = dataset.id.get_create_plist()
     if dataset.is_virtual:
         raise WeightFileError(f"{where} is a virtual dataset (it maps other files' data); refused")
