@@ -18,8 +18,10 @@ import hashlib
 import importlib.resources
 import io
 import json
+import reprlib
 from pathlib import Path
 
+from effnet_jax import limits
 from effnet_jax.output_files import csv_cell, csv_text
 
 FORMAT = "effnet_jax.exclusions/1"
@@ -42,7 +44,7 @@ def file_key(rel: str) -> str:
     """Key of a layout path: its last three parts, 'split/CLASS/file name'."""
     parts = rel.replace("\\", "/").split("/")
     if len(parts) < 3:
-        raise ValueError(f"{rel!r}: expected a path ending in split/CLASS/file name")
+        raise ValueError(f"{reprlib.repr(rel)}: expected a path ending in split/CLASS/file name")
     return "/".join(parts[-3:])
 
 
@@ -66,6 +68,18 @@ def write(path, entries: list[dict], **extra) -> Path:
     return path
 
 
+# A list of every file of a large data set is a few MB; a larger file is not one of ours.
+MAX_LIST_BYTES = 64 << 20
+
+
+class ExclusionListError(ValueError):
+    """An exclusion list that cannot be used; one line naming data.exclude_list and the entry."""
+
+    def __init__(self, path, why: str):
+        # Starts with the config key, so the commands print it as one line (effnet_jax.cli.errors).
+        super().__init__(f"data.exclude_list={str(path)!r}: {why}")
+
+
 def read(path) -> dict[str, str]:
     """{file key: reason} from a JSON or CSV exclusion list; errors name the file and entry."""
     if str(path).startswith(PACKAGED):
@@ -76,30 +90,47 @@ def read(path) -> dict[str, str]:
             f"data.exclude_list={str(path)!r}: no such file (write one with "
             "`effnet-data clean --data_dir=RAW --out=DIR`)"
         )
-    text = path.read_text()
+    # The list may come from someone else: bounded in size, and every way it can be malformed
+    # (encoding, CSV field sizes, JSON nesting, entry types) is one ExclusionListError.
+    try:
+        text = limits.read_regular_file(str(path), MAX_LIST_BYTES).decode("utf-8-sig")
+    except limits.BudgetError:
+        raise ExclusionListError(path, f"not a regular file of at most {MAX_LIST_BYTES:,} bytes") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ExclusionListError(path, f"cannot read it as a UTF-8 exclusion list ({e})") from None
     if path.suffix.lower() == ".csv":
-        rows = [
-            {k: csv_text(v) if isinstance(v, str) else v for k, v in r.items()}
-            for r in csv.DictReader(io.StringIO(text))
-        ]
+        try:
+            rows = [
+                {k: csv_text(v) if isinstance(v, str) else v for k, v in r.items()}
+                for r in csv.DictReader(io.StringIO(text))
+            ]
+        except csv.Error as e:
+            raise ExclusionListError(path, f"not a readable CSV file ({e})") from None
         if rows and not {"file", "reason"} <= set(rows[0]):
-            raise ValueError(f"{path}: CSV header {list(rows[0])}; expected file,reason[,detail]")
+            raise ExclusionListError(path, f"CSV header {reprlib.repr(list(rows[0]))}; expected file,reason[,detail]")
     else:
         try:
             doc = json.loads(text)
+        except RecursionError:
+            raise ExclusionListError(path, "JSON nested too deeply; expected an exclusion list") from None
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e}); expected an exclusion list") from e
+            raise ExclusionListError(path, f"not valid JSON ({e}); expected an exclusion list") from None
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-            raise ValueError(
-                f'{path}: "format" is {doc.get("format") if isinstance(doc, dict) else None!r}; '
-                f"expected {FORMAT!r} (written by effnet-data clean)"
+            found = doc.get("format") if isinstance(doc, dict) else None
+            raise ExclusionListError(
+                path, f'"format" is {reprlib.repr(found)}; expected {FORMAT!r} (written by effnet-data clean)'
             )
         rows = doc.get("excluded", [])
+        if not isinstance(rows, list):
+            raise ExclusionListError(path, f'"excluded" is {reprlib.repr(rows)}; expected a list of entries')
     out = {}
     for i, row in enumerate(rows):
-        if not isinstance(row, dict) or not row.get("file") or not row.get("reason"):
-            raise ValueError(f"{path}: entry {i} is {row!r}; expected a file and a reason")
-        out[file_key(row["file"])] = row["reason"]
+        if not (isinstance(row, dict) and all(isinstance(row.get(k), str) and row[k] for k in ("file", "reason"))):
+            raise ExclusionListError(path, f"entry {i} is {reprlib.repr(row)}; expected a file and a reason (text)")
+        try:
+            out[file_key(row["file"])] = row["reason"]
+        except ValueError as e:
+            raise ExclusionListError(path, f"entry {i}: {e}") from None
     return out
 
 

@@ -13,10 +13,19 @@ and bootstrap intervals keep them together; without it each file is its own pati
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import os
 import re
+import reprlib
 from pathlib import Path
+
+try:  # the parser re itself uses (its module was sre_parse before Python 3.11)
+    from re import _constants as re_constants
+    from re import _parser as re_parser
+except ImportError:  # Python 3.10
+    import sre_constants as re_constants
+    import sre_parse as re_parser
 
 from effnet_jax.data import kermany
 from effnet_jax.labels import check_class_name, validate_class_names
@@ -91,7 +100,9 @@ def patient_of(file_name: str, cls: str, pattern: str | None) -> str:
     stem = file_name.rsplit(".", 1)[0]
     if not pattern:
         return f"{cls}/{stem}"
-    m = compiled(pattern).search(stem)
+    # Searched in the first MAX_NAME_CHARS characters only: a zip member's name may be 64 KiB,
+    # and even a simple pattern backtracks for a time that grows as a power of the name's length.
+    m = compiled(pattern).search(stem[:MAX_NAME_CHARS])
     if m is None:
         return f"{cls}/{stem}"
     return m.group("patient") if "patient" in m.re.groupindex else m.group(0)
@@ -99,10 +110,68 @@ def patient_of(file_name: str, cls: str, pattern: str | None) -> str:
 
 def compiled(pattern: str) -> re.Pattern:
     """``data.patient_id_pattern`` compiled, or one line naming the key."""
+    if not isinstance(pattern, str) or len(pattern) > MAX_PATTERN_CHARS:
+        raise ValueError(
+            f"data.patient_id_pattern={reprlib.repr(pattern)}: expected a regular expression of at most "
+            f"{MAX_PATTERN_CHARS} characters"
+        )
+    return _compiled(pattern)
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled(pattern: str) -> re.Pattern:
     try:
-        return re.compile(pattern)
-    except re.error as e:
+        regex = re.compile(pattern)
+        nested = _nested_repeat(re_parser.parse(pattern))
+    except (re.error, RecursionError, OverflowError) as e:
         raise ValueError(f"data.patient_id_pattern={pattern!r}: not a regular expression ({e})") from None
+    if nested:
+        # Python's re backtracks: a repeat inside a repeat, such as (a+)+$, takes 2^n steps on a
+        # file name of n a's, so one hostile name would hang preparation for hours.
+        raise ValueError(
+            f"data.patient_id_pattern={pattern!r}: repeats a group that itself repeats or holds alternatives "
+            f"({nested}), which can take exponential time on a hostile file name; write it without the "
+            r"nesting, e.g. ^(?P<patient>[^_]+)_"
+        )
+    return regex
+
+
+# Patient patterns are short; a longer one is not a patient rule.
+MAX_PATTERN_CHARS = 1000
+MAX_NAME_CHARS = 255  # a file name's longest on common file systems
+_REPEATS = {re_constants.MAX_REPEAT, re_constants.MIN_REPEAT}
+
+
+def _nested_repeat(parsed) -> str | None:
+    """Where a repeat (more than once) holds another repeat or a branch: 'nested repeat' / 'repeated alternatives'."""
+
+    def inside(items, repeated: bool) -> str | None:
+        for op, arg in items:
+            if op in _REPEATS:
+                low, high, body = arg
+                if repeated and high > 1:
+                    return "nested repeat"
+                found = inside(body, repeated or high > 1)
+            elif op == re_constants.BRANCH:
+                if repeated:
+                    return "repeated alternatives"
+                found = next((f for branch in arg[1] if (f := inside(branch, repeated))), None)
+            elif op in (
+                re_constants.SUBPATTERN,
+                re_constants.ATOMIC_GROUP,
+                re_constants.ASSERT,
+                re_constants.ASSERT_NOT,
+            ):
+                found = inside(arg[-1], repeated)
+            elif op == re_constants.GROUPREF_EXISTS:
+                found = next((f for branch in arg[1:] if branch is not None and (f := inside(branch, repeated))), None)
+            else:
+                found = None
+            if found:
+                return found
+        return None
+
+    return inside(parsed, False)
 
 
 def scan(data_config) -> kermany.Layout:

@@ -27,6 +27,11 @@ BLOCK_PIXELS = 1 << 18
 # pixel in Pillow), the 8-bit result, and its resized copy. Other modes: the largest.
 _CONVERSION_BYTES = {"L": 1, "1": 6, "I;16": 4, "I;16B": 4, "I;16L": 4, "I;16N": 4, "I": 6, "F": 6, "RGB": 6}
 _MAX_CONVERSION_BYTES = 18
+# The formats Pillow may open an untrusted file as (docs/untrusted-inputs.md). Pillow would
+# otherwise try every plugin it has: an EPS file named scan.png makes it run Ghostscript (an
+# external PostScript interpreter) on the file, and rarely used decoders are best left unreached.
+# (Pillow's JPEG reader also opens MPO, the JPEG with extra frames that phone cameras write.)
+FORMATS = ("JPEG", "PNG", "TIFF", "BMP", "GIF", "WEBP")
 
 
 class BadImageError(ValueError):
@@ -93,7 +98,7 @@ def decode_file(data: bytes, path: str) -> Image.Image:
         with warnings.catch_warnings():
             # Pillow warns (not raises) on some damaged files; treat those as bad too.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))  # reads the header only
+            im = Image.open(io.BytesIO(data), formats=FORMATS)  # reads the header only
             check_budget(im, path)
             im.load()  # full decode: truncated or corrupt data fails here, not later in training
     except BadImageError:
@@ -101,11 +106,14 @@ def decode_file(data: bytes, path: str) -> Image.Image:
     except Exception as e:  # Pillow raises many types (OSError, SyntaxError, ValueError...)
         if isinstance(e, Image.UnidentifiedImageError):
             raise BadImageError(f"{path}: not an image (Pillow recognises no image format in it)") from e
+        if isinstance(e, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+            # Pillow refuses the header before our budget check sees it: still a size refusal (413 in effnet-serve).
+            raise ImageBudgetError(f"{path}: refused as a decompression bomb ({e})") from e
         raise BadImageError(f"{path}: corrupt or truncated image ({type(e).__name__}: {e})") from e
     if im.width < 1 or im.height < 1:
         raise BadImageError(f"{path}: empty image ({im.width}x{im.height})")
-    if getattr(im, "n_frames", 1) > 1:
-        im.seek(0)  # multi-frame TIFF/GIF: the first frame is the radiograph
+    # A multi-frame TIFF/GIF/PNG is opened at its first frame, the radiograph; the other frames
+    # are never read (counting them, n_frames, would parse every one, damaged or not).
     try:
         return to_gray(im)
     except BadImageError as e:

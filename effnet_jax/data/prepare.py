@@ -60,6 +60,8 @@ class BuilderFactory:
 
             cls = folder.ClassFolders
             task = self.folder_config()
+            if self.patient_id_pattern:
+                folders.compiled(self.patient_id_pattern)  # a bad rule is refused before any file is read
             exclude = os.path.expanduser(self.exclude_list) if self.exclude_list else None
             config = folder.ClassFoldersConfig(
                 max_size=self.max_size,

@@ -151,6 +151,15 @@ def _overlay_names(paths: Sequence[str]) -> list[str]:
     return unique
 
 
+def _panel_name(overlay_name: str) -> str:
+    """The panel's name beside an overlay ``X.gradcam.png``: ``X.gradcam_panel.png``.
+
+    Only the suffix changes: a stem that itself holds ``.gradcam.png`` (file ``k.gradcam.png.png``)
+    must not turn into another input's panel name (``k.gradcam_panel.png.png``'s).
+    """
+    return overlay_name.removesuffix(".gradcam.png") + ".gradcam_panel.png"
+
+
 class Predictor:
     """A run ready to score images (a Run, or a workdir opened at its best checkpoint): ``predict(items)`` yields one dict per input.
 
@@ -211,7 +220,7 @@ class Predictor:
         panel = save_panel(
             original,
             heatmap,
-            os.path.join(gradcam_dir, name.replace(".gradcam.png", ".gradcam_panel.png")),
+            os.path.join(gradcam_dir, _panel_name(name)),
             prob=p,
             label=record["label"],
             threshold=None,
@@ -276,7 +285,7 @@ class Predictor:
                     record["gradcam_panel"] = save_panel(
                         original,
                         heatmap,
-                        os.path.join(gradcam_dir, names[i].replace(".gradcam.png", ".gradcam_panel.png")),
+                        os.path.join(gradcam_dir, _panel_name(names[i])),
                         prob=p,
                         label=record["label"],
                         threshold=self.threshold,

@@ -32,6 +32,7 @@ from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from effnet_jax.inference.gradcam import overlay, weighted_by_probability
 from effnet_jax.labels import class_record
@@ -153,6 +154,11 @@ def create_app(model, settings: Settings = Settings()) -> FastAPI:
             )
         try:
             form = await request.form(max_files=settings.max_files, max_fields=settings.max_files + 8)
+        except ClientDisconnect:
+            # The client left before sending the body its Content-Length announced: no one reads an
+            # answer, and the server's log gets a line, not an ASGI traceback per such client.
+            log.info("effnet-serve: a client disconnected before its %s-byte body was read", length)
+            return _refuse(400, "the connection closed before the whole body arrived")
         except HTTPException as e:
             if "Too many files" in str(e.detail):
                 return _refuse(413, f"more than {settings.max_files} files in one request")

@@ -56,7 +56,8 @@ def check_header(data: bytes, name: str, kind: str, max_pixels: int) -> None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            width, height = Image.open(io.BytesIO(data)).size  # the header only
+            # The header only, and only as the kind its first bytes named (no other Pillow plugin).
+            width, height = Image.open(io.BytesIO(data), formats=(kind,)).size
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise UploadError(PAYLOAD_TOO_LARGE, f"{name}: {e}") from None
     except Exception as e:  # Pillow raises many types on a damaged header

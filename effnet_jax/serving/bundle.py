@@ -19,11 +19,14 @@ deserializer or a model that answers with the wrong class names.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import math
 import os
 import re
 import reprlib
+import stat
 
 from effnet_jax import limits
 from effnet_jax.data import transforms
@@ -46,16 +49,24 @@ class ExportedModelError(ValueError):
 
 
 def read_limited(path: str, limit: int) -> bytes:
-    """The bytes of regular file ``path``, refused when larger than ``limit``."""
+    """The bytes of regular file ``path``, refused when larger than ``limit``.
+
+    The folder's files are effnet-export's own: a symbolic link among them (to a file outside
+    the folder) is refused, not followed; O_NONBLOCK, so a FIFO cannot block the open.
+    """
     try:
-        st = os.stat(path)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as e:
+        if e.errno == errno.ELOOP and os.path.islink(path):
+            raise ExportedModelError(f"{path}: is a symbolic link; an exported folder holds its own files") from e
         raise ExportedModelError(f"{path}: cannot read ({e.strerror or e})") from e
-    if not os.path.isfile(path):
-        raise ExportedModelError(f"{path}: not a regular file")
-    if st.st_size > limit:
-        raise ExportedModelError(f"{path}: {st.st_size} bytes, more than the {limit} an exported model may hold")
-    with open(path, "rb") as f:
+    with open(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ExportedModelError(f"{path}: not a regular file")
+        if st.st_size > limit:
+            raise ExportedModelError(f"{path}: {st.st_size} bytes, more than the {limit} an exported model may hold")
+        os.set_blocking(fd, True)
         data = f.read(limit + 1)
     if len(data) > limit:
         raise ExportedModelError(f"{path}: grew past {limit} bytes while being read")
@@ -92,7 +103,8 @@ _SCHEMA = [
     ("input.dtype", str, lambda v: v == "uint8"),
     ("threshold.value", (type(None), int, float), lambda v: v is None or 0 <= v <= 1),
     ("threshold.rule", str, None),
-    ("temperature", (type(None), int, float), lambda v: v is None or v > 0),
+    # Finite: JSON's Infinity parses, and would be echoed in every record (not JSON; effnet-serve's 500).
+    ("temperature", (type(None), int, float), lambda v: v is None or (math.isfinite(v) and v > 0)),
     ("files.function.name", str, lambda v: v == FUNCTION_FILE),
     ("files.weights.name", str, lambda v: v == WEIGHTS_FILE),
     ("files.function.bytes", int, lambda v: 0 < v <= MAX_FUNCTION_BYTES),

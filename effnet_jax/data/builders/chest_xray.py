@@ -7,6 +7,7 @@ import tensorflow_datasets as tfds
 from effnet_jax.data import exclusions, imaging, kermany
 from effnet_jax.data.builders import base
 from effnet_jax.labels import CLASS_NAMES
+from effnet_jax.output_files import printable
 from effnet_jax.progress import Progress
 
 log = logging.getLogger("effnet_jax.data")
@@ -160,6 +161,7 @@ class ChestXray(base.Builder):
         """Raise on bad input (on_bad_image='error') or record it as skipped."""
         if not problems:
             return
+        problems = [printable(p) for p in problems]  # names that are not UTF-8: printed and stored escaped
         if self.builder_config.on_bad_image == "error":
             listing = "\n  ".join(problems)
             raise imaging.BadImageError(
@@ -183,10 +185,13 @@ class ChestXray(base.Builder):
             except imaging.BadImageError as e:
                 bad.append(str(e))  # keep going: one run reports every bad file of the split
                 continue
-            file_name = rel.rsplit("/", 1)[-1]
+            # A name that is not UTF-8 (its bytes held as surrogates) cannot be stored as text: it is
+            # stored with backslash escapes, as every output writes it; the key keeps its exact bytes.
+            file_name = printable(rel.rsplit("/", 1)[-1])
             written += 1
             kept[cls] += 1
-            yield rel, {"image": data, "label": cls, **self._extra_fields(file_name, cls), "file_name": file_name}
+            key = rel.encode("utf-8", "surrogateescape")
+            yield key, {"image": data, "label": cls, **self._extra_fields(file_name, cls), "file_name": file_name}
         # With on_bad_image='error' this raises, and TFDS discards the partial output.
         self._report(bad, self.info.metadata)
         self.info.metadata["counts"] = {**self.info.metadata["counts"], split: kept}

@@ -87,7 +87,7 @@ def _decode(data: bytes, shown: str) -> tuple[Image.Image, Image.Image]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
+            im = Image.open(io.BytesIO(data), formats=imaging.FORMATS)  # no Ghostscript for an EPS file
             imaging.check_budget(im, shown)  # from the header, before decoding
             im.load()  # the full decode: truncated data fails here
     except imaging.BadImageError:
@@ -96,9 +96,7 @@ def _decode(data: bytes, shown: str) -> tuple[Image.Image, Image.Image]:
         if isinstance(e, Image.UnidentifiedImageError):
             raise imaging.BadImageError(f"{shown}: not an image") from e
         raise imaging.BadImageError(f"{shown}: corrupt or truncated ({type(e).__name__}: {e})") from e
-    if getattr(im, "n_frames", 1) > 1:
-        im.seek(0)
-    try:
+    try:  # the first frame of a multi-frame file, as imaging.decode_file reads it
         return im, imaging.to_gray(im)
     except imaging.BadImageError as e:
         raise imaging.BadImageError(f"{shown}: {e}") from e
