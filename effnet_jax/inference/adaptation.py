@@ -38,6 +38,7 @@ from effnet_jax.inference.batchnorm_stats import adapt_batch_stats
 from effnet_jax.inference.inputs import images_in_folder
 from effnet_jax.inference.prediction import ImageReadError, Preprocessor
 from effnet_jax.runs import checkpoints as checkpoint_lib
+from effnet_jax.runs import layout as layout_lib
 from effnet_jax.runs import record as run_record
 from effnet_jax.runs.layout import Layout, absolute
 from effnet_jax.runs.metrics_log import read_metrics
@@ -196,10 +197,27 @@ def _member_runs(run: runs.Run) -> list[tuple[int, runs.Run]]:
     if run.soup is None:
         return []
     found = []
+    # Entries are type-checked by runs.open. Only members in the run's own members/seed_<S>/
+    # are adapted; one reached through a link is refused: soup.json and members/ come with a
+    # downloaded run, and nothing outside the run may be read (nor copied into NEWRUN from there).
+    top = os.path.realpath(run.workdir)
     for entry in run.soup.get("members", []):
-        path, seed = entry.get("workdir"), entry.get("seed")
-        if path and seed is not None and absolute(path) == run.layout.member(int(seed)):
-            found.append((int(seed), runs.open(path, int(entry["step"]))))
+        path, seed = entry["workdir"], entry.get("seed")
+        if seed is None or "://" in path or absolute(path) != run.layout.member(seed):
+            continue
+        if os.path.realpath(path) != os.path.join(top, layout_lib.MEMBERS, f"seed_{seed}"):
+            raise AdaptError(
+                f"{run.layout.soup}: member {path} resolves to {os.path.realpath(path)}, outside the run "
+                f"{run.workdir} (a link); refusing to read through it"
+            )
+        if any(seed == other for other, _ in found):
+            raise AdaptError(
+                f"{run.layout.soup}: member seed {seed} is listed twice; a soup's members are distinct runs"
+            )
+        member = runs.open(path, entry["step"])
+        if member.soup is not None:
+            raise AdaptError(f"{run.layout.soup}: member {path} is itself a soup; a soup's members are runs")
+        found.append((seed, member))
     return found
 
 

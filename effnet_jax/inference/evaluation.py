@@ -48,7 +48,7 @@ from effnet_jax.metrics import calibration as calibration_lib
 from effnet_jax.metrics import classification as metrics_lib
 from effnet_jax.metrics import intervals as intervals_lib
 from effnet_jax.metrics import multiclass
-from effnet_jax.output_files import csv_cell, open_output, short_hash, slug
+from effnet_jax.output_files import UnsafeOutputError, csv_cell, open_output, short_hash, slug
 from effnet_jax.progress import Progress
 from effnet_jax.runs import Run
 from effnet_jax.runs import calibration as calibration_file
@@ -162,6 +162,30 @@ def output_dir(run: Run, split: str, tta: tta_lib.TTAConfig) -> str:
     if tta.num_views > 1:
         name += f"_tta-{tta.spec()}"
     return run.layout.eval_dir(name)
+
+
+def _output_folder(run: Run, out_dir: str) -> str:
+    """``out_dir``, created; refused (UnsafeOutputError) when the run's eval/ or the folder is a planted link.
+
+    A downloaded run may hold ``eval -> /elsewhere`` or ``eval/validation_3 -> /elsewhere``:
+    writing the reports through it would land them outside the run. An ``--out_dir`` given
+    outside the run is the user's choice and is used as given.
+    """
+    inside = run.layout.eval == out_dir or os.path.dirname(out_dir) == run.layout.eval
+    for folder in (run.layout.eval, out_dir) if inside else ():
+        if os.path.islink(folder) or (os.path.lexists(folder) and not os.path.isdir(folder)):
+            raise UnsafeOutputError(f"{folder}: a link or not a folder; refusing to write the evaluation through it")
+    os.makedirs(out_dir, exist_ok=True)
+    return out_dir
+
+
+def _own(path: str) -> str:
+    """``path``, made an empty regular file of our own first (UnsafeOutputError for a planted link, FIFO, ...).
+
+    The plots are written by matplotlib, which opens the name as it is and would follow a link.
+    """
+    open_output(path, "wb").close()
+    return path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -347,8 +371,7 @@ def evaluate_checkpoint(
         for m, ci in zip(columns, cis):
             m["ci95"] = ci
 
-    out_dir = out_dir or output_dir(run, split, tta_config)
-    os.makedirs(out_dir, exist_ok=True)
+    out_dir = _output_folder(run, out_dir or output_dir(run, split, tta_config))
     class_names = info.get("class_names") or list(CLASS_NAMES)
     synthetic = bool(info.get("synthetic"))
     tag = (
@@ -359,18 +382,21 @@ def evaluate_checkpoint(
     files = {
         "metrics": os.path.join(out_dir, EVAL_REPORT),
         "confusion_matrix_0.5": plots.plot_confusion_matrix(
-            at_half["confusion_matrix"], os.path.join(out_dir, "confusion_matrix_0.5.png"), class_names, f"{tag}, t=0.5"
+            at_half["confusion_matrix"],
+            _own(os.path.join(out_dir, "confusion_matrix_0.5.png")),
+            class_names,
+            f"{tag}, t=0.5",
         ),
         "confusion_matrix_youden": plots.plot_confusion_matrix(
             at_youden["confusion_matrix"],
-            os.path.join(out_dir, "confusion_matrix_youden.png"),
+            _own(os.path.join(out_dir, "confusion_matrix_youden.png")),
             class_names,
             f"{tag}, t={mapped['youden']:.3f} (val. Youden)",
         ),
         "roc": plots.plot_roc_curve(
             result.labels,
             probs,
-            os.path.join(out_dir, "roc.png"),
+            _own(os.path.join(out_dir, "roc.png")),
             {
                 "operating": mapped["operating"],
                 "t=0.5": 0.5,
@@ -380,7 +406,7 @@ def evaluate_checkpoint(
             f"ROC, {tag}",
         ),
         "reliability": plots.plot_reliability(
-            result.labels, probs, os.path.join(out_dir, "reliability.png"), title=f"Reliability, {tag}"
+            result.labels, probs, _own(os.path.join(out_dir, "reliability.png")), title=f"Reliability, {tag}"
         ),
         "predictions": _write_predictions(
             os.path.join(out_dir, "predictions.csv"), result, probs, info.get("file_names")
@@ -462,15 +488,19 @@ def evaluate_classes(
     notes = sorted({str(w.message) for w in caught})
     for note in notes:
         print(f"warning: {note}", file=sys.stderr)
-    out_dir = out_dir or output_dir(run, split, tta_config)
-    os.makedirs(out_dir, exist_ok=True)
+    out_dir = _output_folder(run, out_dir or output_dir(run, split, tta_config))
     tag = f"{split} @ step {step}" + (" (synthetic data)" if info.get("synthetic") else "")
     files = {
         "metrics": os.path.join(out_dir, EVAL_REPORT),
         "confusion_matrix": plots.plot_confusion_matrix(
-            found["confusion_matrix"], os.path.join(out_dir, "confusion_matrix.png"), names, f"{tag}, most probable"
+            found["confusion_matrix"],
+            _own(os.path.join(out_dir, "confusion_matrix.png")),
+            names,
+            f"{tag}, most probable",
         ),
-        "roc": plots.plot_roc_per_class(result.labels, probs, names, os.path.join(out_dir, "roc.png"), f"ROC, {tag}"),
+        "roc": plots.plot_roc_per_class(
+            result.labels, probs, names, _own(os.path.join(out_dir, "roc.png")), f"ROC, {tag}"
+        ),
         "predictions": _write_class_predictions(
             os.path.join(out_dir, "predictions.csv"), result, probs, info.get("file_names"), names
         ),

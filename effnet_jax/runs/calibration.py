@@ -11,6 +11,7 @@ import math
 import os
 
 from effnet_jax.metrics.calibration import Calibration
+from effnet_jax.output_files import open_output
 from effnet_jax.runs.layout import CALIBRATION, Layout
 from effnet_jax.weights.readers import read_json_file
 
@@ -19,7 +20,8 @@ def write_calibration(layout: Layout, calibration: Calibration) -> str:
     """Writes the run's calibration file (replacing an earlier one); returns its path."""
     path = layout.calibration
     tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    # Not open(): a link planted at the temporary name (a downloaded run) would be written through.
+    with open_output(tmp, "w") as f:
         json.dump(calibration.to_json(), f, indent=2)
         f.write("\n")
     os.replace(tmp, path)  # a reader never sees half a file

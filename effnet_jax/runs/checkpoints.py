@@ -18,18 +18,25 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import reprlib
 from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from flax import traverse_util
 from orbax.checkpoint import checkpoint_managers
 
-from effnet_jax.models import get_variant
+from effnet_jax import limits
+from effnet_jax.labels import validate_class_names
+from effnet_jax.models import build_model, get_variant
+from effnet_jax.models.efficientnet import variable_shapes
 from effnet_jax.progress import quiet_library_noise
+from effnet_jax.runs import model as model_lib
 from effnet_jax.runs.layout import Layout
 from effnet_jax.runs.record import RunRecord
 from effnet_jax.weights.readers import check_tree, read_json_file
@@ -169,10 +176,13 @@ class Checkpointer:
         sharding = jax.sharding.SingleDeviceSharding(device)
         meta = self.manager.item_metadata(int(step))["state"]
         meta = getattr(meta, "tree", meta)
+        # The shapes below are the checkpoint's own word: held to what its config's model needs
+        # before orbax allocates them (a 160 KB checkpoint can declare gigabytes of zeros).
+        check_declared_state(f"{self.directory}/{int(step)}", meta, self.restore_config(step))
         abstract = jax.tree.map(
             lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sharding),
             meta,
-            is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"),
+            is_leaf=_is_array_metadata,
         )
         out = self.manager.restore(int(step), args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
         return out["state"]
@@ -183,6 +193,81 @@ class Checkpointer:
 
     def close(self):
         self.manager.close()
+
+
+def _is_array_metadata(m) -> bool:
+    return hasattr(m, "shape") and hasattr(m, "dtype")
+
+
+# A train state holds its weights several times over: params and batch_stats, their EMA copies,
+# and the optimizer's moments (Adam keeps two); anything past this many copies of the model's
+# variables is not a state effnet-train wrote.
+STATE_COPIES = 8
+# Train-state collections that hold the model's own variables, by the model collection they mirror.
+_VARIABLE_COLLECTIONS = {
+    "params": "params",
+    "ema_params": "params",
+    "batch_stats": "batch_stats",
+    "ema_batch_stats": "batch_stats",
+}
+
+
+def check_declared_state(where: str, meta, config) -> None:
+    """Refuses, in a ValueError naming ``where``, saved-state metadata that declares arrays the run cannot have.
+
+    Orbax allocates every array at the shape its metadata declares, and a compressed chunk of
+    zeros costs nothing on disk: a downloaded checkpoint of kilobytes could make the reader
+    allocate gigabytes. So, before anything is read, each weight of the config's model must
+    have the model's shape, and the whole state (plus its largest chunk, which tensorstore
+    decodes whole) must fit ``STATE_COPIES`` copies of the model's variables, or the
+    decoded-size budget (``limits.budget()``) if that is larger.
+    """
+    expected = _variable_shapes(config)
+    total, largest_chunk = 0, 0
+    for path, m in jax.tree_util.tree_flatten_with_path(meta, is_leaf=_is_array_metadata)[0]:
+        if not _is_array_metadata(m):
+            continue
+        keys = tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+        name = "/".join(keys)
+        shape, chunk = _dims(m.shape, where, name), getattr(getattr(m, "storage", None), "chunk_shape", None)
+        itemsize = np.dtype(m.dtype).itemsize
+        total += math.prod(shape) * itemsize
+        if chunk is not None:
+            largest_chunk = max(largest_chunk, math.prod(_dims(chunk, where, name)) * itemsize)
+        want = expected.get((_VARIABLE_COLLECTIONS.get(keys[0]), *keys[1:])) if keys else None
+        if want is not None and shape != want:
+            raise ValueError(
+                f"{where}: {name} is declared {shape} in the checkpoint's metadata, but {config.model.name} "
+                f"as its config builds it has {want}; refusing to allocate it"
+            )
+    model_bytes = sum(math.prod(s) * 4 for s in expected.values())  # float32, however the run computed
+    allowance = max(limits.budget(), STATE_COPIES * model_bytes)
+    limits.check(where, total + largest_chunk, "the saved state's declared arrays", ValueError, allowance)
+
+
+def _dims(shape, where: str, name: str) -> tuple[int, ...]:
+    shape = tuple(shape)
+    if not all(isinstance(d, (int, np.integer)) and d >= 0 for d in shape):
+        raise ValueError(f"{where}: {name} declares shape {reprlib.repr(shape)}; expected dimensions >= 0")
+    return tuple(int(d) for d in shape)
+
+
+def _variable_shapes(config) -> dict[tuple, tuple[int, ...]]:
+    """``{(collection, *path): shape}`` of the variables the config's model has (an ensemble's stacked).
+
+    Traced, never allocated. Empty when the config builds no model (an old or damaged one):
+    the state is then held to the budget alone.
+    """
+    try:
+        model = build_model(
+            config.model.name, num_classes=model_lib.num_classes(config), **model_lib.model_kwargs(config)
+        )
+        shapes = variable_shapes(model)
+        size = model_lib.ensemble_size(config) or 0
+    except Exception:  # noqa: BLE001  any config that builds no model: the budget alone applies
+        return {}
+    lead = (size,) if size >= 2 else ()
+    return {path: (*lead, *leaf.shape) for path, leaf in traverse_util.flatten_dict(shapes).items()}
 
 
 class CheckpointMismatchError(ValueError):
@@ -411,6 +496,30 @@ def _check_config(config, where: str) -> None:
         get_variant(name)
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
+    # The model is built from these too: a downloaded config claiming a million classes, or an
+    # ensemble of a million members, would size the head (or the stacked weights) by them.
+    data = config.get("data")
+    names = data.get("class_names") if hasattr(data, "get") else None
+    if names:
+        if not isinstance(names, (list, tuple)):
+            raise ValueError(f"{where}: data.class_names={reprlib.repr(names)}: expected a list of class names")
+        validate_class_names(names, f"{where}: data.class_names")
+    soup = config.get("soup")
+    if soup is not None:
+        members = soup.get("members") if hasattr(soup, "get") else None
+        if not (
+            isinstance(members, (list, tuple))
+            and 2 <= len(members) <= model_lib.MAX_MEMBERS
+            and all(isinstance(m, str) for m in members)
+        ):
+            raise ValueError(
+                f"{where}: soup.members={reprlib.repr(members)}: expected a list of 2 to {model_lib.MAX_MEMBERS} "
+                "member run folders"
+            )
+        if soup.get("combine", "weights") not in ("weights", "logits"):
+            raise ValueError(
+                f"{where}: soup.combine={reprlib.repr(soup.get('combine'))}: expected 'weights' or 'logits'"
+            )
 
 
 def write_checkpoint(

@@ -53,11 +53,22 @@ def model_for_run(
     return LogitEnsemble(model, size) if size else model
 
 
+# The most runs one soup or seed ensemble combines: real ones have a handful. A run read back
+# claiming more is refused (runs.checkpoints), since an ensemble's weights are stacked by it.
+MAX_MEMBERS = 64
+
+
 def ensemble_size(config: ml_collections.ConfigDict) -> int | None:
     """Members of a run that is a seed ensemble (its config's ``soup.combine`` is 'logits'), else None."""
     soup = config.get("soup")
     if isinstance(soup, ml_collections.ConfigDict) and soup.get("combine", "weights") == "logits":
-        return len(soup.members)
+        members = soup.get("members")
+        if not isinstance(members, (list, tuple)) or not 2 <= len(members) <= MAX_MEMBERS:
+            raise ValueError(
+                f"config.soup.members: {type(members).__name__} of {len(members) if hasattr(members, '__len__') else '?'}"
+                f" entries; expected a list of 2 to {MAX_MEMBERS} member runs"
+            )
+        return len(members)
     return None
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import os
+import reprlib
 from typing import Any
 
 import ml_collections
@@ -94,6 +96,7 @@ class Run:
 
     def eval_report(self, name: str) -> dict:
         """The effnet-eval report ``eval/<name>/metrics.json``; FileNotFoundError or ValueError naming the file."""
+        _refuse_links_out(self.workdir, [self.layout.eval_report(name)])
         report = _read_json(self.layout.eval_report(name))
         if not isinstance(report, dict):
             raise ValueError(f"{self.layout.eval_report(name)}: not a JSON object")
@@ -107,6 +110,7 @@ class Run:
         found = []
         for path in sorted(glob.glob(self.layout.eval_report("*"))):
             try:
+                _refuse_links_out(self.workdir, [path])
                 report = _read_json(path)
             except (OSError, ValueError):
                 if strict:
@@ -158,6 +162,9 @@ def open(workdir: str, checkpoint: str | int | None = "best") -> Run:
     """
     workdir = str(workdir)
     layout = Layout(workdir)
+    _refuse_links_out(
+        workdir, (layout.config, layout.run_record, layout.metrics, layout.calibration, layout.soup, layout.adapted)
+    )
     calibration = read_calibration(layout)
     if checkpoint is None:
         config = ml_collections.ConfigDict(read_config(workdir))
@@ -176,6 +183,59 @@ def open(workdir: str, checkpoint: str | int | None = "best") -> Run:
         checkpoint=checkpoint,
         calibration=calibration,
         metrics=tuple(read_metrics(workdir)),
-        soup=_read_optional_json(layout.soup),
-        adapted=_read_optional_json(layout.adapted),
+        soup=read_soup(layout.soup),
+        adapted=_read_object(layout.adapted),
     )
+
+
+def _refuse_links_out(workdir: str, paths) -> None:
+    """A ValueError naming the first of ``paths`` that is a link out of the run ``workdir``.
+
+    A downloaded run's config.json linked to a file elsewhere would have us read it (and
+    effnet-adapt copy its calibration.json into the new run): only links inside the run are followed.
+    """
+    if "://" in workdir:
+        return
+    top = os.path.realpath(workdir)
+    for path in paths:
+        if os.path.lexists(path):  # the file or a folder on its way (eval/<name>/) may be the link
+            target = os.path.realpath(path)
+            if os.path.commonpath([top, target]) != top:
+                raise ValueError(f"{path}: a link to {target}, outside the run {workdir}; refusing to read through it")
+
+
+def _read_object(path: str) -> dict | None:
+    """An optional JSON file that must hold an object (a downloaded run may hold anything there)."""
+    value = _read_optional_json(path)
+    if value is not None and not isinstance(value, dict):
+        raise ValueError(f"{path}: a {type(value).__name__}, expected a JSON object")
+    return value
+
+
+def read_soup(path: str) -> dict | None:
+    """soup.json, its members checked: everything that reads a soup's members walks them as we write them."""
+    soup = _read_object(path)
+    if soup is None:
+        return None
+    members = soup.get("members", [])
+    if not isinstance(members, list) or len(members) > model_lib.MAX_MEMBERS:
+        raise ValueError(
+            f"{path}: members={reprlib.repr(members)}: expected a list of at most {model_lib.MAX_MEMBERS} records"
+        )
+    for i, entry in enumerate(members):
+        ok = (
+            isinstance(entry, dict)
+            and isinstance(entry.get("workdir"), str)
+            and _is_count(entry.get("step"))
+            and (entry.get("seed") is None or (isinstance(entry["seed"], int) and not isinstance(entry["seed"], bool)))
+        )
+        if not ok:
+            raise ValueError(
+                f"{path}: members[{i}]={reprlib.repr(entry)}: expected {{'workdir': a folder, 'step': an integer "
+                ">= 0, 'seed': an integer >= 0 or null}"
+            )
+    return soup
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63

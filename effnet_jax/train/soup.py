@@ -43,6 +43,7 @@ from effnet_jax.runs import model as run_model
 from effnet_jax.runs import record as run_record
 from effnet_jax.runs.layout import Layout
 from effnet_jax.runs.metrics_log import read_metrics, training_data
+from effnet_jax.runs.run import read_soup
 from effnet_jax.runs.writer import MetricWriter
 from effnet_jax.train import feed as feed_lib
 from effnet_jax.train import state as state_lib
@@ -491,7 +492,8 @@ def _existing_soup(workdir: str, entries: list[dict], combine: str) -> dict | No
     path = epath.Path(Layout(workdir).soup)
     if not path.exists():
         return None
-    prior = json.loads(path.read_text())
+    # Checked as any run's soup.json (size, nesting, member records): the folder may be a downloaded soup.
+    prior = read_soup(str(path))
     had = [(m["workdir"], m["step"]) for m in prior.get("members", [])]
     want = [(e["workdir"], e["step"]) for e in entries]
     if had != want:

