@@ -64,19 +64,49 @@ def object_limit() -> int:
     return budget() // OBJECT_EXPANSION
 
 
-def read_regular_file(path: str, limit: int = MAX_IMAGE_FILE_BYTES) -> bytes:
-    """The bytes of regular file ``path``, refused from its size (``BudgetError``) when over ``limit``.
+def open_regular_file(path: str, follow_symlinks: bool = True):
+    """``path`` opened for reading in binary mode, refused (``BudgetError``) unless it is a regular file.
 
-    A FIFO or device would block ``open`` or ``read`` forever, so only regular files are read
-    (``BudgetError`` too); ``OSError`` when the file cannot be opened.
+    A FIFO or device would block ``open`` or ``read`` forever: the file is opened with
+    ``O_NONBLOCK`` (a FIFO then opens at once) and the *open descriptor* is checked with
+    ``fstat``, so a FIFO swapped in after a ``stat`` cannot block; reads are blocking again
+    after the check. ``follow_symlinks=False`` adds ``O_NOFOLLOW``: a symbolic link is then an
+    ``OSError`` with ``errno.ELOOP``. ``OSError`` when the file cannot be opened. The caller
+    closes the returned file (``with open_regular_file(path) as f``); ``os.fstat(f.fileno())``
+    gives its size.
     """
-    st = os.stat(path)
-    if not stat.S_ISREG(st.st_mode):
-        raise BudgetError(f"{path}: not a regular file (a FIFO, device or folder)")
-    if st.st_size > limit:
-        raise BudgetError(f"{path}: {st.st_size:,} bytes, larger than the {limit:,} accepted for one image")
-    with open(path, "rb") as f:
-        data = f.read(limit + 1)  # bounded even if the file grows while being read
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    if not follow_symlinks:
+        flags |= os.O_NOFOLLOW
+    fd = os.open(path, flags)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise BudgetError(f"{path}: not a regular file (a FIFO, device or folder)")
+        os.set_blocking(fd, True)
+        return open(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_open_file(f, path: str, limit: int, what: str = "one image") -> bytes:
+    """The bytes of ``f`` (from ``open_regular_file``), refused (``BudgetError``) from its size when over ``limit``."""
+    size = os.fstat(f.fileno()).st_size
+    if size > limit:
+        raise BudgetError(f"{path}: {size:,} bytes, larger than the {limit:,} accepted for {what}")
+    data = f.read(limit + 1)  # bounded even if the file grows while being read
     if len(data) > limit:
         raise BudgetError(f"{path}: grew past {limit:,} bytes while being read")
     return data
+
+
+def read_regular_file(path: str, limit: int = MAX_IMAGE_FILE_BYTES, follow_symlinks: bool = True) -> bytes:
+    """The bytes of regular file ``path``, refused from its size (``BudgetError``) when over ``limit``.
+
+    A FIFO or device would block ``open`` or ``read`` forever, so only regular files are read
+    (``BudgetError`` too), checked on the open descriptor (``open_regular_file``); ``OSError``
+    when the file cannot be opened. Links are followed unless ``follow_symlinks=False``: the
+    callers read files a user named (images, exclusion lists).
+    """
+    with open_regular_file(path, follow_symlinks) as f:
+        return read_open_file(f, path, limit)

@@ -7,8 +7,9 @@ POST /v1/predict takes multipart ``file`` fields (JPEG, PNG, DICOM) and answers 
 records with the model's identity; GET / is the review page; GET /v1/model and GET /healthz
 describe the model and the server. Requests arriving together are scored in one call (up to
 --max_batch images, the first waiting at most --max_wait_ms for others). Uploads over a
-budget get 413, other file types 415, unreadable files 422, and a full queue 503
-(docs/serving.md). The decoded-size budget is EFFNET_JAX_DECODE_BUDGET's (docs/untrusted-inputs.md).
+budget get 413, other file types 415, unreadable files 422, a body slower than
+--body_timeout_s 408, and a full queue or no free --max_preparing slot within
+--prepare_wait_s 503 (docs/serving.md). The decoded-size budget is EFFNET_JAX_DECODE_BUDGET's (docs/untrusted-inputs.md).
 
 Exit status: 0 stopped by Ctrl-C; 1 the folder could not be loaded; 2 bad usage or the
 ``serve`` extra is not installed.
@@ -39,6 +40,25 @@ def define_flags(fv: flags.FlagValues = FLAGS):
     d(flags.DEFINE_integer, "max_file_kib", 32 << 10, "Most KiB in one uploaded file (more: 413).")
     d(flags.DEFINE_integer, "max_megapixels", 50, "Most megapixels a JPEG or PNG header may declare (more: 413).")
     d(flags.DEFINE_integer, "max_connections", 1024, "Open connections beyond this get 503 from the server itself.")
+    d(
+        flags.DEFINE_float,
+        "body_timeout_s",
+        60.0,
+        "Seconds a request's body may take to arrive after its headers (slower or stalled: 408, connection closed).",
+    )
+    d(
+        flags.DEFINE_integer,
+        "max_preparing",
+        4,
+        "Most requests whose uploads are read and decoded at once (memory: about this x (max_file_kib + the "
+        "decoded-size budget)); others wait.",
+    )
+    d(
+        flags.DEFINE_float,
+        "prepare_wait_s",
+        10.0,
+        "Seconds a request waits for one of the --max_preparing slots before it gets 503 with Retry-After.",
+    )
 
 
 def main(argv):
@@ -63,6 +83,9 @@ def main(argv):
             max_files=FLAGS.max_files,
             max_file_bytes=FLAGS.max_file_kib << 10,
             max_pixels=FLAGS.max_megapixels * 1_000_000,
+            body_timeout_s=FLAGS.body_timeout_s,
+            max_preparing=FLAGS.max_preparing,
+            prepare_wait_s=FLAGS.prepare_wait_s,
         )
         model = serving.load(FLAGS.exported)
     except ValueError as e:  # ExportedModelError, or a limit below 1

@@ -18,6 +18,7 @@ import base64
 import contextlib
 import io
 import logging
+import math
 import os
 import socket
 import threading
@@ -54,11 +55,22 @@ class Settings:
     max_files: int = 16  # files in one request
     max_file_bytes: int = 32 << 20  # bytes of one uploaded file
     max_pixels: int = 50_000_000  # pixels a JPEG or PNG header may declare
+    # Seconds from a request's headers to the end of its body: a client that sends its body slower
+    # (or stops half-way, "slowloris") gets 408 and its connection closed, not a task held forever.
+    body_timeout_s: float = 60.0
+    max_preparing: int = 4  # requests whose uploads are read into memory and decoded at once
+    prepare_wait_s: float = 10.0  # how long a request waits for one of those slots before its 503
 
     def __post_init__(self):
         for name, value in asdict(self).items():
-            if not value >= (0 if name == "max_wait_ms" else 1):
-                raise ValueError(f"{name}={value}: expected {'>= 0' if name == 'max_wait_ms' else 'at least 1'}")
+            if name == "body_timeout_s":
+                ok, expected = value > 0 and math.isfinite(value), "a positive number of seconds"
+            elif name in ("max_wait_ms", "prepare_wait_s"):
+                ok, expected = value >= 0 and math.isfinite(value), ">= 0"
+            else:
+                ok, expected = value >= 1, "at least 1"
+            if not ok:
+                raise ValueError(f"{name}={value}: expected {expected}")
 
     @property
     def max_request_bytes(self) -> int:
@@ -104,17 +116,69 @@ def _refuse(status: int, message: str, **headers) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers or None)
 
 
+class Busy(RuntimeError):
+    """No preparation slot freed within ``prepare_wait_s``; the message says so (503 with Retry-After)."""
+
+
+class PreparationSlots:
+    """At most ``size`` requests' uploads held in memory and decoded at once; others wait up to ``wait_s``.
+
+    Each preparing request holds one of its files' bytes and that file's decoding (up to the
+    decoded-size budget) at a time, so the server's memory for uploads is about ``size`` x
+    (``max_file_bytes`` + the budget), whatever the number of requests. A request over it waits
+    (in arrival order) rather than being refused at once: its body has already been received and
+    spooled (to disk past 1 MiB), so waiting costs no decoding memory, and a short burst is
+    absorbed instead of failing. The wait is bounded, as production inference servers bound
+    theirs (Triton's queue policy timeout, TorchServe's and TF Serving's bounded queues): past
+    ``wait_s`` the request gets 503 with Retry-After, a prompt answer a client or load balancer
+    retries elsewhere, not a backlog that grows until clients time out on their own. The waiters
+    themselves are bounded by uvicorn's ``limit_concurrency`` (``--max_connections``).
+    """
+
+    def __init__(self, size: int, wait_s: float):
+        self.size, self.wait_s = size, wait_s
+        self._semaphore: asyncio.Semaphore | None = None  # made on the serving loop (``start``)
+        self.preparing = 0
+
+    def start(self) -> None:
+        self._semaphore = asyncio.Semaphore(self.size)
+
+    @contextlib.asynccontextmanager
+    async def slot(self):
+        if self._semaphore is None:  # an app driven without its lifespan
+            self.start()
+        semaphore = self._semaphore
+        if semaphore.locked():
+            try:
+                await asyncio.wait_for(semaphore.acquire(), self.wait_s)
+            except asyncio.TimeoutError:
+                raise Busy(
+                    f"busy: {self.size} request(s) already preparing their uploads and no slot freed within "
+                    f"{self.wait_s:g} s (effnet-serve --max_preparing, --prepare_wait_s); retry shortly"
+                ) from None
+        else:
+            await semaphore.acquire()  # free: returns at once
+        self.preparing += 1
+        try:
+            yield
+        finally:
+            self.preparing -= 1
+            semaphore.release()
+
+
 def create_app(model, settings: Settings = Settings()) -> FastAPI:
     """The FastAPI app serving ``model`` (an ``effnet_jax.serving.ExportedModel``)."""
     buckets = batching.batch_buckets(settings.max_batch)
     batcher = batching.Batcher(
         batching.bucketed_scorer(model, buckets), settings.max_batch, settings.max_wait_ms / 1000, settings.max_queue
     )
+    slots = PreparationSlots(settings.max_preparing, settings.prepare_wait_s)
     identity = model_identity(model)
     facts = public_facts(model, settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
+        slots.start()
         await batcher.start()
         # Every batch size compiled before the first request, so no request waits for a compilation;
         # the Grad-CAM function (asked for by the review page, not by the API's clients) compiles on first use.
@@ -127,6 +191,7 @@ def create_app(model, settings: Settings = Settings()) -> FastAPI:
 
     app = FastAPI(title="effnet_jax", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.batcher = batcher
+    app.state.slots = slots
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)
@@ -135,7 +200,13 @@ def create_app(model, settings: Settings = Settings()) -> FastAPI:
 
     @app.get("/healthz")
     async def healthz():
-        return {"status": "ok", "waiting": batcher.waiting, "batches": batcher.batches, "images": batcher.images}
+        return {
+            "status": "ok",
+            "waiting": batcher.waiting,
+            "batches": batcher.batches,
+            "images": batcher.images,
+            "preparing": slots.preparing,
+        }
 
     @app.get("/v1/model")
     async def model_facts():
@@ -152,8 +223,25 @@ def create_app(model, settings: Settings = Settings()) -> FastAPI:
             return _refuse(
                 413, f"request of {int(length):,} bytes, over the {settings.max_request_bytes:,} one request may have"
             )
+
+        async def read_form():
+            return await request.form(max_files=settings.max_files, max_fields=settings.max_files + 8)
+
         try:
-            form = await request.form(max_files=settings.max_files, max_fields=settings.max_files + 8)
+            # uvicorn bounds the time between requests (timeout_keep_alive), not a body's arrival, and
+            # starlette's parser waits for each chunk as long as it takes: the whole body gets a deadline.
+            # On expiry the parser is cancelled (it closes its spooled files) and the connection closed.
+            form = await asyncio.wait_for(read_form(), settings.body_timeout_s)
+        except asyncio.TimeoutError:
+            log.info(
+                "effnet-serve: a %s-byte body did not arrive within %g s; answered 408", length, settings.body_timeout_s
+            )
+            return _refuse(
+                408,
+                f"the request body ({int(length):,} bytes announced) did not arrive within {settings.body_timeout_s:g} s "
+                "(effnet-serve --body_timeout_s)",
+                Connection="close",
+            )
         except ClientDisconnect:
             # The client left before sending the body its Content-Length announced: no one reads an
             # answer, and the server's log gets a line, not an ASGI traceback per such client.
@@ -168,18 +256,23 @@ def create_app(model, settings: Settings = Settings()) -> FastAPI:
             if not files or not all(isinstance(f, UploadFile) for f in files):
                 return _refuse(422, "expected one or more multipart 'file' fields holding image or DICOM files")
             names = [uploads.display_name(f.filename, i) for i, f in enumerate(files)]
-            contents = [await f.read(settings.max_file_bytes + 1) for f in files]
-        finally:
-            await form.close()
-        try:
-            pixels = await run_in_threadpool(
-                lambda: [
-                    uploads.prepare(model, data, name, settings.max_file_bytes, settings.max_pixels)
-                    for data, name in zip(contents, names)
-                ]
-            )
+            # One file's bytes in memory at a time, read from the parser's spool, in a preparation slot.
+            pixels = []
+            async with slots.slot():
+                for f, name in zip(files, names):
+                    data = await f.read(settings.max_file_bytes + 1)
+                    pixels.append(
+                        await run_in_threadpool(
+                            uploads.prepare, model, data, name, settings.max_file_bytes, settings.max_pixels
+                        )
+                    )
+                    del data
+        except Busy as e:
+            return _refuse(503, str(e), **{"Retry-After": "1"})
         except uploads.UploadError as e:
             return _refuse(e.status, str(e))
+        finally:
+            await form.close()
         try:
             futures = batcher.submit([batching.Item(p, gradcam) for p in pixels])
         except batching.Overloaded as e:

@@ -26,7 +26,6 @@ import math
 import os
 import re
 import reprlib
-import stat
 
 from effnet_jax import limits
 from effnet_jax.data import transforms
@@ -48,43 +47,67 @@ class ExportedModelError(ValueError):
     """An exported-model directory that cannot be used; the message names the file at fault."""
 
 
-def read_limited(path: str, limit: int) -> bytes:
-    """The bytes of regular file ``path``, refused when larger than ``limit``.
+def open_limited(path: str, limit: int):
+    """Regular file ``path`` opened for reading and its size (``fstat`` of the open descriptor), refused over ``limit``.
 
     The folder's files are effnet-export's own: a symbolic link among them (to a file outside
-    the folder) is refused, not followed; O_NONBLOCK, so a FIFO cannot block the open.
+    the folder) is refused, not followed; a FIFO or device is refused without blocking
+    (``limits.open_regular_file``). The caller closes the file.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        f = limits.open_regular_file(path, follow_symlinks=False)
+    except limits.BudgetError:
+        raise ExportedModelError(f"{path}: not a regular file (a FIFO, device or folder)") from None
     except OSError as e:
         if e.errno == errno.ELOOP and os.path.islink(path):
             raise ExportedModelError(f"{path}: is a symbolic link; an exported folder holds its own files") from e
         raise ExportedModelError(f"{path}: cannot read ({e.strerror or e})") from e
-    with open(fd, "rb") as f:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ExportedModelError(f"{path}: not a regular file")
-        if st.st_size > limit:
-            raise ExportedModelError(f"{path}: {st.st_size} bytes, more than the {limit} an exported model may hold")
-        os.set_blocking(fd, True)
-        data = f.read(limit + 1)
+    size = os.fstat(f.fileno()).st_size
+    if size > limit:
+        f.close()
+        raise ExportedModelError(f"{path}: {size} bytes, more than the {limit} an exported model may hold")
+    return f, size
+
+
+def _read_at_most(f, path: str, limit: int) -> bytes:
+    data = f.read(limit + 1)  # bounded even if the file grows while being read
     if len(data) > limit:
         raise ExportedModelError(f"{path}: grew past {limit} bytes while being read")
     return data
+
+
+def read_limited(path: str, limit: int) -> bytes:
+    """The bytes of regular file ``path`` (not a link), refused when larger than ``limit``."""
+    f, _ = open_limited(path, limit)
+    with f:
+        return _read_at_most(f, path, limit)
 
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def read_checked(directory: str, meta: dict, role: str, limit: int) -> bytes:
-    """The file model.json lists under ``files[role]``, after its size and SHA-256 match the record."""
+def read_checked(directory: str, meta: dict, role: str, limit: int, inspect=None) -> bytes:
+    """The file model.json lists under ``files[role]``, after its size and SHA-256 match the record.
+
+    The size is compared before a byte is read, and the read stops past the recorded size, so a
+    file larger than model.json says costs nothing to refuse. ``inspect(f, path)``, when given, is
+    called on the open file first (to check what its headers declare before the whole is read).
+    """
     entry = meta["files"][role]
     path = os.path.join(directory, entry["name"])
-    data = read_limited(path, limit)
+    f, size = open_limited(path, limit)
+    with f:
+        data = b""
+        if size == entry["bytes"]:
+            if inspect is not None:
+                inspect(f, path)
+                f.seek(0)
+            data = f.read(size + 1)  # one byte past the recorded size tells a file that grew meanwhile
     if len(data) != entry["bytes"] or sha256(data) != entry["sha256"]:
+        shown = size if size != entry["bytes"] else len(data)
         raise ExportedModelError(
-            f"{path}: does not match {os.path.join(directory, MODEL_JSON)} ({len(data)} bytes, expected "
+            f"{path}: does not match {os.path.join(directory, MODEL_JSON)} ({shown} bytes, expected "
             f"{entry['bytes']}; or a different SHA-256): truncated, corrupted or from another export"
         )
     return data

@@ -17,6 +17,7 @@ import io
 import math
 import os
 import re
+import struct
 import zipfile
 from collections.abc import Iterator, Sequence
 
@@ -189,12 +190,126 @@ class ExportedModel:
 
 
 # -- loading --------------------------------------------------------------------------------------
-def _read_weights(path: str, data: bytes, avals) -> list[np.ndarray]:
-    """The arrays of weights.npz, each checked against the function's argument before it is read."""
+# What weights.npz may hold besides its arrays' bytes. Per member: its zip records (local and
+# central headers with np.savez's zip64 extras, under 200 bytes) and its .npy header (128 bytes
+# as numpy writes it); per archive: the end records and a zip comment. A file larger than the
+# function's arrays plus this room is refused from its size before a byte of it is read.
+NPZ_MEMBER_ROOM = 4096
+NPZ_ARCHIVE_ROOM = 1 << 17
+NPZ_CENTRAL_ENTRY_ROOM = 1024  # bytes of central directory per member (46 + name + extras)
+
+
+def _array_bytes(aval) -> int:
+    return math.prod(aval.shape) * np.dtype(aval.dtype).itemsize
+
+
+def weights_file_limit(avals) -> int:
+    """The largest weights.npz accepted for weight arguments ``avals``: their bytes plus the .npz's own records."""
+    room = len(avals) * NPZ_MEMBER_ROOM + NPZ_ARCHIVE_ROOM
+    return min(bundle.MAX_WEIGHTS_BYTES, sum(_array_bytes(a) for a in avals) + room)
+
+
+def _npy_header(archive: zipfile.ZipFile, name: str, aval, path: str):
+    """Opens member ``name`` and reads its .npy header, refused unless it declares ``aval``'s dtype and shape.
+
+    Returns the open member (positioned at the array's bytes), its shape, Fortran order and dtype.
+    """
+    f = archive.open(name)
+    try:
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(f)
+        if tuple(shape) != tuple(aval.shape) or dtype != aval.dtype or dtype.hasobject:
+            raise ExportedModelError(
+                f"{path}: {name} is {dtype}{tuple(shape)}, the function expects {aval.dtype}{tuple(aval.shape)}"
+            )
+    except BaseException:
+        f.close()
+        raise
+    return f, shape, fortran, dtype
+
+
+def _unreadable(path: str, name: str, e: Exception) -> ExportedModelError:
+    return ExportedModelError(f"{path}: unreadable array {name} ({type(e).__name__}: {e})")
+
+
+# zipfile's own refusals, the decompressor's, numpy's header parser's, a file cut short.
+_ZIP_ERRORS = (ValueError, zipfile.BadZipFile, OSError, EOFError, RuntimeError, struct.error, NotImplementedError)
+
+
+def check_weights_headers(f, path: str, avals) -> None:
+    """What weights.npz's headers declare, checked against the function's weight arguments before it is read.
+
+    The zip's end record (how many members, how large its central directory), then each member:
+    stored or deflated (as np.savez writes them), its uncompressed size that of its array plus an
+    .npy header, and its .npy header (dtype and shape). Only the headers are read.
+    """
+    expected = [f"arr_{i}.npy" for i in range(len(avals))]
+    try:
+        end = zipfile._EndRecData(f)  # the record zipfile itself reads first (zip64 included)
+        if end is None:
+            raise ExportedModelError(f"{path}: not an .npz archive (no zip end record)")
+        members, directory = end[zipfile._ECD_ENTRIES_TOTAL], end[zipfile._ECD_SIZE]
+        if members != len(avals):
+            raise ExportedModelError(f"{path}: holds {members} arrays, the function takes {len(avals)}")
+        # zipfile makes an object per central-directory entry: its size is held to the members counted.
+        if directory > members * NPZ_CENTRAL_ENTRY_ROOM:
+            raise ExportedModelError(
+                f"{path}: a zip central directory of {directory:,} bytes for {members} arrays (at most "
+                f"{members * NPZ_CENTRAL_ENTRY_ROOM:,}); not written by effnet-export"
+            )
+        f.seek(0)
+        archive = zipfile.ZipFile(f)
+    except _ZIP_ERRORS as e:
+        if isinstance(e, ExportedModelError):
+            raise
+        raise ExportedModelError(f"{path}: not an .npz archive ({type(e).__name__}: {e})") from e
+    with archive:
+        names = archive.namelist()
+        if sorted(names) != sorted(expected):
+            raise ExportedModelError(f"{path}: holds {len(names)} arrays, the function takes {len(avals)}")
+        for name, aval in zip(expected, avals):
+            info, size = archive.getinfo(name), _array_bytes(aval)
+            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) or info.flag_bits & 0x1:
+                raise ExportedModelError(
+                    f"{path}: {name} is encrypted or compressed with method {info.compress_type} "
+                    "(np.savez stores or deflates)"
+                )
+            if not size <= info.file_size <= size + NPZ_MEMBER_ROOM:
+                raise ExportedModelError(
+                    f"{path}: {name} declares {info.file_size:,} bytes, its array "
+                    f"{aval.dtype}{tuple(aval.shape)} takes {size:,} plus an .npy header"
+                )
+            try:
+                _npy_header(archive, name, aval, path)[0].close()
+            except ExportedModelError:
+                raise
+            except _ZIP_ERRORS as e:
+                raise _unreadable(path, name, e) from e
+
+
+def _read_weights(directory: str, meta: dict, avals) -> list[np.ndarray]:
+    """The arrays of weights.npz, declared sizes and headers checked against the function's arguments first.
+
+    The arrays the function takes are held to the decoded-size budget, model.json's record of the
+    file's size and then the file's own size to those arrays plus the .npz's records, and the
+    zip's and .npy headers to the arguments (``check_weights_headers``), before the file is read;
+    the read stops one byte past the recorded size.
+    """
+    path = os.path.join(directory, bundle.WEIGHTS_FILE)
     if not all(isinstance(n, int) for aval in avals for n in aval.shape):
         raise ExportedModelError(f"{path}: the function's weight arguments have symbolic shapes")
-    declared = sum(math.prod(aval.shape) * np.dtype(aval.dtype).itemsize for aval in avals)
+    declared = sum(_array_bytes(aval) for aval in avals)
     limits.check(path, declared, f"the {len(avals)} weight arrays the function takes", ExportedModelError)
+    limit, recorded = weights_file_limit(avals), meta["files"]["weights"]["bytes"]
+    if recorded > limit:
+        raise ExportedModelError(
+            f"{path}: {os.path.join(directory, bundle.MODEL_JSON)} records {recorded:,} bytes, more than the "
+            f"{limit:,} an .npz of the function's {len(avals)} weight arrays ({declared:,} bytes) takes"
+        )
+    data = bundle.read_checked(
+        directory, meta, "weights", limit, inspect=lambda f, p: check_weights_headers(f, p, avals)
+    )
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
         names = sorted(archive.namelist())
@@ -206,21 +321,13 @@ def _read_weights(path: str, data: bytes, avals) -> list[np.ndarray]:
     arrays = []
     for name, aval in zip(expected, avals):
         try:
-            with archive.open(name) as f:
-                version = np.lib.format.read_magic(f)
-                read_header = (
-                    np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-                )
-                shape, fortran, dtype = read_header(f)
-                if tuple(shape) != tuple(aval.shape) or dtype != aval.dtype or dtype.hasobject:
-                    raise ExportedModelError(
-                        f"{path}: {name} is {dtype}{tuple(shape)}, the function expects {aval.dtype}{tuple(aval.shape)}"
-                    )
+            f, shape, fortran, dtype = _npy_header(archive, name, aval, path)
+            with f:
                 raw = f.read(dtype.itemsize * math.prod(shape) + 1)
-        except (ValueError, zipfile.BadZipFile, OSError, EOFError) as e:
-            if isinstance(e, ExportedModelError):
-                raise
-            raise ExportedModelError(f"{path}: unreadable array {name} ({type(e).__name__}: {e})") from e
+        except ExportedModelError:
+            raise
+        except _ZIP_ERRORS as e:
+            raise _unreadable(path, name, e) from e
         if len(raw) != dtype.itemsize * math.prod(shape):
             raise ExportedModelError(f"{path}: {name} holds {len(raw)} bytes, not {dtype.itemsize * math.prod(shape)}")
         array = np.frombuffer(raw, dtype).reshape(shape, order="F" if fortran else "C")
@@ -267,9 +374,7 @@ def load(directory: str) -> ExportedModel:
     if platform not in exported.platforms:
         raise ExportedModelError(f"{function_path}: exported for {list(exported.platforms)}, this host runs {platform}")
     weights_path = os.path.join(directory, bundle.WEIGHTS_FILE)
-    weights = _read_weights(
-        weights_path, bundle.read_checked(directory, meta, "weights", bundle.MAX_WEIGHTS_BYTES), weight_avals
-    )
+    weights = _read_weights(directory, meta, weight_avals)
     check_finite_weights(weights, weights_path)
     gradcam = None
     if "gradcam" in meta["files"]:
