@@ -1,6 +1,6 @@
 """Writing output files safely when names and folders may come from someone else.
 
-- ``open_output(path)`` never writes through a symbolic link, a FIFO, a device or a file
+- ``open_output(path)`` (and ``write_text(path, text)``, which also takes gs:// URLs) never writes through a symbolic link, a FIFO, a device or a file
   with other hard links planted at ``path``: it opens with ``O_NOFOLLOW`` and checks what
   it opened before truncating it. A regular file of our own (an earlier run's) is
   overwritten.
@@ -31,15 +31,17 @@ class UnsafeOutputError(ValueError):
 
 
 def open_output(path: str | os.PathLike, mode: str = "w", **kwargs) -> io.IOBase:
-    """``open(path, mode)`` for writing ('w' or 'wb'), refusing whatever is not a plain file of our own at ``path``.
+    """``open(path, mode)`` for writing ('w', 'wb') or appending ('a'), refusing whatever is not a plain file of our own at ``path``.
 
     Created with mode 0o666 (less the umask) when absent. Raises UnsafeOutputError naming
     ``path`` for a symbolic link, a non-regular file or a file with other hard links.
     """
-    if mode not in ("w", "wb"):
-        raise ValueError(f"open_output: mode {mode!r}, expected 'w' or 'wb'")
+    if mode not in ("w", "wb", "a"):
+        raise ValueError(f"open_output: mode {mode!r}, expected 'w', 'wb' or 'a'")
     path = os.fspath(path)
     flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    if mode == "a":
+        flags |= os.O_APPEND
     try:
         # O_NONBLOCK: a FIFO planted at the name must not block the open.
         fd = os.open(path, flags, 0o666)
@@ -56,11 +58,24 @@ def open_output(path: str | os.PathLike, mode: str = "w", **kwargs) -> io.IOBase
         if st.st_nlink > 1:
             raise UnsafeOutputError(f"{path}: has {st.st_nlink} hard links; refusing to overwrite a shared file")
         os.set_blocking(fd, True)
-        os.ftruncate(fd, 0)
+        if mode != "a":
+            os.ftruncate(fd, 0)
         return open(fd, mode, closefd=True, **kwargs)
     except BaseException:
         os.close(fd)
         raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """``text`` written to ``path``: through ``open_output`` on a local disk, through etils.epath for a URL (gs://...)."""
+    path = os.fspath(path)
+    if "://" in path:
+        from etils import epath  # cloud storage has no links to plant
+
+        epath.Path(path).write_text(text)
+        return
+    with open_output(path) as f:
+        f.write(text)
 
 
 def output_file_problem(path: str, flag: str) -> str | None:

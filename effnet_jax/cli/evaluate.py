@@ -99,7 +99,11 @@ def main(argv):
     # The default out_dir is WORKDIR/eval/<split>_<step>: its parent is what can be checked now.
     problem = check_output_dir(FLAGS.out_dir, "--out_dir") if FLAGS.out_dir else None
     if problem is None and not FLAGS.out_dir and os.path.isdir(FLAGS.workdir):
-        problem = check_output_dir(Layout(FLAGS.workdir).eval, "--workdir (its eval/ folder)")
+        eval_dir = Layout(FLAGS.workdir).eval
+        if os.path.islink(eval_dir):  # a downloaded run's eval -> elsewhere: not even a probe file there
+            problem = f"--workdir={FLAGS.workdir}: its eval/ folder is a link; refusing to write through it"
+        else:
+            problem = check_output_dir(eval_dir, "--workdir (its eval/ folder)")
     if problem:
         print(f"effnet-eval: error: {problem}", file=sys.stderr)
         return 1

@@ -15,6 +15,7 @@ import os
 from effnet_jax.data.data_dir import no_external_set_line
 from effnet_jax.data.provenance import provenance
 from effnet_jax.labels import class_names
+from effnet_jax.output_files import open_output
 from effnet_jax.reporting.run_summary import describe_recipe
 from effnet_jax.runs import Run
 
@@ -298,7 +299,8 @@ def write_model_card(run: Run) -> str:
     path = run.layout.model_card
     text = render_model_card(run)
     tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    # A downloaded run may hold a link at the temporary name: never written through.
+    with open_output(tmp) as f:
         f.write(text)
     os.replace(tmp, path)
     return path

@@ -11,7 +11,7 @@ import math
 import os
 
 from effnet_jax.metrics.calibration import Calibration
-from effnet_jax.output_files import open_output
+from effnet_jax.output_files import UnsafeOutputError, open_output
 from effnet_jax.runs.layout import CALIBRATION, Layout
 from effnet_jax.weights.readers import read_json_file
 
@@ -19,6 +19,8 @@ from effnet_jax.weights.readers import read_json_file
 def write_calibration(layout: Layout, calibration: Calibration) -> str:
     """Writes the run's calibration file (replacing an earlier one); returns its path."""
     path = layout.calibration
+    if os.path.isdir(path) and not os.path.islink(path):  # os.replace cannot put a file over a folder
+        raise UnsafeOutputError(f"{path}: a folder, not a calibration file; refusing to replace it")
     tmp = path + ".tmp"
     # Not open(): a link planted at the temporary name (a downloaded run) would be written through.
     with open_output(tmp, "w") as f:

@@ -14,9 +14,9 @@ import math
 import reprlib
 
 import numpy as np
-from etils import epath
 
 from effnet_jax.labels import class_weights
+from effnet_jax.output_files import write_text
 from effnet_jax.runs.layout import Layout
 
 # The image sizes a run record may hold: every variant's resolution (up to B7's 600) and what
@@ -106,8 +106,8 @@ class RunRecord:
 
 def write(workdir: str, record: RunRecord) -> str:
     """Writes the run record into the run directory ``workdir``; returns its path."""
-    path = epath.Path(Layout(workdir).run_record)
-    path.write_text(json.dumps(record.to_json(), indent=2) + "\n")
+    path = Layout(workdir).run_record
+    write_text(path, json.dumps(record.to_json(), indent=2) + "\n")
     return str(path)
 
 

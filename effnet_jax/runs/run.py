@@ -140,16 +140,19 @@ def read_config(workdir: str) -> dict:
 
 
 def compilation_cache_dir(workdir: str) -> str:
-    """The run's ``compilation_cache_dir``; the default for older runs and for a config that cannot be read.
+    """The compilation cache a command reading ``workdir`` sets up: the default one, or none if the run turned it off.
 
-    Read before the run is opened, to set the cache up before anything compiles: a config
-    that cannot be read is left for ``open`` to report.
+    The cache holds executable code that JAX loads, and a run folder may come from anyone:
+    a downloaded config.json naming a folder (one shipped with planted executables, or one
+    of yours to write into) must not choose where it is. Only turning it off ('') is taken
+    from the run. Read before the run is opened, to set the cache up before anything
+    compiles: a config that cannot be read is left for ``open`` to report.
     """
     try:
         value = read_config(workdir).get("compilation_cache_dir", DEFAULT_COMPILATION_CACHE_DIR)
     except (OSError, ValueError):
         value = DEFAULT_COMPILATION_CACHE_DIR
-    return value if isinstance(value, str) else DEFAULT_COMPILATION_CACHE_DIR
+    return "" if value == "" else DEFAULT_COMPILATION_CACHE_DIR
 
 
 def open(workdir: str, checkpoint: str | int | None = "best") -> Run:

@@ -14,6 +14,7 @@ import time
 import jax
 from etils import epath
 
+from effnet_jax.output_files import open_output
 from effnet_jax.runs.layout import Layout
 from effnet_jax.runs.metrics_log import read_metrics, read_metrics_file
 
@@ -46,7 +47,7 @@ class MetricWriter:
             self._records.append(record)
             _write_all(self.path, self._records)
         else:
-            with open(self.path, "a") as f:
+            with open_output(self.path, "a") as f:  # never through a link planted in a downloaded run
                 f.write(json.dumps(record) + "\n")
 
     def close(self):
@@ -68,7 +69,7 @@ def _write_all(path: str, records: list[dict]):
     if "://" in path:
         epath.Path(path).write_text(text)
         return
-    with open(path + ".tmp", "w") as f:
+    with open_output(path + ".tmp") as f:
         f.write(text)
     os.replace(path + ".tmp", path)
 

@@ -35,6 +35,7 @@ from etils import epath
 from flax import traverse_util
 
 from effnet_jax.data import pipeline
+from effnet_jax.output_files import write_text
 from effnet_jax.runs import checkpoints as checkpoint_lib
 from effnet_jax.runs import code_version
 from effnet_jax.runs import layout as layout_lib
@@ -343,7 +344,7 @@ def _make_soup(members: list[str], workdir: str, checkpoint: str | int, combine:
     # ----------------------------------------------------------------------------------------------
     # The run directory: config, run record, checkpoint, then metrics and soup.json (written last).
     # ----------------------------------------------------------------------------------------------
-    epath.Path(Layout(workdir).config).write_text(config.to_json_best_effort(indent=2))
+    write_text(Layout(workdir).config, config.to_json_best_effort(indent=2))
     run_record.write(workdir, first.run)
     # The first member's data iterator state: part of effnet-train's checkpoint format.
     data_state = checkpoint_lib.read_data_state(first.workdir, first.step)
@@ -380,7 +381,7 @@ def _make_soup(members: list[str], workdir: str, checkpoint: str | int, combine:
         "members": entries,
         "soup": {metric: results[select_split].get(metric)},
     }
-    epath.Path(Layout(workdir).soup).write_text(json.dumps(soup, indent=2) + "\n")
+    write_text(Layout(workdir).soup, json.dumps(soup, indent=2) + "\n")
     log.info(
         "%s of %d members at step %d: %s %s=%.4f (members %s); in %s",
         "seed ensemble (logits averaged)" if combine == "logits" else "soup (weights averaged)",
