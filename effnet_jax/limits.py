@@ -110,3 +110,15 @@ def read_regular_file(path: str, limit: int = MAX_IMAGE_FILE_BYTES, follow_symli
     """
     with open_regular_file(path, follow_symlinks) as f:
         return read_open_file(f, path, limit)
+
+
+def json_nesting(value) -> int:
+    """How deep lists and dicts nest in a parsed JSON value (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is not None:
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return deepest

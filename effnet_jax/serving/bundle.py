@@ -165,18 +165,6 @@ def _lookup(meta: dict, dotted: str):
     return value
 
 
-def _nesting(value) -> int:
-    """How deep lists and dicts nest in a parsed JSON value (a scalar is 0), without recursion."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
-        if children is not None:
-            deepest = max(deepest, depth)
-            stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
-    return deepest
-
-
 def read_model_json(directory: str) -> dict:
     """``DIR/model.json``, parsed and checked against the schema above."""
     path = os.path.join(directory, MODEL_JSON)
@@ -190,7 +178,7 @@ def read_model_json(directory: str) -> dict:
         raise ExportedModelError(f"{path}: JSON nested deeper than {limits.MAX_NESTING} levels") from None
     except (UnicodeDecodeError, ValueError) as e:
         raise ExportedModelError(f"{path}: not valid JSON ({e})") from e
-    if _nesting(meta) > limits.MAX_NESTING:
+    if limits.json_nesting(meta) > limits.MAX_NESTING:
         raise ExportedModelError(f"{path}: JSON nested deeper than {limits.MAX_NESTING} levels")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__

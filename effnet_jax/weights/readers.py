@@ -125,18 +125,6 @@ def _check_safetensors(path: Path) -> None:
 # --- JSON files that came with weights or runs -------------------------------------------------
 
 
-def json_nesting(value) -> int:
-    """How deep lists and dicts nest in a parsed JSON value (a scalar is 0), without recursion."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
-        if children is not None:
-            deepest = max(deepest, depth)
-            stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
-    return deepest
-
-
 def parse_json(text: str | bytes, where: str, error: type[Exception] = ValueError):
     """``text`` parsed, or ``error`` naming ``where`` (a file, or a file and line) when it is not JSON or nests too deep.
 
@@ -151,7 +139,7 @@ def parse_json(text: str | bytes, where: str, error: type[Exception] = ValueErro
         raise error(f"{where}: JSON nested deeper than {limits.MAX_NESTING} levels") from None
     except ValueError as e:  # UnicodeDecodeError included
         raise error(f"{where}: not valid JSON ({e})") from None
-    if json_nesting(value) > limits.MAX_NESTING:
+    if limits.json_nesting(value) > limits.MAX_NESTING:
         raise error(f"{where}: JSON nested deeper than {limits.MAX_NESTING} levels")
     return value
 
