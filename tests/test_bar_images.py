@@ -2,6 +2,7 @@
 
 import importlib.util
 import pathlib
+import sys
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "docs" / "experiments" / 
 
 @pytest.fixture(scope="module")
 def bar_images():
+    sys.path.insert(0, str(SCRIPT.parent))  # the script imports its sibling summarise_runs
     spec = importlib.util.spec_from_file_location("bar_images", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

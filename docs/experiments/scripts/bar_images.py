@@ -16,15 +16,14 @@ that every run calls pneumonia at its own operating threshold: errors no run mov
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
-import json
 import math
 import pathlib
 import subprocess
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
+from summarise_runs import external_report  # a sibling script: run as python docs/experiments/scripts/...
 
 from effnet_jax.metrics.held_out import held_out_rule
 
@@ -33,15 +32,7 @@ BARS = {"accuracy": 0.94, "auc": 0.985, "specificity": 0.90, "sensitivity": 0.95
 
 def read_run(workdir: pathlib.Path) -> dict:
     """Files, labels, P(PNEUMONIA) and operating threshold of the run's latest external report (no TTA)."""
-    reports = sorted(
-        (p for p in workdir.glob("eval/external_*/metrics.json") if "_tta-" not in p.parent.name),
-        key=lambda p: p.stat().st_mtime,
-    )
-    if not reports:
-        raise SystemExit(f"{workdir}: no eval/external_*/metrics.json; run effnet-eval --split=external first")
-    report = json.loads(reports[-1].read_text())
-    with open(reports[-1].parent / "predictions.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
+    report, rows = external_report(workdir)
     return {
         "files": [r["file"] for r in rows],
         "labels": np.asarray([int(r["label"]) for r in rows]),

@@ -24,16 +24,20 @@ import numpy as np
 from effnet_jax.metrics.held_out import held_out_rule, rates
 
 
-def read_run(workdir: pathlib.Path) -> dict:
+def external_report(workdir: pathlib.Path) -> tuple[dict, list[dict]]:
+    """(metrics.json, rows of predictions.csv) of the run's latest external report without TTA."""
     reports = sorted(
         (p for p in workdir.glob("eval/external_*/metrics.json") if "_tta-" not in p.parent.name),
         key=lambda p: p.stat().st_mtime,
     )
     if not reports:
         raise SystemExit(f"{workdir}: no eval/external_*/metrics.json; run effnet-eval --split=external first")
-    report = json.loads(reports[-1].read_text())
     with open(reports[-1].parent / "predictions.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
+        return json.loads(reports[-1].read_text()), list(csv.DictReader(f))
+
+
+def read_run(workdir: pathlib.Path) -> dict:
+    report, rows = external_report(workdir)
     labels = np.asarray([int(r["label"]) for r in rows])
     probs = np.asarray([float(r["prob_pneumonia"]) for r in rows])
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if line.strip()]
