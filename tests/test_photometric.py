@@ -196,3 +196,62 @@ def test_haze_is_off_by_default_and_veils_fine_detail_keeping_the_mean_level():
     np.testing.assert_allclose(np.asarray(augment.wide_blur(flat, 5.0)), 97.0, rtol=1e-6)
     aug.haze_enabled = False
     assert not augment.spec_from_config(aug, 64).hazy
+
+
+def test_class_contrast_flattens_only_the_classes_it_names_and_keeps_every_other_draw():
+    aug = data_config_lib.default_augment_config()
+    assert aug.class_contrast == ()  # off by default
+    aug.contrast = 0.3
+    aug.brightness = 0.0  # the levels' mean then stays where the contrast left it
+    aug.clip_levels = False
+    off = augment.spec_from_config(aug, 64)
+    aug.class_contrast = (0.5, 1.0)
+    on = augment.spec_from_config(aug, 64)
+    assert on.photometric and on.class_contrast == (0.5, 1.0)
+    rows, cols = np.mgrid[0:64, 0:64].astype(np.float32)
+    gray = jnp.asarray(60 + 2 * rows + 40 * (np.sin(2 * np.pi * cols / 6) > 0))
+    factors = []
+    for seed in range(12):
+        key = jax.random.key(seed)
+        plain = np.asarray(augment.augment_one(gray, key, off))
+        # Class 1's bound is 1: its factor is exactly 1, the view exactly the one without it.
+        np.testing.assert_array_equal(np.asarray(augment.augment_one(gray, key, on, 1)), plain)
+        flat = np.asarray(augment.augment_one(gray, key, on, 0))
+        factor = float(augment.draw_class_contrast(on, key, 0))
+        factors.append(factor)
+        # Class 0: the deviation from the view's mean shrinks by the drawn factor, the mean stays.
+        np.testing.assert_allclose(flat - flat.mean(), factor * (plain - plain.mean()), atol=2e-3)
+        np.testing.assert_allclose(flat.mean(), plain.mean(), atol=2e-3)
+    assert 0.5 <= min(factors) and max(factors) <= 1.0 and len(set(factors)) == 12
+    # A batch draws per row by its labels, as one example at a time does.
+    keys = augment.example_keys(jax.random.key(7), 2)
+    batch = augment.prepare_batch(
+        jnp.stack([gray, gray]).astype(jnp.uint8), jax.random.key(7), on, MEAN3, STD3, labels=jnp.array([0, 1])
+    )
+    for i, label in enumerate((0, 1)):
+        one = augment.normalise(
+            augment.augment_one(gray.astype(jnp.uint8).astype(jnp.float32), keys[i], on, label), MEAN3, STD3
+        )
+        np.testing.assert_allclose(np.asarray(batch[i]), np.asarray(one), atol=1e-5)
+    with pytest.raises(ValueError, match="needs the batch's labels"):
+        augment.prepare_batch(jnp.stack([gray]).astype(jnp.uint8), jax.random.key(7), on, MEAN3, STD3)
+
+
+MEAN3, STD3 = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+
+@pytest.mark.parametrize("value", [(0.0, 1.0), (0.7, 1.2), (0.7, float("nan")), ("a", 1.0), (True, 1.0)])
+def test_class_contrast_out_of_range_is_refused_naming_the_key(value):
+    aug = data_config_lib.default_augment_config()
+    aug.class_contrast = value
+    with pytest.raises(ValueError, match=r"data\.augment\.class_contrast="):
+        augment.spec_from_config(aug)
+
+
+def test_class_contrast_needs_one_bound_per_class():
+    aug = data_config_lib.default_augment_config()
+    aug.class_contrast = (0.7, 1.0, 1.0)
+    spec = augment.spec_from_config(aug)
+    with pytest.raises(ValueError, match=r"config\.data\.augment\.class_contrast=.*3 bounds for 2 classes"):
+        augment.check_class_count(spec, ("NORMAL", "PNEUMONIA"))
+    augment.check_class_count(augment.spec_from_config(aug), ("A", "B", "C"))  # three classes: fine

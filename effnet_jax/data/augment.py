@@ -42,12 +42,14 @@ class AugmentSpec:
     erase: float = 0.0  # probability of erasing one rectangle of the view (random erasing)
     erase_area: float = 0.25  # largest fraction of the view's area it covers (at least ERASE_AREA_MIN)
     haze: float = 0.0  # blend toward a wide blur (scatter), amount drawn from [0, haze]
+    # Per class c, a further contrast factor drawn from [class_contrast[c], 1]; () = off.
+    class_contrast: tuple = ()
     clip: bool = True  # clip grey levels to 0..255 after the photometric changes
     size: int = 0  # side of the augmented view (the model's input); 0: the frame's own side
 
     @property
     def photometric(self) -> bool:
-        return bool(self.brightness or self.contrast or self.gamma)
+        return bool(self.brightness or self.contrast or self.gamma or self.class_contrast)
 
     @property
     def detector(self) -> bool:
@@ -95,6 +97,7 @@ def spec_from_config(aug, size: int = 0) -> AugmentSpec | None:
                 "expected 0 < scale_min <= scale_max <= 1"
             )
         area_min, area_max = float(aug.scale_min), float(aug.scale_max)
+    class_contrast = _class_contrast(aug) if aug.get("class_contrast_enabled", True) else ()
     zoom_about = aug.get("zoom_about", "random")
     if zoom_about not in ZOOM_ABOUT:
         raise ValueError(f"data.augment.zoom_about={zoom_about!r}: expected 'random' or 'center'")
@@ -113,9 +116,31 @@ def spec_from_config(aug, size: int = 0) -> AugmentSpec | None:
         erase=float(aug.get("erase", 0.0)) if aug.get("erase_enabled", False) else 0.0,
         erase_area=float(aug.get("erase_area", 0.25)),
         haze=float(aug.get("haze", 0.0)) if aug.get("haze_enabled", False) else 0.0,
+        class_contrast=class_contrast,
         clip=bool(aug.get("clip_levels", True)),
         size=int(size),
     )
+
+
+def _class_contrast(aug) -> tuple:
+    value = aug.get("class_contrast") or ()
+    if not isinstance(value, (tuple, list)) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 < v <= 1.0 for v in value
+    ):
+        raise ValueError(
+            f"data.augment.class_contrast={value!r}: expected one lower bound per class, each in (0, 1] "
+            "(e.g. (0.7, 1.0)), or () for off"
+        )
+    return tuple(float(v) for v in value)
+
+
+def check_class_count(spec: AugmentSpec | None, class_names) -> None:
+    """``data.augment.class_contrast`` must give one bound per class of the training data."""
+    if spec is not None and spec.class_contrast and len(spec.class_contrast) != len(class_names):
+        raise ValueError(
+            f"config.data.augment.class_contrast={spec.class_contrast}: {len(spec.class_contrast)} bounds for "
+            f"{len(class_names)} classes {tuple(class_names)}; give one per class, in that order"
+        )
 
 
 def draw(spec: AugmentSpec, key) -> dict:
@@ -149,6 +174,7 @@ _NOISE_STREAM = 2
 _ERASE_STREAM = 3
 _ERASE_FILL_STREAM = 4
 _HAZE_STREAM = 5
+_CLASS_CONTRAST_STREAM = 6
 
 # Random erasing's rectangle: at least this fraction of the view's area, its height over
 # width log-uniform in [1 / ERASE_ASPECT, ERASE_ASPECT] (Zhong et al. 2020 draw alike).
@@ -191,6 +217,12 @@ def draw_haze(spec: AugmentSpec, key):
 # The haze's blur: a Gaussian whose sigma is this fraction of the view's side (14 px at 224),
 # wide enough to carry no rib or vessel, narrow enough to keep the lungs' outline.
 HAZE_SIGMA = 1 / 16
+
+
+def draw_class_contrast(spec: AugmentSpec, key, label):
+    """One example's further contrast factor, from [class_contrast[label], 1], on its own stream of ``key``."""
+    low = jnp.asarray(spec.class_contrast, jnp.float32)[label]
+    return low + (1.0 - low) * jax.random.uniform(jax.random.fold_in(key, _CLASS_CONTRAST_STREAM), (), jnp.float32)
 
 
 def _gaussian_taps(sigma: float) -> np.ndarray:
@@ -334,9 +366,16 @@ def normalise(gray, mean, std):
     return gray.astype(jnp.float32)[..., None] * scale + offset
 
 
-def augment_one(gray, key, spec: AugmentSpec):
-    """One (H, W) grey image (float, 0..255) augmented with the draws of ``key``."""
+def augment_one(gray, key, spec: AugmentSpec, label=None):
+    """One (H, W) grey image (float, 0..255) of class ``label`` augmented with the draws of ``key``.
+
+    ``label`` is read only by ``spec.class_contrast``.
+    """
     params = draw(spec, key)
+    if spec.class_contrast:
+        if label is None:
+            raise ValueError("data.augment.class_contrast draws by class: augment_one needs the example's label")
+        params["contrast"] = params["contrast"] * draw_class_contrast(spec, key, label)
     out = warp(gray, params, spec.size)
     if spec.hazy:
         # Before the levels: scatter reaches the detector with the primary image, before any display curve.
@@ -357,7 +396,7 @@ def example_keys(key, count: int, first_index=0):
     return jax.vmap(lambda i: jax.random.fold_in(key, i))(first_index + jnp.arange(count, dtype=jnp.uint32))
 
 
-def prepare_batch(gray, key, spec: AugmentSpec | None, mean, std, first_index=0):
+def prepare_batch(gray, key, spec: AugmentSpec | None, mean, std, first_index=0, labels=None):
     """(B, F, F) uint8 grey frames -> (B, S, S, 3) float32 model input, augmented when ``spec`` is set.
 
     S is ``spec.size`` (the frame's side when 0 or without a spec: no zoom, so the host
@@ -365,10 +404,15 @@ def prepare_batch(gray, key, spec: AugmentSpec | None, mean, std, first_index=0)
 
     ``first_index`` is the position of the batch's first row in the global batch (pmap
     passes its device's offset), so every example gets the same draws however the batch
-    is split.
+    is split. ``labels`` (B,) are needed by ``spec.class_contrast`` alone.
     """
     images = gray.astype(jnp.float32)
     if spec is not None:
         keys = example_keys(key, gray.shape[0], first_index)
-        images = jax.vmap(augment_one, in_axes=(0, 0, None))(images, keys, spec)
+        if spec.class_contrast:
+            if labels is None:
+                raise ValueError("data.augment.class_contrast draws by class: prepare_batch needs the batch's labels")
+            images = jax.vmap(augment_one, in_axes=(0, 0, None, 0))(images, keys, spec, labels)
+        else:
+            images = jax.vmap(augment_one, in_axes=(0, 0, None))(images, keys, spec)
     return normalise(images, mean, std)

@@ -241,6 +241,13 @@ def default_augment_config() -> ml_collections.ConfigDict:
     # lose contrast while the mean level stays. 0 = off (the default; other draws unchanged).
     c.haze_enabled = True
     c.haze = 0.0
+    # Contrast by class, with the other levels: per class c (in class order), the view's
+    # contrast about its mean is further scaled by a factor drawn from [class_contrast[c], 1],
+    # e.g. (0.7, 1.0) flattens some NORMAL lung fields as far as pneumonia ones spread, so the
+    # spread of grey levels alone stops telling the classes apart. () = off (the default;
+    # other draws unchanged).
+    c.class_contrast_enabled = True
+    c.class_contrast = ()
     # Clip grey levels to 0..255 after the photometric and detector changes. False lets them run past
     # the range (bright bone keeps its detail under +brightness), as the external sweep did.
     c.clip_levels = True
@@ -360,6 +367,41 @@ def _require_rate(config, key: str, zero_means: str = "off") -> None:
         )
 
 
+# Bounds of the data keys (docs/untrusted-inputs.md): past them a value forks a process per
+# unit, lists a label per unit, or exports a model.json that serving.load refuses.
+MAX_WORKERS = 256
+MAX_PREFETCH = 256
+MAX_SYNTHETIC_EXAMPLES = 1_000_000
+MIN_MAX_SIZE, MAX_MAX_SIZE = 8, 16384  # as model.json's input.max_size
+
+
+def _require_data_keys(config) -> None:
+    """The data keys that size processes, buffers and stored images, where the config has them."""
+    import math
+
+    bounds = [
+        ("data.num_workers", lambda v: 0 <= v <= MAX_WORKERS, f"an integer from 0 (load in process) to {MAX_WORKERS}"),
+        ("data.prefetch_buffer", lambda v: 1 <= v <= MAX_PREFETCH, f"an integer from 1 to {MAX_PREFETCH}"),
+        (
+            "data.max_size",
+            lambda v: MIN_MAX_SIZE <= v <= MAX_MAX_SIZE,
+            f"an integer from {MIN_MAX_SIZE} to {MAX_MAX_SIZE}",
+        ),
+        (
+            "data.synthetic_examples",
+            lambda v: 4 <= v <= MAX_SYNTHETIC_EXAMPLES,
+            f"an integer from 4 to {MAX_SYNTHETIC_EXAMPLES:,}",
+        ),
+    ]
+    for key, test, expected in bounds:
+        if _number(config, key) is not None:  # absent from the configs of older runs
+            _require(config, key, test, expected)
+    if _number(config, "data.center_crop") is not None:
+        _require(
+            config, "data.center_crop", lambda v: math.isfinite(v) and 0 < v <= 1, "a fraction in (0, 1]", (int, float)
+        )
+
+
 def _positive_steps(config) -> bool:
     steps = config.get("num_train_steps")
     return isinstance(steps, int) and steps > 0
@@ -411,6 +453,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         except ValueError as e:  # its messages start with the key, data.augment.NAME=
             raise ValueError(f"config.{e}") from None
     _require(config, "eval_every_steps", lambda v: v >= 0, "an integer >= 0 (0 = only at the end)")
+    _require_data_keys(config)
     _require(config, "optimizer.grad_accum_steps", lambda v: v >= 1, "an integer >= 1")
     finite = (int, float)
     _require(config, "ema_decay", lambda v: 0 <= v < 1, "a number in [0, 1) (0 = no EMA)", finite)

@@ -14,6 +14,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
+from effnet_jax.data import augment as augment_lib
 from effnet_jax.data import external, folders, pipeline, sources
 from effnet_jax.data.data_dir import no_external_set_line
 from effnet_jax.labels import CLASS_NAMES, class_weights
@@ -337,6 +338,7 @@ def _train_members(configs: list, workdirs: list[str], started: float) -> list[s
     stacked = len(configs) > 1
     train_info = pipeline.split_info(config.data, "train")
     _check_classes(config, "train", train_info)
+    augment_lib.check_class_count(augment_lib.spec_from_config(config.data.augment), train_info["class_names"])
     total_steps, steps_per_epoch = num_steps(config, train_info)
     every = eval_every(config, steps_per_epoch)
     warned = set()  # warnings this run gives once

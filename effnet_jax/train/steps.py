@@ -110,7 +110,7 @@ def train_step(
         # Before the per-device fold below: the draws must not depend on the device count.
         first = 0 if axis_name is None else jax.lax.axis_index(axis_name) * batch["gray"].shape[0]
         images = augment_lib.prepare_batch(
-            batch["gray"], jax.random.fold_in(rng, AUGMENT_STREAM), augment, mean, std, first
+            batch["gray"], jax.random.fold_in(rng, AUGMENT_STREAM), augment, mean, std, first, batch["label"]
         )
     labels = batch["label"]
     if mixup_alpha:
