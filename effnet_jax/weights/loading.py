@@ -9,9 +9,11 @@ import math
 import reprlib
 from pathlib import Path
 
+import jax
 import numpy as np
 from flax import traverse_util
 
+import effnet_jax.limits as limits
 from effnet_jax.models.variants import VariantConfig, get_variant
 from effnet_jax.output_files import open_output
 from effnet_jax.weights import name_maps
@@ -197,7 +199,10 @@ def read_converted(directory: str | Path, variant: VariantConfig) -> ConvertedWe
     check_tree(directory / VARIABLES_DIR, WeightFileError)  # links out of the folder, FIFOs
     try:
         with ocp.StandardCheckpointer() as checkpointer:
+            check_declared_arrays(directory / VARIABLES_DIR, checkpointer.metadata(directory / VARIABLES_DIR))
             restored = checkpointer.restore(directory / VARIABLES_DIR)
+    except WeightFileError:
+        raise
     except Exception as e:  # orbax raises several types for damaged or partial checkpoints
         raise WeightFileError(f"Cannot restore converted weights from {directory / VARIABLES_DIR}: {e}") from e
     tensors = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(restored).items()}
@@ -209,6 +214,29 @@ def read_converted(directory: str | Path, variant: VariantConfig) -> ConvertedWe
         tuple(metadata["mean"]),
         tuple(metadata["std"]),
     )
+
+
+def check_declared_arrays(where: Path, metadata) -> None:
+    """Refuses (``WeightFileError`` naming ``where``) an orbax checkpoint whose metadata declares more than the budget.
+
+    Orbax allocates each array at the shape its metadata declares, and tensorstore decodes a
+    chunk whole: a converted folder of a few MB (one zlib chunk of ones) would otherwise make
+    the reader allocate GBs before the shapes are compared with the model's. The declared
+    arrays plus the largest chunk are held to the decoded-size budget, as a weight file is.
+    """
+    is_array = lambda m: hasattr(m, "shape") and hasattr(m, "dtype")  # noqa: E731
+    tree = getattr(metadata, "item_metadata", metadata)
+    arrays = [m for m in jax.tree_util.tree_leaves(tree, is_leaf=is_array) if is_array(m)]
+    total, largest_chunk = 0, 0
+    for leaf in arrays:
+        itemsize = np.dtype(leaf.dtype).itemsize
+        chunk = getattr(getattr(leaf, "storage", None), "chunk_shape", None)
+        for dims in (leaf.shape, chunk or ()):
+            if not all(isinstance(d, (int, np.integer)) and d >= 0 for d in dims):
+                raise WeightFileError(f"{where}: an array declares shape {reprlib.repr(tuple(dims))}")
+        total += math.prod(leaf.shape) * itemsize
+        largest_chunk = max(largest_chunk, math.prod(chunk) * itemsize if chunk else 0)
+    limits.check(where, total + largest_chunk, f"the {len(arrays)} arrays its metadata declares", WeightFileError)
 
 
 def _read_metadata(path: Path) -> dict:

@@ -62,6 +62,11 @@ def detect_format(path: Path) -> str:
         return "safetensors"
     if path.suffix in (".pth", ".pt", ".bin"):
         return "pytorch"
+    # A file named for a format it does not hold (empty, cut short, another format) says so, not "unknown format".
+    if path.suffix == ".safetensors":
+        raise WeightFileError(f"{path}: {len(head)} bytes, too short to be a safetensors file (empty or truncated)")
+    if path.suffix in (".h5", ".hdf5"):
+        raise WeightFileError(f"{path}: no HDF5 signature at its start; not a Keras .h5 file (empty or damaged?)")
     supported = "; ".join(f"{k}: {v}" for k, v in SUPPORTED_FORMATS.items())
     raise WeightFileError(f"Unknown weight format for {path} (suffix {path.suffix!r}). Supported: {supported}.")
 
@@ -85,9 +90,14 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
 
     _check_safetensors(path)
     try:
-        return dict(load_file(str(path)))
+        tensors = dict(load_file(str(path)))
     except Exception as e:  # safetensors raises its own error types for truncated headers and bodies
         raise WeightFileError(f"Cannot read safetensors file {path}: {e}") from e
+    for name, value in tensors.items():
+        # safetensors holds complex numbers too: cast to the model's float32 they would lose a part silently.
+        if value.dtype.kind not in "biuf":
+            raise WeightFileError(f"{path}: tensor {_short(name)} is {value.dtype}; weights are real numbers")
+    return tensors
 
 
 def _check_safetensors(path: Path) -> None:
