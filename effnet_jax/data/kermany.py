@@ -9,6 +9,7 @@ IM-0115, NORMAL2-IM-1427); PNEUMONIA files like person1000_bacteria_2931.jpeg
 
 import dataclasses
 import hashlib
+import lzma
 import re
 import stat
 import zipfile
@@ -88,7 +89,7 @@ class Layout:
             if self._zip is None:
                 self._zip = zipfile.ZipFile(self.zip_path)  # kept open: one seek per member
             return _read_member(self._zip, rel, shown)
-        except (OSError, zipfile.BadZipFile, EOFError) as e:
+        except (OSError, zipfile.BadZipFile, EOFError, *_ZIP_MEMBER_ERRORS) as e:
             link = " (a link that loops or leads nowhere)" if Path(self.source, rel).is_symlink() else ""
             raise imaging.BadImageError(f"{shown}: cannot read{link}: {getattr(e, 'strerror', None) or e}") from e
 
@@ -174,6 +175,21 @@ def _read_member(zf: zipfile.ZipFile, rel: str, shown: str) -> bytes:
         return f.read(info.file_size)
 
 
+# zipfile's refusals of one member and its decompressors' errors: an encrypted member (RuntimeError),
+# an unknown compression method (NotImplementedError), a corrupt deflate or LZMA stream.
+_ZIP_MEMBER_ERRORS = (RuntimeError, NotImplementedError, zlib.error, lzma.LZMAError)
+
+
+def unsafe_member_name(name: str) -> bool:
+    """Whether a zip member's name is absolute or not canonical (``..``, ``.`` or empty parts, a backslash).
+
+    Such a name reaches outside the archive's folder when extracted, and its parts do not
+    name one member (``a//b`` and ``/a/b`` both list as ``a/b``): it is reported, not read.
+    """
+    parts = name.rstrip("/").split("/")
+    return name.startswith("/") or "\\" in name or any(p in ("", ".", "..") for p in parts)
+
+
 class _Tree:
     """A read-only directory view over a real folder or the names inside a zip."""
 
@@ -251,14 +267,21 @@ def scan(path, classes=CLASS_NAMES) -> Layout:
                     f"{path}: found {found}; expected a train/ folder with NORMAL/ and "
                     "PNEUMONIA/ inside (the chest_xray layout) or exactly one zip of it"
                 )
+    unsafe = []
     if zip_path is not None:
         with zipfile.ZipFile(zip_path) as zf:
-            tree = _Tree.from_zip(zf.namelist())
+            names = zf.namelist()
+        unsafe = [n for n in names if unsafe_member_name(n)]
+        tree = _Tree.from_zip([n for n in names if not unsafe_member_name(n)])
     root = _find_root(tree, classes)
     where = str(zip_path or path)
     if root is None:
         raise LayoutError(f"{where}: no train/ folder found; expected {{train,val,test}}/{{NORMAL,PNEUMONIA}}/*.jpeg")
-    return _walk(tree, root, where, str(zip_path) if zip_path else None, str(path), tuple(classes))
+    layout = _walk(tree, root, where, str(zip_path) if zip_path else None, str(path), tuple(classes))
+    layout.problems.extend(
+        f"{where}:{n}: an absolute or non-canonical member name ('..', '//'); not read" for n in unsafe
+    )
+    return layout
 
 
 def _walk(tree: _Tree, root: str, where: str, zip_path, folder, classes=CLASS_NAMES) -> Layout:
