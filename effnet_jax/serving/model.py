@@ -398,11 +398,13 @@ _CUSTOM_CALL = re.compile(r"stablehlo\.custom_call\s*@([\w.$-]+)|call_target_nam
 
 
 def check_custom_calls(exported, path: str) -> None:
-    """Refuses a function that calls a custom_call target effnet-export never emits; one line naming ``path``."""
+    """Refuses a function that calls a custom_call target effnet-export never emits, loops, waits on a
+    transfer or declares a tensor past the budget (``check_module_ops``); one line naming ``path``."""
     try:
         text = exported.mlir_module()
     except Exception as e:  # a module the MLIR parser cannot print is not one effnet-export wrote
         raise ExportedModelError(f"{path}: its StableHLO module cannot be read ({type(e).__name__})") from e
+    check_module_ops(text, path)
     targets = {a or b for a, b in _CUSTOM_CALL.findall(text)}
     calls = text.count("stablehlo.custom_call")
     found = len(_CUSTOM_CALL.findall(text))
@@ -420,3 +422,32 @@ def check_finite_weights(weights: list[np.ndarray], path: str) -> None:
         if np.issubdtype(w.dtype, np.inexact) and not np.isfinite(w).all():
             bad = int(w.size - np.isfinite(w).sum())
             raise ExportedModelError(f"{path}: arr_{i}.npy holds {bad} non-finite value(s) (NaN or inf)")
+
+
+# Ops effnet-export's functions never hold, and that can hold a process forever: a loop (a hand-made
+# module's may never end) and the transfers that wait for a host or device peer.
+REFUSED_OPS = ("while", "infeed", "outfeed", "send", "recv")
+_REFUSED_OP = re.compile(r"\b(?:stablehlo|mhlo)\.(" + "|".join(REFUSED_OPS) + r")\b")
+# A ranked tensor type: its dimensions (``?`` for the symbolic batch) and its element type.
+_TENSOR_TYPE = re.compile(r"tensor<((?:[0-9?]+x)+)([a-z]+)([0-9]*)>")
+
+
+def check_module_ops(text: str, path: str) -> None:
+    """Refuses a module holding a ``REFUSED_OPS`` op, or a tensor of one image past the decoded-size budget.
+
+    XLA allocates what a module's types declare: ``tensor<?x65536x65536xf32>`` in a function of
+    a few KB would take 16 GiB per image. The symbolic batch counts as one image.
+    """
+    found = _REFUSED_OP.search(text)
+    if found:
+        raise ExportedModelError(
+            f"{path}: holds a {found.group(0)} op, which effnet-export never emits (it may never end); "
+            "refusing to run a hand-made module"
+        )
+    largest, shown = 0, ""
+    for dims, kind, bits in set(_TENSOR_TYPE.findall(text)):
+        count = math.prod(1 if d == "?" else int(d) for d in dims.rstrip("x").split("x"))
+        size = count * max(1, int(bits or 8) // 8) * (2 if kind == "complex" else 1)
+        if size > largest:
+            largest, shown = size, f"tensor<{dims}{kind}{bits}>"
+    limits.check(path, largest, f"its largest tensor type {shown} (for one image)", ExportedModelError)
