@@ -36,7 +36,7 @@ from etils import epath
 from effnet_jax import runs
 from effnet_jax.inference.batchnorm_stats import adapt_batch_stats
 from effnet_jax.inference.inputs import images_in_folder
-from effnet_jax.inference.prediction import ImageReadError, Preprocessor
+from effnet_jax.inference.prediction import ImageReadError, Preprocessor, padded_batch_size
 from effnet_jax.runs import checkpoints as checkpoint_lib
 from effnet_jax.runs import layout as layout_lib
 from effnet_jax.runs import record as run_record
@@ -244,7 +244,12 @@ def adapt_run(
         raise AdaptError(f"--max_images={max_images}: expected a positive number of images")
     check_out(workdir, out)
     run = runs.open(workdir, checkpoint)
-    site = read_site_images(images, Preprocessor.for_run(run), max_images)
+    preprocess = Preprocessor.for_run(run)
+    try:  # every batch is padded to batch_size images: refused before the images are read
+        padded_batch_size(batch_size, preprocess.image_size)
+    except ValueError as e:
+        raise AdaptError(f"--{e}") from None
+    site = read_site_images(images, preprocess, max_images)
     log.info(
         "%d images of %s (%d files found, %d skipped); re-estimating BatchNorm statistics, mix %g",
         len(site.files),

@@ -87,6 +87,18 @@ class Preprocessor:
         return image, original
 
 
+def padded_batch_size(batch_size: int, image_size: int) -> int:
+    """``batch_size`` (at least 1), refused (ValueError naming it) when one padded float32 batch is over the budget.
+
+    Every batch is padded to this many images, so ``--batch_size=10**12`` would allocate
+    petabytes for two images instead of failing in one line.
+    """
+    batch = max(1, int(batch_size))
+    what = f"a batch of {batch:,} images of {image_size}x{image_size}x3 float32"
+    limits.check(f"batch_size={batch_size}", batch * image_size * image_size * 3 * 4, what, ValueError)
+    return batch
+
+
 def _read_file(path: str) -> bytes:
     try:
         # A FIFO or device would block open() or read() forever, and a file of GBs (sparse costs
@@ -177,9 +189,10 @@ class Predictor:
         if not isinstance(run, Run):
             run = runs.open(run)  # a workdir, at its best checkpoint: Predictor("runs/debug")
         self.run = run
+        self.preprocess = Preprocessor.for_run(run)
+        self.batch_size = padded_batch_size(batch_size, self.preprocess.image_size)  # before the weights are read
         self.config, self.model, self.variables, self.step = run.config, run.model(), run.variables(use_ema), run.step
         data = self.config.data
-        self.preprocess = Preprocessor.for_run(run)
         self.temperature, self.calibration = run.temperature()
         self.class_names = class_names(data)
         self.data = run.training_data or str(data.get("name", ""))
@@ -192,7 +205,6 @@ class Predictor:
             # Derived on uncalibrated probabilities: mapped like them, so no label changes. A
             # number given on the command line is meant for the probabilities printed.
             self.threshold = calibration_lib.calibrate_threshold(self.threshold, self.temperature)
-        self.batch_size = max(1, int(batch_size))
         self._predict = None
         self._gradcam = None
 
