@@ -24,6 +24,7 @@ import dataclasses
 import difflib
 import itertools
 import logging
+import math
 import os
 
 import jax
@@ -52,6 +53,11 @@ CSV = "sweep.csv"
 MARKDOWN = "sweep.md"
 # The operating-threshold metrics of each evaluated split, as CSV columns <split>_<name>.
 SCORES = (("auc", "auc"), ("accuracy", "accuracy"), ("sensitivity", "recall"), ("specificity", "specificity"))
+
+
+# Each point is a whole training run: a grid past this is a typo (a long list pasted twice), not a plan,
+# and building it would copy the config per point before the first trains.
+MAX_POINTS = 1000
 
 
 class SweepError(ValueError):
@@ -164,6 +170,12 @@ def plan(config: ml_collections.ConfigDict, workdir: str, axes: list[Axis]) -> l
         if axis.key in seen:
             raise SweepError(f"--sweep {axis.key}: given twice; put all its values in one list")
         seen.add(axis.key)
+    size = math.prod(len(axis.values) for axis in axes)
+    if size > MAX_POINTS:  # counted before the product: each point holds a copy of the config
+        shown = " x ".join(f"{len(axis.values)} ({axis.key})" for axis in axes)
+        raise SweepError(
+            f"--sweep: a grid of {shown} = {size:,} points, more than the {MAX_POINTS:,} one sweep may train"
+        )
     points_dir = os.path.join(layout_lib.absolute(workdir), POINTS)
     points = []
     for values in itertools.product(*(axis.values for axis in axes)):

@@ -77,12 +77,15 @@ class SoupWorkdirError(RuntimeError):
 
 
 def soup_seeds(config: ml_collections.ConfigDict) -> int:
-    """``config.soup_seeds`` checked: an integer >= 1 (1 = one ordinary run)."""
+    """``config.soup_seeds`` checked: an integer from 1 (one ordinary run) to ``run_model.MAX_MEMBERS``.
+
+    More members than a run's reader accepts would train for days into a run nothing can open.
+    """
     value = config.get("soup_seeds", 1)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= run_model.MAX_MEMBERS:
         raise ValueError(
-            f"config.soup_seeds={value!r}: expected an integer >= 1 (1 = one run; N > 1 trains N seeds and "
-            "averages their weights)"
+            f"config.soup_seeds={value!r}: expected an integer >= 1, at most {run_model.MAX_MEMBERS} (1 = one run; "
+            "N > 1 trains N seeds and averages their weights)"
         )
     return value
 
