@@ -7,6 +7,7 @@ written back here: see ``effnet_jax.runs.record``.
 """
 
 import importlib.util
+import math
 import pathlib
 
 import ml_collections
@@ -359,8 +360,6 @@ def _require(config, key: str, test, expected: str, kinds=(int,)) -> None:
 
 def _require_rate(config, key: str, zero_means: str = "off") -> None:
     """A finite number >= 0 at ``key``, where the config has the key (older runs' configs may not)."""
-    import math
-
     if _number(config, key) is not None:
         _require(
             config, key, lambda v: math.isfinite(v) and v >= 0, f"a finite number >= 0 (0 = {zero_means})", (int, float)
@@ -377,8 +376,6 @@ MIN_MAX_SIZE, MAX_MAX_SIZE = 8, 16384  # as model.json's input.max_size
 
 def _require_data_keys(config) -> None:
     """The data keys that size processes, buffers and stored images, where the config has them."""
-    import math
-
     bounds = [
         ("data.num_workers", lambda v: 0 <= v <= MAX_WORKERS, f"an integer from 0 (load in process) to {MAX_WORKERS}"),
         ("data.prefetch_buffer", lambda v: 1 <= v <= MAX_PREFETCH, f"an integer from 1 to {MAX_PREFETCH}"),
@@ -413,7 +410,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     Called before any data is read or anything compiled, so a typo costs a second.
     """
     import difflib
-    import math
 
     from effnet_jax.models.variants import TEST_VARIANT, list_variants
 

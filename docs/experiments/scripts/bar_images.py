@@ -66,41 +66,44 @@ def bar_counts(runs: list[dict], bars: dict = BARS) -> list[dict]:
     normal = labels == 0
     called = np.all([r["probs"] >= r["threshold"] for r in runs], axis=0)
     shared = int(np.sum(called & normal))
-    allowed_errors = n - at_least(bars["accuracy"], n)
-    allowed_missed = positives - at_least(bars["sensitivity"], positives)
-    rows = [
+    # What each bar asks, in images (or pairs for the AUC).
+    right = at_least(bars["accuracy"], n)
+    found = at_least(bars["sensitivity"], positives)
+    cleared = at_least(bars["specificity"], negatives)
+    allowed_pairs = math.floor((1 - bars["auc"]) * pairs + 1e-9)
+    allowed_errors, allowed_missed = n - right, positives - found
+    allowed_false = allowed_errors - allowed_missed  # normals called pneumonia, the misses spent
+    short = lambda missing: round(max(0.0, missing), 1)  # noqa: E731
+    return [
         {
             "bar": f"accuracy >= {bars['accuracy']}",
-            "asks": f"{at_least(bars['accuracy'], n)} of {n} X-rays right (at most {allowed_errors} wrong)",
+            "asks": f"{right} of {n} X-rays right (at most {allowed_errors} wrong)",
             "have": round(have_correct, 1),
-            "short": round(max(0.0, at_least(bars["accuracy"], n) - have_correct), 1),
+            "short": short(right - have_correct),
         },
         {
             "bar": f"sensitivity >= {bars['sensitivity']}",
-            "asks": f"{at_least(bars['sensitivity'], positives)} of {positives} pneumonias found "
-            f"(at most {allowed_missed} missed)",
+            "asks": f"{found} of {positives} pneumonias found (at most {allowed_missed} missed)",
             "have": round(have_pneumonias, 1),
-            "short": round(max(0.0, at_least(bars["sensitivity"], positives) - have_pneumonias), 1),
+            "short": short(found - have_pneumonias),
         },
         {
             "bar": f"specificity >= {bars['specificity']} at that sensitivity",
-            "asks": f"{at_least(bars['specificity'], negatives)} of {negatives} normals cleared "
-            f"(at most {negatives - at_least(bars['specificity'], negatives)} called pneumonia)",
+            "asks": f"{cleared} of {negatives} normals cleared (at most {negatives - cleared} called pneumonia)",
             "have": round(have_normals, 1),
-            "short": round(max(0.0, at_least(bars["specificity"], negatives) - have_normals), 1),
+            "short": short(cleared - have_normals),
         },
         {
             "bar": f"accuracy >= {bars['accuracy']} with at most {allowed_missed} pneumonias missed",
-            "asks": f"at most {allowed_errors - allowed_missed} normals called pneumonia",
+            "asks": f"at most {allowed_false} normals called pneumonia",
             "have": round(negatives - have_normals, 1),
-            "short": round(max(0.0, negatives - have_normals - (allowed_errors - allowed_missed)), 1),
+            "short": short(negatives - have_normals - allowed_false),
         },
         {
             "bar": f"AUC >= {bars['auc']}",
-            "asks": f"at most {math.floor((1 - bars['auc']) * pairs + 1e-9)} of {pairs} (pneumonia, normal) "
-            "pairs ranked the wrong way",
+            "asks": f"at most {allowed_pairs} of {pairs} (pneumonia, normal) pairs ranked the wrong way",
             "have": round(wrong_pairs, 1),
-            "short": round(max(0.0, wrong_pairs - math.floor((1 - bars["auc"]) * pairs + 1e-9)), 1),
+            "short": short(wrong_pairs - allowed_pairs),
         },
         {
             "bar": "normals every run calls pneumonia at its own operating threshold",
@@ -109,7 +112,6 @@ def bar_counts(runs: list[dict], bars: dict = BARS) -> list[dict]:
             "short": None,
         },
     ]
-    return rows
 
 
 def main():
