@@ -9,6 +9,7 @@ class, and probabilities come one per class.
 from __future__ import annotations
 
 import re
+import reprlib
 from collections.abc import Sequence
 
 import jax
@@ -28,7 +29,7 @@ def check_class_name(name, where: str) -> str:
     """``name``, or one ValueError line naming ``where`` when it is not a safe class (or folder) name."""
     if not isinstance(name, str) or not _CLASS_NAME.match(name):
         raise ValueError(
-            f"{where}: name {name!r} is not allowed; expected letters, digits, '_', '-', '.' or '+' "
+            f"{where}: name {reprlib.repr(name)} is not allowed; expected letters, digits, '_', '-', '.' or '+' "
             "(up to 64, starting with a letter or digit)"
         )
     return name
@@ -40,7 +41,7 @@ def validate_class_names(names, where: str) -> tuple[str, ...]:
     for n in names:
         check_class_name(n, where)
     if not 2 <= len(names) <= MAX_CLASSES:
-        raise ValueError(f"{where}: {len(names)} class(es) {list(names)}; expected 2 to {MAX_CLASSES}")
+        raise ValueError(f"{where}: {len(names)} class(es) {reprlib.repr(list(names))}; expected 2 to {MAX_CLASSES}")
     if len(set(names)) != len(names):
         raise ValueError(f"{where}: class names {list(names)} repeat a name; expected distinct names")
     return names

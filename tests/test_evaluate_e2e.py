@@ -335,3 +335,26 @@ def test_results_record_reads_every_number_from_the_report_and_refuses_a_second_
     proc = cli("effnet_jax.cli.results", "record", workdir, *flags)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(out.read_text().splitlines()[-1])["commit"] == code
+
+
+def test_results_record_of_a_tta_report_refits_the_operating_point_on_its_views(workdir, run, tmp_path):
+    # `effnet-results record --tta=flip`: the flip report, its threshold fitted on the flipped views.
+    from effnet_jax.inference.evaluation import evaluate_checkpoint
+    from effnet_jax.metrics.classification import sensitivity_threshold
+    from effnet_jax.reporting import recipe_record
+
+    provenance = recipe_record.Provenance(config="c.py", command="cmd", commit="abc", machine="cpu")
+    kwargs = dict(record_id="r", name="n", kept="no", tables=("tried",), provenance=provenance, split="test")
+    report = evaluate_checkpoint(run, split="test", tta="flip", progress=False)
+    record = recipe_record.recipe_record(run, tta="flip", **kwargs)
+    with open(os.path.join(report.out_dir, "predictions.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    labels = np.array([int(r["label"]) for r in rows])
+    probs = np.array([float(r["prob_pneumonia"]) for r in rows])
+    threshold = sensitivity_threshold(labels, probs, float(run.config.operating_sensitivity))
+    scored = record["test"]
+    assert record["tta"] == "flip" and scored["threshold"] == round(threshold, 3)
+    assert scored["images_correct"] == int(np.sum((probs >= threshold) == labels))
+    assert "auc_ci" not in scored
+    with pytest.raises(FileNotFoundError, match=r"test_\d+_tta-crops@0.875/metrics.json.*--tta=crops@0.875 first"):
+        recipe_record.recipe_record(run, tta="crops", **kwargs)

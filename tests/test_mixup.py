@@ -59,3 +59,17 @@ def test_the_step_trains_on_the_generalized_cross_entropy_when_gce_q_is_set():
     expected = losses.weighted_mean_loss(logits, batch["label"], weights, gce_q=0.7)
     assert float(metrics["loss"]) == pytest.approx(float(expected), rel=1e-5)
     assert abs(float(expected) - float(losses.weighted_mean_loss(logits, batch["label"], weights))) > 1e-2
+
+
+def test_the_step_trains_on_the_focal_loss_when_focal_gamma_is_set():
+    config = machinery_config(**{"model.drop_rate": 0.0, "model.drop_path_rate": 0.0, "focal_gamma": 2.0})
+    model, frozen, tx, state, batch = step_setting(config)
+    weights = jnp.array([2.0, 0.5])
+    logits, _ = model.apply(
+        {"params": state.params, "batch_stats": state.batch_stats}, batch["image"], train=True, mutable=["batch_stats"]
+    )
+    fn = steps.bound_train_step(config, model=model, tx=tx, frozen=frozen, class_weights=weights)
+    metrics = jax.jit(fn)(state, batch)[1]
+    expected = losses.weighted_mean_loss(logits, batch["label"], weights, focal_gamma=2.0)
+    assert float(metrics["loss"]) == pytest.approx(float(expected), rel=1e-5)
+    assert abs(float(expected) - float(losses.weighted_mean_loss(logits, batch["label"], weights))) > 1e-2

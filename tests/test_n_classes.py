@@ -167,3 +167,41 @@ def test_predict_export_and_serving_give_one_probability_per_class(three_class_r
     for mine, theirs in zip(served, body["records"]):
         assert theirs["label"] == mine["label"]
         np.testing.assert_allclose(list(theirs["probs"].values()), list(mine["probs"].values()), atol=1e-6)
+
+
+def test_a_three_class_run_is_recorded_as_one_class_against_the_rest(three_class_run):
+    # `effnet-results record --negative_class=CAT`: DOG or EMU is the positive, scored 1 - P(CAT).
+    from sklearn.metrics import roc_auc_score
+
+    from effnet_jax.metrics.classification import sensitivity_threshold
+    from effnet_jax.metrics.held_out import held_out_rule
+    from effnet_jax.reporting import recipe_record
+
+    run = runs.open(three_class_run["workdir"])
+    evaluate_checkpoint(run, split="test", progress=False)
+    provenance = recipe_record.Provenance(config="c.py", command="cmd", commit="abc", machine="cpu")
+    kwargs = dict(record_id="r", name="n", kept="no", tables=("tried",), provenance=provenance, split="test")
+    with pytest.raises(ValueError, match="more than two classes.*--negative_class"):
+        recipe_record.recipe_record(run, **kwargs)
+    with pytest.raises(ValueError, match="--negative_class='cat': the report's classes are CAT, DOG, EMU"):
+        recipe_record.recipe_record(run, negative_class="cat", **kwargs)
+
+    record = recipe_record.recipe_record(run, negative_class="CAT", **kwargs)
+    with open(pathlib.Path(run.layout.eval_report(f"test_{run.step}")).parent / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    labels = np.array([r["label"] != "CAT" for r in rows], np.int64)
+    scores = 1.0 - np.array([float(r["prob_CAT"]) for r in rows])
+    assert labels.tolist() == [0] * 3 + [1] * 6
+    scored = record["test"]
+    assert scored["auc"] == round(roc_auc_score(labels, scores), 3)
+    threshold = sensitivity_threshold(labels, scores, 0.95)
+    assert scored["threshold"] == round(threshold, 3)
+    called = scores >= threshold
+    assert scored["images_correct"] == int((called == labels).sum()) and scored["images"] == 9
+    assert scored["sensitivity"] == round(called[labels == 1].mean(), 3)
+    held = held_out_rule(labels, scores, np.random.default_rng(0))
+    assert scored["heldout"] == {k: round(v, 3) for k, v in zip(("accuracy", "sensitivity", "specificity"), held)}
+    assert "auc_ci" not in scored  # no bootstrap of a view effnet-eval did not score
+    last = [r for r in run.metrics if r.get("split") == "validation" and r["step"] == run.step][-1]
+    assert record["validation"] == {"auc": round(last["auc_CAT"], 3)}
+    assert record["judged_as"] == "CAT against the rest (score 1 - P(CAT))"

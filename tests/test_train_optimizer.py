@@ -243,6 +243,53 @@ def test_generalized_cross_entropy_pulls_less_on_a_confidently_wrong_label():
     assert grad_norm(wrong, 0.7) / grad_norm(uncertain, 0.7) < 0.1
 
 
+def test_focal_loss_scales_cross_entropy_by_the_miss_to_the_gamma():
+    logits = jnp.array([[0.3, -1.2], [2.0, 0.5], [-0.7, 1.9]])
+    labels_ = jnp.array([0, 1, 1])
+    p = jax.nn.softmax(logits)[jnp.arange(3), labels_]
+    ce = losses.per_example_loss(logits, labels_)
+    np.testing.assert_allclose(losses.per_example_loss(logits, labels_, focal_gamma=2.0), (1 - p) ** 2 * ce, rtol=1e-5)
+    # A sigmoid head is the same two classes; smoothing 0.2 puts 0.1 of the target on the other class.
+    z = jnp.array([-2.0, 0.5, 3.0])
+    for smoothing in (0.0, 0.2):
+        sigmoid = losses.per_example_loss(z[:, None], labels_, smoothing, focal_gamma=1.5)
+        softmax = losses.per_example_loss(jnp.stack([jnp.zeros(3), z], axis=1), labels_, smoothing, focal_gamma=1.5)
+        np.testing.assert_allclose(sigmoid, softmax, rtol=1e-5)
+    q = jax.nn.softmax(jnp.array([0.0, 1.0]))
+    expected = 0.1 * (1 - q[0]) ** 2 * -jnp.log(q[0]) + 0.9 * (1 - q[1]) ** 2 * -jnp.log(q[1])
+    got = losses.per_example_loss(jnp.array([[0.0, 1.0]]), jnp.array([1]), 0.2, focal_gamma=2.0)[0]
+    assert float(got) == pytest.approx(float(expected), rel=1e-6)
+    # Class weights still scale each example.
+    weighted = losses.weighted_mean_loss(logits, labels_, np.array([3.0, 1.0], np.float32), focal_gamma=2.0)
+    assert float(weighted) == pytest.approx(float(jnp.mean(jnp.array([3.0, 1.0, 1.0]) * (1 - p) ** 2 * ce)), rel=1e-6)
+
+
+def test_focal_loss_pulls_less_on_an_image_already_called_right():
+    def grad_norm(logit, gamma):
+        loss = lambda z: losses.per_example_loss(jnp.array([[0.0, z]]), jnp.array([1]), focal_gamma=gamma)[0]
+        return abs(float(jax.grad(loss)(logit)))
+
+    right, uncertain = 3.0, 0.0
+    assert grad_norm(right, 0.0) / grad_norm(uncertain, 0.0) > 0.09
+    assert grad_norm(right, 2.0) / grad_norm(uncertain, 2.0) < 0.01
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"focal_gamma": -1.0}, r"config\.focal_gamma=-1\.0: expected a number in \[0, 10\]"),
+        ({"focal_gamma": float("nan")}, r"config\.focal_gamma=nan: expected a number in \[0, 10\]"),
+        ({"focal_gamma": 2.0, "gce_q": 0.5}, r"config\.focal_gamma=2\.0 with config\.gce_q=0\.5: one loss at a time"),
+    ],
+)
+def test_config_refuses_a_bad_focal_gamma(values, message):
+    config = tiny_config()
+    for key, value in values.items():
+        setattr(config, key, value)
+    with pytest.raises(ValueError, match=message):
+        validate_config(config)
+
+
 def test_config_refuses_a_gce_q_outside_zero_to_one():
     config = tiny_config()
     config.gce_q = 1.5

@@ -3,8 +3,8 @@
     effnet-results WORKDIR [WORKDIR ...] [--eval] [--format=markdown|json]
     effnet-results tables [--write | --check] [--results_dir=results] [--root=.]
     effnet-results record WORKDIR --id=ID --name=TEXT --kept=yes|no|reference --run_command=CMD
-        --run_config=configs/X.py [--tables=tried] [--split=external] [--checkpoint=best]
-        [--commit=SHA] [--machine=TEXT] [--out=results/recipes.jsonl]
+        --run_config=configs/X.py [--tables=tried] [--split=external] [--checkpoint=best] [--tta=none]
+        [--commit=SHA] [--machine=TEXT] [--negative_class=NORMAL] [--out=results/recipes.jsonl]
 
 One row per run: the data it trained on ('sample' or 'synthetic' for a debug run), its last
 validation evaluation, recipe and summed wall time; with --eval, also one row per threshold of
@@ -19,7 +19,8 @@ that differs from the records.
 from WORKDIR (effnet-eval's report of --split at the checkpoint, the operating rule fitted on
 one half and scored on the other, the validation AUC, the wall time), the rest from the
 flags. --commit defaults to the code the run recorded (else this checkout's HEAD), --machine
-to the run's own line.
+to the run's own line. --negative_class=NORMAL records a run of more than two classes (say
+NORMAL / BACTERIAL / VIRAL) as a detector of every class but NORMAL, scored 1 - P(NORMAL).
 """
 
 from __future__ import annotations
@@ -46,6 +47,12 @@ _RECORD_FLAGS = (
     ("run_config", None, "the config file it trained (configs/*.py)."),
     ("split", "external", "the evaluated split the record reports."),
     ("checkpoint", "best", "the checkpoint whose report is read ('best', 'latest', a step)."),
+    ("tta", "none", "the test-time augmentation of the report to read (effnet-eval --tta)."),
+    (
+        "negative_class",
+        None,
+        "a run of more than two classes recorded as this class against the rest (score 1 - P(class)).",
+    ),
     ("commit", None, "the code's commit (default: the one the run recorded, else this checkout's HEAD)."),
     ("machine", None, "the machine (default: the run's own line)."),
     ("out", "results/recipes.jsonl", "the results file to append to."),
@@ -158,6 +165,8 @@ def record_main(workdir: str) -> int:
             tables=_tables(FLAGS.tables, FLAGS.out),
             provenance=provenance,
             split=FLAGS.split,
+            negative_class=FLAGS.negative_class,
+            tta=FLAGS.tta,
         )
         recipe_record.append_new(FLAGS.out, record)
     except (FileNotFoundError, ValueError) as e:

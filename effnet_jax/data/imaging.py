@@ -11,6 +11,7 @@ held to the decoded-size budget of ``effnet_jax.limits``.
 """
 
 import io
+import struct
 import warnings
 
 import numpy as np
@@ -32,6 +33,15 @@ _MAX_CONVERSION_BYTES = 18
 # external PostScript interpreter) on the file, and rarely used decoders are best left unreached.
 # (Pillow's JPEG reader also opens MPO, the JPEG with extra frames that phone cameras write.)
 FORMATS = ("JPEG", "PNG", "TIFF", "BMP", "GIF", "WEBP")
+# A progressive JPEG is decoded whole again for each of its scans: a scan of a few bytes that
+# changes nothing costs a pass over every block (10 ms at 4096x4096), so 100 kB of them take
+# minutes. libjpeg writes 6 (grey) to 10 (colour) scans, hand-written scan scripts a few dozen.
+MAX_JPEG_SCANS = 64
+# Pillow lists a TIFF's strips or tiles when it opens the file, before any budget check: 2
+# million one-row strips (16 MB of offsets) take 4 s and 650 MB to list. A 16000-row image in
+# one-row strips has 16000; tiles of 256 x 256 need far fewer.
+MAX_TIFF_BLOCKS = 1 << 16
+_STRIP_AND_TILE_TAGS = {273: "StripOffsets", 279: "StripByteCounts", 324: "TileOffsets", 325: "TileByteCounts"}
 
 
 class BadImageError(ValueError):
@@ -94,12 +104,15 @@ def decode_file(data: bytes, path: str) -> Image.Image:
             return Image.fromarray(dicom.read_gray(data, path), mode="L")
         except dicom.DicomError as e:
             raise (ImageBudgetError if isinstance(e, dicom.DicomBudgetError) else BadImageError)(str(e)) from e
+    check_tiff_blocks(data, path)
     try:
         with warnings.catch_warnings():
             # Pillow warns (not raises) on some damaged files; treat those as bad too.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data), formats=FORMATS)  # reads the header only
             check_budget(im, path)
+            if im.format in ("JPEG", "MPO"):
+                check_jpeg_scans(data, path)
             im.load()  # full decode: truncated or corrupt data fails here, not later in training
     except BadImageError:
         raise
@@ -136,6 +149,47 @@ def check_budget(im: Image.Image, path: str) -> None:
     """Refuses (BadImageError naming ``path``) an opened, not yet loaded image whose decoding exceeds the budget."""
     what = f"a {im.format or ''} image of {im.width}x{im.height} pixels in mode {im.mode}".replace("a  ", "an ")
     limits.check(path, decode_bytes(im.mode, im.width, im.height), what, ImageBudgetError)
+
+
+def check_jpeg_scans(data: bytes, path: str) -> None:
+    """Refuses (ImageBudgetError naming ``path``) a JPEG of more than ``MAX_JPEG_SCANS`` scans, before decoding."""
+    scans = data.count(b"\xff\xda")  # start-of-scan markers: coded data never holds 0xFF 0xDA (it stuffs 0xFF 0x00)
+    if scans > MAX_JPEG_SCANS:
+        raise ImageBudgetError(
+            f"{path}: a JPEG of {scans:,} scans, over the {MAX_JPEG_SCANS} decoded (each scan is a pass over the "
+            "whole image)"
+        )
+
+
+def check_tiff_blocks(data: bytes, path: str) -> None:
+    """Refuses (ImageBudgetError naming ``path``) a TIFF whose first page lists over ``MAX_TIFF_BLOCKS`` strips or tiles.
+
+    Read from the first image file directory before Pillow opens the file (it lists them all
+    on opening); a file that is not a TIFF, or whose directory cannot be read, is left to Pillow.
+    """
+    order = {b"II": "<", b"MM": ">"}.get(data[:2])
+    if order is None or len(data) < 16:
+        return
+    version = struct.unpack(order + "H", data[2:4])[0]
+    if version == 42:  # classic TIFF: 2-byte entry count, 12-byte entries with a 4-byte count
+        offset, head, entry, count_format = struct.unpack(order + "I", data[4:8])[0], "H", 12, "I"
+    elif version == 43:  # BigTIFF: 8-byte entry count, 20-byte entries with an 8-byte count
+        offset, head, entry, count_format = struct.unpack(order + "Q", data[8:16])[0], "Q", 20, "Q"
+    else:
+        return
+    start = offset + struct.calcsize(head)
+    if start > len(data):
+        return
+    entries = struct.unpack(order + head, data[offset:start])[0]
+    for i in range(min(entries, (len(data) - start) // entry)):
+        at = start + i * entry
+        tag = struct.unpack(order + "H", data[at : at + 2])[0]
+        count = struct.unpack(order + count_format, data[at + 4 : at + 4 + struct.calcsize(count_format)])[0]
+        if tag in _STRIP_AND_TILE_TAGS and count > MAX_TIFF_BLOCKS:
+            raise ImageBudgetError(
+                f"{path}: a TIFF page of {count:,} {_STRIP_AND_TILE_TAGS[tag]}, over the {MAX_TIFF_BLOCKS:,} read "
+                "(each strip or tile is listed before decoding)"
+            )
 
 
 def load_for_storage(data: bytes, path: str, max_size: int) -> tuple[bytes, tuple[int, int]]:

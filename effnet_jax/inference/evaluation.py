@@ -37,6 +37,7 @@ import jax
 import numpy as np
 
 import effnet_jax.reporting.plots as plots
+from effnet_jax import limits
 from effnet_jax.data import create_split, split_info
 from effnet_jax.data.external import FOLDER_PREFIX
 from effnet_jax.data.pipeline import run_pass
@@ -238,14 +239,39 @@ class EvalReport(_ReportHead):
 
 def _pass(run: Run, split, tta_config, batch_size, use_ema: bool, progress: bool):
     """``(model, variables, predict_split's keyword arguments, split, why that split, its split_info)``."""
+    batch_size = _batch_size(run, batch_size)  # before the weights are read
     config, model, variables = run.config, run.model(), run.variables(use_ema)
     image_size, mean, std = run.input_spec
-    batch_size = int(batch_size or config.get("eval_batch_size") or config.get("batch_size") or 32)
     args = dict(image_size=image_size, mean=mean, std=std, batch_size=batch_size, tta=tta_config, progress=progress)
     default_because = None
     if split is None:
         split, default_because = held_out_split(config.data)
     return model, variables, args, split, default_because, split_info(config.data, split)
+
+
+def padded_batch_size(batch_size: int, image_size: int, key: str = "batch_size") -> int:
+    """``batch_size`` (at least 1), refused (ValueError naming ``key``) when one padded float32 batch is over the budget.
+
+    Every batch is padded to this many images, so ``--batch_size=10**12`` would allocate
+    petabytes for two images instead of failing in one line.
+    """
+    batch = max(1, int(batch_size))
+    what = f"a batch of {batch:,} images of {image_size}x{image_size}x3 float32"
+    limits.check(f"{key}={batch_size}", batch * image_size * image_size * 3 * 4, what, ValueError)
+    return batch
+
+
+def _batch_size(run: Run, batch_size: int | None) -> int:
+    """``batch_size``, else the run's ``eval_batch_size`` (or ``batch_size``), held to the budget as effnet-predict's.
+
+    A downloaded run's config.json may say ``eval_batch_size=10**12``: every batch is padded to
+    it, so it is refused in one line naming the key before the weights are read.
+    """
+    config, key = run.config, "--batch_size"
+    if not batch_size:
+        key = "config.eval_batch_size" if config.get("eval_batch_size") else "config.batch_size"
+        batch_size = config.get("eval_batch_size") or config.get("batch_size") or 32
+    return padded_batch_size(batch_size, run.input_spec[0], key)
 
 
 def _head(run: Run, split, default_because, info: dict, result, class_names, tta_config, use_ema) -> dict:
@@ -546,7 +572,7 @@ def calibrate_checkpoint(
     tta_config = tta_lib.parse_tta(tta)
     config = run.config
     image_size, mean, std = run.input_spec
-    batch_size = int(batch_size or config.get("eval_batch_size") or config.get("batch_size") or 32)
+    batch_size = _batch_size(run, batch_size)
     fit = predict_split(
         run.model(),
         run.variables(use_ema),

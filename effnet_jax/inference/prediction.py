@@ -27,7 +27,7 @@ from PIL import Image
 
 from effnet_jax import limits, runs
 from effnet_jax.data import imaging, transforms
-from effnet_jax.inference.evaluation import make_predict_fn
+from effnet_jax.inference.evaluation import make_predict_fn, padded_batch_size
 from effnet_jax.inference.gradcam import make_gradcam, save_overlay, save_panel, weighted_by_probability
 from effnet_jax.inference.thresholds import resolve_threshold
 from effnet_jax.labels import CLASS_NAMES, class_names, class_probabilities, class_record
@@ -85,18 +85,6 @@ class Preprocessor:
         view = transforms.center_resize(gray, self.image_size, self.center_crop)
         image = transforms.Normalizer(self.mean, self.std)(transforms.equalize(view, self.equalize))
         return image, original
-
-
-def padded_batch_size(batch_size: int, image_size: int) -> int:
-    """``batch_size`` (at least 1), refused (ValueError naming it) when one padded float32 batch is over the budget.
-
-    Every batch is padded to this many images, so ``--batch_size=10**12`` would allocate
-    petabytes for two images instead of failing in one line.
-    """
-    batch = max(1, int(batch_size))
-    what = f"a batch of {batch:,} images of {image_size}x{image_size}x3 float32"
-    limits.check(f"batch_size={batch_size}", batch * image_size * image_size * 3 * 4, what, ValueError)
-    return batch
 
 
 def _read_file(path: str) -> bytes:

@@ -12,6 +12,7 @@ A spec string names the setting on the command line: ``none``, ``flip``,
 from __future__ import annotations
 
 import dataclasses
+import reprlib
 from collections.abc import Callable
 
 import jax
@@ -43,12 +44,16 @@ class TTAConfig:
 
 
 def parse_tta(spec: str | TTAConfig | None) -> TTAConfig:
-    """Parses ``none`` / ``flip`` / ``crops[@FRACTION]`` joined by ``+`` (or ``,``) into a ``TTAConfig``."""
+    """Parses ``none`` / ``flip`` / ``crops[@FRACTION]`` joined by ``+`` (or ``,``) into a ``TTAConfig``.
+
+    A bad spec is one ValueError line naming ``--tta`` (a spec of a MB shortened in it).
+    """
     if isinstance(spec, TTAConfig):
         return spec
     if spec is None:
         return TTAConfig()
     flip, crops, fraction = False, False, TTAConfig.crop_fraction
+    shown = reprlib.repr(spec)
     for part in spec.replace(",", "+").split("+"):
         part = part.strip().lower()
         if part in ("", "none"):
@@ -61,10 +66,12 @@ def parse_tta(spec: str | TTAConfig | None) -> TTAConfig:
                 try:
                     fraction = float(part.split("@", 1)[1])
                 except ValueError:
-                    raise ValueError(f"--tta={spec!r}: crop fraction in {part!r} is not a number.") from None
+                    raise ValueError(f"--tta={shown}: crop fraction in {reprlib.repr(part)} is not a number.") from None
+                if not 0.0 < fraction <= 1.0:  # NaN and 1e309 (inf) included
+                    raise ValueError(f"--tta={shown}: crop_fraction {fraction} is not in (0, 1].")
         else:
             raise ValueError(
-                f"--tta={spec!r}: unknown part {part!r}; expected none, flip, crops or "
+                f"--tta={shown}: unknown part {reprlib.repr(part)}; expected none, flip, crops or "
                 "crops@FRACTION joined by '+', e.g. 'flip+crops@0.875'."
             )
     return TTAConfig(flip=flip, crops=crops, crop_fraction=fraction)

@@ -67,6 +67,8 @@ def describe_recipe(config: dict) -> str:
         parts.append(f"ls={config['label_smoothing']:g}")
     if config.get("gce_q"):
         parts.append(f"gce_q={config['gce_q']:g}")
+    if config.get("focal_gamma"):
+        parts.append(f"focal={config['focal_gamma']:g}")
     if config.get("mixup_alpha"):
         parts.append(f"mixup={config['mixup_alpha']:g}")
     if config.get("rank_loss_weight"):

@@ -102,6 +102,12 @@ class Run:
             raise ValueError(f"{self.layout.eval_report(name)}: not a JSON object")
         return report
 
+    def eval_file(self, name: str, file: str) -> str:
+        """The path of ``eval/<name>/<file>`` (predictions.csv); ValueError naming it when it links out of the run."""
+        path = os.path.join(self.layout.eval_dir(name), file)
+        _refuse_links_out(self.workdir, [path])
+        return path
+
     def eval_reports(self, strict: bool = False) -> list[tuple[str, dict]]:
         """``(path, report)`` of every effnet-eval report under eval/, in folder-name order.
 

@@ -72,6 +72,9 @@ def get_config() -> ml_collections.ConfigDict:
     # Generalized cross-entropy (Zhang & Sabuncu 2018), robust to wrong training labels:
     # (1 - p_label^q) / q, bounded where cross-entropy is not; 0 = cross-entropy, 1 = MAE.
     c.gce_q = 0.0
+    # Focal loss (Lin et al. 2017): cross-entropy times (1 - p_label)^gamma, so confidently
+    # right images pull less and the hard ones more; 0 = cross-entropy. Not with gce_q.
+    c.focal_gamma = 0.0
     # 'none', 'balanced' (n / (2 * count_c) from the training split's class counts) or 'W0,W1'.
     c.class_weights = "none"
     # mixup (Zhang et al. 2018): each training image blended with a partner from its batch,
@@ -455,6 +458,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _require(config, "ema_decay", lambda v: 0 <= v < 1, "a number in [0, 1) (0 = no EMA)", finite)
     _require(config, "label_smoothing", lambda v: 0 <= v < 1, "a number in [0, 1)", finite)
     _require(config, "gce_q", lambda v: 0 <= v <= 1, "a number in [0, 1] (0 = cross-entropy)", finite)
+    if config.get("focal_gamma") is not None:  # absent from the configs of older runs
+        _require(config, "focal_gamma", lambda v: 0 <= v <= 10, "a number in [0, 10] (0 = cross-entropy)", finite)
+        if config.focal_gamma and config.gce_q:
+            raise ValueError(
+                f"config.focal_gamma={config.focal_gamma!r} with config.gce_q={config.gce_q!r}: "
+                "one loss at a time (set one of them to 0)"
+            )
     _require_rate(config, "mixup_alpha", "no mixup")
     if config.get("rank_loss_weight") is not None:  # absent from the configs of older runs
         _require_rate(config, "rank_loss_weight")
@@ -478,6 +488,16 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if not _positive_steps(config):
         _require(config, "num_epochs", lambda v: v > 0, "a number > 0 (or config.num_train_steps > 0)", finite)
     _require_rate(config, "optimizer.probe_epochs")
+    _require_rate(config, "schedule.warmup_epochs", "no warmup")
+    _require_rate(config, "eval_every_epochs", "config.eval_every_steps")
+    if _number(config, "operating_sensitivity") is not None:
+        _require(
+            config,
+            "operating_sensitivity",
+            lambda v: math.isfinite(v) and 0 < v <= 1,
+            "a fraction in (0, 1] (the sensitivity the operating threshold keeps)",
+            (int, float),
+        )
     _require_rate(config, "optimizer.probe_learning_rate", "optimizer.learning_rate")
     if config.optimizer.get("probe_epochs") and not (
         _positive_steps(config) or config.optimizer.probe_epochs < config.num_epochs

@@ -68,13 +68,19 @@ def resolve_data(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     return config
 
 
+MAX_STEPS = 2**31 - 1
+
+
 def num_steps(config: ml_collections.ConfigDict, train_info: dict) -> tuple[int, int]:
     """(total steps, steps per epoch)."""
     steps_per_epoch = max(1, math.ceil(train_info["num_examples"] / config.batch_size))
     if config.num_train_steps > 0:
-        total = int(config.num_train_steps)
+        total, key = int(config.num_train_steps), f"config.num_train_steps={config.num_train_steps!r}"
     else:
         total = max(1, int(math.ceil(config.num_epochs * steps_per_epoch)))
+        key = f"config.num_epochs={config.num_epochs!r}"
+    if total > MAX_STEPS:  # the state's step counter is an int32; 1e300 epochs would wrap it
+        raise ValueError(f"{key}: {total:,} steps, more than the {MAX_STEPS:,} a run's step counter holds")
     if config.batch_size > train_info["num_examples"]:
         raise TrainingDataError(
             f"config.batch_size={config.batch_size} is larger than the training split ({train_info['num_examples']} "

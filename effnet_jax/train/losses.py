@@ -4,6 +4,10 @@ The generalized cross-entropy (Zhang & Sabuncu 2018, ``gce_q`` > 0) bounds each 
 by 1/q, so a training image with a wrong label pulls on the weights less than under
 cross-entropy; q -> 0 is cross-entropy, q = 1 the mean absolute error of the probabilities.
 
+The focal loss (Lin et al. 2017, ``focal_gamma`` > 0) scales each example's cross-entropy by
+(1 - p_label)^gamma: the images a model already gets right with confidence pull less, the
+ones it gets wrong or barely right pull more; gamma = 0 is cross-entropy.
+
 The pairwise ranking loss (``pairwise_ranking_loss``) is the logistic surrogate of 1 - AUC over
 the (positive, negative) pairs of a batch (RankNet, Burges et al. 2005): it pulls on the order
 of the scores, which the AUC and a threshold chosen at high sensitivity read, not on their level.
@@ -17,16 +21,22 @@ import optax
 
 
 def per_example_loss(
-    logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0, gce_q: float = 0.0
+    logits: jax.Array,
+    labels: jax.Array,
+    label_smoothing: float = 0.0,
+    gce_q: float = 0.0,
+    focal_gamma: float = 0.0,
 ) -> jax.Array:
     """Loss of each example; a (B, 1) logit means sigmoid BCE, (B, C) softmax cross-entropy.
 
     ``gce_q`` > 0: the generalized cross-entropy sum_c t_c (1 - p_c^q) / q over the (smoothed)
-    targets t instead.
+    targets t instead. ``focal_gamma`` > 0: the focal loss sum_c t_c (1 - p_c)^gamma (-log p_c).
     """
     logits = logits.astype(jnp.float32)
     if gce_q:
         return _generalized_cross_entropy(logits, labels, label_smoothing, gce_q)
+    if focal_gamma:
+        return _focal(logits, labels, label_smoothing, focal_gamma)
     if logits.shape[-1] == 1:
         targets = labels.astype(jnp.float32)
         # Symmetric smoothing towards 0.5, the binary analogue of smoothing towards uniform.
@@ -38,23 +48,35 @@ def per_example_loss(
     return optax.softmax_cross_entropy(logits, onehot)
 
 
-def _generalized_cross_entropy(logits, labels, label_smoothing: float, q: float) -> jax.Array:
+def _log_probs(logits) -> jax.Array:
     if logits.shape[-1] == 1:  # the two classes of a sigmoid head: log(1 - p) and log p
-        log_probs = jnp.stack([jax.nn.log_sigmoid(-logits[:, 0]), jax.nn.log_sigmoid(logits[:, 0])], axis=-1)
-    else:
-        log_probs = jax.nn.log_softmax(logits)
+        return jnp.stack([jax.nn.log_sigmoid(-logits[:, 0]), jax.nn.log_sigmoid(logits[:, 0])], axis=-1)
+    return jax.nn.log_softmax(logits)
+
+
+def _focal(logits, labels, label_smoothing: float, gamma: float) -> jax.Array:
+    log_probs = _log_probs(logits)
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, log_probs.shape[-1]), label_smoothing)
+    # 1 - p as -expm1(log p): exact for p near 1, where the factor is tiny.
+    return jnp.sum(targets * (-jnp.expm1(log_probs)) ** gamma * -log_probs, axis=-1)
+
+
+def _generalized_cross_entropy(logits, labels, label_smoothing: float, q: float) -> jax.Array:
+    log_probs = _log_probs(logits)
     targets = optax.smooth_labels(jax.nn.one_hot(labels, log_probs.shape[-1]), label_smoothing)
     # 1 - p^q computed as -expm1(q log p): exact for p near 1, where the loss is tiny.
     return jnp.sum(targets * -jnp.expm1(q * log_probs), axis=-1) / q
 
 
-def weighted_mean_loss(logits, labels, weights=None, label_smoothing: float = 0.0, gce_q: float = 0.0) -> jax.Array:
+def weighted_mean_loss(
+    logits, labels, weights=None, label_smoothing: float = 0.0, gce_q: float = 0.0, focal_gamma: float = 0.0
+) -> jax.Array:
     """Mean over the batch of weight[label] * loss (Keras ``class_weight`` semantics).
 
     Dividing by the batch size, not the weight sum, keeps the loss of a global batch
     equal to the mean of its shards' losses, so jit and pmap agree.
     """
-    losses = per_example_loss(logits, labels, label_smoothing, gce_q)
+    losses = per_example_loss(logits, labels, label_smoothing, gce_q, focal_gamma)
     if weights is not None:
         losses = losses * jnp.asarray(weights)[labels]
     return jnp.mean(losses)

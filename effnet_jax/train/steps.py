@@ -45,6 +45,7 @@ def bound_train_step(config, *, model, tx, frozen, class_weights=None, **options
         class_weights=class_weights,
         label_smoothing=config.label_smoothing,
         gce_q=config.get("gce_q", 0.0),
+        focal_gamma=config.get("focal_gamma", 0.0),
         ema_decay=config.ema_decay,
         mixup_alpha=config.get("mixup_alpha", 0.0),
         sam_rho=config.optimizer.get("sam_rho", 0.0),
@@ -63,6 +64,7 @@ def train_step(
     class_weights=None,
     label_smoothing: float = 0.0,
     gce_q: float = 0.0,
+    focal_gamma: float = 0.0,
     ema_decay: float = 0.0,
     axis_name: str | None = None,
     stop_frozen_gradients: bool = True,
@@ -126,9 +128,11 @@ def train_step(
             params = jax.tree.map(lambda f, p: jax.lax.stop_gradient(p) if f else p, frozen, params)
         variables = {"params": params, "batch_stats": state.batch_stats}
         logits, new_vars = model.apply(variables, images, train=True, mutable=["batch_stats"], rngs={"dropout": rng})
-        loss = losses.weighted_mean_loss(logits, labels, class_weights, label_smoothing, gce_q)
+        loss = losses.weighted_mean_loss(logits, labels, class_weights, label_smoothing, gce_q, focal_gamma)
         if mixup_alpha:
-            partner_loss = losses.weighted_mean_loss(logits, labels[partners], class_weights, label_smoothing, gce_q)
+            partner_loss = losses.weighted_mean_loss(
+                logits, labels[partners], class_weights, label_smoothing, gce_q, focal_gamma
+            )
             loss = lam * loss + (1.0 - lam) * partner_loss
         if rank_loss_weight:
             loss = loss + rank_loss_weight * losses.pairwise_ranking_loss(logits, labels, axis_name)
