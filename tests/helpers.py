@@ -136,6 +136,38 @@ def hand_made_run(workdir, config: dict, step: int = 7, train_class_counts=(), m
     )
 
 
+STAND_IN_RECORD_FIELDS = dict(image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3, train_class_counts=(20, 44))
+
+
+def stand_in_run(workdir: str, config=None, state=None, metrics=None) -> str:
+    """A run directory as effnet-train leaves it at step 3, without training: a stand-in state.
+
+    ``metrics``: the lines of metrics.jsonl (default: one validation evaluation at step 3).
+    """
+    import json
+
+    from effnet_jax.runs import checkpoints as checkpoint_lib
+    from effnet_jax.runs import record as run_record
+    from effnet_jax.runs.layout import Layout
+
+    record = run_record.RunRecord(**STAND_IN_RECORD_FIELDS)
+    config = config or machinery_config(num_train_steps=3)
+    state = state or {
+        "step": np.int32(3),
+        "params": {"conv_stem": {"kernel": np.ones((3, 3, 3, 8), np.float32)}},
+        "batch_stats": {"bn": {"mean": np.zeros(8, np.float32)}},
+    }
+    checkpoint_lib.write_checkpoint(workdir, 3, state, {"position": 3}, config, {"auc": 0.6}, run=record)
+    with open(Layout(workdir).config, "w") as f:
+        f.write(config.to_json_best_effort(indent=2))
+    run_record.write(workdir, record)
+    if metrics is None:
+        metrics = [{"step": 3, "split": "validation", "auc": 0.6, "data": "synthetic"}]
+    with open(Layout(workdir).metrics, "w") as f:
+        f.writelines(json.dumps(m) + "\n" for m in metrics)
+    return workdir
+
+
 def assert_close(a, b, tol=1e-5):
     """max |a - b| within ``tol`` of the reference's largest magnitude (float32 sums reorder)."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)

@@ -13,7 +13,7 @@ import shutil
 import numpy as np
 import pytest
 import tensorstore as ts
-from helpers import machinery_config
+from helpers import stand_in_run
 
 from effnet_jax import runs
 from effnet_jax.cli.errors import EXIT_INPUT, one_line
@@ -23,31 +23,14 @@ from effnet_jax.metrics.calibration import Calibration
 from effnet_jax.models import get_variant
 from effnet_jax.output_files import UnsafeOutputError
 from effnet_jax.runs import calibration as calibration_file
-from effnet_jax.runs import checkpoints as checkpoint_lib
-from effnet_jax.runs import record as run_record
 from effnet_jax.runs.layout import Layout
 from effnet_jax.train.soup import make_soup
 from effnet_jax.weights import WeightFileError, pypi
 from effnet_jax.weights.loading import convert_file
 
-RECORD = run_record.RunRecord(image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3, train_class_counts=(20, 44))
-
 
 def _write_run(workdir, config=None, state=None):
-    """A run directory as effnet-train leaves it, at step 3, without training (a stand-in state)."""
-    config = config or machinery_config(num_train_steps=3)
-    state = state or {
-        "step": np.int32(3),
-        "params": {"conv_stem": {"kernel": np.ones((3, 3, 3, 8), np.float32)}},
-        "batch_stats": {"bn": {"mean": np.zeros(8, np.float32)}},
-    }
-    checkpoint_lib.write_checkpoint(workdir, 3, state, {"position": 3}, config, {"auc": 0.6}, run=RECORD)
-    with open(Layout(workdir).config, "w") as f:
-        f.write(config.to_json_best_effort(indent=2))
-    run_record.write(workdir, RECORD)
-    with open(Layout(workdir).metrics, "w") as f:
-        f.write(json.dumps({"step": 3, "split": "validation", "auc": 0.6, "data": "synthetic"}) + "\n")
-    return workdir
+    return stand_in_run(workdir, config, state)
 
 
 @pytest.fixture(scope="module")

@@ -16,18 +16,14 @@ import shutil
 import struct
 
 import ml_collections
-import numpy as np
 import pytest
-from helpers import machinery_config, tiny_config
+from helpers import stand_in_run, tiny_config
 from PIL import Image
 
 from effnet_jax import runs
 from effnet_jax.data import imaging
-from effnet_jax.runs import checkpoints as checkpoint_lib
-from effnet_jax.runs import record as run_record
 from effnet_jax.runs.layout import Layout
 
-RECORD = run_record.RunRecord(image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3, train_class_counts=(20, 44))
 REPORT = {
     "split": "external",
     "step": 3,
@@ -46,21 +42,11 @@ ROWS = HEADER + "".join(f"{i},f{i}.png,{i % 2},{0.2 + 0.6 * (i % 2) + 0.01 * (i 
 @pytest.fixture(scope="module")
 def base_run(tmp_path_factory):
     """A run directory as effnet-train leaves it, at step 3, without training (a stand-in state)."""
-    workdir = str(tmp_path_factory.mktemp("base") / "run")
-    config = machinery_config(num_train_steps=3)
-    state = {
-        "step": np.int32(3),
-        "params": {"conv_stem": {"kernel": np.ones((3, 3, 3, 8), np.float32)}},
-        "batch_stats": {"bn": {"mean": np.zeros(8, np.float32)}},
-    }
-    checkpoint_lib.write_checkpoint(workdir, 3, state, {"position": 3}, config, {"auc": 0.6}, run=RECORD)
-    with open(Layout(workdir).config, "w") as f:
-        f.write(config.to_json_best_effort(indent=2))
-    run_record.write(workdir, RECORD)
-    with open(Layout(workdir).metrics, "w") as f:
-        f.write(json.dumps({"step": 3, "split": "validation", "auc": 0.6, "data": "synthetic"}) + "\n")
-        f.write(json.dumps({"step": 3, "split": "run", "wall_seconds": 120.0, "machine": "cpu"}) + "\n")
-    return workdir
+    metrics = [
+        {"step": 3, "split": "validation", "auc": 0.6, "data": "synthetic"},
+        {"step": 3, "split": "run", "wall_seconds": 120.0, "machine": "cpu"},
+    ]
+    return stand_in_run(str(tmp_path_factory.mktemp("base") / "run"), metrics=metrics)
 
 
 def _downloaded(base_run, tmp_path, report=REPORT, rows=ROWS, folder="external_3"):

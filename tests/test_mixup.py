@@ -47,8 +47,10 @@ def test_the_step_loss_is_the_lam_blend_of_the_losses_of_both_labels_on_blended_
     assert abs(float(mixed["loss"]) - float(step(0.0)["loss"])) > 1e-3
 
 
-def test_the_step_trains_on_the_generalized_cross_entropy_when_gce_q_is_set():
-    config = machinery_config(**{"model.drop_rate": 0.0, "model.drop_path_rate": 0.0, "gce_q": 0.7})
+@pytest.mark.parametrize("key, value", [("gce_q", 0.7), ("focal_gamma", 2.0)])
+def test_the_step_trains_on_the_loss_its_config_names(key, value):
+    # The generalized cross-entropy or the focal loss, each with the class weights.
+    config = machinery_config(**{"model.drop_rate": 0.0, "model.drop_path_rate": 0.0, key: value})
     model, frozen, tx, state, batch = step_setting(config)
     weights = jnp.array([2.0, 0.5])
     logits, _ = model.apply(
@@ -56,20 +58,6 @@ def test_the_step_trains_on_the_generalized_cross_entropy_when_gce_q_is_set():
     )
     fn = steps.bound_train_step(config, model=model, tx=tx, frozen=frozen, class_weights=weights)
     metrics = jax.jit(fn)(state, batch)[1]
-    expected = losses.weighted_mean_loss(logits, batch["label"], weights, gce_q=0.7)
-    assert float(metrics["loss"]) == pytest.approx(float(expected), rel=1e-5)
-    assert abs(float(expected) - float(losses.weighted_mean_loss(logits, batch["label"], weights))) > 1e-2
-
-
-def test_the_step_trains_on_the_focal_loss_when_focal_gamma_is_set():
-    config = machinery_config(**{"model.drop_rate": 0.0, "model.drop_path_rate": 0.0, "focal_gamma": 2.0})
-    model, frozen, tx, state, batch = step_setting(config)
-    weights = jnp.array([2.0, 0.5])
-    logits, _ = model.apply(
-        {"params": state.params, "batch_stats": state.batch_stats}, batch["image"], train=True, mutable=["batch_stats"]
-    )
-    fn = steps.bound_train_step(config, model=model, tx=tx, frozen=frozen, class_weights=weights)
-    metrics = jax.jit(fn)(state, batch)[1]
-    expected = losses.weighted_mean_loss(logits, batch["label"], weights, focal_gamma=2.0)
+    expected = losses.weighted_mean_loss(logits, batch["label"], weights, **{key: value})
     assert float(metrics["loss"]) == pytest.approx(float(expected), rel=1e-5)
     assert abs(float(expected) - float(losses.weighted_mean_loss(logits, batch["label"], weights))) > 1e-2
