@@ -100,6 +100,27 @@ def read_open_file(f, path: str, limit: int, what: str = "one image") -> bytes:
     return data
 
 
+def read_text_file(path: str, what: str) -> str:
+    """The UTF-8 text of regular file ``path`` (a report a downloaded run holds), at most ``object_limit()`` bytes.
+
+    A FIFO, a device (a link to /dev/zero), a file over the limit (checked before reading) or
+    one that is not UTF-8 is a ValueError naming the file (and the line of the first bad byte);
+    ``FileNotFoundError`` when it is missing. ``what`` names the file's kind in the size refusal.
+    """
+    try:
+        with open_regular_file(path) as f:
+            data = read_open_file(f, path, object_limit(), f"{what} (budget / {OBJECT_EXPANSION})")
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read ({e.strerror or e})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 text") from None
+
+
 def read_regular_file(path: str, limit: int = MAX_IMAGE_FILE_BYTES, follow_symlinks: bool = True) -> bytes:
     """The bytes of regular file ``path``, refused from its size (``BudgetError``) when over ``limit``.
 

@@ -193,6 +193,7 @@ def main(argv):
     if not workdirs:
         raise app.UsageError("effnet-results needs at least one training run directory.")
     from effnet_jax import runs
+    from effnet_jax.metrics.classification import json_safe
     from effnet_jax.reporting import run_summary
 
     rows = []
@@ -203,6 +204,10 @@ def main(argv):
             rows.append(run_summary.training_row(run))
             if FLAGS.eval:
                 rows.extend(run_summary.evaluation_rows(run))
+        if FLAGS.format == "json":  # NaN (no threshold past two classes) as null: valid JSON
+            text = json.dumps(json_safe([dataclasses.asdict(r) for r in rows]), indent=2, allow_nan=False)
+        else:
+            text = run_summary.to_markdown(rows)
     except (FileNotFoundError, ValueError) as e:
         print(f"effnet-results: error: {e}", file=sys.stderr)
         return 1
@@ -215,10 +220,7 @@ def main(argv):
             file=sys.stderr,
         )
         return 1
-    if FLAGS.format == "json":
-        print(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
-    else:
-        print(run_summary.to_markdown(rows))
+    print(text)
     return 0
 
 

@@ -24,6 +24,7 @@ import zlib
 import numpy as np
 
 from effnet_jax import limits
+from effnet_jax.data import jpeg_scans
 
 # 128-byte preamble, then the magic: how a DICOM Part 10 file announces itself.
 _MAGIC_OFFSET, _MAGIC = 128, b"DICM"
@@ -221,7 +222,7 @@ def _check_compressed_frame(pydicom, ds, syntax, rows, cols, samples, frames, pa
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(frame)) as im:  # reads the codestream's header, decodes nothing
-                size = im.size
+                size, is_jpeg = im.size, im.format in ("JPEG", "MPO")
     except Exception as e:
         raise DicomError(
             f"{path}: cannot read the size of the first compressed DICOM frame ({syntax.name}) to check it "
@@ -232,6 +233,8 @@ def _check_compressed_frame(pydicom, ds, syntax, rows, cols, samples, frames, pa
             f"{path}: the first compressed DICOM frame declares {size[0]}x{size[1]} pixels, the file's Columns x "
             f"Rows say {cols}x{rows}"
         )
+    if is_jpeg:  # a decoder passes over the whole frame once per scan, as for a JPEG file
+        jpeg_scans.check_scans(frame, path, DicomBudgetError, "a DICOM JPEG frame")
 
 
 def _check_rle_frame(frame: bytes, plane: int, samples: int, path: str, headroom: int) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageMode
 
 from effnet_jax import limits
-from effnet_jax.data import dicom
+from effnet_jax.data import dicom, jpeg_scans
 
 JPEG_QUALITY = 95  # high: decoding cost is the same, and the originals are already lossy
 # High-bit-depth images are scaled to 0..255 a block of about this many pixels at a time.
@@ -33,10 +33,8 @@ _MAX_CONVERSION_BYTES = 18
 # external PostScript interpreter) on the file, and rarely used decoders are best left unreached.
 # (Pillow's JPEG reader also opens MPO, the JPEG with extra frames that phone cameras write.)
 FORMATS = ("JPEG", "PNG", "TIFF", "BMP", "GIF", "WEBP")
-# A progressive JPEG is decoded whole again for each of its scans: a scan of a few bytes that
-# changes nothing costs a pass over every block (10 ms at 4096x4096), so 100 kB of them take
-# minutes. libjpeg writes 6 (grey) to 10 (colour) scans, hand-written scan scripts a few dozen.
-MAX_JPEG_SCANS = 64
+# A JPEG of more scans is refused (each is a pass over the whole image): see jpeg_scans.
+MAX_JPEG_SCANS = jpeg_scans.MAX_JPEG_SCANS
 # Pillow lists a TIFF's strips or tiles when it opens the file, before any budget check: 2
 # million one-row strips (16 MB of offsets) take 4 s and 650 MB to list. A 16000-row image in
 # one-row strips has 16000; tiles of 256 x 256 need far fewer.
@@ -104,6 +102,25 @@ def decode_file(data: bytes, path: str) -> Image.Image:
             return Image.fromarray(dicom.read_gray(data, path), mode="L")
         except dicom.DicomError as e:
             raise (ImageBudgetError if isinstance(e, dicom.DicomBudgetError) else BadImageError)(str(e)) from e
+    im = load_image(data, path)
+    if im.width < 1 or im.height < 1:
+        raise BadImageError(f"{path}: empty image ({im.width}x{im.height})")
+    # A multi-frame TIFF/GIF/PNG is opened at its first frame, the radiograph; the other frames
+    # are never read (counting them, n_frames, would parse every one, damaged or not).
+    try:
+        return to_gray(im)
+    except BadImageError as e:
+        raise BadImageError(f"{path}: {e}") from e
+
+
+def load_image(data: bytes, path: str) -> Image.Image:
+    """`data` (an image file, not DICOM) opened with Pillow and decoded whole, every check made first.
+
+    Only ``FORMATS``; a TIFF of too many strips, a header over the decoded-size budget or a
+    JPEG of too many scans is refused before decoding (ImageBudgetError), a file Pillow cannot
+    decode fully is a BadImageError, each naming `path`. Every reader of untrusted image files
+    (``decode_file``, the data report's scan) opens them here.
+    """
     check_tiff_blocks(data, path)
     try:
         with warnings.catch_warnings():
@@ -123,14 +140,7 @@ def decode_file(data: bytes, path: str) -> Image.Image:
             # Pillow refuses the header before our budget check sees it: still a size refusal (413 in effnet-serve).
             raise ImageBudgetError(f"{path}: refused as a decompression bomb ({e})") from e
         raise BadImageError(f"{path}: corrupt or truncated image ({type(e).__name__}: {e})") from e
-    if im.width < 1 or im.height < 1:
-        raise BadImageError(f"{path}: empty image ({im.width}x{im.height})")
-    # A multi-frame TIFF/GIF/PNG is opened at its first frame, the radiograph; the other frames
-    # are never read (counting them, n_frames, would parse every one, damaged or not).
-    try:
-        return to_gray(im)
-    except BadImageError as e:
-        raise BadImageError(f"{path}: {e}") from e
+    return im
 
 
 def decode_bytes(mode: str, width: int, height: int) -> int:
@@ -153,12 +163,7 @@ def check_budget(im: Image.Image, path: str) -> None:
 
 def check_jpeg_scans(data: bytes, path: str) -> None:
     """Refuses (ImageBudgetError naming ``path``) a JPEG of more than ``MAX_JPEG_SCANS`` scans, before decoding."""
-    scans = data.count(b"\xff\xda")  # start-of-scan markers: coded data never holds 0xFF 0xDA (it stuffs 0xFF 0x00)
-    if scans > MAX_JPEG_SCANS:
-        raise ImageBudgetError(
-            f"{path}: a JPEG of {scans:,} scans, over the {MAX_JPEG_SCANS} decoded (each scan is a pass over the "
-            "whole image)"
-        )
+    jpeg_scans.check_scans(data, path, ImageBudgetError)
 
 
 def check_tiff_blocks(data: bytes, path: str) -> None:

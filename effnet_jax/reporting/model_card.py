@@ -9,15 +9,15 @@ do not. It reads files only; nothing in the workdir is executed.
 
 from __future__ import annotations
 
-import math
 import os
 
 from effnet_jax.data.data_dir import no_external_set_line
 from effnet_jax.data.provenance import provenance
-from effnet_jax.labels import class_names
+from effnet_jax.labels import class_names, validate_class_names
 from effnet_jax.output_files import open_output
 from effnet_jax.reporting.run_summary import describe_recipe
-from effnet_jax.runs import Run
+from effnet_jax.runs import Run, values
+from effnet_jax.runs.layout import CONFIG
 
 INTENDED_USE = (
     "Research and education only: reproducing and studying pneumonia classification on chest X-rays. "
@@ -36,9 +36,10 @@ _HEADERS = ("accuracy", "AUC", "sensitivity", "specificity", "F1")
 
 
 def _num(value, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    return f"{value:.{digits}f}"
+    # Not a finite number (null for NaN, "inf" as the training loop logs it, or whatever a downloaded
+    # metrics.jsonl holds): unknown. Reports are checked as read (values.check_report).
+    value = values.shown(value)
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def _with_ci(metrics: dict, name: str) -> str:
@@ -53,7 +54,10 @@ def eval_reports(run: Run) -> list[dict]:
 
 
 def _names(config: dict) -> tuple[str, ...]:
-    return class_names(config.get("data", {}))
+    # config.json of a downloaded run: a name list of other types is refused naming the key.
+    data = values.mapping(config.get("data"), f"{CONFIG}: data")
+    values.sequence(data.get("class_names"), f"{CONFIG}: data.class_names")
+    return validate_class_names(class_names(data), f"{CONFIG}: data.class_names")
 
 
 def _counted(names, counts) -> str:
@@ -61,7 +65,8 @@ def _counted(names, counts) -> str:
 
 
 def _model_section(config: dict, run: dict | None) -> list[str]:
-    model = config.get("model", {})
+    model = values.mapping(config.get("model"), f"{CONFIG}: model")
+    values.text(model.get("name"), f"{CONFIG}: model.name")
     size = (run or {}).get("image_size") or config.get("image_size")
     names = _names(config)
     lines = [
@@ -73,6 +78,7 @@ def _model_section(config: dict, run: dict | None) -> list[str]:
     ]
     soup = config.get("soup")
     if isinstance(soup, dict):
+        values.sequence(soup.get("members"), f"{CONFIG}: soup.members")
         what = (
             "Seed ensemble: the mean of the logits of"
             if soup.get("combine") == "logits"
@@ -109,7 +115,7 @@ def _adapted_lines(adapted: dict | None) -> list[str]:
 
 
 def _data_section(config: dict, run: dict | None, reports: list[dict]) -> list[str]:
-    data = config.get("data", {})
+    data = values.mapping(config.get("data"), f"{CONFIG}: data")
     name = data.get("name")
     origin = provenance(data)
     synthetic = name == "synthetic" or any(r.get("synthetic") for r in reports)
@@ -133,7 +139,7 @@ def _data_section(config: dict, run: dict | None, reports: list[dict]) -> list[s
             continue
         seen.add(split)
         lines.append(f"- {split}: {sum(c)} images ({_counted(_names(config), c)})")
-    for i, folder in enumerate(data.get("external") or ()):
+    for i, folder in enumerate(values.sequence(data.get("external"), f"{CONFIG}: data.external")):
         lines.append(f"- external{'' if i == 0 else f'_{i}'}: `{folder}` (never trained on)")
     return lines
 
@@ -147,7 +153,7 @@ def _metrics_section(reports: list[dict], run: Run) -> list[str]:
         lines.append("|---" * (3 + len(_HEADERS)) + "|")
         last = {}
         for record in run.metrics:
-            if record.get("split") not in ("train", "run") and "auc" in record:
+            if record.get("split") not in (None, "train", "run") and "auc" in record:
                 last[record["split"]] = record
         for split, r in last.items():
             cells = [split, str(r.get("step")), str(r.get("n", ""))] + [_num(r.get(k)) for k in _SHOWN]
@@ -192,10 +198,10 @@ def _class_metrics_rows(reports: list[dict]) -> list[str]:
         m = report["metrics"].get("argmax")
         if not m:
             continue
-        rows = [(c, v, v.get("support")) for c, v in m["per_class"].items()] + [("macro", m["macro"], m["n"])]
-        for name, values, n in rows:
+        rows = [(c, v, v.get("support")) for c, v in m["per_class"].items()] + [("macro", m["macro"], m.get("n"))]
+        for name, scores, n in rows:
             cells = [report.get("split", "?"), str(report.get("step")), name, str(n)]
-            lines.append("| " + " | ".join(cells + [_num(values.get(k)) for k in shown]) + " |")
+            lines.append("| " + " | ".join(cells + [_num(scores.get(k)) for k in shown]) + " |")
     return lines
 
 
@@ -242,8 +248,12 @@ def _failure_section(config: dict, run: Run, reports: list[dict]) -> list[str]:
         )
     else:
         records = {}
-        for record in run.metrics:
-            if "auc" in record and record.get("split", "").startswith(("validation", "external")):
+        for record in run.metrics:  # metrics_log checked step and split: an integer and a string, or absent
+            if (
+                "auc" in record
+                and record.get("step") is not None
+                and (record.get("split") or "").startswith(("validation", "external"))
+            ):
                 records.setdefault(record["step"], {})[record["split"]] = record
         both = [s for s, r in records.items() if "validation" in r and any(k.startswith("external") for k in r)]
         if both:

@@ -18,7 +18,6 @@ import dataclasses
 import datetime
 import io
 import json
-import math
 import os
 import reprlib
 
@@ -29,6 +28,7 @@ from effnet_jax.labels import MAX_CLASSES, validate_class_names
 from effnet_jax.metrics import held_out
 from effnet_jax.metrics.classification import compute_metrics, sensitivity_threshold
 from effnet_jax.runs import Run
+from effnet_jax.runs.values import number as _number  # shared with the results table and card
 
 KEPT = ("yes", "no", "reference", "baseline")
 _MAX_PREDICTION_ROWS = 1_000_000  # an external set is hundreds of X-rays; a huge file is not effnet-eval's
@@ -84,13 +84,6 @@ def _report(run: Run, split: str, binary: bool = True, tta: str = "none") -> tup
     return name, path, report
 
 
-def _number(value, where: str) -> float:
-    """``value`` as a float, or a ValueError naming ``where`` when it is not a finite number."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{where}={reprlib.repr(value)}: expected a finite number")
-    return float(value)
-
-
 def _scored(report: dict, path: str) -> tuple[dict, float, dict | None]:
     """``(operating, threshold, at 0.5)`` as effnet-eval reported them, every number checked finite.
 
@@ -127,18 +120,7 @@ def _read_predictions(path: str, column: str, label_of: dict, score) -> tuple[np
     most effnet-eval's columns; each label must be one ``label_of`` knows and each
     probability a number in [0, 1]. Both classes need two rows (the held-out rule fits on one half).
     """
-    try:
-        with limits.open_regular_file(path) as f:
-            data = limits.read_open_file(f, path, limits.object_limit(), "a predictions.csv (budget / 32)")
-    except FileNotFoundError:
-        raise
-    except OSError as e:
-        raise ValueError(f"{path}: cannot read ({e.strerror or e})") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise ValueError(f"{path}:{line}: not UTF-8 text") from None
+    text = limits.read_text_file(path, "a predictions.csv")
     reader = csv.reader(io.StringIO(text, newline=""))
     labels, scores = [], []
     try:

@@ -19,7 +19,8 @@ from typing import Any
 
 from effnet_jax.labels import METRIC_NAMES as METRICS
 from effnet_jax.labels import class_names
-from effnet_jax.runs import Run
+from effnet_jax.runs import Run, values
+from effnet_jax.runs.layout import CONFIG
 
 
 @dataclasses.dataclass
@@ -46,79 +47,109 @@ def _image_size(run: Run, config: dict) -> int | None:
 
 def _data(run: Run, config: dict) -> str:
     """What the run trained on: the loop's record in its metrics, else (older runs) its config's data set."""
-    return run.training_data or str(config.get("data", {}).get("name", ""))
+    return run.training_data or str(_section(config, "data", run.layout.config).get("name", ""))
 
 
-def describe_recipe(config: dict) -> str:
-    """The knobs that the results table compares, in a few words."""
-    data = config.get("data", {})
+def _section(config: dict, key: str, where: str) -> dict:
+    """``config[key]``, a JSON object (``{}`` when absent); a ValueError naming ``where`` and the key otherwise."""
+    return values.mapping(config.get(key), f"{where}: {key}")
+
+
+def describe_recipe(config: dict, where: str = CONFIG) -> str:
+    """The knobs that the results table compares, in a few words.
+
+    ``config`` is a run's config.json (``where``), which a downloaded run may fill with
+    anything: a number shown here that is not a finite number is a ValueError naming the key.
+    """
+    data = _section(config, "data", where)
+    augment = values.mapping(data.get("augment"), f"{where}: data.augment")
+    optimizer = _section(config, "optimizer", where)
+
+    def g(value, key: str) -> str:
+        return f"{values.number(value, f'{where}: {key}'):g}"
+
     parts = []
-    if config.get("num_train_steps", -1) > 0:
+    if values.number(config.get("num_train_steps", -1), f"{where}: num_train_steps") > 0:
         parts.append(f"{config['num_train_steps']} steps")
     else:
-        parts.append(f"{config.get('num_epochs'):g} ep")
-    freeze = config.get("freeze_until") or ",".join(config.get("freeze") or ()) or "none"
+        parts.append(f"{g(config.get('num_epochs'), 'num_epochs')} ep")
+    freeze = config.get("freeze_until") or ",".join(map(str, values.sequence(config.get("freeze"), f"{where}: freeze")))
+    freeze = str(freeze or "none")
     parts.append(f"frozen<{freeze}" if config.get("freeze_until") else f"frozen={freeze}")
     if data.get("balance", "none") != "none":
         parts.append(f"balance={data['balance']}")
     if config.get("class_weights", "none") != "none":
         parts.append(f"class_weights={config['class_weights']}")
-    if config.get("label_smoothing"):
-        parts.append(f"ls={config['label_smoothing']:g}")
-    if config.get("gce_q"):
-        parts.append(f"gce_q={config['gce_q']:g}")
-    if config.get("focal_gamma"):
-        parts.append(f"focal={config['focal_gamma']:g}")
-    if config.get("mixup_alpha"):
-        parts.append(f"mixup={config['mixup_alpha']:g}")
-    if config.get("rank_loss_weight"):
-        parts.append(f"rank={config['rank_loss_weight']:g}")
-    if config.get("ema_decay"):
-        parts.append(f"ema={config['ema_decay']:g}")
-    augment = data.get("augment", {})
+    for key, short in (
+        ("label_smoothing", "ls"),
+        ("gce_q", "gce_q"),
+        ("focal_gamma", "focal"),
+        ("mixup_alpha", "mixup"),
+        ("rank_loss_weight", "rank"),
+        ("ema_decay", "ema"),
+    ):
+        if config.get(key):
+            parts.append(f"{short}={g(config[key], key)}")
     if not augment.get("enabled", True):
         parts.append("no aug")
     elif augment:
-        parts.append(f"rot={augment.get('rotation', 0):g} scale>={augment.get('scale_min', 1):g}")
-    lr = config.get("optimizer", {}).get("learning_rate")
+        rotation = g(augment.get("rotation", 0), "data.augment.rotation")
+        parts.append(f"rot={rotation} scale>={g(augment.get('scale_min', 1), 'data.augment.scale_min')}")
+    lr = optimizer.get("learning_rate")
     if lr is not None:
-        parts.append(f"lr={lr:g}")
+        parts.append(f"lr={g(lr, 'optimizer.learning_rate')}")
     if data.get("split_protocol") == "pooled":
-        parts.append("pooled " + "/".join(f"{f:g}" for f in data.get("pooled_fractions", ())))
+        fractions = values.sequence(data.get("pooled_fractions"), f"{where}: data.pooled_fractions")
+        parts.append("pooled " + "/".join(g(f, "data.pooled_fractions") for f in fractions))
     return ", ".join(parts)
 
 
 def training_row(run: Run) -> RunRow:
     """The last validation evaluation of ``run``."""
     config = run.config.to_dict()
+    where = run.layout.config
     val = run.records("validation")
     if not val:
         raise ValueError(f"{run.layout.metrics}: no validation records yet")
     last = val[-1]
     runs = run.records("run")
-    wall = sum(r["wall_seconds"] for r in runs) if runs else None
+    # A downloaded metrics.jsonl may hold anything where the loop writes its wall time (null: not timed).
+    walls = [r.get("wall_seconds") for r in runs]
+    wall = (
+        sum(values.number(w, f"{run.layout.metrics}: wall_seconds") for w in walls if w is not None) if runs else None
+    )
+    # The trainer scores two classes at 0.5; more by their most probable class (no threshold).
+    threshold = values.shown(last.get("threshold"))
+    if threshold is None:
+        threshold = 0.5 if len(class_names(_section(config, "data", where))) == 2 else math.nan
     return RunRow(
         name=os.path.basename(os.path.normpath(run.workdir)),
-        variant=config["model"]["name"],
+        variant=values.text(_section(config, "model", where).get("name"), f"{where}: model.name"),
         image_size=_image_size(run, config),
-        recipe=describe_recipe(config),
+        recipe=describe_recipe(config, where),
         split="validation",
-        step=int(last["step"]),
-        # The trainer scores two classes at 0.5; more by their most probable class (no threshold).
-        threshold=float(last.get("threshold", 0.5 if len(class_names(config.get("data", {}))) == 2 else math.nan)),
+        step=values.count(last.get("step"), f"{run.layout.metrics}: step"),
+        threshold=threshold,
         metrics=_shown(last),
         wall_seconds=wall,
-        machine=runs[-1].get("machine", "") if runs else "",
+        machine=str(runs[-1].get("machine") or "") if runs else "",
         data=_data(run, config),
     )
 
 
 def evaluation_rows(run: Run) -> list[RunRow]:
-    """One row per threshold of every ``effnet-eval`` report of ``run``, with its intervals."""
+    """One row per threshold of every ``effnet-eval`` report of ``run``, with its intervals.
+
+    The reports are checked as read (``values.check_report``): a field of another type than
+    effnet-eval writes is a ValueError naming the report and the key.
+    """
     config = run.config.to_dict()
     data = _data(run, config)
+    recipe = describe_recipe(config, run.layout.config)
     rows = []
-    for _, report in run.eval_reports(strict=True):
+    for path, report in run.eval_reports(strict=True):
+        split = values.text(report.get("split"), f"{path}: split")
+        step = values.count(report.get("step"), f"{path}: step")
         for key, label in (
             ("operating", "t=operating"),
             ("threshold_0.5", "t=0.5"),
@@ -129,18 +160,18 @@ def evaluation_rows(run: Run) -> list[RunRow]:
             m = report["metrics"].get(key)
             if m is None:
                 continue  # reports written before that threshold existed
-            extra = [f"eval {report['split']}", label]
+            extra = [f"eval {split}", label]
             if report.get("tta") not in (None, "none"):
                 extra.append(f"tta={report['tta']}")
             rows.append(
                 RunRow(
                     name=f"{os.path.basename(os.path.normpath(run.workdir))} ({', '.join(extra)})",
-                    variant=report["model"],
+                    variant=report.get("model", ""),
                     image_size=report.get("image_size"),
-                    recipe=describe_recipe(config),
-                    split=report["split"],
-                    step=int(report["step"]),
-                    threshold=float(m.get("threshold", math.nan)),
+                    recipe=recipe,
+                    split=split,
+                    step=step,
+                    threshold=math.nan if m.get("threshold") is None else float(m["threshold"]),
                     metrics=_shown(m),
                     wall_seconds=report.get("seconds"),
                     machine="",
@@ -152,8 +183,14 @@ def evaluation_rows(run: Run) -> list[RunRow]:
 
 
 def _shown(metrics: dict) -> dict:
-    # Past two classes recall is each class's sensitivity, macro averaged.
-    return {k: metrics.get(k, metrics.get("sensitivity") if k == "recall" else None) for k in METRICS}
+    # Past two classes recall is each class's sensitivity, macro averaged. What is not a finite
+    # number (null for NaN, "inf" as the loop logs it, anything a downloaded file holds) is unknown.
+    return {k: values.shown(metrics.get(k, metrics.get("sensitivity") if k == "recall" else None)) for k in METRICS}
+
+
+def _cell(value) -> str:
+    """``value`` as one markdown table cell: a ``|`` or a line break from a run's files cannot split the row."""
+    return " ".join(str(value).split()).replace("|", "\\|")
 
 
 def _fmt(value, digits=3) -> str:
@@ -190,5 +227,5 @@ def to_markdown(rows: list[RunRow]) -> str:
             _fmt_wall(r.wall_seconds),
             r.machine,
         ]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(map(_cell, cells)) + " |")
     return "\n".join(lines)

@@ -38,9 +38,14 @@ def read_metrics_file(workdir: str) -> tuple[list[dict], bool]:
         return [], False
     if "://" not in str(path):
         # A downloaded run's file may be a sparse file of GBs: refused from its size, before it is read
-        # (a long run writes a few MB).
-        limits.check(path, os.path.getsize(path), "the metrics log", ValueError)
-    lines = [line for line in path.read_bytes().decode("utf-8", "replace").splitlines() if line.strip()]
+        # (a long run writes a few MB); a FIFO would block the read forever (checked on the open file).
+        with limits.open_regular_file(str(path)) as f:
+            size = os.fstat(f.fileno()).st_size
+            limits.check(path, size, "the metrics log", ValueError)
+            data = f.read(size + 1)
+    else:
+        data = path.read_bytes()
+    lines = [line for line in data.decode("utf-8", "replace").splitlines() if line.strip()]
     records = []
     for number, line in enumerate(lines, 1):
         try:

@@ -20,6 +20,7 @@ from effnet_jax.compilation_cache import DEFAULT_COMPILATION_CACHE_DIR
 from effnet_jax.metrics.calibration import Calibration
 from effnet_jax.runs import checkpoints as checkpoints_lib
 from effnet_jax.runs import model as model_lib
+from effnet_jax.runs import values
 from effnet_jax.runs.calibration import read_calibration, temperature_for_step
 from effnet_jax.runs.layout import CONFIG, Layout, absolute
 from effnet_jax.runs.metrics_log import read_metrics
@@ -111,19 +112,20 @@ class Run:
     def eval_reports(self, strict: bool = False) -> list[tuple[str, dict]]:
         """``(path, report)`` of every effnet-eval report under eval/, in folder-name order.
 
-        A report that is not valid JSON is skipped, or with ``strict`` a ValueError naming it.
+        A report that is not valid JSON, or whose fields are not of the types effnet-eval
+        writes (``values.check_report``: a downloaded run may hold anything), is skipped, or
+        with ``strict`` a ValueError naming it and the key.
         """
         found = []
         for path in sorted(glob.glob(self.layout.eval_report("*"))):
             try:
                 _refuse_links_out(self.workdir, [path])
                 report = _read_json(path)
+                if isinstance(report, dict):
+                    found.append((path, values.check_report(report, path)))
             except (OSError, ValueError):
                 if strict:
                     raise
-                continue
-            if isinstance(report, dict):
-                found.append((path, report))
         return found
 
 
@@ -176,7 +178,10 @@ def open(workdir: str, checkpoint: str | int | None = "best") -> Run:
     )
     calibration = read_calibration(layout)
     if checkpoint is None:
-        config = ml_collections.ConfigDict(read_config(workdir))
+        try:
+            config = ml_collections.ConfigDict(read_config(workdir))
+        except (TypeError, ValueError) as e:  # a key ConfigDict refuses ('a.b'): a downloaded config may hold any
+            raise ValueError(f"{layout.config}: {e}") from None
         saved_record = _read_optional_json(layout.run_record)
         record = RunRecord.from_json(saved_record, layout.run_record) if isinstance(saved_record, dict) else None
         step = None

@@ -162,12 +162,14 @@ def read_json_file(path, limit: int | None = None, error: type[Exception] = Valu
     to make); then as ``parse_json``.
     """
     limit = limits.object_limit() if limit is None else limit
-    st = os.stat(path)
-    if not stat.S_ISREG(st.st_mode):
-        raise error(f"{path}: not a regular file (a FIFO, device or folder)")
-    if st.st_size > limit:
-        raise error(f"{path}: {st.st_size:,} bytes, over the {limit:,} a JSON file of effnet_jax may take")
-    with open(path, "rb") as f:
+    try:  # checked on the open file: a FIFO swapped in after a stat cannot block the read
+        f = limits.open_regular_file(os.fspath(path))
+    except limits.BudgetError as e:
+        raise error(str(e)) from None
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        if size > limit:
+            raise error(f"{path}: {size:,} bytes, over the {limit:,} a JSON file of effnet_jax may take")
         data = f.read(limit + 1)  # bounded even if the file grows while being read
     if len(data) > limit:
         raise error(f"{path}: grew past {limit:,} bytes while being read")

@@ -11,8 +11,12 @@ deleted. Two classes (NORMAL, PNEUMONIA), as the chest_xray builder that applies
 from __future__ import annotations
 
 import csv
+import io
 import math
+import reprlib
 from pathlib import Path
+
+from effnet_jax import limits
 
 CLASSES = ("NORMAL", "PNEUMONIA")
 REASON = "label_rejected"
@@ -22,32 +26,41 @@ MAX_ROWS = 1_000_000  # a training split's predictions; more is not a report eff
 def read_predictions(report) -> dict[str, tuple[int, float]]:
     """{file name: (label, probability of PNEUMONIA)} from an effnet-eval output folder's predictions.csv."""
     path = Path(report).expanduser() / "predictions.csv"
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"{path}: no such file (score the run with effnet-eval --split=train --out_dir=...)")
+    # A downloaded report may hold anything: a FIFO, a link to /dev/zero, a sparse file of GBs, bytes
+    # that are not UTF-8 or a field past csv's limit are one line naming the file, read bounded.
+    text = limits.read_text_file(str(path), "a predictions.csv")
     out = {}
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
         if not reader.fieldnames or not {"file", "label", "prob_pneumonia"} <= set(reader.fieldnames):
             raise ValueError(
-                f"{path}: columns {reader.fieldnames}; expected file, label and prob_pneumonia (a two-class report)"
+                f"{path}: columns {reprlib.repr(reader.fieldnames)}; expected file, label and prob_pneumonia "
+                "(a two-class report)"
             )
         for i, row in enumerate(reader):
             if i >= MAX_ROWS:
                 raise ValueError(f"{path}: more than {MAX_ROWS:,} rows")
             name = row["file"]
             if not name or Path(name).name != name or name in (".", ".."):
-                raise ValueError(f"{path}: row {i + 1}: file {name!r} is not a plain file name")
+                raise ValueError(f"{path}: row {i + 1}: file {reprlib.repr(name)} is not a plain file name")
             try:
+                if row["label"] not in ("0", "1"):  # as effnet-eval writes them (int() takes ' 1' and '0_1')
+                    raise ValueError
                 label, prob = int(row["label"]), float(row["prob_pneumonia"])
             except (TypeError, ValueError):
                 raise ValueError(
-                    f"{path}: row {i + 1}: label {row['label']!r} / prob {row['prob_pneumonia']!r}"
+                    f"{path}: row {i + 1}: label {reprlib.repr(row['label'])} / prob "
+                    f"{reprlib.repr(row['prob_pneumonia'])}; expected 0 or 1 / [0, 1]"
                 ) from None
             if label not in (0, 1) or not (math.isfinite(prob) and 0.0 <= prob <= 1.0):
                 raise ValueError(f"{path}: row {i + 1}: label {label} / probability {prob}; expected 0 or 1 / [0, 1]")
             if name in out:
                 raise ValueError(f"{path}: {name} appears twice")
             out[name] = (label, prob)
+    except csv.Error as e:
+        raise ValueError(f"{path}:{reader.reader.line_num}: not CSV as effnet-eval writes it ({e})") from None
     return out
 
 

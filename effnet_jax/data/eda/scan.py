@@ -6,10 +6,8 @@ prepared records only what was stored (grayscale, shorter side <= max_size).
 """
 
 import dataclasses
-import io
 import json
 import logging
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -84,18 +82,8 @@ class Inventory:
 
 def _decode(data: bytes, shown: str) -> tuple[Image.Image, Image.Image]:
     """(opened image, its 8-bit grayscale); BadImageError naming `shown` when unusable."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data), formats=imaging.FORMATS)  # no Ghostscript for an EPS file
-            imaging.check_budget(im, shown)  # from the header, before decoding
-            im.load()  # the full decode: truncated data fails here
-    except imaging.BadImageError:
-        raise
-    except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError... for bad files
-        if isinstance(e, Image.UnidentifiedImageError):
-            raise imaging.BadImageError(f"{shown}: not an image") from e
-        raise imaging.BadImageError(f"{shown}: corrupt or truncated ({type(e).__name__}: {e})") from e
+    # As training data is read: the formats, the budget, TIFF strips and JPEG scans checked before decoding.
+    im = imaging.load_image(data, shown)
     try:  # the first frame of a multi-frame file, as imaging.decode_file reads it
         return im, imaging.to_gray(im)
     except imaging.BadImageError as e:

@@ -1,0 +1,559 @@
+"""Hostile inputs, round 6: the other readers of a downloaded run (effnet-results --eval, the model card,
+effnet-data rejected) and the images the data report scans.
+
+Each case failed before the fix it names (an AttributeError, IndexError or OverflowError traceback,
+a message naming no file, a read of a FIFO that never ended, NaN written as JSON, a decode of a
+JPEG of hundreds of scans) or is asserted as the documented behaviour (docs/untrusted-inputs.md).
+No model is built, nothing is compiled.
+"""
+
+import contextlib
+import io
+import json
+import os
+import re
+import threading
+
+import numpy as np
+import pytest
+from absl import flags
+from test_hostile_round5 import _many_scans, _tiff_strips
+
+from effnet_jax.cli import results as results_cli
+from effnet_jax.cli.card import write_card_or_warn
+from effnet_jax.data import imaging
+
+FLAGS = flags.FLAGS
+results_cli.define_flags()
+
+
+def _entry(auc=0.9):
+    return {
+        "n": 40,
+        "threshold": 0.5,
+        "accuracy": 0.8,
+        "auc": auc,
+        "precision": 0.8,
+        "recall": 0.9,
+        "specificity": 0.7,
+        "f1": 0.85,
+        "brier": 0.1,
+        "ece": 0.05,
+        "ci95": {"auc": [0.8, 0.95], "accuracy": [0.7, 0.9], "resamples": 200},
+    }
+
+
+CONFIG = {
+    "model": {"name": "tf_efficientnet_lite0"},
+    "image_size": 64,
+    "seed": 0,
+    "loss": "softmax_ce",
+    "num_epochs": 2.0,
+    "num_train_steps": -1,
+    "freeze": [],
+    "freeze_until": "",
+    "optimizer": {"learning_rate": 1e-3},
+    "data": {"name": "chest_xray", "external": ["/x"], "augment": {"enabled": True, "rotation": 10.0}},
+}
+RUN = {"image_size": 64, "mean": [0.5] * 3, "std": [0.5] * 3, "train_class_counts": [10, 30]}
+REPORT = {
+    "split": "external",
+    "step": 3,
+    "model": "tf_efficientnet_lite0",
+    "image_size": 64,
+    "tta": "none",
+    "class_counts": [20, 20],
+    "class_names": ["NORMAL", "PNEUMONIA"],
+    "temperature": 1.0,
+    "seconds": 3.0,
+    "uncalibrated": {"brier": 0.1, "ece": 0.1},
+    "metrics": {"operating": _entry(), "threshold_0.5": _entry()},
+}
+LINES = [
+    {"step": 3, "split": "validation", "auc": 0.6, "accuracy": 0.7, "data": "synthetic"},
+    {"step": 3, "split": "external", "auc": 0.5, "data": "synthetic"},
+    {"step": 3, "split": "run", "wall_seconds": 120.0, "machine": "cpu"},
+]
+METRICS_JSON = "eval/external_3/metrics.json"
+
+
+def _run(tmp_path, config=CONFIG, report=REPORT, lines=LINES):
+    """A run directory as effnet-train and effnet-eval leave it (no checkpoints: these readers need none)."""
+    workdir = tmp_path / "run"
+    (workdir / "eval" / "external_3").mkdir(parents=True)
+    text = lambda v: v if isinstance(v, str) else json.dumps(v)  # noqa: E731
+    (workdir / "config.json").write_text(text(config))
+    (workdir / "run.json").write_text(json.dumps(RUN))
+    (workdir / "metrics.jsonl").write_text("".join(text(line) + "\n" for line in lines))
+    if report is not None:
+        (workdir / METRICS_JSON).write_text(text(report))
+    return str(workdir)
+
+
+def _results(workdir, fmt="markdown"):
+    """``effnet-results WORKDIR --eval``, in this process: (exit status, stdout, stderr)."""
+    FLAGS(["effnet-results", "--eval", f"--format={fmt}"])
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = results_cli.main(["effnet-results", workdir])
+    finally:
+        FLAGS.unparse_flags()
+    return code, out.getvalue(), err.getvalue()
+
+
+def _card(workdir):
+    """``write_card_or_warn`` as effnet-eval calls it: (card path or None, stderr)."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        path = write_card_or_warn(workdir, "effnet-eval")
+    return path, err.getvalue()
+
+
+def _refused_by_both(workdir, where, why):
+    """effnet-results exits 1 and the card is a warning, each one line naming ``where`` (a file) and ``why``."""
+    path = os.path.join(workdir, where)
+    code, out, err = _results(workdir)
+    assert (code, out) == (1, "")
+    assert re.fullmatch(f"effnet-results: error: {re.escape(path)}: {why}[^\n]*\n", err), err
+    card, warning = _card(workdir)
+    assert card is None and warning.count("\n") == 1 and re.search(f"{re.escape(where)}: {why}", warning), warning
+    assert not os.path.exists(os.path.join(workdir, "MODEL_CARD.md"))
+
+
+def _with(**values):
+    return {**REPORT, "metrics": {**REPORT["metrics"], "operating": {**_entry(), **values}}}
+
+
+def test_a_downloaded_run_summarises_and_gets_its_card(tmp_path):
+    workdir = _run(tmp_path)
+    code, out, err = _results(workdir)
+    assert code == 0 and err == "" and len(out.splitlines()) == 2 + 3
+    card, warning = _card(workdir)
+    assert warning == "" and "| external | 3 | operating |" in open(card).read()
+
+
+# --- eval/<name>/metrics.json: every field the table and the card read, of effnet-eval's types --------
+
+
+@pytest.mark.parametrize(
+    "report, why",
+    [
+        ({**REPORT, "metrics": "x"}, "metrics='x': expected a JSON object"),  # F: AttributeError
+        ({**REPORT, "metrics": {"operating": [1]}}, r"metrics.operating=\[1\]: expected a JSON object"),  # F
+        (_with(auc="high"), "metrics.operating.auc='high': expected a finite number"),  # F: ValueError traceback
+        (json.dumps(_with()).replace('"auc": 0.9', '"auc": NaN', 1), "metrics.operating.auc=nan: expected"),  # F
+        (json.dumps(_with()).replace('"auc": 0.9', '"auc": Infinity', 1), "metrics.operating.auc=inf: expected"),
+        (json.dumps(_with()).replace('"auc": 0.9', '"auc": 1' + "0" * 400, 1), r"metrics.operating.auc=1000.*0: "),
+        (_with(auc=[1, 2]), r"metrics.operating.auc=\[1, 2\]: expected a finite number"),  # F: TypeError traceback
+        (_with(threshold="x"), "metrics.operating.threshold='x': expected a finite number"),  # F: no file named
+        (_with(n={"a": 1}), r"metrics.operating.n=\{'a': 1\}: expected a finite number"),
+        (_with(ci95="x"), "metrics.operating.ci95='x': expected a JSON object"),  # F: AttributeError
+        (_with(ci95={"auc": [1]}), r"metrics.operating.ci95.auc=\[1\]: expected \[low, high\]"),  # F: IndexError
+        (_with(ci95={"auc": ["a", "b"]}), r"metrics.operating.ci95.auc=\['a', 'b'\]: expected \[low, high\]"),
+        (_with(ci95={"resamples": [1]}), r"metrics.operating.ci95.resamples=\[1\]: expected an integer >= 0"),
+        ({**REPORT, "split": ["a"]}, r"split=\['a'\]: expected a string"),  # F: card TypeError (unhashable)
+        ({**REPORT, "step": "3"}, "step='3': expected an integer >= 0"),
+        ({**REPORT, "step": 1e300}, "step=1e\\+300: expected an integer >= 0"),
+        ({**REPORT, "model": {"a": 1}}, r"model=\{'a': 1\}: expected a string"),
+        ({**REPORT, "image_size": "x"}, "image_size='x': expected an integer >= 0"),
+        ({**REPORT, "tta": {"a": 1}}, r"tta=\{'a': 1\}: expected a string"),
+        ({**REPORT, "seconds": "x"}, "seconds='x': expected a finite number"),  # F: TypeError traceback
+        ({**REPORT, "class_counts": "ab"}, "class_counts='ab': expected a list"),  # F: card TypeError
+        ({**REPORT, "class_counts": [1, "a"]}, r"class_counts\[1\]='a': expected an integer >= 0"),
+        ({**REPORT, "temperature": "x"}, "temperature='x': expected a finite number"),
+        ({**REPORT, "uncalibrated": "x"}, "uncalibrated='x': expected a JSON object"),  # F: card AttributeError
+        ({**REPORT, "metrics": {"argmax": "x"}}, "metrics.argmax='x': expected a JSON object"),
+        ({**REPORT, "metrics": {"argmax": {"per_class": [1], "macro": {}}}}, r"metrics.argmax.per_class=\[1\]: "),
+        ({**REPORT, "metrics": {"argmax": {"per_class": {}}}}, "metrics.argmax.macro=None: expected a JSON object"),
+        (
+            {**REPORT, "metrics": {"argmax": {"per_class": {"a": "x"}, "macro": {}}}},
+            "metrics.argmax.per_class.a='x': expected a JSON object",  # F: card AttributeError
+        ),
+        ("[" * 40 + "]" * 40, "JSON nested deeper than 32 levels"),  # P
+        ("{x", r"not valid JSON \(Expecting property name"),  # P
+    ],
+    ids=[
+        "metrics-string",
+        "operating-list",
+        "auc-string",
+        "auc-nan",
+        "auc-infinity",
+        "auc-400-digits",
+        "auc-list",
+        "threshold-string",
+        "n-object",
+        "ci-string",
+        "ci-one-bound",
+        "ci-strings",
+        "resamples-list",
+        "split-list",
+        "step-string",
+        "step-1e300",
+        "model-object",
+        "image-size-string",
+        "tta-object",
+        "seconds-string",
+        "class-counts-string",
+        "class-counts-mixed",
+        "temperature-string",
+        "uncalibrated-string",
+        "argmax-string",
+        "argmax-per-class-list",
+        "argmax-no-macro",
+        "argmax-class-string",
+        "nested-40",
+        "not-json",
+    ],
+)
+def test_a_report_of_the_wrong_types_is_one_line_naming_the_file_and_key(tmp_path, report, why):
+    _refused_by_both(_run(tmp_path, report=report), METRICS_JSON, why)
+
+
+@pytest.mark.parametrize("key", ["split", "step"])
+def test_a_report_without_split_or_step_has_no_row_and_a_card_that_shows_it_unknown(tmp_path, key):
+    # Before: KeyError naming only the run.
+    workdir = _run(tmp_path, report={k: v for k, v in REPORT.items() if k != key})
+    code, _, err = _results(workdir)
+    path = os.path.join(workdir, METRICS_JSON)
+    assert code == 1 and err.startswith(f"effnet-results: error: {path}: {key}=None: expected ")
+    card, warning = _card(workdir)
+    assert warning == "" and ("| ? | 3 |" if key == "split" else "| external | None |") in open(card).read()
+
+
+def test_a_report_without_a_model_name_shows_none(tmp_path):
+    # Before: KeyError 'model' (reports of older effnet-eval versions, or hand-made ones).
+    workdir = _run(tmp_path, report={k: v for k, v in REPORT.items() if k != "model"})
+    code, out, _ = _results(workdir)
+    assert code == 0 and "| , 64 |" in out
+
+
+# --- metrics.jsonl: numbers summed are checked, numbers shown may be unknown -------------------------
+
+
+@pytest.mark.parametrize(
+    "line, why",
+    [
+        ({"step": 3, "split": "run", "wall_seconds": "x"}, "wall_seconds='x': expected a finite number"),
+        ('{"step": 3, "split": "run", "wall_seconds": NaN}', "wall_seconds=nan: expected a finite number"),
+        ('{"step": 3, "split": "run", "wall_seconds": 1' + "0" * 400 + "}", "wall_seconds=1000.*: expected"),
+        ({"split": "validation", "auc": 0.5}, "step=None: expected an integer >= 0"),
+    ],
+    ids=["wall-string", "wall-nan", "wall-400-digits", "validation-without-step"],
+)
+def test_a_metrics_log_value_the_table_sums_is_one_line_naming_the_key(tmp_path, line, why):
+    # Before: TypeError / KeyError naming only the run, an OverflowError traceback, or 'nan min' in the table.
+    workdir = _run(tmp_path, lines=LINES + [line])
+    code, out, err = _results(workdir)
+    path = os.path.join(workdir, "metrics.jsonl")
+    assert code == 1 and re.fullmatch(f"effnet-results: error: {re.escape(path)}: {why}[^\n]*\n", err), err
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        {"step": 3, "split": "validation", "auc": "inf"},  # the loop logs an infinity as "inf"
+        {"step": 3, "split": "validation", "auc": {"a": 1}},
+        '{"step": 3, "split": "validation", "auc": NaN, "threshold": "x"}',
+        {"step": 3, "split": "validation", "auc": None},  # the loop logs NaN as null
+    ],
+    ids=["inf-string", "object", "nan-and-threshold-string", "null"],
+)
+def test_a_metrics_log_value_shown_that_is_not_a_number_is_unknown(tmp_path, line):
+    # Before: ValueError / TypeError tracebacks (format code 'f' for a str or dict), or 'could not convert'.
+    workdir = _run(tmp_path, lines=LINES + [line])
+    code, out, err = _results(workdir)
+    assert (code, err) == (0, "")
+    assert out.splitlines()[2].split(" | ")[6] == ""  # the AUC cell
+    card, warning = _card(workdir)
+    assert warning == "" and card is not None
+
+
+@pytest.mark.parametrize(
+    "line",
+    [{"step": 3, "split": "run", "wall_seconds": None}, {"step": 3, "split": "run", "machine": ["x", "|"]}],
+    ids=["wall-null", "machine-list"],
+)
+def test_run_lines_without_wall_time_or_with_an_odd_machine_still_summarise(tmp_path, line):
+    # Before: TypeError (None + float); a list machine crashed the table (str.join) with a traceback.
+    code, out, err = _results(_run(tmp_path, lines=LINES + [line]))
+    assert (code, err) == (0, "") and len(out.splitlines()) == 5
+
+
+# --- config.json: values shown are checked, naming the key --------------------------------------------
+
+
+def _config(**values):
+    return {**CONFIG, **values}
+
+
+def _data(**values):
+    return _config(data={**CONFIG["data"], **values})
+
+
+@pytest.mark.parametrize(
+    "config, why",
+    [
+        (_config(model="x"), "model='x': expected a JSON object"),  # F: card AttributeError traceback
+        (_config(model={"name": {"a": 1}}), r"model.name=\{'a': 1\}: expected a string"),
+        (_config(num_train_steps="x"), "num_train_steps='x': expected a finite number"),
+        (_config(num_epochs="x"), "num_epochs='x': expected a finite number"),  # F: no file or key named
+        (_config(data="x"), "data='x': expected a JSON object"),  # F: card AttributeError traceback
+        (_data(augment="x"), "data.augment='x': expected a JSON object"),
+        (_data(augment={"rotation": "x"}), "data.augment.rotation='x': expected a finite number"),
+        (_config(optimizer="x"), "optimizer='x': expected a JSON object"),
+        (_config(optimizer={"learning_rate": "x"}), "optimizer.learning_rate='x': expected a finite number"),
+        (_config(label_smoothing=[1]), r"label_smoothing=\[1\]: expected a finite number"),
+        (_config(freeze=5), "freeze=5: expected a list"),
+        (_data(split_protocol="pooled", pooled_fractions="ab"), "data.pooled_fractions='ab': expected a list"),
+    ],
+    ids=[
+        "model-string",
+        "model-name-object",
+        "steps-string",
+        "epochs-string",
+        "data-string",
+        "augment-string",
+        "rotation-string",
+        "optimizer-string",
+        "lr-string",
+        "label-smoothing-list",
+        "freeze-int",
+        "pooled-string",
+    ],
+)
+def test_a_config_value_shown_of_the_wrong_type_is_one_line_naming_the_key(tmp_path, config, why):
+    workdir = _run(tmp_path, config=config)
+    code, out, err = _results(workdir)
+    path = os.path.join(workdir, "config.json")
+    assert code == 1 and re.fullmatch(f"effnet-results: error: {re.escape(path)}: {why}[^\n]*\n", err), err
+    card, warning = _card(workdir)
+    assert card is None and warning.count("\n") == 1 and re.search(f"config.json: {why}", warning), warning
+
+
+@pytest.mark.parametrize(
+    "config, why",
+    [
+        (_data(class_names="NORMAL"), "data.class_names='NORMAL': expected a list"),  # before: 6 classes N,O,R,...
+        (_data(class_names=[1, 2]), "data.class_names: name 1 is not allowed"),  # F: TypeError
+        (_data(external=5), "data.external=5: expected a list"),  # F: TypeError
+        (_config(soup={"members": 5}), "soup.members=5: expected a list"),  # F: TypeError
+    ],
+    ids=["class-names-string", "class-names-ints", "external-int", "soup-members-int"],
+)
+def test_a_config_value_only_the_card_reads_is_a_warning_naming_the_key(tmp_path, config, why):
+    card, warning = _card(_run(tmp_path, config=config))
+    assert card is None and warning.count("\n") == 1 and f"config.json: {why}" in warning, warning
+
+
+def test_a_config_key_configdict_refuses_names_the_file(tmp_path):
+    # Before: "ConfigDict does not accept dots in field names", naming no file.
+    workdir = _run(tmp_path, config=_config(**{"a.b": 1}))
+    code, _, err = _results(workdir)
+    assert code == 1 and err.startswith(f"effnet-results: error: {workdir}/config.json: ConfigDict does not accept")
+
+
+# --- what we write: valid JSON, one table row per row, nothing outside the run ------------------------
+
+
+def test_json_output_writes_no_nan(tmp_path):
+    # Before: a report of more than two classes has no threshold: json.dumps wrote NaN, which no JSON reader takes.
+    argmax = {"per_class": {"A": {"auc": 0.9}, "B": {"auc": 0.8}, "C": {"auc": 0.7}}, "macro": {"auc": 0.8}, "n": 9}
+    workdir = _run(tmp_path, report={**REPORT, "metrics": {"argmax": argmax}})
+    code, out, _ = _results(workdir, fmt="json")
+    rows = json.loads(out, parse_constant=lambda c: pytest.fail(f"{c} in the JSON output"))
+    assert code == 0 and rows[1]["threshold"] is None
+
+
+def test_a_split_or_machine_with_pipes_and_line_breaks_stays_in_its_cell(tmp_path):
+    workdir = _run(tmp_path, report={**REPORT, "split": "a|b\n| x | y |\nc"})
+    lines = LINES[:2] + [{"step": 3, "split": "run", "wall_seconds": 1.0, "machine": "m\n|---|"}]
+    with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+        f.write("".join(json.dumps(line) + "\n" for line in lines))
+    code, out, _ = _results(workdir)
+    assert code == 0 and len(out.splitlines()) == 2 + 3
+    assert all(line.count(" | ") == out.splitlines()[0].count(" | ") for line in out.splitlines()[2:])
+
+
+def test_the_card_is_never_written_through_a_link_or_outside_the_run(tmp_path):
+    workdir = _run(tmp_path)
+    outside = tmp_path / "outside.md"
+    outside.write_text("mine")
+    os.symlink(outside, os.path.join(workdir, "MODEL_CARD.md"))
+    card, warning = _card(workdir)
+    assert warning == "" and not os.path.islink(card) and outside.read_text() == "mine"  # the link is replaced
+    os.symlink(outside, os.path.join(workdir, "MODEL_CARD.md.tmp"))
+    card, warning = _card(workdir)
+    assert card is None and "MODEL_CARD.md.tmp: is a symbolic link; refusing to write through it" in warning
+    assert outside.read_text() == "mine"
+
+
+# --- links, FIFOs and sizes ----------------------------------------------------------------------------
+
+
+def _no_hang(call, *args):
+    """``call(*args)``, failing the test when it has not returned within 10 s (a read blocked on a FIFO)."""
+    done = []
+
+    def target():
+        try:
+            done.append((call(*args), None))
+        except Exception as e:  # raised in this thread, after the join
+            done.append((None, e))
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(10)
+    assert done, f"{call.__name__} did not return: blocked"
+    if done[0][1] is not None:
+        raise done[0][1]
+    return done[0][0]
+
+
+@pytest.mark.parametrize("target", ["/dev/zero", "outside"], ids=["dev-zero", "outside-the-run"])
+def test_a_report_linked_out_of_the_run_is_not_read(tmp_path, target):  # P
+    workdir = _run(tmp_path, report=None)
+    if target == "outside":
+        target = str(tmp_path / "elsewhere.json")
+        with open(target, "w") as f:
+            json.dump(REPORT, f)
+    os.symlink(target, os.path.join(workdir, METRICS_JSON))
+    _refused_by_both(workdir, METRICS_JSON, f"a link to {re.escape(target)}, outside the run")
+
+
+def test_an_eval_folder_linked_out_of_the_run_is_not_read(tmp_path):  # P
+    workdir = _run(tmp_path, report=None)
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "x_3").mkdir(parents=True)
+    (elsewhere / "x_3" / "metrics.json").write_text(json.dumps(REPORT))
+    os.rmdir(os.path.join(workdir, "eval", "external_3"))
+    os.rmdir(os.path.join(workdir, "eval"))
+    os.symlink(elsewhere, os.path.join(workdir, "eval"))
+    code, _, err = _results(workdir)
+    assert code == 1 and "x_3/metrics.json: a link to" in err and "outside the run" in err
+
+
+def test_a_report_fifo_is_refused_without_blocking(tmp_path):  # P
+    workdir = _run(tmp_path, report=None)
+    os.mkfifo(os.path.join(workdir, METRICS_JSON))
+    code, _, err = _no_hang(_results, workdir)
+    assert code == 1 and "metrics.json: not a regular file (a FIFO, device or folder)" in err
+
+
+def test_a_metrics_log_fifo_is_refused_without_blocking(tmp_path):
+    # Before: metrics.jsonl was sized with stat (0 bytes) and read: blocked forever.
+    workdir = _run(tmp_path)
+    os.remove(os.path.join(workdir, "metrics.jsonl"))
+    os.mkfifo(os.path.join(workdir, "metrics.jsonl"))
+    code, _, err = _no_hang(_results, workdir)
+    assert code == 1 and "metrics.jsonl: not a regular file (a FIFO, device or folder)" in err
+    card, warning = _no_hang(_card, workdir)
+    assert card is None and "metrics.jsonl: not a regular file" in warning
+
+
+def test_a_sparse_report_of_gigabytes_is_refused_from_its_size(tmp_path):  # P
+    workdir = _run(tmp_path)
+    with open(os.path.join(workdir, METRICS_JSON), "r+b") as f:
+        f.truncate(3 << 30)
+    _refused_by_both(workdir, METRICS_JSON, "3,221,225,472 bytes, over the 16,777,216 a JSON file of effnet_jax may")
+
+
+# --- effnet-data rejected: the predictions of a downloaded report ---------------------------------------
+
+HEADER = "index,file,label,prob_pneumonia,prob_uncalibrated\n"
+
+
+def _rejected(tmp_path, rows=None, make=None):
+    from effnet_jax.data.eda import rejected
+
+    report = tmp_path / "report"
+    report.mkdir()
+    path = report / "predictions.csv"
+    if make is not None:
+        make(str(path))
+    else:
+        path.write_bytes(rows if isinstance(rows, bytes) else rows.encode())
+    return lambda: rejected.read_predictions(report), str(path)
+
+
+@pytest.mark.parametrize(
+    "rows, why",
+    [
+        (HEADER + "0," + "x" * 200_000 + ",1,0.5,0.5\n", r":2: not CSV as effnet-eval writes it \(field larger"),
+        (HEADER.encode() + b"0,\xff.png,1,0.5,0.5\n", ":2: not UTF-8 text"),  # F: UnicodeDecodeError, no file
+        (HEADER + "0,a.png,0_1,0.5,0.5\n", r": row 1: label '0_1' / prob '0.5'; expected 0 or 1"),  # F: taken as 1
+        (HEADER + "0,a.png, 1,0.5,0.5\n", r": row 1: label ' 1' / prob '0.5'; expected 0 or 1"),  # F: taken as 1
+        ("label," * 100_000 + "\n", r": columns \['label', 'label', .*\.\.\.\]; expected file, label"),  # short line
+    ],
+    ids=["huge-field", "not-utf8", "label-underscore", "label-space", "100k-columns"],
+)
+def test_a_malformed_predictions_csv_for_rejected_is_one_line_naming_the_file(tmp_path, rows, why):
+    read, path = _rejected(tmp_path, rows)
+    with pytest.raises(ValueError, match=f"^{re.escape(path)}{why}") as caught:
+        read()
+    assert len(str(caught.value)) < 500
+
+
+@pytest.mark.parametrize(
+    "make, why",
+    [
+        (os.mkfifo, "not a regular file"),  # before: 'no such file'
+        (lambda p: os.symlink("/dev/zero", p), "not a regular file"),  # before: 'no such file'
+        (lambda p: open(p, "wb").truncate(3 << 30), "3,221,225,472 bytes, larger than the 16,777,216"),  # F: csv.Error
+    ],
+    ids=["fifo", "dev-zero", "sparse-3-gb"],
+)
+def test_a_predictions_csv_for_rejected_is_read_bounded(tmp_path, make, why):
+    read, path = _rejected(tmp_path, make=make)
+    with pytest.raises(ValueError, match=f"^{re.escape(path)}: {why}"):
+        _no_hang(read)
+
+
+# --- images the data report scans, and DICOM JPEG frames ------------------------------------------------
+
+
+def test_the_data_report_scan_refuses_a_jpeg_of_hundreds_of_scans_before_decoding():
+    # Before: scan._decode opened images without the scan check: every scan decoded (seconds per file).
+    from effnet_jax.data.eda import scan
+
+    with pytest.raises(imaging.ImageBudgetError, match=r"^x.jpeg: a JPEG of 406 scans, over the 64 decoded"):
+        scan._decode(_many_scans(400), "x.jpeg")
+    assert scan._decode(_many_scans(10), "ok.jpeg")[0].size == (256, 256)
+
+
+def test_the_data_report_scan_refuses_a_tiff_of_many_strips_before_pillow_lists_them():
+    # Before: Pillow listed all 70,000 strips on opening (millions take seconds and hundreds of MB).
+    from effnet_jax.data.eda import scan
+
+    with pytest.raises(imaging.ImageBudgetError, match=r"^x.tif: a TIFF page of 70,000 StripOffsets, over"):
+        scan._decode(_tiff_strips(70_000), "x.tif")
+    assert scan._decode(_tiff_strips(1000), "ok.tif")[0].size == (1, 1000)
+
+
+def test_a_dicom_whose_jpeg_frame_has_hundreds_of_scans_is_refused_before_decoding(tmp_path):
+    # Before: the frame's size was checked, then every scan decoded.
+    pytest.importorskip("pydicom")
+    from dicom_fixtures import write_dicom
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    path = write_dicom(
+        tmp_path / "scans.dcm",
+        np.zeros((256, 256), np.uint16),
+        transfer_syntax=JPEGBaseline8Bit,
+        pixel_data=encapsulate([_many_scans(400)]),
+    )
+    with pytest.raises(imaging.ImageBudgetError, match=f"^{re.escape(path)}: a DICOM JPEG frame of 406 scans, over"):
+        imaging.decode_file(open(path, "rb").read(), path)
+
+
+# --- effnet-results record: a number no float holds ------------------------------------------------------
+
+
+def test_record_refuses_an_integer_no_float_holds_naming_the_key():
+    # Before: math.isfinite(10**400) raised OverflowError: a traceback from `effnet-results record`.
+    from effnet_jax.runs.values import number
+
+    with pytest.raises(ValueError, match=r"^m.json: metrics.operating.auc=1000.*0: expected a finite number$"):
+        number(10**400, "m.json: metrics.operating.auc")
+    assert number(3, "x") == 3.0
