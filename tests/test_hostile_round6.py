@@ -17,6 +17,7 @@ import threading
 import numpy as np
 import pytest
 from absl import flags
+from helpers import hand_made_run
 from test_hostile_round5 import _many_scans, _tiff_strips
 
 from effnet_jax.cli import results as results_cli
@@ -162,6 +163,7 @@ def test_a_downloaded_run_summarises_and_gets_its_card(tmp_path):
         ({**REPORT, "class_counts": "ab"}, "class_counts='ab': expected a list"),  # F: card TypeError
         ({**REPORT, "class_counts": [1, "a"]}, r"class_counts\[1\]='a': expected an integer >= 0"),
         ({**REPORT, "temperature": "x"}, "temperature='x': expected a finite number"),
+        ({**REPORT, "validation_threshold": "x"}, "validation_threshold='x': expected a finite number"),
         ({**REPORT, "uncalibrated": "x"}, "uncalibrated='x': expected a JSON object"),  # F: card AttributeError
         ({**REPORT, "metrics": {"argmax": "x"}}, "metrics.argmax='x': expected a JSON object"),
         ({**REPORT, "metrics": {"argmax": {"per_class": [1], "macro": {}}}}, r"metrics.argmax.per_class=\[1\]: "),
@@ -197,6 +199,7 @@ def test_a_downloaded_run_summarises_and_gets_its_card(tmp_path):
         "class-counts-string",
         "class-counts-mixed",
         "temperature-string",
+        "validation-threshold-string",
         "uncalibrated-string",
         "argmax-string",
         "argmax-per-class-list",
@@ -219,6 +222,15 @@ def test_a_report_without_split_or_step_has_no_row_and_a_card_that_shows_it_unkn
     assert code == 1 and err.startswith(f"effnet-results: error: {path}: {key}=None: expected ")
     card, warning = _card(workdir)
     assert warning == "" and ("| ? | 3 |" if key == "split" else "| external | None |") in open(card).read()
+
+
+def test_a_report_read_only_for_its_stored_threshold_needs_no_metrics(tmp_path):
+    # effnet-predict --threshold=youden reads eval/<split>_<step>/metrics.json for the threshold alone.
+    from effnet_jax.inference.thresholds import find_validation_threshold
+
+    workdir = _run(tmp_path, report={"step": 3, "validation_threshold": 0.42})
+    value, path = find_validation_threshold(hand_made_run(workdir, CONFIG, step=3))
+    assert value == 0.42 and path.endswith("metrics.json")
 
 
 def test_a_report_without_a_model_name_shows_none(tmp_path):

@@ -157,7 +157,7 @@ def evaluation_rows(run: Run) -> list[RunRow]:
             ("threshold_validation_youden", "t=val. Youden"),
             ("argmax", "most probable class, macro averages"),  # more than two classes
         ):
-            m = report["metrics"].get(key)
+            m = (report.get("metrics") or {}).get(key)
             if m is None:
                 continue  # reports written before that threshold existed
             extra = [f"eval {split}", label]

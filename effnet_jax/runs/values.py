@@ -113,7 +113,7 @@ def _check_entry(entry, where: str) -> None:
 def check_report(report, path: str) -> dict:
     """``report`` (the effnet-eval report at ``path``) when what the results table and model card read is well typed.
 
-    ``metrics`` as effnet-eval writes it, ``split`` and ``step`` where present; each entry of ``metrics``
+    ``metrics`` as effnet-eval writes it, ``split``, ``step`` and ``validation_threshold`` where present; each entry of ``metrics``
     an object of finite numbers or nulls, its ``ci95`` pairs of numbers; the fields shown
     beside them (``model``, ``image_size``, ``tta``, ``seconds``, ``class_counts``,
     ``temperature``, ``uncalibrated``) of their types where present. A ValueError naming
@@ -137,7 +137,9 @@ def check_report(report, path: str) -> dict:
     for key, value in mapping(report.get("uncalibrated"), f"{path}: uncalibrated").items():
         if key in _ENTRY_NUMBERS:
             optional_number(value, f"{path}: uncalibrated.{key}")
-    metrics = mapping(report.get("metrics"), f"{path}: metrics", optional=False)
+    # Optional: a report read only for its stored threshold (inference.thresholds) needs no metrics.
+    optional_number(report.get("validation_threshold"), f"{path}: validation_threshold")
+    metrics = mapping(report.get("metrics"), f"{path}: metrics")
     for key, entry in metrics.items():
         where = f"{path}: metrics.{key}"
         if key != "argmax":
