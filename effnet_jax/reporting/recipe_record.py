@@ -28,6 +28,7 @@ from effnet_jax.labels import MAX_CLASSES, validate_class_names
 from effnet_jax.metrics import held_out
 from effnet_jax.metrics.classification import compute_metrics, sensitivity_threshold
 from effnet_jax.runs import Run
+from effnet_jax.runs.values import check_report, optional_number
 from effnet_jax.runs.values import number as _number  # shared with the results table and card
 
 KEPT = ("yes", "no", "reference", "baseline")
@@ -73,10 +74,8 @@ def _report(run: Run, split: str, binary: bool = True, tta: str = "none") -> tup
         )
     if report.get("tta", "none") != views.spec():
         raise ValueError(f"{path}: tta={reprlib.repr(report.get('tta'))}: expected {views.spec()!r}, its folder's")
-    metrics = report.get("metrics")
-    if not isinstance(metrics, dict):
-        raise ValueError(f"{path}: metrics={reprlib.repr(metrics)}: expected a JSON object")
-    if binary and "operating" not in metrics:
+    check_report(report, path)  # the types the results table and card read, checked the same way
+    if binary and "operating" not in (report.get("metrics") or {}):
         raise ValueError(
             f"{path}: no metrics at the operating threshold (a report of more than two classes? "
             "record it as one class against the rest with --negative_class)"
@@ -85,28 +84,18 @@ def _report(run: Run, split: str, binary: bool = True, tta: str = "none") -> tup
 
 
 def _scored(report: dict, path: str) -> tuple[dict, float, dict | None]:
-    """``(operating, threshold, at 0.5)`` as effnet-eval reported them, every number checked finite.
+    """``(operating, threshold, at 0.5)`` as effnet-eval reported them.
 
-    A downloaded report may hold anything under these keys: a string, a list, NaN.
+    ``_report`` checked the report's types (``values.check_report``: numbers finite or null,
+    intervals pairs of numbers); the numbers a record copies must also be there.
     """
 
     def point(key: str, names) -> dict:
-        values = report["metrics"].get(key)
-        if not isinstance(values, dict):
-            raise ValueError(f"{path}: metrics.{key}={reprlib.repr(values)}: expected a JSON object")
+        values = report["metrics"][key]
         return {n: _number(values.get(n), f"{path}: metrics.{key}.{n}") for n in names}
 
     operating = point("operating", ("auc", "accuracy", "recall", "specificity"))
-    intervals = report["metrics"]["operating"].get("ci95") or {}
-    if not isinstance(intervals, dict):
-        raise ValueError(f"{path}: metrics.operating.ci95={reprlib.repr(intervals)}: expected a JSON object")
-    operating["ci95"] = {}
-    for name in ("auc", "accuracy", "recall", "specificity"):
-        bounds, where = intervals.get(name), f"{path}: metrics.operating.ci95.{name}"
-        if bounds:
-            if not isinstance(bounds, list) or len(bounds) != 2:
-                raise ValueError(f"{where}={reprlib.repr(bounds)}: expected [low, high]")
-            operating["ci95"][name] = [_number(v, where) for v in bounds]
+    operating["ci95"] = {n: b for n, b in (report["metrics"]["operating"].get("ci95") or {}).items() if b}
     threshold = _number(report.get("operating_threshold"), f"{path}: operating_threshold")
     at_half = point("threshold_0.5", ("accuracy", "specificity")) if "threshold_0.5" in report["metrics"] else None
     return operating, threshold, at_half
@@ -267,7 +256,7 @@ def recipe_record(
     if negative_class is not None:
         record["judged_as"] = f"{negative_class} against the rest (score 1 - P({negative_class}))"
     # metrics.jsonl holds NaN as null; a downloaded one may hold anything else there.
-    logged = lambda r, key: None if r.get(key) is None else _number(r[key], f"{run.layout.metrics}: {key}")  # noqa: E731
+    logged = lambda r, key: optional_number(r.get(key), f"{run.layout.metrics}: {key}")  # noqa: E731
     walls = [logged(r, "wall_seconds") for r in run.records("run") if r.get("wall_seconds") is not None]
     if walls:
         record["wall_minutes"] = round(walls[-1] / 60, 1)
