@@ -20,6 +20,7 @@ LAYERS = [
         "effnet_jax.limits",
         "effnet_jax.output_files",
         "effnet_jax.progress",
+        "effnet_jax.zip_directory",
     ),
     ("effnet_jax.metrics",),  # the metric math: labels and probabilities in, numbers out
     ("effnet_jax.models",),

@@ -26,7 +26,7 @@ import numpy as np
 from jax import export as jax_export
 from PIL import Image
 
-from effnet_jax import limits
+from effnet_jax import limits, zip_directory
 from effnet_jax.data import imaging, transforms
 from effnet_jax.labels import class_record
 from effnet_jax.serving import bundle
@@ -237,6 +237,24 @@ def _unreadable(path: str, name: str, e: Exception) -> ExportedModelError:
 _ZIP_ERRORS = (ValueError, zipfile.BadZipFile, OSError, EOFError, RuntimeError, struct.error, NotImplementedError)
 
 
+def _check_weights_directory(f, path: str, arrays: int) -> None:
+    """The zip's end record of weights.npz: ``arrays`` members in a directory of their size; rewinds ``f``."""
+    try:
+        directory = zip_directory.read(f, path)  # the record zipfile itself reads first (zip64 included)
+    except zip_directory.ZipDirectoryError as e:
+        raise ExportedModelError(f"{path}: not an .npz archive ({e.reason})") from None
+    members = directory.entries
+    if members != arrays:
+        raise ExportedModelError(f"{path}: holds {members} arrays, the function takes {arrays}")
+    # zipfile makes an object per central-directory entry: its size is held to the members counted.
+    if directory.size > members * NPZ_CENTRAL_ENTRY_ROOM:
+        raise ExportedModelError(
+            f"{path}: a zip central directory of {directory.size:,} bytes for {members} arrays (at most "
+            f"{members * NPZ_CENTRAL_ENTRY_ROOM:,}); not written by effnet-export"
+        )
+    f.seek(0)
+
+
 def check_weights_headers(f, path: str, avals) -> None:
     """What weights.npz's headers declare, checked against the function's weight arguments before it is read.
 
@@ -246,19 +264,7 @@ def check_weights_headers(f, path: str, avals) -> None:
     """
     expected = [f"arr_{i}.npy" for i in range(len(avals))]
     try:
-        end = zipfile._EndRecData(f)  # the record zipfile itself reads first (zip64 included)
-        if end is None:
-            raise ExportedModelError(f"{path}: not an .npz archive (no zip end record)")
-        members, directory = end[zipfile._ECD_ENTRIES_TOTAL], end[zipfile._ECD_SIZE]
-        if members != len(avals):
-            raise ExportedModelError(f"{path}: holds {members} arrays, the function takes {len(avals)}")
-        # zipfile makes an object per central-directory entry: its size is held to the members counted.
-        if directory > members * NPZ_CENTRAL_ENTRY_ROOM:
-            raise ExportedModelError(
-                f"{path}: a zip central directory of {directory:,} bytes for {members} arrays (at most "
-                f"{members * NPZ_CENTRAL_ENTRY_ROOM:,}); not written by effnet-export"
-            )
-        f.seek(0)
+        _check_weights_directory(f, path, len(avals))
         archive = zipfile.ZipFile(f)
     except _ZIP_ERRORS as e:
         if isinstance(e, ExportedModelError):
@@ -311,7 +317,10 @@ def _read_weights(directory: str, meta: dict, avals) -> list[np.ndarray]:
         directory, meta, "weights", limit, inspect=lambda f, p: check_weights_headers(f, p, avals)
     )
     try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
+        # The bytes read are checked again: the file may have changed since its headers were.
+        source = io.BytesIO(data)
+        _check_weights_directory(source, path, len(avals))
+        archive = zipfile.ZipFile(source)
         names = sorted(archive.namelist())
     except zipfile.BadZipFile as e:
         raise ExportedModelError(f"{path}: not an .npz archive ({e})") from e

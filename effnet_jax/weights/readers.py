@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 import effnet_jax.limits as limits
+import effnet_jax.zip_directory as zip_directory
 
 SUPPORTED_FORMATS = {
     "safetensors": "timm / Hugging Face safetensors (.safetensors)",
@@ -490,8 +491,14 @@ def _unpickle(buf: bytes, start: int, unpickler_type, path: Path, what: str):
     return unpickler, unpickler.load(), end
 
 
+# torch.save writes a member per tensor storage plus a few records; EfficientNet-B7's state dict
+# has about a thousand storages, and a training checkpoint with optimizer state a few times that.
+MAX_TORCH_ZIP_MEMBERS = 1 << 16
+
+
 def _load_zip(path: Path):
-    with zipfile.ZipFile(path) as archive:
+    bounds = dict(max_entries=MAX_TORCH_ZIP_MEMBERS, what="a PyTorch checkpoint", error=WeightFileError)
+    with zip_directory.open_zip(path, **bounds) as archive:
         pickles = [n for n in archive.namelist() if n.endswith("/data.pkl")]
         if not pickles:
             raise WeightFileError(f"{path}: no data.pkl inside; not a PyTorch checkpoint.")

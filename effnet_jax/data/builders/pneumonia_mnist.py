@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from effnet_jax import limits
+from effnet_jax import limits, zip_directory
 from effnet_jax.data.builders import base
 from effnet_jax.labels import CLASS_NAMES
 
@@ -24,6 +24,8 @@ MD5 = {
     224: "d6a3c71de1b945ea11211b03746c1fe1",
 }
 SPLITS = ("train", "val", "test")
+# A MedMNIST file holds six arrays (images and labels of each split); a zip listing many more is not one.
+MAX_NPZ_MEMBERS = 16
 
 
 def file_name(size: int) -> str:
@@ -33,6 +35,14 @@ def file_name(size: int) -> str:
 
 def url(size: int) -> str:
     return f"{RECORD}/files/{file_name(size)}?download=1"
+
+
+def _open_npz(path: Path):
+    """The npz opened for reading, its zip directory checked before numpy lists its members."""
+    try:
+        return zip_directory.open_checked(path, max_entries=MAX_NPZ_MEMBERS, what="a MedMNIST .npz", error=ValueError)
+    except OSError as e:
+        raise ValueError(f"{path}: not a readable npz ({type(e).__name__}: {e.strerror or e})") from e
 
 
 def _download(size: int, folder: Path, timeout_s: float = 60.0) -> Path:
@@ -146,12 +156,14 @@ class PneumoniaMnist(base.Builder):
 
     @staticmethod
     def _load(path: Path, size: int):
+        source = _open_npz(path)
         try:
-            npz = np.load(path)
+            npz = np.load(source)
         except Exception as e:
+            source.close()
             raise ValueError(f"{path}: not a readable npz ({type(e).__name__}: {e})") from e
         out = {}
-        with npz:
+        with source, npz:
             # Members are read whole: what they declare is held to the decoded-size budget first.
             declared = sum(info.file_size for info in npz.zip.infolist())
             limits.check(path, declared, f"the {len(npz.files)} arrays of a MedMNIST .npz", ValueError)
