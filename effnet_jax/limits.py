@@ -59,6 +59,32 @@ def check(path, declared: int, what: str, error: type[Exception] = BudgetError, 
         )
 
 
+def padded_batch_size(batch_size: int, image_size: int, key: str = "batch_size") -> int:
+    """``batch_size``, refused (ValueError naming ``key``) below 1 or when one padded float32 batch is over the budget.
+
+    Evaluation and prediction pad every batch to this many images, so ``--batch_size=10**12``
+    would allocate petabytes for two images instead of failing in one line.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"{key}={batch_size!r}: expected an integer >= 1")
+    what = f"a batch of {batch_size:,} images of {image_size}x{image_size}x3 float32"
+    check(f"{key}={batch_size}", batch_size * image_size * image_size * 3 * 4, what, ValueError)
+    return batch_size
+
+
+def available_memory(meminfo: str = "/proc/meminfo") -> int | None:
+    """Bytes of memory the kernel could give this process now (Linux's ``MemAvailable``), None where unknown."""
+    try:
+        with open(meminfo, "rb") as f:
+            for line in f.read(1 << 16).decode("ascii", "replace").splitlines():
+                name, _, value = line.partition(":")
+                if name == "MemAvailable" and value.split()[1:] == ["kB"]:
+                    return int(value.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def object_limit() -> int:
     """The largest pickle or JSON header a reader parses into Python objects, in bytes."""
     return budget() // OBJECT_EXPANSION
@@ -127,10 +153,91 @@ def read_regular_file(path: str, limit: int = MAX_IMAGE_FILE_BYTES, follow_symli
     A FIFO or device would block ``open`` or ``read`` forever, so only regular files are read
     (``BudgetError`` too), checked on the open descriptor (``open_regular_file``); ``OSError``
     when the file cannot be opened. Links are followed unless ``follow_symlinks=False``: the
-    callers read files a user named (images, exclusion lists).
+    callers read files a user named (images, exclusion lists). A ``FoundInFolder`` path is
+    read only where it really lies inside the folder it was found in (``open_in_folder``).
     """
-    with open_regular_file(path, follow_symlinks) as f:
+    if isinstance(path, FoundInFolder):
+        opened = open_in_folder(path, path.folder, path.allow)
+    else:
+        opened = open_regular_file(path, follow_symlinks)
+    with opened as f:
         return read_open_file(f, path, limit)
+
+
+# --- Links inside walked folders ---------------------------------------------------------------
+# Image folders come from anyone: a file found by walking one is read only where it really lies
+# inside it, so a planted link (train/NORMAL/x.jpeg -> ~/.ssh/id_rsa) reads nothing outside.
+
+
+class LinkOutsideError(BudgetError):
+    """A file found by walking a folder that is a link leading outside it; the message names the link.
+
+    A ``BudgetError``: refused before a byte is read, so every reader that skips or reports
+    a file over budget treats it the same way.
+    """
+
+    def __init__(self, path, target: str, folder, allow: str):
+        # ``reason`` without the path, for callers that name the file themselves.
+        self.reason = (
+            f"a link to {target}, outside the folder {folder} it was found in; not read "
+            f"({allow} to follow links wherever they point)"
+        )
+        super().__init__(f"{path}: {self.reason}")
+
+
+class FoundInFolder(str):
+    """A path found by walking ``folder`` (not named by the user): a plain ``str`` that
+    ``read_regular_file`` reads only where it lies inside ``folder``. ``allow`` says how to
+    follow links anyway (``'pass --follow_links'``)."""
+
+    def __new__(cls, path: str, folder: str, allow: str):
+        found = super().__new__(cls, path)
+        found.folder, found.allow = folder, allow
+        return found
+
+    def __getnewargs__(self):
+        return str(self), self.folder, self.allow
+
+
+def _inside(top: str, target: str) -> bool:
+    return os.path.commonpath([top, target]) == top
+
+
+def resolve_in_folder(path, folder, allow: str) -> str:
+    """The real path of ``path``, a file found by walking ``folder``; ``LinkOutsideError`` when it lies outside.
+
+    ``OSError`` for a link that loops or leads nowhere, as opening it would raise.
+    """
+    target = os.path.realpath(path, strict=True)
+    if not _inside(os.path.realpath(folder), target):
+        raise LinkOutsideError(path, target, folder, allow)
+    return target
+
+
+def _opened_path(fd: int) -> str | None:
+    """Where open descriptor ``fd`` really is (Linux's /proc), or None where that cannot be told."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
+
+
+def open_in_folder(path, folder, allow: str):
+    """``open_regular_file(path)`` for a file found by walking ``folder``: a link must lead inside it.
+
+    ``folder=None`` follows links wherever they point (the user asked to). Else the real path
+    is opened without following links, and the open file's own path checked again where
+    /proc tells it, so a link swapped in between the check and the open cannot lead out.
+    ``LinkOutsideError`` for a link out; ``OSError`` for one that loops or leads nowhere.
+    """
+    if folder is None:
+        return open_regular_file(path)
+    f = open_regular_file(resolve_in_folder(path, folder, allow), follow_symlinks=False)
+    opened = _opened_path(f.fileno())
+    if opened is not None and opened.startswith(os.sep) and not _inside(os.path.realpath(folder), opened):
+        f.close()
+        raise LinkOutsideError(path, opened, folder, allow)
+    return f
 
 
 def json_nesting(value) -> int:

@@ -19,6 +19,7 @@ import time
 import tracemalloc
 import zipfile
 
+import numpy as np
 import pytest
 
 from effnet_jax import limits, serving
@@ -342,6 +343,63 @@ def test_a_request_with_no_preparation_slot_in_time_gets_503_with_retry_after(mo
     assert gated.most == 1
 
 
+def _noise_png(side: int) -> bytes:
+    """A grey PNG of random pixels: incompressible, so its size is about ``side**2`` bytes."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    pixels = np.random.default_rng(0).integers(0, 256, (side, side), dtype=np.uint8)
+    Image.fromarray(pixels, "L").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_bodies_held_at_once_are_bounded_and_a_request_past_the_allowance_gets_503(model):
+    pytest.importorskip("fastapi")
+    import httpx
+
+    from effnet_jax.server import BackgroundServer, Settings, create_app
+
+    gated = _GatedModel(model)
+    settings = Settings(max_batch=1, max_files=1, max_file_bytes=2 << 20, max_receiving_bytes=3 << 20)
+    assert settings.max_request_bytes == settings.max_receiving_bytes  # one largest request fits
+    app = create_app(gated, settings)
+    png = _noise_png(1300)  # about 1.6 MiB: two of them pass the 3 MiB allowance
+    assert 1.5 * (1 << 20) < len(png) < 2 << 20
+    with BackgroundServer(app) as url:
+        first = {}
+        thread = threading.Thread(
+            target=lambda: first.update(
+                answer=httpx.post(url + "/v1/predict", files=[("file", ("a.png", png))], timeout=120)
+            )
+        )
+        # A small body still fits beside the held one: admitted, it waits at the gate as the first does.
+        small = threading.Thread(
+            target=lambda: first.update(
+                small=httpx.post(url + "/v1/predict", files=[("file", ("c.jpeg", _jpeg()))], timeout=120)
+            )
+        )
+        thread.start()
+        try:
+            _wait_until(lambda: gated.now == 1)  # the first body is received and held
+            held = httpx.get(url + "/healthz").json()["receiving_bytes"]
+            assert len(png) < held < len(png) + 1024  # its Content-Length: the file and the multipart framing
+            answer = httpx.post(url + "/v1/predict", files=[("file", ("b.png", png))], timeout=60)
+            small.start()
+            _wait_until(lambda: gated.now == 2)
+        finally:
+            gated.gate.set()
+            thread.join(120)
+            if small.is_alive():
+                small.join(120)
+        assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
+        assert answer.json()["error"].startswith(f"busy: {held:,} bytes of request bodies already being received")
+        assert "(effnet-serve --max_receiving_mib); retry shortly" in answer.json()["error"]
+        assert first["small"].status_code == 200
+        assert first["answer"].status_code == 200
+        assert httpx.get(url + "/healthz").json()["receiving_bytes"] == 0  # released after each answer
+        assert httpx.post(url + "/v1/predict", files=[("file", ("b.png", png))], timeout=60).status_code == 200
+
+
 def test_the_new_limits_are_flags_checked_and_documented():
     from absl import flags
 
@@ -354,6 +412,10 @@ def test_the_new_limits_are_flags_checked_and_documented():
     for name, default in (("body_timeout_s", 60.0), ("max_preparing", 4), ("prepare_wait_s", 10.0)):
         assert own[name].default == default == getattr(Settings(), name)
         assert f"`--{name}`" in docs
+    assert own["max_receiving_mib"].default << 20 == Settings().max_receiving_bytes
+    assert "`--max_receiving_mib`" in docs
+    with pytest.raises(ValueError, match=r"^max_receiving_bytes=1048576: expected at least one largest request"):
+        Settings(max_receiving_bytes=1 << 20)
     with pytest.raises(ValueError, match=r"^body_timeout_s=0: expected a positive number of seconds$"):
         Settings(body_timeout_s=0)
     with pytest.raises(ValueError, match=r"^max_preparing=0: expected at least 1$"):

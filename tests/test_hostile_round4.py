@@ -306,7 +306,8 @@ def test_effnet_predict_with_a_petabyte_batch_is_one_line(workdir, tmp_path, cap
 
     with pytest.raises(ValueError, match=r"batch_size=1000000000000: a batch of .* over the decoded-size budget"):
         Predictor(workdir, batch_size=10**12)
-    assert Predictor(workdir, batch_size=0).batch_size == 1  # as before: at least one image
+    with pytest.raises(ValueError, match=r"^batch_size=0: expected an integer >= 1$"):  # round 7: was taken as 1
+        Predictor(workdir, batch_size=0)
 
 
 def test_effnet_adapt_with_a_petabyte_batch_is_refused_before_reading_or_writing(workdir, tmp_path):

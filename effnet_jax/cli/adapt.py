@@ -1,12 +1,13 @@
 """effnet-adapt: a run's BatchNorm statistics re-estimated on a deployment site's unlabeled images, as a new run.
 
     effnet-adapt --workdir=RUN --images=DIR --out=NEWRUN [--checkpoint=best|latest|STEP]
-                 [--max_images=2000] [--batch_size=32] [--mix=1.0]
+                 [--max_images=2000] [--batch_size=32] [--mix=1.0] [--follow_links]
 
 Reads every image under DIR (recursively; folder names are never read as labels) as
 effnet-predict reads them, and re-estimates each BatchNorm layer's mean and variance on
 them: the exact population statistics, each layer measured with the layers before it
 already adapted (AdaBN). --mix blends them with the run's own (1.0 replaces them).
+A link under DIR leading outside it is skipped as unreadable unless --follow_links.
 A soup's or seed ensemble's members are adapted too. NEWRUN is a run like any other
 (effnet-eval, effnet-predict, effnet-export, effnet-results read it) that keeps RUN's
 operating threshold and calibration; adapted.json says what it was adapted from and to.
@@ -19,7 +20,7 @@ import sys
 
 from absl import app, flags
 
-from effnet_jax.cli.command import define_once, define_run_flags, run_command
+from effnet_jax.cli.command import define_follow_links_flag, define_once, define_run_flags, run_command
 from effnet_jax.cli.logs import quiet_unless_verbose, show_our_logs
 
 FLAGS = flags.FLAGS
@@ -48,6 +49,7 @@ def define_flags(fv: flags.FlagValues = FLAGS):
         "batch_size",
         32,
         "Images per forward pass (memory only: the statistics do not depend on it).",
+        lower_bound=1,
         flag_values=fv,
     )
     define_once(
@@ -57,6 +59,7 @@ def define_flags(fv: flags.FlagValues = FLAGS):
         "Weight of the site's statistics against the run's own: 1.0 replaces them, 0.0 keeps them.",
         flag_values=fv,
     )
+    define_follow_links_flag(fv)
 
 
 def main(argv):
@@ -82,6 +85,7 @@ def main(argv):
             max_images=FLAGS.max_images,
             batch_size=FLAGS.batch_size,
             mix=FLAGS.mix,
+            follow_links=FLAGS.follow_links,
         )
     except (FileNotFoundError, AdaptError, ValueError) as e:
         print(f"effnet-adapt: error: {e}", file=sys.stderr)

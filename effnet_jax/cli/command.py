@@ -55,6 +55,18 @@ def exit_with_help_if_asked(argv, doc: str, define_flags) -> None:
         sys.exit(0)
 
 
+def define_follow_links_flag(fv: flags.FlagValues = FLAGS) -> None:
+    """--follow_links: read links to image files found in a folder wherever they point (effnet-predict, effnet-adapt)."""
+    define_once(
+        flags.DEFINE_bool,
+        "follow_links",
+        False,
+        "Read links to image files found in a folder wherever they point (default: a link leading "
+        "outside the folder is refused; files named on the command line are always read).",
+        flag_values=fv,
+    )
+
+
 def define_run_flags(fv: flags.FlagValues = FLAGS) -> None:
     """--workdir and --checkpoint: which trained run and which of its checkpoints a command reads."""
     define_once(flags.DEFINE_string, "workdir", None, "Training run directory (holds checkpoints/).", flag_values=fv)

@@ -6,7 +6,7 @@
         [--max_prob=0.1] [--out=/tmp/data_rejected]
     effnet-data prepare --name=chest_xray --manual_dir=../shared/data/chest_xray \
         [--data_dir=~/tensorflow_datasets] [--max_size=512] [--on_bad_image=error|skip] \
-        [--exclude_list=/tmp/data_clean/exclusions.json]
+        [--exclude_list=/tmp/data_clean/exclusions.json] [--follow_links]
 
 report/clean: --data_dir is the raw chest_xray folder (or a parent, or its zip), or a TFDS
 data dir holding a prepared chest_xray set. `report` writes report.json and PNG figures;
@@ -15,7 +15,8 @@ data dir holding a prepared chest_xray set. `report` writes report.json and PNG 
 files out. rejected: lists the training images to which every run scored in --reports
 (effnet-eval --split=train --out_dir=EVAL_DIR) gives its label a probability below
 --max_prob, suspected label noise (exclusions.json/.csv). prepare: builds the TFDS data set once (array_record) from --manual_dir into
-the TFDS data dir --data_dir (default ~/tensorflow_datasets).
+the TFDS data dir --data_dir (default ~/tensorflow_datasets). report/clean/prepare read a link
+to a file only when it leads inside the folder, unless --follow_links (data.follow_links).
 """
 
 import json
@@ -29,6 +30,7 @@ from effnet_jax.cli.command import exit_with_help_if_asked
 from effnet_jax.cli.errors import one_line
 from effnet_jax.cli.logs import show_our_logs
 from effnet_jax.data.eda import cleaning, hashing
+from effnet_jax.output_files import write_text
 
 # The commands' own modules (matplotlib, scikit-learn, TFDS) load when a command runs, so --help is quick.
 
@@ -93,6 +95,13 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     )
     define(flags.DEFINE_enum, "on_bad_image", "error", ["error", "skip"], "prepare: bad input policy")
     define(flags.DEFINE_integer, "mnist_size", 224, "prepare: pneumonia_mnist size: 28, 64, 128 or 224")
+    define(
+        flags.DEFINE_bool,
+        "follow_links",
+        False,
+        "report/clean/prepare: read links to files wherever they point (default: only links that stay "
+        "inside the folder; data.follow_links)",
+    )
 
 
 def _thresholds(args) -> cleaning.Thresholds:
@@ -114,12 +123,14 @@ def report(args) -> dict:
 
     th = _thresholds(args)  # validate flags before a long scan
     listed = exclusions.read(args.exclude_list) if args.exclude_list else None
-    inv = scan.scan_any(args.data_dir, samples_per_class=args.samples, progress=not args.no_progress)
+    inv = scan.scan_any(
+        args.data_dir, samples_per_class=args.samples, progress=not args.no_progress, follow_links=args.follow_links
+    )
     rep = report_lib.build(inv, cleaning.find(inv, th), listed)
     out = Path(args.out or DEFAULT_OUT["report"])
     out.mkdir(parents=True, exist_ok=True)
     rep["figures"] = figures.draw_all(inv, rep, out)
-    (out / "report.json").write_text(json.dumps(rep, indent=1) + "\n")
+    write_text(out / "report.json", json.dumps(rep, indent=1) + "\n")
     print(report_lib.summary(rep))
     print(f"effnet-data report: wrote {out}/report.json and {', '.join(rep['figures'])}")
     return rep
@@ -131,7 +142,7 @@ def clean(args) -> dict:
     from effnet_jax.data.eda import scan
 
     th = _thresholds(args)
-    inv = scan.scan_any(args.data_dir, progress=not args.no_progress)
+    inv = scan.scan_any(args.data_dir, progress=not args.no_progress, follow_links=args.follow_links)
     if inv.kind != "raw":
         print(
             f"effnet-data clean: {inv.source} is a prepared data set; the list is written, but "
@@ -150,7 +161,7 @@ def clean(args) -> dict:
     }
     json_path = exclusions.write(out / "exclusions.json", found["excluded"], **meta)
     exclusions.write(out / "exclusions.csv", found["excluded"])
-    (out / "cleaning.json").write_text(json.dumps({"source": inv.source, **found}, indent=1) + "\n")
+    write_text(out / "cleaning.json", json.dumps({"source": inv.source, **found}, indent=1) + "\n")
     before = sum(sum(v.values()) for v in found["counts_before"].values())
     print(
         f"{inv.source}: {before:,} images, {found['num_excluded']} to exclude"
@@ -202,6 +213,7 @@ def prepare(args) -> None:
         on_bad_image=args.on_bad_image,
         mnist_size=args.mnist_size,
         exclude_list=args.exclude_list,
+        follow_links=args.follow_links,
     )
     builder = prepare_lib.ensure_prepared(factory)
     print(f"prepared {factory.name}/{builder.builder_config.name} in {builder.data_path}")

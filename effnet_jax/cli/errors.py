@@ -13,7 +13,7 @@ EXIT_USAGE = 2  # a bad flag or config key; a non-finite training loss
 EXIT_INPUT = (
     3  # the data (layout, bad image, empty class, stale prepared copy), a weight file, soup members that differ
 )
-EXIT_WORKDIR = 4  # the workdir is held by another trainer, its checkpoint does not fit the config, or it holds another run than a soup
+EXIT_WORKDIR = 4  # the workdir is held by another trainer, its checkpoint does not fit the config, it holds another run than a soup, or a link or FIFO where we write
 EXIT_DISK = 5  # writing failed: disk full, quota, read-only or permission denied
 EXIT_PREEMPTED = 143  # stopped by SIGTERM after saving (128 + SIGTERM, as if killed by it)
 
@@ -28,6 +28,7 @@ def one_line(error: BaseException) -> tuple[int, str] | None:
     from effnet_jax.data.imaging import BadImageError
     from effnet_jax.data.kermany import LayoutError
     from effnet_jax.data.prepare import StalePreparedDataError
+    from effnet_jax.output_files import UnsafeOutputError
     from effnet_jax.runs.checkpoints import CheckpointMismatchError
     from effnet_jax.runs.lock import WorkdirLockedError
     from effnet_jax.train.loop import TrainingDataError
@@ -47,7 +48,7 @@ def one_line(error: BaseException) -> tuple[int, str] | None:
         found = disk_error_text(str(e))
         if found:  # tensorstore (orbax's writer) reports a full disk as a ValueError with the OS's words
             return EXIT_DISK, f"cannot write{found[1]}: {found[0]}"
-    if isinstance(error, (WorkdirLockedError, CheckpointMismatchError, SoupWorkdirError)):
+    if isinstance(error, (WorkdirLockedError, CheckpointMismatchError, SoupWorkdirError, UnsafeOutputError)):
         return EXIT_WORKDIR, str(error)
     if isinstance(
         error,

@@ -48,6 +48,7 @@ def define_flags(fv: flags.FlagValues = FLAGS):
         "batch_size",
         None,
         "Evaluation batch size (default: the run's eval_batch_size).",
+        lower_bound=1,
         flag_values=fv,
     )
     define_once(flags.DEFINE_bool, "ema", True, "Evaluate the EMA weights when the run kept them.", flag_values=fv)

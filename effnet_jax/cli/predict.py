@@ -16,7 +16,9 @@ threshold (config.operating_threshold: with external data, the highest threshold
 sensitivity >= 0.95 on it; else the training prior), or --threshold=prior,
 --threshold=youden (the validation Youden threshold effnet-eval stored for the same
 checkpoint), or --threshold=P; with --exported, model.json's operating threshold or
---threshold=P. A run trained on synthetic data is named in a warning. IMAGE may be a DICOM
+--threshold=P. A run trained on synthetic data is named in a warning. A file found in a
+folder or by a pattern that is a link leading outside it is an unreadable image (an error
+row) unless --follow_links; files named as arguments are read as named. IMAGE may be a DICOM
 file (with the ``dicom`` extra). A temperature fitted at the checkpoint
 (WORKDIR/calibration.json, docs/calibration.md) calibrates prob_pneumonia ("temperature" is
 then that T, else 1.0); rule-derived thresholds are mapped with it, so labels do not change.
@@ -35,7 +37,13 @@ import sys
 
 from absl import flags
 
-from effnet_jax.cli.command import check_output_dir, define_once, define_run_flags, run_command
+from effnet_jax.cli.command import (
+    check_output_dir,
+    define_follow_links_flag,
+    define_once,
+    define_run_flags,
+    run_command,
+)
 from effnet_jax.cli.logs import quiet_unless_verbose
 
 FLAGS = flags.FLAGS
@@ -59,7 +67,7 @@ def define_flags(fv: flags.FlagValues = FLAGS):
         "Decision threshold in [0, 1], 'auto' (the run's operating threshold, docs/thresholds.md), 'prior' (training prior) or 'youden' (stored by effnet-eval).",
         flag_values=fv,
     )
-    define_once(flags.DEFINE_integer, "batch_size", 8, "Images per forward pass.", flag_values=fv)
+    define_once(flags.DEFINE_integer, "batch_size", 8, "Images per forward pass.", lower_bound=1, flag_values=fv)
     define_once(
         flags.DEFINE_string,
         "out",
@@ -74,6 +82,7 @@ def define_flags(fv: flags.FlagValues = FLAGS):
         "Directory written by effnet-export: predict with it (jax alone) instead of a run.",
         flag_values=fv,
     )
+    define_follow_links_flag(fv)
 
 
 EXIT_FAILED = 1  # an image could not be read, the run could not be loaded, or an output not written
@@ -104,7 +113,7 @@ def main(argv):
         if problem:
             return _fail(problem, EXIT_FAILED)
     try:
-        paths = expand_inputs(argv[1:])
+        paths = expand_inputs(argv[1:], follow_links=FLAGS.follow_links)
     except InputNotFoundError as e:
         return _fail(str(e), EXIT_NO_INPUT)
     if not paths:

@@ -8,8 +8,8 @@ records with the model's identity; GET / is the review page; GET /v1/model and G
 describe the model and the server. Requests arriving together are scored in one call (up to
 --max_batch images, the first waiting at most --max_wait_ms for others). Uploads over a
 budget get 413, other file types 415, unreadable files 422, a body slower than
---body_timeout_s 408, and a full queue or no free --max_preparing slot within
---prepare_wait_s 503 (docs/serving.md). The decoded-size budget is EFFNET_JAX_DECODE_BUDGET's (docs/untrusted-inputs.md).
+--body_timeout_s 408, and a full queue, no free --max_preparing slot within
+--prepare_wait_s or bodies past --max_receiving_mib 503 (docs/serving.md). The decoded-size budget is EFFNET_JAX_DECODE_BUDGET's (docs/untrusted-inputs.md).
 
 Exit status: 0 stopped by Ctrl-C; 1 the folder could not be loaded; 2 bad usage or the
 ``serve`` extra is not installed.
@@ -59,6 +59,13 @@ def define_flags(fv: flags.FlagValues = FLAGS):
         10.0,
         "Seconds a request waits for one of the --max_preparing slots before it gets 503 with Retry-After.",
     )
+    d(
+        flags.DEFINE_integer,
+        "max_receiving_mib",
+        2048,
+        "Most MiB of request bodies received and held at once (spooled to disk until answered); a request "
+        "that would pass it gets 503 with Retry-After.",
+    )
 
 
 def main(argv):
@@ -86,6 +93,7 @@ def main(argv):
             body_timeout_s=FLAGS.body_timeout_s,
             max_preparing=FLAGS.max_preparing,
             prepare_wait_s=FLAGS.prepare_wait_s,
+            max_receiving_bytes=FLAGS.max_receiving_mib << 20,
         )
         model = serving.load(FLAGS.exported)
     except ValueError as e:  # ExportedModelError, or a limit below 1

@@ -22,7 +22,7 @@ import reprlib
 from pathlib import Path
 
 from effnet_jax import limits
-from effnet_jax.output_files import csv_cell, csv_text
+from effnet_jax.output_files import csv_cell, csv_text, write_text
 
 FORMAT = "effnet_jax.exclusions/1"
 PACKAGED = "packaged:"
@@ -62,9 +62,9 @@ def write(path, entries: list[dict], **extra) -> Path:
         writer.writeheader()
         # Formula-like cells get a leading quote (read() takes it off again).
         writer.writerows({k: csv_cell(v) for k, v in row.items()} for row in rows)
-        path.write_text(buf.getvalue(), encoding="utf-8")
+        write_text(path, buf.getvalue())
     else:
-        path.write_text(json.dumps({"format": FORMAT, **extra, "excluded": rows}, indent=1) + "\n")
+        write_text(path, json.dumps({"format": FORMAT, **extra, "excluded": rows}, indent=1) + "\n")
     return path
 
 

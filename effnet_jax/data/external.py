@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from effnet_jax import limits
 from effnet_jax.data import folders, kermany
 from effnet_jax.data import splits as splits_lib
 from effnet_jax.labels import class_names
@@ -30,6 +31,8 @@ FOLDER_PREFIX = "folder:"
 # Larger files are not images of this kind; refusing them bounds what one read can take.
 MAX_FILE_BYTES = 64 << 20
 _IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".dcm", ".dicom")
+# How a refused link out of the folder can be read anyway (limits.open_in_folder).
+FOLLOW_LINKS_HINT = "set data.follow_links=True"
 
 
 class ExternalDataError(ValueError):
@@ -67,8 +70,14 @@ def _index(split: str):
 
 
 @functools.lru_cache(maxsize=16)
-def _scan(folder: str, on_bad_image: str, task=None) -> tuple[splits_lib.PartMeta, tuple[str, ...]]:
-    """``task``: a folder task's ``(class names, rules, patient pattern)``; None for NORMAL/PNEUMONIA."""
+def _scan(
+    folder: str, on_bad_image: str, task=None, follow_links: bool = False
+) -> tuple[splits_lib.PartMeta, tuple[str, ...]]:
+    """``task``: a folder task's ``(class names, rules, patient pattern)``; None for NORMAL/PNEUMONIA.
+
+    ``follow_links``: links to files are read wherever they point; else one leading outside
+    ``folder`` is a bad file (``on_bad_image`` decides).
+    """
     root = Path(folder)
     classes, rules, pattern = task or (class_names(None), (), None)
     sources = tuple(sorted({p.partition("/")[0] for p, _ in rules})) if rules else classes
@@ -88,7 +97,7 @@ def _scan(folder: str, on_bad_image: str, task=None) -> tuple[splits_lib.PartMet
         for entry in sorted(os.scandir(root / source), key=lambda e: e.name):
             if entry.name.startswith(".") or not entry.name.lower().endswith(_IMAGE_SUFFIXES):
                 continue
-            problem = _file_problem(Path(entry.path))
+            problem = _file_problem(Path(entry.path), None if follow_links else folder)
             if problem:
                 if on_bad_image != "skip":
                     raise ExternalDataError(f"{entry.path}: {problem} (data.on_bad_image=skip leaves it out)")
@@ -125,10 +134,14 @@ def _scan(folder: str, on_bad_image: str, task=None) -> tuple[splits_lib.PartMet
     return meta, tuple(paths)
 
 
-def _file_problem(path: Path) -> str | None:
-    """Why `path` cannot be read as an image file, or None."""
+def _file_problem(path: Path, folder: str | None) -> str | None:
+    """Why `path` cannot be read as an image file, or None; ``folder``: where its links must lead (None: anywhere)."""
     try:
+        if folder is not None:
+            limits.resolve_in_folder(path, folder, FOLLOW_LINKS_HINT)
         st = path.stat()  # follows links: a loop or a dangling link raises here
+    except limits.LinkOutsideError as e:
+        return e.reason
     except OSError as e:
         return f"unreadable ({e.strerror or e})"
     if not path.is_file():
@@ -150,7 +163,13 @@ def scan(data_config, split: str) -> tuple[splits_lib.PartMeta, tuple[str, ...]]
             folders.rules(data_config),
             data_config.get("patient_id_pattern") or None,
         )
-    return _scan(str(folder), data_config.get("on_bad_image", "error"), task)
+    follow_links = bool(data_config.get("follow_links", False))
+    return _scan(str(folder), data_config.get("on_bad_image", "error"), task, follow_links)
+
+
+def _links_within(data_config, split: str) -> str | None:
+    """The folder an external split's links must lead into; None: anywhere (data.follow_links)."""
+    return None if data_config.get("follow_links", False) else str(folder_of(data_config, split).resolve())
 
 
 def selection(data_config, split: str) -> splits_lib.Selection:
@@ -167,23 +186,34 @@ def selection(data_config, split: str) -> splits_lib.Selection:
 
 
 class FolderReader:
-    """Reads the image bytes of one external folder (picklable for grain workers)."""
+    """Reads the image bytes of one external folder (picklable for grain workers).
 
-    def __init__(self, paths: tuple[str, ...], split: str):
+    ``folder``: where the files' links must lead (None: anywhere), checked again at each read.
+    """
+
+    def __init__(self, paths: tuple[str, ...], split: str, folder: str | None = None):
         self.paths = paths
         self.parts = (split,)
+        self.folder = folder
 
     def read_image(self, part: int, index: int) -> bytes:
-        path = self.paths[int(index)]
-        with open(path, "rb") as f:
+        return _read_image(self.paths[int(index)], self.folder)
+
+
+def _read_image(path: str, folder: str | None) -> bytes:
+    """The bytes of a scanned file; ``folder``: where its links must lead (None: anywhere)."""
+    try:  # opened as the scan checked it: a link or FIFO swapped in since is refused, not followed
+        with limits.open_in_folder(path, folder, FOLLOW_LINKS_HINT) as f:
             data = f.read(MAX_FILE_BYTES + 1)  # bounded even if the file grew after the scan
-        if len(data) > MAX_FILE_BYTES:
-            raise ExternalDataError(f"{path}: over the {MAX_FILE_BYTES} byte limit for one image")
-        return data
+    except limits.BudgetError as e:
+        raise ExternalDataError(str(e)) from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ExternalDataError(f"{path}: over the {MAX_FILE_BYTES} byte limit for one image")
+    return data
 
 
 def reader(data_config, split: str) -> FolderReader:
-    return FolderReader(scan(data_config, split)[1], split)
+    return FolderReader(scan(data_config, split)[1], split, _links_within(data_config, split))
 
 
 def _digest(data: bytes) -> str:
@@ -222,9 +252,9 @@ def check_disjoint(data_config, train_reader, train_selection) -> None:
                     train_selection.file_names or [""] * len(train_selection),
                 )
             }
+        within = _links_within(data_config, split)
         for path in paths:
-            with open(path, "rb") as f:
-                twin = train_digests.get(_digest(f.read(MAX_FILE_BYTES + 1)))
+            twin = train_digests.get(_digest(_read_image(path, within)))
             if twin is not None:
                 raise ExternalDataError(
                     f"{key}: {path} is byte-identical to the training image {twin or '(unnamed)'}; "

@@ -175,9 +175,13 @@ def _nested_repeat(parsed) -> str | None:
 
 
 def scan(data_config) -> kermany.Layout:
-    """The images of every split as ``(class, path)``, with files no rule matches listed as problems."""
+    """The images of every split as ``(class, path)``, with files no rule matches listed as problems.
+
+    A link leading outside ``data.manual_dir`` is a bad image unless ``data.follow_links``.
+    """
     mapping = rules(data_config)
-    layout = kermany.scan(root(data_config), source_folders(data_config))
+    follow = bool(data_config.get("follow_links"))
+    layout = kermany.scan(root(data_config), source_folders(data_config), follow_links=follow)
     if not mapping:
         return layout
     for split, entries in layout.files.items():

@@ -10,13 +10,13 @@ IM-0115, NORMAL2-IM-1427); PNEUMONIA files like person1000_bacteria_2931.jpeg
 import dataclasses
 import hashlib
 import lzma
+import os
 import re
-import stat
 import zipfile
 import zlib
 from pathlib import Path
 
-from effnet_jax import limits
+from effnet_jax import limits, zip_directory
 from effnet_jax.data import imaging
 from effnet_jax.labels import CLASS_NAMES
 
@@ -26,6 +26,8 @@ SPLITS = ("train", "val", "test")
 # image, refused from its size before any byte is read. Chest films are a few MB.
 MAX_FILE_BYTES = limits.MAX_IMAGE_FILE_BYTES
 MAX_ZIP_RATIO = 100
+# How a refused link out of the folder can be read anyway (limits.open_in_folder).
+FOLLOW_LINKS_HINT = "set data.follow_links=True (effnet-data: --follow_links)"
 PATHOGENS = ("none", "bacteria", "virus", "unknown")
 # Files and folders that operating systems and archivers add; not data, never an error.
 _OS_FILES = {".DS_Store", "Thumbs.db", "desktop.ini"}
@@ -63,6 +65,15 @@ class LayoutError(ValueError):
     """The folder or zip does not have the expected structure (always fatal)."""
 
 
+def _open_zip(zip_path) -> zipfile.ZipFile:
+    """The data set's zip, opened once its central directory fits the decoded-size budget (else LayoutError).
+
+    No member count is natural here (Kermany's zip lists about 17,000, Mendeley's full archive
+    over 100,000), so the budget bounds the entries zipfile builds as it opens.
+    """
+    return zip_directory.open_zip(zip_path, what="a data set zip", error=LayoutError)
+
+
 @dataclasses.dataclass
 class Layout:
     """Images found per split, plus what did not belong (reported, never silently dropped)."""
@@ -72,22 +83,24 @@ class Layout:
     problems: list[str]  # stray folders/files: '<path>: <why>'
     ignored: list[str]  # OS metadata and duplicate nested copies: '<path>: <why>'
     zip_path: str | None = None  # set when reading from a zip
+    follow_links: bool = False  # data.follow_links: links to files are read wherever they point
 
     _zip: zipfile.ZipFile | None = dataclasses.field(default=None, repr=False)
 
     def read(self, rel: str) -> bytes:
         """Bytes of the file at `rel` (relative to `source`); BadImageError when it cannot be used.
 
-        Links that loop or lead nowhere, non-regular files (FIFOs would block) and files or
-        zip members beyond MAX_FILE_BYTES / MAX_ZIP_RATIO are bad images, so the data's
-        on_bad_image policy decides, as for any other unusable file.
+        Links that loop, lead nowhere or (unless ``follow_links``) lead outside the folder,
+        non-regular files (FIFOs would block) and files or zip members beyond MAX_FILE_BYTES /
+        MAX_ZIP_RATIO are bad images, so the data's on_bad_image policy decides, as for any
+        other unusable file.
         """
         shown = f"{self.source}:{rel}" if self.zip_path else f"{self.source}/{rel}"
         try:
             if self.zip_path is None:
-                return _read_file(Path(self.source) / rel, shown)
+                return _read_file(Path(self.source) / rel, shown, self._links_within())
             if self._zip is None:
-                self._zip = zipfile.ZipFile(self.zip_path)  # kept open: one seek per member
+                self._zip = _open_zip(self.zip_path)  # kept open: one seek per member
             return _read_member(self._zip, rel, shown)
         except (OSError, zipfile.BadZipFile, EOFError, *_ZIP_MEMBER_ERRORS) as e:
             link = " (a link that loops or leads nowhere)" if Path(self.source, rel).is_symlink() else ""
@@ -103,18 +116,28 @@ class Layout:
         """
         members = {}
         if self.zip_path is not None:
-            with zipfile.ZipFile(self.zip_path) as zf:
+            with _open_zip(self.zip_path) as zf:
                 members = {i.filename: (i.file_size, i.CRC) for i in zf.infolist()}
         h = hashlib.sha256()
         for split in sorted(self.files):
             for _, rel in self.files[split]:
                 if self.zip_path is None:
-                    size, crc = _size_and_crc(Path(self.source) / rel)
+                    size, crc = _size_and_crc(Path(self.source) / rel, self._links_within())
                 else:
                     size, crc = members.get(rel, (-1, -1))
                 # split/CLASS/name only: the same files reached through a parent folder or a zip agree.
                 h.update(f"{'/'.join(rel.split('/')[-3:])}\0{size}\0{crc}\n".encode("utf-8", "surrogateescape"))
         return f"{FINGERPRINT_SCHEME}:{h.hexdigest()[:16]}"
+
+    def _links_within(self) -> str | None:
+        """The folder a listed file's links must lead into; None: anywhere (data.follow_links)."""
+        return None if self.follow_links else self.source
+
+    def links_outside(self) -> list[str]:
+        """Listed files that are links leading outside the folder: those left unread without follow_links."""
+        if self.zip_path is not None:
+            return []
+        return [rel for entries in self.files.values() for _, rel in entries if _leads_outside(self.source, rel)]
 
     def close(self):
         if self._zip is not None:
@@ -127,34 +150,60 @@ FINGERPRINT_SCHEME = "crc2"  # names + sizes + CRC-32 of each file's bytes (Layo
 _CRC_MEMO: dict[tuple, int] = {}
 
 
-def _size_and_crc(path: Path) -> tuple[int, int]:
-    """``(size, CRC-32 of the bytes)`` of a listed file; ``(-1, -1)`` for one that cannot be read."""
+def _size_and_crc(path: Path, folder: str | None) -> tuple[int, int]:
+    """``(size, CRC-32 of the bytes)`` of a listed file; ``(-1, -1)`` for one that cannot be read.
+
+    ``folder``: where its links must lead (None: anywhere); a link out is not read, as preparing would not.
+    """
     try:
-        st = path.stat()
-        if not stat.S_ISREG(st.st_mode):
-            return -1, -1
-        key = (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-        if key not in _CRC_MEMO:
-            crc = 0
-            with open(path, "rb") as f:
+        with limits.open_in_folder(path, folder, FOLLOW_LINKS_HINT) as f:
+            st = os.fstat(f.fileno())
+            key = (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            if key not in _CRC_MEMO:
+                crc = 0
                 while chunk := f.read(1 << 20):
                     crc = zlib.crc32(chunk, crc)
-            _CRC_MEMO[key] = crc
-        return st.st_size, _CRC_MEMO[key]
-    except OSError:
-        return -1, -1  # a broken link: still a listed file
+                _CRC_MEMO[key] = crc
+            return st.st_size, _CRC_MEMO[key]
+    except (OSError, limits.BudgetError):
+        return -1, -1  # a broken link, a FIFO or a link out: still a listed file
 
 
-def _read_file(path: Path, shown: str) -> bytes:
-    st = path.stat()  # follows links: a loop or a dangling link fails here
-    if not stat.S_ISREG(st.st_mode):
-        raise imaging.BadImageError(f"{shown}: not a regular file")
-    if st.st_size > MAX_FILE_BYTES:
-        raise imaging.BadImageError(
-            f"{shown}: {st.st_size:,} bytes, beyond the {MAX_FILE_BYTES:,}-byte limit for one image"
-        )
-    with open(path, "rb") as f:
+def _read_file(path: Path, shown: str, folder: str | None) -> bytes:
+    """The bytes of a listed file; ``folder``: where its links must lead (None: anywhere)."""
+    try:  # a loop or a dangling link fails here, with an OSError
+        f = limits.open_in_folder(path, folder, FOLLOW_LINKS_HINT)
+    except limits.LinkOutsideError as e:
+        raise imaging.BadImageError(f"{shown}: {e.reason}") from None
+    except limits.BudgetError:
+        raise imaging.BadImageError(f"{shown}: not a regular file") from None
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        if size > MAX_FILE_BYTES:
+            raise imaging.BadImageError(
+                f"{shown}: {size:,} bytes, beyond the {MAX_FILE_BYTES:,}-byte limit for one image"
+            )
         return f.read(MAX_FILE_BYTES + 1)
+
+
+def _leads_outside(folder: str, rel: str) -> bool:
+    try:
+        limits.resolve_in_folder(Path(folder) / rel, folder, FOLLOW_LINKS_HINT)
+    except limits.LinkOutsideError:
+        return True
+    except OSError:
+        pass  # a link that loops or leads nowhere: unreadable, not outside
+    return False
+
+
+def _check_zip_inside(zip_path: Path, folder: Path) -> None:
+    """A zip found in ``folder`` that is a link leading outside it is refused (LayoutError)."""
+    try:
+        limits.resolve_in_folder(zip_path, folder, FOLLOW_LINKS_HINT)
+    except limits.LinkOutsideError as e:
+        raise LayoutError(str(e)) from None
+    except OSError:
+        pass  # a dangling link: opening the zip names it
 
 
 def _read_member(zf: zipfile.ZipFile, rel: str, shown: str) -> bytes:
@@ -238,11 +287,13 @@ def _find_root(tree: _Tree, classes=CLASS_NAMES) -> str | None:
     return min(roots, key=lambda d: (-found(d), d.count("/") + bool(d), d)) if roots else None
 
 
-def scan(path, classes=CLASS_NAMES) -> Layout:
+def scan(path, classes=CLASS_NAMES, follow_links: bool = False) -> Layout:
     """Read the layout under `path` (a folder, a zip, or a folder holding one zip).
 
     ``classes``: the class folders every split holds (``effnet_jax.data.folders`` passes
-    a folder data set's own).
+    a folder data set's own). ``follow_links`` (data.follow_links): links to files are read
+    wherever they point; else one leading outside `path` is a bad image when read, and a
+    zip found in `path` must lie inside it.
     """
     path = Path(path).expanduser()
     if not path.exists():
@@ -261,6 +312,8 @@ def scan(path, classes=CLASS_NAMES) -> Layout:
             zips = sorted(path.glob("*.zip"))
             if len(zips) == 1:
                 zip_path = zips[0]
+                if not follow_links:
+                    _check_zip_inside(zip_path, path)
             else:
                 found = "zips " + ", ".join(z.name for z in zips) if zips else "no train/ folder"
                 raise LayoutError(
@@ -269,7 +322,7 @@ def scan(path, classes=CLASS_NAMES) -> Layout:
                 )
     unsafe = []
     if zip_path is not None:
-        with zipfile.ZipFile(zip_path) as zf:
+        with _open_zip(zip_path) as zf:
             names = zf.namelist()
         unsafe = [n for n in names if unsafe_member_name(n)]
         tree = _Tree.from_zip([n for n in names if not unsafe_member_name(n)])
@@ -278,6 +331,7 @@ def scan(path, classes=CLASS_NAMES) -> Layout:
     if root is None:
         raise LayoutError(f"{where}: no train/ folder found; expected {{train,val,test}}/{{NORMAL,PNEUMONIA}}/*.jpeg")
     layout = _walk(tree, root, where, str(zip_path) if zip_path else None, str(path), tuple(classes))
+    layout.follow_links = follow_links
     layout.problems.extend(
         f"{where}:{n}: an absolute or non-canonical member name ('..', '//'); not read" for n in unsafe
     )

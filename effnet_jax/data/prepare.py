@@ -27,6 +27,7 @@ class BuilderFactory:
     on_bad_image: str = "error"
     mnist_size: int = 224
     exclude_list: str | None = None  # chest_xray: exclusion list file (effnet-data clean)
+    follow_links: bool = False  # chest_xray and folder: read links to files wherever they point
     # folder: the task's classes, file-name rules and patient rule (effnet_jax.data.folders)
     class_names: tuple = ()
     class_from_name: tuple = ()
@@ -39,6 +40,7 @@ class BuilderFactory:
             "class_names": self.class_names,
             "class_from_name": self.class_from_name,
             "patient_id_pattern": self.patient_id_pattern,
+            "follow_links": self.follow_links,
         }
 
     def __call__(self):
@@ -52,7 +54,10 @@ class BuilderFactory:
             cls = chest_xray.ChestXray
             exclude = os.path.expanduser(self.exclude_list) if self.exclude_list else None
             config = chest_xray.ChestXrayConfig(
-                max_size=self.max_size, on_bad_image=self.on_bad_image, exclude_list=exclude
+                max_size=self.max_size,
+                on_bad_image=self.on_bad_image,
+                exclude_list=exclude,
+                follow_links=self.follow_links,
             )
         elif self.name == "folder":
             from effnet_jax.data import folders  # pylint: disable=g-import-not-at-top
@@ -67,6 +72,7 @@ class BuilderFactory:
                 max_size=self.max_size,
                 on_bad_image=self.on_bad_image,
                 exclude_list=exclude,
+                follow_links=self.follow_links,
                 class_names=folders.class_names(task),
                 rules=folders.rules(task),
                 patient_id_pattern=self.patient_id_pattern,
@@ -178,7 +184,7 @@ def _check_inputs(factory: BuilderFactory) -> None:
     if factory.name == "chest_xray" and factory.manual_dir:
         from effnet_jax.data import kermany  # pylint: disable=g-import-not-at-top
 
-        kermany.scan(os.path.expanduser(factory.manual_dir)).close()
+        kermany.scan(os.path.expanduser(factory.manual_dir), follow_links=factory.follow_links).close()
     elif factory.name == "folder":
         _scan(factory).close()
     elif (
@@ -197,7 +203,7 @@ def _scan(factory: BuilderFactory):
 
     if factory.name == "folder":
         return folders.scan(factory.folder_config())
-    return kermany.scan(os.path.expanduser(factory.manual_dir))
+    return kermany.scan(os.path.expanduser(factory.manual_dir), follow_links=factory.follow_links)
 
 
 def _check_source(factory: BuilderFactory, builder):
@@ -245,8 +251,19 @@ def _check_source(factory: BuilderFactory, builder):
             f"files, fingerprint {recorded}) but data.manual_dir={factory.manual_dir!r} now lists "
             f"{sum(len(v) for v in layout.files.values())} files (fingerprint {now}); refusing to reuse "
             f"stale records (files added, removed or changed): delete {builder.data_path} to prepare again from data.manual_dir, or set "
-            "data.data_dir to another directory"
+            "data.data_dir to another directory" + _links_hint(factory, layout)
         )
+
+
+def _links_hint(factory: BuilderFactory, layout) -> str:
+    """Why a set prepared from links out of the folder no longer matches: they are not read unless asked."""
+    outside = [] if factory.follow_links else layout.links_outside()
+    if not outside:
+        return ""
+    return (
+        f". {len(outside)} of its files are links leading outside the folder (e.g. {outside[0]}), not read "
+        "unless data.follow_links=True: set it if the set was prepared from them on purpose"
+    )
 
 
 def read_part_metadata(builder) -> dict[str, splits_lib.PartMeta]:

@@ -62,6 +62,7 @@ def _config_key(cfg) -> tuple:
         tuple(cfg.get("class_names") or ()),
         tuple(tuple(r) for r in cfg.get("class_from_name") or ()),
         cfg.get("patient_id_pattern") or None,
+        bool(cfg.get("follow_links", False)),
     )
 
 
@@ -89,6 +90,7 @@ def _catalog(key: tuple):
         class_names=key[9],
         class_from_name=key[10],
         patient_id_pattern=key[11],
+        follow_links=key[12],
     )
     builder = prepare.ensure_prepared(factory, allow_prepare=key[7])
     metas = prepare.read_part_metadata(builder)

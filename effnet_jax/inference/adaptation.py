@@ -25,7 +25,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 
 import jax
@@ -33,13 +32,15 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from effnet_jax import runs
+from effnet_jax import limits, runs
 from effnet_jax.inference.batchnorm_stats import adapt_batch_stats
 from effnet_jax.inference.inputs import images_in_folder
-from effnet_jax.inference.prediction import ImageReadError, Preprocessor, padded_batch_size
+from effnet_jax.inference.prediction import ImageReadError, Preprocessor
+from effnet_jax.output_files import open_output, write_text
 from effnet_jax.runs import checkpoints as checkpoint_lib
 from effnet_jax.runs import layout as layout_lib
 from effnet_jax.runs import record as run_record
+from effnet_jax.runs.calibration import read_calibration, write_calibration
 from effnet_jax.runs.layout import Layout, absolute
 from effnet_jax.runs.metrics_log import read_metrics
 from effnet_jax.runs.writer import MetricWriter
@@ -72,15 +73,18 @@ class SiteImages:
         return hashlib.sha256("".join(f"{name}\n" for name in self.files).encode()).hexdigest()
 
 
-def read_site_images(folder: str, preprocess: Preprocessor, max_images: int | None = None) -> SiteImages:
+def read_site_images(
+    folder: str, preprocess: Preprocessor, max_images: int | None = None, follow_links: bool = False
+) -> SiteImages:
     """Every image file under ``folder`` (recursively; sub-folder names are not read as labels), preprocessed.
 
     More than ``max_images`` files: a fixed random choice of that many (seed 0, from the
-    sorted list, so the choice does not depend on how the folder lists them).
+    sorted list, so the choice does not depend on how the folder lists them). A link leading
+    outside ``folder`` is skipped like an unreadable image unless ``follow_links``.
     """
     if not os.path.isdir(folder):
         raise AdaptError(f"--images={folder}: no such folder (expected a folder of the site's images)")
-    paths = sorted(images_in_folder(folder), key=lambda p: os.path.relpath(p, folder))
+    paths = sorted(images_in_folder(folder, follow_links), key=lambda p: os.path.relpath(p, folder))
     if not paths:
         raise AdaptError(f"--images={folder}: no image files in it (looked for .jpeg, .png, ... recursively)")
     found = len(paths)
@@ -157,22 +161,23 @@ def _write_run(
     config = run.config
     if run.soup is not None:
         config = _moved_members(config, members)
-    epath.Path(layout.config).write_text(config.to_json_best_effort(indent=2))
+    write_text(layout.config, config.to_json_best_effort(indent=2))
     run_record.write(out, run.record)
-    if os.path.isfile(source.calibration):
-        shutil.copyfile(source.calibration, layout.calibration)
+    calibration = read_calibration(source)  # checked as the run reads it, not copied byte for byte
+    if calibration is not None:
+        write_calibration(layout, calibration)
     if run.soup is not None:
         soup = json.loads(json.dumps(run.soup))
         for entry in soup.get("members", []):
             entry["workdir"] = members.get(entry.get("workdir"), entry.get("workdir"))
-        epath.Path(layout.soup).write_text(json.dumps(soup, indent=2) + "\n")
+        write_text(layout.soup, json.dumps(soup, indent=2) + "\n")
     select = config.get("select_split") or "validation"
     chosen = next((r for r in run.records(select) if r.get("step") == run.step), None)
     data_state = checkpoint_lib.read_data_state(run.workdir, run.step)
     checkpoint_lib.write_checkpoint(out, run.step, state, data_state, config, chosen, run=run.record)
     # The source's records: how these weights were trained and chosen (its operating threshold
     # is read from them), then one saying what changed.
-    with open(layout.metrics, "w") as f:
+    with open_output(layout.metrics, "w") as f:
         for r in read_metrics(run.workdir):
             f.write(json.dumps(r) + "\n")
     writer = MetricWriter(out, extra={"data": run.training_data or str(config.data.get("name", ""))})
@@ -180,7 +185,7 @@ def _write_run(
         writer.write(run.step, "adapt", {k: v for k, v in record.items() if isinstance(v, (int, float, str))})
     finally:
         writer.close()
-    epath.Path(layout.adapted).write_text(json.dumps(record, indent=2) + "\n")
+    write_text(layout.adapted, json.dumps(record, indent=2) + "\n")
     log.info("%s: wrote %s (step %d)", written_by, out, run.step)
 
 
@@ -229,8 +234,11 @@ def adapt_run(
     max_images: int | None = DEFAULT_MAX_IMAGES,
     batch_size: int = 32,
     mix: float = 1.0,
+    follow_links: bool = False,
 ) -> dict:
     """Writes ``out``: the run in ``workdir`` with its BatchNorm statistics re-estimated on ``images``; returns adapted.json.
+
+    ``follow_links`` reads links to files under ``images`` wherever they point (``--follow_links``).
 
     Every check (``out``, ``mix``, the run, the images) comes before anything is written;
     nothing is written outside ``out`` and the source run is left as it was.
@@ -246,10 +254,10 @@ def adapt_run(
     run = runs.open(workdir, checkpoint)
     preprocess = Preprocessor.for_run(run)
     try:  # every batch is padded to batch_size images: refused before the images are read
-        padded_batch_size(batch_size, preprocess.image_size)
+        limits.padded_batch_size(batch_size, preprocess.image_size)
     except ValueError as e:
         raise AdaptError(f"--{e}") from None
-    site = read_site_images(images, preprocess, max_images)
+    site = read_site_images(images, preprocess, max_images, follow_links)
     log.info(
         "%d images of %s (%d files found, %d skipped); re-estimating BatchNorm statistics, mix %g",
         len(site.files),

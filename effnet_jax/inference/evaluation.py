@@ -249,18 +249,6 @@ def _pass(run: Run, split, tta_config, batch_size, use_ema: bool, progress: bool
     return model, variables, args, split, default_because, split_info(config.data, split)
 
 
-def padded_batch_size(batch_size: int, image_size: int, key: str = "batch_size") -> int:
-    """``batch_size`` (at least 1), refused (ValueError naming ``key``) when one padded float32 batch is over the budget.
-
-    Every batch is padded to this many images, so ``--batch_size=10**12`` would allocate
-    petabytes for two images instead of failing in one line.
-    """
-    batch = max(1, int(batch_size))
-    what = f"a batch of {batch:,} images of {image_size}x{image_size}x3 float32"
-    limits.check(f"{key}={batch_size}", batch * image_size * image_size * 3 * 4, what, ValueError)
-    return batch
-
-
 def _batch_size(run: Run, batch_size: int | None) -> int:
     """``batch_size``, else the run's ``eval_batch_size`` (or ``batch_size``), held to the budget as effnet-predict's.
 
@@ -268,10 +256,10 @@ def _batch_size(run: Run, batch_size: int | None) -> int:
     it, so it is refused in one line naming the key before the weights are read.
     """
     config, key = run.config, "--batch_size"
-    if not batch_size:
+    if batch_size is None:
         key = "config.eval_batch_size" if config.get("eval_batch_size") else "config.batch_size"
         batch_size = config.get("eval_batch_size") or config.get("batch_size") or 32
-    return padded_batch_size(batch_size, run.input_spec[0], key)
+    return limits.padded_batch_size(batch_size, run.input_spec[0], key)
 
 
 def _head(run: Run, split, default_because, info: dict, result, class_names, tta_config, use_ema) -> dict:

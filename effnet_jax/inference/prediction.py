@@ -27,7 +27,7 @@ from PIL import Image
 
 from effnet_jax import limits, runs
 from effnet_jax.data import imaging, transforms
-from effnet_jax.inference.evaluation import make_predict_fn, padded_batch_size
+from effnet_jax.inference.evaluation import make_predict_fn
 from effnet_jax.inference.gradcam import make_gradcam, save_overlay, save_panel, weighted_by_probability
 from effnet_jax.inference.thresholds import resolve_threshold
 from effnet_jax.labels import CLASS_NAMES, class_names, class_probabilities, class_record
@@ -178,7 +178,9 @@ class Predictor:
             run = runs.open(run)  # a workdir, at its best checkpoint: Predictor("runs/debug")
         self.run = run
         self.preprocess = Preprocessor.for_run(run)
-        self.batch_size = padded_batch_size(batch_size, self.preprocess.image_size)  # before the weights are read
+        self.batch_size = limits.padded_batch_size(
+            batch_size, self.preprocess.image_size
+        )  # before the weights are read
         self.config, self.model, self.variables, self.step = run.config, run.model(), run.variables(use_ema), run.step
         data = self.config.data
         self.temperature, self.calibration = run.temperature()

@@ -220,7 +220,8 @@ def check_declared_state(where: str, meta, config) -> None:
     allocate gigabytes. So, before anything is read, each weight of the config's model must
     have the model's shape, and the whole state (plus its largest chunk, which tensorstore
     decodes whole) must fit ``STATE_COPIES`` copies of the model's variables, or the
-    decoded-size budget (``limits.budget()``) if that is larger.
+    decoded-size budget (``limits.budget()``) if that is larger; a state over the budget must
+    also fit the memory the machine has available.
     """
     expected = _variable_shapes(config)
     total, largest_chunk = 0, 0
@@ -242,7 +243,17 @@ def check_declared_state(where: str, meta, config) -> None:
             )
     model_bytes = sum(math.prod(s) * 4 for s in expected.values())  # float32, however the run computed
     allowance = max(limits.budget(), STATE_COPIES * model_bytes)
-    limits.check(where, total + largest_chunk, "the saved state's declared arrays", ValueError, allowance)
+    free = limits.available_memory()
+    declared = total + largest_chunk
+    # The model comes from the run's own config.json: a downloaded one naming a large ensemble would
+    # otherwise raise the allowance as far as it likes. A state that cannot fit in memory cannot be
+    # restored anyway: refuse it in one line instead of driving the machine into swap or the OOM killer.
+    if free is not None and limits.budget() < declared <= allowance and declared > free:
+        raise ValueError(
+            f"{where}: the saved state's declared arrays would take {declared:,} bytes, more than the "
+            f"{free:,} bytes of memory this machine has available; refusing to allocate them"
+        )
+    limits.check(where, declared, "the saved state's declared arrays", ValueError, allowance)
 
 
 def _dims(shape, where: str, name: str) -> tuple[int, ...]:

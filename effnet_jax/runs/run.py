@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import logging
 import os
 import reprlib
 from typing import Any
@@ -26,6 +27,8 @@ from effnet_jax.runs.layout import CONFIG, Layout, absolute
 from effnet_jax.runs.metrics_log import read_metrics
 from effnet_jax.runs.record import RunRecord
 from effnet_jax.weights.readers import parse_json, read_json_file
+
+log = logging.getLogger(__name__)
 
 _MAX_JSON_BYTES = 16 << 20  # a config or report is a few kB; anything far larger is not one
 
@@ -114,7 +117,7 @@ class Run:
 
         A report that is not valid JSON, or whose fields are not of the types effnet-eval
         writes (``values.check_report``: a downloaded run may hold anything), is skipped, or
-        with ``strict`` a ValueError naming it and the key.
+        with ``strict`` a ValueError naming it and the key. A skipped report is logged, naming it.
         """
         found = []
         for path in sorted(glob.glob(self.layout.eval_report("*"))):
@@ -123,9 +126,12 @@ class Run:
                 report = _read_json(path)
                 if isinstance(report, dict):
                     found.append((path, values.check_report(report, path)))
-            except (OSError, ValueError):
+            except (OSError, ValueError) as e:
                 if strict:
                     raise
+                # Said, not silent: a threshold or sweep row would otherwise come from another report.
+                why = str(e) if path in str(e) else f"{path}: {e}"
+                log.warning("skipped an evaluation report that cannot be used: %s", why)
         return found
 
 

@@ -60,6 +60,9 @@ class Settings:
     body_timeout_s: float = 60.0
     max_preparing: int = 4  # requests whose uploads are read into memory and decoded at once
     prepare_wait_s: float = 10.0  # how long a request waits for one of those slots before its 503
+    # Bytes of request bodies being received and held at once (their Content-Lengths): the parser
+    # spools each to disk past 1 MiB until its request is answered, so this bounds that disk.
+    max_receiving_bytes: int = 2 << 30
 
     def __post_init__(self):
         for name, value in asdict(self).items():
@@ -71,6 +74,11 @@ class Settings:
                 ok, expected = value >= 1, "at least 1"
             if not ok:
                 raise ValueError(f"{name}={value}: expected {expected}")
+        if self.max_receiving_bytes < self.max_request_bytes:
+            raise ValueError(
+                f"max_receiving_bytes={self.max_receiving_bytes}: expected at least one largest request "
+                f"(max_files x max_file_bytes + 1 MiB = {self.max_request_bytes})"
+            )
 
     @property
     def max_request_bytes(self) -> int:
@@ -166,6 +174,32 @@ class PreparationSlots:
             semaphore.release()
 
 
+class BodyAllowance:
+    """The request bodies being received and held at once, counted by their Content-Length.
+
+    A body is spooled by the multipart parser (to disk past 1 MiB) until its request is
+    answered; without a bound, many clients each sending a largest request would fill the
+    disk. A request that would pass the allowance gets 503 with Retry-After before its body is
+    read. The serving loop is one thread, so a plain counter is enough.
+    """
+
+    def __init__(self, limit: int):
+        self.limit, self.held = limit, 0
+
+    @contextlib.contextmanager
+    def hold(self, length: int):
+        if self.held + length > self.limit:
+            raise Busy(
+                f"busy: {self.held:,} bytes of request bodies already being received and held; this request's "
+                f"{length:,} would pass the {self.limit:,} allowed (effnet-serve --max_receiving_mib); retry shortly"
+            )
+        self.held += length
+        try:
+            yield
+        finally:
+            self.held -= length
+
+
 def create_app(model, settings: Settings = Settings()) -> FastAPI:
     """The FastAPI app serving ``model`` (an ``effnet_jax.serving.ExportedModel``)."""
     buckets = batching.batch_buckets(settings.max_batch)
@@ -173,6 +207,7 @@ def create_app(model, settings: Settings = Settings()) -> FastAPI:
         batching.bucketed_scorer(model, buckets), settings.max_batch, settings.max_wait_ms / 1000, settings.max_queue
     )
     slots = PreparationSlots(settings.max_preparing, settings.prepare_wait_s)
+    bodies = BodyAllowance(settings.max_receiving_bytes)
     identity = model_identity(model)
     facts = public_facts(model, settings)
 
@@ -206,6 +241,7 @@ def create_app(model, settings: Settings = Settings()) -> FastAPI:
             "batches": batcher.batches,
             "images": batcher.images,
             "preparing": slots.preparing,
+            "receiving_bytes": bodies.held,
         }
 
     @app.get("/v1/model")
@@ -214,9 +250,18 @@ def create_app(model, settings: Settings = Settings()) -> FastAPI:
 
     @app.post("/v1/predict")
     async def predict(request: Request, gradcam: bool = False):
+        length = request.headers.get("content-length")
+        if length is None or not length.isdigit() or int(length) > settings.max_request_bytes:
+            return await answer(request, gradcam, length)
+        try:
+            with bodies.hold(int(length)):
+                return await answer(request, gradcam, length)
+        except Busy as e:
+            return _refuse(503, str(e), **{"Retry-After": "1"})
+
+    async def answer(request: Request, gradcam: bool, length: str | None):
         if gradcam and not model.has_gradcam:
             return _refuse(422, f"{model.directory}: exported without {bundle.GRADCAM_FILE}; export the run again")
-        length = request.headers.get("content-length")
         if length is None or not length.isdigit():
             return _refuse(411, "a Content-Length header is required (the body's size is checked before it is read)")
         if int(length) > settings.max_request_bytes:

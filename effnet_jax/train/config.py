@@ -299,6 +299,10 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.patient_id_pattern = ""
     c.max_size = 512  # chest_xray and folder: images stored so that the shorter side is at most this (aspect kept)
     c.on_bad_image = "error"  # "error" (stop, naming the file) or "skip" (count and list in metadata)
+    # Links to files in data.manual_dir and data.external folders are read only when they lead
+    # inside the folder (a link out is a bad image); True reads them wherever they point, for a
+    # folder of links into a shared image store (docs/untrusted-inputs.md).
+    c.follow_links = False
     # chest_xray: an exclusion list (JSON or CSV of file + reason, written by `effnet-data clean`
     # or `effnet-data rejected`; 'packaged:NAME' for one shipped in effnet_jax/data/lists/);
     # the builder leaves those files out and records counts before/after in the dataset info.
@@ -378,7 +382,7 @@ MIN_MAX_SIZE, MAX_MAX_SIZE = 8, 16384  # as model.json's input.max_size
 
 
 def _require_data_keys(config) -> None:
-    """The data keys that size processes, buffers and stored images, where the config has them."""
+    """The data keys that size processes, buffers and stored images, and data.follow_links, where the config has them."""
     bounds = [
         ("data.num_workers", lambda v: 0 <= v <= MAX_WORKERS, f"an integer from 0 (load in process) to {MAX_WORKERS}"),
         ("data.prefetch_buffer", lambda v: 1 <= v <= MAX_PREFETCH, f"an integer from 1 to {MAX_PREFETCH}"),
@@ -400,6 +404,9 @@ def _require_data_keys(config) -> None:
         _require(
             config, "data.center_crop", lambda v: math.isfinite(v) and 0 < v <= 1, "a fraction in (0, 1]", (int, float)
         )
+    follow = _number(config, "data.follow_links")
+    if follow is not None and not isinstance(follow, bool):  # 'no' would read as true
+        raise ValueError(f"config.data.follow_links={follow!r}: expected True or False")
 
 
 def _positive_steps(config) -> bool:

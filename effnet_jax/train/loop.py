@@ -14,10 +14,12 @@ import ml_collections
 import numpy as np
 from etils import epath
 
+from effnet_jax import limits
 from effnet_jax.data import augment as augment_lib
 from effnet_jax.data import external, folders, pipeline, sources
 from effnet_jax.data.data_dir import no_external_set_line
 from effnet_jax.labels import CLASS_NAMES, class_weights
+from effnet_jax.output_files import write_text
 from effnet_jax.runs import checkpoints as checkpoint_lib
 from effnet_jax.runs import code_version
 from effnet_jax.runs import layout as layout_lib
@@ -365,6 +367,9 @@ def _train_members(configs: list, workdirs: list[str], started: float) -> list[s
                 dict(zip(info["class_names"], info["class_counts"])),
             )
     image_size = state_lib.image_size(config)
+    # Every evaluation batch is padded to full size: refuse one the budget cannot hold now,
+    # not at the first evaluation after minutes of training.
+    limits.padded_batch_size(config.eval_batch_size // jax.process_count(), image_size, "config.eval_batch_size")
     data_tag = "synthetic" if train_info["synthetic"] else config.data.name
     log.info(
         "data: %s, train split %d examples %s, %d steps (%.2f epochs of %d steps)",
@@ -458,7 +463,7 @@ def _train_members(configs: list, workdirs: list[str], started: float) -> list[s
             r.last_saved = start
         elif jax.process_index() == 0:
             layout = Layout(r.workdir)
-            epath.Path(layout.config).write_text(r.config.to_json_best_effort(indent=2))
+            write_text(layout.config, r.config.to_json_best_effort(indent=2))  # not through a planted link
             run_record.write(r.workdir, run)
             log.info(
                 "config: %s; derived (image size, normalisation, class counts): %s", layout.config, layout.run_record

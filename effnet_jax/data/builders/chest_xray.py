@@ -28,9 +28,21 @@ a folder above it, or its zip (Kaggle chest-xray-pneumonia.zip, Mendeley ChestXR
 
 class ChestXrayConfig(tfds.core.BuilderConfig):
     """Storage size, bad-image policy and exclusion list (all change what is written, so all
-    name the config: a list with other files gives another prepared data set)."""
+    name the config: a list with other files gives another prepared data set).
 
-    def __init__(self, *, max_size: int = 512, on_bad_image: str = "error", exclude_list: str | None = None, **kwargs):
+    ``follow_links`` (data.follow_links) reads links to files wherever they point; it does not
+    name the config: a link it reads changes the source fingerprint, which is checked instead.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_size: int = 512,
+        on_bad_image: str = "error",
+        exclude_list: str | None = None,
+        follow_links: bool = False,
+        **kwargs,
+    ):
         if on_bad_image not in ON_BAD_IMAGE:
             raise ValueError(f"data.on_bad_image={on_bad_image!r}: expected one of {ON_BAD_IMAGE}")
         if int(max_size) < 8:
@@ -50,6 +62,7 @@ class ChestXrayConfig(tfds.core.BuilderConfig):
         )
         self.max_size = int(max_size)
         self.on_bad_image = on_bad_image
+        self.follow_links = bool(follow_links)
         self.exclude_list = str(exclude_list) if exclude_list else None
         self.excluded = excluded
 
@@ -73,7 +86,7 @@ class ChestXray(base.Builder):
         return CLASS_NAMES
 
     def _scan(self, raw):
-        return kermany.scan(raw)
+        return kermany.scan(raw, follow_links=self.builder_config.follow_links)
 
     def _extra_features(self) -> dict:
         return {"pathogen": tfds.features.ClassLabel(names=list(kermany.PATHOGENS))}
@@ -119,6 +132,7 @@ class ChestXray(base.Builder):
                 "source_num_files": sum(len(v) for v in layout.files.values()),
                 "max_size": self.builder_config.max_size,
                 "on_bad_image": self.builder_config.on_bad_image,
+                "follow_links": self.builder_config.follow_links,
                 "ignored": list(layout.ignored),
                 "skipped": [],
                 "num_skipped": 0,

@@ -41,6 +41,7 @@ class ClassFolders(chest_xray.ChestXray):
                 "class_from_name": config.rules,
                 "class_names": config.class_names,
                 "patient_id_pattern": config.patient_id_pattern,
+                "follow_links": config.follow_links,
             }
         )
 

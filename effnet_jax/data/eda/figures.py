@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-imp
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from effnet_jax.labels import CLASS_NAMES  # pylint: disable=g-import-not-at-top,wrong-import-position
+from effnet_jax.output_files import open_output  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _COLOURS = {"NORMAL": "#1f77b4", "PNEUMONIA": "#d62728"}
 
@@ -82,7 +83,8 @@ def samples(inventory, path: Path) -> Path:
 
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with open_output(path, "wb") as f:  # matplotlib would write through a link planted at the name
+        fig.savefig(f, format="png", dpi=120)
     plt.close(fig)
     return path
 

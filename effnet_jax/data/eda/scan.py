@@ -136,9 +136,14 @@ def _pick_samples(keys_by_label: dict[str, list[str]], per_class: int, seed: int
     return picked
 
 
-def scan_raw(path, *, samples_per_class: int = 8, seed: int = 0, progress: bool = True) -> Inventory:
-    """Decode every file of the raw chest_xray layout at `path` (folder or zip)."""
-    layout = kermany.scan(path)
+def scan_raw(
+    path, *, samples_per_class: int = 8, seed: int = 0, progress: bool = True, follow_links: bool = False
+) -> Inventory:
+    """Decode every file of the raw chest_xray layout at `path` (folder or zip).
+
+    A link leading outside `path` is an unreadable image unless ``follow_links``.
+    """
+    layout = kermany.scan(path, follow_links=follow_links)
     try:
         entries = [(split, cls, rel) for split in layout.files for cls, rel in layout.files[split]]
         by_label = {}
@@ -155,7 +160,7 @@ def scan_raw(path, *, samples_per_class: int = 8, seed: int = 0, progress: bool 
                 key=exclusions.file_key(rel), split=split, label=cls, patient=patient, pathogen=pathogen, file_bytes=0
             )
             images.append(info)
-            try:  # a link loop, dangling link or oversized member is an unreadable image, not a crash
+            try:  # a link loop, dangling link, link out or oversized member is an unreadable image, not a crash
                 data = layout.read(rel)
             except imaging.BadImageError as e:
                 info.error = str(e)
@@ -244,7 +249,7 @@ def scan_prepared(version_dir, *, samples_per_class: int = 8, seed: int = 0, pro
     )
 
 
-def scan_any(path, **kw) -> Inventory:
+def scan_any(path, follow_links: bool = False, **kw) -> Inventory:
     """Scan a prepared data set when `path` holds one, else the raw layout (folder or zip)."""
     prepared = None if Path(path).expanduser().is_file() else find_prepared(path)
-    return scan_prepared(prepared, **kw) if prepared else scan_raw(path, **kw)
+    return scan_prepared(prepared, **kw) if prepared else scan_raw(path, follow_links=follow_links, **kw)
