@@ -100,6 +100,15 @@ def printable(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+def printable_line(text: str) -> str:
+    """``printable(text)`` with control and other unprintable characters (a newline, an escape code, a
+    right-to-left override) written as backslash escapes: a file name that stays one line in a message."""
+    text = printable(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def csv_cell(value):
     """A CSV cell: text that a spreadsheet would run as a formula gets a leading ``'``; numbers stay."""
     if not isinstance(value, str):

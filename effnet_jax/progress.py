@@ -153,3 +153,39 @@ def quiet_library_noise() -> None:
     absl = logging.getLogger("absl")
     if drop_library_noise not in absl.filters:
         absl.addFilter(drop_library_noise)
+
+
+# The unraisable hook ``quiet_closed_loop_callbacks`` found in place, to which it passes everything else.
+_NEXT_UNRAISABLE_HOOK = []
+
+
+def _drop_closed_loop_callbacks(unraisable) -> None:
+    """``sys.unraisablehook`` that drops tensorstore's late callbacks into a closed event loop."""
+    error = unraisable.exc_value
+    if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+        return
+    (_NEXT_UNRAISABLE_HOOK[0] if _NEXT_UNRAISABLE_HOOK else sys.__unraisablehook__)(unraisable)
+
+
+def _drop_unretrieved_reads(record: logging.LogRecord) -> bool:
+    """A filter for asyncio's logger: False for the failed reads of tasks nobody awaited any more."""
+    first = str(record.msg).split("\n", 1)[0]  # then "future: <Task ...>"
+    return not first.endswith("exception was never retrieved")  # a Task's or a Future's
+
+
+def quiet_closed_loop_callbacks() -> None:
+    """Installs ``_drop_closed_loop_callbacks`` and ``_drop_unretrieved_reads``, once.
+
+    When one read of a damaged checkpoint fails, orbax raises and closes its event loop while
+    tensorstore's other reads are still running; each of them then reports "Event loop is
+    closed" as a traceback on stderr (hundreds, for a checkpoint with truncated data), or
+    asyncio logs its failed task or future ("... exception was never retrieved", with a traceback),
+    after the one-line error that names the checkpoint. Every other unraisable error is
+    reported, and every other asyncio record logged, as before.
+    """
+    if sys.unraisablehook is not _drop_closed_loop_callbacks:
+        _NEXT_UNRAISABLE_HOOK[:] = [sys.unraisablehook]
+        sys.unraisablehook = _drop_closed_loop_callbacks
+    asyncio_log = logging.getLogger("asyncio")
+    if _drop_unretrieved_reads not in asyncio_log.filters:
+        asyncio_log.addFilter(_drop_unretrieved_reads)

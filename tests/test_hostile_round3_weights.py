@@ -228,7 +228,7 @@ def _write(path, text):
         (
             "calibration.json",
             '{"temperature": 1.5, "fitted_on": "v", "step": 1e400, "ece_before": 0, "ece_after": 0, "n": 1}',
-            "calibration.json: not a valid calibration file \\(OverflowError",
+            "calibration.json: not a valid calibration file \\(ValueError: step=inf: expected an integer",
         ),
         ("run.json", '{"image_size": 1e400, "mean": [0.5], "std": [0.5], "train_class_counts": []}', "image_size=inf"),
         ("run.json", '{"image_size": "x", "mean": 5, "std": null, "train_class_counts": {}}', "image_size='x'"),

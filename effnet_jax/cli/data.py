@@ -256,6 +256,10 @@ def _run(args, positional) -> int:
                 file=sys.stderr,
             )
             return 2
+        out = Path(args.out or DEFAULT_OUT[command])
+        if out.exists() and not out.is_dir():  # checked before the scan, not found by mkdir after it
+            print(f"effnet-data {command}: --out={out}: exists and is not a folder", file=sys.stderr)
+            return 2
         if command == "report":
             report(args)
             return 0
@@ -266,6 +270,12 @@ def _run(args, positional) -> int:
     except (ValueError, FileNotFoundError) as e:  # LayoutError, bad lists: the message names the file
         print(f"effnet-data: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # writing --out: a full disk, no permission
+        known = one_line(e)
+        if known is None or os.environ.get("EFFNET_TRACEBACK"):
+            raise
+        print(f"effnet-data {command}: {known[1]}", file=sys.stderr)
+        return known[0]
     leaked = found["leakage"]["images"] or found["leakage"]["patients"]
     return LEAKAGE_EXIT if args.fail_on_leakage and leaked else 0
 

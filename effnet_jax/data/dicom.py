@@ -73,6 +73,9 @@ def read_gray(data: bytes, path: str) -> np.ndarray:
         raise DicomError(f"{path}: {e}") from None
     ds, inflated = _read_dataset(pydicom, data, path, limit)
     if "PixelData" not in ds:
+        floats = [k for k in ("FloatPixelData", "DoubleFloatPixelData") if k in ds]
+        if floats:  # a parametric map, not a radiograph
+            raise DicomError(f"{path}: DICOM {floats[0]} (floating-point pixels) is not a radiograph's pixel data")
         raise DicomError(f"{path}: DICOM file without pixel data (a report or structured document?)")
     try:
         rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
@@ -87,6 +90,11 @@ def read_gray(data: bytes, path: str) -> np.ndarray:
         raise DicomError(f"{path}: DICOM BitsAllocated {bits} (expected 1 to 64)")
     file_meta = getattr(ds, "file_meta", None)
     syntax = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
+    if syntax is not None and not syntax.is_transfer_syntax:  # a private or made-up UID: no decoder knows it
+        raise DicomError(
+            f"{path}: DICOM TransferSyntaxUID {str(syntax)[:64]!r} is not a transfer syntax known here; convert the "
+            "file to a standard syntax"
+        )
     compressed = syntax is not None and syntax.is_compressed
     declared = 2 * inflated + decode_bytes(rows, cols, samples, bits, compressed)
     what = f"a DICOM frame of {rows}x{cols}x{samples} samples at {bits} bits" + (
@@ -96,8 +104,9 @@ def read_gray(data: bytes, path: str) -> np.ndarray:
     if compressed:
         _check_compressed_frame(pydicom, ds, syntax, rows, cols, samples, frames, path, limit - declared)
     try:
-        # Only the first frame: a multi-frame file may decode to far more than it stores.
-        pixels = pydicom.pixels.pixel_array(ds, index=0) if frames > 1 else ds.pixel_array
+        # Only the first frame: a multi-frame file may decode to far more than it stores, and pixel data
+        # longer than its one declared frame would decode as extra frames.
+        pixels = pydicom.pixels.pixel_array(ds, index=0)
     except Exception as e:
         if compressed:
             raise _undecodable(syntax, path, e) from e

@@ -40,6 +40,9 @@ MAX_JPEG_SCANS = jpeg_scans.MAX_JPEG_SCANS
 # one-row strips has 16000; tiles of 256 x 256 need far fewer.
 MAX_TIFF_BLOCKS = 1 << 16
 _STRIP_AND_TILE_TAGS = {273: "StripOffsets", 279: "StripByteCounts", 324: "TileOffsets", 325: "TileByteCounts"}
+# The stored copy is a JPEG, which holds at most this many pixels a side: an image still longer
+# once its shorter side is at most max_size (100000 x 1 pixels) cannot be stored.
+MAX_STORED_SIDE = 65_500
 
 
 class BadImageError(ValueError):
@@ -202,16 +205,24 @@ def load_for_storage(data: bytes, path: str, max_size: int) -> tuple[bytes, tupl
 
     Returns (encoded JPEG bytes, (height, width)). Raises BadImageError naming `path`.
     """
-    return store_gray(decode_file(data, path), max_size, data)
+    return store_gray(decode_file(data, path), max_size, data, path)
 
 
-def store_gray(gray: Image.Image, max_size: int, original: bytes | None = None) -> tuple[bytes, tuple[int, int]]:
+def store_gray(
+    gray: Image.Image, max_size: int, original: bytes | None = None, name: str = "image"
+) -> tuple[bytes, tuple[int, int]]:
     """The stored copy of an 8-bit grayscale image: (JPEG bytes, (height, width)), shorter side <= max_size.
 
     `original` is the file `gray` was decoded from: an 8-bit grey JPEG that needs no
-    resize is kept as it is (to_gray returns the opened file itself, format kept).
+    resize is kept as it is (to_gray returns the opened file itself, format kept). An image
+    still longer than ``MAX_STORED_SIDE`` once resized is a BadImageError naming ``name``.
     """
     resized = resize_shorter(gray, max_size)
+    if max(resized.size) > MAX_STORED_SIDE:
+        raise BadImageError(
+            f"{name}: an image of {gray.width}x{gray.height} pixels ({resized.width}x{resized.height} with its shorter "
+            f"side at most {max_size}), longer than the {MAX_STORED_SIDE:,} pixels a side a stored JPEG holds"
+        )
     if original is not None and gray.format == "JPEG" and resized is gray:
         return original, (gray.height, gray.width)  # already what we store: no re-compression
     out = io.BytesIO()

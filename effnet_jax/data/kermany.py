@@ -7,6 +7,7 @@ IM-0115, NORMAL2-IM-1427); PNEUMONIA files like person1000_bacteria_2931.jpeg
 (patient person1000, pathogen bacteria).
 """
 
+import collections
 import dataclasses
 import hashlib
 import lzma
@@ -242,21 +243,24 @@ def unsafe_member_name(name: str) -> bool:
 class _Tree:
     """A read-only directory view over a real folder or the names inside a zip."""
 
-    def __init__(self, dirs: dict[str, set[str]], files: dict[str, set[str]]):
+    def __init__(self, dirs: dict[str, set[str]], files: dict[str, set[str]], links: frozenset = frozenset()):
         self.dirs, self.files = dirs, files
+        self.links = links  # folders that are symbolic links: listed, never walked into
 
     @classmethod
     def from_folder(cls, root: Path) -> "_Tree":
-        dirs, files = {}, {}
+        dirs, files, links = {}, {}, set()
         for p in [root, *root.rglob("*")]:
             rel = "" if p == root else p.relative_to(root).as_posix()
             if p.is_dir():
                 dirs.setdefault(rel, set())
                 files.setdefault(rel, set())
+                if p != root and p.is_symlink():
+                    links.add(rel)
             if p != root:
                 parent = rel.rsplit("/", 1)[0] if "/" in rel else ""
                 (dirs if p.is_dir() else files).setdefault(parent, set()).add(p.name)
-        return cls(dirs, files)
+        return cls(dirs, files, frozenset(links))
 
     @classmethod
     def from_zip(cls, names: list[str]) -> "_Tree":
@@ -320,22 +324,40 @@ def scan(path, classes=CLASS_NAMES, follow_links: bool = False) -> Layout:
                     f"{path}: found {found}; expected a train/ folder with NORMAL/ and "
                     "PNEUMONIA/ inside (the chest_xray layout) or exactly one zip of it"
                 )
-    unsafe = []
+    unsafe, repeated = [], {}
     if zip_path is not None:
         with _open_zip(zip_path) as zf:
             names = zf.namelist()
         unsafe = [n for n in names if unsafe_member_name(n)]
-        tree = _Tree.from_zip([n for n in names if not unsafe_member_name(n)])
+        # A name listed twice holds two files: which one is the image is anyone's guess (zipfile reads the last).
+        counts = collections.Counter(n for n in names if not n.endswith("/"))
+        repeated = {n: c for n, c in counts.items() if c > 1 and not unsafe_member_name(n)}
+        tree = _Tree.from_zip([n for n in names if not unsafe_member_name(n) and n not in repeated])
     root = _find_root(tree, classes)
     where = str(zip_path or path)
     if root is None:
-        raise LayoutError(f"{where}: no train/ folder found; expected {{train,val,test}}/{{NORMAL,PNEUMONIA}}/*.jpeg")
+        refused = (
+            f" ({len(unsafe)} absolute or non-canonical member name(s) not read, e.g. {unsafe[0]!r})" if unsafe else ""
+        )
+        raise LayoutError(
+            f"{where}: no train/ folder found; expected {{train,val,test}}/{{NORMAL,PNEUMONIA}}/*.jpeg{refused}"
+        )
     layout = _walk(tree, root, where, str(zip_path) if zip_path else None, str(path), tuple(classes))
     layout.follow_links = follow_links
     layout.problems.extend(
         f"{where}:{n}: an absolute or non-canonical member name ('..', '//'); not read" for n in unsafe
     )
+    layout.problems.extend(
+        f"{where}:{n}: listed {c} times in the zip (which copy is the image is ambiguous); not read"
+        for n, c in sorted(repeated.items())
+    )
     return layout
+
+
+_LINKED_FOLDER = (
+    "a symbolic link to a folder; links to folders are never walked into (not even with data.follow_links): "
+    "move or copy the folder itself here"
+)
 
 
 def _walk(tree: _Tree, root: str, where: str, zip_path, folder, classes=CLASS_NAMES) -> Layout:
@@ -356,7 +378,13 @@ def _walk(tree: _Tree, root: str, where: str, zip_path, folder, classes=CLASS_NA
         )
     for name in sorted(tree.dirs.get(root, ())):
         rel = _join(root, name)
-        if name in SPLITS:
+        if name in SPLITS and rel in tree.links:
+            # Its files were never listed (rglob walks no linked folder): saying so beats an empty split.
+            message = f"{shown(rel)}: {_LINKED_FOLDER}"
+            if name == "train":
+                raise LayoutError(message)
+            problems.append(message)
+        elif name in SPLITS:
             files[name] = _walk_split(tree, rel, shown, problems, ignored, classes)
         elif name in _OS_DIRS:
             ignored.append(f"{shown(rel)}: archiver metadata folder")
@@ -387,6 +415,9 @@ def _walk_split(tree, split_rel, shown, problems, ignored, classes=CLASS_NAMES) 
         cls_rel = _join(split_rel, cls)
         if cls_rel not in tree.dirs:
             raise LayoutError(f"{shown(cls_rel)}: missing class folder (every split needs {folders})")
+        if cls_rel in tree.links:
+            problems.append(f"{shown(cls_rel)}: {_LINKED_FOLDER}")
+            continue
         for sub in sorted(tree.dirs[cls_rel]):
             problems.append(f"{shown(_join(cls_rel, sub))}: stray folder inside a class folder")
         for name in sorted(tree.files[cls_rel]):

@@ -136,6 +136,9 @@ def ensure_prepared(factory: BuilderFactory, allow_prepare: bool = True):
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
     _check_inputs(factory)  # before anything is announced or written
+    root = str(builder.data_dir_root)
+    if os.path.lexists(root) and not os.path.isdir(root):
+        raise ValueError(f"data.data_dir={root!r}: not a folder; expected the folder to prepare the data set into")
     # TFDS's own bars redraw with control codes even in a pipe; the builders show ours.
     tfds.disable_progress_bar()
     data_dir = str(builder.data_dir_root)

@@ -78,7 +78,7 @@ class Preprocessor:
         try:
             original = imaging.decode_file(data, path)
             # The model sees the stored copy, as training did; people see the file at its own size.
-            stored, _ = imaging.store_gray(original, self.max_size, data)
+            stored, _ = imaging.store_gray(original, self.max_size, data, path)
         except imaging.BadImageError as e:
             raise ImageReadError(str(e)) from e
         gray = transforms.decode_gray(stored, math.ceil(self.image_size / self.center_crop))

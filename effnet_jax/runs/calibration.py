@@ -12,6 +12,7 @@ import os
 
 from effnet_jax.metrics.calibration import Calibration
 from effnet_jax.output_files import UnsafeOutputError, open_output
+from effnet_jax.runs import values
 from effnet_jax.runs.layout import CALIBRATION, Layout
 from effnet_jax.weights.readers import read_json_file
 
@@ -37,14 +38,17 @@ def read_calibration(layout: Layout) -> Calibration | None:
         return None
     try:
         blob = read_json_file(path, 1 << 20)  # size, FIFOs, nesting: one line naming the file
+        # Each of the type effnet-eval writes: a step of 3.7 (or "3") would be taken as step 3 and its
+        # temperature applied there; a NaN ECE or a negative count would be shown as fact.
+        where = f"{path}: "
         calibration = Calibration(
-            temperature=float(blob["temperature"]),
-            fitted_on=str(blob["fitted_on"]),
-            step=int(blob["step"]),
-            ece_before=float(blob["ece_before"]),
-            ece_after=float(blob["ece_after"]),
-            n=int(blob["n"]),
-            tta=str(blob.get("tta", "none")),
+            temperature=values.number(blob["temperature"], where + "temperature"),
+            fitted_on=values.text(blob["fitted_on"], where + "fitted_on"),
+            step=values.count(blob["step"], where + "step"),
+            ece_before=values.number(blob["ece_before"], where + "ece_before"),
+            ece_after=values.number(blob["ece_after"], where + "ece_after"),
+            n=values.count(blob["n"], where + "n"),
+            tta=values.text(blob.get("tta", "none"), where + "tta"),
         )
     except (OSError, ValueError, KeyError, TypeError, OverflowError) as e:  # OverflowError: int(1e400)
         why = str(e).removeprefix(f"{path}: ")  # read_json_file's own line names the file already

@@ -35,11 +35,12 @@ from effnet_jax import limits
 from effnet_jax.labels import validate_class_names
 from effnet_jax.models import build_model, get_variant
 from effnet_jax.models.efficientnet import variable_shapes
-from effnet_jax.progress import quiet_library_noise
+from effnet_jax.progress import quiet_closed_loop_callbacks, quiet_library_noise
 from effnet_jax.runs import model as model_lib
+from effnet_jax.runs import values
 from effnet_jax.runs.layout import Layout
 from effnet_jax.runs.record import RunRecord
-from effnet_jax.weights.readers import check_tree, read_json_file
+from effnet_jax.weights.readers import check_orbax_json, check_tree, read_json_file
 
 ITEMS = ("state", "data_iter", "config", "run")
 
@@ -90,6 +91,7 @@ class Checkpointer:
             )
         if read_only:
             quiet_library_noise()  # orbax warns that a read-only manager is read only
+        quiet_closed_loop_callbacks()  # a damaged checkpoint's failed read: one line, not hundreds of tracebacks
         options = ocp.CheckpointManagerOptions(
             preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
             best_fn=best_fn,
@@ -308,6 +310,12 @@ def check_workdir_resumable(workdir: str, config: ml_collections.ConfigDict) -> 
     """``check_resumable`` on a workdir's latest checkpoint, if it has one (nothing is kept open)."""
     if not os.path.isdir(checkpoint_dir(workdir)):
         return
+    # A downloaded run resumed: its checkpoints are walked as every reader walks them (a FIFO among
+    # them blocked the restore forever, a link out of the run was read), in one line, exit status 4.
+    try:
+        check_checkpoints(workdir)
+    except ValueError as e:
+        raise CheckpointMismatchError(str(e)) from None
     ckpt = Checkpointer(workdir, best_metric=None, async_save=False, read_only=True)
     try:
         step = ckpt.latest_step()
@@ -376,9 +384,9 @@ def resolve_step(ckpt: Checkpointer, checkpoint: str | int, workdir: str) -> int
 
 
 # The JSON files of one orbax step folder, read by orbax with Python's json (a deep nesting is a
-# RecursionError deep inside orbax): checked first, as any JSON file of a downloaded run.
+# RecursionError deep inside orbax): checked first, as any JSON file of a downloaded run (the
+# state's own, array_metadatas/ included, by ``readers.check_orbax_json``).
 _STEP_JSON = ("_CHECKPOINT_METADATA", "config/metadata", "run/metadata", "data_iter/metadata", "metrics/metrics")
-_STATE_JSON = ("state/_METADATA", "state/_sharding", "state/manifest.json")
 
 
 def check_checkpoints(workdir: str) -> None:
@@ -396,10 +404,36 @@ def check_checkpoints(workdir: str) -> None:
         raise ValueError(f"{directory}: a link to {target}, outside the run {workdir}; refusing to read through it")
     check_tree(directory)
     for step in os.listdir(directory):
-        for name in _STEP_JSON + _STATE_JSON:
+        for name in _STEP_JSON:
             path = os.path.join(directory, step, name)
             if os.path.isfile(path):
-                read_json_file(path)
+                value = read_json_file(path)
+                if name == "_CHECKPOINT_METADATA":
+                    _check_step_metadata(value, path)
+        check_orbax_json(os.path.join(directory, step, "state"))
+
+
+def _check_step_metadata(value, path: str) -> None:
+    """A step's ``_CHECKPOINT_METADATA`` as orbax reads it when it lists the steps, and its metrics numbers.
+
+    Orbax parses every step's file when a CheckpointManager opens, outside any one read: a
+    list there, or a timestamp that is not an integer, was a ValueError naming no file.
+    """
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: a {type(value).__name__}, expected a JSON object")
+    try:
+        from orbax.checkpoint._src.metadata import step_metadata_serialization
+    except ImportError:  # another orbax: its own reader has the last word
+        step_metadata_serialization = None
+    if step_metadata_serialization is not None:
+        try:
+            step_metadata_serialization.deserialize(value)
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            raise ValueError(f"{path}: not a checkpoint's metadata ({e})") from None
+    # The best step is chosen by these: effnet_jax saves floats (NaN included), never text or lists.
+    for key, metric in values.mapping(value.get("metrics"), f"{path}: metrics").items():
+        if isinstance(metric, bool) or not isinstance(metric, (int, float)):
+            raise ValueError(f"{path}: metrics.{key}={reprlib.repr(metric)}: expected a number")
 
 
 def _unreadable(ckpt: Checkpointer, step, error: Exception) -> ValueError:
@@ -457,7 +491,7 @@ def read_checkpoint(workdir: str, checkpoint: str | int = "best", with_state: bo
     finally:
         ckpt.close()
     if run is None:
-        run = RunRecord.from_legacy_config(config, get_variant(config.model.name))
+        run = RunRecord.from_legacy_config(config, get_variant(config.model.name), f"{ckpt.directory}/{step}/config")
     return SavedCheckpoint(workdir=workdir, step=step, config=config, run=run, state=state)
 
 

@@ -93,15 +93,24 @@ class RunRecord:
         return prior_of(counts, config.get("class_weights", "none"))
 
     @classmethod
-    def from_legacy_config(cls, config, variant) -> RunRecord:
-        """The record of a run saved before run records existed: its config carried the derived values."""
-        counts = config.get("train_class_counts")
-        return cls(
-            image_size=int(config.get("image_size") or variant.resolution),
-            mean=tuple(config.get("model_mean") or variant.mean),
-            std=tuple(config.get("model_std") or variant.std),
-            train_class_counts=tuple(int(n) for n in counts) if counts else (),
-        )
+    def from_legacy_config(cls, config, variant, where: str = "config") -> RunRecord:
+        """The record of a run saved before run records existed: its config carried the derived values.
+
+        Checked as ``from_json`` checks a record (a ValueError naming ``where`` and the key): a
+        downloaded checkpoint without its run record may carry any image size or normalisation.
+        """
+        blob = {
+            "image_size": config.get("image_size") or variant.resolution,
+            "mean": _as_list(config.get("model_mean") or variant.mean),
+            "std": _as_list(config.get("model_std") or variant.std),
+            "train_class_counts": _as_list(config.get("train_class_counts") or []),
+        }
+        return cls.from_json(blob, where)
+
+
+def _as_list(value):
+    """A config's list or tuple as a list; anything else as it is, for ``from_json`` to refuse."""
+    return list(value) if isinstance(value, (list, tuple)) else value
 
 
 def write(workdir: str, record: RunRecord) -> str:

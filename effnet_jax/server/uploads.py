@@ -10,6 +10,7 @@ more than ``max_pixels`` in its header; decoding is then held to the decoded-siz
 from __future__ import annotations
 
 import io
+import logging
 import warnings
 
 import numpy as np
@@ -19,6 +20,7 @@ from effnet_jax import serving
 from effnet_jax.data import dicom
 
 MAX_NAME_CHARS = 120
+log = logging.getLogger("effnet_jax.server")
 
 PAYLOAD_TOO_LARGE = 413
 UNSUPPORTED_TYPE = 415
@@ -88,3 +90,6 @@ def prepare(model, data: bytes, name: str, max_file_bytes: int, max_pixels: int)
         raise UploadError(PAYLOAD_TOO_LARGE, str(e)) from None
     except serving.ImageInputError as e:
         raise UploadError(UNPROCESSABLE, str(e)) from None
+    except Exception as e:  # a decoder failing in a way no check foresaw: this upload is unprocessable, not a 500
+        log.exception("effnet-serve: preparing the upload %s failed", name)
+        raise UploadError(UNPROCESSABLE, f"{name}: cannot be read as an image ({type(e).__name__})") from None

@@ -101,7 +101,10 @@ class ExportedModel:
 
         The pixels go through the steps effnet-predict applies to a lossless file of them.
         """
-        stored, _ = imaging.store_gray(_gray_from_array(image, name), self.max_size)
+        try:
+            stored, _ = imaging.store_gray(_gray_from_array(image, name), self.max_size, name=name)
+        except imaging.BadImageError as e:
+            raise ImageInputError(str(e)) from e
         return self._from_stored(stored)
 
     def prepare_file(self, path: str) -> np.ndarray:
@@ -437,8 +440,10 @@ def check_finite_weights(weights: list[np.ndarray], path: str) -> None:
 # module's may never end) and the transfers that wait for a host or device peer.
 REFUSED_OPS = ("while", "infeed", "outfeed", "send", "recv")
 _REFUSED_OP = re.compile(r"\b(?:stablehlo|mhlo)\.(" + "|".join(REFUSED_OPS) + r")\b")
-# A ranked tensor type: its dimensions (``?`` for the symbolic batch) and its element type.
-_TENSOR_TYPE = re.compile(r"tensor<((?:[0-9?]+x)+)([a-z]+)([0-9]*)>")
+# A ranked tensor type: its dimensions (``?`` for the symbolic batch), ``complex<`` when complex, and
+# its element type's kind and bits (f8E4M3FN: f, 8; index has no bits: 64). What follows (the
+# element type's suffix, an encoding) does not change its size.
+_TENSOR_TYPE = re.compile(r"tensor<((?:[0-9?]+x)+)(complex<)?([a-z]+)([0-9]*)")
 
 
 def check_module_ops(text: str, path: str) -> None:
@@ -454,9 +459,9 @@ def check_module_ops(text: str, path: str) -> None:
             "refusing to run a hand-made module"
         )
     largest, shown = 0, ""
-    for dims, kind, bits in set(_TENSOR_TYPE.findall(text)):
+    for dims, complex_, kind, bits in set(_TENSOR_TYPE.findall(text)):
         count = math.prod(1 if d == "?" else int(d) for d in dims.rstrip("x").split("x"))
-        size = count * max(1, int(bits or 8) // 8) * (2 if kind == "complex" else 1)
+        size = count * max(1, int(bits or 64) // 8) * (2 if complex_ else 1)
         if size > largest:
-            largest, shown = size, f"tensor<{dims}{kind}{bits}>"
+            largest, shown = size, f"tensor<{dims}{complex_}{kind}{bits}{'>' if complex_ else ''}>"
     limits.check(path, largest, f"its largest tensor type {shown} (for one image)", ExportedModelError)

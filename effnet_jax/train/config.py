@@ -409,6 +409,43 @@ def _require_data_keys(config) -> None:
         raise ValueError(f"config.data.follow_links={follow!r}: expected True or False")
 
 
+MAX_SEED = 2**32 - 1  # numpy's generators refuse a negative seed; jax's keys hold 32 bits a word
+
+
+def _require_optimizer_and_schedule(config) -> None:
+    """The optimizer's, schedule's and early stopping's numbers, and the seeds, where the config has them.
+
+    A NaN or infinite one would train to a NaN loss after the compile (blamed on the learning
+    rate), or fail at the end of training; a negative seed fails in numpy after the compile.
+    """
+    fraction = (lambda v: 0 <= v < 1, "a number in [0, 1)")
+    positive = (lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
+    for key, (test, expected) in {
+        "optimizer.b1": fraction,
+        "optimizer.b2": fraction,
+        "optimizer.momentum": fraction,
+        "optimizer.rmsprop_decay": fraction,
+        "optimizer.eps": positive,
+        "optimizer.layer_decay": (lambda v: 0 < v <= 1, "a number in (0, 1] (1 = off)"),
+        "schedule.min_lr_ratio": (lambda v: 0 <= v <= 1, "a fraction of the peak learning rate in [0, 1]"),
+        "schedule.decay_epochs": positive,
+        "schedule.decay_rate": positive,
+    }.items():
+        if _number(config, key) is not None:  # absent from the configs of older runs
+            _require(config, key, test, expected, (int, float))
+    _require_rate(config, "optimizer.weight_decay", "no weight decay")
+    _require_rate(config, "optimizer.grad_clip_norm", "no clipping")
+    _require_rate(config, "early_stopping.min_delta", "any improvement counts")
+    for key, test, expected in (
+        ("early_stopping.patience", lambda v: v >= 1, "an integer >= 1 (evaluations without improvement)"),
+        ("seed", lambda v: 0 <= v <= MAX_SEED, f"an integer from 0 to {MAX_SEED:,}"),
+        ("data.split_seed", lambda v: 0 <= v <= MAX_SEED, f"an integer from 0 to {MAX_SEED:,}"),
+        ("num_devices", lambda v: v >= 0, "an integer >= 0 (0 = all devices)"),
+    ):
+        if _number(config, key) is not None:
+            _require(config, key, test, expected)
+
+
 def _positive_steps(config) -> bool:
     steps = config.get("num_train_steps")
     return isinstance(steps, int) and steps > 0
@@ -488,6 +525,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _require(config, "optimizer.learning_rate", lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0", finite)
     _require_rate(config, "optimizer.anchor_decay")
     _require_rate(config, "optimizer.sam_rho")
+    _require_optimizer_and_schedule(config)
     _require(config, "model.drop_path_rate", lambda v: 0 <= v < 1, "a number in [0, 1)", finite)
     if config.model.get("drop_rate") is not None:
         _require(config, "model.drop_rate", lambda v: 0 <= v < 1, "None or a number in [0, 1)", finite)

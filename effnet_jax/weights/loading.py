@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import reprlib
 from pathlib import Path
 
@@ -16,8 +17,9 @@ from flax import traverse_util
 import effnet_jax.limits as limits
 from effnet_jax.models.variants import VariantConfig, get_variant
 from effnet_jax.output_files import open_output
+from effnet_jax.progress import quiet_closed_loop_callbacks
 from effnet_jax.weights import name_maps
-from effnet_jax.weights.readers import WeightFileError, check_tree, read_json_file, read_weights
+from effnet_jax.weights.readers import WeightFileError, check_orbax_json, check_tree, read_json_file, read_weights
 
 log = logging.getLogger(__name__)
 
@@ -191,12 +193,17 @@ def read_converted(directory: str | Path, variant: VariantConfig) -> ConvertedWe
     metadata_path = directory / METADATA_FILE
     if not metadata_path.exists():
         raise WeightFileError(f"{directory} is not an effnet-convert output directory (no {METADATA_FILE}).")
+    target = Path(os.path.realpath(metadata_path))
+    if target.parent != Path(os.path.realpath(directory)):  # as variables/ below: nothing is read from outside
+        raise WeightFileError(f"{metadata_path}: a link to {target}, outside {directory}; refusing to read through it")
     metadata = _read_metadata(metadata_path)
     if get_variant(metadata["variant"]).name != variant.name:
         raise WeightFileError(
             f"{directory} holds weights for {metadata['variant']!r}, but the model is {variant.name!r}."
         )
     check_tree(directory / VARIABLES_DIR, WeightFileError)  # links out of the folder, FIFOs
+    check_orbax_json(directory / VARIABLES_DIR, WeightFileError)  # orbax reads its JSON whole
+    quiet_closed_loop_callbacks()  # a damaged folder's failed read: one line, not hundreds of tracebacks
     try:
         with ocp.StandardCheckpointer() as checkpointer:
             check_declared_arrays(directory / VARIABLES_DIR, checkpointer.metadata(directory / VARIABLES_DIR))
@@ -204,7 +211,9 @@ def read_converted(directory: str | Path, variant: VariantConfig) -> ConvertedWe
     except WeightFileError:
         raise
     except Exception as e:  # orbax raises several types for damaged or partial checkpoints
-        raise WeightFileError(f"Cannot restore converted weights from {directory / VARIABLES_DIR}: {e}") from e
+        # Tensorstore's message holds its whole JSON spec: its first line, cut, says enough.
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise WeightFileError(f"Cannot restore converted weights from {directory / VARIABLES_DIR}: {first}") from e
     tensors = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(restored).items()}
     check_finite(tensors, directory / VARIABLES_DIR)
     return ConvertedWeights(

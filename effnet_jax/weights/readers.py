@@ -19,6 +19,7 @@ types are refused, naming the dataset.
 from __future__ import annotations
 
 import collections
+import functools
 import io
 import json
 import lzma
@@ -112,14 +113,17 @@ def _check_safetensors(path: Path) -> None:
                 f"Cannot read safetensors file {path}: its header declares {length:,} bytes "
                 f"(the file holds {size:,}, a header may take {limits.object_limit():,})"
             )
+        duplicates = []
         try:
-            header = json.loads(f.read(length))
+            header = json.loads(f.read(length), object_pairs_hook=lambda pairs: _unique_pairs(pairs, duplicates))
         except (ValueError, RecursionError) as e:
             raise WeightFileError(
                 f"Cannot read safetensors file {path}: bad JSON header ({type(e).__name__})"
             ) from None
     if not isinstance(header, dict):
         raise WeightFileError(f"Cannot read safetensors file {path}: its header is not a JSON object")
+    if duplicates:  # json and the safetensors library each keep one of them: which tensor is meant is unknown
+        raise WeightFileError(f"Cannot read safetensors file {path}: its header names {_short(duplicates[0])} twice")
     declared = 0
     for name, entry in header.items():
         offsets = entry.get("data_offsets") if isinstance(entry, dict) and name != "__metadata__" else None
@@ -131,6 +135,16 @@ def _check_safetensors(path: Path) -> None:
             f"holds {size - 8 - length:,} after the header"
         )
     limits.check(path, declared, f"{len(header)} safetensors tensors", WeightFileError)
+
+
+def _unique_pairs(pairs, duplicates: list) -> dict:
+    """A JSON object's ``pairs`` as a dict; keys met twice are appended to ``duplicates``."""
+    found = {}
+    for key, value in pairs:
+        if key in found:
+            duplicates.append(key)
+        found[key] = value
+    return found
 
 
 # --- JSON files that came with weights or runs -------------------------------------------------
@@ -175,6 +189,27 @@ def read_json_file(path, limit: int | None = None, error: type[Exception] = Valu
     if len(data) > limit:
         raise error(f"{path}: grew past {limit:,} bytes while being read")
     return parse_json(data, str(path), error)
+
+
+# The JSON files orbax parses, with Python's json and whole, in one saved PyTree folder (a converted folder's
+# variables/, a run's checkpoints/<step>/state/), besides array_metadatas/<process>.
+ORBAX_JSON = ("_CHECKPOINT_METADATA", "_METADATA", "_sharding", "manifest.json")
+
+
+def check_orbax_json(folder, error: type[Exception] = ValueError) -> None:
+    """Reads each JSON file orbax would read in the saved PyTree ``folder`` as ``read_json_file`` does.
+
+    Orbax reads them whole: a sparse ``_METADATA`` of GBs would be read into memory, and one
+    nested past the recursion limit is a RecursionError deep inside it. Refused first, with
+    ``error`` naming the file. Call ``check_tree`` first (FIFOs, links out).
+    """
+    names = [os.path.join(folder, name) for name in ORBAX_JSON]
+    metadatas = os.path.join(folder, "array_metadatas")
+    if os.path.isdir(metadatas):
+        names += [os.path.join(metadatas, name) for name in sorted(os.listdir(metadatas))]
+    for path in names:
+        if os.path.lexists(path):
+            read_json_file(path, error=error)
 
 
 def check_tree(root, error: type[Exception] = ValueError) -> None:
@@ -325,7 +360,10 @@ class _TensorUnpickler(pickle.Unpickler):
 
     def find_class(self, module, name):
         if (module, name) in self._ALLOWED:
-            return self._ALLOWED[(module, name)]
+            target = self._ALLOWED[(module, name)]
+            # A fresh callable per lookup: BUILD on what GLOBAL pushed sets attributes on it, and on
+            # this module's own functions that would change them for every file read after this one.
+            return target if isinstance(target, type) else functools.partial(target)
         if module == "torch" and name.endswith("Storage"):
             return _StorageType(name)
         raise pickle.UnpicklingError(f"{self.path}: refusing to unpickle {module}.{name} (only tensors are read)")
@@ -514,6 +552,7 @@ def _load_zip(path: Path):
         unpickler, obj, _ = _unpickle(raw, 0, _TensorUnpickler, path, pickles[0])
         del raw
         _check_declared(obj, unpickler.storages, path)
+        order = _byteorder(archive, f"{prefix}/byteorder", path)
         for key, storage in unpickler.storages.items():
             name = f"{prefix}/data/{key}"
             expected = storage.numel * storage.dtype.itemsize
@@ -527,8 +566,23 @@ def _load_zip(path: Path):
                 raw = member.read(expected)
             if len(raw) != expected:
                 raise WeightFileError(f"{path}: storage {name} is cut short ({len(raw)} of {expected} bytes)")
-            storage.array = np.frombuffer(raw, dtype=storage.dtype, count=storage.numel)
+            # torch.save writes storages in the saving machine's byte order, named in the byteorder record.
+            stored = storage.dtype.newbyteorder(order)
+            storage.array = np.frombuffer(raw, dtype=stored, count=storage.numel).astype(storage.dtype, copy=False)
     return obj
+
+
+def _byteorder(archive: zipfile.ZipFile, name: str, path: Path) -> str:
+    """``'<'`` or ``'>'``: the byte order a torch zip's ``byteorder`` record names (little when it has none, as torch reads it)."""
+    try:
+        info = archive.getinfo(name)
+    except KeyError:
+        return "<"
+    with archive.open(info) as f:
+        text = f.read(16)
+    if text not in (b"little", b"big"):
+        raise WeightFileError(f"{path}: {name} says {text[:16]!r}; expected 'little' or 'big'")
+    return "<" if text == b"little" else ">"
 
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -656,7 +710,10 @@ def read_keras_h5(path: Path) -> dict[str, np.ndarray]:
                 what = f"{len(found)} HDF5 dataset(s), the largest {largest.name!r} of {largest.dtype}{largest.shape},"
                 limits.check(path, _h5_declared(found.values()), what, WeightFileError)
             return {name: np.asarray(dataset[()]) for name, dataset in found.items()}
-        except (KeyError, OSError, RuntimeError) as e:
+        except WeightFileError:
+            raise
+        # h5py raises ValueError and TypeError too on damaged metadata (a datatype or string encoding it cannot map).
+        except (KeyError, OSError, RuntimeError, ValueError, TypeError) as e:
             raise WeightFileError(f"Cannot read Keras weights from {path} (truncated or damaged): {e}") from e
 
 

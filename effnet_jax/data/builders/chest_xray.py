@@ -7,7 +7,7 @@ import tensorflow_datasets as tfds
 from effnet_jax.data import exclusions, imaging, kermany
 from effnet_jax.data.builders import base
 from effnet_jax.labels import CLASS_NAMES
-from effnet_jax.output_files import printable
+from effnet_jax.output_files import printable, printable_line
 from effnet_jax.progress import Progress
 
 log = logging.getLogger("effnet_jax.data")
@@ -45,8 +45,8 @@ class ChestXrayConfig(tfds.core.BuilderConfig):
     ):
         if on_bad_image not in ON_BAD_IMAGE:
             raise ValueError(f"data.on_bad_image={on_bad_image!r}: expected one of {ON_BAD_IMAGE}")
-        if int(max_size) < 8:
-            raise ValueError(f"data.max_size={max_size}: expected an image side >= 8 pixels")
+        if not 8 <= int(max_size) <= 16384:  # the bounds of config.data.max_size and model.json's input.max_size
+            raise ValueError(f"data.max_size={max_size}: expected an image side from 8 to 16384 pixels")
         # {file key 'split/CLASS/name': reason}, read now so its content (not its path) names
         # the config: editing the list and preparing again never reuses stale records.
         excluded = exclusions.read(exclude_list) if exclude_list else {}
@@ -175,7 +175,8 @@ class ChestXray(base.Builder):
         """Raise on bad input (on_bad_image='error') or record it as skipped."""
         if not problems:
             return
-        problems = [printable(p) for p in problems]  # names that are not UTF-8: printed and stored escaped
+        # Names that are not UTF-8, or hold a newline or an escape code: printed and stored escaped, one line each.
+        problems = [printable_line(p) for p in problems]
         if self.builder_config.on_bad_image == "error":
             listing = "\n  ".join(problems)
             raise imaging.BadImageError(
