@@ -178,7 +178,7 @@ def _main_exported(paths) -> int:
 def _emit(records, class_names=None) -> int:
     """Prints or writes (--out) each record; EXIT_FAILED if any image could not be read."""
     from effnet_jax.inference.prediction_output import PredictionWriter, printable_record
-    from effnet_jax.output_files import UnsafeOutputError
+    from effnet_jax.output_files import UnsafeOutputError, printable_line
 
     failed = counted = 0
     try:
@@ -190,7 +190,8 @@ def _emit(records, class_names=None) -> int:
             counted += 1
             if "error" in record:
                 failed += 1
-                print(f"effnet-predict: cannot read {record['error']}", file=sys.stderr)
+                # One line on the terminal: a newline or escape code in a file name is shown escaped.
+                print(f"effnet-predict: cannot read {printable_line(record['error'])}", file=sys.stderr)
             if writer:
                 writer.write(record)
             else:

@@ -49,7 +49,7 @@ from effnet_jax.metrics import calibration as calibration_lib
 from effnet_jax.metrics import classification as metrics_lib
 from effnet_jax.metrics import intervals as intervals_lib
 from effnet_jax.metrics import multiclass
-from effnet_jax.output_files import UnsafeOutputError, csv_cell, open_output, short_hash, slug
+from effnet_jax.output_files import UnsafeOutputError, csv_cell, open_output, printable_line, short_hash, slug
 from effnet_jax.progress import Progress
 from effnet_jax.runs import Run
 from effnet_jax.runs import calibration as calibration_file
@@ -544,7 +544,15 @@ def _write_class_predictions(path: str, result: SplitPredictions, probs: np.ndar
         writer.writerow(["index", "file", "label", "predicted", *(f"prob_{n}" for n in names)])
         for i, label, row in zip(result.index.tolist(), result.labels.tolist(), probs):
             name = file_names[i] if file_names is not None else ""
-            writer.writerow([i, csv_cell(name), names[label], names[int(np.argmax(row))], *(f"{p:.6f}" for p in row)])
+            writer.writerow(
+                [
+                    i,
+                    csv_cell(printable_line(name)),
+                    names[label],
+                    names[int(np.argmax(row))],
+                    *(f"{p:.6f}" for p in row),
+                ]
+            )
     return path
 
 
@@ -586,5 +594,5 @@ def _write_predictions(path: str, result: SplitPredictions, probs: np.ndarray, f
         rows = zip(result.index.tolist(), result.labels.tolist(), probs.tolist(), result.probs.tolist())
         for i, label, p, raw in rows:
             name = file_names[i] if file_names is not None else ""
-            writer.writerow([i, csv_cell(name), label, f"{p:.6f}", f"{raw:.6f}"])
+            writer.writerow([i, csv_cell(printable_line(name)), label, f"{p:.6f}", f"{raw:.6f}"])
     return path

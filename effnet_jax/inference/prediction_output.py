@@ -3,7 +3,9 @@
 Rows are written as they come (and flushed), so the rows of a long run that stops part
 way are kept. Text is written by ``effnet_jax.output_files``: formula-like CSV cells get a
 leading quote, file names that are not UTF-8 are written with ``\\xNN`` escapes (in CSV and
-JSON lines alike), and the file is never written through a symbolic link planted at its name.
+JSON lines alike), a CSV cell's control characters (a newline, an escape code, a right-to-left
+override) are written as backslash escapes (``printable_line``) so each row stays one line, and
+the file is never written through a symbolic link planted at its name.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import csv
 import json
 import os
 
-from effnet_jax.output_files import csv_cell, open_output, printable
+from effnet_jax.output_files import csv_cell, open_output, printable, printable_line
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
 # The fields of every record (effnet-predict --help), in one place: CSV columns, JSON-lines
@@ -52,7 +54,7 @@ class PredictionWriter:
     def write(self, record: dict) -> None:
         if self._csv is not None:
             flat = {**record, **{f"prob_{c}": p for c, p in record.get("probs", {}).items()}}
-            self._csv.writerow({k: csv_cell(flat.get(k, "")) for k in self.columns})
+            self._csv.writerow({k: csv_cell(_one_line(flat.get(k, ""))) for k in self.columns})
         else:
             self._file.write(json.dumps(printable_record(record)) + "\n")
         self._file.flush()
@@ -65,6 +67,11 @@ class PredictionWriter:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _one_line(value):
+    """A CSV cell's text with control characters escaped (``printable_line``), as JSON lines escapes them."""
+    return printable_line(value) if isinstance(value, str) else value
 
 
 def printable_record(record: dict) -> dict:

@@ -20,6 +20,8 @@ import json
 import pathlib
 import re
 
+from effnet_jax.output_files import UnsafeOutputError, open_output, output_file_problem, write_text
+
 # Every record says what ran; a value may be null where it does not apply (a published paper ran no command).
 PROVENANCE_KEYS = ("command", "config", "commit", "machine", "date")
 SPEC_FILE = "tables.json"
@@ -178,6 +180,7 @@ def update_files(root: pathlib.Path, results_dir: pathlib.Path, write: bool) -> 
     """The regions whose table differs from the records; with ``write``, those files rewritten."""
     tables = render_all(results_dir)
     stale = []
+    rewritten = {}
     for path in markdown_files(root):
         text = path.read_text()
         new = rewrite_regions(text, tables, str(path))
@@ -186,8 +189,19 @@ def update_files(root: pathlib.Path, results_dir: pathlib.Path, write: bool) -> 
         old_bodies = {m.group("name"): m.group("body") for m in _REGION.finditer(text)}
         new_bodies = {m.group("name"): m.group("body") for m in _REGION.finditer(new)}
         stale.extend(StaleRegion(path, n) for n in new_bodies if old_bodies.get(n) != new_bodies[n])
-        if write:
-            path.write_text(new)
+        rewritten[path] = new
+    if write:
+        # A .md that is a link (or FIFO, or shared hard link) is refused before any file is
+        # rewritten, naming it: nothing is written through it to wherever it points.
+        for path in rewritten:
+            problem = output_file_problem(str(path), "--write")
+            if problem:
+                raise ResultsError(problem)
+        for path, new in rewritten.items():
+            try:
+                write_text(path, new)
+            except UnsafeOutputError as e:
+                raise ResultsError(str(e)) from None
     return stale
 
 
@@ -196,5 +210,6 @@ def append_record(path, record: dict) -> None:
     missing = [k for k in PROVENANCE_KEYS if k not in record]
     if missing:
         raise ResultsError(f"{path}: record lacks {', '.join(missing)}")
-    with open(path, "a") as f:
+    # Never appended through a link (or to a FIFO) planted at the results file's name.
+    with open_output(path, "a") as f:
         f.write(json.dumps(record, sort_keys=False) + "\n")
