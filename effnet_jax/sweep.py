@@ -96,26 +96,34 @@ class SweepResult:
 # --------------------------------------------------------------------------------------------------
 # The grid: --sweep flags parsed and every point checked before anything trains.
 # --------------------------------------------------------------------------------------------------
+def _short(text: str, most: int = 200) -> str:
+    """``text`` on one line, its middle elided past ``most`` characters: a pasted MB flag stays a readable error."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= most else f"{text[: most // 2]}...{text[-most // 2 :]}"
+
+
 def parse_axis(spec: str) -> Axis:
     """``'KEY=[V1, V2]'`` -> Axis; the values are Python literals (a bare literal is a one-value axis)."""
     key, sep, text = spec.partition("=")
     key = key.strip()
+    # A pasted flag of a MB is shown shortened: the error stays one readable line.
+    shown_spec, shown_key, shown = map(_short, (spec, key, text))
     if not sep or not key:
         raise SweepError(
-            f"--sweep={spec}: expected KEY=[VALUE, ...], e.g. --sweep='optimizer.learning_rate=[1e-3,5e-4]'"
+            f"--sweep={shown_spec}: expected KEY=[VALUE, ...], e.g. --sweep='optimizer.learning_rate=[1e-3,5e-4]'"
         )
     try:
         value = ast.literal_eval(text.strip())
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         raise SweepError(
-            f"--sweep {key}={text}: not a Python literal; expected a list like [1e-3, 5e-4] "
+            f"--sweep {shown_key}={shown}: not a Python literal; expected a list like [1e-3, 5e-4] "
             "(strings quoted: ['none', 'oversample'])"
         ) from None
     values = tuple(value) if isinstance(value, list) else (value,)
     if not values:
-        raise SweepError(f"--sweep {key}={text}: an empty list; give at least one value")
+        raise SweepError(f"--sweep {shown_key}={shown}: an empty list; give at least one value")
     if len(set(map(repr, values))) < len(values):
-        raise SweepError(f"--sweep {key}={text}: a value is repeated; each point of the grid must differ")
+        raise SweepError(f"--sweep {shown_key}={shown}: a value is repeated; each point of the grid must differ")
     return Axis(key, values)
 
 
@@ -143,7 +151,7 @@ def _override(config: ml_collections.ConfigDict, key: str, value) -> None:
         close = difflib.get_close_matches(key, _keys(config), n=3, cutoff=0.85)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise SweepError(
-            f"--sweep {key}: not a config key (the schema, effnet_jax/train/config.py, lists every key){hint}"
+            f"--sweep {_short(key)}: not a config key (the schema, effnet_jax/train/config.py, lists every key){hint}"
         )
     if isinstance(node[leaf], ml_collections.ConfigDict):
         raise SweepError(f"--sweep {key}: names a group of keys; sweep one of its keys ({key}.NAME)")
@@ -151,7 +159,8 @@ def _override(config: ml_collections.ConfigDict, key: str, value) -> None:
         node[leaf] = value
     except (TypeError, ValueError) as e:
         raise SweepError(
-            f"--sweep {key}: the value {value!r} does not fit config.{key} ({' '.join(str(e).split())})"
+            f"--sweep {key}: the value {_short(repr(value))} does not fit config.{key} "
+            f"({_short(' '.join(str(e).split()))})"
         ) from None
 
 

@@ -90,4 +90,4 @@ def _our_logger_propagates():
 
 
 # Tiny training runs trained once per session and shared by the files that read them.
-from run_fixtures import resumed_run, straight_run  # noqa: E402, F401
+from run_fixtures import base_run, resumed_run, run_copy, straight_run  # noqa: E402, F401

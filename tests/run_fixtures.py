@@ -1,5 +1,9 @@
 """Tiny training runs shared by the whole session: each is trained once, however many test files read it.
 
+``base_run``: a stand-in run directory at step 3 (no training, ``helpers.stand_in_run``), and
+``run_copy``: a copy of it for one test to tamper with; a test file may define its own
+``base_run`` and ``run_copy`` copies that one.
+
 ``straight_run``: the synthetic debug config, 6 steps straight on one device (evaluated and
 checkpointed at 3 and 6). ``resumed_run(mechanism)``: the same 6 steps, stopped part way by
 ``mechanism`` ('stop_after_steps' at step 3, or 'sigterm' during step 2) and resumed. The
@@ -17,7 +21,7 @@ import signal
 
 import jax
 import pytest
-from helpers import machinery_config, session_compilation_cache
+from helpers import machinery_config, session_compilation_cache, stand_in_run
 
 from effnet_jax.data import pipeline
 from effnet_jax.runs import checkpoints as checkpoint_lib
@@ -139,3 +143,15 @@ def resumed_run(tmp_path_factory):
         return made[mechanism]
 
     return get
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory):
+    return stand_in_run(str(tmp_path_factory.mktemp("base") / "run"))
+
+
+@pytest.fixture
+def run_copy(base_run, tmp_path):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(base_run, workdir, symlinks=True)
+    return workdir

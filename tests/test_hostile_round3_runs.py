@@ -33,16 +33,7 @@ def _write_run(workdir, config=None, state=None):
     return stand_in_run(workdir, config, state)
 
 
-@pytest.fixture(scope="module")
-def base_run(tmp_path_factory):
-    return _write_run(str(tmp_path_factory.mktemp("base") / "run"))
-
-
-@pytest.fixture
-def run_copy(base_run, tmp_path):
-    workdir = str(tmp_path / "run")
-    shutil.copytree(base_run, workdir, symlinks=True)
-    return workdir
+# base_run and run_copy: the stand-in run of tests/run_fixtures.py.
 
 
 def _forge_array(workdir, key, shape, chunks=None):

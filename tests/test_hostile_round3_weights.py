@@ -200,13 +200,6 @@ def base_run(tmp_path_factory):
     return workdir
 
 
-@pytest.fixture
-def run_copy(base_run, tmp_path):
-    workdir = str(tmp_path / "run")
-    shutil.copytree(base_run, workdir, symlinks=True)
-    return workdir
-
-
 def _write(path, text):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:

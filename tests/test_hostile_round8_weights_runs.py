@@ -20,7 +20,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import test_hostile_round3_runs as round3_runs
 from helpers import REPO, machinery_config
 from test_hostile_inputs import _StorageRef, _Tensor, _write_pth
 
@@ -180,10 +179,6 @@ def tiny_root(tmp_path_factory):
 @pytest.fixture(scope="module")
 def exported(tiny_root):
     return str(tiny_root / "exported")
-
-
-# The stand-in run of round 3, copied for each test.
-base_run, run_copy = round3_runs.base_run, round3_runs.run_copy
 
 
 def _step(workdir, *parts):

@@ -81,7 +81,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
         None,
         "report: also count what remains after this exclusion list; prepare: leave its files out (chest_xray)",
     )
-    define(flags.DEFINE_integer, "samples", 8, "report: sample images per class in the grid")
+    define(flags.DEFINE_integer, "samples", 8, "report: sample images per class in the grid (1 to 64)")
     define(
         flags.DEFINE_bool,
         "fail_on_leakage",
@@ -104,6 +104,11 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     )
 
 
+# The sample grid is one matplotlib figure with a column per sample: --samples=5000 on the full data
+# set would draw thousands of axes into an image hundreds of thousands of pixels wide.
+MAX_SAMPLES = 64
+
+
 def _thresholds(args) -> cleaning.Thresholds:
     return cleaning.Thresholds(
         near_bits=args.near_bits,
@@ -122,6 +127,8 @@ def report(args) -> dict:
     from effnet_jax.data.eda import report as report_lib
 
     th = _thresholds(args)  # validate flags before a long scan
+    if not 1 <= args.samples <= MAX_SAMPLES:  # the grid is one figure, --samples columns wide
+        raise ValueError(f"--samples={args.samples}: expected 1 to {MAX_SAMPLES} sample images per class")
     listed = exclusions.read(args.exclude_list) if args.exclude_list else None
     inv = scan.scan_any(
         args.data_dir, samples_per_class=args.samples, progress=not args.no_progress, follow_links=args.follow_links

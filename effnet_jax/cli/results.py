@@ -142,7 +142,9 @@ def record_main(workdir: str) -> int:
     missing = [f"--{k}" for k in ("id", "name", "kept", "run_command", "run_config") if not FLAGS[k].value]
     if missing:
         raise app.UsageError(f"effnet-results record needs {', '.join(missing)}")
-    checkpoint = int(FLAGS.checkpoint) if FLAGS.checkpoint.isdigit() else FLAGS.checkpoint
+    # isascii: '²'.isdigit() is True but int('²') is a ValueError (resolve_step names the flag's value instead).
+    checkpoint = FLAGS.checkpoint
+    checkpoint = int(checkpoint) if checkpoint.isascii() and checkpoint.isdigit() else checkpoint
     try:
         run = runs.open(workdir, checkpoint=checkpoint)
         machine = FLAGS.machine or _last_run_line(run, "machine")

@@ -82,6 +82,13 @@ def main(argv):
         return 2
     from effnet_jax import serving
 
+    # Checked before the model loads: uvicorn would refuse them only after the warm-up compiled every batch size.
+    if not 1 <= FLAGS.port <= 65535:
+        print(f"effnet-serve: error: --port={FLAGS.port}: expected a TCP port from 1 to 65535", file=sys.stderr)
+        return 1
+    if FLAGS.max_connections < 1:
+        print(f"effnet-serve: error: --max_connections={FLAGS.max_connections}: expected at least 1", file=sys.stderr)
+        return 1
     try:
         settings = server.Settings(
             max_batch=FLAGS.max_batch,

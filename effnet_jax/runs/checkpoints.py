@@ -404,6 +404,7 @@ def check_checkpoints(workdir: str) -> None:
         raise ValueError(f"{directory}: a link to {target}, outside the run {workdir}; refusing to read through it")
     check_tree(directory)
     for step in os.listdir(directory):
+        _check_step_name(directory, step)
         for name in _STEP_JSON:
             path = os.path.join(directory, step, name)
             if os.path.isfile(path):
@@ -411,6 +412,31 @@ def check_checkpoints(workdir: str) -> None:
                 if name == "_CHECKPOINT_METADATA":
                     _check_step_metadata(value, path)
         check_orbax_json(os.path.join(directory, step, "state"))
+
+
+# The step counter is an int32: a step folder numbered beyond it was never written by a run.
+_MAX_STEP = 2**31 - 1
+
+
+def _check_step_name(directory: str, name: str) -> None:
+    """Refuses a step folder named by digits that orbax would not write: ``007`` (which orbax skips,
+    leaving "no checkpoints" to explain), or a number beyond the step counter (taken as the latest).
+
+    Other names (a killed save's ``<step>.orbax-checkpoint-tmp-<time>`` folder among them) are left to orbax.
+    """
+    path = os.path.join(directory, name)
+    if not (name.isascii() and name.isdigit() and os.path.isdir(path)):
+        return
+    if int(name) > _MAX_STEP:  # a file name has at most 255 characters: int() is cheap
+        raise ValueError(
+            f"{path}: a step folder numbered beyond the step counter's range (0 to {_MAX_STEP}); "
+            "not written by a run: remove or rename it"
+        )
+    if name != str(int(name)):
+        raise ValueError(
+            f"{path}: a step folder named {name!r}, which orbax does not list (steps are named without leading "
+            f"zeros, e.g. {str(int(name))!r}): rename or remove it"
+        )
 
 
 def _check_step_metadata(value, path: str) -> None:

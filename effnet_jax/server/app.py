@@ -74,6 +74,11 @@ class Settings:
                 ok, expected = value >= 1, "at least 1"
             if not ok:
                 raise ValueError(f"{name}={value}: expected {expected}")
+        if self.max_batch > self.max_queue:  # a batch is taken from the queue: a larger one is never filled
+            raise ValueError(
+                f"max_batch={self.max_batch}: expected at most max_queue={self.max_queue} (the start-up "
+                "compiles and runs every batch size up to it)"
+            )
         if self.max_receiving_bytes < self.max_request_bytes:
             raise ValueError(
                 f"max_receiving_bytes={self.max_receiving_bytes}: expected at least one largest request "

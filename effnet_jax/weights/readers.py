@@ -96,10 +96,18 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
     except Exception as e:  # safetensors raises its own error types for truncated headers and bodies
         raise WeightFileError(f"Cannot read safetensors file {path}: {e}") from e
     for name, value in tensors.items():
+        if value.dtype.name == "bfloat16":  # ml_dtypes' bfloat16 (numpy kind 'V'): a real number, read as float32
+            tensors[name] = value = value.astype(np.float32)
         # safetensors holds complex numbers too: cast to the model's float32 they would lose a part silently.
         if value.dtype.kind not in "biuf":
             raise WeightFileError(f"{path}: tensor {_short(name)} is {value.dtype}; weights are real numbers")
     return tensors
+
+
+# The safetensors dtypes safetensors.numpy reads into numpy arrays (complex ones are refused after reading).
+_SAFETENSORS_DTYPES = frozenset(
+    {"F64", "F32", "F16", "BF16", "I64", "U64", "I32", "U32", "I16", "U16", "I8", "U8", "BOOL", "C64"}
+)
 
 
 def _check_safetensors(path: Path) -> None:
@@ -126,6 +134,13 @@ def _check_safetensors(path: Path) -> None:
         raise WeightFileError(f"Cannot read safetensors file {path}: its header names {_short(duplicates[0])} twice")
     declared = 0
     for name, entry in header.items():
+        dtype = entry.get("dtype") if isinstance(entry, dict) and name != "__metadata__" else None
+        if isinstance(dtype, str) and dtype not in _SAFETENSORS_DTYPES:
+            # float8 / float4 / float6: the safetensors library asks numpy for a type it lacks.
+            raise WeightFileError(
+                f"Cannot read safetensors file {path}: tensor {_short(name)} is stored as {dtype}, a type this "
+                f"reader does not handle (supported: {', '.join(sorted(_SAFETENSORS_DTYPES))})"
+            )
         offsets = entry.get("data_offsets") if isinstance(entry, dict) and name != "__metadata__" else None
         if isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets):
             declared += max(0, offsets[1] - offsets[0])
