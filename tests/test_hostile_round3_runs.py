@@ -29,10 +29,6 @@ from effnet_jax.weights import WeightFileError, pypi
 from effnet_jax.weights.loading import convert_file
 
 
-def _write_run(workdir, config=None, state=None):
-    return stand_in_run(workdir, config, state)
-
-
 # base_run and run_copy: the stand-in run of tests/run_fixtures.py.
 
 
@@ -289,7 +285,7 @@ def test_records_and_the_model_card_are_never_written_through_planted_links(run_
         write_text(str(tmp_path / "record_link.json"), "{}")
     # The model card's temporary file.
     os.remove(layout.metrics)
-    shutil.copy(Layout(_write_run(str(tmp_path / "clean"))).metrics, layout.metrics)
+    shutil.copy(Layout(stand_in_run(str(tmp_path / "clean"))).metrics, layout.metrics)
     os.symlink(outside, layout.model_card + ".tmp")
     with pytest.raises(UnsafeOutputError, match=r"MODEL_CARD.md.tmp: is a symbolic link"):
         write_model_card(runs.open(run_copy, checkpoint=None))

@@ -255,24 +255,23 @@ def create_app(model, settings: Settings = Settings()) -> FastAPI:
 
     @app.post("/v1/predict")
     async def predict(request: Request, gradcam: bool = False):
-        length = request.headers.get("content-length")
-        if length is None or not length.isdigit() or int(length) > settings.max_request_bytes:
-            return await answer(request, gradcam, length)
-        try:
-            with bodies.hold(int(length)):
-                return await answer(request, gradcam, length)
-        except Busy as e:
-            return _refuse(503, str(e), **{"Retry-After": "1"})
-
-    async def answer(request: Request, gradcam: bool, length: str | None):
         if gradcam and not model.has_gradcam:
             return _refuse(422, f"{model.directory}: exported without {bundle.GRADCAM_FILE}; export the run again")
+        length = request.headers.get("content-length")
         if length is None or not length.isdigit():
             return _refuse(411, "a Content-Length header is required (the body's size is checked before it is read)")
         if int(length) > settings.max_request_bytes:
             return _refuse(
                 413, f"request of {int(length):,} bytes, over the {settings.max_request_bytes:,} one request may have"
             )
+        try:
+            with bodies.hold(int(length)):
+                return await answer(request, gradcam, int(length))
+        except Busy as e:
+            return _refuse(503, str(e), **{"Retry-After": "1"})
+
+    async def answer(request: Request, gradcam: bool, length: int):
+        """The answer to a request whose body (``length`` bytes announced) is within every bound."""
 
         async def read_form():
             return await request.form(max_files=settings.max_files, max_fields=settings.max_files + 8)
