@@ -28,7 +28,6 @@ from effnet_jax.train.soup import make_soup
 from effnet_jax.weights import WeightFileError, pypi
 from effnet_jax.weights.loading import convert_file
 
-
 # base_run and run_copy: the stand-in run of tests/run_fixtures.py.
 
 
