@@ -156,12 +156,15 @@ def read_regular_file(path: str, limit: int = MAX_IMAGE_FILE_BYTES, follow_symli
     callers read files a user named (images, exclusion lists). A ``FoundInFolder`` path is
     read only where it really lies inside the folder it was found in (``open_in_folder``).
     """
-    if isinstance(path, FoundInFolder):
-        opened = open_in_folder(path, path.folder, path.allow)
-    else:
-        opened = open_regular_file(path, follow_symlinks)
-    with opened as f:
+    with open_path(path, follow_symlinks) as f:
         return read_open_file(f, path, limit)
+
+
+def open_path(path, follow_symlinks: bool = True):
+    """``open_regular_file(path)``; a ``FoundInFolder`` path only where it lies inside its folder (``open_in_folder``)."""
+    if isinstance(path, FoundInFolder):
+        return open_in_folder(path, path.folder, path.allow)
+    return open_regular_file(os.fspath(path), follow_symlinks)
 
 
 # --- Links inside walked folders ---------------------------------------------------------------

@@ -3,7 +3,7 @@
 - ``open_output(path)`` (and ``write_text(path, text)``, which also takes gs:// URLs) never writes through a symbolic link, a FIFO, a device or a file
   with other hard links planted at ``path``: it opens with ``O_NOFOLLOW`` and checks what
   it opened before truncating it. A regular file of our own (an earlier run's) is
-  overwritten.
+  overwritten. ``open_output_fd`` is the same check for a file kept as a descriptor (a lock).
 - ``csv_cell(value)`` neutralises a text cell a spreadsheet would read as a formula
   (leading ``= + - @``, tab or carriage return) by prefixing a single quote, as
   spreadsheets expect; ``csv_text`` undoes it for our own readers.
@@ -38,13 +38,27 @@ def open_output(path: str | os.PathLike, mode: str = "w", **kwargs) -> io.IOBase
     """
     if mode not in ("w", "wb", "a"):
         raise ValueError(f"open_output: mode {mode!r}, expected 'w', 'wb' or 'a'")
+    fd = open_output_fd(path, os.O_WRONLY | (os.O_APPEND if mode == "a" else 0), 0o666)
+    try:
+        if mode != "a":
+            os.ftruncate(fd, 0)
+        return open(fd, mode, closefd=True, **kwargs)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def open_output_fd(path: str | os.PathLike, flags: int = os.O_WRONLY, create_mode: int = 0o666) -> int:
+    """``os.open(path, flags | O_CREAT)`` (nothing truncated), refusing what ``open_output`` refuses; the caller closes it.
+
+    For files kept open as descriptors (a workdir's lock, read and written with ``pread`` /
+    ``pwrite``): a link planted at the name would otherwise be followed and truncated.
+    """
     path = os.fspath(path)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
-    if mode == "a":
-        flags |= os.O_APPEND
+    flags |= os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
     try:
         # O_NONBLOCK: a FIFO planted at the name must not block the open.
-        fd = os.open(path, flags, 0o666)
+        fd = os.open(path, flags, create_mode)
     except OSError as e:
         if e.errno in (errno.ELOOP, errno.EMLINK) and os.path.islink(path):
             raise UnsafeOutputError(f"{path}: is a symbolic link; refusing to write through it") from e
@@ -58,9 +72,7 @@ def open_output(path: str | os.PathLike, mode: str = "w", **kwargs) -> io.IOBase
         if st.st_nlink > 1:
             raise UnsafeOutputError(f"{path}: has {st.st_nlink} hard links; refusing to overwrite a shared file")
         os.set_blocking(fd, True)
-        if mode != "a":
-            os.ftruncate(fd, 0)
-        return open(fd, mode, closefd=True, **kwargs)
+        return fd
     except BaseException:
         os.close(fd)
         raise

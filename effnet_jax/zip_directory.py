@@ -151,12 +151,12 @@ def check(f, path, *, max_entries: int | None = None, what: str = "a zip", error
 def open_checked(path, **bounds):
     """Regular file ``path`` opened for reading, its zip directory checked (``check``'s ``bounds``) and rewound.
 
-    The caller closes it. A FIFO or device is refused as ``bounds['error']``; ``OSError`` when
-    it cannot be opened.
+    The caller closes it. A FIFO or device, or a ``limits.FoundInFolder`` path that is a link
+    out of its folder, is refused as ``bounds['error']``; ``OSError`` when it cannot be opened.
     """
     error = bounds.get("error", ZipDirectoryError)
     try:
-        source = limits.open_regular_file(os.fspath(path))
+        source = limits.open_path(path)  # a FoundInFolder path only inside its folder
     except limits.BudgetError as e:
         raise error(str(e)) from None
     try:

@@ -18,6 +18,7 @@ steps run a block of rows at a time, so their float64 intermediates stay bounded
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 import zlib
 
@@ -38,6 +39,20 @@ BLOCK_PIXELS = 1 << 18
 BLOCK_BYTES_PER_PIXEL = 80
 # A PackBits (RLE) replicate run turns 2 bytes into up to 128.
 _RLE_MAX_EXPANSION = 64
+# pydicom parses in Python, building an object per element and per sequence item: 1.2 M empty items
+# (9.4 MB) took 18 s and 800 MB. A dataset may take at most MAX_READS reads of its bytes (one to
+# three an element: 921,600 empty elements took 921,648 reads and 6 s) and hold at most MAX_ITEMS
+# items and pixel data fragments (counted as their (FFFE,E000) tags, little or big endian, before
+# pydicom reads anything).
+MAX_READS = 1 << 18
+MAX_ITEMS = 1 << 16
+_ITEM_TAGS = (b"\xfe\xff\x00\xe0", b"\xff\xfe\xe0\x00")
+# The LUT sequences the modality and VOI steps parse when they read them: a LUT holds at most
+# 65,536 16-bit entries, so a few fit in this many bytes.
+MAX_LUT_SEQUENCE_BYTES = 1 << 20
+# OpenJPEG builds a few kB of state per tile and component before it decodes (65,025 tiles of 8 x
+# 8 pixels, 4.6 MB, took 780 MB): a JPEG 2000 frame may declare at most this many.
+MAX_J2K_TILES = 1 << 14
 
 
 class DicomError(ValueError):
@@ -46,6 +61,55 @@ class DicomError(ValueError):
 
 class DicomBudgetError(DicomError):
     """A DICOM file that would take more than the decoded-size budget to read (``effnet_jax.limits``)."""
+
+
+class _ReadLimit(Exception):
+    """A read past ``MAX_READS`` (not an EOFError: pydicom would take that for the end of the data)."""
+
+
+class _CountedReads(io.BytesIO):
+    """The bytes pydicom parses, failing a read past ``MAX_READS`` (pydicom rewraps some errors: see ``exceeded``)."""
+
+    def __init__(self, data):
+        super().__init__(data)
+        self.reads = 0
+
+    @property
+    def exceeded(self) -> bool:
+        return self.reads > MAX_READS
+
+    def read(self, size=-1):
+        self.reads += 1
+        if self.exceeded:
+            raise _ReadLimit(f"more than {MAX_READS:,} reads")
+        return super().read(size)
+
+
+def _check_items(data: bytes, path: str) -> None:
+    """Refuses a dataset of more than ``MAX_ITEMS`` sequence items and fragments, before pydicom reads it."""
+    items = sum(data.count(tag) for tag in _ITEM_TAGS)
+    if items > MAX_ITEMS:
+        raise DicomBudgetError(
+            f"{path}: a DICOM dataset of {items:,} sequence items or pixel data fragments, over the {MAX_ITEMS:,} "
+            "parsed (pydicom builds an object for each)"
+        )
+
+
+def _parsed(data: bytes, path: str, parse, reader: _CountedReads | None = None):
+    """``parse(reader)`` on ``data``, its reads held to ``MAX_READS``; any failure one line naming ``path``."""
+    reader = _CountedReads(data) if reader is None else reader
+    try:
+        parsed = parse(reader)
+    except Exception as e:  # pydicom raises InvalidDicomError, EOFError, struct/value errors...
+        if not reader.exceeded:
+            why = "sequences nested too deeply" if _from_recursion(e) else f"{type(e).__name__}: {e}"
+            raise DicomError(f"{path}: not a readable DICOM file ({why})") from e
+    if reader.exceeded:  # also when pydicom kept what it had read so far
+        raise DicomBudgetError(
+            f"{path}: a DICOM dataset of more elements than {MAX_READS:,} reads parse (pydicom builds an object for "
+            "each)"
+        )
+    return parsed
 
 
 def is_dicom(data: bytes) -> bool:
@@ -72,6 +136,7 @@ def read_gray(data: bytes, path: str) -> np.ndarray:
     except limits.BudgetError as e:
         raise DicomError(f"{path}: {e}") from None
     ds, inflated = _read_dataset(pydicom, data, path, limit)
+    _check_lut_sequences(pydicom, ds, path)
     if "PixelData" not in ds:
         floats = [k for k in ("FloatPixelData", "DoubleFloatPixelData") if k in ds]
         if floats:  # a parametric map, not a radiograph
@@ -152,18 +217,22 @@ def _read_dataset(pydicom, data: bytes, path: str, limit: int):
     pydicom inflates a deflated dataset whole before reading it; here the file meta is read
     first, and a deflated rest is inflated by at most the budget.
     """
-    try:
-        fp = io.BytesIO(data)
+    _check_items(data, path)
+    fp = _CountedReads(data)
+
+    def past_meta(tag, vr, length) -> bool:
+        return tag.group != 2
+
+    def read_meta(fp):
         preamble = pydicom.filereader.read_preamble(fp, False)
-        meta = pydicom.filereader.read_dataset(
-            fp, is_implicit_VR=False, is_little_endian=True, stop_when=lambda tag, vr, length: tag.group != 2
+        return preamble, pydicom.filereader.read_dataset(
+            fp, is_implicit_VR=False, is_little_endian=True, stop_when=past_meta
         )
-        deflated = meta.get("TransferSyntaxUID") == pydicom.uid.DeflatedExplicitVRLittleEndian
-        if not deflated:
-            return pydicom.dcmread(io.BytesIO(data)), 0
-        start = fp.tell()
-    except Exception as e:  # pydicom raises InvalidDicomError, EOFError, struct/value errors...
-        raise DicomError(f"{path}: not a readable DICOM file ({type(e).__name__}: {e})") from e
+
+    preamble, meta = _parsed(data, path, read_meta, fp)
+    if meta.get("TransferSyntaxUID") != pydicom.uid.DeflatedExplicitVRLittleEndian:
+        return _parsed(data, path, pydicom.dcmread), 0
+    start = fp.tell()
     try:
         # A few MB of zeros inflate to GBs: count first, a MiB at a time, stopping past the budget;
         # then inflate into one buffer of the counted size.
@@ -176,13 +245,35 @@ def _read_dataset(pydicom, data: bytes, path: str, limit: int):
         inflated = zlib.decompress(memoryview(data)[start:], -zlib.MAX_WBITS, max(size, 1))
     except zlib.error as e:
         raise DicomError(f"{path}: not a readable DICOM file (bad deflated dataset: {e})") from e
-    try:
+
+    def parse(reader):
+        body = pydicom.filereader.read_dataset(reader, is_implicit_VR=False, is_little_endian=True)
         file_meta = pydicom.dataset.FileMetaDataset(meta)
-        body = pydicom.filereader.read_dataset(io.BytesIO(inflated), is_implicit_VR=False, is_little_endian=True)
-        ds = pydicom.dataset.FileDataset(path, body, preamble=preamble, file_meta=file_meta, is_implicit_VR=False)
-    except Exception as e:
-        raise DicomError(f"{path}: not a readable DICOM file ({type(e).__name__}: {e})") from e
-    return ds, len(inflated)
+        return pydicom.dataset.FileDataset(path, body, preamble=preamble, file_meta=file_meta, is_implicit_VR=False)
+
+    _check_items(inflated, path)
+    return _parsed(inflated, path, parse), len(inflated)
+
+
+def _from_recursion(e: BaseException | None) -> bool:
+    """Whether ``e`` is or was raised while handling a RecursionError (pydicom rewraps one as an OSError)."""
+    while e is not None:
+        if isinstance(e, RecursionError):
+            return True
+        e = e.__context__
+    return False
+
+
+def _check_lut_sequences(pydicom, ds, path: str) -> None:
+    """Refuses a modality or VOI LUT sequence over ``MAX_LUT_SEQUENCE_BYTES``: pydicom parses it when it is read."""
+    for keyword in ("ModalityLUTSequence", "VOILUTSequence"):
+        element = ds.get_item(pydicom.datadict.tag_for_keyword(keyword))
+        value = getattr(element, "value", None)
+        if isinstance(value, (bytes, bytearray)) and len(value) > MAX_LUT_SEQUENCE_BYTES:
+            raise DicomBudgetError(
+                f"{path}: a DICOM {keyword} of {len(value):,} bytes, over the {MAX_LUT_SEQUENCE_BYTES:,} parsed "
+                "(pydicom builds an object for each of its elements)"
+            )
 
 
 def _inflated_size(stream: memoryview, stop: int) -> int:
@@ -227,6 +318,8 @@ def _check_compressed_frame(pydicom, ds, syntax, rows, cols, samples, frames, pa
         return
     from PIL import Image
 
+    if frame[:2] == b"\xff\xd8":  # Pillow reads a JPEG's header a segment at a time, in Python
+        jpeg_scans.check_header(frame, path, DicomBudgetError, "a DICOM JPEG frame")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -244,6 +337,25 @@ def _check_compressed_frame(pydicom, ds, syntax, rows, cols, samples, frames, pa
         )
     if is_jpeg:  # a decoder passes over the whole frame once per scan, as for a JPEG file
         jpeg_scans.check_scans(frame, path, DicomBudgetError, "a DICOM JPEG frame")
+    tiles = _j2k_tiles(frame)
+    if tiles > MAX_J2K_TILES:
+        raise DicomBudgetError(
+            f"{path}: a DICOM JPEG 2000 frame of {tiles:,} tiles x components, over the {MAX_J2K_TILES:,} decoded "
+            "(OpenJPEG builds state for each before decoding)"
+        )
+
+
+def _j2k_tiles(frame: bytes) -> int:
+    """Tiles x components a JPEG 2000 codestream's SIZ segment declares; 0 where it has none."""
+    at = frame.find(b"\xff\x4f\xff\x51")  # SOC, then SIZ: Lsiz, Rsiz, then the sizes below
+    if at < 0 or len(frame) < at + 42:
+        return 0
+    width, height, _, _, tile_w, tile_h, tile_x, tile_y, components = struct.unpack(">8IH", frame[at + 8 : at + 42])
+    if tile_w < 1 or tile_h < 1:
+        return 0  # OpenJPEG refuses it itself
+    across = -(-max(0, width - tile_x) // tile_w)
+    down = -(-max(0, height - tile_y) // tile_h)
+    return across * down * components
 
 
 def _check_rle_frame(frame: bytes, plane: int, samples: int, path: str, headroom: int) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from effnet_jax import limits
-from effnet_jax.data import folders, kermany
+from effnet_jax.data import dicom, folders, imaging, kermany
 from effnet_jax.data import splits as splits_lib
 from effnet_jax.labels import class_names
 
@@ -33,6 +33,9 @@ MAX_FILE_BYTES = 64 << 20
 _IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".dcm", ".dicom")
 # How a refused link out of the folder can be read anyway (limits.open_in_folder).
 FOLLOW_LINKS_HINT = "set data.follow_links=True"
+# Pillow modes the pipeline's own decode turns grey as preparation does: a file of another mode
+# (16-bit, float, with transparency) or a DICOM file is read as preparation stores it.
+_PLAIN_MODES = ("L", "RGB", "P", "1")
 
 
 class ExternalDataError(ValueError):
@@ -186,18 +189,39 @@ def selection(data_config, split: str) -> splits_lib.Selection:
 
 
 class FolderReader:
-    """Reads the image bytes of one external folder (picklable for grain workers).
+    """Reads the image bytes of one external folder (picklable for grain workers), checked as preparation checks them.
 
     ``folder``: where the files' links must lead (None: anywhere), checked again at each read.
+    ``max_size``: data.max_size, the stored copy's shorter side (``checked_image``).
     """
 
-    def __init__(self, paths: tuple[str, ...], split: str, folder: str | None = None):
+    def __init__(self, paths: tuple[str, ...], split: str, folder: str | None = None, max_size: int = 512):
         self.paths = paths
         self.parts = (split,)
         self.folder = folder
+        self.max_size = max_size
 
     def read_image(self, part: int, index: int) -> bytes:
-        return _read_image(self.paths[int(index)], self.folder)
+        path = self.paths[int(index)]
+        return checked_image(_read_image(path, self.folder), path, self.max_size)
+
+
+def checked_image(data: bytes, path: str, max_size: int) -> bytes:
+    """``data`` as the pipeline may decode it, every check of preparation made first (``imaging.open_image``).
+
+    An 8-bit image of a plain mode is returned as it is: the pipeline decodes it as it always
+    has. DICOM and other modes become the stored copy preparation would make (Pillow's own
+    conversion turns 16-bit grey white, and reads no DICOM). A refusal is ExternalDataError
+    naming ``path``.
+    """
+    try:
+        if not dicom.is_dicom(data):
+            im = imaging.open_image(data, path)
+            if im.mode in _PLAIN_MODES and "transparency" not in im.info:
+                return data
+        return imaging.load_for_storage(data, path, max_size)[0]
+    except imaging.BadImageError as e:
+        raise ExternalDataError(str(e)) from None
 
 
 def _read_image(path: str, folder: str | None) -> bytes:
@@ -213,7 +237,8 @@ def _read_image(path: str, folder: str | None) -> bytes:
 
 
 def reader(data_config, split: str) -> FolderReader:
-    return FolderReader(scan(data_config, split)[1], split, _links_within(data_config, split))
+    max_size = int(data_config.get("max_size", 512) or 512)
+    return FolderReader(scan(data_config, split)[1], split, _links_within(data_config, split), max_size)
 
 
 def _digest(data: bytes) -> str:

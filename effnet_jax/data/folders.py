@@ -69,8 +69,10 @@ def class_names(data_config) -> tuple[str, ...]:
         return validate_class_names(data_config.get("class_names"), "data.class_names")
     train = root(data_config) / "train"
     if not train.is_dir():
+        # A dangling link is named as one: "no train/ folder" would send the user looking for a folder that is there.
+        linked = f" ({train} is a link to {os.path.realpath(train)}, which is no folder)" if train.is_symlink() else ""
         raise ValueError(
-            f"data.manual_dir={str(root(data_config))!r}: no train/ folder; expected train/<CLASS>/<image>"
+            f"data.manual_dir={str(root(data_config))!r}: no train/ folder{linked}; expected train/<CLASS>/<image>"
         )
     found = sorted(p.name for p in train.iterdir() if p.is_dir() and p.name not in _SKIP_DIRS)
     found = [n for n in found if not n.startswith(".")]

@@ -319,6 +319,7 @@ def scan(path, classes=CLASS_NAMES, follow_links: bool = False) -> Layout:
                 if not follow_links:
                     _check_zip_inside(zip_path, path)
             else:
+                _refuse_linked_layout(path, tree)
                 found = "zips " + ", ".join(z.name for z in zips) if zips else "no train/ folder"
                 raise LayoutError(
                     f"{path}: found {found}; expected a train/ folder with NORMAL/ and "
@@ -358,6 +359,21 @@ _LINKED_FOLDER = (
     "a symbolic link to a folder; links to folders are never walked into (not even with data.follow_links): "
     "move or copy the folder itself here"
 )
+
+
+def _refuse_linked_layout(path: Path, tree: _Tree) -> None:
+    """Refuses (LayoutError) a linked folder under ``path`` that leads to a train/ folder, naming it and its target.
+
+    Links to folders are never walked into, so the layout behind one is not found: saying
+    which link hides it beats "no train/ folder".
+    """
+    for rel in sorted(tree.links):
+        linked = path / rel
+        if (linked / "train").is_dir() or any(p.is_dir() for p in linked.glob("*/train")):
+            raise LayoutError(
+                f"{linked}: a link to {os.path.realpath(linked)}, which holds a train/ folder; "
+                f"{_LINKED_FOLDER}, or name the folder it leads to as the data folder"
+            )
 
 
 def _walk(tree: _Tree, root: str, where: str, zip_path, folder, classes=CLASS_NAMES) -> Layout:

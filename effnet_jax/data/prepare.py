@@ -27,7 +27,7 @@ class BuilderFactory:
     on_bad_image: str = "error"
     mnist_size: int = 224
     exclude_list: str | None = None  # chest_xray: exclusion list file (effnet-data clean)
-    follow_links: bool = False  # chest_xray and folder: read links to files wherever they point
+    follow_links: bool = False  # read links to files (a PneumoniaMNIST npz too) wherever they point
     # folder: the task's classes, file-name rules and patient rule (effnet_jax.data.folders)
     class_names: tuple = ()
     class_from_name: tuple = ()
@@ -94,7 +94,10 @@ class BuilderFactory:
             )
         # TFDS refuses a custom config object named like a registered one: pass the name.
         registered = {c.name for c in cls.BUILDER_CONFIGS}
+        # chest_xray and folder take follow_links in their config; PneumoniaMNIST as an argument.
+        extra = {"follow_links": self.follow_links} if self.name == "pneumonia_mnist" else {}
         return cls(
+            **extra,
             raw_path=raw,
             data_dir=data_dir,
             file_format="array_record",
@@ -139,6 +142,7 @@ def ensure_prepared(factory: BuilderFactory, allow_prepare: bool = True):
     root = str(builder.data_dir_root)
     if os.path.lexists(root) and not os.path.isdir(root):
         raise ValueError(f"data.data_dir={root!r}: not a folder; expected the folder to prepare the data set into")
+    _refuse_linked_output_folders(builder, downloads=factory.name == "pneumonia_mnist")
     # TFDS's own bars redraw with control codes even in a pipe; the builders show ours.
     tfds.disable_progress_bar()
     data_dir = str(builder.data_dir_root)
@@ -160,6 +164,34 @@ def ensure_prepared(factory: BuilderFactory, allow_prepare: bool = True):
             shutil.rmtree(folder, ignore_errors=True)
         raise
     return builder
+
+
+def _output_folders(builder, downloads: bool) -> list[str]:
+    """The folders TFDS writes a preparation into under ``data.data_dir``: the data set's, its config's, the version's,
+    its ``.config/``, and ``downloads/`` when the file is downloaded (PneumoniaMNIST)."""
+    root = str(builder.data_dir_root)
+    parts = os.path.relpath(str(builder.data_path), root).split(os.sep)
+    if parts[0] == os.pardir:  # not under the root: nothing of ours to check
+        parts = []
+    folders = [os.path.join(root, *parts[: i + 1]) for i in range(len(parts))]
+    folders.append(os.path.join(root, builder.name, ".config"))
+    return [*folders, os.path.join(root, "downloads")] if downloads else folders
+
+
+def _refuse_linked_output_folders(builder, downloads: bool) -> None:
+    """A symbolic link planted at a folder the preparation writes into is refused (UnsafeOutputError) naming it.
+
+    TFDS would write the whole prepared set wherever it leads (data.data_dir may be a shared
+    or downloaded folder); the user names data.data_dir itself, which may be a link.
+    """
+    from effnet_jax.output_files import UnsafeOutputError  # pylint: disable=g-import-not-at-top
+
+    for folder in _output_folders(builder, downloads):
+        if os.path.islink(folder):
+            raise UnsafeOutputError(
+                f"{folder}: is a symbolic link to {os.path.realpath(folder)}; refusing to prepare the data set "
+                "through it (remove the link, or set data.data_dir to another folder)"
+            )
 
 
 @contextlib.contextmanager

@@ -12,6 +12,8 @@ import math
 import numpy as np
 from PIL import Image, ImageOps
 
+from effnet_jax.data import imaging
+
 
 def decode_gray(image, min_side: int = 0) -> Image.Image:
     """Decode encoded bytes or a uint8 array to an 8-bit grayscale PIL image.
@@ -23,7 +25,8 @@ def decode_gray(image, min_side: int = 0) -> Image.Image:
     if isinstance(image, np.ndarray):
         arr = image[..., 0] if image.ndim == 3 else image
         return Image.fromarray(np.ascontiguousarray(arr, dtype=np.uint8), mode="L")
-    im = Image.open(io.BytesIO(image))
+    # Only the formats imaging checks: an external folder's file is decoded by the plugin that checked it.
+    im = Image.open(io.BytesIO(image), formats=imaging.FORMATS)
     if min_side and im.format == "JPEG":
         im.draft("L", (min_side, min_side))
     if im.mode != "L":
@@ -59,7 +62,7 @@ def source_side(image) -> int:
     """Shorter side of a stored image (encoded bytes: read from the header only, or a uint8 array)."""
     if isinstance(image, np.ndarray):
         return int(min(image.shape[:2]))
-    with Image.open(io.BytesIO(image)) as im:
+    with Image.open(io.BytesIO(image), formats=imaging.FORMATS) as im:
         return int(min(im.size))
 
 

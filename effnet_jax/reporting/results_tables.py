@@ -20,7 +20,7 @@ import json
 import pathlib
 import re
 
-from effnet_jax.output_files import UnsafeOutputError, open_output, output_file_problem, write_text
+from effnet_jax.output_files import UnsafeOutputError, open_output, output_file_problem, printable_line, write_text
 
 # Every record says what ran; a value may be null where it does not apply (a published paper ran no command).
 PROVENANCE_KEYS = ("command", "config", "commit", "machine", "date")
@@ -139,8 +139,12 @@ def render_table(name: str, spec: dict, records: dict[str, list[dict]]) -> str:
 
 
 def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
-    """A markdown table of text cells; a ``|`` or line break inside a cell cannot split a row."""
-    cell = lambda text: str(text).replace("|", "\\|").replace("\n", " ")
+    """A markdown table of text cells; a ``|``, line break or other control character inside a cell cannot split a row.
+
+    A newline reads as a space; ``\\r``, escape codes and the like are written as backslash
+    escapes (``printable_line``), as file names are in CSV cells.
+    """
+    cell = lambda text: printable_line(str(text).replace("\n", " ")).replace("|", "\\|")
     lines = ["| " + " | ".join(map(cell, headers)) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(map(cell, row)) + " |" for row in rows]
     return "\n".join(lines)

@@ -19,6 +19,7 @@ from typing import Any
 
 from effnet_jax.labels import METRIC_NAMES as METRICS
 from effnet_jax.labels import class_names
+from effnet_jax.output_files import printable_line
 from effnet_jax.runs import Run, values
 from effnet_jax.runs.layout import CONFIG
 
@@ -189,8 +190,9 @@ def _shown(metrics: dict) -> dict:
 
 
 def _cell(value) -> str:
-    """``value`` as one markdown table cell: a ``|`` or a line break from a run's files cannot split the row."""
-    return " ".join(str(value).split()).replace("|", "\\|")
+    """``value`` as one markdown table cell: a ``|``, a line break or an escape code from a run's files cannot
+    split the row or reach the terminal (``printable_line`` escapes what is not printable)."""
+    return printable_line(" ".join(str(value).split())).replace("|", "\\|")
 
 
 def _fmt(value, digits=3) -> str:

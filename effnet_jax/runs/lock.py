@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 
+from effnet_jax.output_files import open_output_fd
 from effnet_jax.runs.layout import Layout
 
 log = logging.getLogger("effnet_jax.train")
@@ -33,7 +34,8 @@ class WorkdirLock:
         self._fd: int | None = None
 
     def acquire(self) -> WorkdirLock:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        # Never through a link, FIFO or shared file planted at the name: it is truncated below.
+        fd = open_output_fd(self.path, os.O_RDWR, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

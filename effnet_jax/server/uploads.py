@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from effnet_jax import serving
-from effnet_jax.data import dicom
+from effnet_jax.data import dicom, imaging
 
 MAX_NAME_CHARS = 120
 log = logging.getLogger("effnet_jax.server")
@@ -55,6 +55,10 @@ def check_header(data: bytes, name: str, kind: str, max_pixels: int) -> None:
     """Refuses a JPEG or PNG whose header declares more than ``max_pixels``, before decoding it."""
     if kind == "DICOM":  # its reader checks the declared size itself (dicom.MAX_PIXELS and the budget)
         return
+    try:  # Pillow reads the header an item at a time, in Python: count them first
+        imaging.check_header_items(data, name)
+    except imaging.ImageBudgetError as e:
+        raise UploadError(PAYLOAD_TOO_LARGE, str(e)) from None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -451,6 +451,30 @@ def _positive_steps(config) -> bool:
     return isinstance(steps, int) and steps > 0
 
 
+def _require_metric_keys(config) -> None:
+    """``best_metric`` and ``early_stopping.metric`` name a metric this task's evaluation logs.
+
+    Else the first evaluation fails on it, after training a while. A folder task without
+    ``data.class_names`` is checked once its classes are read (``loop.resolve_data``).
+    """
+    data = config.get("data")
+    if data is not None and data.get("name") == "folder" and not data.get("class_names"):
+        return
+    from effnet_jax.labels import class_names
+    from effnet_jax.metrics.logged import metric_names
+
+    names = None
+    for key in ("best_metric", "early_stopping.metric"):
+        value = _number(config, key)
+        if not value:  # '' or None: no best checkpoint, no early stopping
+            continue
+        names = names or metric_names(class_names(data))
+        if value not in names:
+            raise ValueError(
+                f"config.{key}={value!r}: not a metric this task's evaluation logs; expected one of {', '.join(names)}"
+            )
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Raises ValueError ``'config.KEY=VALUE: expected ...'`` (one line) for the first value a run cannot use.
 
@@ -496,6 +520,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         except ValueError as e:  # its messages start with the key, data.augment.NAME=
             raise ValueError(f"config.{e}") from None
     _require(config, "eval_every_steps", lambda v: v >= 0, "an integer >= 0 (0 = only at the end)")
+    _require_metric_keys(config)
     _require_data_keys(config)
     _require(config, "optimizer.grad_accum_steps", lambda v: v >= 1, "an integer >= 1")
     finite = (int, float)

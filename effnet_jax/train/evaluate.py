@@ -13,8 +13,7 @@ import numpy as np
 from effnet_jax.data import pipeline
 from effnet_jax.data.pipeline import run_pass
 from effnet_jax.labels import class_names
-from effnet_jax.metrics import multiclass
-from effnet_jax.metrics.classification import compute_metrics, sensitivity_threshold
+from effnet_jax.metrics.logged import split_metrics
 from effnet_jax.train.parallel import Parallel
 
 
@@ -45,17 +44,10 @@ def evaluate(
         return {"prob": out["prob"], "loss": out["loss"], "label": host["label"], "mask": host["mask"]}
 
     rows = run_pass(ds, step)
-    metrics = {"loss": float(np.mean(rows["loss"]))}
-    if rows["prob"].ndim == 2:
-        # More than two classes: one-vs-rest per class and their macro averages (no threshold).
-        found = multiclass.compute_metrics(rows["label"], rows["prob"], class_names(config.data))
-        metrics.update(multiclass.scalars(found))
-        metrics["confusion_matrix"] = found["confusion_matrix"]
-        return metrics
-    metrics.update(compute_metrics(rows["label"], rows["prob"]))
-    if 0 < rows["label"].sum():
-        # The screening operating point on this split (config.operating_threshold).
-        metrics["sensitivity_threshold"] = sensitivity_threshold(
-            rows["label"], rows["prob"], float(config.get("operating_sensitivity", 0.95))
-        )
-    return metrics
+    return split_metrics(
+        rows["label"],
+        rows["prob"],
+        float(np.mean(rows["loss"])),
+        class_names(config.data),
+        float(config.get("operating_sensitivity", 0.95)),
+    )

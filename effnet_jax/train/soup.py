@@ -35,7 +35,7 @@ from etils import epath
 from flax import traverse_util
 
 from effnet_jax.data import pipeline
-from effnet_jax.output_files import write_text
+from effnet_jax.output_files import output_file_problem, write_text
 from effnet_jax.runs import checkpoints as checkpoint_lib
 from effnet_jax.runs import code_version
 from effnet_jax.runs import layout as layout_lib
@@ -480,6 +480,7 @@ def _check_members(members: list[str], workdir: str) -> None:
 
 def _refuse_another_run(workdir: str) -> None:
     """A soup's workdir is new, or holds a soup (soup.json): never another run's checkpoints or metrics."""
+    _refuse_planted_names(workdir)
     layout = Layout(workdir)
     if epath.Path(layout.soup).exists():
         return
@@ -489,6 +490,27 @@ def _refuse_another_run(workdir: str) -> None:
                 f"workdir {workdir} already holds a run ({name}) and no {layout_lib.SOUP}: a soup is written into a new "
                 "workdir; choose another --workdir (or remove that run, or the remains of an interrupted soup)"
             )
+
+
+def _refuse_planted_names(workdir: str) -> None:
+    """A link, FIFO or shared file at a name the soup writes is refused (SoupWorkdirError) before any work.
+
+    Each write refuses it too (``output_files``), but only after the evaluation and, for the
+    records, after the checkpoint: one line now leaves nothing half written.
+    """
+    if "://" in workdir:
+        return
+    layout = Layout(workdir)
+    names = (layout.lock, layout.config, layout.run_record, layout.metrics, layout.soup, layout.model_card)
+    for path in (*names, layout.model_card + ".tmp"):
+        problem = output_file_problem(path, "--workdir")
+        if problem:
+            raise SoupWorkdirError(problem)
+    if os.path.islink(layout.checkpoints):
+        raise SoupWorkdirError(
+            f"--workdir={layout.checkpoints}: is a symbolic link to {os.path.realpath(layout.checkpoints)}; "
+            "refusing to write the soup's checkpoint through it"
+        )
 
 
 def _existing_soup(workdir: str, entries: list[dict], combine: str) -> dict | None:

@@ -193,7 +193,7 @@ def read_json_file(path, limit: int | None = None, error: type[Exception] = Valu
     """
     limit = limits.object_limit() if limit is None else limit
     try:  # checked on the open file: a FIFO swapped in after a stat cannot block the read
-        f = limits.open_regular_file(os.fspath(path))
+        f = limits.open_path(path)  # a limits.FoundInFolder path: a link out of its folder is refused
     except limits.BudgetError as e:
         raise error(str(e)) from None
     with f:

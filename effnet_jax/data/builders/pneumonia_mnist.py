@@ -12,7 +12,9 @@ from PIL import Image
 
 from effnet_jax import limits, zip_directory
 from effnet_jax.data.builders import base
+from effnet_jax.data.kermany import FOLLOW_LINKS_HINT
 from effnet_jax.labels import CLASS_NAMES
+from effnet_jax.output_files import open_output
 
 SIZES = (28, 64, 128, 224)
 RECORD = "https://zenodo.org/records/10519652"
@@ -58,7 +60,8 @@ def _download(size: int, folder: Path, timeout_s: float = 60.0) -> Path:
     partial = target.with_suffix(".partial")
     h = hashlib.md5()
     try:
-        with urllib.request.urlopen(url(size), timeout=timeout_s) as response, open(partial, "wb") as out:
+        # Never through a link, FIFO or shared file planted at the name (data_dir may be anyone's).
+        with open_output(partial, "wb") as out, urllib.request.urlopen(url(size), timeout=timeout_s) as response:
             for chunk in iter(lambda: response.read(1 << 20), b""):
                 h.update(chunk)
                 out.write(chunk)
@@ -112,8 +115,9 @@ class PneumoniaMnist(base.Builder):
         "data.manual_dir to prepare offline."
     )
 
-    def __init__(self, *, raw_path=None, **kwargs):
+    def __init__(self, *, raw_path=None, follow_links: bool = False, **kwargs):
         self._raw_path = raw_path
+        self._follow_links = follow_links  # data.follow_links: the npz found in raw_path may lead anywhere
         super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -136,14 +140,17 @@ class PneumoniaMnist(base.Builder):
             disable_shuffling=True,
         )
 
-    def _find_local(self) -> Path | None:
+    def _find_local(self) -> Path | str | None:
         if self._raw_path is None:
             return None
         raw = Path(self._raw_path)
         if raw.is_file():
             return raw
         candidate = raw / file_name(self.builder_config.size)
-        return candidate if candidate.is_file() else None
+        if not candidate.is_file():
+            return None
+        # Found in the folder, not named: read only where it lies inside it, as images found there are.
+        return candidate if self._follow_links else limits.FoundInFolder(str(candidate), str(raw), FOLLOW_LINKS_HINT)
 
     def _split_generators(self, dl_manager):
         size = self.builder_config.size
@@ -155,7 +162,7 @@ class PneumoniaMnist(base.Builder):
         return {split: self._generate_examples(*arrays[split], split) for split in SPLITS}
 
     @staticmethod
-    def _load(path: Path, size: int):
+    def _load(path, size: int):
         source = _open_npz(path)
         try:
             npz = np.load(source)

@@ -6,16 +6,17 @@ prepared records only what was stored (grayscale, shorter side <= max_size).
 """
 
 import dataclasses
-import json
 import logging
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from effnet_jax import limits
 from effnet_jax.data import exclusions, imaging, kermany
 from effnet_jax.data.eda import hashing
 from effnet_jax.progress import Progress
+from effnet_jax.weights.readers import read_json_file
 
 log = logging.getLogger("effnet_jax.data")
 
@@ -181,10 +182,16 @@ def scan_raw(
     )
 
 
-def find_prepared(path) -> Path | None:
-    """The prepared chest_xray version folder at or under `path` (one with dataset_info.json)."""
+def find_prepared(path, follow_links: bool = False) -> Path | None:
+    """The prepared chest_xray version folder at or under `path` (one with dataset_info.json).
+
+    Each dataset_info.json is read as a run's JSON is (a regular file, bounded in size and
+    nesting) and, unless ``follow_links``, only where it really lies inside `path`: a link out
+    of it is refused naming the file, as a link out of an image folder is.
+    """
     path = Path(path).expanduser()
     if (path / "dataset_info.json").is_file():
+        _dataset_info(path / "dataset_info.json", path, follow_links)
         return path
     found = sorted(
         {
@@ -193,13 +200,20 @@ def find_prepared(path) -> Path | None:
             for p in path.glob(pattern)
         }
     )
-    found = [p for p in found if json.loads((p / "dataset_info.json").read_text()).get("name") == "chest_xray"]
+    found = [p for p in found if _dataset_info(p / "dataset_info.json", path, follow_links).get("name") == "chest_xray"]
     if len(found) > 1:
         listing = "\n  ".join(str(p) for p in found)
         raise ValueError(
             f"--data_dir {path}: holds {len(found)} prepared chest_xray data sets; point it at one of:\n  {listing}"
         )
     return found[0] if found else None
+
+
+def _dataset_info(path: Path, folder: Path, follow_links: bool) -> dict:
+    """A dataset_info.json found in ``folder``; ``{}`` when it holds no JSON object. ValueError naming it when refused."""
+    found = str(path) if follow_links else limits.FoundInFolder(str(path), str(folder), kermany.FOLLOW_LINKS_HINT)
+    value = read_json_file(found)
+    return value if isinstance(value, dict) else {}
 
 
 def scan_prepared(version_dir, *, samples_per_class: int = 8, seed: int = 0, progress: bool = True) -> Inventory:
@@ -251,5 +265,5 @@ def scan_prepared(version_dir, *, samples_per_class: int = 8, seed: int = 0, pro
 
 def scan_any(path, follow_links: bool = False, **kw) -> Inventory:
     """Scan a prepared data set when `path` holds one, else the raw layout (folder or zip)."""
-    prepared = None if Path(path).expanduser().is_file() else find_prepared(path)
+    prepared = None if Path(path).expanduser().is_file() else find_prepared(path, follow_links)
     return scan_prepared(prepared, **kw) if prepared else scan_raw(path, follow_links=follow_links, **kw)
