@@ -3,13 +3,16 @@
     effnet-eval --workdir=runs/lite0 --split=external
     effnet-eval --workdir=runs/lite1 --split=external
     python docs/experiments/scripts/ensemble_runs.py runs/lite0 runs/lite1
+    python docs/experiments/scripts/ensemble_runs.py RUN/eval/external_250 RUN/eval/external_292
 
 effnet-soup ensembles the seeds of one model; models of different variants or image sizes
 (Lite0 at 224 px with Lite1 at 240 px) can be ensembled from their predictions instead. Per
 run it reads the latest external report's predictions.csv (summarise_runs.py's reader),
 checks that every run scored the same files with the same labels, averages the members'
 logits, and prints each member and the ensemble: AUC, the sensitivity-0.95 rule fitted on
-a random half and scored on the other (200 splits), and at t=0.5.
+a random half and scored on the other (200 splits), and at t=0.5. An argument that is an
+effnet-eval report folder (holding predictions.csv) is read as it is: checkpoints of one
+run at several steps ensembled (a snapshot ensemble).
 """
 
 from __future__ import annotations
@@ -25,10 +28,14 @@ from effnet_jax.metrics.held_out import held_out_rule, rates
 
 
 def read_predictions(workdir: pathlib.Path) -> tuple[list, np.ndarray, np.ndarray]:
-    """(files, labels, probabilities) of the run's latest external report, sorted by file."""
-    reports = sorted(
-        (p for p in workdir.glob("eval/external_*/predictions.csv") if "_tta-" not in p.parent.name),
-        key=lambda p: p.stat().st_mtime,
+    """(files, labels, probabilities) of the run's latest external report (or of the report folder given), sorted by file."""
+    reports = (
+        [workdir / "predictions.csv"]
+        if (workdir / "predictions.csv").is_file()
+        else sorted(
+            (p for p in workdir.glob("eval/external_*/predictions.csv") if "_tta-" not in p.parent.name),
+            key=lambda p: p.stat().st_mtime,
+        )
     )
     if not reports:
         raise SystemExit(f"{workdir}: no eval/external_*/predictions.csv; run effnet-eval --split=external first")
