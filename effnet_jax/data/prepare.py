@@ -13,6 +13,7 @@ import shutil
 import numpy as np
 
 from effnet_jax.data import splits as splits_lib
+from effnet_jax.output_files import UnsafeOutputError
 from effnet_jax.progress import quiet_library_noise
 
 
@@ -184,8 +185,6 @@ def _refuse_linked_output_folders(builder, downloads: bool) -> None:
     TFDS would write the whole prepared set wherever it leads (data.data_dir may be a shared
     or downloaded folder); the user names data.data_dir itself, which may be a link.
     """
-    from effnet_jax.output_files import UnsafeOutputError  # pylint: disable=g-import-not-at-top
-
     for folder in _output_folders(builder, downloads):
         if os.path.islink(folder):
             raise UnsafeOutputError(
