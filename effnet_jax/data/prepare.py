@@ -120,6 +120,7 @@ def ensure_prepared(factory: BuilderFactory, allow_prepare: bool = True):
     """
     quiet_library_noise()  # TFDS warns of a folder being prepared (or a failed preparation's)
     builder = factory()
+    _check_version_folder(builder)
     if builder.is_prepared():
         if not builder.info.splits:
             # Made while another process was still preparing the set, the builder read no
@@ -154,6 +155,7 @@ def ensure_prepared(factory: BuilderFactory, allow_prepare: bool = True):
         # folder: the second waits for the first, then finds the data prepared.
         with _preparation_lock(factory, builder):
             builder = factory()
+            _check_version_folder(builder)
             if builder.is_prepared():
                 _check_source(factory, builder)
                 return builder
@@ -165,6 +167,37 @@ def ensure_prepared(factory: BuilderFactory, allow_prepare: bool = True):
             shutil.rmtree(folder, ignore_errors=True)
         raise
     return builder
+
+
+def _check_version_folder(builder) -> None:
+    """A version folder without ``dataset_info.json`` is refused, naming it.
+
+    TFDS writes a preparation elsewhere and renames it into place whole, so such a folder (an
+    empty one, made by hand or planted, or a link to one) was never prepared; TFDS would still
+    "reuse" it, as a set of splits with no files to read.
+    """
+    path = str(builder.data_path)
+    if "://" in path:
+        return
+    if not os.path.lexists(path):
+        return
+    # Read as written: a link at the set's folders, or among its files, would have it read elsewhere.
+    _refuse_linked_output_folders(builder, downloads=False, doing="read the data set")
+    if os.path.isdir(path):
+        with os.scandir(path) as entries:
+            for entry in entries:
+                if entry.is_symlink():
+                    raise UnsafeOutputError(
+                        f"{entry.path}: is a symbolic link to {os.path.realpath(entry.path)}; a prepared data set "
+                        "holds its own files: refusing to read through it (prepare the set again)"
+                    )
+    if os.path.isfile(os.path.join(path, "dataset_info.json")):
+        return
+    link = f" (a symbolic link to {os.path.realpath(path)})" if os.path.islink(path) else ""
+    raise ValueError(
+        f"{path}{link}: a prepared data set's folder without its dataset_info.json, not written by a "
+        "preparation; remove it to prepare the data set again, or set data.data_dir to another folder"
+    )
 
 
 def _output_folders(builder, downloads: bool) -> list[str]:
@@ -179,7 +212,7 @@ def _output_folders(builder, downloads: bool) -> list[str]:
     return [*folders, os.path.join(root, "downloads")] if downloads else folders
 
 
-def _refuse_linked_output_folders(builder, downloads: bool) -> None:
+def _refuse_linked_output_folders(builder, downloads: bool, doing: str = "prepare the data set") -> None:
     """A symbolic link planted at a folder the preparation writes into is refused (UnsafeOutputError) naming it.
 
     TFDS would write the whole prepared set wherever it leads (data.data_dir may be a shared
@@ -188,7 +221,7 @@ def _refuse_linked_output_folders(builder, downloads: bool) -> None:
     for folder in _output_folders(builder, downloads):
         if os.path.islink(folder):
             raise UnsafeOutputError(
-                f"{folder}: is a symbolic link to {os.path.realpath(folder)}; refusing to prepare the data set "
+                f"{folder}: is a symbolic link to {os.path.realpath(folder)}; refusing to {doing} "
                 "through it (remove the link, or set data.data_dir to another folder)"
             )
 

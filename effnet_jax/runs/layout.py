@@ -22,8 +22,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import stat
 
 from etils import epath
+
+from effnet_jax.output_files import output_file_problem
 
 CONFIG = "config.json"
 RUN_RECORD = "run.json"
@@ -38,6 +41,11 @@ EVAL = "eval"
 EVAL_REPORT = "metrics.json"
 MODEL_CARD = "MODEL_CARD.md"
 LOCK = ".lock"
+
+# What a run writes at its top level: the names a downloaded or shared folder may have planted
+# links (or FIFOs) at, checked before a trainer, soup or adaptation writes anything there.
+WRITTEN_FILES = (CONFIG, RUN_RECORD, METRICS, CALIBRATION, SOUP, ADAPTED, MODEL_CARD, MODEL_CARD + ".tmp", LOCK)
+WRITTEN_FOLDERS = (TENSORBOARD, CHECKPOINTS, MEMBERS, EVAL)
 
 
 def absolute(workdir: str) -> str:
@@ -113,3 +121,33 @@ class Layout:
     @property
     def lock(self) -> str:
         return _join(self.root, LOCK)
+
+
+def planted_output_problem(workdir: str, flag: str = "--workdir") -> str | None:
+    """Why a run should not be written into local ``workdir`` (``flag=path: ...``); None when it may.
+
+    A link, FIFO or shared file at one of the files a run writes (``open_output`` would refuse
+    it, but only once training reached that write), or a link (dangling or not) or a file at
+    one of its folders: orbax, TensorBoard and the soup's members would write through it.
+    """
+    if "://" in str(workdir):
+        return None  # cloud storage has no links to plant
+    for name in WRITTEN_FILES:
+        problem = output_file_problem(os.path.join(workdir, name), flag)
+        if problem:
+            return problem
+    for name in WRITTEN_FOLDERS:
+        path = os.path.join(workdir, name)
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            return f"{flag}={path}: cannot check it ({e.strerror or e})"
+        if stat.S_ISLNK(mode):
+            return (
+                f"{flag}={path}: is a symbolic link to {os.path.realpath(path)}; refusing to write the run through it"
+            )
+        if not stat.S_ISDIR(mode):
+            return f"{flag}={path}: not a folder (a file, FIFO or device); a run keeps its {name} there"
+    return None

@@ -19,7 +19,7 @@ from effnet_jax.data import augment as augment_lib
 from effnet_jax.data import external, folders, pipeline, sources
 from effnet_jax.data.data_dir import no_external_set_line
 from effnet_jax.labels import CLASS_NAMES, class_weights
-from effnet_jax.output_files import write_text
+from effnet_jax.output_files import UnsafeOutputError, write_text
 from effnet_jax.runs import checkpoints as checkpoint_lib
 from effnet_jax.runs import code_version
 from effnet_jax.runs import layout as layout_lib
@@ -258,6 +258,7 @@ def train_members(configs: list, workdirs: list[str]) -> list[state_lib.TrainSta
     try:
         for workdir in workdirs:
             fresh.append(not epath.Path(workdir).exists())
+            _refuse_planted_outputs(workdir)
             epath.Path(workdir).mkdir(parents=True, exist_ok=True)
             locks.append(workdir_lock.lock_workdir(workdir, jax.process_index() == 0))
         return _train_members(configs, workdirs, started)
@@ -270,6 +271,13 @@ def train_members(configs: list, workdirs: list[str]) -> list[state_lib.TrainSta
         for lock in locks:
             if lock is not None:
                 lock.release()
+
+
+def _refuse_planted_outputs(workdir: str) -> None:
+    """A link, FIFO or file planted at a name the run writes is refused before anything is created or trained."""
+    problem = layout_lib.planted_output_problem(workdir)
+    if problem:
+        raise UnsafeOutputError(problem)
 
 
 def _remove_unstarted_workdir(workdir: str) -> None:

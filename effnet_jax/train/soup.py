@@ -35,7 +35,7 @@ from etils import epath
 from flax import traverse_util
 
 from effnet_jax.data import pipeline
-from effnet_jax.output_files import output_file_problem, write_text
+from effnet_jax.output_files import write_text
 from effnet_jax.runs import checkpoints as checkpoint_lib
 from effnet_jax.runs import code_version
 from effnet_jax.runs import layout as layout_lib
@@ -132,6 +132,7 @@ def train_soup(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
             "multi-process run, then average them with effnet-soup"
         )
     workdir = layout_lib.absolute(workdir)
+    _refuse_planted_names(workdir)  # before the folder is created or locked
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     lock = workdir_lock.lock_workdir(workdir, True)
     try:
@@ -498,19 +499,9 @@ def _refuse_planted_names(workdir: str) -> None:
     Each write refuses it too (``output_files``), but only after the evaluation and, for the
     records, after the checkpoint: one line now leaves nothing half written.
     """
-    if "://" in workdir:
-        return
-    layout = Layout(workdir)
-    names = (layout.lock, layout.config, layout.run_record, layout.metrics, layout.soup, layout.model_card)
-    for path in (*names, layout.model_card + ".tmp"):
-        problem = output_file_problem(path, "--workdir")
-        if problem:
-            raise SoupWorkdirError(problem)
-    if os.path.islink(layout.checkpoints):
-        raise SoupWorkdirError(
-            f"--workdir={layout.checkpoints}: is a symbolic link to {os.path.realpath(layout.checkpoints)}; "
-            "refusing to write the soup's checkpoint through it"
-        )
+    problem = layout_lib.planted_output_problem(workdir)
+    if problem:
+        raise SoupWorkdirError(problem)
 
 
 def _existing_soup(workdir: str, entries: list[dict], combine: str) -> dict | None:

@@ -47,6 +47,10 @@ def _open_npz(path: Path):
         raise ValueError(f"{path}: not a readable npz ({type(e).__name__}: {e.strerror or e})") from e
 
 
+class _WriteError(Exception):
+    """Writing the download failed (the disk), as opposed to fetching it (the network)."""
+
+
 def _download(size: int, folder: Path, timeout_s: float = 60.0) -> Path:
     """Fetch the npz for `size` into `folder` (once), verifying its MD5; clear error offline.
 
@@ -61,17 +65,29 @@ def _download(size: int, folder: Path, timeout_s: float = 60.0) -> Path:
     h = hashlib.md5()
     try:
         # Never through a link, FIFO or shared file planted at the name (data_dir may be anyone's).
-        with open_output(partial, "wb") as out, urllib.request.urlopen(url(size), timeout=timeout_s) as response:
-            for chunk in iter(lambda: response.read(1 << 20), b""):
-                h.update(chunk)
-                out.write(chunk)
-    except (OSError, urllib.error.URLError) as e:  # URLError, timeouts, refused connections
-        partial.unlink(missing_ok=True)
-        raise RuntimeError(
-            f"PneumoniaMNIST: could not download {url(size)} ({type(e).__name__}: {e}). "
-            f"Offline? Download {file_name(size)} from {RECORD} and set data.manual_dir to "
-            "the folder holding it."
-        ) from e
+        out = open_output(partial, "wb")
+    except OSError as e:  # UnsafeOutputError (a ValueError) names the planted file itself
+        raise RuntimeError(f"{partial}: cannot write the download there ({e.strerror or e})") from e
+    with out:
+        try:
+            response = urllib.request.urlopen(url(size), timeout=timeout_s)
+            with response:
+                for chunk in iter(lambda: response.read(1 << 20), b""):
+                    h.update(chunk)
+                    try:
+                        out.write(chunk)
+                    except OSError as e:  # a full or read-only disk: not the network's fault
+                        raise _WriteError(f"{partial}: cannot write the download there ({e.strerror or e})") from e
+        except _WriteError as e:
+            partial.unlink(missing_ok=True)
+            raise RuntimeError(str(e)) from e.__cause__
+        except (OSError, urllib.error.URLError) as e:  # URLError, timeouts, refused connections
+            partial.unlink(missing_ok=True)
+            raise RuntimeError(
+                f"PneumoniaMNIST: could not download {url(size)} ({type(e).__name__}: {e}). "
+                f"Offline? Download {file_name(size)} from {RECORD} and set data.manual_dir to "
+                "the folder holding it."
+            ) from e
     if h.hexdigest() != MD5[size]:
         partial.unlink(missing_ok=True)
         raise RuntimeError(
