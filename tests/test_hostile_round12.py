@@ -4,7 +4,8 @@ Each case failed before the fix it names: a dangling ``checkpoints`` link in a f
 ended effnet-train in a FileExistsError traceback, and a ``tensorboard`` link had the events
 written where it led; an empty version folder in ``data.data_dir`` (or a link to one) was
 "reused" by TFDS as a prepared set with no files, and a link among a prepared set's files was
-read through; a full disk during the PneumoniaMNIST download was reported as "Offline?".
+read through; a full disk during the PneumoniaMNIST download was reported as "Offline?"; an
+exported function declaring a large tensor per image was called on a whole batch at once.
 """
 
 import errno
@@ -12,6 +13,8 @@ import io
 import os
 import urllib.request
 
+import jax.numpy as jnp
+import numpy as np
 import pytest
 from data_fixtures import GOOD_TREE, write_tree
 from helpers import run_module, tiny_config
@@ -216,3 +219,51 @@ def test_a_network_failure_is_still_offline(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match=r"could not download .*Offline\? Download pneumoniamnist\.npz"):
         pneumonia_mnist._download(28, tmp_path / "downloads")
     assert not (tmp_path / "downloads" / "pneumoniamnist.partial").exists()
+
+
+# --- 4. an exported function whose every image takes much memory: called a few images at a time ----
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    from export_fixtures import export_tiny
+
+    return export_tiny(tmp_path_factory.mktemp("export"))
+
+
+def _wide(weights, images):
+    # 16 MiB of float32 per image, under the budget for one image, not for a batch of them.
+    planes = (
+        jnp.ones((images.shape[0], 2048, 2048), jnp.float32)
+        * images.astype(jnp.float32).mean(axis=(1, 2))[:, None, None]
+    )
+    return planes.mean(axis=(1, 2)) / 255.0
+
+
+def test_an_exported_function_is_called_on_as_many_images_as_fit_the_budget(exported, tmp_path, monkeypatch):
+    # Before: the whole batch in one call: 32 images of such a function took 32 times the budget.
+    from test_hostile_round4 import _with_function
+
+    from effnet_jax import serving
+
+    monkeypatch.setenv("EFFNET_JAX_DECODE_BUDGET", "64M")
+    model = serving.load(str(_with_function(exported, tmp_path, _wide)))
+    assert model.max_batch == 4
+    calls = []
+    call = model._call
+    model._call = lambda weights, images: calls.append(len(images)) or call(weights, images)
+    images = np.arange(10 * 32 * 32, dtype=np.int64).reshape(10, 32, 32).astype(np.uint8)
+    probs = model.run(images)
+    assert calls == [4, 4, 2]
+    np.testing.assert_allclose(probs, images.astype(np.float32).mean(axis=(1, 2)) / 255.0, rtol=1e-6)
+
+
+def test_the_real_export_is_called_in_one_piece_for_any_usual_batch(exported):
+    from effnet_jax import serving
+
+    model = serving.load(exported)
+    assert model.max_batch >= 256  # its largest tensor for one image is a few hundred KB at 32 px
+    calls = []
+    call = model._call
+    model._call = lambda weights, images: calls.append(len(images)) or call(weights, images)
+    assert model.run(np.zeros((64, 32, 32), np.uint8)).shape == (64,) and calls == [64]

@@ -67,8 +67,11 @@ def _gray_from_array(image, name: str) -> Image.Image:
 class ExportedModel:
     """An exported model, ready to score images. ``threshold`` and ``class_names`` come from model.json."""
 
-    def __init__(self, directory: str, meta: dict, exported, weights: list, gradcam=None):
+    def __init__(self, directory: str, meta: dict, exported, weights: list, gradcam=None, image_bytes: int = 0):
         self.directory = directory
+        # The most images one call takes: XLA allocates what the module's types declare per image
+        # (``image_bytes``, its largest tensor of one image), so a batch of them stays in the budget.
+        self.max_batch = max(1, limits.budget() // image_bytes) if image_bytes else None
         self.info = meta  # the whole of model.json
         self.class_names = tuple(meta["class_names"])
         # Past two classes there is no threshold: the most probable class is the label.
@@ -139,7 +142,7 @@ class ExportedModel:
         inputs = self._checked(inputs)
         if inputs.shape[0] == 0:
             return np.zeros((0,) if len(self.class_names) == 2 else (0, len(self.class_names)), np.float32)
-        return np.asarray(self._call(self._weights, inputs), np.float32)
+        return self._in_parts(self._call, inputs)
 
     def gradcam(self, inputs: np.ndarray) -> np.ndarray:
         """Guided Grad-CAM maps in [0, 1] for prepared inputs ``(B, S, S)`` uint8, as float32 ``(B, S, S)``."""
@@ -148,7 +151,15 @@ class ExportedModel:
         inputs = self._checked(inputs)
         if inputs.shape[0] == 0:
             return np.zeros((0, self.image_size, self.image_size), np.float32)
-        return np.asarray(self._gradcam(self._weights, inputs), np.float32)
+        return self._in_parts(self._gradcam, inputs)
+
+    def _in_parts(self, function, inputs: np.ndarray) -> np.ndarray:
+        """``function`` on ``inputs`` in calls of at most ``max_batch`` images, the outputs concatenated."""
+        step = self.max_batch or len(inputs)
+        parts = [
+            np.asarray(function(self._weights, inputs[i : i + step]), np.float32) for i in range(0, len(inputs), step)
+        ]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def __call__(self, images: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
         """P(positive class) for a list of uint8 images of any size, ``(H, W)`` grey or ``(H, W, 3)``."""
@@ -355,8 +366,8 @@ def _read_function(directory: str, meta: dict, role: str):
         exported = jax_export.deserialize(bytearray(blob))
     except Exception as e:  # the flatbuffer reader raises struct, index and value errors on bad bytes
         raise ExportedModelError(f"{path}: not a serialized jax.export function ({type(e).__name__})") from e
-    check_custom_calls(exported, path)
-    return exported
+    image_bytes = check_custom_calls(exported, path)
+    return exported, image_bytes
 
 
 def load(directory: str) -> ExportedModel:
@@ -364,7 +375,7 @@ def load(directory: str) -> ExportedModel:
     directory = os.fspath(directory)
     meta = bundle.read_model_json(directory)
     function_path = os.path.join(directory, bundle.FUNCTION_FILE)
-    exported = _read_function(directory, meta, "function")
+    exported, image_bytes = _read_function(directory, meta, "function")
     size = int(meta["input"]["image_size"])
     *weight_avals, image_aval = exported.in_avals
     # Two classes: P(the second) per image; more: one probability per class.
@@ -390,7 +401,8 @@ def load(directory: str) -> ExportedModel:
     check_finite_weights(weights, weights_path)
     gradcam = None
     if "gradcam" in meta["files"]:
-        gradcam = _read_function(directory, meta, "gradcam")
+        gradcam, gradcam_bytes = _read_function(directory, meta, "gradcam")
+        image_bytes = max(image_bytes, gradcam_bytes)
         gradcam_path = os.path.join(directory, bundle.GRADCAM_FILE)
         same_args = [str(a) for a in gradcam.in_avals] == [str(a) for a in exported.in_avals]
         if not same_args or [tuple(a.shape[1:]) for a in gradcam.out_avals] != [(size, size)]:
@@ -399,7 +411,7 @@ def load(directory: str) -> ExportedModel:
                 f"function's arguments and a (batch, {size}, {size}) map"
             )
     bundle.check_model_json(directory)
-    return ExportedModel(directory, meta, exported, weights, gradcam)
+    return ExportedModel(directory, meta, exported, weights, gradcam, image_bytes)
 
 
 # What effnet-export's functions hold besides plain StableHLO ops: jax.export's own shape
@@ -409,14 +421,16 @@ ALLOWED_CUSTOM_CALLS = frozenset({"shape_assertion", "Sharding", "SPMDFullToShar
 _CUSTOM_CALL = re.compile(r"stablehlo\.custom_call\s*@([\w.$-]+)|call_target_name\s*=\s*\"([^\"]*)\"")
 
 
-def check_custom_calls(exported, path: str) -> None:
+def check_custom_calls(exported, path: str) -> int:
     """Refuses a function that calls a custom_call target effnet-export never emits, loops, waits on a
-    transfer or declares a tensor past the budget (``check_module_ops``); one line naming ``path``."""
+    transfer or declares a tensor past the budget (``check_module_ops``); one line naming ``path``.
+
+    Returns the bytes of its largest tensor for one image (``check_module_ops``)."""
     try:
         text = exported.mlir_module()
     except Exception as e:  # a module the MLIR parser cannot print is not one effnet-export wrote
         raise ExportedModelError(f"{path}: its StableHLO module cannot be read ({type(e).__name__})") from e
-    check_module_ops(text, path)
+    image_bytes = check_module_ops(text, path)
     targets = {a or b for a, b in _CUSTOM_CALL.findall(text)}
     calls = text.count("stablehlo.custom_call")
     found = len(_CUSTOM_CALL.findall(text))
@@ -426,6 +440,7 @@ def check_custom_calls(exported, path: str) -> None:
         raise ExportedModelError(
             f"{path}: calls custom_call {shown}, which effnet-export never emits; refusing to run a hand-made module"
         )
+    return image_bytes
 
 
 def check_finite_weights(weights: list[np.ndarray], path: str) -> None:
@@ -446,11 +461,13 @@ _REFUSED_OP = re.compile(r"\b(?:stablehlo|mhlo)\.(" + "|".join(REFUSED_OPS) + r"
 _TENSOR_TYPE = re.compile(r"tensor<((?:[0-9?]+x)+)(complex<)?([a-z]+)([0-9]*)")
 
 
-def check_module_ops(text: str, path: str) -> None:
+def check_module_ops(text: str, path: str) -> int:
     """Refuses a module holding a ``REFUSED_OPS`` op, or a tensor of one image past the decoded-size budget.
 
     XLA allocates what a module's types declare: ``tensor<?x65536x65536xf32>`` in a function of
-    a few KB would take 16 GiB per image. The symbolic batch counts as one image.
+    a few KB would take 16 GiB per image. The symbolic batch counts as one image; the bytes of
+    the largest tensor for one image are returned, and ``ExportedModel`` calls the function on
+    as many images at once as fit the budget at that size.
     """
     found = _REFUSED_OP.search(text)
     if found:
@@ -465,3 +482,4 @@ def check_module_ops(text: str, path: str) -> None:
         if size > largest:
             largest, shown = size, f"tensor<{dims}{complex_}{kind}{bits}{'>' if complex_ else ''}>"
     limits.check(path, largest, f"its largest tensor type {shown} (for one image)", ExportedModelError)
+    return largest
