@@ -72,7 +72,7 @@ def test_training_refuses_a_config_json_link_planted_in_the_workdir_in_one_line(
     done = _train(workdir)
     assert done.returncode == 4, done.stderr[-2000:]
     assert done.stderr.strip().splitlines()[-1] == (
-        f"effnet-train: {workdir}/config.json: is a symbolic link; refusing to write through it"
+        f"effnet-train: --workdir={workdir}/config.json: is a symbolic link; refusing to write through it"
     )
     assert "Traceback" not in done.stderr
     assert outside.read_text() == "not yours\n"

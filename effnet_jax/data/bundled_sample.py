@@ -44,6 +44,9 @@ class SampleReader:
             raise ValueError(f"{path}: over {_MAX_FILE_BYTES} bytes, not an image of the bundled sample")
         return data
 
+    def record_name(self, part: int, index: int) -> str:
+        return self._paths[part][int(index)]
+
 
 @functools.lru_cache(maxsize=2)
 def catalog(folder: str = str(FOLDER)) -> tuple[dict[str, splits_lib.PartMeta], SampleReader]:

@@ -205,6 +205,9 @@ class FolderReader:
         path = self.paths[int(index)]
         return checked_image(_read_image(path, self.folder), path, self.max_size)
 
+    def record_name(self, part: int, index: int) -> str:
+        return self.paths[int(index)]
+
 
 def checked_image(data: bytes, path: str, max_size: int) -> bytes:
     """``data`` as the pipeline may decode it, every check of preparation made first (``imaging.open_image``).

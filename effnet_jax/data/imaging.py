@@ -147,7 +147,7 @@ def load_image(data: bytes, path: str) -> Image.Image:
     try:
         im.load()  # full decode: truncated or corrupt data fails here, not later in training
     except Exception as e:  # Pillow raises many types (OSError, SyntaxError, ValueError...)
-        raise _pillow_error(e, path) from e
+        raise pillow_error(e, path) from e
     return im
 
 
@@ -173,11 +173,11 @@ def open_image(data: bytes, path: str) -> Image.Image:
     except BadImageError:
         raise
     except Exception as e:
-        raise _pillow_error(e, path) from e
+        raise pillow_error(e, path) from e
     return im
 
 
-def _pillow_error(e: Exception, path: str) -> BadImageError:
+def pillow_error(e: Exception, path: str) -> BadImageError:
     """Pillow's exception while opening or decoding ``path`` as one line naming it."""
     if isinstance(e, Image.UnidentifiedImageError):
         return BadImageError(f"{path}: not an image (Pillow recognises no image format in it)")

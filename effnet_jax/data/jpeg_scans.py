@@ -13,15 +13,43 @@ header is held to ``MAX_HEADER_ITEMS`` of them, counted here without building an
 
 from __future__ import annotations
 
+import re
+
 MAX_JPEG_SCANS = 64
 # libjpeg writes about a dozen header segments; an ICC profile takes at most 255 more.
 MAX_HEADER_ITEMS = 1 << 16
 _STANDALONE = {0x00, 0x01, *range(0xD0, 0xD9)}  # markers without a length field
+# The next marker whose segment matters: FF then a byte other than stuffing (00), fill (FF), TEM
+# (01) or RSTn (D0-D7), none of which has a length. The last FF of a run of fill matches.
+_MARKER = re.compile(b"\xff[^\x00\x01\xd0-\xd7\xff]")
 
 
 def count_scans(data: bytes) -> int:
-    """Start-of-scan markers in ``data``: coded data never holds 0xFF 0xDA (it stuffs 0xFF 0x00)."""
-    return bytes(data).count(b"\xff\xda")
+    """The scans libjpeg would decode from ``data``: its start-of-scan markers, found as libjpeg finds markers.
+
+    Segments are stepped over by their length fields, so an FF DA inside an Exif thumbnail or
+    an APPn/COM payload is not a scan; counting stops at the first end-of-image (libjpeg reads
+    no further: an MPO's later frames are not decoded). As in libjpeg, a marker is FF, any fill
+    FFs, then a byte other than 00 (stuffing, in coded data) or FF; RSTn and TEM have no
+    length. Data that does not start with SOI, and the tail past ``MAX_HEADER_ITEMS`` segments
+    (walked here one at a time), count every FF DA they hold: never fewer than libjpeg meets.
+    """
+    data = bytes(data)
+    if data[:2] != b"\xff\xd8":
+        return data.count(b"\xff\xda")
+    scans, i = 0, 2
+    for _ in range(MAX_HEADER_ITEMS):
+        found = _MARKER.search(data, i)  # in C: coded data's stuffing and restarts never reach Python
+        if found is None:
+            return scans
+        at, marker = found.start(), data[found.start() + 1]
+        if marker == 0xD9:
+            return scans
+        scans += marker == 0xDA
+        # The entropy-coded data of a scan starts after its header, as a segment's next marker does.
+        length = 0 if marker == 0xD8 else max(2, int.from_bytes(data[at + 2 : at + 4], "big"))
+        i = at + 2 + length
+    return scans + data.count(b"\xff\xda", i)
 
 
 def check_scans(data: bytes, path: str, error: type[Exception], what: str = "a JPEG") -> None:

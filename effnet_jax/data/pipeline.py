@@ -22,7 +22,7 @@ import grain
 import numpy as np
 
 from effnet_jax.data import flags as flags_lib
-from effnet_jax.data import sampling, sources, transforms
+from effnet_jax.data import imaging, sampling, sources, transforms
 from effnet_jax.labels import class_names
 
 
@@ -74,10 +74,10 @@ class _LoadExample:
         label = np.int32(self.labels[example])
         if self.training:
             # The whole frame, resized once: the train step augments it on the device.
-            gray = transforms.center_resize(transforms.decode_gray(raw, self.frame), self.frame)
+            gray = transforms.center_resize(self._decode(raw, self.frame, example), self.frame)
             gray = transforms.equalize(gray, self.equalize)
             return {"gray": gray, "label": label, "mask": np.bool_(True)}
-        im = transforms.decode_gray(raw, math.ceil(self.size / self.center_crop))
+        im = self._decode(raw, math.ceil(self.size / self.center_crop), example)
         gray = transforms.equalize(transforms.center_resize(im, self.size, self.center_crop), self.equalize)
         return {
             "gray": gray,
@@ -86,6 +86,14 @@ class _LoadExample:
             "mask": np.bool_(True),
             "index": np.int64(self.global_index[example]),
         }
+
+    def _decode(self, raw, min_side: int, example: int):
+        """``transforms.decode_gray``; data corrupt past the header the reader checked is a BadImageError naming the record."""
+        try:
+            return transforms.decode_gray(raw, min_side)
+        except Exception as e:  # Pillow raises many types (OSError, SyntaxError, ValueError...)
+            name = sources.record_name(self.reader, int(self.parts[example]), int(self.records[example]))
+            raise imaging.pillow_error(e, name) from e
 
 
 _ZERO_TABLE = np.zeros((256, 3), np.float32)

@@ -6,7 +6,7 @@ opens its TFDS data sources lazily in whichever process uses it.
 
 import functools
 
-from effnet_jax.data import bundled_sample, external, synthetic
+from effnet_jax.data import bundled_sample, external, imaging, synthetic
 from effnet_jax.data import splits as splits_lib
 
 DATASETS = ("chest_xray", "folder", "pneumonia_mnist", "synthetic", "sample")
@@ -23,16 +23,22 @@ class SyntheticReader:
 
 
 class TfdsReader:
-    """Reads encoded image bytes of prepared TFDS splits through `as_data_source`."""
+    """Reads encoded image bytes of prepared TFDS splits through `as_data_source`.
+
+    Each record's bytes pass the checks a raw file's do (``imaging.open_image``: formats, header
+    items, decoded-size budget, JPEG scans) before they are returned: the records under
+    data.data_dir may be a downloaded or tampered copy, not what preparation wrote.
+    """
 
     def __init__(self, builder_factory, parts):
         self._factory = builder_factory  # picklable callable returning the TFDS builder
         self.parts = tuple(parts)
         self._sources = None
+        self._where = None  # the prepared version folder, for naming records
 
     def __getstate__(self):
         # Open file handles do not travel to worker processes; each reopens its own.
-        return {"_factory": self._factory, "parts": self.parts, "_sources": None}
+        return {"_factory": self._factory, "parts": self.parts, "_sources": None, "_where": None}
 
     def _open(self):
         from tensorflow_datasets.core import decode  # pylint: disable=g-import-not-at-top
@@ -41,11 +47,35 @@ class TfdsReader:
         # SkipDecoding: keep the stored JPEG/PNG bytes; we decode with Pillow at the
         # size we need (and TensorFlow is not needed to read them).
         self._sources = [builder.as_data_source(p, decoders={"image": decode.SkipDecoding()}) for p in self.parts]
+        self._where = str(builder.data_dir)
 
-    def read_image(self, part: int, index: int):
+    def _record(self, part: int, index: int) -> dict:
         if self._sources is None:
             self._open()
-        return self._sources[part][int(index)]["image"]
+        return self._sources[part][int(index)]
+
+    def read_image(self, part: int, index: int):
+        record = self._record(part, index)
+        imaging.open_image(record["image"], self._name(part, index, record)).close()  # header only, nothing decoded
+        return record["image"]
+
+    def record_name(self, part: int, index: int) -> str:
+        return self._name(part, index, self._record(part, index))
+
+    def _name(self, part: int, index: int, record: dict) -> str:
+        """The version folder, split, position and original file of a record: what errors name.
+
+        The file name is shown as a repr: a stored name may hold anything, a newline included.
+        """
+        file_name = record.get("file_name", b"")
+        file_name = file_name.decode("utf-8", "replace") if isinstance(file_name, bytes) else str(file_name)
+        return f"{self._where} {self.parts[part]} record {int(index)}" + (f" ({file_name!r})" if file_name else "")
+
+
+def record_name(reader, part: int, index: int) -> str:
+    """How an error names record ``index`` of ``part`` of ``reader``: its file, or its data set and position."""
+    name = getattr(reader, "record_name", None)
+    return name(part, index) if name is not None else f"{reader.parts[part]} record {int(index)}"
 
 
 def _config_key(cfg) -> tuple:
