@@ -172,7 +172,10 @@ def _main_exported(paths) -> int:
         f"threshold {'none (the most probable class)' if shown is None else f'{shown:.4f}'}",
         file=sys.stderr,
     )
-    return _emit(model.predict_files(paths, threshold, FLAGS.batch_size), model.class_names)
+    try:
+        return _emit(model.predict_files(paths, threshold, FLAGS.batch_size), model.class_names)
+    except serving.ExportedModelError as e:  # a hand-made function that returned no probabilities
+        return _fail(str(e), EXIT_FAILED)
 
 
 def _emit(records, class_names=None) -> int:

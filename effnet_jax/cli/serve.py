@@ -103,6 +103,11 @@ def main(argv):
             max_receiving_bytes=FLAGS.max_receiving_mib << 20,
         )
         model = serving.load(FLAGS.exported)
+        # One image through the function before the server starts: the warm-up would fail inside uvicorn's
+        # start-up (a traceback) on a function that returns no probabilities. Compiled once, reused by it.
+        import numpy as np
+
+        model.run(np.zeros((1, model.image_size, model.image_size), np.uint8))
     except ValueError as e:  # ExportedModelError, or a limit below 1
         print(f"effnet-serve: error: {e}", file=sys.stderr)
         return 1

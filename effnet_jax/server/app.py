@@ -103,6 +103,21 @@ def model_identity(model) -> dict:
     }
 
 
+def json_safe(value):
+    """``value`` (parsed JSON, nested at most ``limits.MAX_NESTING`` deep) with NaN and infinities as None.
+
+    Python's json reads ``NaN`` and ``Infinity`` in a model.json, but an answer holding one cannot be
+    sent as JSON: GET /v1/model would fail with a 500 every time.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def public_facts(model, settings: Settings) -> dict:
     """GET /v1/model: model.json without the exporting host's paths, plus the serving limits."""
     info = model.info
@@ -111,6 +126,7 @@ def public_facts(model, settings: Settings) -> dict:
     facts["model"] = {k: v for k, v in info.get("model", {}).items() if k not in ("workdir", "checkpoint")}
     facts["training"] = {k: v for k, v in info.get("training", {}).items() if k not in ("manual_dir", "external")}
     facts.update(versions=info.get("versions"), created=info.get("created"), files=info.get("files"))
+    facts = json_safe(facts)  # model.json's informative keys are the file's word: NaN is not JSON
     facts["identity"] = model_identity(model)
     facts["gradcam"] = model.has_gradcam
     facts["intended_use"] = INTENDED_USE
@@ -300,6 +316,10 @@ def create_app(model, settings: Settings = Settings()) -> FastAPI:
             if "Too many files" in str(e.detail):
                 return _refuse(413, f"more than {settings.max_files} files in one request")
             return _refuse(400, f"not a readable multipart/form-data body ({e.detail})")
+        except UnicodeError as e:
+            # The body's charset names a codec that fails on a part's name (``charset=idna``): the
+            # parser decodes names with it and catches only UnicodeDecodeError, so this came out as a 500.
+            return _refuse(400, f"not a readable multipart/form-data body (a part's name: {type(e).__name__})")
         try:
             files = form.getlist("file")
             if not files or not all(isinstance(f, UploadFile) for f in files):
@@ -330,6 +350,9 @@ def create_app(model, settings: Settings = Settings()) -> FastAPI:
             scored = await asyncio.gather(*futures)
         except batching.Overloaded as e:
             return _refuse(503, str(e), **{"Retry-After": "1"})
+        except bundle.ExportedModelError as e:  # the function returned no probabilities (a hand-made one)
+            log.error("effnet-serve: scoring failed: %s", e)
+            return _refuse(500, f"scoring failed ({e})")
         except Exception as e:  # the model failed on the batch this request was in
             log.exception("effnet-serve: scoring failed")
             return _refuse(500, f"scoring failed ({type(e).__name__}: {e})")

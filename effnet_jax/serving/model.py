@@ -142,7 +142,16 @@ class ExportedModel:
         inputs = self._checked(inputs)
         if inputs.shape[0] == 0:
             return np.zeros((0,) if len(self.class_names) == 2 else (0, len(self.class_names)), np.float32)
-        return self._in_parts(self._call, inputs)
+        probs = self._in_parts(self._call, inputs)
+        is_probability = (probs >= 0) & (probs <= 1)  # False for NaN
+        if not is_probability.all():
+            # effnet-export's softmax never gives one; a hand-made function's NaN would reach every answer
+            # (JSON has no NaN: effnet-serve's 500 with a traceback per request).
+            raise ExportedModelError(
+                f"{os.path.join(self.directory, bundle.FUNCTION_FILE)}: returned {probs.size - is_probability.sum()} "
+                "value(s) that are no probability (NaN, infinite or outside [0, 1]); not a function effnet-export wrote"
+            )
+        return probs
 
     def gradcam(self, inputs: np.ndarray) -> np.ndarray:
         """Guided Grad-CAM maps in [0, 1] for prepared inputs ``(B, S, S)`` uint8, as float32 ``(B, S, S)``."""
@@ -377,6 +386,8 @@ def load(directory: str) -> ExportedModel:
     function_path = os.path.join(directory, bundle.FUNCTION_FILE)
     exported, image_bytes = _read_function(directory, meta, "function")
     size = int(meta["input"]["image_size"])
+    if not exported.in_avals:
+        raise ExportedModelError(f"{function_path}: takes no arguments; model.json says weights and uint8 images")
     *weight_avals, image_aval = exported.in_avals
     # Two classes: P(the second) per image; more: one probability per class.
     classes = len(meta["class_names"])
@@ -392,6 +403,11 @@ def load(directory: str) -> ExportedModel:
         raise ExportedModelError(
             f"{function_path}: takes {exported.in_avals[-1]} and returns {exported.out_avals}; model.json "
             f"says uint8 (batch, {size}, {size}) -> {said}"
+        )
+    if isinstance(image_aval.shape[0], int):
+        # effnet-export's batch is symbolic; a fixed one fails every other batch size (effnet-serve's start-up).
+        raise ExportedModelError(
+            f"{function_path}: takes a fixed batch of {image_aval.shape[0]} images; effnet-export exports any batch"
         )
     platform = jax.default_backend()
     if platform not in exported.platforms:
@@ -459,6 +475,11 @@ _REFUSED_OP = re.compile(r"\b(?:stablehlo|mhlo)\.(" + "|".join(REFUSED_OPS) + r"
 # its element type's kind and bits (f8E4M3FN: f, 8; index has no bits: 64). What follows (the
 # element type's suffix, an encoding) does not change its size.
 _TENSOR_TYPE = re.compile(r"tensor<((?:[0-9?]+x)+)(complex<)?([a-z]+)([0-9]*)")
+# An op with results, as the module prints it (``%3 = stablehlo.add``, ``%4:2 = "stablehlo.sort"``). XLA's
+# compile time grows with them: EfficientNet-B7's Grad-CAM function for cpu, cuda and tpu has about 24,500
+# (9 s to compile on two CPU cores); a hand-made 2 MB one of 160,000 took 28 s and 1.5 GB.
+_OP = re.compile(r"=\s*\"?[a-z_]+\.[a-z_.]+")
+MAX_FUNCTION_OPS = 1 << 16
 
 
 def check_module_ops(text: str, path: str) -> int:
@@ -474,6 +495,12 @@ def check_module_ops(text: str, path: str) -> int:
         raise ExportedModelError(
             f"{path}: holds a {found.group(0)} op, which effnet-export never emits (it may never end); "
             "refusing to run a hand-made module"
+        )
+    ops = len(_OP.findall(text))
+    if ops > MAX_FUNCTION_OPS:
+        raise ExportedModelError(
+            f"{path}: holds {ops:,} ops, more than the {MAX_FUNCTION_OPS:,} of an exported EfficientNet "
+            "(compiling them would take minutes); refusing to run a hand-made module"
         )
     largest, shown = 0, ""
     for dims, complex_, kind, bits in set(_TENSOR_TYPE.findall(text)):

