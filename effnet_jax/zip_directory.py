@@ -11,10 +11,14 @@ a ``ZipFile``: an explicit member count where its files have one, and the decode
 
 from __future__ import annotations
 
+import bz2
+import copy
 import dataclasses
+import lzma
 import os
 import struct
 import zipfile
+import zlib
 
 import effnet_jax.limits as limits
 
@@ -194,3 +198,58 @@ def open_zip(path, **bounds) -> zipfile.ZipFile:
     except BaseException:
         source.close()
         raise
+
+
+# zipfile inflates a deflated member no further than a read asks for; a bzip2 or LZMA member's
+# compressed chunk (4 KiB or more) goes to its decompressor whole, with no bound on the output:
+# 1 kB of bzip2 declaring 5 kB inflated to 1.5 GB (3.2 GB at the peak) before zipfile cut it.
+_INFLATED_BY_ZIPFILE = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
+_COMPRESSED_CHUNK = 1 << 16
+# A zip LZMA member starts with a version (2 bytes), the size of the properties (2 bytes) and
+# the properties: 5 bytes, the same as the first 5 of an .lzma ("alone") file's header.
+_LZMA_HEAD = struct.Struct("<2BH")
+_LZMA_PROPERTIES = 5
+
+
+def read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    """The bytes of member ``info``: at most its declared ``file_size``, decompressing no further than that.
+
+    Stored and deflated members are read by zipfile (which bounds deflate by the read); bzip2
+    and LZMA members are decompressed here, a chunk at a time with their output bounded, since
+    zipfile inflates each compressed chunk whole. Errors are zipfile's: ``RuntimeError`` for an
+    encrypted member, ``NotImplementedError`` for another method, ``zipfile.BadZipFile`` for a
+    bad CRC or a damaged header, and the decompressors' own (``OSError``, ``lzma.LZMAError``).
+    """
+    if info.compress_type in _INFLATED_BY_ZIPFILE or info.flag_bits & 0x1:
+        with archive.open(info) as f:  # an encrypted member: RuntimeError, as zipfile says
+            return f.read(info.file_size)
+    if info.compress_type not in (zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA):
+        archive.open(info).close()  # NotImplementedError naming the method
+        raise NotImplementedError(f"compression method {info.compress_type}")
+    raw = copy.copy(info)  # the compressed bytes, read as stored, checked against no CRC
+    raw.compress_type, raw.file_size, raw.CRC = zipfile.ZIP_STORED, info.compress_size, None
+    out = bytearray()
+    with archive.open(raw) as f:
+        if info.compress_type == zipfile.ZIP_BZIP2:
+            decompressor = bz2.BZ2Decompressor()
+        else:
+            head = f.read(_LZMA_HEAD.size)
+            if len(head) < _LZMA_HEAD.size or _LZMA_HEAD.unpack(head)[2] != _LZMA_PROPERTIES:
+                raise zipfile.BadZipFile(f"LZMA member {info.filename!r}: a damaged LZMA header")
+            # The properties and an unknown size make an .lzma header; memlimit bounds the dictionary it declares.
+            decompressor = lzma.LZMADecompressor(lzma.FORMAT_ALONE, memlimit=limits.budget())
+            out += decompressor.decompress(f.read(_LZMA_PROPERTIES) + b"\xff" * 8, 0)
+        while len(out) < info.file_size and not decompressor.eof:
+            chunk = f.read(_COMPRESSED_CHUNK) if decompressor.needs_input else b""
+            if not chunk and decompressor.needs_input:
+                break  # cut short: the CRC below says so
+            out += decompressor.decompress(chunk, info.file_size - len(out))
+        if not decompressor.eof and decompressor.decompress(
+            b"" if not decompressor.needs_input else f.read(1 << 12), 1
+        ):
+            raise zipfile.BadZipFile(
+                f"{info.filename!r} inflates past the {info.file_size:,} bytes it declares (a zip bomb?)"
+            )
+    if zlib.crc32(out) != info.CRC:
+        raise zipfile.BadZipFile(f"Bad CRC-32 for file {info.filename!r}")
+    return bytes(out)

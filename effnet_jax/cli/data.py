@@ -264,8 +264,10 @@ def _run(args, positional) -> int:
             )
             return 2
         out = Path(args.out or DEFAULT_OUT[command])
-        if out.exists() and not out.is_dir():  # checked before the scan, not found by mkdir after it
-            print(f"effnet-data {command}: --out={out}: exists and is not a folder", file=sys.stderr)
+        if os.path.lexists(out) and not out.is_dir():  # checked before the scan, not found by mkdir after it
+            # A link leading nowhere too: mkdir would raise FileExistsError after the whole scan.
+            link = f" (a link to {os.path.realpath(out)})" if out.is_symlink() else ""
+            print(f"effnet-data {command}: --out={out}: exists and is not a folder{link}", file=sys.stderr)
             return 2
         if command == "report":
             report(args)

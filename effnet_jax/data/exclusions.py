@@ -41,8 +41,12 @@ def packaged(name: str) -> str:
 
 
 def file_key(rel: str) -> str:
-    """Key of a layout path: its last three parts, 'split/CLASS/file name'."""
-    parts = rel.replace("\\", "/").split("/")
+    """Key of a layout path: its last three ``/``-separated parts, 'split/CLASS/file name'.
+
+    A backslash is part of a file name (Linux allows it): ``train/NORMAL/test\\NORMAL\\x.jpeg`` is
+    not ``test/NORMAL/x.jpeg``, whose exclusion would then have left out a test image too.
+    """
+    parts = rel.split("/")
     if len(parts) < 3:
         raise ValueError(f"{reprlib.repr(rel)}: expected a path ending in split/CLASS/file name")
     return "/".join(parts[-3:])
@@ -68,8 +72,14 @@ def write(path, entries: list[dict], **extra) -> Path:
     return path
 
 
-# A list of every file of a large data set is a few MB; a larger file is not one of ours.
+# A list of every file of a large data set is a few MB; a larger file is not one of ours. A JSON
+# list becomes Python objects many times its size (64 MiB of "{}," made 1.6 GB of dicts): it is
+# held to the budget / 32 (16 MiB by default, ``limits.object_limit``) instead; a CSV list is read a
+# row at a time. Either names at most MAX_ENTRIES files (Mendeley's full archive has about 100,000).
 MAX_LIST_BYTES = 64 << 20
+MAX_ENTRIES = 1_000_000
+# Columns of a CSV list: file, reason and detail, and room for a few a user adds.
+MAX_CSV_COLUMNS = 16
 
 
 class ExclusionListError(ValueError):
@@ -92,46 +102,78 @@ def read(path) -> dict[str, str]:
         )
     # The list may come from someone else: bounded in size, and every way it can be malformed
     # (encoding, CSV field sizes, JSON nesting, entry types) is one ExclusionListError.
+    csv_list = path.suffix.lower() == ".csv"
+    limit = MAX_LIST_BYTES if csv_list else min(MAX_LIST_BYTES, limits.object_limit())
     try:
-        text = limits.read_regular_file(str(path), MAX_LIST_BYTES).decode("utf-8-sig")
+        data = limits.read_regular_file(str(path), limit)
     except limits.BudgetError:
-        raise ExclusionListError(path, f"not a regular file of at most {MAX_LIST_BYTES:,} bytes") from None
-    except (OSError, UnicodeDecodeError) as e:
+        raise ExclusionListError(
+            path,
+            f"not a regular file of at most {limit:,} bytes"
+            + ("" if csv_list else f" (a JSON list: the decoded-size budget / {limits.OBJECT_EXPANSION})"),
+        ) from None
+    except OSError as e:
         raise ExclusionListError(path, f"cannot read it as a UTF-8 exclusion list ({e})") from None
-    if path.suffix.lower() == ".csv":
-        try:
-            rows = [
-                {k: csv_text(v) if isinstance(v, str) else v for k, v in r.items()}
-                for r in csv.DictReader(io.StringIO(text))
-            ]
-        except csv.Error as e:
-            raise ExclusionListError(path, f"not a readable CSV file ({e})") from None
-        if rows and not {"file", "reason"} <= set(rows[0]):
-            raise ExclusionListError(path, f"CSV header {reprlib.repr(list(rows[0]))}; expected file,reason[,detail]")
-    else:
-        try:
-            doc = json.loads(text)
-        except RecursionError:
-            raise ExclusionListError(path, "JSON nested too deeply; expected an exclusion list") from None
-        except json.JSONDecodeError as e:
-            raise ExclusionListError(path, f"not valid JSON ({e}); expected an exclusion list") from None
-        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-            found = doc.get("format") if isinstance(doc, dict) else None
-            raise ExclusionListError(
-                path, f'"format" is {reprlib.repr(found)}; expected {FORMAT!r} (written by effnet-data clean)'
-            )
-        rows = doc.get("excluded", [])
-        if not isinstance(rows, list):
-            raise ExclusionListError(path, f'"excluded" is {reprlib.repr(rows)}; expected a list of entries')
     out = {}
-    for i, row in enumerate(rows):
-        if not (isinstance(row, dict) and all(isinstance(row.get(k), str) and row[k] for k in ("file", "reason"))):
-            raise ExclusionListError(path, f"entry {i} is {reprlib.repr(row)}; expected a file and a reason (text)")
-        try:
-            out[file_key(row["file"])] = row["reason"]
-        except ValueError as e:
-            raise ExclusionListError(path, f"entry {i}: {e}") from None
+    try:
+        rows = _csv_rows(path, data) if csv_list else _json_rows(path, data.decode("utf-8-sig"))
+        for i, row in enumerate(rows):
+            if i >= MAX_ENTRIES:
+                raise ExclusionListError(path, f"more than {MAX_ENTRIES:,} entries; no data set has that many files")
+            if not (isinstance(row, dict) and all(isinstance(row.get(k), str) and row[k] for k in ("file", "reason"))):
+                raise ExclusionListError(path, f"entry {i} is {reprlib.repr(row)}; expected a file and a reason (text)")
+            name = row["file"]
+            if "/" not in name:  # written with Windows separators: train\\NORMAL\\x.jpeg
+                name = name.replace("\\", "/")
+            try:
+                out[file_key(name)] = row["reason"]
+            except ValueError as e:
+                raise ExclusionListError(path, f"entry {i}: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ExclusionListError(path, f"cannot read it as a UTF-8 exclusion list ({e})") from None
     return out
+
+
+def _csv_rows(path, data: bytes):
+    """The rows of a CSV list as dicts, one at a time (decoded as they are read: a 64 MiB list of
+    one-character rows, read whole into dicts, took 22 s and 2.4 GB)."""
+    text = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8-sig", newline="")
+    reader = csv.reader(text)
+    try:
+        header = next(reader, None)
+        if header is None:
+            return
+        if len(header) > MAX_CSV_COLUMNS or not {"file", "reason"} <= set(header):
+            raise ExclusionListError(path, f"CSV header {reprlib.repr(header)}; expected file,reason[,detail]")
+        for line in reader:
+            if not line:  # a blank line, as csv.DictReader skips it
+                continue
+            if len(line) > len(header):
+                raise ExclusionListError(
+                    path, f"line {reader.line_num}: {len(line):,} fields, more than the header's {len(header)}"
+                )
+            yield {k: csv_text(v) for k, v in zip(header, line)}
+    except csv.Error as e:
+        raise ExclusionListError(path, f"not a readable CSV file ({e})") from None
+
+
+def _json_rows(path, text: str) -> list:
+    """The entries of a JSON list."""
+    try:
+        doc = json.loads(text)
+    except RecursionError:
+        raise ExclusionListError(path, "JSON nested too deeply; expected an exclusion list") from None
+    except json.JSONDecodeError as e:
+        raise ExclusionListError(path, f"not valid JSON ({e}); expected an exclusion list") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        found = doc.get("format") if isinstance(doc, dict) else None
+        raise ExclusionListError(
+            path, f'"format" is {reprlib.repr(found)}; expected {FORMAT!r} (written by effnet-data clean)'
+        )
+    rows = doc.get("excluded", [])
+    if not isinstance(rows, list):
+        raise ExclusionListError(path, f'"excluded" is {reprlib.repr(rows)}; expected a list of entries')
+    return rows
 
 
 def fingerprint(excluded: dict[str, str]) -> str:

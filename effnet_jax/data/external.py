@@ -23,6 +23,7 @@ from effnet_jax import limits
 from effnet_jax.data import dicom, folders, imaging, kermany
 from effnet_jax.data import splits as splits_lib
 from effnet_jax.labels import class_names
+from effnet_jax.output_files import printable_line
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +96,13 @@ def _scan(
             f"{root}: missing {', '.join(c + '/' for c in missing)}; an external folder "
             f"holds {' and '.join(c + '/' for c in sources)} (found folders: {found or 'none'})"
         )
-    names, labels, paths, patients, skipped = [], [], [], [], []
+    names, labels, paths, patients, skipped, unread = [], [], [], [], [], []
     for source in sources:
         for entry in sorted(os.scandir(root / source), key=lambda e: e.name):
-            if entry.name.startswith(".") or not entry.name.lower().endswith(_IMAGE_SUFFIXES):
+            if entry.name.startswith("."):
+                continue
+            if not entry.name.lower().endswith(_IMAGE_SUFFIXES):
+                unread.append(entry.name if not _is_folder(entry) else entry.name + "/")
                 continue
             problem = _file_problem(Path(entry.path), None if follow_links else folder)
             if problem:
@@ -125,6 +129,16 @@ def _scan(
             paths.append(entry.path)
     for line in skipped:
         log.warning("external folder %s: skipped %s", root, line)
+    if unread:
+        # Said, not silently dropped: a DICOM export without an extension, a .gif, a sub-folder.
+        log.warning(
+            "external folder %s: %d entr%s not read (only image files named %s directly in the class folders are): %s",
+            root,
+            len(unread),
+            "y" if len(unread) == 1 else "ies",
+            "/".join(_IMAGE_SUFFIXES),
+            printable_line(", ".join(unread[:3]) + (", ..." if len(unread) > 3 else "")),
+        )
     counts = np.bincount(np.asarray(labels, np.int64), minlength=len(classes))
     if counts.sum() == 0:
         raise ExternalDataError(f"{root}: no images in {' or '.join(c + '/' for c in sources)}")
@@ -135,6 +149,13 @@ def _scan(
             )
     meta = splits_lib.PartMeta(np.asarray(labels, np.int32), patients, names)
     return meta, tuple(paths)
+
+
+def _is_folder(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 def _file_problem(path: Path, folder: str | None) -> str | None:
@@ -234,6 +255,10 @@ def _read_image(path: str, folder: str | None) -> bytes:
             data = f.read(MAX_FILE_BYTES + 1)  # bounded even if the file grew after the scan
     except limits.BudgetError as e:
         raise ExternalDataError(str(e)) from None
+    except OSError as e:  # gone, or made unreadable, since the folder was scanned
+        raise ExternalDataError(
+            f"{path}: cannot read ({e.strerror or e}); was it removed since the folder was scanned?"
+        ) from None
     if len(data) > MAX_FILE_BYTES:
         raise ExternalDataError(f"{path}: over the {MAX_FILE_BYTES} byte limit for one image")
     return data

@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from effnet_jax.models.ensemble import member_axis
-from effnet_jax.output_files import open_output
+from effnet_jax.output_files import open_output, printable_line
 
 PERTURBATION = "head_features"
 
@@ -198,11 +198,16 @@ def panel_figure(image, heatmap, prob: float, label: str, threshold: float, name
             bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "0.5"},
         )
     fig.colorbar(ScalarMappable(Normalize(0.0, 1.0), cmap=colormap), cax=scale, label=SCALE_LABEL)
-    head = f"{name}\n" if name else ""
+    # The file's name as text: bytes that are not UTF-8 and control codes escaped (matplotlib's font
+    # code raised TypeError on the first, warned on the second), '$' not read as mathtext (a name
+    # holding '$\\sqrt{$' raised ParseSyntaxException).
+    head = f"{printable_line(name)}\n" if name else ""
     if threshold is None:  # more than two classes: the most probable one, and its map
-        fig.suptitle(f"{head}P({label}) = {prob:.3f}, the most probable class", fontsize=10)
+        fig.suptitle(f"{head}P({label}) = {prob:.3f}, the most probable class", fontsize=10, parse_math=False)
     else:
-        fig.suptitle(f"{head}P(PNEUMONIA) = {prob:.3f} -> {label} (threshold {threshold:.3f})", fontsize=10)
+        fig.suptitle(
+            f"{head}P(PNEUMONIA) = {prob:.3f} -> {label} (threshold {threshold:.3f})", fontsize=10, parse_math=False
+        )
     return fig
 
 

@@ -11,10 +11,10 @@ unless ``follow_links`` (``--follow_links``): a downloaded folder cannot make us
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import os
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 from effnet_jax import limits
 
@@ -42,36 +42,95 @@ def glob_no_links(pattern: str) -> list[str]:
     """``glob.glob(pattern, recursive=True)``, except that ``**`` never descends into a linked folder.
 
     ``glob`` follows such links, so a link to a parent folder makes ``**`` loop until the
-    paths grow too long; pathlib's ``**`` does not follow them. Hidden names are left out,
-    as ``glob`` leaves them out.
+    paths grow too long; a ``**`` pattern is matched here against the paths of a walk that
+    never enters a linked folder (``_walk``: no recursion, so a tree thousands of folders deep
+    is searched, and each path is matched once whatever the number of ``**``). ``**`` matches
+    zero or more folders; hidden names are left out, as ``glob`` leaves them out.
     """
     if "**" not in pattern:
         return glob.glob(pattern)  # no recursion: a link is followed once at most per component
     root = _pattern_root(pattern)
-    rest = pattern[len(root) :].lstrip(os.sep)
-    found = []
-    for path in Path(root or ".").glob(rest):
-        rel = path.relative_to(root or ".")
-        if not rel.parts:
-            found.append(root or ".")  # '**' matches the folder itself
-        elif not any(name.startswith(".") for name in rel.parts):
-            found.append(os.path.join(root, *rel.parts))
-    return found
+    parts = [part for part in pattern[len(root) :].split(os.sep) if part]
+    return [
+        os.path.join(root, *rel) if rel else (root or ".")
+        for rel, is_dir in _walk(root or ".")
+        if _matches(parts, rel, is_dir)
+    ]
+
+
+def _walk(top: str):
+    """``(relative parts, is a folder)`` of ``top`` and of everything under it, folders before their contents.
+
+    A folder at a time from a stack (``os.walk`` and pathlib recurse: a downloaded tree 1,200
+    folders deep overflowed Python's stack); hidden names are left out, a link to a folder is
+    listed but never entered, and a folder that cannot be listed is passed over, as ``os.walk``
+    passes it over.
+    """
+    stack = [()]
+    yield (), True
+    while stack:
+        rel = stack.pop()
+        try:
+            with os.scandir(os.path.join(top, *rel)) as found:
+                entries = sorted((e for e in found if not e.name.startswith(".")), key=lambda e: e.name)
+        except OSError:
+            continue
+        folders = []
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir()  # a link to a folder is one: listed, not entered
+                walked = is_dir and not entry.is_symlink()
+            except OSError:
+                is_dir = walked = False
+            yield (*rel, entry.name), is_dir
+            if walked:
+                folders.append((*rel, entry.name))
+        stack.extend(reversed(folders))
+
+
+def _matches(parts: list[str], rel: tuple, is_dir: bool) -> bool:
+    """Whether the path ``rel`` matches the pattern ``parts``, ``**`` standing for zero or more folders."""
+
+    def closure(states):
+        out, todo = set(), list(states)
+        while todo:
+            i = todo.pop()
+            if i not in out:
+                out.add(i)
+                if i < len(parts) and parts[i] == "**":
+                    todo.append(i + 1)
+        return out
+
+    states = closure({0})
+    for k, name in enumerate(rel):
+        folder = k < len(rel) - 1 or is_dir
+        step = set()
+        for i in states:
+            if i == len(parts):
+                continue
+            if parts[i] == "**":
+                if folder:
+                    step.add(i)
+            elif fnmatch.fnmatchcase(name, parts[i]):
+                step.add(i + 1)
+        states = closure(step)
+        if not states:
+            return False
+    return len(parts) in states
 
 
 def images_in_folder(folder: str, follow_links: bool = False, within: str | None = None) -> list[str]:
-    """Image files under ``folder``, recursively, in sorted order.
+    """Image files under ``folder``, recursively, in sorted order (a folder's files, then its folders').
 
     Unless ``follow_links``, each is a ``limits.FoundInFolder``: read only where it lies inside
     ``within`` (default ``folder``), so a link out of it is refused when read.
     """
-    found = []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
-                found.append(_found(os.path.join(root, name), within or folder, follow_links))
-    return found
+    # _walk's order is os.walk's: a folder's files (sorted), then its sub-folders', depth first.
+    return [
+        _found(os.path.join(folder, *rel), within or folder, follow_links)
+        for rel, is_dir in _walk(folder)
+        if rel and not is_dir and os.path.splitext(rel[-1])[1].lower() in IMAGE_EXTENSIONS
+    ]
 
 
 def _found(path: str, folder: str, follow_links: bool) -> str:

@@ -4,6 +4,7 @@ import hashlib
 import io
 import urllib.error
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -190,6 +191,14 @@ class PneumoniaMnist(base.Builder):
             # Members are read whole: what they declare is held to the decoded-size budget first.
             declared = sum(info.file_size for info in npz.zip.infolist())
             limits.check(path, declared, f"the {len(npz.files)} arrays of a MedMNIST .npz", ValueError)
+            for info in npz.zip.infolist():
+                # zipfile inflates a bzip2 or LZMA chunk whole, past the declared size (a 1.5 GB
+                # member declaring 600 kB took 3.2 GB); numpy writes stored or deflated members.
+                if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) or info.flag_bits & 0x1:
+                    raise ValueError(
+                        f"{path}: {info.filename} is encrypted or compressed with zip method {info.compress_type}; "
+                        "a MedMNIST .npz holds stored or deflated arrays (numpy.savez / savez_compressed)"
+                    )
             for split in SPLITS:
                 missing = [k for k in (f"{split}_images", f"{split}_labels") if k not in npz.files]
                 if missing:

@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-imp
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from effnet_jax.labels import CLASS_NAMES  # pylint: disable=g-import-not-at-top,wrong-import-position
-from effnet_jax.output_files import open_output  # pylint: disable=g-import-not-at-top,wrong-import-position
+from effnet_jax.output_files import open_output, printable_line  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _COLOURS = {"NORMAL": "#1f77b4", "PNEUMONIA": "#d62728"}
 
@@ -73,7 +73,8 @@ def samples(inventory, path: Path) -> Path:
             if c < len(thumbs):
                 key, thumb = thumbs[c]
                 ax.imshow(thumb, cmap="gray", vmin=0, vmax=255)
-                ax.set_title(key.split("/", 1)[1], fontsize=5)
+                # A file name as text: non-UTF-8 bytes and control codes escaped, '$' not read as mathtext.
+                ax.set_title(printable_line(key.split("/", 1)[1]), fontsize=5, parse_math=False)
         axes[r][0].text(
             -0.1, 0.5, label, transform=axes[r][0].transAxes, rotation=90, ha="right", va="center", fontsize=10
         )
@@ -82,10 +83,12 @@ def samples(inventory, path: Path) -> Path:
 
 
 def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    with open_output(path, "wb") as f:  # matplotlib would write through a link planted at the name
-        fig.savefig(f, format="png", dpi=120)
-    plt.close(fig)
+    try:
+        fig.tight_layout()
+        with open_output(path, "wb") as f:  # matplotlib would write through a link planted at the name
+            fig.savefig(f, format="png", dpi=120)
+    finally:
+        plt.close(fig)
     return path
 
 
