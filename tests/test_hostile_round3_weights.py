@@ -62,7 +62,7 @@ def _set_method_99(data, at):
     "name, offsets, patch, why",
     [
         ("encrypted.pth", (6, 8), _set_encrypted, "encrypted"),
-        ("method99.pth", (8, 10), _set_method_99, "compression method is not supported"),
+        ("method99.pth", (8, 10), _set_method_99, "is compressed with zip method 99; a PyTorch checkpoint"),
     ],
 )
 def test_zip_members_zipfile_cannot_open_are_one_line(name, offsets, patch, why, tmp_path):

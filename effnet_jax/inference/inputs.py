@@ -51,10 +51,11 @@ def glob_no_links(pattern: str) -> list[str]:
         return glob.glob(pattern)  # no recursion: a link is followed once at most per component
     root = _pattern_root(pattern)
     parts = [part for part in pattern[len(root) :].split(os.sep) if part]
+    # A linked folder is never a match either: expand_inputs would read the folder it leads to.
     return [
         os.path.join(root, *rel) if rel else (root or ".")
         for rel, is_dir in _walk(root or ".")
-        if _matches(parts, rel, is_dir)
+        if _matches(parts, rel, is_dir) and not (is_dir and rel and os.path.islink(os.path.join(root or ".", *rel)))
     ]
 
 
