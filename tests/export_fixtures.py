@@ -1,6 +1,6 @@
 """A small exported model for the tests of effnet-export, effnet_jax.serving and effnet-serve.
 
-``make_workdir`` writes a run with one checkpoint of random Lite0 weights at 32 px (nothing is
+``converted_test_weights`` writes converted weights of the test network; ``make_workdir`` writes a run with one checkpoint of random Lite0 weights at 32 px (nothing is
 trained); ``export_tiny`` exports it for the CPU, Grad-CAM function included.
 """
 
@@ -12,6 +12,19 @@ import optax
 from helpers import tiny_config
 
 STEP = 3
+
+
+def converted_test_weights(folder):
+    """``folder`` written as effnet-convert writes converted weights: the unlisted test network, 2 classes."""
+    from effnet_jax.models.efficientnet import build_model, init_variables
+    from effnet_jax.models.variants import TEST_VARIANT
+    from effnet_jax.weights.loading import LoadReport, save_converted
+
+    model = build_model(TEST_VARIANT.name, num_classes=2)
+    variables = jax.tree_util.tree_map(np.asarray, init_variables(model, 0))
+    report = LoadReport([], [], "test", "test")
+    save_converted(folder, model.variant, 2, variables, report, model.variant.mean, model.variant.std)
+    return folder
 
 
 def random_variables(model, seed: int = 0) -> dict:

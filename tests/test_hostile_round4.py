@@ -28,16 +28,9 @@ from effnet_jax.weights import WeightFileError
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
-    from effnet_jax.models.efficientnet import build_model, init_variables
-    from effnet_jax.models.variants import TEST_VARIANT
-    from effnet_jax.weights.loading import LoadReport, save_converted
+    from export_fixtures import converted_test_weights
 
-    model = build_model(TEST_VARIANT.name, num_classes=2)
-    variables = jax.tree_util.tree_map(np.asarray, init_variables(model, 0))
-    folder = tmp_path_factory.mktemp("converted") / "base"
-    report = LoadReport([], [], "test", "test")
-    save_converted(folder, model.variant, 2, variables, report, model.variant.mean, model.variant.std)
-    return folder
+    return converted_test_weights(tmp_path_factory.mktemp("converted") / "base")
 
 
 def _forge_converted(converted, tmp_path, shape, chunks):

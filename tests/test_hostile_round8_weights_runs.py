@@ -16,7 +16,6 @@ import sys
 import zipfile
 
 import h5py
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -93,17 +92,9 @@ def test_a_keras_file_with_metadata_h5py_cannot_map_is_one_line(tmp_path):
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
-    from effnet_jax.models.efficientnet import build_model, init_variables
-    from effnet_jax.models.variants import TEST_VARIANT
-    from effnet_jax.weights.loading import LoadReport, save_converted
+    from export_fixtures import converted_test_weights
 
-    model = build_model(TEST_VARIANT.name, num_classes=2)
-    variables = jax.tree_util.tree_map(np.asarray, init_variables(model, 0))
-    folder = tmp_path_factory.mktemp("converted") / "base"
-    save_converted(
-        folder, model.variant, 2, variables, LoadReport([], [], "t", "t"), model.variant.mean, model.variant.std
-    )
-    return folder
+    return converted_test_weights(tmp_path_factory.mktemp("converted") / "base")
 
 
 def _converted_copy(converted, tmp_path):
