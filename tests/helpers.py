@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pathlib
 import subprocess
@@ -195,3 +196,12 @@ def random_variables(model, seed: int = 0) -> dict:
         return np.full(leaf.shape, 1.0 if name in ("scale", "var") else 0.0, leaf.dtype)
 
     return jax.tree_util.tree_map_with_path(draw, variable_shapes(model))
+
+
+def edit_json(path, edit):
+    """The JSON file at ``path`` rewritten after ``edit(value)`` changed its value in place."""
+    with open(path) as f:
+        value = json.load(f)
+    edit(value)
+    with open(path, "w") as f:
+        f.write(json.dumps(value))

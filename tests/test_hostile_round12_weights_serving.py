@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import run_module
+from helpers import edit_json, run_module
 from test_hostile_inputs import _StorageRef, _Tensor, _TorchPickler
 
 from effnet_jax import runs, serving
@@ -225,14 +225,6 @@ def _entry(*keys):
     }
 
 
-def _edit_json(path, edit):
-    with open(path) as f:
-        value = json.load(f)
-    edit(value)
-    with open(path, "w") as f:
-        f.write(json.dumps(value))
-
-
 def test_a_checkpoint_key_that_is_an_absolute_path_is_refused_before_orbax_reads_there(converted, tmp_path):
     # Before: without OCDBT, orbax joined the key to the folder and tensorstore read the array stored
     # at /.../elsewhere/secret: the converted folder "held" an array from outside itself.
@@ -248,7 +240,7 @@ def test_a_checkpoint_key_that_is_an_absolute_path_is_refused_before_orbax_reads
         checkpointer.save(folder / "variables", args=ocp.args.PyTreeSave({"x": np.zeros(4, np.float32)}))
     secret = str(elsewhere / "secret")
     metadata = folder / "variables" / "_METADATA"
-    _edit_json(metadata, lambda m: m.update(tree_metadata={f"('{secret}',)": _entry(secret)}))
+    edit_json(metadata, lambda m: m.update(tree_metadata={f"('{secret}',)": _entry(secret)}))
     from effnet_jax.models.variants import TEST_VARIANT
 
     with pytest.raises(
@@ -264,7 +256,7 @@ def test_a_runs_checkpoint_key_holding_a_path_is_refused_naming_its_metadata(run
         first = next(iter(m["tree_metadata"].values()))
         first["key_metadata"][0]["key"] = "/etc"
 
-    _edit_json(metadata, plant)
+    edit_json(metadata, plant)
     with pytest.raises(ValueError, match=f"{metadata}: an array keyed '/etc': a path"):
         runs.open(run_copy, "latest").variables()
 
@@ -276,7 +268,7 @@ def test_a_checkpoint_listing_thousands_of_arrays_is_refused_from_its_metadata(c
     folder = tmp_path / "converted"
     shutil.copytree(converted, folder)
     metadata = folder / "variables" / "_METADATA"
-    _edit_json(metadata, lambda m: m.update(tree_metadata={f"('k{i}',)": _entry(f"k{i}") for i in range(9_000)}))
+    edit_json(metadata, lambda m: m.update(tree_metadata={f"('k{i}',)": _entry(f"k{i}") for i in range(9_000)}))
     with pytest.raises(WeightFileError, match=f"^{metadata}: lists 9,000 arrays, more than the 8,192"):
         read_converted(folder, TEST_VARIANT)
 
@@ -695,7 +687,7 @@ def test_a_checkpoint_naming_a_handler_class_imports_nothing(converted, tmp_path
     assert "this" not in sys.modules  # importing it prints the Zen of Python
     folder = tmp_path / "converted"
     shutil.copytree(converted, folder)
-    _edit_json(folder / "variables" / "_CHECKPOINT_METADATA", lambda m: m.update(item_handlers="this.Zen"))
+    edit_json(folder / "variables" / "_CHECKPOINT_METADATA", lambda m: m.update(item_handlers="this.Zen"))
     assert read_converted(folder, TEST_VARIANT).tensors
     assert "this" not in sys.modules
 

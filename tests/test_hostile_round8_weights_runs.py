@@ -19,7 +19,7 @@ import h5py
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import REPO, machinery_config
+from helpers import REPO, edit_json, machinery_config
 from test_hostile_inputs import _StorageRef, _Tensor, _write_pth
 
 from effnet_jax import runs
@@ -176,14 +176,6 @@ def _step(workdir, *parts):
     return os.path.join(workdir, "checkpoints", "3", *parts)
 
 
-def _edit_json(path, edit):
-    with open(path) as f:
-        value = json.load(f)
-    edit(value)
-    with open(path, "w") as f:
-        f.write(json.dumps(value))
-
-
 @pytest.mark.parametrize(
     "make, why",
     [
@@ -212,8 +204,8 @@ def _write_list(path):
     "tamper, why",
     [
         (_write_list, "a list, expected a JSON object"),
-        (lambda p: _edit_json(p, lambda v: v.update(commit_timestamp_nsecs=1.5)), "not a checkpoint's metadata"),
-        (lambda p: _edit_json(p, lambda v: v.update(metrics={"auc": "high"})), "metrics.auc='high': expected a number"),
+        (lambda p: edit_json(p, lambda v: v.update(commit_timestamp_nsecs=1.5)), "not a checkpoint's metadata"),
+        (lambda p: edit_json(p, lambda v: v.update(metrics={"auc": "high"})), "metrics.auc='high': expected a number"),
     ],
     ids=["list", "float-timestamp", "metric-text"],
 )
@@ -239,7 +231,7 @@ def test_a_checkpoint_without_its_run_record_has_its_config_values_checked(run_c
     # Before: a checkpoint without run/ took image size and normalisation from its config unchecked
     # (an image size of 100000, a NaN mean that blanks every image, an int() traceback naming nothing).
     shutil.rmtree(_step(run_copy, "run"))
-    _edit_json(_step(run_copy, "config", "metadata"), edit)
+    edit_json(_step(run_copy, "config", "metadata"), edit)
     with pytest.raises(ValueError, match=f"{_step(run_copy, 'config')}: {why}"):
         runs.open(run_copy)
 
