@@ -55,6 +55,10 @@ MARKDOWN = "sweep.md"
 SCORES = (("auc", "auc"), ("accuracy", "accuracy"), ("sensitivity", "recall"), ("specificity", "specificity"))
 
 
+class SweepFolderError(ValueError):
+    """The sweep's folder holds what a sweep never writes there (a downloaded or edited half-done sweep): one line."""
+
+
 # Each point is a whole training run: a grid past this is a typo (a long list pasted twice), not a plan,
 # and building it would copy the config per point before the first trains.
 MAX_POINTS = 1000
@@ -215,8 +219,23 @@ def _report(run: runs.Run, split: str, progress: bool, bootstrap_resamples: int)
     path = os.path.join(output_dir(run, split, tta_lib.parse_tta(None)), EVAL_REPORT)
     for found, report in run.eval_reports():
         if found == path and report.get("step") == run.step:
+            _check_scores(report, path)
             return report
     return evaluate_checkpoint(run, split, progress=progress, bootstrap_resamples=bootstrap_resamples).to_json()
+
+
+def _check_scores(report: dict, path: str) -> None:
+    """A stored report holds what a row copies (a downloaded or hand-edited sweep folder may not): else one line naming it."""
+    operating = report.get("metrics", {}).get("operating")  # check_report: metrics and its entries are objects
+    problems = [] if operating is not None else ["metrics.operating"]
+    problems += [f"metrics.operating.{key}" for _, key in SCORES if operating is not None and key not in operating]
+    if report.get("operating_threshold") is None:
+        problems.insert(0, "operating_threshold")
+    if problems:
+        raise SweepFolderError(
+            f"{path}: no {problems[0]}; not a report effnet-eval wrote for a binary run "
+            "(remove it and rerun effnet-sweep to evaluate the point again)"
+        )
 
 
 def score_point(point: Point, progress: bool = False, bootstrap_resamples: int = intervals_lib.DEFAULT_RESAMPLES):
@@ -251,6 +270,7 @@ def run_sweep(
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     lock = workdir_lock.lock_workdir(workdir, True)
     try:
+        _refuse_linked_points(workdir, points)
         rows, trained = [], []
         for i, point in enumerate(points, 1):
             status = "done"
@@ -275,6 +295,22 @@ def run_sweep(
     finally:
         if lock is not None:
             lock.release()
+
+
+def _refuse_linked_points(workdir: str, points: list[Point]) -> None:
+    """A SweepFolderError naming ``points/`` or a point's folder when it is a link (a downloaded half-done sweep).
+
+    A point's run is read, resumed and written where its folder is: through a planted link, the
+    sweep would score a run elsewhere as this one's, or train into a folder it was not given.
+    """
+    if "://" in workdir:
+        return
+    for path in (os.path.join(workdir, POINTS), *(p.workdir for p in points)):
+        if os.path.islink(path):
+            raise SweepFolderError(
+                f"{path}: a link to {os.path.realpath(path)}; a sweep's points are folders in it, never read or "
+                "written through a link"
+            )
 
 
 def _describe(overrides: dict) -> str:

@@ -21,7 +21,7 @@ import sys
 from absl import app, flags
 
 from effnet_jax.cli.command import define_config_flag, run_config_command
-from effnet_jax.cli.errors import EXIT_PREEMPTED, EXIT_USAGE, exit_in_one_line
+from effnet_jax.cli.errors import EXIT_PREEMPTED, EXIT_USAGE, EXIT_WORKDIR, exit_in_one_line
 from effnet_jax.cli.logs import show_our_logs
 
 FLAGS = flags.FLAGS
@@ -65,6 +65,9 @@ def main(argv):
     except Preempted as e:
         print(f"effnet-sweep: {e}", file=sys.stderr)
         sys.exit(EXIT_PREEMPTED)
+    except sweep.SweepFolderError as e:  # a planted link or a stored report a row cannot use: one line
+        print(f"effnet-sweep: {e}", file=sys.stderr)
+        sys.exit(EXIT_WORKDIR)
     except Exception as e:  # one line for known causes; a bug keeps its traceback
         exit_in_one_line("effnet-sweep", e)
     with open(result.markdown) as f:

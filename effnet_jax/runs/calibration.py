@@ -7,7 +7,6 @@ that a temperature applies only to the checkpoint it was fitted on.
 from __future__ import annotations
 
 import json
-import math
 import os
 
 from effnet_jax.metrics.calibration import Calibration
@@ -15,6 +14,9 @@ from effnet_jax.output_files import UnsafeOutputError, open_output
 from effnet_jax.runs import values
 from effnet_jax.runs.layout import CALIBRATION, Layout
 from effnet_jax.weights.readers import read_json_file
+
+# What fit_temperature returns: T in [0.01, 100] (exp of its log bounds, with room for rounding).
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01 * (1 - 1e-9), 100.0 * (1 + 1e-9)
 
 
 def write_calibration(layout: Layout, calibration: Calibration) -> str:
@@ -53,8 +55,13 @@ def read_calibration(layout: Layout) -> Calibration | None:
     except (OSError, ValueError, KeyError, TypeError, OverflowError) as e:  # OverflowError: int(1e400)
         why = str(e).removeprefix(f"{path}: ")  # read_json_file's own line names the file already
         raise ValueError(f"{path}: not a valid calibration file ({type(e).__name__}: {why})") from None
-    if not (calibration.temperature > 0 and math.isfinite(calibration.temperature)):
-        raise ValueError(f"{path}: temperature={calibration.temperature}: expected a positive finite number")
+    # The fitter's range (metrics.calibration.fit_temperature): a temperature of 5e-324 sends every logit to
+    # infinity (NaN probabilities past two classes), one of 1e308 prints as 300 digits.
+    if not MIN_TEMPERATURE <= calibration.temperature <= MAX_TEMPERATURE:
+        raise ValueError(
+            f"{path}: temperature={calibration.temperature!r}: expected a number from 0.01 to 100 "
+            "(the range effnet-eval fits in)"
+        )
     return calibration
 
 

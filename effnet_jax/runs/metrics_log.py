@@ -20,6 +20,13 @@ from effnet_jax.weights.readers import parse_json
 log = logging.getLogger("effnet_jax.reporting")
 _TORN_SAID: set[str] = set()
 
+# A run logs a record every ``log_every_steps`` (10 by default): 500,000 records is five million
+# steps. Each line becomes a dict: a downloaded file of ten million ``{}`` lines (28 MB) took
+# 45 s and 1.7 GB to read, so the lines are counted, and the bytes held to an eighth of the
+# budget (64 MiB by default, about 200,000 records as the loop writes them), before any is parsed.
+MAX_RECORDS = 500_000
+_BYTES_SHARE = 8
+
 
 def read_metrics(workdir: str, split: str | None = None) -> list[dict]:
     """The records of ``metrics.jsonl`` (optionally one split's), in order.
@@ -41,10 +48,12 @@ def read_metrics_file(workdir: str) -> tuple[list[dict], bool]:
         # (a long run writes a few MB); a FIFO would block the read forever (checked on the open file).
         with limits.open_regular_file(str(path)) as f:
             size = os.fstat(f.fileno()).st_size
-            limits.check(path, size, "the metrics log", ValueError)
+            limits.check(path, size, "the metrics log", ValueError, limits.budget() // _BYTES_SHARE)
             data = f.read(size + 1)
     else:
         data = path.read_bytes()
+    if data.count(b"\n") > MAX_RECORDS:
+        raise ValueError(f"{path}: more than {MAX_RECORDS:,} lines; not a metrics log a run writes")
     lines = [line for line in data.decode("utf-8", "replace").splitlines() if line.strip()]
     records = []
     for number, line in enumerate(lines, 1):

@@ -79,6 +79,7 @@ def truncate_after(workdir: str, step: int):
     if jax.process_index() != 0:
         return
     records, torn = read_metrics_file(workdir)
-    kept = [r for r in records if r["step"] <= step]
+    # A record without a step (a downloaded or edited file; the loop writes one in each) is kept as it is.
+    kept = [r for r in records if r.get("step") is None or r["step"] <= step]
     if torn or len(kept) != len(records):  # a torn last line goes too: appending to it would glue two records
         _write_all(Layout(workdir).metrics, kept)

@@ -232,8 +232,8 @@ def run_finished(workdir: str, total_steps: int) -> bool:
         return False
     if latest >= total_steps:
         return True
-    runs = read_metrics(workdir, "run")
-    return bool(runs) and runs[-1]["step"] == latest and bool(runs[-1].get("stopped_early"))
+    runs = read_metrics(workdir, "run")  # a downloaded record may lack its step: not one of this run's
+    return bool(runs) and runs[-1].get("step") == latest and bool(runs[-1].get("stopped_early"))
 
 
 # --------------------------------------------------------------------------------------------------
