@@ -257,7 +257,7 @@ def test_a_calibrated_run_divides_the_logits_by_its_temperature(setup, model, tm
     expected = 1 / (1 + np.exp(-np.log(p / (1 - p)) / 2))  # softmax of z / 2 = sigmoid((z1 - z0) / 2)
     np.testing.assert_allclose(calibrated.run(inputs), [expected], rtol=0, atol=1e-6)
     (workdir / "calibration.json").write_text(json.dumps({**fitted, "temperature": -1}))
-    with pytest.raises(ValueError, match=r"calibration.json: temperature=-1.0: expected a positive finite number"):
+    with pytest.raises(ValueError, match=r"calibration.json: temperature=-1.0: expected a number from 0.01 to 100"):
         export_run(runs.open(str(workdir)), str(tmp_path / "out"), platforms=("cpu",))
 
 
