@@ -12,6 +12,9 @@
       -> DIR/sweep.csv (one row per point: overrides, best step, metrics at the operating
          threshold) and DIR/sweep.md (the same rows as a markdown table)
 
+DIR/sweep_config.json keeps the config the sweep was started with: a rerun under another one
+(another --config, another --config.KEY) is refused rather than reusing points trained under it.
+
 DIR/.lock keeps a second sweep off the same DIR (``runs.lock``); each point's run holds its own.
 """
 
@@ -23,6 +26,7 @@ import csv
 import dataclasses
 import difflib
 import itertools
+import json
 import logging
 import math
 import os
@@ -45,12 +49,18 @@ from effnet_jax.runs.layout import EVAL_REPORT, Layout
 from effnet_jax.train.config import validate_config
 from effnet_jax.train.loop import NonFiniteLossError, planned_steps
 from effnet_jax.train.soup import run_finished, soup_seeds
+from effnet_jax.weights.readers import read_json_file
 
 log = logging.getLogger("effnet_jax.sweep")
 
 POINTS = "points"
 CSV = "sweep.csv"
 MARKDOWN = "sweep.md"
+BASE_CONFIG = "sweep_config.json"
+# Keys that change how a point runs, never what it learns: a rerun may change them.
+RERUNNABLE_KEYS = frozenset(
+    {"progress_bar", "stop_after_steps", "compilation_cache_dir", "data.num_workers", "data.prefetch_buffer"}
+)
 # The operating-threshold metrics of each evaluated split, as CSV columns <split>_<name>.
 SCORES = (("auc", "auc"), ("accuracy", "accuracy"), ("sensitivity", "recall"), ("specificity", "specificity"))
 
@@ -59,9 +69,15 @@ class SweepFolderError(ValueError):
     """The sweep's folder holds what a sweep never writes there (a downloaded or edited half-done sweep): one line."""
 
 
+class SweepConfigChangedError(SweepFolderError):
+    """The sweep's folder was swept under another config: its finished points would be reused as this config's."""
+
+
 # Each point is a whole training run: a grid past this is a typo (a long list pasted twice), not a plan,
 # and building it would copy the config per point before the first trains.
 MAX_POINTS = 1000
+# A config's JSON is a few kB; a planted sweep_config.json past this is refused before parsing.
+MAX_BASE_CONFIG_BYTES = 1 << 20
 
 
 class SweepError(ValueError):
@@ -271,6 +287,7 @@ def run_sweep(
     lock = workdir_lock.lock_workdir(workdir, True)
     try:
         _refuse_linked_points(workdir, points)
+        _check_base_config(workdir, config, axes)
         rows, trained = [], []
         for i, point in enumerate(points, 1):
             status = "done"
@@ -311,6 +328,63 @@ def _refuse_linked_points(workdir: str, points: list[Point]) -> None:
                 f"{path}: a link to {os.path.realpath(path)}; a sweep's points are folders in it, never read or "
                 "written through a link"
             )
+
+
+def _flat_config(config: ml_collections.ConfigDict, axes: list[Axis]) -> dict:
+    """The config as flat JSON values by dotted key, less the swept keys (each point sets them) and RERUNNABLE_KEYS."""
+    flat, stack = {}, [("", json.loads(config.to_json_best_effort()))]
+    while stack:
+        prefix, node = stack.pop()
+        for key, value in node.items():
+            if isinstance(value, dict):
+                stack.append((f"{prefix}{key}.", value))
+            else:
+                flat[f"{prefix}{key}"] = value
+    dropped = RERUNNABLE_KEYS | {axis.key for axis in axes}
+    return {key: value for key, value in flat.items() if key not in dropped}
+
+
+def _check_base_config(workdir: str, config: ml_collections.ConfigDict, axes: list[Axis]) -> None:
+    """Writes DIR/sweep_config.json on a first run; refuses a rerun whose config differs from it.
+
+    A point's folder is named by its overrides alone, so without this a rerun with another
+    --config or --config.KEY would skip the finished points and tabulate them as its own.
+    """
+    path = os.path.join(workdir, BASE_CONFIG)
+    current = _flat_config(config, axes)
+    if "://" in workdir or not os.path.lexists(path):
+        if "://" not in workdir:
+            with open_output(path, "w") as f:
+                json.dump(current, f, indent=1, sort_keys=True)
+        return
+    try:
+        stored = read_json_file(path, MAX_BASE_CONFIG_BYTES, SweepFolderError)
+    except OSError as e:
+        raise SweepFolderError(f"{path}: cannot read ({e.strerror or e})") from None
+    if not isinstance(stored, dict):
+        raise SweepFolderError(f"{path}: not a JSON object; not a file effnet-sweep wrote")
+    stored = {key: value for key, value in stored.items() if key not in RERUNNABLE_KEYS | {a.key for a in axes}}
+    changed = sorted(
+        key for key in set(stored) | set(current) if stored.get(key, _MISSING) != current.get(key, _MISSING)
+    )
+    if changed:
+        shown = "; ".join(
+            f"{_short(key, 80)}: {_shown(stored.get(key, _MISSING))} then, {_shown(current.get(key, _MISSING))} now"
+            for key in changed[:3]
+        )
+        more = f" (and {len(changed) - 3} more)" if len(changed) > 3 else ""
+        raise SweepConfigChangedError(
+            f"{workdir}: swept before under another config ({shown}{more}); its finished points would be "
+            "reused as this config's. Sweep into another --workdir, or rerun with the config in "
+            f"{BASE_CONFIG}"
+        )
+
+
+_MISSING = object()
+
+
+def _shown(value) -> str:
+    return "unset" if value is _MISSING else _short(repr(value), 60)
 
 
 def _describe(overrides: dict) -> str:

@@ -11,6 +11,7 @@ from helpers import machinery_config, run_module, tiny_config
 
 from effnet_jax import runs
 from effnet_jax import sweep as sweep_lib
+from effnet_jax.models.variants import TEST_VARIANT
 from effnet_jax.runs.lock import WorkdirLock, WorkdirLockedError
 from effnet_jax.runs.metrics_log import read_metrics
 
@@ -102,6 +103,7 @@ def test_a_rerun_of_the_same_command_trains_nothing_and_writes_the_same_csv(swep
         f"--workdir={workdir}",
         *(f"--sweep={s}" for s in SWEEP),
         "--config.image_size=32",
+        f"--config.model.name={TEST_VARIANT.name}",
         "--config.data.synthetic_examples=64",
         "--config.model.depthwise_impl=native",
         "--config.batch_size=16",
@@ -119,6 +121,34 @@ def test_a_rerun_of_the_same_command_trains_nothing_and_writes_the_same_csv(swep
     with open(os.path.join(workdir, "sweep.csv"), "rb") as f:
         assert f.read() == before
     assert written() == before_files
+
+
+def test_a_rerun_under_another_config_is_refused_before_it_reuses_a_point(swept):
+    workdir, external, _, _, _ = swept
+    points = pathlib.Path(workdir, "points")
+    before = {str(p): p.stat().st_mtime_ns for p in [*points.rglob("*"), pathlib.Path(workdir, "sweep.csv")]}
+    axes = [sweep_lib.parse_axis(s) for s in SWEEP]
+    changed = _config(external)
+    changed.optimizer.learning_rate = 0.123
+    with pytest.raises(sweep_lib.SweepConfigChangedError) as e:
+        sweep_lib.run_sweep(changed, workdir, axes, bootstrap_resamples=0)
+    stored = json.loads(pathlib.Path(workdir, sweep_lib.BASE_CONFIG).read_text())
+    assert str(e.value) == (
+        f"{workdir}: swept before under another config (optimizer.learning_rate: "
+        f"{stored['optimizer.learning_rate']!r} then, 0.123 now); its finished points would be reused as this "
+        "config's. Sweep into another --workdir, or rerun with the config in sweep_config.json"
+    )
+    # The swept keys and the keys that only change how a point runs are not part of it.
+    assert "seed" not in stored and "class_weights" not in stored and "stop_after_steps" not in stored
+    assert {p: os.stat(p).st_mtime_ns for p in before if os.path.exists(p)} == before
+
+
+@pytest.mark.parametrize("planted", ["[1, 2]", "{", "x" * (sweep_lib.MAX_BASE_CONFIG_BYTES + 1)])
+def test_a_planted_sweep_config_is_one_line_naming_it(planted, tmp_path):
+    (tmp_path / sweep_lib.BASE_CONFIG).write_text(planted)
+    with pytest.raises(sweep_lib.SweepFolderError, match=f"^{tmp_path / sweep_lib.BASE_CONFIG}: "):
+        sweep_lib.run_sweep(tiny_config(), str(tmp_path), [sweep_lib.parse_axis("seed=[0]")])
+    assert not os.path.exists(tmp_path / "points")
 
 
 def test_a_second_sweep_on_the_same_workdir_is_refused(tmp_path):
