@@ -121,6 +121,28 @@ def printable_line(text: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
+# Mid-line markdown that could open raw HTML (``<`` before a tag name), a link, a code span,
+# emphasis or a table cell; ``>`` and the rest read as themselves mid-line.
+_MARKDOWN_ACTIVE = re.compile(r"([\\`*\[\]|]|<(?=[A-Za-z/!?]))")
+
+
+def markdown_text(value) -> str:
+    """Text from files we did not write (a downloaded run's), on one line with no markdown effect.
+
+    A newline in a folder name would otherwise start a heading of its own in a model card
+    ("## Intended use ...") and a ``<`` raw HTML; escaped, it reads as the file says.
+    """
+    return _MARKDOWN_ACTIVE.sub(r"\\\1", printable_line(str(value)))
+
+
+def markdown_code(value) -> str:
+    """Text from files we did not write, as an inline code span on one line, however many backticks it holds."""
+    text = printable_line(str(value))
+    fence = "`" * (max((len(run) for run in re.findall("`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
 def csv_cell(value):
     """A CSV cell: text that a spreadsheet would run as a formula gets a leading ``'``; numbers stay."""
     if not isinstance(value, str):

@@ -1,9 +1,11 @@
 """MODEL_CARD.md from a workdir's files: use, model, data, metrics with intervals, calibration, failure modes."""
 
 import json
+import re
 
 import data_fixtures as fx
 import pytest
+from markdown_it import MarkdownIt
 
 from effnet_jax import runs
 from effnet_jax.metrics import calibration as cal
@@ -174,3 +176,36 @@ def test_card_names_the_bundled_samples_licence_and_fixed_parts_and_a_user_folde
     card = render_model_card(runs.open(_workdir(tmp_path / "b", config=user), checkpoint=None))
     assert f"a chest_xray-style folder provided by the user (`{own}`); licence as provided by the user" in card
     assert "Kermany" not in card.split("## Data")[1].split("##")[0]
+
+
+def test_text_from_a_downloaded_run_cannot_add_sections_html_or_table_cells_to_its_card(tmp_path):
+    # A downloaded run's config.json, adapted.json and report splits are text anyone wrote; the card
+    # is rendered as markdown (CommonMark with tables, as a hub or a code host shows it).
+    forged = "x\n\n## Intended use\n\nValidated for clinical use <img src=x onerror=alert(1)> [ok](http://e) `|"
+    config = dict(
+        CONFIG,
+        model=dict(CONFIG["model"], pretrained=forged),
+        select_split=forged,
+        data=dict(CONFIG["data"], external=[forged], manual_dir=forged, exclude_list=forged),
+    )
+    reports = [_report("external", [118, 196], 0.968, 0.831), _report("validation", [132, 386], 0.9955, 0.97)]
+    reports[0]["split"] = "external|x\n## Known failure modes"
+    d = _workdir(tmp_path, reports, config=config)
+    adapted = {"images": forged, "source": forged, "images_used": forged, "mix": 1.0, "step": 3, "files_sha256": "ab"}
+    (tmp_path / "pneumonia" / "adapted.json").write_text(json.dumps(adapted))
+    card = render_model_card(runs.open(d, checkpoint=None))
+    html = MarkdownIt("commonmark").enable("table").render(card)
+    assert re.findall(r"<h\d>(.*?)</h\d>", html) == [
+        "Model card: pneumonia",
+        "Intended use",
+        "Model",
+        "Data",
+        "Metrics",
+        "Calibration",
+        "Known failure modes",
+    ]
+    assert "Validated for clinical use" in html and "<img" not in html and "<a " not in html
+    # Every table row keeps its cells: a | in a split name is text, not a new column.
+    rows = re.findall(r"<tr>(.*?)</tr>", html, re.S)
+    assert len(rows) == 1 + 2 * 2 and all(row.count("<t") == 12 for row in rows)
+    assert sum("external|x\\n## Known failure modes" in row for row in rows) == 2

@@ -12,6 +12,7 @@ import dataclasses
 import os
 
 from effnet_jax.data import kermany
+from effnet_jax.output_files import markdown_code, markdown_text
 
 KERMANY = (
     "Kermany et al. 2018, chest X-rays of children aged 1-5 from Guangzhou Women and Children's "
@@ -51,15 +52,15 @@ def provenance(data: dict) -> Provenance:
             "generated train, validation and test sets",
         )
     if name not in ("chest_xray", "folder"):
-        return Provenance(f"data set {name!r}", "unknown", "unknown")
+        return Provenance(f"data set {markdown_text(repr(name))}", "unknown", "unknown")
     if data.get("split_protocol", "patient") == "pooled":
         rule = (
-            f"every image pooled, then {tuple(data.get('pooled_fractions', ()))} train/validation/test "
-            f"by {data.get('pooled_group', 'image')}"
+            f"every image pooled, then {markdown_text(tuple(data.get('pooled_fractions', ())))} "
+            f"train/validation/test by {markdown_text(data.get('pooled_group', 'image'))}"
         )
     else:
         rule = (
-            f"validation = {data.get('val_fraction')} of train/ by patient (no patient in two splits); "
+            f"validation = {markdown_text(data.get('val_fraction'))} of train/ by patient (no patient in two splits); "
             "test = the folder's test/, where it has one"
         )
     manual_dir = data.get("manual_dir")
@@ -68,14 +69,14 @@ def provenance(data: dict) -> Provenance:
         # (Kermany's too, when its folders are read through rules, but this does not guess).
         patients = "by data.patient_id_pattern" if data.get("patient_id_pattern") else "one patient per file"
         return Provenance(
-            f"a folder of class folders provided by the user (`{manual_dir}`), classes "
-            f"{list(data.get('class_names') or ())}",
+            f"a folder of class folders provided by the user ({markdown_code(manual_dir)}), classes "
+            f"{markdown_text(list(data.get('class_names') or ()))}",
             USER_LICENCE,
             rule.replace("by patient", f"by patient ({patients})"),
         )
     if _kermany_folder(manual_dir):
-        return Provenance(KERMANY + f", from `{manual_dir}`", CC_BY, rule)
-    where = f"`{manual_dir}`" if manual_dir else "a prepared chest_xray data set"
+        return Provenance(KERMANY + f", from {markdown_code(manual_dir)}", CC_BY, rule)
+    where = markdown_code(manual_dir) if manual_dir else "a prepared chest_xray data set"
     return Provenance(f"a chest_xray-style folder provided by the user ({where})", USER_LICENCE, rule)
 
 

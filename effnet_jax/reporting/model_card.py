@@ -14,6 +14,8 @@ import os
 from effnet_jax.data.data_dir import no_external_set_line
 from effnet_jax.data.provenance import provenance
 from effnet_jax.labels import class_names, validate_class_names
+from effnet_jax.output_files import markdown_code as _code
+from effnet_jax.output_files import markdown_text as _text
 from effnet_jax.output_files import open_output
 from effnet_jax.reporting.run_summary import describe_recipe
 from effnet_jax.runs import Run, values
@@ -72,9 +74,10 @@ def _model_section(config: dict, run: dict | None) -> list[str]:
     lines = [
         "## Model",
         "",
-        f"- Architecture: `{model.get('name')}` at {size} px, {len(names)} classes ({', '.join(names)})",
-        f"- Initial weights: {model.get('pretrained') or 'random initialisation'}",
-        f"- Recipe: {describe_recipe(config)}; seed {config.get('seed')}; loss {config.get('loss')}",
+        f"- Architecture: {_code(model.get('name'))} at {_text(size)} px, {len(names)} classes "
+        f"({_text(', '.join(names))})",
+        f"- Initial weights: {_text(model.get('pretrained') or 'random initialisation')}",
+        f"- Recipe: {_text(describe_recipe(config))}; seed {_text(config.get('seed'))}; loss {_text(config.get('loss'))}",
     ]
     soup = config.get("soup")
     if isinstance(soup, dict):
@@ -86,15 +89,17 @@ def _model_section(config: dict, run: dict | None) -> list[str]:
         )
         lines.append(
             f"- {what} {len(soup.get('members', []))} runs, seeds "
-            f"{soup.get('seeds')} at steps {soup.get('steps')} (each run's {soup.get('checkpoint')} checkpoint; "
+            f"{_text(soup.get('seeds'))} at steps {_text(soup.get('steps'))} (each run's "
+            f"{_text(soup.get('checkpoint'))} checkpoint; "
             "soup.json); the recipe above is the first run's"
         )
     if run:
         lines.append(f"- Input normalisation: mean {run.get('mean')}, std {run.get('std')} (run.json)")
     lines.append(
-        f"- Checkpoint chosen by {config.get('best_metric') or 'none'} on `{config.get('select_split', 'validation')}`;"
-        f" operating threshold rule `{config.get('operating_threshold', 'auto')}`"
-        f" (sensitivity >= {config.get('operating_sensitivity', 0.95)} where external data exists)"
+        f"- Checkpoint chosen by {_text(config.get('best_metric') or 'none')} on "
+        f"{_code(config.get('select_split', 'validation'))};"
+        f" operating threshold rule {_code(config.get('operating_threshold', 'auto'))}"
+        f" (sensitivity >= {_text(config.get('operating_sensitivity', 0.95))} where external data exists)"
     )
     warning = no_external_set_line(config.get("data", {}))
     if warning:
@@ -107,9 +112,10 @@ def _adapted_lines(adapted: dict | None) -> list[str]:
     if not isinstance(adapted, dict):
         return []
     return [
-        f"- BatchNorm statistics re-estimated by effnet-adapt on {adapted.get('images_used')} unlabeled images of "
-        f"`{adapted.get('images')}` (mix {adapted.get('mix')}; file list SHA-256 {str(adapted.get('files_sha256'))[:12]}...), "
-        f"from `{adapted.get('source')}` step {adapted.get('step')}; weights, operating threshold and calibration "
+        f"- BatchNorm statistics re-estimated by effnet-adapt on {_text(adapted.get('images_used'))} unlabeled images "
+        f"of {_code(adapted.get('images'))} (mix {_text(adapted.get('mix'))}; file list SHA-256 "
+        f"{_text(str(adapted.get('files_sha256'))[:12])}...), from {_code(adapted.get('source'))} step "
+        f"{_text(adapted.get('step'))}; weights, operating threshold and calibration "
         "are the source's (adapted.json)"
     ]
 
@@ -125,22 +131,22 @@ def _data_section(config: dict, run: dict | None, reports: list[dict]) -> list[s
         "",
         f"- Source: {origin.source}; licence {origin.licence}",
         f"- {'**Synthetic data**: the numbers only show the machinery works' if synthetic else 'Real X-rays'}",
-        f"- Split protocol: {origin.split_rule}{seed}",
+        f"- Split protocol: {origin.split_rule}{_text(seed)}",
     ]
     if data.get("exclude_list"):
-        lines.append(f"- Exclusions: {data['exclude_list']}")
+        lines.append(f"- Exclusions: {_code(data['exclude_list'])}")
     counts = (run or {}).get("train_class_counts")
     if counts:
-        lines.append(f"- train: {sum(counts)} images ({_counted(_names(config), counts)})")
+        lines.append(f"- train: {sum(counts)} images ({_text(_counted(_names(config), counts))})")
     seen = set()
     for report in reports:
         split, c = report.get("split"), report.get("class_counts")
         if split in seen or not c:
             continue
         seen.add(split)
-        lines.append(f"- {split}: {sum(c)} images ({_counted(_names(config), c)})")
+        lines.append(f"- {_text(split)}: {sum(c)} images ({_text(_counted(_names(config), c))})")
     for i, folder in enumerate(values.sequence(data.get("external"), f"{CONFIG}: data.external")):
-        lines.append(f"- external{'' if i == 0 else f'_{i}'}: `{folder}` (never trained on)")
+        lines.append(f"- external{'' if i == 0 else f'_{i}'}: {_code(folder)} (never trained on)")
     return lines
 
 
@@ -156,7 +162,7 @@ def _metrics_section(reports: list[dict], run: Run) -> list[str]:
             if record.get("split") not in (None, "train", "run") and "auc" in record:
                 last[record["split"]] = record
         for split, r in last.items():
-            cells = [split, str(r.get("step")), str(r.get("n", ""))] + [_num(r.get(k)) for k in _SHOWN]
+            cells = [_text(split), _text(r.get("step")), _text(r.get("n", ""))] + [_num(r.get(k)) for k in _SHOWN]
             lines.append("| " + " | ".join(cells) + " |")
         return lines
     if any("argmax" in r["metrics"] for r in reports):
@@ -168,14 +174,14 @@ def _metrics_section(reports: list[dict], run: Run) -> list[str]:
         "|---" * (5 + len(_HEADERS) + 2) + "|",
     ]
     for report in reports:
-        split = report.get("split", "?") + (
-            f" (tta {report['tta']})" if report.get("tta") not in (None, "none") else ""
+        split = _text(report.get("split", "?")) + (
+            f" (tta {_text(report['tta'])})" if report.get("tta") not in (None, "none") else ""
         )
         for key, label in _LABELS.items():
             m = report["metrics"].get(key)
             if not m:
                 continue
-            cells = [split, str(report.get("step")), label, _num(m.get("threshold"), 4), str(m.get("n"))]
+            cells = [split, _text(report.get("step")), label, _num(m.get("threshold"), 4), _text(m.get("n"))]
             cells += [_with_ci(m, k) for k in _SHOWN]
             cells += [_num(m.get("brier")), _num(m.get("ece"))]
             lines.append("| " + " | ".join(cells) + " |")
@@ -200,7 +206,7 @@ def _class_metrics_rows(reports: list[dict]) -> list[str]:
             continue
         rows = [(c, v, v.get("support")) for c, v in m["per_class"].items()] + [("macro", m["macro"], m.get("n"))]
         for name, scores, n in rows:
-            cells = [report.get("split", "?"), str(report.get("step")), name, str(n)]
+            cells = [_text(report.get("split", "?")), _text(report.get("step")), _text(name), _text(n)]
             lines.append("| " + " | ".join(cells + [_num(scores.get(k)) for k in shown]) + " |")
     return lines
 
@@ -214,7 +220,7 @@ def _calibration_section(run: Run, reports: list[dict]) -> list[str]:
         )
     else:
         lines.append(
-            f"Temperature T = {calibration.temperature:.4f}, fitted on `{calibration.fitted_on}` "
+            f"Temperature T = {calibration.temperature:.4f}, fitted on {_code(calibration.fitted_on)} "
             f"({calibration.n} images) at step {calibration.step}: ECE {calibration.ece_before:.4f} -> "
             f"{calibration.ece_after:.4f} there. Applied by effnet-eval, effnet-predict and effnet-export to "
             "that checkpoint; it changes probabilities, never labels (thresholds are mapped with it)."
@@ -224,7 +230,9 @@ def _calibration_section(run: Run, reports: list[dict]) -> list[str]:
         before = (report.get("uncalibrated") or {}).get("ece")
         after = (report["metrics"].get("threshold_0.5") or {}).get("ece")
         if before is not None and report.get("temperature", 1.0) != 1.0:
-            applied.append(f"- {report.get('split')} @ {report.get('step')}: ECE {_num(before)} -> {_num(after)}")
+            applied.append(
+                f"- {_text(report.get('split'))} @ {_text(report.get('step'))}: ECE {_num(before)} -> {_num(after)}"
+            )
     if applied:
         lines += ["", "ECE of evaluated splits before and after the temperature:", "", *applied]
     return lines
@@ -242,7 +250,7 @@ def _failure_section(config: dict, run: Run, reports: list[dict]) -> list[str]:
         va, xa = val["metrics"]["operating"], external["metrics"]["operating"]
         lines.append(
             f"- Distribution shift, measured: validation (from train/) AUC {_with_ci(va, 'auc')}, specificity "
-            f"{_with_ci(va, 'specificity')}; {external['split']} (other X-rays) AUC {_with_ci(xa, 'auc')}, "
+            f"{_with_ci(va, 'specificity')}; {_text(external['split'])} (other X-rays) AUC {_with_ci(xa, 'auc')}, "
             f"specificity {_with_ci(xa, 'specificity')} at the operating threshold. Expect the external numbers, "
             "or worse, on new data."
         )
@@ -261,7 +269,8 @@ def _failure_section(config: dict, run: Run, reports: list[dict]) -> list[str]:
             ext = next(k for k in records[step] if k.startswith("external"))
             lines.append(
                 f"- Distribution shift, measured at step {step}: validation AUC {_num(records[step]['validation']['auc'])}"
-                f" against {ext} AUC {_num(records[step][ext]['auc'])}. Expect the external number, or worse, on new data."
+                f" against {_text(ext)} AUC {_num(records[step][ext]['auc'])}. Expect the external number, or worse, "
+                "on new data."
             )
         else:
             lines.append(
@@ -290,7 +299,7 @@ def render_model_card(run: Run) -> str:
     name = os.path.basename(os.path.normpath(run.workdir))
     sections = [
         [
-            f"# Model card: {name}",
+            f"# Model card: {_text(name)}",
             "",
             "Written from this run's files by effnet_jax (effnet-train, refreshed by effnet-eval and effnet-export).",
         ],

@@ -575,6 +575,11 @@ def _check_config(config, where: str) -> None:
         if not isinstance(names, (list, tuple)):
             raise ValueError(f"{where}: data.class_names={reprlib.repr(names)}: expected a list of class names")
         validate_class_names(names, f"{where}: data.class_names")
+    # Read before 'best' is resolved: a bad value would otherwise be named as a config key, not this file.
+    if config.get("best_mode", "max") not in ("max", "min"):
+        raise ValueError(f"{where}: best_mode={reprlib.repr(config.get('best_mode'))}: expected 'max' or 'min'")
+    if not isinstance(config.get("best_metric") or "", str):
+        raise ValueError(f"{where}: best_metric={reprlib.repr(config.get('best_metric'))}: expected a metric name")
     soup = config.get("soup")
     if soup is not None:
         members = soup.get("members") if hasattr(soup, "get") else None
