@@ -98,9 +98,24 @@ def tables_main() -> int:
     return 1 if stale and not FLAGS.write else 0
 
 
+# The trainer's machine line is at most ~200 characters (a CPU model is cut at 100), its code a commit.
+MAX_RUN_LINE = 300
+
+
 def _last_run_line(run, key: str) -> str | None:
-    """``key`` of the run's last 'run' metrics line that has it (a resumed run writes one per invocation)."""
-    return next((r[key] for r in reversed(run.records("run")) if r.get(key) and isinstance(r[key], str)), None)
+    """``key`` of the run's last 'run' metrics line that has it (a resumed run writes one per invocation).
+
+    Copied into a results record that every table renders: a downloaded run's line of megabytes
+    is refused naming the file, not carried into the record.
+    """
+    value = next((r[key] for r in reversed(run.records("run")) if r.get(key) and isinstance(r[key], str)), None)
+    if value is not None and len(value) > MAX_RUN_LINE:
+        flag = "--machine" if key == "machine" else "--commit"
+        raise ValueError(
+            f"{run.layout.metrics}: the run's {key} is {len(value):,} characters, more than the {MAX_RUN_LINE} "
+            f"a trainer writes; say which with {flag}"
+        )
+    return value
 
 
 def _tables(values: list[str], out: str) -> tuple[str, ...]:
