@@ -22,6 +22,7 @@ import json
 import os
 import pickle
 import shutil
+import socket
 import struct
 import sys
 import warnings
@@ -401,7 +402,10 @@ def test_effnet_predict_and_effnet_serve_say_a_function_returning_nan_in_one_lin
     assert done.stderr.strip().splitlines()[-1].startswith(f"effnet-predict: error: {folder}/model.stablehlo: returned")
     # NaN for every image: effnet-serve refuses it before uvicorn starts (its warm-up would fail in a traceback).
     folder = _with_blob(exported, tmp_path / "all", _function(exported, lambda w, x: jnp.full(x.shape[:1], jnp.nan)))
-    done = run_module("effnet_jax.cli.serve", f"--exported={folder}", "--port=8")
+    with socket.socket() as free:  # a port anyone may listen on: serve checks it before loading the model
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    done = run_module("effnet_jax.cli.serve", f"--exported={folder}", f"--port={port}")
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert done.stderr.strip().splitlines()[-1].startswith(f"effnet-serve: error: {folder}/model.stablehlo: returned")
 

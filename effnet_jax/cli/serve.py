@@ -17,12 +17,14 @@ Exit status: 0 stopped by Ctrl-C; 1 the folder could not be loaded; 2 bad usage 
 
 from __future__ import annotations
 
+import socket
 import sys
 
 from absl import app, flags
 
 from effnet_jax.cli.command import define_once, run_command
 from effnet_jax.cli.logs import quiet_unless_verbose, show_our_logs
+from effnet_jax.output_files import printable_line
 
 FLAGS = flags.FLAGS
 
@@ -89,6 +91,10 @@ def main(argv):
     if FLAGS.max_connections < 1:
         print(f"effnet-serve: error: --max_connections={FLAGS.max_connections}: expected at least 1", file=sys.stderr)
         return 1
+    problem = listen_problem(FLAGS.host, FLAGS.port)
+    if problem:
+        print(f"effnet-serve: error: {problem}", file=sys.stderr)
+        return 1
     try:
         settings = server.Settings(
             max_batch=FLAGS.max_batch,
@@ -114,6 +120,23 @@ def main(argv):
     print(f"effnet-serve: {FLAGS.exported} on http://{FLAGS.host}:{FLAGS.port}/ (Ctrl-C stops)", file=sys.stderr)
     server.serve(model, FLAGS.host, FLAGS.port, settings, limit_concurrency=FLAGS.max_connections)
     return 0
+
+
+def listen_problem(host: str, port: int) -> str | None:
+    """Why uvicorn could not listen on ``host:port`` (a name that resolves to nothing, a port in use), or None.
+
+    uvicorn finds out only after the model loaded and every batch size compiled, and says it without the flag.
+    """
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            # As uvicorn binds it: a port left in TIME_WAIT by a closed server is no bar, a listening one is.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except (OSError, UnicodeError, ValueError) as e:  # UnicodeError: a label over 63 characters; ValueError: a NUL
+        why = getattr(e, "strerror", None) or e
+        return f"--host={printable_line(host)} --port={port}: cannot listen there ({why})"
+    return None
 
 
 def run():

@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
 import re
+import string
 
-from effnet_jax.output_files import UnsafeOutputError, open_output, output_file_problem, printable_line, write_text
+from effnet_jax import limits
+from effnet_jax.output_files import UnsafeOutputError, open_output, output_file_problem, printable_line
 
 # Every record says what ran; a value may be null where it does not apply (a published paper ran no command).
 PROVENANCE_KEYS = ("command", "config", "commit", "machine", "date")
@@ -32,6 +35,9 @@ _REGION = re.compile(
 _OPEN = re.compile(r"^<!-- results:([\w.-]+) -->$", re.M)
 # Folders never searched for .md files: VCS data, environments, run outputs.
 _SKIP_DIRS = {".git", ".venv", "venv", "node_modules", "runs", "build", "dist", "__pycache__"}
+# A number in a cell's format spec ({x:>N}, {x:.Nf}) sizes the string it makes: tables.json's
+# ``{x:>2000000000}`` took 2 GB per cell. The tables use at most 4.
+MAX_FORMAT_NUMBER = 100
 
 
 class ResultsError(ValueError):
@@ -44,12 +50,34 @@ class StaleRegion:
     table: str
 
 
+def read_text(path: pathlib.Path, errors: str = "strict") -> str:
+    """The text of a record file, the specs or a .md page: a regular file of at most the budget / 32 bytes.
+
+    A cloned repository may hold a link to /dev/zero at any of these names: it was read forever.
+    ``errors="replace"`` for pages only searched for markers. FileNotFoundError when missing.
+    """
+    try:
+        with limits.open_regular_file(str(path)) as f:
+            data = limits.read_open_file(f, str(path), limits.object_limit(), "a results file (budget / 32)")
+    except FileNotFoundError:
+        raise
+    except limits.BudgetError as e:
+        raise ResultsError(str(e)) from None
+    except OSError as e:
+        raise ResultsError(f"{path}: cannot read ({e.strerror or e})") from None
+    try:
+        return data.decode("utf-8", errors)
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ResultsError(f"{path}:{line}: not UTF-8 text") from None
+
+
 def load_records(results_dir: pathlib.Path) -> dict[str, list[dict]]:
     """Every ``results/*.jsonl`` file's records by file stem, each checked for the provenance keys."""
     records = {}
     for path in sorted(pathlib.Path(results_dir).glob("*.jsonl")):
         rows = []
-        for number, line in enumerate(path.read_text().splitlines(), 1):
+        for number, line in enumerate(read_text(path).splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -70,18 +98,72 @@ def load_specs(results_dir: pathlib.Path) -> dict[str, dict]:
     """The table specs of ``results/tables.json``, each checked for a source and columns."""
     path = pathlib.Path(results_dir) / SPEC_FILE
     try:
-        specs = json.loads(path.read_text())
+        specs = json.loads(read_text(path))
     except FileNotFoundError:
         raise ResultsError(f"{path}: no table specs (expected a JSON object of tables)") from None
     except json.JSONDecodeError as e:
         raise ResultsError(f"{path}: not JSON ({e.msg}, line {e.lineno})") from None
+    except RecursionError:
+        raise ResultsError(f"{path}: nested too deeply") from None
+    if not isinstance(specs, dict):
+        raise ResultsError(f"{path}: expected a JSON object of tables, got {type(specs).__name__}")
     for name, spec in specs.items():
-        if not isinstance(spec, dict) or "source" not in spec or not spec.get("columns"):
-            raise ResultsError(f"{path}: table {name!r} needs 'source' and a non-empty 'columns' list")
-        for column in spec["columns"]:
-            if "header" not in column or "cell" not in column:
-                raise ResultsError(f"{path}: table {name!r}: every column needs 'header' and 'cell'")
+        problem = _spec_problem(spec)
+        if problem:
+            raise ResultsError(f"{path}: table {name!r}: {problem}")
     return specs
+
+
+def _spec_problem(spec) -> str | None:
+    """What is wrong with one table's spec (each key of the type the renderer takes), or None.
+
+    A spec of another shape was a traceback (a number for "source", a list for "where").
+    """
+    if not isinstance(spec, dict) or "source" not in spec or not spec.get("columns"):
+        return "needs 'source' and a non-empty 'columns' list"
+    source = spec["source"]
+    if not (
+        isinstance(source, str) or (isinstance(source, list) and source and all(isinstance(s, str) for s in source))
+    ):
+        return "'source' must be a results file's name or a list of them"
+    if not isinstance(spec.get("where", {}), dict):
+        return "'where' must be an object of field: value"
+    joins = spec.get("join", [])
+    if not isinstance(joins, list) or not all(
+        isinstance(j, dict)
+        and all(isinstance(j.get(k), str) for k in ("source", "on", "as"))
+        and isinstance(j.get("to", ""), str)
+        for j in joins
+    ):
+        return "'join' must be a list of objects with 'source', 'on' and 'as' (and 'to') names"
+    if not isinstance(spec["columns"], list):
+        return "every column needs 'header' and 'cell'"
+    for column in spec["columns"]:
+        if not isinstance(column, dict) or "header" not in column or "cell" not in column:
+            return "every column needs 'header' and 'cell'"
+        cells = [column["cell"]] if isinstance(column["cell"], str) else column["cell"]
+        if not isinstance(cells, list) or not all(isinstance(c, str) for c in cells):
+            return f"column {column['header']!r}: 'cell' must be a template or a list of templates"
+        problem = next(filter(None, map(_template_problem, cells)), None)
+        if problem:
+            return f"column {column['header']!r}: {problem}"
+    return None
+
+
+def _template_problem(template: str) -> str | None:
+    """Why a cell template may not be rendered (a format spec that sizes a huge string), or None."""
+    try:
+        fields = list(string.Formatter().parse(template))
+    except ValueError as e:
+        return f"{template!r}: {e}"
+    for _, field, spec, _ in fields:
+        if field is None or not spec:
+            continue
+        if "{" in spec:
+            return f"{template!r}: a field inside a format spec is not taken"
+        if any(len(n.lstrip("0")) > 3 or int(n) > MAX_FORMAT_NUMBER for n in re.findall(r"\d+", spec)):
+            return f"{template!r}: a width or precision over {MAX_FORMAT_NUMBER} in a format spec"
+    return None
 
 
 def _matches(record: dict, where: dict) -> bool:
@@ -175,7 +257,7 @@ def markdown_files(root: pathlib.Path) -> list[pathlib.Path]:
     for path in sorted(pathlib.Path(root).rglob("*.md")):
         if _SKIP_DIRS.intersection(path.relative_to(root).parts[:-1]):
             continue
-        if _OPEN.search(path.read_text(errors="replace")):
+        if _OPEN.search(read_text(path, errors="replace")):
             found.append(path)
     return found
 
@@ -186,7 +268,7 @@ def update_files(root: pathlib.Path, results_dir: pathlib.Path, write: bool) -> 
     stale = []
     rewritten = {}
     for path in markdown_files(root):
-        text = path.read_text()
+        text = read_text(path)
         new = rewrite_regions(text, tables, str(path))
         if new == text:
             continue
@@ -198,15 +280,23 @@ def update_files(root: pathlib.Path, results_dir: pathlib.Path, write: bool) -> 
         # A .md that is a link (or FIFO, or shared hard link) is refused before any file is
         # rewritten, naming it: nothing is written through it to wherever it points.
         for path in rewritten:
-            problem = output_file_problem(str(path), "--write")
+            problem = output_file_problem(str(path), "--write") or output_file_problem(f"{path}.tmp", "--write")
             if problem:
                 raise ResultsError(problem)
         for path, new in rewritten.items():
             try:
-                write_text(path, new)
+                _replace_page(str(path), new)
             except UnsafeOutputError as e:
                 raise ResultsError(str(e)) from None
     return stale
+
+
+def _replace_page(path: str, text: str) -> None:
+    """``text`` written beside ``path`` and renamed over it: a kill mid-write left a hand-written page cut short."""
+    tmp = f"{path}.tmp"
+    with open_output(tmp) as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 def append_record(path, record: dict) -> None:
@@ -216,4 +306,12 @@ def append_record(path, record: dict) -> None:
         raise ResultsError(f"{path}: record lacks {', '.join(missing)}")
     # Never appended through a link (or to a FIFO) planted at the results file's name.
     with open_output(path, "a") as f:
-        f.write(json.dumps(record, sort_keys=False) + "\n")
+        # A last line saved without its newline (some editors do) would get the record glued to it: one bad line.
+        f.write(("\n" if _last_line_open(path) else "") + json.dumps(record, sort_keys=False) + "\n")
+
+
+def _last_line_open(path) -> bool:
+    """Whether the file ``path`` (a regular file ``open_output`` accepted) is not empty and does not end in a newline."""
+    with limits.open_regular_file(str(path), follow_symlinks=False) as f:
+        size = os.fstat(f.fileno()).st_size
+        return size > 0 and os.pread(f.fileno(), 1, size - 1) != b"\n"

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
@@ -145,6 +146,14 @@ def _refuse(status: int, message: str, **headers) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers or None)
 
 
+def query_problem(errors) -> str:
+    """One line naming the query parameter FastAPI refused (``?gradcam=maybe``), not its list of pydantic errors."""
+    first = errors[0] if errors else {}
+    name = ".".join(str(part) for part in first.get("loc", ())[1:]) or "the request"
+    value = "".join(c if c.isprintable() else "?" for c in str(first.get("input", ""))[:60])  # echoed back
+    return f"{name}={value}: {first.get('msg', 'not valid')}"
+
+
 class Busy(RuntimeError):
     """No preparation slot freed within ``prepare_wait_s``; the message says so (503 with Retry-After)."""
 
@@ -249,6 +258,10 @@ def create_app(model, settings: Settings = Settings()) -> FastAPI:
     app.state.batcher = batcher
     app.state.slots = slots
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_query(request: Request, error: RequestValidationError):
+        return _refuse(422, query_problem(error.errors()))
 
     @app.get("/", include_in_schema=False)
     async def page():
