@@ -153,6 +153,10 @@ def test_a_record_appended_to_a_last_line_without_its_newline_starts_its_own_lin
 
 @pytest.fixture
 def client(tmp_path):
+    return _client(tmp_path)
+
+
+def _client(tmp_path, has_gradcam=True):
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient
 
@@ -165,7 +169,7 @@ def client(tmp_path):
         class_names=("NORMAL", "PNEUMONIA"),
         threshold=0.5,
         temperature=1.0,
-        has_gradcam=True,
+        has_gradcam=has_gradcam,
         info={"threshold": {"rule": "training_prior"}},
     )
     return TestClient(create_app(model), raise_server_exceptions=False)
@@ -180,6 +184,15 @@ def test_a_bad_query_value_is_one_error_line_naming_the_parameter(client, value,
     answer = client.post(f"/v1/predict?gradcam={value}", content=b"", headers={"content-type": "multipart/form-data"})
     assert answer.status_code == 422
     assert answer.json() == {"error": f"gradcam={shown}: Input should be a valid boolean, unable to interpret input"}
+
+
+def test_a_grad_cam_asked_of_a_model_without_one_names_no_server_path(tmp_path):
+    # Before: "<the server's export folder>: exported without gradcam.stablehlo; export the run again".
+    answer = _client(tmp_path, has_gradcam=False).post(
+        "/v1/predict?gradcam=true", content=b"", headers={"content-type": "multipart/form-data"}
+    )
+    assert answer.status_code == 422
+    assert answer.json() == {"error": "gradcam=true: this model was exported without Grad-CAM; ask for gradcam=false"}
 
 
 # --- effnet-serve: where it listens --------------------------------------------------------------

@@ -285,7 +285,8 @@ def create_app(model, settings: Settings = Settings()) -> FastAPI:
     @app.post("/v1/predict")
     async def predict(request: Request, gradcam: bool = False):
         if gradcam and not model.has_gradcam:
-            return _refuse(422, f"{model.directory}: exported without {bundle.GRADCAM_FILE}; export the run again")
+            # The server's folders are its operator's business, not a client's (GET /v1/model shows no path either).
+            return _refuse(422, "gradcam=true: this model was exported without Grad-CAM; ask for gradcam=false")
         length = request.headers.get("content-length")
         if length is None or not length.isdigit():
             return _refuse(411, "a Content-Length header is required (the body's size is checked before it is read)")
@@ -365,10 +366,12 @@ def create_app(model, settings: Settings = Settings()) -> FastAPI:
             return _refuse(503, str(e), **{"Retry-After": "1"})
         except bundle.ExportedModelError as e:  # the function returned no probabilities (a hand-made one)
             log.error("effnet-serve: scoring failed: %s", e)
-            return _refuse(500, f"scoring failed ({e})")
+            return _refuse(
+                500, "scoring failed: the model returned no usable probabilities (the server's log says why)"
+            )
         except Exception as e:  # the model failed on the batch this request was in
             log.exception("effnet-serve: scoring failed")
-            return _refuse(500, f"scoring failed ({type(e).__name__}: {e})")
+            return _refuse(500, f"scoring failed ({type(e).__name__}; the server's log says why)")
         records = []
         for name, image, result in zip(names, pixels, scored):
             if model.threshold is None:  # more than two classes: one probability each, the most probable wins
