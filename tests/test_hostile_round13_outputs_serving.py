@@ -225,3 +225,30 @@ def test_serve_refuses_an_address_it_cannot_listen_on_before_the_model_loads(mon
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert status == 1
     assert err.startswith(f"effnet-serve: error: --host={host} --port={port}: cannot listen there ("), err
+
+
+@pytest.mark.parametrize(
+    "given, said",
+    [
+        (["--max_megapixels=0"], "--max_megapixels=0: expected at least 1"),
+        (["--max_file_kib=0"], "--max_file_kib=0: expected at least 1"),
+        (
+            ["--max_file_kib=10000000"],
+            "--max_receiving_mib=2048: expected at least one largest request "
+            "(--max_files x --max_file_kib + 1 MiB = 156251 MiB)",
+        ),
+    ],
+)
+def test_a_limit_flag_in_other_units_is_refused_naming_the_flag(given, said):
+    # Before: named by the server setting it becomes, in its units (max_pixels=0, max_receiving_bytes=2147483648).
+    from absl import flags
+
+    from effnet_jax.cli import serve
+
+    own = flags.FlagValues()
+    serve.define_flags(own)
+    own(["effnet-serve", "--exported=x"])
+    assert serve.limit_problem(own) is None  # the defaults
+    own.unparse_flags()
+    own(["effnet-serve", "--exported=x", *given])
+    assert serve.limit_problem(own) == said

@@ -91,7 +91,7 @@ def main(argv):
     if FLAGS.max_connections < 1:
         print(f"effnet-serve: error: --max_connections={FLAGS.max_connections}: expected at least 1", file=sys.stderr)
         return 1
-    problem = listen_problem(FLAGS.host, FLAGS.port)
+    problem = listen_problem(FLAGS.host, FLAGS.port) or limit_problem(FLAGS)
     if problem:
         print(f"effnet-serve: error: {problem}", file=sys.stderr)
         return 1
@@ -120,6 +120,25 @@ def main(argv):
     print(f"effnet-serve: {FLAGS.exported} on http://{FLAGS.host}:{FLAGS.port}/ (Ctrl-C stops)", file=sys.stderr)
     server.serve(model, FLAGS.host, FLAGS.port, settings, limit_concurrency=FLAGS.max_connections)
     return 0
+
+
+# Flags that set a server.Settings field in other units: checked here, so a refusal names the flag
+# and its value (Settings would say max_pixels=0 for --max_megapixels=0).
+_SCALED = ("max_file_kib", "max_megapixels", "max_receiving_mib")
+
+
+def limit_problem(values) -> str | None:
+    """Why the scaled limit flags cannot make server.Settings (said with the flags), or None."""
+    for name in _SCALED:
+        if values[name].value < 1:
+            return f"--{name}={values[name].value}: expected at least 1"
+    largest = values.max_files * values.max_file_kib * 1024 + (1 << 20)  # Settings.max_request_bytes
+    if values.max_files >= 1 and values.max_receiving_mib << 20 < largest:
+        return (
+            f"--max_receiving_mib={values.max_receiving_mib}: expected at least one largest request "
+            f"(--max_files x --max_file_kib + 1 MiB = {-(-largest >> 20)} MiB)"
+        )
+    return None
 
 
 def listen_problem(host: str, port: int) -> str | None:
