@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
@@ -76,6 +77,29 @@ def open_output_fd(path: str | os.PathLike, flags: int = os.O_WRONLY, create_mod
     except BaseException:
         os.close(fd)
         raise
+
+
+@contextlib.contextmanager
+def replaced_output(path: str | os.PathLike, mode: str = "w", **kwargs):
+    """A file opened (``open_output``) beside ``path`` as ``path.tmp`` and renamed over ``path`` once written.
+
+    A kill or an error mid-write leaves the earlier file whole (a report, a page, a calibration),
+    never half of the new one. What ``open_output`` refuses at ``path`` itself is refused first:
+    the rename would put the file in place of a planted link silently instead of naming it.
+    """
+    path = os.fspath(path)
+    if os.path.lexists(path):
+        os.close(open_output_fd(path, os.O_RDONLY))  # UnsafeOutputError naming a link, FIFO or shared file
+    tmp = f"{path}.tmp"
+    f = open_output(tmp, mode, **kwargs)
+    try:
+        with f:
+            yield f
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    os.replace(tmp, path)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -393,7 +393,10 @@ def test_the_card_is_never_written_through_a_link_or_outside_the_run(tmp_path):
     outside.write_text("mine")
     os.symlink(outside, os.path.join(workdir, "MODEL_CARD.md"))
     card, warning = _card(workdir)
-    assert warning == "" and not os.path.islink(card) and outside.read_text() == "mine"  # the link is replaced
+    # Refused, as effnet-train refuses it (runs.layout.WRITTEN_FILES): before, the link was replaced silently.
+    assert card is None and "MODEL_CARD.md: is a symbolic link; refusing to write through it" in warning
+    assert outside.read_text() == "mine" and os.path.islink(os.path.join(workdir, "MODEL_CARD.md"))
+    os.unlink(os.path.join(workdir, "MODEL_CARD.md"))
     os.symlink(outside, os.path.join(workdir, "MODEL_CARD.md.tmp"))
     card, warning = _card(workdir)
     assert card is None and "MODEL_CARD.md.tmp: is a symbolic link; refusing to write through it" in warning

@@ -49,7 +49,15 @@ from effnet_jax.metrics import calibration as calibration_lib
 from effnet_jax.metrics import classification as metrics_lib
 from effnet_jax.metrics import intervals as intervals_lib
 from effnet_jax.metrics import multiclass
-from effnet_jax.output_files import UnsafeOutputError, csv_cell, open_output, printable_line, short_hash, slug
+from effnet_jax.output_files import (
+    UnsafeOutputError,
+    csv_cell,
+    open_output,
+    printable_line,
+    replaced_output,
+    short_hash,
+    slug,
+)
 from effnet_jax.progress import Progress
 from effnet_jax.runs import Run
 from effnet_jax.runs import calibration as calibration_file
@@ -450,7 +458,7 @@ def evaluate_checkpoint(
             {"operating": at_operating, "t=0.5": at_half, "train prior": at_prior, "val. Youden": at_youden}
         ),
     )
-    with open_output(files["metrics"], "w") as f:
+    with replaced_output(files["metrics"]) as f:  # a kill mid-write keeps the earlier report whole
         json.dump(metrics_lib.json_safe(report.to_json()), f, indent=2, allow_nan=False)
         f.write("\n")
     return report
@@ -531,7 +539,7 @@ def evaluate_classes(
         out_dir=out_dir,
         table=multiclass.format_table(found),
     )
-    with open_output(files["metrics"], "w") as f:
+    with replaced_output(files["metrics"]) as f:  # a kill mid-write keeps the earlier report whole
         json.dump(metrics_lib.json_safe(report.to_json()), f, indent=2, allow_nan=False)
         f.write("\n")
     return report
@@ -539,7 +547,7 @@ def evaluate_classes(
 
 def _write_class_predictions(path: str, result: SplitPredictions, probs: np.ndarray, file_names, names) -> str:
     # One column per class, calibrated when a temperature applies; 'predicted' is the most probable.
-    with open_output(path, "w", encoding="utf-8", newline="") as f:
+    with replaced_output(path, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["index", "file", "label", "predicted", *(f"prob_{n}" for n in names)])
         for i, label, row in zip(result.index.tolist(), result.labels.tolist(), probs):
@@ -588,7 +596,7 @@ def calibrate_checkpoint(
 
 def _write_predictions(path: str, result: SplitPredictions, probs: np.ndarray, file_names) -> str:
     # prob_pneumonia is what the report scored (calibrated when a temperature applies).
-    with open_output(path, "w", encoding="utf-8", newline="") as f:
+    with replaced_output(path, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["index", "file", "label", "prob_pneumonia", "prob_uncalibrated"])
         rows = zip(result.index.tolist(), result.labels.tolist(), probs.tolist(), result.probs.tolist())

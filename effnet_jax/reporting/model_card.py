@@ -16,7 +16,7 @@ from effnet_jax.data.provenance import provenance
 from effnet_jax.labels import class_names, validate_class_names
 from effnet_jax.output_files import markdown_code as _code
 from effnet_jax.output_files import markdown_text as _text
-from effnet_jax.output_files import open_output
+from effnet_jax.output_files import replaced_output
 from effnet_jax.reporting.run_summary import describe_recipe
 from effnet_jax.runs import Run, values
 from effnet_jax.runs.layout import CONFIG
@@ -317,9 +317,6 @@ def write_model_card(run: Run) -> str:
     """Writes the run's MODEL_CARD.md from what the run holds; returns its path."""
     path = run.layout.model_card
     text = render_model_card(run)
-    tmp = path + ".tmp"
-    # A downloaded run may hold a link at the temporary name: never written through.
-    with open_output(tmp) as f:
+    with replaced_output(path) as f:  # a downloaded run may hold a link at either name: never written through
         f.write(text)
-    os.replace(tmp, path)
     return path

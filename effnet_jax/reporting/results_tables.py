@@ -23,7 +23,7 @@ import re
 import string
 
 from effnet_jax import limits
-from effnet_jax.output_files import UnsafeOutputError, open_output, output_file_problem, printable_line
+from effnet_jax.output_files import UnsafeOutputError, open_output, output_file_problem, printable_line, replaced_output
 
 # Every record says what ran; a value may be null where it does not apply (a published paper ran no command).
 PROVENANCE_KEYS = ("command", "config", "commit", "machine", "date")
@@ -293,10 +293,8 @@ def update_files(root: pathlib.Path, results_dir: pathlib.Path, write: bool) -> 
 
 def _replace_page(path: str, text: str) -> None:
     """``text`` written beside ``path`` and renamed over it: a kill mid-write left a hand-written page cut short."""
-    tmp = f"{path}.tmp"
-    with open_output(tmp) as f:
+    with replaced_output(path) as f:
         f.write(text)
-    os.replace(tmp, path)
 
 
 def append_record(path, record: dict) -> None:

@@ -10,7 +10,7 @@ import json
 import os
 
 from effnet_jax.metrics.calibration import Calibration
-from effnet_jax.output_files import UnsafeOutputError, open_output
+from effnet_jax.output_files import UnsafeOutputError, replaced_output
 from effnet_jax.runs import values
 from effnet_jax.runs.layout import CALIBRATION, Layout
 from effnet_jax.weights.readers import read_json_file
@@ -24,12 +24,10 @@ def write_calibration(layout: Layout, calibration: Calibration) -> str:
     path = layout.calibration
     if os.path.isdir(path) and not os.path.islink(path):  # os.replace cannot put a file over a folder
         raise UnsafeOutputError(f"{path}: a folder, not a calibration file; refusing to replace it")
-    tmp = path + ".tmp"
-    # Not open(): a link planted at the temporary name (a downloaded run) would be written through.
-    with open_output(tmp, "w") as f:
+    # A reader never sees half a file; nothing is written through a link planted at either name.
+    with replaced_output(path) as f:
         json.dump(calibration.to_json(), f, indent=2)
         f.write("\n")
-    os.replace(tmp, path)  # a reader never sees half a file
     return path
 
 
