@@ -190,37 +190,14 @@ def open_zip(path, **bounds) -> zipfile.ZipFile:
     """``zipfile.ZipFile`` reading ``path``, built only once its directory passed ``check(**bounds)``.
 
     The directory is checked on the descriptor the archive then reads, so a file swapped in
-    after the check is never opened; a name listed twice is refused as ``bounds['error']``.
-    ``zipfile.BadZipFile`` as ``ZipFile`` raises it.
+    after the check is never opened. ``zipfile.BadZipFile`` as ``ZipFile`` raises it.
     """
     source = open_checked(path, **bounds)
     try:
-        archive = _ZipFileOwningItsFile(source, path)
+        return _ZipFileOwningItsFile(source, path)
     except BaseException:
         source.close()
         raise
-    twice = _listed_twice(archive)
-    if twice is not None:
-        archive.close()
-        what = bounds.get("what", "a zip")
-        raise bounds.get("error", ZipDirectoryError)(
-            f"{path}: the zip lists {twice[:200]!r} twice; which of them {what} means is unknown"
-        )
-    return archive
-
-
-def _listed_twice(archive: zipfile.ZipFile) -> str | None:
-    """The first member name the archive lists twice, else None.
-
-    zipfile reads the last member of a name; another reader (torch, numpy, an unzip tool) may
-    take the first, or count both: a zip made that way says two things at once.
-    """
-    seen = set()
-    for name in archive.namelist():
-        if name in seen:
-            return name
-        seen.add(name)
-    return None
 
 
 # zipfile inflates a deflated member no further than a read asks for; a bzip2 or LZMA member's

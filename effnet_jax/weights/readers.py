@@ -611,7 +611,12 @@ _TORCH_ZIP_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
 def _load_zip(path: Path):
     bounds = dict(max_entries=MAX_TORCH_ZIP_MEMBERS, what="a PyTorch checkpoint", error=WeightFileError)
     with zip_directory.open_zip(path, **bounds) as archive:
-        names = archive.namelist()  # open_zip refused a name listed twice
+        names = archive.namelist()
+        if len(set(names)) != len(names):
+            # zipfile reads the last of two members of one name, torch's reader may take the first:
+            # which data.pkl or storage is meant is unknown.
+            twice = next(n for n, c in collections.Counter(names).items() if c > 1)
+            raise WeightFileError(f"{path}: the zip lists {_short(twice)} twice; which of them is meant is unknown")
         # torch.save stores its members; zipfile inflates a bzip2 or LZMA chunk whole, past the
         # size a member declares (1 kB of bzip2 is 1.5 GB): only stored and deflated are read.
         odd = next((i for i in archive.infolist() if i.compress_type not in _TORCH_ZIP_METHODS), None)
