@@ -128,4 +128,7 @@ def class_weights(spec: str | None, class_counts: Sequence[int] | None) -> np.nd
     if weights.shape != (n,):
         expected = "W_NORMAL,W_PNEUMONIA" if n == 2 else f"{n} comma-separated weights, one per class"
         raise ValueError(f"config.class_weights={spec!r}: expected 'none', 'balanced' or '{expected}'")
+    if not (np.isfinite(weights).all() and (weights >= 0).all() and weights.sum() > 0):
+        # A NaN, infinite or negative weight trains to a NaN loss or away from the labels, after the compile.
+        raise ValueError(f"config.class_weights={spec!r}: expected finite weights >= 0, not all 0")
     return weights

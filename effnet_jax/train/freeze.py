@@ -35,23 +35,28 @@ def module_position(module: str) -> tuple[int, int]:
     return (10_001, 0)  # classifier
 
 
+def until_position(boundary: str) -> tuple[int, int]:
+    """Where ``boundary`` (``config.freeze_until``) sits, as ``module_position``; ValueError naming the key if malformed.
+
+    Checked by ``validate_config`` too: a typo is refused before the data is prepared.
+    """
+    m = _UNTIL.match(str(boundary))
+    if m:
+        return (int(m.group(1)), int(m.group(2) or 0))
+    if boundary in ("conv_head", "classifier"):
+        return (10_000, 0) if boundary == "conv_head" else (10_001, 0)
+    raise ValueError(
+        f"config.freeze_until={boundary!r}: expected 'blocks_S', 'blocks_S_I', 'conv_head' or 'classifier'"
+    )
+
+
 def until_pattern(boundary: str, params) -> str:
     """A regex matching every top-level module before ``boundary``.
 
     ``boundary``: ``blocks_S`` (all of stages < S), ``blocks_S_I``, ``conv_head``
     (stem and every block) or ``classifier`` (everything but the classifier).
     """
-    m = _UNTIL.match(boundary)
-    if m:
-        limit = (int(m.group(1)), int(m.group(2) or 0))
-    elif boundary == "conv_head":
-        limit = (10_000, 0)
-    elif boundary == "classifier":
-        limit = (10_001, 0)
-    else:
-        raise ValueError(
-            f"config.freeze_until={boundary!r}: expected 'blocks_S', 'blocks_S_I', 'conv_head' or 'classifier'"
-        )
+    limit = until_position(boundary)
     modules = sorted({p.split("/")[0] for p in flat_paths(params)})
     before = [m for m in modules if module_position(m) < limit]
     if not before:
