@@ -346,7 +346,7 @@ def test_the_same_members_combined_the_other_way_are_refused_in_that_workdir(sou
 
 def test_a_bad_soup_combine_is_refused_naming_the_key():
     config = tiny_config(soup_combine="mean")
-    with pytest.raises(ValueError, match=r"config\.soup_combine='mean': expected 'weights'"):
+    with pytest.raises(ValueError, match=r"config\.soup_combine='mean': expected one of 'weights', 'logits'"):
         soup_lib.train_soup(config, "/nonexistent/never/made")
 
 

@@ -37,6 +37,13 @@ _SHOWN = ("accuracy", "auc", "recall", "specificity", "f1")
 _HEADERS = ("accuracy", "AUC", "sensitivity", "specificity", "F1")
 
 
+def _numbers(value) -> str:
+    """A list of integers as Python shows it (``[0, 1]``); anything else from the file as escaped text."""
+    if isinstance(value, (list, tuple)) and all(isinstance(v, int) for v in value):
+        return str(list(value))
+    return _text(value)
+
+
 def _num(value, digits: int = 3) -> str:
     # Not a finite number (null for NaN, "inf" as the training loop logs it, or whatever a downloaded
     # metrics.jsonl holds): unknown. Reports are checked as read (values.check_report).
@@ -89,7 +96,7 @@ def _model_section(config: dict, run: dict | None) -> list[str]:
         )
         lines.append(
             f"- {what} {len(soup.get('members', []))} runs, seeds "
-            f"{_text(soup.get('seeds'))} at steps {_text(soup.get('steps'))} (each run's "
+            f"{_numbers(soup.get('seeds'))} at steps {_numbers(soup.get('steps'))} (each run's "
             f"{_text(soup.get('checkpoint'))} checkpoint; "
             "soup.json); the recipe above is the first run's"
         )

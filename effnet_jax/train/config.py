@@ -457,15 +457,42 @@ def _require_optimizer_and_schedule(config) -> None:
             _require(config, key, test, expected)
 
 
+def soup_seeds(config: ml_collections.ConfigDict) -> int:
+    """``config.soup_seeds`` checked: an integer from 1 (one ordinary run) to ``MAX_MEMBERS``.
+
+    More members than a run's reader accepts would train for days into a run nothing can open.
+    """
+    from effnet_jax.runs.model import MAX_MEMBERS
+
+    value = config.get("soup_seeds", 1)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_MEMBERS:
+        raise ValueError(
+            f"config.soup_seeds={value!r}: expected an integer >= 1, at most {MAX_MEMBERS} (1 = one run; "
+            "N > 1 trains N seeds and averages their weights)"
+        )
+    return value
+
+
+def check_select_split(config) -> str:
+    """The split whose metrics pick the best checkpoint and drive early stopping (``config.select_split``)."""
+    from effnet_jax.data import external
+
+    splits = ["validation", *external.split_names(config.data)]  # what every evaluation scores
+    split = config.get("select_split") or "validation"
+    if split not in splits:
+        raise ValueError(
+            f"config.select_split={split!r}: expected one of {splits} (external splits come from config.data.external)"
+        )
+    return split
+
+
 def _require_late_keys(config) -> None:
     """Keys the trainer reads only once the data is prepared or the model built: refused here, before either.
 
     A typo in one cost the minutes of preparing the data set first, and a NaN class weight
     a NaN loss after the compile.
     """
-    from effnet_jax.data import external
     from effnet_jax.labels import class_weights
-    from effnet_jax.runs.model import MAX_MEMBERS
     from effnet_jax.train import freeze
 
     rule = _number(config, "operating_threshold")
@@ -473,8 +500,7 @@ def _require_late_keys(config) -> None:
         raise ValueError(
             f"config.operating_threshold={rule!r}: expected one of {', '.join(map(repr, OPERATING_THRESHOLDS[:3]))}"
         )
-    if _number(config, "soup_seeds") is not None:
-        _require(config, "soup_seeds", lambda v: 1 <= v <= MAX_MEMBERS, f"an integer from 1 (one run) to {MAX_MEMBERS}")
+    soup_seeds(config)  # the trainer's own check, run here before the data is prepared
     if _number(config, "data.val_fraction") is not None:
         _require(config, "data.val_fraction", lambda v: 0 < v < 1, "a fraction in (0, 1)", (int, float))
     fractions = _number(config, "data.pooled_fractions")
@@ -497,13 +523,7 @@ def _require_late_keys(config) -> None:
     if config.get("freeze_until"):
         freeze.until_position(config.freeze_until)
     _require_weights_source(config.model.get("pretrained"))
-    select = config.get("select_split")
-    splits = ("validation", *external.split_names(config.data))
-    if select and select not in splits:
-        raise ValueError(
-            f"config.select_split={select!r}: expected one of {', '.join(map(repr, splits))} "
-            "(external splits come from config.data.external)"
-        )
+    check_select_split(config)
 
 
 def _require_weights_source(pretrained) -> None:

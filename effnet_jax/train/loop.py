@@ -36,7 +36,7 @@ from effnet_jax.train import freeze as freeze_lib
 from effnet_jax.train import optimizer as optimizer_lib
 from effnet_jax.train import progress as progress_lib
 from effnet_jax.train import state as state_lib
-from effnet_jax.train.config import validate_config
+from effnet_jax.train.config import check_select_split, validate_config
 from effnet_jax.train.evaluate import evaluate
 from effnet_jax.train.parallel import Parallel
 
@@ -183,17 +183,6 @@ def planned_steps(config: ml_collections.ConfigDict) -> int:
     """The step a run of ``config`` ends at (its schedule's last), from the training split's size."""
     config = resolve_data(config)
     return num_steps(config, pipeline.split_info(config.data, "train"))[0]
-
-
-def check_select_split(config) -> str:
-    """The split whose metrics pick the best checkpoint and drive early stopping (``config.select_split``)."""
-    split = config.get("select_split") or "validation"
-    if split not in eval_splits(config):
-        raise ValueError(
-            f"config.select_split={split!r}: expected one of {eval_splits(config)} "
-            "(external splits come from config.data.external)"
-        )
-    return split
 
 
 class _EarlyStopping:

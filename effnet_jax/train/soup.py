@@ -49,9 +49,8 @@ from effnet_jax.runs.writer import MetricWriter
 from effnet_jax.train import feed as feed_lib
 from effnet_jax.train import state as state_lib
 from effnet_jax.train import steps
-from effnet_jax.train.config import validate_config
+from effnet_jax.train.config import check_select_split, soup_seeds, validate_config
 from effnet_jax.train.loop import (
-    check_select_split,
     describe_machine,
     evaluate_splits,
     planned_steps,
@@ -74,20 +73,6 @@ class IncompatibleMembersError(ValueError):
 
 class SoupWorkdirError(RuntimeError):
     """The soup's workdir holds another run, or a soup of other members."""
-
-
-def soup_seeds(config: ml_collections.ConfigDict) -> int:
-    """``config.soup_seeds`` checked: an integer from 1 (one ordinary run) to ``run_model.MAX_MEMBERS``.
-
-    More members than a run's reader accepts would train for days into a run nothing can open.
-    """
-    value = config.get("soup_seeds", 1)
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= run_model.MAX_MEMBERS:
-        raise ValueError(
-            f"config.soup_seeds={value!r}: expected an integer >= 1, at most {run_model.MAX_MEMBERS} (1 = one run; "
-            "N > 1 trains N seeds and averages their weights)"
-        )
-    return value
 
 
 COMBINES = ("weights", "logits")
