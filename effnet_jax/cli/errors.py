@@ -28,6 +28,7 @@ def one_line(error: BaseException) -> tuple[int, str] | None:
     from effnet_jax.data.imaging import BadImageError
     from effnet_jax.data.kermany import LayoutError
     from effnet_jax.data.prepare import StalePreparedDataError
+    from effnet_jax.data.prepared_files import PreparedDataError
     from effnet_jax.output_files import UnsafeOutputError
     from effnet_jax.runs.checkpoints import CheckpointMismatchError
     from effnet_jax.runs.lock import WorkdirLockedError
@@ -57,6 +58,7 @@ def one_line(error: BaseException) -> tuple[int, str] | None:
             BadImageError,
             TrainingDataError,
             StalePreparedDataError,
+            PreparedDataError,
             WeightFileError,
             ExternalDataError,
             IncompatibleMembersError,

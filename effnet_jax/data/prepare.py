@@ -12,6 +12,7 @@ import shutil
 
 import numpy as np
 
+from effnet_jax.data import prepared_files
 from effnet_jax.data import splits as splits_lib
 from effnet_jax.output_files import UnsafeOutputError
 from effnet_jax.progress import quiet_library_noise
@@ -184,13 +185,7 @@ def _check_version_folder(builder) -> None:
     # Read as written: a link at the set's folders, or among its files, would have it read elsewhere.
     _refuse_linked_output_folders(builder, downloads=False, doing="read the data set")
     if os.path.isdir(path):
-        with os.scandir(path) as entries:
-            for entry in entries:
-                if entry.is_symlink():
-                    raise UnsafeOutputError(
-                        f"{entry.path}: is a symbolic link to {os.path.realpath(entry.path)}; a prepared data set "
-                        "holds its own files: refusing to read through it (prepare the set again)"
-                    )
+        prepared_files.refuse_links(path)
     if os.path.isfile(os.path.join(path, "dataset_info.json")):
         return
     link = f" (a symbolic link to {os.path.realpath(path)})" if os.path.islink(path) else ""
@@ -338,10 +333,12 @@ def read_part_metadata(builder) -> dict[str, splits_lib.PartMeta]:
     from tensorflow_datasets.core import decode  # pylint: disable=g-import-not-at-top
 
     text = lambda v: v.decode("utf-8") if isinstance(v, bytes) else str(v)
+    classes = {"label": len(builder.info.features["label"].names)}
     metas = {}
     for split in builder.info.splits:
         source = builder.as_data_source(split, decoders={"image": decode.SkipDecoding()})
-        records = source.__getitems__(list(range(len(source)))) if len(source) else []
+        # Checked as listed: a downloaded set's record may hold anything (a label of 2**31 took GBs to count).
+        records = prepared_files.read_split(source, f"{builder.data_path} {split}", classes)
         labels = np.array([r["label"] for r in records], np.int32)
         has = lambda key: bool(records) and key in records[0]
         metas[split] = splits_lib.PartMeta(

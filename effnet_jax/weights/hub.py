@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import re
 import socket
+import stat
 from urllib.parse import urlparse
 
 from effnet_jax.weights.readers import WeightFileError
 
 _HUB_NAME = re.compile(r"^(hf[-_]hub:)?[\w.-]+/[\w.-]+$")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+MAX_REF_BYTES = 1024  # a cached ref holds a 40-character commit hash
 
 
 def is_hub_name(name: str) -> bool:
@@ -35,11 +37,52 @@ def cached_file(name: str) -> str | None:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:
         return None
+    repo_id = name.split(":", 1)[-1]
+    _check_ref(repo_id)
     for filename in WEIGHT_FILES:
-        path = try_to_load_from_cache(name.split(":", 1)[-1], filename)
+        path = try_to_load_from_cache(repo_id, filename)
         if isinstance(path, str):
-            return path
+            return _inside_cache(path, repo_id)
     return None
+
+
+def _repo_cache(repo_id: str) -> str:
+    """The folder of hub repo ``repo_id`` in the Hugging Face cache (``HF_HUB_CACHE``, ``HF_HOME``)."""
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    return os.path.join(constants.HF_HUB_CACHE, repo_folder_name(repo_id=repo_id, repo_type="model"))
+
+
+def _check_ref(repo_id: str) -> None:
+    """huggingface_hub reads the cache's ``refs/main`` whole: one that is no commit hash is refused, naming it.
+
+    The cache may be shared or copied from elsewhere; a sparse ref of 10 GB took 23 GB before the OOM killer.
+    """
+    try:
+        folder = _repo_cache(repo_id)
+        st = os.stat(os.path.join(folder, "refs", "main"))
+    except (OSError, ValueError):  # no ref; or a name that is no repo id, which huggingface_hub refuses itself
+        return
+    ref = os.path.join(folder, "refs", "main")
+    if stat.S_ISREG(st.st_mode) and st.st_size > MAX_REF_BYTES:
+        raise WeightFileError(
+            f"{ref}: {st.st_size:,} bytes, not the commit hash a Hugging Face cache ref holds; remove {folder} "
+            "to download the weights again"
+        )
+
+
+def _inside_cache(path: str, repo_id: str) -> str:
+    """``path``, refused (WeightFileError) when it leads out of the repo's cache folder: a link planted in a
+    shared or copied cache (``snapshots/<hash>/model.safetensors -> ~/secret``) would have any file read."""
+    folder = os.path.realpath(_repo_cache(repo_id))
+    target = os.path.realpath(path)
+    if os.path.commonpath([folder, target]) != folder:
+        raise WeightFileError(
+            f"{path}: a link to {target}, outside the Hugging Face cache folder {folder}; not read (remove "
+            "the link to download the weights again, or pass a local weight file)"
+        )
+    return path
 
 
 def download(name: str) -> str:
@@ -55,12 +98,15 @@ def download(name: str) -> str:
         raise WeightFileError(
             f"Hub name {name!r} needs huggingface_hub: pip install 'effnet_jax[hub]'. " + how_to
         ) from e
+    _check_ref(repo_id)
     reason = _offline_reason()
     errors = []
     for filename in WEIGHT_FILES:
         try:
-            return hf_hub_download(repo_id, filename, local_files_only=reason is not None)
+            path = hf_hub_download(repo_id, filename, local_files_only=reason is not None)
         except Exception as e:  # noqa: BLE001  huggingface_hub raises many types; report them all
             errors.append(f"{filename}: {type(e).__name__}")
+            continue
+        return _inside_cache(path, repo_id)
     where = f"offline ({reason}) and not in the local cache" if reason else "download failed"
     raise WeightFileError(f"Cannot get hub weights {name!r}: {where} [{'; '.join(errors)}]. " + how_to)

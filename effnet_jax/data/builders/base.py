@@ -6,6 +6,8 @@ import logging
 import tensorflow_datasets as tfds
 from etils import epath
 
+from effnet_jax.data import prepared_files
+
 log = logging.getLogger("effnet_jax.data")
 
 
@@ -20,6 +22,13 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     @classmethod
     def code_path(cls) -> epath.Path:
         return epath.Path(inspect.getfile(cls))
+
+    def _build_data_dir(self, given_data_dir):
+        # TFDS reads the version folder's files as soon as it knows where it is (data.data_dir may be a
+        # downloaded copy): they are checked first (effnet_jax.data.prepared_files).
+        root, version_dir = super()._build_data_dir(given_data_dir)
+        prepared_files.check_folder(version_dir, self.name, str(self.version))
+        return root, version_dir
 
     # TFDS prints "Downloading and preparing dataset Unknown size (download: Unknown size,
     # ...)" to stdout before preparing and a bold line after; our builders read local files

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from effnet_jax import limits
-from effnet_jax.data import exclusions, imaging, kermany
+from effnet_jax.data import exclusions, imaging, kermany, prepared_files
 from effnet_jax.data.eda import hashing
 from effnet_jax.progress import Progress
 from effnet_jax.weights.readers import read_json_file
@@ -216,19 +216,49 @@ def _dataset_info(path: Path, folder: Path, follow_links: bool) -> dict:
     return value if isinstance(value, dict) else {}
 
 
+# The features a prepared chest_xray set holds. TFDS imports the module of any class features.json
+# names (``this.X`` printed the Zen of Python), so no other is read.
+_FEATURES = {
+    "image": "tensorflow_datasets.core.features.image_feature.Image",
+    "label": "tensorflow_datasets.core.features.class_label_feature.ClassLabel",
+    "pathogen": "tensorflow_datasets.core.features.class_label_feature.ClassLabel",
+    "patient_id": "tensorflow_datasets.core.features.text_feature.Text",
+    "file_name": "tensorflow_datasets.core.features.text_feature.Text",
+}
+
+
+def _check_features(path: Path) -> None:
+    """``features.json`` must describe chest_xray's features with TFDS's own classes (PreparedDataError naming it)."""
+    value = read_json_file(str(path), error=prepared_files.PreparedDataError)
+    try:
+        top, features = value["pythonClassName"], value["featuresDict"]["features"]
+        found = {key: feature["pythonClassName"] for key, feature in features.items()}
+        dtype = features["image"]["image"].get("dtype", "uint8")
+    except (KeyError, TypeError, AttributeError):
+        found, top, dtype = None, None, None
+    if top != "tensorflow_datasets.core.features.features_dict.FeaturesDict" or found != _FEATURES or dtype != "uint8":
+        raise prepared_files.PreparedDataError(
+            f"{path}: not the features of a prepared chest_xray set (image, label, pathogen, patient_id and "
+            "file_name, of TFDS's own feature classes, uint8 images)"
+        )
+
+
 def scan_prepared(version_dir, *, samples_per_class: int = 8, seed: int = 0, progress: bool = True) -> Inventory:
     """Decode every stored record of a prepared chest_xray data set (TFDS version folder)."""
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     from tensorflow_datasets.core import decode  # pylint: disable=g-import-not-at-top
 
+    prepared_files.check_folder(str(version_dir), "chest_xray")
+    _check_features(Path(version_dir) / "features.json")
     builder = tfds.builder_from_directory(str(version_dir))
     names = builder.info.features["label"].names
     pathogens = builder.info.features["pathogen"].names
     text = lambda v: v.decode("utf-8") if isinstance(v, bytes) else str(v)
+    classes = {"label": len(names), "pathogen": len(pathogens)}
     records = {}
     for split in builder.info.splits:
         source = builder.as_data_source(split, decoders={"image": decode.SkipDecoding()})
-        records[split] = source.__getitems__(list(range(len(source)))) if len(source) else []
+        records[split] = prepared_files.read_split(source, f"{version_dir} {split}", classes)
     by_label = {}
     for split, recs in records.items():
         for r in recs:
