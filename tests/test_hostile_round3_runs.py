@@ -69,7 +69,15 @@ def test_forged_checkpoint_shapes_are_refused_before_anything_is_allocated(run_c
         ("best_mode", "sideways", "best_mode='sideways': expected 'max' or 'min'"),
         ("best_metric", ["auc"], "best_metric=\\['auc'\\]: expected a metric name"),
     ],
-    ids=["many-classes", "classes-string", "many-members", "members-string", "combine-type", "best-mode", "best-metric"],
+    ids=[
+        "many-classes",
+        "classes-string",
+        "many-members",
+        "members-string",
+        "combine-type",
+        "best-mode",
+        "best-metric",
+    ],
 )
 def test_a_checkpoint_config_sizing_the_model_past_any_run_is_refused(run_copy, key, value, why):
     # The model (its head, an ensemble's stacked weights) and the state's allowance are sized by these.
