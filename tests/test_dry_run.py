@@ -1,6 +1,7 @@
 """effnet-train --dry_run: the resolved config, the data found and what a run would write; nothing written."""
 
 import data_fixtures as fx
+import pytest
 from helpers import load_config, run_module
 
 from effnet_jax.train import plan
@@ -44,3 +45,17 @@ def test_effnet_train_dry_run_on_the_sample_prints_splits_and_steps_and_exits(tm
     proc = run_module("effnet_jax.cli.train", *args, "--config.no_such_key=1")
     assert proc.returncode == 2
     assert "(the schema, effnet_jax/train/config.py, lists every key)" in proc.stderr
+
+
+def test_dry_run_refuses_a_data_dir_that_is_a_file_as_the_run_would(tmp_path):
+    # Before: "the run would prepare it once into <a file>", and the run then refused it.
+    raw = fx.write_tree(tmp_path / "chest_xray", fx.GOOD_TREE)
+    (tmp_path / "afile").write_text("not a folder")
+    config = load_config("debug")
+    config.data.manual_dir = str(raw)
+    config.data.data_dir = str(tmp_path / "afile")
+    with pytest.raises(ValueError) as e:
+        plan.describe(config, str(tmp_path / "run"))
+    assert str(e.value) == (
+        f"data.data_dir='{tmp_path / 'afile'}': not a folder; expected the folder to prepare the data set into"
+    )

@@ -142,9 +142,7 @@ def ensure_prepared(factory: BuilderFactory, allow_prepare: bool = True):
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
     _check_inputs(factory)  # before anything is announced or written
-    root = str(builder.data_dir_root)
-    if os.path.lexists(root) and not os.path.isdir(root):
-        raise ValueError(f"data.data_dir={root!r}: not a folder; expected the folder to prepare the data set into")
+    check_data_dir(str(builder.data_dir_root))
     _refuse_linked_output_folders(builder, downloads=factory.name == "pneumonia_mnist")
     # TFDS's own bars redraw with control codes even in a pipe; the builders show ours.
     tfds.disable_progress_bar()
@@ -205,6 +203,12 @@ def _output_folders(builder, downloads: bool) -> list[str]:
     folders = [os.path.join(root, *parts[: i + 1]) for i in range(len(parts))]
     folders.append(os.path.join(root, builder.name, ".config"))
     return [*folders, os.path.join(root, "downloads")] if downloads else folders
+
+
+def check_data_dir(root: str) -> None:
+    """``data.data_dir`` must be a folder, or not exist yet: a ValueError naming the key otherwise."""
+    if os.path.lexists(root) and not os.path.isdir(root):
+        raise ValueError(f"data.data_dir={root!r}: not a folder; expected the folder to prepare the data set into")
 
 
 def _refuse_linked_output_folders(builder, downloads: bool, doing: str = "prepare the data set") -> None:

@@ -10,7 +10,7 @@ import os
 
 import ml_collections
 
-from effnet_jax.data import external, pipeline
+from effnet_jax.data import external, pipeline, prepare
 from effnet_jax.labels import class_names
 from effnet_jax.train import loop
 
@@ -55,6 +55,7 @@ def describe(config: ml_collections.ConfigDict, workdir: str) -> str:
     )
     if infos is None:
         where = data.get("data_dir") or "~/tensorflow_datasets"
+        prepare.check_data_dir(os.path.expanduser(where))  # as the run would refuse it, before it prepares
         if data.name in ("chest_xray", "folder") and data.manual_dir:
             lines.append(f"  not prepared yet: the run would prepare it once into {where}, from:")
             lines += _raw_counts(data)
