@@ -46,7 +46,7 @@ from effnet_jax.reporting.results_tables import markdown_table
 from effnet_jax.runs import layout as layout_lib
 from effnet_jax.runs import lock as workdir_lock
 from effnet_jax.runs.layout import EVAL_REPORT, Layout
-from effnet_jax.train.config import validate_config
+from effnet_jax.train.config import flat_values, validate_config
 from effnet_jax.train.loop import NonFiniteLossError, planned_steps
 from effnet_jax.train.soup import run_finished, soup_seeds
 from effnet_jax.weights.readers import read_json_file
@@ -332,16 +332,8 @@ def _refuse_linked_points(workdir: str, points: list[Point]) -> None:
 
 def _flat_config(config: ml_collections.ConfigDict, axes: list[Axis]) -> dict:
     """The config as flat JSON values by dotted key, less the swept keys (each point sets them) and RERUNNABLE_KEYS."""
-    flat, stack = {}, [("", json.loads(config.to_json_best_effort()))]
-    while stack:
-        prefix, node = stack.pop()
-        for key, value in node.items():
-            if isinstance(value, dict):
-                stack.append((f"{prefix}{key}.", value))
-            else:
-                flat[f"{prefix}{key}"] = value
     dropped = RERUNNABLE_KEYS | {axis.key for axis in axes}
-    return {key: value for key, value in flat.items() if key not in dropped}
+    return {key: value for key, value in flat_values(config).items() if key not in dropped}
 
 
 def _check_base_config(workdir: str, config: ml_collections.ConfigDict, axes: list[Axis]) -> None:

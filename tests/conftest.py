@@ -89,5 +89,21 @@ def _our_logger_propagates():
     yield
 
 
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A tiny model exported for effnet-serve and effnet-predict (tests/export_fixtures.py), once per test module."""
+    from export_fixtures import export_tiny
+
+    return export_tiny(tmp_path_factory.mktemp("export"))
+
+
+@pytest.fixture(scope="module")
+def model(exported):
+    """``exported`` loaded as effnet-serve loads it."""
+    from effnet_jax import serving
+
+    return serving.load(exported)
+
+
 # Tiny training runs trained once per session and shared by the files that read them.
 from run_fixtures import base_run, resumed_run, run_copy, straight_run  # noqa: E402, F401

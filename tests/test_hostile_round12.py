@@ -224,13 +224,6 @@ def test_a_network_failure_is_still_offline(tmp_path, monkeypatch):
 # --- 4. an exported function whose every image takes much memory: called a few images at a time ----
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    from export_fixtures import export_tiny
-
-    return export_tiny(tmp_path_factory.mktemp("export"))
-
-
 def _wide(weights, images):
     # 16 MiB of float32 per image, under the budget for one image, not for a batch of them.
     planes = (

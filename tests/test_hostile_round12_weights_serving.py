@@ -299,18 +299,6 @@ def test_a_pasted_name_longer_than_a_path_may_be_is_one_line():
 # --- exported folders and effnet-serve: fixed ---------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    from export_fixtures import export_tiny
-
-    return export_tiny(tmp_path_factory.mktemp("export"))
-
-
-@pytest.fixture(scope="module")
-def model(exported):
-    return serving.load(exported)
-
-
 def _jpeg() -> bytes:
     folder = os.path.join(SAMPLE, "validation", "NORMAL")
     with open(os.path.join(folder, sorted(os.listdir(folder))[0]), "rb") as f:

@@ -171,13 +171,6 @@ def test_gradcam_panels_of_stems_holding_the_suffix_never_share_a_name():
 # --- exported folders -----------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    from export_fixtures import export_tiny
-
-    return export_tiny(tmp_path_factory.mktemp("export"))
-
-
 def _copy(exported, tmp_path, edit=None) -> str:
     folder = str(tmp_path / "exported")
     shutil.copytree(exported, folder)

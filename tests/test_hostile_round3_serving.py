@@ -28,18 +28,6 @@ from effnet_jax.serving import bundle
 SAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "effnet_jax", "data", "sample")
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    from export_fixtures import export_tiny
-
-    return export_tiny(tmp_path_factory.mktemp("export"))
-
-
-@pytest.fixture(scope="module")
-def model(exported):
-    return serving.load(exported)
-
-
 def _copy(exported, tmp_path, weights: bytes | None = None, record=None) -> str:
     """A copy of the export; ``weights`` replace weights.npz, ``record(meta)`` edits model.json (SHA256SUMS kept right)."""
     folder = str(tmp_path / "exported")

@@ -222,13 +222,6 @@ def test_preparing_a_zip_with_an_encrypted_member_skips_it_by_policy(tmp_path):
 # --- exported functions that loop forever or declare huge tensors -------------------------------------
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    from export_fixtures import export_tiny
-
-    return export_tiny(tmp_path_factory.mktemp("export"))
-
-
 def _with_function(exported, tmp_path, body):
     """A copy of ``exported`` whose model.stablehlo is ``body(weights, images)``, model.json and SHA256SUMS updated."""
     from jax import export as jax_export

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 from browser import Page, chromium_binary
 from dicom_fixtures import radiograph, write_dicom
-from export_fixtures import export_tiny
 from helpers import REPO, run_module
 from PIL import Image
 
@@ -27,16 +26,6 @@ from effnet_jax.serving import bundle
 SAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "effnet_jax", "data", "sample")
 # The server the tests start (effnet-serve flags of the same values).
 SETTINGS = Settings(max_batch=4, max_wait_ms=20, max_files=8, max_file_bytes=256 << 10, max_pixels=1_000_000)
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    return export_tiny(tmp_path_factory.mktemp("serve"))
-
-
-@pytest.fixture(scope="module")
-def model(exported):
-    return serving.load(exported)
 
 
 @pytest.fixture(scope="module")

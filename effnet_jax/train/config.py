@@ -7,6 +7,7 @@ written back here: see ``effnet_jax.runs.record``.
 """
 
 import importlib.util
+import json
 import math
 import os
 import pathlib
@@ -455,6 +456,19 @@ def _require_optimizer_and_schedule(config) -> None:
     ):
         if _number(config, key) is not None:
             _require(config, key, test, expected)
+
+
+def flat_values(config: ml_collections.ConfigDict) -> dict:
+    """The config's values as JSON gives them, by dotted key (``optimizer.learning_rate``), sections unfolded."""
+    flat, stack = {}, [("", json.loads(config.to_json_best_effort()))]
+    while stack:
+        prefix, node = stack.pop()
+        for key, value in node.items():
+            if isinstance(value, dict):
+                stack.append((f"{prefix}{key}.", value))
+            else:
+                flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def soup_seeds(config: ml_collections.ConfigDict) -> int:

@@ -36,7 +36,7 @@ from effnet_jax.train import freeze as freeze_lib
 from effnet_jax.train import optimizer as optimizer_lib
 from effnet_jax.train import progress as progress_lib
 from effnet_jax.train import state as state_lib
-from effnet_jax.train.config import check_select_split, validate_config
+from effnet_jax.train.config import check_select_split, flat_values, validate_config
 from effnet_jax.train.evaluate import evaluate
 from effnet_jax.train.parallel import Parallel
 
@@ -687,21 +687,10 @@ def _short(metrics: dict) -> str:
 
 def _log_config_changes(saved: ml_collections.ConfigDict, current: ml_collections.ConfigDict):
     """Warns about keys whose value differs from the checkpointed run's (resuming is allowed)."""
-    a = _flat(json.loads(saved.to_json_best_effort()))
-    b = _flat(json.loads(current.to_json_best_effort()))
+    a, b = flat_values(saved), flat_values(current)
     changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     if changed:
         log.warning("resuming with a config that differs from the checkpoint's in: %s", ", ".join(changed))
-
-
-def _flat(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _progress(config, start: int, total: int, data_tag: str) -> progress_lib.TrainProgress | None:
