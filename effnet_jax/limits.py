@@ -126,12 +126,13 @@ def read_open_file(f, path: str, limit: int, what: str = "one image") -> bytes:
     return data
 
 
-def read_text_file(path: str, what: str) -> str:
+def read_text_file(path: str, what: str, errors: str = "strict") -> str:
     """The UTF-8 text of regular file ``path`` (a report a downloaded run holds), at most ``object_limit()`` bytes.
 
     A FIFO, a device (a link to /dev/zero), a file over the limit (checked before reading) or
     one that is not UTF-8 is a ValueError naming the file (and the line of the first bad byte);
-    ``FileNotFoundError`` when it is missing. ``what`` names the file's kind in the size refusal.
+    ``FileNotFoundError`` when it is missing. ``what`` names the file's kind in the size refusal;
+    ``errors="replace"`` reads bad bytes as U+FFFD instead (a file only searched).
     """
     try:
         with open_regular_file(path) as f:
@@ -141,7 +142,7 @@ def read_text_file(path: str, what: str) -> str:
     except OSError as e:
         raise ValueError(f"{path}: cannot read ({e.strerror or e})") from None
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8", errors)
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
         raise ValueError(f"{path}:{line}: not UTF-8 text") from None

@@ -57,19 +57,11 @@ def read_text(path: pathlib.Path, errors: str = "strict") -> str:
     ``errors="replace"`` for pages only searched for markers. FileNotFoundError when missing.
     """
     try:
-        with limits.open_regular_file(str(path)) as f:
-            data = limits.read_open_file(f, str(path), limits.object_limit(), "a results file (budget / 32)")
+        return limits.read_text_file(str(path), "a results file", errors)
     except FileNotFoundError:
         raise
-    except limits.BudgetError as e:
+    except ValueError as e:  # limits.BudgetError, an unreadable or non-UTF-8 file: named in one line
         raise ResultsError(str(e)) from None
-    except OSError as e:
-        raise ResultsError(f"{path}: cannot read ({e.strerror or e})") from None
-    try:
-        return data.decode("utf-8", errors)
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise ResultsError(f"{path}:{line}: not UTF-8 text") from None
 
 
 def load_records(results_dir: pathlib.Path) -> dict[str, list[dict]]:
