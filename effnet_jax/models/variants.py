@@ -165,50 +165,28 @@ def parse_block_string(spec: str) -> dict:
     return args
 
 
+# Two ports of every weight set: timm's own ("efficientnet_*", PyTorch padding and BatchNorm
+# defaults) and the TensorFlow originals ("tf_*", TF "same" padding and Keras BatchNorm).
+_TIMM_PORT = dict(padding="symmetric", bn_eps=1e-5, bn_momentum=0.9)
+_TF_PORT = dict(padding="same", bn_eps=1e-3, bn_momentum=0.99)
+
+
 def _build_registry() -> dict[str, VariantConfig]:
+    families = (
+        # scaling table, blocks, activation, extra fields, normalisation of the tf_ port
+        (EFFICIENTNET_SCALING, EFFICIENTNET_BLOCKS, "swish", {}, (IMAGENET_MEAN, IMAGENET_STD)),
+        # The Lite TF checkpoints were trained on inputs scaled to [-1, 1].
+        (LITE_SCALING, LITE_BLOCKS, "relu6", {"fix_stem_head": True}, (INCEPTION_MEAN, INCEPTION_STD)),
+    )
     registry = {}
-    for key, (w, d, r, p) in EFFICIENTNET_SCALING.items():
-        common = dict(width=w, depth=d, resolution=r, dropout=p, blocks=EFFICIENTNET_BLOCKS, activation="swish")
-        registry[f"efficientnet_{key}"] = VariantConfig(
-            name=f"efficientnet_{key}",
-            padding="symmetric",
-            bn_eps=1e-5,
-            bn_momentum=0.9,
-            mean=IMAGENET_MEAN,
-            std=IMAGENET_STD,
-            **common,
-        )
-        registry[f"tf_efficientnet_{key}"] = VariantConfig(
-            name=f"tf_efficientnet_{key}",
-            padding="same",
-            bn_eps=1e-3,
-            bn_momentum=0.99,
-            mean=IMAGENET_MEAN,
-            std=IMAGENET_STD,
-            **common,
-        )
-    for key, (w, d, r, p) in LITE_SCALING.items():
-        common = dict(
-            width=w, depth=d, resolution=r, dropout=p, blocks=LITE_BLOCKS, activation="relu6", fix_stem_head=True
-        )
-        registry[f"efficientnet_{key}"] = VariantConfig(
-            name=f"efficientnet_{key}",
-            padding="symmetric",
-            bn_eps=1e-5,
-            bn_momentum=0.9,
-            mean=IMAGENET_MEAN,
-            std=IMAGENET_STD,
-            **common,
-        )
-        registry[f"tf_efficientnet_{key}"] = VariantConfig(
-            name=f"tf_efficientnet_{key}",
-            padding="same",
-            bn_eps=1e-3,
-            bn_momentum=0.99,
-            mean=INCEPTION_MEAN,
-            std=INCEPTION_STD,
-            **common,
-        )
+    for scaling, blocks, activation, extra, (tf_mean, tf_std) in families:
+        for key, (w, d, r, p) in scaling.items():
+            common = dict(width=w, depth=d, resolution=r, dropout=p, blocks=blocks, activation=activation, **extra)
+            for name, port, mean, std in (
+                (f"efficientnet_{key}", _TIMM_PORT, IMAGENET_MEAN, IMAGENET_STD),
+                (f"tf_efficientnet_{key}", _TF_PORT, tf_mean, tf_std),
+            ):
+                registry[name] = VariantConfig(name=name, mean=mean, std=std, **port, **common)
     return registry
 
 
