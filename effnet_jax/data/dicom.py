@@ -6,7 +6,9 @@ LUT Sequence), then MONOCHROME1 (white = low values) is inverted so that bone is
 bright as in MONOCHROME2. The VOI output range is stretched to 0..255; without a VOI
 the image's own range is (as ``imaging.to_gray`` does for 16-bit files). pydicom
 does the decoding and the LUTs (the ``dicom`` extra); a compressed transfer syntax
-that no installed decoder handles is refused with one line naming the file.
+that no installed decoder handles is refused with one line naming the file. Explicit VR
+Big Endian files are read as their little-endian twins; a file whose TransferSyntaxUID
+states the other byte order than its dataset's is refused as mislabelled.
 
 A DICOM file may come from anyone: before any pixel is decoded, what decoding will take
 (the first frame at its declared size and bit depth, a decoder's working copies, the
@@ -48,6 +50,8 @@ _RLE_MAX_EXPANSION = 64
 MAX_READS = 1 << 18
 MAX_ITEMS = 1 << 16
 _ITEM_TAGS = (b"\xfe\xff\x00\xe0", b"\xff\xfe\xe0\x00")
+# The (7FE0,0010) Pixel Data tag as it is written in each byte order.
+_PIXEL_DATA_TAGS = {"little-endian": b"\xe0\x7f\x10\x00", "big-endian": b"\x7f\xe0\x00\x10"}
 # The LUT sequences the modality and VOI steps parse when they read them: a LUT holds at most
 # 65,536 16-bit entries, so a few fit in this many bytes.
 MAX_LUT_SEQUENCE_BYTES = 1 << 20
@@ -147,10 +151,13 @@ def read_gray(data: bytes, path: str) -> np.ndarray:
         raise DicomError(f"{path}: {e}") from None
     ds, inflated = _read_dataset(pydicom, data, path, limit)
     _check_lut_sequences(pydicom, ds, path)
+    file_meta = getattr(ds, "file_meta", None)
+    syntax = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
     if "PixelData" not in ds:
         floats = [k for k in ("FloatPixelData", "DoubleFloatPixelData") if k in ds]
         if floats:  # a parametric map, not a radiograph
             raise DicomError(f"{path}: DICOM {floats[0]} (floating-point pixels) is not a radiograph's pixel data")
+        _check_byte_order(syntax, data, path)
         raise DicomError(f"{path}: DICOM file without pixel data (a report or structured document?)")
     try:
         rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
@@ -163,8 +170,6 @@ def read_gray(data: bytes, path: str) -> np.ndarray:
         raise DicomError(f"{path}: DICOM image of {rows}x{cols}x{samples} pixels (expected 1 to {MAX_PIXELS})")
     if not 1 <= bits <= 64:
         raise DicomError(f"{path}: DICOM BitsAllocated {bits} (expected 1 to 64)")
-    file_meta = getattr(ds, "file_meta", None)
-    syntax = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
     if syntax is not None and not syntax.is_transfer_syntax:  # a private or made-up UID: no decoder knows it
         raise DicomError(
             f"{path}: DICOM TransferSyntaxUID {str(syntax)[:64]!r} is not a transfer syntax known here; convert the "
@@ -179,9 +184,9 @@ def read_gray(data: bytes, path: str) -> np.ndarray:
     if compressed:
         _check_compressed_frame(pydicom, ds, syntax, rows, cols, samples, frames, path, limit - declared)
     try:
-        # Only the first frame: a multi-frame file may decode to far more than it stores, and pixel data
-        # longer than its one declared frame would decode as extra frames.
-        pixels = pydicom.pixels.pixel_array(ds, index=0)
+        # Only the first frame: a multi-frame file may decode to far more than it stores. Pixel data
+        # longer than its declared frames is not read as more frames (pydicom warns of the extra bytes).
+        pixels = pydicom.pixels.pixel_array(ds, index=0, allow_excess_frames=False)
     except Exception as e:
         if compressed:  # a decoder for it is installed (_check_compressed_frame): the frame itself is damaged
             why = str(e).split("\n", 2)[1].strip() if str(e).count("\n") else f"{type(e).__name__}: {e}"
@@ -196,7 +201,9 @@ def read_gray(data: bytes, path: str) -> np.ndarray:
             return np.asarray(Image.fromarray(pixels, mode="RGB").convert("L"))
         raise DicomError(f"{path}: DICOM PhotometricInterpretation {photometric!r} is not a grayscale radiograph")
     try:
-        gray = _windowed_uint8(pydicom, ds, pixels, photometric, path)
+        # An overflow to inf, or inf - inf, is refused by name below: numpy's bare warning would add nothing.
+        with np.errstate(over="ignore", invalid="ignore"):
+            gray = _windowed_uint8(pydicom, ds, pixels, photometric, path)
     except DicomError:
         raise
     except Exception as e:  # malformed LUT descriptors or window values
@@ -207,6 +214,23 @@ def read_gray(data: bytes, path: str) -> np.ndarray:
             "nothing to diagnose (check RescaleSlope, WindowCenter and WindowWidth)"
         )
     return gray
+
+
+def _check_byte_order(syntax, data: bytes, path: str) -> None:
+    """Refuses a dataset read without pixel data whose Pixel Data tag is there in the other byte order.
+
+    Its TransferSyntaxUID is wrong (a little-endian dataset labelled Explicit VR Big Endian, or
+    the reverse): read in the declared order, every tag after the first came out garbled.
+    """
+    if syntax is None or not syntax.is_transfer_syntax:
+        return
+    declared = "little-endian" if syntax.is_little_endian else "big-endian"
+    other = "big-endian" if syntax.is_little_endian else "little-endian"
+    if _PIXEL_DATA_TAGS[other] in data and _PIXEL_DATA_TAGS[declared] not in data:
+        raise DicomError(
+            f"{path}: DICOM file declaring the transfer syntax {syntax.name} ({syntax}), {declared}, whose pixel "
+            f"data is tagged {other}: a mislabelled file; correct its TransferSyntaxUID"
+        )
 
 
 def decode_bytes(rows: int, cols: int, samples: int, bits: int, compressed: bool) -> int:

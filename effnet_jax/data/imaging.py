@@ -10,17 +10,25 @@ computed from its header (width x height x the mode's bytes, the conversion's co
 held to the decoded-size budget of ``effnet_jax.limits``. So is the work Pillow would do in
 Python, an item at a time: a JPEG's header segments, a PNG's chunks, a GIF's blocks before its
 first image, a BMP's RLE runs.
+
+What a library warns while it reads one file is logged once, after that file's name
+(``named_warnings``): among thousands of files, a bare "Corrupt EXIF data" names none.
 """
 
+import contextlib
+import functools
 import io
+import logging
 import struct
+import threading
 import warnings
 
 import numpy as np
-from PIL import Image, ImageMode
+from PIL import Image, ImageMode, TiffImagePlugin
 
 from effnet_jax import limits
 from effnet_jax.data import dicom, jpeg_scans
+from effnet_jax.output_files import printable_line
 
 JPEG_QUALITY = 95  # high: decoding cost is the same, and the originals are already lossy
 # High-bit-depth images are scaled to 0..255 a block of about this many pixels at a time.
@@ -60,6 +68,33 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # Pillow decodes a BMP's RLE runs in Python, a run (and, at a row's end, a pixel) at a time: a 9400 x
 # 9400 image of empty rows (38 kB) took 10 s. Its pixels plus twice its bytes are held to this.
 MAX_BMP_RLE_WORK = 1 << 24
+# A JPEG's metadata segments and Photoshop resource blocks are bounded in jpeg_scans.
+MAX_JPEG_APP_BYTES = jpeg_scans.MAX_JPEG_APP_BYTES
+MAX_PHOTOSHOP_RESOURCES = jpeg_scans.MAX_PHOTOSHOP_RESOURCES
+# JPEG frames other than Huffman-coded baseline, extended and progressive DCT (SOF0-2), by marker.
+# libjpeg decodes no hierarchical frame; lossless and arithmetic coding depend on its build.
+_JPEG_CODINGS = {
+    0xC3: "lossless",
+    0xC5: "hierarchical",
+    0xC6: "hierarchical progressive",
+    0xC7: "hierarchical lossless",
+    0xC9: "arithmetic-coded",
+    0xCA: "arithmetic-coded progressive",
+    0xCB: "arithmetic-coded lossless",
+    0xCD: "arithmetic-coded hierarchical",
+    0xCE: "arithmetic-coded hierarchical progressive",
+    0xCF: "arithmetic-coded hierarchical lossless",
+}
+# A TIFF's SampleFormat values (TIFF 6.0 and Adobe's supplement), to name what Pillow cannot read.
+_TIFF_SAMPLE_FORMATS = {
+    1: "unsigned integer",
+    2: "signed integer",
+    3: "floating-point",
+    4: "untyped",
+    5: "complex integer",
+    6: "complex floating-point",
+}
+_TIFF_SHORT_OR_LONG = {3: "H", 4: "I"}
 # The stored copy is a JPEG, which holds at most this many pixels a side: an image still longer
 # once its shorter side is at most max_size (100000 x 1 pixels) cannot be stored.
 MAX_STORED_SIDE = 65_500
@@ -71,6 +106,95 @@ class BadImageError(ValueError):
 
 class ImageBudgetError(BadImageError):
     """An image that would take more than the decoded-size budget to decode (``effnet_jax.limits``)."""
+
+
+# --- Warnings named by their file ------------------------------------------------------------------
+# ``warnings.catch_warnings`` swaps process-wide state, and effnet-serve decodes uploads on several
+# threads: one catch stays open while any thread reads a file, and each warning goes to the file of
+# the thread that raised it (a thread reading no file warns as before). Opening it resets the
+# "warned once already" memory, so each file read alone gets its own warnings.
+log = logging.getLogger("effnet_jax.data")
+# pydicom logs what it also warns (and some things it only logs), on these loggers.
+_PYDICOM_LOGGERS = ("pydicom", "pydicom.pixels.decoders.base", "pydicom.pixels.utils")
+
+
+class _WarningRouter:
+    """Routes the warnings and pydicom log records of a thread reading a file to that file's list."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._readers = 0
+        self._catch = None  # held while any thread reads a file
+        self._show_before = warnings.showwarning
+        self._local = threading.local()
+
+    def caught(self) -> list | None:
+        """The list of the file this thread is reading, or None."""
+        return getattr(self._local, "caught", None)
+
+    @contextlib.contextmanager
+    def collect(self, path):
+        """Collects while the body reads ``path``, then logs each distinct message once, after ``path``."""
+        if self.caught() is not None:  # a reader inside another (decode_file, then load_image): the outer logs
+            yield
+            return
+        self._local.caught = caught = []
+        self._open()
+        try:
+            yield
+        finally:
+            self._close()
+            self._local.caught = None
+            for message in dict.fromkeys(caught):  # both from the file: an escape code stays text
+                log.warning("%s: %s", printable_line(str(path)), printable_line(message))
+
+    def _open(self):
+        with self._lock:
+            if not self._readers:
+                self._catch = warnings.catch_warnings()
+                self._catch.__enter__()
+                if warnings.showwarning is not self._show:  # ours where another catch restored it
+                    self._show_before = warnings.showwarning
+                warnings.showwarning = self._show
+                for name in _PYDICOM_LOGGERS:
+                    if self._record not in logging.getLogger(name).filters:
+                        logging.getLogger(name).addFilter(self._record)
+            self._readers += 1
+
+    def _close(self):
+        with self._lock:
+            self._readers -= 1
+            if not self._readers:
+                self._catch.__exit__(None, None, None)
+
+    def _show(self, message, category, filename, lineno, file=None, line=None):
+        caught = self.caught()
+        if caught is None:
+            self._show_before(message, category, filename, lineno, file, line)
+        else:
+            caught.append(str(message))
+
+    def _record(self, record: logging.LogRecord) -> bool:
+        """A logging filter: a pydicom record of a thread reading a file joins that file's list instead."""
+        caught = self.caught()
+        if caught is None or record.exc_info:  # a decoder's traceback: see dicom._drop_tracebacks
+            return True
+        caught.append(record.getMessage())
+        return False
+
+
+_ROUTER = _WarningRouter()
+
+
+def named_warnings(read):
+    """``read(data, path, ...)``, its warnings (Pillow's, pydicom's, numpy's) logged once each after ``path``."""
+
+    @functools.wraps(read)
+    def reading(data, path, *args, **kwargs):
+        with _ROUTER.collect(path):
+            return read(data, path, *args, **kwargs)
+
+    return reading
 
 
 def to_gray(im: Image.Image) -> Image.Image:
@@ -115,6 +239,7 @@ def resize_shorter(im: Image.Image, max_size: int) -> Image.Image:
     return im.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
 
 
+@named_warnings
 def decode_file(data: bytes, path: str) -> Image.Image:
     """`data` (the bytes of file `path`, an image or DICOM file) as an 8-bit grayscale image.
 
@@ -136,6 +261,7 @@ def decode_file(data: bytes, path: str) -> Image.Image:
         raise BadImageError(f"{path}: {e}") from e
 
 
+@named_warnings
 def load_image(data: bytes, path: str) -> Image.Image:
     """`data` (an image file, not DICOM) opened with Pillow and decoded whole, every check made first.
 
@@ -147,17 +273,18 @@ def load_image(data: bytes, path: str) -> Image.Image:
     try:
         im.load()  # full decode: truncated or corrupt data fails here, not later in training
     except Exception as e:  # Pillow raises many types (OSError, SyntaxError, ValueError...)
-        raise pillow_error(e, path) from e
+        raise pillow_error(e, path, data) from e
     return im
 
 
+@named_warnings
 def open_image(data: bytes, path: str) -> Image.Image:
     """`data` (an image file, not DICOM) opened with Pillow, not yet decoded, every check before decoding made.
 
-    Only ``FORMATS``; a header Pillow would read item by item past ``MAX_HEADER_ITEMS``, a TIFF
-    of too many strips, a header over the decoded-size budget, a JPEG of too many scans or a
-    BMP of too many RLE runs is refused (ImageBudgetError), a header Pillow cannot read is a
-    BadImageError, each naming `path`.
+    Only ``FORMATS``; a header Pillow would read item by item past ``MAX_HEADER_ITEMS``, a JPEG
+    of too much metadata, a TIFF of too many strips, a header over the decoded-size budget, a JPEG
+    of too many scans or a BMP of too many RLE runs is refused (ImageBudgetError), a header Pillow
+    cannot read is a BadImageError, each naming `path`.
     """
     check_header_items(data, path)
     check_tiff_blocks(data, path)
@@ -173,18 +300,34 @@ def open_image(data: bytes, path: str) -> Image.Image:
     except BadImageError:
         raise
     except Exception as e:
-        raise pillow_error(e, path) from e
+        raise pillow_error(e, path, data) from e
     return im
 
 
-def pillow_error(e: Exception, path: str) -> BadImageError:
-    """Pillow's exception while opening or decoding ``path`` as one line naming it."""
+def pillow_error(e: Exception, path: str, data: bytes = b"") -> BadImageError:
+    """Pillow's exception while opening or decoding ``path`` (its bytes ``data``, where known) as one line naming it."""
     if isinstance(e, Image.UnidentifiedImageError):
-        return BadImageError(f"{path}: not an image (Pillow recognises no image format in it)")
+        return _unread_tiff(data, path) or BadImageError(
+            f"{path}: not an image (Pillow recognises no image format in it)"
+        )
     if isinstance(e, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
         # Pillow refuses the header before our budget check sees it: still a size refusal (413 in effnet-serve).
         return ImageBudgetError(f"{path}: refused as a decompression bomb ({e})")
-    return BadImageError(f"{path}: corrupt or truncated image ({type(e).__name__}: {e})")
+    why = f"{type(e).__name__}: {e}"
+    marker = jpeg_scans.frame_marker(data)
+    coding = _JPEG_CODINGS.get(marker)
+    if coding is not None:
+        article = "an" if coding[0] in "aeiou" else "a"
+        if "hierarchical" in coding:
+            return BadImageError(
+                f"{path}: {article} {coding} JPEG (SOF{marker - 0xC0}), which libjpeg does not decode ({why}); save it as "
+                "a baseline JPEG"
+            )
+        return BadImageError(
+            f"{path}: {article} {coding} JPEG (SOF{marker - 0xC0}) that did not decode ({why}): damaged, or a coding this "
+            "build of libjpeg does not decode; save it as a baseline JPEG"
+        )
+    return BadImageError(f"{path}: corrupt or truncated image ({why})")
 
 
 def decode_bytes(mode: str, width: int, height: int) -> int:
@@ -283,6 +426,34 @@ def check_jpeg_scans(data: bytes, path: str) -> None:
     jpeg_scans.check_scans(data, path, ImageBudgetError)
 
 
+def _tiff_directory(data: bytes):
+    """``(byte order, BigTIFF?, entries)`` of a TIFF's first image file directory, None where it is not readable.
+
+    Each entry is ``(tag, type, count, value field)``, as many as the data holds.
+    """
+    order = {b"II": "<", b"MM": ">"}.get(data[:2])
+    if order is None or len(data) < 16:
+        return None
+    version = struct.unpack(order + "H", data[2:4])[0]
+    if version == 42:  # classic TIFF: 2-byte entry count, 12-byte entries with a 4-byte count
+        offset, head, entry, count_format = struct.unpack(order + "I", data[4:8])[0], "H", 12, "I"
+    elif version == 43:  # BigTIFF: 8-byte entry count, 20-byte entries with an 8-byte count
+        offset, head, entry, count_format = struct.unpack(order + "Q", data[8:16])[0], "Q", 20, "Q"
+    else:
+        return None
+    start = offset + struct.calcsize(head)
+    if start > len(data):
+        return None
+    count_end = 4 + struct.calcsize(count_format)
+    entries = []
+    for i in range(min(struct.unpack(order + head, data[offset:start])[0], (len(data) - start) // entry)):
+        at = start + i * entry
+        tag, kind = struct.unpack(order + "HH", data[at : at + 4])
+        count = struct.unpack(order + count_format, data[at + 4 : at + count_end])[0]
+        entries.append((tag, kind, count, data[at + count_end : at + entry]))
+    return order, version == 43, entries
+
+
 def check_tiff_blocks(data: bytes, path: str) -> None:
     """Refuses (ImageBudgetError naming ``path``) a TIFF whose first page lists over ``MAX_TIFF_BLOCKS`` strips or tiles.
 
@@ -290,24 +461,8 @@ def check_tiff_blocks(data: bytes, path: str) -> None:
     directory before Pillow opens the file (it lists them all on opening); a file that is not
     a TIFF, or whose directory cannot be read, is left to Pillow.
     """
-    order = {b"II": "<", b"MM": ">"}.get(data[:2])
-    if order is None or len(data) < 16:
-        return
-    version = struct.unpack(order + "H", data[2:4])[0]
-    if version == 42:  # classic TIFF: 2-byte entry count, 12-byte entries with a 4-byte count
-        offset, head, entry, count_format = struct.unpack(order + "I", data[4:8])[0], "H", 12, "I"
-    elif version == 43:  # BigTIFF: 8-byte entry count, 20-byte entries with an 8-byte count
-        offset, head, entry, count_format = struct.unpack(order + "Q", data[8:16])[0], "Q", 20, "Q"
-    else:
-        return
-    start = offset + struct.calcsize(head)
-    if start > len(data):
-        return
-    entries = struct.unpack(order + head, data[offset:start])[0]
-    for i in range(min(entries, (len(data) - start) // entry)):
-        at = start + i * entry
-        tag, kind = struct.unpack(order + "HH", data[at : at + 4])
-        count = struct.unpack(order + count_format, data[at + 4 : at + 4 + struct.calcsize(count_format)])[0]
+    directory = _tiff_directory(data)
+    for tag, kind, count, _ in directory[2] if directory else ():
         if tag in _STRIP_AND_TILE_TAGS and count > MAX_TIFF_BLOCKS:
             raise ImageBudgetError(
                 f"{path}: a TIFF page of {count:,} {_STRIP_AND_TILE_TAGS[tag]}, over the {MAX_TIFF_BLOCKS:,} read "
@@ -318,6 +473,46 @@ def check_tiff_blocks(data: bytes, path: str) -> None:
                 f"{path}: a TIFF tag {tag} of {count:,} values, over the {MAX_TIFF_VALUES:,} read (Pillow unpacks "
                 "each into a Python object)"
             )
+
+
+def _tiff_first_values(data: bytes) -> dict[int, int]:
+    """The first value of each SHORT or LONG tag of a TIFF's first page, by tag (inline or at its offset)."""
+    directory = _tiff_directory(data)
+    if directory is None:
+        return {}
+    order, big, values = directory[0], directory[1], {}
+    for tag, kind, count, field in directory[2]:
+        if kind not in _TIFF_SHORT_OR_LONG or count < 1:
+            continue
+        size = struct.calcsize(_TIFF_SHORT_OR_LONG[kind])
+        at = 0
+        if count * size > len(field):  # stored elsewhere: the field holds its offset
+            at = struct.unpack(order + ("Q" if big else "I"), field)[0]
+            field = data
+        if at + size <= len(field):
+            values[tag] = struct.unpack_from(order + _TIFF_SHORT_OR_LONG[kind], field, at)[0]
+    return values
+
+
+def _unread_tiff(data: bytes, path: str) -> BadImageError | None:
+    """Why Pillow recognised no image in TIFF ``data``, where its first page shows it: its samples or compression."""
+    values = _tiff_first_values(data)
+    if 258 not in values:  # BitsPerSample: not a TIFF page Pillow would try
+        return None
+    bits, sample_format = values[258], values.get(339, 1)  # SampleFormat: unsigned integers unless stated
+    if not any(key[2][:1] == (sample_format,) and key[4][:1] == (bits,) for key in TiffImagePlugin.OPEN_INFO):
+        kind = _TIFF_SAMPLE_FORMATS.get(sample_format, f"SampleFormat {sample_format}")
+        return BadImageError(
+            f"{path}: a TIFF of {bits}-bit {kind} samples (BitsPerSample {bits}, SampleFormat {sample_format}), "
+            "which Pillow does not read; save it as 8- or 16-bit integers or 32-bit floats"
+        )
+    compression = values.get(259, 1)
+    if compression not in TiffImagePlugin.COMPRESSION_INFO:
+        return BadImageError(
+            f"{path}: a TIFF of compression {compression}, which Pillow does not read; save it uncompressed or with "
+            "LZW, Deflate or JPEG compression"
+        )
+    return None
 
 
 def load_for_storage(data: bytes, path: str, max_size: int) -> tuple[bytes, tuple[int, int]]:

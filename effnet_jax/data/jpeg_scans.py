@@ -21,6 +21,14 @@ MAX_HEADER_ITEMS = 1 << 16
 # Pillow joins a JPEG's Exif (APP1) segments into one bytes object, copying the joined part at each: 1,500
 # of 64 kB (98 MB) took 52 s and 375 MB to open. A camera writes one.
 MAX_EXIF_SEGMENTS = 16
+# Pillow copies each APPn (metadata) segment of a JPEG's header and keeps the copies. A radiograph
+# carries kB of them; the largest that is legitimate, an ICC profile split over 255 APP2 segments,
+# takes about 16 MB.
+MAX_JPEG_APP_BYTES = 32 << 20
+# Pillow parses the resource blocks of a Photoshop (APP13) segment in Python, one at a time. A real
+# file holds a few dozen.
+MAX_PHOTOSHOP_RESOURCES = MAX_HEADER_ITEMS
+_PHOTOSHOP = b"Photoshop 3.0\x00"
 _STANDALONE = {0x00, 0x01, *range(0xD0, 0xD9)}  # markers without a length field
 # The next marker whose segment matters: FF then a byte other than stuffing (00), fill (FF), TEM
 # (01) or RSTn (D0-D7), none of which has a length. The last FF of a run of fill matches.
@@ -96,7 +104,7 @@ def _walk_header(data: bytes, stop: int) -> tuple[int, int]:
 
 def check_header(data: bytes, path: str, error: type[Exception], what: str = "a JPEG") -> None:
     """Raises ``error`` naming ``path`` when JPEG ``data`` holds over ``MAX_HEADER_ITEMS`` items before its first
-    scan, or over ``MAX_EXIF_SEGMENTS`` Exif segments."""
+    scan, over ``MAX_EXIF_SEGMENTS`` Exif segments, or too much metadata (``check_app_segments``)."""
     items, exif = _walk_header(data, MAX_HEADER_ITEMS)
     if items > MAX_HEADER_ITEMS:
         raise error(
@@ -107,4 +115,70 @@ def check_header(data: bytes, path: str, error: type[Exception], what: str = "a 
         raise error(
             f"{path}: {what} of {exif:,} Exif segments, over the {MAX_EXIF_SEGMENTS} read (Pillow joins them into one, "
             "copying what it has joined so far at each)"
+        )
+    check_app_segments(data, path, error, what)
+
+
+def header_segments(data: bytes):
+    """``(marker, start, end)`` of each segment before a JPEG's first scan, its payload ``data[start:end]``.
+
+    Stepped over by their length fields, as Pillow reads them; fill and stray bytes are passed
+    over. Walk it once ``check_header`` has bounded how many items there are.
+    """
+    i, n = 2, len(data)
+    while i + 1 < n:
+        if data[i] != 0xFF:  # stray bytes
+            i = data.find(b"\xff", i)
+            if i < 0:
+                return
+            continue
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill before a marker
+            i += 1
+            continue
+        if marker in (0xDA, 0xD9):  # the first scan, or the end: Pillow's header stops here
+            return
+        if marker in _STANDALONE:
+            i += 2
+            continue
+        end = i + 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+        yield marker, i + 4, min(end, n)
+        i = max(end, i + 2)
+
+
+def frame_marker(data: bytes) -> int | None:
+    """The start-of-frame marker (0xC0 to 0xCF) of JPEG ``data``, None where it is not a JPEG or has none."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    # DHT (C4), JPG (C8) and DAC (CC) share the range without starting a frame.
+    return next((m for m, _, _ in header_segments(data) if 0xC0 <= m <= 0xCF and m not in (0xC4, 0xC8, 0xCC)), None)
+
+
+def check_app_segments(data: bytes, path: str, error: type[Exception], what: str = "a JPEG") -> None:
+    """Raises ``error`` naming ``path`` when JPEG ``data`` holds too much metadata for Pillow to parse.
+
+    Over ``MAX_JPEG_APP_BYTES`` in its APPn segments (Pillow copies each), or over
+    ``MAX_PHOTOSHOP_RESOURCES`` resource blocks in its Photoshop (APP13) segments (Pillow parses
+    each in Python), counted as the "8BIM" that starts each block.
+    """
+    if data[:2] != b"\xff\xd8":
+        return
+    by_marker, resources = {}, 0
+    for marker, start, end in header_segments(data):
+        if 0xE0 <= marker <= 0xEF:
+            by_marker[marker] = by_marker.get(marker, 0) + max(end - start, 0)
+            if marker == 0xED and data.startswith(_PHOTOSHOP, start):
+                resources += data.count(b"8BIM", start, end)
+    total = sum(by_marker.values())
+    if total > MAX_JPEG_APP_BYTES:
+        largest = max(by_marker, key=by_marker.get)
+        raise error(
+            f"{path}: {what} of {total:,} bytes of APPn metadata segments ({by_marker[largest]:,} in APP"
+            f"{largest - 0xE0} segments), over the {MAX_JPEG_APP_BYTES:,} read (Pillow copies each; an ICC "
+            "profile takes at most 16 MB)"
+        )
+    if resources > MAX_PHOTOSHOP_RESOURCES:
+        raise error(
+            f"{path}: {what} of {resources:,} resource blocks in its Photoshop (APP13) segments, over the "
+            f"{MAX_PHOTOSHOP_RESOURCES:,} read (Pillow parses each one by one)"
         )

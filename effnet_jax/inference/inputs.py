@@ -1,7 +1,7 @@
 """effnet-predict's inputs: files, folders (searched recursively) and glob patterns -> image paths.
 
 A named file is taken whatever its extension (the reader decides whether it is an image);
-inside a folder only files with an image extension are taken, hidden files and folders
+inside a folder only files with an image or DICOM extension are taken, hidden files and folders
 are skipped, and symbolic links to folders are not followed (a link loop cannot hang it).
 A file found in a folder or by a pattern (not named) that is a link leading outside that
 folder (the pattern's folder: ``scans`` for ``scans/**/*.png``) is refused when read,
@@ -18,7 +18,8 @@ from collections.abc import Iterable, Sequence
 
 from effnet_jax import limits
 
-IMAGE_EXTENSIONS = frozenset({".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp"})
+# DICOM files too: the reader takes them like any image (effnet_jax.data.dicom).
+IMAGE_EXTENSIONS = frozenset({".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm", ".dicom"})
 # How a refused link out of a folder can be read anyway (limits.open_in_folder).
 FOLLOW_LINKS_HINT = "pass --follow_links"
 
