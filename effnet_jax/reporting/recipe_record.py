@@ -17,7 +17,6 @@ import csv
 import dataclasses
 import datetime
 import io
-import json
 import os
 import reprlib
 
@@ -267,23 +266,3 @@ def recipe_record(
         record["validation"] = {"auc": r3(logged(validation[-1], auc_key))}
     record["kept"] = kept
     return record
-
-
-def append_new(path: str, record: dict) -> None:
-    """Appends ``record`` to the results file ``path``, refusing an id the file already holds."""
-    from effnet_jax.output_files import UnsafeOutputError, output_file_problem
-    from effnet_jax.reporting.results_tables import append_record
-
-    problem = output_file_problem(path, "--out")  # a FIFO would hang the read below; a link is refused
-    if problem:
-        raise UnsafeOutputError(problem)
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                try:
-                    held = json.loads(line) if line.strip() else {}
-                except ValueError as e:
-                    raise ValueError(f"{path}:{number}: not a JSON record ({e}); nothing appended") from None
-                if isinstance(held, dict) and held.get("id") == record["id"]:
-                    raise ValueError(f"{path}:{number}: a record with id {record['id']!r} exists already")
-    append_record(path, record)

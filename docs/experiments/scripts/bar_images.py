@@ -128,7 +128,7 @@ def main():
         short = "" if row["short"] is None else f"; short by {row['short']}"
         print(f"{row['bar']}: asks {row['asks']}; the runs have {row['have']}{short}")
     if args.record:
-        from effnet_jax.reporting.recipe_record import append_new
+        from effnet_jax.reporting.results_tables import append_new_record
 
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
         command = "python docs/experiments/scripts/bar_images.py " + " ".join(str(w) for w in args.workdirs)
@@ -142,7 +142,7 @@ def main():
                 machine=args.machine,
                 date=datetime.date.today().isoformat(),
             )
-            append_new(str(args.record), record)
+            append_new_record(str(args.record), record)
 
 
 if __name__ == "__main__":

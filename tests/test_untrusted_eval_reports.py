@@ -1,31 +1,334 @@
-"""Hostile inputs, round 6: the other readers of a downloaded run (effnet-results --eval, the model card,
-effnet-data rejected) and the images the data report scans.
+"""Evaluation reports in a downloaded run (eval/<split>_<step>/metrics.json and predictions.csv), and what reads them.
 
-Each case failed before the fix it names (an AttributeError, IndexError or OverflowError traceback,
-a message naming no file, a read of a FIFO that never ended, NaN written as JSON, a decode of a
-JPEG of hundreds of scans) or is asserted as the documented behaviour (docs/untrusted-inputs.md).
-No model is built, nothing is compiled.
+effnet-results record copies a report's numbers into results/*.jsonl; effnet-results --eval and the
+model card summarise every report with the metrics log and config; effnet-data rejected reads the
+predictions; effnet-sweep scores a point from its report. Each report here is written by hand into
+a stand-in run: a field of another type, NaN or a number no float holds, a file of gigabytes, a FIFO
+or a link out of the run is one line naming the file (and key or line), never a traceback, a blocked
+read or NaN in a record; what the summaries write stays in its cell and in the run
+(docs/untrusted-inputs.md).
 """
 
 import contextlib
 import io
 import json
+import logging
 import os
 import re
+import shutil
 import threading
 
-import numpy as np
 import pytest
 from absl import flags
-from helpers import hand_made_run
-from test_hostile_round5 import _many_scans, _tiff_strips
+from helpers import hand_made_run, run_module, stand_in_run, tiny_config
 
+from effnet_jax import runs, sweep
 from effnet_jax.cli import results as results_cli
 from effnet_jax.cli.card import write_card_or_warn
-from effnet_jax.data import imaging
+from effnet_jax.inference import tta as tta_lib
+from effnet_jax.inference.evaluation import output_dir
+from effnet_jax.runs.layout import Layout
 
-FLAGS = flags.FLAGS
-results_cli.define_flags()
+# --- effnet-results record: the report ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory):
+    """A run directory as effnet-train leaves it, at step 3, without training (a stand-in state)."""
+    metrics = [
+        {"step": 3, "split": "validation", "auc": 0.6, "data": "synthetic"},
+        {"step": 3, "split": "run", "wall_seconds": 120.0, "machine": "cpu"},
+    ]
+    return stand_in_run(str(tmp_path_factory.mktemp("base") / "run"), metrics=metrics)
+
+
+REPORT_TO_RECORD = {
+    "split": "external",
+    "step": 3,
+    "class_names": ["NORMAL", "PNEUMONIA"],
+    "tta": "none",
+    "operating_threshold": 0.5,
+    "metrics": {
+        "operating": {"auc": 0.8, "accuracy": 0.75, "recall": 0.9, "specificity": 0.6},
+        "threshold_0.5": {"accuracy": 0.7, "specificity": 0.6},
+    },
+}
+HEADER = "index,file,label,prob_pneumonia,prob_uncalibrated\n"
+ROWS = HEADER + "".join(f"{i},f{i}.png,{i % 2},{0.2 + 0.6 * (i % 2) + 0.01 * (i % 7):.6f},0.5\n" for i in range(40))
+
+
+def _downloaded(base_run, tmp_path, report=REPORT_TO_RECORD, rows=ROWS, folder="external_3"):
+    """``(workdir, eval folder)``: a copy of the run holding ``report`` and ``rows`` (str or bytes; None: no file)."""
+    workdir = str(tmp_path / "run")
+    shutil.copytree(base_run, workdir, symlinks=True)
+    out = os.path.join(workdir, "eval", folder)
+    os.makedirs(out)
+    if report is not None:
+        with open(os.path.join(out, "metrics.json"), "w") as f:
+            f.write(report if isinstance(report, str) else json.dumps(report))
+    if rows is not None:
+        with open(os.path.join(out, "predictions.csv"), "wb") as f:
+            f.write(rows if isinstance(rows, bytes) else rows.encode())
+    return workdir, out
+
+
+def _record(workdir, **kwargs):
+    from effnet_jax.reporting import recipe_record
+
+    provenance = recipe_record.Provenance(config="c.py", command="cmd", commit="abc", machine="cpu")
+    args = dict(record_id="r", name="n", kept="no", tables=("tried",), provenance=provenance, **kwargs)
+    return recipe_record.recipe_record(runs.open(workdir, "latest"), **args)
+
+
+def test_a_downloaded_report_records_as_before(base_run, tmp_path):
+    record = _record(_downloaded(base_run, tmp_path)[0])
+    scored = record["external"]
+    assert scored["auc"] == 0.8 and scored["threshold"] == 0.5 and scored["images"] == 40
+    assert record["wall_minutes"] == 2.0 and record["validation"] == {"auc": 0.6}
+
+
+def _report_with(section, **values):
+    return {
+        **REPORT_TO_RECORD,
+        "metrics": {**REPORT_TO_RECORD["metrics"], section: {**REPORT_TO_RECORD["metrics"][section], **values}},
+    }
+
+
+@pytest.mark.parametrize(
+    "report, why",
+    [
+        ({**REPORT_TO_RECORD, "metrics": {"operating": {}}}, "metrics.operating.auc=None: expected a finite number"),
+        ({**REPORT_TO_RECORD, "metrics": {"operating": "x"}}, "metrics.operating='x': expected a JSON object"),
+        ({**REPORT_TO_RECORD, "metrics": "operating"}, "metrics='operating': expected a JSON object"),
+        ({**REPORT_TO_RECORD, "metrics": 5}, "metrics=5: expected a JSON object"),
+        (
+            {k: v for k, v in REPORT_TO_RECORD.items() if k != "operating_threshold"},
+            "operating_threshold=None: expected",
+        ),
+        ({**REPORT_TO_RECORD, "operating_threshold": "x"}, "operating_threshold='x': expected a finite number"),
+        (json.dumps(REPORT_TO_RECORD).replace('"auc": 0.8', '"auc": NaN'), "metrics.operating.auc=nan: expected"),
+        (json.dumps(REPORT_TO_RECORD).replace('"auc": 0.8', '"auc": 1e309'), "metrics.operating.auc=inf: expected"),
+        (_report_with("operating", ci95={"auc": "ab"}), r"metrics.operating.ci95.auc='ab': expected \[low, high\]"),
+        (_report_with("operating", ci95=[1]), r"metrics.operating.ci95=\[1\]: expected a JSON object"),
+        (
+            {**REPORT_TO_RECORD, "metrics": {**REPORT_TO_RECORD["metrics"], "threshold_0.5": "yes"}},
+            "metrics.threshold_0.5='yes'",
+        ),
+        ({**REPORT_TO_RECORD, "step": "3"}, "a report of 'external' at step '3', not external_3"),
+        ({**REPORT_TO_RECORD, "tta": {"x": "y" * 10_000}}, r"tta=\{'x': 'yyyyyy.*'\}: expected 'none', its folder's$"),
+    ],
+    ids=[
+        "operating-empty",
+        "operating-string",
+        "metrics-string",
+        "metrics-int",
+        "threshold-missing",
+        "threshold-string",
+        "auc-nan",
+        "auc-1e309",
+        "ci-string",
+        "ci-list",
+        "at-half-string",
+        "step-string",
+        "tta-object",
+    ],
+)
+def test_a_report_of_the_wrong_types_is_refused_by_record_naming_the_file_and_key(base_run, tmp_path, report, why):
+    # Before: KeyError, TypeError and AttributeError tracebacks; NaN and inf written into the record
+    # (json.dumps writes them as NaN / Infinity, which no JSON reader takes).
+    workdir, _ = _downloaded(base_run, tmp_path, report=report)
+    path = os.path.join(workdir, "eval/external_3/metrics.json")
+    with pytest.raises(ValueError, match=f"^{re.escape(path)}: {why}"):
+        _record(workdir)
+
+
+@pytest.mark.parametrize(
+    "line, why",
+    [
+        ({"step": 3, "split": "run", "wall_seconds": "long"}, "wall_seconds='long': expected a finite number"),
+        ('{"step": 3, "split": "run", "wall_seconds": NaN}', "wall_seconds=nan: expected a finite number"),
+        ({"step": 3, "split": "validation", "auc": [1]}, r"auc=\[1\]: expected a finite number"),
+    ],
+    ids=["wall-string", "wall-nan", "auc-list"],
+)
+def test_metrics_log_values_a_record_copies_must_be_numbers(base_run, tmp_path, line, why):
+    # Before: TypeError tracebacks, or NaN in the record.
+    workdir, _ = _downloaded(base_run, tmp_path)
+    with open(Layout(workdir).metrics, "a") as f:
+        f.write((line if isinstance(line, str) else json.dumps(line)) + "\n")
+    with pytest.raises(ValueError, match=f"^{re.escape(Layout(workdir).metrics)}: {why}"):
+        _record(workdir)
+
+
+def test_a_null_validation_auc_the_writer_logs_for_nan_is_left_out(base_run, tmp_path):
+    # The loop's writer logs a NaN AUC as null: before, float(None) was a TypeError.
+    workdir, _ = _downloaded(base_run, tmp_path)
+    with open(Layout(workdir).metrics, "a") as f:
+        f.write(json.dumps({"step": 3, "split": "validation", "auc": None}) + "\n")
+    assert _record(workdir)["validation"] == {"auc": 0.6}
+
+
+def _class_rows(n, label=lambda i: "NORMAL" if i % 2 else "PNEUMONIA", prob=lambda i: "0.5"):
+    return "index,file,label,prob_NORMAL\n" + "".join(f"{i},a,{label(i)},{prob(i)}\n" for i in range(n))
+
+
+@pytest.mark.parametrize(
+    "class_names, why",
+    [
+        ([f"c{i}" for i in range(200_000)], r"class_names: 200000 class\(es\) \['c0', 'c1', .*\.\.\.\]; expected 2"),
+        ("NORMAL", "class_names='NORMAL': expected a list of class names"),
+        (5, "class_names=5: expected a list of class names"),
+        (["NORMAL", "../x"], "class_names: name '../x' is not allowed"),
+    ],
+    ids=["200k-classes", "string", "int", "unsafe-name"],
+)
+def test_a_report_with_absurd_class_names_is_refused_in_a_short_line(base_run, tmp_path, class_names, why):
+    # Before: a list of 200,000 names was searched once per row (and printed whole in the error);
+    # the string 'NORMAL' matched --negative_class=NORM as a substring; 5 was a TypeError.
+    report = {**REPORT_TO_RECORD, "class_names": class_names}
+    workdir, _ = _downloaded(base_run, tmp_path, report=report, rows=_class_rows(20))
+    with pytest.raises(ValueError, match=why) as caught:
+        _record(workdir, negative_class="NORMAL")
+    assert len(str(caught.value)) < 500 and "metrics.json" in str(caught.value)
+
+
+def test_record_with_a_bad_tta_spec_is_refused_before_any_file_is_read(base_run, tmp_path):
+    workdir, _ = _downloaded(base_run, tmp_path)
+    with pytest.raises(ValueError, match=r"^--tta='crops@nan': crop_fraction nan"):
+        _record(workdir, tta="crops@nan")
+
+
+def test_a_split_with_dots_names_a_folder_inside_eval_as_effnet_eval_does(base_run, tmp_path):
+    # Before: --split=../../outside read WORKDIR/eval/../../outside_3/metrics.json, outside the run.
+    workdir, _ = _downloaded(base_run, tmp_path)
+    with pytest.raises(FileNotFoundError, match=re.escape(f"{workdir}/eval/outside_3/metrics.json: no effnet-eval")):
+        _record(workdir, split="../../outside")
+
+
+def test_record_refuses_an_integer_no_float_holds_naming_the_key():
+    # Before: math.isfinite(10**400) raised OverflowError: a traceback from `effnet-results record`.
+    from effnet_jax.runs.values import number
+
+    with pytest.raises(ValueError, match=r"^m.json: metrics.operating.auc=1000.*0: expected a finite number$"):
+        number(10**400, "m.json: metrics.operating.auc")
+    assert number(3, "x") == 3.0
+
+
+@pytest.mark.parametrize("key, flag", [("machine", "--machine"), ("code", "--commit")])
+def test_a_run_line_of_megabytes_is_not_copied_into_a_results_record(tmp_path, key, flag):
+    # Before: effnet-results record copied a downloaded run's 'machine' or 'code' of any length
+    # into the record, and every table rendered from it.
+    line = {"step": 3, "split": "run", "machine": "cpu", "code": "abc1234", key: "x" * 5_000_000}
+    run = hand_made_run(tmp_path, {}, metrics=[{"step": 1, "split": "run", key: "short"}, line])
+    with pytest.raises(ValueError) as e:
+        results_cli._last_run_line(run, key)
+    assert str(e.value) == (
+        f"{tmp_path}/metrics.jsonl: the run's {key} is 5,000,000 characters, more than the 300 a trainer "
+        f"writes; say which with {flag}"
+    )
+    assert results_cli._last_run_line(hand_made_run(tmp_path, {}, metrics=[line | {key: "y" * 300}]), key) == "y" * 300
+
+
+# --- effnet-results record: predictions.csv -------------------------------------------------------
+
+
+CSV = r"eval/external_3/predictions.csv"
+
+
+@pytest.mark.parametrize(
+    "rows, why",
+    [
+        (HEADER + "0," + "x" * 200_000 + ",1,0.5,0.5\n", r":2: not CSV as effnet-eval writes it \(field larger"),
+        (ROWS.encode() + b"40,\xff\xfe.png,1,0.5,0.5\n", ":42: not UTF-8 text"),
+        (ROWS + "40,a,1,nan,0.5\n", ":42: expected 5 fields, a label of .* and a probability in \\[0, 1\\]"),
+        (ROWS + "40,a,1,inf,0.5\n", ":42: expected 5 fields"),
+        (ROWS + "40,a,1,2.5,0.5\n", ":42: expected 5 fields"),
+        (ROWS + "40,a,7,0.5,0.5\n", ":42: expected 5 fields, a label of \\['0', '1'\\]"),
+        (ROWS + "40,a,0_1,0.5,0.5\n", ":42: expected 5 fields"),  # int('0_1') is 1
+        (ROWS + "40,a,1\n", ":42: expected 5 fields"),
+        ("label\n" + "1\n" * 4, ":1: header \\['label'\\]: expected effnet-eval's columns"),
+        ("label,prob_pneumonia," + ",".join(f"c{i}" for i in range(500)) + "\n", ":1: header .*at most 104"),
+        (HEADER, ": 0 negative and 0 positive rows; a record needs at least 2 of each"),
+        (HEADER + "".join(f"{i},a,1,0.7,0.7\n" for i in range(10)), ": 0 negative and 10 positive rows"),
+    ],
+    ids=[
+        "huge-field",
+        "not-utf8",
+        "nan",
+        "inf",
+        "over-one",
+        "label-7",
+        "label-underscore",
+        "short-row",
+        "no-probability-column",
+        "500-columns",
+        "no-rows",
+        "one-class",
+    ],
+)
+def test_a_malformed_predictions_csv_is_one_line_naming_the_file_and_line(base_run, tmp_path, rows, why):
+    # Before: csv.Error and UnicodeDecodeError tracebacks; NaN and label 7 as sklearn's errors naming no file;
+    # inf, 2.5 and '0_1' recorded as if they were probabilities and labels.
+    workdir, _ = _downloaded(base_run, tmp_path, rows=rows)
+    with pytest.raises(ValueError, match=f"^{re.escape(os.path.join(workdir, CSV))}{why}"):
+        _record(workdir)
+
+
+@pytest.mark.parametrize("bad", ["nan", "-inf", "1.5"])
+def test_one_against_rest_probabilities_must_be_in_0_1(base_run, tmp_path, bad):
+    # Before: nan reached sklearn ('Input contains NaN', no file named), -inf became a score of inf.
+    rows = _class_rows(20, prob=lambda i: bad if i == 3 else "0.5")
+    workdir, _ = _downloaded(base_run, tmp_path, rows=rows)
+    with pytest.raises(ValueError, match=r"predictions.csv:5: expected 4 fields, a label of \['NORMAL', 'PNEUMONIA'\]"):
+        _record(workdir, negative_class="NORMAL")
+
+
+def test_a_sparse_predictions_csv_of_gigabytes_is_refused_from_its_size(base_run, tmp_path):
+    # Before: read whole (MemoryError, or the OOM killer, from a sparse file that costs nothing).
+    workdir, out = _downloaded(base_run, tmp_path)
+    with open(os.path.join(out, "predictions.csv"), "r+b") as f:
+        f.truncate(3 << 30)
+    with pytest.raises(ValueError, match=r"predictions.csv: 3,221,225,472 bytes, larger than the 16,777,216"):
+        _record(workdir)
+
+
+@pytest.mark.parametrize("target", ["/dev/zero", "outside"], ids=["dev-zero", "outside-the-run"])
+def test_a_predictions_csv_linked_out_of_the_run_is_not_read(base_run, tmp_path, target):
+    # Before: followed; /dev/zero was read until memory ran out.
+    workdir, out = _downloaded(base_run, tmp_path, rows=None)
+    if target == "outside":
+        target = str(tmp_path / "elsewhere.csv")
+        with open(target, "w") as f:
+            f.write(ROWS)
+    os.symlink(target, os.path.join(out, "predictions.csv"))
+    with pytest.raises(ValueError, match=f"predictions.csv: a link to {target}, outside the run"):
+        _record(workdir)
+
+
+def test_a_predictions_fifo_is_refused_without_blocking(base_run, tmp_path):
+    # Before: open() blocked forever.
+    workdir, out = _downloaded(base_run, tmp_path, rows=None)
+    os.mkfifo(os.path.join(out, "predictions.csv"))
+    with pytest.raises(ValueError, match="predictions.csv: not a regular file"):
+        _record(workdir)
+
+
+# --- effnet-results --eval and the model card: the report -----------------------------------------
+
+
+CONFIG = {
+    "model": {"name": "tf_efficientnet_lite0"},
+    "image_size": 64,
+    "seed": 0,
+    "loss": "softmax_ce",
+    "num_epochs": 2.0,
+    "num_train_steps": -1,
+    "freeze": [],
+    "freeze_until": "",
+    "optimizer": {"learning_rate": 1e-3},
+    "data": {"name": "chest_xray", "external": ["/x"], "augment": {"enabled": True, "rotation": 10.0}},
+}
+RUN = {"image_size": 64, "mean": [0.5] * 3, "std": [0.5] * 3, "train_class_counts": [10, 30]}
 
 
 def _entry(auc=0.9):
@@ -44,19 +347,6 @@ def _entry(auc=0.9):
     }
 
 
-CONFIG = {
-    "model": {"name": "tf_efficientnet_lite0"},
-    "image_size": 64,
-    "seed": 0,
-    "loss": "softmax_ce",
-    "num_epochs": 2.0,
-    "num_train_steps": -1,
-    "freeze": [],
-    "freeze_until": "",
-    "optimizer": {"learning_rate": 1e-3},
-    "data": {"name": "chest_xray", "external": ["/x"], "augment": {"enabled": True, "rotation": 10.0}},
-}
-RUN = {"image_size": 64, "mean": [0.5] * 3, "std": [0.5] * 3, "train_class_counts": [10, 30]}
 REPORT = {
     "split": "external",
     "step": 3,
@@ -91,6 +381,10 @@ def _run(tmp_path, config=CONFIG, report=REPORT, lines=LINES):
     return str(workdir)
 
 
+FLAGS = flags.FLAGS
+results_cli.define_flags()
+
+
 def _results(workdir, fmt="markdown"):
     """``effnet-results WORKDIR --eval``, in this process: (exit status, stdout, stderr)."""
     FLAGS(["effnet-results", "--eval", f"--format={fmt}"])
@@ -111,6 +405,14 @@ def _card(workdir):
     return path, err.getvalue()
 
 
+def test_a_downloaded_run_summarises_and_gets_its_card(tmp_path):
+    workdir = _run(tmp_path)
+    code, out, err = _results(workdir)
+    assert code == 0 and err == "" and len(out.splitlines()) == 2 + 3
+    card, warning = _card(workdir)
+    assert warning == "" and "| external | 3 | operating |" in open(card).read()
+
+
 def _refused_by_both(workdir, where, why):
     """effnet-results exits 1 and the card is a warning, each one line naming ``where`` (a file) and ``why``."""
     path = os.path.join(workdir, where)
@@ -124,17 +426,6 @@ def _refused_by_both(workdir, where, why):
 
 def _with(**values):
     return {**REPORT, "metrics": {**REPORT["metrics"], "operating": {**_entry(), **values}}}
-
-
-def test_a_downloaded_run_summarises_and_gets_its_card(tmp_path):
-    workdir = _run(tmp_path)
-    code, out, err = _results(workdir)
-    assert code == 0 and err == "" and len(out.splitlines()) == 2 + 3
-    card, warning = _card(workdir)
-    assert warning == "" and "| external | 3 | operating |" in open(card).read()
-
-
-# --- eval/<name>/metrics.json: every field the table and the card read, of effnet-eval's types --------
 
 
 @pytest.mark.parametrize(
@@ -240,7 +531,28 @@ def test_a_report_without_a_model_name_shows_none(tmp_path):
     assert code == 0 and "| , 64 |" in out
 
 
-# --- metrics.jsonl: numbers summed are checked, numbers shown may be unknown -------------------------
+def _write(path, text):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+
+
+@pytest.mark.parametrize(
+    "name, text",
+    [
+        ("config.json", '{"model": {"name": NaN}, "compilation_cache_dir": NaN}'),
+        ("eval/validation_3/metrics.json", '{"split": 5, "step": "x", "metrics": [1], "thresholds": "y"}'),
+    ],
+    ids=["config-nan-names", "eval-report-types"],
+)
+def test_effnet_results_on_values_of_another_type_is_one_line(run_copy, name, text):
+    _write(os.path.join(run_copy, name), text)
+    result = run_module("effnet_jax.cli.results", run_copy, "--eval")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"effnet-results: error: {run_copy}" in result.stderr
+
+
+# --- effnet-results --eval and the model card: metrics.jsonl and config.json ----------------------
 
 
 @pytest.mark.parametrize(
@@ -290,9 +602,6 @@ def test_run_lines_without_wall_time_or_with_an_odd_machine_still_summarise(tmp_
     # Before: TypeError (None + float); a list machine crashed the table (str.join) with a traceback.
     code, out, err = _results(_run(tmp_path, lines=LINES + [line]))
     assert (code, err) == (0, "") and len(out.splitlines()) == 5
-
-
-# --- config.json: values shown are checked, naming the key --------------------------------------------
 
 
 def _config(**values):
@@ -365,7 +674,7 @@ def test_a_config_key_configdict_refuses_names_the_file(tmp_path):
     assert code == 1 and err.startswith(f"effnet-results: error: {workdir}/config.json: ConfigDict does not accept")
 
 
-# --- what we write: valid JSON, one table row per row, nothing outside the run ------------------------
+# --- what the summaries write ---------------------------------------------------------------------
 
 
 def test_json_output_writes_no_nan(tmp_path):
@@ -403,26 +712,7 @@ def test_the_card_is_never_written_through_a_link_or_outside_the_run(tmp_path):
     assert outside.read_text() == "mine"
 
 
-# --- links, FIFOs and sizes ----------------------------------------------------------------------------
-
-
-def _no_hang(call, *args):
-    """``call(*args)``, failing the test when it has not returned within 10 s (a read blocked on a FIFO)."""
-    done = []
-
-    def target():
-        try:
-            done.append((call(*args), None))
-        except Exception as e:  # raised in this thread, after the join
-            done.append((None, e))
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(10)
-    assert done, f"{call.__name__} did not return: blocked"
-    if done[0][1] is not None:
-        raise done[0][1]
-    return done[0][0]
+# --- links, FIFOs and sizes -----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("target", ["/dev/zero", "outside"], ids=["dev-zero", "outside-the-run"])
@@ -446,6 +736,25 @@ def test_an_eval_folder_linked_out_of_the_run_is_not_read(tmp_path):  # P
     os.symlink(elsewhere, os.path.join(workdir, "eval"))
     code, _, err = _results(workdir)
     assert code == 1 and "x_3/metrics.json: a link to" in err and "outside the run" in err
+
+
+def _no_hang(call, *args):
+    """``call(*args)``, failing the test when it has not returned within 10 s (a read blocked on a FIFO)."""
+    done = []
+
+    def target():
+        try:
+            done.append((call(*args), None))
+        except Exception as e:  # raised in this thread, after the join
+            done.append((None, e))
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(10)
+    assert done, f"{call.__name__} did not return: blocked"
+    if done[0][1] is not None:
+        raise done[0][1]
+    return done[0][0]
 
 
 def test_a_report_fifo_is_refused_without_blocking(tmp_path):  # P
@@ -473,9 +782,65 @@ def test_a_sparse_report_of_gigabytes_is_refused_from_its_size(tmp_path):  # P
     _refused_by_both(workdir, METRICS_JSON, "3,221,225,472 bytes, over the 16,777,216 a JSON file of effnet_jax may")
 
 
-# --- effnet-data rejected: the predictions of a downloaded report ---------------------------------------
+def test_an_eval_report_folder_linked_outside_is_not_read(run_copy, tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "metrics.json").write_text("{}")
+    os.makedirs(os.path.join(run_copy, "eval"))
+    os.symlink(outside, os.path.join(run_copy, "eval", "validation_3"))
+    run = runs.open(run_copy, None)
+    with pytest.raises(ValueError, match="validation_3/metrics.json: a link to .*outside the run"):
+        run.eval_reports(strict=True)
+    assert run.eval_reports() == []
 
-HEADER = "index,file,label,prob_pneumonia,prob_uncalibrated\n"
+
+# --- reports the other readers skip or score ------------------------------------------------------
+
+
+def test_a_report_the_readers_skip_is_said_naming_it(tmp_path, caplog):
+    run = hand_made_run(tmp_path, {"data": {"name": "chest_xray"}})
+    good, bad = tmp_path / "eval" / "validation", tmp_path / "eval" / "external_a"
+    good.mkdir(parents=True)
+    bad.mkdir()
+    (good / "metrics.json").write_text(json.dumps({"step": 7, "validation_threshold": 0.4}))
+    (bad / "metrics.json").write_text(json.dumps({"step": "seven", "validation_threshold": 0.9}))
+    with caplog.at_level(logging.WARNING, logger="effnet_jax.runs.run"):
+        found = run.eval_reports()
+    assert [os.path.basename(os.path.dirname(p)) for p, _ in found] == ["validation"]
+    skipped = [r.getMessage() for r in caplog.records if "skipped an evaluation report" in r.getMessage()]
+    assert len(skipped) == 1 and str(bad / "metrics.json") in skipped[0]
+    with pytest.raises(ValueError, match="external_a/metrics.json"):
+        run.eval_reports(strict=True)
+
+
+def _stored_report(run, report: dict) -> str:
+    folder = output_dir(run, "validation", tta_lib.parse_tta(None))
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "metrics.json")
+    with open(path, "w") as f:
+        json.dump(report, f)
+    return path
+
+
+@pytest.mark.parametrize(
+    "report, key",
+    [
+        ({"metrics": {"operating": {"auc": 0.5}}}, "operating_threshold"),
+        ({"operating_threshold": 0.5, "metrics": {}}, "metrics.operating"),
+        ({"operating_threshold": 0.5, "metrics": {"operating": {"auc": 0.5}}}, "metrics.operating.accuracy"),
+    ],
+)
+def test_a_stored_report_without_what_a_sweep_row_copies_is_one_line(workdir, report, key):
+    # Before: KeyError (a traceback) scoring a point of a resumed sweep whose eval/ report lacked the key.
+    run = runs.open(workdir)
+    path = _stored_report(run, {"split": "validation", "step": run.step, **report})
+    point = sweep.Point({}, "p", tiny_config(), workdir)
+    with pytest.raises(ValueError, match=f"no {key};") as info:
+        sweep.score_point(point)
+    assert path in str(info.value) and "\n" not in str(info.value)
+
+
+# --- effnet-data rejected: the predictions --------------------------------------------------------
 
 
 def _rejected(tmp_path, rows=None, make=None):
@@ -522,53 +887,3 @@ def test_a_predictions_csv_for_rejected_is_read_bounded(tmp_path, make, why):
     read, path = _rejected(tmp_path, make=make)
     with pytest.raises(ValueError, match=f"^{re.escape(path)}: {why}"):
         _no_hang(read)
-
-
-# --- images the data report scans, and DICOM JPEG frames ------------------------------------------------
-
-
-def test_the_data_report_scan_refuses_a_jpeg_of_hundreds_of_scans_before_decoding():
-    # Before: scan._decode opened images without the scan check: every scan decoded (seconds per file).
-    from effnet_jax.data.eda import scan
-
-    with pytest.raises(imaging.ImageBudgetError, match=r"^x.jpeg: a JPEG of 406 scans, over the 64 decoded"):
-        scan._decode(_many_scans(400), "x.jpeg")
-    assert scan._decode(_many_scans(10), "ok.jpeg")[0].size == (256, 256)
-
-
-def test_the_data_report_scan_refuses_a_tiff_of_many_strips_before_pillow_lists_them():
-    # Before: Pillow listed all 70,000 strips on opening (millions take seconds and hundreds of MB).
-    from effnet_jax.data.eda import scan
-
-    with pytest.raises(imaging.ImageBudgetError, match=r"^x.tif: a TIFF page of 70,000 StripOffsets, over"):
-        scan._decode(_tiff_strips(70_000), "x.tif")
-    assert scan._decode(_tiff_strips(1000), "ok.tif")[0].size == (1, 1000)
-
-
-def test_a_dicom_whose_jpeg_frame_has_hundreds_of_scans_is_refused_before_decoding(tmp_path):
-    # Before: the frame's size was checked, then every scan decoded.
-    pytest.importorskip("pydicom")
-    from dicom_fixtures import write_dicom
-    from pydicom.encaps import encapsulate
-    from pydicom.uid import JPEGBaseline8Bit
-
-    path = write_dicom(
-        tmp_path / "scans.dcm",
-        np.zeros((256, 256), np.uint16),
-        transfer_syntax=JPEGBaseline8Bit,
-        pixel_data=encapsulate([_many_scans(400)]),
-    )
-    with pytest.raises(imaging.ImageBudgetError, match=f"^{re.escape(path)}: a DICOM JPEG frame of 406 scans, over"):
-        imaging.decode_file(open(path, "rb").read(), path)
-
-
-# --- effnet-results record: a number no float holds ------------------------------------------------------
-
-
-def test_record_refuses_an_integer_no_float_holds_naming_the_key():
-    # Before: math.isfinite(10**400) raised OverflowError: a traceback from `effnet-results record`.
-    from effnet_jax.runs.values import number
-
-    with pytest.raises(ValueError, match=r"^m.json: metrics.operating.auc=1000.*0: expected a finite number$"):
-        number(10**400, "m.json: metrics.operating.auc")
-    assert number(3, "x") == 3.0
