@@ -9,7 +9,7 @@ import socket
 import stat
 from urllib.parse import urlparse
 
-from effnet_jax import limits
+import effnet_jax.limits as limits
 from effnet_jax.weights.readers import WeightFileError
 
 # owner/name as the hub allows them: letters, digits, "_", "." and "-", neither ".." nor "--" inside,
