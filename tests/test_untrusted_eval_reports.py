@@ -25,6 +25,7 @@ from helpers import hand_made_run, run_module, stand_in_run, tiny_config
 from effnet_jax import runs, sweep
 from effnet_jax.cli import results as results_cli
 from effnet_jax.cli.card import write_card_or_warn
+from effnet_jax.data import exclusions
 from effnet_jax.inference import tta as tta_lib
 from effnet_jax.inference.evaluation import output_dir
 from effnet_jax.runs.layout import Layout
@@ -887,3 +888,37 @@ def test_a_predictions_csv_for_rejected_is_read_bounded(tmp_path, make, why):
     read, path = _rejected(tmp_path, make=make)
     with pytest.raises(ValueError, match=f"^{re.escape(path)}: {why}"):
         _no_hang(read)
+
+
+# --- effnet-data rejected reads back what effnet-eval wrote -----------------------------------------
+
+REJECTED_NAMES = ["-1.jpeg", "=2.jpeg", "a\nb.jpeg", os.fsdecode(b"c\xff.jpeg"), "IM-4.jpeg"]
+
+
+def test_rejected_finds_the_images_whose_names_effnet_eval_wrote_quoted_or_escaped(tmp_path, capsys):
+    # effnet-eval's predictions.csv writes a name as csv_cell(printable_line(name)): "'-1.jpeg",
+    # "a\\nb.jpeg", "c\\xff.jpeg". `effnet-data rejected` looked for those very names in train/ and
+    # stopped: "'-1.jpeg: not in .../train/NORMAL; were the runs trained on ...?" (exit 2).
+    import csv
+
+    from effnet_jax.cli import data as data_cli
+    from effnet_jax.output_files import csv_cell, printable_line
+
+    raw = tmp_path / "chest_xray"
+    (raw / "train" / "PNEUMONIA").mkdir(parents=True)
+    (raw / "train" / "NORMAL").mkdir(parents=True)
+    for name in REJECTED_NAMES:
+        (raw / "train" / "NORMAL" / name).write_bytes(b"x")
+    report = tmp_path / "eval"
+    report.mkdir()
+    with open(report / "predictions.csv", "w", newline="") as f:  # as effnet-eval writes it
+        writer = csv.writer(f)
+        writer.writerow(["index", "file", "label", "prob_pneumonia", "prob_uncalibrated"])
+        for i, name in enumerate(REJECTED_NAMES):
+            writer.writerow([i, csv_cell(printable_line(name)), 0, "0.990000", "0.990000"])
+    out = tmp_path / "out"
+    argv = ["rejected", f"--data_dir={raw}", f"--reports={report}", f"--out={out}"]
+    assert data_cli.main(argv) == 0, capsys.readouterr().err
+    expected = {f"train/NORMAL/{name}" for name in REJECTED_NAMES}
+    assert set(exclusions.read(out / "exclusions.json")) == expected
+    assert expected <= set(exclusions.read(out / "exclusions.csv"))

@@ -682,6 +682,41 @@ def test_a_pneumoniamnist_npz_of_bzip2_members_is_refused_before_they_inflate(tm
     assert set(pneumonia_mnist.PneumoniaMnist._load(str(source), 28)) == {"train", "val", "test"}
 
 
+def _npz_with_member(tmp_path, name: str, member: bytes):
+    """A MedMNIST npz at 28 px whose member ``name`` is replaced by the bytes ``member``."""
+    source = tmp_path / "plain.npz"
+    write_mnist_npz(source, size=28)
+    path = tmp_path / "pneumoniamnist_28.npz"
+    with zipfile.ZipFile(source) as plain, zipfile.ZipFile(path, "w") as edited:
+        for member_name in plain.namelist():
+            edited.writestr(member_name, member if member_name == name else plain.read(member_name))
+    return path
+
+
+def test_a_pneumoniamnist_array_declaring_more_than_its_member_holds_is_refused_before_numpy_allocates_it(tmp_path):
+    # Before: numpy allocated the declared 1e9 x 28 x 28 array (a MemoryError traceback from effnet-data prepare).
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False, "shape": (10**9, 28, 28)})
+    path = _npz_with_member(tmp_path, "train_images.npy", b"\x93NUMPY\x01\x00" + header.getvalue()[8:] + b"\x00" * 64)
+    with pytest.raises(ValueError) as refusal:
+        pneumonia_mnist.PneumoniaMnist._load(str(path), 28)
+    assert str(refusal.value) == (
+        f"{path}: train_images.npy declares a uint8[1000000000, 28, 28] array of 784,000,000,000 bytes but holds 64"
+    )
+
+
+def test_a_pneumoniamnist_array_of_python_objects_is_refused_naming_the_file(tmp_path):
+    # Before: numpy's "Object arrays cannot be loaded when allow_pickle=False", naming no file.
+    member = io.BytesIO()
+    np.save(member, np.array([1, "x"], dtype=object), allow_pickle=True)
+    path = _npz_with_member(tmp_path, "train_labels.npy", member.getvalue())
+    with pytest.raises(ValueError) as refusal:
+        pneumonia_mnist.PneumoniaMnist._load(str(path), 28)
+    assert str(refusal.value) == (
+        f"{path}: train_labels.npy holds Python objects (dtype object); a MedMNIST array holds numbers"
+    )
+
+
 VICTIM_TEXT = "not yours\n"
 
 
@@ -754,3 +789,78 @@ def test_a_network_failure_is_still_offline(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match=r"could not download .*Offline\? Download pneumoniamnist\.npz"):
         pneumonia_mnist._download(28, tmp_path / "downloads")
     assert not (tmp_path / "downloads" / "pneumoniamnist.partial").exists()
+
+
+# --- folder splits and exclusion lists: names escaped, read back ----------------------------------
+
+HOSTILE = "a\n\x1b[31mEVIL.png"
+ESCAPED = "a\\n\\x1b[31mEVIL.png"
+
+
+def _folder_config(tmp_path, **keys):
+    c = config_lib.default_data_config()
+    c.name, c.data_dir = "chest_xray", str(tmp_path / "tfds")
+    for key, value in keys.items():
+        setattr(c, key, value)
+    return c
+
+
+def _folder(tmp_path):
+    return write_tree(tmp_path / "ext", {"NORMAL/a.jpeg": jpeg(1), "PNEUMONIA/b.jpeg": jpeg(2)})
+
+
+@pytest.mark.parametrize(
+    "plant",
+    [
+        lambda path: path.write_bytes(b"not an image"),
+        lambda path: os.symlink("/etc/hostname", path),
+        lambda path: os.symlink("/nowhere\n\x1b[32mTARGET", path),
+    ],
+    ids=["not-an-image", "link-out", "link-target-with-escapes"],
+)
+def test_a_folder_splits_bad_file_with_control_characters_is_named_on_one_escaped_line(tmp_path, plant):
+    # Before: effnet-eval --split=folder:PATH printed the name as it is: the newline split the
+    # one-line error, and the escape code reached the terminal.
+    root = _folder(tmp_path)
+    plant(root / "NORMAL" / HOSTILE)
+    with pytest.raises(external.ExternalDataError) as refusal:
+        _eval_pass(_folder_config(tmp_path), f"folder:{root}")
+    message = str(refusal.value)
+    assert message.startswith(f"{root / 'NORMAL' / ESCAPED}: ")
+    assert "\n" not in message and "\x1b" not in message
+
+
+def test_a_folder_splits_file_corrupt_past_its_header_is_named_on_one_escaped_line(tmp_path):
+    # The pipeline's decode names the file by the reader's record name: it was the raw path.
+    root = _folder(tmp_path)
+    whole = jpeg(3)
+    (root / "PNEUMONIA" / HOSTILE).write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(imaging.BadImageError, match="corrupt or truncated image") as refusal:
+        _eval_pass(_folder_config(tmp_path), f"folder:{root}")
+    message = str(refusal.value)
+    assert message.startswith(f"{root / 'PNEUMONIA' / ESCAPED}: corrupt or truncated image (")
+    assert "\n" not in message and "\x1b" not in message
+
+
+def test_a_skipped_bad_file_is_logged_on_one_escaped_line(tmp_path, caplog):
+    root = _folder(tmp_path)
+    os.symlink("/etc/hostname", root / "NORMAL" / HOSTILE)  # a link out: left out when scanned
+    c = _folder_config(tmp_path, on_bad_image="skip")
+    with caplog.at_level("WARNING", logger="effnet_jax.data.external"):
+        external.scan(c, f"folder:{root}")
+    skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(skipped) == 1 and ESCAPED in skipped[0]
+    assert "\n" not in skipped[0] and "\x1b" not in skipped[0]
+
+
+def test_a_csv_exclusion_list_leaves_out_the_files_whose_names_are_not_utf8(tmp_path):
+    # `effnet-data clean` writes a name's bytes that are not UTF-8 as \xNN in exclusions.csv; read
+    # back, the entry named a key no file has, and preparing with the CSV list kept the file.
+    name = os.fsdecode(b"bad\xff\xfe.jpeg")  # as os.scandir lists it: the bytes as surrogates
+    key = f"train/NORMAL/{name}"
+    entries = [{"file": key, "reason": "unreadable", "detail": "x"}]
+    as_csv = exclusions.write(tmp_path / "out" / "exclusions.csv", entries)
+    as_json = exclusions.write(tmp_path / "out" / "exclusions.json", entries)
+    assert "train/NORMAL/bad\\xff\\xfe.jpeg" in as_csv.read_text()  # written escaped, one line
+    assert key in exclusions.read(as_json)
+    assert key in exclusions.read(as_csv)

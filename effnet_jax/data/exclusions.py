@@ -18,6 +18,7 @@ import hashlib
 import importlib.resources
 import io
 import json
+import re
 import reprlib
 from pathlib import Path
 
@@ -126,12 +127,27 @@ def read(path) -> dict[str, str]:
             if "/" not in name:  # written with Windows separators: train\\NORMAL\\x.jpeg
                 name = name.replace("\\", "/")
             try:
-                out[file_key(name)] = row["reason"]
+                for key in _keys_of(name, csv_list):
+                    out[key] = row["reason"]
             except ValueError as e:
                 raise ExclusionListError(path, f"entry {i}: {e}") from None
     except UnicodeDecodeError as e:
         raise ExclusionListError(path, f"cannot read it as a UTF-8 exclusion list ({e})") from None
     return out
+
+
+# A byte that is not UTF-8, as ``csv_cell`` writes it into a CSV list (``output_files.printable``).
+_ESCAPED_BYTE = re.compile(r"\\x([89a-fA-F][0-9a-fA-F])")
+
+
+def _keys_of(name: str, csv_list: bool) -> set[str]:
+    """The keys an entry names. A CSV list written by ``write`` holds a name's bytes that are not
+    UTF-8 as ``\\xNN``; the file's key holds them as surrogates (``os.fsdecode``), so the entry
+    names both (a name may also hold ``\\xff`` as text, rare: excluding both is harmless)."""
+    key = file_key(name)
+    if not csv_list or not _ESCAPED_BYTE.search(key):
+        return {key}
+    return {key, _ESCAPED_BYTE.sub(lambda m: chr(0xDC00 + int(m.group(1), 16)), key)}
 
 
 def _csv_rows(path, data: bytes):

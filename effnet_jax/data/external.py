@@ -40,7 +40,14 @@ _PLAIN_MODES = ("L", "RGB", "P", "1")
 
 
 class ExternalDataError(ValueError):
-    """An external folder that cannot be used (layout, overlap with training data, bad files)."""
+    """An external folder that cannot be used (layout, overlap with training data, bad files).
+
+    The message names files of a folder someone else may have filled: a newline or an escape code
+    in a name (or a link's target) is written as a backslash escape, so the error stays one line.
+    """
+
+    def __init__(self, message: str):
+        super().__init__(printable_line(message))
 
 
 def split_names(data_config) -> list[str]:
@@ -128,7 +135,7 @@ def _scan(
             labels.append(classes.index(cls))
             paths.append(entry.path)
     for line in skipped:
-        log.warning("external folder %s: skipped %s", root, line)
+        log.warning("external folder %s: skipped %s", root, printable_line(line))
     if unread:
         # Said, not silently dropped: a DICOM export without an extension, a .gif, a sub-folder.
         log.warning(
@@ -227,7 +234,8 @@ class FolderReader:
         return checked_image(_read_image(path, self.folder), path, self.max_size)
 
     def record_name(self, part: int, index: int) -> str:
-        return self.paths[int(index)]
+        # How a decode error names the file: on one line whatever its name holds.
+        return printable_line(self.paths[int(index)])
 
 
 def checked_image(data: bytes, path: str, max_size: int) -> bytes:

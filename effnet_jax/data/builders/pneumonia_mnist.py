@@ -199,6 +199,7 @@ class PneumoniaMnist(base.Builder):
                         f"{path}: {info.filename} is encrypted or compressed with zip method {info.compress_type}; "
                         "a MedMNIST .npz holds stored or deflated arrays (numpy.savez / savez_compressed)"
                     )
+                _check_npy_header(npz.zip, info, path)
             for split in SPLITS:
                 missing = [k for k in (f"{split}_images", f"{split}_labels") if k not in npz.files]
                 if missing:
@@ -233,3 +234,32 @@ class PneumoniaMnist(base.Builder):
             Image.fromarray(image, mode="L").save(buf, format="PNG")
             name = f"{split}_{i:05d}"
             yield name, {"image": buf.getvalue(), "label": int(label), "file_name": name}
+
+
+def _check_npy_header(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path) -> None:
+    """Refuses a member whose .npy header declares more bytes than the member holds, or Python objects.
+
+    numpy allocates the array a header declares before it reads the data: a member of a few
+    bytes declaring 1e9 x 28 x 28 took that memory (MemoryError). Object arrays need pickles,
+    which are never loaded.
+    """
+    try:
+        with archive.open(info) as f:
+            version = np.lib.format.read_magic(f)
+            read_header = (
+                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            )
+            shape, _, dtype = read_header(f)
+            header_bytes = f.tell()
+    except Exception as e:  # numpy's header parser raises ValueError, zipfile BadZipFile, a cut file EOFError
+        raise ValueError(f"{path}: {info.filename} is not a .npy array ({type(e).__name__}: {e})") from None
+    if dtype.hasobject:
+        raise ValueError(
+            f"{path}: {info.filename} holds Python objects (dtype {dtype}); a MedMNIST array holds numbers"
+        )
+    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if declared > info.file_size - header_bytes:
+        raise ValueError(
+            f"{path}: {info.filename} declares a {dtype}{list(shape)} array of {declared:,} bytes but holds "
+            f"{max(info.file_size - header_bytes, 0):,}"
+        )
