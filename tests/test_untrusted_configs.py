@@ -528,6 +528,11 @@ def _check(config) -> None:
             "config.optimizer.grad_accum_steps=2147483648: expected an integer from 1 to 2,147,483,647 "
             "(batches per update)",
         ),
+        (
+            {"keep_checkpoints": 5000},
+            "config.keep_checkpoints=5000: expected an integer from 1 to 4,000 (a downloaded run's checkpoints "
+            "folder may hold a few more)",
+        ),
     ],
 )
 def test_a_device_or_batch_value_the_run_cannot_use_is_refused_naming_its_key(overrides, said):
@@ -542,6 +547,7 @@ def test_the_device_and_batch_values_a_run_can_use_pass():
         {"num_devices": DEVICES, "batch_size": DEVICES, "eval_batch_size": 2 * DEVICES},
         {"num_devices": 1, "batch_size": 3, "eval_batch_size": 5},
         {"optimizer.grad_accum_steps": 2**31 - 1},
+        {"keep_checkpoints": 4000},
     ):
         _check(tiny_config(**overrides))
 

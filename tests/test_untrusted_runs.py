@@ -8,23 +8,30 @@ the file and key; a checkpoint's declared arrays are sized before orbax allocate
 read through a link out of the run (docs/untrusted-inputs.md).
 """
 
+import io
 import json
 import logging
 import os
 import shutil
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 import tensorstore as ts
-from helpers import edit_json, machinery_config, tiny_config
+from data_fixtures import write_tree
+from helpers import edit_json, machinery_config, random_variables, stand_in_run, tiny_config
+from PIL import Image
 
 from effnet_jax import limits, runs
+from effnet_jax.inference import adaptation
 from effnet_jax.inference.adaptation import AdaptError, adapt_run
 from effnet_jax.metrics.calibration import calibrate_probs
+from effnet_jax.models import build_model
 from effnet_jax.runs import calibration as calibration_file
 from effnet_jax.runs import checkpoints as checkpoint_lib
 from effnet_jax.runs import layout, metrics_log, writer
+from effnet_jax.runs import model as run_model
 from effnet_jax.runs import record as run_record
 from effnet_jax.runs import writer as writer_lib
 from effnet_jax.runs.layout import Layout
@@ -644,3 +651,231 @@ def test_a_soup_given_one_run_twice_through_a_link_is_refused(tmp_path):
     with pytest.raises(ValueError, match="is given more than once"):
         make_soup([str(tmp_path / "run"), f"{tmp_path}/run/"], str(tmp_path / "soup"))
     assert not (tmp_path / "soup").exists()
+
+
+# --- adapt and soup on a downloaded run: its checkpoint, its configs, its folders -----------------
+
+STEP = 3  # the stand-in run's checkpoint
+
+
+def _variables():
+    config = machinery_config(num_train_steps=STEP)
+    model = build_model(config.model.name, num_classes=run_model.num_classes(config), **run_model.model_kwargs(config))
+    return jax.tree.map(np.asarray, random_variables(model))
+
+
+def _run(path, seed=0, edit=None):
+    """A stand-in run at step 3 holding every variable of the test network; ``edit(state)`` changes its state."""
+    variables = _variables()
+    state = {"step": np.int32(STEP), "params": variables["params"], "batch_stats": variables["batch_stats"]}
+    if edit is not None:
+        edit(state)
+    # data.name as the trainer saves it: resolved from 'auto'.
+    config = machinery_config(num_train_steps=STEP, seed=seed, **{"data.name": "synthetic"})
+    return stand_in_run(str(path), config=config, state=state)
+
+
+def _edit_saved_config(workdir, key, value):
+    """The checkpoint's saved config with ``key`` set to ``value`` (JSON: any type a download may hold)."""
+    path = os.path.join(checkpoint_lib.checkpoint_dir(workdir), str(STEP), "config", "metadata")
+    with open(path) as f:
+        config = json.load(f)
+    config[key] = value
+    with open(path, "w") as f:
+        json.dump(config, f)
+
+
+@pytest.fixture
+def site(tmp_path):
+    """Three small grey PNGs."""
+    files = {}
+    for i in range(3):
+        out = io.BytesIO()
+        Image.fromarray(np.full((36, 40), 180 + i, np.uint8)).save(out, format="PNG")
+        files[f"scan_{i}.png"] = out.getvalue()
+    return str(write_tree(tmp_path / "site", files))
+
+
+def _drop_conv_head(state):
+    del state["params"]["conv_head"]
+
+
+def _drop_batch_stats(state):
+    del state["batch_stats"]
+
+
+def _integer_params(state):
+    state["params"] = jax.tree.map(lambda x: x.astype(np.int32), state["params"])
+
+
+def _nan_params(state):
+    state["params"]["conv_head"]["kernel"] = np.full_like(state["params"]["conv_head"]["kernel"], np.nan)
+
+
+NOT_THE_MODEL = "which efficientnet_test as its config builds it has; not a checkpoint of this run's model"
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (_drop_conv_head, f"the saved state has no params/conv_head/kernel, {NOT_THE_MODEL}"),
+        (_drop_batch_stats, f"the saved state has no batch_stats/blocks_0_0/bn1/mean, {NOT_THE_MODEL}"),
+        (_integer_params, "params/blocks_0_0/bn1/bias is stored as int32; expected floating-point weights"),
+        (_nan_params, "params/conv_head/kernel holds NaN or inf; the weights of a usable model are finite"),
+    ],
+)
+def test_adapt_refuses_a_checkpoint_that_is_not_the_runs_model_in_one_line(edit, message, site, tmp_path):
+    # Before: flax's ScopeParamNotFoundError or a KeyError traceback; NaN weights gave a run of NaN statistics.
+    workdir = _run(tmp_path / "run", edit=edit)
+    out = tmp_path / "new"
+    with pytest.raises(ValueError) as info:
+        adaptation.adapt_run(workdir, site, str(out), batch_size=2)
+    assert str(info.value) == f"{checkpoint_lib.checkpoint_dir(workdir)}/{STEP}: {message}"
+    assert not out.exists()
+
+
+def test_adapt_refuses_more_images_than_the_memory_available_holds_before_reading_them(site, tmp_path, monkeypatch):
+    # Before: every image and its activations at each cut were held at once, whatever their number:
+    # 120 MB an image for a run.json saying 1024 px, hundreds of GB for 2000 images at B7's 600 px.
+    workdir = _run(tmp_path / "run")
+    monkeypatch.setattr(limits, "available_memory", lambda: 100_000)
+    read = []
+    monkeypatch.setattr(adaptation.Preprocessor, "__call__", lambda self, path: read.append(path))
+    out = tmp_path / "new"
+    with pytest.raises(adaptation.AdaptError) as info:
+        adaptation.adapt_run(workdir, site, str(out), batch_size=2)
+    message = str(info.value)
+    assert message.startswith(f"--images={site}: 3 images at 32 px would hold ")
+    each = int(message.split("(")[1].split(" an image")[0].replace(",", ""))
+    assert message.endswith(
+        f"bytes while their statistics are measured ({each:,} an image), more than the 100,000 bytes this machine "
+        f"has available; pass --max_images={100_000 // each} or fewer"
+    )
+    assert 3 * each > 100_000 and read == [] and not out.exists()
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("seed", "abc", "config.seed='abc': expected an integer from 0 to 4,294,967,295"),
+        ("num_devices", "x", "config.num_devices='x': expected an integer >= 0 (0 = all devices)"),
+        ("eval_batch_size", 10**9, "config.eval_batch_size=1000000000: a batch of 1,000,000,000 images of 32x32x3"),
+    ],
+)
+def test_soup_refuses_a_member_config_it_cannot_evaluate_or_record_naming_the_file(key, value, message, tmp_path):
+    # Before: a text seed wrote a soup.json that runs.open refuses; num_devices='x' was a TypeError
+    # traceback; eval_batch_size=10**9 padded each evaluation batch to a billion images (a hang).
+    members = [_run(tmp_path / f"m{seed}", seed) for seed in (0, 1)]
+    _edit_saved_config(members[1], key, value)
+    with pytest.raises(ValueError) as info:
+        soup.make_soup(members, str(tmp_path / "soup"))
+    config = f"{checkpoint_lib.checkpoint_dir(members[1])}/{STEP}/config"
+    assert str(info.value).startswith(f"soup member {members[1]}: {config}: {message}")
+    assert not (tmp_path / "soup" / "soup.json").exists()
+
+
+def test_soup_refuses_a_member_without_a_data_set_name(tmp_path):
+    # Before: AttributeError "'name'" (a traceback) comparing the members' data sets.
+    members = [_run(tmp_path / f"m{seed}", seed) for seed in (0, 1)]
+    path = os.path.join(checkpoint_lib.checkpoint_dir(members[1]), str(STEP), "config", "metadata")
+    with open(path) as f:
+        config = json.load(f)
+    del config["data"]["name"]
+    with open(path, "w") as f:
+        json.dump(config, f)
+    with pytest.raises(ValueError) as info:
+        soup.make_soup(members, str(tmp_path / "soup"))
+    assert str(info.value) == (
+        f"soup member {members[1]}: {path.rsplit('/', 1)[0]}: data.name is missing: the soup is evaluated on the "
+        "data set its members trained on"
+    )
+
+
+def test_soup_refuses_a_member_with_nan_weights_naming_it(tmp_path):
+    # Before: "probs contain 16 NaN values (did the model diverge?)", naming no member.
+    members = [_run(tmp_path / "m0", 0), _run(tmp_path / "m1", 1, edit=_nan_params)]
+    with pytest.raises(ValueError) as info:
+        soup.make_soup(members, str(tmp_path / "soup"))
+    assert str(info.value) == (
+        f"soup member {members[1]}: {checkpoint_lib.checkpoint_dir(members[1])}/{STEP}: params/conv_head/kernel "
+        "holds NaN or inf; the weights of a usable model are finite"
+    )
+
+
+def test_soup_reads_a_member_metrics_log_whose_records_lack_a_step_or_a_number(tmp_path):
+    # Before: KeyError 'step' (a traceback) looking up each member's metric; a text metric was
+    # written into soup.json and broke effnet-soup's summary line.
+    members = [_run(tmp_path / f"m{seed}", seed) for seed in (0, 1)]
+    records = [{"split": "validation", "auc": 0.9}, {"step": STEP, "split": "validation", "auc": "high"}]
+    with open(os.path.join(members[1], "metrics.jsonl"), "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+    made = soup.make_soup(members, str(tmp_path / "soup"))
+    assert [m["auc"] for m in made["members"]] == [0.6, None]
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("keep_checkpoints", "many", "keep_checkpoints='many': expected an integer >= 1"),
+        ("data", [1], "data=[1]: expected the data section of a config (a JSON object)"),
+    ],
+)
+def test_a_saved_config_that_a_new_run_cannot_be_saved_or_built_from_is_refused_naming_it(
+    key, value, message, tmp_path
+):
+    # Before: a TypeError traceback from orbax's keep policy when effnet-adapt or effnet-soup saved
+    # the new run (after the work); an AttributeError traceback reading the classes of data=[1].
+    workdir = _run(tmp_path / "run")
+    _edit_saved_config(workdir, key, value)
+    with pytest.raises(ValueError) as info:
+        checkpoint_lib.read_checkpoint(workdir, with_state=False)
+    assert str(info.value) == f"{checkpoint_lib.checkpoint_dir(workdir)}/{STEP}/config: {message}"
+
+
+def test_soup_refuses_a_workdir_that_leads_into_a_member_through_a_link(tmp_path):
+    # Before: only the path as given was compared: the soup was written inside member m0 through the link.
+    members = [_run(tmp_path / f"m{seed}", seed) for seed in (0, 1)]
+    os.makedirs(os.path.join(members[0], "sub"))
+    os.symlink(os.path.join(members[0], "sub"), tmp_path / "soup")
+    with pytest.raises(soup.SoupWorkdirError) as info:
+        soup.make_soup(members, str(tmp_path / "soup"))
+    assert str(info.value) == (
+        f"the soup's workdir {tmp_path / 'soup'} is inside member {members[0]} (it resolves to "
+        f"{os.path.join(members[0], 'sub')}); choose a folder outside it"
+    )
+    assert os.listdir(os.path.join(members[0], "sub")) == []
+
+
+def test_a_checkpoints_folder_of_thousands_of_entries_is_refused_before_orbax_lists_them(tmp_path):
+    # Before: orbax read every step folder when each CheckpointManager opened (20,000 empty ones: 35 s
+    # an open, twice per command); the command then failed on the last of them.
+    workdir = stand_in_run(str(tmp_path / "run"))
+    directory = checkpoint_lib.checkpoint_dir(workdir)
+    for step in range(4, 4 + checkpoint_lib.MAX_CHECKPOINT_ENTRIES):
+        os.mkdir(os.path.join(directory, str(step)))
+    with pytest.raises(ValueError) as info:
+        checkpoint_lib.read_checkpoint(workdir, with_state=False)
+    assert str(info.value) == (
+        f"{directory}: more than 4,096 entries; a run keeps a few checkpoints (config.keep_checkpoints and its "
+        "best), not this many"
+    )
+
+
+def test_adapt_refuses_an_out_under_a_file_before_any_work(site, tmp_path):
+    # Before: NotADirectoryError (a traceback) when the new run was written, after the work.
+    workdir = _run(tmp_path / "run")
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(adaptation.AdaptError) as info:
+        adaptation.adapt_run(workdir, site, str(tmp_path / "file" / "new"))
+    assert str(info.value) == f"--out={tmp_path / 'file' / 'new'}: cannot be made, {tmp_path / 'file'} is not a folder"
+    assert (tmp_path / "file").read_text() == "mine"
+
+
+def test_soup_refuses_a_dangling_link_as_its_workdir_in_one_line(tmp_path):
+    # Before: FileExistsError (a traceback, which effnet-soup does not turn into its one line).
+    members = [_run(tmp_path / f"m{seed}", seed) for seed in (0, 1)]
+    os.symlink(tmp_path / "nowhere", tmp_path / "soup")
+    with pytest.raises(soup.SoupWorkdirError) as info:
+        soup.make_soup(members, str(tmp_path / "soup"))
+    assert str(info.value) == f"--workdir={tmp_path / 'soup'}: cannot make it a folder (File exists)"
+    assert not os.path.lexists(tmp_path / "nowhere")

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from helpers import REPO, edit_json
 
+from effnet_jax import limits
 from effnet_jax.cli import errors
 from effnet_jax.cli.errors import EXIT_INPUT, one_line
 from effnet_jax.models import get_variant
@@ -820,3 +821,43 @@ def test_a_hub_cache_ref_that_is_a_link_is_not_followed(repo_cache, tmp_path):
     elsewhere.write_text("a" * 40)
     (repo_cache / "refs" / "main").symlink_to(elsewhere)
     _refused_in_one_line(repo_cache, "a link, not the commit hash file of a Hugging Face cache")
+
+
+# --- Keras HDF5: filter output and long names ----------------------------------------------------
+
+
+def test_an_lzf_chunk_that_decodes_past_its_declared_size_is_held_to_the_budget(tmp_path, monkeypatch):
+    # Before: only deflate chunks were counted at what they may inflate to: a 4 KB dataset whose one
+    # LZF chunk decodes to 8 MB (88 times its stored size, in a buffer grown step by step) was read.
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(tmp_path / "zeros.h5", "w") as f:
+        zeros = f.create_dataset("x", data=np.zeros(2 << 20, np.float32), chunks=(2 << 20,), compression="lzf")
+        stream = zeros.id.read_direct_chunk((0,))[1]
+    path = tmp_path / "bomb.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = np.array([b"stem"], "S")
+        layer = f.create_group("stem")
+        layer.attrs["weight_names"] = np.array([b"kernel:0"], "S")
+        kernel = layer.create_dataset("kernel:0", shape=(1000,), dtype=np.float32, chunks=(1000,), compression="lzf")
+        kernel.id.write_direct_chunk((0,), stream)
+    monkeypatch.setenv(limits.ENV_VAR, "4M")
+    with pytest.raises(readers.WeightFileError) as info:
+        readers.read_keras_h5(path)
+    assert str(info.value) == (
+        f"{path}: 1 HDF5 dataset(s), the largest '/stem/kernel:0' of float32(1000,), would take "
+        f"{4000 + 89 * len(stream):,} bytes to decode, over the decoded-size budget of 4,194,304 bytes "
+        f"(set {limits.ENV_VAR} to change it)"
+    )
+
+
+def test_a_missing_layer_with_a_long_name_is_named_in_a_short_line(tmp_path):
+    # Before: the whole name the file lists (up to 1,024 bytes) went into the error line.
+    h5py = pytest.importorskip("h5py")
+    path = tmp_path / "long.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = np.array([b"x" * 1000], "S")
+    with pytest.raises(readers.WeightFileError) as info:
+        readers.read_keras_h5(path)
+    message = str(info.value)
+    assert message.startswith(f"Cannot read Keras weights from {path} (truncated or damaged): ")
+    assert message.endswith("xxx' does not exist\"") and "..." in message and len(message) < 200 + len(str(path))

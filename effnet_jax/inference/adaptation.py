@@ -33,9 +33,10 @@ import numpy as np
 from etils import epath
 
 from effnet_jax import limits, runs
-from effnet_jax.inference.batchnorm_stats import adapt_batch_stats
+from effnet_jax.inference.batchnorm_stats import adapt_batch_stats, bytes_per_image
 from effnet_jax.inference.inputs import images_in_folder
 from effnet_jax.inference.prediction import ImageReadError, Preprocessor
+from effnet_jax.models.efficientnet import variable_shapes
 from effnet_jax.output_files import open_output, write_text
 from effnet_jax.runs import checkpoints as checkpoint_lib
 from effnet_jax.runs import layout as layout_lib
@@ -51,6 +52,7 @@ log = logging.getLogger("effnet_jax.adapt")
 DEFAULT_MAX_IMAGES = 2000
 # (weights, their statistics) adapted together: inference uses the EMA pair when a run kept one.
 _PAIRS = (("params", "batch_stats"), ("ema_params", "ema_batch_stats"))
+_WEIGHTS = tuple(name for pair in _PAIRS for name in pair)
 
 
 class AdaptError(ValueError):
@@ -74,13 +76,19 @@ class SiteImages:
 
 
 def read_site_images(
-    folder: str, preprocess: Preprocessor, max_images: int | None = None, follow_links: bool = False
+    folder: str,
+    preprocess: Preprocessor,
+    max_images: int | None = None,
+    follow_links: bool = False,
+    bytes_each: int = 0,
 ) -> SiteImages:
     """Every image file under ``folder`` (recursively; sub-folder names are not read as labels), preprocessed.
 
     More than ``max_images`` files: a fixed random choice of that many (seed 0, from the
     sorted list, so the choice does not depend on how the folder lists them). A link leading
     outside ``folder`` is skipped like an unreadable image unless ``follow_links``.
+    ``bytes_each``: the memory adapting takes per image (``batchnorm_stats.bytes_per_image``);
+    more images than the machine's available memory holds are refused before any is read.
     """
     if not os.path.isdir(folder):
         raise AdaptError(f"--images={folder}: no such folder (expected a folder of the site's images)")
@@ -91,6 +99,7 @@ def read_site_images(
     if max_images is not None and found > max_images:
         keep = np.random.default_rng(0).choice(found, max_images, replace=False)
         paths = [paths[i] for i in sorted(keep)]
+    _check_memory(folder, len(paths), preprocess.image_size, bytes_each)
     used, images, skipped = [], [], []
     for path in paths:
         try:
@@ -105,6 +114,25 @@ def read_site_images(
     return SiteImages(absolute(folder), tuple(used), np.stack(images), tuple(skipped), found)
 
 
+def _check_memory(folder: str, count: int, image_size: int, bytes_each: int) -> None:
+    """Refuses (AdaptError naming --max_images) ``count`` images whose adaptation would not fit the available memory.
+
+    The images and every image's activations at a cut are held at once: a run of 600 px
+    (or a downloaded run.json saying 2048) with the default 2000 images needs tens to
+    hundreds of GB, which would otherwise end in swap or the OOM killer after minutes.
+    """
+    free = limits.available_memory()
+    needed = count * bytes_each
+    if free is None or needed <= free:
+        return
+    fit = free // bytes_each
+    advice = f"pass --max_images={fit} or fewer" if fit else "not even one image fits; free memory first"
+    raise AdaptError(
+        f"--images={folder}: {count:,} images at {image_size} px would hold {needed:,} bytes while their statistics "
+        f"are measured ({bytes_each:,} an image), more than the {free:,} bytes this machine has available; {advice}"
+    )
+
+
 def check_out(workdir: str, out: str) -> None:
     """Refuses an ``out`` that is the source run, lies inside it, or exists and is not empty."""
     source, target = os.path.realpath(workdir), os.path.realpath(out)
@@ -114,6 +142,30 @@ def check_out(workdir: str, out: str) -> None:
         raise AdaptError(f"--out={out} is inside the source run {workdir}: choose a folder outside it")
     if os.path.lexists(out) and (not os.path.isdir(out) or os.listdir(out)):
         raise AdaptError(f"--out={out} exists and is not an empty folder: choose a new one")
+    # Made only once the work is done: a path that cannot become a folder is refused now, not then.
+    where = os.path.abspath(out)
+    while not os.path.lexists(where):
+        where = os.path.dirname(where)
+    if not os.path.isdir(where):
+        raise AdaptError(f"--out={out}: cannot be made, {where} is not a folder")
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise AdaptError(f"--out={out}: cannot be made, no permission to write in {where}")
+
+
+def _check_state(run: runs.Run, state: dict) -> None:
+    """A ValueError naming the checkpoint when ``state`` lacks a variable of the run's model, or holds NaN or inf."""
+    where = f"{checkpoint_lib.checkpoint_dir(run.workdir)}/{run.step}"
+    if not run.ensemble_size:
+        checkpoint_lib.check_state_variables(where, state, run.config)
+        return
+    # A seed ensemble's members are stacked on axis 0: each is checked as the one network they share.
+    network = run.config.to_dict()
+    network.pop("soup")
+    network = ml_collections.ConfigDict(network)
+    for i in range(run.ensemble_size):
+        member = {k: state[k] for k in _WEIGHTS if isinstance(state.get(k), dict)}
+        member = jax.tree.map(lambda x, i=i: np.asarray(x)[i], member)
+        checkpoint_lib.check_state_variables(f"{where} (member {i})", member, network)
 
 
 def _digest(tree: dict) -> str:
@@ -257,7 +309,13 @@ def adapt_run(
         limits.padded_batch_size(batch_size, preprocess.image_size)
     except ValueError as e:
         raise AdaptError(f"--{e}") from None
-    site = read_site_images(images, preprocess, max_images, follow_links)
+    network = getattr(run.model(), "member", run.model())
+    bytes_each = bytes_per_image(network, variable_shapes(network), preprocess.image_size)
+    # Every state is checked before anything is written: a member's flaw must not leave NEWRUN half made.
+    members = _member_runs(run)
+    for member in [m for _, m in members] + [run]:
+        _check_state(member, checkpoint_lib.read_state(member.workdir, member.step))
+    site = read_site_images(images, preprocess, max_images, follow_links, bytes_each)
     log.info(
         "%d images of %s (%d files found, %d skipped); re-estimating BatchNorm statistics, mix %g",
         len(site.files),
@@ -281,7 +339,6 @@ def adapt_run(
         "batch_size": int(batch_size),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    members = _member_runs(run)
     moved = {m.workdir: Layout(out).member(seed) for seed, m in members}
     # Members first, then the run itself: a soup's own statistics, or an ensemble's stacked
     # copy of its members' (found in the cache).

@@ -99,6 +99,36 @@ def count_segments(model, variables: dict, image_shape: tuple) -> int:
     return calls[0] + 2
 
 
+def bytes_per_image(model, variables: dict, image_size: int) -> int:
+    """Host memory ``adapt_batch_stats`` holds per image at its peak: the image and the cuts on either side of a segment.
+
+    Every image's activation at the cut being measured stays in memory (the input of the
+    segment, and its output twice while the batches' outputs are joined): for EfficientNet-B7
+    at 600 px the stem's output alone is 23 MB an image. ``variables`` may be abstract.
+    """
+    cuts = []
+
+    def record(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        if _is_call(context, Block):
+            cuts.append((args[0], out))
+        return out
+
+    image = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+    with nn.intercept_methods(record):
+        jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, image)
+
+    def size(x) -> int:
+        return int(np.prod(x.shape[1:])) * np.dtype(x.dtype).itemsize
+
+    image_bytes = size(image)
+    # Segment 0 reads the images; each later one a block's input, and the head the last block's output.
+    edges = [(image, cuts[0][0])] if cuts else []
+    edges += [(block_in, block_out) for block_in, block_out in cuts]
+    peak = max([size(a) + 2 * size(b) for a, b in edges] + [image_bytes])
+    return image_bytes + peak
+
+
 @functools.lru_cache(maxsize=512)  # one compiled program per segment, model and batch shape, reused across runs
 def _segment_fn(model, segment: int, segments: int, image_shape: tuple) -> Callable:
     """jit fn(variables, x, weight) -> ({norm path: (count, mean, m2)}, the segment's output or None).

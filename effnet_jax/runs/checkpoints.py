@@ -258,6 +258,39 @@ def check_declared_state(where: str, meta, config) -> None:
     limits.check(where, declared, "the saved state's declared arrays", ValueError, allowance)
 
 
+def check_state_variables(where: str, state: dict, config) -> None:
+    """Refuses, in a ValueError naming ``where`` and the variable, a restored state the config's model cannot use.
+
+    A downloaded checkpoint may leave a weight out (flax then fails deep in the forward pass
+    with a traceback), store one as integers, or hold NaN or inf: every variable of the model
+    must be there, in ``params`` and ``batch_stats`` and in both EMA copies when either is
+    kept, as finite floating-point numbers. Called by the commands that write what they
+    computed from the weights into a new run (effnet-adapt, effnet-soup).
+    """
+    expected = _variable_shapes(config)
+    collections = ["params", "batch_stats"]
+    if state.get("ema_params") is not None or state.get("ema_batch_stats") is not None:
+        collections += ["ema_params", "ema_batch_stats"]
+    for collection in collections:
+        found = state.get(collection)
+        flat = traverse_util.flatten_dict(found) if isinstance(found, dict) and found else {}
+        for path in expected:
+            if path[0] != _VARIABLE_COLLECTIONS[collection]:
+                continue
+            name = "/".join((collection, *path[1:]))
+            value = flat.get(path[1:])
+            if value is None:
+                raise ValueError(
+                    f"{where}: the saved state has no {name}, which {config.model.name} as its config builds it "
+                    "has; not a checkpoint of this run's model"
+                )
+            dtype = value.dtype if hasattr(value, "dtype") else np.asarray(value).dtype
+            if not jax.numpy.issubdtype(dtype, jax.numpy.floating):
+                raise ValueError(f"{where}: {name} is stored as {dtype}; expected floating-point weights")
+            if not bool(np.isfinite(np.asarray(value, np.float32)).all()):
+                raise ValueError(f"{where}: {name} holds NaN or inf; the weights of a usable model are finite")
+
+
 def _dims(shape, where: str, name: str) -> tuple[int, ...]:
     shape = tuple(shape)
     if not all(isinstance(d, (int, np.integer)) and d >= 0 for d in shape):
@@ -402,6 +435,7 @@ def check_checkpoints(workdir: str) -> None:
     top, target = os.path.realpath(workdir), os.path.realpath(directory)
     if os.path.commonpath([top, target]) != top:
         raise ValueError(f"{directory}: a link to {target}, outside the run {workdir}; refusing to read through it")
+    _check_step_count(directory)
     check_tree(directory)
     for step in os.listdir(directory):
         _check_step_name(directory, step)
@@ -412,6 +446,22 @@ def check_checkpoints(workdir: str) -> None:
                 if name == "_CHECKPOINT_METADATA":
                     _check_step_metadata(value, path)
         check_orbax_json(os.path.join(directory, step, "state"))
+
+
+# A run keeps its last ``keep_checkpoints`` steps (at most 4,000: train.config.MAX_KEEP_CHECKPOINTS) and
+# its best. Orbax reads every step folder when a CheckpointManager opens (20,000 empty ones, a download
+# of kilobytes, took 35 s per open), so a folder of more entries than this is refused before orbax lists it.
+MAX_CHECKPOINT_ENTRIES = 1 << 12
+
+
+def _check_step_count(directory: str) -> None:
+    with os.scandir(directory) as entries:
+        for count, _ in enumerate(entries, 1):
+            if count > MAX_CHECKPOINT_ENTRIES:
+                raise ValueError(
+                    f"{directory}: more than {MAX_CHECKPOINT_ENTRIES:,} entries; a run keeps a few checkpoints "
+                    "(config.keep_checkpoints and its best), not this many"
+                )
 
 
 # The step counter is an int32: a step folder numbered beyond it was never written by a run.
@@ -570,7 +620,9 @@ def _check_config(config, where: str) -> None:
     # The model is built from these too: a downloaded config claiming a million classes, or an
     # ensemble of a million members, would size the head (or the stacked weights) by them.
     data = config.get("data")
-    names = data.get("class_names") if hasattr(data, "get") else None
+    if data is not None and not isinstance(data, ml_collections.ConfigDict):
+        raise ValueError(f"{where}: data={reprlib.repr(data)}: expected the data section of a config (a JSON object)")
+    names = data.get("class_names") if data is not None else None
     if names:
         if not isinstance(names, (list, tuple)):
             raise ValueError(f"{where}: data.class_names={reprlib.repr(names)}: expected a list of class names")
@@ -578,6 +630,10 @@ def _check_config(config, where: str) -> None:
     # Read before 'best' is resolved: a bad value would otherwise be named as a config key, not this file.
     if config.get("best_mode", "max") not in ("max", "min"):
         raise ValueError(f"{where}: best_mode={reprlib.repr(config.get('best_mode'))}: expected 'max' or 'min'")
+    # Read again when a run made from this one is saved (effnet-adapt, effnet-soup: write_checkpoint).
+    keep = config.get("keep_checkpoints", 3)
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        raise ValueError(f"{where}: keep_checkpoints={reprlib.repr(keep)}: expected an integer >= 1")
     if not isinstance(config.get("best_metric") or "", str):
         raise ValueError(f"{where}: best_metric={reprlib.repr(config.get('best_metric'))}: expected a metric name")
     soup = config.get("soup")

@@ -459,6 +459,9 @@ def _require_optimizer_and_schedule(config) -> None:
             _require(config, key, test, expected)
 
 
+# runs.checkpoints refuses a checkpoints folder of more than 4,096 entries (orbax lists them all):
+# the last this many steps, the best and orbax's temporary folders stay below it.
+MAX_KEEP_CHECKPOINTS = 4000
 # optax.MultiSteps counts the accumulated batches in an int32: one more fails after the compile.
 MAX_GRAD_ACCUM_STEPS = 2**31 - 1
 
@@ -669,8 +672,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             lambda v: MIN_IMAGE_SIZE <= v <= MAX_IMAGE_SIZE,
             f"None (the variant's) or an integer from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE}",
         )
-    for key in ("batch_size", "eval_batch_size", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
+    for key in ("batch_size", "eval_batch_size", "log_every_steps", "checkpoint_every_steps"):
         _require(config, key, lambda v: v >= 1, "an integer >= 1")
+    _require(
+        config,
+        "keep_checkpoints",
+        lambda v: 1 <= v <= MAX_KEEP_CHECKPOINTS,
+        f"an integer from 1 to {MAX_KEEP_CHECKPOINTS:,} (a downloaded run's checkpoints folder may hold a few more)",
+    )
     for key, choices in CHOICES.items():
         value = _number(config, key)
         if value is not None and value not in choices:  # absent in older runs' configs

@@ -49,7 +49,7 @@ from effnet_jax.runs.writer import MetricWriter
 from effnet_jax.train import feed as feed_lib
 from effnet_jax.train import state as state_lib
 from effnet_jax.train import steps
-from effnet_jax.train.config import check_select_split, soup_seeds, validate_config
+from effnet_jax.train.config import check_select_split, require_batches_fit_devices, soup_seeds, validate_config
 from effnet_jax.train.loop import (
     describe_machine,
     evaluate_splits,
@@ -239,7 +239,10 @@ def make_soup(
     members = [layout_lib.absolute(m) for m in member_workdirs]
     _check_members(members, workdir)
     _refuse_another_run(workdir)  # before creating or locking anything there
-    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    try:
+        epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file or a dangling link there, a file on the way: one line, before any work
+        raise SoupWorkdirError(f"--workdir={workdir}: cannot make it a folder ({e.strerror or e})") from None
     lock = workdir_lock.lock_workdir(workdir, True)
     try:
         return _make_soup(members, workdir, checkpoint, combine)
@@ -264,6 +267,7 @@ def _make_soup(members: list[str], workdir: str, checkpoint: str | int, combine:
             heads.append(checkpoint_lib.read_checkpoint(member, checkpoint, with_state=False))
         except FileNotFoundError as e:
             raise FileNotFoundError(f"soup member {member}: {e}") from None
+        check_member_config(heads[-1])
         check_compatible(heads[0], heads[-1])
     if not heads[0].config.model.get("pretrained"):
         log.warning(
@@ -279,6 +283,8 @@ def _make_soup(members: list[str], workdir: str, checkpoint: str | int, combine:
     first, sums, stored, parts = None, {}, {}, {}
     for head, entry in zip(heads, entries):
         saved = checkpoint_lib.read_checkpoint(head.workdir, head.step)
+        where = f"soup member {head.workdir}: {checkpoint_lib.checkpoint_dir(head.workdir)}/{head.step}"
+        checkpoint_lib.check_state_variables(where, saved.state, saved.config)
         weights = averaged_weights(saved.state)
         if first is None:
             first = saved
@@ -392,13 +398,37 @@ _FACTS = {
     "image_size (run.json)": lambda s: int(s.run.image_size),
     "mean (run.json)": lambda s: [float(v) for v in s.run.mean],
     "std (run.json)": lambda s: [float(v) for v in s.run.std],
-    "data.name": lambda s: s.config.data.name,
+    "data.name": lambda s: (s.config.get("data") or {}).get("name"),
 }
 
 
 def averaged_weights(state: dict) -> dict:
     """The parts of a saved state that a soup averages (``AVERAGED``), as '/'-joined path -> array."""
     return traverse_util.flatten_dict({k: state[k] for k in AVERAGED if state.get(k)}, sep="/")
+
+
+def check_member_config(saved) -> None:
+    """Refuses a member's saved config that the soup cannot evaluate or save with (a ValueError naming it and the key).
+
+    The soup evaluates with the first member's config as the trainer would and records each
+    member's seed: a downloaded member's config may hold any value there (``eval_batch_size=10**9``
+    padded every batch to a billion images; a text seed made a soup.json no reader accepts).
+    ``num_devices`` beyond this machine's is what the soup uses anyway: all its devices.
+    """
+    where = f"soup member {saved.workdir}: {checkpoint_lib.checkpoint_dir(saved.workdir)}/{saved.step}/config"
+    data = saved.config.get("data")
+    if data is None or not isinstance(data.get("name"), str):
+        raise ValueError(f"{where}: data.name is missing: the soup is evaluated on the data set its members trained on")
+    config = ml_collections.ConfigDict(saved.config.to_dict())
+    wanted = config.get("num_devices")
+    if isinstance(wanted, int) and not isinstance(wanted, bool) and wanted > jax.device_count():
+        config.num_devices = 0
+    try:
+        validate_config(config)
+        require_batches_fit_devices(config, jax.device_count(), jax.process_count())
+    except (ValueError, TypeError, AttributeError, KeyError) as e:
+        text = str(e).strip("'\"").splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{where}: {text}") from None
 
 
 def check_compatible(first, other) -> None:
@@ -442,7 +472,9 @@ def _member_entry(saved) -> dict:
     """What soup.json records of a member: where, which step and seed, and its select-split metric there."""
     split = saved.config.get("select_split") or "validation"
     metric = saved.config.get("best_metric") or "auc"
-    value = next((r.get(metric) for r in read_metrics(saved.workdir, split) if r["step"] == saved.step), None)
+    value = next((r.get(metric) for r in read_metrics(saved.workdir, split) if r.get("step") == saved.step), None)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        value = None  # a downloaded member's log may hold anything there: soup.json and its line print numbers
     return {"workdir": saved.workdir, "step": int(saved.step), "seed": saved.config.get("seed"), metric: value}
 
 
@@ -457,10 +489,15 @@ def _check_members(members: list[str], workdir: str) -> None:
             first = members[resolved.index(target)]
             same = "" if first == members[i] else f" (as {members[i]}, which resolves to {target})"
             raise ValueError(f"soup member {first} is given more than once{same}: a soup needs distinct runs")
-    for member in members:
-        if "://" not in workdir and os.path.commonpath([workdir, member]) == member:
+    # Resolved too: a workdir given through a link into a member would write the soup inside it.
+    real = workdir if "://" in workdir else os.path.realpath(workdir)
+    for member, target in zip(members, resolved):
+        if "://" in workdir or "://" in member:
+            continue  # a local folder and cloud storage never hold one another
+        if os.path.commonpath([workdir, member]) == member or os.path.commonpath([real, target]) == target:
+            via = "" if real == workdir else f" (it resolves to {real})"
             raise SoupWorkdirError(
-                f"the soup's workdir {workdir} is inside member {member}; choose a folder outside it"
+                f"the soup's workdir {workdir} is inside member {member}{via}; choose a folder outside it"
             )
 
 

@@ -827,10 +827,14 @@ def read_keras_h5(path: Path) -> dict[str, np.ndarray]:
 
 # Filters a Keras file may use, whose output HDF5 bounds or ``_h5_declared`` counts: deflate, shuffle,
 # fletcher32, LZF. Any other (szip, n-bit, scale-offset, a plugin found on the HDF5 plugin path) is refused.
-_H5_DEFLATE = 1
-_H5_FILTERS = {_H5_DEFLATE: "gzip", 2: "shuffle", 3: "fletcher32", 32000: "lzf"}
+_H5_DEFLATE, _H5_LZF = 1, 32000
+_H5_FILTERS = {_H5_DEFLATE: "gzip", 2: "shuffle", 3: "fletcher32", _H5_LZF: "lzf"}
 # Deflate inflates at most about 1032 times; HDF5 doubles its output buffer as it goes.
 _DEFLATE_MAX_GROWTH = 2 * 1032
+# LZF's longest back-reference, 3 bytes, copies 264: at most 88 times, in a buffer h5py's filter grows by the
+# chunk's stored size until the chunk fits, whatever size the dataset declares.
+_LZF_MAX_GROWTH = 88 + 1
+_H5_GROWTH = {_H5_DEFLATE: _DEFLATE_MAX_GROWTH, _H5_LZF: _LZF_MAX_GROWTH}
 
 
 def _h5_where(obj, path: Path) -> str:
@@ -910,7 +914,8 @@ def _h5_get(group, name: str, path: Path):
         where = f"{path}: HDF5 link {(obj.name.rstrip('/') + '/' + part)!r}"
         link = _h5_link(obj, part)
         if link is None:
-            raise KeyError(f"{obj.name.rstrip('/')}/{part} does not exist")
+            # Names come from the file's attributes (up to _H5_NAME_BYTES each): shortened in the message.
+            raise KeyError(f"{_short(obj.name.rstrip('/') + '/' + part)} does not exist")
         kind, target = link
         if kind == "soft":
             obj = _h5_hard(obj, target, where)
@@ -971,9 +976,11 @@ def _h5_declared(datasets) -> int:
             continue
         chunk = math.prod(dataset.chunks) * dataset.dtype.itemsize
         plist = dataset.id.get_create_plist()
-        if any(plist.get_filter(i)[0] == _H5_DEFLATE for i in range(plist.get_nfilters())):
+        # Each decoding filter of the pipeline may grow what the one before it gave.
+        growth = math.prod(_H5_GROWTH.get(plist.get_filter(i)[0], 1) for i in range(plist.get_nfilters()))
+        if growth > 1:  # a chunk may decode far past the size the dataset declares for it
             stored = []
             dataset.id.chunk_iter(lambda info: stored.append(info.size))
-            chunk = max([chunk] + [_DEFLATE_MAX_GROWTH * n for n in stored])
+            chunk = max([chunk] + [growth * n for n in stored])
         transient = max(transient, chunk)
     return total + transient
