@@ -879,3 +879,26 @@ def test_soup_refuses_a_dangling_link_as_its_workdir_in_one_line(tmp_path):
         soup.make_soup(members, str(tmp_path / "soup"))
     assert str(info.value) == f"--workdir={tmp_path / 'soup'}: cannot make it a folder (File exists)"
     assert not os.path.lexists(tmp_path / "nowhere")
+
+
+# --- the data folders a saved run's config names -------------------------------------------------
+
+
+@pytest.mark.parametrize("checkpoint", ["best", None])
+def test_a_saved_runs_data_folder_is_never_prepared_into(tmp_path, checkpoint):
+    # Before: evaluating a downloaded run prepared its data set into whatever data.data_dir its config named.
+    from data_fixtures import GOOD_TREE
+
+    from effnet_jax.data import split_info
+
+    images = write_tree(tmp_path / "chest_xray", GOOD_TREE)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    config = machinery_config(num_train_steps=3)
+    config.data.name, config.data.data_dir, config.data.manual_dir = "chest_xray", str(victim), str(images)
+    workdir = stand_in_run(str(tmp_path / "run"), config=config)
+    with pytest.raises(FileNotFoundError) as refusal:
+        split_info(runs.open(workdir, checkpoint).config.data, "test")
+    assert f"is not prepared under {victim}" in str(refusal.value)
+    assert "effnet-data prepare --name=chest_xray" in str(refusal.value) and "\n" not in str(refusal.value)
+    assert os.listdir(victim) == []

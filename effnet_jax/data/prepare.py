@@ -131,8 +131,9 @@ def ensure_prepared(factory: BuilderFactory, allow_prepare: bool = True):
         return builder
     if not allow_prepare:
         raise FileNotFoundError(
-            f"{factory.name} ({builder.builder_config.name}) is not prepared under "
-            f"{builder.data_dir}; set data.prepare=True or run python -m effnet_jax.cli.data prepare"
+            f"{factory.name} ({builder.builder_config.name}) is not prepared under {builder.data_dir}; prepare it "
+            f"with effnet-data prepare --name={factory.name} --data_dir={builder.data_dir_root} --manual_dir=DIR "
+            "(effnet-train prepares it unless data.prepare=False; commands that read a saved run never do)"
         )
     if factory.name in ("chest_xray", "folder") and factory.manual_dir is None:
         raise ValueError(

@@ -194,6 +194,7 @@ def open(workdir: str, checkpoint: str | int | None = "best") -> Run:
     else:
         saved = checkpoints_lib.read_checkpoint(workdir, checkpoint, with_state=False)
         config, record, step = saved.config, saved.run, saved.step
+    _never_prepare(config)
     return Run(
         workdir=absolute(workdir),
         layout=layout,
@@ -206,6 +207,18 @@ def open(workdir: str, checkpoint: str | int | None = "best") -> Run:
         soup=read_soup(layout.soup),
         adapted=_read_object(layout.adapted),
     )
+
+
+def _never_prepare(config: ml_collections.ConfigDict) -> None:
+    """A saved run's data folders are read as prepared, never prepared into.
+
+    Its config.json names the folders of the machine it trained on, and a downloaded one may
+    name any: evaluating, calibrating or souping it must not write a data set there.
+    """
+    data = config.get("data")
+    if isinstance(data, ml_collections.ConfigDict):
+        with data.unlocked():
+            data.prepare = False
 
 
 def _refuse_links_out(workdir: str, paths) -> None:
