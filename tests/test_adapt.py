@@ -4,6 +4,8 @@ import dataclasses
 import io
 import os
 import shutil
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -14,6 +16,7 @@ from helpers import machinery_config, run_module, session_compilation_cache
 from PIL import Image
 
 from effnet_jax import runs
+from effnet_jax.cli import errors
 from effnet_jax.inference import adaptation
 from effnet_jax.inference.batchnorm_stats import adapt_batch_stats
 from effnet_jax.inference.evaluation import evaluate_checkpoint
@@ -290,3 +293,31 @@ def test_the_command_refuses_an_empty_folder_in_one_line(source_run, tmp_path):
         f"effnet-adapt: error: --images={tmp_path / 'empty'}: no image files in it (looked for .jpeg, .png, ... recursively)"
     ]
     assert not out.exists()
+
+
+_DISK_FULL = """
+import errno, sys
+from effnet_jax.inference import adaptation
+def full(path, text):
+    raise OSError(errno.ENOSPC, "No space left on device", str(path))
+adaptation.write_text = full
+sys.argv = ["effnet-adapt"] + sys.argv[1:]
+from effnet_jax.cli.adapt import run
+run()
+"""
+
+
+def test_a_full_disk_while_adapting_exits_5_in_one_line(source_run, site, tmp_path):
+    # Before: the OSError's traceback, after all the work.
+    out = tmp_path / "new"
+    proc = subprocess.run(
+        [sys.executable, "-c", _DISK_FULL, f"--workdir={source_run['workdir']}", f"--images={site}", f"--out={out}"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == errors.EXIT_DISK, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"effnet-adapt: cannot write {out}/config.json: No space left on device (errno ENOSPC)"
+    )
+    assert "Traceback" not in proc.stderr

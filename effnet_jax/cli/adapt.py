@@ -11,7 +11,8 @@ A link under DIR leading outside it is skipped as unreadable unless --follow_lin
 A soup's or seed ensemble's members are adapted too. NEWRUN is a run like any other
 (effnet-eval, effnet-predict, effnet-export, effnet-results read it) that keeps RUN's
 operating threshold and calibration; adapted.json says what it was adapted from and to.
-RUN is left as it was. Exit status: 0 done; 1 RUN, DIR or NEWRUN unusable. docs/adapting.md.
+RUN is left as it was. Exit status: 0 done; 1 RUN, DIR or NEWRUN unusable; 5 a failed write (a full disk).
+docs/adapting.md.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import sys
 from absl import app, flags
 
 from effnet_jax.cli.command import define_follow_links_flag, define_once, define_run_flags, run_command
+from effnet_jax.cli.errors import exit_in_one_line
 from effnet_jax.cli.logs import quiet_unless_verbose, show_our_logs
 
 FLAGS = flags.FLAGS
@@ -90,6 +92,8 @@ def main(argv):
     except (FileNotFoundError, AdaptError, ValueError) as e:
         print(f"effnet-adapt: error: {e}", file=sys.stderr)
         return 1
+    except Exception as e:  # a full disk or a refused write: one line; a bug keeps its traceback
+        exit_in_one_line("effnet-adapt", e)
     members = len(record.get("members_adapted", []))
     print(
         f"effnet-adapt: {record['images_used']} images of {record['images']} ({record['images_skipped']} skipped), "
