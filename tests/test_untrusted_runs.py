@@ -897,8 +897,49 @@ def test_a_saved_runs_data_folder_is_never_prepared_into(tmp_path, checkpoint):
     config = machinery_config(num_train_steps=3)
     config.data.name, config.data.data_dir, config.data.manual_dir = "chest_xray", str(victim), str(images)
     workdir = stand_in_run(str(tmp_path / "run"), config=config)
+    # Any value a download may hold there (a bool field would refuse a text one).
+    _edit_both_saved_configs([workdir], lambda saved: saved["data"].update(prepare="yes"))
     with pytest.raises(FileNotFoundError) as refusal:
         split_info(runs.open(workdir, checkpoint).config.data, "test")
     assert f"is not prepared under {victim}" in str(refusal.value)
     assert "effnet-data prepare --name=chest_xray" in str(refusal.value) and "\n" not in str(refusal.value)
     assert os.listdir(victim) == []
+
+
+def _edit_both_saved_configs(members, edit):
+    """``edit(config dict)`` applied to every member's saved config (the checkpoint's and config.json)."""
+    for workdir in members:
+        paths = [os.path.join(checkpoint_lib.checkpoint_dir(workdir), str(STEP), "config", "metadata")]
+        paths.append(Layout(workdir).config)
+        for path in paths:
+            with open(path) as f:
+                config = json.load(f)
+            edit(config)
+            with open(path, "w") as f:
+                json.dump(config, f)
+
+
+def test_a_soup_never_prepares_data_into_the_folder_its_members_configs_name(tmp_path):
+    # Before: the soup evaluated with the members' saved data.prepare=True, writing a TFDS set into data_dir.
+    from data_fixtures import GOOD_TREE
+
+    images = write_tree(tmp_path / "chest_xray", GOOD_TREE)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    members = [_run(tmp_path / f"m{seed}", seed) for seed in (0, 1)]
+
+    def chest_xray_in_victim(config):
+        config["data"].update(name="chest_xray", data_dir=str(victim), manual_dir=str(images), prepare=True)
+
+    _edit_both_saved_configs(members, chest_xray_in_victim)
+    with pytest.raises(FileNotFoundError, match=f"is not prepared under {victim}/chest_xray/"):
+        soup.make_soup(members, str(tmp_path / "soup"))
+    assert os.listdir(victim) == []
+
+
+def test_a_soup_takes_members_trained_before_a_config_key_existed(tmp_path):
+    # Before: "config.eval_every_steps=None: expected an integer >= 0", for a key added after they trained.
+    members = [_run(tmp_path / f"m{seed}", seed) for seed in (0, 1)]
+    _edit_both_saved_configs(members, lambda config: config.pop("eval_every_steps"))
+    record = soup.make_soup(members, str(tmp_path / "soup"))
+    assert [member["seed"] for member in record["members"]] == [0, 1]

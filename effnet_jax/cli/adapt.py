@@ -22,7 +22,7 @@ import sys
 from absl import app, flags
 
 from effnet_jax.cli.command import define_follow_links_flag, define_once, define_run_flags, run_command
-from effnet_jax.cli.errors import exit_in_one_line
+from effnet_jax.cli.errors import EXIT_DISK, exit_in_one_line, one_line
 from effnet_jax.cli.logs import quiet_unless_verbose, show_our_logs
 
 FLAGS = flags.FLAGS
@@ -90,6 +90,8 @@ def main(argv):
             follow_links=FLAGS.follow_links,
         )
     except (FileNotFoundError, AdaptError, ValueError) as e:
+        if (one_line(e) or (None,))[0] == EXIT_DISK:  # tensorstore reports a full disk as a ValueError
+            exit_in_one_line("effnet-adapt", e)
         print(f"effnet-adapt: error: {e}", file=sys.stderr)
         return 1
     except Exception as e:  # a full disk or a refused write: one line; a bug keeps its traceback

@@ -153,6 +153,9 @@ class _WarningRouter:
             if not self._readers:
                 self._catch = warnings.catch_warnings()
                 self._catch.__enter__()
+                # In force for every reader while any reads: a reader's own catch_warnings, left
+                # on another thread, restores the filters as they were when it entered.
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
                 if warnings.showwarning is not self._show:  # ours where another catch restored it
                     self._show_before = warnings.showwarning
                 warnings.showwarning = self._show
@@ -177,7 +180,8 @@ class _WarningRouter:
     def _record(self, record: logging.LogRecord) -> bool:
         """A logging filter: a pydicom record of a thread reading a file joins that file's list instead."""
         caught = self.caught()
-        if caught is None or record.exc_info:  # a decoder's traceback: see dicom._drop_tracebacks
+        # A decoder's traceback (dicom._drop_tracebacks) and debug lines are left to their logger.
+        if caught is None or record.exc_info or record.levelno < logging.WARNING:
             return True
         caught.append(record.getMessage())
         return False

@@ -159,7 +159,8 @@ def check_app_segments(data: bytes, path: str, error: type[Exception], what: str
 
     Over ``MAX_JPEG_APP_BYTES`` in its APPn segments (Pillow copies each), or over
     ``MAX_PHOTOSHOP_RESOURCES`` resource blocks in its Photoshop (APP13) segments (Pillow parses
-    each in Python), counted as the "8BIM" that starts each block.
+    each in Python), counted as the "8BIM" signatures the segments hold: every block starts with
+    one, so the count is never below the blocks Pillow parses.
     """
     if data[:2] != b"\xff\xd8":
         return

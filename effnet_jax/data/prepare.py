@@ -8,6 +8,7 @@ import dataclasses
 import fcntl
 import logging
 import os
+import shlex
 import shutil
 
 import numpy as np
@@ -111,6 +112,22 @@ class StalePreparedDataError(ValueError):
     """The prepared data set was prepared from other files than data.manual_dir now holds."""
 
 
+def _how_to_prepare(factory: BuilderFactory, data_dir: str) -> str:
+    """The command that prepares the data set ``factory`` makes (effnet-data prepare, or effnet-train for a task)."""
+    if factory.name == "folder":  # its classes and rules are config keys effnet-data has no flags for
+        return "prepare it by running effnet-train with the run's config and these data folders"
+    flags = [f"--name={factory.name}", f"--data_dir={data_dir}"]
+    flags.append(f"--manual_dir={factory.manual_dir or 'DIR'}" if factory.name == "chest_xray" else "")
+    if factory.name == "chest_xray":
+        flags += [f"--max_size={factory.max_size}", f"--on_bad_image={factory.on_bad_image}"]
+        flags.append(f"--exclude_list={factory.exclude_list}" if factory.exclude_list else "")
+    else:  # PneumoniaMNIST: downloaded unless manual_dir holds the npz
+        flags.append(f"--mnist_size={factory.mnist_size}")
+        flags.append(f"--manual_dir={factory.manual_dir}" if factory.manual_dir else "")
+    flags.append("--follow_links" if factory.follow_links else "")
+    return "prepare it with effnet-data prepare " + " ".join(shlex.quote(f) for f in flags if f)
+
+
 def ensure_prepared(factory: BuilderFactory, allow_prepare: bool = True):
     """Return the builder, preparing its data first when it is not there yet.
 
@@ -131,9 +148,9 @@ def ensure_prepared(factory: BuilderFactory, allow_prepare: bool = True):
         return builder
     if not allow_prepare:
         raise FileNotFoundError(
-            f"{factory.name} ({builder.builder_config.name}) is not prepared under {builder.data_dir}; prepare it "
-            f"with effnet-data prepare --name={factory.name} --data_dir={builder.data_dir_root} --manual_dir=DIR "
-            "(effnet-train prepares it unless data.prepare=False; commands that read a saved run never do)"
+            f"{factory.name} ({builder.builder_config.name}) is not prepared under {builder.data_dir}; "
+            f"{_how_to_prepare(factory, str(builder.data_dir_root))} (effnet-train prepares it unless "
+            "data.prepare=False; commands that read a saved run never do)"
         )
     if factory.name in ("chest_xray", "folder") and factory.manual_dir is None:
         raise ValueError(

@@ -449,8 +449,8 @@ def check_checkpoints(workdir: str) -> None:
 
 
 # A run keeps its last ``keep_checkpoints`` steps (at most 4,000: train.config.MAX_KEEP_CHECKPOINTS) and
-# its best. Orbax reads every step folder when a CheckpointManager opens (20,000 empty ones, a download
-# of kilobytes, took 35 s per open), so a folder of more entries than this is refused before orbax lists it.
+# its best. Orbax reads every step folder when a CheckpointManager opens, so a downloaded folder of
+# thousands of empty ones (kilobytes) would stall every open: more entries than this are refused first.
 MAX_CHECKPOINT_ENTRIES = 1 << 12
 
 

@@ -194,7 +194,7 @@ def open(workdir: str, checkpoint: str | int | None = "best") -> Run:
     else:
         saved = checkpoints_lib.read_checkpoint(workdir, checkpoint, with_state=False)
         config, record, step = saved.config, saved.run, saved.step
-    _never_prepare(config)
+    never_prepare(config)
     return Run(
         workdir=absolute(workdir),
         layout=layout,
@@ -209,15 +209,17 @@ def open(workdir: str, checkpoint: str | int | None = "best") -> Run:
     )
 
 
-def _never_prepare(config: ml_collections.ConfigDict) -> None:
-    """A saved run's data folders are read as prepared, never prepared into.
+def never_prepare(config: ml_collections.ConfigDict) -> None:
+    """Sets ``data.prepare=False`` in the config of a saved run: its data folders are read as prepared.
 
     Its config.json names the folders of the machine it trained on, and a downloaded one may
-    name any: evaluating, calibrating or souping it must not write a data set there.
+    name any: evaluating, calibrating, adapting or souping it must not write a data set there.
     """
     data = config.get("data")
     if isinstance(data, ml_collections.ConfigDict):
         with data.unlocked():
+            if "prepare" in data:  # a downloaded value of another type would refuse a bool
+                del data["prepare"]
             data.prepare = False
 
 

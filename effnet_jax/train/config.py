@@ -466,11 +466,12 @@ MAX_KEEP_CHECKPOINTS = 4000
 MAX_GRAD_ACCUM_STEPS = 2**31 - 1
 
 
-def require_batches_fit_devices(config, device_count: int, process_count: int = 1) -> None:
+def require_batches_fit_devices(config, device_count: int, process_count: int = 1, training: bool = True) -> None:
     """``num_devices``, ``batch_size`` and ``eval_batch_size`` checked against the devices and processes of a run.
 
     What the trainer checks only once the data is prepared (the mesh, ``Parallel.check_batch_size``,
     the padded evaluation batch), refused before: ``ValueError`` naming the key and the bound.
+    ``training=False`` (a soup, which only evaluates) leaves ``batch_size`` out.
     """
     wanted = _number(config, "num_devices") or 0  # 0 = all devices
     if wanted > device_count:
@@ -478,20 +479,24 @@ def require_batches_fit_devices(config, device_count: int, process_count: int = 
             f"config.num_devices={wanted}: expected 0 (all devices) or at most the {device_count} devices JAX finds"
         )
     used, which = (wanted, f"config.num_devices={wanted}") if wanted else (device_count, "all devices")
-    for key in ("batch_size", "eval_batch_size"):
+    for key in ("batch_size", "eval_batch_size") if training else ("eval_batch_size",):
         value = config.get(key)
         if value % used:
             raise ValueError(
                 f"config.{key}={value}: expected a multiple of the {used} devices it is split over ({which})"
             )
     size = _image_size(config)
-    _require_host_memory(config.batch_size, process_count, size)
+    if training:
+        _require_host_memory(config.batch_size, process_count, size)
     # Every evaluation batch is padded to full size: the loop's own check of it, before the data.
     limits.padded_batch_size(config.eval_batch_size // process_count, size, "config.eval_batch_size")
 
 
 def _image_size(config) -> int:
-    """The image size a run trains at: ``config.image_size`` or the variant's (``train.state.image_size``)."""
+    """The image size a run trains at: ``config.image_size`` or the variant's.
+
+    As ``train.state.image_size`` says it, without importing the model code that module needs.
+    """
     from effnet_jax.models.variants import get_variant
 
     return int(config.get("image_size") or get_variant(config.model.name).resolution)

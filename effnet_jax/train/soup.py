@@ -44,12 +44,18 @@ from effnet_jax.runs import model as run_model
 from effnet_jax.runs import record as run_record
 from effnet_jax.runs.layout import Layout
 from effnet_jax.runs.metrics_log import read_metrics, training_data
-from effnet_jax.runs.run import read_soup
+from effnet_jax.runs.run import never_prepare, read_soup
 from effnet_jax.runs.writer import MetricWriter
 from effnet_jax.train import feed as feed_lib
 from effnet_jax.train import state as state_lib
 from effnet_jax.train import steps
-from effnet_jax.train.config import check_select_split, require_batches_fit_devices, soup_seeds, validate_config
+from effnet_jax.train.config import (
+    check_select_split,
+    get_config,
+    require_batches_fit_devices,
+    soup_seeds,
+    validate_config,
+)
 from effnet_jax.train.loop import (
     describe_machine,
     evaluate_splits,
@@ -332,7 +338,9 @@ def _make_soup(members: list[str], workdir: str, checkpoint: str | int, combine:
     variables = par.put_state(run_model.inference_variables(state, use_ema=config.get("ema_decay", 0) > 0))
     data_tag = training_data(first.workdir) or config.data.name
     held = _HeldRecords()
-    results = evaluate_splits(par, eval_step, variables, config, first.run, step, held, data_tag)
+    evaluated = ml_collections.ConfigDict(config.to_dict())
+    never_prepare(evaluated)  # the members' data folders are read as prepared, never written
+    results = evaluate_splits(par, eval_step, variables, evaluated, first.run, step, held, data_tag)
     select_split = check_select_split(config)
     metric = config.get("best_metric") or "auc"
 
@@ -419,13 +427,15 @@ def check_member_config(saved) -> None:
     data = saved.config.get("data")
     if data is None or not isinstance(data.get("name"), str):
         raise ValueError(f"{where}: data.name is missing: the soup is evaluated on the data set its members trained on")
-    config = ml_collections.ConfigDict(saved.config.to_dict())
-    wanted = config.get("num_devices")
-    if isinstance(wanted, int) and not isinstance(wanted, bool) and wanted > jax.device_count():
-        config.num_devices = 0
     try:
+        # Keys added since a member was trained take their defaults: its config is checked, not its age.
+        config = get_config()
+        config.update(saved.config.to_dict())
+        wanted = config.get("num_devices")
+        if isinstance(wanted, int) and not isinstance(wanted, bool) and wanted > jax.device_count():
+            config.num_devices = 0
         validate_config(config)
-        require_batches_fit_devices(config, jax.device_count(), jax.process_count())
+        require_batches_fit_devices(config, jax.device_count(), jax.process_count(), training=False)
     except (ValueError, TypeError, AttributeError, KeyError) as e:
         text = str(e).strip("'\"").splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"{where}: {text}") from None
