@@ -1,6 +1,6 @@
 """Writing output files safely when names and folders may come from someone else.
 
-- ``open_output(path)`` (and ``write_text(path, text)``, which also takes gs:// URLs) never writes through a symbolic link, a FIFO, a device or a file
+- ``open_output(path)`` (and ``write_text(path, text)``, replaced whole, which also takes gs:// URLs) never writes through a symbolic link, a FIFO, a device or a file
   with other hard links planted at ``path``: it opens with ``O_NOFOLLOW`` and checks what
   it opened before truncating it. A regular file of our own (an earlier run's) is
   overwritten. ``open_output_fd`` is the same check for a file kept as a descriptor (a lock).
@@ -10,6 +10,8 @@
 - ``printable(text)`` writes a file name that is not valid UTF-8 (Python keeps its bytes
   as surrogates) with backslash escapes (``\\xff``), so one odd name cannot stop a CSV
   or JSON-lines file part way.
+- ``file_ids(paths)`` and ``input_problem(path, ids)`` keep an output from replacing one of the
+  inputs it was derived from (an output folder that is the input folder).
 - ``slug(text)`` and ``short_hash(text)`` derive file and folder names from user paths,
   so no name we write is ever joined from one.
 """
@@ -95,22 +97,36 @@ def replaced_output(path: str | os.PathLike, mode: str = "w", **kwargs):
     try:
         with f:
             yield f
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise
+        named = _naming(e, path)
+        if named is e:
+            raise
+        raise named from e
     os.replace(tmp, path)
 
 
+def _naming(error: BaseException, path: str) -> BaseException:
+    """``error``, or for an OSError that names no file (a write on a full disk), the same error naming ``path``."""
+    if isinstance(error, OSError) and error.filename is None and error.errno is not None:
+        return OSError(error.errno, error.strerror, path)
+    return error
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
-    """``text`` written to ``path``: through ``open_output`` on a local disk, through etils.epath for a URL (gs://...)."""
+    """``text`` written to ``path``: through ``replaced_output`` on a local disk, through etils.epath for a URL (gs://...).
+
+    Replaced whole: a kill mid-write leaves the earlier file (a run's config.json, an exclusion
+    list) as it was, never cut short.
+    """
     path = os.fspath(path)
     if "://" in path:
         from etils import epath  # cloud storage has no links to plant
 
         epath.Path(path).write_text(text)
         return
-    with open_output(path) as f:
+    with replaced_output(path) as f:
         f.write(text)
 
 
@@ -128,6 +144,45 @@ def output_file_problem(path: str, flag: str) -> str | None:
         return f"{flag}={path}: not a regular file (a FIFO, device or folder); refusing to write to it"
     if st.st_nlink > 1:
         return f"{flag}={path}: has {st.st_nlink} hard links; refusing to overwrite a shared file"
+    return None
+
+
+def file_ids(paths) -> set[tuple[int, int]]:
+    """(device, inode) of each of ``paths`` that exists (links followed, as inputs are read): for ``input_problem``."""
+    ids = set()
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except (OSError, ValueError):  # gone, unreadable, or a NUL in the name: nothing to protect
+            continue
+        ids.add((st.st_dev, st.st_ino))
+    return ids
+
+
+def input_problem(path: str, input_ids: set[tuple[int, int]]) -> str | None:
+    """Why writing ``path`` would replace one of a run's inputs (``file_ids``); None when it would not.
+
+    An output folder may be an input folder: an overlay named ``y.gradcam.png`` must not
+    overwrite an input image of that very name, nor ``--out`` the file it is about to read.
+    """
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    if (st.st_dev, st.st_ino) in input_ids:
+        return f"{path}: is one of the inputs; refusing to overwrite it"
+    return None
+
+
+def inside_problem(path: str, folder: str, flag: str, what: str) -> str | None:
+    """``flag=path: inside what ...`` when ``path`` (links resolved) is ``folder`` or below it; else None.
+
+    Some folders must hold only what their owner writes there: a folder named ``7`` made in a
+    run's ``checkpoints/`` reads as a checkpoint, and the run no longer loads.
+    """
+    real, base = os.path.realpath(path), os.path.realpath(folder)
+    if real == base or real.startswith(base.rstrip(os.sep) + os.sep):
+        return f"{flag}={path}: inside {what} ({folder}); give a folder outside it"
     return None
 
 

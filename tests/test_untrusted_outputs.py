@@ -11,6 +11,8 @@ path is checked before any work; a file is replaced whole or not at all; and wha
 
 import contextlib
 import csv
+import errno
+import hashlib
 import io
 import json
 import os
@@ -26,15 +28,17 @@ from data_fixtures import GOOD_TREE, write_tree
 from helpers import REPO, hand_made_run, run_module
 from PIL import Image
 
-from effnet_jax import limits, output_files, runs
+from effnet_jax import limits, output_files, runs, serving
 from effnet_jax.cli import data as data_cli
 from effnet_jax.cli import results as results_cli
 from effnet_jax.data import exclusions
 from effnet_jax.inference import evaluation
+from effnet_jax.inference import export as export_lib
+from effnet_jax.inference import gradcam as gradcam_lib
 from effnet_jax.inference.prediction_output import PredictionWriter
 from effnet_jax.inference.tta import TTAConfig
-from effnet_jax.output_files import UnsafeOutputError, csv_cell, open_output, short_hash
-from effnet_jax.reporting import recipe_record, run_summary
+from effnet_jax.output_files import UnsafeOutputError, csv_cell, open_output, short_hash, write_text
+from effnet_jax.reporting import plots, recipe_record, run_summary
 from effnet_jax.reporting import results_tables as rt
 from effnet_jax.weights.loading import METADATA_FILE
 
@@ -679,3 +683,269 @@ def test_results_record_still_appends_a_new_id_and_refuses_a_held_one(tmp_path, 
     capsys.readouterr()
     assert _record(tmp_path, monkeypatch, out, "r0") == 1
     assert capsys.readouterr().err == f"effnet-results: error: {out}:1: a record with id 'r0' exists already\n"
+
+
+def _digest(path) -> str:
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+# --- an output never replaces an input -------------------------------------------------------------
+
+
+def test_gradcam_into_the_input_folder_never_overwrites_an_input_image(predictor, tmp_path):
+    # Before: y.png's overlay y.gradcam.png replaced the input image of that name.
+    inputs = [
+        _write_png(tmp_path / name, i) for i, name in enumerate(["y.png", "y.gradcam.png", "y.gradcam_panel.png"])
+    ]
+    before = [_digest(p) for p in inputs]
+    with pytest.raises(UnsafeOutputError, match=rf"^{tmp_path}/y.gradcam.png: is one of the inputs; refusing"):
+        list(predictor.predict(inputs, gradcam_dir=str(tmp_path)))
+    assert [_digest(p) for p in inputs] == before
+    assert sorted(os.listdir(tmp_path)) == ["y.gradcam.png", "y.gradcam_panel.png", "y.png"]
+    # An input folder whose names do not meet the overlays' still takes them.
+    other = tmp_path / "other"
+    other.mkdir()
+    records = list(predictor.predict([_write_png(other / "x.png")], gradcam_dir=str(other)))
+    assert records[0]["gradcam"] == str(other / "x.gradcam.png")
+
+
+def test_effnet_predict_out_naming_an_input_is_refused_before_it_is_emptied(workdir, tmp_path):
+    victim = tmp_path / "scan.csv"
+    victim.write_text("a,b\n1,2\n")
+    result = run_module("effnet_jax.cli.predict", f"--workdir={workdir}", f"--out={victim}", str(victim))
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"effnet-predict: error: --out={victim}: is one of the inputs; refusing to overwrite it"
+    )
+    assert victim.read_text() == "a,b\n1,2\n"
+
+
+# --- stopped part way: the earlier output stays whole ----------------------------------------------
+
+
+class Stopped(BaseException):
+    """Stands in for a kill mid-write."""
+
+
+def _half_then_stop(data=b"\x89PNG half"):
+    def write(self_or_fig, target, *args, **kwargs):
+        if isinstance(target, (str, os.PathLike)):
+            with open(target, "wb") as f:
+                f.write(data)
+        else:
+            target.write(data)
+        raise Stopped
+
+    return write
+
+
+def test_a_plot_stopped_part_way_keeps_the_earlier_png(tmp_path, monkeypatch):
+    # Before: eval truncated the plot first (_own) and matplotlib then wrote the name in place.
+    path = tmp_path / "roc.png"
+    plots.plot_roc_curve(np.array([0, 1, 0, 1]), np.array([0.1, 0.9, 0.2, 0.7]), str(path))
+    before = _digest(path)
+    evaluation._own(str(path))
+    assert _digest(path) == before
+    from matplotlib.figure import Figure
+
+    monkeypatch.setattr(Figure, "savefig", _half_then_stop())
+    with pytest.raises(Stopped):
+        plots.plot_roc_curve(np.array([0, 1, 0, 1]), np.array([0.1, 0.9, 0.2, 0.7]), str(path))
+    assert _digest(path) == before and os.listdir(tmp_path) == ["roc.png"]
+
+
+def test_a_gradcam_overlay_stopped_part_way_keeps_the_earlier_one(tmp_path, monkeypatch):
+    path = tmp_path / "x.gradcam.png"
+    image, heatmap = np.zeros((20, 20), np.uint8), np.linspace(0, 1, 400, dtype=np.float32).reshape(20, 20)
+    gradcam_lib.save_overlay(image, heatmap, path)
+    before = _digest(path)
+    monkeypatch.setattr(Image.Image, "save", _half_then_stop())
+    with pytest.raises(Stopped):
+        gradcam_lib.save_overlay(image, heatmap, path)
+    assert _digest(path) == before and os.listdir(tmp_path) == ["x.gradcam.png"]
+
+
+def test_predict_out_keeps_the_earlier_file_until_its_rows_are_written(tmp_path):
+    # Before: --out was emptied at the start, so a kill part way lost the earlier predictions.
+    path = tmp_path / "preds.jsonl"
+    path.write_text('{"file": "earlier.png"}\n')
+    writer = PredictionWriter(str(path))
+    writer.write({"file": "a.png", "prob_pneumonia": 0.5})
+    assert path.read_text() == '{"file": "earlier.png"}\n'  # a kill here leaves it whole
+    assert (tmp_path / "preds.jsonl.tmp").read_text() == '{"file": "a.png", "prob_pneumonia": 0.5}\n'
+    writer.close()
+    assert path.read_text() == '{"file": "a.png", "prob_pneumonia": 0.5}\n'
+    assert os.listdir(tmp_path) == ["preds.jsonl"]
+
+
+def test_write_text_stopped_part_way_keeps_the_earlier_file(tmp_path, monkeypatch):
+    # Before: a run's config.json or an exclusion list was truncated first and written in place.
+    path = tmp_path / "exclusions.json"
+    path.write_text('{"excluded": ["a"]}\n')
+    real_open = output_files.open_output
+
+    class DiskFullsPartWay:
+        def __init__(self, name, mode="w", **kwargs):
+            self.file = real_open(name, mode, **kwargs)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+        def write(self, text):
+            self.file.write(text[:6])
+            self.file.flush()
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(output_files, "open_output", DiskFullsPartWay)
+    with pytest.raises(OSError, match=rf"No space left on device: '{path}'"):
+        write_text(path, '{"excluded": ["a", "b"]}\n')
+    assert path.read_text() == '{"excluded": ["a"]}\n' and os.listdir(tmp_path) == ["exclusions.json"]
+
+
+def test_an_export_that_fails_part_way_leaves_the_earlier_export_loading(workdir, tmp_path, monkeypatch):
+    # Before: model.json was removed first and each file rewritten in place: a full disk lost the export.
+    run = runs.open(workdir, "best")
+    out = tmp_path / "exported"
+    export_lib.export_run(run, str(out), platforms=("cpu",))
+    before = {name: _digest(out / name) for name in os.listdir(out)}
+    real_open = export_lib.open_output
+
+    def full_disk(name, mode="w", **kwargs):
+        if os.path.basename(name).startswith("weights.npz"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(name, mode, **kwargs)
+
+    monkeypatch.setattr(export_lib, "open_output", full_disk)
+    with pytest.raises(OSError, match=rf"No space left on device: '{out}/weights.npz.tmp'"):
+        export_lib.export_run(run, str(out), platforms=("cpu",))
+    assert {name: _digest(out / name) for name in os.listdir(out)} == before
+    serving.load(str(out))
+
+
+# --- outputs inside the run they come from ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "module, args, flag",
+    [
+        ("effnet_jax.cli.export", ["--out={ckpt}/99"], "--out={ckpt}/99"),
+        ("effnet_jax.cli.predict", ["--gradcam={ckpt}/7", "{img}"], "--gradcam={ckpt}/7"),
+        ("effnet_jax.cli.predict", ["--out={ckpt}/8/p.csv", "{img}"], "--out={ckpt}/8"),
+        ("effnet_jax.cli.evaluate", ["--out_dir={ckpt}/9"], "--out_dir={ckpt}/9"),
+    ],
+)
+def test_an_output_folder_inside_the_runs_checkpoints_is_refused(workdir, tmp_path, module, args, flag):
+    # Before: the folder was made first; named like a step, it read as a checkpoint and the run no longer loaded.
+    ckpt = os.path.join(workdir, "checkpoints")
+    before = sorted(os.listdir(ckpt))
+    img = _write_png(tmp_path / "x.png")
+    result = run_module(module, f"--workdir={workdir}", *(a.format(ckpt=ckpt, img=img) for a in args))
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .endswith(f"error: {flag.format(ckpt=ckpt)}: inside the run's checkpoints ({ckpt}); give a folder outside it")
+    )
+    assert sorted(os.listdir(ckpt)) == before
+
+
+# --- a full disk is one line -----------------------------------------------------------------------
+
+
+def _main_of(module, monkeypatch, **flag_values):
+    """``module.main`` with its flags parsed from ``flag_values`` on a fresh FlagValues."""
+    fv = flags.FlagValues()
+    module.define_flags(fv)
+    fv(["prog", *(f"--{k}={v}" for k, v in flag_values.items())])
+    monkeypatch.setattr(module, "FLAGS", fv)
+    return module.main
+
+
+def test_effnet_export_on_a_full_disk_is_one_line(tmp_path, monkeypatch, capsys):
+    from effnet_jax.cli import export as export_cli
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", f"{tmp_path}/out/weights.npz.tmp")
+
+    monkeypatch.setattr(export_lib, "export_run", full_disk)
+    monkeypatch.setattr(runs, "open", lambda *args: None)
+    main = _main_of(export_cli, monkeypatch, workdir=tmp_path / "run", out=tmp_path / "out")
+    assert main(["effnet-export"]) == 1
+    assert capsys.readouterr().err == (
+        f"effnet-export: error: {tmp_path}/out/weights.npz.tmp: cannot write (No space left on device)\n"
+    )
+
+
+def test_effnet_predict_on_a_full_disk_is_one_line(tmp_path, monkeypatch, capsys):
+    from effnet_jax.cli import predict as predict_cli
+
+    def records():
+        yield {"file": "a.png", "prob_pneumonia": 0.5}
+        raise OSError(errno.ENOSPC, "No space left on device", "cams/b.gradcam.png")
+
+    out = tmp_path / "p.jsonl"
+    _main_of(predict_cli, monkeypatch, out=out)
+    assert predict_cli._emit(records(), gradcam_dir="cams") == 1
+    assert capsys.readouterr().err == (
+        "effnet-predict: error: cams/b.gradcam.png: cannot write (No space left on device) (1 image(s) done before it)\n"
+    )
+    assert out.read_text() == '{"file": "a.png", "prob_pneumonia": 0.5}\n'  # the rows done are kept
+
+
+def test_effnet_convert_on_a_full_disk_is_one_line(tmp_path, monkeypatch, capsys):
+    from effnet_jax.cli import convert as convert_cli
+    from effnet_jax.weights import export as weights_export
+
+    def full_disk(*args, **kwargs):
+        raise ValueError(
+            'RESOURCE_EXHAUSTED: Error writing "params.x/0" in OCDBT database at local file "/o/variables.'
+            "orbax-checkpoint-tmp/ocdbt.process_0/\": Failed to write 10 bytes: No space left on device [os_error_code='28']"
+        )
+
+    monkeypatch.setattr(weights_export, "convert_to_checkpoint", full_disk)
+    out = tmp_path / "out"
+    main = _main_of(convert_cli, monkeypatch, variant="efficientnet_b0", input="w.safetensors", output=out)
+    assert main(["effnet-convert"]) == 1
+    assert capsys.readouterr().err == f"effnet-convert: error: --output={out}: cannot write (No space left on device)\n"
+
+
+def test_a_write_error_without_a_file_name_names_the_output(tmp_path):
+    with pytest.raises(OSError) as caught, output_files.replaced_output(tmp_path / "m.json"):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert caught.value.filename == str(tmp_path / "m.json") and not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("command", ["report", "clean"])
+def test_effnet_data_refuses_an_out_inside_the_data_it_reads(tmp_path, command):
+    # Before: report wrote its PNG figures into a class folder, where training would read them as X-rays.
+    from data_fixtures import GOOD_TREE, write_tree
+
+    root = write_tree(tmp_path / "chest_xray", GOOD_TREE)
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    out = root / "train" / "NORMAL"
+    result = run_module("effnet_jax.cli.data", command, f"--data_dir={root}", f"--out={out}")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"effnet-data {command}: --out={out}: inside --data_dir ({root}); give a folder outside it"
+    )
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
+
+
+def test_a_data_report_figure_stopped_part_way_keeps_the_earlier_png(tmp_path, monkeypatch):
+    # Before: effnet-data's figures were written in place, so a kill left a PNG cut short.
+    from matplotlib.figure import Figure
+
+    from effnet_jax.data.eda import figures
+
+    classes = {"NORMAL": {"images": 3}, "PNEUMONIA": {"images": 5}}
+    report = {"splits": {"train": {"classes": classes}}, "cleaning": {"counts_after": {"train": {"NORMAL": 3}}}}
+    path = tmp_path / "class_balance.png"
+    figures.class_balance(report, path)
+    before = _digest(path)
+    monkeypatch.setattr(Figure, "savefig", _half_then_stop())
+    with pytest.raises(Stopped):
+        figures.class_balance(report, path)
+    assert _digest(path) == before and os.listdir(tmp_path) == ["class_balance.png"]

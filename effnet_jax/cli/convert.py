@@ -48,6 +48,13 @@ def main(argv):
     from effnet_jax.weights.export import convert_to_checkpoint
 
     logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
+    from effnet_jax.cli.errors import disk_error_text, quiet_disk_errors
+    from effnet_jax.progress import quiet_closed_loop_callbacks
+
+    # A full disk: orbax's save threads log each failed write with its traceback, and tensorstore's
+    # late callbacks one more each; the one line below says it once.
+    quiet_disk_errors()
+    quiet_closed_loop_callbacks()
 
     from effnet_jax.output_files import output_file_problem
     from effnet_jax.weights.loading import METADATA_FILE, VARIABLES_DIR
@@ -64,8 +71,12 @@ def main(argv):
 
     try:
         summary = convert_to_checkpoint(FLAGS.variant, FLAGS.input, FLAGS.output, FLAGS.num_classes)
-    except (WeightFileError, FileExistsError, ValueError) as e:
-        print(f"effnet-convert: error: {e}", file=sys.stderr)
+    except (WeightFileError, FileExistsError, ValueError, OSError) as e:
+        disk = disk_error_text(str(e)) if not isinstance(e, WeightFileError) else None
+        if disk:  # orbax reports a full disk as text; the partial save is left in its temporary folder
+            print(f"effnet-convert: error: --output={FLAGS.output}: cannot write ({disk[0]})", file=sys.stderr)
+        else:
+            print(f"effnet-convert: error: {e}", file=sys.stderr)
         return 1
     width = max(len(k) for k in summary)
     for key, value in summary.items():

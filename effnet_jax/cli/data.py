@@ -30,7 +30,7 @@ from effnet_jax.cli.command import exit_with_help_if_asked
 from effnet_jax.cli.errors import one_line
 from effnet_jax.cli.logs import show_our_logs
 from effnet_jax.data.eda import cleaning, hashing
-from effnet_jax.output_files import write_text
+from effnet_jax.output_files import inside_problem, write_text
 
 # The commands' own modules (matplotlib, scikit-learn, TFDS) load when a command runs, so --help is quick.
 
@@ -268,6 +268,11 @@ def _run(args, positional) -> int:
             # A link leading nowhere too: mkdir would raise FileExistsError after the whole scan.
             link = f" (a link to {os.path.realpath(out)})" if out.is_symlink() else ""
             print(f"effnet-data {command}: --out={out}: exists and is not a folder{link}", file=sys.stderr)
+            return 2
+        # Its figures would become images of the data set (a class folder's), its lists part of it.
+        problem = inside_problem(str(out), str(Path(args.data_dir).expanduser()), "--out", "--data_dir")
+        if problem:
+            print(f"effnet-data {command}: {problem}", file=sys.stderr)
             return 2
         if command == "report":
             report(args)

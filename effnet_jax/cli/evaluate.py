@@ -90,6 +90,7 @@ def main(argv):
     from effnet_jax.compilation_cache import setup_compilation_cache
     from effnet_jax.inference import tta as tta_lib
     from effnet_jax.inference.evaluation import evaluate_checkpoint
+    from effnet_jax.output_files import inside_problem
     from effnet_jax.runs.layout import Layout
 
     setup_compilation_cache(runs.compilation_cache_dir(FLAGS.workdir))
@@ -97,8 +98,14 @@ def main(argv):
         tta = tta_lib.parse_tta(FLAGS.tta)
     except ValueError as e:
         raise app.UsageError(str(e)) from None
-    # The default out_dir is WORKDIR/eval/<split>_<step>: its parent is what can be checked now.
-    problem = check_output_dir(FLAGS.out_dir, "--out_dir") if FLAGS.out_dir else None
+    # The default out_dir is WORKDIR/eval/<split>_<step>: its parent is what can be checked now. Inside
+    # the run's checkpoints/, a folder made for the report would read as a checkpoint.
+    problem = (
+        inside_problem(FLAGS.out_dir, Layout(FLAGS.workdir).checkpoints, "--out_dir", "the run's checkpoints")
+        or check_output_dir(FLAGS.out_dir, "--out_dir")
+        if FLAGS.out_dir
+        else None
+    )
     if problem is None and not FLAGS.out_dir and os.path.isdir(FLAGS.workdir):
         eval_dir = Layout(FLAGS.workdir).eval
         if os.path.islink(eval_dir):  # a downloaded run's eval -> elsewhere: not even a probe file there
@@ -128,6 +135,12 @@ def main(argv):
         )
     except (FileNotFoundError, ValueError) as e:
         print(f"effnet-eval: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # a full disk, a quota: one line naming what could not be written
+        print(
+            f"effnet-eval: error: {e.filename or FLAGS.out_dir or FLAGS.workdir}: cannot write ({e.strerror or e})",
+            file=sys.stderr,
+        )
         return 1
     synthetic = " [synthetic data]" if report.synthetic else ""
     if report.split_default:

@@ -55,7 +55,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not FLAGS.workdir or not FLAGS.out:
         raise app.UsageError("--workdir (the training run) and --out (a new folder) are required.")
-    problem = check_output_dir(FLAGS.out, "--out")
+    problem = _inside_the_checkpoints(FLAGS.out, "--out") or check_output_dir(FLAGS.out, "--out")
     if problem:
         print(f"effnet-export: error: {problem}", file=sys.stderr)
         return 1
@@ -68,6 +68,9 @@ def main(argv):
     except (FileNotFoundError, ValueError) as e:
         print(f"effnet-export: error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # a full disk, a quota: the earlier export in --out is left whole
+        print(f"effnet-export: error: {e.filename or FLAGS.out}: cannot write ({e.strerror or e})", file=sys.stderr)
+        return 1
     print(
         f"effnet-export: step {meta['model']['checkpoint_step']} of {FLAGS.workdir}, {meta['input']['image_size']} px, "
         f"threshold {meta['threshold']['value']:.4f} ({meta['threshold']['rule']}), "
@@ -75,6 +78,14 @@ def main(argv):
     )
     write_card_or_warn(FLAGS.workdir, "effnet-export")  # the card records the export
     return 0
+
+
+def _inside_the_checkpoints(path: str, flag: str) -> str | None:
+    """Why ``path`` may not be written: inside the run's checkpoints/, where a new folder reads as a checkpoint."""
+    from effnet_jax.output_files import inside_problem
+    from effnet_jax.runs.layout import Layout
+
+    return inside_problem(path, Layout(FLAGS.workdir).checkpoints, flag, "the run's checkpoints")
 
 
 def run():

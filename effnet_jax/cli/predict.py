@@ -31,6 +31,7 @@ folders hold no image (nothing is scored).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -72,7 +73,8 @@ def define_flags(fv: flags.FlagValues = FLAGS):
         flags.DEFINE_string,
         "out",
         None,
-        "Write the predictions to this .csv or .jsonl file (one row per image) instead of stdout.",
+        "Write the predictions to this .csv or .jsonl file (one row per image) instead of stdout; rows go to "
+        "OUT.tmp, renamed over OUT once written, so an earlier OUT stays whole until then.",
         flag_values=fv,
     )
     define_once(
@@ -94,7 +96,8 @@ def main(argv):
     quiet_unless_verbose()
     from effnet_jax.inference.inputs import InputNotFoundError, expand_inputs
     from effnet_jax.inference.prediction_output import output_format
-    from effnet_jax.output_files import output_file_problem
+    from effnet_jax.output_files import file_ids, input_problem, inside_problem, output_file_problem
+    from effnet_jax.runs.layout import Layout
 
     if not FLAGS.workdir and not FLAGS.exported:
         return _fail("--workdir (the training run) or --exported (an effnet-export folder) is required", EXIT_USAGE)
@@ -105,11 +108,19 @@ def main(argv):
             output_format(FLAGS.out)
     except ValueError as e:
         return _fail(str(e), EXIT_USAGE)
-    problem = output_file_problem(FLAGS.out, "--out") if FLAGS.out else None
-    if problem:  # a link planted at the name: refused before the model is loaded
+    # A link planted at the name or at the name it is written under first: refused before the model is loaded.
+    problem = FLAGS.out and (
+        output_file_problem(FLAGS.out, "--out") or output_file_problem(f"{FLAGS.out}.tmp", "--out")
+    )
+    if problem:
         return _fail(problem, EXIT_FAILED)
     for flag, path in (("--gradcam", FLAGS.gradcam), ("--out", FLAGS.out and (os.path.dirname(FLAGS.out) or "."))):
-        problem = check_output_dir(path, flag) if path else None
+        if not path:
+            continue
+        # Inside the run's checkpoints/, a folder made for an output reads as a checkpoint.
+        checkpoints = Layout(FLAGS.workdir).checkpoints if FLAGS.workdir else None
+        problem = checkpoints and inside_problem(path, checkpoints, flag, "the run's checkpoints")
+        problem = problem or check_output_dir(path, flag)
         if problem:
             return _fail(problem, EXIT_FAILED)
     try:
@@ -118,6 +129,10 @@ def main(argv):
         return _fail(str(e), EXIT_NO_INPUT)
     if not paths:
         return _fail(f"no image files in {' '.join(argv[1:])}", EXIT_NO_INPUT)
+    inputs = file_ids(paths)
+    problem = FLAGS.out and (input_problem(FLAGS.out, inputs) or input_problem(f"{FLAGS.out}.tmp", inputs))
+    if problem:  # --out naming an input would be emptied before that input is read
+        return _fail(f"--out={problem}", EXIT_FAILED)
     if FLAGS.exported:
         return _main_exported(paths)
     from effnet_jax import runs
@@ -142,10 +157,7 @@ def main(argv):
         f"({predictor.threshold_source}), probabilities {predictor.calibration}",
         file=sys.stderr,
     )
-    status = _emit(predictor.predict(paths, FLAGS.gradcam), predictor.class_names)
-    if FLAGS.gradcam:
-        print(f"effnet-predict: wrote Grad-CAM overlays and panels to {FLAGS.gradcam}", file=sys.stderr)
-    return status
+    return _emit(predictor.predict(paths, FLAGS.gradcam), predictor.class_names, FLAGS.gradcam)
 
 
 def _main_exported(paths) -> int:
@@ -178,8 +190,8 @@ def _main_exported(paths) -> int:
         return _fail(str(e), EXIT_FAILED)
 
 
-def _emit(records, class_names=None) -> int:
-    """Prints or writes (--out) each record; EXIT_FAILED if any image could not be read."""
+def _emit(records, class_names=None, gradcam_dir=None) -> int:
+    """Prints or writes (--out) each record; EXIT_FAILED if any image could not be read or an output not written."""
     from effnet_jax.inference.prediction_output import PredictionWriter, printable_record
     from effnet_jax.output_files import UnsafeOutputError, printable_line
 
@@ -189,23 +201,28 @@ def _emit(records, class_names=None) -> int:
     except (UnsafeOutputError, OSError) as e:
         return _fail(f"--out={FLAGS.out}: {e}" if isinstance(e, OSError) else str(e), EXIT_FAILED)
     try:
-        for record in records:
-            counted += 1
-            if "error" in record:
-                failed += 1
-                # One line on the terminal: a newline or escape code in a file name is shown escaped.
-                print(f"effnet-predict: cannot read {printable_line(record['error'])}", file=sys.stderr)
+        with contextlib.ExitStack() as stack:
             if writer:
-                writer.write(record)
-            else:
-                print(json.dumps(printable_record(record)), flush=True)
+                stack.callback(writer.close)  # the rows so far replace --out, also when a later output fails
+            for record in records:
+                if "error" in record:
+                    failed += 1
+                    # One line on the terminal: a newline or escape code in a file name is shown escaped.
+                    print(f"effnet-predict: cannot read {printable_line(record['error'])}", file=sys.stderr)
+                if writer:
+                    writer.write(record)
+                else:
+                    print(json.dumps(printable_record(record)), flush=True)
+                counted += 1
     except UnsafeOutputError as e:  # a Grad-CAM name taken by a link: nothing is written through it
         return _fail(f"{e} ({counted} image(s) done before it)", EXIT_FAILED)
-    finally:
-        if writer:
-            writer.close()
+    except OSError as e:  # a full disk or a quota: one line, as for any output not written
+        where = e.filename or FLAGS.out or gradcam_dir
+        return _fail(f"{where}: cannot write ({e.strerror or e}) ({counted} image(s) done before it)", EXIT_FAILED)
     if writer:
         print(f"effnet-predict: wrote {counted} row(s) ({failed} unreadable) to {FLAGS.out}")
+    if gradcam_dir:
+        print(f"effnet-predict: wrote Grad-CAM overlays and panels to {gradcam_dir}", file=sys.stderr)
     return EXIT_FAILED if failed else 0
 
 

@@ -52,7 +52,7 @@ from effnet_jax.metrics import multiclass
 from effnet_jax.output_files import (
     UnsafeOutputError,
     csv_cell,
-    open_output,
+    open_output_fd,
     printable_line,
     replaced_output,
     short_hash,
@@ -189,11 +189,13 @@ def _output_folder(run: Run, out_dir: str) -> str:
 
 
 def _own(path: str) -> str:
-    """``path``, made an empty regular file of our own first (UnsafeOutputError for a planted link, FIFO, ...).
+    """``path``, refused (UnsafeOutputError) when a link, FIFO or shared file is planted there.
 
-    The plots are written by matplotlib, which opens the name as it is and would follow a link.
+    Checked before the plot is drawn; the earlier plot is left as it is until the new one
+    replaces it whole (``plots._save``), so a kill mid-draw never leaves half a PNG.
     """
-    open_output(path, "wb").close()
+    if os.path.lexists(path):
+        os.close(open_output_fd(path, os.O_RDONLY))
     return path
 
 

@@ -17,6 +17,7 @@ so it is exported beside it rather than recomputed from it. ``SHA256SUMS`` cover
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import importlib.metadata
 import io
@@ -114,10 +115,13 @@ def _version(package: str) -> str | None:
         return None
 
 
+OUR_FILES = (bundle.FUNCTION_FILE, bundle.WEIGHTS_FILE, bundle.GRADCAM_FILE, bundle.SUMS_FILE, bundle.MODEL_JSON)
+
+
 def _prepare_out_dir(out_dir: str):
-    """``out_dir`` made, or refused when it holds anything other than an earlier export."""
+    """``out_dir`` made, or refused when it holds anything other than an earlier export (or its temporary files)."""
     os.makedirs(out_dir, exist_ok=True)
-    ours = {bundle.MODEL_JSON, bundle.FUNCTION_FILE, bundle.WEIGHTS_FILE, bundle.GRADCAM_FILE, bundle.SUMS_FILE}
+    ours = {*OUR_FILES, *(f"{name}.tmp" for name in OUR_FILES)}
     others = sorted(set(os.listdir(out_dir)) - ours)
     if others:
         raise ValueError(f"--out={out_dir}: not empty ({', '.join(others[:3])}...); give a new or empty folder")
@@ -125,6 +129,36 @@ def _prepare_out_dir(out_dir: str):
         problem = output_file_problem(os.path.join(out_dir, name), "--out")
         if problem:
             raise UnsafeOutputError(problem)
+
+
+def _write_bundle(out_dir: str, blobs: dict[str, bytes]) -> None:
+    """``blobs`` written into ``out_dir`` as ``NAME.tmp`` first, then renamed over ``NAME``, model.json last.
+
+    An earlier export stays whole (and loads) while the files are written: a kill or a full
+    disk then leaves it as it was. Only between the renames does the folder lack model.json,
+    and a folder holding model.json holds the files it describes. ``open_output`` refuses a
+    link (or FIFO, or shared hard link) planted at a name: nothing is written through it.
+    """
+    for name, blob in blobs.items():
+        tmp = os.path.join(out_dir, f"{name}.tmp")
+        try:
+            with open_output(tmp, "wb") as f:
+                f.write(blob)
+        except BaseException as e:
+            for written in blobs:  # this export's temporary files only; the earlier export stays
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(out_dir, f"{written}.tmp"))
+            if isinstance(e, OSError) and e.filename is None:
+                raise OSError(e.errno, e.strerror, tmp) from e  # a full disk names the file it stopped
+            raise
+    model_json = os.path.join(out_dir, bundle.MODEL_JSON)
+    if os.path.lexists(model_json):
+        os.remove(model_json)
+    gradcam_file = os.path.join(out_dir, bundle.GRADCAM_FILE)
+    if bundle.GRADCAM_FILE not in blobs and os.path.lexists(gradcam_file):  # an earlier export's, not this model's
+        os.remove(gradcam_file)
+    for name in (*(n for n in blobs if n != bundle.MODEL_JSON), bundle.MODEL_JSON):
+        os.replace(os.path.join(out_dir, f"{name}.tmp"), os.path.join(out_dir, name))
 
 
 def export_run(
@@ -252,25 +286,13 @@ def export_run(
             "bytes": len(gradcam),
             "sha256": bundle.sha256(gradcam),
         }
-    # model.json last (and the old one gone first): a folder holding it holds the files it describes.
-    if os.path.exists(os.path.join(out_dir, bundle.MODEL_JSON)):
-        os.remove(os.path.join(out_dir, bundle.MODEL_JSON))
     blobs = {bundle.FUNCTION_FILE: function, bundle.WEIGHTS_FILE: weights}
     if gradcam:
         blobs[bundle.GRADCAM_FILE] = gradcam
-    elif os.path.exists(os.path.join(out_dir, bundle.GRADCAM_FILE)):  # an earlier export's, not this model's
-        os.remove(os.path.join(out_dir, bundle.GRADCAM_FILE))
-    # open_output: a link (or FIFO, or shared hard link) planted at one of our names in --out is
-    # refused, never written through to wherever it points.
-    for name, blob in blobs.items():
-        with open_output(os.path.join(out_dir, name), "wb") as f:
-            f.write(blob)
     text = json.dumps(meta, indent=2) + "\n"
-    sums = bundle.sums_text({bundle.MODEL_JSON: text.encode(), **blobs})
-    with open_output(os.path.join(out_dir, bundle.SUMS_FILE)) as f:
-        f.write(sums)
-    with open_output(os.path.join(out_dir, bundle.MODEL_JSON)) as f:
-        f.write(text)
+    blobs[bundle.SUMS_FILE] = bundle.sums_text({bundle.MODEL_JSON: text.encode(), **blobs}).encode()
+    blobs[bundle.MODEL_JSON] = text.encode()
+    _write_bundle(out_dir, blobs)
     stages.update()
     stages.close()
     return meta

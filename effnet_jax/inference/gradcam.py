@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from effnet_jax.models.ensemble import member_axis
-from effnet_jax.output_files import open_output, printable_line
+from effnet_jax.output_files import printable_line, replaced_output
 
 PERTURBATION = "head_features"
 
@@ -152,7 +152,9 @@ def save_overlay(image, heatmap, path: str | os.PathLike, alpha: float = 0.45, c
     path = os.fspath(path)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     rgb = Image.fromarray(overlay(image, heatmap, alpha, colormap), mode="RGB")
-    with open_output(path, "wb") as f:  # never through a link planted at the name
+    # Drawn beside the name and renamed over it (never through a link planted there): a kill
+    # mid-write leaves an earlier run's overlay whole.
+    with replaced_output(path, "wb") as f:
         rgb.save(f, format="PNG")
     return path
 
@@ -219,6 +221,6 @@ def save_panel(image, heatmap, path: str | os.PathLike, prob: float, label: str,
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig = panel_figure(image, heatmap, prob, label, threshold, name)
     FigureCanvasAgg(fig)
-    with open_output(path, "wb") as f:
+    with replaced_output(path, "wb") as f:
         fig.savefig(f, format="png", dpi=fig.dpi, bbox_inches="tight")
     return path

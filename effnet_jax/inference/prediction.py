@@ -32,7 +32,7 @@ from effnet_jax.inference.gradcam import make_gradcam, save_overlay, save_panel,
 from effnet_jax.inference.thresholds import resolve_threshold
 from effnet_jax.labels import CLASS_NAMES, class_names, class_probabilities, class_record
 from effnet_jax.metrics import calibration as calibration_lib
-from effnet_jax.output_files import short_hash, slug
+from effnet_jax.output_files import UnsafeOutputError, file_ids, input_problem, short_hash, slug
 from effnet_jax.runs import Run
 
 ImageInput = str | os.PathLike | np.ndarray | Image.Image
@@ -151,6 +151,16 @@ def _overlay_names(paths: Sequence[str]) -> list[str]:
     return unique
 
 
+def _refuse_overwriting_inputs(items: Sequence, names: Sequence[str], gradcam_dir: str) -> None:
+    """UnsafeOutputError when an overlay or panel name is one of the input images (``--gradcam`` = an input folder)."""
+    inputs = file_ids(os.fspath(item) for item in items if isinstance(item, (str, os.PathLike)))
+    for name in names:
+        for out_name in (name, _panel_name(name), f"{name}.tmp", f"{_panel_name(name)}.tmp"):
+            problem = input_problem(os.path.join(gradcam_dir, out_name), inputs)
+            if problem:
+                raise UnsafeOutputError(problem)
+
+
 def _panel_name(overlay_name: str) -> str:
     """The panel's name beside an overlay ``X.gradcam.png``: ``X.gradcam_panel.png``.
 
@@ -247,6 +257,7 @@ class Predictor:
         names = _overlay_names(paths) if gradcam_dir else None
         if gradcam_dir:
             os.makedirs(gradcam_dir, exist_ok=True)
+            _refuse_overwriting_inputs(items, names, gradcam_dir)  # before any image is scored
         for start in range(0, len(paths), self.batch_size):
             chunk = list(range(start, min(start + self.batch_size, len(paths))))
             loaded, errors = {}, {}

@@ -1,7 +1,8 @@
 """effnet-predict's ``--out`` file: one row per input, CSV or JSON lines by the file's extension.
 
-Rows are written as they come (and flushed), so the rows of a long run that stops part
-way are kept. Text is written by ``effnet_jax.output_files``: formula-like CSV cells get a
+Rows are written as they come (and flushed) to ``OUT.tmp``, renamed over ``OUT`` when the
+writer closes (the run done, or stopped by an error: the rows so far are kept). A kill
+leaves the earlier ``OUT`` whole and this run's rows in ``OUT.tmp``. Text is written by ``effnet_jax.output_files``: formula-like CSV cells get a
 leading quote, file names that are not UTF-8 are written with ``\\xNN`` escapes (in CSV and
 JSON lines alike), a CSV cell's control characters (a newline, an escape code, a right-to-left
 override) are written as backslash escapes (``printable_line``) so each row stays one line, and
@@ -10,11 +11,12 @@ the file is never written through a symbolic link planted at its name.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
 
-from effnet_jax.output_files import csv_cell, open_output, printable, printable_line
+from effnet_jax.output_files import csv_cell, open_output, open_output_fd, printable, printable_line
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
 # The fields of every record (effnet-predict --help), in one place: CSV columns, JSON-lines
@@ -45,22 +47,37 @@ class PredictionWriter:
     def __init__(self, path: str, class_names=None):
         self.columns = class_columns(class_names) if class_names and len(class_names) > 2 else COLUMNS
         self.format = output_format(path)
-        self._file = open_output(path, "w", encoding="utf-8", newline="" if self.format == "csv" else None)
+        self.path, self._tmp = path, f"{path}.tmp"
+        if os.path.lexists(path):  # a link, FIFO or shared file at the name: refused, not renamed over
+            os.close(open_output_fd(path, os.O_RDONLY))
+        self._file = open_output(self._tmp, "w", encoding="utf-8", newline="" if self.format == "csv" else None)
         self._csv = None
         if self.format == "csv":
             self._csv = csv.DictWriter(self._file, fieldnames=self.columns, extrasaction="ignore")
             self._csv.writeheader()
 
     def write(self, record: dict) -> None:
-        if self._csv is not None:
-            flat = {**record, **{f"prob_{c}": p for c, p in record.get("probs", {}).items()}}
-            self._csv.writerow({k: csv_cell(_one_line(flat.get(k, ""))) for k in self.columns})
-        else:
-            self._file.write(json.dumps(printable_record(record)) + "\n")
-        self._file.flush()
+        try:
+            if self._csv is not None:
+                flat = {**record, **{f"prob_{c}": p for c, p in record.get("probs", {}).items()}}
+                self._csv.writerow({k: csv_cell(_one_line(flat.get(k, ""))) for k in self.columns})
+            else:
+                self._file.write(json.dumps(printable_record(record)) + "\n")
+            self._file.flush()
+        except OSError as e:  # a full disk: the error names --out
+            raise OSError(e.errno, e.strerror, self.path) from e
 
     def close(self) -> None:
-        self._file.close()
+        """Renames the rows written over ``path``; when they cannot be saved (a full disk), ``path`` is left as it was."""
+        if self._file.closed:
+            return
+        try:
+            self._file.close()
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.remove(self._tmp)
+            raise OSError(e.errno, e.strerror, self.path) from e
+        os.replace(self._tmp, self.path)
 
     def __enter__(self):
         return self

@@ -16,13 +16,19 @@ from matplotlib.figure import Figure
 
 from effnet_jax.labels import CLASS_NAMES
 from effnet_jax.metrics.classification import expected_calibration_error, roc_points
+from effnet_jax.output_files import replaced_output
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> str:
+    """``fig`` as a PNG at ``path``, drawn beside it and renamed over it once whole (``replaced_output``).
+
+    A kill mid-draw leaves the earlier plot as it was, and a link planted at the name is refused.
+    """
     path = os.fspath(path)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     FigureCanvasAgg(fig)
-    fig.savefig(path, format="png", dpi=fig.dpi, bbox_inches="tight")
+    with replaced_output(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=fig.dpi, bbox_inches="tight")
     return path
 
 

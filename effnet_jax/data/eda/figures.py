@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-imp
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from effnet_jax.labels import CLASS_NAMES  # pylint: disable=g-import-not-at-top,wrong-import-position
-from effnet_jax.output_files import open_output, printable_line  # pylint: disable=g-import-not-at-top,wrong-import-position
+from effnet_jax.output_files import printable_line, replaced_output  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _COLOURS = {"NORMAL": "#1f77b4", "PNEUMONIA": "#d62728"}
 
@@ -85,7 +85,9 @@ def samples(inventory, path: Path) -> Path:
 def _save(fig, path: Path) -> Path:
     try:
         fig.tight_layout()
-        with open_output(path, "wb") as f:  # matplotlib would write through a link planted at the name
+        # Drawn beside the name and renamed over it: a kill leaves the earlier figure whole, and matplotlib
+        # would write through a link planted at the name.
+        with replaced_output(path, "wb") as f:
             fig.savefig(f, format="png", dpi=120)
     finally:
         plt.close(fig)
