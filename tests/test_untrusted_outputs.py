@@ -926,12 +926,16 @@ def test_effnet_data_refuses_an_out_inside_the_data_it_reads(tmp_path, command):
     root = write_tree(tmp_path / "chest_xray", GOOD_TREE)
     before = sorted(p.relative_to(root) for p in root.rglob("*"))
     out = root / "train" / "NORMAL"
-    result = run_module("effnet_jax.cli.data", command, f"--data_dir={root}", f"--out={out}")
+    result = run_module("effnet_jax.cli.data", command, f"--data_dir={tmp_path}", f"--out={out}", "--no_progress")
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-1] == (
-        f"effnet-data {command}: --out={out}: inside --data_dir ({root}); give a folder outside it"
+        f"effnet-data: --out={out}: inside --data_dir, which is only read ({tmp_path}); give a folder outside it"
     )
     assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
+    beside = tmp_path.parent / f"{tmp_path.name}-report"  # outside --data_dir: written
+    result = run_module("effnet_jax.cli.data", command, f"--data_dir={tmp_path}", f"--out={beside}", "--no_progress")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before and any(beside.iterdir())
 
 
 def test_a_data_report_figure_stopped_part_way_keeps_the_earlier_png(tmp_path, monkeypatch):

@@ -120,6 +120,16 @@ def _thresholds(args) -> cleaning.Thresholds:
     )
 
 
+def _refuse_out_inside(out: Path, data: str) -> None:
+    """A ValueError when ``out`` lies in ``--data_dir``, which these commands only read.
+
+    Figures written into a class folder would become training images, lists part of the data.
+    """
+    problem = inside_problem(str(out), str(Path(data).expanduser()), "--out", "--data_dir, which is only read")
+    if problem:
+        raise ValueError(problem)
+
+
 def report(args) -> dict:
     """Run `effnet-data report`; returns the report dict (also written as report.json)."""
     from effnet_jax.data import exclusions
@@ -129,12 +139,13 @@ def report(args) -> dict:
     th = _thresholds(args)  # validate flags before a long scan
     if not 1 <= args.samples <= MAX_SAMPLES:  # the grid is one figure, --samples columns wide
         raise ValueError(f"--samples={args.samples}: expected 1 to {MAX_SAMPLES} sample images per class")
+    out = Path(args.out or DEFAULT_OUT["report"])
+    _refuse_out_inside(out, args.data_dir)
     listed = exclusions.read(args.exclude_list) if args.exclude_list else None
     inv = scan.scan_any(
         args.data_dir, samples_per_class=args.samples, progress=not args.no_progress, follow_links=args.follow_links
     )
     rep = report_lib.build(inv, cleaning.find(inv, th), listed)
-    out = Path(args.out or DEFAULT_OUT["report"])
     out.mkdir(parents=True, exist_ok=True)
     rep["figures"] = figures.draw_all(inv, rep, out)
     write_text(out / "report.json", json.dumps(rep, indent=1) + "\n")
@@ -149,6 +160,8 @@ def clean(args) -> dict:
     from effnet_jax.data.eda import scan
 
     th = _thresholds(args)
+    out = Path(args.out or DEFAULT_OUT["clean"])
+    _refuse_out_inside(out, args.data_dir)
     inv = scan.scan_any(args.data_dir, progress=not args.no_progress, follow_links=args.follow_links)
     if inv.kind != "raw":
         print(
@@ -157,7 +170,6 @@ def clean(args) -> dict:
             file=sys.stderr,
         )
     found = cleaning.find(inv, th)
-    out = Path(args.out or DEFAULT_OUT["clean"])
     out.mkdir(parents=True, exist_ok=True)
     meta = {
         "source": inv.source,
@@ -192,8 +204,9 @@ def rejected(args) -> list:
     from effnet_jax.data import exclusions
     from effnet_jax.data.eda import rejected as rejected_lib
 
-    entries, scored = rejected_lib.rejected_by_all(args.reports, args.data_dir, args.max_prob)
     out = Path(args.out or DEFAULT_OUT["rejected"])
+    _refuse_out_inside(out, args.data_dir)
+    entries, scored = rejected_lib.rejected_by_all(args.reports, args.data_dir, args.max_prob)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"created_by": "effnet-data rejected", "max_prob": args.max_prob, "runs": len(args.reports)}
     json_path = exclusions.write(out / "exclusions.json", entries, **meta)
@@ -268,11 +281,6 @@ def _run(args, positional) -> int:
             # A link leading nowhere too: mkdir would raise FileExistsError after the whole scan.
             link = f" (a link to {os.path.realpath(out)})" if out.is_symlink() else ""
             print(f"effnet-data {command}: --out={out}: exists and is not a folder{link}", file=sys.stderr)
-            return 2
-        # Its figures would become images of the data set (a class folder's), its lists part of it.
-        problem = inside_problem(str(out), str(Path(args.data_dir).expanduser()), "--out", "--data_dir")
-        if problem:
-            print(f"effnet-data {command}: {problem}", file=sys.stderr)
             return 2
         if command == "report":
             report(args)

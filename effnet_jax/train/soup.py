@@ -429,8 +429,7 @@ def check_member_config(saved) -> None:
         raise ValueError(f"{where}: data.name is missing: the soup is evaluated on the data set its members trained on")
     try:
         # Keys added since a member was trained take their defaults: its config is checked, not its age.
-        config = get_config()
-        config.update(saved.config.to_dict())
+        config = ml_collections.ConfigDict(_with_defaults(saved.config.to_dict(), get_config().to_dict()))
         wanted = config.get("num_devices")
         if isinstance(wanted, int) and not isinstance(wanted, bool) and wanted > jax.device_count():
             config.num_devices = 0
@@ -439,6 +438,17 @@ def check_member_config(saved) -> None:
     except (ValueError, TypeError, AttributeError, KeyError) as e:
         text = str(e).strip("'\"").splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"{where}: {text}") from None
+
+
+def _with_defaults(values: dict, defaults: dict) -> dict:
+    """``values`` with the keys it lacks taken from ``defaults``, section by section (its own values as they are)."""
+    merged = dict(values)
+    for key, default in defaults.items():
+        if key not in merged:
+            merged[key] = default
+        elif isinstance(merged[key], dict) and isinstance(default, dict):
+            merged[key] = _with_defaults(merged[key], default)
+    return merged
 
 
 def check_compatible(first, other) -> None:
