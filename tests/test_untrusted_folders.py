@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 from data_fixtures import GOOD_TREE, encode, jpeg, write_mnist_npz, write_tree, xray
 from dicom_fixtures import radiograph, write_dicom
-from helpers import tiny_config
+from helpers import eval_pass, tiny_config
 from PIL import Image
 from run_fixtures import resume_config
 
@@ -36,7 +36,7 @@ from effnet_jax import limits
 from effnet_jax.cli import data as data_cli
 from effnet_jax.cli import errors
 from effnet_jax.cli.errors import one_line
-from effnet_jax.data import exclusions, external, folders, imaging, kermany, pipeline, prepare, sources, transforms
+from effnet_jax.data import exclusions, external, folders, imaging, kermany, prepare, sources, transforms
 from effnet_jax.data.builders import pneumonia_mnist
 from effnet_jax.data.eda import figures, scan
 from effnet_jax.inference import gradcam
@@ -439,23 +439,6 @@ def _data_config(tmp_path, **keys):
     return c
 
 
-def _eval_pass(c, split: str, image_size=16):
-    return list(
-        pipeline.create_split(
-            c,
-            split,
-            training=False,
-            batch_size=4,
-            image_size=image_size,
-            mean=(0.5,) * 3,
-            std=(0.5,) * 3,
-            seed=0,
-            shard_index=0,
-            shard_count=1,
-        )
-    )
-
-
 def _one_line_starting(error: BaseException, start: str) -> None:
     assert str(error).startswith(start) and "\n" not in str(error), str(error)
 
@@ -471,7 +454,7 @@ def test_an_external_image_corrupt_past_its_header_is_a_bad_image_naming_the_fil
         (_data_config(tmp_path), f"folder:{ext}"),
     ]:
         with pytest.raises(imaging.BadImageError, match="corrupt or truncated image") as refusal:
-            _eval_pass(c, split)  # effnet-train's external split; effnet-eval --split=folder:PATH
+            eval_pass(c, split)  # effnet-train's external split; effnet-eval --split=folder:PATH
         _one_line_starting(refusal.value, f"{path}: corrupt or truncated image (")
     # effnet-predict on the folder: an error record naming the file (decoded whole, as preparation does).
     with pytest.raises(ImageReadError, match="corrupt or truncated image") as refusal:
@@ -824,7 +807,7 @@ def test_a_folder_splits_bad_file_with_control_characters_is_named_on_one_escape
     root = _folder(tmp_path)
     plant(root / "NORMAL" / HOSTILE)
     with pytest.raises(external.ExternalDataError) as refusal:
-        _eval_pass(_folder_config(tmp_path), f"folder:{root}")
+        eval_pass(_folder_config(tmp_path), f"folder:{root}")
     message = str(refusal.value)
     assert message.startswith(f"{root / 'NORMAL' / ESCAPED}: ")
     assert "\n" not in message and "\x1b" not in message
@@ -836,7 +819,7 @@ def test_a_folder_splits_file_corrupt_past_its_header_is_named_on_one_escaped_li
     whole = jpeg(3)
     (root / "PNEUMONIA" / HOSTILE).write_bytes(whole[: len(whole) // 2])
     with pytest.raises(imaging.BadImageError, match="corrupt or truncated image") as refusal:
-        _eval_pass(_folder_config(tmp_path), f"folder:{root}")
+        eval_pass(_folder_config(tmp_path), f"folder:{root}")
     message = str(refusal.value)
     assert message.startswith(f"{root / 'PNEUMONIA' / ESCAPED}: corrupt or truncated image (")
     assert "\n" not in message and "\x1b" not in message

@@ -20,12 +20,13 @@ import pytest
 import tensorflow_datasets as tfds
 from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
 from data_fixtures import GOOD_TREE, write_mnist_npz, write_tree
+from helpers import eval_pass
 from tensorflow_datasets.core import decode
 from tensorflow_datasets.proto import tf_example_pb2
 
 from effnet_jax.cli import data as data_cli
 from effnet_jax.cli.errors import one_line
-from effnet_jax.data import imaging, pipeline, prepare
+from effnet_jax.data import imaging, prepare
 from effnet_jax.data.eda import scan
 from effnet_jax.data.prepared_files import PreparedDataError
 from effnet_jax.train import config as config_lib
@@ -391,23 +392,6 @@ def test_the_prepared_set_itself_reads(prepared, tmp_path):
     assert {split: len(meta.labels) for split, meta in _read(data_dir).items()} == {"train": 11, "val": 2, "test": 3}
 
 
-def _eval_pass(c, split: str, image_size=16):
-    return list(
-        pipeline.create_split(
-            c,
-            split,
-            training=False,
-            batch_size=4,
-            image_size=image_size,
-            mean=(0.5,) * 3,
-            std=(0.5,) * 3,
-            seed=0,
-            shard_index=0,
-            shard_count=1,
-        )
-    )
-
-
 def _one_line_starting(error: BaseException, start: str) -> None:
     assert str(error).startswith(start) and "\n" not in str(error), str(error)
 
@@ -471,7 +455,7 @@ def test_a_planted_oversized_record_of_a_prepared_data_set_is_refused_before_dec
     c, version_dir = _prepared_mnist(tmp_path)
     _plant(version_dir, "val", 2, _huge_png(side, colour))
     with pytest.raises(imaging.ImageBudgetError, match=match) as refusal:
-        _eval_pass(c, "validation", 28)
+        eval_pass(c, "validation", 28)
     _one_line_starting(refusal.value, f"{version_dir} val record 2 ('val_00002'): ")
 
 
@@ -486,7 +470,7 @@ def test_a_corrupt_record_of_a_prepared_data_set_is_a_bad_image_naming_it(tmp_pa
 
     _plant(version_dir, "val", 1, corrupt)
     with pytest.raises(imaging.BadImageError, match="corrupt or truncated image") as refusal:
-        _eval_pass(c, "validation", 28)
+        eval_pass(c, "validation", 28)
     _one_line_starting(refusal.value, f"{version_dir} val record 1 ('val_00001'): corrupt or truncated image (")
 
 
