@@ -225,3 +225,27 @@ def eval_pass(config, split: str, image_size: int = 16) -> list:
             shard_count=1,
         )
     )
+
+
+VICTIM_TEXT = "not yours\n"
+
+
+def victim_file(tmp_path):
+    """A file outside the folder a test hands a command (``tmp_path/outside/victim.txt``): it must stay as it is."""
+    outside = tmp_path / "outside"
+    outside.mkdir(exist_ok=True)
+    victim = outside / "victim.txt"
+    victim.write_text(VICTIM_TEXT)
+    return victim
+
+
+def train_synthetic(workdir, *overrides) -> subprocess.CompletedProcess:
+    """effnet-train on configs/debug_synthetic.py for 2 steps at 32 px, in a subprocess, with ``overrides``."""
+    return run_module(
+        "effnet_jax.cli.train",
+        "--config=configs/debug_synthetic.py",
+        f"--workdir={workdir}",
+        "--config.num_train_steps=2",
+        "--config.image_size=32",
+        *overrides,
+    )

@@ -19,7 +19,7 @@ import ml_collections
 import portpicker
 import pytest
 from data_fixtures import GOOD_TREE, write_tree
-from helpers import REPO, run_module, tiny_config
+from helpers import REPO, run_module, tiny_config, train_synthetic
 
 from effnet_jax import limits, runs, sweep
 from effnet_jax.cli import data as data_cli
@@ -320,19 +320,8 @@ def test_an_unknown_best_metric_is_refused_before_training_naming_the_metrics_ev
     assert "step 1/" not in done.stderr and not workdir.exists()
 
 
-def _train(workdir, *overrides):
-    return run_module(
-        "effnet_jax.cli.train",
-        "--config=configs/debug_synthetic.py",
-        f"--workdir={workdir}",
-        "--config.num_train_steps=2",
-        "--config.image_size=32",
-        *overrides,
-    )
-
-
 def test_training_refuses_an_eval_batch_the_budget_cannot_hold_before_its_first_step(tmp_path):
-    done = _train(tmp_path / "run", f"--config.eval_batch_size={2**30}")
+    done = train_synthetic(tmp_path / "run", f"--config.eval_batch_size={2**30}")
     assert done.returncode == 2, done.stderr[-2000:]
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("effnet-train: config.eval_batch_size=1073741824: a batch of 1,073,741,824 images")

@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 from data_fixtures import GOOD_TREE, encode, jpeg, write_mnist_npz, write_tree, xray
 from dicom_fixtures import radiograph, write_dicom
-from helpers import eval_pass, tiny_config
+from helpers import VICTIM_TEXT, eval_pass, tiny_config, victim_file
 from PIL import Image
 from run_fixtures import resume_config
 
@@ -700,21 +700,10 @@ def test_a_pneumoniamnist_array_of_python_objects_is_refused_naming_the_file(tmp
     )
 
 
-VICTIM_TEXT = "not yours\n"
-
-
-def _victim(tmp_path):
-    outside = tmp_path / "outside"
-    outside.mkdir(exist_ok=True)
-    victim = outside / "victim.txt"
-    victim.write_text(VICTIM_TEXT)
-    return victim
-
-
 @pytest.mark.parametrize("plant", ["symlink", "hardlink", "fifo"])
 def test_the_pneumoniamnist_download_is_never_written_through_a_planted_partial_file(tmp_path, monkeypatch, plant):
     # Before: open(partial, "wb") truncated and overwrote the link's target (or a hard link's other name).
-    victim = _victim(tmp_path)
+    victim = victim_file(tmp_path)
     folder = tmp_path / "downloads"
     folder.mkdir()
     partial = folder / "pneumoniamnist.partial"

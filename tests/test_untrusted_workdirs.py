@@ -17,7 +17,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from helpers import machinery_config, run_module, stand_in_run, tiny_config
+from helpers import VICTIM_TEXT, machinery_config, run_module, stand_in_run, tiny_config, train_synthetic, victim_file
 from run_fixtures import resume_config
 
 from effnet_jax import runs, sweep
@@ -100,17 +100,6 @@ def test_only_process_zero_takes_the_lock(tmp_path):
     assert not (tmp_path / ".lock").exists()
 
 
-VICTIM_TEXT = "not yours\n"
-
-
-def _victim(tmp_path):
-    outside = tmp_path / "outside"
-    outside.mkdir(exist_ok=True)
-    victim = outside / "victim.txt"
-    victim.write_text(VICTIM_TEXT)
-    return victim
-
-
 def _plant_over(path, kind, victim):
     if kind == "symlink":
         path.symlink_to(victim)
@@ -125,7 +114,7 @@ def _plant_over(path, kind, victim):
 @pytest.mark.parametrize("kind", ["symlink", "hardlink", "fifo"])
 def test_a_workdir_lock_is_never_taken_through_a_planted_link_or_fifo(tmp_path, kind):
     # Before: os.open(O_RDWR | O_CREAT) followed the link and ftruncate emptied its target.
-    victim = _victim(tmp_path)
+    victim = victim_file(tmp_path)
     workdir = tmp_path / "run"
     workdir.mkdir()
     _plant_over(workdir / ".lock", kind, victim)
@@ -217,24 +206,13 @@ def test_a_run_folder_of_our_own_passes_the_check(tmp_path):
     assert layout_lib.planted_output_problem("gs://bucket/run") is None
 
 
-def _train(workdir, *overrides):
-    return run_module(
-        "effnet_jax.cli.train",
-        "--config=configs/debug_synthetic.py",
-        f"--workdir={workdir}",
-        "--config.num_train_steps=2",
-        "--config.image_size=32",
-        *overrides,
-    )
-
-
 def test_training_refuses_a_config_json_link_planted_in_the_workdir_in_one_line(tmp_path):
     outside = tmp_path / "outside.txt"
     outside.write_text("not yours\n")
     workdir = tmp_path / "run"
     workdir.mkdir()
     (workdir / "config.json").symlink_to(outside)
-    done = _train(workdir)
+    done = train_synthetic(workdir)
     assert done.returncode == 4, done.stderr[-2000:]
     assert done.stderr.strip().splitlines()[-1] == (
         f"effnet-train: --workdir={workdir}/config.json: is a symbolic link; refusing to write through it"
@@ -266,7 +244,7 @@ def test_a_soup_refuses_a_planted_name_in_its_workdir_before_any_work(tmp_path, 
     # as "File exists".
     from effnet_jax.train.soup import SoupWorkdirError, make_soup
 
-    victim = _victim(tmp_path)
+    victim = victim_file(tmp_path)
     workdir = tmp_path / "soup"
     workdir.mkdir()
     _plant_over(workdir / name, kind, victim)
@@ -280,7 +258,7 @@ def test_a_soup_refuses_a_planted_name_in_its_workdir_before_any_work(tmp_path, 
 
 
 def test_effnet_soup_says_a_planted_lock_in_one_line(tmp_path):
-    victim = _victim(tmp_path)
+    victim = victim_file(tmp_path)
     workdir = tmp_path / "soup"
     workdir.mkdir()
     (workdir / ".lock").symlink_to(victim)
