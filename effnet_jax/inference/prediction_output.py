@@ -2,11 +2,12 @@
 
 Rows are written as they come (and flushed) to ``OUT.tmp``, renamed over ``OUT`` when the
 writer closes (the run done, or stopped by an error: the rows so far are kept). A kill
-leaves the earlier ``OUT`` whole and this run's rows in ``OUT.tmp``. Text is written by ``effnet_jax.output_files``: formula-like CSV cells get a
-leading quote, file names that are not UTF-8 are written with ``\\xNN`` escapes (in CSV and
-JSON lines alike), a CSV cell's control characters (a newline, an escape code, a right-to-left
-override) are written as backslash escapes (``printable_line``) so each row stays one line, and
-the file is never written through a symbolic link planted at its name.
+leaves the earlier ``OUT`` whole and this run's rows in ``OUT.tmp``. Text is written by
+``effnet_jax.output_files``: formula-like CSV cells get a leading quote, file names that are
+not UTF-8 are written with ``\\xNN`` escapes (in CSV and JSON lines alike), a CSV cell's
+control characters (a newline, an escape code, a right-to-left override) are written as
+backslash escapes (``printable_line``) so each row stays one line, and the file is never
+written through a symbolic link planted at its name.
 """
 
 from __future__ import annotations
